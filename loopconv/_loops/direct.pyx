@@ -1,0 +1,196 @@
+"""Direct loops for the three passes of a convolution: the reference path.
+
+Layout and arguments as in tiled.pxi: C-contiguous 5-D arrays
+    input x (N, C, D, H, W), weight w (O, C // G, KD, KH, KW), output y (N, O, OD, OH, OW),
+    OD = (D + pd_before + pd_after - dd * (KD - 1) - 1) // sd + 1 (likewise H, W),
+and (d, h, w) triples for stride, padding-before and dilation.  Zero padding is not formed:
+windows are clipped to the input.
+
+Every element is computed from its defining sum, with the innermost loop along a contiguous
+output row.  The tests hold the tiled loops against these, and loopconv/_loops/__init__.py uses
+them where a problem is too small for packing to pay (the call costs more than the arithmetic).
+"""
+
+from cython cimport floating
+from cython.parallel cimport prange
+
+from loopconv._loops.common cimport end_inside, first_inside
+
+
+cdef struct Geometry:
+    Py_ssize_t N, C, O, G, Cg, Og
+    Py_ssize_t size[3]      # input D, H, W
+    Py_ssize_t out[3]       # output OD, OH, OW
+    Py_ssize_t k[3]         # kernel KD, KH, KW
+    Py_ssize_t stride[3]
+    Py_ssize_t pad[3]       # before
+    Py_ssize_t dil[3]
+
+
+cdef Geometry geometry(const Py_ssize_t *xs, const Py_ssize_t *ws, const Py_ssize_t *ys, stride,
+                       pad, dilation, Py_ssize_t groups):
+    cdef Geometry g
+    cdef int a
+    g.N = xs[0]
+    g.C = xs[1]
+    g.O = ws[0]
+    g.Cg = ws[1]
+    g.G = groups
+    g.Og = g.O // groups
+    for a in range(3):
+        g.size[a] = xs[2 + a]
+        g.out[a] = ys[2 + a]
+        g.k[a] = ws[2 + a]
+        g.stride[a] = stride[a]
+        g.pad[a] = pad[a]
+        g.dil[a] = dilation[a]
+    return g
+
+
+cdef inline Py_ssize_t tap_lo(const Geometry *g, int a, Py_ssize_t k) noexcept nogil:
+    """First output index along axis a whose window tap k lies inside the input."""
+    return min(first_inside(k * g.dil[a] - g.pad[a], g.stride[a]), g.out[a])
+
+
+cdef inline Py_ssize_t tap_hi(const Geometry *g, int a, Py_ssize_t k) noexcept nogil:
+    """One past the last output index along axis a whose window tap k lies inside the input."""
+    return min(end_inside(k * g.dil[a] - g.pad[a], g.stride[a], g.size[a]), g.out[a])
+
+
+cdef inline Py_ssize_t in_index(const Geometry *g, int a, Py_ssize_t o,
+                                Py_ssize_t k) noexcept nogil:
+    return o * g.stride[a] + k * g.dil[a] - g.pad[a]
+
+
+cdef void forward_plane(const Geometry *g, Py_ssize_t n, Py_ssize_t o, const floating *x,
+                        const floating *w, const floating *bias, floating *y) noexcept nogil:
+    """y[n, o] = bias[o] + sum over c, kd, kh, kw of w[o, c, kd, kh, kw] * window of x."""
+    cdef Py_ssize_t OH = g.out[1], OW = g.out[2], H = g.size[1], W = g.size[2]
+    cdef Py_ssize_t c, kd, kh, kw, od, oh, ow, lw, hw
+    cdef Py_ssize_t ci = (o // g.Og) * g.Cg
+    cdef floating *yp = y + (n * g.O + o) * g.out[0] * OH * OW
+    cdef floating *yrow
+    cdef const floating *xc
+    cdef const floating *xrow
+    cdef floating wv
+    for od in range(g.out[0] * OH * OW):
+        yp[od] = bias[o] if bias != NULL else 0
+    for c in range(g.Cg):
+        xc = x + (n * g.C + ci + c) * g.size[0] * H * W
+        for kd in range(g.k[0]):
+            for kh in range(g.k[1]):
+                for kw in range(g.k[2]):
+                    wv = w[(((o * g.Cg + c) * g.k[0] + kd) * g.k[1] + kh) * g.k[2] + kw]
+                    lw = tap_lo(g, 2, kw)
+                    hw = tap_hi(g, 2, kw)
+                    for od in range(tap_lo(g, 0, kd), tap_hi(g, 0, kd)):
+                        for oh in range(tap_lo(g, 1, kh), tap_hi(g, 1, kh)):
+                            yrow = yp + (od * OH + oh) * OW
+                            xrow = xc + ((in_index(g, 0, od, kd) * H + in_index(g, 1, oh, kh))
+                                         * W + in_index(g, 2, 0, kw))
+                            for ow in range(lw, hw):
+                                yrow[ow] += wv * xrow[ow * g.stride[2]]
+
+
+cdef void input_plane(const Geometry *g, Py_ssize_t n, Py_ssize_t ci, const floating *dy,
+                      const floating *w, const floating *bias, floating *dx) noexcept nogil:
+    """dx[n, ci] = bias[ci] + sum over the outputs o of ci's group and the taps of w * dy,
+    scattered."""
+    cdef Py_ssize_t OH = g.out[1], OW = g.out[2], H = g.size[1], W = g.size[2]
+    cdef Py_ssize_t c = ci % g.Cg, o0 = (ci // g.Cg) * g.Og
+    cdef Py_ssize_t o, kd, kh, kw, od, oh, ow, lw, hw
+    cdef floating *dxp = dx + (n * g.C + ci) * g.size[0] * H * W
+    cdef floating *dxrow
+    cdef const floating *dyrow
+    cdef floating wv
+    for od in range(g.size[0] * H * W):
+        dxp[od] = bias[ci] if bias != NULL else 0
+    for o in range(o0, o0 + g.Og):
+        for kd in range(g.k[0]):
+            for kh in range(g.k[1]):
+                for kw in range(g.k[2]):
+                    wv = w[(((o * g.Cg + c) * g.k[0] + kd) * g.k[1] + kh) * g.k[2] + kw]
+                    lw = tap_lo(g, 2, kw)
+                    hw = tap_hi(g, 2, kw)
+                    for od in range(tap_lo(g, 0, kd), tap_hi(g, 0, kd)):
+                        for oh in range(tap_lo(g, 1, kh), tap_hi(g, 1, kh)):
+                            dyrow = dy + (((n * g.O + o) * g.out[0] + od) * OH + oh) * OW
+                            dxrow = dxp + ((in_index(g, 0, od, kd) * H + in_index(g, 1, oh, kh))
+                                           * W + in_index(g, 2, 0, kw))
+                            for ow in range(lw, hw):
+                                dxrow[ow * g.stride[2]] += wv * dyrow[ow]
+
+
+cdef void weight_row(const Geometry *g, Py_ssize_t o, Py_ssize_t c, const floating *x,
+                     const floating *dy, floating *dw) noexcept nogil:
+    """dw[o, c, :, :, :] = sum over images and output pixels of dy * window of x."""
+    cdef Py_ssize_t OH = g.out[1], OW = g.out[2], H = g.size[1], W = g.size[2]
+    cdef Py_ssize_t ci = (o // g.Og) * g.Cg + c
+    cdef Py_ssize_t n, kd, kh, kw, od, oh, ow, lw, hw
+    cdef const floating *dyrow
+    cdef const floating *xrow
+    cdef floating acc
+    for kd in range(g.k[0]):
+        for kh in range(g.k[1]):
+            for kw in range(g.k[2]):
+                acc = 0
+                lw = tap_lo(g, 2, kw)
+                hw = tap_hi(g, 2, kw)
+                for n in range(g.N):
+                    for od in range(tap_lo(g, 0, kd), tap_hi(g, 0, kd)):
+                        for oh in range(tap_lo(g, 1, kh), tap_hi(g, 1, kh)):
+                            dyrow = dy + (((n * g.O + o) * g.out[0] + od) * OH + oh) * OW
+                            xrow = x + ((((n * g.C + ci) * g.size[0] + in_index(g, 0, od, kd))
+                                         * H + in_index(g, 1, oh, kh)) * W
+                                        + in_index(g, 2, 0, kw))
+                            for ow in range(lw, hw):
+                                acc = acc + dyrow[ow] * xrow[ow * g.stride[2]]
+                dw[(((o * g.Cg + c) * g.k[0] + kd) * g.k[1] + kh) * g.k[2] + kw] = acc
+
+
+def forward(const floating[:, :, :, :, ::1] x, const floating[:, :, :, :, ::1] w,
+            const floating[::1] bias, floating[:, :, :, :, ::1] y,
+            stride, pad, dilation, Py_ssize_t groups, int num_threads):
+    """y = conv(x, w) + bias; an empty bias means none."""
+    cdef Geometry g = geometry(x.shape, w.shape, y.shape, stride, pad, dilation,
+                               groups)
+    cdef Py_ssize_t item
+    cdef const floating *bptr = &bias[0] if bias.shape[0] > 0 else NULL
+    if y.size == 0:
+        return
+    # race-free: item (n, o) writes only the plane y[n, o].
+    for item in prange(g.N * g.O, schedule="static", nogil=True, num_threads=num_threads):
+        forward_plane(&g, item // g.O, item % g.O, &x[0, 0, 0, 0, 0], &w[0, 0, 0, 0, 0], bptr,
+                      &y[0, 0, 0, 0, 0])
+
+
+def grad_input(const floating[:, :, :, :, ::1] dy, const floating[:, :, :, :, ::1] w,
+               const floating[::1] bias, floating[:, :, :, :, ::1] dx, stride, pad, dilation,
+               Py_ssize_t groups, int num_threads):
+    """dx = bias + gradient of conv(x, w) with respect to x, given dy (the transposed
+    convolution of dy); dx is overwritten.  An empty bias means none."""
+    cdef const floating *bptr = &bias[0] if bias.shape[0] > 0 else NULL
+    cdef Geometry g = geometry(dx.shape, w.shape, dy.shape, stride, pad, dilation,
+                               groups)
+    cdef Py_ssize_t item
+    if dx.size == 0:
+        return
+    # race-free: item (n, ci) writes only the plane dx[n, ci].
+    for item in prange(g.N * g.C, schedule="static", nogil=True, num_threads=num_threads):
+        input_plane(&g, item // g.C, item % g.C, &dy[0, 0, 0, 0, 0], &w[0, 0, 0, 0, 0], bptr,
+                    &dx[0, 0, 0, 0, 0])
+
+
+def grad_weight(const floating[:, :, :, :, ::1] x, const floating[:, :, :, :, ::1] dy,
+                floating[:, :, :, :, ::1] dw, stride, pad, dilation, Py_ssize_t groups,
+                int num_threads):
+    """dw = gradient of conv(x, w) with respect to w, given dy; dw is overwritten."""
+    cdef Geometry g = geometry(x.shape, dw.shape, dy.shape, stride, pad, dilation,
+                               groups)
+    cdef Py_ssize_t item
+    if dw.size == 0:
+        return
+    # race-free: item (o, c) writes only dw[o, c].
+    for item in prange(g.O * g.Cg, schedule="static", nogil=True, num_threads=num_threads):
+        weight_row(&g, item // g.Cg, item % g.Cg, &x[0, 0, 0, 0, 0], &dy[0, 0, 0, 0, 0],
+                   &dw[0, 0, 0, 0, 0])

@@ -1,0 +1,2 @@
+# The tiled loops compiled for the x86_64_v3 instruction set (flags in setup.py).
+include "tiled.pxi"

@@ -1,0 +1,663 @@
+"""Convolutions, their gradients and transposed convolutions, for NumPy arrays.
+
+Names, argument order and meaning follow ``torch.nn.functional`` and ``torch.nn.grad``.  Every
+function checks its arguments (`loopconv._args`), brings the arrays to C-contiguous float32 or
+float64 (copying only when needed; inputs are never modified), views 1-D and 2-D problems as
+3-D ones with unit axes, and calls the compiled loops (`loopconv._loops`).
+
+Layout: input ``(N, C_in, *spatial)`` or unbatched ``(C_in, *spatial)``; weight
+``(C_out, C_in // groups, *kernel)``; transposed-convolution weight
+``(C_in, C_out // groups, *kernel)``; output size per axis
+``floor((in + before + after - dilation * (k - 1) - 1) / stride) + 1``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from loopconv import _args, _border, _config, _loops
+
+__all__ = [
+    f"{name}{nd}d{suffix}"
+    for nd in (1, 2, 3)
+    for name, suffix in (("conv", ""), ("conv", "_input"), ("conv", "_weight"),
+                         ("conv", "_backward"), ("conv_transpose", ""),
+                         ("conv_transpose", "_backward"))
+]
+
+_NO_BIAS = {np.dtype(np.float32): np.empty(0, np.float32),
+            np.dtype(np.float64): np.empty(0, np.float64)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers: 1-D and 2-D problems run through the 3-D loops with unit leading axes.
+
+def _as5d(arr: np.ndarray, dtype) -> np.ndarray:
+    arr = _args.contiguous(arr, dtype)
+    return arr.reshape(arr.shape[:2] + (1,) * (5 - arr.ndim) + arr.shape[2:])
+
+
+def _lift(values, fill: int) -> tuple:
+    return (fill,) * (3 - len(values)) + tuple(values)
+
+
+def _bias(b, dtype) -> np.ndarray:
+    return _NO_BIAS[dtype] if b is None else _args.contiguous(b, dtype)
+
+
+class _Geometry:
+    """Checked per-axis parameters of one convolution: stride, (before, after) padding,
+    dilation, groups; `before` lifted to the 3-D loops."""
+
+    __slots__ = ("stride", "pads", "dilation", "groups")
+
+    def __init__(self, stride, pads, dilation, groups):
+        self.stride, self.pads, self.dilation, self.groups = stride, pads, dilation, groups
+
+    def loop_args(self):
+        return (_lift(self.stride, 1), _lift([b for b, _ in self.pads], 0),
+                _lift(self.dilation, 1), self.groups)
+
+    def output_size(self, fn, size, kernel):
+        return _args.check_output_size(fn, size, kernel, self.stride, self.pads, self.dilation)
+
+
+def _geometry(fn, nd, size, kernel, stride, padding, dilation, groups, allow_same=True):
+    stride = _args.per_axis(fn, "stride", stride, nd)
+    dilation = _args.per_axis(fn, "dilation", dilation, nd)
+    groups = _args.count(fn, "groups", groups)
+    pads = _args.padding_pairs(fn, padding, nd, allow_same)
+    if pads == "same":
+        pads = _args.same_padding(size, kernel, stride, dilation)
+    return _Geometry(stride, pads, dilation, groups)
+
+
+def _forward(x, w, b, y, geo):
+    """y = conv(x, w) + b into the allocated y, all (N, C, *spatial)."""
+    if y.size == 0:
+        return y
+    if w.shape[1] == 0:     # no input channels: only the bias
+        y[...] = 0 if b is None else b.reshape((-1,) + (1,) * (y.ndim - 2))
+        return y
+    dtype = y.dtype
+    _loops.forward(_as5d(x, dtype), _as5d(w, dtype), _bias(b, dtype), _as5d(y, dtype),
+                   *geo.loop_args(), _config.get_num_threads())
+    return y
+
+
+def _input_grad(gy, w, b, gx, geo):
+    """gx = b + conv_input(gy, w): the gradient of a convolution for its input, or (with a
+    bias) a transposed convolution.  gx is allocated, shapes are checked."""
+    if gx.size == 0:
+        return gx
+    if gy.size == 0:
+        gx[...] = 0 if b is None else b.reshape((-1,) + (1,) * (gx.ndim - 2))
+        return gx
+    dtype = gx.dtype
+    _loops.grad_input(_as5d(gy, dtype), _as5d(w, dtype), _bias(b, dtype), _as5d(gx, dtype),
+                      *geo.loop_args(), _config.get_num_threads())
+    return gx
+
+
+def _weight_grad(x, gy, gw, geo):
+    """gw = conv_weight(x, gy), allocated and checked."""
+    if gw.size == 0:
+        return gw
+    if gy.size == 0 or x.size == 0:
+        gw[...] = 0
+        return gw
+    dtype = gw.dtype
+    _loops.grad_weight(_as5d(x, dtype), _as5d(gy, dtype), _as5d(gw, dtype), *geo.loop_args(),
+                       _config.get_num_threads())
+    return gw
+
+
+def _bias_grad(gy, dtype):
+    return gy.sum(axis=(0, *range(2, gy.ndim)), dtype=dtype)
+
+
+def _check_grad_output(fn, gy, expected):
+    if gy.shape != tuple(expected):
+        raise ValueError(f"{fn}: grad_output has shape {gy.shape}, but the convolution's output "
+                         f"has shape {tuple(expected)}")
+
+
+def _unbatch(arr, unbatched):
+    return arr[0] if unbatched else arr
+
+
+# ---------------------------------------------------------------------------------------------
+# Convolution
+
+def _conv_setup(fn, nd, input, weight, bias, stride, padding, dilation, groups, padding_mode):
+    """Checked arrays and geometry of a convolution; a non-zero padding mode is applied here
+    (the returned geometry then has zero padding and `border` holds what was padded)."""
+    x = _args.as_array(fn, "input", input)
+    w = _args.as_array(fn, "weight", weight)
+    b = None if bias is None else _args.as_array(fn, "bias", bias)
+    _args.weight_dims(fn, w, nd)
+    x, unbatched = _args.batched(fn, "input", x, nd)
+    mode = _args.padding_mode(fn, padding_mode)
+    geo = _geometry(fn, nd, x.shape[2:], w.shape[2:], stride, padding, dilation, groups)
+    _args.check_groups(fn, geo.groups, x.shape[1], w.shape[0], w.shape[1])
+    _args.check_bias(fn, b, w.shape[0])
+    border = None
+    if mode != "zeros" and any(b_ or a_ for b_, a_ in geo.pads):
+        _border.check(fn, x.shape[2:], geo.pads, mode)
+        border = (geo.pads, mode)
+        x = _border.pad(x, geo.pads, mode)
+        geo = _Geometry(geo.stride, ((0, 0),) * nd, geo.dilation, geo.groups)
+    out = geo.output_size(fn, x.shape[2:], w.shape[2:])
+    return x, w, b, geo, out, unbatched, border
+
+
+def _conv(fn, nd, input, weight, bias, stride, padding, dilation, groups, padding_mode):
+    x, w, b, geo, out, unbatched, _ = _conv_setup(fn, nd, input, weight, bias, stride, padding,
+                                                  dilation, groups, padding_mode)
+    y = np.empty((x.shape[0], w.shape[0], *out), _args.compute_dtype(x, w, b))
+    return _unbatch(_forward(x, w, b, y, geo), unbatched)
+
+
+def _conv_input(fn, nd, input_size, weight, grad_output, stride, padding, dilation, groups):
+    w = _args.as_array(fn, "weight", weight)
+    gy = _args.as_array(fn, "grad_output", grad_output)
+    _args.weight_dims(fn, w, nd)
+    gy, unbatched = _args.batched(fn, "grad_output", gy, nd)
+    size = _args.shape_arg(fn, "input_size", input_size)
+    groups_ = _args.count(fn, "groups", groups)
+    if len(size) == nd:
+        size = (gy.shape[0], w.shape[1] * groups_, *size)
+    elif len(size) == nd + 1:
+        size = (1, *size)
+    elif len(size) != nd + 2:
+        raise ValueError(f"{fn}: input_size must have {nd + 2} entries (N, C, *spatial), "
+                         f"{nd + 1} (C, *spatial) or {nd} (spatial), got {size}")
+    if size[0] != gy.shape[0]:
+        raise ValueError(f"{fn}: input_size {size} has batch {size[0]}, but grad_output has "
+                         f"batch {gy.shape[0]} (shape {gy.shape})")
+    geo = _geometry(fn, nd, size[2:], w.shape[2:], stride, padding, dilation, groups_,
+                    allow_same=False)
+    _args.check_groups(fn, geo.groups, size[1], w.shape[0], w.shape[1], in_name="input_size")
+    out = geo.output_size(fn, size[2:], w.shape[2:])
+    _check_grad_output(fn, gy, (size[0], w.shape[0], *out))
+    gx = np.empty(size, _args.compute_dtype(w, gy))
+    return _unbatch(_input_grad(gy, w, None, gx, geo), unbatched)
+
+
+def _conv_weight(fn, nd, input, weight_size, grad_output, stride, padding, dilation, groups):
+    x = _args.as_array(fn, "input", input)
+    gy = _args.as_array(fn, "grad_output", grad_output)
+    x, _ = _args.batched(fn, "input", x, nd)
+    gy, _ = _args.batched(fn, "grad_output", gy, nd)
+    size = _args.shape_arg(fn, "weight_size", weight_size)
+    if len(size) != nd + 2:
+        raise ValueError(f"{fn}: weight_size must have {nd + 2} entries "
+                         f"(C_out, C_in // groups, *kernel), got {size}")
+    if any(k < 1 for k in size[2:]):
+        raise ValueError(f"{fn}: weight_size {size} has an empty kernel")
+    if x.shape[0] != gy.shape[0]:
+        raise ValueError(f"{fn}: input has batch {x.shape[0]} (shape {x.shape}), but "
+                         f"grad_output has batch {gy.shape[0]} (shape {gy.shape})")
+    geo = _geometry(fn, nd, x.shape[2:], size[2:], stride, padding, dilation, groups,
+                    allow_same=False)
+    _args.check_groups(fn, geo.groups, x.shape[1], size[0], size[1],
+                       out_name="weight_size[0]")
+    out = geo.output_size(fn, x.shape[2:], size[2:])
+    _check_grad_output(fn, gy, (x.shape[0], size[0], *out))
+    gw = np.empty(size, _args.compute_dtype(x, gy))
+    return _weight_grad(x, gy, gw, geo)
+
+
+def _conv_backward(fn, nd, input, weight, grad_output, stride, padding, dilation, groups,
+                   padding_mode, output_mask):
+    mask = _args.output_mask(fn, output_mask)
+    x, w, _, geo, out, unbatched, border = _conv_setup(fn, nd, input, weight, None, stride,
+                                                       padding, dilation, groups, padding_mode)
+    gy = _args.as_array(fn, "grad_output", grad_output)
+    if gy.ndim == nd + 1 and unbatched:
+        gy = gy[None]
+    _check_grad_output(fn, gy, (x.shape[0], w.shape[0], *out))
+    dtype = _args.compute_dtype(x, w, gy)
+    gx = gw = gb = None
+    if mask[0]:
+        gx = _input_grad(gy, w, None, np.empty(x.shape, dtype), geo)
+        if border is not None:
+            gx = _border.fold(gx, *border)
+        gx = _unbatch(gx, unbatched)
+    if mask[1]:
+        gw = _weight_grad(x, gy, np.empty(w.shape, dtype), geo)
+    if mask[2]:
+        gb = _bias_grad(gy, dtype)
+    return gx, gw, gb
+
+
+# ---------------------------------------------------------------------------------------------
+# Transposed convolution: the input gradient of the convolution with the same weight, stride,
+# padding and dilation, whose input has the transposed convolution's output size.
+
+def _transpose_setup(fn, nd, input, weight, bias, stride, padding, output_padding, groups,
+                     dilation, output_size):
+    x = _args.as_array(fn, "input", input)
+    w = _args.as_array(fn, "weight", weight)
+    b = None if bias is None else _args.as_array(fn, "bias", bias)
+    _args.weight_dims(fn, w, nd)
+    x, unbatched = _args.batched(fn, "input", x, nd)
+    geo = _geometry(fn, nd, x.shape[2:], w.shape[2:], stride, padding, dilation, groups,
+                    allow_same=False)
+    if x.shape[1] != w.shape[0]:
+        raise ValueError(f"{fn}: input has {x.shape[1]} channels, but weight.shape[0] = "
+                         f"{w.shape[0]} (weight is (C_in, C_out // groups, *kernel))")
+    if w.shape[0] % geo.groups:
+        raise ValueError(f"{fn}: groups={geo.groups} does not divide the {w.shape[0]} input "
+                         "channels (weight.shape[0])")
+    out_channels = w.shape[1] * geo.groups
+    _args.check_bias(fn, b, out_channels)
+    smallest = tuple((n - 1) * s - pb - pa + d * (k - 1) + 1 for n, k, s, (pb, pa), d
+                     in zip(x.shape[2:], w.shape[2:], geo.stride, geo.pads, geo.dilation))
+    limit = tuple(max(s, d) for s, d in zip(geo.stride, geo.dilation))
+    if output_size is not None:
+        size = _args.shape_arg(fn, "output_size", output_size)
+        if len(size) in (nd + 1, nd + 2):
+            size = size[-nd:]
+        if len(size) != nd:
+            raise ValueError(f"{fn}: output_size must have {nd} (spatial) or {nd + 2} entries, "
+                             f"got {size}")
+        for n, lo, lim in zip(size, smallest, limit):
+            if not lo <= n < lo + lim:
+                raise ValueError(
+                    f"{fn}: output_size {size} is not reachable: with input size "
+                    f"{x.shape[2:]} each axis must lie in [{', '.join(str(v) for v in smallest)}]"
+                    f" + [0, max(stride, dilation) - 1 = "
+                    f"{', '.join(str(v - 1) for v in limit)}]")
+        out = size
+    else:
+        op = _args.per_axis(fn, "output_padding", output_padding, nd, minimum=0)
+        for p, s, d in zip(op, geo.stride, geo.dilation):
+            if p >= max(s, d):
+                raise ValueError(f"{fn}: output_padding {op} must be smaller than stride "
+                                 f"{geo.stride} or dilation {geo.dilation} on every axis")
+        out = tuple(lo + p for lo, p in zip(smallest, op))
+    if any(n < 1 for n in out):
+        raise ValueError(f"{fn}: the output size would be {out} for input size {x.shape[2:]}; "
+                         f"padding {geo.pads} is too large")
+    return x, w, b, geo, out, out_channels, unbatched
+
+
+def _conv_transpose(fn, nd, input, weight, bias, stride, padding, output_padding, groups,
+                    dilation, output_size):
+    x, w, b, geo, out, out_channels, unbatched = _transpose_setup(
+        fn, nd, input, weight, bias, stride, padding, output_padding, groups, dilation,
+        output_size)
+    y = np.empty((x.shape[0], out_channels, *out), _args.compute_dtype(x, w, b))
+    return _unbatch(_input_grad(x, w, b, y, geo), unbatched)
+
+
+def _conv_transpose_backward(fn, nd, input, weight, grad_output, stride, padding,
+                             output_padding, groups, dilation, output_mask):
+    mask = _args.output_mask(fn, output_mask)
+    x, w, _, geo, out, out_channels, unbatched = _transpose_setup(
+        fn, nd, input, weight, None, stride, padding, output_padding, groups, dilation, None)
+    gy = _args.as_array(fn, "grad_output", grad_output)
+    if gy.ndim == nd + 1 and unbatched:
+        gy = gy[None]
+    _check_grad_output(fn, gy, (x.shape[0], out_channels, *out))
+    dtype = _args.compute_dtype(x, w, gy)
+    gx = gw = gb = None
+    if mask[0]:       # the transposed convolution's input gradient is a convolution
+        gx = _unbatch(_forward(gy, w, None, np.empty(x.shape, dtype), geo), unbatched)
+    if mask[1]:
+        gw = _weight_grad(gy, x, np.empty(w.shape, dtype), geo)
+    if mask[2]:
+        gb = _bias_grad(gy, dtype)
+    return gx, gw, gb
+
+
+# ---------------------------------------------------------------------------------------------
+# Public functions.  Thin wrappers with the exact signatures of the contract; their docstrings
+# are written once per family below.
+
+def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
+           padding_mode="zeros"):
+    return _conv("conv1d", 1, input, weight, bias, stride, padding, dilation, groups,
+                 padding_mode)
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
+           padding_mode="zeros"):
+    return _conv("conv2d", 2, input, weight, bias, stride, padding, dilation, groups,
+                 padding_mode)
+
+
+def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
+           padding_mode="zeros"):
+    return _conv("conv3d", 3, input, weight, bias, stride, padding, dilation, groups,
+                 padding_mode)
+
+
+def conv1d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1):
+    return _conv_input("conv1d_input", 1, input_size, weight, grad_output, stride, padding,
+                       dilation, groups)
+
+
+def conv2d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1):
+    return _conv_input("conv2d_input", 2, input_size, weight, grad_output, stride, padding,
+                       dilation, groups)
+
+
+def conv3d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1):
+    return _conv_input("conv3d_input", 3, input_size, weight, grad_output, stride, padding,
+                       dilation, groups)
+
+
+def conv1d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation=1, groups=1):
+    return _conv_weight("conv1d_weight", 1, input, weight_size, grad_output, stride, padding,
+                        dilation, groups)
+
+
+def conv2d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation=1, groups=1):
+    return _conv_weight("conv2d_weight", 2, input, weight_size, grad_output, stride, padding,
+                        dilation, groups)
+
+
+def conv3d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation=1, groups=1):
+    return _conv_weight("conv3d_weight", 3, input, weight_size, grad_output, stride, padding,
+                        dilation, groups)
+
+
+def conv1d_backward(input, weight, grad_output, stride=1, padding=0, dilation=1, groups=1,
+                    padding_mode="zeros", *, output_mask=(True, True, True)):
+    return _conv_backward("conv1d_backward", 1, input, weight, grad_output, stride, padding,
+                          dilation, groups, padding_mode, output_mask)
+
+
+def conv2d_backward(input, weight, grad_output, stride=1, padding=0, dilation=1, groups=1,
+                    padding_mode="zeros", *, output_mask=(True, True, True)):
+    return _conv_backward("conv2d_backward", 2, input, weight, grad_output, stride, padding,
+                          dilation, groups, padding_mode, output_mask)
+
+
+def conv3d_backward(input, weight, grad_output, stride=1, padding=0, dilation=1, groups=1,
+                    padding_mode="zeros", *, output_mask=(True, True, True)):
+    return _conv_backward("conv3d_backward", 3, input, weight, grad_output, stride, padding,
+                          dilation, groups, padding_mode, output_mask)
+
+
+def conv_transpose1d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                     dilation=1, *, output_size=None):
+    return _conv_transpose("conv_transpose1d", 1, input, weight, bias, stride, padding,
+                           output_padding, groups, dilation, output_size)
+
+
+def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                     dilation=1, *, output_size=None):
+    return _conv_transpose("conv_transpose2d", 2, input, weight, bias, stride, padding,
+                           output_padding, groups, dilation, output_size)
+
+
+def conv_transpose3d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                     dilation=1, *, output_size=None):
+    return _conv_transpose("conv_transpose3d", 3, input, weight, bias, stride, padding,
+                           output_padding, groups, dilation, output_size)
+
+
+def conv_transpose1d_backward(input, weight, grad_output, stride=1, padding=0, output_padding=0,
+                              groups=1, dilation=1, *, output_mask=(True, True, True)):
+    return _conv_transpose_backward("conv_transpose1d_backward", 1, input, weight, grad_output,
+                                    stride, padding, output_padding, groups, dilation,
+                                    output_mask)
+
+
+def conv_transpose2d_backward(input, weight, grad_output, stride=1, padding=0, output_padding=0,
+                              groups=1, dilation=1, *, output_mask=(True, True, True)):
+    return _conv_transpose_backward("conv_transpose2d_backward", 2, input, weight, grad_output,
+                                    stride, padding, output_padding, groups, dilation,
+                                    output_mask)
+
+
+def conv_transpose3d_backward(input, weight, grad_output, stride=1, padding=0, output_padding=0,
+                              groups=1, dilation=1, *, output_mask=(True, True, True)):
+    return _conv_transpose_backward("conv_transpose3d_backward", 3, input, weight, grad_output,
+                                    stride, padding, output_padding, groups, dilation,
+                                    output_mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# Docstrings, one per family.
+
+_SPATIAL = {1: "L", 2: "H, W", 3: "D, H, W"}
+_EXAMPLE_SHAPES = {1: ((1, 1, 5), (1, 1, 2)), 2: ((1, 1, 5, 5), (1, 1, 2, 2)),
+                   3: ((1, 1, 5, 5, 5), (1, 1, 2, 2, 2))}
+
+_COMMON = """\
+    stride : int or tuple of {nd} ints, default 1
+    dilation : int or tuple of {nd} ints, default 1
+        Spacing between kernel taps.
+    groups : int, default 1
+        Split the channels into this many independent groups; must divide ``C_in`` and
+        ``C_out``.  ``groups == C_in`` is a depthwise convolution."""
+
+_PAD = """\
+    padding : int, tuple of {nd} ints, tuple of {nd} (before, after) pairs, 'valid' or 'same'
+        Zero padding (or, with `padding_mode`, padding by reflection, replication or
+        wrapping).  'same' gives output size ``ceil(in / stride)`` for any stride; the odd
+        pixel of the total padding goes after (ONNX SAME_UPPER; PyTorch's 'same' when
+        stride is 1)."""
+
+_ZERO_PAD = """\
+    padding : int, tuple of {nd} ints, tuple of {nd} (before, after) pairs, or 'valid'
+        Zero padding, as in the forward convolution."""
+
+_DTYPES = """\
+    float32 and float64 are computed natively and the result has the common dtype of the
+    float arguments; float16 is computed as float32, integers and bools as float64.  Arrays
+    may be of any layout, read-only or memory-mapped; they are never modified."""
+
+_DOCS = {
+    "conv": """{nd}-D convolution (cross-correlation), as ``torch.nn.functional.conv{nd}d``.
+
+    Parameters
+    ----------
+    input : array_like, shape (N, C_in, {sp}) or (C_in, {sp})
+    weight : array_like, shape (C_out, C_in // groups, {k})
+    bias : array_like, shape (C_out,), optional
+{common}
+{pad}
+    padding_mode : {{'zeros', 'reflect', 'replicate', 'circular'}}, default 'zeros'
+        How the border is filled (``torch.nn.functional.pad`` modes).  'reflect' needs
+        padding smaller than the input, 'circular' padding no larger than it.
+
+    Returns
+    -------
+    ndarray, shape (N, C_out, {osp}) (unbatched input: (C_out, {osp}))
+        ``out = floor((in + before + after - dilation * (k - 1) - 1) / stride) + 1``.
+
+    Notes
+    -----
+{dtypes}
+
+    Examples
+    --------
+    >>> import numpy as np, loopconv
+    >>> x = np.arange({xsize}, dtype=np.float64).reshape{xshape}
+    >>> w = np.ones({wshape})
+    >>> loopconv.conv{nd}d(x, w).shape
+    {yshape}
+    """,
+    "input": """Gradient of a {nd}-D convolution for its input, as ``torch.nn.grad.conv{nd}d_input``.
+
+    Parameters
+    ----------
+    input_size : sequence of ints
+        Shape of the convolution's input: (N, C_in, {sp}), (C_in, {sp}) or the
+        spatial sizes alone.  With stride > 1 several input sizes give the same output
+        size; this chooses one (rows and columns that no window reaches get zeros).
+    weight : array_like, shape (C_out, C_in // groups, {k})
+    grad_output : array_like, shape (N, C_out, {osp}) or (C_out, {osp})
+{common}
+{zpad}
+
+    Returns
+    -------
+    ndarray of shape `input_size`
+        The gradient of ``sum(conv{nd}d(x, weight) * grad_output)`` with respect to x.
+
+    Notes
+    -----
+{dtypes}
+
+    Examples
+    --------
+    >>> import numpy as np, loopconv
+    >>> w = np.ones({wshape})
+    >>> g = np.ones({yshape})
+    >>> loopconv.conv{nd}d_input({xshape}, w, g).shape
+    {xshape}
+    """,
+    "weight": """Gradient of a {nd}-D convolution for its weight, as ``torch.nn.grad.conv{nd}d_weight``.
+
+    Parameters
+    ----------
+    input : array_like, shape (N, C_in, {sp}) or (C_in, {sp})
+    weight_size : sequence of ints
+        Shape of the weight, (C_out, C_in // groups, {k}).
+    grad_output : array_like, shape (N, C_out, {osp}) or (C_out, {osp})
+{common}
+{zpad}
+
+    Returns
+    -------
+    ndarray of shape `weight_size`
+        The gradient of ``sum(conv{nd}d(input, w) * grad_output)`` with respect to w.
+
+    Notes
+    -----
+{dtypes}
+
+    Examples
+    --------
+    >>> import numpy as np, loopconv
+    >>> x = np.arange({xsize}, dtype=np.float64).reshape{xshape}
+    >>> g = np.ones({yshape})
+    >>> loopconv.conv{nd}d_weight(x, {wshape}, g).shape
+    {wshape}
+    """,
+    "backward": """All gradients of a {nd}-D convolution.
+
+    Parameters
+    ----------
+    input, weight, stride, padding, dilation, groups, padding_mode
+        As for `conv{nd}d`.  With a non-zero `padding_mode` the gradient of the padded
+        border is folded back onto the input positions it was copied from.
+    grad_output : array_like, shape of ``conv{nd}d(input, weight, ...)``
+    output_mask : tuple of 3 bools, keyword-only, default (True, True, True)
+        Which of (grad_input, grad_weight, grad_bias) to compute.
+
+    Returns
+    -------
+    (grad_input, grad_weight, grad_bias) : tuple of ndarray or None
+        None where `output_mask` is False.  grad_bias is ``grad_output`` summed over
+        all axes but the channel axis.
+
+    Notes
+    -----
+{dtypes}
+
+    Examples
+    --------
+    >>> import numpy as np, loopconv
+    >>> x = np.arange({xsize}, dtype=np.float64).reshape{xshape}
+    >>> w = np.ones({wshape})
+    >>> gx, gw, gb = loopconv.conv{nd}d_backward(x, w, np.ones({yshape}))
+    >>> gx.shape, gw.shape, gb.shape
+    ({xshape}, {wshape}, (1,))
+    """,
+    "transpose": """{nd}-D transposed convolution, as ``torch.nn.functional.conv_transpose{nd}d``.
+
+    The adjoint of `conv{nd}d` with the same weight, stride, padding and dilation:
+    ``conv_transpose{nd}d(x, w) == conv{nd}d_input(out_shape, w, x)``.
+
+    Parameters
+    ----------
+    input : array_like, shape (N, C_in, {sp}) or (C_in, {sp})
+    weight : array_like, shape (C_in, C_out // groups, {k})
+    bias : array_like, shape (C_out,), optional
+    stride : int or tuple of {nd} ints, default 1
+    padding : int, tuple of {nd} ints, or tuple of {nd} (before, after) pairs, default 0
+        Removed from the output (``dilation * (k - 1) - padding`` of zero padding of the
+        input, in the convolution view).
+    output_padding : int or tuple of {nd} ints, default 0
+        Extra size on the after side of each axis; smaller than stride or dilation.
+    groups : int, default 1
+    dilation : int or tuple of {nd} ints, default 1
+    output_size : sequence of ints, keyword-only, optional
+        The spatial output size (or the full shape); chooses `output_padding`.
+
+    Returns
+    -------
+    ndarray, shape (N, C_out, {osp})
+        ``out = (in - 1) * stride - before - after + dilation * (k - 1) + output_padding + 1``.
+
+    Notes
+    -----
+{dtypes}
+
+    Examples
+    --------
+    >>> import numpy as np, loopconv
+    >>> x = np.ones({yshape})
+    >>> w = np.ones({wshape})
+    >>> loopconv.conv_transpose{nd}d(x, w).shape
+    {xshape}
+    """,
+    "transpose_backward": """All gradients of a {nd}-D transposed convolution.
+
+    Parameters
+    ----------
+    input, weight, stride, padding, output_padding, groups, dilation
+        As for `conv_transpose{nd}d`.
+    grad_output : array_like, shape of ``conv_transpose{nd}d(input, weight, ...)``
+    output_mask : tuple of 3 bools, keyword-only, default (True, True, True)
+        Which of (grad_input, grad_weight, grad_bias) to compute.
+
+    Returns
+    -------
+    (grad_input, grad_weight, grad_bias) : tuple of ndarray or None
+        grad_input is the convolution of grad_output with weight; None where `output_mask`
+        is False.
+
+    Notes
+    -----
+{dtypes}
+
+    Examples
+    --------
+    >>> import numpy as np, loopconv
+    >>> x = np.ones({yshape})
+    >>> w = np.ones({wshape})
+    >>> gx, gw, gb = loopconv.conv_transpose{nd}d_backward(x, w, np.ones({xshape}))
+    >>> gx.shape, gw.shape, gb.shape
+    ({yshape}, {wshape}, (1,))
+    """,
+}
+
+
+def _document():
+    functions = globals()
+    for nd in (1, 2, 3):
+        xs, ws = _EXAMPLE_SHAPES[nd]
+        ys = xs[:2] + tuple(n - k + 1 for n, k in zip(xs[2:], ws[2:]))
+        fields = dict(nd=nd, sp=_SPATIAL[nd], k=", ".join("k" + a for a in "dhw"[3 - nd:]),
+                      osp=", ".join("out_" + a for a in _SPATIAL[nd].split(", ")),
+                      xsize=int(np.prod(xs)), xshape=xs, wshape=ws, yshape=ys,
+                      dtypes=_DTYPES)
+        fields["common"] = _COMMON.format(**fields)
+        fields["pad"] = _PAD.format(**fields)
+        fields["zpad"] = _ZERO_PAD.format(**fields)
+        for kind, name in (("conv", f"conv{nd}d"), ("input", f"conv{nd}d_input"),
+                           ("weight", f"conv{nd}d_weight"), ("backward", f"conv{nd}d_backward"),
+                           ("transpose", f"conv_transpose{nd}d"),
+                           ("transpose_backward", f"conv_transpose{nd}d_backward")):
+            functions[name].__doc__ = _DOCS[kind].format(**fields)
+
+
+_document()
