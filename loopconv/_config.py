@@ -69,6 +69,10 @@ def set_num_threads(n: int) -> None:
     _num_threads = _args.count("set_num_threads", "n", n)
 
 
+def _shape(rows_cols) -> str:
+    return f"{rows_cols[0]}x{rows_cols[1]}"
+
+
 def config() -> dict:
     """What `show_config` prints, as a dict."""
     from loopconv import __version__
@@ -83,8 +87,9 @@ def config() -> dict:
         "available cores": available_cores(),
         "cpu variant": VARIANT,
         "variants supported here": ", ".join(variants()),
-        "register tile": (f"{tile['isa']}, {tile['mr']} x {tile['nr_float32']} float32, "
-                          f"{tile['mr']} x {tile['nr_float64']} float64"),
+        "register tiles": (f"{tile['isa']}; forward {_shape(tile['forward tile float32'])} "
+                           f"float32, {_shape(tile['forward tile float64'])} float64; weight "
+                           f"gradient {_shape(tile['weight tile float32'])} float32"),
     }
 
 

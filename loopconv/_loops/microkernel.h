@@ -3,9 +3,8 @@
  *
  *     C[0:MR, 0:NR]  (=, or +=)  sum over k < kc of  A[k, 0:MR]^T  B[k, 0:NR]
  *
- * A is a packed panel: kc rows of MR values (one per output row of the tile).
- * B is a packed panel: kc rows of NR values (one per output column), NR = two SIMD vectors.
- * C is written row by row: row i starts at c + i * ldc and holds NR contiguous values.
+ * NR = two SIMD vectors.  C is written row by row: row i starts at c + i * ldc and holds NR
+ * contiguous values.
  *
  * Why this is C and not Cython: the tile only runs at the machine's peak when its MR x 2
  * accumulators stay in registers for the whole k loop.  With the accumulators as plain
@@ -22,85 +21,127 @@
 
 #include <stddef.h>
 
-/* MR rows x 2 vectors of accumulators: 24 of 32 registers with AVX-512, 12 of 16 with AVX2. */
+/* Tile shapes per instruction set: MR rows of accumulators by NV vectors.  lc_tile_b (forward
+ * and input gradient: rows are output channels, vectors run along pixels) and lc_tile_a
+ * (weight gradient: rows are kernel taps, vectors run along output channels) have their own.
+ * AVX-512: 8 x 3 = 24 of 32 registers; AVX2: 4 x 3 = 12 of 16; 128-bit: 4 x 2.  MR = 8 and 4
+ * divide the usual channel counts (8, 16, 32, 64, ...); MR = 12 left a third of a panel empty
+ * for 8 channels and a ninth for 64. */
 #if defined(__AVX512F__)
 #  define LC_VEC_BYTES 64
-#  define LC_MR 12
+#  define LC_MR_B 8
+#  define LC_NV_B 3
+#  define LC_MR_A 8
 #  define LC_ISA "avx512"
 #elif defined(__AVX2__)
 #  define LC_VEC_BYTES 32
-#  define LC_MR 6
+#  define LC_MR_B 4
+#  define LC_NV_B 3
+#  define LC_MR_A 6
 #  define LC_ISA "avx2"
-#elif defined(__SSE2__) || defined(__ARM_NEON) || defined(__aarch64__)
-#  define LC_VEC_BYTES 16
-#  define LC_MR 6
-#  define LC_ISA "128-bit"
 #else
 #  define LC_VEC_BYTES 16
-#  define LC_MR 4
-#  define LC_ISA "scalar"
+#  define LC_MR_B 4
+#  define LC_NV_B 2
+#  define LC_MR_A 4
+#  if defined(__SSE2__) || defined(__ARM_NEON) || defined(__aarch64__)
+#    define LC_ISA "128-bit"
+#  else
+#    define LC_ISA "scalar"
+#  endif
 #endif
 
-#define LC_NR_F32 (2 * LC_VEC_BYTES / 4)
-#define LC_NR_F64 (2 * LC_VEC_BYTES / 8)
+/* Columns of a tile (lanes of its NV vectors), per element type. */
+#define LC_NR_B_F32 (LC_NV_B * LC_VEC_BYTES / 4)
+#define LC_NR_B_F64 (LC_NV_B * LC_VEC_BYTES / 8)
+#define LC_VW_F32 (LC_VEC_BYTES / 4)
+#define LC_VW_F64 (LC_VEC_BYTES / 8)
 
+/* The tile in the two forms the three passes need:
+ *
+ *   lc_tile_b_T:  C[i, j] (=, +=) sum_k a[MR_B * k + i] * b[boff[k] + j]      NR = NV_B vectors
+ *                 A packed; row k of B read in place at b + boff[k] (forward, input gradient)
+ *   lc_tile_a_T:  C[i, j] (=, +=) sum_k a[aoff[i] + k] * b[NR * k + j]         NR = 2 vectors
+ *   lc_tile_a1_T: the same with NR = 1 vector (for few output channels)
+ *                 row i of A read in place at a + aoff[i]; B packed (weight gradient)
+ */
 #if defined(__GNUC__) || defined(__clang__)
 #  define LC_RESTRICT __restrict__
 
-/* One definition for both element types.  The aligned(sizeof(T)) twin of the vector type is
- * for unaligned loads and stores (C rows start anywhere in the output). */
-#  define LC_DEFINE_TILE(NAME, T)                                                        \
-typedef T NAME##_vec __attribute__((vector_size(LC_VEC_BYTES)));                        \
-typedef T NAME##_uvec __attribute__((vector_size(LC_VEC_BYTES), aligned(sizeof(T))));    \
-static inline void NAME(ptrdiff_t kc, const T *LC_RESTRICT a, const T *LC_RESTRICT b,   \
-                        T *LC_RESTRICT c, ptrdiff_t ldc, int beta)                      \
-{                                                                                       \
+#  define LC_TILE_BODY(T, VEC, UVEC, MR, NV, A_AT, B_ROW)                               \
     enum { W = LC_VEC_BYTES / sizeof(T) };                                              \
-    NAME##_vec acc[LC_MR][2];                                                           \
-    for (int i = 0; i < LC_MR; i++) {                                                   \
-        acc[i][0] = (NAME##_vec){0};                                                    \
-        acc[i][1] = (NAME##_vec){0};                                                    \
-    }                                                                                   \
+    VEC acc[MR][NV];                                                                    \
+    for (int i = 0; i < MR; i++)                                                        \
+        for (int v = 0; v < NV; v++) acc[i][v] = (VEC){0};                              \
     for (ptrdiff_t k = 0; k < kc; k++) {                                                \
-        NAME##_vec b0 = *(const NAME##_uvec *)(b + 2 * W * k);                          \
-        NAME##_vec b1 = *(const NAME##_uvec *)(b + 2 * W * k + W);                      \
-        for (int i = 0; i < LC_MR; i++) {                                               \
-            T ai = a[LC_MR * k + i];                                                    \
-            acc[i][0] += ai * b0;                                                       \
-            acc[i][1] += ai * b1;                                                       \
+        const T *bk = B_ROW;                                                            \
+        VEC bv[NV];                                                                     \
+        for (int v = 0; v < NV; v++) bv[v] = *(const UVEC *)(bk + v * W);               \
+        for (int i = 0; i < MR; i++) {                                                  \
+            T ai = A_AT;                                                                \
+            for (int v = 0; v < NV; v++) acc[i][v] += ai * bv[v];                       \
         }                                                                               \
     }                                                                                   \
-    for (int i = 0; i < LC_MR; i++) {                                                   \
-        NAME##_uvec *ci = (NAME##_uvec *)(c + i * ldc);                                 \
-        if (beta) {                                                                     \
-            ci[0] += acc[i][0];                                                         \
-            ci[1] += acc[i][1];                                                         \
-        } else {                                                                        \
-            ci[0] = acc[i][0];                                                          \
-            ci[1] = acc[i][1];                                                          \
-        }                                                                               \
-    }                                                                                   \
+    for (int i = 0; i < MR; i++) {                                                      \
+        UVEC *ci = (UVEC *)(c + i * ldc);                                               \
+        for (int v = 0; v < NV; v++) ci[v] = beta ? ci[v] + acc[i][v] : acc[i][v];      \
+    }
+
+/* The aligned(sizeof(T)) twin of each vector type is for unaligned loads and stores. */
+#  define LC_DEFINE_TILES(SUFFIX, T)                                                     \
+typedef T lc_vec_##SUFFIX __attribute__((vector_size(LC_VEC_BYTES)));                   \
+typedef T lc_uvec_##SUFFIX __attribute__((vector_size(LC_VEC_BYTES), aligned(sizeof(T)))); \
+static inline void lc_tile_b_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,             \
+        const T *LC_RESTRICT b, const ptrdiff_t *LC_RESTRICT boff,                      \
+        T *LC_RESTRICT c, ptrdiff_t ldc, int beta)                                      \
+{                                                                                       \
+    LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, LC_MR_B, LC_NV_B,                \
+                 a[LC_MR_B * k + i], b + boff[k])                                       \
+}                                                                                       \
+static inline void lc_tile_a_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,             \
+        const ptrdiff_t *LC_RESTRICT aoff, const T *LC_RESTRICT b,                      \
+        T *LC_RESTRICT c, ptrdiff_t ldc, int beta)                                      \
+{                                                                                       \
+    const T *rows[LC_MR_A];                                                             \
+    for (int i = 0; i < LC_MR_A; i++) rows[i] = a + aoff[i];                            \
+    LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, LC_MR_A, 2, rows[i][k],          \
+                 b + 2 * W * k)                                                         \
+}                                                                                       \
+static inline void lc_tile_a1_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,            \
+        const ptrdiff_t *LC_RESTRICT aoff, const T *LC_RESTRICT b,                      \
+        T *LC_RESTRICT c, ptrdiff_t ldc, int beta)                                      \
+{                                                                                       \
+    const T *rows[LC_MR_A];                                                             \
+    for (int i = 0; i < LC_MR_A; i++) rows[i] = a + aoff[i];                            \
+    LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, LC_MR_A, 1, rows[i][k], b + W * k) \
 }
 
-#else  /* other compilers: the same tile as scalar loops (correct, not fast) */
+#else  /* other compilers: the same tiles as scalar loops (correct, not fast) */
 #  define LC_RESTRICT
-#  define LC_DEFINE_TILE(NAME, T)                                                        \
-static void NAME(ptrdiff_t kc, const T *a, const T *b, T *c, ptrdiff_t ldc, int beta)   \
-{                                                                                       \
-    enum { NR = 2 * LC_VEC_BYTES / sizeof(T) };                                         \
-    T acc[LC_MR][NR];                                                                   \
-    for (int i = 0; i < LC_MR; i++)                                                     \
+#  define LC_SCALAR_TILE(T, MR, NV, A_AT, B_AT)                                         \
+    enum { NR = NV * LC_VEC_BYTES / sizeof(T) };                                        \
+    T acc[MR][NR];                                                                      \
+    for (int i = 0; i < MR; i++)                                                        \
         for (int j = 0; j < NR; j++) acc[i][j] = 0;                                     \
     for (ptrdiff_t k = 0; k < kc; k++)                                                  \
-        for (int i = 0; i < LC_MR; i++)                                                 \
-            for (int j = 0; j < NR; j++) acc[i][j] += a[LC_MR * k + i] * b[NR * k + j]; \
-    for (int i = 0; i < LC_MR; i++)                                                     \
+        for (int i = 0; i < MR; i++)                                                    \
+            for (int j = 0; j < NR; j++) acc[i][j] += (A_AT) * (B_AT);                  \
+    for (int i = 0; i < MR; i++)                                                        \
         for (int j = 0; j < NR; j++)                                                    \
-            c[i * ldc + j] = beta ? c[i * ldc + j] + acc[i][j] : acc[i][j];             \
-}
+            c[i * ldc + j] = beta ? c[i * ldc + j] + acc[i][j] : acc[i][j];
+#  define LC_DEFINE_TILES(SUFFIX, T)                                                     \
+static void lc_tile_b_##SUFFIX(ptrdiff_t kc, const T *a, const T *b, const ptrdiff_t *boff, \
+                               T *c, ptrdiff_t ldc, int beta)                           \
+{ LC_SCALAR_TILE(T, LC_MR_B, LC_NV_B, a[LC_MR_B * k + i], b[boff[k] + j]) }             \
+static void lc_tile_a_##SUFFIX(ptrdiff_t kc, const T *a, const ptrdiff_t *aoff, const T *b, \
+                               T *c, ptrdiff_t ldc, int beta)                           \
+{ LC_SCALAR_TILE(T, LC_MR_A, 2, a[aoff[i] + k], b[NR * k + j]) }                        \
+static void lc_tile_a1_##SUFFIX(ptrdiff_t kc, const T *a, const ptrdiff_t *aoff, const T *b, \
+                                T *c, ptrdiff_t ldc, int beta)                          \
+{ LC_SCALAR_TILE(T, LC_MR_A, 1, a[aoff[i] + k], b[NR * k + j]) }
 #endif
 
-LC_DEFINE_TILE(lc_tile_f32, float)
-LC_DEFINE_TILE(lc_tile_f64, double)
+LC_DEFINE_TILES(f32, float)
+LC_DEFINE_TILES(f64, double)
 
 #endif  /* LOOPCONV_MICROKERNEL_H */

@@ -1,380 +1,429 @@
 # Tiled (matrix-multiply) loops for the three passes of a convolution.
 #
-# This source is included by tiled_baseline.pyx, tiled_x86_64_v3.pyx and tiled_x86_64_v4.pyx:
-# the same loops compiled for several instruction sets (setup.py sets the flags; loopconv/_loops
+# Included by tiled_baseline.pyx, tiled_x86_64_v3.pyx and tiled_x86_64_v4.pyx: the same loops
+# compiled for several instruction sets (setup.py sets the flags; loopconv/_loops/__init__.py
 # chooses one at import from the CPU's features).
 #
 # Layout: every array is C-contiguous and five-dimensional
 #     input   x  (N, C, D, H, W)        weight  w  (O, C // G, KD, KH, KW)
 #     output  y  (N, O, OD, OH, OW)     OD = (D + pd_before + pd_after - dd * (KD - 1) - 1) // sd + 1
-# (likewise for H and W).  1-D and 2-D convolutions are these loops with D = KD = 1 (and H = KH = 1).
-# Zero padding is never materialised: a source index outside the input reads as zero.
+# (likewise H and W).  1-D and 2-D convolutions are these loops with D = KD = 1 (and H = KH = 1).
 #
-# Each pass is a matrix product per image n and group g, with k = (c, kd, kh, kw) and p an
-# output pixel (od, oh, ow) flattened:
-#     forward       y[o, p]  = sum_k  w[o, k] * xcol[k, p]
-#     grad weight   dw[o, k] = sum_{n, p} dy[o, p] * xcol[k, p]
-#     grad input    dx[c, i] = sum_{o, taps} w[o, c, taps] * dy[o, (i + pad - tap * dil) / stride]
-# xcol (im2col) is never formed: blocks of it are gathered straight into the packed panels read
-# by the register tile of microkernel.h.
+# Each pass is a matrix product per image n and group g, with k = (c, kd, kh, kw), p an output
+# pixel and i an input pixel:
+#     forward        y[o, p]  = sum_k w[o, k] * xcol[k, p]
+#     weight grad    dw[o, k] = sum_{n, p} dy[o, p] * xcol[k, p]
+#     input grad     dx[c, i] = sum_{o, taps} w[o, c, taps] * dy[o, (i + pad - tap * dil) / stride]
+#
+# The im2col matrix xcol is never formed.  Instead each (image, group) slice of the source is
+# copied once into a per-thread "staged" array: zero-padded, and split by stride phase, so that
+#     staged[c, phase, a, b, e] = x[c, a*sd + pd - lead_d, b*sh + ph - lead_h, e*sw + pw - lead_w]
+# (zero outside x).  Tap (kd, kh, kw) of output (od, oh, ow) is then staged element
+#     [c, phase(tap), od + kd*dd // sd, oh + kh*dh // sh, ow + kw*dw // sw],  phase = tap*dil % s
+# so along the flattened staged grid q = (od * Hq + oh) * Wq + ow every row of xcol is a
+# contiguous run of the staged array, at an offset that depends on the tap alone.  The register
+# tile (microkernel.h) reads those runs in place: no packing of the large operand.  Grid columns
+# with oh >= OH or ow >= OW ("junk") are computed and never stored.
 #
 # The input gradient is split by stride phase.  Along one axis, input index i = r + s * t with
 # phase r = i mod s receives from tap k exactly when (r + pad - k * dil) is a multiple of s, and
-# then from output index t + (r + pad - k * dil) / s: for each phase a stride-1 product of dy
-# with that phase's taps, written to every s-th input pixel.  Phases whose taps are empty (rows
-# and columns that no window reaches) get zeros.  So all three passes run through one gather-
-# and-pack routine and one register tile, and each output element is written by one thread.
+# then from output index t + (r + pad - k * dil) / s: for each phase a stride-1 product of the
+# staged dy with that phase's taps, written to every s-th input pixel.  Phases without taps (rows
+# and columns that no window reaches) get zeros.  Each output element is written by one thread.
 
 from cython cimport floating
 from cython.parallel cimport prange, threadid
+from libc.stdlib cimport free, malloc
 from libc.string cimport memset
-
-from loopconv._loops.common cimport end_inside, first_inside, round_up
 
 import threading
 
 import numpy as np
 
+from loopconv._loops.common cimport end_inside, first_inside, round_up
+
 cdef extern from "microkernel.h" nogil:
     enum:
-        LC_MR
-        LC_NR_F32
-        LC_NR_F64
+        LC_MR_B         # rows of the forward-style tile
+        LC_NR_B_F32     # its columns
+        LC_NR_B_F64
+        LC_MR_A         # rows of the weight-gradient tile
+        LC_VW_F32       # lanes of a vector: its columns are one or two vectors
+        LC_VW_F64
     const char *LC_ISA
-    void lc_tile_f32(Py_ssize_t kc, const float *a, const float *b, float *c,
-                     Py_ssize_t ldc, int beta)
-    void lc_tile_f64(Py_ssize_t kc, const double *a, const double *b, double *c,
-                     Py_ssize_t ldc, int beta)
+    void lc_tile_b_f32(Py_ssize_t kc, const float *a, const float *b, const Py_ssize_t *boff,
+                       float *c, Py_ssize_t ldc, int beta)
+    void lc_tile_b_f64(Py_ssize_t kc, const double *a, const double *b, const Py_ssize_t *boff,
+                       double *c, Py_ssize_t ldc, int beta)
+    void lc_tile_a_f32(Py_ssize_t kc, const float *a, const Py_ssize_t *aoff, const float *b,
+                       float *c, Py_ssize_t ldc, int beta)
+    void lc_tile_a_f64(Py_ssize_t kc, const double *a, const Py_ssize_t *aoff, const double *b,
+                       double *c, Py_ssize_t ldc, int beta)
+    void lc_tile_a1_f32(Py_ssize_t kc, const float *a, const Py_ssize_t *aoff, const float *b,
+                        float *c, Py_ssize_t ldc, int beta)
+    void lc_tile_a1_f64(Py_ssize_t kc, const double *a, const Py_ssize_t *aoff,
+                        const double *b, double *c, Py_ssize_t ldc, int beta)
 
 
 # ---------------------------------------------------------------------------------------------
-# Blocking.  Rows of the packed B block (KC), columns per forward work item (NC), and pixels per
-# weight-gradient step (PC) with the number of B rows packed at once there (KB).  Chosen so that
-# a B panel (KC x NR) stays in L1 and the packed block in L2; see benchmarks/ for the sweep.
+# Blocking: rows of A per pass over the tiles (KC), grid columns per work item of the forward-
+# style product (NCB_TILES tiles of NR), reduction length per weight-gradient step (PC).
 
 cdef enum:
-    KC = 256
-    NC_PANELS = 8
+    KC = 384
+    NCB_TILES = 8
     PC = 256
-    KB = 256
 
 
-cdef inline Py_ssize_t nr_of(floating *dummy) noexcept nogil:
+cdef inline void tile_b(Py_ssize_t kc, const floating *a, const floating *b,
+                        const Py_ssize_t *boff, floating *c, Py_ssize_t ldc,
+                        bint beta) noexcept nogil:
     if floating is float:
-        return LC_NR_F32
+        lc_tile_b_f32(kc, a, b, boff, c, ldc, beta)
     else:
-        return LC_NR_F64
+        lc_tile_b_f64(kc, a, b, boff, c, ldc, beta)
 
 
-cdef inline void tile(Py_ssize_t kc, const floating *a, const floating *b, floating *c,
-                      Py_ssize_t ldc, bint beta) noexcept nogil:
+cdef inline void tile_a(bint wide, Py_ssize_t kc, const floating *a, const Py_ssize_t *aoff,
+                        const floating *b, floating *c, Py_ssize_t ldc, bint beta) noexcept nogil:
     if floating is float:
-        lc_tile_f32(kc, a, b, c, ldc, beta)
+        if wide:
+            lc_tile_a_f32(kc, a, aoff, b, c, ldc, beta)
+        else:
+            lc_tile_a1_f32(kc, a, aoff, b, c, ldc, beta)
     else:
-        lc_tile_f64(kc, a, b, c, ldc, beta)
+        if wide:
+            lc_tile_a_f64(kc, a, aoff, b, c, ldc, beta)
+        else:
+            lc_tile_a1_f64(kc, a, aoff, b, c, ldc, beta)
 
 
-# ---------------------------------------------------------------------------------------------
-# Gathering: a "grid" of columns (gd, gh, gw) reads a source channel at
-#     (gd * step[0] + off_d, gh * step[1] + off_h, gw * step[2] + off_w)
-# where each packed row carries its channel offset and (off_d, off_h, off_w) in a table of four
-# Py_ssize_t per row.  Indices outside the source read as zero.
-
-cdef struct Gather:
-    Py_ssize_t sdim[3]      # source spatial sizes
-    Py_ssize_t step[3]      # source step per grid step
-    Py_ssize_t grid[3]      # grid sizes; a column is a flattened grid index
-
-
-cdef Py_ssize_t build_segments(const Gather *g, Py_ssize_t p0, Py_ssize_t ncols, Py_ssize_t cp,
-                               Py_ssize_t *seg) noexcept nogil:
-    """Split columns p0 .. p0 + ncols - 1 into runs along the last grid axis that do not cross a
-    panel of cp columns.  Each run is (first column - p0, length, gd, gh, gw); returns the count."""
-    cdef Py_ssize_t gw_n = g.grid[2], gh_n = g.grid[1]
-    cdef Py_ssize_t gw = p0 % gw_n
-    cdef Py_ssize_t gh = (p0 // gw_n) % gh_n
-    cdef Py_ssize_t gd = p0 // (gw_n * gh_n)
-    cdef Py_ssize_t j = 0, n = 0, ln
-    while j < ncols:
-        ln = min(gw_n - gw, ncols - j, cp - j % cp)
-        seg[5 * n] = j
-        seg[5 * n + 1] = ln
-        seg[5 * n + 2] = gd
-        seg[5 * n + 3] = gh
-        seg[5 * n + 4] = gw
-        n += 1
-        j += ln
-        gw += ln
-        if gw == gw_n:
-            gw = 0
-            gh += 1
-            if gh == gh_n:
-                gh = 0
-                gd += 1
+cdef Py_ssize_t grid_columns(Py_ssize_t q0, Py_ssize_t n, const Py_ssize_t *q,
+                             const Py_ssize_t *grid, Py_ssize_t base, const Py_ssize_t *dstep,
+                             Py_ssize_t *dcol, Py_ssize_t *run) noexcept nogil:
+    """For staged grid columns q0 .. q0 + n - 1 (row length q[2], plane q[1] * q[2]): dcol[j],
+    the destination base + a*dstep[0] + b*dstep[1] + e*dstep[2] of valid column (a, b, e), -1
+    for junk; and run[j], the number of columns from j on whose destinations follow each other
+    with step dstep[2] (0 for junk)."""
+    cdef Py_ssize_t a = q0 // (q[1] * q[2]), b = (q0 // q[2]) % q[1], e = q0 % q[2], j
+    for j in range(n):
+        dcol[j] = (base + a * dstep[0] + b * dstep[1] + e * dstep[2]
+                   if b < grid[1] and e < grid[2] else -1)
+        e += 1
+        if e == q[2]:
+            e = 0
+            b += 1
+            if b == q[1]:
+                b = 0
+                a += 1
+    for j in reversed(range(n)):
+        if dcol[j] < 0:
+            run[j] = 0
+        elif j + 1 < n and dcol[j + 1] == dcol[j] + dstep[2]:
+            run[j] = run[j + 1] + 1
+        else:
+            run[j] = 1
     return n
 
 
-cdef inline void fill_zero(floating *d, Py_ssize_t n, Py_ssize_t cs) noexcept nogil:
-    cdef Py_ssize_t t
-    for t in range(n):
-        d[t * cs] = 0
+# ---------------------------------------------------------------------------------------------
+# Staging: the padded, phase-split copy of one (image, group) slice.
+
+cdef struct Stage:
+    Py_ssize_t dim[3]       # source spatial sizes
+    Py_ssize_t step[3]      # phases per axis (the stride; 1 for dy)
+    Py_ssize_t lead[3]      # source index = staged index * step + phase - lead
+    Py_ssize_t q[3]         # Dq, Hq, Wq: staged sizes of one phase
+    Py_ssize_t plane        # Dq * Hq * Wq
+    Py_ssize_t chan         # staged elements per channel (phases * plane)
+    Py_ssize_t nchan        # channels per (image, group)
+    Py_ssize_t src_chan     # source elements per channel
+    Py_ssize_t size         # elements in all
 
 
-cdef void pack(const floating *src, const Gather *g, const Py_ssize_t *rows,
-               Py_ssize_t nrows, Py_ssize_t nrows_pad,
-               const Py_ssize_t *seg, Py_ssize_t nseg, Py_ssize_t ncols, Py_ssize_t ncols_pad,
-               floating *dst, Py_ssize_t rp, Py_ssize_t rps, Py_ssize_t rs,
-               Py_ssize_t cp, Py_ssize_t cps, Py_ssize_t cs) noexcept nogil:
-    """Gather rows 0 .. nrows-1 (table `rows`) over the columns described by `seg` into
-
-        dst[(r // rp) * rps + (r % rp) * rs + (j // cp) * cps + (j % cp) * cs]
-
-    with zeros in the padding rows (up to nrows_pad) and columns (up to ncols_pad).
-    Forward B panels: columns in panels of NR (rs = NR, cs = 1); weight-gradient panels: rows
-    in panels of MR or NR (rs = 1, cs = panel height)."""
-    cdef Py_ssize_t r, s, t, j0, ln, iz, iy, ix0, t_lo, t_hi
-    cdef Py_ssize_t SD = g.sdim[0], SH = g.sdim[1], SW = g.sdim[2]
-    cdef Py_ssize_t st0 = g.step[0], st1 = g.step[1], st2 = g.step[2]
-    cdef const floating *chan
-    cdef const floating *line
-    cdef floating *rbase
-    cdef floating *d
-    for r in range(nrows):
-        chan = src + rows[4 * r]
-        rbase = dst + (r // rp) * rps + (r % rp) * rs
-        for s in range(nseg):
-            j0 = seg[5 * s]
-            ln = seg[5 * s + 1]
-            d = rbase + (j0 // cp) * cps + (j0 % cp) * cs
-            iz = seg[5 * s + 2] * st0 + rows[4 * r + 1]
-            iy = seg[5 * s + 3] * st1 + rows[4 * r + 2]
-            if iz < 0 or iz >= SD or iy < 0 or iy >= SH:
-                fill_zero(d, ln, cs)
-                continue
-            line = chan + (iz * SH + iy) * SW
-            ix0 = seg[5 * s + 4] * st2 + rows[4 * r + 3]
-            # valid t: 0 <= ix0 + t * st2 < SW
-            t_lo = min(first_inside(ix0, st2), ln)
-            t_hi = end_inside(ix0, st2, SW)
-            t_hi = max(min(t_hi, ln), t_lo)
-            fill_zero(d, t_lo, cs)
-            if cs == 1 and st2 == 1:
-                line = line + ix0
-                for t in range(t_lo, t_hi):
-                    d[t] = line[t]
-            else:
-                for t in range(t_lo, t_hi):
-                    d[t * cs] = line[ix0 + t * st2]
-            fill_zero(d + t_hi * cs, ln - t_hi, cs)
-        for j0 in range(ncols, ncols_pad):
-            rbase[(j0 // cp) * cps + (j0 % cp) * cs] = 0
-    for r in range(nrows, nrows_pad):
-        rbase = dst + (r // rp) * rps + (r % rp) * rs
-        for j0 in range(ncols_pad):
-            rbase[(j0 // cp) * cps + (j0 % cp) * cs] = 0
+cdef void stage_slice(const floating *src, const Stage *st, floating *out) noexcept nogil:
+    cdef Py_ssize_t c, pd, ph, pw, a, b, e, iz, iy, ix0, e_lo, e_hi
+    cdef Py_ssize_t Dq = st.q[0], Hq = st.q[1], Wq = st.q[2]
+    cdef Py_ssize_t H = st.dim[1], W = st.dim[2], sw = st.step[2]
+    cdef floating *row
+    cdef const floating *srow
+    for c in range(st.nchan):
+        for pd in range(st.step[0]):
+            for ph in range(st.step[1]):
+                for pw in range(sw):
+                    ix0 = pw - st.lead[2]
+                    e_lo = min(first_inside(ix0, sw), Wq)
+                    e_hi = max(min(end_inside(ix0, sw, W), Wq), e_lo)
+                    for a in range(Dq):
+                        iz = a * st.step[0] + pd - st.lead[0]
+                        for b in range(Hq):
+                            iy = b * st.step[1] + ph - st.lead[1]
+                            row = out + (c * st.chan + ((pd * st.step[1] + ph) * sw + pw)
+                                         * st.plane + (a * Hq + b) * Wq)
+                            if iz < 0 or iz >= st.dim[0] or iy < 0 or iy >= H:
+                                memset(row, 0, Wq * sizeof(floating))
+                                continue
+                            srow = src + c * st.src_chan + (iz * H + iy) * W + ix0
+                            for e in range(e_lo):
+                                row[e] = 0
+                            if sw == 1:
+                                for e in range(e_lo, e_hi):
+                                    row[e] = srow[e]
+                            else:
+                                for e in range(e_lo, e_hi):
+                                    row[e] = srow[e * sw]
+                            for e in range(e_hi, Wq):
+                                row[e] = 0
+    memset(out + st.nchan * st.chan, 0, (st.size - st.nchan * st.chan) * sizeof(floating))
 
 
-cdef void pack_weight(const floating *w, Py_ssize_t M, Py_ssize_t K, Py_ssize_t mr,
-                      const Py_ssize_t *roff, const Py_ssize_t *koff,
-                      floating *dst) noexcept nogil:
-    """A panels of the forward-style product: dst[(i // mr) * K * mr + k * mr + i % mr] =
-    w[roff[i] + koff[k]], rows past M zero."""
-    cdef Py_ssize_t i, k
-    cdef floating *d
-    for i in range(round_up(M, mr)):
-        d = dst + (i // mr) * K * mr + i % mr
-        if i < M:
-            for k in range(K):
-                d[k * mr] = w[roff[i] + koff[k]]
-        else:
-            for k in range(K):
-                d[k * mr] = 0
+cdef inline void ensure_staged(const floating *src, const Stage *st, Py_ssize_t key,
+                               floating *out, Py_ssize_t *staged_key) noexcept nogil:
+    """Stage the slice `key` unless this thread's buffer already holds it."""
+    if staged_key[0] != key:
+        stage_slice(src, st, out)
+        staged_key[0] = key
 
 
 # ---------------------------------------------------------------------------------------------
-# Forward-style product: for every image n and group g,
-#     dst[n, g*M + i, col(j)] = sum_k A_g[i, k] * B_ng[k, j]  (+ bias[g*M + i])
-# with B gathered from src by (rows, gather) and col(j) = base + gd*dstep[0] + gh*dstep[1] +
-# gw*dstep[2] for grid column j.  The forward pass and each phase of the input gradient.
+# Forward-style product, for the forward pass (one phase) and the input gradient (one phase per
+# stride residue):  dst[n, g*M + i, col(q)] = bias + sum_k A_phase[g][i, k] staged[boff[k] + q]
+
+cdef struct Phase:
+    Py_ssize_t K            # rows of B (channels x taps of this phase)
+    Py_ssize_t a_off        # offset of this phase's packed A (all groups) in apack
+    Py_ssize_t k_off        # offset of this phase's rows in the B-offset table
+    Py_ssize_t grid[3]      # sizes of the valid grid
+    Py_ssize_t ncols        # grid columns up to the last valid one
+    Py_ssize_t nblk         # work items per (image, group)
+    Py_ssize_t dst_base     # destination of grid column (a, b, e):
+    Py_ssize_t dstep[3]     #   dst_base + a*dstep[0] + b*dstep[1] + e*dstep[2]
+
 
 cdef struct Product:
-    Py_ssize_t N, G, M, K
-    Py_ssize_t src_img, src_grp        # element strides of the gathered source
+    Py_ssize_t N, G, M
+    Py_ssize_t src_img, src_grp
     Py_ssize_t dst_img, dst_grp, dst_row
-    Py_ssize_t dst_base
-    Py_ssize_t dstep[3]
-    Gather gather
+    Py_ssize_t nphase
+    Py_ssize_t items_ng     # work items per (image, group): the sum of the phases' nblk
+    Stage st
 
 
-cdef void product_block(const Product *p, Py_ssize_t item, const floating *src,
-                        const Py_ssize_t *rows, const floating *apack, const floating *bias,
-                        floating *dst, floating *fws, Py_ssize_t *iws) noexcept nogil:
-    """One work item: image n, group g, and a block of NC_PANELS * NR columns."""
-    cdef Py_ssize_t NR = nr_of(dst)
-    cdef Py_ssize_t NC = NC_PANELS * NR
-    cdef Py_ssize_t P = p.gather.grid[0] * p.gather.grid[1] * p.gather.grid[2]
-    cdef Py_ssize_t nblk = (P + NC - 1) // NC
-    cdef Py_ssize_t blk = item % nblk
-    cdef Py_ssize_t g = (item // nblk) % p.G
-    cdef Py_ssize_t n = item // (nblk * p.G)
-    cdef Py_ssize_t p0 = blk * NC, ncols = min(NC, P - p0), npan = (ncols + NR - 1) // NR
-    cdef Py_ssize_t M = p.M, K = p.K, mpan = (M + LC_MR - 1) // LC_MR
-    cdef Py_ssize_t i, j, t, s, jp, ip, kb, k0, kc, mw, jw, gw, gh, gd
-    cdef const floating *src_ng = src + n * p.src_img + g * p.src_grp
+cdef inline void copy_run(floating *d, Py_ssize_t ds, const floating *src, Py_ssize_t n,
+                          bint add) noexcept nogil:
+    """d[u * ds] (=, +=) src[u] for u < n."""
+    cdef Py_ssize_t u
+    if ds == 1:
+        if add:
+            for u in range(n):
+                d[u] += src[u]
+        else:
+            for u in range(n):
+                d[u] = src[u]
+    elif add:
+        for u in range(n):
+            d[u * ds] += src[u]
+    else:
+        for u in range(n):
+            d[u * ds] = src[u]
+
+
+cdef void product_item(const Product *p, const Phase *phases, Py_ssize_t item,
+                       const floating *src, const Py_ssize_t *boff_all,
+                       const floating *apack, const floating *bias, floating *dst,
+                       floating *fws, Py_ssize_t *iws) noexcept nogil:
+    cdef Py_ssize_t NR = LC_NR_B_F32 if floating is float else LC_NR_B_F64
+    cdef Py_ssize_t NCB = NCB_TILES * NR
+    cdef Py_ssize_t ng = item // p.items_ng, r = item % p.items_ng
+    cdef Py_ssize_t n = ng // p.G, g = ng % p.G, f = 0
+    while r >= phases[f].nblk:
+        r -= phases[f].nblk
+        f += 1
+    cdef const Phase *ph = &phases[f]
+    cdef Py_ssize_t M = p.M, K = ph.K, mpan = (M + LC_MR_B - 1) // LC_MR_B
+    cdef Py_ssize_t q0 = r * NCB, ncols = min(NCB, ph.ncols - q0)
+    cdef Py_ssize_t ntile = (ncols + NR - 1) // NR, ds = ph.dstep[2]
+    cdef Py_ssize_t i, j, t, u, jt, ip, kb, k0, kc, mw, ln
+    cdef floating *staged = fws
+    cdef floating *ctile = fws + p.st.size
+    cdef Py_ssize_t *dcol = iws + 1
+    cdef Py_ssize_t *run = dcol + NCB
+    cdef const floating *a_g = apack + ph.a_off + g * round_up(M, LC_MR_B) * K
+    cdef const Py_ssize_t *boff = boff_all + ph.k_off
     cdef floating *dst_ng = dst + n * p.dst_img + g * p.dst_grp
-    cdef const floating *a_g = apack + g * round_up(M, LC_MR) * K
-    cdef floating *bpack = fws
-    cdef floating *ctile = fws + KC * NC
-    cdef Py_ssize_t *seg = iws
-    cdef Py_ssize_t *dcol = iws + 5 * (NC + NC // NR + 2)
-    cdef Py_ssize_t *contig = dcol + NC
-    cdef Py_ssize_t nseg = build_segments(&p.gather, p0, ncols, NR, seg)
     cdef floating *d
+    cdef const floating *cr
     cdef floating bv
+    cdef bint whole
 
-    # destination offset of every column, and which panels are full and contiguous there
-    for s in range(nseg):
-        gd = seg[5 * s + 2]
-        gh = seg[5 * s + 3]
-        gw = seg[5 * s + 4]
-        for t in range(seg[5 * s + 1]):
-            dcol[seg[5 * s] + t] = (p.dst_base + gd * p.dstep[0] + gh * p.dstep[1]
-                                    + (gw + t) * p.dstep[2])
-    for jp in range(npan):
-        contig[jp] = (jp + 1) * NR <= ncols
-        for t in range(jp * NR + 1, min((jp + 1) * NR, ncols)):
-            if dcol[t] != dcol[t - 1] + 1:
-                contig[jp] = 0
+    ensure_staged(src + n * p.src_img + g * p.src_grp, &p.st, ng, staged, iws)
+    grid_columns(q0, ncols, p.st.q, ph.grid, ph.dst_base, ph.dstep, dcol, run)
+    for j in range(ncols, ntile * NR):
+        dcol[j] = -1
+        run[j] = 0
 
-    if K == 0:          # no taps reach these pixels
+    if K == 0:          # no tap reaches these pixels
         for i in range(M):
+            d = dst_ng + i * p.dst_row
             for j in range(ncols):
-                dst_ng[i * p.dst_row + dcol[j]] = 0
+                if dcol[j] >= 0:
+                    d[dcol[j]] = 0
 
     for kb in range((K + KC - 1) // KC):
         k0 = kb * KC
         kc = min(KC, K - k0)
-        pack(src_ng, &p.gather, rows + 4 * k0, kc, kc, seg, nseg, ncols, npan * NR,
-             bpack, kc, 0, NR, NR, kc * NR, 1)
-        for jp in range(npan):
-            jw = min(NR, ncols - jp * NR)
+        for jt in range(ntile):
+            # the whole tile lands on one contiguous output row: store in place
+            whole = ds == 1 and run[jt * NR] >= NR
             for ip in range(mpan):
-                mw = min(LC_MR, M - ip * LC_MR)
-                if contig[jp] and mw == LC_MR:
-                    tile(kc, a_g + ip * K * LC_MR + k0 * LC_MR, bpack + jp * kc * NR,
-                         dst_ng + ip * LC_MR * p.dst_row + dcol[jp * NR], p.dst_row, k0 > 0)
-                else:
-                    tile(kc, a_g + ip * K * LC_MR + k0 * LC_MR, bpack + jp * kc * NR,
-                         ctile, NR, 0)
-                    for i in range(mw):
-                        d = dst_ng + (ip * LC_MR + i) * p.dst_row
-                        for t in range(jw):
-                            if k0 > 0:
-                                d[dcol[jp * NR + t]] += ctile[i * NR + t]
-                            else:
-                                d[dcol[jp * NR + t]] = ctile[i * NR + t]
+                mw = min(LC_MR_B, M - ip * LC_MR_B)
+                if whole and mw == LC_MR_B:
+                    tile_b(kc, a_g + (ip * K + k0) * LC_MR_B, staged + q0 + jt * NR, boff + k0,
+                           dst_ng + ip * LC_MR_B * p.dst_row + dcol[jt * NR], p.dst_row, kb > 0)
+                    continue
+                tile_b(kc, a_g + (ip * K + k0) * LC_MR_B, staged + q0 + jt * NR, boff + k0,
+                       ctile, NR, 0)
+                for i in range(mw):
+                    d = dst_ng + (ip * LC_MR_B + i) * p.dst_row
+                    t = jt * NR
+                    cr = ctile + i * NR - t
+                    while t < (jt + 1) * NR:
+                        ln = min(run[t], (jt + 1) * NR - t)
+                        if ln == 0:
+                            t += 1
+                            continue
+                        copy_run(d + dcol[t], ds, cr + t, ln, kb > 0)
+                        t += ln
 
     if bias != NULL:
         for i in range(M):
             bv = bias[g * M + i]
             d = dst_ng + i * p.dst_row
             for j in range(ncols):
-                d[dcol[j]] += bv
+                if dcol[j] >= 0:
+                    d[dcol[j]] += bv
 
 
-cdef void run_product(const Product *p, const floating *src, const Py_ssize_t *rows,
-                      const floating *apack, const floating *bias, floating *dst,
-                      floating *fws, Py_ssize_t fper, Py_ssize_t *iws, Py_ssize_t iper,
-                      int nthreads) noexcept nogil:
-    cdef Py_ssize_t NR = nr_of(dst)
-    cdef Py_ssize_t P = p.gather.grid[0] * p.gather.grid[1] * p.gather.grid[2]
-    cdef Py_ssize_t nitems = p.N * p.G * ((P + NC_PANELS * NR - 1) // (NC_PANELS * NR))
-    cdef Py_ssize_t item
+cdef void run_product(const Product *p, const Phase *phases, const floating *src,
+                      const Py_ssize_t *boff, const floating *apack, const floating *bias,
+                      floating *dst, floating *fws, Py_ssize_t fper, Py_ssize_t *iws,
+                      Py_ssize_t iper, int nthreads) noexcept nogil:
+    cdef Py_ssize_t item, t
     cdef int tid
-    # race-free: each item writes its own (image, group, column block) of dst, and reads only
-    # shared inputs; the per-thread workspace is indexed by the thread number.
-    for item in prange(nitems, schedule="static", num_threads=nthreads):
+    for t in range(nthreads):
+        iws[t * iper] = -1      # nothing staged yet
+    # race-free: each item writes its own (image, group, phase, column block) of dst and reads
+    # only shared inputs; the staged slice and other scratch are per thread.
+    for item in prange(p.N * p.G * p.items_ng, schedule="static", num_threads=nthreads):
         tid = threadid()
-        product_block(p, item, src, rows, apack, bias, dst,
-                      fws + tid * fper, iws + tid * iper)
+        product_item(p, phases, item, src, boff, apack, bias, dst, fws + tid * fper,
+                     iws + tid * iper)
 
 
 # ---------------------------------------------------------------------------------------------
-# Weight gradient: dw_g[o, k] = sum over (n, pixel block) of dy_ng[o, p] xcol_ng[k, p].
-# The reduction steps (n, block of PC pixels) are cut into `nchunk` contiguous chunks fixed by
-# the problem size alone; each (chunk, group) item sums into its own partial product, and the
-# partials are added in chunk order.  Results therefore do not depend on the thread count.
+# Weight gradient: dw_g[o, k] = sum over (n, q) of dy_ng[o, q] staged_ng[aoff[k] + q], computed
+# transposed (rows k, columns o) so that the staged x is read in place and only dy is packed.
+# The reduction steps (n, block of PC grid columns) are cut into `nchunk` contiguous chunks fixed
+# by the problem size alone; each (group, chunk) item sums into its own partial product and the
+# partials are added in chunk order, so results do not depend on the thread count.
 
 cdef struct WeightProduct:
-    Py_ssize_t N, G, M, K, P
-    Py_ssize_t nchunk
-    Py_ssize_t x_img, x_grp, y_img, y_grp
-    Py_ssize_t Mpad, Kpad
-    Gather xg, yg
+    Py_ssize_t N, G, M, K, Kpad, Opad, NR
+    bint wide                       # columns of the tile: two vectors (else one)
+    Py_ssize_t nchunk, ncols, nblk
+    Py_ssize_t grid[3]              # output sizes OD, OH, OW (the valid grid)
+    Py_ssize_t dstep[3]             # their strides in dy
+    Py_ssize_t x_img, x_grp, y_img, y_grp, y_plane
+    Stage st
 
 
-cdef void weight_chunk(const WeightProduct *p, Py_ssize_t item, const floating *x,
-                       const floating *dy, const Py_ssize_t *xrows, const Py_ssize_t *yrows,
-                       floating *partial, floating *fws, Py_ssize_t *iws) noexcept nogil:
-    cdef Py_ssize_t NR = nr_of(partial)
-    cdef Py_ssize_t nblk = (p.P + PC - 1) // PC
-    cdef Py_ssize_t nsteps = p.N * nblk
+cdef void weight_item(const WeightProduct *p, Py_ssize_t item, const floating *x,
+                      const floating *dy, const Py_ssize_t *aoff, floating *partial,
+                      floating *fws, Py_ssize_t *iws) noexcept nogil:
+    cdef Py_ssize_t NR = p.NR
     cdef Py_ssize_t chunk = item % p.nchunk, g = item // p.nchunk
+    cdef Py_ssize_t nsteps = p.N * p.nblk
     cdef Py_ssize_t s0 = chunk * nsteps // p.nchunk, s1 = (chunk + 1) * nsteps // p.nchunk
-    cdef Py_ssize_t step, n, p0, pc, nseg, kb, kb0, kbn, kbpad, ip, jp
-    cdef floating *part = partial + item * p.Mpad * p.Kpad
-    cdef floating *apack = fws
-    cdef floating *bpack = fws + p.Mpad * PC
-    cdef Py_ssize_t *seg = iws
+    cdef Py_ssize_t step, n, q0, pc, j, u, o, ip, jp, ln
+    cdef floating *part = partial + item * p.Kpad * p.Opad
+    cdef floating *staged = fws
+    cdef floating *bpack = fws + p.st.size
+    cdef floating *bo
+    cdef const floating *dyrow
+    cdef Py_ssize_t *dcol = iws + 1
+    cdef Py_ssize_t *run = dcol + PC
     cdef bint first = True
     for step in range(s0, s1):
-        n = step // nblk
-        p0 = (step % nblk) * PC
-        pc = min(PC, p.P - p0)
-        nseg = build_segments(&p.yg, p0, pc, pc, seg)
-        pack(dy + n * p.y_img + g * p.y_grp, &p.yg, yrows, p.M, p.Mpad, seg, nseg, pc, pc,
-             apack, LC_MR, pc * LC_MR, 1, pc, 0, LC_MR)
-        for kb in range((p.K + KB - 1) // KB):
-            kb0 = kb * KB
-            kbn = min(KB, p.K - kb0)
-            kbpad = round_up(kbn, NR)
-            pack(x + n * p.x_img + g * p.x_grp, &p.xg, xrows + 4 * kb0, kbn, kbpad, seg, nseg,
-                 pc, pc, bpack, NR, pc * NR, 1, pc, 0, NR)
-            for jp in range(kbpad // NR):
-                for ip in range(p.Mpad // LC_MR):
-                    tile(pc, apack + ip * pc * LC_MR, bpack + jp * pc * NR,
-                         part + ip * LC_MR * p.Kpad + kb0 + jp * NR, p.Kpad, not first)
+        n = step // p.nblk
+        q0 = (step % p.nblk) * PC
+        pc = min(PC, p.ncols - q0)
+        ensure_staged(x + n * p.x_img + g * p.x_grp, &p.st, n * p.G + g, staged, iws)
+        grid_columns(q0, pc, p.st.q, p.grid, 0, p.dstep, dcol, run)
+        # B = dy^T of the block, in panels of NR output channels: bpack[o // NR][j][o % NR],
+        # zero for junk columns and (written once per item) for the channels past M
+        for o in range(p.Opad):
+            bo = bpack + (o // NR) * PC * NR + o % NR
+            if o >= p.M:
+                if first:
+                    for j in range(PC):
+                        bo[j * NR] = 0
+                continue
+            dyrow = dy + n * p.y_img + g * p.y_grp + o * p.y_plane
+            j = 0
+            while j < pc:
+                ln = run[j]
+                if ln == 0:
+                    bo[j * NR] = 0
+                    j += 1
+                    continue
+                for u in range(ln):
+                    bo[(j + u) * NR] = dyrow[dcol[j] + u]
+                j += ln
+        for ip in range(p.Kpad // LC_MR_A):
+            for jp in range(p.Opad // NR):
+                tile_a(p.wide, pc, staged + q0, aoff + ip * LC_MR_A, bpack + jp * PC * NR,
+                       part + ip * LC_MR_A * p.Opad + jp * NR, p.Opad, not first)
         first = False
-    if s0 == s1:
-        memset(part, 0, p.Mpad * p.Kpad * sizeof(floating))
+    if first:
+        memset(part, 0, p.Kpad * p.Opad * sizeof(floating))
 
 
 cdef void run_weight(const WeightProduct *p, const floating *x, const floating *dy,
-                     const Py_ssize_t *xrows, const Py_ssize_t *yrows, floating *partial,
-                     floating *dw, floating *fws, Py_ssize_t fper, Py_ssize_t *iws,
-                     Py_ssize_t iper, int nthreads) noexcept nogil:
-    cdef Py_ssize_t item, row, g, o, k, c
-    cdef floating acc
+                     const Py_ssize_t *aoff, floating *partial, floating *dw, floating *fws,
+                     Py_ssize_t fper, Py_ssize_t *iws, Py_ssize_t iper, int nthreads) noexcept nogil:
+    cdef Py_ssize_t item, row, g, o, k, c, t
+    cdef floating *acc
+    cdef const floating *part
     cdef int tid
+    for t in range(nthreads):
+        iws[t * iper] = -1      # nothing staged yet
     # race-free: item (group, chunk) writes only its own partial product.
     for item in prange(p.G * p.nchunk, schedule="static", num_threads=nthreads):
         tid = threadid()
-        weight_chunk(p, item, x, dy, xrows, yrows, partial, fws + tid * fper, iws + tid * iper)
-    # race-free: each (group, output channel) row of dw is summed by one thread, chunks in order.
-    for row in prange(p.G * p.M, schedule="static", num_threads=nthreads):
-        g = row // p.M
-        o = row % p.M
-        for k in range(p.K):
-            acc = 0
-            for c in range(p.nchunk):
-                acc = acc + partial[((g * p.nchunk + c) * p.Mpad + o) * p.Kpad + k]
-            dw[row * p.K + k] = acc
+        weight_item(p, item, x, dy, aoff, partial, fws + tid * fper, iws + tid * iper)
+    # race-free: each row (group, k) of the transposed dw is summed by one thread, in chunk order,
+    # into that thread's scratch, then written to its column of dw.
+    for row in prange(p.G * p.K, schedule="static", num_threads=nthreads):
+        tid = threadid()
+        acc = fws + tid * fper
+        g = row // p.K
+        k = row % p.K
+        part = partial + (g * p.nchunk * p.Kpad + k) * p.Opad
+        for o in range(p.M):
+            acc[o] = part[o]
+        for c in range(1, p.nchunk):
+            part = part + p.Kpad * p.Opad
+            for o in range(p.M):
+                acc[o] = acc[o] + part[o]
+        for o in range(p.M):
+            dw[(g * p.M + o) * p.K + k] = acc[o]
 
 
 # ---------------------------------------------------------------------------------------------
 # Python-facing entry points.  The Python layer (loopconv/functional.py) has checked every
-# shape, handled empty arrays, and allocated the output; these only fill it.  stride, pad and dilation are (d, h, w) triples of
-# ints; pad is the padding before each axis (the padding after is implied by the shapes).
+# shape, handled empty arrays, and allocated the output; these only fill it.  stride, pad and
+# dilation are (d, h, w) triples of ints; pad is the padding before each axis (the padding after
+# is implied by the shapes).
 
 _workspaces = threading.local()
 
@@ -398,80 +447,118 @@ cdef inline Py_ssize_t per_thread(Py_ssize_t n) noexcept nogil:
     return round_up(n, 16)      # each thread's region starts on its own cache line
 
 
-cdef inline void set3(Py_ssize_t *a, Py_ssize_t v0, Py_ssize_t v1, Py_ssize_t v2) noexcept nogil:
-    a[0] = v0
-    a[1] = v1
-    a[2] = v2
+cdef void set_stage(Stage *st, tuple dim, tuple step, tuple lead, tuple q, Py_ssize_t nchan,
+                    Py_ssize_t NR):
+    cdef int a
+    for a in range(3):
+        st.dim[a] = dim[a]
+        st.step[a] = step[a]
+        st.lead[a] = lead[a]
+        st.q[a] = q[a]
+    st.plane = st.q[0] * st.q[1] * st.q[2]
+    st.chan = st.step[0] * st.step[1] * st.step[2] * st.plane
+    st.nchan = nchan
+    st.src_chan = st.dim[0] * st.dim[1] * st.dim[2]
+    st.size = round_up(nchan * st.chan + NR, 16)     # zeros after: tiles may read NR past
 
 
-cdef object gather_rows(Py_ssize_t nchan, Py_ssize_t chan_stride, list taps):
-    """Row table for channel c and taps (kd, kh, kw) in C order: rows (c * chan_stride,
-    off_d, off_h, off_w), where taps[a] is the list of (k, offset) pairs of axis a."""
-    cdef Py_ssize_t c, n = 0
-    table = np.empty((nchan * len(taps[0]) * len(taps[1]) * len(taps[2]), 4), dtype=np.intp)
-    cdef Py_ssize_t[:, ::1] rows = table
-    for c in range(nchan):
-        for _, od in taps[0]:
-            for _, oh in taps[1]:
-                for _, ow in taps[2]:
-                    rows[n, 0] = c * chan_stride
-                    rows[n, 1] = od
-                    rows[n, 2] = oh
-                    rows[n, 3] = ow
-                    n += 1
-    return table
+cdef tuple x_stage(tuple size, tuple out, tuple ksize, stride, pad, dilation):
+    """Staged sizes (Dq, Hq, Wq) for reading x through a kernel: every tap of every valid
+    output lies inside."""
+    return tuple(out[a] + (ksize[a] - 1) * dilation[a] // stride[a] for a in range(3))
+
+
+cdef Py_ssize_t tap_offset(const Stage *st, Py_ssize_t c, tuple tap):
+    """Staged offset of channel c and tap (kd, kh, kw) read with the staging's strides."""
+    cdef Py_ssize_t phase = 0, shift = 0, a, t
+    for a in range(3):
+        t = tap[a]
+        phase = phase * st.step[a] + t % st.step[a]
+        shift = shift * st.q[a] + t // st.step[a]
+    return c * st.chan + phase * st.plane + shift
 
 
 def info():
-    """The instruction set and register tile of this build."""
-    return {"isa": LC_ISA.decode(), "mr": LC_MR, "nr_float32": LC_NR_F32,
-            "nr_float64": LC_NR_F64}
+    """The instruction set and register tiles of this build."""
+    return {"isa": LC_ISA.decode(),
+            "forward tile float32": (LC_MR_B, LC_NR_B_F32),
+            "forward tile float64": (LC_MR_B, LC_NR_B_F64),
+            "weight tile float32": (LC_MR_A, 2 * LC_VW_F32),
+            "weight tile float64": (LC_MR_A, 2 * LC_VW_F64)}
 
 
 def forward(const floating[:, :, :, :, ::1] x, const floating[:, :, :, :, ::1] w,
             const floating[::1] bias, floating[:, :, :, :, ::1] y,
             stride, pad, dilation, Py_ssize_t groups, int num_threads):
     """y = conv(x, w) + bias over 5-D arrays.  An empty bias means none."""
-    cdef Product p
-    cdef Py_ssize_t NR = LC_NR_F32 if floating is float else LC_NR_F64
+    cdef Py_ssize_t NR = LC_NR_B_F32 if floating is float else LC_NR_B_F64
     dtype = np.float32 if floating is float else np.float64
+    cdef Product p
+    cdef Phase ph
     cdef Py_ssize_t O = w.shape[0], Cg = w.shape[1], Og = O // groups
     cdef Py_ssize_t KS = w.shape[2] * w.shape[3] * w.shape[4]
-    cdef Py_ssize_t plane = x.shape[2] * x.shape[3] * x.shape[4]
-    cdef Py_ssize_t mpad = round_up(Og, LC_MR), g, fper, iper
-    if y.shape[0] == 0 or y.shape[1] == 0 or y.shape[2] * y.shape[3] * y.shape[4] == 0:
-        return
+    cdef Py_ssize_t mpad = round_up(Og, LC_MR_B), g, k, fper, iper
+    size = (x.shape[2], x.shape[3], x.shape[4])
+    out = (y.shape[2], y.shape[3], y.shape[4])
+    ksize = (w.shape[2], w.shape[3], w.shape[4])
+    set_stage(&p.st, size, tuple(stride), tuple(pad), x_stage(size, out, ksize, stride, pad,
+              dilation), Cg, NR)
     p.N = x.shape[0]
     p.G = groups
     p.M = Og
-    p.K = Cg * KS
-    p.src_img = x.shape[1] * plane
-    p.src_grp = Cg * plane
-    p.dst_row = y.shape[2] * y.shape[3] * y.shape[4]
+    p.src_img = x.shape[1] * p.st.src_chan
+    p.src_grp = Cg * p.st.src_chan
+    p.dst_row = out[0] * out[1] * out[2]
     p.dst_img = O * p.dst_row
     p.dst_grp = Og * p.dst_row
-    p.dst_base = 0
-    set3(p.dstep, y.shape[3] * y.shape[4], y.shape[4], 1)
-    set3(p.gather.sdim, x.shape[2], x.shape[3], x.shape[4])
-    set3(p.gather.step, stride[0], stride[1], stride[2])
-    set3(p.gather.grid, y.shape[2], y.shape[3], y.shape[4])
+    p.nphase = 1
+    ph.K = Cg * KS
+    ph.a_off = 0
+    ph.k_off = 0
+    for k in range(3):
+        ph.grid[k] = out[k]
+    ph.ncols = ((out[0] - 1) * p.st.q[1] + out[1] - 1) * p.st.q[2] + out[2]
+    ph.nblk = (ph.ncols + NCB_TILES * NR - 1) // (NCB_TILES * NR)
+    ph.dst_base = 0
+    ph.dstep[0] = out[1] * out[2]
+    ph.dstep[1] = out[2]
+    ph.dstep[2] = 1
+    p.items_ng = ph.nblk
 
-    taps = [[(k, k * dilation[a] - pad[a]) for k in range(w.shape[2 + a])] for a in range(3)]
-    cdef Py_ssize_t[:, ::1] rows = gather_rows(Cg, plane, taps)
-    cdef Py_ssize_t[::1] roff = np.arange(Og, dtype=np.intp) * p.K
-    cdef Py_ssize_t[::1] koff = np.arange(p.K, dtype=np.intp)
-    cdef floating[::1] apack = np.empty(groups * mpad * p.K, dtype=dtype)
-    fper = per_thread(KC * NC_PANELS * NR + LC_MR * NR)
-    iper = per_thread(5 * (NC_PANELS * NR + NC_PANELS + 2) + NC_PANELS * NR + NC_PANELS + 1)
+    taps = [(kd * dilation[0], kh * dilation[1], kw * dilation[2]) for kd in range(ksize[0])
+            for kh in range(ksize[1]) for kw in range(ksize[2])]
+    cdef Py_ssize_t[::1] boff = np.array([tap_offset(&p.st, c, t) for c in range(Cg)
+                                          for t in taps], dtype=np.intp)
+    cdef Py_ssize_t[::1] roff = np.arange(Og, dtype=np.intp) * ph.K
+    cdef Py_ssize_t[::1] koff = np.arange(ph.K, dtype=np.intp)
+    cdef floating[::1] apack = np.empty(groups * mpad * ph.K, dtype=dtype)
+    fper = per_thread(p.st.size + LC_MR_B * NR)
+    iper = per_thread(1 + 2 * NCB_TILES * NR)
     cdef floating[::1] fws = _workspace("f", dtype, fper * num_threads)
     cdef Py_ssize_t[::1] iws = _workspace("i", np.intp, iper * num_threads)
     cdef const floating *bptr = &bias[0] if bias.shape[0] > 0 else NULL
     with nogil:
         for g in range(groups):
-            pack_weight(&w[g * Og, 0, 0, 0, 0], Og, p.K, LC_MR, &roff[0], &koff[0],
-                        &apack[g * mpad * p.K])
-        run_product(&p, &x[0, 0, 0, 0, 0], &rows[0, 0], &apack[0], bptr, &y[0, 0, 0, 0, 0],
+            pack_weight(&w[g * Og, 0, 0, 0, 0], Og, ph.K, &roff[0], &koff[0],
+                        &apack[g * mpad * ph.K])
+        run_product(&p, &ph, &x[0, 0, 0, 0, 0], &boff[0], &apack[0], bptr, &y[0, 0, 0, 0, 0],
                     &fws[0], fper, &iws[0], iper, num_threads)
+
+
+cdef void pack_weight(const floating *w, Py_ssize_t M, Py_ssize_t K, const Py_ssize_t *roff,
+                      const Py_ssize_t *koff, floating *dst) noexcept nogil:
+    """A panels of the forward-style product: dst[(i // MR) * K * MR + k * MR + i % MR] =
+    w[roff[i] + koff[k]] with MR = LC_MR_B, rows past M zero."""
+    cdef Py_ssize_t i, k
+    cdef floating *d
+    for i in range(round_up(M, LC_MR_B)):
+        d = dst + (i // LC_MR_B) * K * LC_MR_B + i % LC_MR_B
+        if i < M:
+            for k in range(K):
+                d[k * LC_MR_B] = w[roff[i] + koff[k]]
+        else:
+            for k in range(K):
+                d[k * LC_MR_B] = 0
 
 
 def grad_input(const floating[:, :, :, :, ::1] dy, const floating[:, :, :, :, ::1] w,
@@ -479,109 +566,158 @@ def grad_input(const floating[:, :, :, :, ::1] dy, const floating[:, :, :, :, ::
                Py_ssize_t groups, int num_threads):
     """dx = bias + gradient of conv(x, w) with respect to x, given dy (the transposed
     convolution of dy); dx is overwritten.  An empty bias means none."""
-    cdef Product p
-    cdef Py_ssize_t NR = LC_NR_F32 if floating is float else LC_NR_F64
+    cdef Py_ssize_t NR = LC_NR_B_F32 if floating is float else LC_NR_B_F64
     dtype = np.float32 if floating is float else np.float64
+    cdef Product p
     cdef Py_ssize_t O = w.shape[0], Cg = w.shape[1], Og = O // groups
-    cdef Py_ssize_t KD = w.shape[2], KH = w.shape[3], KW = w.shape[4]
-    cdef Py_ssize_t KS = KD * KH * KW
-    cdef Py_ssize_t D = dx.shape[2], H = dx.shape[3], W = dx.shape[4]
-    cdef Py_ssize_t oplane = dy.shape[2] * dy.shape[3] * dy.shape[4]
-    cdef Py_ssize_t mpad = round_up(Cg, LC_MR), g, o, n, fper, iper
-    if dx.size == 0:
-        return
-    cdef const floating *bptr = &bias[0] if bias.shape[0] > 0 else NULL
+    cdef Py_ssize_t KS = w.shape[2] * w.shape[3] * w.shape[4]
+    cdef Py_ssize_t mpad = round_up(Cg, LC_MR_B), g, f, fper, iper, a_off = 0, k_off = 0
+    size = (dx.shape[2], dx.shape[3], dx.shape[4])
+    out = (dy.shape[2], dy.shape[3], dy.shape[4])
+    ksize = (w.shape[2], w.shape[3], w.shape[4])
+    # Per axis and phase r (input indices = r mod s): its taps as (k, offset into dy), and the
+    # number of input indices in the phase.
+    axes = []
+    for a in range(3):
+        s, d, pb = stride[a], dilation[a], pad[a]
+        axes.append([([(k, (r + pb - k * d) // s) for k in range(ksize[a])
+                       if (r + pb - k * d) % s == 0], (size[a] - r + s - 1) // s)
+                     for r in range(min(s, size[a]))])
+    # Stage dy once for all phases: lead and sizes so that every phase's reads are inside.
+    lead = tuple(max([0] + [-o for taps, _ in axes[a] for _, o in taps]) for a in range(3))
+    q = tuple(max([out[a] + lead[a]] + [n + o + lead[a] for taps, n in axes[a] for _, o in taps])
+              for a in range(3))
+    set_stage(&p.st, out, (1, 1, 1), lead, q, Og, NR)
     p.N = dx.shape[0]
     p.G = groups
     p.M = Cg
-    p.src_img = O * oplane
-    p.src_grp = Og * oplane
-    p.dst_row = D * H * W
+    p.src_img = O * p.st.src_chan
+    p.src_grp = Og * p.st.src_chan
+    p.dst_row = size[0] * size[1] * size[2]
     p.dst_img = dx.shape[1] * p.dst_row
     p.dst_grp = Cg * p.dst_row
-    set3(p.gather.sdim, dy.shape[2], dy.shape[3], dy.shape[4])
-    set3(p.gather.step, 1, 1, 1)
-    size = (D, H, W)
-    ksize = (KD, KH, KW)
-    # phases[a][r]: taps (k, offset into dy) of axis a that reach input indices = r (mod s)
-    phases = [[[(k, (r + pad[a] - k * dilation[a]) // stride[a]) for k in range(ksize[a])
-                if (r + pad[a] - k * dilation[a]) % stride[a] == 0]
-               for r in range(min(stride[a], size[a]))] for a in range(3)]
-    fper = per_thread(KC * NC_PANELS * NR + LC_MR * NR)
-    iper = per_thread(5 * (NC_PANELS * NR + NC_PANELS + 2) + NC_PANELS * NR + NC_PANELS + 1)
-    cdef floating[::1] fws = _workspace("f", dtype, fper * num_threads)
-    cdef Py_ssize_t[::1] iws = _workspace("i", np.intp, iper * num_threads)
-    cdef Py_ssize_t[::1] roff = np.arange(Cg, dtype=np.intp) * KS
-    cdef Py_ssize_t[:, ::1] rows
-    cdef Py_ssize_t[::1] koff
+    p.nphase = len(axes[0]) * len(axes[1]) * len(axes[2])
+    p.items_ng = 0
+    cdef Py_ssize_t[::1] boff
     cdef floating[::1] apack
-    for rd, td in enumerate(phases[0]):
-        for rh, th in enumerate(phases[1]):
-            for rw, tw in enumerate(phases[2]):
-                p.K = Og * len(td) * len(th) * len(tw)
-                p.dst_base = (rd * H + rh) * W + rw
-                set3(p.dstep, stride[0] * H * W, stride[1] * W, stride[2])
-                set3(p.gather.grid, (D - rd + stride[0] - 1) // stride[0],
-                     (H - rh + stride[1] - 1) // stride[1], (W - rw + stride[2] - 1) // stride[2])
-                rows = gather_rows(Og, oplane, [td, th, tw])
-                # column k = (o, kd, kh, kw) of this phase's A reads w[g*Og + o, c, kd, kh, kw]
-                koff = np.array([o * Cg * KS + (kd * KH + kh) * KW + kw for o in range(Og)
-                                 for kd, _ in td for kh, _ in th for kw, _ in tw] or [0],
-                                dtype=np.intp)
-                apack = np.empty(max(groups * mpad * p.K, 1), dtype=dtype)
-                with nogil:
-                    if p.K > 0:
-                        for g in range(groups):
-                            pack_weight(&w[g * Og, 0, 0, 0, 0], Cg, p.K, LC_MR, &roff[0],
-                                        &koff[0], &apack[g * mpad * p.K])
-                    run_product(&p, &dy[0, 0, 0, 0, 0], &rows[0, 0] if p.K > 0 else NULL,
-                                &apack[0], bptr, &dx[0, 0, 0, 0, 0], &fws[0], fper, &iws[0],
-                                iper, num_threads)
+    cdef floating[::1] fws
+    cdef Py_ssize_t[::1] iws
+    cdef const floating *bptr = &bias[0] if bias.shape[0] > 0 else NULL
+    fper = per_thread(p.st.size + LC_MR_B * NR)
+    iper = per_thread(1 + 2 * NCB_TILES * NR)
+    cdef Phase *phases = <Phase *> malloc(p.nphase * sizeof(Phase))
+    if phases == NULL:
+        raise MemoryError()
+    boffs, apacks = [], []
+    try:
+        f = 0
+        for rd, (td, nd_) in enumerate(axes[0]):
+            for rh, (th, nh) in enumerate(axes[1]):
+                for rw, (tw, nw) in enumerate(axes[2]):
+                    taps = [(kd, kh, kw, od + lead[0], oh + lead[1], ow + lead[2])
+                            for kd, od in td for kh, oh in th for kw, ow in tw]
+                    K = Og * len(taps)
+                    phases[f].K = K
+                    phases[f].a_off = a_off
+                    phases[f].k_off = k_off
+                    phases[f].grid[0] = nd_
+                    phases[f].grid[1] = nh
+                    phases[f].grid[2] = nw
+                    phases[f].ncols = ((nd_ - 1) * q[1] + nh - 1) * q[2] + nw
+                    phases[f].nblk = (phases[f].ncols + NCB_TILES * NR - 1) // (NCB_TILES * NR)
+                    phases[f].dst_base = (rd * size[1] + rh) * size[2] + rw
+                    phases[f].dstep[0] = stride[0] * size[1] * size[2]
+                    phases[f].dstep[1] = stride[1] * size[2]
+                    phases[f].dstep[2] = stride[2]
+                    p.items_ng += phases[f].nblk
+                    # B row (o, tap): staged dy at the tap's offset; A[c, (o, tap)] = w[o, c, tap]
+                    boffs.append(np.array([o * p.st.chan + (t[3] * q[1] + t[4]) * q[2] + t[5]
+                                           for o in range(Og) for t in taps], dtype=np.intp))
+                    koff = np.array([o * Cg * KS + (t[0] * ksize[1] + t[1]) * ksize[2] + t[2]
+                                     for o in range(Og) for t in taps], dtype=np.intp)
+                    apacks.append(_pack_groups(w, groups, Cg, K, mpad, koff, dtype))
+                    a_off += groups * mpad * K
+                    k_off += K
+                    f += 1
+        boff = np.concatenate(boffs + [np.zeros(1, np.intp)])
+        apack = np.concatenate(apacks + [np.zeros(1, dtype)])
+        fws = _workspace("f", dtype, fper * num_threads)
+        iws = _workspace("i", np.intp, iper * num_threads)
+        with nogil:
+            run_product(&p, phases, &dy[0, 0, 0, 0, 0], &boff[0], &apack[0], bptr,
+                        &dx[0, 0, 0, 0, 0], &fws[0], fper, &iws[0], iper, num_threads)
+    finally:
+        free(phases)
+
+
+def _pack_groups(const floating[:, :, :, :, ::1] w, Py_ssize_t groups, Py_ssize_t M,
+                 Py_ssize_t K, Py_ssize_t mpad, koff_arr, dtype):
+    """Packed A of the input gradient for all groups: rows c, columns (o, tap)."""
+    cdef Py_ssize_t g, Og = w.shape[0] // groups
+    cdef Py_ssize_t KS = w.shape[2] * w.shape[3] * w.shape[4]
+    out = np.empty(max(groups * mpad * K, 1), dtype=dtype)
+    if K == 0:
+        return out[:0]
+    cdef floating[::1] apack = out
+    cdef Py_ssize_t[::1] koff = koff_arr
+    cdef Py_ssize_t[::1] roff = np.arange(M, dtype=np.intp) * KS
+    with nogil:
+        for g in range(groups):
+            pack_weight(&w[g * Og, 0, 0, 0, 0], M, K, &roff[0], &koff[0], &apack[g * mpad * K])
+    return out[:groups * mpad * K]
 
 
 def grad_weight(const floating[:, :, :, :, ::1] x, const floating[:, :, :, :, ::1] dy,
                 floating[:, :, :, :, ::1] dw, stride, pad, dilation, Py_ssize_t groups,
                 int num_threads):
     """dw = gradient of conv(x, w) with respect to w, given dy; dw is overwritten."""
-    cdef WeightProduct p
-    cdef Py_ssize_t NR = LC_NR_F32 if floating is float else LC_NR_F64
+    cdef Py_ssize_t VW = LC_VW_F32 if floating is float else LC_VW_F64
     dtype = np.float32 if floating is float else np.float64
+    cdef WeightProduct p
     cdef Py_ssize_t O = dw.shape[0], Cg = dw.shape[1], Og = O // groups
-    cdef Py_ssize_t plane = x.shape[2] * x.shape[3] * x.shape[4]
     cdef Py_ssize_t KS = dw.shape[2] * dw.shape[3] * dw.shape[4]
-    cdef Py_ssize_t nsteps, fper, iper
-    if dw.size == 0:
-        return
+    cdef Py_ssize_t fper, iper, nsteps, k
+    size = (x.shape[2], x.shape[3], x.shape[4])
+    out = (dy.shape[2], dy.shape[3], dy.shape[4])
+    ksize = (dw.shape[2], dw.shape[3], dw.shape[4])
+    # tile columns: one vector when the output channels fill at most one, else two
+    p.wide = Og > VW
+    p.NR = 2 * VW if p.wide else VW
+    set_stage(&p.st, size, tuple(stride), tuple(pad), x_stage(size, out, ksize, stride, pad,
+              dilation), Cg, p.NR)
     p.N = x.shape[0]
     p.G = groups
     p.M = Og
     p.K = Cg * KS
-    p.P = dy.shape[2] * dy.shape[3] * dy.shape[4]
-    p.Mpad = round_up(Og, LC_MR)
-    p.Kpad = round_up(p.K, NR)
-    p.x_img = x.shape[1] * plane
-    p.x_grp = Cg * plane
-    p.y_img = O * p.P
-    p.y_grp = Og * p.P
-    set3(p.xg.sdim, x.shape[2], x.shape[3], x.shape[4])
-    set3(p.xg.step, stride[0], stride[1], stride[2])
-    set3(p.xg.grid, dy.shape[2], dy.shape[3], dy.shape[4])
-    set3(p.yg.sdim, dy.shape[2], dy.shape[3], dy.shape[4])
-    set3(p.yg.step, 1, 1, 1)
-    set3(p.yg.grid, dy.shape[2], dy.shape[3], dy.shape[4])
+    p.Kpad = round_up(p.K, LC_MR_A)
+    p.Opad = round_up(Og, p.NR)
+    for k in range(3):
+        p.grid[k] = out[k]
+    p.dstep[0] = out[1] * out[2]
+    p.dstep[1] = out[2]
+    p.dstep[2] = 1
+    p.ncols = ((out[0] - 1) * p.st.q[1] + out[1] - 1) * p.st.q[2] + out[2]
+    p.nblk = (p.ncols + PC - 1) // PC
+    p.x_img = x.shape[1] * p.st.src_chan
+    p.x_grp = Cg * p.st.src_chan
+    p.y_plane = out[0] * out[1] * out[2]
+    p.y_img = O * p.y_plane
+    p.y_grp = Og * p.y_plane
     # Reduction chunks: enough items for the threads of a large machine, partial products
     # bounded to a few MiB; a function of the problem only, never of the thread count.
-    nsteps = p.N * ((p.P + PC - 1) // PC)
+    nsteps = p.N * p.nblk
     p.nchunk = max(1, min(nsteps, (32 + groups - 1) // groups,
-                          (1 << 21) // (groups * p.Mpad * p.Kpad)))
-    taps = [[(k, k * dilation[a] - pad[a]) for k in range(dw.shape[2 + a])] for a in range(3)]
-    cdef Py_ssize_t[:, ::1] xrows = gather_rows(Cg, plane, taps)
-    cdef Py_ssize_t[:, ::1] yrows = gather_rows(Og, p.P, [[(0, 0)]] * 3)
-    cdef floating[::1] partial = _workspace("p", dtype, groups * p.nchunk * p.Mpad * p.Kpad)
-    fper = per_thread(p.Mpad * PC + KB * PC)
-    iper = per_thread(5 * (PC + 2))
+                          (1 << 21) // (groups * p.Kpad * p.Opad)))
+    taps = [(kd * dilation[0], kh * dilation[1], kw * dilation[2]) for kd in range(ksize[0])
+            for kh in range(ksize[1]) for kw in range(ksize[2])]
+    # rows past K repeat row 0: the tile computes them and the reduction never reads them
+    rows = [tap_offset(&p.st, c, t) for c in range(Cg) for t in taps]
+    cdef Py_ssize_t[::1] aoff = np.array(rows + rows[:1] * (p.Kpad - p.K), dtype=np.intp)
+    cdef floating[::1] partial = _workspace("p", dtype, groups * p.nchunk * p.Kpad * p.Opad)
+    fper = per_thread(p.st.size + p.Opad * PC)
+    iper = per_thread(1 + 2 * PC)
     cdef floating[::1] fws = _workspace("f", dtype, fper * num_threads)
     cdef Py_ssize_t[::1] iws = _workspace("i", np.intp, iper * num_threads)
     with nogil:
-        run_weight(&p, &x[0, 0, 0, 0, 0], &dy[0, 0, 0, 0, 0], &xrows[0, 0], &yrows[0, 0],
-                   &partial[0], &dw[0, 0, 0, 0, 0], &fws[0], fper, &iws[0], iper, num_threads)
+        run_weight(&p, &x[0, 0, 0, 0, 0], &dy[0, 0, 0, 0, 0], &aoff[0], &partial[0],
+                   &dw[0, 0, 0, 0, 0], &fws[0], fper, &iws[0], iper, num_threads)
