@@ -127,6 +127,50 @@ def _unbatch(arr, unbatched):
 
 
 # ---------------------------------------------------------------------------------------------
+# Plans.  A small problem costs more in argument handling than in arithmetic.  A call whose
+# arrays are ndarrays and whose parameters are plain ints and strings (never bools, floats or
+# lists: those always take the checking path, so every malformed call is still refused) is
+# looked up by function, shapes, dtypes and parameters.  The first such call is checked in
+# full; if the problem is small enough for the direct loops on one thread it leaves a
+# `direct.Plan`, which later identical calls run directly.
+
+_PLANS: dict = {}
+_MAX_PLANS = 256
+
+
+def _plain(*params) -> bool:
+    for p in params:
+        t = type(p)
+        if t is not int and t is not str:
+            return False
+    return True
+
+
+def _shape_key(shape):
+    """A shape argument as part of a plan key: only a tuple of plain ints qualifies."""
+    if type(shape) is not tuple:
+        return None
+    for v in shape:
+        if type(v) is not int:
+            return None
+    return shape
+
+
+def _remember(key, x_shape, w_shape, y_shape, geo, dtype, unbatched):
+    """Keep a plan for `key` if the problem (batched shapes of input, weight and output) is
+    small; `unbatched`: the caller's input and output have no batch axis."""
+    if (key is None or 0 in x_shape or 0 in y_shape or 0 in w_shape
+            or not _loops.small(int(np.prod(y_shape)) * int(np.prod(w_shape[1:])))):
+        return
+    if len(_PLANS) >= _MAX_PLANS:
+        _PLANS.clear()
+    fill = (1,) * (5 - len(x_shape))
+    five = [tuple(s[:2]) + fill + tuple(s[2:]) for s in (x_shape, w_shape, y_shape)]
+    _PLANS[key] = _loops.direct.Plan(*five, *geo.loop_args(), dtype, len(x_shape) - 2,
+                                     unbatched)
+
+
+# ---------------------------------------------------------------------------------------------
 # Convolution
 
 def _conv_setup(fn, nd, input, weight, bias, stride, padding, dilation, groups, padding_mode):
@@ -152,13 +196,36 @@ def _conv_setup(fn, nd, input, weight, bias, stride, padding, dilation, groups, 
 
 
 def _conv(fn, nd, input, weight, bias, stride, padding, dilation, groups, padding_mode):
-    x, w, b, geo, out, unbatched, _ = _conv_setup(fn, nd, input, weight, bias, stride, padding,
-                                                  dilation, groups, padding_mode)
-    y = np.empty((x.shape[0], w.shape[0], *out), _args.compute_dtype(x, w, b))
-    return _unbatch(_forward(x, w, b, y, geo), unbatched)
+    key = None
+    if (type(input) is np.ndarray and type(weight) is np.ndarray
+            and (bias is None or type(bias) is np.ndarray)
+            and _plain(stride, padding, dilation, groups, padding_mode)):
+        key = (fn, input.shape, input.dtype.char, weight.shape, weight.dtype.char,
+               None if bias is None else (bias.shape, bias.dtype.char),
+               stride, padding, dilation, groups, padding_mode)
+        plan = _PLANS.get(key)
+        if plan is not None:
+            return plan.forward(input, weight, bias)
+    x, w, b, geo, out, unbatched, border = _conv_setup(fn, nd, input, weight, bias, stride,
+                                                       padding, dilation, groups, padding_mode)
+    dtype = _args.compute_dtype(x, w, b)
+    y = _forward(x, w, b, np.empty((x.shape[0], w.shape[0], *out), dtype), geo)
+    if border is None:
+        _remember(key, x.shape, w.shape, y.shape, geo, dtype, unbatched)
+    return _unbatch(y, unbatched)
 
 
 def _conv_input(fn, nd, input_size, weight, grad_output, stride, padding, dilation, groups):
+    key = None
+    if (type(weight) is np.ndarray and type(grad_output) is np.ndarray
+            and _plain(stride, padding, dilation, groups)):
+        size_key = _shape_key(input_size)
+        if size_key is not None:
+            key = (fn, size_key, weight.shape, weight.dtype.char, grad_output.shape,
+                   grad_output.dtype.char, stride, padding, dilation, groups)
+            plan = _PLANS.get(key)
+            if plan is not None:
+                return plan.grad_input(grad_output, weight)
     w = _args.as_array(fn, "weight", weight)
     gy = _args.as_array(fn, "grad_output", grad_output)
     _args.weight_dims(fn, w, nd)
@@ -180,11 +247,23 @@ def _conv_input(fn, nd, input_size, weight, grad_output, stride, padding, dilati
     _args.check_groups(fn, geo.groups, size[1], w.shape[0], w.shape[1], in_name="input_size")
     out = geo.output_size(fn, size[2:], w.shape[2:])
     _check_grad_output(fn, gy, (size[0], w.shape[0], *out))
-    gx = np.empty(size, _args.compute_dtype(w, gy))
-    return _unbatch(_input_grad(gy, w, None, gx, geo), unbatched)
+    dtype = _args.compute_dtype(w, gy)
+    gx = _input_grad(gy, w, None, np.empty(size, dtype), geo)
+    _remember(key, gx.shape, w.shape, gy.shape, geo, dtype, unbatched)
+    return _unbatch(gx, unbatched)
 
 
 def _conv_weight(fn, nd, input, weight_size, grad_output, stride, padding, dilation, groups):
+    key = None
+    if (type(input) is np.ndarray and type(grad_output) is np.ndarray
+            and _plain(stride, padding, dilation, groups)):
+        size_key = _shape_key(weight_size)
+        if size_key is not None:
+            key = (fn, input.shape, input.dtype.char, size_key, grad_output.shape,
+                   grad_output.dtype.char, stride, padding, dilation, groups)
+            plan = _PLANS.get(key)
+            if plan is not None:
+                return plan.grad_weight(input, grad_output)
     x = _args.as_array(fn, "input", input)
     gy = _args.as_array(fn, "grad_output", grad_output)
     x, _ = _args.batched(fn, "input", x, nd)
@@ -204,12 +283,27 @@ def _conv_weight(fn, nd, input, weight_size, grad_output, stride, padding, dilat
                        out_name="weight_size[0]")
     out = geo.output_size(fn, x.shape[2:], size[2:])
     _check_grad_output(fn, gy, (x.shape[0], size[0], *out))
-    gw = np.empty(size, _args.compute_dtype(x, gy))
-    return _weight_grad(x, gy, gw, geo)
+    dtype = _args.compute_dtype(x, gy)
+    gw = _weight_grad(x, gy, np.empty(size, dtype), geo)
+    _remember(key, x.shape, gw.shape, gy.shape, geo, dtype, False)
+    return gw
 
 
 def _conv_backward(fn, nd, input, weight, grad_output, stride, padding, dilation, groups,
                    padding_mode, output_mask):
+    key = None
+    if (type(input) is np.ndarray and type(weight) is np.ndarray
+            and type(grad_output) is np.ndarray and type(output_mask) is tuple
+            and _plain(stride, padding, dilation, groups, padding_mode)
+            and all(type(m) is bool for m in output_mask)):
+        key = (fn, input.shape, input.dtype.char, weight.shape, weight.dtype.char,
+               grad_output.shape, grad_output.dtype.char, stride, padding, dilation, groups,
+               padding_mode, output_mask)
+        plan = _PLANS.get(key)
+        if plan is not None:
+            return (plan.grad_input(grad_output, weight) if output_mask[0] else None,
+                    plan.grad_weight(input, grad_output) if output_mask[1] else None,
+                    plan.grad_bias(grad_output) if output_mask[2] else None)
     mask = _args.output_mask(fn, output_mask)
     x, w, _, geo, out, unbatched, border = _conv_setup(fn, nd, input, weight, None, stride,
                                                        padding, dilation, groups, padding_mode)
@@ -228,6 +322,8 @@ def _conv_backward(fn, nd, input, weight, grad_output, stride, padding, dilation
         gw = _weight_grad(x, gy, np.empty(w.shape, dtype), geo)
     if mask[2]:
         gb = _bias_grad(gy, dtype)
+    if border is None:
+        _remember(key, x.shape, w.shape, gy.shape, geo, dtype, unbatched)
     return gx, gw, gb
 
 

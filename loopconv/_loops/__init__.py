@@ -7,7 +7,8 @@
 
 `forward`, `grad_input` and `grad_weight` take C-contiguous 5-D arrays (see tiled.pxi for the
 layout) and pick the direct or the tiled loops by problem size only -- never by thread count,
-so that results are bit-identical for any number of threads.
+so that results are bit-identical for any number of threads.  `direct.Plan` runs the direct
+loops for a geometry checked once (see loopconv.functional).
 """
 
 import importlib
@@ -59,20 +60,27 @@ def _choose():
 VARIANT, tiled = _choose()
 
 
-def _loops(macs):
-    return direct if macs < SMALL_PROBLEM else tiled
+def small(macs) -> bool:
+    """Whether a problem of `macs` multiply-adds runs on the direct loops, on one thread (waking
+    a second thread costs more than such a problem)."""
+    return macs < SMALL_PROBLEM
+
+
+def _run(macs, num_threads):
+    return (direct, 1) if small(macs) else (tiled, num_threads)
 
 
 def forward(x, w, bias, y, stride, pad, dilation, groups, num_threads):
-    macs = y.size * w.shape[1] * w.shape[2] * w.shape[3] * w.shape[4]
-    _loops(macs).forward(x, w, bias, y, stride, pad, dilation, groups, num_threads)
+    loops, n = _run(y.size * w.shape[1] * w.shape[2] * w.shape[3] * w.shape[4], num_threads)
+    loops.forward(x, w, bias, y, stride, pad, dilation, groups, n)
 
 
 def grad_input(dy, w, bias, dx, stride, pad, dilation, groups, num_threads):
-    macs = dy.size * w.shape[1] * w.shape[2] * w.shape[3] * w.shape[4]
-    _loops(macs).grad_input(dy, w, bias, dx, stride, pad, dilation, groups, num_threads)
+    loops, n = _run(dy.size * w.shape[1] * w.shape[2] * w.shape[3] * w.shape[4], num_threads)
+    loops.grad_input(dy, w, bias, dx, stride, pad, dilation, groups, n)
 
 
 def grad_weight(x, dy, dw, stride, pad, dilation, groups, num_threads):
-    macs = dy.size * dw.shape[1] * dw.shape[2] * dw.shape[3] * dw.shape[4]
-    _loops(macs).grad_weight(x, dy, dw, stride, pad, dilation, groups, num_threads)
+    loops, n = _run(dy.size * dw.shape[1] * dw.shape[2] * dw.shape[3] * dw.shape[4],
+                    num_threads)
+    loops.grad_weight(x, dy, dw, stride, pad, dilation, groups, n)

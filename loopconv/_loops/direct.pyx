@@ -11,10 +11,15 @@ output row.  The tests hold the tiled loops against these, and loopconv/_loops/_
 them where a problem is too small for packing to pay (the call costs more than the arithmetic).
 """
 
+cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport prange
 
+import numpy as np
+
 from loopconv._loops.common cimport end_inside, first_inside
+
+cnp.import_array()
 
 
 cdef struct Geometry:
@@ -194,3 +199,133 @@ def grad_weight(const floating[:, :, :, :, ::1] x, const floating[:, :, :, :, ::
     for item in prange(g.O * g.Cg, schedule="static", nogil=True, num_threads=num_threads):
         weight_row(&g, item // g.Cg, item % g.Cg, &x[0, 0, 0, 0, 0], &dy[0, 0, 0, 0, 0],
                    &dw[0, 0, 0, 0, 0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Checked plans for small problems: the call overhead, not the arithmetic, is their cost.
+
+
+cdef class Plan:
+    """The direct loops for one checked geometry, run on the calling thread.
+
+    loopconv.functional builds a plan after checking a call's arguments and keeps it for calls
+    with the same shapes, dtypes and parameters; a call then costs a dictionary lookup and this
+    object.  Arrays are brought to C order and the plan's dtype here (no copy when they are).
+    xshape, wshape, yshape are the 5-D shapes of input, weight and output; `unbatched` drops
+    the batch axis from the input- and output-shaped results, as for the caller's arrays.
+    """
+
+    cdef Geometry g
+    cdef int typenum
+    cdef int nd                 # spatial dimensions of the caller's arrays
+    cdef bint unbatched
+    cdef cnp.npy_intp xdims[5]
+    cdef cnp.npy_intp wdims[5]
+    cdef cnp.npy_intp ydims[5]
+
+    def __init__(self, xshape, wshape, yshape, stride, pad, dilation, Py_ssize_t groups,
+                 dtype, int nd, bint unbatched):
+        cdef Py_ssize_t xs[5], ws[5], ys[5]
+        cdef int a
+        for a in range(5):
+            xs[a] = xshape[a]
+            ws[a] = wshape[a]
+            ys[a] = yshape[a]
+        self.g = geometry(xs, ws, ys, stride, pad, dilation, groups)
+        self.typenum = cnp.NPY_FLOAT32 if dtype == np.float32 else cnp.NPY_FLOAT64
+        self.nd = nd
+        self.unbatched = unbatched
+        for a in range(2):
+            self.xdims[a] = xs[a]
+            self.wdims[a] = ws[a]
+            self.ydims[a] = ys[a]
+        for a in range(nd):
+            self.xdims[2 + a] = xs[5 - nd + a]
+            self.wdims[2 + a] = ws[5 - nd + a]
+            self.ydims[2 + a] = ys[5 - nd + a]
+
+    cdef cnp.ndarray _array(self, obj):
+        return <cnp.ndarray> cnp.PyArray_FROM_OTF(obj, self.typenum, cnp.NPY_ARRAY_IN_ARRAY)
+
+    cdef cnp.ndarray _result(self, cnp.npy_intp *dims, bint batched_shape):
+        cdef int skip = 1 if self.unbatched and batched_shape else 0
+        return <cnp.ndarray> cnp.PyArray_EMPTY(self.nd + 2 - skip, dims + skip, self.typenum, 0)
+
+    def forward(self, x, w, bias):
+        """conv(x, w) + bias (bias may be None)."""
+        cdef cnp.ndarray xa = self._array(x), wa = self._array(w)
+        cdef cnp.ndarray y = self._result(self.ydims, True)
+        cdef cnp.ndarray ba = None if bias is None else self._array(bias)
+        cdef void *bp = NULL if ba is None else cnp.PyArray_DATA(ba)
+        cdef Py_ssize_t item
+        with nogil:
+            for item in range(self.g.N * self.g.O):
+                if self.typenum == cnp.NPY_FLOAT32:
+                    forward_plane(&self.g, item // self.g.O, item % self.g.O,
+                                  <float *> cnp.PyArray_DATA(xa), <float *> cnp.PyArray_DATA(wa),
+                                  <float *> bp, <float *> cnp.PyArray_DATA(y))
+                else:
+                    forward_plane(&self.g, item // self.g.O, item % self.g.O,
+                                  <double *> cnp.PyArray_DATA(xa),
+                                  <double *> cnp.PyArray_DATA(wa), <double *> bp,
+                                  <double *> cnp.PyArray_DATA(y))
+        return y
+
+    def grad_input(self, dy, w):
+        """The input gradient of conv(x, w) for output gradient dy."""
+        cdef cnp.ndarray dya = self._array(dy), wa = self._array(w)
+        cdef cnp.ndarray dx = self._result(self.xdims, True)
+        cdef Py_ssize_t item
+        with nogil:
+            for item in range(self.g.N * self.g.C):
+                if self.typenum == cnp.NPY_FLOAT32:
+                    input_plane(&self.g, item // self.g.C, item % self.g.C,
+                                <float *> cnp.PyArray_DATA(dya), <float *> cnp.PyArray_DATA(wa),
+                                NULL, <float *> cnp.PyArray_DATA(dx))
+                else:
+                    input_plane(&self.g, item // self.g.C, item % self.g.C,
+                                <double *> cnp.PyArray_DATA(dya),
+                                <double *> cnp.PyArray_DATA(wa), NULL,
+                                <double *> cnp.PyArray_DATA(dx))
+        return dx
+
+    def grad_weight(self, x, dy):
+        """The weight gradient of conv(x, w) for output gradient dy."""
+        cdef cnp.ndarray xa = self._array(x), dya = self._array(dy)
+        cdef cnp.ndarray dw = self._result(self.wdims, False)
+        cdef Py_ssize_t item
+        with nogil:
+            for item in range(self.g.O * self.g.Cg):
+                if self.typenum == cnp.NPY_FLOAT32:
+                    weight_row(&self.g, item // self.g.Cg, item % self.g.Cg,
+                               <float *> cnp.PyArray_DATA(xa), <float *> cnp.PyArray_DATA(dya),
+                               <float *> cnp.PyArray_DATA(dw))
+                else:
+                    weight_row(&self.g, item // self.g.Cg, item % self.g.Cg,
+                               <double *> cnp.PyArray_DATA(xa),
+                               <double *> cnp.PyArray_DATA(dya),
+                               <double *> cnp.PyArray_DATA(dw))
+        return dw
+
+    def grad_bias(self, dy):
+        """dy summed over images and pixels, per channel."""
+        cdef cnp.ndarray dya = self._array(dy)
+        cdef cnp.ndarray db = <cnp.ndarray> cnp.PyArray_EMPTY(1, self.ydims + 1, self.typenum, 0)
+        with nogil:
+            if self.typenum == cnp.NPY_FLOAT32:
+                bias_sums(&self.g, <float *> cnp.PyArray_DATA(dya), <float *> cnp.PyArray_DATA(db))
+            else:
+                bias_sums(&self.g, <double *> cnp.PyArray_DATA(dya),
+                          <double *> cnp.PyArray_DATA(db))
+        return db
+
+
+cdef void bias_sums(const Geometry *g, const floating *dy, floating *db) noexcept nogil:
+    cdef Py_ssize_t n, o, p, P = g.out[0] * g.out[1] * g.out[2]
+    cdef floating acc
+    for o in range(g.O):
+        acc = 0
+        for n in range(g.N):
+            for p in range(P):
+                acc = acc + dy[(n * g.O + o) * P + p]
+        db[o] = acc
