@@ -22,8 +22,9 @@
 #include <stddef.h>
 
 /* Tile shapes per instruction set: MR rows of accumulators by NV vectors.  lc_tile_b (forward
- * and input gradient: rows are output channels, vectors run along pixels) and lc_tile_a
- * (weight gradient: rows are kernel taps, vectors run along output channels) have their own.
+ * and input gradient: rows are output channels, vectors run along pixels), lc_tile_a (weight
+ * gradient: rows are kernel taps, vectors run along output channels) and lc_tile_d (KR_D taps
+ * by OR_D output channels, vectors along pixels) have their own.
  * AVX-512: 8 x 3 = 24 of 32 registers; AVX2: 4 x 3 = 12 of 16; 128-bit: 4 x 2.  MR = 8 and 4
  * divide the usual channel counts (8, 16, 32, 64, ...); MR = 12 left a third of a panel empty
  * for 8 channels and a ninth for 64. */
@@ -32,18 +33,24 @@
 #  define LC_MR_B 8
 #  define LC_NV_B 3
 #  define LC_MR_A 8
+#  define LC_KR_D 3
+#  define LC_OR_D 8
 #  define LC_ISA "avx512"
 #elif defined(__AVX2__)
 #  define LC_VEC_BYTES 32
 #  define LC_MR_B 4
 #  define LC_NV_B 3
 #  define LC_MR_A 6
+#  define LC_KR_D 3
+#  define LC_OR_D 4
 #  define LC_ISA "avx2"
 #else
 #  define LC_VEC_BYTES 16
 #  define LC_MR_B 4
 #  define LC_NV_B 2
 #  define LC_MR_A 4
+#  define LC_KR_D 2
+#  define LC_OR_D 4
 #  if defined(__SSE2__) || defined(__ARM_NEON) || defined(__aarch64__)
 #    define LC_ISA "128-bit"
 #  else
@@ -57,13 +64,18 @@
 #define LC_VW_F32 (LC_VEC_BYTES / 4)
 #define LC_VW_F64 (LC_VEC_BYTES / 8)
 
-/* The tile in the two forms the three passes need:
+/* The tile in the forms the three passes need:
  *
  *   lc_tile_b_T:  C[i, j] (=, +=) sum_k a[MR_B * k + i] * b[boff[k] + j]      NR = NV_B vectors
  *                 A packed; row k of B read in place at b + boff[k] (forward, input gradient)
+ *   lc_tile_b1_T: the same with one vector (the last columns of a block)
  *   lc_tile_a_T:  C[i, j] (=, +=) sum_k a[aoff[i] + k] * b[NR * k + j]         NR = 2 vectors
- *   lc_tile_a1_T: the same with NR = 1 vector (for few output channels)
  *                 row i of A read in place at a + aoff[i]; B packed (weight gradient)
+ *   lc_tile_d_T:  C[i, j] (=, +=) sum_k a[aoff[i] + k] * b[j * ldb + k]       KR_D x OR_D
+ *                 rows of A and B read in place, the vectors run along k and are summed at
+ *                 the end, lanes in a fixed order (weight gradient with few output channels,
+ *                 where transposing dy for lc_tile_a costs as much as the arithmetic);
+ *                 kc must be a multiple of the vector width
  */
 #if defined(__GNUC__) || defined(__clang__)
 #  define LC_RESTRICT __restrict__
@@ -98,6 +110,13 @@ static inline void lc_tile_b_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,     
     LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, LC_MR_B, LC_NV_B,                \
                  a[LC_MR_B * k + i], b + boff[k])                                       \
 }                                                                                       \
+static inline void lc_tile_b1_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,            \
+        const T *LC_RESTRICT b, const ptrdiff_t *LC_RESTRICT boff,                      \
+        T *LC_RESTRICT c, ptrdiff_t ldc, int beta)                                      \
+{                                                                                       \
+    LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, LC_MR_B, 1,                      \
+                 a[LC_MR_B * k + i], b + boff[k])                                       \
+}                                                                                       \
 static inline void lc_tile_a_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,             \
         const ptrdiff_t *LC_RESTRICT aoff, const T *LC_RESTRICT b,                      \
         T *LC_RESTRICT c, ptrdiff_t ldc, int beta)                                      \
@@ -107,13 +126,33 @@ static inline void lc_tile_a_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,     
     LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, LC_MR_A, 2, rows[i][k],          \
                  b + 2 * W * k)                                                         \
 }                                                                                       \
-static inline void lc_tile_a1_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,            \
-        const ptrdiff_t *LC_RESTRICT aoff, const T *LC_RESTRICT b,                      \
+static inline void lc_tile_d_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,             \
+        const ptrdiff_t *LC_RESTRICT aoff, const T *LC_RESTRICT b, ptrdiff_t ldb,       \
         T *LC_RESTRICT c, ptrdiff_t ldc, int beta)                                      \
 {                                                                                       \
-    const T *rows[LC_MR_A];                                                             \
-    for (int i = 0; i < LC_MR_A; i++) rows[i] = a + aoff[i];                            \
-    LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, LC_MR_A, 1, rows[i][k], b + W * k) \
+    enum { W = LC_VEC_BYTES / sizeof(T) };                                              \
+    typedef lc_vec_##SUFFIX VEC;                                                        \
+    typedef lc_uvec_##SUFFIX UVEC;                                                      \
+    const T *rows[LC_KR_D];                                                             \
+    VEC acc[LC_KR_D][LC_OR_D];                                                          \
+    for (int i = 0; i < LC_KR_D; i++) {                                                 \
+        rows[i] = a + aoff[i];                                                          \
+        for (int j = 0; j < LC_OR_D; j++) acc[i][j] = (VEC){0};                         \
+    }                                                                                   \
+    for (ptrdiff_t k = 0; k < kc; k += W) {                                             \
+        VEC av[LC_KR_D];                                                                \
+        for (int i = 0; i < LC_KR_D; i++) av[i] = *(const UVEC *)(rows[i] + k);         \
+        for (int j = 0; j < LC_OR_D; j++) {                                             \
+            VEC bj = *(const UVEC *)(b + j * ldb + k);                                  \
+            for (int i = 0; i < LC_KR_D; i++) acc[i][j] += av[i] * bj;                  \
+        }                                                                               \
+    }                                                                                   \
+    for (int i = 0; i < LC_KR_D; i++)                                                   \
+        for (int j = 0; j < LC_OR_D; j++) {                                             \
+            T sum = 0;                                                                  \
+            for (int l = 0; l < W; l++) sum += acc[i][j][l];                            \
+            c[i * ldc + j] = beta ? c[i * ldc + j] + sum : sum;                         \
+        }                                                                               \
 }
 
 #else  /* other compilers: the same tiles as scalar loops (correct, not fast) */
@@ -133,12 +172,22 @@ static inline void lc_tile_a1_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,    
 static void lc_tile_b_##SUFFIX(ptrdiff_t kc, const T *a, const T *b, const ptrdiff_t *boff, \
                                T *c, ptrdiff_t ldc, int beta)                           \
 { LC_SCALAR_TILE(T, LC_MR_B, LC_NV_B, a[LC_MR_B * k + i], b[boff[k] + j]) }             \
+static void lc_tile_b1_##SUFFIX(ptrdiff_t kc, const T *a, const T *b, const ptrdiff_t *boff, \
+                                T *c, ptrdiff_t ldc, int beta)                          \
+{ LC_SCALAR_TILE(T, LC_MR_B, 1, a[LC_MR_B * k + i], b[boff[k] + j]) }                   \
 static void lc_tile_a_##SUFFIX(ptrdiff_t kc, const T *a, const ptrdiff_t *aoff, const T *b, \
                                T *c, ptrdiff_t ldc, int beta)                           \
 { LC_SCALAR_TILE(T, LC_MR_A, 2, a[aoff[i] + k], b[NR * k + j]) }                        \
-static void lc_tile_a1_##SUFFIX(ptrdiff_t kc, const T *a, const ptrdiff_t *aoff, const T *b, \
-                                T *c, ptrdiff_t ldc, int beta)                          \
-{ LC_SCALAR_TILE(T, LC_MR_A, 1, a[aoff[i] + k], b[NR * k + j]) }
+static void lc_tile_d_##SUFFIX(ptrdiff_t kc, const T *a, const ptrdiff_t *aoff, const T *b, \
+                               ptrdiff_t ldb, T *c, ptrdiff_t ldc, int beta)            \
+{                                                                                       \
+    for (int i = 0; i < LC_KR_D; i++)                                                   \
+        for (int j = 0; j < LC_OR_D; j++) {                                             \
+            T sum = 0;                                                                  \
+            for (ptrdiff_t k = 0; k < kc; k++) sum += a[aoff[i] + k] * b[j * ldb + k];  \
+            c[i * ldc + j] = beta ? c[i * ldc + j] + sum : sum;                         \
+        }                                                                               \
+}
 #endif
 
 LC_DEFINE_TILES(f32, float)

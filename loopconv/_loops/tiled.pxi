@@ -47,22 +47,28 @@ cdef extern from "microkernel.h" nogil:
         LC_MR_B         # rows of the forward-style tile
         LC_NR_B_F32     # its columns
         LC_NR_B_F64
-        LC_MR_A         # rows of the weight-gradient tile
-        LC_VW_F32       # lanes of a vector: its columns are one or two vectors
+        LC_MR_A         # rows of the weight-gradient tile (its columns are two vectors)
+        LC_KR_D         # rows and columns of the weight-gradient tile for few output
+        LC_OR_D         #   channels, which sums along the vector lanes
+        LC_VW_F32       # lanes of a vector
         LC_VW_F64
     const char *LC_ISA
     void lc_tile_b_f32(Py_ssize_t kc, const float *a, const float *b, const Py_ssize_t *boff,
                        float *c, Py_ssize_t ldc, int beta)
     void lc_tile_b_f64(Py_ssize_t kc, const double *a, const double *b, const Py_ssize_t *boff,
                        double *c, Py_ssize_t ldc, int beta)
+    void lc_tile_b1_f32(Py_ssize_t kc, const float *a, const float *b, const Py_ssize_t *boff,
+                        float *c, Py_ssize_t ldc, int beta)
+    void lc_tile_b1_f64(Py_ssize_t kc, const double *a, const double *b,
+                        const Py_ssize_t *boff, double *c, Py_ssize_t ldc, int beta)
     void lc_tile_a_f32(Py_ssize_t kc, const float *a, const Py_ssize_t *aoff, const float *b,
                        float *c, Py_ssize_t ldc, int beta)
     void lc_tile_a_f64(Py_ssize_t kc, const double *a, const Py_ssize_t *aoff, const double *b,
                        double *c, Py_ssize_t ldc, int beta)
-    void lc_tile_a1_f32(Py_ssize_t kc, const float *a, const Py_ssize_t *aoff, const float *b,
-                        float *c, Py_ssize_t ldc, int beta)
-    void lc_tile_a1_f64(Py_ssize_t kc, const double *a, const Py_ssize_t *aoff,
-                        const double *b, double *c, Py_ssize_t ldc, int beta)
+    void lc_tile_d_f32(Py_ssize_t kc, const float *a, const Py_ssize_t *aoff, const float *b,
+                       Py_ssize_t ldb, float *c, Py_ssize_t ldc, int beta)
+    void lc_tile_d_f64(Py_ssize_t kc, const double *a, const Py_ssize_t *aoff, const double *b,
+                       Py_ssize_t ldb, double *c, Py_ssize_t ldc, int beta)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,29 +79,39 @@ cdef enum:
     KC = 384
     NCB_TILES = 8
     PC = 256
+    PC_D = 1024     # for lc_tile_d, which sums its lanes once per call
 
 
-cdef inline void tile_b(Py_ssize_t kc, const floating *a, const floating *b,
+cdef inline void tile_b(bint narrow, Py_ssize_t kc, const floating *a, const floating *b,
                         const Py_ssize_t *boff, floating *c, Py_ssize_t ldc,
                         bint beta) noexcept nogil:
     if floating is float:
-        lc_tile_b_f32(kc, a, b, boff, c, ldc, beta)
+        if narrow:
+            lc_tile_b1_f32(kc, a, b, boff, c, ldc, beta)
+        else:
+            lc_tile_b_f32(kc, a, b, boff, c, ldc, beta)
     else:
-        lc_tile_b_f64(kc, a, b, boff, c, ldc, beta)
+        if narrow:
+            lc_tile_b1_f64(kc, a, b, boff, c, ldc, beta)
+        else:
+            lc_tile_b_f64(kc, a, b, boff, c, ldc, beta)
 
 
-cdef inline void tile_a(bint wide, Py_ssize_t kc, const floating *a, const Py_ssize_t *aoff,
+cdef inline void tile_a(Py_ssize_t kc, const floating *a, const Py_ssize_t *aoff,
                         const floating *b, floating *c, Py_ssize_t ldc, bint beta) noexcept nogil:
     if floating is float:
-        if wide:
-            lc_tile_a_f32(kc, a, aoff, b, c, ldc, beta)
-        else:
-            lc_tile_a1_f32(kc, a, aoff, b, c, ldc, beta)
+        lc_tile_a_f32(kc, a, aoff, b, c, ldc, beta)
     else:
-        if wide:
-            lc_tile_a_f64(kc, a, aoff, b, c, ldc, beta)
-        else:
-            lc_tile_a1_f64(kc, a, aoff, b, c, ldc, beta)
+        lc_tile_a_f64(kc, a, aoff, b, c, ldc, beta)
+
+
+cdef inline void tile_d(Py_ssize_t kc, const floating *a, const Py_ssize_t *aoff,
+                        const floating *b, Py_ssize_t ldb, floating *c, Py_ssize_t ldc,
+                        bint beta) noexcept nogil:
+    if floating is float:
+        lc_tile_d_f32(kc, a, aoff, b, ldb, c, ldc, beta)
+    else:
+        lc_tile_d_f64(kc, a, aoff, b, ldb, c, ldc, beta)
 
 
 cdef Py_ssize_t grid_columns(Py_ssize_t q0, Py_ssize_t n, const Py_ssize_t *q,
@@ -105,24 +121,31 @@ cdef Py_ssize_t grid_columns(Py_ssize_t q0, Py_ssize_t n, const Py_ssize_t *q,
     the destination base + a*dstep[0] + b*dstep[1] + e*dstep[2] of valid column (a, b, e), -1
     for junk; and run[j], the number of columns from j on whose destinations follow each other
     with step dstep[2] (0 for junk)."""
-    cdef Py_ssize_t a = q0 // (q[1] * q[2]), b = (q0 // q[2]) % q[1], e = q0 % q[2], j
-    for j in range(n):
-        dcol[j] = (base + a * dstep[0] + b * dstep[1] + e * dstep[2]
-                   if b < grid[1] and e < grid[2] else -1)
-        e += 1
+    cdef Py_ssize_t a = q0 // (q[1] * q[2]), b = (q0 // q[2]) % q[1], e = q0 % q[2]
+    cdef Py_ssize_t j = 0, t, seg, valid, d0
+    while j < n:                # one grid row (or the part of it in range) at a time
+        seg = min(q[2] - e, n - j)
+        valid = min(max(grid[2] - e, 0), seg) if b < grid[1] else 0
+        d0 = base + a * dstep[0] + b * dstep[1] + e * dstep[2]
+        for t in range(valid):
+            dcol[j + t] = d0 + t * dstep[2]
+            run[j + t] = valid - t
+        for t in range(valid, seg):
+            dcol[j + t] = -1
+            run[j + t] = 0
+        j += seg
+        e += seg
         if e == q[2]:
             e = 0
             b += 1
             if b == q[1]:
                 b = 0
                 a += 1
-    for j in reversed(range(n)):
-        if dcol[j] < 0:
-            run[j] = 0
-        elif j + 1 < n and dcol[j + 1] == dcol[j] + dstep[2]:
-            run[j] = run[j + 1] + 1
-        else:
-            run[j] = 1
+    if q[2] == grid[2] and dstep[1] == grid[2] * dstep[2]:
+        # no junk columns and rows that follow each other: runs continue across rows
+        for j in reversed(range(n - 1)):
+            if dcol[j] >= 0 and dcol[j + 1] == dcol[j] + dstep[2]:
+                run[j] = run[j + 1] + 1
     return n
 
 
@@ -242,8 +265,10 @@ cdef void product_item(const Product *p, const Phase *phases, Py_ssize_t item,
     cdef const Phase *ph = &phases[f]
     cdef Py_ssize_t M = p.M, K = ph.K, mpan = (M + LC_MR_B - 1) // LC_MR_B
     cdef Py_ssize_t q0 = r * NCB, ncols = min(NCB, ph.ncols - q0)
+    cdef Py_ssize_t VW = LC_VW_F32 if floating is float else LC_VW_F64
     cdef Py_ssize_t ntile = (ncols + NR - 1) // NR, ds = ph.dstep[2]
-    cdef Py_ssize_t i, j, t, u, jt, ip, kb, k0, kc, mw, ln
+    cdef Py_ssize_t i, j, t, u, jt, ip, kb, k0, kc, mw, ln, nfull, j0, width
+    cdef bint narrow
     cdef floating *staged = fws
     cdef floating *ctile = fws + p.st.size
     cdef Py_ssize_t *dcol = iws + 1
@@ -269,26 +294,33 @@ cdef void product_item(const Product *p, const Phase *phases, Py_ssize_t item,
                 if dcol[j] >= 0:
                     d[dcol[j]] = 0
 
+    # tiles of NR columns, and one-vector tiles for the last columns of the block
+    nfull = ncols // NR
+    ntile = nfull + (ncols - nfull * NR + VW - 1) // VW
     for kb in range((K + KC - 1) // KC):
         k0 = kb * KC
         kc = min(KC, K - k0)
         for jt in range(ntile):
+            narrow = jt >= nfull
+            j0 = jt * NR if not narrow else nfull * NR + (jt - nfull) * VW
+            width = VW if narrow else NR
             # the whole tile lands on one contiguous output row: store in place
-            whole = ds == 1 and run[jt * NR] >= NR
+            whole = ds == 1 and run[j0] >= width
             for ip in range(mpan):
                 mw = min(LC_MR_B, M - ip * LC_MR_B)
                 if whole and mw == LC_MR_B:
-                    tile_b(kc, a_g + (ip * K + k0) * LC_MR_B, staged + q0 + jt * NR, boff + k0,
-                           dst_ng + ip * LC_MR_B * p.dst_row + dcol[jt * NR], p.dst_row, kb > 0)
+                    tile_b(narrow, kc, a_g + (ip * K + k0) * LC_MR_B, staged + q0 + j0,
+                           boff + k0, dst_ng + ip * LC_MR_B * p.dst_row + dcol[j0], p.dst_row,
+                           kb > 0)
                     continue
-                tile_b(kc, a_g + (ip * K + k0) * LC_MR_B, staged + q0 + jt * NR, boff + k0,
-                       ctile, NR, 0)
+                tile_b(narrow, kc, a_g + (ip * K + k0) * LC_MR_B, staged + q0 + j0, boff + k0,
+                       ctile, width, 0)
                 for i in range(mw):
                     d = dst_ng + (ip * LC_MR_B + i) * p.dst_row
-                    t = jt * NR
-                    cr = ctile + i * NR - t
-                    while t < (jt + 1) * NR:
-                        ln = min(run[t], (jt + 1) * NR - t)
+                    t = j0
+                    cr = ctile + i * width - j0
+                    while t < j0 + width:
+                        ln = min(run[t], j0 + width - t)
                         if ln == 0:
                             t += 1
                             continue
@@ -328,8 +360,10 @@ cdef void run_product(const Product *p, const Phase *phases, const floating *src
 # partials are added in chunk order, so results do not depend on the thread count.
 
 cdef struct WeightProduct:
-    Py_ssize_t N, G, M, K, Kpad, Opad, NR
-    bint wide                       # columns of the tile: two vectors (else one)
+    Py_ssize_t N, G, M, K, Kpad, Opad
+    bint lanes                      # few output channels: lc_tile_d, else lc_tile_a
+    Py_ssize_t NR                   # columns of lc_tile_a (two vectors)
+    Py_ssize_t block                # grid columns per reduction step
     Py_ssize_t nchunk, ncols, nblk
     Py_ssize_t grid[3]              # output sizes OD, OH, OW (the valid grid)
     Py_ssize_t dstep[3]             # their strides in dy
@@ -340,7 +374,8 @@ cdef struct WeightProduct:
 cdef void weight_item(const WeightProduct *p, Py_ssize_t item, const floating *x,
                       const floating *dy, const Py_ssize_t *aoff, floating *partial,
                       floating *fws, Py_ssize_t *iws) noexcept nogil:
-    cdef Py_ssize_t NR = p.NR
+    cdef Py_ssize_t VW = LC_VW_F32 if floating is float else LC_VW_F64
+    cdef Py_ssize_t NR = p.NR, B = p.block
     cdef Py_ssize_t chunk = item % p.nchunk, g = item // p.nchunk
     cdef Py_ssize_t nsteps = p.N * p.nblk
     cdef Py_ssize_t s0 = chunk * nsteps // p.nchunk, s1 = (chunk + 1) * nsteps // p.nchunk
@@ -351,38 +386,62 @@ cdef void weight_item(const WeightProduct *p, Py_ssize_t item, const floating *x
     cdef floating *bo
     cdef const floating *dyrow
     cdef Py_ssize_t *dcol = iws + 1
-    cdef Py_ssize_t *run = dcol + PC
+    cdef Py_ssize_t *run = dcol + B
     cdef bint first = True
     for step in range(s0, s1):
         n = step // p.nblk
-        q0 = (step % p.nblk) * PC
-        pc = min(PC, p.ncols - q0)
+        q0 = (step % p.nblk) * B
+        pc = min(B, p.ncols - q0)
         ensure_staged(x + n * p.x_img + g * p.x_grp, &p.st, n * p.G + g, staged, iws)
         grid_columns(q0, pc, p.st.q, p.grid, 0, p.dstep, dcol, run)
-        # B = dy^T of the block, in panels of NR output channels: bpack[o // NR][j][o % NR],
-        # zero for junk columns and (written once per item) for the channels past M
-        for o in range(p.Opad):
-            bo = bpack + (o // NR) * PC * NR + o % NR
-            if o >= p.M:
-                if first:
-                    for j in range(PC):
-                        bo[j * NR] = 0
-                continue
-            dyrow = dy + n * p.y_img + g * p.y_grp + o * p.y_plane
-            j = 0
-            while j < pc:
-                ln = run[j]
-                if ln == 0:
-                    bo[j * NR] = 0
-                    j += 1
+        if p.lanes:
+            # B = dy of the block on the grid, a row of B columns per output channel, zero for
+            # junk columns, the tail up to whole vectors, and the channels past M
+            if first:
+                memset(bpack, 0, p.Opad * B * sizeof(floating))
+            for o in range(p.M):
+                bo = bpack + o * B
+                dyrow = dy + n * p.y_img + g * p.y_grp + o * p.y_plane
+                j = 0
+                while j < round_up(pc, VW):
+                    ln = run[j] if j < pc else 0
+                    if ln == 0:
+                        bo[j] = 0
+                        j += 1
+                        continue
+                    for u in range(ln):
+                        bo[j + u] = dyrow[dcol[j] + u]
+                    j += ln
+            for ip in range(p.Kpad // LC_KR_D):
+                for jp in range(p.Opad // LC_OR_D):
+                    tile_d(round_up(pc, VW), staged + q0, aoff + ip * LC_KR_D,
+                           bpack + jp * LC_OR_D * B, B, part + ip * LC_KR_D * p.Opad
+                           + jp * LC_OR_D, p.Opad, not first)
+        else:
+            # B = dy^T of the block in panels of NR output channels, bpack[o // NR][j][o % NR],
+            # zero for junk columns and (written once per item) the channels past M
+            for o in range(p.Opad):
+                bo = bpack + (o // NR) * B * NR + o % NR
+                if o >= p.M:
+                    if first:
+                        for j in range(B):
+                            bo[j * NR] = 0
                     continue
-                for u in range(ln):
-                    bo[(j + u) * NR] = dyrow[dcol[j] + u]
-                j += ln
-        for ip in range(p.Kpad // LC_MR_A):
-            for jp in range(p.Opad // NR):
-                tile_a(p.wide, pc, staged + q0, aoff + ip * LC_MR_A, bpack + jp * PC * NR,
-                       part + ip * LC_MR_A * p.Opad + jp * NR, p.Opad, not first)
+                dyrow = dy + n * p.y_img + g * p.y_grp + o * p.y_plane
+                j = 0
+                while j < pc:
+                    ln = run[j]
+                    if ln == 0:
+                        bo[j * NR] = 0
+                        j += 1
+                        continue
+                    for u in range(ln):
+                        bo[(j + u) * NR] = dyrow[dcol[j] + u]
+                    j += ln
+            for ip in range(p.Kpad // LC_MR_A):
+                for jp in range(p.Opad // NR):
+                    tile_a(pc, staged + q0, aoff + ip * LC_MR_A, bpack + jp * B * NR,
+                           part + ip * LC_MR_A * p.Opad + jp * NR, p.Opad, not first)
         first = False
     if first:
         memset(part, 0, p.Kpad * p.Opad * sizeof(floating))
@@ -484,7 +543,8 @@ def info():
             "forward tile float32": (LC_MR_B, LC_NR_B_F32),
             "forward tile float64": (LC_MR_B, LC_NR_B_F64),
             "weight tile float32": (LC_MR_A, 2 * LC_VW_F32),
-            "weight tile float64": (LC_MR_A, 2 * LC_VW_F64)}
+            "weight tile float64": (LC_MR_A, 2 * LC_VW_F64),
+            "weight tile, few channels": (LC_KR_D, LC_OR_D)}
 
 
 def forward(const floating[:, :, :, :, ::1] x, const floating[:, :, :, :, ::1] w,
@@ -680,24 +740,26 @@ def grad_weight(const floating[:, :, :, :, ::1] x, const floating[:, :, :, :, ::
     size = (x.shape[2], x.shape[3], x.shape[4])
     out = (dy.shape[2], dy.shape[3], dy.shape[4])
     ksize = (dw.shape[2], dw.shape[3], dw.shape[4])
-    # tile columns: one vector when the output channels fill at most one, else two
-    p.wide = Og > VW
-    p.NR = 2 * VW if p.wide else VW
+    # Output channels that fill at most one vector would leave most lanes of lc_tile_a empty
+    # and make transposing dy the main cost: lc_tile_d sums along pixels instead.
+    p.lanes = Og <= VW
+    p.NR = 2 * VW
+    p.block = PC_D if p.lanes else PC
     set_stage(&p.st, size, tuple(stride), tuple(pad), x_stage(size, out, ksize, stride, pad,
               dilation), Cg, p.NR)
     p.N = x.shape[0]
     p.G = groups
     p.M = Og
     p.K = Cg * KS
-    p.Kpad = round_up(p.K, LC_MR_A)
-    p.Opad = round_up(Og, p.NR)
+    p.Kpad = round_up(p.K, LC_KR_D if p.lanes else LC_MR_A)
+    p.Opad = round_up(Og, LC_OR_D if p.lanes else p.NR)
     for k in range(3):
         p.grid[k] = out[k]
     p.dstep[0] = out[1] * out[2]
     p.dstep[1] = out[2]
     p.dstep[2] = 1
     p.ncols = ((out[0] - 1) * p.st.q[1] + out[1] - 1) * p.st.q[2] + out[2]
-    p.nblk = (p.ncols + PC - 1) // PC
+    p.nblk = (p.ncols + p.block - 1) // p.block
     p.x_img = x.shape[1] * p.st.src_chan
     p.x_grp = Cg * p.st.src_chan
     p.y_plane = out[0] * out[1] * out[2]
@@ -714,8 +776,8 @@ def grad_weight(const floating[:, :, :, :, ::1] x, const floating[:, :, :, :, ::
     rows = [tap_offset(&p.st, c, t) for c in range(Cg) for t in taps]
     cdef Py_ssize_t[::1] aoff = np.array(rows + rows[:1] * (p.Kpad - p.K), dtype=np.intp)
     cdef floating[::1] partial = _workspace("p", dtype, groups * p.nchunk * p.Kpad * p.Opad)
-    fper = per_thread(p.st.size + p.Opad * PC)
-    iper = per_thread(1 + 2 * PC)
+    fper = per_thread(p.st.size + p.Opad * p.block)
+    iper = per_thread(1 + 2 * p.block)
     cdef floating[::1] fws = _workspace("f", dtype, fper * num_threads)
     cdef Py_ssize_t[::1] iws = _workspace("i", np.intp, iper * num_threads)
     with nogil:
