@@ -52,10 +52,26 @@ def contiguous(arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # Counts and per-axis tuples
 
+# Counts beyond this cannot index memory; refusing them keeps C integers from overflowing.
+_LARGEST = 2**62
+
+
 def _int(fn: str, name: str, value) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{fn}: {name} must be an int, got {type(value).__name__} {value!r}")
-    return operator.index(value)
+    n = operator.index(value)
+    if abs(n) > _LARGEST:
+        raise ValueError(f"{fn}: {name}={n} is too large (at most 2**62)")
+    return n
+
+
+def empty(fn: str, shape, dtype) -> np.ndarray:
+    """np.empty for a result, with the function named when it cannot be allocated."""
+    try:
+        return np.empty(shape, dtype)
+    except (ValueError, MemoryError) as exc:
+        raise type(exc)(f"{fn}: cannot allocate a result of shape {tuple(shape)} and dtype "
+                        f"{np.dtype(dtype)}: {exc}") from None
 
 
 def count(fn: str, name: str, value, minimum: int = 1) -> int:

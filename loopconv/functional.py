@@ -13,6 +13,8 @@ Layout: input ``(N, C_in, *spatial)`` or unbatched ``(C_in, *spatial)``; weight
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from loopconv import _args, _border, _config, _loops
@@ -54,8 +56,12 @@ class _Geometry:
     def __init__(self, stride, pads, dilation, groups):
         self.stride, self.pads, self.dilation, self.groups = stride, pads, dilation, groups
 
-    def loop_args(self):
-        return (_lift(self.stride, 1), _lift([b for b, _ in self.pads], 0),
+    def loop_args(self, out):
+        """(stride, padding before, dilation) as 3-D triples, and groups, for the loops.
+        `out` is the convolution's output size: along an axis where it is 1 the stride plays
+        no part, and the loops get 1 (a huge stride would otherwise size their buffers)."""
+        stride = [1 if o == 1 else s for s, o in zip(self.stride, out)]
+        return (_lift(stride, 1), _lift([b for b, _ in self.pads], 0),
                 _lift(self.dilation, 1), self.groups)
 
     def output_size(self, fn, size, kernel):
@@ -81,7 +87,7 @@ def _forward(x, w, b, y, geo):
         return y
     dtype = y.dtype
     _loops.forward(_as5d(x, dtype), _as5d(w, dtype), _bias(b, dtype), _as5d(y, dtype),
-                   *geo.loop_args(), _config.get_num_threads())
+                   *geo.loop_args(y.shape[2:]), _config.get_num_threads())
     return y
 
 
@@ -95,7 +101,7 @@ def _input_grad(gy, w, b, gx, geo):
         return gx
     dtype = gx.dtype
     _loops.grad_input(_as5d(gy, dtype), _as5d(w, dtype), _bias(b, dtype), _as5d(gx, dtype),
-                      *geo.loop_args(), _config.get_num_threads())
+                      *geo.loop_args(gy.shape[2:]), _config.get_num_threads())
     return gx
 
 
@@ -107,13 +113,18 @@ def _weight_grad(x, gy, gw, geo):
         gw[...] = 0
         return gw
     dtype = gw.dtype
-    _loops.grad_weight(_as5d(x, dtype), _as5d(gy, dtype), _as5d(gw, dtype), *geo.loop_args(),
-                       _config.get_num_threads())
+    _loops.grad_weight(_as5d(x, dtype), _as5d(gy, dtype), _as5d(gw, dtype),
+                       *geo.loop_args(gy.shape[2:]), _config.get_num_threads())
     return gw
 
 
 def _bias_grad(gy, dtype):
-    return gy.sum(axis=(0, *range(2, gy.ndim)), dtype=dtype)
+    """grad_output summed over images and pixels: the direct loops' fixed order (the same
+    as a plan's), accumulated in float64."""
+    gy = _args.contiguous(gy, dtype)
+    out = np.empty(gy.shape[1], dtype)
+    _loops.direct.bias_grad(gy.reshape(gy.shape[0], gy.shape[1], math.prod(gy.shape[2:])), out)
+    return out
 
 
 def _check_grad_output(fn, gy, expected):
@@ -166,8 +177,8 @@ def _remember(key, x_shape, w_shape, y_shape, geo, dtype, unbatched):
         _PLANS.clear()
     fill = (1,) * (5 - len(x_shape))
     five = [tuple(s[:2]) + fill + tuple(s[2:]) for s in (x_shape, w_shape, y_shape)]
-    _PLANS[key] = _loops.direct.Plan(*five, *geo.loop_args(), dtype, len(x_shape) - 2,
-                                     unbatched)
+    _PLANS[key] = _loops.direct.Plan(*five, *geo.loop_args(y_shape[2:]), dtype,
+                                     len(x_shape) - 2, unbatched)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,7 +220,7 @@ def _conv(fn, nd, input, weight, bias, stride, padding, dilation, groups, paddin
     x, w, b, geo, out, unbatched, border = _conv_setup(fn, nd, input, weight, bias, stride,
                                                        padding, dilation, groups, padding_mode)
     dtype = _args.compute_dtype(x, w, b)
-    y = _forward(x, w, b, np.empty((x.shape[0], w.shape[0], *out), dtype), geo)
+    y = _forward(x, w, b, _args.empty(fn, (x.shape[0], w.shape[0], *out), dtype), geo)
     if border is None:
         _remember(key, x.shape, w.shape, y.shape, geo, dtype, unbatched)
     return _unbatch(y, unbatched)
@@ -234,9 +245,13 @@ def _conv_input(fn, nd, input_size, weight, grad_output, stride, padding, dilati
     groups_ = _args.count(fn, "groups", groups)
     if len(size) == nd:
         size = (gy.shape[0], w.shape[1] * groups_, *size)
-    elif len(size) == nd + 1:
-        size = (1, *size)
-    elif len(size) != nd + 2:
+    elif len(size) in (nd + 1, nd + 2):
+        if (len(size) == nd + 1) != unbatched:
+            raise ValueError(f"{fn}: input_size {size} is {'un' * (len(size) == nd + 1)}batched"
+                             f" but grad_output (shape {np.shape(grad_output)}) is not; the result "
+                             "has the shape of input_size")
+        size = (1, *size) if unbatched else size
+    else:
         raise ValueError(f"{fn}: input_size must have {nd + 2} entries (N, C, *spatial), "
                          f"{nd + 1} (C, *spatial) or {nd} (spatial), got {size}")
     if size[0] != gy.shape[0]:
@@ -248,7 +263,7 @@ def _conv_input(fn, nd, input_size, weight, grad_output, stride, padding, dilati
     out = geo.output_size(fn, size[2:], w.shape[2:])
     _check_grad_output(fn, gy, (size[0], w.shape[0], *out))
     dtype = _args.compute_dtype(w, gy)
-    gx = _input_grad(gy, w, None, np.empty(size, dtype), geo)
+    gx = _input_grad(gy, w, None, _args.empty(fn, size, dtype), geo)
     _remember(key, gx.shape, w.shape, gy.shape, geo, dtype, unbatched)
     return _unbatch(gx, unbatched)
 
@@ -284,7 +299,7 @@ def _conv_weight(fn, nd, input, weight_size, grad_output, stride, padding, dilat
     out = geo.output_size(fn, x.shape[2:], size[2:])
     _check_grad_output(fn, gy, (x.shape[0], size[0], *out))
     dtype = _args.compute_dtype(x, gy)
-    gw = _weight_grad(x, gy, np.empty(size, dtype), geo)
+    gw = _weight_grad(x, gy, _args.empty(fn, size, dtype), geo)
     _remember(key, x.shape, gw.shape, gy.shape, geo, dtype, False)
     return gw
 
@@ -314,12 +329,12 @@ def _conv_backward(fn, nd, input, weight, grad_output, stride, padding, dilation
     dtype = _args.compute_dtype(x, w, gy)
     gx = gw = gb = None
     if mask[0]:
-        gx = _input_grad(gy, w, None, np.empty(x.shape, dtype), geo)
+        gx = _input_grad(gy, w, None, _args.empty(fn, x.shape, dtype), geo)
         if border is not None:
             gx = _border.fold(gx, *border)
         gx = _unbatch(gx, unbatched)
     if mask[1]:
-        gw = _weight_grad(x, gy, np.empty(w.shape, dtype), geo)
+        gw = _weight_grad(x, gy, _args.empty(fn, w.shape, dtype), geo)
     if mask[2]:
         gb = _bias_grad(gy, dtype)
     if border is None:
@@ -384,7 +399,7 @@ def _conv_transpose(fn, nd, input, weight, bias, stride, padding, output_padding
     x, w, b, geo, out, out_channels, unbatched = _transpose_setup(
         fn, nd, input, weight, bias, stride, padding, output_padding, groups, dilation,
         output_size)
-    y = np.empty((x.shape[0], out_channels, *out), _args.compute_dtype(x, w, b))
+    y = _args.empty(fn, (x.shape[0], out_channels, *out), _args.compute_dtype(x, w, b))
     return _unbatch(_input_grad(x, w, b, y, geo), unbatched)
 
 
@@ -400,9 +415,9 @@ def _conv_transpose_backward(fn, nd, input, weight, grad_output, stride, padding
     dtype = _args.compute_dtype(x, w, gy)
     gx = gw = gb = None
     if mask[0]:       # the transposed convolution's input gradient is a convolution
-        gx = _unbatch(_forward(gy, w, None, np.empty(x.shape, dtype), geo), unbatched)
+        gx = _unbatch(_forward(gy, w, None, _args.empty(fn, x.shape, dtype), geo), unbatched)
     if mask[1]:
-        gw = _weight_grad(gy, x, np.empty(w.shape, dtype), geo)
+        gw = _weight_grad(gy, x, _args.empty(fn, w.shape, dtype), geo)
     if mask[2]:
         gb = _bias_grad(gy, dtype)
     return gx, gw, gb

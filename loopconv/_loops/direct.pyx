@@ -320,12 +320,27 @@ cdef class Plan:
         return db
 
 
-cdef void bias_sums(const Geometry *g, const floating *dy, floating *db) noexcept nogil:
-    cdef Py_ssize_t n, o, p, P = g.out[0] * g.out[1] * g.out[2]
-    cdef floating acc
-    for o in range(g.O):
+cdef void sum_channels(Py_ssize_t N, Py_ssize_t O, Py_ssize_t P, const floating *dy,
+                       floating *db) noexcept nogil:
+    """db[o] = sum of dy[n, o, p] over n and p, in that order, accumulated in double."""
+    cdef Py_ssize_t n, o, p
+    cdef double acc
+    for o in range(O):
         acc = 0
-        for n in range(g.N):
+        for n in range(N):
             for p in range(P):
-                acc = acc + dy[(n * g.O + o) * P + p]
-        db[o] = acc
+                acc = acc + dy[(n * O + o) * P + p]
+        db[o] = <floating> acc
+
+
+cdef inline void bias_sums(const Geometry *g, const floating *dy, floating *db) noexcept nogil:
+    sum_channels(g.N, g.O, g.out[0] * g.out[1] * g.out[2], dy, db)
+
+
+def bias_grad(const floating[:, :, ::1] dy, floating[::1] db):
+    """db = dy (N, O, pixels) summed over images and pixels: the gradient for a bias."""
+    if dy.shape[0] * dy.shape[1] * dy.shape[2] == 0:
+        db[:] = 0
+        return
+    with nogil:
+        sum_channels(dy.shape[0], dy.shape[1], dy.shape[2], &dy[0, 0, 0], &db[0])
