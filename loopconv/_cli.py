@@ -55,17 +55,95 @@ def info() -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------
+# bench: the options (the machinery is in loopconv._bench)
+
+def _names(choices, what):
+    """An argparse type: a comma-separated list of names from `choices`."""
+    def parse(text):
+        names = [t.strip() for t in text.split(",") if t.strip()]
+        unknown = [t for t in names if t not in choices]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(
+                f"unknown {what} {', '.join(map(repr, unknown)) or repr(text)}; "
+                f"choose from {', '.join(choices)} (comma-separated)")
+        return list(dict.fromkeys(names))
+    return parse
+
+
+def _counts(text):
+    """An argparse type: a comma-separated list of positive ints."""
+    try:
+        values = [int(t) for t in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers like 1 or 1,2, got {text!r}")
+    return list(dict.fromkeys(values))
+
+
+def _positive(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _add_bench_parser(sub) -> None:
+    from loopconv import _bench
+
+    p = sub.add_parser(
+        "bench", help="time loopconv against NumPy im2col and PyTorch",
+        description="Time the forward pass and both gradients of loopconv against a NumPy "
+                    "im2col implementation and (when installed) PyTorch, each library in its own "
+                    "process, on standard layer shapes.  Progress goes to stderr, the table to "
+                    "stdout.  Shapes: " + "; ".join(f"{s.name} {s.describe()}"
+                                                    for s in _bench.SHAPES.values()))
+    p.add_argument("--threads", type=_counts, default=None, metavar="N[,N...]",
+                   help="thread counts to run, e.g. 1,2 (default: loopconv's default, "
+                        "LOOPCONV_NUM_THREADS or all cores)")
+    p.add_argument("--dtype", type=_names(_bench.DTYPES, "dtype"), default=["float32"],
+                   metavar="DTYPE[,DTYPE]", help="float32 (default), float64 or both")
+    p.add_argument("--shapes", type=_names(list(_bench.SHAPES), "shape"),
+                   default=list(_bench.SHAPES), metavar="NAME[,NAME...]",
+                   help="shapes to run (default: all): " + ", ".join(_bench.SHAPES))
+    p.add_argument("--passes", type=_names(_bench.PASSES, "pass"), default=list(_bench.PASSES),
+                   metavar="PASS[,PASS...]",
+                   help="passes to run (default: all): forward, input, weight")
+    p.add_argument("--repeat", type=_positive, default=None, metavar="R",
+                   help="timed samples per measurement (default: adaptive, about "
+                        f"{_bench.BUDGET:g} s per measurement)")
+    p.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
+    p.add_argument("--json", metavar="FILE", help="also write all results to FILE as JSON")
+    p.add_argument("--plot", metavar="FILE.png", help="also draw GFLOP/s as a chart "
+                                                       "(needs matplotlib)")
+
+
+def bench(args) -> int:
+    from loopconv import _bench, get_num_threads
+
+    return _bench.bench(args.shapes, args.passes, args.threads or [get_num_threads()],
+                        args.dtype, repeat=args.repeat, torch=not args.no_torch,
+                        json_path=args.json, plot_path=args.plot)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loopconv",
                                      description="loopconv: fast convolutions for NumPy")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("demo", help="reproduce the seed document's worked example")
     sub.add_parser("info", help="version, OpenMP, threads and instruction-set variant")
+    _add_bench_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "demo":
         return demo()
     if args.command == "info":
         return info()
+    if args.command == "bench":
+        return bench(args)
     return 2
 
 

@@ -1,0 +1,490 @@
+"""conv1d/2d/3d and their gradients (`_input`, `_weight`, `_backward`) against the NumPy
+reference, central differences and the adjoint identities."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import reference
+
+import loopconv
+from loopconv import _loops
+
+DTYPES = [pytest.param(np.float32, id="f32"), pytest.param(np.float64, id="f64")]
+
+
+def fn(nd, suffix=""):
+    return getattr(loopconv, f"conv{nd}d{suffix}")
+
+
+def case(id, x, w, **kw):
+    return pytest.param(x, w, kw, id=id)
+
+
+def macs(x_shape, w_shape, kw):
+    """Multiply-adds of the forward pass (the quantity loopconv._loops sizes problems by)."""
+    nd = len(x_shape) - 2
+    stride, pairs, dilation = reference._geometry(x_shape[2:], w_shape[2:],
+                                                  kw.get("stride", 1), kw.get("padding", 0),
+                                                  kw.get("dilation", 1))
+    out = reference.output_size(x_shape[2:], w_shape[2:], stride, pairs, dilation)
+    assert len(out) == nd
+    return x_shape[0] * w_shape[0] * math.prod(out) * math.prod(w_shape[1:])
+
+
+SMALL = [
+    case("1d", (2, 3, 11), (4, 3, 3)),
+    case("1d-stride3-nodivide-pad", (2, 3, 12), (4, 3, 3), stride=3, padding=1),
+    case("1d-dilation-pair", (1, 2, 10), (2, 2, 3), dilation=2, padding=((2, 1),)),
+    case("1d-groups", (2, 6, 9), (6, 2, 2), groups=3, stride=2),
+    case("2d", (2, 3, 7, 6), (4, 3, 3, 3), padding=1),
+    case("2d-stride23-nodivide", (2, 3, 8, 9), (5, 3, 3, 2), stride=(2, 3), padding=(1, 0)),
+    case("2d-dilation23", (1, 2, 9, 8), (3, 2, 3, 3), dilation=(2, 3)),
+    case("2d-groups2", (2, 4, 6, 7), (6, 2, 3, 3), groups=2, padding=1),
+    case("2d-depthwise", (2, 4, 6, 6), (4, 1, 3, 3), groups=4, padding=1),
+    case("2d-depthwise-x2-stride2", (1, 3, 7, 6), (6, 1, 2, 2), groups=3, stride=2),
+    case("2d-asym-pairs-stride2", (2, 2, 6, 7), (3, 2, 3, 2), stride=2,
+         padding=((0, 2), (3, 1))),
+    case("2d-valid", (1, 2, 6, 5), (2, 2, 2, 3), padding="valid"),
+    case("2d-same-s1-even-kernel", (2, 2, 6, 7), (3, 2, 4, 3), padding="same"),
+    case("2d-same-s2", (1, 3, 7, 8), (2, 3, 3, 3), padding="same", stride=2),
+    case("2d-same-s3-dilated", (1, 2, 10, 7), (2, 2, 3, 2), padding="same", stride=3,
+         dilation=2),
+    case("2d-1x1-stride2", (2, 3, 5, 5), (4, 3, 1, 1), stride=2),
+    case("2d-kernel-equals-input", (2, 2, 4, 3), (3, 2, 4, 3)),
+    case("3d", (2, 2, 5, 6, 4), (3, 2, 3, 2, 2), padding=1),
+    case("3d-everything", (1, 4, 7, 6, 5), (4, 2, 2, 3, 2), stride=(2, 3, 2), groups=2,
+         dilation=(1, 1, 2), padding=((1, 0), (0, 2), (1, 1))),
+    case("3d-same-s2", (1, 2, 5, 4, 6), (2, 2, 3, 2, 3), padding="same", stride=2),
+]
+
+LARGE = [
+    case("2d-tiled", (2, 8, 20, 20), (16, 8, 3, 3), padding=1),
+    case("2d-tiled-stride2-groups-asym", (2, 8, 21, 19), (16, 4, 3, 3), stride=2, groups=2,
+         padding=((1, 0), (2, 1))),
+    case("2d-tiled-dilation-odd-channels", (3, 7, 19, 17), (13, 7, 3, 2), dilation=(2, 3),
+         padding=(2, 1)),
+    case("2d-tiled-depthwise", (2, 24, 30, 30), (24, 1, 5, 5), groups=24, padding=2),
+    case("2d-tiled-same-s3", (2, 6, 23, 22), (10, 6, 3, 3), padding="same", stride=3),
+    case("1d-tiled", (4, 16, 200), (24, 16, 5), stride=2, padding=((3, 0),)),
+    case("3d-tiled", (1, 4, 10, 9, 11), (8, 4, 3, 3, 3), padding=1, stride=(1, 2, 1)),
+]
+
+CASES = SMALL + LARGE
+
+
+def data(rng, x_shape, w_shape, kw, dtype):
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal(w_shape).astype(dtype)
+    b = rng.standard_normal(w_shape[0]).astype(dtype)
+    gy = rng.standard_normal(reference.conv(x, w, None, **kw).shape).astype(dtype)
+    return x, w, b, gy
+
+
+def zero_padding(x_shape, w_shape, kw):
+    """kw with 'same' written out as pairs (the gradient functions take zero padding only)."""
+    if kw.get("padding") != "same":
+        return kw
+    nd = len(x_shape) - 2
+    pairs = reference.same_pairs(x_shape[2:], w_shape[2:],
+                                 reference.per_axis(kw.get("stride", 1), nd),
+                                 reference.per_axis(kw.get("dilation", 1), nd))
+    return {**kw, "padding": pairs}
+
+
+def test_both_loop_paths_are_covered():
+    small = [macs(*p.values) for p in SMALL]
+    large = [macs(*p.values) for p in LARGE]
+    assert max(small) < _loops.SMALL_PROBLEM <= min(large)
+
+
+# ---------------------------------------------------------------------------------------------
+# Against the reference.  Each call is made twice: a repeated call may take another path
+# (loopconv keeps checked plans for small problems).
+
+CALLS = 2
+
+@pytest.mark.parametrize("with_bias", [False, True], ids=["nobias", "bias"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("x_shape, w_shape, kw", CASES)
+def test_forward(rng, assert_close, x_shape, w_shape, kw, dtype, with_bias):
+    x, w, b, _ = data(rng, x_shape, w_shape, kw, dtype)
+    b = b if with_bias else None
+    expected = reference.conv(x, w, b, **kw)
+    for _ in range(CALLS):
+        y = fn(len(x_shape) - 2)(x, w, b, **kw)
+        assert_close(y, expected, dtype)
+        assert y.flags.c_contiguous
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("x_shape, w_shape, kw", CASES)
+def test_input_grad(rng, assert_close, x_shape, w_shape, kw, dtype):
+    x, w, _, gy = data(rng, x_shape, w_shape, kw, dtype)
+    kw = zero_padding(x_shape, w_shape, kw)
+    expected = reference.conv_input(x_shape, w, gy, **kw)
+    for _ in range(CALLS):
+        assert_close(fn(len(x_shape) - 2, "_input")(x_shape, w, gy, **kw), expected, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("x_shape, w_shape, kw", CASES)
+def test_weight_grad(rng, assert_close, x_shape, w_shape, kw, dtype):
+    x, w, _, gy = data(rng, x_shape, w_shape, kw, dtype)
+    kw = zero_padding(x_shape, w_shape, kw)
+    expected = reference.conv_weight(x, w_shape, gy, **kw)
+    for _ in range(CALLS):
+        assert_close(fn(len(x_shape) - 2, "_weight")(x, w_shape, gy, **kw), expected, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("x_shape, w_shape, kw", CASES)
+def test_backward(rng, assert_close, x_shape, w_shape, kw, dtype):
+    x, w, _, gy = data(rng, x_shape, w_shape, kw, dtype)
+    expected = reference.conv_backward(x, w, gy, **kw)
+    for _ in range(CALLS):
+        got = fn(len(x_shape) - 2, "_backward")(x, w, gy, **kw)
+        for g, e in zip(got, expected):
+            assert_close(g, e, dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Padding modes
+
+MODES = ["reflect", "replicate", "circular"]
+
+MODE_CASES = [
+    case("1d-pad2", (2, 3, 9), (2, 3, 3), padding=2),
+    case("1d-asym-stride2", (1, 2, 8), (3, 2, 3), padding=((3, 1),), stride=2),
+    case("2d-pad1", (2, 2, 6, 5), (3, 2, 3, 3), padding=1),
+    case("2d-asym-dilated-groups", (1, 4, 7, 6), (4, 2, 3, 2), padding=((2, 0), (1, 3)),
+         dilation=(2, 1), groups=2),
+    case("2d-same-s1", (2, 2, 5, 6), (2, 2, 4, 3), padding="same"),
+    case("2d-same-s2", (1, 2, 7, 6), (3, 2, 3, 3), padding="same", stride=2),
+    case("2d-one-axis-only", (1, 2, 5, 6), (2, 2, 3, 3), padding=(0, 2)),
+    case("2d-pad-size-minus-1", (1, 1, 4, 3), (1, 1, 2, 2), padding=(3, 2)),
+    case("3d-asym", (1, 2, 4, 5, 4), (2, 2, 2, 3, 2), padding=((1, 2), (0, 1), (2, 2))),
+    case("2d-tiled", (2, 8, 20, 18), (16, 8, 3, 3), padding=(2, 1)),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("x_shape, w_shape, kw", MODE_CASES)
+def test_padding_mode_forward(rng, assert_close, x_shape, w_shape, kw, mode, dtype):
+    x, w, b, _ = data(rng, x_shape, w_shape, kw, dtype)
+    y = fn(len(x_shape) - 2)(x, w, b, padding_mode=mode, **kw)
+    assert_close(y, reference.conv(x, w, b, padding_mode=mode, **kw), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("x_shape, w_shape, kw", MODE_CASES)
+def test_padding_mode_backward(rng, assert_close, x_shape, w_shape, kw, mode, dtype):
+    x, w, _, _ = data(rng, x_shape, w_shape, kw, dtype)
+    gy = rng.standard_normal(
+        reference.conv(x, w, padding_mode=mode, **kw).shape).astype(dtype)
+    got = fn(len(x_shape) - 2, "_backward")(x, w, gy, padding_mode=mode, **kw)
+    expected = reference.conv_backward(x, w, gy, padding_mode=mode, **kw)
+    for g, r in zip(got, expected):
+        assert_close(g, r, dtype)
+
+
+@pytest.mark.parametrize("mode, padding", [("circular", (4, 3)), ("replicate", (6, 5)),
+                                           ("reflect", (3, 2))],
+                         ids=["circular-equal-to-size", "replicate-beyond-size",
+                              "reflect-size-minus-1"])
+def test_padding_mode_at_its_limit(rng, assert_close, mode, padding):
+    """The largest padding each mode takes on a 4x3 input (replicate has no limit)."""
+    x, w, b, _ = data(rng, (2, 2, 4, 3), (3, 2, 3, 3), {}, np.float64)
+    y = loopconv.conv2d(x, w, b, padding=padding, padding_mode=mode)
+    assert_close(y, reference.conv(x, w, b, padding=padding, padding_mode=mode), np.float64)
+    g = rng.standard_normal(y.shape)
+    got = loopconv.conv2d_backward(x, w, g, padding=padding, padding_mode=mode)
+    for value, ref in zip(got, reference.conv_backward(x, w, g, padding=padding,
+                                                       padding_mode=mode)):
+        assert_close(value, ref, np.float64)
+
+
+@pytest.mark.parametrize("mode", ["zeros"] + MODES)
+def test_padding_mode_without_padding_is_plain(rng, mode):
+    x, w, b, _ = data(rng, (2, 3, 6, 5), (4, 3, 2, 2), {}, np.float64)
+    np.testing.assert_array_equal(loopconv.conv2d(x, w, b, padding_mode=mode),
+                                  loopconv.conv2d(x, w, b))
+
+
+# ---------------------------------------------------------------------------------------------
+# Central differences (float64, small problems)
+
+FD_CASES = [
+    case("1d-stride2-pairs", (1, 2, 7), (2, 2, 3), stride=2, padding=((1, 2),)),
+    case("2d-groups-dilation", (1, 4, 5, 5), (2, 2, 2, 2), groups=2, dilation=2, padding=1),
+    case("2d-stride3-nodivide", (2, 1, 7, 6), (2, 1, 2, 3), stride=3),
+    case("2d-same-s2", (1, 2, 5, 4), (2, 2, 3, 2), stride=2, padding="same"),
+    case("3d-asym", (1, 1, 4, 3, 4), (2, 1, 2, 2, 3), padding=((1, 0), (0, 1), (2, 1))),
+]
+
+
+def _check_by_central_differences(rng, central_difference, x_shape, w_shape, kw, mode):
+    nd = len(x_shape) - 2
+    x, w, b, _ = data(rng, x_shape, w_shape, kw, np.float64)
+    g = rng.standard_normal(fn(nd)(x, w, b, padding_mode=mode, **kw).shape)
+
+    def loss(x_, w_, b_):
+        return float(np.sum(fn(nd)(x_, w_, b_, padding_mode=mode, **kw) * g))
+
+    gx, gw, gb = fn(nd, "_backward")(x, w, g, padding_mode=mode, **kw)
+    tol = dict(rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(gx, central_difference(lambda v: loss(v, w, b), x), **tol)
+    np.testing.assert_allclose(gw, central_difference(lambda v: loss(x, v, b), w), **tol)
+    np.testing.assert_allclose(gb, central_difference(lambda v: loss(x, w, v), b), **tol)
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kw", FD_CASES)
+def test_backward_by_central_differences(rng, central_difference, x_shape, w_shape, kw):
+    _check_by_central_differences(rng, central_difference, x_shape, w_shape, kw, "zeros")
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("x_shape, w_shape, kw", [
+    case("1d-asym", (1, 2, 5), (2, 2, 3), padding=((3, 1),)),
+    case("2d-asym-stride2", (1, 2, 4, 5), (2, 2, 3, 2), padding=((2, 3), (1, 0)), stride=2),
+    case("3d", (1, 1, 3, 4, 3), (1, 1, 2, 2, 2), padding=((2, 1), (1, 1), (0, 2))),
+])
+def test_padding_mode_folding_by_central_differences(rng, central_difference, x_shape,
+                                                     w_shape, kw, mode):
+    _check_by_central_differences(rng, central_difference, x_shape, w_shape, kw, mode)
+
+
+# ---------------------------------------------------------------------------------------------
+# Adjoint identities: <conv(x, w), g> = <x, conv_input(g)> = <w, conv_weight(x, g)>
+
+@pytest.mark.parametrize("x_shape, w_shape, kw", CASES)
+def test_adjoint_identities(rng, x_shape, w_shape, kw):
+    nd = len(x_shape) - 2
+    x, w, _, g = data(rng, x_shape, w_shape, kw, np.float64)
+    lhs = np.vdot(fn(nd)(x, w, **kw), g)
+    zkw = zero_padding(x_shape, w_shape, kw)
+    via_input = np.vdot(x, fn(nd, "_input")(x_shape, w, g, **zkw))
+    via_weight = np.vdot(w, fn(nd, "_weight")(x, w_shape, g, **zkw))
+    scale = np.sqrt(x.size * w.size) * np.abs(g).max()
+    assert abs(lhs - via_input) <= 1e-12 * scale
+    assert abs(lhs - via_weight) <= 1e-12 * scale
+
+
+# ---------------------------------------------------------------------------------------------
+# The seed's worked example
+
+def test_worked_example():
+    x = np.arange(25.0).reshape(1, 1, 5, 5)
+    w = np.ones((1, 1, 2, 2))
+    y = loopconv.conv2d(x, w)
+    np.testing.assert_array_equal(y, reference.conv(x, w))
+    gx, gw, gb = loopconv.conv2d_backward(x, w, np.ones_like(y))
+    np.testing.assert_array_equal(gx[0, 0], [[1, 2, 2, 2, 1],
+                                             [2, 4, 4, 4, 2],
+                                             [2, 4, 4, 4, 2],
+                                             [2, 4, 4, 4, 2],
+                                             [1, 2, 2, 2, 1]])
+    np.testing.assert_array_equal(gw[0, 0], [[144, 160], [224, 240]])
+    np.testing.assert_array_equal(gb, [y.size])
+    np.testing.assert_array_equal(loopconv.conv2d_input(x.shape, w, np.ones_like(y)), gx)
+    np.testing.assert_array_equal(loopconv.conv2d_weight(x, w.shape, np.ones_like(y)), gw)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shapes: 'same', strides that do not divide, unbatched inputs, input_size forms
+
+@pytest.mark.parametrize("stride", [1, 2, 3], ids=lambda s: f"s{s}")
+@pytest.mark.parametrize("size, kernel, dilation", [
+    ((7, 8), (3, 3), (1, 1)), ((5, 6), (4, 1), (1, 1)), ((9, 4), (3, 2), (2, 3)),
+    ((1, 2), (3, 3), (1, 1)),
+], ids=["odd-even", "even-kernel", "dilated", "tiny"])
+def test_same_output_size(rng, size, kernel, dilation, stride):
+    x = rng.standard_normal((1, 2, *size))
+    w = rng.standard_normal((3, 2, *kernel))
+    y = loopconv.conv2d(x, w, padding="same", stride=stride, dilation=dilation)
+    assert y.shape[2:] == tuple(-(-n // stride) for n in size)
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_same_stride1_puts_odd_pixel_after(rng, nd):
+    x = rng.standard_normal((1, 2) + (5,) * nd)
+    w = rng.standard_normal((2, 2) + (4,) * nd)
+    same = fn(nd)(x, w, padding="same")
+    explicit = fn(nd)(x, w, padding=((1, 2),) * nd)
+    np.testing.assert_array_equal(same, explicit)
+    assert same.shape[2:] == x.shape[2:]
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+@pytest.mark.parametrize("channels", [1, 12], ids=["direct", "tiled"])
+def test_unreached_inputs_get_zero_gradient(rng, nd, channels):
+    """Kernel 2 with stride 3: every third input row (and the tail) is read by no window."""
+    size = {1: 400, 2: 26, 3: 12}[nd]
+    x_shape = (2, channels) + (size,) * nd
+    w = rng.standard_normal((channels, channels) + (2,) * nd)
+    out = (size - 2) // 3 + 1
+    gy = rng.standard_normal((2, channels) + (out,) * nd)
+    gx = fn(nd, "_input")(x_shape, w, gy, stride=3)
+    along_axis = np.zeros(size, dtype=bool)
+    for o in range(out):
+        along_axis[3 * o:3 * o + 2] = True
+    assert not along_axis.all()
+    reached = along_axis
+    for _ in range(nd - 1):
+        reached = np.logical_and.outer(reached, along_axis)
+    assert np.all(gx[..., ~reached] == 0)
+    assert np.all(gx[..., reached] != 0)
+    if channels > 1:
+        assert macs(x_shape, w.shape, {"stride": 3}) >= _loops.SMALL_PROBLEM
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_unbatched(rng, assert_close, nd):
+    x = rng.standard_normal((3,) + (6,) * nd)
+    w = rng.standard_normal((4, 3) + (2,) * nd)
+    b = rng.standard_normal(4)
+    kw = dict(stride=2, padding=1)
+    g = rng.standard_normal(reference.conv(x[None], w, b, **kw)[0].shape)
+    rx, rw, rb = reference.conv_backward(x[None], w, g[None], **kw)
+    for _ in range(CALLS):
+        assert_close(fn(nd)(x, w, b, **kw), reference.conv(x[None], w, b, **kw)[0],
+                     np.float64)
+        gx, gw, gb = fn(nd, "_backward")(x, w, g, **kw)
+        assert_close(gx, rx[0], np.float64)
+        assert_close(gw, rw, np.float64)
+        assert_close(gb, rb, np.float64)
+        assert_close(fn(nd, "_input")(x.shape, w, g, **kw), rx[0], np.float64)
+        assert_close(fn(nd, "_weight")(x, w.shape, g, **kw), rw, np.float64)
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_unbatched_padding_mode_backward(rng, assert_close, nd):
+    x = rng.standard_normal((2,) + (5,) * nd)
+    w = rng.standard_normal((3, 2) + (3,) * nd)
+    g = rng.standard_normal(fn(nd)(x, w, padding=2, padding_mode="reflect").shape)
+    got = fn(nd, "_backward")(x, w, g, padding=2, padding_mode="reflect")
+    expected = reference.conv_backward(x[None], w, g[None], padding=2, padding_mode="reflect")
+    assert_close(got[0], expected[0][0], np.float64)
+    assert_close(got[1], expected[1], np.float64)
+    assert_close(got[2], expected[2], np.float64)
+
+
+@pytest.mark.parametrize("form", ["full", "unbatched", "spatial"])
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_input_size_forms(rng, assert_close, nd, form):
+    batched = form != "unbatched"
+    x_shape = ((2,) if batched else ()) + (4,) + (7,) * nd
+    w = rng.standard_normal((6, 2) + (3,) * nd)
+    kw = dict(stride=2, padding=1, groups=2)
+    out = reference.output_size((7,) * nd, (3,) * nd, (2,) * nd, ((1, 1),) * nd, (1,) * nd)
+    g = rng.standard_normal(((2,) if batched else ()) + (6, *out))
+    size = x_shape[-nd:] if form == "spatial" else x_shape
+    gx = fn(nd, "_input")(size, w, g, **kw)
+    full = x_shape if batched else (1, *x_shape)
+    expected = reference.conv_input(full, w, g if batched else g[None], **kw)
+    assert_close(gx, expected if batched else expected[0], np.float64)
+
+
+def test_input_size_spatial_of_unbatched_grad_output(rng, assert_close):
+    w = rng.standard_normal((3, 2, 3, 3))
+    g = rng.standard_normal((3, 4, 4))
+    gx = loopconv.conv2d_input((6, 6), w, g)
+    assert_close(gx, reference.conv_input((1, 2, 6, 6), w, g[None])[0], np.float64)
+
+
+def test_input_size_as_array(rng, assert_close):
+    w = rng.standard_normal((3, 2, 3))
+    g = rng.standard_normal((2, 3, 5))
+    gx = loopconv.conv1d_input(np.array([2, 2, 7]), w, g)
+    assert_close(gx, reference.conv_input((2, 2, 7), w, g), np.float64)
+
+
+@pytest.mark.parametrize("input_size, grad_output", [
+    ((2, 7, 7), (1, 3, 5, 5)), ((1, 2, 7, 7), (3, 5, 5)),
+], ids=["unbatched-size-batched-grad", "batched-size-unbatched-grad"])
+def test_input_size_is_the_result_shape(rng, assert_close, input_size, grad_output):
+    """The gradient of an input has that input's shape: with a full or unbatched input_size
+    that disagrees with grad_output's batching, conv2d_input returns an array of shape
+    input_size, or refuses with a ValueError (torch.nn.grad.conv2d_input refuses)."""
+    w = rng.standard_normal((3, 2, 3, 3))
+    g = rng.standard_normal(grad_output)
+    try:
+        gx = loopconv.conv2d_input(input_size, w, g)
+    except ValueError as exc:
+        assert str(exc).startswith("conv2d_input:") and "input_size" in str(exc)
+        return
+    expected = reference.conv_input((1, 2, 7, 7), w, g.reshape(1, 3, 5, 5))
+    assert_close(gx, expected.reshape(input_size), np.float64)
+
+
+@pytest.mark.parametrize("stride", [2, 3], ids=lambda s: f"s{s}")
+def test_input_size_chooses_among_sizes(rng, assert_close, stride):
+    """With stride > 1 several input sizes give one output size; each is honoured."""
+    w = rng.standard_normal((2, 2, 3))
+    g = rng.standard_normal((1, 2, 4))
+    for size in range(3 * stride + 3, 3 * stride + 3 + stride):
+        gx = loopconv.conv1d_input((1, 2, size), w, g, stride=stride)
+        assert_close(gx, reference.conv_input((1, 2, size), w, g, stride=stride), np.float64)
+
+
+# ---------------------------------------------------------------------------------------------
+# output_mask and zero-size batches
+
+@pytest.mark.parametrize("mask", list(itertools.product([False, True], repeat=3)),
+                         ids=lambda m: "".join("xwb"[i] if v else "-" for i, v in enumerate(m)))
+@pytest.mark.parametrize("mode", ["zeros", "reflect"])
+def test_output_mask(rng, assert_close, mask, mode):
+    kw = dict(stride=2, padding=1, padding_mode=mode)
+    x, w, _, _ = data(rng, (2, 3, 6, 5), (4, 3, 3, 3), {}, np.float64)
+    g = rng.standard_normal(reference.conv(x, w, **kw).shape)
+    got = loopconv.conv2d_backward(x, w, g, **kw, output_mask=mask)
+    expected = reference.conv_backward(x, w, g, **kw)
+    assert isinstance(got, tuple) and len(got) == 3
+    for wanted, value, ref in zip(mask, got, expected):
+        if wanted:
+            assert_close(value, ref, np.float64)
+        else:
+            assert value is None
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_zero_batch_backward_values(rng, nd):
+    x = np.zeros((0, 2) + (5,) * nd)
+    w = rng.standard_normal((3, 2) + (2,) * nd)
+    g = np.zeros((0, 3) + (4,) * nd)
+    gx, gw, gb = fn(nd, "_backward")(x, w, g)
+    assert gx.shape == x.shape
+    np.testing.assert_array_equal(gw, np.zeros(w.shape))
+    np.testing.assert_array_equal(gb, np.zeros(3))
+    np.testing.assert_array_equal(fn(nd, "_weight")(x, w.shape, g), np.zeros(w.shape))
+    assert fn(nd)(x, w).shape == g.shape
+    assert fn(nd, "_input")(x.shape, w, g).shape == x.shape
+
+
+# ---------------------------------------------------------------------------------------------
+# Each output reads only its window: a non-finite value spreads exactly as far as the windows
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("x_shape, w_shape, kw", [
+    case("direct", (2, 3, 8, 8), (4, 3, 3, 3), padding=1),
+    case("tiled", (2, 8, 20, 20), (16, 8, 3, 3), padding=1),
+    case("tiled-stride2-groups", (2, 8, 21, 19), (16, 4, 3, 3), stride=2, groups=2,
+         padding=((1, 0), (2, 1))),
+])
+def test_non_finite_values_stay_local(rng, x_shape, w_shape, kw, dtype):
+    x, w, _, gy = data(rng, x_shape, w_shape, kw, dtype)
+    x[0, 1, 5, 7] = np.nan
+    gy[1, -1, 2, 2] = np.inf
+    with np.errstate(invalid="ignore"):
+        expected = [reference.conv(x, w, **kw), reference.conv_input(x_shape, w, gy, **kw),
+                    reference.conv_weight(x, w_shape, gy, **kw)]
+        got = [loopconv.conv2d(x, w, **kw), loopconv.conv2d_input(x_shape, w, gy, **kw),
+               loopconv.conv2d_weight(x, w_shape, gy, **kw)]
+    for g, e in zip(got, expected):
+        assert 0 < np.count_nonzero(~np.isfinite(e)) < e.size
+        np.testing.assert_array_equal(np.isfinite(g), np.isfinite(e))

@@ -1,0 +1,388 @@
+"""Threads (bit-identical results for any thread count; set/get_num_threads;
+LOOPCONV_NUM_THREADS) and the compiled variants (every tiled module against the direct loops
+and the reference; LOOPCONV_CPU)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import reference
+
+import loopconv
+from loopconv import _loops
+from loopconv._loops import platform
+
+DTYPES = [pytest.param(np.float32, id="f32"), pytest.param(np.float64, id="f64")]
+
+
+def run_python(code, **env):
+    """Run `code` in a fresh interpreter with extra environment variables; its stdout."""
+    full_env = {k: v for k, v in os.environ.items()
+                if k not in ("LOOPCONV_NUM_THREADS", "LOOPCONV_CPU")}
+    full_env.update(env)
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=full_env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def case(id, x, w, **kw):
+    return pytest.param(x, w, kw, id=id)
+
+
+def macs(x_shape, w_shape, kw):
+    nd = len(x_shape) - 2
+    stride, pairs, dilation = reference._geometry(x_shape[2:], w_shape[2:],
+                                                  kw.get("stride", 1), kw.get("padding", 0),
+                                                  kw.get("dilation", 1))
+    out = reference.output_size(x_shape[2:], w_shape[2:], stride, pairs, dilation)
+    assert len(out) == nd
+    return x_shape[0] * w_shape[0] * math.prod(out) * math.prod(w_shape[1:])
+
+
+# ---------------------------------------------------------------------------------------------
+# Bit-identical for any number of threads
+
+THREAD_CASES = [
+    case("2d-8x20x20-to-16", (2, 8, 20, 20), (16, 8, 3, 3), padding=1),
+    case("2d-many-images", (6, 8, 16, 16), (16, 8, 3, 3), padding=1),
+    case("2d-grouped", (3, 12, 18, 17), (18, 4, 3, 3), groups=3, padding=(1, 0)),
+    case("2d-stride2", (2, 16, 21, 20), (24, 16, 3, 3), stride=2, padding=1),
+    case("2d-depthwise", (2, 32, 24, 24), (32, 1, 3, 3), groups=32, padding=1),
+    case("1d-long", (3, 16, 500), (20, 16, 5), stride=2, dilation=2),
+    case("3d", (2, 6, 9, 10, 8), (10, 6, 3, 3, 3), stride=(1, 2, 1), padding=1),
+    case("2d-direct-size", (2, 3, 8, 8), (4, 3, 3, 3), padding=1),
+]
+
+
+def test_thread_cases_use_the_tiled_loops():
+    sizes = [macs(*p.values) for p in THREAD_CASES]
+    assert sum(m >= _loops.SMALL_PROBLEM for m in sizes) == len(sizes) - 1
+
+
+def all_passes(nd, x, w, b, gy, kw):
+    """Every public function on one problem.  The transposed convolution reuses the weight:
+    (C_out, C_in // groups, *k) read as a transposed weight maps gy's C_out channels to C_in."""
+    def f(name):
+        return getattr(loopconv, name.format(nd))
+
+    yt = f("conv_transpose{}d")(gy, w, b[:x.shape[1]], **kw)
+    return {
+        "forward": (f("conv{}d")(x, w, b[:w.shape[0]], **kw),),
+        "input": (f("conv{}d_input")(x.shape, w, gy, **kw),),
+        "weight": (f("conv{}d_weight")(x, w.shape, gy, **kw),),
+        "backward": f("conv{}d_backward")(x, w, gy, **kw),
+        "backward-reflect": f("conv{}d_backward")(x, w, gy, padding_mode="reflect", **kw),
+        "transpose": (yt,),
+        "transpose_backward": f("conv_transpose{}d_backward")(gy, w, yt, **kw),
+    }
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("x_shape, w_shape, kw", THREAD_CASES)
+def test_bit_identical_for_any_thread_count(rng, restore_threads, x_shape, w_shape, kw, dtype):
+    nd = len(x_shape) - 2
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal(w_shape).astype(dtype)
+    b = rng.standard_normal(max(x_shape[1], w_shape[0])).astype(dtype)
+    gy = rng.standard_normal(reference.conv(x, w, **kw).shape).astype(dtype)
+    loopconv.set_num_threads(1)
+    all_passes(nd, x, w, b, gy, kw)
+    one = all_passes(nd, x, w, b, gy, kw)
+    for threads in (2, 3, 5):
+        loopconv.set_num_threads(threads)
+        many = all_passes(nd, x, w, b, gy, kw)
+        for key in one:
+            for a, c in zip(one[key], many[key]):
+                assert np.array_equal(a, c), (key, threads)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("x_shape, w_shape, kw", [
+    case("tiled", (3, 8, 19, 21), (12, 8, 3, 3), padding=1),
+    case("direct", (2, 3, 9, 7), (5, 3, 3, 2), padding=1),
+])
+def test_repeated_calls_are_bit_identical(rng, x_shape, w_shape, kw, dtype):
+    """The same call gives the same bits every time, the first call included (the shapes are
+    used by no other test, so the first call here is the first in the process)."""
+    nd = len(x_shape) - 2
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal(w_shape).astype(dtype)
+    b = rng.standard_normal(max(x_shape[1], w_shape[0])).astype(dtype)
+    gy = rng.standard_normal(reference.conv(x, w, **kw).shape).astype(dtype)
+    first = all_passes(nd, x, w, b, gy, kw)
+    for _ in range(2):
+        again = all_passes(nd, x, w, b, gy, kw)
+        for key in first:
+            for name, a, c in zip(("grad_input", "grad_weight", "grad_bias"), first[key],
+                                  again[key]):
+                assert np.array_equal(a, c), (key, name if len(first[key]) == 3 else "")
+
+
+def test_concurrent_calls_from_python_threads(rng):
+    """Calls from several Python threads at once give the results of one call alone."""
+    x = rng.standard_normal((2, 8, 20, 20)).astype(np.float32)
+    w = rng.standard_normal((16, 8, 3, 3)).astype(np.float32)
+    gy = rng.standard_normal((2, 16, 20, 20)).astype(np.float32)
+    expected = loopconv.conv2d_backward(x, w, gy, padding=1)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: loopconv.conv2d_backward(x, w, gy, padding=1),
+                                range(8)))
+    for got in results:
+        for a, c in zip(got, expected):
+            assert np.array_equal(a, c)
+
+
+# ---------------------------------------------------------------------------------------------
+# set_num_threads / get_num_threads / LOOPCONV_NUM_THREADS
+
+def test_get_num_threads_is_a_positive_int():
+    n = loopconv.get_num_threads()
+    assert type(n) is int and n >= 1
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, np.int64(2)], ids=["1", "2", "3", "7", "np.int64"])
+def test_set_get_round_trip(restore_threads, n):
+    loopconv.set_num_threads(n)
+    got = loopconv.get_num_threads()
+    assert type(got) is int
+    assert got == (int(n) if platform.openmp() else 1)
+
+
+@pytest.mark.parametrize("n, exc", [
+    (0, ValueError), (-1, ValueError), (1.5, TypeError), (2.0, TypeError), (True, TypeError),
+    (np.bool_(True), TypeError), ("2", TypeError), (None, TypeError),
+], ids=["0", "-1", "1.5", "2.0", "True", "np.True_", "str", "None"])
+def test_set_num_threads_errors(restore_threads, n, exc):
+    loopconv.set_num_threads(2)
+    with pytest.raises(exc, match=r"^set_num_threads: .*\bn\b"):
+        loopconv.set_num_threads(n)
+    assert loopconv.get_num_threads() == (2 if platform.openmp() else 1)
+
+
+def test_set_num_threads_after_an_error_still_computes(rng, restore_threads):
+    x = rng.standard_normal((2, 3, 8, 8))
+    w = rng.standard_normal((4, 3, 3, 3))
+    with pytest.raises(ValueError):
+        loopconv.set_num_threads(0)
+    np.testing.assert_allclose(loopconv.conv2d(x, w), reference.conv(x, w), rtol=1e-12,
+                               atol=1e-12)
+
+
+@pytest.mark.parametrize("value", ["1", "3", " 2 "])
+def test_environment_sets_the_default(value):
+    out = run_python("import loopconv; print(loopconv.get_num_threads())",
+                     LOOPCONV_NUM_THREADS=value)
+    assert int(out) == (int(value) if platform.openmp() else 1)
+
+
+def test_default_is_all_available_cores():
+    out = run_python("""
+        import os, loopconv
+        print(loopconv.get_num_threads(), len(os.sched_getaffinity(0)))
+    """)
+    threads, cores = map(int, out.split())
+    assert threads == (cores if platform.openmp() else 1)
+
+
+def test_environment_default_can_be_changed():
+    out = run_python("""
+        import loopconv
+        loopconv.set_num_threads(1)
+        print(loopconv.get_num_threads())
+    """, LOOPCONV_NUM_THREADS="3")
+    assert int(out) == 1
+
+
+def test_show_config_reports_threads_and_variant(capsys, restore_threads):
+    loopconv.set_num_threads(2)
+    loopconv.show_config()
+    text = capsys.readouterr().out
+    assert loopconv.__version__ in text
+    assert np.__version__ in text
+    assert _loops.VARIANT in text
+    assert str(loopconv.get_num_threads()) in text
+
+
+# ---------------------------------------------------------------------------------------------
+# Every compiled variant against the direct loops and the reference
+
+VARIANT_CASES = [
+    # (x shape, w shape, stride, (before, after) pairs, dilation, groups)
+    case("2d-13-out-7-in-odd-pixels", (2, 7, 17, 19), (13, 7, 3, 3), padding=1),
+    case("2d-grouped-5-per-group", (2, 10, 15, 13), (10, 5, 3, 2), groups=2, stride=(2, 1),
+         padding=((1, 0), (0, 1))),
+    case("2d-depthwise-odd", (3, 9, 11, 23), (9, 1, 3, 3), groups=9, padding=1),
+    case("2d-stride3-dilated", (2, 6, 26, 25), (11, 6, 3, 3), stride=3, dilation=2,
+         padding=((2, 1), (3, 0))),
+    case("2d-K-over-256", (2, 33, 12, 12), (25, 33, 3, 3), padding=1),
+    case("2d-many-pixels", (2, 5, 37, 41), (14, 5, 2, 3), padding=((0, 1), (1, 1))),
+    case("2d-1x1", (3, 19, 9, 7), (23, 19, 1, 1)),
+    case("1d-odd", (3, 11, 263), (17, 11, 4), stride=2, padding=((3, 1),)),
+    case("1d-dilated-groups", (2, 12, 97), (9, 4, 3), groups=3, dilation=3, padding=((4, 2),)),
+    case("3d-odd", (2, 5, 7, 9, 11), (7, 5, 3, 2, 3), stride=(1, 2, 1), padding=1),
+    case("3d-grouped-dilated", (1, 6, 8, 7, 9), (9, 2, 2, 3, 2), groups=3, dilation=(2, 1, 2),
+         padding=((1, 0), (1, 1), (0, 2))),
+    case("tiny-1-channel", (1, 1, 3, 2), (1, 1, 2, 2)),
+    case("tiny-one-output-pixel", (2, 3, 3, 3), (2, 3, 3, 3)),
+    case("tiny-stride-larger-than-input", (1, 2, 5, 4), (3, 2, 2, 2), stride=(6, 5)),
+]
+
+
+def test_variants_are_found():
+    found = _loops.variants()
+    assert "baseline" in found
+    assert _loops.VARIANT in found
+    assert _loops.tiled is found[_loops.VARIANT]
+    for module in found.values():
+        assert isinstance(module.info(), dict)
+
+
+def tile_sizes():
+    """Rows and columns of every register tile the variants report, with the usual ones."""
+    rows, cols = {4, 6, 8, 12}, {8, 12, 16, 24, 32, 48}
+    for module in _loops.variants().values():
+        for value in module.info().values():
+            if isinstance(value, tuple) and len(value) == 2:
+                rows.add(value[0])
+                cols.add(value[1])
+    return rows, cols
+
+
+def test_variant_cases_cover_partial_tiles():
+    """Channel counts (tile rows) and pixel and reduction counts (tile columns) that are not
+    multiples of any register tile."""
+    rows, cols = tile_sizes()
+    per_group = []
+    pixels = []
+    for p in VARIANT_CASES:
+        x_shape, w_shape, kw = p.values
+        groups = kw.get("groups", 1)
+        per_group += [w_shape[0] // groups, w_shape[1]]
+        out = reference.conv(np.zeros(x_shape), np.zeros(w_shape), **kw).shape[2:]
+        pixels += [math.prod(out), math.prod(x_shape[2:]), math.prod(w_shape[1:])]
+    for r in rows - {1}:
+        assert any(c % r for c in per_group), r
+    for c in cols - {1}:
+        assert any(n % c for n in pixels), c
+    assert any(n > 256 for n in pixels)
+
+
+def lift(a):
+    """(N, C, *spatial) with 1 to 3 spatial axes as the loops' 5-D (N, C, D, H, W)."""
+    return np.ascontiguousarray(a.reshape(a.shape[:2] + (1,) * (5 - a.ndim) + a.shape[2:]))
+
+
+def loop_geometry(nd, kw):
+    stride = reference.per_axis(kw.get("stride", 1), nd)
+    dilation = reference.per_axis(kw.get("dilation", 1), nd)
+    pairs = reference.padding_pairs(kw.get("padding", 0), nd)
+    pad = (0,) * (3 - nd) + tuple(b for b, _ in pairs)
+    return (1,) * (3 - nd) + stride, pad, (1,) * (3 - nd) + dilation, kw.get("groups", 1)
+
+
+def run_module(module, x, w, b, b_in, gy, kw, threads):
+    """forward (with bias), grad_input (without and with a bias), grad_weight of one module,
+    into outputs filled with NaN (so an element left unwritten shows)."""
+    nd = x.ndim - 2
+    geometry = loop_geometry(nd, kw)
+    no_bias = np.empty(0, x.dtype)
+    y = np.full(lift(gy).shape, np.nan, x.dtype)
+    module.forward(lift(x), lift(w), b, y, *geometry, threads)
+    dx = np.full(lift(x).shape, np.nan, x.dtype)
+    module.grad_input(lift(gy), lift(w), no_bias, dx, *geometry, threads)
+    dxb = np.full(lift(x).shape, np.nan, x.dtype)
+    module.grad_input(lift(gy), lift(w), b_in, dxb, *geometry, threads)
+    dw = np.full(lift(w).shape, np.nan, x.dtype)
+    module.grad_weight(lift(x), lift(gy), dw, *geometry, threads)
+    return [a.reshape(shape) for a, shape in
+            zip((y, dx, dxb, dw), (gy.shape, x.shape, x.shape, w.shape))]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("x_shape, w_shape, kw", VARIANT_CASES)
+@pytest.mark.parametrize("variant", list(_loops.variants()))
+def test_variant_against_direct_and_reference(rng, assert_close, variant, x_shape, w_shape,
+                                              kw, dtype):
+    module = _loops.variants()[variant]
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal(w_shape).astype(dtype)
+    b = rng.standard_normal(w_shape[0]).astype(dtype)
+    b_in = rng.standard_normal(x_shape[1]).astype(dtype)
+    gy = rng.standard_normal(reference.conv(x, w, **kw).shape).astype(dtype)
+    got = run_module(module, x, w, b, b_in, gy, kw, threads=2)
+    direct = run_module(_loops.direct, x, w, b, b_in, gy, kw, threads=2)
+    ref_dx = reference.conv_input(x_shape, w, gy, **kw)
+    expected = [reference.conv(x, w, b, **kw), ref_dx,
+                ref_dx + b_in.astype(np.float64).reshape(-1, *(1,) * (x.ndim - 2)),
+                reference.conv_weight(x, w_shape, gy, **kw)]
+    for name, g, d, e in zip(("forward", "grad_input", "grad_input+bias", "grad_weight"),
+                             got, direct, expected):
+        assert not np.isnan(g).any(), name
+        assert_close(g, d, dtype)
+        assert_close(g, e, dtype)
+        assert_close(d, e, dtype)
+    single = run_module(module, x, w, b, b_in, gy, kw, threads=1)
+    for g, s in zip(got, single):
+        assert np.array_equal(g, s)
+
+
+# ---------------------------------------------------------------------------------------------
+# LOOPCONV_CPU
+
+PROBE = """
+    import json, warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        import numpy as np
+        import loopconv
+        from loopconv import _loops
+    x = np.arange(50.0).reshape(1, 2, 5, 5)
+    y = loopconv.conv2d(x, np.ones((1, 2, 2, 2)))
+    print(json.dumps({
+        "variant": _loops.VARIANT,
+        "module": _loops.tiled.__name__,
+        "best": list(_loops.variants())[-1],
+        "warnings": [[w.category.__name__, str(w.message)] for w in caught],
+        "y00": float(y[0, 0, 0, 0]),
+    }))
+"""
+
+
+@pytest.mark.parametrize("variant", list(_loops.variants()))
+def test_loopconv_cpu_forces_a_variant(variant):
+    out = json.loads(run_python(PROBE, LOOPCONV_CPU=variant))
+    assert out["variant"] == variant
+    assert out["module"] == _loops.variants()[variant].__name__
+    assert out["warnings"] == []
+    assert out["y00"] == float(sum([0, 1, 5, 6, 25, 26, 30, 31]))
+
+
+def test_loopconv_cpu_baseline():
+    out = json.loads(run_python(PROBE, LOOPCONV_CPU="baseline"))
+    assert out["variant"] == "baseline"
+
+
+@pytest.mark.parametrize("value", ["no-such-cpu"] + [
+    name for name in _loops._VARIANTS if name not in _loops.variants()])
+def test_loopconv_cpu_unknown_or_unsupported_warns_and_falls_back(value):
+    out = json.loads(run_python(PROBE, LOOPCONV_CPU=value))
+    assert out["variant"] == out["best"]
+    categories = [category for category, _ in out["warnings"]]
+    assert categories == ["RuntimeWarning"], out["warnings"]
+    message = out["warnings"][0][1]
+    assert "LOOPCONV_CPU" in message and value in message
+
+
+def test_no_loopconv_cpu_picks_the_best_variant():
+    out = json.loads(run_python(PROBE))
+    assert out["variant"] == out["best"] == list(_loops.variants())[-1]
+    assert out["warnings"] == []

@@ -1,0 +1,275 @@
+"""conv_transpose1d/2d/3d and their backward passes against the NumPy reference (the adjoint
+of the convolution), central differences and the adjoint identity with conv."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import reference
+
+import loopconv
+from loopconv import _loops
+
+DTYPES = [pytest.param(np.float32, id="f32"), pytest.param(np.float64, id="f64")]
+
+
+def fn(nd, suffix=""):
+    return getattr(loopconv, f"conv_transpose{nd}d{suffix}")
+
+
+def conv(nd, suffix=""):
+    return getattr(loopconv, f"conv{nd}d{suffix}")
+
+
+def case(id, x, w, **kw):
+    return pytest.param(x, w, kw, id=id)
+
+
+SMALL = [
+    case("1d", (2, 3, 6), (3, 4, 3)),
+    case("1d-stride3-outpad2", (2, 2, 5), (2, 3, 2), stride=3, output_padding=2),
+    case("1d-pairs-dilation", (1, 2, 7), (2, 2, 3), padding=((2, 1),), dilation=2),
+    case("2d", (2, 3, 5, 4), (3, 2, 3, 3), padding=1),
+    case("2d-stride23-outpad", (2, 2, 4, 5), (2, 3, 3, 2), stride=(2, 3),
+         output_padding=(1, 2), padding=(1, 0)),
+    case("2d-groups", (2, 4, 5, 5), (4, 3, 2, 3), groups=2, stride=2, padding=1),
+    case("2d-depthwise", (1, 3, 6, 5), (3, 1, 3, 3), groups=3, stride=2, output_padding=1),
+    case("2d-asym-pairs", (2, 2, 5, 6), (2, 2, 3, 4), stride=2, padding=((2, 0), (1, 3))),
+    case("2d-outpad-below-dilation", (1, 2, 5, 5), (2, 2, 3, 2), dilation=(3, 2),
+         output_padding=(2, 1)),
+    case("2d-dilation-stride", (2, 2, 4, 3), (2, 3, 2, 3), dilation=2, stride=3,
+         output_padding=(1, 2), padding=(2, 1)),
+    case("2d-1x1-stride2", (2, 3, 4, 4), (3, 5, 1, 1), stride=2, output_padding=1),
+    case("3d", (2, 2, 3, 4, 3), (2, 3, 2, 3, 2), stride=(2, 1, 2), padding=(0, 1, 1)),
+    case("3d-everything", (1, 4, 3, 4, 3), (4, 1, 3, 2, 2), stride=(2, 3, 1), groups=2,
+         dilation=(1, 2, 2), padding=((1, 0), (0, 2), (1, 1)), output_padding=(1, 1, 1)),
+]
+
+LARGE = [
+    case("2d-tiled-stride2", (2, 16, 10, 10), (16, 8, 3, 3), stride=2, padding=1,
+         output_padding=1),
+    case("2d-tiled-groups-odd", (3, 14, 9, 11), (14, 5, 4, 3), groups=2, stride=(3, 2),
+         padding=((2, 1), (0, 1))),
+    case("1d-tiled", (4, 16, 60), (16, 12, 5), stride=2, dilation=2),
+    case("3d-tiled", (1, 8, 6, 5, 6), (8, 6, 3, 3, 3), stride=2, padding=1),
+]
+
+CASES = SMALL + LARGE
+
+
+def macs(x_shape, w_shape):
+    return math.prod(x_shape) * math.prod(w_shape[1:])
+
+
+def data(rng, x_shape, w_shape, kw, dtype):
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal(w_shape).astype(dtype)
+    b = rng.standard_normal(w_shape[1] * kw.get("groups", 1)).astype(dtype)
+    gy = rng.standard_normal(reference.conv_transpose(x, w, None, **kw).shape).astype(dtype)
+    return x, w, b, gy
+
+
+def test_both_loop_paths_are_covered():
+    small = [macs(*p.values[:2]) for p in SMALL]
+    large = [macs(*p.values[:2]) for p in LARGE]
+    assert max(small) < _loops.SMALL_PROBLEM <= min(large)
+
+
+# ---------------------------------------------------------------------------------------------
+# Against the reference
+
+@pytest.mark.parametrize("with_bias", [False, True], ids=["nobias", "bias"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("x_shape, w_shape, kw", CASES)
+def test_forward(rng, assert_close, x_shape, w_shape, kw, dtype, with_bias):
+    x, w, b, _ = data(rng, x_shape, w_shape, kw, dtype)
+    b = b if with_bias else None
+    y = fn(len(x_shape) - 2)(x, w, b, **kw)
+    assert_close(y, reference.conv_transpose(x, w, b, **kw), dtype)
+    assert y.flags.c_contiguous
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("x_shape, w_shape, kw", CASES)
+def test_backward(rng, assert_close, x_shape, w_shape, kw, dtype):
+    x, w, _, gy = data(rng, x_shape, w_shape, kw, dtype)
+    got = fn(len(x_shape) - 2, "_backward")(x, w, gy, **kw)
+    expected = reference.conv_transpose_backward(x, w, gy, **kw)
+    for g, r in zip(got, expected):
+        assert_close(g, r, dtype)
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kw", CASES)
+def test_output_shape_formula(rng, x_shape, w_shape, kw):
+    """out = (in - 1) * stride - before - after + dilation * (k - 1) + output_padding + 1."""
+    nd = len(x_shape) - 2
+    x, w, _, _ = data(rng, x_shape, w_shape, kw, np.float64)
+    stride = reference.per_axis(kw.get("stride", 1), nd)
+    dilation = reference.per_axis(kw.get("dilation", 1), nd)
+    output_padding = reference.per_axis(kw.get("output_padding", 0), nd)
+    pairs = reference.padding_pairs(kw.get("padding", 0), nd)
+    out = tuple((n - 1) * s - b - a + d * (k - 1) + p + 1 for n, k, s, (b, a), d, p in
+                zip(x_shape[2:], w_shape[2:], stride, pairs, dilation, output_padding))
+    y = fn(nd)(x, w, **kw)
+    assert y.shape == (x_shape[0], w_shape[1] * kw.get("groups", 1), *out)
+
+
+# ---------------------------------------------------------------------------------------------
+# The adjoint of the convolution
+
+@pytest.mark.parametrize("x_shape, w_shape, kw", CASES)
+def test_adjoint_identity_with_conv(rng, x_shape, w_shape, kw):
+    """<conv_transpose(x, w), g> = <x, conv(g, w)> over the output pixels x covers."""
+    nd = len(x_shape) - 2
+    x, w, _, g = data(rng, x_shape, w_shape, kw, np.float64)
+    ckw = {k: v for k, v in kw.items() if k != "output_padding"}
+    lhs = np.vdot(fn(nd)(x, w, **kw), g)
+    cg = conv(nd)(g, w, **ckw)[(slice(None),) * 2 + tuple(slice(0, n) for n in x_shape[2:])]
+    rhs = np.vdot(x, cg)
+    assert abs(lhs - rhs) <= 1e-12 * np.sqrt(x.size * w.size) * np.abs(g).max()
+
+
+def _output_padding_below_stride(param):
+    x_shape, _, kw = param.values
+    nd = len(x_shape) - 2
+    return all(p < s for p, s in zip(reference.per_axis(kw.get("output_padding", 0), nd),
+                                     reference.per_axis(kw.get("stride", 1), nd)))
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kw",
+                         [p for p in CASES if _output_padding_below_stride(p)])
+def test_equals_conv_input(rng, x_shape, w_shape, kw):
+    """conv_transpose(x, w) is conv_input(y.shape, w, x) (output_padding below the stride)."""
+    nd = len(x_shape) - 2
+    x, w, _, _ = data(rng, x_shape, w_shape, kw, np.float64)
+    y = fn(nd)(x, w, **kw)
+    ckw = {k: v for k, v in kw.items() if k != "output_padding"}
+    np.testing.assert_allclose(y, conv(nd, "_input")(y.shape, w, x, **ckw), rtol=1e-12,
+                               atol=1e-12 * np.abs(y).max())
+
+
+# ---------------------------------------------------------------------------------------------
+# output_size
+
+@pytest.mark.parametrize("full_shape", [False, True], ids=["spatial", "full"])
+@pytest.mark.parametrize("nd, stride, dilation", [
+    (1, (3,), (1,)), (2, (2, 3), (1, 1)), (2, (1, 1), (3, 2)), (3, (2, 1, 3), (1, 2, 1)),
+], ids=["1d-s3", "2d-s23", "2d-dilated", "3d"])
+def test_output_size_chooses_output_padding(rng, assert_close, nd, stride, dilation,
+                                            full_shape):
+    x = rng.standard_normal((2, 2) + (4,) * nd)
+    w = rng.standard_normal((2, 3) + (2,) * nd)
+    b = rng.standard_normal(3)
+    kw = dict(stride=stride, dilation=dilation, padding=1)
+    limits = [max(s, d) for s, d in zip(stride, dilation)]
+    smallest = fn(nd)(x, w, **kw).shape[2:]
+    for extra in itertools.product(*(range(m) for m in limits)):
+        size = tuple(n + e for n, e in zip(smallest, extra))
+        given = (2, 3, *size) if full_shape else size
+        y = fn(nd)(x, w, b, **kw, output_size=given)
+        assert_close(y, reference.conv_transpose(x, w, b, **kw, output_size=size), np.float64)
+        np.testing.assert_array_equal(y, fn(nd)(x, w, b, **kw, output_padding=extra))
+
+
+@pytest.mark.parametrize("full_shape", [False, True], ids=["spatial", "full"])
+@pytest.mark.parametrize("offset", [-1, 2], ids=["too-small", "too-large"])
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_output_size_impossible(rng, nd, offset, full_shape):
+    x = rng.standard_normal((1, 2) + (4,) * nd)
+    w = rng.standard_normal((2, 3) + (3,) * nd)
+    smallest = fn(nd)(x, w, stride=2).shape[2:]
+    size = tuple(smallest)
+    size = size[:-1] + (size[-1] + offset,)
+    given = (1, 3, *size) if full_shape else size
+    with pytest.raises(ValueError, match=rf"conv_transpose{nd}d:.*output_size"):
+        fn(nd)(x, w, stride=2, output_size=given)
+
+
+def test_output_size_wrong_length(rng):
+    x = rng.standard_normal((1, 2, 4, 4))
+    w = rng.standard_normal((2, 3, 3, 3))
+    with pytest.raises(ValueError, match=r"conv_transpose2d:.*output_size"):
+        loopconv.conv_transpose2d(x, w, output_size=(9,))
+
+
+# ---------------------------------------------------------------------------------------------
+# Central differences, unbatched inputs, output_mask
+
+FD_CASES = [
+    case("1d-stride2-outpad", (1, 2, 4), (2, 2, 3), stride=2, output_padding=1,
+         padding=((1, 0),)),
+    case("2d-groups-dilation", (1, 4, 3, 3), (4, 1, 2, 2), groups=2, dilation=2, stride=2),
+    case("2d-outpad-below-dilation", (1, 1, 3, 3), (1, 2, 2, 2), dilation=3,
+         output_padding=2),
+    case("3d-asym", (1, 1, 3, 2, 3), (1, 2, 2, 2, 2), stride=(2, 1, 2),
+         padding=((1, 0), (0, 1), (1, 1))),
+]
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kw", FD_CASES)
+def test_backward_by_central_differences(rng, central_difference, x_shape, w_shape, kw):
+    nd = len(x_shape) - 2
+    x, w, b, g = data(rng, x_shape, w_shape, kw, np.float64)
+
+    def loss(x_, w_, b_):
+        return float(np.sum(fn(nd)(x_, w_, b_, **kw) * g))
+
+    gx, gw, gb = fn(nd, "_backward")(x, w, g, **kw)
+    tol = dict(rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(gx, central_difference(lambda v: loss(v, w, b), x), **tol)
+    np.testing.assert_allclose(gw, central_difference(lambda v: loss(x, v, b), w), **tol)
+    np.testing.assert_allclose(gb, central_difference(lambda v: loss(x, w, v), b), **tol)
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_unbatched(rng, assert_close, nd):
+    x = rng.standard_normal((2,) + (4,) * nd)
+    w = rng.standard_normal((2, 3) + (3,) * nd)
+    b = rng.standard_normal(3)
+    kw = dict(stride=2, padding=1, output_padding=1)
+    y = fn(nd)(x, w, b, **kw)
+    assert_close(y, reference.conv_transpose(x[None], w, b, **kw)[0], np.float64)
+    g = rng.standard_normal(y.shape)
+    gx, gw, gb = fn(nd, "_backward")(x, w, g, **kw)
+    rx, rw, rb = reference.conv_transpose_backward(x[None], w, g[None], **kw)
+    assert_close(gx, rx[0], np.float64)
+    assert_close(gw, rw, np.float64)
+    assert_close(gb, rb, np.float64)
+
+
+def test_unbatched_output_size(rng, assert_close):
+    x = rng.standard_normal((2, 4, 4))
+    w = rng.standard_normal((2, 3, 3, 3))
+    y = loopconv.conv_transpose2d(x, w, stride=2, output_size=(10, 9))
+    assert_close(y, reference.conv_transpose(x[None], w, stride=2, output_size=(10, 9))[0],
+                 np.float64)
+
+
+@pytest.mark.parametrize("mask", list(itertools.product([False, True], repeat=3)),
+                         ids=lambda m: "".join("xwb"[i] if v else "-" for i, v in enumerate(m)))
+def test_output_mask(rng, assert_close, mask):
+    kw = dict(stride=2, padding=1, output_padding=1, groups=2)
+    x, w, _, g = data(rng, (2, 4, 4, 5), (4, 3, 3, 3), kw, np.float64)
+    got = loopconv.conv_transpose2d_backward(x, w, g, **kw, output_mask=mask)
+    expected = reference.conv_transpose_backward(x, w, g, **kw)
+    assert isinstance(got, tuple) and len(got) == 3
+    for wanted, value, ref in zip(mask, got, expected):
+        if wanted:
+            assert_close(value, ref, np.float64)
+        else:
+            assert value is None
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_zero_batch_backward_values(rng, nd):
+    x = np.zeros((0, 2) + (3,) * nd)
+    w = rng.standard_normal((2, 3) + (2,) * nd)
+    y = fn(nd)(x, w, stride=2)
+    assert y.shape == (0, 3) + ((3 - 1) * 2 + (2 - 1) + 1,) * nd
+    gx, gw, gb = fn(nd, "_backward")(x, w, y, stride=2)
+    assert gx.shape == x.shape
+    np.testing.assert_array_equal(gw, np.zeros(w.shape))
+    np.testing.assert_array_equal(gb, np.zeros(3))
