@@ -2,6 +2,7 @@
 bench`` end to end on the tiny ``seed`` shape."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -97,10 +98,14 @@ def test_geomean():
 # ---------------------------------------------------------------------------------------------
 # The command line
 
+# The folder holding the loopconv under test: the child must import it, not a source checkout.
+PACKAGE_HOME = os.path.dirname(os.path.dirname(os.path.abspath(loopconv.__file__)))
+
+
 def _bench_cli(*options, timeout=120):
     return subprocess.run([sys.executable, "-m", "loopconv", "bench", "--shapes", "seed",
                            "--repeat", "3", "--threads", "1", *options],
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, cwd=PACKAGE_HOME)
 
 
 def test_cli_bench_seed(tmp_path):

@@ -20,16 +20,21 @@ import loopconv
 from loopconv import _loops
 from loopconv._loops import platform
 
+PACKAGE_HOME = os.path.dirname(os.path.dirname(os.path.abspath(loopconv.__file__)))
 DTYPES = [pytest.param(np.float32, id="f32"), pytest.param(np.float64, id="f64")]
 
 
 def run_python(code, **env):
-    """Run `code` in a fresh interpreter with extra environment variables; its stdout."""
+    """Run `code` in a fresh interpreter with extra environment variables; its stdout.
+
+    It runs from the folder that holds the loopconv under test, so that the child imports the
+    same package (from a source checkout's root, `python -c` would import the unbuilt sources).
+    """
     full_env = {k: v for k, v in os.environ.items()
                 if k not in ("LOOPCONV_NUM_THREADS", "LOOPCONV_CPU")}
     full_env.update(env)
     done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=full_env,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, cwd=PACKAGE_HOME)
     assert done.returncode == 0, done.stderr
     return done.stdout
 

@@ -1,0 +1,16 @@
+# The tiled loops (loopconv/_loops/tiled.pxi), baseline instruction set.
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+_Triple = tuple[int, int, int]
+_Array = npt.NDArray[np.floating]
+
+def info() -> dict[str, Any]: ...
+def forward(x: _Array, w: _Array, bias: _Array, y: _Array, stride: _Triple, pad: _Triple,
+            dilation: _Triple, groups: int, num_threads: int) -> None: ...
+def grad_input(dy: _Array, w: _Array, bias: _Array, dx: _Array, stride: _Triple, pad: _Triple,
+               dilation: _Triple, groups: int, num_threads: int) -> None: ...
+def grad_weight(x: _Array, dy: _Array, dw: _Array, stride: _Triple, pad: _Triple,
+                dilation: _Triple, groups: int, num_threads: int) -> None: ...

@@ -1,0 +1,5 @@
+# The tiled loops compiled for x86_64_v4: the same functions as the baseline build.
+from loopconv._loops.tiled_baseline import forward as forward
+from loopconv._loops.tiled_baseline import grad_input as grad_input
+from loopconv._loops.tiled_baseline import grad_weight as grad_weight
+from loopconv._loops.tiled_baseline import info as info
