@@ -231,6 +231,10 @@ VARIANT_CASES = [
     case("2d-K-over-256", (2, 33, 12, 12), (25, 33, 3, 3), padding=1),
     case("2d-many-pixels", (2, 5, 37, 41), (14, 5, 2, 3), padding=((0, 1), (1, 1))),
     case("2d-1x1", (3, 19, 9, 7), (23, 19, 1, 1)),
+    # tiles of 1, 2 and 4 rows: input gradients for one to three channels, few outputs
+    case("2d-one-input-channel", (2, 1, 30, 29), (8, 1, 3, 3), padding=1),
+    case("2d-two-outputs", (2, 6, 23, 25), (2, 6, 3, 3), padding=(2, 0)),
+    case("2d-three-channels-stem", (1, 3, 40, 37), (16, 3, 7, 7), stride=2, padding=3),
     case("1d-odd", (3, 11, 263), (17, 11, 4), stride=2, padding=((3, 1),)),
     case("1d-dilated-groups", (2, 12, 97), (9, 4, 3), groups=3, dilation=3, padding=((4, 2),)),
     case("3d-odd", (2, 5, 7, 9, 11), (7, 5, 3, 2, 3), stride=(1, 2, 1), padding=1),

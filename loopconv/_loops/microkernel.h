@@ -66,9 +66,11 @@
 
 /* The tile in the forms the three passes need:
  *
- *   lc_tile_b_T:  C[i, j] (=, +=) sum_k a[MR_B * k + i] * b[boff[k] + j]      NR = NV_B vectors
- *                 A packed; row k of B read in place at b + boff[k] (forward, input gradient)
- *   lc_tile_b1_T: the same with one vector (the last columns of a block)
+ *   lc_tile_b_T:  C[i, j] (=, +=) sum_k a[mr * k + i] * b[boff[k] + j]        NR = nv vectors
+ *                 A packed; row k of B read in place at b + boff[k] (forward, input gradient);
+ *                 mr is 1, 2, 4 or MR_B rows (fewer rows for products with few: an input
+ *                 gradient for one or three channels, a depthwise forward pass), nv is NV_B
+ *                 vectors, or one for the last columns of a block
  *   lc_tile_a_T:  C[i, j] (=, +=) sum_k a[aoff[i] + k] * b[NR * k + j]         NR = 2 vectors
  *                 row i of A read in place at a + aoff[i]; B packed (weight gradient)
  *   lc_tile_d_T:  C[i, j] (=, +=) sum_k a[aoff[i] + k] * b[j * ldb + k]       KR_D x OR_D
@@ -99,23 +101,47 @@
         for (int v = 0; v < NV; v++) ci[v] = beta ? ci[v] + acc[i][v] : acc[i][v];      \
     }
 
+/* lc_tile_b with MR rows, NV_B vectors (_w) or one vector (_n). */
+#  define LC_TILE_B_ROWS(SUFFIX, T, TAG, MR)                                            \
+static inline void lc_tile_b_##TAG##w_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,     \
+        const T *LC_RESTRICT b, const ptrdiff_t *LC_RESTRICT boff,                      \
+        T *LC_RESTRICT c, ptrdiff_t ldc, int beta)                                      \
+{                                                                                       \
+    LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, MR, LC_NV_B, a[MR * k + i],      \
+                 b + boff[k])                                                           \
+}                                                                                       \
+static inline void lc_tile_b_##TAG##n_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,     \
+        const T *LC_RESTRICT b, const ptrdiff_t *LC_RESTRICT boff,                      \
+        T *LC_RESTRICT c, ptrdiff_t ldc, int beta)                                      \
+{                                                                                       \
+    LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, MR, 1, a[MR * k + i],            \
+                 b + boff[k])                                                           \
+}
+
 /* The aligned(sizeof(T)) twin of each vector type is for unaligned loads and stores. */
 #  define LC_DEFINE_TILES(SUFFIX, T)                                                     \
 typedef T lc_vec_##SUFFIX __attribute__((vector_size(LC_VEC_BYTES)));                   \
 typedef T lc_uvec_##SUFFIX __attribute__((vector_size(LC_VEC_BYTES), aligned(sizeof(T)))); \
-static inline void lc_tile_b_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,             \
-        const T *LC_RESTRICT b, const ptrdiff_t *LC_RESTRICT boff,                      \
-        T *LC_RESTRICT c, ptrdiff_t ldc, int beta)                                      \
+LC_TILE_B_ROWS(SUFFIX, T, r1, 1)                                                        \
+LC_TILE_B_ROWS(SUFFIX, T, r2, 2)                                                        \
+LC_TILE_B_ROWS(SUFFIX, T, r4, 4)                                                        \
+LC_TILE_B_ROWS(SUFFIX, T, full, LC_MR_B)                                                \
+static inline void lc_tile_b_##SUFFIX(int mr, int nv, ptrdiff_t kc, const T *a,         \
+        const T *b, const ptrdiff_t *boff, T *c, ptrdiff_t ldc, int beta)               \
 {                                                                                       \
-    LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, LC_MR_B, LC_NV_B,                \
-                 a[LC_MR_B * k + i], b + boff[k])                                       \
-}                                                                                       \
-static inline void lc_tile_b1_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,            \
-        const T *LC_RESTRICT b, const ptrdiff_t *LC_RESTRICT boff,                      \
-        T *LC_RESTRICT c, ptrdiff_t ldc, int beta)                                      \
-{                                                                                       \
-    LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, LC_MR_B, 1,                      \
-                 a[LC_MR_B * k + i], b + boff[k])                                       \
+    if (mr == 1) {                                                                      \
+        if (nv == 1) lc_tile_b_r1n_##SUFFIX(kc, a, b, boff, c, ldc, beta);              \
+        else lc_tile_b_r1w_##SUFFIX(kc, a, b, boff, c, ldc, beta);                      \
+    } else if (mr == 2) {                                                               \
+        if (nv == 1) lc_tile_b_r2n_##SUFFIX(kc, a, b, boff, c, ldc, beta);              \
+        else lc_tile_b_r2w_##SUFFIX(kc, a, b, boff, c, ldc, beta);                      \
+    } else if (mr == 4 && LC_MR_B != 4) {                                               \
+        if (nv == 1) lc_tile_b_r4n_##SUFFIX(kc, a, b, boff, c, ldc, beta);              \
+        else lc_tile_b_r4w_##SUFFIX(kc, a, b, boff, c, ldc, beta);                      \
+    } else {                                                                            \
+        if (nv == 1) lc_tile_b_fulln_##SUFFIX(kc, a, b, boff, c, ldc, beta);            \
+        else lc_tile_b_fullw_##SUFFIX(kc, a, b, boff, c, ldc, beta);                    \
+    }                                                                                   \
 }                                                                                       \
 static inline void lc_tile_a_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,             \
         const ptrdiff_t *LC_RESTRICT aoff, const T *LC_RESTRICT b,                      \
@@ -169,12 +195,17 @@ static inline void lc_tile_d_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,     
         for (int j = 0; j < NR; j++)                                                    \
             c[i * ldc + j] = beta ? c[i * ldc + j] + acc[i][j] : acc[i][j];
 #  define LC_DEFINE_TILES(SUFFIX, T)                                                     \
-static void lc_tile_b_##SUFFIX(ptrdiff_t kc, const T *a, const T *b, const ptrdiff_t *boff, \
-                               T *c, ptrdiff_t ldc, int beta)                           \
-{ LC_SCALAR_TILE(T, LC_MR_B, LC_NV_B, a[LC_MR_B * k + i], b[boff[k] + j]) }             \
-static void lc_tile_b1_##SUFFIX(ptrdiff_t kc, const T *a, const T *b, const ptrdiff_t *boff, \
-                                T *c, ptrdiff_t ldc, int beta)                          \
-{ LC_SCALAR_TILE(T, LC_MR_B, 1, a[LC_MR_B * k + i], b[boff[k] + j]) }                   \
+static void lc_tile_b_##SUFFIX(int mr, int nv, ptrdiff_t kc, const T *a, const T *b,    \
+                               const ptrdiff_t *boff, T *c, ptrdiff_t ldc, int beta)    \
+{                                                                                       \
+    int nr = nv * (int)(LC_VEC_BYTES / sizeof(T));                                      \
+    for (int i = 0; i < mr; i++)                                                        \
+        for (int j = 0; j < nr; j++) {                                                  \
+            T sum = 0;                                                                  \
+            for (ptrdiff_t k = 0; k < kc; k++) sum += a[mr * k + i] * b[boff[k] + j];   \
+            c[i * ldc + j] = beta ? c[i * ldc + j] + sum : sum;                         \
+        }                                                                               \
+}                                                                                       \
 static void lc_tile_a_##SUFFIX(ptrdiff_t kc, const T *a, const ptrdiff_t *aoff, const T *b, \
                                T *c, ptrdiff_t ldc, int beta)                           \
 { LC_SCALAR_TILE(T, LC_MR_A, 2, a[aoff[i] + k], b[NR * k + j]) }                        \

@@ -44,7 +44,8 @@ from loopconv._loops.common cimport end_inside, first_inside, round_up
 
 cdef extern from "microkernel.h" nogil:
     enum:
-        LC_MR_B         # rows of the forward-style tile
+        LC_MR_B         # rows of the forward-style tile (or 1, 2, 4 for products with fewer)
+        LC_NV_B         # its vectors
         LC_NR_B_F32     # its columns
         LC_NR_B_F64
         LC_MR_A         # rows of the weight-gradient tile (its columns are two vectors)
@@ -53,14 +54,10 @@ cdef extern from "microkernel.h" nogil:
         LC_VW_F32       # lanes of a vector
         LC_VW_F64
     const char *LC_ISA
-    void lc_tile_b_f32(Py_ssize_t kc, const float *a, const float *b, const Py_ssize_t *boff,
-                       float *c, Py_ssize_t ldc, int beta)
-    void lc_tile_b_f64(Py_ssize_t kc, const double *a, const double *b, const Py_ssize_t *boff,
-                       double *c, Py_ssize_t ldc, int beta)
-    void lc_tile_b1_f32(Py_ssize_t kc, const float *a, const float *b, const Py_ssize_t *boff,
-                        float *c, Py_ssize_t ldc, int beta)
-    void lc_tile_b1_f64(Py_ssize_t kc, const double *a, const double *b,
-                        const Py_ssize_t *boff, double *c, Py_ssize_t ldc, int beta)
+    void lc_tile_b_f32(int mr, int nv, Py_ssize_t kc, const float *a, const float *b,
+                       const Py_ssize_t *boff, float *c, Py_ssize_t ldc, int beta)
+    void lc_tile_b_f64(int mr, int nv, Py_ssize_t kc, const double *a, const double *b,
+                       const Py_ssize_t *boff, double *c, Py_ssize_t ldc, int beta)
     void lc_tile_a_f32(Py_ssize_t kc, const float *a, const Py_ssize_t *aoff, const float *b,
                        float *c, Py_ssize_t ldc, int beta)
     void lc_tile_a_f64(Py_ssize_t kc, const double *a, const Py_ssize_t *aoff, const double *b,
@@ -82,19 +79,22 @@ cdef enum:
     PC_D = 1024     # for lc_tile_d, which sums its lanes once per call
 
 
-cdef inline void tile_b(bint narrow, Py_ssize_t kc, const floating *a, const floating *b,
-                        const Py_ssize_t *boff, floating *c, Py_ssize_t ldc,
+cdef inline void tile_b(int mr, bint narrow, Py_ssize_t kc, const floating *a,
+                        const floating *b, const Py_ssize_t *boff, floating *c, Py_ssize_t ldc,
                         bint beta) noexcept nogil:
+    cdef int nv = 1 if narrow else LC_NV_B
     if floating is float:
-        if narrow:
-            lc_tile_b1_f32(kc, a, b, boff, c, ldc, beta)
-        else:
-            lc_tile_b_f32(kc, a, b, boff, c, ldc, beta)
+        lc_tile_b_f32(mr, nv, kc, a, b, boff, c, ldc, beta)
     else:
-        if narrow:
-            lc_tile_b1_f64(kc, a, b, boff, c, ldc, beta)
-        else:
-            lc_tile_b_f64(kc, a, b, boff, c, ldc, beta)
+        lc_tile_b_f64(mr, nv, kc, a, b, boff, c, ldc, beta)
+
+
+cdef Py_ssize_t tile_rows(Py_ssize_t M) noexcept nogil:
+    """Rows of the forward-style tile for a product with M rows: LC_MR_B, or the fewest of 1, 2
+    and 4 that hold all M (so that one or three channels do not leave most of a tile idle)."""
+    if M <= 2:
+        return M if M > 0 else 1
+    return 4 if M <= 4 else LC_MR_B
 
 
 cdef inline void tile_a(Py_ssize_t kc, const floating *a, const Py_ssize_t *aoff,
@@ -225,6 +225,7 @@ cdef struct Phase:
 
 cdef struct Product:
     Py_ssize_t N, G, M
+    Py_ssize_t mr           # rows of the tile (tile_rows(M)); A is packed in panels of mr
     Py_ssize_t src_img, src_grp
     Py_ssize_t dst_img, dst_grp, dst_row
     Py_ssize_t nphase
@@ -263,7 +264,7 @@ cdef void product_item(const Product *p, const Phase *phases, Py_ssize_t item,
         r -= phases[f].nblk
         f += 1
     cdef const Phase *ph = &phases[f]
-    cdef Py_ssize_t M = p.M, K = ph.K, mpan = (M + LC_MR_B - 1) // LC_MR_B
+    cdef Py_ssize_t M = p.M, K = ph.K, MR = p.mr, mpan = (M + MR - 1) // MR
     cdef Py_ssize_t q0 = r * NCB, ncols = min(NCB, ph.ncols - q0)
     cdef Py_ssize_t VW = LC_VW_F32 if floating is float else LC_VW_F64
     cdef Py_ssize_t ntile = (ncols + NR - 1) // NR, ds = ph.dstep[2]
@@ -273,7 +274,7 @@ cdef void product_item(const Product *p, const Phase *phases, Py_ssize_t item,
     cdef floating *ctile = fws + p.st.size
     cdef Py_ssize_t *dcol = iws + 1
     cdef Py_ssize_t *run = dcol + NCB
-    cdef const floating *a_g = apack + ph.a_off + g * round_up(M, LC_MR_B) * K
+    cdef const floating *a_g = apack + ph.a_off + g * round_up(M, MR) * K
     cdef const Py_ssize_t *boff = boff_all + ph.k_off
     cdef floating *dst_ng = dst + n * p.dst_img + g * p.dst_grp
     cdef floating *d
@@ -307,16 +308,16 @@ cdef void product_item(const Product *p, const Phase *phases, Py_ssize_t item,
             # the whole tile lands on one contiguous output row: store in place
             whole = ds == 1 and run[j0] >= width
             for ip in range(mpan):
-                mw = min(LC_MR_B, M - ip * LC_MR_B)
-                if whole and mw == LC_MR_B:
-                    tile_b(narrow, kc, a_g + (ip * K + k0) * LC_MR_B, staged + q0 + j0,
-                           boff + k0, dst_ng + ip * LC_MR_B * p.dst_row + dcol[j0], p.dst_row,
+                mw = min(MR, M - ip * MR)
+                if whole and mw == MR:
+                    tile_b(MR, narrow, kc, a_g + (ip * K + k0) * MR, staged + q0 + j0,
+                           boff + k0, dst_ng + ip * MR * p.dst_row + dcol[j0], p.dst_row,
                            kb > 0)
                     continue
-                tile_b(narrow, kc, a_g + (ip * K + k0) * LC_MR_B, staged + q0 + j0, boff + k0,
+                tile_b(MR, narrow, kc, a_g + (ip * K + k0) * MR, staged + q0 + j0, boff + k0,
                        ctile, width, 0)
                 for i in range(mw):
-                    d = dst_ng + (ip * LC_MR_B + i) * p.dst_row
+                    d = dst_ng + (ip * MR + i) * p.dst_row
                     t = j0
                     cr = ctile + i * width - j0
                     while t < j0 + width:
@@ -557,7 +558,7 @@ def forward(const floating[:, :, :, :, ::1] x, const floating[:, :, :, :, ::1] w
     cdef Phase ph
     cdef Py_ssize_t O = w.shape[0], Cg = w.shape[1], Og = O // groups
     cdef Py_ssize_t KS = w.shape[2] * w.shape[3] * w.shape[4]
-    cdef Py_ssize_t mpad = round_up(Og, LC_MR_B), g, k, fper, iper
+    cdef Py_ssize_t mr = tile_rows(Og), mpad = round_up(Og, mr), g, k, fper, iper
     size = (x.shape[2], x.shape[3], x.shape[4])
     out = (y.shape[2], y.shape[3], y.shape[4])
     ksize = (w.shape[2], w.shape[3], w.shape[4])
@@ -566,6 +567,7 @@ def forward(const floating[:, :, :, :, ::1] x, const floating[:, :, :, :, ::1] w
     p.N = x.shape[0]
     p.G = groups
     p.M = Og
+    p.mr = mr
     p.src_img = x.shape[1] * p.st.src_chan
     p.src_grp = Cg * p.st.src_chan
     p.dst_row = out[0] * out[1] * out[2]
@@ -599,26 +601,27 @@ def forward(const floating[:, :, :, :, ::1] x, const floating[:, :, :, :, ::1] w
     cdef const floating *bptr = &bias[0] if bias.shape[0] > 0 else NULL
     with nogil:
         for g in range(groups):
-            pack_weight(&w[g * Og, 0, 0, 0, 0], Og, ph.K, &roff[0], &koff[0],
+            pack_weight(&w[g * Og, 0, 0, 0, 0], Og, mr, ph.K, &roff[0], &koff[0],
                         &apack[g * mpad * ph.K])
         run_product(&p, &ph, &x[0, 0, 0, 0, 0], &boff[0], &apack[0], bptr, &y[0, 0, 0, 0, 0],
                     &fws[0], fper, &iws[0], iper, num_threads)
 
 
-cdef void pack_weight(const floating *w, Py_ssize_t M, Py_ssize_t K, const Py_ssize_t *roff,
-                      const Py_ssize_t *koff, floating *dst) noexcept nogil:
+cdef void pack_weight(const floating *w, Py_ssize_t M, Py_ssize_t MR, Py_ssize_t K,
+                      const Py_ssize_t *roff, const Py_ssize_t *koff,
+                      floating *dst) noexcept nogil:
     """A panels of the forward-style product: dst[(i // MR) * K * MR + k * MR + i % MR] =
-    w[roff[i] + koff[k]] with MR = LC_MR_B, rows past M zero."""
+    w[roff[i] + koff[k]], rows past M zero."""
     cdef Py_ssize_t i, k
     cdef floating *d
-    for i in range(round_up(M, LC_MR_B)):
-        d = dst + (i // LC_MR_B) * K * LC_MR_B + i % LC_MR_B
+    for i in range(round_up(M, MR)):
+        d = dst + (i // MR) * K * MR + i % MR
         if i < M:
             for k in range(K):
-                d[k * LC_MR_B] = w[roff[i] + koff[k]]
+                d[k * MR] = w[roff[i] + koff[k]]
         else:
             for k in range(K):
-                d[k * LC_MR_B] = 0
+                d[k * MR] = 0
 
 
 def grad_input(const floating[:, :, :, :, ::1] dy, const floating[:, :, :, :, ::1] w,
@@ -631,7 +634,8 @@ def grad_input(const floating[:, :, :, :, ::1] dy, const floating[:, :, :, :, ::
     cdef Product p
     cdef Py_ssize_t O = w.shape[0], Cg = w.shape[1], Og = O // groups
     cdef Py_ssize_t KS = w.shape[2] * w.shape[3] * w.shape[4]
-    cdef Py_ssize_t mpad = round_up(Cg, LC_MR_B), g, f, fper, iper, a_off = 0, k_off = 0
+    cdef Py_ssize_t mr = tile_rows(Cg), mpad = round_up(Cg, mr), g, f, fper, iper
+    cdef Py_ssize_t a_off = 0, k_off = 0
     size = (dx.shape[2], dx.shape[3], dx.shape[4])
     out = (dy.shape[2], dy.shape[3], dy.shape[4])
     ksize = (w.shape[2], w.shape[3], w.shape[4])
@@ -651,6 +655,7 @@ def grad_input(const floating[:, :, :, :, ::1] dy, const floating[:, :, :, :, ::
     p.N = dx.shape[0]
     p.G = groups
     p.M = Cg
+    p.mr = mr
     p.src_img = O * p.st.src_chan
     p.src_grp = Og * p.st.src_chan
     p.dst_row = size[0] * size[1] * size[2]
@@ -695,7 +700,7 @@ def grad_input(const floating[:, :, :, :, ::1] dy, const floating[:, :, :, :, ::
                                            for o in range(Og) for t in taps], dtype=np.intp))
                     koff = np.array([o * Cg * KS + (t[0] * ksize[1] + t[1]) * ksize[2] + t[2]
                                      for o in range(Og) for t in taps], dtype=np.intp)
-                    apacks.append(_pack_groups(w, groups, Cg, K, mpad, koff, dtype))
+                    apacks.append(_pack_groups(w, groups, Cg, mr, K, koff, dtype))
                     a_off += groups * mpad * K
                     k_off += K
                     f += 1
@@ -711,9 +716,9 @@ def grad_input(const floating[:, :, :, :, ::1] dy, const floating[:, :, :, :, ::
 
 
 def _pack_groups(const floating[:, :, :, :, ::1] w, Py_ssize_t groups, Py_ssize_t M,
-                 Py_ssize_t K, Py_ssize_t mpad, koff_arr, dtype):
+                 Py_ssize_t mr, Py_ssize_t K, koff_arr, dtype):
     """Packed A of the input gradient for all groups: rows c, columns (o, tap)."""
-    cdef Py_ssize_t g, Og = w.shape[0] // groups
+    cdef Py_ssize_t g, Og = w.shape[0] // groups, mpad = round_up(M, mr)
     cdef Py_ssize_t KS = w.shape[2] * w.shape[3] * w.shape[4]
     out = np.empty(max(groups * mpad * K, 1), dtype=dtype)
     if K == 0:
@@ -723,7 +728,8 @@ def _pack_groups(const floating[:, :, :, :, ::1] w, Py_ssize_t groups, Py_ssize_
     cdef Py_ssize_t[::1] roff = np.arange(M, dtype=np.intp) * KS
     with nogil:
         for g in range(groups):
-            pack_weight(&w[g * Og, 0, 0, 0, 0], M, K, &roff[0], &koff[0], &apack[g * mpad * K])
+            pack_weight(&w[g * Og, 0, 0, 0, 0], M, mr, K, &roff[0], &koff[0],
+                        &apack[g * mpad * K])
     return out[:groups * mpad * K]
 
 
