@@ -63,6 +63,8 @@
 #define LC_NR_B_F64 (LC_NV_B * LC_VEC_BYTES / 8)
 #define LC_VW_F32 (LC_VEC_BYTES / 4)
 #define LC_VW_F64 (LC_VEC_BYTES / 8)
+/* tiled.pxi keeps per-tile tables of MAX_NR = 64 columns */
+_Static_assert(LC_NR_B_F32 <= 64 && LC_NR_B_F64 <= 64, "forward-style tile wider than 64");
 
 /* The tile in the forms the three passes need:
  *

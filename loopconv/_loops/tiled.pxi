@@ -77,6 +77,7 @@ cdef enum:
     NCB_TILES = 8
     PC = 256
     PC_D = 1024     # for lc_tile_d, which sums its lanes once per call
+    MAX_NR = 64     # at least the columns of any forward-style tile
 
 
 cdef inline void tile_b(int mr, bint narrow, Py_ssize_t kc, const floating *a,
@@ -268,7 +269,8 @@ cdef void product_item(const Product *p, const Phase *phases, Py_ssize_t item,
     cdef Py_ssize_t q0 = r * NCB, ncols = min(NCB, ph.ncols - q0)
     cdef Py_ssize_t VW = LC_VW_F32 if floating is float else LC_VW_F64
     cdef Py_ssize_t ntile = (ncols + NR - 1) // NR, ds = ph.dstep[2]
-    cdef Py_ssize_t i, j, t, u, jt, ip, kb, k0, kc, mw, ln, nfull, j0, width
+    cdef Py_ssize_t i, j, t, u, jt, ip, kb, k0, kc, mw, ln, nfull, j0, width, sg, nseg
+    cdef Py_ssize_t seg_at[MAX_NR], seg_len[MAX_NR]     # runs of valid columns of a tile
     cdef bint narrow
     cdef floating *staged = fws
     cdef floating *ctile = fws + p.st.size
@@ -305,6 +307,20 @@ cdef void product_item(const Product *p, const Phase *phases, Py_ssize_t item,
             narrow = jt >= nfull
             j0 = jt * NR if not narrow else nfull * NR + (jt - nfull) * VW
             width = VW if narrow else NR
+            # its runs of valid columns; none: the tile is all junk
+            nseg = 0
+            t = j0
+            while t < j0 + width:
+                ln = min(run[t], j0 + width - t)
+                if ln == 0:
+                    t += 1
+                    continue
+                seg_at[nseg] = t
+                seg_len[nseg] = ln
+                nseg += 1
+                t += ln
+            if nseg == 0:
+                continue
             # the whole tile lands on one contiguous output row: store in place
             whole = ds == 1 and run[j0] >= width
             for ip in range(mpan):
@@ -318,15 +334,10 @@ cdef void product_item(const Product *p, const Phase *phases, Py_ssize_t item,
                        ctile, width, 0)
                 for i in range(mw):
                     d = dst_ng + (ip * MR + i) * p.dst_row
-                    t = j0
                     cr = ctile + i * width - j0
-                    while t < j0 + width:
-                        ln = min(run[t], j0 + width - t)
-                        if ln == 0:
-                            t += 1
-                            continue
-                        copy_run(d + dcol[t], ds, cr + t, ln, kb > 0)
-                        t += ln
+                    for sg in range(nseg):
+                        t = seg_at[sg]
+                        copy_run(d + dcol[t], ds, cr + t, seg_len[sg], kb > 0)
 
     if bias != NULL:
         for i in range(M):
