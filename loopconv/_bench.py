@@ -51,7 +51,8 @@ PASSES = ("forward", "input", "weight")
 PEERS = ("loopconv", "im2col", "torch")
 DTYPES = ("float32", "float64")
 
-BUDGET = 1.5        # seconds of timed samples per measurement (adaptive mode)
+BUDGET = 1.5        # seconds of timed samples per measurement (adaptive mode), in all rounds
+ROUNDS = 3          # turns per peer and measurement; each peer's fastest round counts
 MIN_REPEAT = 5      # samples per measurement, adaptive mode ...
 MAX_REPEAT = 200
 SLOW_REPEAT = 3     # ... or this many when a single call takes over 2/3 of the budget
@@ -81,6 +82,7 @@ class Shape:
     dilation: int = 1
     groups: int = 1
     note: str = ""
+    tiny: bool = False      # all call overhead: reported, but left out of the geometric means
 
     @property
     def input_shape(self) -> tuple:
@@ -117,7 +119,8 @@ SHAPES = {s.name: s for s in (
     Shape("resnet", 8, 64, 56, 56, 64, 3, 1, 1, 1, note="a ResNet-18 stage-1 layer"),
     Shape("1x1", 16, 256, 14, 14, 256, 1, 1, 0, 1, note="pointwise, many channels"),
     Shape("largek", 4, 3, 224, 224, 64, 7, 2, 3, 1, note="ResNet stem, 7x7 stride 2"),
-    Shape("seed", 1, 1, 5, 5, 1, 2, 1, 0, 1, note="the seed document's 5x5 example (tiny)"),
+    Shape("seed", 1, 1, 5, 5, 1, 2, 1, 0, 1, note="the seed document's 5x5 example (tiny)",
+          tiny=True),
 )}
 
 
@@ -491,12 +494,15 @@ class _Run:
 
 
 def run(shapes, passes, peers, threads_list, dtypes, repeat=None, budget=BUDGET,
-        log=_stderr) -> dict:
+        log=_stderr, rounds=ROUNDS) -> dict:
     """Time every (threads, dtype, shape, pass, peer); the results as a JSON-ready dict.
 
-    The peers take turns shape by shape; `log` receives the progress lines."""
+    For each shape and pass the peers take turns, `rounds` times, each turn with a share of the
+    time budget; a peer's result is its fastest round (the median of that round's samples), so
+    that a burst of load from other programs, which only ever slows a turn down, is less likely
+    to decide a ratio.  `log` receives the progress lines."""
     shapes = [SHAPES[name] if isinstance(name, str) else name for name in shapes]
-    per_peer = len(dtypes) * len(shapes) * len(passes)
+    per_peer = len(dtypes) * len(shapes) * len(passes) * rounds
     state = _Run(len(threads_list) * len(peers) * per_peer, log)
     for threads in threads_list:
         workers = state.start_workers(peers, threads, skipped=per_peer)
@@ -505,16 +511,25 @@ def run(shapes, passes, peers, threads_list, dtypes, repeat=None, budget=BUDGET,
             for dtype in dtypes:
                 for shape in shapes:
                     records = {}
-                    for peer in [p for p in peers if p in workers]:
-                        if previous not in (None, peer):
-                            time.sleep(SWITCH_PAUSE)
-                        previous = peer
-                        for pass_ in passes:
-                            job = {"threads": threads, "dtype": dtype, "pass": pass_,
-                                   "repeat": repeat, "budget": budget}
-                            record = state.measure(workers, peer, job, shape)
-                            if record is not None:
-                                records[(pass_, peer)] = record
+                    for pass_ in passes:
+                        job = {"threads": threads, "dtype": dtype, "pass": pass_,
+                               "repeat": repeat, "budget": budget / rounds}
+                        tries = {}
+                        for _ in range(rounds):
+                            for peer in [p for p in peers if p in workers]:
+                                if previous not in (None, peer):
+                                    time.sleep(SWITCH_PAUSE)
+                                previous = peer
+                                record = state.measure(workers, peer, job, shape)
+                                if record is not None:
+                                    tries.setdefault(peer, []).append(record)
+                        for peer, recs in tries.items():
+                            best = min(recs, key=lambda r: r["median_s"])
+                            best["round_medians_s"] = [r["median_s"] for r in recs]
+                            for r in recs:
+                                if r is not best:
+                                    state.results.remove(r)
+                            records[(pass_, peer)] = best
                     state.compare(records, shape, dtype)
         finally:
             for worker in workers.values():
@@ -534,7 +549,7 @@ def run(shapes, passes, peers, threads_list, dtypes, repeat=None, budget=BUDGET,
         "shapes": {s.name: {**asdict(s), "flops": s.flops, "output": s.output_shape}
                    for s in shapes},
         "passes": list(passes), "peers": list(peers), "threads": list(threads_list),
-        "dtypes": list(dtypes), "repeat": repeat, "budget_s": budget,
+        "dtypes": list(dtypes), "repeat": repeat, "budget_s": budget, "rounds": rounds,
         "results": state.results, "problems": state.problems,
     }
 
@@ -588,6 +603,9 @@ def format_table(data: dict, threads: int, dtype: str) -> str:
     groups = [("time (ms)", peers), ("GFLOP/s", peers), ("peer / loopconv", others)]
     header = ["shape", "pass"] + [p for _, members in groups for p in members]
     rows, ratios = [], {}
+    # the geometric means leave out the tiny shapes (unless only those ran)
+    averaged = [n for n in data["shapes"] if not data["shapes"][n].get("tiny")]
+    averaged = averaged or list(data["shapes"])
     for name in data["shapes"]:
         for pass_ in data["passes"]:
             recs = {p: index.get((threads, dtype, name, pass_, p)) for p in peers}
@@ -599,7 +617,8 @@ def format_table(data: dict, threads: int, dtype: str) -> str:
                 r = recs[p]
                 if r and ours:
                     ratio = r["median_s"] / ours["median_s"]
-                    ratios.setdefault(p, {}).setdefault(pass_, []).append(ratio)
+                    if name in averaged:
+                        ratios.setdefault(p, {}).setdefault(pass_, []).append(ratio)
                     row.append(_ratio(ratio) + ("" if r["agrees"] else "!"))
                 else:
                     row.append("-")
@@ -631,7 +650,9 @@ def format_table(data: dict, threads: int, dtype: str) -> str:
     out += [line(row) for row in rows]
     if others:
         out.append("")
-        out.append("geometric mean of peer time / loopconv time (> 1: loopconv is faster)")
+        left_out = [n for n in data["shapes"] if n not in averaged]
+        out.append("geometric mean of peer time / loopconv time (> 1: loopconv is faster)"
+                   + (f", {', '.join(left_out)} apart" if left_out else ""))
         for pass_ in list(data["passes"]) + ["all"]:
             cells = []
             for p in others:
@@ -718,7 +739,7 @@ def plot_formats() -> dict:
 # The subcommand
 
 def bench(shapes, passes, threads_list, dtypes, repeat=None, torch=True, json_path=None,
-          plot_path=None) -> int:
+          plot_path=None, rounds=ROUNDS) -> int:
     """``python -m loopconv bench`` with parsed options; the exit status."""
     def fail(message):
         print(f"loopconv bench: {message}", file=sys.stderr)
@@ -747,7 +768,7 @@ def bench(shapes, passes, threads_list, dtypes, repeat=None, torch=True, json_pa
                   "only", file=sys.stderr)
 
     try:
-        data = run(shapes, passes, peers, threads_list, dtypes, repeat=repeat)
+        data = run(shapes, passes, peers, threads_list, dtypes, repeat=repeat, rounds=rounds)
     except WorkerError as exc:
         return fail(str(exc))
     except KeyboardInterrupt:

@@ -116,6 +116,9 @@ def _add_bench_parser(sub) -> None:
     p.add_argument("--repeat", type=_positive, default=None, metavar="R",
                    help="timed samples per measurement (default: adaptive, about "
                         f"{_bench.BUDGET:g} s per measurement)")
+    p.add_argument("--rounds", type=_positive, default=_bench.ROUNDS, metavar="K",
+                   help="turns each library takes at each measurement; its fastest turn "
+                        f"counts (default: {_bench.ROUNDS})")
     p.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
     p.add_argument("--json", metavar="FILE", help="also write all results to FILE as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="also draw GFLOP/s as a chart "
@@ -126,7 +129,8 @@ def bench(args) -> int:
     from loopconv import _bench, get_num_threads
 
     return _bench.bench(args.shapes, args.passes, args.threads or [get_num_threads()],
-                        args.dtype, repeat=args.repeat, torch=not args.no_torch,
+                        args.dtype, repeat=args.repeat, rounds=args.rounds,
+                        torch=not args.no_torch,
                         json_path=args.json, plot_path=args.plot)
 
 
