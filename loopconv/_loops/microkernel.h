@@ -84,23 +84,45 @@ _Static_assert(LC_NR_B_F32 <= 64 && LC_NR_B_F64 <= 64, "forward-style tile wider
 #if defined(__GNUC__) || defined(__clang__)
 #  define LC_RESTRICT __restrict__
 
-#  define LC_TILE_BODY(T, VEC, UVEC, MR, NV, A_AT, B_ROW)                               \
-    enum { W = LC_VEC_BYTES / sizeof(T) };                                              \
-    VEC acc[MR][NV];                                                                    \
-    for (int i = 0; i < MR; i++)                                                        \
-        for (int v = 0; v < NV; v++) acc[i][v] = (VEC){0};                              \
-    for (ptrdiff_t k = 0; k < kc; k++) {                                                \
+/* Tiles with few accumulators (MR * NV < 8) would wait on the latency of each FMA (four cycles,
+ * two FMAs per cycle: eight chains keep the unit busy).  They keep LC_SPLIT(MR * NV) sets of
+ * accumulators, for k = 0, 1, ... modulo the set count, added together at the end: a fixed
+ * order, whatever the threads. */
+#  define LC_SPLIT(N) ((N) >= 8 ? 1 : (N) >= 4 ? 2 : (N) >= 2 ? 4 : 8)
+
+/* acc[SET] += row k of A (MR values) times row k of B (NV vectors) */
+#  define LC_TILE_STEP(T, VEC, UVEC, MR, NV, A_AT, B_ROW, SET)                          \
+    {                                                                                   \
         const T *bk = B_ROW;                                                            \
         VEC bv[NV];                                                                     \
         for (int v = 0; v < NV; v++) bv[v] = *(const UVEC *)(bk + v * W);               \
         for (int i = 0; i < MR; i++) {                                                  \
             T ai = A_AT;                                                                \
-            for (int v = 0; v < NV; v++) acc[i][v] += ai * bv[v];                       \
+            for (int v = 0; v < NV; v++) acc[SET][i][v] += ai * bv[v];                  \
         }                                                                               \
+    }
+
+#  define LC_TILE_BODY(T, VEC, UVEC, MR, NV, A_AT, B_ROW)                               \
+    enum { W = LC_VEC_BYTES / sizeof(T), S = LC_SPLIT(MR * NV) };                       \
+    VEC acc[S][MR][NV];                                                                 \
+    for (int s = 0; s < S; s++)                                                         \
+        for (int i = 0; i < MR; i++)                                                    \
+            for (int v = 0; v < NV; v++) acc[s][i][v] = (VEC){0};                       \
+    ptrdiff_t kfull = kc - kc % S;                                                      \
+    for (ptrdiff_t k0 = 0; k0 < kfull; k0 += S)                                         \
+        for (int s = 0; s < S; s++) {                                                   \
+            ptrdiff_t k = k0 + s;                                                       \
+            LC_TILE_STEP(T, VEC, UVEC, MR, NV, A_AT, B_ROW, s)                          \
+        }                                                                               \
+    for (ptrdiff_t k = kfull; k < kc; k++) {                                            \
+        LC_TILE_STEP(T, VEC, UVEC, MR, NV, A_AT, B_ROW, 0)                              \
     }                                                                                   \
+    for (int s = 1; s < S; s++)                                                         \
+        for (int i = 0; i < MR; i++)                                                    \
+            for (int v = 0; v < NV; v++) acc[0][i][v] += acc[s][i][v];                  \
     for (int i = 0; i < MR; i++) {                                                      \
         UVEC *ci = (UVEC *)(c + i * ldc);                                               \
-        for (int v = 0; v < NV; v++) ci[v] = beta ? ci[v] + acc[i][v] : acc[i][v];      \
+        for (int v = 0; v < NV; v++) ci[v] = beta ? ci[v] + acc[0][i][v] : acc[0][i][v]; \
     }
 
 /* lc_tile_b with MR rows, NV_B vectors (_w) or one vector (_n). */

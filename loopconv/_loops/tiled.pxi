@@ -34,7 +34,7 @@
 from cython cimport floating
 from cython.parallel cimport prange, threadid
 from libc.stdlib cimport free, malloc
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 import threading
 
@@ -166,31 +166,50 @@ cdef struct Stage:
 
 
 cdef void stage_slice(const floating *src, const Stage *st, floating *out) noexcept nogil:
-    cdef Py_ssize_t c, pd, ph, pw, a, b, e, iz, iy, ix0, e_lo, e_hi
+    # The geometry is copied to locals: Python extensions build with -fno-strict-aliasing, so
+    # the compiler would otherwise reload every field of *st after each store into out.
+    cdef Py_ssize_t c, pd, ph, pw, a, b, e, iz, iy, ix0, e_lo, e_hi, b_lo, b_hi
     cdef Py_ssize_t Dq = st.q[0], Hq = st.q[1], Wq = st.q[2]
-    cdef Py_ssize_t H = st.dim[1], W = st.dim[2], sw = st.step[2]
+    cdef Py_ssize_t D = st.dim[0], H = st.dim[1], W = st.dim[2]
+    cdef Py_ssize_t sd = st.step[0], sh = st.step[1], sw = st.step[2]
+    cdef Py_ssize_t ld = st.lead[0], lh = st.lead[1], lw = st.lead[2]
+    cdef Py_ssize_t plane = st.plane, chan = st.chan, src_chan = st.src_chan
+    cdef Py_ssize_t nchan = st.nchan, size = st.size
+    cdef floating *pout
     cdef floating *row
     cdef const floating *srow
-    for c in range(st.nchan):
-        for pd in range(st.step[0]):
-            for ph in range(st.step[1]):
+    for c in range(nchan):
+        for pd in range(sd):
+            for ph in range(sh):
+                # staged rows b_lo .. b_hi - 1 of this phase come from source rows inside
+                b_lo = min(first_inside(ph - lh, sh), Hq)
+                b_hi = max(min(end_inside(ph - lh, sh, H), Hq), b_lo)
                 for pw in range(sw):
-                    ix0 = pw - st.lead[2]
+                    ix0 = pw - lw
                     e_lo = min(first_inside(ix0, sw), Wq)
                     e_hi = max(min(end_inside(ix0, sw, W), Wq), e_lo)
+                    pout = out + c * chan + ((pd * sh + ph) * sw + pw) * plane
                     for a in range(Dq):
-                        iz = a * st.step[0] + pd - st.lead[0]
-                        for b in range(Hq):
-                            iy = b * st.step[1] + ph - st.lead[1]
-                            row = out + (c * st.chan + ((pd * st.step[1] + ph) * sw + pw)
-                                         * st.plane + (a * Hq + b) * Wq)
-                            if iz < 0 or iz >= st.dim[0] or iy < 0 or iy >= H:
-                                memset(row, 0, Wq * sizeof(floating))
-                                continue
-                            srow = src + c * st.src_chan + (iz * H + iy) * W + ix0
+                        iz = a * sd + pd - ld
+                        row = pout + a * Hq * Wq
+                        if iz < 0 or iz >= D:
+                            memset(row, 0, Hq * Wq * sizeof(floating))
+                            continue
+                        memset(row, 0, b_lo * Wq * sizeof(floating))
+                        memset(row + b_hi * Wq, 0, (Hq - b_hi) * Wq * sizeof(floating))
+                        iy = b_lo * sh + ph - lh
+                        srow = src + c * src_chan + (iz * H + iy) * W + ix0
+                        if sw == 1 and sh == 1 and e_lo == 0 and e_hi == Wq and Wq == W:
+                            # whole rows, consecutive in both: one copy
+                            memcpy(row + b_lo * Wq, srow, (b_hi - b_lo) * W * sizeof(floating))
+                            continue
+                        for b in range(b_lo, b_hi):
+                            row = pout + (a * Hq + b) * Wq
                             for e in range(e_lo):
                                 row[e] = 0
-                            if sw == 1:
+                            if sw == 1 and e_hi - e_lo >= 64:
+                                memcpy(row + e_lo, srow + e_lo, (e_hi - e_lo) * sizeof(floating))
+                            elif sw == 1:       # short rows: a call costs more than the copy
                                 for e in range(e_lo, e_hi):
                                     row[e] = srow[e]
                             else:
@@ -198,7 +217,8 @@ cdef void stage_slice(const floating *src, const Stage *st, floating *out) noexc
                                     row[e] = srow[e * sw]
                             for e in range(e_hi, Wq):
                                 row[e] = 0
-    memset(out + st.nchan * st.chan, 0, (st.size - st.nchan * st.chan) * sizeof(floating))
+                            srow += sh * W
+    memset(out + nchan * chan, 0, (size - nchan * chan) * sizeof(floating))
 
 
 cdef inline void ensure_staged(const floating *src, const Stage *st, Py_ssize_t key,
@@ -270,7 +290,8 @@ cdef void product_item(const Product *p, const Phase *phases, Py_ssize_t item,
     cdef Py_ssize_t VW = LC_VW_F32 if floating is float else LC_VW_F64
     cdef Py_ssize_t ntile = (ncols + NR - 1) // NR, ds = ph.dstep[2]
     cdef Py_ssize_t i, j, t, u, jt, ip, kb, k0, kc, mw, ln, nfull, j0, width, sg, nseg
-    cdef Py_ssize_t seg_at[MAX_NR], seg_len[MAX_NR]     # runs of valid columns of a tile
+    cdef Py_ssize_t seg_at[MAX_NR]     # runs of valid columns of a tile: where they start,
+    cdef Py_ssize_t seg_len[MAX_NR]    # and how long they are
     cdef bint narrow
     cdef floating *staged = fws
     cdef floating *ctile = fws + p.st.size
