@@ -235,6 +235,12 @@ VARIANT_CASES = [
     case("2d-one-input-channel", (2, 1, 30, 29), (8, 1, 3, 3), padding=1),
     case("2d-two-outputs", (2, 6, 23, 25), (2, 6, 3, 3), padding=(2, 0)),
     case("2d-three-channels-stem", (1, 3, 40, 37), (16, 3, 7, 7), stride=2, padding=3),
+    # stride 2 along the rows stages both phases of a row at once: every edge of that
+    case("2d-stride2-no-padding-even", (2, 5, 20, 38), (9, 5, 3, 4), stride=2),
+    case("2d-stride2-wide-padding", (1, 4, 18, 41), (6, 4, 3, 5), stride=(1, 2),
+         padding=((0, 1), (4, 1))),
+    case("2d-stride2-padding-past-kernel", (2, 3, 9, 30), (5, 3, 2, 2), stride=2,
+         padding=((1, 0), (3, 5))),
     case("1d-odd", (3, 11, 263), (17, 11, 4), stride=2, padding=((3, 1),)),
     case("1d-dilated-groups", (2, 12, 97), (9, 4, 3), groups=3, dilation=3, padding=((4, 2),)),
     case("3d-odd", (2, 5, 7, 9, 11), (7, 5, 3, 2, 3), stride=(1, 2, 1), padding=1),

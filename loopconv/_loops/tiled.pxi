@@ -165,17 +165,61 @@ cdef struct Stage:
     Py_ssize_t size         # elements in all
 
 
+cdef inline void fill_row(floating *row, const floating *srow, Py_ssize_t ix0, Py_ssize_t sw,
+                          Py_ssize_t W, Py_ssize_t Wq) noexcept nogil:
+    """row[e] = srow[ix0 + e * sw] where that is inside 0 .. W - 1, else 0, for e < Wq."""
+    cdef Py_ssize_t e, e_lo = min(first_inside(ix0, sw), Wq)
+    cdef Py_ssize_t e_hi = max(min(end_inside(ix0, sw, W), Wq), e_lo)
+    cdef const floating *s = srow + ix0
+    for e in range(e_lo):
+        row[e] = 0
+    if sw == 1 and e_hi - e_lo >= 64:
+        memcpy(row + e_lo, s + e_lo, (e_hi - e_lo) * sizeof(floating))
+    elif sw == 1:           # short rows: a call costs more than the copy
+        for e in range(e_lo, e_hi):
+            row[e] = s[e]
+    else:
+        for e in range(e_lo, e_hi):
+            row[e] = s[e * sw]
+    for e in range(e_hi, Wq):
+        row[e] = 0
+
+
+cdef inline void fill_row_pair(floating *row0, floating *row1, const floating *srow,
+                               Py_ssize_t lw, Py_ssize_t W, Py_ssize_t Wq) noexcept nogil:
+    """fill_row for both phases of stride 2 (row0: ix0 = -lw, row1: ix0 = 1 - lw) in one pass
+    over the source row, which the compiler turns into vector loads and shuffles instead of
+    one element at a time."""
+    cdef Py_ssize_t e
+    cdef Py_ssize_t lo = max(min(first_inside(-lw, 2), Wq), min(first_inside(1 - lw, 2), Wq))
+    cdef Py_ssize_t hi = min(min(end_inside(-lw, 2, W), Wq), min(end_inside(1 - lw, 2, W), Wq))
+    cdef const floating *s = srow - lw
+    if hi <= lo:
+        fill_row(row0, srow, -lw, 2, W, Wq)
+        fill_row(row1, srow, 1 - lw, 2, W, Wq)
+        return
+    # the edges one phase at a time (padding, and at most an element or two), the middle
+    # together
+    fill_row(row0, srow, -lw, 2, W, lo)
+    fill_row(row1, srow, 1 - lw, 2, W, lo)
+    for e in range(lo, hi):
+        row0[e] = s[2 * e]
+        row1[e] = s[2 * e + 1]
+    fill_row(row0 + hi, srow, 2 * hi - lw, 2, W, Wq - hi)
+    fill_row(row1 + hi, srow, 2 * hi + 1 - lw, 2, W, Wq - hi)
+
+
 cdef void stage_slice(const floating *src, const Stage *st, floating *out) noexcept nogil:
     # The geometry is copied to locals: Python extensions build with -fno-strict-aliasing, so
     # the compiler would otherwise reload every field of *st after each store into out.
-    cdef Py_ssize_t c, pd, ph, pw, a, b, e, iz, iy, ix0, e_lo, e_hi, b_lo, b_hi
-    cdef Py_ssize_t Dq = st.q[0], Hq = st.q[1], Wq = st.q[2]
+    cdef Py_ssize_t c, pd, ph, pw, a, b, iz, b_lo, b_hi
+    cdef Py_ssize_t Dq = st.q[0], Hq = st.q[1], Wq = st.q[2], HWq = st.q[1] * st.q[2]
     cdef Py_ssize_t D = st.dim[0], H = st.dim[1], W = st.dim[2]
     cdef Py_ssize_t sd = st.step[0], sh = st.step[1], sw = st.step[2]
     cdef Py_ssize_t ld = st.lead[0], lh = st.lead[1], lw = st.lead[2]
     cdef Py_ssize_t plane = st.plane, chan = st.chan, src_chan = st.src_chan
     cdef Py_ssize_t nchan = st.nchan, size = st.size
-    cdef floating *pout
+    cdef floating *base
     cdef floating *row
     cdef const floating *srow
     for c in range(nchan):
@@ -184,40 +228,32 @@ cdef void stage_slice(const floating *src, const Stage *st, floating *out) noexc
                 # staged rows b_lo .. b_hi - 1 of this phase come from source rows inside
                 b_lo = min(first_inside(ph - lh, sh), Hq)
                 b_hi = max(min(end_inside(ph - lh, sh, H), Hq), b_lo)
-                for pw in range(sw):
-                    ix0 = pw - lw
-                    e_lo = min(first_inside(ix0, sw), Wq)
-                    e_hi = max(min(end_inside(ix0, sw, W), Wq), e_lo)
-                    pout = out + c * chan + ((pd * sh + ph) * sw + pw) * plane
-                    for a in range(Dq):
-                        iz = a * sd + pd - ld
-                        row = pout + a * Hq * Wq
+                base = out + c * chan + (pd * sh + ph) * sw * plane     # the phases pw follow
+                for a in range(Dq):
+                    iz = a * sd + pd - ld
+                    for pw in range(sw):
+                        row = base + pw * plane + a * HWq
                         if iz < 0 or iz >= D:
-                            memset(row, 0, Hq * Wq * sizeof(floating))
-                            continue
-                        memset(row, 0, b_lo * Wq * sizeof(floating))
-                        memset(row + b_hi * Wq, 0, (Hq - b_hi) * Wq * sizeof(floating))
-                        iy = b_lo * sh + ph - lh
-                        srow = src + c * src_chan + (iz * H + iy) * W + ix0
-                        if sw == 1 and sh == 1 and e_lo == 0 and e_hi == Wq and Wq == W:
-                            # whole rows, consecutive in both: one copy
-                            memcpy(row + b_lo * Wq, srow, (b_hi - b_lo) * W * sizeof(floating))
-                            continue
-                        for b in range(b_lo, b_hi):
-                            row = pout + (a * Hq + b) * Wq
-                            for e in range(e_lo):
-                                row[e] = 0
-                            if sw == 1 and e_hi - e_lo >= 64:
-                                memcpy(row + e_lo, srow + e_lo, (e_hi - e_lo) * sizeof(floating))
-                            elif sw == 1:       # short rows: a call costs more than the copy
-                                for e in range(e_lo, e_hi):
-                                    row[e] = srow[e]
-                            else:
-                                for e in range(e_lo, e_hi):
-                                    row[e] = srow[e * sw]
-                            for e in range(e_hi, Wq):
-                                row[e] = 0
-                            srow += sh * W
+                            memset(row, 0, HWq * sizeof(floating))
+                        else:
+                            memset(row, 0, b_lo * Wq * sizeof(floating))
+                            memset(row + b_hi * Wq, 0, (Hq - b_hi) * Wq * sizeof(floating))
+                    if iz < 0 or iz >= D:
+                        continue
+                    srow = src + c * src_chan + (iz * H + b_lo * sh + ph - lh) * W
+                    row = base + a * HWq + b_lo * Wq
+                    if sw == 1 and sh == 1 and lw == 0 and Wq == W:
+                        # whole rows, consecutive in both: one copy
+                        memcpy(row, srow, (b_hi - b_lo) * W * sizeof(floating))
+                        continue
+                    for b in range(b_lo, b_hi):
+                        if sw == 2:
+                            fill_row_pair(row, row + plane, srow, lw, W, Wq)
+                        else:
+                            for pw in range(sw):
+                                fill_row(row + pw * plane, srow, pw - lw, sw, W, Wq)
+                        row += Wq
+                        srow += sh * W
     memset(out + nchan * chan, 0, (size - nchan * chan) * sizeof(floating))
 
 
