@@ -325,7 +325,7 @@ cdef void product_item(const Product *p, const Phase *phases, Py_ssize_t item,
     cdef Py_ssize_t q0 = r * NCB, ncols = min(NCB, ph.ncols - q0)
     cdef Py_ssize_t VW = LC_VW_F32 if floating is float else LC_VW_F64
     cdef Py_ssize_t ntile = (ncols + NR - 1) // NR, ds = ph.dstep[2]
-    cdef Py_ssize_t i, j, t, u, jt, ip, kb, k0, kc, mw, ln, nfull, j0, width, sg, nseg
+    cdef Py_ssize_t i, j, t, jt, ip, kb, k0, kc, mw, ln, nfull, j0, width, sg, nseg
     cdef Py_ssize_t seg_at[MAX_NR]     # runs of valid columns of a tile: where they start,
     cdef Py_ssize_t seg_len[MAX_NR]    # and how long they are
     cdef bint narrow
