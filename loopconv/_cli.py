@@ -114,8 +114,8 @@ def _add_bench_parser(sub) -> None:
                    metavar="PASS[,PASS...]",
                    help="passes to run (default: all): forward, input, weight")
     p.add_argument("--repeat", type=_positive, default=None, metavar="R",
-                   help="timed samples per measurement (default: adaptive, about "
-                        f"{_bench.BUDGET:g} s per measurement)")
+                   help="timed samples per turn (default: adaptive, about "
+                        f"{_bench.BUDGET:g} s per measurement in all its turns)")
     p.add_argument("--rounds", type=_positive, default=_bench.ROUNDS, metavar="K",
                    help="turns each library takes at each measurement; its fastest turn "
                         f"counts (default: {_bench.ROUNDS})")
