@@ -233,6 +233,8 @@ VARIANT_CASES = [
     case("2d-K-over-256", (2, 33, 12, 12), (25, 33, 3, 3), padding=1),
     case("2d-many-pixels", (2, 5, 37, 41), (14, 5, 2, 3), padding=((0, 1), (1, 1))),
     case("2d-1x1", (3, 19, 9, 7), (23, 19, 1, 1)),
+    # no padding, stride 1: all images but the last read in place instead of staged
+    case("2d-no-padding-in-place", (3, 6, 14, 27), (10, 6, 3, 3)),
     # tiles of 1, 2 and 4 rows: input gradients for one to three channels, few outputs
     case("2d-one-input-channel", (2, 1, 30, 29), (8, 1, 3, 3), padding=1),
     case("2d-two-outputs", (2, 6, 23, 25), (2, 6, 3, 3), padding=(2, 0)),
