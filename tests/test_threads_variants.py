@@ -233,6 +233,9 @@ VARIANT_CASES = [
     case("2d-K-over-256", (2, 33, 12, 12), (25, 33, 3, 3), padding=1),
     case("2d-many-pixels", (2, 5, 37, 41), (14, 5, 2, 3), padding=((0, 1), (1, 1))),
     case("2d-1x1", (3, 19, 9, 7), (23, 19, 1, 1)),
+    # weight gradient packing dy transposed in blocks of a vector's lanes: several whole
+    # blocks of output channels and a partial one, runs of columns broken by junk columns
+    case("2d-37-outputs-stride2", (2, 5, 19, 23), (37, 5, 3, 3), stride=2, padding=1),
     # no padding, stride 1: all images but the last read in place instead of staged
     case("2d-no-padding-in-place", (3, 6, 14, 27), (10, 6, 3, 3)),
     # tiles of 1, 2 and 4 rows: input gradients for one to three channels, few outputs

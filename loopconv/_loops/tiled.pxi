@@ -66,6 +66,8 @@ cdef extern from "microkernel.h" nogil:
                        Py_ssize_t ldb, float *c, Py_ssize_t ldc, int beta)
     void lc_tile_d_f64(Py_ssize_t kc, const double *a, const Py_ssize_t *aoff, const double *b,
                        Py_ssize_t ldb, double *c, Py_ssize_t ldc, int beta)
+    void lc_transpose_f32(const float *src, Py_ssize_t lds, float *dst, Py_ssize_t ldd)
+    void lc_transpose_f64(const double *src, Py_ssize_t lds, double *dst, Py_ssize_t ldd)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -454,6 +456,35 @@ cdef struct WeightProduct:
     Stage st
 
 
+cdef void pack_dy_t(const floating *dyrow, Py_ssize_t plane, Py_ssize_t pc,
+                    const Py_ssize_t *dcol, const Py_ssize_t *run, floating *bo,
+                    Py_ssize_t NR) noexcept nogil:
+    """bo[j * NR + i] = dyrow[i * plane + dcol[j]] (0 for junk columns) for the VW channels i
+    and the block's columns j < pc: whole blocks of VW columns of a run by one transpose."""
+    cdef Py_ssize_t VW = LC_VW_F32 if floating is float else LC_VW_F64
+    cdef Py_ssize_t i, j = 0, u, t, ln
+    cdef const floating *src
+    while j < pc:
+        ln = run[j]
+        if ln == 0:
+            for i in range(VW):
+                bo[j * NR + i] = 0
+            j += 1
+            continue
+        src = dyrow + dcol[j]
+        u = 0
+        while u + VW <= ln:
+            if floating is float:
+                lc_transpose_f32(src + u, plane, bo + (j + u) * NR, NR)
+            else:
+                lc_transpose_f64(src + u, plane, bo + (j + u) * NR, NR)
+            u += VW
+        for t in range(u, ln):
+            for i in range(VW):
+                bo[(j + t) * NR + i] = src[i * plane + t]
+        j += ln
+
+
 cdef void weight_item(const WeightProduct *p, Py_ssize_t item, const floating *x,
                       const floating *dy, const Py_ssize_t *aoff, floating *partial,
                       floating *fws, Py_ssize_t *iws) noexcept nogil:
@@ -462,7 +493,7 @@ cdef void weight_item(const WeightProduct *p, Py_ssize_t item, const floating *x
     cdef Py_ssize_t chunk = item % p.nchunk, g = item // p.nchunk
     cdef Py_ssize_t nsteps = p.N * p.nblk
     cdef Py_ssize_t s0 = chunk * nsteps // p.nchunk, s1 = (chunk + 1) * nsteps // p.nchunk
-    cdef Py_ssize_t step, n, q0, pc, j, u, o, ip, jp, ln
+    cdef Py_ssize_t step, n, q0, pc, j, u, o, og, o0, ip, jp, ln
     cdef floating *part = partial + item * p.Kpad * p.Opad
     cdef const floating *staged
     cdef floating *bpack = fws + p.st.size
@@ -502,25 +533,32 @@ cdef void weight_item(const WeightProduct *p, Py_ssize_t item, const floating *x
                            + jp * LC_OR_D, p.Opad, not first)
         else:
             # B = dy^T of the block in panels of NR output channels, bpack[o // NR][j][o % NR],
-            # zero for junk columns and (written once per item) the channels past M
-            for o in range(p.Opad):
-                bo = bpack + (o // NR) * B * NR + o % NR
-                if o >= p.M:
-                    if first:
-                        for j in range(B):
-                            bo[j * NR] = 0
+            # zero for junk columns and (written once per item) the channels past M; VW
+            # channels by VW columns at a time where they are all there
+            for og in range(p.Opad // VW):
+                o0 = og * VW
+                if o0 + VW <= p.M:
+                    pack_dy_t(dy + n * p.y_img + g * p.y_grp + o0 * p.y_plane, p.y_plane,
+                              pc, dcol, run, bpack + (o0 // NR) * B * NR + o0 % NR, NR)
                     continue
-                dyrow = dy + n * p.y_img + g * p.y_grp + o * p.y_plane
-                j = 0
-                while j < pc:
-                    ln = run[j]
-                    if ln == 0:
-                        bo[j * NR] = 0
-                        j += 1
+                for o in range(o0, o0 + VW):
+                    bo = bpack + (o // NR) * B * NR + o % NR
+                    if o >= p.M:
+                        if first:
+                            for j in range(B):
+                                bo[j * NR] = 0
                         continue
-                    for u in range(ln):
-                        bo[(j + u) * NR] = dyrow[dcol[j] + u]
-                    j += ln
+                    dyrow = dy + n * p.y_img + g * p.y_grp + o * p.y_plane
+                    j = 0
+                    while j < pc:
+                        ln = run[j]
+                        if ln == 0:
+                            bo[j * NR] = 0
+                            j += 1
+                            continue
+                        for u in range(ln):
+                            bo[(j + u) * NR] = dyrow[dcol[j] + u]
+                        j += ln
             for ip in range(p.Kpad // LC_MR_A):
                 for jp in range(p.Opad // NR):
                     tile_a(pc, staged + q0, aoff + ip * LC_MR_A, bpack + jp * B * NR,
