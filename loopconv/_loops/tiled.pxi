@@ -303,6 +303,7 @@ cdef struct Product:
     Py_ssize_t dst_img, dst_grp, dst_row
     Py_ssize_t nphase
     Py_ssize_t items_ng     # work items per (image, group): the sum of the phases' nblk
+    const Py_ssize_t *order # item r of an (image, group): (phase, column block) at 2r, 2r + 1
     Stage st
 
 
@@ -332,10 +333,8 @@ cdef void product_item(const Product *p, const Phase *phases, Py_ssize_t item,
     cdef Py_ssize_t NR = LC_NR_B_F32 if floating is float else LC_NR_B_F64
     cdef Py_ssize_t NCB = NCB_TILES * NR
     cdef Py_ssize_t ng = item // p.items_ng, r = item % p.items_ng
-    cdef Py_ssize_t n = ng // p.G, g = ng % p.G, f = 0
-    while r >= phases[f].nblk:
-        r -= phases[f].nblk
-        f += 1
+    cdef Py_ssize_t n = ng // p.G, g = ng % p.G, f = p.order[2 * r]
+    r = p.order[2 * r + 1]
     cdef const Phase *ph = &phases[f]
     cdef Py_ssize_t M = p.M, K = ph.K, MR = p.mr, mpan = (M + MR - 1) // MR
     cdef Py_ssize_t q0 = r * NCB, ncols = min(NCB, ph.ncols - q0)
@@ -419,6 +418,15 @@ cdef void product_item(const Product *p, const Phase *phases, Py_ssize_t item,
             for j in range(ncols):
                 if dcol[j] >= 0:
                     d[dcol[j]] += bv
+
+
+def item_order(nblk):
+    """The work items of one (image, group) as (phase, column block) pairs, flattened: block
+    by block, the phases of a block one after the other.  The phases of an input gradient read
+    the same staged dy, each at its own taps, so that a block's dy is still in L2 for the next
+    phase (phase by phase, all of dy went through L3 once per phase)."""
+    pairs = [(f, b) for b in range(max(nblk)) for f in range(len(nblk)) if b < nblk[f]]
+    return np.array(pairs or [(0, 0)], dtype=np.intp).reshape(-1)     # never empty
 
 
 cdef void run_product(const Product *p, const Phase *phases, const floating *src,
@@ -711,6 +719,8 @@ def forward(const floating[:, :, :, :, ::1] x, const floating[:, :, :, :, ::1] w
     ph.dstep[1] = out[2]
     ph.dstep[2] = 1
     p.items_ng = ph.nblk
+    cdef Py_ssize_t[::1] order = item_order([ph.nblk])
+    p.order = &order[0]
 
     taps = [(kd * dilation[0], kh * dilation[1], kw * dilation[2]) for kd in range(ksize[0])
             for kh in range(ksize[1]) for kw in range(ksize[2])]
@@ -789,7 +799,7 @@ def grad_input(const floating[:, :, :, :, ::1] dy, const floating[:, :, :, :, ::
     p.dst_grp = Cg * p.dst_row
     p.nphase = len(axes[0]) * len(axes[1]) * len(axes[2])
     p.items_ng = 0
-    cdef Py_ssize_t[::1] boff
+    cdef Py_ssize_t[::1] boff, order
     cdef floating[::1] apack
     cdef floating[::1] fws
     cdef Py_ssize_t[::1] iws
@@ -830,6 +840,8 @@ def grad_input(const floating[:, :, :, :, ::1] dy, const floating[:, :, :, :, ::
                     a_off += groups * mpad * K
                     k_off += K
                     f += 1
+        order = item_order([phases[f].nblk for f in range(p.nphase)])
+        p.order = &order[0]
         boff = np.concatenate(boffs + [np.zeros(1, np.intp)])
         apack = np.concatenate(apacks + [np.zeros(1, dtype)])
         fws = _workspace("f", dtype, fper * num_threads)
