@@ -174,12 +174,10 @@ cdef struct Stage:
     Py_ssize_t src_size     # elements of the whole source array (set by the caller)
 
 
-cdef inline void fill_row(floating *row, const floating *srow, Py_ssize_t ix0, Py_ssize_t sw,
-                          Py_ssize_t W, Py_ssize_t Wq) noexcept nogil:
-    """row[e] = srow[ix0 + e * sw] where that is inside 0 .. W - 1, else 0, for e < Wq."""
-    cdef Py_ssize_t e, e_lo = min(first_inside(ix0, sw), Wq)
-    cdef Py_ssize_t e_hi = max(min(end_inside(ix0, sw, W), Wq), e_lo)
-    cdef const floating *s = srow + ix0
+cdef inline void fill_row(floating *row, const floating *s, Py_ssize_t sw, Py_ssize_t e_lo,
+                          Py_ssize_t e_hi, Py_ssize_t Wq) noexcept nogil:
+    """row[e] = s[e * sw] for e_lo <= e < e_hi, 0 for the other e < Wq."""
+    cdef Py_ssize_t e
     for e in range(e_lo):
         row[e] = 0
     if sw == 1 and e_hi - e_lo >= 64:
@@ -194,28 +192,44 @@ cdef inline void fill_row(floating *row, const floating *srow, Py_ssize_t ix0, P
         row[e] = 0
 
 
-cdef inline void fill_row_pair(floating *row0, floating *row1, const floating *srow,
-                               Py_ssize_t lw, Py_ssize_t W, Py_ssize_t Wq) noexcept nogil:
-    """fill_row for both phases of stride 2 (row0: ix0 = -lw, row1: ix0 = 1 - lw) in one pass
-    over the source row, which the compiler turns into vector loads and shuffles instead of
-    one element at a time."""
-    cdef Py_ssize_t e
-    cdef Py_ssize_t lo = max(min(first_inside(-lw, 2), Wq), min(first_inside(1 - lw, 2), Wq))
-    cdef Py_ssize_t hi = min(min(end_inside(-lw, 2, W), Wq), min(end_inside(1 - lw, 2, W), Wq))
-    cdef const floating *s = srow - lw
+cdef inline void fill_row_pair(floating *row0, floating *row1, const floating *s,
+                               const Py_ssize_t *bounds, Py_ssize_t Wq) noexcept nogil:
+    """fill_row for both phases of stride 2, row0[e] = s[2e] and row1[e] = s[2e + 1] inside
+    bounds[0] .. bounds[1] - 1 and bounds[2] .. bounds[3] - 1, in one pass over the source row
+    where both are inside (the compiler turns that into vector loads and shuffles)."""
+    cdef Py_ssize_t e, lo0 = bounds[0], hi0 = bounds[1], lo1 = bounds[2], hi1 = bounds[3]
+    cdef Py_ssize_t lo = max(lo0, lo1), hi = min(hi0, hi1)
     if hi <= lo:
-        fill_row(row0, srow, -lw, 2, W, Wq)
-        fill_row(row1, srow, 1 - lw, 2, W, Wq)
+        fill_row(row0, s, 2, lo0, hi0, Wq)
+        fill_row(row1, s + 1, 2, lo1, hi1, Wq)
         return
-    # the edges one phase at a time (padding, and at most an element or two), the middle
-    # together
-    fill_row(row0, srow, -lw, 2, W, lo)
-    fill_row(row1, srow, 1 - lw, 2, W, lo)
+    for e in range(lo0):
+        row0[e] = 0
+    for e in range(lo1):
+        row1[e] = 0
+    for e in range(lo0, lo):
+        row0[e] = s[2 * e]
+    for e in range(lo1, lo):
+        row1[e] = s[2 * e + 1]
     for e in range(lo, hi):
         row0[e] = s[2 * e]
         row1[e] = s[2 * e + 1]
-    fill_row(row0 + hi, srow, 2 * hi - lw, 2, W, Wq - hi)
-    fill_row(row1 + hi, srow, 2 * hi + 1 - lw, 2, W, Wq - hi)
+    for e in range(hi, hi0):
+        row0[e] = s[2 * e]
+    for e in range(hi, hi1):
+        row1[e] = s[2 * e + 1]
+    for e in range(hi0, Wq):
+        row0[e] = 0
+    for e in range(hi1, Wq):
+        row1[e] = 0
+
+
+cdef inline void row_bounds(Py_ssize_t pw, Py_ssize_t lw, Py_ssize_t sw, Py_ssize_t W,
+                            Py_ssize_t Wq, Py_ssize_t *bounds) noexcept nogil:
+    """The staged columns e < Wq of phase pw whose source column e * sw + pw - lw is inside
+    0 .. W - 1: bounds[0] .. bounds[1] - 1."""
+    bounds[0] = min(first_inside(pw - lw, sw), Wq)
+    bounds[1] = max(min(end_inside(pw - lw, sw, W), Wq), bounds[0])
 
 
 cdef void stage_slice(const floating *src, const Stage *st, floating *out) noexcept nogil:
@@ -231,6 +245,10 @@ cdef void stage_slice(const floating *src, const Stage *st, floating *out) noexc
     cdef floating *base
     cdef floating *row
     cdef const floating *srow
+    cdef Py_ssize_t bounds[4]       # the staged columns inside, for phases 0 and 1 (once)
+    cdef Py_ssize_t pb[2]
+    row_bounds(0, lw, sw, W, Wq, bounds)
+    row_bounds(1, lw, sw, W, Wq, bounds + 2)
     for c in range(nchan):
         for pd in range(sd):
             for ph in range(sh):
@@ -256,11 +274,15 @@ cdef void stage_slice(const floating *src, const Stage *st, floating *out) noexc
                         memcpy(row, srow, (b_hi - b_lo) * W * sizeof(floating))
                         continue
                     for b in range(b_lo, b_hi):
-                        if sw == 2:
-                            fill_row_pair(row, row + plane, srow, lw, W, Wq)
+                        if sw <= 2:
+                            if sw == 2:
+                                fill_row_pair(row, row + plane, srow - lw, bounds, Wq)
+                            else:
+                                fill_row(row, srow - lw, 1, bounds[0], bounds[1], Wq)
                         else:
                             for pw in range(sw):
-                                fill_row(row + pw * plane, srow, pw - lw, sw, W, Wq)
+                                row_bounds(pw, lw, sw, W, Wq, pb)
+                                fill_row(row + pw * plane, srow + pw - lw, sw, pb[0], pb[1], Wq)
                         row += Wq
                         srow += sh * W
     memset(out + nchan * chan, 0, (size - nchan * chan) * sizeof(floating))
