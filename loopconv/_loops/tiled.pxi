@@ -486,31 +486,32 @@ cdef struct WeightProduct:
     Stage st
 
 
-cdef void pack_dy_t(const floating *dyrow, Py_ssize_t plane, Py_ssize_t pc,
+cdef void pack_dy_t(const floating *dyrow, Py_ssize_t plane, Py_ssize_t nrow, Py_ssize_t pc,
                     const Py_ssize_t *dcol, const Py_ssize_t *run, floating *bo,
                     Py_ssize_t NR) noexcept nogil:
-    """bo[j * NR + i] = dyrow[i * plane + dcol[j]] (0 for junk columns) for the VW channels i
-    and the block's columns j < pc: whole blocks of VW columns of a run by one transpose."""
+    """bo[j * NR + i] = dyrow[i * plane + dcol[j]] (0 for junk columns) for the channels
+    i < nrow (at most VW) and the block's columns j < pc; with all VW channels, whole blocks of
+    VW columns of a run by one transpose."""
     cdef Py_ssize_t VW = LC_VW_F32 if floating is float else LC_VW_F64
     cdef Py_ssize_t i, j = 0, u, t, ln
     cdef const floating *src
     while j < pc:
         ln = run[j]
         if ln == 0:
-            for i in range(VW):
+            for i in range(nrow):
                 bo[j * NR + i] = 0
             j += 1
             continue
         src = dyrow + dcol[j]
         u = 0
-        while u + VW <= ln:
+        while nrow == VW and u + VW <= ln:
             if floating is float:
                 lc_transpose_f32(src + u, plane, bo + (j + u) * NR, NR)
             else:
                 lc_transpose_f64(src + u, plane, bo + (j + u) * NR, NR)
             u += VW
         for t in range(u, ln):
-            for i in range(VW):
+            for i in range(nrow):
                 bo[(j + t) * NR + i] = src[i * plane + t]
         j += ln
 
@@ -563,32 +564,18 @@ cdef void weight_item(const WeightProduct *p, Py_ssize_t item, const floating *x
                            + jp * LC_OR_D, p.Opad, not first)
         else:
             # B = dy^T of the block in panels of NR output channels, bpack[o // NR][j][o % NR],
-            # zero for junk columns and (written once per item) the channels past M; VW
-            # channels by VW columns at a time where they are all there
+            # VW channels at a time; zero for junk columns and (written once per item) for the
+            # channels past M
             for og in range(p.Opad // VW):
                 o0 = og * VW
-                if o0 + VW <= p.M:
+                bo = bpack + (o0 // NR) * B * NR + o0 % NR
+                if first and o0 + VW > p.M:
+                    for j in range(B):
+                        for o in range(max(p.M - o0, 0), VW):
+                            bo[j * NR + o] = 0
+                if o0 < p.M:
                     pack_dy_t(dy + n * p.y_img + g * p.y_grp + o0 * p.y_plane, p.y_plane,
-                              pc, dcol, run, bpack + (o0 // NR) * B * NR + o0 % NR, NR)
-                    continue
-                for o in range(o0, o0 + VW):
-                    bo = bpack + (o // NR) * B * NR + o % NR
-                    if o >= p.M:
-                        if first:
-                            for j in range(B):
-                                bo[j * NR] = 0
-                        continue
-                    dyrow = dy + n * p.y_img + g * p.y_grp + o * p.y_plane
-                    j = 0
-                    while j < pc:
-                        ln = run[j]
-                        if ln == 0:
-                            bo[j * NR] = 0
-                            j += 1
-                            continue
-                        for u in range(ln):
-                            bo[(j + u) * NR] = dyrow[dcol[j] + u]
-                        j += ln
+                              min(VW, p.M - o0), pc, dcol, run, bo, NR)
             for ip in range(p.Kpad // LC_MR_A):
                 for jp in range(p.Opad // NR):
                     tile_a(pc, staged + q0, aoff + ip * LC_MR_A, bpack + jp * B * NR,
