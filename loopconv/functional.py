@@ -142,8 +142,9 @@ def _unbatch(arr, unbatched):
 # arrays are ndarrays and whose parameters are plain ints and strings (never bools, floats or
 # lists: those always take the checking path, so every malformed call is still refused) is
 # looked up by function, shapes, dtypes and parameters.  The first such call is checked in
-# full; if the problem is small enough for the direct loops on one thread it leaves a
-# `direct.Plan`, which later identical calls run directly.
+# full and leaves a plan, which later identical calls run directly: a `direct.Plan` if the
+# problem is small enough for the direct loops on one thread, else a `_TiledPlan` (the checks
+# cost about 35 us a call, a tenth of a small layer such as the mnist shape's).
 
 _PLANS: dict = {}
 _MAX_PLANS = 256
@@ -167,18 +168,67 @@ def _shape_key(shape):
     return shape
 
 
+class _TiledPlan:
+    """The tiled loops for one checked geometry (the interface of `direct.Plan`): arrays
+    brought to C order and the plan's dtype (no copy when they are), results allocated, the
+    loops called with the thread count of the moment."""
+
+    __slots__ = ("shapes", "five", "args", "dtype", "unbatched")
+
+    def __init__(self, shapes, five, args, dtype, unbatched):
+        self.shapes = shapes        # batched (N, C, *spatial) of input, weight, output
+        self.five = five            # the same as the loops' 5-D shapes
+        self.args = args            # stride, padding before, dilation, groups (loop_args)
+        self.dtype = dtype
+        self.unbatched = unbatched
+
+    def _in(self, arr, which):
+        return _args.contiguous(arr, self.dtype).reshape(self.five[which])
+
+    def _out(self, which):
+        out = np.empty(self.shapes[which], self.dtype)
+        return out, out.reshape(self.five[which])
+
+    def _result(self, out):
+        return out[0] if self.unbatched else out
+
+    def forward(self, x, w, bias):
+        y, y5 = self._out(2)
+        _loops.forward(self._in(x, 0), self._in(w, 1), _bias(bias, self.dtype), y5, *self.args,
+                       _config.get_num_threads())
+        return self._result(y)
+
+    def grad_input(self, dy, w):
+        dx, dx5 = self._out(0)
+        _loops.grad_input(self._in(dy, 2), self._in(w, 1), _NO_BIAS[self.dtype], dx5,
+                          *self.args, _config.get_num_threads())
+        return self._result(dx)
+
+    def grad_weight(self, x, dy):
+        dw, dw5 = self._out(1)
+        _loops.grad_weight(self._in(x, 0), self._in(dy, 2), dw5, *self.args,
+                           _config.get_num_threads())
+        return dw
+
+    def grad_bias(self, dy):
+        return _bias_grad(self._in(dy, 2), self.dtype)
+
+
 def _remember(key, x_shape, w_shape, y_shape, geo, dtype, unbatched):
-    """Keep a plan for `key` if the problem (batched shapes of input, weight and output) is
-    small; `unbatched`: the caller's input and output have no batch axis."""
-    if (key is None or 0 in x_shape or 0 in y_shape or 0 in w_shape
-            or not _loops.small(int(np.prod(y_shape)) * int(np.prod(w_shape[1:])))):
+    """Keep a plan for `key` (batched shapes of input, weight and output); `unbatched`: the
+    caller's input and output have no batch axis."""
+    if key is None or 0 in x_shape or 0 in y_shape or 0 in w_shape:
         return
     if len(_PLANS) >= _MAX_PLANS:
         _PLANS.clear()
     fill = (1,) * (5 - len(x_shape))
     five = [tuple(s[:2]) + fill + tuple(s[2:]) for s in (x_shape, w_shape, y_shape)]
-    _PLANS[key] = _loops.direct.Plan(*five, *geo.loop_args(y_shape[2:]), dtype,
-                                     len(x_shape) - 2, unbatched)
+    args = geo.loop_args(y_shape[2:])
+    if _loops.small(int(np.prod(y_shape)) * int(np.prod(w_shape[1:]))):
+        _PLANS[key] = _loops.direct.Plan(*five, *args, dtype, len(x_shape) - 2, unbatched)
+    else:
+        _PLANS[key] = _TiledPlan((x_shape, w_shape, y_shape), five, args, np.dtype(dtype),
+                                 unbatched)
 
 
 # ---------------------------------------------------------------------------------------------

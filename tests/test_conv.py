@@ -151,6 +151,40 @@ def test_backward(rng, assert_close, x_shape, w_shape, kw, dtype):
             assert_close(g, e, dtype)
 
 
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_repeated_calls_of_a_large_problem_take_a_plan(rng, assert_close, nd):
+    """The second identical call of a problem for the tiled loops skips the checks (a plan):
+    same results for unbatched arrays, another memory order and float16 inputs."""
+    from loopconv import functional
+    spatial = {1: (300,), 2: (30, 31), 3: (9, 10, 11)}[nd]
+    x = rng.standard_normal((16, *spatial))                 # unbatched
+    w = rng.standard_normal((32, 8) + (3,) * nd)
+    b = rng.standard_normal(32)
+    kw = dict(stride=2, padding=1, groups=2)
+    assert not _loops.small(macs((1, *x.shape), w.shape, kw))
+    gy = rng.standard_normal(reference.conv(x[None], w, **kw).shape[1:])
+    for dtype in (np.float32, np.float64, np.float16):
+        xd, wd, bd, gyd = (a.astype(dtype) for a in (x, w, b, gy))
+        x64, w64, b64, gy64 = (a.astype(np.float64) for a in (xd, wd, bd, gyd))
+        expected = {"conv": reference.conv(x64[None], w64, b64, **kw)[0],
+                    "input": reference.conv_input((1, *x.shape), w64, gy64[None], **kw)[0],
+                    "weight": reference.conv_weight(x64[None], w.shape, gy64[None], **kw)}
+        functional._PLANS.clear()
+        for order in ("C", "F", "C"):
+            xo, gyo = np.asarray(xd, order=order), np.asarray(gyd, order=order)
+            got = {"conv": fn(nd)(xo, wd, bd, **kw),
+                   "input": fn(nd, "_input")(x.shape, wd, gyo, **kw),
+                   "weight": fn(nd, "_weight")(xo, w.shape, gyo, **kw)}
+            back = fn(nd, "_backward")(xo, wd, gyo, **kw)
+            for name, e in expected.items():
+                assert got[name].dtype == np.result_type(dtype, np.float32)
+                assert_close(got[name], e, got[name].dtype)
+            assert_close(back[0], expected["input"], back[0].dtype)
+            assert_close(back[1], expected["weight"], back[1].dtype)
+            assert_close(back[2], gy64.reshape(32, -1).sum(axis=1), back[2].dtype)
+        assert {type(p).__name__ for p in functional._PLANS.values()} == {"_TiledPlan"}
+
+
 # ---------------------------------------------------------------------------------------------
 # Padding modes
 
