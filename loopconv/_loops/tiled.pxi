@@ -171,7 +171,7 @@ cdef struct Stage:
     Py_ssize_t src_chan     # source elements per channel
     Py_ssize_t size         # elements in all
     bint identity           # staging would copy the slice unchanged (no padding, stride 1)
-    Py_ssize_t src_size     # elements of the whole source array (set by the caller)
+    Py_ssize_t src_size     # elements of the whole source array
 
 
 cdef inline void fill_row(floating *row, const floating *s, Py_ssize_t sw, Py_ssize_t e_lo,
@@ -274,11 +274,10 @@ cdef void stage_slice(const floating *src, const Stage *st, floating *out) noexc
                         memcpy(row, srow, (b_hi - b_lo) * W * sizeof(floating))
                         continue
                     for b in range(b_lo, b_hi):
-                        if sw <= 2:
-                            if sw == 2:
-                                fill_row_pair(row, row + plane, srow - lw, bounds, Wq)
-                            else:
-                                fill_row(row, srow - lw, 1, bounds[0], bounds[1], Wq)
+                        if sw == 2:
+                            fill_row_pair(row, row + plane, srow - lw, bounds, Wq)
+                        elif sw == 1:
+                            fill_row(row, srow - lw, 1, bounds[0], bounds[1], Wq)
                         else:
                             for pw in range(sw):
                                 row_bounds(pw, lw, sw, W, Wq, pb)
@@ -645,7 +644,7 @@ cdef inline Py_ssize_t per_thread(Py_ssize_t n) noexcept nogil:
 
 
 cdef void set_stage(Stage *st, tuple dim, tuple step, tuple lead, tuple q, Py_ssize_t nchan,
-                    Py_ssize_t NR):
+                    Py_ssize_t NR, Py_ssize_t src_size):
     cdef int a
     for a in range(3):
         st.dim[a] = dim[a]
@@ -660,7 +659,7 @@ cdef void set_stage(Stage *st, tuple dim, tuple step, tuple lead, tuple q, Py_ss
     st.identity = True
     for a in range(3):
         st.identity = st.identity and st.step[a] == 1 and st.lead[a] == 0 and st.q[a] == st.dim[a]
-    st.src_size = 0                                   # no reading in place unless set
+    st.src_size = src_size
 
 
 cdef tuple x_stage(tuple size, tuple out, tuple ksize, stride, pad, dilation):
@@ -704,13 +703,12 @@ def forward(const floating[:, :, :, :, ::1] x, const floating[:, :, :, :, ::1] w
     out = (y.shape[2], y.shape[3], y.shape[4])
     ksize = (w.shape[2], w.shape[3], w.shape[4])
     set_stage(&p.st, size, tuple(stride), tuple(pad), x_stage(size, out, ksize, stride, pad,
-              dilation), Cg, NR)
+              dilation), Cg, NR, x.size)
     p.N = x.shape[0]
     p.G = groups
     p.M = Og
     p.mr = mr
     p.src_img = x.shape[1] * p.st.src_chan
-    p.st.src_size = p.N * p.src_img
     p.src_grp = Cg * p.st.src_chan
     p.dst_row = out[0] * out[1] * out[2]
     p.dst_img = O * p.dst_row
@@ -795,13 +793,12 @@ def grad_input(const floating[:, :, :, :, ::1] dy, const floating[:, :, :, :, ::
     lead = tuple(max([0] + [-o for taps, _ in axes[a] for _, o in taps]) for a in range(3))
     q = tuple(max([out[a] + lead[a]] + [n + o + lead[a] for taps, n in axes[a] for _, o in taps])
               for a in range(3))
-    set_stage(&p.st, out, (1, 1, 1), lead, q, Og, NR)
+    set_stage(&p.st, out, (1, 1, 1), lead, q, Og, NR, dy.size)
     p.N = dx.shape[0]
     p.G = groups
     p.M = Cg
     p.mr = mr
     p.src_img = O * p.st.src_chan
-    p.st.src_size = p.N * p.src_img
     p.src_grp = Og * p.st.src_chan
     p.dst_row = size[0] * size[1] * size[2]
     p.dst_img = dx.shape[1] * p.dst_row
@@ -899,7 +896,7 @@ def grad_weight(const floating[:, :, :, :, ::1] x, const floating[:, :, :, :, ::
     p.NR = 2 * VW
     p.block = PC_D_BYTES // sizeof(floating) if p.lanes else PC * 4 // sizeof(floating)
     set_stage(&p.st, size, tuple(stride), tuple(pad), x_stage(size, out, ksize, stride, pad,
-              dilation), Cg, p.NR)
+              dilation), Cg, p.NR, x.size)
     p.N = x.shape[0]
     p.G = groups
     p.M = Og
@@ -914,7 +911,6 @@ def grad_weight(const floating[:, :, :, :, ::1] x, const floating[:, :, :, :, ::
     p.ncols = ((out[0] - 1) * p.st.q[1] + out[1] - 1) * p.st.q[2] + out[2]
     p.nblk = (p.ncols + p.block - 1) // p.block
     p.x_img = x.shape[1] * p.st.src_chan
-    p.st.src_size = p.N * p.x_img
     p.x_grp = Cg * p.st.src_chan
     p.y_plane = out[0] * out[1] * out[2]
     p.y_img = O * p.y_plane
