@@ -75,7 +75,10 @@ def rng():
 
 @pytest.fixture
 def restore_threads():
-    """Lets a test change loopconv's thread count; puts the previous one back afterwards."""
-    before = loopconv.get_num_threads()
-    yield before
-    loopconv.set_num_threads(before)
+    """Lets a test change loopconv's thread count; puts the previous choice back afterwards
+    (none, if the count followed OpenMP's limit)."""
+    from loopconv import _config
+
+    before = _config._chosen
+    yield loopconv.get_num_threads()
+    _config._chosen = before

@@ -66,8 +66,18 @@ def small(macs) -> bool:
     return macs < SMALL_PROBLEM
 
 
+# Whether a loop has run on more than one thread in this process: the OpenMP thread pool then
+# exists, and a child made by fork() inherits it broken (see loopconv._config).
+started_threads = False
+
+
 def _run(macs, num_threads):
-    return (direct, 1) if small(macs) else (tiled, num_threads)
+    global started_threads
+    if small(macs):
+        return direct, 1
+    if num_threads > 1:
+        started_threads = True
+    return tiled, num_threads
 
 
 def forward(x, w, bias, y, stride, pad, dilation, groups, num_threads):

@@ -13,11 +13,12 @@ them where a problem is too small for packing to pay (the call costs more than t
 
 cimport numpy as cnp
 from cython cimport floating
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange
 
 import numpy as np
 
-from loopconv._loops.common cimport end_inside, first_inside
+from loopconv._loops.common cimport (end_inside, first_inside, flush_subnormals, fpstate,
+                                     restore_fpstate)
 
 cnp.import_array()
 
@@ -160,13 +161,17 @@ def forward(const floating[:, :, :, :, ::1] x, const floating[:, :, :, :, ::1] w
     cdef Geometry g = geometry(x.shape, w.shape, y.shape, stride, pad, dilation,
                                groups)
     cdef Py_ssize_t item
+    cdef fpstate fp
     cdef const floating *bptr = &bias[0] if bias.shape[0] > 0 else NULL
     if y.size == 0:
         return
-    # race-free: item (n, o) writes only the plane y[n, o].
-    for item in prange(g.N * g.O, schedule="static", nogil=True, num_threads=num_threads):
-        forward_plane(&g, item // g.O, item % g.O, &x[0, 0, 0, 0, 0], &w[0, 0, 0, 0, 0], bptr,
-                      &y[0, 0, 0, 0, 0])
+    with nogil, parallel(num_threads=num_threads):
+        fp = flush_subnormals()
+        # race-free: item (n, o) writes only the plane y[n, o].
+        for item in prange(g.N * g.O, schedule="static"):
+            forward_plane(&g, item // g.O, item % g.O, &x[0, 0, 0, 0, 0], &w[0, 0, 0, 0, 0],
+                          bptr, &y[0, 0, 0, 0, 0])
+        restore_fpstate(fp)
 
 
 def grad_input(const floating[:, :, :, :, ::1] dy, const floating[:, :, :, :, ::1] w,
@@ -178,12 +183,16 @@ def grad_input(const floating[:, :, :, :, ::1] dy, const floating[:, :, :, :, ::
     cdef Geometry g = geometry(dx.shape, w.shape, dy.shape, stride, pad, dilation,
                                groups)
     cdef Py_ssize_t item
+    cdef fpstate fp
     if dx.size == 0:
         return
-    # race-free: item (n, ci) writes only the plane dx[n, ci].
-    for item in prange(g.N * g.C, schedule="static", nogil=True, num_threads=num_threads):
-        input_plane(&g, item // g.C, item % g.C, &dy[0, 0, 0, 0, 0], &w[0, 0, 0, 0, 0], bptr,
-                    &dx[0, 0, 0, 0, 0])
+    with nogil, parallel(num_threads=num_threads):
+        fp = flush_subnormals()
+        # race-free: item (n, ci) writes only the plane dx[n, ci].
+        for item in prange(g.N * g.C, schedule="static"):
+            input_plane(&g, item // g.C, item % g.C, &dy[0, 0, 0, 0, 0], &w[0, 0, 0, 0, 0],
+                        bptr, &dx[0, 0, 0, 0, 0])
+        restore_fpstate(fp)
 
 
 def grad_weight(const floating[:, :, :, :, ::1] x, const floating[:, :, :, :, ::1] dy,
@@ -193,12 +202,16 @@ def grad_weight(const floating[:, :, :, :, ::1] x, const floating[:, :, :, :, ::
     cdef Geometry g = geometry(x.shape, dw.shape, dy.shape, stride, pad, dilation,
                                groups)
     cdef Py_ssize_t item
+    cdef fpstate fp
     if dw.size == 0:
         return
-    # race-free: item (o, c) writes only dw[o, c].
-    for item in prange(g.O * g.Cg, schedule="static", nogil=True, num_threads=num_threads):
-        weight_row(&g, item // g.Cg, item % g.Cg, &x[0, 0, 0, 0, 0], &dy[0, 0, 0, 0, 0],
-                   &dw[0, 0, 0, 0, 0])
+    with nogil, parallel(num_threads=num_threads):
+        fp = flush_subnormals()
+        # race-free: item (o, c) writes only dw[o, c].
+        for item in prange(g.O * g.Cg, schedule="static"):
+            weight_row(&g, item // g.Cg, item % g.Cg, &x[0, 0, 0, 0, 0], &dy[0, 0, 0, 0, 0],
+                       &dw[0, 0, 0, 0, 0])
+        restore_fpstate(fp)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,7 +271,9 @@ cdef class Plan:
         cdef cnp.ndarray ba = None if bias is None else self._array(bias)
         cdef void *bp = NULL if ba is None else cnp.PyArray_DATA(ba)
         cdef Py_ssize_t item
+        cdef fpstate fp
         with nogil:
+            fp = flush_subnormals()
             for item in range(self.g.N * self.g.O):
                 if self.typenum == cnp.NPY_FLOAT32:
                     forward_plane(&self.g, item // self.g.O, item % self.g.O,
@@ -269,6 +284,7 @@ cdef class Plan:
                                   <double *> cnp.PyArray_DATA(xa),
                                   <double *> cnp.PyArray_DATA(wa), <double *> bp,
                                   <double *> cnp.PyArray_DATA(y))
+            restore_fpstate(fp)
         return y
 
     def grad_input(self, dy, w):
@@ -276,7 +292,9 @@ cdef class Plan:
         cdef cnp.ndarray dya = self._array(dy), wa = self._array(w)
         cdef cnp.ndarray dx = self._result(self.xdims, True)
         cdef Py_ssize_t item
+        cdef fpstate fp
         with nogil:
+            fp = flush_subnormals()
             for item in range(self.g.N * self.g.C):
                 if self.typenum == cnp.NPY_FLOAT32:
                     input_plane(&self.g, item // self.g.C, item % self.g.C,
@@ -287,6 +305,7 @@ cdef class Plan:
                                 <double *> cnp.PyArray_DATA(dya),
                                 <double *> cnp.PyArray_DATA(wa), NULL,
                                 <double *> cnp.PyArray_DATA(dx))
+            restore_fpstate(fp)
         return dx
 
     def grad_weight(self, x, dy):
@@ -294,7 +313,9 @@ cdef class Plan:
         cdef cnp.ndarray xa = self._array(x), dya = self._array(dy)
         cdef cnp.ndarray dw = self._result(self.wdims, False)
         cdef Py_ssize_t item
+        cdef fpstate fp
         with nogil:
+            fp = flush_subnormals()
             for item in range(self.g.O * self.g.Cg):
                 if self.typenum == cnp.NPY_FLOAT32:
                     weight_row(&self.g, item // self.g.Cg, item % self.g.Cg,
@@ -305,18 +326,22 @@ cdef class Plan:
                                <double *> cnp.PyArray_DATA(xa),
                                <double *> cnp.PyArray_DATA(dya),
                                <double *> cnp.PyArray_DATA(dw))
+            restore_fpstate(fp)
         return dw
 
     def grad_bias(self, dy):
         """dy summed over images and pixels, per channel."""
         cdef cnp.ndarray dya = self._array(dy)
         cdef cnp.ndarray db = <cnp.ndarray> cnp.PyArray_EMPTY(1, self.ydims + 1, self.typenum, 0)
+        cdef fpstate fp
         with nogil:
+            fp = flush_subnormals()
             if self.typenum == cnp.NPY_FLOAT32:
                 bias_sums(&self.g, <float *> cnp.PyArray_DATA(dya), <float *> cnp.PyArray_DATA(db))
             else:
                 bias_sums(&self.g, <double *> cnp.PyArray_DATA(dya),
                           <double *> cnp.PyArray_DATA(db))
+            restore_fpstate(fp)
         return db
 
 
@@ -339,8 +364,11 @@ cdef inline void bias_sums(const Geometry *g, const floating *dy, floating *db) 
 
 def bias_grad(const floating[:, :, ::1] dy, floating[::1] db):
     """db = dy (N, O, pixels) summed over images and pixels: the gradient for a bias."""
+    cdef fpstate fp
     if dy.shape[0] * dy.shape[1] * dy.shape[2] == 0:
         db[:] = 0
         return
     with nogil:
+        fp = flush_subnormals()
         sum_channels(dy.shape[0], dy.shape[1], dy.shape[2], &dy[0, 0, 0], &db[0])
+        restore_fpstate(fp)

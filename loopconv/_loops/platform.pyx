@@ -14,6 +14,21 @@ cdef extern from *:
     static int lc_omp_max_threads(void) { return 1; }
     #endif
 
+    /* The file of the OpenMP runtime that the loops call ("" if unknown): the library that
+       holds omp_get_max_threads as this module resolved it. */
+    #if defined(_OPENMP) && (defined(__linux__) || defined(__APPLE__))
+    #  include <dlfcn.h>
+    static const char *lc_omp_runtime(void)
+    {
+        Dl_info info;
+        if (dladdr((void *) &omp_get_max_threads, &info) && info.dli_fname)
+            return info.dli_fname;
+        return "";
+    }
+    #else
+    static const char *lc_omp_runtime(void) { return ""; }
+    #endif
+
     /* 4: x86-64-v4 (AVX-512 F/BW/CD/DQ/VL), 3: x86-64-v3 (AVX2, FMA, BMI1/2, ...),
        1: baseline x86-64, 0: not x86-64 or unknown compiler.  libgcc's checks include the
        operating system's support for the wider registers (XSAVE state). */
@@ -35,6 +50,7 @@ cdef extern from *:
     """
     int LC_OPENMP
     int lc_omp_max_threads()
+    const char *lc_omp_runtime()
     int lc_x86_level()
 
 
@@ -44,8 +60,14 @@ def openmp() -> bool:
 
 
 def omp_max_threads() -> int:
-    """OpenMP's default team size (1 without OpenMP)."""
+    """OpenMP's limit for the calling thread (``omp_get_max_threads()``: what OMP_NUM_THREADS
+    and threadpoolctl set); 1 without OpenMP."""
     return lc_omp_max_threads()
+
+
+def openmp_runtime() -> str:
+    """The path of the OpenMP runtime library the loops use ("" without OpenMP or if unknown)."""
+    return lc_omp_runtime().decode("utf-8", "replace")
 
 
 def x86_level() -> int:

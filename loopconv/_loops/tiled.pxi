@@ -32,7 +32,7 @@
 # and columns that no window reaches) get zeros.  Each output element is written by one thread.
 
 from cython cimport floating
-from cython.parallel cimport prange, threadid
+from cython.parallel cimport parallel, prange, threadid
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
@@ -40,7 +40,8 @@ import threading
 
 import numpy as np
 
-from loopconv._loops.common cimport end_inside, first_inside, round_up
+from loopconv._loops.common cimport (end_inside, first_inside, flush_subnormals, fpstate,
+                                     restore_fpstate, round_up)
 
 cdef extern from "microkernel.h" nogil:
     enum:
@@ -456,14 +457,18 @@ cdef void run_product(const Product *p, const Phase *phases, const floating *src
                       Py_ssize_t iper, int nthreads) noexcept nogil:
     cdef Py_ssize_t item, t
     cdef int tid
+    cdef fpstate fp
     for t in range(nthreads):
         iws[t * iper] = -1      # nothing staged yet
-    # race-free: each item writes its own (image, group, phase, column block) of dst and reads
-    # only shared inputs; the staged slice and other scratch are per thread.
-    for item in prange(p.N * p.G * p.items_ng, schedule="static", num_threads=nthreads):
-        tid = threadid()
-        product_item(p, phases, item, src, boff, apack, bias, dst, fws + tid * fper,
-                     iws + tid * iper)
+    with parallel(num_threads=nthreads):
+        fp = flush_subnormals()
+        # race-free: each item writes its own (image, group, phase, column block) of dst and
+        # reads only shared inputs; the staged slice and other scratch are per thread.
+        for item in prange(p.N * p.G * p.items_ng, schedule="static"):
+            tid = threadid()
+            product_item(p, phases, item, src, boff, apack, bias, dst, fws + tid * fper,
+                         iws + tid * iper)
+        restore_fpstate(fp)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -591,28 +596,37 @@ cdef void run_weight(const WeightProduct *p, const floating *x, const floating *
     cdef floating *acc
     cdef const floating *part
     cdef int tid
+    cdef fpstate fp
     for t in range(nthreads):
         iws[t * iper] = -1      # nothing staged yet
-    # race-free: item (group, chunk) writes only its own partial product.
-    for item in prange(p.G * p.nchunk, schedule="static", num_threads=nthreads):
-        tid = threadid()
-        weight_item(p, item, x, dy, aoff, partial, fws + tid * fper, iws + tid * iper)
-    # race-free: each row (group, k) of the transposed dw is summed by one thread, in chunk order,
-    # into that thread's scratch, then written to its column of dw.
-    for row in prange(p.G * p.K, schedule="static", num_threads=nthreads):
-        tid = threadid()
-        acc = fws + tid * fper
-        g = row // p.K
-        k = row % p.K
-        part = partial + (g * p.nchunk * p.Kpad + k) * p.Opad
-        for o in range(p.M):
-            acc[o] = part[o]
-        for c in range(1, p.nchunk):
-            part = part + p.Kpad * p.Opad
+    with parallel(num_threads=nthreads):
+        fp = flush_subnormals()
+        # race-free: item (group, chunk) writes only its own partial product.
+        for item in prange(p.G * p.nchunk, schedule="static"):
+            tid = threadid()
+            weight_item(p, item, x, dy, aoff, partial, fws + tid * fper, iws + tid * iper)
+        restore_fpstate(fp)
+    # (a second parallel region: Cython's prange inside parallel() ends without a barrier, and
+    # every partial product must be complete before the sums)
+    with parallel(num_threads=nthreads):
+        fp = flush_subnormals()
+        # race-free: each row (group, k) of the transposed dw is summed by one thread, in chunk
+        # order, into that thread's scratch, then written to its column of dw.
+        for row in prange(p.G * p.K, schedule="static"):
+            tid = threadid()
+            acc = fws + tid * fper
+            g = row // p.K
+            k = row % p.K
+            part = partial + (g * p.nchunk * p.Kpad + k) * p.Opad
             for o in range(p.M):
-                acc[o] = acc[o] + part[o]
-        for o in range(p.M):
-            dw[(g * p.M + o) * p.K + k] = acc[o]
+                acc[o] = part[o]
+            for c in range(1, p.nchunk):
+                part = part + p.Kpad * p.Opad
+                for o in range(p.M):
+                    acc[o] = acc[o] + part[o]
+            for o in range(p.M):
+                dw[(g * p.M + o) * p.K + k] = acc[o]
+        restore_fpstate(fp)
 
 
 # ---------------------------------------------------------------------------------------------

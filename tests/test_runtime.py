@@ -1,0 +1,295 @@
+"""loopconv in the processes real programs run in: thread limits from the ecosystem and from
+loopconv's own controls, fork() after threaded calls, subnormal floats, the package layout.
+
+Whatever touches process-wide state (environment variables, fork) runs in a fresh interpreter.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+
+import loopconv
+from loopconv import _config
+from loopconv._loops import platform
+
+threadpoolctl = pytest.importorskip("threadpoolctl")
+
+needs_openmp = pytest.mark.skipif(not platform.openmp(), reason="a build without OpenMP")
+
+# large enough for the tiled loops on several threads
+X = np.random.default_rng(0).standard_normal((4, 16, 24, 24)).astype(np.float32)
+W = np.random.default_rng(1).standard_normal((16, 16, 3, 3)).astype(np.float32)
+
+
+def run_python(code, env=None, timeout=120):
+    """Run `code` in a fresh interpreter; return its stdout (the test fails on an error)."""
+    full_env = {**os.environ, **(env or {})}
+    for key, value in (env or {}).items():
+        if value is None:
+            del full_env[key]
+    result = subprocess.run([sys.executable, "-W", "ignore::DeprecationWarning", "-c",
+                             textwrap.dedent(code)], capture_output=True, text=True,
+                            env=full_env, timeout=timeout)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+@pytest.fixture
+def default_threads(restore_threads):
+    """No number chosen for the process (the count follows OpenMP's limit) until the test
+    chooses one; the previous choice is put back afterwards."""
+    _config._chosen = None
+
+
+# ---------------------------------------------------------------------------------------------
+# The thread count and where it comes from
+
+def test_nn_is_reachable_after_import_loopconv():
+    out = run_python("""
+        import loopconv
+        layer = loopconv.nn.Conv2d(1, 2, 3, rng=0)
+        print(type(layer).__name__, layer.weight.shape)
+    """)
+    assert out.split() == ["Conv2d", "(2,", "1,", "3,", "3)"]
+
+
+@needs_openmp
+@pytest.mark.parametrize("limit", [1, 2, 3])
+def test_threadpoolctl_limits_loopconv(default_threads, limit):
+    before = loopconv.get_num_threads()
+    with threadpoolctl.threadpool_limits(limits=limit, user_api="openmp"):
+        assert loopconv.get_num_threads() == limit
+        y = loopconv.conv2d(X, W)
+    assert loopconv.get_num_threads() == before
+    np.testing.assert_array_equal(y, loopconv.conv2d(X, W))
+
+
+@needs_openmp
+def test_chosen_number_beats_openmp_limit_and_threads_beats_both(default_threads):
+    loopconv.set_num_threads(3)
+    with threadpoolctl.threadpool_limits(limits=1, user_api="openmp"):
+        assert loopconv.get_num_threads() == 3
+        with loopconv.threads(2):
+            assert loopconv.get_num_threads() == 2
+            with loopconv.threads(1):
+                assert loopconv.get_num_threads() == 1
+            assert loopconv.get_num_threads() == 2
+        assert loopconv.get_num_threads() == 3
+    _config._chosen = None
+    with threadpoolctl.threadpool_limits(limits=1, user_api="openmp"):
+        assert loopconv.get_num_threads() == 1
+
+
+@needs_openmp
+def test_threads_limits_the_calling_python_thread_only(default_threads):
+    loopconv.set_num_threads(2)
+    seen = {}
+    inside = threading.Event()
+    release = threading.Event()
+
+    def other():
+        inside.wait(10)
+        seen["other"] = loopconv.get_num_threads()
+        with loopconv.threads(3):
+            seen["other inside"] = loopconv.get_num_threads()
+        release.set()
+
+    worker = threading.Thread(target=other)
+    worker.start()
+    with loopconv.threads(1):
+        inside.set()
+        release.wait(10)
+        seen["main"] = loopconv.get_num_threads()
+    worker.join(10)
+    assert seen == {"other": 2, "other inside": 3, "main": 1}
+
+
+def test_threads_as_a_decorator_and_after_an_exception(default_threads):
+    loopconv.set_num_threads(2)
+
+    @loopconv.threads(1)
+    def inner():
+        return loopconv.get_num_threads()
+
+    assert inner() == 1
+    with pytest.raises(KeyError):
+        with loopconv.threads(1):
+            raise KeyError("boom")
+    assert loopconv.get_num_threads() == (2 if platform.openmp() else 1)
+
+
+@pytest.mark.parametrize("bad, error", [(0, ValueError), (-1, ValueError), (True, TypeError),
+                                        (1.5, TypeError), ("2", TypeError)],
+                         ids=["zero", "negative", "bool", "float", "str"])
+def test_bad_thread_counts_are_refused(bad, error):
+    with pytest.raises(error, match="threads: n"):
+        with loopconv.threads(bad):
+            pass
+    with pytest.raises(error, match="set_num_threads: n"):
+        loopconv.set_num_threads(bad)
+
+
+@needs_openmp
+@pytest.mark.parametrize("env, expected", [
+    ({"OMP_NUM_THREADS": "1", "LOOPCONV_NUM_THREADS": None}, 1),
+    ({"OMP_NUM_THREADS": "3", "LOOPCONV_NUM_THREADS": None}, 3),
+    ({"OMP_NUM_THREADS": "1", "LOOPCONV_NUM_THREADS": "2"}, 2),
+], ids=["omp1", "omp3", "loopconv-env-wins"])
+def test_environment_sets_the_default(env, expected):
+    out = run_python("import loopconv; print(loopconv.get_num_threads())", env)
+    assert int(out) == expected
+
+
+@needs_openmp
+def test_one_openmp_thread_uses_one_core():
+    """With OMP_NUM_THREADS=1 a long call uses at most one core's worth of CPU time."""
+    out = run_python("""
+        import os, time, numpy as np, loopconv
+        x = np.ones((8, 64, 56, 56), np.float32); w = np.ones((64, 64, 3, 3), np.float32)
+        loopconv.conv2d(x, w, padding=1)
+        cpu, wall = time.process_time(), time.perf_counter()
+        for _ in range(3):
+            loopconv.conv2d(x, w, padding=1)
+        print((time.process_time() - cpu) / (time.perf_counter() - wall))
+    """, {"OMP_NUM_THREADS": "1", "LOOPCONV_NUM_THREADS": None})
+    assert float(out) < 1.25
+
+
+@needs_openmp
+def test_threadpoolctl_lists_loopconvs_openmp_runtime():
+    out = subprocess.run([sys.executable, "-m", "threadpoolctl", "-i", "loopconv"],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    import json
+
+    paths = {os.path.realpath(lib["filepath"]) for lib in json.loads(out)
+             if lib["user_api"] == "openmp"}
+    assert os.path.realpath(platform.openmp_runtime()) in paths
+
+
+def test_show_config_says_where_the_thread_count_comes_from(capsys, default_threads):
+    loopconv.set_num_threads(1)
+    loopconv.show_config()
+    out = capsys.readouterr().out
+    assert "threads:                  1" in out
+    if platform.openmp():
+        assert "set_num_threads" in out
+        assert "openmp runtime:" in out
+
+
+# ---------------------------------------------------------------------------------------------
+# fork()
+
+FORK_AFTER_THREADS = """
+    import os, sys, time, numpy as np, loopconv
+    x = np.random.default_rng(0).standard_normal((4, 16, 24, 24)).astype(np.float32)
+    w = np.random.default_rng(1).standard_normal((16, 16, 3, 3)).astype(np.float32)
+    with loopconv.threads(2):
+        y = loopconv.conv2d(x, w, padding=1)               # the thread pool now exists
+        gx, gw, gb = loopconv.conv2d_backward(x, w, y, padding=1)
+    {setup}
+    pid = os.fork()
+    if pid == 0:
+        ok = (np.array_equal(loopconv.conv2d(x, w, padding=1), y)
+              and np.array_equal(loopconv.conv2d_backward(x, w, y, padding=1)[1], gw))
+        os._exit(0 if ok else 3)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            print(os.waitstatus_to_exitcode(status))
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        print("hung")
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() here")
+@pytest.mark.parametrize("setup", ["", "loopconv.set_num_threads(2)"],
+                         ids=["default", "set_num_threads-2"])
+def test_child_of_fork_after_threaded_calls_computes(setup):
+    out = run_python(FORK_AFTER_THREADS.format(setup=setup))
+    assert out.strip() == "0"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() here")
+def test_multiprocessing_fork_pool_after_threaded_calls():
+    out = run_python("""
+        import multiprocessing as mp, numpy as np, loopconv
+        x = np.random.default_rng(0).standard_normal((4, 16, 24, 24)).astype(np.float32)
+        w = np.random.default_rng(1).standard_normal((16, 16, 3, 3)).astype(np.float32)
+        with loopconv.threads(2):
+            y = loopconv.conv2d(x, w)
+
+        def work(i):
+            return np.array_equal(loopconv.conv2d(x, w), y), loopconv.get_num_threads()
+
+        with mp.get_context("fork").Pool(2) as pool:
+            print(pool.map_async(work, range(4)).get(timeout=60))
+    """)
+    assert out.strip() == str([(True, 1)] * 4)
+
+
+def test_only_a_vendored_runtime_counts_as_loopconvs_own():
+    assert _config._own_runtime("/venv/site-packages/loopconv.libs/libgomp-24e2ab19.so.1.0.0")
+    assert _config._own_runtime("/venv/site-packages/loopconv/.dylibs/libomp.dylib")
+    assert not _config._own_runtime("/usr/lib/x86_64-linux-gnu/libgomp.so.1")
+    assert not _config._own_runtime("/venv/site-packages/torch/lib/libgomp.so.1")
+    assert not _config._own_runtime("")
+
+
+# ---------------------------------------------------------------------------------------------
+# Subnormal floats: flushed to zero inside the loops, the caller's state untouched
+
+TINY = {np.float32: np.float32(1e-39), np.float64: 1e-310}     # subnormal in each dtype
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("shape", [(2, 3, 6, 6), (4, 16, 24, 24)], ids=["direct", "tiled"])
+def test_subnormal_inputs_give_zeros(dtype, shape):
+    rng = np.random.default_rng(2)
+    x = (rng.uniform(0.5, 1, shape) * TINY[dtype]).astype(dtype)
+    w = rng.uniform(0.5, 1, (shape[1], shape[1], 3, 3)).astype(dtype)
+    assert np.all(x != 0) and np.all(np.abs(x) < np.finfo(dtype).tiny)
+    y = loopconv.conv2d(x, w, padding=1)
+    assert not np.any(y)                                    # x taken as zero
+    gy = np.ones_like(y)
+    gx, gw, gb = loopconv.conv2d_backward(x, w * TINY[dtype], gy, padding=1)
+    assert not np.any(gx) and not np.any(gw)                # w, then x, taken as zero
+    np.testing.assert_array_equal(gb, np.full(shape[1], y[0, 0].size * shape[0], dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("shape", [(2, 3, 6, 6), (4, 16, 24, 24)], ids=["direct", "tiled"])
+def test_subnormal_results_are_flushed_and_the_caller_state_is_kept(dtype, shape):
+    small = np.sqrt(np.finfo(dtype).tiny) * dtype(0.25)       # normal; its square is not
+    x = np.full(shape, small, dtype)
+    w = np.zeros((shape[1], shape[1], 3, 3), dtype)
+    w[:, :, 1, 1] = np.eye(shape[1], dtype=dtype) * small
+    with np.errstate(under="ignore"):
+        assert small * small != 0                            # NumPy, on the calling thread
+        y = loopconv.conv2d(x, w, padding=1)
+        assert not np.any(y)                                 # flushed inside the loops
+        assert small * small != 0                            # and the caller's state is back
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_normal_values_unchanged_by_the_flush(dtype):
+    """Where no value is subnormal the flush changes nothing: the loops agree with a float64
+    NumPy sum (as elsewhere in the suite), here on values spanning many exponents."""
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((2, 4, 10, 10)) * 10.0 ** rng.integers(-8, 8, (2, 4, 10, 10)))
+    w = rng.standard_normal((3, 4, 3, 3))
+    y = loopconv.conv2d(x.astype(dtype), w.astype(dtype))
+    win = np.lib.stride_tricks.sliding_window_view(x, (3, 3), axis=(2, 3))
+    expected = np.einsum("ncijkl,ockl->noij", win, w)
+    scale = np.einsum("ncijkl,ockl->noij", np.abs(win), np.abs(w))
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    assert np.all(np.abs(y - expected) <= tol * scale)
