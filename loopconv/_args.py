@@ -116,16 +116,16 @@ def padding_pairs(fn: str, value, nd: int, allow_same: bool = True):
         if len(value) != nd:
             raise ValueError(f"{fn}: padding needs 1 or {nd} entries for {nd} spatial "
                              f"dimension{'s' if nd > 1 else ''}, got {len(value)}: {value!r}")
-        pairs = []
+        entries = []
         for v in value:
             if isinstance(v, (list, tuple)):
                 if len(v) != 2:
                     raise ValueError(f"{fn}: padding entry {v!r} is not a (before, after) pair")
-                pairs.append((_int(fn, "padding", v[0]), _int(fn, "padding", v[1])))
+                entries.append((_int(fn, "padding", v[0]), _int(fn, "padding", v[1])))
             else:
                 p = _int(fn, "padding", v)
-                pairs.append((p, p))
-        pairs = tuple(pairs)
+                entries.append((p, p))
+        pairs = tuple(entries)
     else:
         p = _int(fn, "padding", value)
         pairs = ((p, p),) * nd
@@ -157,7 +157,8 @@ def output_mask(fn: str, value) -> tuple:
     try:
         mask = tuple(value)
     except TypeError:
-        raise TypeError(f"{fn}: output_mask must be a sequence of 3 bools, got {value!r}") from None
+        raise TypeError(f"{fn}: output_mask must be a sequence of 3 bools, "
+                        f"got {value!r}") from None
     if len(mask) != 3:
         raise ValueError(f"{fn}: output_mask must have 3 entries, got {len(mask)}: {value!r}")
     for m in mask:

@@ -44,6 +44,7 @@ import time
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -346,13 +347,16 @@ class Worker:
     """A worker process seen from the parent."""
 
     def __init__(self, peer: str, threads: int):
-        self.peer, self.threads, self.info = peer, threads, None
+        self.peer, self.threads = peer, threads
+        self.info: dict[str, Any] | None = None       # what the worker reports when ready
         self.proc = subprocess.Popen(worker_command(peer, threads), stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True,
                                      env=worker_environment(threads))
+        assert self.proc.stdin is not None and self.proc.stdout is not None   # both pipes
+        self._stdin, self._stdout = self.proc.stdin, self.proc.stdout
 
     def _receive(self) -> dict:
-        line = self.proc.stdout.readline()
+        line = self._stdout.readline()
         if not line:
             code = self.proc.wait()
             raise WorkerError(f"the {self.peer} worker ended (exit code {code}); "
@@ -363,13 +367,13 @@ class Worker:
         hello = self._receive()
         if not hello["ok"]:
             raise WorkerError(f"the {self.peer} worker could not start: {hello['error']}")
-        self.info = hello["info"]
-        return self.info
+        self.info = info = hello["info"]
+        return info
 
     def run(self, **job) -> dict:
         try:
-            self.proc.stdin.write(json.dumps(job) + "\n")
-            self.proc.stdin.flush()
+            self._stdin.write(json.dumps(job) + "\n")
+            self._stdin.flush()
         except (BrokenPipeError, OSError) as exc:
             raise WorkerError(f"the {self.peer} worker is gone: {exc}") from None
         reply = self._receive()
@@ -379,7 +383,7 @@ class Worker:
 
     def close(self) -> None:
         try:
-            self.proc.stdin.close()
+            self._stdin.close()
             self.proc.wait(timeout=10)
         except (OSError, subprocess.TimeoutExpired):
             self.proc.kill()
@@ -424,7 +428,9 @@ class _Run:
     def __init__(self, total: int, log):
         self.total, self.log = total, log
         self.done, self.start = 0, time.perf_counter()
-        self.results, self.problems, self.workers_info = [], [], {}
+        self.results: list[dict] = []
+        self.problems: list[str] = []
+        self.workers_info: dict[str, dict] = {}
 
     def start_workers(self, peers, threads: int, skipped: int) -> dict:
         """The workers that started (all start at once; loopconv must)."""
@@ -448,7 +454,9 @@ class _Run:
                                                if k != "file"))
         import loopconv
 
-        theirs = Path(workers["loopconv"].info["file"]).resolve()
+        mine = workers["loopconv"].info
+        assert mine is not None                             # set by ready() above
+        theirs = Path(mine["file"]).resolve()
         if theirs != Path(loopconv.__file__).resolve():
             self.log(f"warning: the loopconv worker imported {theirs}, this process "
                      f"{loopconv.__file__}")
@@ -514,7 +522,7 @@ def run(shapes, passes, peers, threads_list, dtypes, repeat=None, budget=BUDGET,
                     for pass_ in passes:
                         job = {"threads": threads, "dtype": dtype, "pass": pass_,
                                "repeat": repeat, "budget": budget / rounds}
-                        tries = {}
+                        tries: dict[str, list[dict]] = {}
                         for _ in range(rounds):
                             for peer in [p for p in peers if p in workers]:
                                 if previous not in (None, peer):
@@ -602,7 +610,8 @@ def format_table(data: dict, threads: int, dtype: str) -> str:
     index = _index(data["results"])
     groups = [("time (ms)", peers), ("GFLOP/s", peers), ("peer / loopconv", others)]
     header = ["shape", "pass"] + [p for _, members in groups for p in members]
-    rows, ratios = [], {}
+    rows: list[list[str]] = []
+    ratios: dict[str, dict[str, list[float]]] = {}
     # the geometric means leave out the tiny shapes (unless only those ran)
     averaged = [n for n in data["shapes"] if not data["shapes"][n].get("tiny")]
     averaged = averaged or list(data["shapes"])

@@ -298,8 +298,8 @@ def _conv_input(fn, nd, input_size, weight, grad_output, stride, padding, dilati
     elif len(size) in (nd + 1, nd + 2):
         if (len(size) == nd + 1) != unbatched:
             raise ValueError(f"{fn}: input_size {size} is {'un' * (len(size) == nd + 1)}batched"
-                             f" but grad_output (shape {np.shape(grad_output)}) is not; the result "
-                             "has the shape of input_size")
+                             f" but grad_output (shape {np.shape(grad_output)}) is not; the "
+                             "result has the shape of input_size")
         size = (1, *size) if unbatched else size
     else:
         raise ValueError(f"{fn}: input_size must have {nd + 2} entries (N, C, *spatial), "
@@ -644,7 +644,8 @@ _DOCS = {
     >>> loopconv.conv{nd}d(x, w).shape
     {yshape}
     """,
-    "input": """Gradient of a {nd}-D convolution for its input, as ``torch.nn.grad.conv{nd}d_input``.
+    "input": "Gradient of a {nd}-D convolution for its input, as "
+             """``torch.nn.grad.conv{nd}d_input``.
 
     Parameters
     ----------
@@ -674,7 +675,8 @@ _DOCS = {
     >>> loopconv.conv{nd}d_input({xshape}, w, g).shape
     {xshape}
     """,
-    "weight": """Gradient of a {nd}-D convolution for its weight, as ``torch.nn.grad.conv{nd}d_weight``.
+    "weight": "Gradient of a {nd}-D convolution for its weight, as "
+              """``torch.nn.grad.conv{nd}d_weight``.
 
     Parameters
     ----------

@@ -1,15 +1,25 @@
 # Signatures of loopconv.functional for type checkers (the module itself is unannotated).
-from typing import Literal, Sequence, Union
+from collections.abc import Sequence
+from typing import Literal, overload
 
 import numpy as np
 import numpy.typing as npt
 
-_Int = Union[int, Sequence[int]]
-_Pad = Union[int, str, Sequence[int], Sequence[tuple[int, int]]]
+__all__ = [
+    "conv1d", "conv1d_input", "conv1d_weight", "conv1d_backward", "conv_transpose1d",
+    "conv_transpose1d_backward", "conv2d", "conv2d_input", "conv2d_weight", "conv2d_backward",
+    "conv_transpose2d", "conv_transpose2d_backward", "conv3d", "conv3d_input", "conv3d_weight",
+    "conv3d_backward", "conv_transpose3d", "conv_transpose3d_backward",
+]
+
+_Int = int | Sequence[int]
+_Pad = int | str | Sequence[int] | Sequence[tuple[int, int]]
 _Mode = Literal["zeros", "reflect", "replicate", "circular"]
 _Mask = tuple[bool, bool, bool]
+_All = tuple[Literal[True], Literal[True], Literal[True]]
 _Result = npt.NDArray[np.floating]
 _Grads = tuple[_Result | None, _Result | None, _Result | None]
+_AllGrads = tuple[_Result, _Result, _Result]
 
 def conv1d(input: npt.ArrayLike, weight: npt.ArrayLike, bias: npt.ArrayLike | None = ...,
            stride: _Int = ..., padding: _Pad = ..., dilation: _Int = ..., groups: int = ...,
@@ -20,20 +30,33 @@ def conv1d_input(input_size: Sequence[int], weight: npt.ArrayLike,
 def conv1d_weight(input: npt.ArrayLike, weight_size: Sequence[int],
                   grad_output: npt.ArrayLike, stride: _Int = ..., padding: _Pad = ...,
                   dilation: _Int = ..., groups: int = ...) -> _Result: ...
+@overload  # the default output_mask: all three gradients
 def conv1d_backward(input: npt.ArrayLike, weight: npt.ArrayLike, grad_output: npt.ArrayLike,
                     stride: _Int = ..., padding: _Pad = ..., dilation: _Int = ...,
                     groups: int = ..., padding_mode: _Mode = ..., *,
-                    output_mask: _Mask = ...) -> _Grads: ...
+                    output_mask: _All = ...) -> _AllGrads: ...
+@overload
+def conv1d_backward(input: npt.ArrayLike, weight: npt.ArrayLike, grad_output: npt.ArrayLike,
+                    stride: _Int = ..., padding: _Pad = ..., dilation: _Int = ...,
+                    groups: int = ..., padding_mode: _Mode = ..., *,
+                    output_mask: _Mask) -> _Grads: ...
 def conv_transpose1d(input: npt.ArrayLike, weight: npt.ArrayLike,
                      bias: npt.ArrayLike | None = ..., stride: _Int = ...,
                      padding: _Pad = ..., output_padding: _Int = ..., groups: int = ...,
                      dilation: _Int = ..., *,
                      output_size: Sequence[int] | None = ...) -> _Result: ...
+@overload  # the default output_mask: all three gradients
 def conv_transpose1d_backward(input: npt.ArrayLike, weight: npt.ArrayLike,
                               grad_output: npt.ArrayLike, stride: _Int = ...,
                               padding: _Pad = ..., output_padding: _Int = ...,
                               groups: int = ..., dilation: _Int = ..., *,
-                              output_mask: _Mask = ...) -> _Grads: ...
+                              output_mask: _All = ...) -> _AllGrads: ...
+@overload
+def conv_transpose1d_backward(input: npt.ArrayLike, weight: npt.ArrayLike,
+                              grad_output: npt.ArrayLike, stride: _Int = ...,
+                              padding: _Pad = ..., output_padding: _Int = ...,
+                              groups: int = ..., dilation: _Int = ..., *,
+                              output_mask: _Mask) -> _Grads: ...
 
 def conv2d(input: npt.ArrayLike, weight: npt.ArrayLike, bias: npt.ArrayLike | None = ...,
            stride: _Int = ..., padding: _Pad = ..., dilation: _Int = ..., groups: int = ...,
@@ -44,20 +67,33 @@ def conv2d_input(input_size: Sequence[int], weight: npt.ArrayLike,
 def conv2d_weight(input: npt.ArrayLike, weight_size: Sequence[int],
                   grad_output: npt.ArrayLike, stride: _Int = ..., padding: _Pad = ...,
                   dilation: _Int = ..., groups: int = ...) -> _Result: ...
+@overload  # the default output_mask: all three gradients
 def conv2d_backward(input: npt.ArrayLike, weight: npt.ArrayLike, grad_output: npt.ArrayLike,
                     stride: _Int = ..., padding: _Pad = ..., dilation: _Int = ...,
                     groups: int = ..., padding_mode: _Mode = ..., *,
-                    output_mask: _Mask = ...) -> _Grads: ...
+                    output_mask: _All = ...) -> _AllGrads: ...
+@overload
+def conv2d_backward(input: npt.ArrayLike, weight: npt.ArrayLike, grad_output: npt.ArrayLike,
+                    stride: _Int = ..., padding: _Pad = ..., dilation: _Int = ...,
+                    groups: int = ..., padding_mode: _Mode = ..., *,
+                    output_mask: _Mask) -> _Grads: ...
 def conv_transpose2d(input: npt.ArrayLike, weight: npt.ArrayLike,
                      bias: npt.ArrayLike | None = ..., stride: _Int = ...,
                      padding: _Pad = ..., output_padding: _Int = ..., groups: int = ...,
                      dilation: _Int = ..., *,
                      output_size: Sequence[int] | None = ...) -> _Result: ...
+@overload  # the default output_mask: all three gradients
 def conv_transpose2d_backward(input: npt.ArrayLike, weight: npt.ArrayLike,
                               grad_output: npt.ArrayLike, stride: _Int = ...,
                               padding: _Pad = ..., output_padding: _Int = ...,
                               groups: int = ..., dilation: _Int = ..., *,
-                              output_mask: _Mask = ...) -> _Grads: ...
+                              output_mask: _All = ...) -> _AllGrads: ...
+@overload
+def conv_transpose2d_backward(input: npt.ArrayLike, weight: npt.ArrayLike,
+                              grad_output: npt.ArrayLike, stride: _Int = ...,
+                              padding: _Pad = ..., output_padding: _Int = ...,
+                              groups: int = ..., dilation: _Int = ..., *,
+                              output_mask: _Mask) -> _Grads: ...
 
 def conv3d(input: npt.ArrayLike, weight: npt.ArrayLike, bias: npt.ArrayLike | None = ...,
            stride: _Int = ..., padding: _Pad = ..., dilation: _Int = ..., groups: int = ...,
@@ -68,17 +104,30 @@ def conv3d_input(input_size: Sequence[int], weight: npt.ArrayLike,
 def conv3d_weight(input: npt.ArrayLike, weight_size: Sequence[int],
                   grad_output: npt.ArrayLike, stride: _Int = ..., padding: _Pad = ...,
                   dilation: _Int = ..., groups: int = ...) -> _Result: ...
+@overload  # the default output_mask: all three gradients
 def conv3d_backward(input: npt.ArrayLike, weight: npt.ArrayLike, grad_output: npt.ArrayLike,
                     stride: _Int = ..., padding: _Pad = ..., dilation: _Int = ...,
                     groups: int = ..., padding_mode: _Mode = ..., *,
-                    output_mask: _Mask = ...) -> _Grads: ...
+                    output_mask: _All = ...) -> _AllGrads: ...
+@overload
+def conv3d_backward(input: npt.ArrayLike, weight: npt.ArrayLike, grad_output: npt.ArrayLike,
+                    stride: _Int = ..., padding: _Pad = ..., dilation: _Int = ...,
+                    groups: int = ..., padding_mode: _Mode = ..., *,
+                    output_mask: _Mask) -> _Grads: ...
 def conv_transpose3d(input: npt.ArrayLike, weight: npt.ArrayLike,
                      bias: npt.ArrayLike | None = ..., stride: _Int = ...,
                      padding: _Pad = ..., output_padding: _Int = ..., groups: int = ...,
                      dilation: _Int = ..., *,
                      output_size: Sequence[int] | None = ...) -> _Result: ...
+@overload  # the default output_mask: all three gradients
 def conv_transpose3d_backward(input: npt.ArrayLike, weight: npt.ArrayLike,
                               grad_output: npt.ArrayLike, stride: _Int = ...,
                               padding: _Pad = ..., output_padding: _Int = ...,
                               groups: int = ..., dilation: _Int = ..., *,
-                              output_mask: _Mask = ...) -> _Grads: ...
+                              output_mask: _All = ...) -> _AllGrads: ...
+@overload
+def conv_transpose3d_backward(input: npt.ArrayLike, weight: npt.ArrayLike,
+                              grad_output: npt.ArrayLike, stride: _Int = ...,
+                              padding: _Pad = ..., output_padding: _Int = ...,
+                              groups: int = ..., dilation: _Int = ..., *,
+                              output_mask: _Mask) -> _Grads: ...

@@ -131,8 +131,9 @@ class _Layer:
             s += f", padding={self.padding!r}"
         if self.dilation != (1,) * nd:
             s += f", dilation={self.dilation}"
-        if getattr(self, "output_padding", (0,) * nd) != (0,) * nd:
-            s += f", output_padding={self.output_padding}"
+        output_padding = getattr(self, "output_padding", (0,) * nd)
+        if output_padding != (0,) * nd:
+            s += f", output_padding={output_padding}"
         if self.groups != 1:
             s += f", groups={self.groups}"
         if self.bias is None:

@@ -1,6 +1,7 @@
 # The direct loops (loopconv/_loops/direct.pyx): the reference path, and small problems.
 import numpy as np
 import numpy.typing as npt
+from typing_extensions import disjoint_base
 
 _Triple = tuple[int, int, int]
 _Array = npt.NDArray[np.floating]
@@ -13,6 +14,7 @@ def grad_weight(x: _Array, dy: _Array, dw: _Array, stride: _Triple, pad: _Triple
                 dilation: _Triple, groups: int, num_threads: int) -> None: ...
 def bias_grad(dy: _Array, db: _Array) -> None: ...
 
+@disjoint_base  # a cdef class: its C layout cannot be mixed with another
 class Plan:
     def __init__(self, xshape: tuple[int, ...], wshape: tuple[int, ...],
                  yshape: tuple[int, ...], stride: _Triple, pad: _Triple, dilation: _Triple,

@@ -6,7 +6,8 @@
 #
 # Layout: every array is C-contiguous and five-dimensional
 #     input   x  (N, C, D, H, W)        weight  w  (O, C // G, KD, KH, KW)
-#     output  y  (N, O, OD, OH, OW)     OD = (D + pd_before + pd_after - dd * (KD - 1) - 1) // sd + 1
+#     output  y  (N, O, OD, OH, OW)
+#     OD = (D + pd_before + pd_after - dd * (KD - 1) - 1) // sd + 1
 # (likewise H and W).  1-D and 2-D convolutions are these loops with D = KD = 1 (and H = KH = 1).
 #
 # Each pass is a matrix product per image n and group g, with k = (c, kd, kh, kw), p an output
@@ -51,7 +52,7 @@ cdef extern from "microkernel.h" nogil:
         LC_NR_B_F64
         LC_MR_A         # rows of the weight-gradient tile (its columns are two vectors)
         LC_KR_D         # rows and columns of the weight-gradient tile for few output
-        LC_OR_D         #   channels, which sums along the vector lanes
+        LC_OR_D         # (channels), which sums along the vector lanes
         LC_VW_F32       # lanes of a vector
         LC_VW_F64
     const char *LC_ISA
@@ -78,13 +79,15 @@ cdef extern from "microkernel.h" nogil:
 cdef enum:
     KC = 384
     NCB_TILES = 8
-    PC = 256        # float32; float64 half of it, so that the packed dy panel (two vectors of
-                    # columns) and the eight rows of x it meets stay within L1 (cifar and
-                    # dilated weight gradients 7 % faster in float64, the others unchanged)
-    PC_D_BYTES = 2048   # per row, for lc_tile_d (512 float32 or 256 float64 columns): its
-                        # OR_D packed rows of dy stay in L1 over the row panels (1024 columns of
-                        # float64, 64 KiB, were read from L2 three times: mnist weight gradient
-                        # 0.66 ms against 0.55 now), and the lanes are summed once per call
+    # PC: float32; float64 half of it, so that the packed dy panel (two vectors of columns)
+    # and the eight rows of x it meets stay within L1 (cifar and dilated weight gradients 7 %
+    # faster in float64, the others unchanged)
+    PC = 256
+    # PC_D_BYTES: per row, for lc_tile_d (512 float32 or 256 float64 columns): its OR_D packed
+    # rows of dy stay in L1 over the row panels (1024 columns of float64, 64 KiB, were read
+    # from L2 three times: mnist weight gradient 0.66 ms against 0.55 now), and the lanes are
+    # summed once per call
+    PC_D_BYTES = 2048
     MAX_NR = 64     # at least the columns of any forward-style tile
 
 
@@ -288,9 +291,9 @@ cdef void stage_slice(const floating *src, const Stage *st, floating *out) noexc
     memset(out + nchan * chan, 0, (size - nchan * chan) * sizeof(floating))
 
 
-cdef inline const floating *staged_slice(const floating *src, Py_ssize_t off, const Stage *st,
-                                        Py_ssize_t key, floating *buf,
-                                        Py_ssize_t *staged_key) noexcept nogil:
+cdef inline const floating *staged_slice(const floating *src, Py_ssize_t off,
+                                         const Stage *st, Py_ssize_t key, floating *buf,
+                                         Py_ssize_t *staged_key) noexcept nogil:
     """The slice `key` of the source (at src + off) as the tiles read it: the source itself
     where staging would copy it unchanged and every read of the tiles (up to st.size) stays
     inside the source array (a 1x1 convolution: the copy cost 6-8 % of the time); else this
@@ -315,7 +318,7 @@ cdef struct Phase:
     Py_ssize_t ncols        # grid columns up to the last valid one
     Py_ssize_t nblk         # work items per (image, group)
     Py_ssize_t dst_base     # destination of grid column (a, b, e):
-    Py_ssize_t dstep[3]     #   dst_base + a*dstep[0] + b*dstep[1] + e*dstep[2]
+    Py_ssize_t dstep[3]     # (dst_base + a*dstep[0] + b*dstep[1] + e*dstep[2])
 
 
 cdef struct Product:
@@ -325,7 +328,7 @@ cdef struct Product:
     Py_ssize_t dst_img, dst_grp, dst_row
     Py_ssize_t nphase
     Py_ssize_t items_ng     # work items per (image, group): the sum of the phases' nblk
-    const Py_ssize_t *order # item r of an (image, group): (phase, column block) at 2r, 2r + 1
+    const Py_ssize_t *order  # item r of an (image, group): (phase, column block) at 2r, 2r + 1
     Stage st
 
 
@@ -591,7 +594,8 @@ cdef void weight_item(const WeightProduct *p, Py_ssize_t item, const floating *x
 
 cdef void run_weight(const WeightProduct *p, const floating *x, const floating *dy,
                      const Py_ssize_t *aoff, floating *partial, floating *dw, floating *fws,
-                     Py_ssize_t fper, Py_ssize_t *iws, Py_ssize_t iper, int nthreads) noexcept nogil:
+                     Py_ssize_t fper, Py_ssize_t *iws, Py_ssize_t iper,
+                     int nthreads) noexcept nogil:
     cdef Py_ssize_t item, row, g, o, k, c, t
     cdef floating *acc
     cdef const floating *part

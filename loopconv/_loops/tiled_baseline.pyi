@@ -1,4 +1,5 @@
 # The tiled loops (loopconv/_loops/tiled.pxi), baseline instruction set.
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -14,3 +15,4 @@ def grad_input(dy: _Array, w: _Array, bias: _Array, dx: _Array, stride: _Triple,
                dilation: _Triple, groups: int, num_threads: int) -> None: ...
 def grad_weight(x: _Array, dy: _Array, dw: _Array, stride: _Triple, pad: _Triple,
                 dilation: _Triple, groups: int, num_threads: int) -> None: ...
+def item_order(nblk: Sequence[int]) -> npt.NDArray[np.intp]: ...  # internal: the work items
