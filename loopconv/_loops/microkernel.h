@@ -273,10 +273,11 @@ LC_DEFINE_TILES(f64, double)
  * for i, j < W.  The weight gradient packs dy transposed with it (one element at a time, that
  * packing took up to a fifth of the time where the taps are few: cifar, the ResNet stem).
  * log2(W) rounds of two-vector shuffles, each swapping the off-diagonal blocks of half the size
- * of the last, with constant lane tables: GCC's __builtin_shuffle with AVX-512 (weight
- * gradients in float32: cifar 0.80 of the time, largek 0.76, resnet and 1x1 0.90; float64
- * 0.86-1.0); plain loops elsewhere (with AVX2 the generic shuffles were no faster). */
-#if defined(__GNUC__) && !defined(__clang__) && LC_VEC_BYTES == 64
+ * of the last, with constant lane tables: GCC's __builtin_shuffle (Clang's
+ * __builtin_shufflevector) with AVX-512 (weight gradients in float32: cifar 0.80 of the time,
+ * largek 0.76, resnet and 1x1 0.90; float64 0.86-1.0); plain loops elsewhere (with AVX2 the
+ * generic shuffles were no faster). */
+#if defined(__GNUC__) && LC_VEC_BYTES == 64
 /* lane j of the round of block size h: from row i (a) or, as W + lane, from row i + h (b) */
 #  define LC_T_LO(W, h, j) (((j) & (h)) ? (W) + (j) - (h) : (j))
 #  define LC_T_HI(W, h, j) (((j) & (h)) ? (W) + (j) : (j) + (h))
@@ -284,7 +285,22 @@ LC_DEFINE_TILES(f64, double)
                           F(W, h, 4), F(W, h, 5), F(W, h, 6), F(W, h, 7)
 #  define LC_T_16(F, W, h) LC_T_8(F, W, h), F(W, h, 8), F(W, h, 9), F(W, h, 10),          \
                            F(W, h, 11), F(W, h, 12), F(W, h, 13), F(W, h, 14), F(W, h, 15)
-#  define LC_T_ROUND(VEC, IVEC, W, LANES, h)                                             \
+#  if defined(__clang__)
+/* Clang (which also defines __GNUC__) has no __builtin_shuffle; its __builtin_shufflevector
+ * takes the same lane tables as constant arguments rather than as IVEC vectors (IVEC is only
+ * named in a size check, which also keeps -Wunused-local-typedef quiet). */
+#    define LC_T_ROUND(VEC, IVEC, W, LANES, h)                                           \
+    {                                                                                   \
+        _Static_assert(sizeof(IVEC) == sizeof(VEC), "one index per lane");              \
+        for (int i = 0; i < W; i++)                                                     \
+            if (!(i & (h))) {                                                           \
+                VEC a = r[i], b = r[i + (h)];                                           \
+                r[i] = __builtin_shufflevector(a, b, LANES(LC_T_LO, W, h));             \
+                r[i + (h)] = __builtin_shufflevector(a, b, LANES(LC_T_HI, W, h));       \
+            }                                                                           \
+    }
+#  else
+#    define LC_T_ROUND(VEC, IVEC, W, LANES, h)                                           \
     {                                                                                   \
         const IVEC lo = {LANES(LC_T_LO, W, h)}, hi = {LANES(LC_T_HI, W, h)};            \
         for (int i = 0; i < W; i++)                                                     \
@@ -294,6 +310,7 @@ LC_DEFINE_TILES(f64, double)
                 r[i + (h)] = __builtin_shuffle(a, b, hi);                               \
             }                                                                           \
     }
+#  endif
 #  define LC_T_LOAD(SUFFIX, W)                                                          \
     lc_vec_##SUFFIX r[W];                                                               \
     for (int i = 0; i < W; i++) r[i] = *(const lc_uvec_##SUFFIX *)(src + i * lds);
