@@ -6,10 +6,21 @@ Environment switches (read at build time):
 
 LOOPCONV_OPENMP=0   build without OpenMP even if the compiler has it (loops then run on one thread)
 LOOPCONV_DEBUG=1    bounds checks on, no optimisation, debug symbols: for hunting crashes
+LOOPCONV_OPENMP_CFLAGS, LOOPCONV_OPENMP_LDFLAGS
+                    the OpenMP compile and link flags, instead of probing for them (shell-quoted;
+                    either may be empty); the build fails if the compiler rejects them. Example,
+                    macOS with Homebrew's libomp in $P (`brew --prefix libomp`):
+                    LOOPCONV_OPENMP_CFLAGS="-Xpreprocessor -fopenmp -I$P/include"
+                    LOOPCONV_OPENMP_LDFLAGS="-L$P/lib -lomp"
+
+Without them the build tries -fopenmp (GCC, LLVM clang); on macOS, where Apple clang rejects it,
+it then tries -Xpreprocessor -fopenmp -lomp with Homebrew's libomp (`brew install libomp`). If
+nothing works it says so and builds serial loops.
 """
 
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import sysconfig
@@ -40,32 +51,70 @@ X86_VARIANTS = {
 }
 
 
-def _compiler_accepts(flags, source):
-    """Compile (and link) a small C program with the given flags; True if it works."""
+def _compiler_accepts(flags, source, link_flags=None):
+    """Compile (and link) a small C program with the given flags; True if it works.
+
+    With link_flags, compiling (flags) and linking (link_flags) are separate steps, as in the
+    real build."""
     cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
     cc = cc.split()
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "probe.c")
         with open(path, "w") as f:
             f.write(source)
+        exe = os.path.join(tmp, "probe")
+        steps = [[*cc, *flags, path, "-o", exe]]
+        if link_flags is not None:
+            steps = [[*cc, *flags, "-c", path, "-o", exe + ".o"],
+                     [*cc, exe + ".o", "-o", exe, *link_flags]]
         try:
-            result = subprocess.run(
-                [*cc, *flags, path, "-o", os.path.join(tmp, "probe")],
-                capture_output=True,
-                timeout=120,
+            return all(
+                subprocess.run(step, capture_output=True, timeout=120).returncode == 0
+                for step in steps
             )
         except (OSError, subprocess.TimeoutExpired):
             return False
-        return result.returncode == 0
+
+
+def _homebrew_libomp():
+    """Homebrew's libomp prefix, or None."""
+    try:
+        out = subprocess.run(["brew", "--prefix", "libomp"], capture_output=True, text=True,
+                             timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    prefix = out.stdout.strip()
+    return prefix if out.returncode == 0 and os.path.isdir(prefix) else None
 
 
 def _openmp_flags():
+    """(compile flags, link flags) for OpenMP; ([], []) builds serial loops."""
     if os.environ.get("LOOPCONV_OPENMP", "1") in ("0", ""):
         print("loopconv: OpenMP disabled by LOOPCONV_OPENMP=0; the loops will run serially")
         return [], []
     probe = "#include <omp.h>\nint main(void) { return omp_get_max_threads() < 1; }\n"
-    if _compiler_accepts(["-fopenmp"], probe):
+    cflags = os.environ.get("LOOPCONV_OPENMP_CFLAGS")
+    ldflags = os.environ.get("LOOPCONV_OPENMP_LDFLAGS")
+    if cflags is not None or ldflags is not None:
+        flags = shlex.split(cflags or ""), shlex.split(ldflags or "")
+        if not _compiler_accepts(flags[0], probe, flags[1]):
+            sys.exit(f"loopconv: the compiler rejects LOOPCONV_OPENMP_CFLAGS={cflags!r} "
+                     f"LOOPCONV_OPENMP_LDFLAGS={ldflags!r} (an OpenMP test program fails)")
+        return flags
+    if _compiler_accepts(["-fopenmp"], probe, ["-fopenmp"]):
         return ["-fopenmp"], ["-fopenmp"]
+    if sys.platform == "darwin":
+        # Apple clang: OpenMP through the preprocessor, runtime from Homebrew's libomp.
+        prefix = _homebrew_libomp()
+        flags = ["-Xpreprocessor", "-fopenmp"], ["-lomp"]
+        if prefix:
+            flags = [*flags[0], f"-I{prefix}/include"], [f"-L{prefix}/lib", "-lomp"]
+        if _compiler_accepts(flags[0], probe, flags[1]):
+            return flags
+        print("loopconv: no OpenMP for Apple clang; building serial loops (for threads: "
+              "`brew install libomp`, or set LOOPCONV_OPENMP_CFLAGS/LOOPCONV_OPENMP_LDFLAGS)",
+              file=sys.stderr)
+        return [], []
     print("loopconv: the C compiler has no OpenMP; building serial loops", file=sys.stderr)
     return [], []
 
