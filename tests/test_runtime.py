@@ -17,6 +17,10 @@ import loopconv
 from loopconv import _config
 from loopconv._loops import platform
 
+# Children run from the folder that holds the loopconv under test, so that they import the same
+# package (from a source checkout's root, `python -c` would find the unbuilt sources first).
+PACKAGE_HOME = os.path.dirname(os.path.dirname(loopconv.__file__))
+
 threadpoolctl = pytest.importorskip("threadpoolctl")
 
 needs_openmp = pytest.mark.skipif(not platform.openmp(), reason="a build without OpenMP")
@@ -34,7 +38,7 @@ def run_python(code, env=None, timeout=120):
             del full_env[key]
     result = subprocess.run([sys.executable, "-W", "ignore::DeprecationWarning", "-c",
                              textwrap.dedent(code)], capture_output=True, text=True,
-                            env=full_env, timeout=timeout)
+                            env=full_env, timeout=timeout, cwd=PACKAGE_HOME)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 
@@ -196,7 +200,8 @@ print(loopconv.get_num_threads(), busy_threads(lambda: loopconv.conv2d(x, w, pad
 @needs_openmp
 def test_threadpoolctl_lists_loopconvs_openmp_runtime():
     out = subprocess.run([sys.executable, "-m", "threadpoolctl", "-i", "loopconv"],
-                         capture_output=True, text=True, timeout=60, check=True).stdout
+                         capture_output=True, text=True, timeout=60, check=True,
+                         cwd=PACKAGE_HOME).stdout
     import json
 
     paths = {os.path.realpath(lib["filepath"]) for lib in json.loads(out)
