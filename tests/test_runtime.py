@@ -275,6 +275,31 @@ def test_multiprocessing_fork_pool_after_threaded_calls():
     assert out.strip() == str([(True, 1)] * 4)
 
 
+@needs_openmp
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() here")
+def test_child_of_a_process_that_never_ran_threads():
+    """Without a thread pool in the parent, a child keeps its threads where loopconv's OpenMP
+    runtime is its own (a wheel's vendored copy), and runs on one where it may be shared."""
+    out = run_python("""
+        import os, numpy as np, loopconv
+        from loopconv._loops import platform
+        x = np.random.default_rng(0).standard_normal((4, 16, 24, 24)).astype(np.float32)
+        w = np.random.default_rng(1).standard_normal((16, 16, 3, 3)).astype(np.float32)
+        loopconv.set_num_threads(2)
+        pid = os.fork()
+        if pid == 0:
+            y = loopconv.conv2d(x, w)
+            with loopconv.threads(1):
+                ok = np.array_equal(y, loopconv.conv2d(x, w))
+            os._exit((10 + loopconv.get_num_threads()) if ok else 3)
+        _, status = os.waitpid(pid, 0)
+        print(os.waitstatus_to_exitcode(status), loopconv._config._own_runtime(
+            platform.openmp_runtime()))
+    """)
+    code, own = out.split()
+    assert code == ("12" if own == "True" else "11")
+
+
 def test_only_a_vendored_runtime_counts_as_loopconvs_own():
     assert _config._own_runtime("/venv/site-packages/loopconv.libs/libgomp-24e2ab19.so.1.0.0")
     assert _config._own_runtime("/venv/site-packages/loopconv/.dylibs/libomp.dylib")
