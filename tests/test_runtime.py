@@ -314,17 +314,28 @@ def test_only_a_vendored_runtime_counts_as_loopconvs_own():
 TINY = {np.float32: np.float32(1e-39), np.float64: 1e-310}     # subnormal in each dtype
 
 
+# input shapes per dimensionality: one for the direct loops, one (batch 1 in 1-D) for the tiled
+SUBNORMAL_SHAPES = {1: [(2, 3, 8), (1, 32, 512)],
+                    2: [(2, 3, 6, 6), (4, 16, 24, 24)],
+                    3: [(1, 2, 4, 4, 4), (2, 8, 10, 10, 10)]}
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
-@pytest.mark.parametrize("shape", [(2, 3, 6, 6), (4, 16, 24, 24)], ids=["direct", "tiled"])
-def test_subnormal_inputs_give_zeros(dtype, shape):
+@pytest.mark.parametrize("kind", ["conv", "conv_transpose"])
+@pytest.mark.parametrize("nd, shape", [(nd, shape) for nd, shapes in SUBNORMAL_SHAPES.items()
+                                       for shape in shapes],
+                         ids=[f"{nd}d-{loops}" for nd in SUBNORMAL_SHAPES
+                              for loops in ("direct", "tiled")])
+def test_subnormal_inputs_give_zeros(dtype, kind, nd, shape):
     rng = np.random.default_rng(2)
     x = (rng.uniform(0.5, 1, shape) * TINY[dtype]).astype(dtype)
-    w = rng.uniform(0.5, 1, (shape[1], shape[1], 3, 3)).astype(dtype)
+    w = rng.uniform(0.5, 1, (shape[1], shape[1]) + (3,) * nd).astype(dtype)
     assert np.all(x != 0) and np.all(np.abs(x) < np.finfo(dtype).tiny)
-    y = loopconv.conv2d(x, w, padding=1)
+    y = getattr(loopconv, f"{kind}{nd}d")(x, w, padding=1)
     assert not np.any(y)                                    # x taken as zero
     gy = np.ones_like(y)
-    gx, gw, gb = loopconv.conv2d_backward(x, w * TINY[dtype], gy, padding=1)
+    backward = getattr(loopconv, f"{kind}{nd}d_backward")
+    gx, gw, gb = backward(x, (w * TINY[dtype]).astype(dtype), gy, padding=1)
     assert not np.any(gx) and not np.any(gw)                # w, then x, taken as zero
     np.testing.assert_array_equal(gb, np.full(shape[1], y[0, 0].size * shape[0], dtype))
 
