@@ -474,116 +474,9 @@ def _conv_transpose_backward(fn, nd, input, weight, grad_output, stride, padding
 
 
 # ---------------------------------------------------------------------------------------------
-# Public functions.  Thin wrappers with the exact signatures of the contract; their docstrings
-# are written once per family below.
-
-def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
-           padding_mode="zeros"):
-    return _conv("conv1d", 1, input, weight, bias, stride, padding, dilation, groups,
-                 padding_mode)
-
-
-def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
-           padding_mode="zeros"):
-    return _conv("conv2d", 2, input, weight, bias, stride, padding, dilation, groups,
-                 padding_mode)
-
-
-def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
-           padding_mode="zeros"):
-    return _conv("conv3d", 3, input, weight, bias, stride, padding, dilation, groups,
-                 padding_mode)
-
-
-def conv1d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1):
-    return _conv_input("conv1d_input", 1, input_size, weight, grad_output, stride, padding,
-                       dilation, groups)
-
-
-def conv2d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1):
-    return _conv_input("conv2d_input", 2, input_size, weight, grad_output, stride, padding,
-                       dilation, groups)
-
-
-def conv3d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1):
-    return _conv_input("conv3d_input", 3, input_size, weight, grad_output, stride, padding,
-                       dilation, groups)
-
-
-def conv1d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation=1, groups=1):
-    return _conv_weight("conv1d_weight", 1, input, weight_size, grad_output, stride, padding,
-                        dilation, groups)
-
-
-def conv2d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation=1, groups=1):
-    return _conv_weight("conv2d_weight", 2, input, weight_size, grad_output, stride, padding,
-                        dilation, groups)
-
-
-def conv3d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation=1, groups=1):
-    return _conv_weight("conv3d_weight", 3, input, weight_size, grad_output, stride, padding,
-                        dilation, groups)
-
-
-def conv1d_backward(input, weight, grad_output, stride=1, padding=0, dilation=1, groups=1,
-                    padding_mode="zeros", *, output_mask=(True, True, True)):
-    return _conv_backward("conv1d_backward", 1, input, weight, grad_output, stride, padding,
-                          dilation, groups, padding_mode, output_mask)
-
-
-def conv2d_backward(input, weight, grad_output, stride=1, padding=0, dilation=1, groups=1,
-                    padding_mode="zeros", *, output_mask=(True, True, True)):
-    return _conv_backward("conv2d_backward", 2, input, weight, grad_output, stride, padding,
-                          dilation, groups, padding_mode, output_mask)
-
-
-def conv3d_backward(input, weight, grad_output, stride=1, padding=0, dilation=1, groups=1,
-                    padding_mode="zeros", *, output_mask=(True, True, True)):
-    return _conv_backward("conv3d_backward", 3, input, weight, grad_output, stride, padding,
-                          dilation, groups, padding_mode, output_mask)
-
-
-def conv_transpose1d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
-                     dilation=1, *, output_size=None):
-    return _conv_transpose("conv_transpose1d", 1, input, weight, bias, stride, padding,
-                           output_padding, groups, dilation, output_size)
-
-
-def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
-                     dilation=1, *, output_size=None):
-    return _conv_transpose("conv_transpose2d", 2, input, weight, bias, stride, padding,
-                           output_padding, groups, dilation, output_size)
-
-
-def conv_transpose3d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
-                     dilation=1, *, output_size=None):
-    return _conv_transpose("conv_transpose3d", 3, input, weight, bias, stride, padding,
-                           output_padding, groups, dilation, output_size)
-
-
-def conv_transpose1d_backward(input, weight, grad_output, stride=1, padding=0, output_padding=0,
-                              groups=1, dilation=1, *, output_mask=(True, True, True)):
-    return _conv_transpose_backward("conv_transpose1d_backward", 1, input, weight, grad_output,
-                                    stride, padding, output_padding, groups, dilation,
-                                    output_mask)
-
-
-def conv_transpose2d_backward(input, weight, grad_output, stride=1, padding=0, output_padding=0,
-                              groups=1, dilation=1, *, output_mask=(True, True, True)):
-    return _conv_transpose_backward("conv_transpose2d_backward", 2, input, weight, grad_output,
-                                    stride, padding, output_padding, groups, dilation,
-                                    output_mask)
-
-
-def conv_transpose3d_backward(input, weight, grad_output, stride=1, padding=0, output_padding=0,
-                              groups=1, dilation=1, *, output_mask=(True, True, True)):
-    return _conv_transpose_backward("conv_transpose3d_backward", 3, input, weight, grad_output,
-                                    stride, padding, output_padding, groups, dilation,
-                                    output_mask)
-
-
-# ---------------------------------------------------------------------------------------------
-# Docstrings, one per family.
+# Public functions: thin wrappers with the exact signatures of the contract.  Each family's
+# docstring is written once, just above its three functions, and filled in per dimensionality
+# by `_doc` from the shared fragments here.
 
 _SPATIAL = {1: "L", 2: "H, W", 3: "D, H, W"}
 _EXAMPLE_SHAPES = {1: ((1, 1, 5), (1, 1, 2)), 2: ((1, 1, 5, 5), (1, 1, 2, 2)),
@@ -613,8 +506,30 @@ _DTYPES = """\
     float arguments; float16 is computed as float32, integers and bools as float64.  Arrays
     may be of any layout, read-only or memory-mapped; they are never modified."""
 
-_DOCS = {
-    "conv": """{nd}-D convolution (cross-correlation), as ``torch.nn.functional.conv{nd}d``.
+
+def _doc(template: str, nd: int):
+    """A decorator that sets a function's docstring: `template` filled in for `nd`."""
+    xs, ws = _EXAMPLE_SHAPES[nd]
+    fields = dict(nd=nd, sp=_SPATIAL[nd], k=", ".join("k" + a for a in "dhw"[3 - nd:]),
+                  osp=", ".join("out_" + a for a in _SPATIAL[nd].split(", ")),
+                  xsize=int(np.prod(xs)), xshape=xs, wshape=ws,
+                  yshape=xs[:2] + tuple(n - k + 1 for n, k in zip(xs[2:], ws[2:])),
+                  dtypes=_DTYPES)
+    fields.update(common=_COMMON.format(**fields), pad=_PAD.format(**fields),
+                  zpad=_ZERO_PAD.format(**fields))
+    doc = template.format(**fields)
+
+    def document(function):
+        function.__doc__ = doc
+        return function
+
+    return document
+
+
+# ---------------------------------------------------------------------------------------------
+# Convolution
+
+_CONV_DOC = """{nd}-D convolution (cross-correlation), as ``torch.nn.functional.conv{nd}d``.
 
     Parameters
     ----------
@@ -643,9 +558,35 @@ _DOCS = {
     >>> w = np.ones({wshape})
     >>> loopconv.conv{nd}d(x, w).shape
     {yshape}
-    """,
-    "input": "Gradient of a {nd}-D convolution for its input, as "
-             """``torch.nn.grad.conv{nd}d_input``.
+    """
+
+
+@_doc(_CONV_DOC, 1)
+def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
+           padding_mode="zeros"):
+    return _conv("conv1d", 1, input, weight, bias, stride, padding, dilation, groups,
+                 padding_mode)
+
+
+@_doc(_CONV_DOC, 2)
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
+           padding_mode="zeros"):
+    return _conv("conv2d", 2, input, weight, bias, stride, padding, dilation, groups,
+                 padding_mode)
+
+
+@_doc(_CONV_DOC, 3)
+def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
+           padding_mode="zeros"):
+    return _conv("conv3d", 3, input, weight, bias, stride, padding, dilation, groups,
+                 padding_mode)
+
+
+# ---------------------------------------------------------------------------------------------
+# The input gradient of a convolution
+
+_INPUT_DOC = ("Gradient of a {nd}-D convolution for its input, as "
+              """``torch.nn.grad.conv{nd}d_input``.
 
     Parameters
     ----------
@@ -674,9 +615,32 @@ _DOCS = {
     >>> g = np.ones({yshape})
     >>> loopconv.conv{nd}d_input({xshape}, w, g).shape
     {xshape}
-    """,
-    "weight": "Gradient of a {nd}-D convolution for its weight, as "
-              """``torch.nn.grad.conv{nd}d_weight``.
+    """)
+
+
+@_doc(_INPUT_DOC, 1)
+def conv1d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1):
+    return _conv_input("conv1d_input", 1, input_size, weight, grad_output, stride, padding,
+                       dilation, groups)
+
+
+@_doc(_INPUT_DOC, 2)
+def conv2d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1):
+    return _conv_input("conv2d_input", 2, input_size, weight, grad_output, stride, padding,
+                       dilation, groups)
+
+
+@_doc(_INPUT_DOC, 3)
+def conv3d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1):
+    return _conv_input("conv3d_input", 3, input_size, weight, grad_output, stride, padding,
+                       dilation, groups)
+
+
+# ---------------------------------------------------------------------------------------------
+# The weight gradient of a convolution
+
+_WEIGHT_DOC = ("Gradient of a {nd}-D convolution for its weight, as "
+               """``torch.nn.grad.conv{nd}d_weight``.
 
     Parameters
     ----------
@@ -703,8 +667,31 @@ _DOCS = {
     >>> g = np.ones({yshape})
     >>> loopconv.conv{nd}d_weight(x, {wshape}, g).shape
     {wshape}
-    """,
-    "backward": """All gradients of a {nd}-D convolution.
+    """)
+
+
+@_doc(_WEIGHT_DOC, 1)
+def conv1d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation=1, groups=1):
+    return _conv_weight("conv1d_weight", 1, input, weight_size, grad_output, stride, padding,
+                        dilation, groups)
+
+
+@_doc(_WEIGHT_DOC, 2)
+def conv2d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation=1, groups=1):
+    return _conv_weight("conv2d_weight", 2, input, weight_size, grad_output, stride, padding,
+                        dilation, groups)
+
+
+@_doc(_WEIGHT_DOC, 3)
+def conv3d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation=1, groups=1):
+    return _conv_weight("conv3d_weight", 3, input, weight_size, grad_output, stride, padding,
+                        dilation, groups)
+
+
+# ---------------------------------------------------------------------------------------------
+# All gradients of a convolution
+
+_BACKWARD_DOC = """All gradients of a {nd}-D convolution.
 
     Parameters
     ----------
@@ -733,8 +720,34 @@ _DOCS = {
     >>> gx, gw, gb = loopconv.conv{nd}d_backward(x, w, np.ones({yshape}))
     >>> gx.shape, gw.shape, gb.shape
     ({xshape}, {wshape}, (1,))
-    """,
-    "transpose": """{nd}-D transposed convolution, as ``torch.nn.functional.conv_transpose{nd}d``.
+    """
+
+
+@_doc(_BACKWARD_DOC, 1)
+def conv1d_backward(input, weight, grad_output, stride=1, padding=0, dilation=1, groups=1,
+                    padding_mode="zeros", *, output_mask=(True, True, True)):
+    return _conv_backward("conv1d_backward", 1, input, weight, grad_output, stride, padding,
+                          dilation, groups, padding_mode, output_mask)
+
+
+@_doc(_BACKWARD_DOC, 2)
+def conv2d_backward(input, weight, grad_output, stride=1, padding=0, dilation=1, groups=1,
+                    padding_mode="zeros", *, output_mask=(True, True, True)):
+    return _conv_backward("conv2d_backward", 2, input, weight, grad_output, stride, padding,
+                          dilation, groups, padding_mode, output_mask)
+
+
+@_doc(_BACKWARD_DOC, 3)
+def conv3d_backward(input, weight, grad_output, stride=1, padding=0, dilation=1, groups=1,
+                    padding_mode="zeros", *, output_mask=(True, True, True)):
+    return _conv_backward("conv3d_backward", 3, input, weight, grad_output, stride, padding,
+                          dilation, groups, padding_mode, output_mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# Transposed convolution
+
+_TRANSPOSE_DOC = """{nd}-D transposed convolution, as ``torch.nn.functional.conv_transpose{nd}d``.
 
     The adjoint of `conv{nd}d` with the same weight, stride, padding and dilation:
     ``conv_transpose{nd}d(x, w) == conv{nd}d_input(out_shape, w, x)``.
@@ -771,8 +784,34 @@ _DOCS = {
     >>> w = np.ones({wshape})
     >>> loopconv.conv_transpose{nd}d(x, w).shape
     {xshape}
-    """,
-    "transpose_backward": """All gradients of a {nd}-D transposed convolution.
+    """
+
+
+@_doc(_TRANSPOSE_DOC, 1)
+def conv_transpose1d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                     dilation=1, *, output_size=None):
+    return _conv_transpose("conv_transpose1d", 1, input, weight, bias, stride, padding,
+                           output_padding, groups, dilation, output_size)
+
+
+@_doc(_TRANSPOSE_DOC, 2)
+def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                     dilation=1, *, output_size=None):
+    return _conv_transpose("conv_transpose2d", 2, input, weight, bias, stride, padding,
+                           output_padding, groups, dilation, output_size)
+
+
+@_doc(_TRANSPOSE_DOC, 3)
+def conv_transpose3d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                     dilation=1, *, output_size=None):
+    return _conv_transpose("conv_transpose3d", 3, input, weight, bias, stride, padding,
+                           output_padding, groups, dilation, output_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# All gradients of a transposed convolution
+
+_TRANSPOSE_BACKWARD_DOC = """All gradients of a {nd}-D transposed convolution.
 
     Parameters
     ----------
@@ -800,27 +839,28 @@ _DOCS = {
     >>> gx, gw, gb = loopconv.conv_transpose{nd}d_backward(x, w, np.ones({xshape}))
     >>> gx.shape, gw.shape, gb.shape
     ({yshape}, {wshape}, (1,))
-    """,
-}
+    """
 
 
-def _document():
-    functions = globals()
-    for nd in (1, 2, 3):
-        xs, ws = _EXAMPLE_SHAPES[nd]
-        ys = xs[:2] + tuple(n - k + 1 for n, k in zip(xs[2:], ws[2:]))
-        fields = dict(nd=nd, sp=_SPATIAL[nd], k=", ".join("k" + a for a in "dhw"[3 - nd:]),
-                      osp=", ".join("out_" + a for a in _SPATIAL[nd].split(", ")),
-                      xsize=int(np.prod(xs)), xshape=xs, wshape=ws, yshape=ys,
-                      dtypes=_DTYPES)
-        fields["common"] = _COMMON.format(**fields)
-        fields["pad"] = _PAD.format(**fields)
-        fields["zpad"] = _ZERO_PAD.format(**fields)
-        for kind, name in (("conv", f"conv{nd}d"), ("input", f"conv{nd}d_input"),
-                           ("weight", f"conv{nd}d_weight"), ("backward", f"conv{nd}d_backward"),
-                           ("transpose", f"conv_transpose{nd}d"),
-                           ("transpose_backward", f"conv_transpose{nd}d_backward")):
-            functions[name].__doc__ = _DOCS[kind].format(**fields)
+@_doc(_TRANSPOSE_BACKWARD_DOC, 1)
+def conv_transpose1d_backward(input, weight, grad_output, stride=1, padding=0, output_padding=0,
+                              groups=1, dilation=1, *, output_mask=(True, True, True)):
+    return _conv_transpose_backward("conv_transpose1d_backward", 1, input, weight, grad_output,
+                                    stride, padding, output_padding, groups, dilation,
+                                    output_mask)
 
 
-_document()
+@_doc(_TRANSPOSE_BACKWARD_DOC, 2)
+def conv_transpose2d_backward(input, weight, grad_output, stride=1, padding=0, output_padding=0,
+                              groups=1, dilation=1, *, output_mask=(True, True, True)):
+    return _conv_transpose_backward("conv_transpose2d_backward", 2, input, weight, grad_output,
+                                    stride, padding, output_padding, groups, dilation,
+                                    output_mask)
+
+
+@_doc(_TRANSPOSE_BACKWARD_DOC, 3)
+def conv_transpose3d_backward(input, weight, grad_output, stride=1, padding=0, output_padding=0,
+                              groups=1, dilation=1, *, output_mask=(True, True, True)):
+    return _conv_transpose_backward("conv_transpose3d_backward", 3, input, weight, grad_output,
+                                    stride, padding, output_padding, groups, dilation,
+                                    output_mask)
