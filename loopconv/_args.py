@@ -178,8 +178,11 @@ def conv_output_size(size, kernel, stride, pads, dilation):
 
 def check_output_size(fn: str, size, kernel, stride, pads, dilation):
     out = conv_output_size(size, kernel, stride, pads, dilation)
+    padded = tuple(n + b + a for n, (b, a) in zip(size, pads))
+    if any(p > _LARGEST for p in padded):
+        raise ValueError(f"{fn}: padding {tuple(pads)} makes the padded input {padded} larger "
+                         f"than an array can be (at most 2**62 a side)")
     if any(o < 1 for o in out):
-        padded = tuple(n + b + a for n, (b, a) in zip(size, pads))
         extent = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation))
         raise ValueError(f"{fn}: the kernel (size {tuple(kernel)}, dilation {tuple(dilation)}, "
                          f"extent {extent}) is larger than the padded input {padded}; "

@@ -65,7 +65,8 @@ def transpose_output_size(size, kernel, stride, pairs, dilation, output_padding)
                                                   output_padding))
 
 
-def _geometry(x_spatial, kernel, stride, padding, dilation):
+def geometry(x_spatial, kernel, stride, padding, dilation):
+    """(stride, (before, after) pairs, dilation) per axis, from the arguments as given."""
     nd = len(kernel)
     stride, dilation = per_axis(stride, nd), per_axis(dilation, nd)
     if isinstance(padding, str) and padding == "same":
@@ -94,7 +95,7 @@ def _f64(a):
 def conv(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros"):
     """The convolution of x (N, C_in, *spatial) with w (C_out, C_in // groups, *kernel)."""
     x, w = _f64(x), _f64(w)
-    stride, pairs, dilation = _geometry(x.shape[2:], w.shape[2:], stride, padding, dilation)
+    stride, pairs, dilation = geometry(x.shape[2:], w.shape[2:], stride, padding, dilation)
     xpad = pad(x, pairs, padding_mode)
     out = output_size(xpad.shape[2:], w.shape[2:], stride, ((0, 0),) * len(pairs), dilation)
     n, c_out, c_in_g = x.shape[0], w.shape[0], w.shape[1]
@@ -118,7 +119,7 @@ def conv_input(input_shape, w, grad_output, stride=1, padding=0, dilation=1, gro
     may cover fewer output pixels than the convolution has (as in a transposed convolution whose
     output_padding is not smaller than the stride): the missing ones count as zeros."""
     w, gy = _f64(w), _f64(grad_output)
-    stride, pairs, dilation = _geometry(input_shape[2:], w.shape[2:], stride, padding, dilation)
+    stride, pairs, dilation = geometry(input_shape[2:], w.shape[2:], stride, padding, dilation)
     n, c_in = input_shape[:2]
     c_out, c_in_g = w.shape[:2]
     padded = tuple(s + b + a for s, (b, a) in zip(input_shape[2:], pairs))
@@ -136,7 +137,7 @@ def conv_input(input_shape, w, grad_output, stride=1, padding=0, dilation=1, gro
 def conv_weight(x, weight_shape, grad_output, stride=1, padding=0, dilation=1, groups=1):
     """Gradient of sum(conv(x, w) * grad_output) for w of shape weight_shape."""
     x, gy = _f64(x), _f64(grad_output)
-    stride, pairs, dilation = _geometry(x.shape[2:], weight_shape[2:], stride, padding, dilation)
+    stride, pairs, dilation = geometry(x.shape[2:], weight_shape[2:], stride, padding, dilation)
     xpad = pad(x, pairs)
     n = x.shape[0]
     c_out, c_in_g = weight_shape[:2]
@@ -159,7 +160,7 @@ def conv_backward(x, w, grad_output, stride=1, padding=0, dilation=1, groups=1,
                   padding_mode="zeros"):
     """(grad_input, grad_weight, grad_bias) of conv(x, w, b, ...) for grad_output."""
     x, w = _f64(x), _f64(w)
-    stride, pairs, dilation = _geometry(x.shape[2:], w.shape[2:], stride, padding, dilation)
+    stride, pairs, dilation = geometry(x.shape[2:], w.shape[2:], stride, padding, dilation)
     xpad = pad(x, pairs, padding_mode)
     zero = ((0, 0),) * len(pairs)
     gx_pad = conv_input(xpad.shape, w, grad_output, stride, zero, dilation, groups)
@@ -177,7 +178,7 @@ def conv_transpose(x, w, bias=None, stride=1, padding=0, output_padding=0, group
     output_size: the spatial output size, in place of output_padding."""
     x, w = _f64(x), _f64(w)
     nd = x.ndim - 2
-    stride, pairs, dilation = _geometry(x.shape[2:], w.shape[2:], stride, padding, dilation)
+    stride, pairs, dilation = geometry(x.shape[2:], w.shape[2:], stride, padding, dilation)
     if output_size is None:
         output_size = transpose_output_size(x.shape[2:], w.shape[2:], stride, pairs, dilation,
                                             per_axis(output_padding, nd))
@@ -192,7 +193,7 @@ def conv_transpose_backward(x, w, grad_output, stride=1, padding=0, output_paddi
                             groups=1, dilation=1):
     """(grad_input, grad_weight, grad_bias) of conv_transpose(x, w, b, ...) for grad_output."""
     x, w, gy = _f64(x), _f64(w), _f64(grad_output)
-    stride, pairs, dilation = _geometry(x.shape[2:], w.shape[2:], stride, padding, dilation)
+    stride, pairs, dilation = geometry(x.shape[2:], w.shape[2:], stride, padding, dilation)
     full = conv(gy, w, None, stride, pairs, dilation, groups)
     gx = full[(slice(None),) * 2 + tuple(slice(0, s) for s in x.shape[2:])]
     gw = conv_weight(gy, w.shape, x, stride, pairs, dilation, groups)

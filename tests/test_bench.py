@@ -2,18 +2,14 @@
 bench`` end to end on the tiny ``seed`` shape."""
 
 import json
-import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from common import DTYPE_PARAMS, assert_close, conv_arrays, run_interpreter
 
 import loopconv
 from loopconv import _bench, _cli, _im2col
-
-RTOL = {np.float32: 1e-5, np.float64: 1e-12}
 
 # (N, C, H, W, O, kernel, stride, padding, dilation, groups)
 CONFIGS = [
@@ -31,32 +27,24 @@ def _ids(config):
     return f"{n}x{c}x{h}x{w}-o{o}-k{k}-s{s}-p{p}-d{d}-g{g}".replace(" ", "")
 
 
-def _close(actual, expected, dtype):
-    scale = np.abs(expected).max()
-    np.testing.assert_allclose(actual, expected, rtol=0, atol=RTOL[dtype] * scale * 10)
-
-
 # ---------------------------------------------------------------------------------------------
 # The im2col peer agrees with loopconv
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
 @pytest.mark.parametrize("config", CONFIGS, ids=_ids)
 def test_im2col_agrees_with_loopconv(config, dtype):
     n, c, h, w, o, k, s, p, d, g = config
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((n, c, h, w)).astype(dtype)
-    weight = rng.standard_normal((o, c // g, k, k)).astype(dtype)
-    y = loopconv.conv2d(x, weight, None, s, p, d, g)
-    gy = rng.standard_normal(y.shape).astype(dtype)
-
+    kw = dict(stride=s, padding=p, dilation=d, groups=g)
+    x, weight, _, gy = conv_arrays(np.random.default_rng(0), (n, c, h, w), (o, c // g, k, k),
+                                   kw, dtype)
     y2 = _im2col.conv2d(x, weight, s, p, d, g)
     gx2 = _im2col.conv2d_input(x.shape, weight, gy, s, p, d, g)
     gw2 = _im2col.conv2d_weight(x, weight.shape, gy, s, p, d, g)
-    for ours, theirs in ((y, y2), (loopconv.conv2d_input(x.shape, weight, gy, s, p, d, g), gx2),
+    for ours, theirs in ((loopconv.conv2d(x, weight, None, s, p, d, g), y2),
+                         (loopconv.conv2d_input(x.shape, weight, gy, s, p, d, g), gx2),
                          (loopconv.conv2d_weight(x, weight.shape, gy, s, p, d, g), gw2)):
-        assert theirs.shape == ours.shape and theirs.dtype == ours.dtype
-        assert theirs.flags.c_contiguous
-        _close(theirs, ours, dtype)
+        assert theirs.flags.c_contiguous and ours.dtype == theirs.dtype
+        assert_close(theirs, ours, dtype)
 
 
 def test_standard_shapes():
@@ -115,14 +103,9 @@ def test_table_means_leave_tiny_shapes_out():
 # ---------------------------------------------------------------------------------------------
 # The command line
 
-# The folder holding the loopconv under test: the child must import it, not a source checkout.
-PACKAGE_HOME = os.path.dirname(os.path.dirname(os.path.abspath(loopconv.__file__)))
-
-
 def _bench_cli(*options, timeout=120):
-    return subprocess.run([sys.executable, "-m", "loopconv", "bench", "--shapes", "seed",
-                           "--repeat", "3", "--threads", "1", *options],
-                          capture_output=True, text=True, timeout=timeout, cwd=PACKAGE_HOME)
+    return run_interpreter("-m", "loopconv", "bench", "--shapes", "seed", "--repeat", "3",
+                           "--threads", "1", *options, timeout=timeout)
 
 
 def test_cli_bench_seed(tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from common import DTYPE_PARAMS
 
 import loopconv
 
@@ -412,28 +413,41 @@ def test_output_mask_malformed(family, nd, mask, exc):
 # ---------------------------------------------------------------------------------------------
 # Malformed inputs raise, never crash
 
-MALFORMED = [
-    ("ragged-list", dict(input=[[1.0, 2.0], [3.0]])),
-    ("scalar-input", dict(input=np.float64(1.0))),
-    ("empty-kernel", dict(weight=np.ones((6, 2, 0, 3)))),
-    ("zero-channel-weight", dict(weight=np.ones((0, 2, 3, 3)))),
-    ("huge-stride", dict(stride=2**62)),
-    ("huge-dilation", dict(dilation=2**40)),
-    ("huge-padding", dict(padding=2**62)),
-    ("nan-input", dict(input=np.full((2, 4, 6, 6), np.nan))),
-    ("dict-input", dict(input={"a": 1})),
-    ("generator-padding", dict(padding=(p for p in (1, 1)))),
+MALFORMED = [  # (id, the change to the valid conv2d call, exception, words of its message)
+    # not an array: a list that nests unevenly, a dict (NumPy makes an object array of it)
+    ("ragged-list", dict(input=[[1.0, 2.0], [3.0]]), TypeError, ["input"]),
+    ("dict-input", dict(input={"a": 1}), TypeError, ["input", "object"]),
+    ("scalar-input", dict(input=np.float64(1.0)), ValueError, ["input", "()"]),
+    ("empty-kernel", dict(weight=np.ones((6, 2, 0, 3))), ValueError,
+     ["weight", "(6, 2, 0, 3)"]),
+    # no output channels, so the 6 biases of the valid call have none to go to
+    ("zero-channel-weight", dict(weight=np.ones((0, 2, 3, 3))), ValueError, ["bias", "(6,)"]),
+    ("huge-dilation", dict(dilation=2**40), ValueError, ["kernel", "input"]),
+    # a padded input of 2**63 + 6 pixels a side: more than an array may hold
+    ("huge-padding", dict(padding=2**62), ValueError, ["padding", str(2**62)]),
+    ("generator-padding", dict(padding=(p for p in (1, 1))), TypeError, ["padding"]),
 ]
 
 
-@pytest.mark.parametrize("changes", [pytest.param(c, id=i) for i, c in MALFORMED])
-def test_malformed_conv2d_raises_or_computes(changes):
-    try:
-        result = call("conv", 2, **changes)
-    except (TypeError, ValueError) as exc:
-        assert str(exc)
+@pytest.mark.parametrize("changes, exc, words", [pytest.param(c, e, w, id=i)
+                                                 for i, c, e, w in MALFORMED])
+def test_malformed_conv2d_raises(changes, exc, words):
+    check(exc, "conv", 2, words, **changes)
+
+
+@pytest.mark.parametrize("changes", [
+    pytest.param(dict(stride=2**62), id="huge-stride"),
+    pytest.param(dict(input=np.full((2, 4, 6, 6), np.nan)), id="nan-input"),
+])
+def test_extreme_but_valid_conv2d_computes(changes):
+    """Values that look malformed but are valid, as in PyTorch: a stride larger than the input
+    (one output pixel a side, as with stride 8), and NaN inputs (NaN results)."""
+    result = call("conv", 2, **changes)
+    assert isinstance(result, np.ndarray)
+    if "stride" in changes:
+        np.testing.assert_array_equal(result, call("conv", 2, stride=8))
     else:
-        assert isinstance(result, np.ndarray)
+        assert result.shape == (2, 6, 6, 6) and np.isnan(result).all()
 
 
 def test_nan_propagates():
@@ -454,7 +468,7 @@ def result_shapes(family, nd, batch):
 
 
 @pytest.mark.parametrize("family, nd", params(FAMILIES))
-@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
 def test_zero_batch(family, nd, dtype):
     kwargs = valid_arguments(family, nd, batch=0)
     for key, value in kwargs.items():
@@ -472,16 +486,19 @@ def test_zero_batch(family, nd, dtype):
 
 @pytest.mark.parametrize("family", ["conv", "weight", "backward"])
 def test_stride_beyond_the_c_integer_range(family):
-    """A stride larger than any input gives one output pixel per axis, as stride 8 does here;
-    a stride too large for the loops may instead raise ValueError naming the function and the
-    argument, but no other kind of error."""
+    """A stride beyond a C integer (2**70) is refused with ValueError naming the function and
+    the argument, as torch.nn.functional.conv2d refuses it (ValueError: overflow)."""
     changes = {} if family == "conv" else dict(grad_output=np.ones((2, 6, 1, 1)))
-    try:
-        huge = call(family, 2, stride=2**70, **changes)
-    except ValueError as exc:
-        assert str(exc).startswith(f"{name(family, 2)}:") and "stride" in str(exc)
-    else:
-        expected = call(family, 2, stride=8, **changes)
-        for h, e in zip(huge if family == "backward" else [huge],
-                        expected if family == "backward" else [expected]):
-            np.testing.assert_array_equal(h, e)
+    check(ValueError, family, 2, ["stride", str(2**70)], stride=2**70, **changes)
+
+
+@pytest.mark.parametrize("family", ["conv", "weight", "backward"])
+def test_largest_stride_gives_one_pixel(family):
+    """2**62, the largest stride loopconv takes, is larger than any input: one output pixel
+    per axis, as stride 8 gives here."""
+    changes = {} if family == "conv" else dict(grad_output=np.ones((2, 6, 1, 1)))
+    huge = call(family, 2, stride=2**62, **changes)
+    expected = call(family, 2, stride=8, **changes)
+    for h, e in zip(huge if family == "backward" else [huge],
+                    expected if family == "backward" else [expected]):
+        np.testing.assert_array_equal(h, e)

@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import reference
+from common import DTYPES, conv_arrays, transpose_arrays
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -61,7 +62,7 @@ def geometry(draw, large=False):
     return dict(nd=nd, n=draw(st.integers(2, 3) if large else st.integers(0, 2)),
                 groups=groups, c_in=c_in, c_out=c_out, kernel=kernel, stride=stride,
                 dilation=dilation, size=size, pairs=pairs,
-                dtype=draw(st.sampled_from([np.float32, np.float64])),
+                dtype=draw(st.sampled_from(DTYPES)),
                 seed=draw(st.integers(0, 2**32 - 1)))
 
 
@@ -73,8 +74,15 @@ def padding_fits(size, pairs, mode):
     return True
 
 
-def unchanged(copies, arrays):
-    return all(np.array_equal(c, a) for c, a in zip(copies, arrays))
+def with_drawn_layouts(data, *arrays):
+    """Each array (None stays None) as a drawn layout, and a check that none of them changed."""
+    views = [None if a is None else data.draw(arrays_like(a)) for a in arrays]
+    copies = [(v, v.copy()) for v in views if v is not None]
+
+    def unchanged():
+        return all(np.array_equal(v, c) for v, c in copies)
+
+    return views, unchanged
 
 
 MODES = st.sampled_from(["zeros", "zeros", "reflect", "replicate", "circular"])
@@ -101,19 +109,15 @@ def check_conv_family(assert_close, geo, mode, with_bias, data, large=False):
     if large:
         assume(geo["n"] * geo["c_out"] * math.prod(out) * geo["c_in"] // geo["groups"]
                * math.prod(geo["kernel"]) >= SMALL_PROBLEM)
-    rng = np.random.default_rng(geo["seed"])
-    x = rng.standard_normal((geo["n"], geo["c_in"], *geo["size"])).astype(dtype)
-    w = rng.standard_normal(
-        (geo["c_out"], geo["c_in"] // geo["groups"], *geo["kernel"])).astype(dtype)
-    b = rng.standard_normal(geo["c_out"]).astype(dtype) if with_bias else None
     kw = dict(stride=geo["stride"], padding=geo["pairs"], dilation=geo["dilation"],
               groups=geo["groups"])
+    x, w, b, g = conv_arrays(np.random.default_rng(geo["seed"]),
+                             (geo["n"], geo["c_in"], *geo["size"]),
+                             (geo["c_out"], geo["c_in"] // geo["groups"], *geo["kernel"]),
+                             kw, dtype)
+    b = b if with_bias else None
     expected = reference.conv(x, w, b, padding_mode=mode, **kw)
-    g = rng.standard_normal(expected.shape).astype(dtype)
-    xv, wv, gv = data.draw(arrays_like(x)), data.draw(arrays_like(w)), data.draw(arrays_like(g))
-    bv = None if b is None else data.draw(arrays_like(b))
-    inputs = [a for a in (xv, wv, gv, bv) if a is not None]
-    copies = [a.copy() for a in inputs]
+    (xv, wv, gv, bv), unchanged = with_drawn_layouts(data, x, w, g, b)
 
     conv = getattr(loopconv, f"conv{nd}d")
     backward = getattr(loopconv, f"conv{nd}d_backward")
@@ -126,7 +130,7 @@ def check_conv_family(assert_close, geo, mode, with_bias, data, large=False):
         gw = getattr(loopconv, f"conv{nd}d_weight")(xv, w.shape, gv, **kw)
         assert_close(gx, reference.conv_input(x.shape, w, g, **kw), dtype)
         assert_close(gw, reference.conv_weight(x, w.shape, g, **kw), dtype)
-    assert unchanged(copies, inputs)
+    assert unchanged()
 
 
 @settings(max_examples=200, deadline=None)
@@ -151,19 +155,15 @@ def check_conv_transpose_family(assert_close, geo, with_bias, data, large=False)
     if large:
         assume(geo["n"] * geo["c_in"] * math.prod(geo["size"]) * geo["c_out"] // geo["groups"]
                * math.prod(geo["kernel"]) >= SMALL_PROBLEM)
-    rng = np.random.default_rng(geo["seed"])
-    x = rng.standard_normal((geo["n"], geo["c_in"], *geo["size"])).astype(dtype)
-    w = rng.standard_normal(
-        (geo["c_in"], geo["c_out"] // geo["groups"], *geo["kernel"])).astype(dtype)
-    b = rng.standard_normal(geo["c_out"]).astype(dtype) if with_bias else None
     kw = dict(stride=geo["stride"], padding=geo["pairs"], output_padding=output_padding,
               groups=geo["groups"], dilation=geo["dilation"])
+    x, w, b, g = transpose_arrays(np.random.default_rng(geo["seed"]),
+                                  (geo["n"], geo["c_in"], *geo["size"]),
+                                  (geo["c_in"], geo["c_out"] // geo["groups"], *geo["kernel"]),
+                                  kw, dtype)
+    b = b if with_bias else None
     expected = reference.conv_transpose(x, w, b, **kw)
-    g = rng.standard_normal(expected.shape).astype(dtype)
-    xv, wv, gv = data.draw(arrays_like(x)), data.draw(arrays_like(w)), data.draw(arrays_like(g))
-    bv = None if b is None else data.draw(arrays_like(b))
-    inputs = [a for a in (xv, wv, gv, bv) if a is not None]
-    copies = [a.copy() for a in inputs]
+    (xv, wv, gv, bv), unchanged = with_drawn_layouts(data, x, w, g, b)
 
     transpose = getattr(loopconv, f"conv_transpose{nd}d")
     backward = getattr(loopconv, f"conv_transpose{nd}d_backward")
@@ -171,4 +171,4 @@ def check_conv_transpose_family(assert_close, geo, with_bias, data, large=False)
     got = backward(xv, wv, gv, **kw)
     for value, ref in zip(got, reference.conv_transpose_backward(x, w, g, **kw)):
         assert_close(value, ref, dtype)
-    assert unchanged(copies, inputs)
+    assert unchanged()

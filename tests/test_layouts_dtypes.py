@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import reference
+from common import DTYPE_PARAMS
 
 import loopconv
 
@@ -60,6 +61,17 @@ def run_all(nd, a):
     return {key: r if isinstance(r, tuple) else (r,) for key, r in results.items()}
 
 
+def assert_run_all_close(assert_close, nd, a, expected, dtype):
+    """run_all(nd, a), CALLS times, gives `expected` (from expected_all) in `dtype`, or in
+    dtype[key] for each of run_all's keys where `dtype` is a dict."""
+    for _ in range(CALLS):
+        got = run_all(nd, a)
+        assert got.keys() == expected.keys()
+        for key in got:
+            for g, e in zip(got[key], expected[key]):
+                assert_close(g, e, dtype[key] if isinstance(dtype, dict) else dtype)
+
+
 def expected_all(nd, a):
     """The reference results of `run_all`, in float64."""
     kw = CONV_KW
@@ -96,12 +108,7 @@ def test_dtype_policy(rng, assert_close, nd, dtype, result_dtype):
         a = {k: (3 * v).round().clip(0 if np.dtype(dtype).kind != "i" else -3, 3)
              for k, v in a.items()}
     a = {k: v.astype(dtype) for k, v in a.items()}
-    expected = expected_all(nd, a)
-    for _ in range(CALLS):
-        got = run_all(nd, a)
-        for key in got:
-            for g, e in zip(got[key], expected[key]):
-                assert_close(g, e, result_dtype)
+    assert_run_all_close(assert_close, nd, a, expected_all(nd, a), result_dtype)
 
 
 # The arrays each entry of run_all passes.
@@ -134,13 +141,8 @@ def test_mixed_dtypes(rng, assert_close, dtypes):
     dtype_of = {"x": x_dtype, "gy": x_dtype, "gyt": x_dtype, "w": w_dtype, "wt": w_dtype,
                 "b": b_dtype}
     a = {k: v.astype(dtype_of[k]) for k, v in a.items()}
-    expected = expected_all(2, a)
-    for _ in range(CALLS):
-        got = run_all(2, a)
-        for key in got:
-            result_dtype = policy(*(dtype_of[k] for k in USES[key]))
-            for g, e in zip(got[key], expected[key]):
-                assert_close(g, e, result_dtype)
+    result_dtypes = {key: policy(*(dtype_of[k] for k in uses)) for key, uses in USES.items()}
+    assert_run_all_close(assert_close, 2, a, expected_all(2, a), result_dtypes)
 
 
 def test_policy_cases_are_mixed():
@@ -173,10 +175,7 @@ def test_rejected_dtypes(rng, kind, argument):
 def test_lists_are_accepted(rng, assert_close, nd):
     a = arrays(nd, rng)
     as_lists = {k: v.tolist() for k, v in a.items()}
-    got, expected = run_all(nd, as_lists), expected_all(nd, a)
-    for key in got:
-        for g, e in zip(got[key], expected[key]):
-            assert_close(g, e, np.float64)
+    assert_run_all_close(assert_close, nd, as_lists, expected_all(nd, a), np.float64)
 
 
 def test_nested_tuples_and_int_lists(rng):
@@ -253,7 +252,7 @@ LAYOUTS = {
 }
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("nd", NDS)
 def test_layouts_give_the_contiguous_result(rng, tmp_path, assert_close, nd, layout, dtype):
@@ -264,12 +263,7 @@ def test_layouts_give_the_contiguous_result(rng, tmp_path, assert_close, nd, lay
         if v.ndim > 1:
             assert not (v.flags.c_contiguous and v.flags.writeable and v.flags.aligned), k
     copies = {k: v.copy() for k, v in views.items()}
-    expected = expected_all(nd, a)
-    for _ in range(CALLS):
-        got = run_all(nd, views)
-        for key in got:
-            for g, e in zip(got[key], expected[key]):
-                assert_close(g, e, dtype)
+    assert_run_all_close(assert_close, nd, views, expected_all(nd, a), dtype)
     for k in views:
         np.testing.assert_array_equal(views[k], copies[k])
 

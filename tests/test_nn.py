@@ -10,6 +10,7 @@ import re
 
 import numpy as np
 import pytest
+from common import DTYPE_PARAMS, assert_close
 
 from loopconv import functional as F
 from loopconv import nn
@@ -17,8 +18,6 @@ from loopconv import nn
 CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 TRANSPOSE = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
 ALL_CLASSES = [*CONV.values(), *TRANSPOSE.values()]
-DTYPES = [np.float32, np.float64]
-TOL = {np.dtype(np.float32): 3e-5, np.dtype(np.float64): 1e-12}
 SIZE = {1: 9, 2: 8, 3: 6}      # spatial size of the test inputs, per number of dimensions
 
 
@@ -33,15 +32,6 @@ def random_input(layer, dtype, size=None, batch=2, seed=0):
     if batch is not None:
         shape = (batch, *shape)
     return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
-
-
-def assert_close(ours, reference, dtype):
-    reference = np.asarray(reference)
-    assert ours.shape == reference.shape
-    assert ours.dtype == np.dtype(dtype)
-    tol = TOL[np.dtype(dtype)]
-    np.testing.assert_allclose(ours, reference, rtol=tol,
-                               atol=tol * max(1.0, float(np.abs(reference).max(initial=0))))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,7 +125,7 @@ def compare_with_torch(torch, layer, x, twin=None, reference=None, **call_kwargs
 
 
 @pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel:UserWarning")
-@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
 @pytest.mark.parametrize("nd", [1, 2, 3], ids=["1d", "2d", "3d"])
 @pytest.mark.parametrize("case", list(CONV_CASES), ids=str)
 def test_conv_matches_torch(case, nd, dtype):
@@ -144,7 +134,7 @@ def test_conv_matches_torch(case, nd, dtype):
     compare_with_torch(torch, layer, random_input(layer, dtype))
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
 @pytest.mark.parametrize("nd", [1, 2, 3], ids=["1d", "2d", "3d"])
 @pytest.mark.parametrize("case", list(TRANSPOSE_CASES), ids=str)
 def test_conv_transpose_matches_torch(case, nd, dtype):
@@ -165,7 +155,7 @@ def test_unbatched_matches_torch(nd, transposed):
 
 
 @pytest.mark.parametrize("full_shape", [False, True], ids=["spatial", "full-shape"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
 @pytest.mark.parametrize("nd", [1, 2, 3], ids=["1d", "2d", "3d"])
 def test_output_size_matches_torch(nd, dtype, full_shape):
     """output_size picks the output padding of that call (here 1 and 0 on alternate axes,
@@ -256,7 +246,7 @@ def test_init_bound_matches_torch(cls, groups):
 # ---------------------------------------------------------------------------------------------
 # Initialisation
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
 @pytest.mark.parametrize("groups", [1, 2])
 @pytest.mark.parametrize("cls", ALL_CLASSES, ids=lambda c: c.__name__)
 def test_init_shapes_dtype_and_bounds(cls, groups, dtype):

@@ -5,21 +5,15 @@ Whatever touches process-wide state (environment variables, fork) runs in a fres
 """
 
 import os
-import subprocess
-import sys
-import textwrap
 import threading
 
 import numpy as np
 import pytest
+from common import DTYPE_PARAMS, run_interpreter, run_python
 
 import loopconv
 from loopconv import _config
 from loopconv._loops import platform
-
-# Children run from the folder that holds the loopconv under test, so that they import the same
-# package (from a source checkout's root, `python -c` would find the unbuilt sources first).
-PACKAGE_HOME = os.path.dirname(os.path.dirname(loopconv.__file__))
 
 threadpoolctl = pytest.importorskip("threadpoolctl")
 
@@ -28,19 +22,6 @@ needs_openmp = pytest.mark.skipif(not platform.openmp(), reason="a build without
 # large enough for the tiled loops on several threads
 X = np.random.default_rng(0).standard_normal((4, 16, 24, 24)).astype(np.float32)
 W = np.random.default_rng(1).standard_normal((16, 16, 3, 3)).astype(np.float32)
-
-
-def run_python(code, env=None, timeout=120):
-    """Run `code` in a fresh interpreter; return its stdout (the test fails on an error)."""
-    full_env = {**os.environ, **(env or {})}
-    for key, value in (env or {}).items():
-        if value is None:
-            del full_env[key]
-    result = subprocess.run([sys.executable, "-W", "ignore::DeprecationWarning", "-c",
-                             textwrap.dedent(code)], capture_output=True, text=True,
-                            env=full_env, timeout=timeout, cwd=PACKAGE_HOME)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
 
 
 # For a fresh interpreter: which of the process's threads did the work of a call.  CPU time is
@@ -199,9 +180,9 @@ print(loopconv.get_num_threads(), busy_threads(lambda: loopconv.conv2d(x, w, pad
 
 @needs_openmp
 def test_threadpoolctl_lists_loopconvs_openmp_runtime():
-    out = subprocess.run([sys.executable, "-m", "threadpoolctl", "-i", "loopconv"],
-                         capture_output=True, text=True, timeout=60, check=True,
-                         cwd=PACKAGE_HOME).stdout
+    done = run_interpreter("-m", "threadpoolctl", "-i", "loopconv", timeout=60)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
     import json
 
     paths = {os.path.realpath(lib["filepath"]) for lib in json.loads(out)
@@ -320,7 +301,7 @@ SUBNORMAL_SHAPES = {1: [(2, 3, 8), (1, 32, 512)],
                     3: [(1, 2, 4, 4, 4), (2, 8, 10, 10, 10)]}
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
 @pytest.mark.parametrize("kind", ["conv", "conv_transpose"])
 @pytest.mark.parametrize("nd, shape", [(nd, shape) for nd, shapes in SUBNORMAL_SHAPES.items()
                                        for shape in shapes],
@@ -340,7 +321,7 @@ def test_subnormal_inputs_give_zeros(dtype, kind, nd, shape):
     np.testing.assert_array_equal(gb, np.full(shape[1], y[0, 0].size * shape[0], dtype))
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
 @pytest.mark.parametrize("shape", [(2, 3, 6, 6), (4, 16, 24, 24)], ids=["direct", "tiled"])
 def test_subnormal_results_are_flushed_and_the_caller_state_is_kept(dtype, shape):
     small = np.sqrt(np.finfo(dtype).tiny) * dtype(0.25)       # normal; its square is not
@@ -354,7 +335,7 @@ def test_subnormal_results_are_flushed_and_the_caller_state_is_kept(dtype, shape
         assert small * small != 0                            # and the caller's state is back
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
 def test_normal_values_unchanged_by_the_flush(dtype):
     """Where no value is subnormal the flush changes nothing: the loops agree with a float64
     NumPy sum (as elsewhere in the suite), here on values spanning many exponents."""

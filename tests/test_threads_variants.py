@@ -6,15 +6,20 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
-import textwrap
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import reference
+from common import (
+    DTYPE_PARAMS,
+    DTYPES,
+    case,
+    conv_arrays,
+    conv_macs,
+    conv_output_shape,
+    run_python,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,37 +27,12 @@ import loopconv
 from loopconv import _loops
 from loopconv._loops import platform
 
-PACKAGE_HOME = os.path.dirname(os.path.dirname(os.path.abspath(loopconv.__file__)))
-DTYPES = [pytest.param(np.float32, id="f32"), pytest.param(np.float64, id="f64")]
 
-
-def run_python(code, **env):
-    """Run `code` in a fresh interpreter with extra environment variables; its stdout.
-
-    It runs from the folder that holds the loopconv under test, so that the child imports the
-    same package (from a source checkout's root, `python -c` would import the unbuilt sources).
-    """
-    full_env = {k: v for k, v in os.environ.items()
-                if k not in ("LOOPCONV_NUM_THREADS", "LOOPCONV_CPU")}
-    full_env.update(env)
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=full_env,
-                          capture_output=True, text=True, timeout=120, cwd=PACKAGE_HOME)
-    assert done.returncode == 0, done.stderr
-    return done.stdout
-
-
-def case(id, x, w, **kw):
-    return pytest.param(x, w, kw, id=id)
-
-
-def macs(x_shape, w_shape, kw):
-    nd = len(x_shape) - 2
-    stride, pairs, dilation = reference._geometry(x_shape[2:], w_shape[2:],
-                                                  kw.get("stride", 1), kw.get("padding", 0),
-                                                  kw.get("dilation", 1))
-    out = reference.output_size(x_shape[2:], w_shape[2:], stride, pairs, dilation)
-    assert len(out) == nd
-    return x_shape[0] * w_shape[0] * math.prod(out) * math.prod(w_shape[1:])
+def arrays(rng, x_shape, w_shape, kw, dtype):
+    """conv_arrays and a bias for the input channels (of a transposed convolution, or of a
+    grad_input computed with one): x, w, b, b_in, gy."""
+    x, w, b, gy = conv_arrays(rng, x_shape, w_shape, kw, dtype)
+    return x, w, b, rng.standard_normal(x_shape[1]).astype(dtype), gy
 
 
 # ---------------------------------------------------------------------------------------------
@@ -71,19 +51,20 @@ THREAD_CASES = [
 
 
 def test_thread_cases_use_the_tiled_loops():
-    sizes = [macs(*p.values) for p in THREAD_CASES]
+    sizes = [conv_macs(*p.values) for p in THREAD_CASES]
     assert sum(m >= _loops.SMALL_PROBLEM for m in sizes) == len(sizes) - 1
 
 
-def all_passes(nd, x, w, b, gy, kw):
+def all_passes(nd, x, w, b, b_in, gy, kw):
     """Every public function on one problem.  The transposed convolution reuses the weight:
-    (C_out, C_in // groups, *k) read as a transposed weight maps gy's C_out channels to C_in."""
+    (C_out, C_in // groups, *k) read as a transposed weight maps gy's C_out channels to C_in
+    (bias b_in)."""
     def f(name):
         return getattr(loopconv, name.format(nd))
 
-    yt = f("conv_transpose{}d")(gy, w, b[:x.shape[1]], **kw)
+    yt = f("conv_transpose{}d")(gy, w, b_in, **kw)
     return {
-        "forward": (f("conv{}d")(x, w, b[:w.shape[0]], **kw),),
+        "forward": (f("conv{}d")(x, w, b, **kw),),
         "input": (f("conv{}d_input")(x.shape, w, gy, **kw),),
         "weight": (f("conv{}d_weight")(x, w.shape, gy, **kw),),
         "backward": f("conv{}d_backward")(x, w, gy, **kw),
@@ -93,26 +74,23 @@ def all_passes(nd, x, w, b, gy, kw):
     }
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
 @pytest.mark.parametrize("x_shape, w_shape, kw", THREAD_CASES)
 def test_bit_identical_for_any_thread_count(rng, restore_threads, x_shape, w_shape, kw, dtype):
     nd = len(x_shape) - 2
-    x = rng.standard_normal(x_shape).astype(dtype)
-    w = rng.standard_normal(w_shape).astype(dtype)
-    b = rng.standard_normal(max(x_shape[1], w_shape[0])).astype(dtype)
-    gy = rng.standard_normal(reference.conv(x, w, **kw).shape).astype(dtype)
+    x, w, b, b_in, gy = arrays(rng, x_shape, w_shape, kw, dtype)
     loopconv.set_num_threads(1)
-    all_passes(nd, x, w, b, gy, kw)
-    one = all_passes(nd, x, w, b, gy, kw)
+    all_passes(nd, x, w, b, b_in, gy, kw)
+    one = all_passes(nd, x, w, b, b_in, gy, kw)
     for threads in (2, 3, 5):
         loopconv.set_num_threads(threads)
-        many = all_passes(nd, x, w, b, gy, kw)
+        many = all_passes(nd, x, w, b, b_in, gy, kw)
         for key in one:
             for a, c in zip(one[key], many[key]):
                 assert np.array_equal(a, c), (key, threads)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
 @pytest.mark.parametrize("x_shape, w_shape, kw", [
     case("tiled", (3, 8, 19, 21), (12, 8, 3, 3), padding=1),
     case("direct", (2, 3, 9, 7), (5, 3, 3, 2), padding=1),
@@ -121,13 +99,10 @@ def test_repeated_calls_are_bit_identical(rng, x_shape, w_shape, kw, dtype):
     """The same call gives the same bits every time, the first call included (the shapes are
     used by no other test, so the first call here is the first in the process)."""
     nd = len(x_shape) - 2
-    x = rng.standard_normal(x_shape).astype(dtype)
-    w = rng.standard_normal(w_shape).astype(dtype)
-    b = rng.standard_normal(max(x_shape[1], w_shape[0])).astype(dtype)
-    gy = rng.standard_normal(reference.conv(x, w, **kw).shape).astype(dtype)
-    first = all_passes(nd, x, w, b, gy, kw)
+    x, w, b, b_in, gy = arrays(rng, x_shape, w_shape, kw, dtype)
+    first = all_passes(nd, x, w, b, b_in, gy, kw)
     for _ in range(2):
-        again = all_passes(nd, x, w, b, gy, kw)
+        again = all_passes(nd, x, w, b, b_in, gy, kw)
         for key in first:
             for name, a, c in zip(("grad_input", "grad_weight", "grad_bias"), first[key],
                                   again[key]):
@@ -175,19 +150,18 @@ def test_set_num_threads_errors(restore_threads, n, exc):
     assert loopconv.get_num_threads() == (2 if platform.openmp() else 1)
 
 
-def test_set_num_threads_after_an_error_still_computes(rng, restore_threads):
+def test_set_num_threads_after_an_error_still_computes(rng, assert_close, restore_threads):
     x = rng.standard_normal((2, 3, 8, 8))
     w = rng.standard_normal((4, 3, 3, 3))
     with pytest.raises(ValueError):
         loopconv.set_num_threads(0)
-    np.testing.assert_allclose(loopconv.conv2d(x, w), reference.conv(x, w), rtol=1e-12,
-                               atol=1e-12)
+    assert_close(loopconv.conv2d(x, w), reference.conv(x, w), np.float64)
 
 
 @pytest.mark.parametrize("value", ["1", "3", " 2 "])
 def test_environment_sets_the_default(value):
     out = run_python("import loopconv; print(loopconv.get_num_threads())",
-                     LOOPCONV_NUM_THREADS=value)
+                     {"LOOPCONV_NUM_THREADS": value})
     assert int(out) == (int(value) if platform.openmp() else 1)
 
 
@@ -205,7 +179,7 @@ def test_environment_default_can_be_changed():
         import loopconv
         loopconv.set_num_threads(1)
         print(loopconv.get_num_threads())
-    """, LOOPCONV_NUM_THREADS="3")
+    """, {"LOOPCONV_NUM_THREADS": "3"})
     assert int(out) == 1
 
 
@@ -289,7 +263,7 @@ def test_variant_cases_cover_partial_tiles():
         x_shape, w_shape, kw = p.values
         groups = kw.get("groups", 1)
         per_group += [w_shape[0] // groups, w_shape[1]]
-        out = reference.conv(np.zeros(x_shape), np.zeros(w_shape), **kw).shape[2:]
+        out = conv_output_shape(x_shape, w_shape, kw)[2:]
         pixels += [math.prod(out), math.prod(x_shape[2:]), math.prod(w_shape[1:])]
     for r in rows - {1}:
         assert any(c % r for c in per_group), r
@@ -329,17 +303,13 @@ def run_module(module, x, w, b, b_in, gy, kw, threads):
             zip((y, dx, dxb, dw), (gy.shape, x.shape, x.shape, w.shape))]
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
 @pytest.mark.parametrize("x_shape, w_shape, kw", VARIANT_CASES)
 @pytest.mark.parametrize("variant", list(_loops.variants()))
 def test_variant_against_direct_and_reference(rng, assert_close, variant, x_shape, w_shape,
                                               kw, dtype):
     module = _loops.variants()[variant]
-    x = rng.standard_normal(x_shape).astype(dtype)
-    w = rng.standard_normal(w_shape).astype(dtype)
-    b = rng.standard_normal(w_shape[0]).astype(dtype)
-    b_in = rng.standard_normal(x_shape[1]).astype(dtype)
-    gy = rng.standard_normal(reference.conv(x, w, **kw).shape).astype(dtype)
+    x, w, b, b_in, gy = arrays(rng, x_shape, w_shape, kw, dtype)
     got = run_module(module, x, w, b, b_in, gy, kw, threads=2)
     direct = run_module(_loops.direct, x, w, b, b_in, gy, kw, threads=2)
     ref_dx = reference.conv_input(x_shape, w, gy, **kw)
@@ -374,18 +344,14 @@ def random_2d_case(draw):
 
 
 @settings(max_examples=120, deadline=None)
-@given(case=random_2d_case(), dtype=st.sampled_from([np.float32, np.float64]),
+@given(case=random_2d_case(), dtype=st.sampled_from(DTYPES),
        seed=st.integers(0, 2**32 - 1))
 def test_variants_on_random_geometries(assert_close, case, dtype, seed):
     """Every compiled variant, at 1 and 2 threads, against the direct loops: every element
     written (outputs start as NaN), equal within rounding, and bit-identical across threads."""
     x_shape, w_shape, kw = case
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal(x_shape).astype(dtype)
-    w = rng.standard_normal(w_shape).astype(dtype)
-    b = rng.standard_normal(w_shape[0]).astype(dtype)
-    b_in = rng.standard_normal(x_shape[1]).astype(dtype)
-    gy = rng.standard_normal(reference.conv(x, w, **kw).shape).astype(dtype)
+    x, w, b, b_in, gy = arrays(rng, x_shape, w_shape, kw, dtype)
     want = run_module(_loops.direct, x, w, b, b_in, gy, kw, threads=1)
     for module in _loops.variants().values():
         two = run_module(module, x, w, b, b_in, gy, kw, threads=2)
@@ -420,7 +386,7 @@ PROBE = """
 
 @pytest.mark.parametrize("variant", list(_loops.variants()))
 def test_loopconv_cpu_forces_a_variant(variant):
-    out = json.loads(run_python(PROBE, LOOPCONV_CPU=variant))
+    out = json.loads(run_python(PROBE, {"LOOPCONV_CPU": variant}))
     assert out["variant"] == variant
     assert out["module"] == _loops.variants()[variant].__name__
     assert out["warnings"] == []
@@ -428,14 +394,14 @@ def test_loopconv_cpu_forces_a_variant(variant):
 
 
 def test_loopconv_cpu_baseline():
-    out = json.loads(run_python(PROBE, LOOPCONV_CPU="baseline"))
+    out = json.loads(run_python(PROBE, {"LOOPCONV_CPU": "baseline"}))
     assert out["variant"] == "baseline"
 
 
 @pytest.mark.parametrize("value", ["no-such-cpu"] + [
     name for name in _loops._VARIANTS if name not in _loops.variants()])
 def test_loopconv_cpu_unknown_or_unsupported_warns_and_falls_back(value):
-    out = json.loads(run_python(PROBE, LOOPCONV_CPU=value))
+    out = json.loads(run_python(PROBE, {"LOOPCONV_CPU": value}))
     assert out["variant"] == out["best"]
     categories = [category for category, _ in out["warnings"]]
     assert categories == ["RuntimeWarning"], out["warnings"]

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from common import DTYPE_PARAMS, conv_arrays, transpose_arrays
 
 import loopconv
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
-DTYPES = [pytest.param(np.float32, id="f32"), pytest.param(np.float64, id="f64")]
 TORCH_DTYPE = {np.float32: torch.float32, np.float64: torch.float64}
 TORCH_MODE = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate",
               "circular": "circular"}
@@ -37,16 +37,22 @@ def tensor(a, requires_grad=False):
 # ---------------------------------------------------------------------------------------------
 # Random configurations
 
-def conv_config(seed):
-    rng = np.random.default_rng(seed)
+def _channels_and_kernel(rng, large):
+    """nd, groups, c_in, c_out, kernel, stride and dilation of a random configuration."""
     nd = int(rng.integers(1, 4))
-    large = seed % 5 == 4
     groups = int(rng.choice([1, 1, 2, 3]))
     c_in = groups * int(rng.integers(1, 4)) * (4 if large else 1)
     c_out = groups * int(rng.integers(1, 4)) * (4 if large else 1)
     kernel = tuple(int(k) for k in rng.integers(1, 4, nd))
     stride = tuple(int(s) for s in rng.integers(1, 4, nd))
     dilation = tuple(int(d) for d in rng.integers(1, 3, nd))
+    return nd, groups, c_in, c_out, kernel, stride, dilation
+
+
+def conv_config(seed):
+    rng = np.random.default_rng(seed)
+    large = seed % 5 == 4
+    nd, groups, c_in, c_out, kernel, stride, dilation = _channels_and_kernel(rng, large)
     pairs = tuple((int(b), int(a)) for b, a in rng.integers(0, 3, (nd, 2)))
     mode = str(rng.choice(["zeros", "zeros", "reflect", "replicate", "circular"]))
     extra = {1: 30, 2: 10, 3: 4}[nd] if large else {1: 8, 2: 5, 3: 3}[nd]
@@ -59,14 +65,8 @@ def conv_config(seed):
 
 def transpose_config(seed):
     rng = np.random.default_rng(1000 + seed)
-    nd = int(rng.integers(1, 4))
     large = seed % 5 == 4
-    groups = int(rng.choice([1, 1, 2, 3]))
-    c_in = groups * int(rng.integers(1, 4)) * (4 if large else 1)
-    c_out = groups * int(rng.integers(1, 4)) * (4 if large else 1)
-    kernel = tuple(int(k) for k in rng.integers(1, 4, nd))
-    stride = tuple(int(s) for s in rng.integers(1, 4, nd))
-    dilation = tuple(int(d) for d in rng.integers(1, 3, nd))
+    nd, groups, c_in, c_out, kernel, stride, dilation = _channels_and_kernel(rng, large)
     size = tuple(int(n) for n in rng.integers(1, {1: 30, 2: 8, 3: 4}[nd] if large else 5, nd))
     output_padding = tuple(int(rng.integers(0, max(s, d))) for s, d in zip(stride, dilation))
     padding = tuple(int(rng.integers(0, ((n - 1) * s + d * (k - 1)) // 2 + 1))
@@ -85,13 +85,13 @@ CONV_CONFIGS = [conv_config(seed) for seed in range(30)]
 TRANSPOSE_CONFIGS = [transpose_config(seed) for seed in range(25)]
 
 
-def conv_data(cfg, dtype, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((cfg["n"], cfg["c_in"], *cfg["size"])).astype(dtype)
-    w = rng.standard_normal(
-        (cfg["c_out"], cfg["c_in"] // cfg["groups"], *cfg["kernel"])).astype(dtype)
-    b = rng.standard_normal(cfg["c_out"]).astype(dtype)
-    return rng, x, w, b
+def shapes(cfg):
+    """The input and weight shapes of a configuration (a transposed one's weight is
+    (C_in, C_out // groups, *kernel))."""
+    x_shape = (cfg["n"], cfg["c_in"], *cfg["size"])
+    if "output_padding" in cfg:
+        return x_shape, (cfg["c_in"], cfg["c_out"] // cfg["groups"], *cfg["kernel"])
+    return x_shape, (cfg["c_out"], cfg["c_in"] // cfg["groups"], *cfg["kernel"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,18 +107,17 @@ def torch_conv_autograd(cfg, x, w, b, g):
     return y.detach().numpy(), xt.grad, wt.grad, bt.grad
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
 @pytest.mark.parametrize("cfg", CONV_CONFIGS, ids=config_id)
 def test_conv_passes(assert_close, cfg, dtype):
     nd = cfg["nd"]
-    rng, x, w, b = conv_data(cfg, dtype)
     kw = dict(stride=cfg["stride"], padding=cfg["pairs"], dilation=cfg["dilation"],
               groups=cfg["groups"])
+    x, w, b, g = conv_arrays(np.random.default_rng(0), *shapes(cfg), kw, dtype)
     expected_y, *_ = torch_conv_autograd(cfg, x, w, b, None)
     y = lc("conv", nd)(x, w, b, padding_mode=cfg["mode"], **kw)
     assert_close(y, expected_y, dtype)
 
-    g = rng.standard_normal(y.shape).astype(dtype)
     _, tx, tw, tb = torch_conv_autograd(cfg, x, w, b, g)
     gx, gw, gb = lc("conv", nd, "_backward")(x, w, g, padding_mode=cfg["mode"], **kw)
     assert_close(gx, tx.numpy(), dtype)
@@ -129,18 +128,16 @@ def test_conv_passes(assert_close, cfg, dtype):
         assert_close(lc("conv", nd, "_weight")(x, w.shape, g, **kw), tw.numpy(), dtype)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
 @pytest.mark.parametrize("cfg", [c for c in CONV_CONFIGS if c["mode"] == "zeros"],
                          ids=config_id)
 def test_torch_nn_grad_symmetric_padding(assert_close, cfg, dtype):
     """torch.nn.grad.convNd_input / convNd_weight with symmetric padding (their only kind)."""
     nd = cfg["nd"]
-    rng, x, w, _ = conv_data(cfg, dtype)
     padding = tuple(b for b, _ in cfg["pairs"])
     kw = dict(stride=cfg["stride"], padding=padding, dilation=cfg["dilation"],
               groups=cfg["groups"])
-    y_shape = lc("conv", nd)(x, w, **kw).shape
-    g = rng.standard_normal(y_shape).astype(dtype)
+    x, w, _, g = conv_arrays(np.random.default_rng(0), *shapes(cfg), kw, dtype)
     grad = torch.nn.grad
     tx = getattr(grad, f"conv{nd}d_input")(x.shape, tensor(w), tensor(g), **kw)
     tw = getattr(grad, f"conv{nd}d_weight")(tensor(x), w.shape, tensor(g), **kw)
@@ -149,7 +146,7 @@ def test_torch_nn_grad_symmetric_padding(assert_close, cfg, dtype):
 
 
 @pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel:UserWarning")
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
 @pytest.mark.parametrize("nd, size, kernel, dilation", [
     (1, (9,), (4,), (1,)),
     (1, (10,), (3,), (3,)),
@@ -161,11 +158,9 @@ def test_torch_nn_grad_symmetric_padding(assert_close, cfg, dtype):
 @pytest.mark.parametrize("mode", ["zeros", "reflect", "replicate", "circular"])
 def test_same_stride1_equals_torch_same(assert_close, nd, size, kernel, dilation, mode,
                                         dtype):
-    rng = np.random.default_rng(7)
     c = 8 if size == (20, 20) else 2
-    x = rng.standard_normal((2, c, *size)).astype(dtype)
-    w = rng.standard_normal((3, c, *kernel)).astype(dtype)
-    b = rng.standard_normal(3).astype(dtype)
+    x, w, b, g = conv_arrays(np.random.default_rng(7), (2, c, *size), (3, c, *kernel),
+                             dict(padding="same", dilation=dilation), dtype)
     xt, wt, bt = tensor(x, True), tensor(w, True), tensor(b, True)
     layer = getattr(torch.nn, f"Conv{nd}d")(c, 3, kernel, padding="same", dilation=dilation,
                                             padding_mode=mode, dtype=TORCH_DTYPE[dtype])
@@ -175,7 +170,6 @@ def test_same_stride1_equals_torch_same(assert_close, nd, size, kernel, dilation
     yt = layer(xt)
     y = lc("conv", nd)(x, w, b, padding="same", dilation=dilation, padding_mode=mode)
     assert_close(y, yt.detach().numpy(), dtype)
-    g = rng.standard_normal(y.shape).astype(dtype)
     yt.backward(tensor(g))
     gx, gw, gb = lc("conv", nd, "_backward")(x, w, g, padding="same", dilation=dilation,
                                               padding_mode=mode)
@@ -187,23 +181,18 @@ def test_same_stride1_equals_torch_same(assert_close, nd, size, kernel, dilation
 # ---------------------------------------------------------------------------------------------
 # Transposed convolutions
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
 @pytest.mark.parametrize("cfg", TRANSPOSE_CONFIGS, ids=config_id)
 def test_conv_transpose_passes(assert_close, cfg, dtype):
     nd = cfg["nd"]
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal((cfg["n"], cfg["c_in"], *cfg["size"])).astype(dtype)
-    w = rng.standard_normal(
-        (cfg["c_in"], cfg["c_out"] // cfg["groups"], *cfg["kernel"])).astype(dtype)
-    b = rng.standard_normal(cfg["c_out"]).astype(dtype)
     kw = dict(stride=cfg["stride"], padding=cfg["padding"],
               output_padding=cfg["output_padding"], groups=cfg["groups"],
               dilation=cfg["dilation"])
+    x, w, b, g = transpose_arrays(np.random.default_rng(1), *shapes(cfg), kw, dtype)
     xt, wt, bt = tensor(x, True), tensor(w, True), tensor(b, True)
     yt = getattr(F, f"conv_transpose{nd}d")(xt, wt, bt, **kw)
     y = lc("conv_transpose", nd)(x, w, b, **kw)
     assert_close(y, yt.detach().numpy(), dtype)
-    g = rng.standard_normal(y.shape).astype(dtype)
     yt.backward(tensor(g))
     gx, gw, gb = lc("conv_transpose", nd, "_backward")(x, w, g, **kw)
     assert_close(gx, xt.grad.numpy(), dtype)

@@ -9,11 +9,17 @@ import math
 import numpy as np
 import pytest
 import reference
+from common import (
+    DTYPE_PARAMS,
+    MASKS,
+    assert_gradients_match_central_differences,
+    assert_masked_gradients,
+    case,
+    transpose_arrays,
+)
 
 import loopconv
 from loopconv import _loops
-
-DTYPES = [pytest.param(np.float32, id="f32"), pytest.param(np.float64, id="f64")]
 
 
 def fn(nd, suffix=""):
@@ -22,10 +28,6 @@ def fn(nd, suffix=""):
 
 def conv(nd, suffix=""):
     return getattr(loopconv, f"conv{nd}d{suffix}")
-
-
-def case(id, x, w, **kw):
-    return pytest.param(x, w, kw, id=id)
 
 
 SMALL = [
@@ -61,15 +63,8 @@ CASES = SMALL + LARGE
 
 
 def macs(x_shape, w_shape):
+    """Multiply-adds of the forward pass: each input value times C_out // groups * kernel."""
     return math.prod(x_shape) * math.prod(w_shape[1:])
-
-
-def data(rng, x_shape, w_shape, kw, dtype):
-    x = rng.standard_normal(x_shape).astype(dtype)
-    w = rng.standard_normal(w_shape).astype(dtype)
-    b = rng.standard_normal(w_shape[1] * kw.get("groups", 1)).astype(dtype)
-    gy = rng.standard_normal(reference.conv_transpose(x, w, None, **kw).shape).astype(dtype)
-    return x, w, b, gy
 
 
 def test_both_loop_paths_are_covered():
@@ -82,20 +77,20 @@ def test_both_loop_paths_are_covered():
 # Against the reference
 
 @pytest.mark.parametrize("with_bias", [False, True], ids=["nobias", "bias"])
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
 @pytest.mark.parametrize("x_shape, w_shape, kw", CASES)
 def test_forward(rng, assert_close, x_shape, w_shape, kw, dtype, with_bias):
-    x, w, b, _ = data(rng, x_shape, w_shape, kw, dtype)
+    x, w, b, _ = transpose_arrays(rng, x_shape, w_shape, kw, dtype)
     b = b if with_bias else None
     y = fn(len(x_shape) - 2)(x, w, b, **kw)
     assert_close(y, reference.conv_transpose(x, w, b, **kw), dtype)
     assert y.flags.c_contiguous
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
 @pytest.mark.parametrize("x_shape, w_shape, kw", CASES)
 def test_backward(rng, assert_close, x_shape, w_shape, kw, dtype):
-    x, w, _, gy = data(rng, x_shape, w_shape, kw, dtype)
+    x, w, _, gy = transpose_arrays(rng, x_shape, w_shape, kw, dtype)
     got = fn(len(x_shape) - 2, "_backward")(x, w, gy, **kw)
     expected = reference.conv_transpose_backward(x, w, gy, **kw)
     for g, r in zip(got, expected):
@@ -106,7 +101,7 @@ def test_backward(rng, assert_close, x_shape, w_shape, kw, dtype):
 def test_output_shape_formula(rng, x_shape, w_shape, kw):
     """out = (in - 1) * stride - before - after + dilation * (k - 1) + output_padding + 1."""
     nd = len(x_shape) - 2
-    x, w, _, _ = data(rng, x_shape, w_shape, kw, np.float64)
+    x, w, _, _ = transpose_arrays(rng, x_shape, w_shape, kw, np.float64)
     stride = reference.per_axis(kw.get("stride", 1), nd)
     dilation = reference.per_axis(kw.get("dilation", 1), nd)
     output_padding = reference.per_axis(kw.get("output_padding", 0), nd)
@@ -124,7 +119,7 @@ def test_output_shape_formula(rng, x_shape, w_shape, kw):
 def test_adjoint_identity_with_conv(rng, x_shape, w_shape, kw):
     """<conv_transpose(x, w), g> = <x, conv(g, w)> over the output pixels x covers."""
     nd = len(x_shape) - 2
-    x, w, _, g = data(rng, x_shape, w_shape, kw, np.float64)
+    x, w, _, g = transpose_arrays(rng, x_shape, w_shape, kw, np.float64)
     ckw = {k: v for k, v in kw.items() if k != "output_padding"}
     lhs = np.vdot(fn(nd)(x, w, **kw), g)
     cg = conv(nd)(g, w, **ckw)[(slice(None),) * 2 + tuple(slice(0, n) for n in x_shape[2:])]
@@ -141,14 +136,13 @@ def _output_padding_below_stride(param):
 
 @pytest.mark.parametrize("x_shape, w_shape, kw",
                          [p for p in CASES if _output_padding_below_stride(p)])
-def test_equals_conv_input(rng, x_shape, w_shape, kw):
+def test_equals_conv_input(rng, assert_close, x_shape, w_shape, kw):
     """conv_transpose(x, w) is conv_input(y.shape, w, x) (output_padding below the stride)."""
     nd = len(x_shape) - 2
-    x, w, _, _ = data(rng, x_shape, w_shape, kw, np.float64)
+    x, w, _, _ = transpose_arrays(rng, x_shape, w_shape, kw, np.float64)
     y = fn(nd)(x, w, **kw)
     ckw = {k: v for k, v in kw.items() if k != "output_padding"}
-    np.testing.assert_allclose(y, conv(nd, "_input")(y.shape, w, x, **ckw), rtol=1e-12,
-                               atol=1e-12 * np.abs(y).max())
+    assert_close(y, conv(nd, "_input")(y.shape, w, x, **ckw), np.float64)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,18 +204,13 @@ FD_CASES = [
 
 
 @pytest.mark.parametrize("x_shape, w_shape, kw", FD_CASES)
-def test_backward_by_central_differences(rng, central_difference, x_shape, w_shape, kw):
+def test_backward_by_central_differences(rng, x_shape, w_shape, kw):
     nd = len(x_shape) - 2
-    x, w, b, g = data(rng, x_shape, w_shape, kw, np.float64)
-
-    def loss(x_, w_, b_):
-        return float(np.sum(fn(nd)(x_, w_, b_, **kw) * g))
-
-    gx, gw, gb = fn(nd, "_backward")(x, w, g, **kw)
-    tol = dict(rtol=1e-6, atol=1e-8)
-    np.testing.assert_allclose(gx, central_difference(lambda v: loss(v, w, b), x), **tol)
-    np.testing.assert_allclose(gw, central_difference(lambda v: loss(x, v, b), w), **tol)
-    np.testing.assert_allclose(gb, central_difference(lambda v: loss(x, w, v), b), **tol)
+    x, w, b, g = transpose_arrays(rng, x_shape, w_shape, kw, np.float64)
+    assert_gradients_match_central_differences(
+        lambda x_, w_, b_: fn(nd)(x_, w_, b_, **kw),
+        lambda x_, w_, g_: fn(nd, "_backward")(x_, w_, g_, **kw),
+        x, w, b, g)
 
 
 @pytest.mark.parametrize("nd", [1, 2, 3])
@@ -248,19 +237,12 @@ def test_unbatched_output_size(rng, assert_close):
                  np.float64)
 
 
-@pytest.mark.parametrize("mask", list(itertools.product([False, True], repeat=3)),
-                         ids=lambda m: "".join("xwb"[i] if v else "-" for i, v in enumerate(m)))
-def test_output_mask(rng, assert_close, mask):
+@pytest.mark.parametrize("mask", MASKS)
+def test_output_mask(rng, mask):
     kw = dict(stride=2, padding=1, output_padding=1, groups=2)
-    x, w, _, g = data(rng, (2, 4, 4, 5), (4, 3, 3, 3), kw, np.float64)
+    x, w, _, g = transpose_arrays(rng, (2, 4, 4, 5), (4, 3, 3, 3), kw, np.float64)
     got = loopconv.conv_transpose2d_backward(x, w, g, **kw, output_mask=mask)
-    expected = reference.conv_transpose_backward(x, w, g, **kw)
-    assert isinstance(got, tuple) and len(got) == 3
-    for wanted, value, ref in zip(mask, got, expected):
-        if wanted:
-            assert_close(value, ref, np.float64)
-        else:
-            assert value is None
+    assert_masked_gradients(got, mask, reference.conv_transpose_backward(x, w, g, **kw))
 
 
 @pytest.mark.parametrize("nd", [1, 2, 3])
