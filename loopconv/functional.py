@@ -142,9 +142,9 @@ def _unbatch(arr, unbatched):
 # arrays are ndarrays and whose parameters are plain ints and strings (never bools, floats or
 # lists: those always take the checking path, so every malformed call is still refused) is
 # looked up by function, shapes, dtypes and parameters.  The first such call is checked in
-# full and leaves a plan, which later identical calls run directly: a `direct.Plan` if the
-# problem is small enough for the direct loops on one thread, else a `_TiledPlan` (the checks
-# cost about 35 us a call, a tenth of a small layer such as the mnist shape's).
+# full and leaves a `_loops.Plan`, which later identical calls run directly (the checks cost
+# about 35 us a call, a tenth of a small layer such as the mnist shape's).  The layers of
+# loopconv.nn keep the plan of their last input shape themselves.
 
 _PLANS: dict = {}
 _MAX_PLANS = 256
@@ -168,67 +168,33 @@ def _shape_key(shape):
     return shape
 
 
-class _TiledPlan:
-    """The tiled loops for one checked geometry (the interface of `direct.Plan`): arrays
-    brought to C order and the plan's dtype (no copy when they are), results allocated, the
-    loops called with the thread count of the moment."""
-
-    __slots__ = ("shapes", "five", "args", "dtype", "unbatched")
-
-    def __init__(self, shapes, five, args, dtype, unbatched):
-        self.shapes = shapes        # batched (N, C, *spatial) of input, weight, output
-        self.five = five            # the same as the loops' 5-D shapes
-        self.args = args            # stride, padding before, dilation, groups (loop_args)
-        self.dtype = dtype
-        self.unbatched = unbatched
-
-    def _in(self, arr, which):
-        return _args.contiguous(arr, self.dtype).reshape(self.five[which])
-
-    def _out(self, which):
-        out = np.empty(self.shapes[which], self.dtype)
-        return out, out.reshape(self.five[which])
-
-    def _result(self, out):
-        return out[0] if self.unbatched else out
-
-    def forward(self, x, w, bias):
-        y, y5 = self._out(2)
-        _loops.forward(self._in(x, 0), self._in(w, 1), _bias(bias, self.dtype), y5, *self.args,
-                       _config.get_num_threads())
-        return self._result(y)
-
-    def grad_input(self, dy, w):
-        dx, dx5 = self._out(0)
-        _loops.grad_input(self._in(dy, 2), self._in(w, 1), _NO_BIAS[self.dtype], dx5,
-                          *self.args, _config.get_num_threads())
-        return self._result(dx)
-
-    def grad_weight(self, x, dy):
-        dw, dw5 = self._out(1)
-        _loops.grad_weight(self._in(x, 0), self._in(dy, 2), dw5, *self.args,
-                           _config.get_num_threads())
-        return dw
-
-    def grad_bias(self, dy):
-        return _bias_grad(self._in(dy, 2), self.dtype)
+def _signature(a, b, c):
+    """Shapes and dtypes of three arrays (`c` may be None) as part of a plan key; None unless
+    all are ndarrays."""
+    if type(a) is not np.ndarray or type(b) is not np.ndarray:
+        return None
+    if c is None:
+        return (a.shape, a.dtype.char, b.shape, b.dtype.char, None)
+    if type(c) is not np.ndarray:
+        return None
+    return (a.shape, a.dtype.char, b.shape, b.dtype.char, c.shape, c.dtype.char)
 
 
-def _remember(key, x_shape, w_shape, y_shape, geo, dtype, unbatched):
-    """Keep a plan for `key` (batched shapes of input, weight and output); `unbatched`: the
-    caller's input and output have no batch axis."""
-    if key is None or 0 in x_shape or 0 in y_shape or 0 in w_shape:
+def _plan(x_shape, w_shape, y_shape, geo, dtype, unbatched):
+    """The plan of a checked convolution with batched shapes of input, weight and output
+    (None for empty arrays, which the checking path handles)."""
+    if 0 in x_shape or 0 in y_shape or 0 in w_shape:
+        return None
+    return _loops.Plan(x_shape, w_shape, y_shape, *geo.loop_args(y_shape[2:]), dtype,
+                       unbatched)
+
+
+def _keep(key, plan) -> None:
+    if key is None or plan is None:
         return
     if len(_PLANS) >= _MAX_PLANS:
         _PLANS.clear()
-    fill = (1,) * (5 - len(x_shape))
-    five = [tuple(s[:2]) + fill + tuple(s[2:]) for s in (x_shape, w_shape, y_shape)]
-    args = geo.loop_args(y_shape[2:])
-    if _loops.small(int(np.prod(y_shape)) * int(np.prod(w_shape[1:]))):
-        _PLANS[key] = _loops.direct.Plan(*five, *args, dtype, len(x_shape) - 2, unbatched)
-    else:
-        _PLANS[key] = _TiledPlan((x_shape, w_shape, y_shape), five, args, np.dtype(dtype),
-                                 unbatched)
+    _PLANS[key] = plan
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,22 +224,28 @@ def _conv_setup(fn, nd, input, weight, bias, stride, padding, dilation, groups, 
 
 def _conv(fn, nd, input, weight, bias, stride, padding, dilation, groups, padding_mode):
     key = None
-    if (type(input) is np.ndarray and type(weight) is np.ndarray
-            and (bias is None or type(bias) is np.ndarray)
-            and _plain(stride, padding, dilation, groups, padding_mode)):
-        key = (fn, input.shape, input.dtype.char, weight.shape, weight.dtype.char,
-               None if bias is None else (bias.shape, bias.dtype.char),
-               stride, padding, dilation, groups, padding_mode)
+    sig = _signature(input, weight, bias)
+    if sig is not None and _plain(stride, padding, dilation, groups, padding_mode):
+        key = (fn, sig, stride, padding, dilation, groups, padding_mode)
         plan = _PLANS.get(key)
         if plan is not None:
-            return plan.forward(input, weight, bias)
+            return plan.forward(input, weight, bias, _config.get_num_threads)
+    y, plan = _conv_checked(fn, nd, input, weight, bias, stride, padding, dilation, groups,
+                            padding_mode)
+    _keep(key, plan)
+    return y
+
+
+def _conv_checked(fn, nd, input, weight, bias, stride, padding, dilation, groups,
+                  padding_mode):
+    """A convolution checked in full: its result, and its plan (None where it has none: empty
+    arrays, or a non-zero padding mode, whose border is padded at each call)."""
     x, w, b, geo, out, unbatched, border = _conv_setup(fn, nd, input, weight, bias, stride,
                                                        padding, dilation, groups, padding_mode)
     dtype = _args.compute_dtype(x, w, b)
     y = _forward(x, w, b, _args.empty(fn, (x.shape[0], w.shape[0], *out), dtype), geo)
-    if border is None:
-        _remember(key, x.shape, w.shape, y.shape, geo, dtype, unbatched)
-    return _unbatch(y, unbatched)
+    plan = None if border else _plan(x.shape, w.shape, y.shape, geo, dtype, unbatched)
+    return _unbatch(y, unbatched), plan
 
 
 def _conv_input(fn, nd, input_size, weight, grad_output, stride, padding, dilation, groups):
@@ -286,7 +258,7 @@ def _conv_input(fn, nd, input_size, weight, grad_output, stride, padding, dilati
                    grad_output.dtype.char, stride, padding, dilation, groups)
             plan = _PLANS.get(key)
             if plan is not None:
-                return plan.grad_input(grad_output, weight)
+                return plan.grad_input(grad_output, weight, None, _config.get_num_threads)
     w = _args.as_array(fn, "weight", weight)
     gy = _args.as_array(fn, "grad_output", grad_output)
     _args.weight_dims(fn, w, nd)
@@ -314,7 +286,7 @@ def _conv_input(fn, nd, input_size, weight, grad_output, stride, padding, dilati
     _check_grad_output(fn, gy, (size[0], w.shape[0], *out))
     dtype = _args.compute_dtype(w, gy)
     gx = _input_grad(gy, w, None, _args.empty(fn, size, dtype), geo)
-    _remember(key, gx.shape, w.shape, gy.shape, geo, dtype, unbatched)
+    _keep(key, _plan(gx.shape, w.shape, gy.shape, geo, dtype, unbatched))
     return _unbatch(gx, unbatched)
 
 
@@ -328,7 +300,7 @@ def _conv_weight(fn, nd, input, weight_size, grad_output, stride, padding, dilat
                    grad_output.dtype.char, stride, padding, dilation, groups)
             plan = _PLANS.get(key)
             if plan is not None:
-                return plan.grad_weight(input, grad_output)
+                return plan.grad_weight(input, grad_output, _config.get_num_threads)
     x = _args.as_array(fn, "input", input)
     gy = _args.as_array(fn, "grad_output", grad_output)
     x, _ = _args.batched(fn, "input", x, nd)
@@ -350,25 +322,39 @@ def _conv_weight(fn, nd, input, weight_size, grad_output, stride, padding, dilat
     _check_grad_output(fn, gy, (x.shape[0], size[0], *out))
     dtype = _args.compute_dtype(x, gy)
     gw = _weight_grad(x, gy, _args.empty(fn, size, dtype), geo)
-    _remember(key, x.shape, gw.shape, gy.shape, geo, dtype, False)
+    _keep(key, _plan(x.shape, gw.shape, gy.shape, geo, dtype, False))
     return gw
 
 
 def _conv_backward(fn, nd, input, weight, grad_output, stride, padding, dilation, groups,
                    padding_mode, output_mask):
     key = None
-    if (type(input) is np.ndarray and type(weight) is np.ndarray
-            and type(grad_output) is np.ndarray and type(output_mask) is tuple
+    sig = _signature(input, weight, grad_output)
+    if (sig is not None and type(output_mask) is tuple
             and _plain(stride, padding, dilation, groups, padding_mode)
             and all(type(m) is bool for m in output_mask)):
-        key = (fn, input.shape, input.dtype.char, weight.shape, weight.dtype.char,
-               grad_output.shape, grad_output.dtype.char, stride, padding, dilation, groups,
-               padding_mode, output_mask)
+        key = (fn, sig, stride, padding, dilation, groups, padding_mode, output_mask)
         plan = _PLANS.get(key)
         if plan is not None:
-            return (plan.grad_input(grad_output, weight) if output_mask[0] else None,
-                    plan.grad_weight(input, grad_output) if output_mask[1] else None,
-                    plan.grad_bias(grad_output) if output_mask[2] else None)
+            return _planned_backward(plan, input, weight, grad_output, output_mask)
+    grads, plan = _conv_backward_checked(fn, nd, input, weight, grad_output, stride, padding,
+                                         dilation, groups, padding_mode, output_mask)
+    _keep(key, plan)
+    return grads
+
+
+def _planned_backward(plan, x, w, gy, mask):
+    """(grad_input, grad_weight, grad_bias) of a convolution by its plan, None where `mask`
+    does not ask."""
+    n = _config.get_num_threads
+    return (plan.grad_input(gy, w, None, n) if mask[0] else None,
+            plan.grad_weight(x, gy, n) if mask[1] else None,
+            plan.grad_bias(gy) if mask[2] else None)
+
+
+def _conv_backward_checked(fn, nd, input, weight, grad_output, stride, padding, dilation,
+                           groups, padding_mode, output_mask):
+    """The gradients of a convolution checked in full, and its plan (as `_conv_checked`)."""
     mask = _args.output_mask(fn, output_mask)
     x, w, _, geo, out, unbatched, border = _conv_setup(fn, nd, input, weight, None, stride,
                                                        padding, dilation, groups, padding_mode)
@@ -387,9 +373,8 @@ def _conv_backward(fn, nd, input, weight, grad_output, stride, padding, dilation
         gw = _weight_grad(x, gy, _args.empty(fn, w.shape, dtype), geo)
     if mask[2]:
         gb = _bias_grad(gy, dtype)
-    if border is None:
-        _remember(key, x.shape, w.shape, gy.shape, geo, dtype, unbatched)
-    return gx, gw, gb
+    plan = None if border else _plan(x.shape, w.shape, gy.shape, geo, dtype, unbatched)
+    return (gx, gw, gb), plan
 
 
 # ---------------------------------------------------------------------------------------------
@@ -444,17 +429,71 @@ def _transpose_setup(fn, nd, input, weight, bias, stride, padding, output_paddin
     return x, w, b, geo, out, out_channels, unbatched
 
 
+def _transpose_key(fn, arrays, output_size, *params):
+    """The plan key of a transposed convolution's call, or None where it takes the checking
+    path."""
+    sig = _signature(*arrays)
+    size = None if output_size is None else _shape_key(output_size)
+    if sig is None or (output_size is not None and size is None) or not _plain(*params):
+        return None
+    return (fn, sig, size, *params)
+
+
 def _conv_transpose(fn, nd, input, weight, bias, stride, padding, output_padding, groups,
                     dilation, output_size):
+    key = _transpose_key(fn, (input, weight, bias), output_size, stride, padding,
+                         output_padding, groups, dilation)
+    plan = _PLANS.get(key) if key is not None else None
+    if plan is not None:
+        return plan.grad_input(input, weight, bias, _config.get_num_threads)
+    y, plan = _conv_transpose_checked(fn, nd, input, weight, bias, stride, padding,
+                                      output_padding, groups, dilation, output_size)
+    _keep(key, plan)
+    return y
+
+
+def _conv_transpose_checked(fn, nd, input, weight, bias, stride, padding, output_padding,
+                            groups, dilation, output_size):
+    """A transposed convolution checked in full: its result and its plan (the plan of the
+    convolution whose input gradient it is)."""
     x, w, b, geo, out, out_channels, unbatched = _transpose_setup(
         fn, nd, input, weight, bias, stride, padding, output_padding, groups, dilation,
         output_size)
-    y = _args.empty(fn, (x.shape[0], out_channels, *out), _args.compute_dtype(x, w, b))
-    return _unbatch(_input_grad(x, w, b, y, geo), unbatched)
+    dtype = _args.compute_dtype(x, w, b)
+    y = _input_grad(x, w, b, _args.empty(fn, (x.shape[0], out_channels, *out), dtype), geo)
+    return _unbatch(y, unbatched), _plan(y.shape, w.shape, x.shape, geo, dtype, unbatched)
 
 
 def _conv_transpose_backward(fn, nd, input, weight, grad_output, stride, padding,
                              output_padding, groups, dilation, output_mask):
+    key = None
+    if type(output_mask) is tuple and all(type(m) is bool for m in output_mask):
+        key = _transpose_key(fn, (input, weight, grad_output), None, stride, padding,
+                             output_padding, groups, dilation)
+        key = None if key is None else (*key, output_mask)
+    plan = _PLANS.get(key) if key is not None else None
+    if plan is not None:
+        return _planned_transpose_backward(plan, input, weight, grad_output, output_mask)
+    grads, plan = _conv_transpose_backward_checked(fn, nd, input, weight, grad_output, stride,
+                                                   padding, output_padding, groups, dilation,
+                                                   output_mask)
+    _keep(key, plan)
+    return grads
+
+
+def _planned_transpose_backward(plan, x, w, gy, mask):
+    """The gradients of a transposed convolution by its plan: the input gradient is the
+    convolution of gy, the weight gradient the convolution's with the roles of x and gy
+    exchanged."""
+    n = _config.get_num_threads
+    return (plan.forward(gy, w, None, n) if mask[0] else None,
+            plan.grad_weight(gy, x, n) if mask[1] else None,
+            _bias_grad(np.reshape(gy, plan.shapes[0]), plan.dtype) if mask[2] else None)
+
+
+def _conv_transpose_backward_checked(fn, nd, input, weight, grad_output, stride, padding,
+                                     output_padding, groups, dilation, output_mask):
+    """The gradients of a transposed convolution checked in full, and its plan."""
     mask = _args.output_mask(fn, output_mask)
     x, w, _, geo, out, out_channels, unbatched = _transpose_setup(
         fn, nd, input, weight, None, stride, padding, output_padding, groups, dilation, None)
@@ -470,7 +509,7 @@ def _conv_transpose_backward(fn, nd, input, weight, grad_output, stride, padding
         gw = _weight_grad(gy, x, _args.empty(fn, w.shape, dtype), geo)
     if mask[2]:
         gb = _bias_grad(gy, dtype)
-    return gx, gw, gb
+    return (gx, gw, gb), _plan(gy.shape, w.shape, x.shape, geo, dtype, unbatched)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from loopconv import _args, functional
+from loopconv import _args, _config, functional
 
 __all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"]
 
@@ -82,6 +82,9 @@ class _Layer:
         self.dtype = _float_dtype(name, dtype)
         self.grad_weight = self.grad_bias = None
         self._input = self._output_shape = None
+        # The plan of the last forward, and the shapes and dtypes of (input, weight, bias) it
+        # was made for: a call with the same ones skips the checks (see _planned).
+        self._plan = self._plan_sig = None
 
     def _weight_shape(self) -> tuple:
         raise NotImplementedError
@@ -100,9 +103,29 @@ class _Layer:
         self.bias = (gen.uniform(-bound, bound, self.out_channels).astype(self.dtype)
                      if self._has_bias else None)
 
-    def _functional(self, suffix: str = ""):
-        # Looked up at each call, so that loopconv.functional stays the one implementation.
-        return getattr(functional, f"{self._kind}{self._nd}d{suffix}")
+    def _name(self, suffix: str = "") -> str:
+        """The name of the functional counterpart, which errors name."""
+        return f"{self._kind}{self._nd}d{suffix}"
+
+    def _planned(self, input):
+        """The plan of the last forward if `input`, `weight` and `bias` have the shapes and
+        dtypes it was made for (the layer's settings are fixed), else None."""
+        if self._plan is None:
+            return None
+        sig = functional._signature(input, self.weight, self.bias)
+        return self._plan if sig is not None and sig == self._plan_sig else None
+
+    def _remember(self, input, plan) -> None:
+        self._plan = plan
+        self._plan_sig = functional._signature(input, self.weight, self.bias)
+
+    def _backward_plan(self, x, gy):
+        """The plan for backward: the forward's, if weight and bias are as they were and
+        grad_output has the dtype the plan computes in."""
+        plan = self._planned(x)
+        if plan is None or _args.compute_dtype(x, self.weight, gy) != plan.dtype:
+            return None
+        return plan
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
@@ -163,17 +186,29 @@ class _ConvNd(_Layer):
     def forward(self, input):
         """The convolution of `input`, ``(N, C_in, *spatial)`` or ``(C_in, *spatial)``;
         keeps `input` for `backward`."""
-        y = self._functional()(input, self.weight, self.bias, self.stride, self.padding,
-                               self.dilation, self.groups, self.padding_mode)
+        plan = self._planned(input)
+        if plan is not None:
+            y = plan.forward(input, self.weight, self.bias, _config.get_num_threads)
+        else:
+            y, plan = functional._conv_checked(
+                self._name(), self._nd, input, self.weight, self.bias, self.stride,
+                self.padding, self.dilation, self.groups, self.padding_mode)
+            self._remember(input, plan)
         self._save(input, y)
         return y
 
     def backward(self, grad_output):
         """Gradient for the input of the last `forward`; sets `grad_weight` and `grad_bias`."""
         x, gy = self._saved_input(grad_output)
-        gx, self.grad_weight, self.grad_bias = self._functional("_backward")(
-            x, self.weight, gy, self.stride, self.padding, self.dilation, self.groups,
-            self.padding_mode, output_mask=(True, True, self.bias is not None))
+        mask = (True, True, self.bias is not None)
+        plan = self._backward_plan(x, gy)
+        if plan is not None:
+            grads = functional._planned_backward(plan, x, self.weight, gy, mask)
+        else:
+            grads, _ = functional._conv_backward_checked(
+                self._name("_backward"), self._nd, x, self.weight, gy, self.stride,
+                self.padding, self.dilation, self.groups, self.padding_mode, mask)
+        gx, self.grad_weight, self.grad_bias = grads
         return gx
 
 
@@ -211,11 +246,16 @@ class _ConvTransposeNd(_Layer):
         `output_size` (the spatial sizes, or the full shape) chooses the output padding for
         this call, as in PyTorch; `backward` then uses the same.
         """
-        y = self._functional()(input, self.weight, self.bias, self.stride, self.padding,
-                               self.output_padding, self.groups, self.dilation,
-                               output_size=output_size)
+        plan = self._planned(input) if output_size is None else None
+        if plan is not None and self._used_output_padding == self.output_padding:
+            y = plan.grad_input(input, self.weight, self.bias, _config.get_num_threads)
+        else:
+            y, plan = functional._conv_transpose_checked(
+                self._name(), self._nd, input, self.weight, self.bias, self.stride,
+                self.padding, self.output_padding, self.groups, self.dilation, output_size)
+            self._remember(input, plan)
+            self._used_output_padding = self._output_padding_of(np.shape(input), y.shape)
         self._save(input, y)
-        self._used_output_padding = self._output_padding_of(self._input.shape, y.shape)
         return y
 
     def _output_padding_of(self, in_shape, out_shape) -> tuple:
@@ -228,9 +268,15 @@ class _ConvTransposeNd(_Layer):
     def backward(self, grad_output):
         """Gradient for the input of the last `forward`; sets `grad_weight` and `grad_bias`."""
         x, gy = self._saved_input(grad_output)
-        gx, self.grad_weight, self.grad_bias = self._functional("_backward")(
-            x, self.weight, gy, self.stride, self.padding, self._used_output_padding,
-            self.groups, self.dilation, output_mask=(True, True, self.bias is not None))
+        mask = (True, True, self.bias is not None)
+        plan = self._backward_plan(x, gy)
+        if plan is not None:
+            grads = functional._planned_transpose_backward(plan, x, self.weight, gy, mask)
+        else:
+            grads, _ = functional._conv_transpose_backward_checked(
+                self._name("_backward"), self._nd, x, self.weight, gy, self.stride,
+                self.padding, self._used_output_padding, self.groups, self.dilation, mask)
+        gx, self.grad_weight, self.grad_bias = grads
         return gx
 
 

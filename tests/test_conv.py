@@ -14,10 +14,11 @@ from common import (
     case,
     conv_arrays,
     conv_macs,
+    transpose_arrays,
 )
 
 import loopconv
-from loopconv import _loops
+from loopconv import _loops, functional
 
 
 def fn(nd, suffix=""):
@@ -136,7 +137,6 @@ def test_backward(rng, assert_close, x_shape, w_shape, kw, dtype):
 def test_repeated_calls_of_a_large_problem_take_a_plan(rng, assert_close, nd):
     """The second identical call of a problem for the tiled loops skips the checks (a plan):
     same results for unbatched arrays, another memory order and float16 inputs."""
-    from loopconv import functional
     spatial = {1: (300,), 2: (30, 31), 3: (9, 10, 11)}[nd]
     x = rng.standard_normal((16, *spatial))                 # unbatched
     w = rng.standard_normal((32, 8) + (3,) * nd)
@@ -163,7 +163,49 @@ def test_repeated_calls_of_a_large_problem_take_a_plan(rng, assert_close, nd):
             assert_close(back[0], expected["input"], back[0].dtype)
             assert_close(back[1], expected["weight"], back[1].dtype)
             assert_close(back[2], gy64.reshape(32, -1).sum(axis=1), back[2].dtype)
-        assert {type(p).__name__ for p in functional._PLANS.values()} == {"_TiledPlan"}
+        assert {p.loops.__name__ for p in functional._PLANS.values()} == {_loops.tiled.__name__}
+
+
+PLANNED_CALLS = {   # family: f(nd, arrays of conv_arrays / transpose_arrays, kw)
+    "conv": lambda nd, a, kw: fn(nd)(a[0], a[1], a[2], **kw),
+    "input": lambda nd, a, kw: fn(nd, "_input")(a[0].shape, a[1], a[3], **kw),
+    "weight": lambda nd, a, kw: fn(nd, "_weight")(a[0], a[1].shape, a[3], **kw),
+    "backward": lambda nd, a, kw: fn(nd, "_backward")(a[0], a[1], a[3], **kw),
+    "transpose": lambda nd, a, kw: getattr(loopconv, f"conv_transpose{nd}d")(
+        a[0], a[1], a[2], **kw),
+    "transpose-backward": lambda nd, a, kw: getattr(loopconv, f"conv_transpose{nd}d_backward")(
+        a[0], a[1], a[3], **kw),
+}
+
+
+@pytest.mark.parametrize("unbatched", [False, True], ids=["batched", "unbatched"])
+@pytest.mark.parametrize("size", ["small", "large"])
+@pytest.mark.parametrize("family", list(PLANNED_CALLS))
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_planned_call_equals_the_checked_call(rng, nd, family, size, unbatched):
+    """Every family leaves a plan (transposed convolutions included), and the planned call
+    gives the checked call's results bit for bit, on the direct and the tiled loops."""
+    if size == "small":
+        x_shape, w_shape, wt_shape = (1, 4) + (4,) * nd, (6, 2) + (3,) * nd, (4, 3) + (3,) * nd
+    else:
+        spatial = {1: (300,), 2: (30, 31), 3: (9, 10, 11)}[nd]
+        x_shape, w_shape, wt_shape = (2, 16, *spatial), (32, 8) + (3,) * nd, (16, 12) + (3,) * nd
+    kw = dict(stride=2, padding=1, groups=2)
+    if family.startswith("transpose"):
+        arrays = transpose_arrays(rng, x_shape, wt_shape, kw, np.float32)
+    else:
+        arrays = conv_arrays(rng, x_shape, w_shape, kw, np.float32)
+    if unbatched:
+        arrays = (arrays[0][0], arrays[1], arrays[2], arrays[3][0])
+    functional._PLANS.clear()
+    checked = PLANNED_CALLS[family](nd, arrays, kw)
+    assert len(functional._PLANS) == 1
+    plan = next(iter(functional._PLANS.values()))
+    assert (plan.loops is _loops.direct) == (size == "small")
+    planned = PLANNED_CALLS[family](nd, arrays, kw)
+    for c, p in zip(*(r if isinstance(r, tuple) else (r,) for r in (checked, planned))):
+        assert p.dtype == c.dtype and p.shape == c.shape
+        np.testing.assert_array_equal(p, c)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -345,22 +345,96 @@ def test_replaced_weight_is_used_by_transposed_layer():
     np.testing.assert_array_equal(layer(x), F.conv_transpose1d(x, w, layer.bias, 2))
 
 
+def functional_step(layer, x, gy):
+    """(output, grad_input, grad_weight, grad_bias) of `layer`'s settings by the functions."""
+    nd = layer._nd
+    if isinstance(layer, nn._ConvTransposeNd):
+        y = getattr(F, f"conv_transpose{nd}d")(x, layer.weight, layer.bias, layer.stride,
+                                                layer.padding, layer.output_padding,
+                                                layer.groups, layer.dilation)
+        grads = getattr(F, f"conv_transpose{nd}d_backward")(
+            x, layer.weight, gy, layer.stride, layer.padding, layer.output_padding,
+            layer.groups, layer.dilation, output_mask=(True, True, layer.bias is not None))
+    else:
+        y = getattr(F, f"conv{nd}d")(x, layer.weight, layer.bias, layer.stride, layer.padding,
+                                     layer.dilation, layer.groups, layer.padding_mode)
+        grads = getattr(F, f"conv{nd}d_backward")(
+            x, layer.weight, gy, layer.stride, layer.padding, layer.dilation, layer.groups,
+            layer.padding_mode, output_mask=(True, True, layer.bias is not None))
+    return (y, *grads)
+
+
+@pytest.mark.parametrize("layer", [
+    pytest.param(nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2, rng=0), id="conv2d"),
+    pytest.param(nn.Conv1d(4, 8, 3, padding="same", bias=False, rng=0), id="conv1d-same"),
+    pytest.param(nn.Conv3d(2, 4, 2, padding=1, padding_mode="replicate", rng=0),
+                 id="conv3d-replicate"),
+    pytest.param(nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1,
+                                    groups=2, rng=0), id="transpose2d"),
+    pytest.param(nn.Conv2d(8, 32, 3, padding=1, rng=0), id="conv2d-tiled"),
+])
+def test_layer_plans_follow_input_weight_and_gradient(layer):
+    """A layer runs its last plan while input, weight and bias keep their shapes and dtypes,
+    and gives what the functions give, bit for bit, through a sequence of calls that changes
+    the input's size, batch and dtype, the weight's dtype and grad_output's dtype."""
+    gen = np.random.default_rng(5)
+    nd = layer._nd
+    steps = [((2, 12), np.float32, np.float32), ((2, 12), np.float32, np.float32),
+             ((1, 10), np.float32, np.float32), ((2, 12), np.float64, np.float32),
+             ((2, 12), np.float32, np.float64), ((2, 12), np.float32, np.float32)]
+    for i, ((batch, size), x_dtype, gy_dtype) in enumerate(steps):
+        if i == 4:
+            layer.weight = layer.weight.astype(np.float64)
+        if i == 5:
+            layer.weight = layer.weight.astype(np.float32)
+        x = gen.standard_normal((batch, layer.in_channels) + (size,) * nd).astype(x_dtype)
+        y = layer(x)
+        gy = gen.standard_normal(y.shape).astype(gy_dtype)
+        gx = layer.backward(gy)
+        expected = functional_step(layer, x, gy)
+        for got, want in zip((y, gx, layer.grad_weight, layer.grad_bias), expected):
+            if want is None:
+                assert got is None
+                continue
+            assert got.dtype == want.dtype and got.shape == want.shape, (i, got.dtype)
+            np.testing.assert_array_equal(got, want)
+
+
+def test_layer_reuses_its_plan():
+    """The second call of a layer on an input of the same shape and dtype takes the plan the
+    first made, for forward and backward; another shape makes another."""
+    layer = nn.ConvTranspose2d(2, 3, 3, stride=2, rng=0)
+    x = np.ones((1, 2, 5, 5), np.float32)
+    layer.backward(np.ones_like(layer(x)))
+    plan = layer._plan
+    assert plan is not None
+    layer.backward(np.ones_like(layer(x)))
+    assert layer._plan is plan
+    layer(np.ones((1, 2, 6, 5), np.float32))
+    assert layer._plan is not plan and layer._plan.shapes[2] == (1, 2, 6, 5)
+
+
 def test_backward_asks_only_for_needed_gradients(monkeypatch):
+    """A layer without bias asks for no bias gradient, on the planned and the checking path
+    (a padding mode other than zeros has no plan)."""
     masks = []
 
     def spy(real):
         def wrapper(*args, **kwargs):
-            masks.append(kwargs["output_mask"])
+            masks.append(args[-1])
             return real(*args, **kwargs)
         return wrapper
 
-    monkeypatch.setattr(F, "conv2d_backward", spy(F.conv2d_backward))
-    monkeypatch.setattr(F, "conv_transpose2d_backward", spy(F.conv_transpose2d_backward))
-    for cls in (nn.Conv2d, nn.ConvTranspose2d):
+    for name in ("_planned_backward", "_conv_backward_checked", "_planned_transpose_backward",
+                 "_conv_transpose_backward_checked"):
+        monkeypatch.setattr(F, name, spy(getattr(F, name)))
+    for cls, kw in ((nn.Conv2d, {}), (nn.Conv2d, dict(padding=1, padding_mode="reflect")),
+                    (nn.ConvTranspose2d, {})):
         for bias in (True, False):
-            layer = cls(2, 2, 3, bias=bias, rng=0)
+            layer = cls(2, 2, 3, bias=bias, rng=0, **kw)
             layer.backward(np.ones_like(layer(np.ones((1, 2, 5, 5), np.float32))))
-    assert masks == [(True, True, True), (True, True, False)] * 2
+            assert (layer.grad_bias is None) != bias
+    assert masks == [(True, True, True), (True, True, False)] * 3
 
 
 def test_transposed_backward_uses_the_output_padding_of_forward():

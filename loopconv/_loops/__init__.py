@@ -5,15 +5,18 @@
   (`baseline` everywhere; `x86-64-v3` and `x86-64-v4` on x86-64), chosen at import from the CPU's
   features, or forced with the environment variable ``LOOPCONV_CPU``.
 
-`forward`, `grad_input` and `grad_weight` take C-contiguous 5-D arrays (see tiled.pxi for the
-layout) and pick the direct or the tiled loops by problem size only -- never by thread count,
-so that results are bit-identical for any number of threads.  `direct.Plan` runs the direct
-loops for a geometry checked once (see loopconv.functional).
+`choose` picks the loops for a problem, by its shapes only -- never by thread count, so that
+results are bit-identical for any number of threads.  `forward`, `grad_input` and
+`grad_weight` take C-contiguous 5-D arrays (see tiled.pxi for the layout) and run the chosen
+loops; a `Plan` runs the three passes of a problem checked once (see loopconv.functional).
 """
 
 import importlib
+import math
 import os
 import warnings
+
+import numpy as np
 
 from loopconv._loops import direct, platform
 
@@ -71,26 +74,116 @@ def small(macs) -> bool:
 started_threads = False
 
 
-def _run(macs, num_threads):
+def choose(y_shape, w_shape):
+    """The loops for a convolution with output (N, O, *spatial) `y_shape` and weight
+    (O, C // groups, *kernel) `w_shape`: the one place where they are chosen."""
+    return direct if small(math.prod(y_shape) * math.prod(w_shape[1:])) else tiled
+
+
+def _threads(loops, num_threads):
+    """The thread count for `loops`: the direct loops run small problems on one thread."""
     global started_threads
-    if small(macs):
-        return direct, 1
+    if loops is direct:
+        return 1
     if num_threads > 1:
         started_threads = True
-    return tiled, num_threads
+    return num_threads
 
 
 def forward(x, w, bias, y, stride, pad, dilation, groups, num_threads):
-    loops, n = _run(y.size * w.shape[1] * w.shape[2] * w.shape[3] * w.shape[4], num_threads)
-    loops.forward(x, w, bias, y, stride, pad, dilation, groups, n)
+    loops = choose(y.shape, w.shape)
+    loops.forward(x, w, bias, y, stride, pad, dilation, groups, _threads(loops, num_threads))
 
 
 def grad_input(dy, w, bias, dx, stride, pad, dilation, groups, num_threads):
-    loops, n = _run(dy.size * w.shape[1] * w.shape[2] * w.shape[3] * w.shape[4], num_threads)
-    loops.grad_input(dy, w, bias, dx, stride, pad, dilation, groups, n)
+    loops = choose(dy.shape, w.shape)
+    loops.grad_input(dy, w, bias, dx, stride, pad, dilation, groups,
+                     _threads(loops, num_threads))
 
 
 def grad_weight(x, dy, dw, stride, pad, dilation, groups, num_threads):
-    loops, n = _run(dy.size * dw.shape[1] * dw.shape[2] * dw.shape[3] * dw.shape[4],
-                    num_threads)
-    loops.grad_weight(x, dy, dw, stride, pad, dilation, groups, n)
+    loops = choose(dy.shape, dw.shape)
+    loops.grad_weight(x, dy, dw, stride, pad, dilation, groups, _threads(loops, num_threads))
+
+
+# ---------------------------------------------------------------------------------------------
+# Plans
+
+class Plan:
+    """The three passes of one checked convolution, its loops chosen once.
+
+    x_shape, w_shape, y_shape: the batched (N, C, *spatial) shapes of the convolution's input,
+    weight and output (for a transposed convolution: of its output, weight and input);
+    stride, pad (padding before), dilation: 3-D triples; `unbatched`: the caller's input- and
+    output-shaped arrays have no batch axis.  The methods take arrays of those shapes (any
+    layout or dtype: they are brought to C order and the plan's dtype, without a copy when they
+    already are) and return new arrays; `num_threads` is a function that gives the thread
+    count of the moment (called only when the loops run threads).  Small problems run through
+    `direct.Plan`, the direct loops' compiled entry, which skips the Python-level reshaping.
+    """
+
+    __slots__ = ("shapes", "five", "args", "dtype", "unbatched", "loops", "_direct",
+                 "_no_bias")
+
+    def __init__(self, x_shape, w_shape, y_shape, stride, pad, dilation, groups, dtype,
+                 unbatched):
+        fill = (1,) * (5 - len(x_shape))
+        self.shapes = (tuple(x_shape), tuple(w_shape), tuple(y_shape))
+        self.five = tuple(s[:2] + fill + s[2:] for s in self.shapes)
+        self.args = (tuple(stride), tuple(pad), tuple(dilation), groups)
+        self.dtype = np.dtype(dtype)
+        self.unbatched = unbatched
+        self.loops = choose(self.five[2], self.five[1])
+        self._direct = (direct.Plan(*self.five, *self.args, self.dtype, len(x_shape) - 2,
+                                    unbatched) if self.loops is direct else None)
+        self._no_bias = np.empty(0, self.dtype)
+
+    def _in(self, arr, which):
+        return np.ascontiguousarray(arr, dtype=self.dtype).reshape(self.five[which])
+
+    def _out(self, which):
+        out = np.empty(self.shapes[which], self.dtype)
+        return out, out.reshape(self.five[which])
+
+    def _result(self, out):
+        return out[0] if self.unbatched else out
+
+    def _bias(self, bias):
+        return self._no_bias if bias is None else np.ascontiguousarray(bias, dtype=self.dtype)
+
+    def forward(self, x, w, bias, num_threads):
+        """conv(x, w) + bias."""
+        if self._direct is not None:
+            return self._direct.forward(x, w, bias)
+        y, y5 = self._out(2)
+        self.loops.forward(self._in(x, 0), self._in(w, 1), self._bias(bias), y5, *self.args,
+                           _threads(self.loops, num_threads()))
+        return self._result(y)
+
+    def grad_input(self, dy, w, bias, num_threads):
+        """The input gradient of conv(x, w) for output gradient dy, plus bias (which makes it
+        the transposed convolution of dy)."""
+        if self._direct is not None:
+            return self._direct.grad_input(dy, w, bias)
+        dx, dx5 = self._out(0)
+        self.loops.grad_input(self._in(dy, 2), self._in(w, 1), self._bias(bias), dx5,
+                              *self.args, _threads(self.loops, num_threads()))
+        return self._result(dx)
+
+    def grad_weight(self, x, dy, num_threads):
+        """The weight gradient of conv(x, w) for output gradient dy."""
+        if self._direct is not None:
+            return self._direct.grad_weight(x, dy)
+        dw, dw5 = self._out(1)
+        self.loops.grad_weight(self._in(x, 0), self._in(dy, 2), dw5, *self.args,
+                               _threads(self.loops, num_threads()))
+        return dw
+
+    def grad_bias(self, dy):
+        """dy summed over images and pixels, per channel (the direct loops' fixed order)."""
+        if self._direct is not None:
+            return self._direct.grad_bias(dy)
+        n, o = self.five[2][:2]
+        db = np.empty(o, self.dtype)
+        direct.bias_grad(self._in(dy, 2).reshape(n, o, -1), db)
+        return db

@@ -287,10 +287,13 @@ cdef class Plan:
             restore_fpstate(fp)
         return y
 
-    def grad_input(self, dy, w):
-        """The input gradient of conv(x, w) for output gradient dy."""
+    def grad_input(self, dy, w, bias=None):
+        """The input gradient of conv(x, w) for output gradient dy, plus bias (None: none):
+        with a bias, the transposed convolution of dy."""
         cdef cnp.ndarray dya = self._array(dy), wa = self._array(w)
         cdef cnp.ndarray dx = self._result(self.xdims, True)
+        cdef cnp.ndarray ba = None if bias is None else self._array(bias)
+        cdef void *bp = NULL if ba is None else cnp.PyArray_DATA(ba)
         cdef Py_ssize_t item
         cdef fpstate fp
         with nogil:
@@ -299,11 +302,11 @@ cdef class Plan:
                 if self.typenum == cnp.NPY_FLOAT32:
                     input_plane(&self.g, item // self.g.C, item % self.g.C,
                                 <float *> cnp.PyArray_DATA(dya), <float *> cnp.PyArray_DATA(wa),
-                                NULL, <float *> cnp.PyArray_DATA(dx))
+                                <float *> bp, <float *> cnp.PyArray_DATA(dx))
                 else:
                     input_plane(&self.g, item // self.g.C, item % self.g.C,
                                 <double *> cnp.PyArray_DATA(dya),
-                                <double *> cnp.PyArray_DATA(wa), NULL,
+                                <double *> cnp.PyArray_DATA(wa), <double *> bp,
                                 <double *> cnp.PyArray_DATA(dx))
             restore_fpstate(fp)
         return dx
