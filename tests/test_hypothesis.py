@@ -121,15 +121,20 @@ def check_conv_family(assert_close, geo, mode, with_bias, data, large=False):
 
     conv = getattr(loopconv, f"conv{nd}d")
     backward = getattr(loopconv, f"conv{nd}d_backward")
-    assert_close(conv(xv, wv, bv, padding_mode=mode, **kw), expected, dtype)
+    ax, aw, ab, ag = (None if a is None else np.abs(a) for a in (x, w, b, g))
+    assert_close(conv(xv, wv, bv, padding_mode=mode, **kw), expected, dtype,
+                 bound=reference.conv(ax, aw, ab, padding_mode=mode, **kw))
     got = backward(xv, wv, gv, padding_mode=mode, **kw)
-    for value, ref in zip(got, reference.conv_backward(x, w, g, padding_mode=mode, **kw)):
-        assert_close(value, ref, dtype)
+    for value, ref, bound in zip(got, reference.conv_backward(x, w, g, padding_mode=mode, **kw),
+                                 reference.conv_backward(ax, aw, ag, padding_mode=mode, **kw)):
+        assert_close(value, ref, dtype, bound)
     if mode == "zeros":
         gx = getattr(loopconv, f"conv{nd}d_input")(x.shape, wv, gv, **kw)
         gw = getattr(loopconv, f"conv{nd}d_weight")(xv, w.shape, gv, **kw)
-        assert_close(gx, reference.conv_input(x.shape, w, g, **kw), dtype)
-        assert_close(gw, reference.conv_weight(x, w.shape, g, **kw), dtype)
+        assert_close(gx, reference.conv_input(x.shape, w, g, **kw), dtype,
+                     reference.conv_input(x.shape, aw, ag, **kw))
+        assert_close(gw, reference.conv_weight(x, w.shape, g, **kw), dtype,
+                     reference.conv_weight(ax, w.shape, ag, **kw))
     assert unchanged()
 
 
@@ -167,8 +172,11 @@ def check_conv_transpose_family(assert_close, geo, with_bias, data, large=False)
 
     transpose = getattr(loopconv, f"conv_transpose{nd}d")
     backward = getattr(loopconv, f"conv_transpose{nd}d_backward")
-    assert_close(transpose(xv, wv, bv, **kw), expected, dtype)
+    ax, aw, ab, ag = (None if a is None else np.abs(a) for a in (x, w, b, g))
+    assert_close(transpose(xv, wv, bv, **kw), expected, dtype,
+                 bound=reference.conv_transpose(ax, aw, ab, **kw))
     got = backward(xv, wv, gv, **kw)
-    for value, ref in zip(got, reference.conv_transpose_backward(x, w, g, **kw)):
-        assert_close(value, ref, dtype)
+    for value, ref, bound in zip(got, reference.conv_transpose_backward(x, w, g, **kw),
+                                 reference.conv_transpose_backward(ax, aw, ag, **kw)):
+        assert_close(value, ref, dtype, bound)
     assert unchanged()

@@ -227,6 +227,14 @@ VARIANT_CASES = [
     case("3d-odd", (2, 5, 7, 9, 11), (7, 5, 3, 2, 3), stride=(1, 2, 1), padding=1),
     case("3d-grouped-dilated", (1, 6, 8, 7, 9), (9, 2, 2, 3, 2), groups=3, dilation=(2, 1, 2),
          padding=((1, 0), (1, 1), (0, 2))),
+    # many pixels per weight: the weight packed into panels (the cases above with few read it
+    # in place), with a partial panel of rows, in both passes and with stride phases
+    case("2d-packed-13-out-odd", (4, 7, 24, 23), (13, 7, 3, 3), padding=1),
+    case("2d-packed-stride2-grouped", (3, 10, 40, 41), (14, 5, 3, 3), stride=2, groups=2,
+         padding=((1, 0), (0, 1))),
+    # batch 1, few pixels, many channels: rows split into blocks, weight read in place
+    case("2d-deep-7x7-batch1", (1, 70, 7, 7), (45, 70, 3, 3), padding=1),
+    case("2d-batch1-few-outputs", (1, 40, 6, 6), (12, 40, 3, 3), padding=1),
     case("tiny-1-channel", (1, 1, 3, 2), (1, 1, 2, 2)),
     case("tiny-one-output-pixel", (2, 3, 3, 3), (2, 3, 3, 3)),
     case("tiny-stride-larger-than-input", (1, 2, 5, 4), (3, 2, 2, 2), stride=(6, 5)),
@@ -270,6 +278,22 @@ def test_variant_cases_cover_partial_tiles():
     for c in cols - {1}:
         assert any(n % c for n in pixels), c
     assert any(n > 256 for n in pixels)
+
+
+def test_variant_cases_read_the_weight_both_ways():
+    """Forward passes with few grid columns (images times staged pixels) read the weight in
+    place, those with many pack it: the cases have both, by a margin."""
+    limit = _loops.tiled.info()["weight read in place below grid columns"]
+    columns = []
+    for p in VARIANT_CASES:
+        x_shape, w_shape, kw = p.values
+        nd = len(x_shape) - 2
+        out = conv_output_shape(x_shape, w_shape, kw)[2:]
+        stride = reference.per_axis(kw.get("stride", 1), nd)
+        dilation = reference.per_axis(kw.get("dilation", 1), nd)
+        staged = [o + (k - 1) * d // s for o, k, s, d in zip(out, w_shape[2:], stride, dilation)]
+        columns.append(x_shape[0] * math.prod(staged))
+    assert min(columns) < limit // 2 and max(columns) > 2 * limit
 
 
 def lift(a):

@@ -76,6 +76,12 @@ _Static_assert(LC_NR_B_F32 <= 64 && LC_NR_B_F64 <= 64, "forward-style tile wider
  *                 mr is 1, 2, 4 or MR_B rows (fewer rows for products with few: an input
  *                 gradient for one or three channels, a depthwise forward pass), nv is NV_B
  *                 vectors, or one for the last columns of a block
+ *   lc_tile_g_T:  C[i, j] (=, +=) sum_k a[aoff[k] + i * rs] * b[boff[k] + j]
+ *                 lc_tile_b with A read in place, row i at a stride rs and column k at the
+ *                 offset aoff[k]: the weight itself, unpacked (batch-1 and other problems with
+ *                 few pixels per weight, where packing A would cost as much as the product);
+ *                 not inlined, so that GCC still inlines lc_tile_b into its caller (inlining
+ *                 both, it stopped: the forward pass of largek 5 % slower)
  *   lc_tile_a_T:  C[i, j] (=, +=) sum_k a[aoff[i] + k] * b[NR * k + j]         NR = 2 vectors
  *                 row i of A read in place at a + aoff[i]; B packed (weight gradient)
  *   lc_tile_d_T:  C[i, j] (=, +=) sum_k a[aoff[i] + k] * b[j * ldb + k]       KR_D x OR_D
@@ -161,6 +167,20 @@ static inline void lc_tile_b_##TAG##n_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRIC
 {                                                                                       \
     LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, MR, 1, a[MR * k + i],            \
                  b + boff[k], )                                                         \
+}                                                                                       \
+static inline void lc_tile_g_##TAG##w_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,     \
+        const ptrdiff_t *LC_RESTRICT aoff, ptrdiff_t rs, const T *LC_RESTRICT b,        \
+        const ptrdiff_t *LC_RESTRICT boff, T *LC_RESTRICT c, ptrdiff_t ldc, int beta)   \
+{                                                                                       \
+    LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, MR, LC_NV_B, a[aoff[k] + i * rs], \
+                 b + boff[k], LC_PREFETCH_B(T, MR, LC_NV_B))                            \
+}                                                                                       \
+static inline void lc_tile_g_##TAG##n_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,     \
+        const ptrdiff_t *LC_RESTRICT aoff, ptrdiff_t rs, const T *LC_RESTRICT b,        \
+        const ptrdiff_t *LC_RESTRICT boff, T *LC_RESTRICT c, ptrdiff_t ldc, int beta)   \
+{                                                                                       \
+    LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, MR, 1, a[aoff[k] + i * rs],      \
+                 b + boff[k], )                                                         \
 }
 
 /* The aligned(sizeof(T)) twin of each vector type is for unaligned loads and stores. */
@@ -186,6 +206,25 @@ static inline void lc_tile_b_##SUFFIX(int mr, int nv, ptrdiff_t kc, const T *a, 
     } else {                                                                            \
         if (nv == 1) lc_tile_b_fulln_##SUFFIX(kc, a, b, boff, c, ldc, beta);            \
         else lc_tile_b_fullw_##SUFFIX(kc, a, b, boff, c, ldc, beta);                    \
+    }                                                                                   \
+}                                                                                       \
+__attribute__((noinline))                                                               \
+static void lc_tile_g_##SUFFIX(int mr, int nv, ptrdiff_t kc, const T *a,                \
+        const ptrdiff_t *aoff, ptrdiff_t rs, const T *b, const ptrdiff_t *boff, T *c,   \
+        ptrdiff_t ldc, int beta)                                                        \
+{                                                                                       \
+    if (mr == 1) {                                                                      \
+        if (nv == 1) lc_tile_g_r1n_##SUFFIX(kc, a, aoff, rs, b, boff, c, ldc, beta);    \
+        else lc_tile_g_r1w_##SUFFIX(kc, a, aoff, rs, b, boff, c, ldc, beta);            \
+    } else if (mr == 2) {                                                               \
+        if (nv == 1) lc_tile_g_r2n_##SUFFIX(kc, a, aoff, rs, b, boff, c, ldc, beta);    \
+        else lc_tile_g_r2w_##SUFFIX(kc, a, aoff, rs, b, boff, c, ldc, beta);            \
+    } else if (mr == 4 && LC_MR_B != 4) {                                               \
+        if (nv == 1) lc_tile_g_r4n_##SUFFIX(kc, a, aoff, rs, b, boff, c, ldc, beta);    \
+        else lc_tile_g_r4w_##SUFFIX(kc, a, aoff, rs, b, boff, c, ldc, beta);            \
+    } else {                                                                            \
+        if (nv == 1) lc_tile_g_fulln_##SUFFIX(kc, a, aoff, rs, b, boff, c, ldc, beta);  \
+        else lc_tile_g_fullw_##SUFFIX(kc, a, aoff, rs, b, boff, c, ldc, beta);          \
     }                                                                                   \
 }                                                                                       \
 static inline void lc_tile_a_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,             \
@@ -248,6 +287,19 @@ static void lc_tile_b_##SUFFIX(int mr, int nv, ptrdiff_t kc, const T *a, const T
         for (int j = 0; j < nr; j++) {                                                  \
             T sum = 0;                                                                  \
             for (ptrdiff_t k = 0; k < kc; k++) sum += a[mr * k + i] * b[boff[k] + j];   \
+            c[i * ldc + j] = beta ? c[i * ldc + j] + sum : sum;                         \
+        }                                                                               \
+}                                                                                       \
+static void lc_tile_g_##SUFFIX(int mr, int nv, ptrdiff_t kc, const T *a,                \
+                               const ptrdiff_t *aoff, ptrdiff_t rs, const T *b,         \
+                               const ptrdiff_t *boff, T *c, ptrdiff_t ldc, int beta)    \
+{                                                                                       \
+    int nr = nv * (int)(LC_VEC_BYTES / sizeof(T));                                      \
+    for (int i = 0; i < mr; i++)                                                        \
+        for (int j = 0; j < nr; j++) {                                                  \
+            T sum = 0;                                                                  \
+            for (ptrdiff_t k = 0; k < kc; k++)                                          \
+                sum += a[aoff[k] + i * rs] * b[boff[k] + j];                            \
             c[i * ldc + j] = beta ? c[i * ldc + j] + sum : sum;                         \
         }                                                                               \
 }                                                                                       \

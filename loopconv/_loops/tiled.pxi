@@ -60,6 +60,12 @@ cdef extern from "microkernel.h" nogil:
                        const Py_ssize_t *boff, float *c, Py_ssize_t ldc, int beta)
     void lc_tile_b_f64(int mr, int nv, Py_ssize_t kc, const double *a, const double *b,
                        const Py_ssize_t *boff, double *c, Py_ssize_t ldc, int beta)
+    void lc_tile_g_f32(int mr, int nv, Py_ssize_t kc, const float *a, const Py_ssize_t *aoff,
+                       Py_ssize_t rs, const float *b, const Py_ssize_t *boff, float *c,
+                       Py_ssize_t ldc, int beta)
+    void lc_tile_g_f64(int mr, int nv, Py_ssize_t kc, const double *a,
+                       const Py_ssize_t *aoff, Py_ssize_t rs, const double *b,
+                       const Py_ssize_t *boff, double *c, Py_ssize_t ldc, int beta)
     void lc_tile_a_f32(Py_ssize_t kc, const float *a, const Py_ssize_t *aoff, const float *b,
                        float *c, Py_ssize_t ldc, int beta)
     void lc_tile_a_f64(Py_ssize_t kc, const double *a, const Py_ssize_t *aoff, const double *b,
@@ -89,6 +95,14 @@ cdef enum:
     # summed once per call
     PC_D_BYTES = 2048
     MAX_NR = 64     # at least the columns of any forward-style tile
+    # GATHER_COLUMNS: a forward-style product with fewer grid columns than this in all (images
+    # times phases) reads the weight in place (lc_tile_g) instead of packing it: packing costs
+    # about as much as 34 columns of the product (batch 1, 512 channels, 7x7: 36 % of the
+    # forward pass), reading in place a few per cent of the product
+    GATHER_COLUMNS = 1024
+    # MIN_ITEMS: a forward-style product with fewer (image, group, column block) work items
+    # than this splits its rows (output channels) too, so that batch 1 keeps every core busy
+    MIN_ITEMS = 8
 
 
 cdef inline void tile_b(int mr, bint narrow, Py_ssize_t kc, const floating *a,
@@ -99,6 +113,17 @@ cdef inline void tile_b(int mr, bint narrow, Py_ssize_t kc, const floating *a,
         lc_tile_b_f32(mr, nv, kc, a, b, boff, c, ldc, beta)
     else:
         lc_tile_b_f64(mr, nv, kc, a, b, boff, c, ldc, beta)
+
+
+cdef inline void tile_g(int mr, bint narrow, Py_ssize_t kc, const floating *a,
+                        const Py_ssize_t *aoff, Py_ssize_t rs, const floating *b,
+                        const Py_ssize_t *boff, floating *c, Py_ssize_t ldc,
+                        bint beta) noexcept nogil:
+    cdef int nv = 1 if narrow else LC_NV_B
+    if floating is float:
+        lc_tile_g_f32(mr, nv, kc, a, aoff, rs, b, boff, c, ldc, beta)
+    else:
+        lc_tile_g_f64(mr, nv, kc, a, aoff, rs, b, boff, c, ldc, beta)
 
 
 cdef Py_ssize_t tile_rows(Py_ssize_t M) noexcept nogil:
@@ -329,6 +354,11 @@ cdef struct Product:
     Py_ssize_t nphase
     Py_ssize_t items_ng     # work items per (image, group): the sum of the phases' nblk
     const Py_ssize_t *order  # item r of an (image, group): (phase, column block) at 2r, 2r + 1
+    Py_ssize_t nrb          # row blocks per work item of a column block (see row_blocks)
+    Py_ssize_t rblk         # tile panels (of mr rows) per row block
+    bint gathered           # A is the weight read in place (lc_tile_g), not packed panels
+    Py_ssize_t a_rs         # gathered A: the weight's step from one row of A to the next
+    Py_ssize_t a_grp        # and from one group to the next
     Stage st
 
 
@@ -353,15 +383,24 @@ cdef inline void copy_run(floating *d, Py_ssize_t ds, const floating *src, Py_ss
 
 cdef void product_item(const Product *p, const Phase *phases, Py_ssize_t item,
                        const floating *src, const Py_ssize_t *boff_all,
-                       const floating *apack, const floating *bias, floating *dst,
-                       floating *fws, Py_ssize_t *iws) noexcept nogil:
+                       const floating *apack, const Py_ssize_t *aoff_all,
+                       const floating *bias, floating *dst, floating *fws,
+                       Py_ssize_t *iws) noexcept nogil:
+    """Work item (image n, group g, phase, column block, row block) of the forward-style
+    product: its rows of dst at the block's valid grid columns.  A is apack: packed panels, or
+    with p.gathered the weight itself, read at aoff_all."""
     cdef Py_ssize_t NR = LC_NR_B_F32 if floating is float else LC_NR_B_F64
     cdef Py_ssize_t NCB = NCB_TILES * NR
-    cdef Py_ssize_t ng = item // p.items_ng, r = item % p.items_ng
+    cdef Py_ssize_t per_ng = p.items_ng * p.nrb
+    cdef Py_ssize_t ng = item // per_ng, r = item % per_ng
+    cdef Py_ssize_t rb = r % p.nrb
+    r = r // p.nrb
     cdef Py_ssize_t n = ng // p.G, g = ng % p.G, f = p.order[2 * r]
     r = p.order[2 * r + 1]
     cdef const Phase *ph = &phases[f]
     cdef Py_ssize_t M = p.M, K = ph.K, MR = p.mr, mpan = (M + MR - 1) // MR
+    cdef Py_ssize_t ip0 = rb * p.rblk, ip1 = min(mpan, ip0 + p.rblk)
+    cdef Py_ssize_t i0 = ip0 * MR, i1 = min(M, ip1 * MR)
     cdef Py_ssize_t q0 = r * NCB, ncols = min(NCB, ph.ncols - q0)
     cdef Py_ssize_t VW = LC_VW_F32 if floating is float else LC_VW_F64
     cdef Py_ssize_t ntile = (ncols + NR - 1) // NR, ds = ph.dstep[2]
@@ -373,13 +412,18 @@ cdef void product_item(const Product *p, const Phase *phases, Py_ssize_t item,
     cdef floating *ctile = fws + p.st.size
     cdef Py_ssize_t *dcol = iws + 1
     cdef Py_ssize_t *run = dcol + NCB
-    cdef const floating *a_g = apack + ph.a_off + g * round_up(M, MR) * K
+    cdef const floating *a_g
     cdef const Py_ssize_t *boff = boff_all + ph.k_off
+    cdef const Py_ssize_t *aoff = aoff_all + ph.k_off
     cdef floating *dst_ng = dst + n * p.dst_img + g * p.dst_grp
     cdef floating *d
     cdef const floating *cr
     cdef floating bv
     cdef bint whole
+    if p.gathered:
+        a_g = apack + g * p.a_grp
+    else:
+        a_g = apack + ph.a_off + g * round_up(M, MR) * K
 
     staged = staged_slice(src, n * p.src_img + g * p.src_grp, &p.st, ng, fws, iws)
     grid_columns(q0, ncols, p.st.q, ph.grid, ph.dst_base, ph.dstep, dcol, run)
@@ -388,7 +432,7 @@ cdef void product_item(const Product *p, const Phase *phases, Py_ssize_t item,
         run[j] = 0
 
     if K == 0:          # no tap reaches these pixels
-        for i in range(M):
+        for i in range(i0, i1):
             d = dst_ng + i * p.dst_row
             for j in range(ncols):
                 if dcol[j] >= 0:
@@ -420,15 +464,14 @@ cdef void product_item(const Product *p, const Phase *phases, Py_ssize_t item,
                 continue
             # the whole tile lands on one contiguous output row: store in place
             whole = ds == 1 and run[j0] >= width
-            for ip in range(mpan):
+            for ip in range(ip0, ip1):
                 mw = min(MR, M - ip * MR)
                 if whole and mw == MR:
-                    tile_b(MR, narrow, kc, a_g + (ip * K + k0) * MR, staged + q0 + j0,
-                           boff + k0, dst_ng + ip * MR * p.dst_row + dcol[j0], p.dst_row,
-                           kb > 0)
+                    panel(p, a_g, ip, K, k0, kc, aoff, narrow, staged + q0 + j0, boff + k0,
+                          mw, dst_ng + ip * MR * p.dst_row + dcol[j0], p.dst_row, kb > 0)
                     continue
-                tile_b(MR, narrow, kc, a_g + (ip * K + k0) * MR, staged + q0 + j0, boff + k0,
-                       ctile, width, 0)
+                panel(p, a_g, ip, K, k0, kc, aoff, narrow, staged + q0 + j0, boff + k0, mw,
+                      ctile, width, 0)
                 for i in range(mw):
                     d = dst_ng + (ip * MR + i) * p.dst_row
                     cr = ctile + i * width - j0
@@ -437,12 +480,43 @@ cdef void product_item(const Product *p, const Phase *phases, Py_ssize_t item,
                         copy_run(d + dcol[t], ds, cr + t, seg_len[sg], kb > 0)
 
     if bias != NULL:
-        for i in range(M):
+        for i in range(i0, i1):
             bv = bias[g * M + i]
             d = dst_ng + i * p.dst_row
             for j in range(ncols):
                 if dcol[j] >= 0:
                     d[dcol[j]] += bv
+
+
+cdef inline void panel(const Product *p, const floating *a_g, Py_ssize_t ip, Py_ssize_t K,
+                       Py_ssize_t k0, Py_ssize_t kc, const Py_ssize_t *aoff, bint narrow,
+                       const floating *b, const Py_ssize_t *boff, Py_ssize_t mw, floating *c,
+                       Py_ssize_t ldc, bint beta) noexcept nogil:
+    """Rows ip * mr .. ip * mr + mw - 1 of C (at c, rows ldc apart) over A's columns k0 ..
+    k0 + kc - 1.  Packed A: one tile of mr rows (the packed panel is zero past M).  Gathered A:
+    tiles of mr, 4, 2 and 1 rows, so that no row past M is read."""
+    cdef Py_ssize_t MR = p.mr, r0 = 0, rr
+    if not p.gathered:
+        tile_b(MR, narrow, kc, a_g + (ip * K + k0) * MR, b, boff, c, ldc, beta)
+        return
+    while r0 < mw:
+        rr = mw - r0
+        rr = MR if rr >= MR else 4 if rr >= 4 else 2 if rr >= 2 else 1
+        tile_g(rr, narrow, kc, a_g + (ip * MR + r0) * p.a_rs, aoff + k0, p.a_rs, b, boff,
+               c + r0 * ldc, ldc, beta)
+        r0 += rr
+
+
+cdef void row_blocks(Product *p) noexcept nogil:
+    """p.nrb and p.rblk: with fewer than MIN_ITEMS work items of (image, group, column block),
+    the rows too are split into blocks of whole tile panels, as evenly as they go.  A function
+    of the problem alone; each output is still computed by one item, in the same order."""
+    cdef Py_ssize_t mpan = (p.M + p.mr - 1) // p.mr, items = p.N * p.G * p.items_ng
+    p.nrb = 1
+    if 0 < items < MIN_ITEMS:
+        p.nrb = min(mpan, (MIN_ITEMS + items - 1) // items)
+    p.rblk = (mpan + p.nrb - 1) // p.nrb
+    p.nrb = (mpan + p.rblk - 1) // p.rblk
 
 
 def item_order(nblk):
@@ -455,9 +529,9 @@ def item_order(nblk):
 
 
 cdef void run_product(const Product *p, const Phase *phases, const floating *src,
-                      const Py_ssize_t *boff, const floating *apack, const floating *bias,
-                      floating *dst, floating *fws, Py_ssize_t fper, Py_ssize_t *iws,
-                      Py_ssize_t iper, int nthreads) noexcept nogil:
+                      const Py_ssize_t *boff, const floating *apack, const Py_ssize_t *aoff,
+                      const floating *bias, floating *dst, floating *fws, Py_ssize_t fper,
+                      Py_ssize_t *iws, Py_ssize_t iper, int nthreads) noexcept nogil:
     cdef Py_ssize_t item, t
     cdef int tid
     cdef fpstate fp
@@ -465,11 +539,12 @@ cdef void run_product(const Product *p, const Phase *phases, const floating *src
         iws[t * iper] = -1      # nothing staged yet
     with parallel(num_threads=nthreads):
         fp = flush_subnormals()
-        # race-free: each item writes its own (image, group, phase, column block) of dst and
-        # reads only shared inputs; the staged slice and other scratch are per thread.
-        for item in prange(p.N * p.G * p.items_ng, schedule="static"):
+        # race-free: each item writes its own (image, group, phase, column block, row block)
+        # of dst and reads only shared inputs; the staged slice and other scratch are per
+        # thread.
+        for item in prange(p.N * p.G * p.items_ng * p.nrb, schedule="static"):
             tid = threadid()
-            product_item(p, phases, item, src, boff, apack, bias, dst, fws + tid * fper,
+            product_item(p, phases, item, src, boff, apack, aoff, bias, dst, fws + tid * fper,
                          iws + tid * iper)
         restore_fpstate(fp)
 
@@ -487,6 +562,7 @@ cdef struct WeightProduct:
     Py_ssize_t NR                   # columns of lc_tile_a (two vectors)
     Py_ssize_t block                # grid columns per reduction step
     Py_ssize_t nchunk, ncols, nblk
+    Py_ssize_t nkb, kblk            # blocks of rows (k) per (group, chunk), panels per block
     Py_ssize_t grid[3]              # output sizes OD, OH, OW (the valid grid)
     Py_ssize_t dstep[3]             # their strides in dy
     Py_ssize_t x_img, x_grp, y_img, y_grp, y_plane
@@ -528,11 +604,14 @@ cdef void weight_item(const WeightProduct *p, Py_ssize_t item, const floating *x
                       floating *fws, Py_ssize_t *iws) noexcept nogil:
     cdef Py_ssize_t VW = LC_VW_F32 if floating is float else LC_VW_F64
     cdef Py_ssize_t NR = p.NR, B = p.block
-    cdef Py_ssize_t chunk = item % p.nchunk, g = item // p.nchunk
+    cdef Py_ssize_t kb = item % p.nkb, gc = item // p.nkb
+    cdef Py_ssize_t chunk = gc % p.nchunk, g = gc // p.nchunk
     cdef Py_ssize_t nsteps = p.N * p.nblk
     cdef Py_ssize_t s0 = chunk * nsteps // p.nchunk, s1 = (chunk + 1) * nsteps // p.nchunk
+    cdef Py_ssize_t unit = LC_KR_D if p.lanes else LC_MR_A
+    cdef Py_ssize_t ip0 = kb * p.kblk, ip1 = min(p.Kpad // unit, ip0 + p.kblk)
     cdef Py_ssize_t step, n, q0, pc, j, u, o, og, o0, ip, jp, ln
-    cdef floating *part = partial + item * p.Kpad * p.Opad
+    cdef floating *part = partial + gc * p.Kpad * p.Opad
     cdef const floating *staged
     cdef floating *bpack = fws + p.st.size
     cdef floating *bo
@@ -564,7 +643,7 @@ cdef void weight_item(const WeightProduct *p, Py_ssize_t item, const floating *x
                     for u in range(ln):
                         bo[j + u] = dyrow[dcol[j] + u]
                     j += ln
-            for ip in range(p.Kpad // LC_KR_D):
+            for ip in range(ip0, ip1):
                 for jp in range(p.Opad // LC_OR_D):
                     tile_d(round_up(pc, VW), staged + q0, aoff + ip * LC_KR_D,
                            bpack + jp * LC_OR_D * B, B, part + ip * LC_KR_D * p.Opad
@@ -583,30 +662,31 @@ cdef void weight_item(const WeightProduct *p, Py_ssize_t item, const floating *x
                 if o0 < p.M:
                     pack_dy_t(dy + n * p.y_img + g * p.y_grp + o0 * p.y_plane, p.y_plane,
                               min(VW, p.M - o0), pc, dcol, run, bo, NR)
-            for ip in range(p.Kpad // LC_MR_A):
+            for ip in range(ip0, ip1):
                 for jp in range(p.Opad // NR):
                     tile_a(pc, staged + q0, aoff + ip * LC_MR_A, bpack + jp * B * NR,
                            part + ip * LC_MR_A * p.Opad + jp * NR, p.Opad, not first)
         first = False
     if first:
-        memset(part, 0, p.Kpad * p.Opad * sizeof(floating))
+        memset(part + ip0 * unit * p.Opad, 0, (ip1 - ip0) * unit * p.Opad * sizeof(floating))
 
 
 cdef void run_weight(const WeightProduct *p, const floating *x, const floating *dy,
                      const Py_ssize_t *aoff, floating *partial, floating *dw, floating *fws,
                      Py_ssize_t fper, Py_ssize_t *iws, Py_ssize_t iper,
                      int nthreads) noexcept nogil:
-    cdef Py_ssize_t item, row, g, o, k, c, t
-    cdef floating *acc
-    cdef const floating *part
+    cdef Py_ssize_t item, t
+    cdef Py_ssize_t VW = LC_VW_F32 if floating is float else LC_VW_F64
+    cdef Py_ssize_t nkv = (p.K + VW - 1) // VW
     cdef int tid
     cdef fpstate fp
     for t in range(nthreads):
         iws[t * iper] = -1      # nothing staged yet
     with parallel(num_threads=nthreads):
         fp = flush_subnormals()
-        # race-free: item (group, chunk) writes only its own partial product.
-        for item in prange(p.G * p.nchunk, schedule="static"):
+        # race-free: item (group, chunk, block of rows) writes only its rows of its own
+        # partial product.
+        for item in prange(p.G * p.nchunk * p.nkb, schedule="static"):
             tid = threadid()
             weight_item(p, item, x, dy, aoff, partial, fws + tid * fper, iws + tid * iper)
         restore_fpstate(fp)
@@ -614,23 +694,40 @@ cdef void run_weight(const WeightProduct *p, const floating *x, const floating *
     # every partial product must be complete before the sums)
     with parallel(num_threads=nthreads):
         fp = flush_subnormals()
-        # race-free: each row (group, k) of the transposed dw is summed by one thread, in chunk
-        # order, into that thread's scratch, then written to its column of dw.
-        for row in prange(p.G * p.K, schedule="static"):
+        # race-free: each block of VW rows (group, k) of the transposed dw is summed by one
+        # thread and written to its columns of dw.
+        for item in prange(p.G * nkv, schedule="static"):
             tid = threadid()
-            acc = fws + tid * fper
-            g = row // p.K
-            k = row % p.K
-            part = partial + (g * p.nchunk * p.Kpad + k) * p.Opad
-            for o in range(p.M):
-                acc[o] = part[o]
-            for c in range(1, p.nchunk):
-                part = part + p.Kpad * p.Opad
-                for o in range(p.M):
-                    acc[o] = acc[o] + part[o]
-            for o in range(p.M):
-                dw[(g * p.M + o) * p.K + k] = acc[o]
+            sum_partials(p, item // nkv, item % nkv * VW, partial, dw, fws + tid * fper)
         restore_fpstate(fp)
+
+
+cdef void sum_partials(const WeightProduct *p, Py_ssize_t g, Py_ssize_t k0,
+                       const floating *partial, floating *dw, floating *acc) noexcept nogil:
+    """dw[g * M + o, k] for k0 <= k < k0 + VW: the partial products of group g (rows k,
+    columns o) summed in chunk order, VW columns at a time in acc, each block then written
+    transposed (runs of VW consecutive k: whole cache lines of dw, where element by element
+    the writes a row of K apart took most of a batch-1 weight gradient's time)."""
+    cdef Py_ssize_t VW = LC_VW_F32 if floating is float else LC_VW_F64
+    cdef Py_ssize_t kw = min(VW, p.K - k0), ow, ob, o0, o, k, c
+    cdef const floating *part
+    cdef floating *d
+    for ob in range((p.M + VW - 1) // VW):
+        o0 = ob * VW
+        ow = min(VW, p.M - o0)
+        part = partial + (g * p.nchunk * p.Kpad + k0) * p.Opad + o0
+        for k in range(kw):
+            for o in range(ow):
+                acc[k * VW + o] = part[k * p.Opad + o]
+        for c in range(1, p.nchunk):
+            part = part + p.Kpad * p.Opad
+            for k in range(kw):
+                for o in range(ow):
+                    acc[k * VW + o] = acc[k * VW + o] + part[k * p.Opad + o]
+        for o in range(ow):
+            d = dw + (g * p.M + o0 + o) * p.K + k0
+            for k in range(kw):
+                d[k] = acc[k * VW + o]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -703,7 +800,8 @@ def info():
             "forward tile float64": (LC_MR_B, LC_NR_B_F64),
             "weight tile float32": (LC_MR_A, 2 * LC_VW_F32),
             "weight tile float64": (LC_MR_A, 2 * LC_VW_F64),
-            "weight tile, few channels": (LC_KR_D, LC_OR_D)}
+            "weight tile, few channels": (LC_KR_D, LC_OR_D),
+            "weight read in place below grid columns": GATHER_COLUMNS}
 
 
 def forward(const floating[:, :, :, :, ::1] x, const floating[:, :, :, :, ::1] w,
@@ -753,18 +851,25 @@ def forward(const floating[:, :, :, :, ::1] x, const floating[:, :, :, :, ::1] w
                                           for t in taps], dtype=np.intp)
     cdef Py_ssize_t[::1] roff = np.arange(Og, dtype=np.intp) * ph.K
     cdef Py_ssize_t[::1] koff = np.arange(ph.K, dtype=np.intp)
-    cdef floating[::1] apack = np.empty(groups * mpad * ph.K, dtype=dtype)
+    # A[o, (c, tap)] = w[g * Og + o, c, tap]: the weight's rows as they are
+    p.gathered = p.N * ph.ncols < GATHER_COLUMNS
+    p.a_rs = ph.K
+    p.a_grp = Og * ph.K
+    row_blocks(&p)
+    cdef floating[::1] apack = np.empty(1 if p.gathered else groups * mpad * ph.K, dtype=dtype)
     fper = per_thread(p.st.size + LC_MR_B * NR)
     iper = per_thread(1 + 2 * NCB_TILES * NR)
     cdef floating[::1] fws = _workspace("f", dtype, fper * num_threads)
     cdef Py_ssize_t[::1] iws = _workspace("i", np.intp, iper * num_threads)
     cdef const floating *bptr = &bias[0] if bias.shape[0] > 0 else NULL
+    cdef const floating *a = &w[0, 0, 0, 0, 0] if p.gathered else &apack[0]
     with nogil:
-        for g in range(groups):
-            pack_weight(&w[g * Og, 0, 0, 0, 0], Og, mr, ph.K, &roff[0], &koff[0],
-                        &apack[g * mpad * ph.K])
-        run_product(&p, &ph, &x[0, 0, 0, 0, 0], &boff[0], &apack[0], bptr, &y[0, 0, 0, 0, 0],
-                    &fws[0], fper, &iws[0], iper, num_threads)
+        if not p.gathered:
+            for g in range(groups):
+                pack_weight(&w[g * Og, 0, 0, 0, 0], Og, mr, ph.K, &roff[0], &koff[0],
+                            &apack[g * mpad * ph.K])
+        run_product(&p, &ph, &x[0, 0, 0, 0, 0], &boff[0], a, &koff[0], bptr,
+                    &y[0, 0, 0, 0, 0], &fws[0], fper, &iws[0], iper, num_threads)
 
 
 cdef void pack_weight(const floating *w, Py_ssize_t M, Py_ssize_t MR, Py_ssize_t K,
@@ -823,8 +928,9 @@ def grad_input(const floating[:, :, :, :, ::1] dy, const floating[:, :, :, :, ::
     p.dst_grp = Cg * p.dst_row
     p.nphase = len(axes[0]) * len(axes[1]) * len(axes[2])
     p.items_ng = 0
-    cdef Py_ssize_t[::1] boff, order
+    cdef Py_ssize_t[::1] boff, order, aoff
     cdef floating[::1] apack
+    cdef const floating *a_src
     cdef floating[::1] fws
     cdef Py_ssize_t[::1] iws
     cdef const floating *bptr = &bias[0] if bias.shape[0] > 0 else NULL
@@ -833,7 +939,7 @@ def grad_input(const floating[:, :, :, :, ::1] dy, const floating[:, :, :, :, ::
     cdef Phase *phases = <Phase *> malloc(p.nphase * sizeof(Phase))
     if phases == NULL:
         raise MemoryError()
-    boffs, apacks = [], []
+    boffs, koffs, apacks = [], [], []
     try:
         f = 0
         for rd, (td, nd_) in enumerate(axes[0]):
@@ -843,7 +949,6 @@ def grad_input(const floating[:, :, :, :, ::1] dy, const floating[:, :, :, :, ::
                             for kd, od in td for kh, oh in th for kw, ow in tw]
                     K = Og * len(taps)
                     phases[f].K = K
-                    phases[f].a_off = a_off
                     phases[f].k_off = k_off
                     phases[f].grid[0] = nd_
                     phases[f].grid[1] = nh
@@ -858,20 +963,32 @@ def grad_input(const floating[:, :, :, :, ::1] dy, const floating[:, :, :, :, ::
                     # B row (o, tap): staged dy at the tap's offset; A[c, (o, tap)] = w[o, c, tap]
                     boffs.append(np.array([o * p.st.chan + (t[3] * q[1] + t[4]) * q[2] + t[5]
                                            for o in range(Og) for t in taps], dtype=np.intp))
-                    koff = np.array([o * Cg * KS + (t[0] * ksize[1] + t[1]) * ksize[2] + t[2]
-                                     for o in range(Og) for t in taps], dtype=np.intp)
-                    apacks.append(_pack_groups(w, groups, Cg, mr, K, koff, dtype))
+                    koffs.append(np.array([o * Cg * KS + (t[0] * ksize[1] + t[1]) * ksize[2]
+                                           + t[2] for o in range(Og) for t in taps],
+                                          dtype=np.intp))
+                    phases[f].a_off = a_off
                     a_off += groups * mpad * K
                     k_off += K
                     f += 1
+        # A[c, (o, tap)] = w[g * Og + o, c, tap]: row c at a step of KS, column (o, tap) at
+        # koff, read in place where the product is narrow, else packed phase by phase
+        p.gathered = p.N * sum([phases[f].ncols for f in range(p.nphase)]) < GATHER_COLUMNS
+        p.a_rs = KS
+        p.a_grp = Og * Cg * KS
+        row_blocks(&p)
+        if not p.gathered:
+            apacks = [_pack_groups(w, groups, Cg, mr, phases[f].K, koffs[f], dtype)
+                      for f in range(p.nphase)]
         order = item_order([phases[f].nblk for f in range(p.nphase)])
         p.order = &order[0]
         boff = np.concatenate(boffs + [np.zeros(1, np.intp)])
+        aoff = np.concatenate(koffs + [np.zeros(1, np.intp)])
         apack = np.concatenate(apacks + [np.zeros(1, dtype)])
+        a_src = &w[0, 0, 0, 0, 0] if p.gathered else &apack[0]
         fws = _workspace("f", dtype, fper * num_threads)
         iws = _workspace("i", np.intp, iper * num_threads)
         with nogil:
-            run_product(&p, phases, &dy[0, 0, 0, 0, 0], &boff[0], &apack[0], bptr,
+            run_product(&p, phases, &dy[0, 0, 0, 0, 0], &boff[0], a_src, &aoff[0], bptr,
                         &dx[0, 0, 0, 0, 0], &fws[0], fper, &iws[0], iper, num_threads)
     finally:
         free(phases)
@@ -904,7 +1021,7 @@ def grad_weight(const floating[:, :, :, :, ::1] x, const floating[:, :, :, :, ::
     cdef WeightProduct p
     cdef Py_ssize_t O = dw.shape[0], Cg = dw.shape[1], Og = O // groups
     cdef Py_ssize_t KS = dw.shape[2] * dw.shape[3] * dw.shape[4]
-    cdef Py_ssize_t fper, iper, nsteps, k
+    cdef Py_ssize_t fper, iper, nsteps, k, npan
     size = (x.shape[2], x.shape[3], x.shape[4])
     out = (dy.shape[2], dy.shape[3], dy.shape[4])
     ksize = (dw.shape[2], dw.shape[3], dw.shape[4])
@@ -940,13 +1057,21 @@ def grad_weight(const floating[:, :, :, :, ::1] x, const floating[:, :, :, :, ::
     nsteps = p.N * p.nblk
     p.nchunk = max(1, min(nsteps, 32, max((4 + groups - 1) // groups,
                                           (1 << 18) // (groups * p.Kpad * p.Opad))))
+    # Few (group, chunk) items (batch 1, few pixels): the rows k are split into blocks too.
+    # Each element is still summed by one item, in the same order.
+    npan = p.Kpad // (LC_KR_D if p.lanes else LC_MR_A)
+    p.nkb = 1
+    if groups * p.nchunk < MIN_ITEMS:
+        p.nkb = min(npan, (MIN_ITEMS + groups * p.nchunk - 1) // (groups * p.nchunk))
+    p.kblk = (npan + p.nkb - 1) // p.nkb
+    p.nkb = (npan + p.kblk - 1) // p.kblk
     taps = [(kd * dilation[0], kh * dilation[1], kw * dilation[2]) for kd in range(ksize[0])
             for kh in range(ksize[1]) for kw in range(ksize[2])]
     # rows past K repeat row 0: the tile computes them and the reduction never reads them
     rows = [tap_offset(&p.st, c, t) for c in range(Cg) for t in taps]
     cdef Py_ssize_t[::1] aoff = np.array(rows + rows[:1] * (p.Kpad - p.K), dtype=np.intp)
     cdef floating[::1] partial = _workspace("p", dtype, groups * p.nchunk * p.Kpad * p.Opad)
-    fper = per_thread(p.st.size + p.Opad * p.block)
+    fper = per_thread(max(p.st.size + p.Opad * p.block, VW * VW))   # (sum_partials: VW * VW)
     iper = per_thread(1 + 2 * p.block)
     cdef floating[::1] fws = _workspace("f", dtype, fper * num_threads)
     cdef Py_ssize_t[::1] iws = _workspace("i", np.intp, iper * num_threads)
