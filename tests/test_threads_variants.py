@@ -235,6 +235,11 @@ VARIANT_CASES = [
     # batch 1, few pixels, many channels: rows split into blocks, weight read in place
     case("2d-deep-7x7-batch1", (1, 70, 7, 7), (45, 70, 3, 3), padding=1),
     case("2d-batch1-few-outputs", (1, 40, 6, 6), (12, 40, 3, 3), padding=1),
+    # small images: several per work item, the last block partial; a 1x1 output (the input
+    # gradient is a GAN generator's first layer)
+    case("2d-7-images-in-blocks", (7, 6, 9, 9), (10, 6, 3, 3), padding=1),
+    case("2d-7-images-stride2", (7, 5, 10, 11), (9, 5, 3, 3), stride=2, padding=1),
+    case("2d-1x1-output", (6, 12, 4, 4), (10, 12, 4, 4)),
     case("tiny-1-channel", (1, 1, 3, 2), (1, 1, 2, 2)),
     case("tiny-one-output-pixel", (2, 3, 3, 3), (2, 3, 3, 3)),
     case("tiny-stride-larger-than-input", (1, 2, 5, 4), (3, 2, 2, 2), stride=(6, 5)),

@@ -103,6 +103,13 @@ cdef enum:
     # MIN_ITEMS: a forward-style product with fewer (image, group, column block) work items
     # than this splits its rows (output channels) too, so that batch 1 keeps every core busy
     MIN_ITEMS = 8
+    # Small images: a work item of the forward-style product takes up to MAX_IMAGES images,
+    # so that it has about ITEM_COLUMNS grid columns for each panel of A it reads (a 1x1 input
+    # of a GAN generator has 25 columns: A was read from L3 once per image and tile), while
+    # their staged slices stay within STAGED_IMAGES elements
+    MAX_IMAGES = 16
+    ITEM_COLUMNS = 256
+    STAGED_IMAGES = 1 << 18
 
 
 cdef inline void tile_b(int mr, bint narrow, Py_ssize_t kc, const floating *a,
@@ -354,7 +361,9 @@ cdef struct Product:
     Py_ssize_t nphase
     Py_ssize_t items_ng     # work items per (image, group): the sum of the phases' nblk
     const Py_ssize_t *order  # item r of an (image, group): (phase, column block) at 2r, 2r + 1
-    Py_ssize_t nrb          # row blocks per work item of a column block (see row_blocks)
+    Py_ssize_t nimg         # images per work item, and their blocks (see split_work)
+    Py_ssize_t nib
+    Py_ssize_t nrb          # row blocks per work item of a column block
     Py_ssize_t rblk         # tile panels (of mr rows) per row block
     bint gathered           # A is the weight read in place (lc_tile_g), not packed panels
     Py_ssize_t a_rs         # gathered A: the weight's step from one row of A to the next
@@ -381,21 +390,41 @@ cdef inline void copy_run(floating *d, Py_ssize_t ds, const floating *src, Py_ss
             d[u * ds] = src[u]
 
 
+cdef void stage_images(const floating *src, const Product *p, Py_ssize_t n0, Py_ssize_t nimg,
+                       Py_ssize_t g, Py_ssize_t key, floating *buf, Py_ssize_t *staged_key,
+                       const floating **staged) noexcept nogil:
+    """staged[n]: the slice (image n0 + n, group g) as the tiles read it, for n < nimg (see
+    staged_slice), in the thread's buffer one after the other; `key` names the block."""
+    cdef Py_ssize_t n, off
+    cdef bint fresh = staged_key[0] != key
+    for n in range(nimg):
+        off = (n0 + n) * p.src_img + g * p.src_grp
+        if p.st.identity and off + p.st.size <= p.st.src_size:
+            staged[n] = src + off
+        else:
+            if fresh:
+                stage_slice(src + off, &p.st, buf + n * p.st.size)
+            staged[n] = buf + n * p.st.size
+    staged_key[0] = key
+
+
 cdef void product_item(const Product *p, const Phase *phases, Py_ssize_t item,
                        const floating *src, const Py_ssize_t *boff_all,
                        const floating *apack, const Py_ssize_t *aoff_all,
                        const floating *bias, floating *dst, floating *fws,
                        Py_ssize_t *iws) noexcept nogil:
-    """Work item (image n, group g, phase, column block, row block) of the forward-style
-    product: its rows of dst at the block's valid grid columns.  A is apack: packed panels, or
-    with p.gathered the weight itself, read at aoff_all."""
+    """Work item (block of images, group g, phase, column block, row block) of the
+    forward-style product: its rows of dst at the block's valid grid columns, for each of its
+    images (innermost, so that each panel of A is read once for all of them).  A is apack:
+    packed panels, or with p.gathered the weight itself, read at aoff_all."""
     cdef Py_ssize_t NR = LC_NR_B_F32 if floating is float else LC_NR_B_F64
     cdef Py_ssize_t NCB = NCB_TILES * NR
     cdef Py_ssize_t per_ng = p.items_ng * p.nrb
     cdef Py_ssize_t ng = item // per_ng, r = item % per_ng
     cdef Py_ssize_t rb = r % p.nrb
     r = r // p.nrb
-    cdef Py_ssize_t n = ng // p.G, g = ng % p.G, f = p.order[2 * r]
+    cdef Py_ssize_t nb = ng // p.G, g = ng % p.G, f = p.order[2 * r]
+    cdef Py_ssize_t n0 = nb * p.nimg, nimg = min(p.N - n0, p.nimg), n
     r = p.order[2 * r + 1]
     cdef const Phase *ph = &phases[f]
     cdef Py_ssize_t M = p.M, K = ph.K, MR = p.mr, mpan = (M + MR - 1) // MR
@@ -408,14 +437,15 @@ cdef void product_item(const Product *p, const Phase *phases, Py_ssize_t item,
     cdef Py_ssize_t seg_at[MAX_NR]     # runs of valid columns of a tile: where they start,
     cdef Py_ssize_t seg_len[MAX_NR]    # and how long they are
     cdef bint narrow
-    cdef const floating *staged
-    cdef floating *ctile = fws + p.st.size
+    cdef const floating *staged[MAX_IMAGES]
+    cdef floating *ctile = fws + p.nimg * p.st.size
     cdef Py_ssize_t *dcol = iws + 1
     cdef Py_ssize_t *run = dcol + NCB
     cdef const floating *a_g
     cdef const Py_ssize_t *boff = boff_all + ph.k_off
     cdef const Py_ssize_t *aoff = aoff_all + ph.k_off
-    cdef floating *dst_ng = dst + n * p.dst_img + g * p.dst_grp
+    cdef floating *dst_g = dst + n0 * p.dst_img + g * p.dst_grp
+    cdef floating *dst_ng
     cdef floating *d
     cdef const floating *cr
     cdef floating bv
@@ -425,18 +455,19 @@ cdef void product_item(const Product *p, const Phase *phases, Py_ssize_t item,
     else:
         a_g = apack + ph.a_off + g * round_up(M, MR) * K
 
-    staged = staged_slice(src, n * p.src_img + g * p.src_grp, &p.st, ng, fws, iws)
+    stage_images(src, p, n0, nimg, g, ng, fws, iws, staged)
     grid_columns(q0, ncols, p.st.q, ph.grid, ph.dst_base, ph.dstep, dcol, run)
     for j in range(ncols, ntile * NR):
         dcol[j] = -1
         run[j] = 0
 
     if K == 0:          # no tap reaches these pixels
-        for i in range(i0, i1):
-            d = dst_ng + i * p.dst_row
-            for j in range(ncols):
-                if dcol[j] >= 0:
-                    d[dcol[j]] = 0
+        for n in range(nimg):
+            for i in range(i0, i1):
+                d = dst_g + n * p.dst_img + i * p.dst_row
+                for j in range(ncols):
+                    if dcol[j] >= 0:
+                        d[dcol[j]] = 0
 
     # tiles of NR columns, and one-vector tiles for the last columns of the block
     nfull = ncols // NR
@@ -466,26 +497,30 @@ cdef void product_item(const Product *p, const Phase *phases, Py_ssize_t item,
             whole = ds == 1 and run[j0] >= width
             for ip in range(ip0, ip1):
                 mw = min(MR, M - ip * MR)
-                if whole and mw == MR:
-                    panel(p, a_g, ip, K, k0, kc, aoff, narrow, staged + q0 + j0, boff + k0,
-                          mw, dst_ng + ip * MR * p.dst_row + dcol[j0], p.dst_row, kb > 0)
-                    continue
-                panel(p, a_g, ip, K, k0, kc, aoff, narrow, staged + q0 + j0, boff + k0, mw,
-                      ctile, width, 0)
-                for i in range(mw):
-                    d = dst_ng + (ip * MR + i) * p.dst_row
-                    cr = ctile + i * width - j0
-                    for sg in range(nseg):
-                        t = seg_at[sg]
-                        copy_run(d + dcol[t], ds, cr + t, seg_len[sg], kb > 0)
+                for n in range(nimg):
+                    dst_ng = dst_g + n * p.dst_img
+                    if whole and mw == MR:
+                        panel(p, a_g, ip, K, k0, kc, aoff, narrow, staged[n] + q0 + j0,
+                              boff + k0, mw, dst_ng + ip * MR * p.dst_row + dcol[j0],
+                              p.dst_row, kb > 0)
+                        continue
+                    panel(p, a_g, ip, K, k0, kc, aoff, narrow, staged[n] + q0 + j0,
+                          boff + k0, mw, ctile, width, 0)
+                    for i in range(mw):
+                        d = dst_ng + (ip * MR + i) * p.dst_row
+                        cr = ctile + i * width - j0
+                        for sg in range(nseg):
+                            t = seg_at[sg]
+                            copy_run(d + dcol[t], ds, cr + t, seg_len[sg], kb > 0)
 
     if bias != NULL:
-        for i in range(i0, i1):
-            bv = bias[g * M + i]
-            d = dst_ng + i * p.dst_row
-            for j in range(ncols):
-                if dcol[j] >= 0:
-                    d[dcol[j]] += bv
+        for n in range(nimg):
+            for i in range(i0, i1):
+                bv = bias[g * M + i]
+                d = dst_g + n * p.dst_img + i * p.dst_row
+                for j in range(ncols):
+                    if dcol[j] >= 0:
+                        d[dcol[j]] += bv
 
 
 cdef inline void panel(const Product *p, const floating *a_g, Py_ssize_t ip, Py_ssize_t K,
@@ -507,11 +542,19 @@ cdef inline void panel(const Product *p, const floating *a_g, Py_ssize_t ip, Py_
         r0 += rr
 
 
-cdef void row_blocks(Product *p) noexcept nogil:
-    """p.nrb and p.rblk: with fewer than MIN_ITEMS work items of (image, group, column block),
-    the rows too are split into blocks of whole tile panels, as evenly as they go.  A function
-    of the problem alone; each output is still computed by one item, in the same order."""
-    cdef Py_ssize_t mpan = (p.M + p.mr - 1) // p.mr, items = p.N * p.G * p.items_ng
+cdef void split_work(Product *p, Py_ssize_t columns) noexcept nogil:
+    """The work items, from the problem alone (`columns`: grid columns of one image, all
+    phases).  p.nimg: images per item, as many as make ITEM_COLUMNS columns (within MAX_IMAGES
+    and STAGED_IMAGES).  p.nrb and p.rblk: with fewer than MIN_ITEMS items of (images, group,
+    column block), the rows too are split into blocks of whole tile panels, as evenly as they
+    go.  Each output is still computed by one item, in the same order."""
+    cdef Py_ssize_t mpan = (p.M + p.mr - 1) // p.mr, items
+    p.nimg = 1
+    if 0 < columns < ITEM_COLUMNS:
+        p.nimg = max(1, min(p.N, MAX_IMAGES, (ITEM_COLUMNS + columns - 1) // columns,
+                            STAGED_IMAGES // max(p.st.size, 1)))
+    p.nib = (p.N + p.nimg - 1) // p.nimg
+    items = p.nib * p.G * p.items_ng
     p.nrb = 1
     if 0 < items < MIN_ITEMS:
         p.nrb = min(mpan, (MIN_ITEMS + items - 1) // items)
@@ -539,10 +582,10 @@ cdef void run_product(const Product *p, const Phase *phases, const floating *src
         iws[t * iper] = -1      # nothing staged yet
     with parallel(num_threads=nthreads):
         fp = flush_subnormals()
-        # race-free: each item writes its own (image, group, phase, column block, row block)
-        # of dst and reads only shared inputs; the staged slice and other scratch are per
+        # race-free: each item writes its own (images, group, phase, column block, row block)
+        # of dst and reads only shared inputs; the staged slices and other scratch are per
         # thread.
-        for item in prange(p.N * p.G * p.items_ng * p.nrb, schedule="static"):
+        for item in prange(p.nib * p.G * p.items_ng * p.nrb, schedule="static"):
             tid = threadid()
             product_item(p, phases, item, src, boff, apack, aoff, bias, dst, fws + tid * fper,
                          iws + tid * iper)
@@ -855,9 +898,9 @@ def forward(const floating[:, :, :, :, ::1] x, const floating[:, :, :, :, ::1] w
     p.gathered = p.N * ph.ncols < GATHER_COLUMNS
     p.a_rs = ph.K
     p.a_grp = Og * ph.K
-    row_blocks(&p)
+    split_work(&p, ph.ncols)
     cdef floating[::1] apack = np.empty(1 if p.gathered else groups * mpad * ph.K, dtype=dtype)
-    fper = per_thread(p.st.size + LC_MR_B * NR)
+    fper = per_thread(p.nimg * p.st.size + LC_MR_B * NR)
     iper = per_thread(1 + 2 * NCB_TILES * NR)
     cdef floating[::1] fws = _workspace("f", dtype, fper * num_threads)
     cdef Py_ssize_t[::1] iws = _workspace("i", np.intp, iper * num_threads)
@@ -934,7 +977,6 @@ def grad_input(const floating[:, :, :, :, ::1] dy, const floating[:, :, :, :, ::
     cdef floating[::1] fws
     cdef Py_ssize_t[::1] iws
     cdef const floating *bptr = &bias[0] if bias.shape[0] > 0 else NULL
-    fper = per_thread(p.st.size + LC_MR_B * NR)
     iper = per_thread(1 + 2 * NCB_TILES * NR)
     cdef Phase *phases = <Phase *> malloc(p.nphase * sizeof(Phase))
     if phases == NULL:
@@ -975,7 +1017,8 @@ def grad_input(const floating[:, :, :, :, ::1] dy, const floating[:, :, :, :, ::
         p.gathered = p.N * sum([phases[f].ncols for f in range(p.nphase)]) < GATHER_COLUMNS
         p.a_rs = KS
         p.a_grp = Og * Cg * KS
-        row_blocks(&p)
+        split_work(&p, sum([phases[f].ncols for f in range(p.nphase)]))
+        fper = per_thread(p.nimg * p.st.size + LC_MR_B * NR)
         if not p.gathered:
             apacks = [_pack_groups(w, groups, Cg, mr, phases[f].K, koffs[f], dtype)
                       for f in range(p.nphase)]
