@@ -59,3 +59,36 @@ def test_main_quick(example, one_thread, capsys):
 def test_full_run_reaches_95_percent(example, one_thread):
     history = example.train(example.build_model(seed=0), example.load_data(seed=0), log=None)
     assert history[-1]["test_accuracy"] >= 0.95
+
+
+def test_filter_volume_matches_conv3d(tmp_path):
+    """examples/filter_volume.py on a small volume of 3 x 3 x 3 chunks, in a subprocess: its
+    output store holds loopconv.conv3d of its input store."""
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    pytest.importorskip("dask")
+    zarr = pytest.importorskip("zarr")
+    script = EXAMPLE.parent / "filter_volume.py"
+    spec = importlib.util.spec_from_file_location("filter_volume", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    home = str(Path(loopconv.__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [home] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    work = tmp_path / "volume"
+    done = subprocess.run([sys.executable, str(script), "--size", "1MiB", "--chunk", "24",
+                           "--kernel", "5", "--sigma", "1.5", "--workdir", str(work), "--keep"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "MiB/s" in done.stdout and "peak memory (resident)" in done.stdout
+    x = zarr.open_array(str(work / "input.zarr"), mode="r")
+    y = zarr.open_array(str(work / "output.zarr"), mode="r")
+    assert x.shape == y.shape == (1, 1, 50, 72, 72) and x.chunks == (1, 1, 24, 24, 24)
+    expected = loopconv.conv3d(x[...], module.gaussian_kernel(5, 1.5), padding="same",
+                               padding_mode="reflect")
+    assert y.dtype == expected.dtype == np.float32
+    np.testing.assert_allclose(y[...], expected, rtol=0, atol=1e-5 * np.abs(expected).max())
