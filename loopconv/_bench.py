@@ -1,8 +1,14 @@
-"""``python -m loopconv bench``: time loopconv against NumPy im2col and PyTorch.
+"""``python -m loopconv bench``: time loopconv against NumPy im2col, PyTorch and ONNX Runtime.
 
 The machinery behind the ``bench`` subcommand (whose options are parsed in `loopconv._cli`):
 the table of standard layer shapes, the worker processes that time one library each, the
-timing itself, the result table, the JSON file and the chart.
+timing itself, the result table, the JSON file and the chart.  Two suites share it:
+
+- ``--suite layers`` (the default): the standard shapes `SHAPES`, each pass timed in loopconv,
+  NumPy im2col and PyTorch;
+- ``--suite networks``: the convolution layers of whole networks (`loopconv._networks`),
+  each network's training step (forward pass, input and weight gradient of every layer)
+  timed in loopconv and PyTorch, and its forward passes in ONNX Runtime as well.
 
 How the timing is done
 ----------------------
@@ -15,7 +21,9 @@ How the timing is done
   imported), then also calls ``loopconv.set_num_threads`` or ``torch.set_num_threads``.  The
   NumPy and PyTorch workers do not import loopconv (PyTorch ships its own OpenMP runtime).
 - Every worker draws the same random inputs (same seed, shape and dtype); PyTorch gets them as
-  tensors through ``torch.from_numpy`` and runs under ``torch.no_grad()``.
+  tensors through ``torch.from_numpy`` and runs under ``torch.no_grad()``.  The ONNX Runtime
+  worker (which imports neither loopconv nor PyTorch) runs a one-node model per layer, the
+  weight an initializer.
 - A measurement: warm-up calls, then timed samples; the reported time is the median.  Calls
   shorter than `MIN_SAMPLE` are grouped into samples of several calls (as `timeit` does).  The
   number of samples adapts to the call's duration so that each measurement takes about
@@ -24,6 +32,12 @@ How the timing is done
 - Each worker sends back a checksum of its result (the norm, and the dot product with a fixed
   random vector); results that disagree with loopconv's are flagged, since the time of a wrong
   answer means nothing.
+- The networks suite has many more, and larger, measurements: the peers take turns network by
+  network rather than measurement by measurement (the thread pools of the previous worker
+  spin for some 50 ms after its last call, so each turn costs a `SWITCH_PAUSE`; none is needed
+  at one thread), a measurement gets a smaller budget (`NET_BUDGET`, at least 3 samples, and
+  a first call over 10 ms is the whole warm-up), and the inputs are cut from a pool of random
+  numbers (`pooled_inputs`).
 
 FLOPs of every pass: ``2 * N * O * (C / groups) * kh * kw * OH * OW``.
 """
@@ -42,14 +56,14 @@ import subprocess
 import sys
 import time
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 PASSES = ("forward", "input", "weight")
-PEERS = ("loopconv", "im2col", "torch")
+PEERS = ("loopconv", "im2col", "torch", "onnxruntime")
 DTYPES = ("float32", "float64")
 
 BUDGET = 1.5        # seconds of timed samples per measurement (adaptive mode), in all rounds
@@ -69,7 +83,13 @@ JSON_FORMAT = "loopconv-bench/1"
 @dataclass(frozen=True)
 class Shape:
     """One convolution layer: input ``(n, c, h, w)``, ``o`` output channels, a square kernel
-    ``k``, and stride, padding, dilation and groups as in `loopconv.conv2d`."""
+    ``k``, and stride, padding, dilation and groups as in `loopconv.conv2d`.
+
+    The same fields describe 1-D and 3-D layers and transposed convolutions: ``d > 0`` makes
+    a 3-D layer of input ``(n, c, d, h, w)`` and a cubic kernel; ``h = 0`` (with ``d = 0``) a
+    1-D layer of input ``(n, c, w)``.  ``transposed`` makes the layer a transposed convolution
+    (`loopconv.conv_transpose2d`, weight ``(c, o // groups, k, k)``) with `output_padding`;
+    its passes are its forward pass and its own two gradients."""
 
     name: str
     n: int
@@ -84,32 +104,61 @@ class Shape:
     groups: int = 1
     note: str = ""
     tiny: bool = False      # all call overhead: reported, but left out of the geometric means
+    d: int = 0              # depth of a 3-D layer; 0 for 1-D and 2-D layers
+    transposed: bool = False
+    output_padding: int = 0
+
+    @property
+    def spatial(self) -> tuple:
+        """The input's spatial size: ``(w,)``, ``(h, w)`` or ``(d, h, w)``."""
+        if self.d:
+            return (self.d, self.h, self.w)
+        return (self.h, self.w) if self.h else (self.w,)
+
+    @property
+    def ndim(self) -> int:
+        """1, 2 or 3: the number of spatial axes."""
+        return len(self.spatial)
 
     @property
     def input_shape(self) -> tuple:
-        return (self.n, self.c, self.h, self.w)
+        return (self.n, self.c, *self.spatial)
 
     @property
     def weight_shape(self) -> tuple:
-        return (self.o, self.c // self.groups, self.k, self.k)
+        kernel = (self.k,) * self.ndim
+        if self.transposed:
+            return (self.c, self.o // self.groups, *kernel)
+        return (self.o, self.c // self.groups, *kernel)
 
     @property
     def output_shape(self) -> tuple:
-        def size(s):
-            return (s + 2 * self.padding - self.dilation * (self.k - 1) - 1) // self.stride + 1
-        return (self.n, self.o, size(self.h), size(self.w))
+        reach = self.dilation * (self.k - 1)
+        if self.transposed:
+            sizes = ((s - 1) * self.stride - 2 * self.padding + reach + self.output_padding + 1
+                     for s in self.spatial)
+        else:
+            sizes = ((s + 2 * self.padding - reach - 1) // self.stride + 1
+                     for s in self.spatial)
+        return (self.n, self.o, *sizes)
 
     @property
     def flops(self) -> int:
         """Floating-point operations of one pass: a multiply and an add per weight tap and
-        output element."""
-        n, o, oh, ow = self.output_shape
-        return 2 * n * o * (self.c // self.groups) * self.k * self.k * oh * ow
+        output element (for a transposed convolution: per weight tap and input element)."""
+        taps = self.k ** self.ndim
+        if self.transposed:
+            return 2 * self.n * self.c * (self.o // self.groups) * taps * math.prod(self.spatial)
+        return (2 * self.n * self.o * (self.c // self.groups) * taps
+                * math.prod(self.output_shape[2:]))
 
     def describe(self) -> str:
-        text = (f"({self.n},{self.c},{self.h},{self.w}) -> {self.o}, k{self.k}, s{self.stride}, "
-                f"p{self.padding}, d{self.dilation}")
-        return text + (f", g{self.groups}" if self.groups > 1 else "")
+        text = (f"({','.join(map(str, self.input_shape))}) -> {self.o}, k{self.k}, "
+                f"s{self.stride}, p{self.padding}, d{self.dilation}")
+        text += f", g{self.groups}" if self.groups > 1 else ""
+        if self.transposed:
+            text += ", transposed" + (f", op{self.output_padding}" if self.output_padding else "")
+        return text
 
 
 SHAPES = {s.name: s for s in (
@@ -134,6 +183,34 @@ def make_inputs(shape: Shape, dtype) -> dict:
             "gy": rng.standard_normal(shape.output_shape, dtype=dtype)}
 
 
+POOL_SIZE = 1 << 22     # random numbers drawn once per worker for `pooled_inputs`
+_pool = np.empty(0)
+
+
+def pooled_inputs(shape: Shape, dtype) -> dict:
+    """Like `make_inputs`, but each array is copied from a pool of `POOL_SIZE` random numbers
+    that a process draws once (repeated cyclically where an array is larger), starting at an
+    offset drawn from the shape's name: the same in every process, and quicker than drawing
+    the many large arrays of the networks suite."""
+    global _pool
+    if _pool.size == 0:
+        _pool = np.random.default_rng(20240611).standard_normal(POOL_SIZE)
+    rng = np.random.default_rng(zlib.crc32(shape.name.encode()))
+    return {key: _cut(size, int(rng.integers(POOL_SIZE)), np.dtype(dtype))
+            for key, size in (("x", shape.input_shape), ("w", shape.weight_shape),
+                              ("gy", shape.output_shape))}
+
+
+def _cut(shape: tuple, start: int, dtype) -> np.ndarray:
+    out = np.empty(math.prod(shape), dtype)
+    done = 0
+    while done < out.size:
+        part = min(out.size - done, POOL_SIZE - start)
+        out[done:done + part] = _pool[start:start + part]
+        done, start = done + part, 0
+    return out.reshape(shape)
+
+
 # ---------------------------------------------------------------------------------------------
 # The peers: how each library is set up in its worker, and its three passes
 
@@ -147,6 +224,11 @@ def loopconv_config() -> dict:
         return {"error": f"{type(exc).__name__}: {exc}"}
 
 
+class Unsupported(Exception):
+    """A peer has no implementation of a job (a pass, a dtype or a kind of layer): the job is
+    skipped, which is not a problem of the run."""
+
+
 def _setup_loopconv(threads: int):
     import loopconv
 
@@ -155,13 +237,31 @@ def _setup_loopconv(threads: int):
             "cpu variant": loopconv_config().get("cpu variant", "?"), "file": loopconv.__file__}
 
     def call(pass_, s, a):
+        if s.transposed:
+            return _transposed_calls(loopconv, s, a)[pass_]
+        nd = s.ndim
+        conv, conv_input, conv_weight = (getattr(loopconv, f"conv{nd}d{suffix}")
+                                         for suffix in ("", "_input", "_weight"))
         args = (s.stride, s.padding, s.dilation, s.groups)
         if pass_ == "forward":
-            return lambda: loopconv.conv2d(a["x"], a["w"], None, *args)
+            return lambda: conv(a["x"], a["w"], None, *args)
         if pass_ == "input":
-            return lambda: loopconv.conv2d_input(s.input_shape, a["w"], a["gy"], *args)
-        return lambda: loopconv.conv2d_weight(a["x"], s.weight_shape, a["gy"], *args)
+            return lambda: conv_input(s.input_shape, a["w"], a["gy"], *args)
+        return lambda: conv_weight(a["x"], s.weight_shape, a["gy"], *args)
     return info, call
+
+
+def _transposed_calls(loopconv, s, a) -> dict:
+    """loopconv's three passes of a transposed convolution: the forward pass and the input and
+    weight gradients of `conv_transpose{nd}d_backward`, one `output_mask` entry each."""
+    forward = getattr(loopconv, f"conv_transpose{s.ndim}d")
+    backward = getattr(loopconv, f"conv_transpose{s.ndim}d_backward")
+    args = (s.stride, s.padding, s.output_padding, s.groups, s.dilation)
+    return {"forward": lambda: forward(a["x"], a["w"], None, *args),
+            "input": lambda: backward(a["x"], a["w"], a["gy"], *args,
+                                      output_mask=(True, False, False))[0],
+            "weight": lambda: backward(a["x"], a["w"], a["gy"], *args,
+                                       output_mask=(False, True, False))[1]}
 
 
 def _load_im2col():
@@ -193,6 +293,8 @@ def _setup_im2col(threads: int):
     info = {"version": np.__version__, "threads": threads, **_blas_info()}
 
     def call(pass_, s, a):
+        if s.ndim != 2 or s.transposed:
+            raise Unsupported("the NumPy im2col peer has 2-D convolutions only")
         args = (s.stride, s.padding, s.dilation, s.groups)
         if pass_ == "forward":
             return lambda: im2col.conv2d(a["x"], a["w"], *args)
@@ -212,21 +314,102 @@ def _setup_torch(threads: int):
         torch.set_num_interop_threads(1)
     except RuntimeError:
         pass
-    torch.set_grad_enabled(False)      # the whole worker runs as under torch.no_grad()
     info = {"version": torch.__version__, "threads": torch.get_num_threads()}
 
     def call(pass_, s, a):
+        fn = timed(pass_, s, a)
+
+        def run():
+            with torch.no_grad():     # (not set for the whole process: tests call this too)
+                return fn()
+        return run
+
+    def timed(pass_, s, a):
         x, w, gy = (torch.from_numpy(a[key]) for key in ("x", "w", "gy"))
+        nd = s.ndim
+        if s.transposed:
+            return _torch_transposed(torch, F, pass_, s, x, w, gy)
         args = (s.stride, s.padding, s.dilation, s.groups)
         if pass_ == "forward":
-            return lambda: F.conv2d(x, w, None, *args)
+            conv = getattr(F, f"conv{nd}d")
+            return lambda: conv(x, w, None, *args)
         if pass_ == "input":
-            return lambda: torch.nn.grad.conv2d_input(s.input_shape, w, gy, *args)
-        return lambda: torch.nn.grad.conv2d_weight(x, s.weight_shape, gy, *args)
+            conv_input = getattr(torch.nn.grad, f"conv{nd}d_input")
+            return lambda: conv_input(s.input_shape, w, gy, *args)
+        conv_weight = getattr(torch.nn.grad, f"conv{nd}d_weight")
+        return lambda: conv_weight(x, s.weight_shape, gy, *args)
     return info, call
 
 
-_SETUP = {"loopconv": _setup_loopconv, "im2col": _setup_im2col, "torch": _setup_torch}
+def _torch_transposed(torch, F, pass_, s, x, w, gy):
+    """PyTorch's passes of a transposed convolution: ``F.conv_transpose{nd}d``, and for the
+    gradients the ``aten.convolution_backward`` call that autograd makes for it."""
+    nd = s.ndim
+    if pass_ == "forward":
+        forward = getattr(F, f"conv_transpose{nd}d")
+        return lambda: forward(x, w, None, s.stride, s.padding, s.output_padding, s.groups,
+                               s.dilation)
+    which = PASSES.index(pass_) - 1                    # input: 0, weight: 1
+    mask = [which == 0, which == 1, False]
+    args = ([s.stride] * nd, [s.padding] * nd, [s.dilation] * nd, True, [s.output_padding] * nd,
+            s.groups, mask)
+    backward = torch.ops.aten.convolution_backward
+    return lambda: backward(gy, x, w, None, *args)[which]
+
+
+def _setup_onnxruntime(threads: int):
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    info = {"version": onnxruntime.__version__, "threads": threads}
+
+    def call(pass_, s, a):
+        if pass_ != "forward":
+            raise Unsupported("ONNX Runtime runs forward passes only")
+        try:
+            session = onnxruntime.InferenceSession(onnx_model(s, a["w"]), options,
+                                                   providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            if "NOT_IMPLEMENTED" in str(exc):
+                raise Unsupported(f"ONNX Runtime has no {a['x'].dtype} kernel for "
+                                  f"{'ConvTranspose' if s.transposed else 'Conv'}") from None
+            raise
+        feed = {"x": a["x"]}
+        return lambda: session.run(None, feed)[0]
+    return info, call
+
+
+ONNX_OPSET = 17
+
+
+def onnx_model(s: Shape, weight: np.ndarray) -> bytes:
+    """A one-node ONNX model of the forward pass of `s`: a Conv or ConvTranspose node whose
+    weight is an initializer, input ``x`` and output ``y``, serialized."""
+    from onnx import helper, numpy_helper
+
+    elem = helper.np_dtype_to_tensor_dtype(weight.dtype)
+    nd = s.ndim
+    attributes: dict[str, Any] = {"kernel_shape": [s.k] * nd, "strides": [s.stride] * nd,
+                  "pads": [s.padding] * (2 * nd), "dilations": [s.dilation] * nd,
+                  "group": s.groups}
+    if s.transposed:
+        attributes["output_padding"] = [s.output_padding] * nd
+    node = helper.make_node("ConvTranspose" if s.transposed else "Conv", ["x", "w"], ["y"],
+                            **attributes)
+    graph = helper.make_graph(
+        [node], "conv", [helper.make_tensor_value_info("x", elem, list(s.input_shape))],
+        [helper.make_tensor_value_info("y", elem, list(s.output_shape))],
+        initializer=[numpy_helper.from_array(weight, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)])
+    model.ir_version = 8               # what ONNX Runtime releases since 1.14 read
+    return model.SerializeToString()
+
+
+_SETUP = {"loopconv": _setup_loopconv, "im2col": _setup_im2col, "torch": _setup_torch,
+          "onnxruntime": _setup_onnxruntime}
 
 
 def peer_call(peer: str, threads: int = 1):
@@ -238,28 +421,33 @@ def peer_call(peer: str, threads: int = 1):
 # ---------------------------------------------------------------------------------------------
 # Timing
 
-def measure(fn, repeat: int | None = None, budget: float = BUDGET) -> dict:
+def measure(fn, repeat: int | None = None, budget: float = BUDGET, warmup_s: float = 0.05,
+            min_repeat: int = MIN_REPEAT, long_call: float = math.inf) -> dict:
     """Time `fn()`: warm-up calls, then samples; the median, in seconds per call, and more.
 
     `repeat` fixes the number of samples; without it, the number adapts so that the samples
-    take about `budget` seconds."""
+    take about `budget` seconds (at least `min_repeat` of them).  The warm-up is the first call
+    and at least one more, until `warmup_s` seconds have gone by; a first call that takes over
+    `long_call` seconds is warm-up enough."""
     t0 = time.perf_counter()
     result = fn()                      # first call: page faults, lazy set-up
     first = time.perf_counter() - t0
     warmup, spent, est = 1, first, math.inf
-    while warmup < 2 or (spent < 0.05 and warmup < 1000):
+    while first <= long_call and (warmup < 2 or (spent < warmup_s and warmup < 1000)):
         t0 = time.perf_counter()
         fn()
         elapsed = time.perf_counter() - t0
         est = min(est, elapsed)        # the fastest warm-up call: robust to an interruption
         spent += elapsed
         warmup += 1
+    if est == math.inf:                # no warm-up after the first call
+        est = first
     number = 1 if est >= MIN_SAMPLE else math.ceil(MIN_SAMPLE / max(est, 1e-7))
     if repeat is None:
         if est > budget * 2 / 3:
-            repeat = SLOW_REPEAT
+            repeat = min(SLOW_REPEAT, min_repeat)
         else:
-            repeat = min(MAX_REPEAT, max(MIN_REPEAT, round(budget / (est * number))))
+            repeat = min(MAX_REPEAT, max(min_repeat, round(budget / (est * number))))
     times = []
     gc_was_enabled = gc.isenabled()
     gc.disable()
@@ -276,11 +464,16 @@ def measure(fn, repeat: int | None = None, budget: float = BUDGET) -> dict:
             "number": number, "warmup": warmup}
 
 
+_probe = np.empty(0)
+
+
 def checksum(result) -> list:
     """[norm, dot product with a fixed random vector] of a result, in float64."""
+    global _probe
     r = np.asarray(result, dtype=np.float64).ravel()
-    probe = np.random.default_rng(12345).standard_normal(r.size)
-    return [float(np.sqrt(r @ r)), float(r @ probe)]
+    if _probe.size < r.size:           # the first draws of a longer vector are the same
+        _probe = np.random.default_rng(12345).standard_normal(max(r.size, 2 * _probe.size))
+    return [float(np.sqrt(r @ r)), float(r @ _probe[:r.size])]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,16 +517,18 @@ def worker_main(peer: str, threads: int) -> int:
     for line in sys.stdin:
         job = json.loads(line)
         try:
-            shape = SHAPES[job["shape"]]
+            shape = Shape(**job["spec"]) if "spec" in job else SHAPES[job["shape"]]
             if inputs_key != (shape.name, job["dtype"]):
                 inputs_key, inputs = None, None       # free the previous shape's arrays first
-                inputs = make_inputs(shape, job["dtype"])
+                inputs = (pooled_inputs if "spec" in job else make_inputs)(shape, job["dtype"])
                 inputs_key = (shape.name, job["dtype"])
             m = measure(call(job["pass"], shape, inputs), job.get("repeat"),
-                        job.get("budget", BUDGET))
+                        job.get("budget", BUDGET), **job.get("options", {}))
             send({"ok": True, "times": m["times"], "median": m["median"],
                   "number": m["number"], "warmup": m["warmup"],
                   "check": checksum(m["result"])})
+        except Unsupported as exc:
+            send({"ok": False, "skip": True, "error": str(exc)})
         except Exception as exc:  # noqa: BLE001
             send({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
     return 0
@@ -341,6 +536,10 @@ def worker_main(peer: str, threads: int) -> int:
 
 class WorkerError(RuntimeError):
     pass
+
+
+class Skipped(Exception):
+    """A job the peer has no implementation of (`Unsupported` in the worker)."""
 
 
 class Worker:
@@ -377,6 +576,8 @@ class Worker:
         except (BrokenPipeError, OSError) as exc:
             raise WorkerError(f"the {self.peer} worker is gone: {exc}") from None
         reply = self._receive()
+        if reply.get("skip"):
+            raise Skipped(reply["error"])
         if not reply["ok"]:
             raise WorkerError(f"{self.peer}: {reply['error']}")
         return reply
@@ -430,10 +631,14 @@ class _Run:
         self.done, self.start = 0, time.perf_counter()
         self.results: list[dict] = []
         self.problems: list[str] = []
+        self.skips: list[dict] = []
+        self.previous: str | None = None           # the peer that timed last
         self.workers_info: dict[str, dict] = {}
 
-    def start_workers(self, peers, threads: int, skipped: int) -> dict:
-        """The workers that started (all start at once; loopconv must)."""
+    def start_workers(self, peers, threads: int, skipped) -> dict:
+        """The workers that started (all start at once; loopconv must).  `skipped` is the
+        number of measurements a peer that fails to start leaves out (an int, or a dict by
+        peer)."""
         plural = "s" if threads > 1 else ""
         self.log(f"starting the workers, {threads} thread{plural}: {', '.join(peers)}")
         workers = {peer: Worker(peer, threads) for peer in peers}
@@ -448,7 +653,7 @@ class _Run:
                     raise
                 self.problems.append(str(exc))
                 self.log(f"warning: {exc}; going on without {peer}")
-                self.total -= skipped
+                self.total -= skipped[peer] if isinstance(skipped, dict) else skipped
                 continue
             self.log(f"  {peer}: " + ", ".join(f"{k} {v}" for k, v in info.items()
                                                if k != "file"))
@@ -468,8 +673,16 @@ class _Run:
         self.done += 1
         label = (f"[{self.done:3d}/{self.total} {time.perf_counter() - self.start:5.0f}s] "
                  f"{job['threads']}t {job['dtype']} {shape.name:8} {job['pass']:7} {peer:8}")
+        spec = {} if SHAPES.get(shape.name) == shape else {"spec": asdict(shape)}
         try:
-            reply = workers[peer].run(**job, shape=shape.name)
+            reply = workers[peer].run(**job, shape=shape.name, **spec)
+        except Skipped as exc:
+            skip = {"peer": peer, "threads": job["threads"], "dtype": job["dtype"],
+                    "reason": str(exc)}
+            if skip not in self.skips:
+                self.skips.append(skip)
+                self.log(f"{label} skipped: {exc}; the jobs like it are skipped silently")
+            return None
         except WorkerError as exc:
             self.problems.append(str(exc))
             self.log(f"{label} failed: {exc}")
@@ -487,6 +700,16 @@ class _Run:
                       agrees=True)
         self.results.append(record)
         return record
+
+    def fastest(self, tries: list) -> dict:
+        """The record of the fastest of a measurement's rounds; the others leave the
+        results."""
+        best = min(tries, key=lambda r: r["median_s"])
+        best["round_medians_s"] = [r["median_s"] for r in tries]
+        for r in tries:
+            if r is not best:
+                self.results.remove(r)
+        return best
 
     def compare(self, records: dict, shape: Shape, dtype: str) -> None:
         """Flag the peers whose results (pass, peer) -> record differ from loopconv's."""
@@ -532,20 +755,26 @@ def run(shapes, passes, peers, threads_list, dtypes, repeat=None, budget=BUDGET,
                                 if record is not None:
                                     tries.setdefault(peer, []).append(record)
                         for peer, recs in tries.items():
-                            best = min(recs, key=lambda r: r["median_s"])
-                            best["round_medians_s"] = [r["median_s"] for r in recs]
-                            for r in recs:
-                                if r is not best:
-                                    state.results.remove(r)
-                            records[(pass_, peer)] = best
+                            records[(pass_, peer)] = state.fastest(recs)
                     state.compare(records, shape, dtype)
         finally:
             for worker in workers.values():
                 worker.close()
+    return {
+        "format": JSON_FORMAT, **_run_info(state),
+        "shapes": {s.name: {**asdict(s), "flops": s.flops, "output": s.output_shape}
+                   for s in shapes},
+        "passes": list(passes), "peers": list(peers), "threads": list(threads_list),
+        "dtypes": list(dtypes), "repeat": repeat, "budget_s": budget, "rounds": rounds,
+        "results": state.results, "problems": state.problems,
+    }
+
+
+def _run_info(state: _Run) -> dict:
+    """What the JSON results of either suite say about the run, the machine and loopconv."""
     import loopconv
 
     return {
-        "format": JSON_FORMAT,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "seconds": round(time.perf_counter() - state.start, 1),
         "command": sys.argv,
@@ -554,11 +783,6 @@ def run(shapes, passes, peers, threads_list, dtypes, repeat=None, budget=BUDGET,
         "loopconv": loopconv_config(),
         "loopconv_file": loopconv.__file__,
         "workers": state.workers_info,
-        "shapes": {s.name: {**asdict(s), "flops": s.flops, "output": s.output_shape}
-                   for s in shapes},
-        "passes": list(passes), "peers": list(peers), "threads": list(threads_list),
-        "dtypes": list(dtypes), "repeat": repeat, "budget_s": budget, "rounds": rounds,
-        "results": state.results, "problems": state.problems,
     }
 
 
@@ -673,13 +897,19 @@ def format_table(data: dict, threads: int, dtype: str) -> str:
     mine = [r for r in data["results"] if r["threads"] == threads and r["dtype"] == dtype]
     if any(not r["agrees"] for r in mine):
         out.append("! this peer's result disagrees with loopconv's (see the warnings)")
-    loads = [r["load"] for r in mine if r.get("load") is not None]
-    cores = data["machine"].get("cores", 1)
-    if loads and max(loads) > cores + 0.5:
-        out.append(f"note: the machine was busy (load average up to {max(loads):.1f} on {cores} "
-                   "cores): other programs shared\n      the cores, so these times are slow and "
-                   "noisy, the multi-threaded ones most")
+    out += _busy(mine, data["machine"].get("cores", 1))
     return "\n".join(out)
+
+
+def _busy(records, cores: int) -> list:
+    """A note, if the load average during these measurements says that other programs were
+    competing for the cores."""
+    loads = [r["load"] for r in records if r.get("load") is not None]
+    if loads and max(loads) > cores + 0.5:
+        return [f"note: the machine was busy (load average up to {max(loads):.1f} on {cores} "
+                "cores): other programs shared\n      the cores, so these times are slow and "
+                "noisy, the multi-threaded ones most"]
+    return []
 
 
 def format_report(data: dict) -> str:
@@ -745,6 +975,403 @@ def plot_formats() -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
+# The networks suite: one training step of a network's convolutions
+
+NET_JSON_FORMAT = "loopconv-bench-networks/1"
+NET_ROUNDS = 2          # turns per peer and network; each measurement's fastest turn counts
+NET_BUDGET = 0.02       # seconds of timed samples per measurement, in all rounds
+NET_MEASURE = {"warmup_s": 0.005, "min_repeat": 3, "long_call": 0.01}
+PEER_PASSES = {"onnxruntime": ("forward",)}     # the passes of a peer that lacks some
+BATCHES = ("1", "train")
+SCALING = 0.8           # a layer scales when n times the threads make it 0.8 * n times faster
+LAYER_TARGET = 0.7      # the lowest torch / loopconv ratio wanted of any layer's step
+
+
+def peer_passes(peer: str, passes) -> tuple:
+    """The passes among `passes` that `peer` runs, in the order of `PASSES`."""
+    return tuple(p for p in PASSES if p in passes and p in PEER_PASSES.get(peer, PASSES))
+
+
+def onnxruntime_available() -> bool:
+    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx"))
+
+
+def network_batches(network, batches) -> list:
+    """The batch sizes of `network` that `batches` asks for: each entry ``"1"``, ``"train"``
+    (the network's training batch size) or a number."""
+    sizes = [network.train_batch if b == "train" else int(b) for b in batches]
+    return list(dict.fromkeys(sizes))
+
+
+def network_plan(names, batches) -> tuple:
+    """What the networks `names` at the batch sizes `batches` need timed.
+
+    Returns
+    -------
+    entries : list of dict
+        One per network and batch size: ``network``, ``batch`` and ``layers``, a dict per
+        distinct layer with its ``layer`` name, ``count``, ``geometry``, ``passes`` and the
+        name of the ``shape`` its times are recorded under.
+    shapes : dict
+        Shape name -> (`Shape`, passes) for every distinct geometry and batch size, named after
+        the first layer that has it, with the passes that any layer of that geometry needs; in
+        the order of the entries.
+    """
+    from loopconv._networks import NETWORKS
+
+    entries: list = []
+    shapes: dict = {}
+    named: dict = {}
+    for name in names:
+        network = NETWORKS[name]
+        for batch in network_batches(network, batches):
+            layers = []
+            for layer in network.layers:
+                shape = layer.at(batch, f"{name}.{layer.name}@b{batch}")
+                key = named.setdefault(replace(shape, name=""), shape.name)
+                known, passes = shapes.get(key, (shape, ()))
+                shapes[key] = (known, tuple(p for p in PASSES
+                                            if p in passes or p in layer.passes))
+                layers.append({"layer": layer.name, "count": layer.count,
+                               "geometry": layer.geometry(), "passes": list(layer.passes),
+                               "shape": key})
+            entries.append({"network": name, "batch": batch, "layers": layers})
+    return entries, shapes
+
+
+def _turns(entries, shapes) -> list:
+    """The shapes [(Shape, passes)] that each network and batch size adds to the ones before:
+    the work of one turn of each peer."""
+    seen: set = set()
+    turns = []
+    for entry in entries:
+        names = [layer["shape"] for layer in entry["layers"] if layer["shape"] not in seen]
+        names = list(dict.fromkeys(names))
+        seen.update(names)
+        if names:
+            turns.append([shapes[name] for name in names])
+    return turns
+
+
+def _time_turns(state: _Run, workers: dict, peers, turn, job: dict, rounds: int) -> None:
+    """Time the passes of the shapes `turn` [(Shape, passes)]: the peers take turns, each
+    running all of them, `rounds` times; each measurement keeps its fastest round."""
+    tries: dict[tuple, list] = {}
+    for _ in range(rounds):
+        for peer in [p for p in peers if p in workers]:
+            if state.previous not in (None, peer) and job["threads"] > 1:
+                time.sleep(SWITCH_PAUSE)
+            state.previous = peer
+            for shape, passes in turn:
+                for pass_ in peer_passes(peer, passes):
+                    record = state.measure(workers, peer, {**job, "pass": pass_}, shape)
+                    if record is not None:
+                        tries.setdefault((shape.name, pass_, peer), []).append(record)
+    for shape, _ in turn:
+        state.compare({(pass_, peer): state.fastest(recs)
+                       for (name, pass_, peer), recs in tries.items() if name == shape.name},
+                      shape, job["dtype"])
+
+
+def run_networks(names, batches, peers, threads_list, dtypes, repeat=None, rounds=NET_ROUNDS,
+                 budget=NET_BUDGET, log=_stderr) -> dict:
+    """Time every layer pass of the networks `names` at `batches` for every thread count and
+    dtype; the results, and each network's step times, as a JSON-ready dict.
+
+    Each distinct geometry is timed once, for all the networks and layers that have it.  The
+    peers take turns network by network (each runs all the passes of a network's layers at a
+    batch size in its turn), `rounds` times; a measurement's result is its fastest round."""
+    entries, shapes = network_plan(names, batches)
+    turns = _turns(entries, shapes)
+    per_peer = {peer: rounds * len(dtypes) * sum(len(peer_passes(peer, passes))
+                                                 for _, passes in shapes.values())
+                for peer in peers}
+    state = _Run(len(threads_list) * sum(per_peer.values()), log)
+    for threads in threads_list:
+        workers = state.start_workers(peers, threads, skipped=per_peer)
+        try:
+            for dtype in dtypes:
+                job = {"threads": threads, "dtype": dtype, "repeat": repeat,
+                       "budget": budget / rounds, "options": NET_MEASURE}
+                for turn in turns:
+                    _time_turns(state, workers, peers, turn, job, rounds)
+        finally:
+            for worker in workers.values():
+                worker.close()
+    from loopconv._networks import NETWORKS
+
+    data = {
+        "format": NET_JSON_FORMAT, **_run_info(state),
+        "networks": {name: {"family": NETWORKS[name].family,
+                            "variant": NETWORKS[name].variant,
+                            "train_batch": NETWORKS[name].train_batch,
+                            "convolutions": NETWORKS[name].convolutions} for name in names},
+        "plan": entries,
+        "shapes": {s.name: {**asdict(s), "flops": s.flops, "output": s.output_shape,
+                            "passes": list(passes)} for s, passes in shapes.values()},
+        "peers": list(peers), "threads": list(threads_list), "dtypes": list(dtypes),
+        "batches": list(batches), "repeat": repeat, "budget_s": budget, "rounds": rounds,
+        "results": state.results, "problems": state.problems, "skipped": state.skips,
+    }
+    data["summary"] = summarize(data)
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# The networks suite: step times, and their report
+
+def network_step(layers, times) -> dict:
+    """One training step of a network's convolutions, from the times of its layers' passes.
+
+    Parameters
+    ----------
+    layers : list of dict
+        The network's distinct layers, as in `network_plan`: ``layer``, ``count``,
+        ``geometry``, ``passes`` and ``shape``.
+    times : dict
+        (shape name, pass, peer) -> seconds.
+
+    Returns
+    -------
+    dict
+        ``layers``: per layer, its ``times`` (peer -> pass -> seconds), its ``step`` (peer ->
+        the sum of its passes) and ``forward`` (peer -> seconds), for the peers that have all
+        of them; ``step`` and ``forward``: peer -> ``sum(count * time)`` over the layers, for
+        the peers that have every layer; ``ratio``: torch / loopconv step; ``worst``: the
+        layer of lowest torch / loopconv step ratio, with that ``ratio`` and its ``share`` of
+        loopconv's step; ``slow``: how many ``layers`` ``of`` them have a ratio below
+        `LAYER_TARGET`, and their ``share`` of loopconv's step.
+    """
+    peers = sorted({peer for (_, _, peer) in times}, key=lambda p: (p != "loopconv", p))
+    rows = []
+    for layer in layers:
+        row = {**layer, "times": {}, "step": {}, "forward": {}}
+        for peer in peers:
+            mine = {p: times[key] for p in layer["passes"]
+                    if (key := (layer["shape"], p, peer)) in times}
+            row["times"][peer] = mine
+            if "forward" in mine:
+                row["forward"][peer] = mine["forward"]
+            if len(mine) == len(layer["passes"]):
+                row["step"][peer] = sum(mine.values())
+        rows.append(row)
+    summary: dict[str, Any] = {"layers": rows}
+    for total in ("step", "forward"):
+        summary[total] = {peer: sum(row["count"] * row[total][peer] for row in rows)
+                          for peer in peers if all(peer in row[total] for row in rows)}
+    ours, theirs = summary["step"].get("loopconv"), summary["step"].get("torch")
+    summary["ratio"] = theirs / ours if ours and theirs else None
+    ranked = [(row["step"]["torch"] / row["step"]["loopconv"], row) for row in rows
+              if row["step"].get("loopconv") and row["step"].get("torch")]
+    if ranked and ours:
+        def share(row):
+            return row["count"] * row["step"]["loopconv"] / ours
+
+        ratio, row = min(ranked, key=lambda item: item[0])
+        summary["worst"] = {"layer": row["layer"], "geometry": row["geometry"], "ratio": ratio,
+                            "share": share(row)}
+        slow = [row for ratio, row in ranked if ratio < LAYER_TARGET]
+        summary["slow"] = {"layers": len(slow), "of": len(ranked),
+                           "share": sum(map(share, slow))}
+    return summary
+
+
+def summarize(data: dict) -> list:
+    """`network_step` of every thread count, dtype, network and batch size of a run, with
+    ``threads``, ``dtype``, ``network``, ``batch`` and ``disagree`` (the peers whose results
+    differ from loopconv's on some layer)."""
+    summaries = []
+    for threads in data["threads"]:
+        for dtype in data["dtypes"]:
+            mine = [r for r in data["results"]
+                    if r["threads"] == threads and r["dtype"] == dtype]
+            times = {(r["shape"], r["pass"], r["peer"]): r["median_s"] for r in mine}
+            wrong = {(r["shape"], r["peer"]) for r in mine if not r["agrees"]}
+            for entry in data["plan"]:
+                shapes = {layer["shape"] for layer in entry["layers"]}
+                step = network_step(entry["layers"], times)
+                step.update(threads=threads, dtype=dtype, network=entry["network"],
+                            batch=entry["batch"],
+                            disagree=sorted({peer for shape, peer in wrong if shape in shapes}))
+                summaries.append(step)
+    return summaries
+
+
+def _grid(header, rows, left=(0,), spans=()) -> list:
+    """Lines of aligned columns: a title line for the `spans` [(title, first column, number of
+    columns)], the header, a rule, the rows; the columns `left` aligned to the left, the others
+    to the right."""
+    table = [header, *rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for title, first, count in spans:          # widen a span's last column to fit its title
+        room = sum(widths[first:first + count]) + 2 * (count - 1)
+        widths[first + count - 1] += max(0, len(title) - room)
+
+    def line(cells):
+        return "  ".join(c.ljust(w) if i in left else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    titles, column = "", 0
+    for title, first, count in spans:
+        titles += " " * (sum(widths[column:first]) + 2 * (first - column))
+        room = sum(widths[first:first + count]) + 2 * (count - 1)
+        titles += f"{title:^{room}}" + "  "
+        column = first + count
+    lines = [titles.rstrip()] if spans else []
+    return lines + [line(header), line(["-" * w for w in widths])] + [line(r) for r in rows]
+
+
+def _time_cell(times: dict, peer: str) -> str:
+    return _ms(times[peer]) if peer in times else "-"
+
+
+def _ratio_cell(times: dict, peer: str, mark: bool = False) -> str:
+    """``times[peer] / times["loopconv"]``, with ``!`` if `mark`; ``-`` without either."""
+    if peer in times and times.get("loopconv"):
+        return _ratio(times[peer] / times["loopconv"]) + ("!" if mark else "")
+    return "-"
+
+
+def _selected(data: dict, threads: int, dtype: str) -> list:
+    return [s for s in data["summary"] if (s["threads"], s["dtype"]) == (threads, dtype)]
+
+
+def _title(data: dict, threads: int, dtype: str) -> str:
+    workers = data["workers"].get(str(threads), {})
+    versions = ", ".join(f"{p} {info.get('version', '?')}" for p, info in workers.items())
+    return f"{dtype}, {threads} thread{'s' if threads > 1 else ''} ({versions})"
+
+
+def format_networks_table(data: dict, threads: int, dtype: str) -> str:
+    """The table of one thread count and dtype: per network and batch size, the step times of
+    loopconv and PyTorch and their ratio, the forward times of loopconv and ONNX Runtime and
+    theirs, the layers whose torch / loopconv step ratio is below `LAYER_TARGET` and their
+    share of loopconv's step, and the worst layer."""
+    header = ["network", "batch", "loopconv", "torch", "torch/lc", "loopconv", "onnxrt",
+              "onnxrt/lc", f"< {LAYER_TARGET}", "share",
+              "worst layer: torch/lc, name, geometry (share of the step)"]
+    rows = []
+    summaries = _selected(data, threads, dtype)
+    for s in summaries:
+        worst, slow = s.get("worst"), s.get("slow")
+        rows.append([s["network"], str(s["batch"]), _time_cell(s["step"], "loopconv"),
+                     _time_cell(s["step"], "torch"),
+                     _ratio_cell(s["step"], "torch", "torch" in s["disagree"]),
+                     _time_cell(s["forward"], "loopconv"),
+                     _time_cell(s["forward"], "onnxruntime"),
+                     _ratio_cell(s["forward"], "onnxruntime", "onnxruntime" in s["disagree"]),
+                     f"{slow['layers']}/{slow['of']}" if slow else "-",
+                     f"{slow['share']:.0%}" if slow else "-",
+                     f"{_ratio(worst['ratio'])} {worst['layer']} {worst['geometry']} "
+                     f"({worst['share']:.0%})" if worst else "-"])
+    spans = [("training step", 2, 3), ("forward passes", 5, 3), ("slow layers", 8, 2)]
+    out = [_title(data, threads, dtype) + ": times in ms; x/lc > 1: loopconv is faster",
+           *_grid(header, rows, left=(0, 10), spans=spans)]
+    if any(s["disagree"] for s in summaries):
+        out.append("! a peer's result disagrees with loopconv's on a layer (see the warnings)")
+    skips = [k for k in data.get("skipped", ()) if (k["threads"], k["dtype"]) == (threads, dtype)]
+    out += sorted({f"left out: {k['peer']}: {k['reason']}" for k in skips})
+    out += _busy([r for r in data["results"] if (r["threads"], r["dtype"]) == (threads, dtype)],
+                 data.get("machine", {}).get("cores", 1))
+    return "\n".join(out)
+
+
+def format_networks_detail(data: dict, summary: dict) -> str:
+    """The layers of one network at one batch size, thread count and dtype: the time of one
+    occurrence of each pass in loopconv and PyTorch, the ratios, ONNX Runtime's forward ratio
+    and the layer's share of loopconv's step (all its occurrences)."""
+    header = ["layer", "count", "geometry", *PASSES * 2, *PASSES, "step", "forward", "share"]
+    ours = summary["step"].get("loopconv")
+    rows = []
+    for row in summary["layers"]:
+        times = row["times"]
+        cells = [row["layer"], str(row["count"]), row["geometry"]]
+        for peer in ("loopconv", "torch"):
+            cells += [_time_cell(times.get(peer, {}), p) for p in PASSES]
+        for p in PASSES:
+            cells.append(_ratio_cell({k: v[p] for k, v in times.items() if p in v}, "torch"))
+        cells += [_ratio_cell(row["step"], "torch"), _ratio_cell(row["forward"], "onnxruntime")]
+        share = row["step"].get("loopconv")
+        cells.append(f"{row['count'] * share / ours:.1%}" if share and ours else "-")
+        rows.append(cells)
+    spans = [("loopconv (ms)", 3, 3), ("torch (ms)", 6, 3), ("torch / loopconv", 9, 4),
+             ("onnxrt/lc", 13, 1)]
+    title = (f"{summary['network']}, batch {summary['batch']}, "
+             f"{_title(data, summary['threads'], summary['dtype'])}: each layer once")
+    return "\n".join([title, *_grid(header, rows, left=(0, 2), spans=spans)])
+
+
+def _layer_scaling(base: dict, more: dict, threshold: float) -> tuple:
+    """Per layer of two summaries of one network (fewer and more threads): the layers PyTorch
+    speeds up by `threshold` or more, and those of them that loopconv does not, as
+    (name, geometry, loopconv speed-up, torch speed-up)."""
+    scaled, lagging = 0, []
+    for before, after in zip(base["layers"], more["layers"]):
+        gain = {peer: before["step"][peer] / after["step"][peer] for peer in ("loopconv", "torch")
+                if before["step"].get(peer) and after["step"].get(peer)}
+        if len(gain) == 2 and gain["torch"] >= threshold:
+            scaled += 1
+            if gain["loopconv"] < threshold:
+                lagging.append((before["layer"], before["geometry"], gain["loopconv"],
+                                gain["torch"]))
+    return scaled, sorted(lagging, key=lambda item: item[2] / item[3])
+
+
+def format_networks_scaling(data: dict, dtype: str, threads: int, shown: int = 4) -> str:
+    """A line per network and batch size on going from the fewest threads of the run to
+    `threads`: each peer's step speed-up, and the layers whose PyTorch time drops by
+    ``SCALING * threads / fewest`` (1.6x for 1 to 2 threads) or more but loopconv's does
+    not."""
+    fewest = min(data["threads"])
+    threshold = SCALING * threads / fewest
+    base = {(s["network"], s["batch"]): s for s in _selected(data, fewest, dtype)}
+    out = [f"{dtype}, {fewest} -> {threads} threads: speed-up of the step (time at {fewest} / "
+           f"time at {threads}), and the layers that\nPyTorch speeds up {threshold:.2f}x or "
+           f"more but loopconv does not (loopconv's speed-up, PyTorch's)"]
+    for more in _selected(data, threads, dtype):
+        before = base.get((more["network"], more["batch"]))
+        if before is None:
+            continue
+        gains = ", ".join(f"{peer} {_ratio(before['step'][peer] / more['step'][peer])}x"
+                          for peer in ("loopconv", "torch")
+                          if before["step"].get(peer) and more["step"].get(peer))
+        scaled, lagging = _layer_scaling(before, more, threshold)
+        text = (f"  {more['network']} b{more['batch']}: step {gains or '-'}; PyTorch "
+                f"{threshold:.2f}x or more on {scaled} of {len(more['layers'])} layers, "
+                f"loopconv not on {len(lagging)} of them")
+        if lagging:
+            text += ": " + ", ".join(f"{name} {geometry} ({_ratio(ours)}x, {_ratio(theirs)}x)"
+                                     for name, geometry, ours, theirs in lagging[:shown])
+            text += f", and {len(lagging) - shown} more" if len(lagging) > shown else ""
+        out.append(text)
+    return "\n".join(out)
+
+
+def format_networks_report(data: dict, detail: bool = False) -> str:
+    """The report of a networks run: the networks, then per thread count and dtype their
+    table (and with `detail` each network's layers), then the thread scaling."""
+    networks = "\n".join(f"  {name:16} {info['variant']}; {info['convolutions']} convolutions, "
+                         f"training batch {info['train_batch']}"
+                         for name, info in data["networks"].items())
+    parts = ["networks (a training step: the forward pass, input gradient and weight "
+             "gradient of every\nconvolution, except the input gradient of the first one):\n"
+             + networks]
+    for threads in data["threads"]:
+        if str(threads) not in data["workers"]:
+            continue
+        for dtype in data["dtypes"]:
+            parts.append(format_networks_table(data, threads, dtype))
+            if detail:
+                parts += [format_networks_detail(data, s)
+                          for s in _selected(data, threads, dtype)]
+    fewest = min(data["threads"])
+    for threads in data["threads"]:
+        if threads > fewest and {str(threads), str(fewest)} <= set(data["workers"]):
+            parts += [format_networks_scaling(data, dtype, threads) for dtype in data["dtypes"]]
+    return "\n\n".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
 # The subcommand
 
 def bench(shapes, passes, threads_list, dtypes, repeat=None, torch=True, json_path=None,
@@ -791,6 +1418,43 @@ def bench(shapes, passes, threads_list, dtypes, repeat=None, torch=True, json_pa
     if plot_path is not None:
         plot(data, plot_path)
         print(f"chart written to {plot_path}")
+    for problem in data["problems"]:
+        print(f"warning: {problem}", file=sys.stderr)
+    return 1 if data["problems"] else 0
+
+
+def bench_networks(names, batches, threads_list, dtypes, repeat=None, torch=True,
+                   onnxruntime=True, json_path=None, rounds=NET_ROUNDS, detail=False) -> int:
+    """``python -m loopconv bench --suite networks`` with parsed options; the exit status."""
+    def say(message):
+        print(f"loopconv bench: {message}", file=sys.stderr)
+
+    if json_path is not None and not Path(json_path).resolve().parent.is_dir():
+        say(f"--json {json_path}: the folder {Path(json_path).parent} does not exist")
+        return 1
+    peers = ["loopconv"]
+    for wanted, peer, available, install in (
+            (torch, "torch", torch_available, "PyTorch is not installed (pip install torch)"),
+            (onnxruntime, "onnxruntime", onnxruntime_available,
+             "ONNX Runtime is not installed (pip install onnxruntime onnx)")):
+        if wanted and available():
+            peers.append(peer)
+        elif wanted:
+            say(f"{install}; leaving it out")
+    try:
+        data = run_networks(names, batches, peers, threads_list, dtypes, repeat=repeat,
+                            rounds=rounds)
+    except WorkerError as exc:
+        say(str(exc))
+        return 1
+    except KeyboardInterrupt:
+        say("interrupted")
+        return 130
+    print(format_networks_report(data, detail=detail))
+    if json_path is not None:
+        with open(json_path, "w") as f:
+            json.dump(data, f, indent=1)
+        print(f"\nresults written to {json_path}")
     for problem in data["problems"]:
         print(f"warning: {problem}", file=sys.stderr)
     return 1 if data["problems"] else 0

@@ -92,45 +92,101 @@ def _positive(text):
     return value
 
 
-def _add_bench_parser(sub) -> None:
+def _batches(text):
+    """An argparse type: a comma-separated list of batch sizes, each 1, train or a number."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in items if t != "train" and not (t.isdigit() and int(t) >= 1)]
+    if bad or not items:
+        raise argparse.ArgumentTypeError(
+            f"expected batch sizes like 1,train or 4 (train: each network's training batch "
+            f"size), got {text!r}")
+    return list(dict.fromkeys(t if t == "train" else str(int(t)) for t in items))
+
+
+# the options (their argparse names) that only one suite has
+_LAYERS_ONLY = ("shapes", "passes", "plot")
+_NETWORKS_ONLY = ("networks", "batch", "detail", "no_onnxruntime")
+
+
+def _add_bench_parser(sub) -> argparse.ArgumentParser:
     from loopconv import _bench
+    from loopconv._networks import NETWORKS
 
     p = sub.add_parser(
-        "bench", help="time loopconv against NumPy im2col and PyTorch",
+        "bench", help="time loopconv against NumPy im2col, PyTorch and ONNX Runtime",
         description="Time the forward pass and both gradients of loopconv against a NumPy "
                     "im2col implementation and (when installed) PyTorch, each library in its own "
-                    "process, on standard layer shapes.  Progress goes to stderr, the table to "
-                    "stdout.  Shapes: " + "; ".join(f"{s.name} {s.describe()}"
-                                                    for s in _bench.SHAPES.values()))
+                    "process.  --suite layers (the default) times standard layer shapes; "
+                    "--suite networks times one training step of the convolutions of whole "
+                    "networks against PyTorch, and their forward passes against ONNX Runtime.  "
+                    "Progress goes to stderr, the tables to stdout.  Shapes: "
+                    + "; ".join(f"{s.name} {s.describe()}" for s in _bench.SHAPES.values())
+                    + ".  Networks: " + "; ".join(f"{n.name} ({n.variant})"
+                                                  for n in NETWORKS.values()) + ".")
+    p.add_argument("--suite", choices=("layers", "networks"), default="layers",
+                   help="layers: the standard shapes (default); networks: whole networks")
     p.add_argument("--threads", type=_counts, default=None, metavar="N[,N...]",
                    help="thread counts to run, e.g. 1,2 (default: loopconv's default, "
                         "LOOPCONV_NUM_THREADS or all cores)")
     p.add_argument("--dtype", type=_names(_bench.DTYPES, "dtype"), default=["float32"],
                    metavar="DTYPE[,DTYPE]", help="float32 (default), float64 or both")
-    p.add_argument("--shapes", type=_names(list(_bench.SHAPES), "shape"),
-                   default=list(_bench.SHAPES), metavar="NAME[,NAME...]",
-                   help="shapes to run (default: all): " + ", ".join(_bench.SHAPES))
-    p.add_argument("--passes", type=_names(_bench.PASSES, "pass"), default=list(_bench.PASSES),
-                   metavar="PASS[,PASS...]",
-                   help="passes to run (default: all): forward, input, weight")
     p.add_argument("--repeat", type=_positive, default=None, metavar="R",
                    help="timed samples per turn (default: adaptive, about "
-                        f"{_bench.BUDGET:g} s per measurement in all its turns)")
-    p.add_argument("--rounds", type=_positive, default=_bench.ROUNDS, metavar="K",
+                        f"{_bench.BUDGET:g} s per measurement in all its turns, "
+                        f"{_bench.NET_BUDGET:g} s with --suite networks)")
+    p.add_argument("--rounds", type=_positive, default=None, metavar="K",
                    help="turns each library takes at each measurement; its fastest turn "
-                        f"counts (default: {_bench.ROUNDS})")
+                        f"counts (default: {_bench.ROUNDS}, {_bench.NET_ROUNDS} with --suite "
+                        "networks)")
     p.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
     p.add_argument("--json", metavar="FILE", help="also write all results to FILE as JSON")
-    p.add_argument("--plot", metavar="FILE.png", help="also draw GFLOP/s as a chart "
-                                                       "(needs matplotlib)")
+    layers = p.add_argument_group("--suite layers")
+    layers.add_argument("--shapes", type=_names(list(_bench.SHAPES), "shape"), default=None,
+                        metavar="NAME[,NAME...]",
+                        help="shapes to run (default: all): " + ", ".join(_bench.SHAPES))
+    layers.add_argument("--passes", type=_names(_bench.PASSES, "pass"), default=None,
+                        metavar="PASS[,PASS...]",
+                        help="passes to run (default: all): forward, input, weight")
+    layers.add_argument("--plot", metavar="FILE.png", help="also draw GFLOP/s as a chart "
+                                                            "(needs matplotlib)")
+    networks = p.add_argument_group("--suite networks")
+    networks.add_argument("--networks", type=_names(list(NETWORKS), "network"), default=None,
+                          metavar="NAME[,NAME...]",
+                          help="networks to run (default: all): " + ", ".join(NETWORKS))
+    networks.add_argument("--batch", type=_batches, default=None, metavar="B[,B...]",
+                          help="batch sizes: 1, train (each network's training batch size) or "
+                               "a number (default: 1,train)")
+    networks.add_argument("--detail", action="store_true",
+                          help="also print every layer's times, a table per network")
+    networks.add_argument("--no-onnxruntime", action="store_true",
+                          help="leave ONNX Runtime out")
+    return p
+
+
+def _check_suite(parser, args) -> None:
+    """Refuse the options of the other suite."""
+    other = _NETWORKS_ONLY if args.suite == "layers" else _LAYERS_ONLY
+    given = [name for name in other if getattr(args, name) not in (None, False)]
+    if given:
+        options = ", ".join("--" + name.replace("_", "-") for name in given)
+        parser.error(f"{options}: not an option of --suite {args.suite}")
 
 
 def bench(args) -> int:
     from loopconv import _bench, get_num_threads
 
-    return _bench.bench(args.shapes, args.passes, args.threads or [get_num_threads()],
-                        args.dtype, repeat=args.repeat, rounds=args.rounds,
-                        torch=not args.no_torch,
+    threads = args.threads or [get_num_threads()]
+    if args.suite == "networks":
+        from loopconv._networks import NETWORKS
+
+        return _bench.bench_networks(
+            args.networks or list(NETWORKS), args.batch or list(_bench.BATCHES), threads,
+            args.dtype, repeat=args.repeat, rounds=args.rounds or _bench.NET_ROUNDS,
+            torch=not args.no_torch, onnxruntime=not args.no_onnxruntime,
+            json_path=args.json, detail=args.detail)
+    return _bench.bench(args.shapes or list(_bench.SHAPES), args.passes or list(_bench.PASSES),
+                        threads, args.dtype, repeat=args.repeat,
+                        rounds=args.rounds or _bench.ROUNDS, torch=not args.no_torch,
                         json_path=args.json, plot_path=args.plot)
 
 
@@ -140,13 +196,14 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("demo", help="reproduce the seed document's worked example")
     sub.add_parser("info", help="version, OpenMP, threads and instruction-set variant")
-    _add_bench_parser(sub)
+    bench_parser = _add_bench_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "demo":
         return demo()
     if args.command == "info":
         return info()
     if args.command == "bench":
+        _check_suite(bench_parser, args)
         return bench(args)
     return 2
 

@@ -1,9 +1,11 @@
 # Signatures of loopconv.functional for type checkers (the module itself is unannotated).
 from collections.abc import Sequence
-from typing import Literal, overload
+from typing import Any, Literal, overload
 
 import numpy as np
 import numpy.typing as npt
+
+from loopconv._loops import Plan
 
 __all__ = [
     "conv1d", "conv1d_input", "conv1d_weight", "conv1d_backward", "conv_transpose1d",
@@ -131,3 +133,22 @@ def conv_transpose3d_backward(input: npt.ArrayLike, weight: npt.ArrayLike,
                               padding: _Pad = ..., output_padding: _Int = ...,
                               groups: int = ..., dilation: _Int = ..., *,
                               output_mask: _Mask) -> _Grads: ...
+
+# The checking paths and plans that the layers of loopconv.nn share (not public).
+_Plan = Plan | None
+def _signature(a: Any, b: Any, c: Any) -> tuple[Any, ...] | None: ...
+def _conv_checked(fn: str, nd: int, input: Any, weight: Any, bias: Any, stride: Any,
+                  padding: Any, dilation: Any, groups: Any,
+                  padding_mode: Any) -> tuple[_Result, _Plan]: ...
+def _planned_backward(plan: Plan, x: Any, w: Any, gy: Any, mask: Any) -> _Grads: ...
+def _conv_backward_checked(fn: str, nd: int, input: Any, weight: Any, grad_output: Any,
+                           stride: Any, padding: Any, dilation: Any, groups: Any,
+                           padding_mode: Any, output_mask: Any) -> tuple[_Grads, _Plan]: ...
+def _conv_transpose_checked(fn: str, nd: int, input: Any, weight: Any, bias: Any, stride: Any,
+                            padding: Any, output_padding: Any, groups: Any, dilation: Any,
+                            output_size: Any) -> tuple[_Result, _Plan]: ...
+def _planned_transpose_backward(plan: Plan, x: Any, w: Any, gy: Any, mask: Any) -> _Grads: ...
+def _conv_transpose_backward_checked(fn: str, nd: int, input: Any, weight: Any,
+                                     grad_output: Any, stride: Any, padding: Any,
+                                     output_padding: Any, groups: Any, dilation: Any,
+                                     output_mask: Any) -> tuple[_Grads, _Plan]: ...

@@ -1,15 +1,17 @@
 """The benchmark tooling: the NumPy im2col peer, the timing helpers and ``python -m loopconv
-bench`` end to end on the tiny ``seed`` shape."""
+bench`` end to end on the tiny ``seed`` shape; the networks suite's layer tables, its step
+times and its report, and a run of it on the DCGAN generator at batch 1."""
 
 import json
 import re
+import time
 
 import numpy as np
 import pytest
 from common import DTYPE_PARAMS, assert_close, conv_arrays, run_interpreter
 
 import loopconv
-from loopconv import _bench, _cli, _im2col
+from loopconv import _bench, _cli, _im2col, _networks
 
 # (N, C, H, W, O, kernel, stride, padding, dilation, groups)
 CONFIGS = [
@@ -172,3 +174,249 @@ def test_cli_plot_needs_matplotlib(monkeypatch, tmp_path, capsys):
 def test_cli_output_folder_missing(tmp_path, capsys):
     assert _cli.main(["bench", "--json", str(tmp_path / "nowhere" / "r.json")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_cli_suite_options(capsys):
+    """Each suite refuses the other's options."""
+    with pytest.raises(SystemExit) as exc:
+        _cli.main(["bench", "--suite", "networks", "--shapes", "seed"])
+    assert exc.value.code == 2
+    assert "--shapes: not an option of --suite networks" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        _cli.main(["bench", "--detail", "--networks", "dcgan"])
+    assert exc.value.code == 2
+    assert "--networks, --detail: not an option of --suite layers" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# The networks suite: the layer tables
+
+# (convolutions, multiply-adds at batch 1) of the published architectures, as torchvision
+# reports them (the MACs of the fully connected layers, at most 2.6 M, are left out here)
+PUBLISHED = {"resnet18": (20, 1.81e9), "resnet50": (53, 4.09e9), "resnext50": (53, 4.23e9),
+             "mobilenet_v2": (52, 0.30e9), "efficientnet_b0": (81, 0.39e9)}
+
+
+@pytest.mark.parametrize("name", list(_networks.NETWORKS))
+def test_network_table(name):
+    network = _networks.NETWORKS[name]
+    assert network.train_batch > 1 and network.layers
+    assert len({layer.name for layer in network.layers}) == len(network.layers)
+    # the first layer, and only it, needs no input gradient
+    assert [layer.input_grad for layer in network.layers] == [False] + [True] * (
+        len(network.layers) - 1)
+    shapes = set()
+    for layer in network.layers:
+        s = layer.shape
+        assert layer.count >= 1 and s.n == 1 and s.ndim in (1, 2, 3)
+        assert s.c % s.groups == 0 and s.o % s.groups == 0, layer
+        assert min(s.output_shape[2:]) >= 1 and min(s.spatial) >= 1, layer
+        assert s.padding < s.k or s.transposed, layer
+        shapes.add(s)
+        assert layer.at(8, "x").input_shape == (8, *s.input_shape[1:])
+    assert len(shapes) == len(network.layers)          # identical layers are merged
+    if name in PUBLISHED:
+        convolutions, macs = PUBLISHED[name]
+        assert network.convolutions == convolutions
+        ours = sum(layer.count * layer.shape.flops for layer in network.layers) / 2
+        assert ours == pytest.approx(macs, rel=0.02)
+
+
+@pytest.mark.parametrize("name", ["wav2vec2", "dcgan"])
+def test_sequential_networks_chain(name):
+    """In a network without branches, each layer takes what the one before gives."""
+    layers = [layer for layer in _networks.NETWORKS[name].layers if layer.name != "pos_conv"]
+    for before, after in zip(layers, layers[1:]):
+        assert before.shape.output_shape[1:] == after.shape.input_shape[1:], (before, after)
+
+
+def test_unet3d_chain():
+    """The 3-D U-Net's way up takes the channels of the way down, skips added."""
+    layers = {layer.name: layer.shape for layer in _networks.NETWORKS["unet3d"].layers}
+    for level in (0, 1, 2):
+        up = layers[f"up{level}.upconv"]
+        skip = layers[f"down{level}.conv2"]
+        conv = layers[f"up{level}.conv1"]
+        assert up.output_shape[2:] == skip.output_shape[2:] == conv.spatial
+        assert conv.c == up.o + skip.o
+
+
+def test_network_layers_run():
+    """The small layers of every network, at batch 1, as the loopconv worker runs them: the
+    output has the shape the table gives (1-D, 3-D and transposed layers included)."""
+    _, call = _bench.peer_call("loopconv", 1)
+    small = {layer.shape for network in _networks.NETWORKS.values()
+             for layer in network.layers if layer.shape.flops < 6e7}
+    assert {s.ndim for s in small} == {1, 2, 3} and any(s.transposed for s in small)
+    for s in small:
+        shape = _bench.replace(s, name="small")
+        inputs = _bench.make_inputs(shape, np.float32)
+        assert call("forward", shape, inputs)().shape == shape.output_shape
+        assert call("input", shape, inputs)().shape == shape.input_shape
+        assert call("weight", shape, inputs)().shape == shape.weight_shape
+
+
+def test_shapes_of_other_kinds():
+    one = _bench.Shape("a", 2, 4, 0, 100, 8, 10, stride=5)
+    assert one.input_shape == (2, 4, 100) and one.output_shape == (2, 8, 19)
+    assert one.weight_shape == (8, 4, 10) and one.flops == 2 * 2 * 8 * 4 * 10 * 19
+    up = _bench.Shape("b", 1, 6, 4, 4, 3, 2, stride=2, d=4, transposed=True, groups=3)
+    assert up.input_shape == (1, 6, 4, 4, 4) and up.output_shape == (1, 3, 8, 8, 8)
+    assert up.weight_shape == (6, 1, 2, 2, 2) and up.flops == 2 * 6 * 1 * 8 * 64
+    assert up.describe() == "(1,6,4,4,4) -> 3, k2, s2, p0, d1, g3, transposed"
+    assert _bench.SHAPES["resnet"].describe() == "(8,64,56,56) -> 64, k3, s1, p1, d1"
+
+
+PEER_CASES = [
+    _bench.Shape("conv1d", 2, 4, 0, 37, 6, 5, stride=3, padding=2, groups=2),
+    _bench.Shape("conv3d", 1, 3, 6, 7, 4, 3, padding=1, d=5),
+    _bench.Shape("up2d", 2, 4, 5, 6, 6, 4, stride=2, padding=1, groups=2, transposed=True,
+                 output_padding=1),
+    _bench.Shape("up3d", 1, 4, 3, 3, 2, 2, stride=2, d=3, transposed=True),
+]
+
+
+@pytest.mark.parametrize("peer", ["torch", "onnxruntime"])
+@pytest.mark.parametrize("shape", PEER_CASES, ids=[s.name for s in PEER_CASES])
+def test_peers_agree_on_other_kinds(shape, peer):
+    """PyTorch's and ONNX Runtime's calls in the workers give loopconv's results on 1-D, 3-D
+    and transposed layers."""
+    pytest.importorskip(peer)
+    if peer == "onnxruntime":
+        pytest.importorskip("onnx")
+    _, ours = _bench.peer_call("loopconv", 1)
+    _, theirs = _bench.peer_call(peer, 1)
+    inputs = _bench.make_inputs(shape, np.float32)
+    for pass_ in _bench.peer_passes(peer, _bench.PASSES):
+        expected = ours(pass_, shape, inputs)()
+        got = np.asarray(theirs(pass_, shape, inputs)())
+        assert_close(got, expected, np.float32)
+
+
+def test_onnxruntime_float64_is_skipped():
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    _, call = _bench.peer_call("onnxruntime", 1)
+    shape = PEER_CASES[0]
+    with pytest.raises(_bench.Unsupported, match="no float64 kernel"):
+        call("forward", shape, _bench.make_inputs(shape, np.float64))
+    with pytest.raises(_bench.Unsupported, match="forward passes only"):
+        call("weight", shape, _bench.make_inputs(shape, np.float32))
+
+
+def test_measure_long_first_call():
+    """A first call longer than `long_call` is warm-up enough."""
+    m = _bench.measure(lambda: time.sleep(0.02), budget=0.01, min_repeat=2, long_call=0.01)
+    assert m["warmup"] == 1 and len(m["times"]) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# The networks suite: the step time
+
+def _layers():
+    return [{"layer": "first", "count": 1, "geometry": "g1", "passes": ["forward", "weight"],
+             "shape": "s1"},
+            {"layer": "body", "count": 3, "geometry": "g2", "passes": list(_bench.PASSES),
+             "shape": "s2"}]
+
+
+def test_network_step_is_the_weighted_sum():
+    times = {("s1", "forward", "loopconv"): 1.0, ("s1", "weight", "loopconv"): 2.0,
+             ("s2", "forward", "loopconv"): 3.0, ("s2", "input", "loopconv"): 4.0,
+             ("s2", "weight", "loopconv"): 5.0,
+             ("s1", "forward", "torch"): 2.0, ("s1", "weight", "torch"): 4.0,
+             ("s2", "forward", "torch"): 3.0, ("s2", "input", "torch"): 2.0,
+             ("s2", "weight", "torch"): 4.0,
+             ("s1", "forward", "onnxruntime"): 0.5, ("s2", "forward", "onnxruntime"): 6.0,
+             ("s1", "input", "torch"): 100.0}          # not a pass of the step: not counted
+    step = _bench.network_step(_layers(), times)
+    assert step["step"] == {"loopconv": 1 + 2 + 3 * (3 + 4 + 5), "torch": 2 + 4 + 3 * 9}
+    assert step["forward"] == {"loopconv": 1 + 3 * 3, "torch": 2 + 3 * 3,
+                               "onnxruntime": 0.5 + 3 * 6}
+    assert step["ratio"] == pytest.approx(33 / 39)
+    assert step["worst"] == {"layer": "body", "geometry": "g2", "ratio": pytest.approx(9 / 12),
+                             "share": pytest.approx(36 / 39)}
+    assert [row["step"] for row in step["layers"]] == [{"loopconv": 3, "torch": 6},
+                                                       {"loopconv": 12, "torch": 9}]
+    assert step["slow"] == {"layers": 0, "of": 2, "share": 0}      # 0.75 is not below 0.7
+    times[("s2", "input", "torch")] = 1.0
+    assert _bench.network_step(_layers(), times)["slow"] == {
+        "layers": 1, "of": 2, "share": pytest.approx(36 / 39)}
+
+
+def test_network_step_missing_times():
+    """A peer that lacks a layer's pass has no step time (ONNX Runtime never has one), and no
+    ratio or worst layer without PyTorch."""
+    times = {("s1", "forward", "loopconv"): 1.0, ("s1", "weight", "loopconv"): 2.0,
+             ("s2", "forward", "loopconv"): 3.0, ("s2", "input", "loopconv"): 4.0,
+             ("s2", "weight", "loopconv"): 5.0, ("s1", "forward", "onnxruntime"): 1.0}
+    step = _bench.network_step(_layers(), times)
+    assert step["step"] == {"loopconv": 39} and step["forward"] == {"loopconv": 10}
+    assert step["ratio"] is None and "worst" not in step
+
+
+def test_network_plan_shares_geometries():
+    """A geometry that two networks share is timed once, under the first one's name, with the
+    passes any of them needs; batch sizes are each network's."""
+    entries, shapes = _bench.network_plan(["resnet50", "resnext50"], ["1", "train", "8"])
+    assert [(e["network"], e["batch"]) for e in entries] == [
+        ("resnet50", 1), ("resnet50", 8), ("resnext50", 1), ("resnext50", 8)]
+    stem = [e["layers"][0]["shape"] for e in entries]
+    assert stem == ["resnet50.conv1@b1", "resnet50.conv1@b8"] * 2
+    assert shapes["resnet50.conv1@b1"][1] == ("forward", "weight")
+    turns = _bench._turns(entries, shapes)
+    assert len(turns) == 4 and shapes["resnet50.conv1@b1"] not in turns[2]
+    assert sum(map(len, turns)) == len(shapes)
+
+
+def test_networks_report(monkeypatch):
+    """The table, the detail and the scaling lines from synthetic results: loopconv scales
+    1.2x on `body` where PyTorch does 2x."""
+    layers = _layers()
+    results = []
+    for threads, (ours, theirs) in {1: (1.0, 2.0), 2: (1 / 1.2, 1.0)}.items():
+        for layer in layers:
+            for pass_ in layer["passes"]:
+                for peer, t in (("loopconv", ours), ("torch", theirs)):
+                    results.append({"threads": threads, "dtype": "float32",
+                                    "shape": layer["shape"], "pass": pass_, "peer": peer,
+                                    "median_s": t, "agrees": True})
+    info = {"loopconv": {"version": "x"}, "torch": {"version": "y"}}
+    data = {"threads": [1, 2], "dtypes": ["float32"], "results": results,
+            "workers": {"1": info, "2": info},
+            "plan": [{"network": "net", "batch": 4, "layers": layers}],
+            "networks": {"net": {"variant": "a net", "convolutions": 4, "train_batch": 4}}}
+    data["summary"] = _bench.summarize(data)
+    report = _bench.format_networks_report(data, detail=True)
+    # loopconv: 1 * (1 + 1) + 3 * (1 + 1 + 1) = 11 s; the forward passes: 1 + 3 = 4 s
+    assert re.search(r"^net\s+4\s+11000\.0\s+22000\.0\s+2\.00\s+4000\.0\s+-\s+-\s+"
+                     r"0/2\s+0%\s+2\.00 first g1 \(18%\)$", report, re.MULTILINE), report
+    assert re.search(r"^body\s+3\s+g2\s+1000\.0\s+1000\.0\s+1000\.0\s+2000\.0", report,
+                     re.MULTILINE), report
+    assert "net b4: step loopconv 1.20x, torch 2.00x; PyTorch 1.60x or more on 2 of 2 " \
+           "layers, loopconv not on 2 of them: first g1 (1.20x, 2.00x), body" in report
+
+
+# ---------------------------------------------------------------------------------------------
+# The networks suite end to end
+
+@pytest.mark.skipif(not _bench.torch_available(), reason="PyTorch is not installed")
+def test_cli_bench_networks(tmp_path):
+    out = tmp_path / "networks.json"
+    proc = run_interpreter("-m", "loopconv", "bench", "--suite", "networks", "--networks",
+                           "dcgan", "--batch", "1", "--repeat", "1", "--rounds", "1",
+                           "--threads", "1", "--json", str(out), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    table = proc.stdout
+    assert re.search(r"^network\s+batch\s+loopconv\s+torch\s+torch/lc\s+loopconv", table,
+                     re.MULTILINE), table
+    assert "training step" in table and "worst layer" in table
+    assert re.search(r"^dcgan\s+1\s+\d+\.\d+\s+\d+\.\d+\s+\d+\.\d+", table, re.MULTILINE), table
+    data = json.loads(out.read_text())
+    assert data["format"] == _bench.NET_JSON_FORMAT
+    peers = {r["peer"] for r in data["results"]}
+    assert {"loopconv", "torch"} <= peers and all(r["agrees"] for r in data["results"])
+    assert data["summary"][0]["step"]["torch"] > 0
+    if _bench.onnxruntime_available():
+        assert "onnxruntime" in peers
+        assert {r["pass"] for r in data["results"] if r["peer"] == "onnxruntime"} == {"forward"}
