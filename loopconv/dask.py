@@ -892,32 +892,9 @@ def _conv(fn, nd, input, weight, bias, stride, padding, dilation, groups, paddin
 
 def _conv_input(fn, nd, input_size, weight, grad_output, stride, padding, dilation, groups):
     gy_d = _as_dask(fn, "grad_output", grad_output)
-    # the checks of functional._conv_input
-    w = _args.as_array(fn, "weight", weight)
-    gy = _args.as_array(fn, "grad_output", _meta(gy_d))
-    _args.weight_dims(fn, w, nd)
-    gy, unbatched = _args.batched(fn, "grad_output", gy, nd)
-    size = _args.shape_arg(fn, "input_size", input_size)
-    groups_ = _args.count(fn, "groups", groups)
-    if len(size) == nd:
-        size = (gy.shape[0], w.shape[1] * groups_, *size)
-    elif len(size) in (nd + 1, nd + 2):
-        if (len(size) == nd + 1) != unbatched:
-            raise ValueError(f"{fn}: input_size {size} is {'un' * (len(size) == nd + 1)}batched"
-                             f" but grad_output (shape {gy_d.shape}) is not; the "
-                             "result has the shape of input_size")
-        size = (1, *size) if unbatched else size
-    else:
-        raise ValueError(f"{fn}: input_size must have {nd + 2} entries (N, C, *spatial), "
-                         f"{nd + 1} (C, *spatial) or {nd} (spatial), got {size}")
-    if size[0] != gy.shape[0]:
-        raise ValueError(f"{fn}: input_size {size} has batch {size[0]}, but grad_output has "
-                         f"batch {gy.shape[0]} (shape {gy.shape})")
-    geo = _f._geometry(fn, nd, size[2:], w.shape[2:], stride, padding, dilation, groups_,
-                       allow_same=False)
-    _args.check_groups(fn, geo.groups, size[1], w.shape[0], w.shape[1], in_name="input_size")
+    w, gy, size, geo, unbatched = _f._input_setup(fn, nd, input_size, weight, _meta(gy_d),
+                                                  stride, padding, dilation, groups)
     out = geo.output_size(fn, size[2:], w.shape[2:])
-    _f._check_grad_output(fn, gy, (size[0], w.shape[0], *out))
     dtype = _args.compute_dtype(w, gy)
     (w,) = _cast_params(dtype, w)
     gsrc = _Source(gy_d, unbatched)
@@ -933,26 +910,9 @@ def _conv_input(fn, nd, input_size, weight, grad_output, stride, padding, dilati
 def _conv_weight(fn, nd, input, weight_size, grad_output, stride, padding, dilation, groups):
     x_d = _as_dask(fn, "input", input)
     gy_d = _as_dask(fn, "grad_output", grad_output)
-    # the checks of functional._conv_weight
-    x = _args.as_array(fn, "input", _meta(x_d))
-    gy = _args.as_array(fn, "grad_output", _meta(gy_d))
-    x, x_unbatched = _args.batched(fn, "input", x, nd)
-    gy, gy_unbatched = _args.batched(fn, "grad_output", gy, nd)
-    size = _args.shape_arg(fn, "weight_size", weight_size)
-    if len(size) != nd + 2:
-        raise ValueError(f"{fn}: weight_size must have {nd + 2} entries "
-                         f"(C_out, C_in // groups, *kernel), got {size}")
-    if any(k < 1 for k in size[2:]):
-        raise ValueError(f"{fn}: weight_size {size} has an empty kernel")
-    if x.shape[0] != gy.shape[0]:
-        raise ValueError(f"{fn}: input has batch {x.shape[0]} (shape {x.shape}), but "
-                         f"grad_output has batch {gy.shape[0]} (shape {gy.shape})")
-    geo = _f._geometry(fn, nd, x.shape[2:], size[2:], stride, padding, dilation, groups,
-                       allow_same=False)
-    _args.check_groups(fn, geo.groups, x.shape[1], size[0], size[1],
-                       out_name="weight_size[0]")
+    x, gy, size, geo, (x_unbatched, gy_unbatched) = _f._weight_setup(
+        fn, nd, _meta(x_d), weight_size, _meta(gy_d), stride, padding, dilation, groups)
     out = geo.output_size(fn, x.shape[2:], size[2:])
-    _f._check_grad_output(fn, gy, (x.shape[0], size[0], *out))
     dtype = _args.compute_dtype(x, gy)
     src = _Source(x_d, x_unbatched)
     gsrc = _Source(gy_d, gy_unbatched)

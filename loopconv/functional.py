@@ -248,17 +248,9 @@ def _conv_checked(fn, nd, input, weight, bias, stride, padding, dilation, groups
     return _unbatch(y, unbatched), plan
 
 
-def _conv_input(fn, nd, input_size, weight, grad_output, stride, padding, dilation, groups):
-    key = None
-    if (type(weight) is np.ndarray and type(grad_output) is np.ndarray
-            and _plain(stride, padding, dilation, groups)):
-        size_key = _shape_key(input_size)
-        if size_key is not None:
-            key = (fn, size_key, weight.shape, weight.dtype.char, grad_output.shape,
-                   grad_output.dtype.char, stride, padding, dilation, groups)
-            plan = _PLANS.get(key)
-            if plan is not None:
-                return plan.grad_input(grad_output, weight, None, _config.get_num_threads)
+def _input_setup(fn, nd, input_size, weight, grad_output, stride, padding, dilation, groups):
+    """The checks of convNd_input: the weight, grad_output (batched), the full input size,
+    the geometry, and whether grad_output was unbatched.  (loopconv.dask makes them too.)"""
     w = _args.as_array(fn, "weight", weight)
     gy = _args.as_array(fn, "grad_output", grad_output)
     _args.weight_dims(fn, w, nd)
@@ -284,6 +276,48 @@ def _conv_input(fn, nd, input_size, weight, grad_output, stride, padding, dilati
     _args.check_groups(fn, geo.groups, size[1], w.shape[0], w.shape[1], in_name="input_size")
     out = geo.output_size(fn, size[2:], w.shape[2:])
     _check_grad_output(fn, gy, (size[0], w.shape[0], *out))
+    return w, gy, size, geo, unbatched
+
+
+def _weight_setup(fn, nd, input, weight_size, grad_output, stride, padding, dilation, groups):
+    """The checks of convNd_weight: input and grad_output (batched), the weight size, the
+    geometry, and whether input and grad_output were unbatched.  (loopconv.dask makes them
+    too.)"""
+    x = _args.as_array(fn, "input", input)
+    gy = _args.as_array(fn, "grad_output", grad_output)
+    x, x_unbatched = _args.batched(fn, "input", x, nd)
+    gy, gy_unbatched = _args.batched(fn, "grad_output", gy, nd)
+    size = _args.shape_arg(fn, "weight_size", weight_size)
+    if len(size) != nd + 2:
+        raise ValueError(f"{fn}: weight_size must have {nd + 2} entries "
+                         f"(C_out, C_in // groups, *kernel), got {size}")
+    if any(k < 1 for k in size[2:]):
+        raise ValueError(f"{fn}: weight_size {size} has an empty kernel")
+    if x.shape[0] != gy.shape[0]:
+        raise ValueError(f"{fn}: input has batch {x.shape[0]} (shape {x.shape}), but "
+                         f"grad_output has batch {gy.shape[0]} (shape {gy.shape})")
+    geo = _geometry(fn, nd, x.shape[2:], size[2:], stride, padding, dilation, groups,
+                    allow_same=False)
+    _args.check_groups(fn, geo.groups, x.shape[1], size[0], size[1],
+                       out_name="weight_size[0]")
+    out = geo.output_size(fn, x.shape[2:], size[2:])
+    _check_grad_output(fn, gy, (x.shape[0], size[0], *out))
+    return x, gy, size, geo, (x_unbatched, gy_unbatched)
+
+
+def _conv_input(fn, nd, input_size, weight, grad_output, stride, padding, dilation, groups):
+    key = None
+    if (type(weight) is np.ndarray and type(grad_output) is np.ndarray
+            and _plain(stride, padding, dilation, groups)):
+        size_key = _shape_key(input_size)
+        if size_key is not None:
+            key = (fn, size_key, weight.shape, weight.dtype.char, grad_output.shape,
+                   grad_output.dtype.char, stride, padding, dilation, groups)
+            plan = _PLANS.get(key)
+            if plan is not None:
+                return plan.grad_input(grad_output, weight, None, _config.get_num_threads)
+    w, gy, size, geo, unbatched = _input_setup(fn, nd, input_size, weight, grad_output, stride,
+                                               padding, dilation, groups)
     dtype = _args.compute_dtype(w, gy)
     gx = _input_grad(gy, w, None, _args.empty(fn, size, dtype), geo)
     _keep(key, _plan(gx.shape, w.shape, gy.shape, geo, dtype, unbatched))
@@ -301,25 +335,8 @@ def _conv_weight(fn, nd, input, weight_size, grad_output, stride, padding, dilat
             plan = _PLANS.get(key)
             if plan is not None:
                 return plan.grad_weight(input, grad_output, _config.get_num_threads)
-    x = _args.as_array(fn, "input", input)
-    gy = _args.as_array(fn, "grad_output", grad_output)
-    x, _ = _args.batched(fn, "input", x, nd)
-    gy, _ = _args.batched(fn, "grad_output", gy, nd)
-    size = _args.shape_arg(fn, "weight_size", weight_size)
-    if len(size) != nd + 2:
-        raise ValueError(f"{fn}: weight_size must have {nd + 2} entries "
-                         f"(C_out, C_in // groups, *kernel), got {size}")
-    if any(k < 1 for k in size[2:]):
-        raise ValueError(f"{fn}: weight_size {size} has an empty kernel")
-    if x.shape[0] != gy.shape[0]:
-        raise ValueError(f"{fn}: input has batch {x.shape[0]} (shape {x.shape}), but "
-                         f"grad_output has batch {gy.shape[0]} (shape {gy.shape})")
-    geo = _geometry(fn, nd, x.shape[2:], size[2:], stride, padding, dilation, groups,
-                    allow_same=False)
-    _args.check_groups(fn, geo.groups, x.shape[1], size[0], size[1],
-                       out_name="weight_size[0]")
-    out = geo.output_size(fn, x.shape[2:], size[2:])
-    _check_grad_output(fn, gy, (x.shape[0], size[0], *out))
+    x, gy, size, geo, _ = _weight_setup(fn, nd, input, weight_size, grad_output, stride,
+                                        padding, dilation, groups)
     dtype = _args.compute_dtype(x, gy)
     gw = _weight_grad(x, gy, _args.empty(fn, size, dtype), geo)
     _keep(key, _plan(x.shape, gw.shape, gy.shape, geo, dtype, False))
