@@ -26,6 +26,8 @@ RUNNABLE_VARIANTS = {module.__name__ for module in _loops.variants().values()}
 def test_docstring_examples(name, monkeypatch):
     if name.startswith("loopconv._loops.tiled_") and name not in RUNNABLE_VARIANTS:
         pytest.skip("built for an instruction set this CPU does not have")
+    if name == "loopconv.dask":
+        pytest.importorskip("dask", reason="loopconv.dask needs the dask extra")
     # the set_num_threads example pins the count it read: restore the choice after
     monkeypatch.setattr(_config, "_chosen", _config._chosen)
     module = importlib.import_module(name)
