@@ -3,18 +3,24 @@
 - `direct`: the defining sums as plain loops (the reference; also the fastest for tiny problems);
 - `tiled_*`: matrix-multiply loops with a register tile, one module per instruction set
   (`baseline` everywhere; `x86-64-v3` and `x86-64-v4` on x86-64), chosen at import from the CPU's
-  features, or forced with the environment variable ``LOOPCONV_CPU``.
+  features, or forced with the environment variable ``LOOPCONV_CPU``;
+- the depthwise loops (`dw_*` of the same modules, depthwise.pxi): convolutions with one or a
+  few channels per group, where the tiled loops' products would have one or two rows.
 
-`choose` picks the loops for a problem, by its shapes only -- never by thread count, so that
-results are bit-identical for any number of threads.  `forward`, `grad_input` and
-`grad_weight` take C-contiguous 5-D arrays (see tiled.pxi for the layout) and run the chosen
-loops; a `Plan` runs the three passes of a problem checked once (see loopconv.functional).
+`choose` picks the loops of each pass of a problem, by its shapes, stride and groups only --
+never by thread count, so that results are bit-identical for any number of threads.
+`forward`, `grad_input` and `grad_weight` take C-contiguous 5-D arrays (see tiled.pxi for the
+layout) and run the chosen loops; a `Plan` runs the three passes of a problem checked once
+(see loopconv.functional).
 """
 
 import importlib
 import math
 import os
 import warnings
+from collections.abc import Callable
+from types import ModuleType
+from typing import NamedTuple
 
 import numpy as np
 
@@ -74,10 +80,33 @@ def small(macs) -> bool:
 started_threads = False
 
 
-def choose(y_shape, w_shape):
-    """The loops for a convolution with output (N, O, *spatial) `y_shape` and weight
-    (O, C // groups, *kernel) `w_shape`: the one place where they are chosen."""
-    return direct if small(math.prod(y_shape) * math.prod(w_shape[1:])) else tiled
+class Loops(NamedTuple):
+    """The loops chosen for one problem: `family` (`direct` or `tiled`, which decides the
+    threads) and the function of each pass."""
+    family: ModuleType
+    forward: Callable[..., None]
+    grad_input: Callable[..., None]
+    grad_weight: Callable[..., None]
+
+
+def choose(y_shape, w_shape, stride, groups) -> Loops:
+    """The loops for a convolution with output (N, O, *spatial) `y_shape`, weight
+    (O, C // groups, *kernel) `w_shape`, a 3-D `stride` and `groups`: the one place where they
+    are chosen.  Small problems run on the direct loops; larger ones on the tiled loops, except
+    the passes that the depthwise loops do faster (`dw_suits`: by the channels per group, the
+    output size and whether the convolution is strided)."""
+    if small(math.prod(y_shape) * math.prod(w_shape[1:])):
+        return Loops(direct, direct.forward, direct.grad_input, direct.grad_weight)
+    cin, cout = w_shape[1], w_shape[0] // groups
+    pixels = math.prod(y_shape[2:])
+    strided = max(stride) > 1
+
+    def pick(which, tiled_fn, dw_fn):
+        return dw_fn if tiled.dw_suits(cin, cout, pixels, strided, which) else tiled_fn
+
+    return Loops(tiled, pick(0, tiled.forward, tiled.dw_forward),
+                 pick(1, tiled.grad_input, tiled.dw_grad_input),
+                 pick(2, tiled.grad_weight, tiled.dw_grad_weight))
 
 
 def _threads(loops, num_threads):
@@ -91,19 +120,21 @@ def _threads(loops, num_threads):
 
 
 def forward(x, w, bias, y, stride, pad, dilation, groups, num_threads):
-    loops = choose(y.shape, w.shape)
-    loops.forward(x, w, bias, y, stride, pad, dilation, groups, _threads(loops, num_threads))
+    loops = choose(y.shape, w.shape, stride, groups)
+    loops.forward(x, w, bias, y, stride, pad, dilation, groups,
+                  _threads(loops.family, num_threads))
 
 
 def grad_input(dy, w, bias, dx, stride, pad, dilation, groups, num_threads):
-    loops = choose(dy.shape, w.shape)
+    loops = choose(dy.shape, w.shape, stride, groups)
     loops.grad_input(dy, w, bias, dx, stride, pad, dilation, groups,
-                     _threads(loops, num_threads))
+                     _threads(loops.family, num_threads))
 
 
 def grad_weight(x, dy, dw, stride, pad, dilation, groups, num_threads):
-    loops = choose(dy.shape, dw.shape)
-    loops.grad_weight(x, dy, dw, stride, pad, dilation, groups, _threads(loops, num_threads))
+    loops = choose(dy.shape, dw.shape, stride, groups)
+    loops.grad_weight(x, dy, dw, stride, pad, dilation, groups,
+                      _threads(loops.family, num_threads))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,9 +164,9 @@ class Plan:
         self.args = (tuple(stride), tuple(pad), tuple(dilation), groups)
         self.dtype = np.dtype(dtype)
         self.unbatched = unbatched
-        self.loops = choose(self.five[2], self.five[1])
+        self.loops = choose(self.five[2], self.five[1], self.args[0], groups)
         self._direct = (direct.Plan(*self.five, *self.args, self.dtype, len(x_shape) - 2,
-                                    unbatched) if self.loops is direct else None)
+                                    unbatched) if self.loops.family is direct else None)
         self._no_bias = np.empty(0, self.dtype)
 
     def _in(self, arr, which):
@@ -157,7 +188,7 @@ class Plan:
             return self._direct.forward(x, w, bias)
         y, y5 = self._out(2)
         self.loops.forward(self._in(x, 0), self._in(w, 1), self._bias(bias), y5, *self.args,
-                           _threads(self.loops, num_threads()))
+                           _threads(self.loops.family, num_threads()))
         return self._result(y)
 
     def grad_input(self, dy, w, bias, num_threads):
@@ -167,7 +198,7 @@ class Plan:
             return self._direct.grad_input(dy, w, bias)
         dx, dx5 = self._out(0)
         self.loops.grad_input(self._in(dy, 2), self._in(w, 1), self._bias(bias), dx5,
-                              *self.args, _threads(self.loops, num_threads()))
+                              *self.args, _threads(self.loops.family, num_threads()))
         return self._result(dx)
 
     def grad_weight(self, x, dy, num_threads):
@@ -176,7 +207,7 @@ class Plan:
             return self._direct.grad_weight(x, dy)
         dw, dw5 = self._out(1)
         self.loops.grad_weight(self._in(x, 0), self._in(dy, 2), dw5, *self.args,
-                               _threads(self.loops, num_threads()))
+                               _threads(self.loops.family, num_threads()))
         return dw
 
     def grad_bias(self, dy):

@@ -55,6 +55,7 @@ cdef extern from "microkernel.h" nogil:
         LC_OR_D         # (channels), which sums along the vector lanes
         LC_VW_F32       # lanes of a vector
         LC_VW_F64
+        LC_VEC_BYTES    # bytes of a vector
     const char *LC_ISA
     void lc_tile_b_f32(int mr, int nv, Py_ssize_t kc, const float *a, const float *b,
                        const Py_ssize_t *boff, float *c, Py_ssize_t ldc, int beta)
@@ -1121,3 +1122,9 @@ def grad_weight(const floating[:, :, :, :, ::1] x, const floating[:, :, :, :, ::
     with nogil:
         run_weight(&p, &x[0, 0, 0, 0, 0], &dy[0, 0, 0, 0, 0], &aoff[0], &partial[0],
                    &dw[0, 0, 0, 0, 0], &fws[0], fper, &iws[0], iper, num_threads)
+
+
+# ---------------------------------------------------------------------------------------------
+# Convolutions with few channels per group: depthwise.pxi (the same staging, the same flags).
+
+include "depthwise.pxi"

@@ -16,3 +16,16 @@ def grad_input(dy: _Array, w: _Array, bias: _Array, dx: _Array, stride: _Triple,
 def grad_weight(x: _Array, dy: _Array, dw: _Array, stride: _Triple, pad: _Triple,
                 dilation: _Triple, groups: int, num_threads: int) -> None: ...
 def item_order(nblk: Sequence[int]) -> npt.NDArray[np.intp]: ...  # internal: the work items
+
+# The depthwise loops (loopconv/_loops/depthwise.pxi): few channels per group.
+def dw_suits(cin_per_group: int, cout_per_group: int, pixels: int, strided: bool,
+             which: int) -> bool: ...
+def dw_forward(x: _Array, w: _Array, bias: _Array, y: _Array, stride: _Triple, pad: _Triple,
+               dilation: _Triple, groups: int, num_threads: int) -> None: ...
+def dw_grad_input(dy: _Array, w: _Array, bias: _Array, dx: _Array, stride: _Triple,
+                  pad: _Triple, dilation: _Triple, groups: int, num_threads: int) -> None: ...
+def dw_grad_weight(x: _Array, dy: _Array, dw: _Array, stride: _Triple, pad: _Triple,
+                   dilation: _Triple, groups: int, num_threads: int) -> None: ...
+def dw_plan(which: int, xs: Sequence[int], ws: Sequence[int], ys: Sequence[int],
+            stride: _Triple, pad: _Triple, dilation: _Triple, groups: int,
+            itemsize: int) -> dict[str, Any]: ...  # internal: how a pass runs

@@ -1,4 +1,9 @@
 # The tiled loops compiled for x86_64_v3: the same functions as the baseline build.
+from loopconv._loops.tiled_baseline import dw_forward as dw_forward
+from loopconv._loops.tiled_baseline import dw_grad_input as dw_grad_input
+from loopconv._loops.tiled_baseline import dw_grad_weight as dw_grad_weight
+from loopconv._loops.tiled_baseline import dw_plan as dw_plan
+from loopconv._loops.tiled_baseline import dw_suits as dw_suits
 from loopconv._loops.tiled_baseline import forward as forward
 from loopconv._loops.tiled_baseline import grad_input as grad_input
 from loopconv._loops.tiled_baseline import grad_weight as grad_weight
