@@ -110,10 +110,13 @@ def make_venv(where: Path, source: Path) -> Path:
     return python
 
 
-def run_bench(python: Path, out: Path, options: list, cwd: Path) -> dict:
+def run_bench(python: Path, out: Path, options: list, cwd: Path, source: Path) -> dict:
+    """The benchmark of the revision exported to `source` (its benchmarks/, where it has one;
+    older revisions had it in the package), run outside the source tree."""
     cmd = [str(python), "-m", "loopconv", "bench", "--json", str(out), *options]
     log("$ " + " ".join(cmd))
-    proc = subprocess.run(cmd, cwd=cwd, stdout=subprocess.DEVNULL)
+    env = {**os.environ, "LOOPCONV_BENCHMARKS": str(source / "benchmarks")}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL)
     if not out.exists():
         sys.exit(f"compare.py: the benchmark failed (exit code {proc.returncode})")
     if proc.returncode != 0:
@@ -247,7 +250,7 @@ def main(argv=None) -> int:
             for i, python in pythons.items():
                 log(f"== {names[i]}, round {round_ + 1} of {args.rounds}")
                 runs[i].append(run_bench(python, work / f"rev{i}" / f"bench{round_}.json",
-                                         options, cwd=work))
+                                         options, cwd=work, source=work / f"rev{i}" / "src"))
         print(report(merge(runs[0]), merge(runs[1]), tuple(names), args.peer))
         if args.keep:
             log(f"virtualenvs and results kept in {work}")

@@ -38,15 +38,12 @@ USES = {"forward": ("x", "w"), "input": ("w", "gy"), "weight": ("x", "gy")}
 
 
 def _load_bench():
-    """loopconv._bench, loaded from its file so that only the loopconv peer imports loopconv
-    (PyTorch brings its own OpenMP runtime)."""
-    spec = importlib.util.find_spec("loopconv")
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit("memory.py: loopconv is not installed in this Python")
-    path = Path(list(spec.submodule_search_locations)[0]) / "_bench.py"
-    module_spec = importlib.util.spec_from_file_location("_loopconv_bench", path)
+    """lcbench.core (the benchmark, beside this file), loaded from its file so that only the
+    loopconv peer imports loopconv (PyTorch brings its own OpenMP runtime)."""
+    path = Path(__file__).resolve().parent / "lcbench" / "core.py"
+    module_spec = importlib.util.spec_from_file_location("_lcbench_core", path)
     module = importlib.util.module_from_spec(module_spec)
-    sys.modules["_loopconv_bench"] = module      # dataclasses look their module up here
+    sys.modules["_lcbench_core"] = module      # dataclasses look their module up here
     module_spec.loader.exec_module(module)
     return module
 

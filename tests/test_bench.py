@@ -1,17 +1,34 @@
-"""The benchmark tooling: the NumPy im2col peer, the timing helpers and ``python -m loopconv
-bench`` end to end on the tiny ``seed`` shape; the networks suite's layer tables, its step
-times and its report, and a run of it on the DCGAN generator at batch 1."""
+"""The benchmark tooling (benchmarks/lcbench, not part of the installed package): the NumPy
+im2col peer, the timing helpers and ``python -m loopconv bench`` end to end on the tiny
+``seed`` shape; the networks suite's layer tables, its step times and its report, and a run of
+it on the DCGAN generator at batch 1."""
 
 import json
 import re
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 from common import DTYPE_PARAMS, assert_close, conv_arrays, run_interpreter
 
 import loopconv
-from loopconv import _bench, _cli, _im2col, _networks
+from loopconv import _cli
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+from lcbench import core as _bench  # noqa: E402 -- after the path is set
+from lcbench import im2col as _im2col  # noqa: E402
+from lcbench import networks as _networks  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _benchmarks_found(monkeypatch):
+    """`python -m loopconv bench` finds the benchmark through LOOPCONV_BENCHMARKS, also when
+    the tests run against an installed wheel from a copy of tests/ and benchmarks/."""
+    monkeypatch.setenv("LOOPCONV_BENCHMARKS", str(BENCHMARKS))
 
 # (N, C, H, W, O, kernel, stride, padding, dilation, groups)
 CONFIGS = [
@@ -420,3 +437,13 @@ def test_cli_bench_networks(tmp_path):
     if _bench.onnxruntime_available():
         assert "onnxruntime" in peers
         assert {r["pass"] for r in data["results"] if r["peer"] == "onnxruntime"} == {"forward"}
+
+
+def test_cli_bench_without_the_benchmark(monkeypatch, tmp_path, capsys):
+    """An installed wheel has no benchmark: `bench` says where it is, and fails cleanly."""
+    monkeypatch.setenv("LOOPCONV_BENCHMARKS", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(_cli, "_package_checkout", lambda: tmp_path)
+    assert _cli.main(["bench", "--help"]) == 2
+    err = capsys.readouterr().err
+    assert "not installed with the package" in err and "LOOPCONV_BENCHMARKS" in err

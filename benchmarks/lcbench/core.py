@@ -1,12 +1,12 @@
 """``python -m loopconv bench``: time loopconv against NumPy im2col, PyTorch and ONNX Runtime.
 
-The machinery behind the ``bench`` subcommand (whose options are parsed in `loopconv._cli`):
+The machinery behind the ``bench`` subcommand (whose options are parsed in `lcbench.cli`):
 the table of standard layer shapes, the worker processes that time one library each, the
 timing itself, the result table, the JSON file and the chart.  Two suites share it:
 
 - ``--suite layers`` (the default): the standard shapes `SHAPES`, each pass timed in loopconv,
   NumPy im2col and PyTorch;
-- ``--suite networks``: the convolution layers of whole networks (`loopconv._networks`),
+- ``--suite networks``: the convolution layers of whole networks (`lcbench.networks`),
   each network's training step (forward pass, input and weight gradient of every layer)
   timed in loopconv and PyTorch, and its forward passes in ONNX Runtime as well.
 
@@ -265,12 +265,12 @@ def _transposed_calls(loopconv, s, a) -> dict:
 
 
 def _load_im2col():
-    """`loopconv._im2col`, loaded from its file, so that the NumPy worker does not import the
-    loopconv package and its compiled loops."""
-    if "loopconv._im2col" in sys.modules:
-        return sys.modules["loopconv._im2col"]
-    spec = importlib.util.spec_from_file_location("_loopconv_im2col",
-                                                  Path(__file__).with_name("_im2col.py"))
+    """`lcbench.im2col`, loaded from its file (the worker runs this file as a script, outside
+    the lcbench package)."""
+    if "lcbench.im2col" in sys.modules:
+        return sys.modules["lcbench.im2col"]
+    spec = importlib.util.spec_from_file_location("_lcbench_im2col",
+                                                  Path(__file__).with_name("im2col.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -484,8 +484,8 @@ _BOOTSTRAP = ("import runpy, sys; path = sys.argv[1]; sys.argv = [path] + sys.ar
 
 
 def worker_command(peer: str, threads: int) -> list:
-    """The command of a worker: this file run as a script (not as ``loopconv._bench``, so that
-    only the loopconv worker imports loopconv)."""
+    """The command of a worker: this file run as a script, which imports no library until it
+    knows its peer (so that only the loopconv worker imports loopconv)."""
     return [sys.executable, "-c", _BOOTSTRAP, str(Path(__file__).resolve()),
             "--worker", peer, "--threads", str(threads)]
 
@@ -1017,7 +1017,7 @@ def network_plan(names, batches) -> tuple:
         the first layer that has it, with the passes that any layer of that geometry needs; in
         the order of the entries.
     """
-    from loopconv._networks import NETWORKS
+    from lcbench.networks import NETWORKS
 
     entries: list = []
     shapes: dict = {}
@@ -1098,7 +1098,7 @@ def run_networks(names, batches, peers, threads_list, dtypes, repeat=None, round
         finally:
             for worker in workers.values():
                 worker.close()
-    from loopconv._networks import NETWORKS
+    from lcbench.networks import NETWORKS
 
     data = {
         "format": NET_JSON_FORMAT, **_run_info(state),
@@ -1463,7 +1463,7 @@ def bench_networks(names, batches, threads_list, dtypes, repeat=None, torch=True
 def _worker_cli(argv) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="loopconv._bench")
+    parser = argparse.ArgumentParser(prog="lcbench.core")
     parser.add_argument("--worker", choices=PEERS, required=True)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -1471,8 +1471,4 @@ def _worker_cli(argv) -> int:
 
 
 if __name__ == "__main__":
-    if "--worker" in sys.argv[1:]:
-        sys.exit(_worker_cli(sys.argv[1:]))
-    from loopconv._cli import main
-
-    sys.exit(main(["bench", *sys.argv[1:]]))
+    sys.exit(_worker_cli(sys.argv[1:]))

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from loopconv._bench import Shape
+from lcbench.core import Shape
 
 
 @dataclass(frozen=True)
