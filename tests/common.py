@@ -25,6 +25,7 @@ import pytest
 import reference
 
 import loopconv
+from loopconv import _loops
 
 # ---------------------------------------------------------------------------------------------
 # dtypes and tolerances
@@ -85,6 +86,16 @@ def conv_output_shape(x_shape, w_shape, kw):
 def conv_macs(x_shape, w_shape, kw):
     """Multiply-adds of the forward pass (the quantity loopconv._loops sizes problems by)."""
     return math.prod(conv_output_shape(x_shape, w_shape, kw)) * math.prod(w_shape[1:])
+
+
+def conv_loops(x_shape, w_shape, kw):
+    """The family of loops (`_loops.direct` or `_loops.tiled`) that loopconv._loops.choose
+    picks for the convolution `case` describes."""
+    fill = (1,) * (5 - len(x_shape))
+    y = conv_output_shape(x_shape, w_shape, kw)
+    stride = reference.per_axis(kw.get("stride", 1), len(x_shape) - 2)
+    return _loops.choose(y[:2] + fill + y[2:], w_shape[:2] + fill + w_shape[2:],
+                         fill + stride, kw.get("groups", 1)).family
 
 
 def conv_arrays(rng, x_shape, w_shape, kw, dtype):

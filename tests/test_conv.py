@@ -13,6 +13,7 @@ from common import (
     assert_masked_gradients,
     case,
     conv_arrays,
+    conv_loops,
     conv_macs,
     transpose_arrays,
 )
@@ -78,9 +79,8 @@ def zero_padding(x_shape, w_shape, kw):
 
 
 def test_both_loop_paths_are_covered():
-    small = [conv_macs(*p.values) for p in SMALL]
-    large = [conv_macs(*p.values) for p in LARGE]
-    assert max(small) < _loops.SMALL_PROBLEM <= min(large)
+    assert {conv_loops(*p.values) for p in SMALL} == {_loops.direct}
+    assert {conv_loops(*p.values) for p in LARGE} == {_loops.tiled}
 
 
 # ---------------------------------------------------------------------------------------------

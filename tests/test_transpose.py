@@ -4,7 +4,6 @@ of the convolution), central differences and the adjoint identity with conv."""
 from __future__ import annotations
 
 import itertools
-import math
 
 import numpy as np
 import pytest
@@ -62,15 +61,18 @@ LARGE = [
 CASES = SMALL + LARGE
 
 
-def macs(x_shape, w_shape):
-    """Multiply-adds of the forward pass: each input value times C_out // groups * kernel."""
-    return math.prod(x_shape) * math.prod(w_shape[1:])
+def loops(x_shape, w_shape, kw):
+    """The loops of a transposed convolution: those of the convolution whose input gradient it
+    is (output x, weight w read as (C_out, C_in // groups, *kernel))."""
+    fill = (1,) * (5 - len(x_shape))
+    stride = reference.per_axis(kw.get("stride", 1), len(x_shape) - 2)
+    return _loops.choose(x_shape[:2] + fill + x_shape[2:], w_shape[:2] + fill + w_shape[2:],
+                         fill + stride, kw.get("groups", 1)).family
 
 
 def test_both_loop_paths_are_covered():
-    small = [macs(*p.values[:2]) for p in SMALL]
-    large = [macs(*p.values[:2]) for p in LARGE]
-    assert max(small) < _loops.SMALL_PROBLEM <= min(large)
+    assert {loops(*p.values[:3]) for p in SMALL} == {_loops.direct}
+    assert {loops(*p.values[:3]) for p in LARGE} == {_loops.tiled}
 
 
 # ---------------------------------------------------------------------------------------------
