@@ -145,6 +145,17 @@ def same_padding(size, kernel, stride, dilation):
     return tuple(pairs)
 
 
+def output_padding(fn: str, value, nd: int, stride: tuple, dilation: tuple) -> tuple:
+    """A transposed convolution's output padding: per axis >= 0 and smaller than stride or
+    dilation."""
+    op = per_axis(fn, "output_padding", value, nd, minimum=0)
+    for p, s, d in zip(op, stride, dilation):
+        if p >= max(s, d):
+            raise ValueError(f"{fn}: output_padding {op} must be smaller than stride "
+                             f"{stride} or dilation {dilation} on every axis")
+    return op
+
+
 def padding_mode(fn: str, value) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{fn}: padding_mode must be a string, got {type(value).__name__}")
@@ -170,26 +181,6 @@ def output_mask(fn: str, value) -> tuple:
 # ---------------------------------------------------------------------------------------------
 # Shapes
 
-def conv_output_size(size, kernel, stride, pads, dilation):
-    """out = floor((in + before + after - dilation * (k - 1) - 1) / stride) + 1 per axis."""
-    return tuple((n + b + a - d * (k - 1) - 1) // s + 1
-                 for n, k, s, (b, a), d in zip(size, kernel, stride, pads, dilation))
-
-
-def check_output_size(fn: str, size, kernel, stride, pads, dilation):
-    out = conv_output_size(size, kernel, stride, pads, dilation)
-    padded = tuple(n + b + a for n, (b, a) in zip(size, pads))
-    if any(p > _LARGEST for p in padded):
-        raise ValueError(f"{fn}: padding {tuple(pads)} makes the padded input {padded} larger "
-                         f"than an array can be (at most 2**62 a side)")
-    if any(o < 1 for o in out):
-        extent = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation))
-        raise ValueError(f"{fn}: the kernel (size {tuple(kernel)}, dilation {tuple(dilation)}, "
-                         f"extent {extent}) is larger than the padded input {padded}; "
-                         f"the output size would be {out}")
-    return out
-
-
 def batched(fn: str, name: str, arr: np.ndarray, nd: int):
     """(array with a batch axis, whether one was added) for an (N, C, *spatial) or an
     unbatched (C, *spatial) array."""
@@ -214,9 +205,12 @@ def check_groups(fn: str, groups: int, in_channels: int, out_channels: int, per_
     if in_channels != per_group_in * groups:
         raise ValueError(f"{fn}: {in_name} has {in_channels} channels, but weight.shape[1] * "
                          f"groups = {per_group_in} * {groups} = {per_group_in * groups}")
-    if out_channels % groups:
-        raise ValueError(f"{fn}: groups={groups} does not divide the {out_channels} output "
-                         f"channels ({out_name})")
+    check_divides(fn, groups, out_channels, f"output channels ({out_name})")
+
+
+def check_divides(fn: str, groups: int, channels: int, what: str):
+    if channels % groups:
+        raise ValueError(f"{fn}: groups={groups} does not divide the {channels} {what}")
 
 
 def check_bias(fn: str, bias, out_channels: int):

@@ -107,7 +107,7 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
 import loopconv
-from loopconv import _args, _border, _config
+from loopconv import _args, _border, _config, _problem
 from loopconv import functional as _f
 
 __all__ = [
@@ -212,11 +212,11 @@ class _Axis:
 
     __slots__ = ("n", "k", "s", "d", "pb", "pa", "reach", "out", "src")
 
-    def __init__(self, n, k, s, d, pads, mode, out=None):
+    def __init__(self, n, k, s, d, pads, mode, out):
         self.n, self.k, self.s, self.d = n, k, s, d
         self.pb, self.pa = pads
         self.reach = d * (k - 1)
-        self.out = (n + self.pb + self.pa - self.reach - 1) // s + 1 if out is None else out
+        self.out = out
         self.src = (None if mode == "zeros" or not (self.pb or self.pa)
                     else _border.source_index(n, self.pb, self.pa, mode))
 
@@ -842,33 +842,11 @@ def _cast_params(dtype, *arrays):
     return tuple(None if a is None else np.ascontiguousarray(a, dtype=dtype) for a in arrays)
 
 
-def _conv_check(fn, nd, input, weight, bias, stride, padding, dilation, groups, padding_mode):
-    """`functional._conv_setup` without its padding of the input."""
-    x = _args.as_array(fn, "input", input)
-    w = _args.as_array(fn, "weight", weight)
-    b = None if bias is None else _args.as_array(fn, "bias", bias)
-    _args.weight_dims(fn, w, nd)
-    x, unbatched = _args.batched(fn, "input", x, nd)
-    mode = _args.padding_mode(fn, padding_mode)
-    geo = _f._geometry(fn, nd, x.shape[2:], w.shape[2:], stride, padding, dilation, groups)
-    _args.check_groups(fn, geo.groups, x.shape[1], w.shape[0], w.shape[1])
-    _args.check_bias(fn, b, w.shape[0])
-    if mode != "zeros" and any(b_ or a_ for b_, a_ in geo.pads):
-        _border.check(fn, x.shape[2:], geo.pads, mode)
-    out = geo.output_size(fn, x.shape[2:], w.shape[2:])
-    return x, w, b, geo, mode, out, unbatched
-
-
-def _conv_axes(x_shape, w_shape, geo, mode, out):
-    return [_Axis(n, k, s, d, p, mode, o) for n, k, s, d, p, o
-            in zip(x_shape[2:], w_shape[2:], geo.stride, geo.dilation, geo.pads, out)]
-
-
-def _batched_grad(fn, nd, gy, unbatched):
-    g = _args.as_array(fn, "grad_output", gy)
-    if g.ndim == nd + 1 and unbatched:
-        g = g[None]
-    return g
+def _conv_axes(problem):
+    """The axes of a problem's convolution, from its input to its output."""
+    return [_Axis(n, k, s, d, p, problem.padding_mode, o) for n, k, s, d, p, o
+            in zip(problem.x_shape[2:], problem.w_shape[2:], problem.stride, problem.dilation,
+                   problem.pads, problem.y_shape[2:])]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -876,29 +854,28 @@ def _batched_grad(fn, nd, gy, unbatched):
 
 def _conv(fn, nd, input, weight, bias, stride, padding, dilation, groups, padding_mode):
     x = _as_dask(fn, "input", input)
-    xm, w, b, geo, mode, out, unbatched = _conv_check(fn, nd, _meta(x), weight, bias, stride,
-                                                      padding, dilation, groups, padding_mode)
-    dtype = _args.compute_dtype(xm, w, b)
+    geo, _, w, b = _problem.conv(fn, nd, _meta(x), weight, bias, stride, padding, dilation,
+                                 groups, padding_mode)
+    dtype = geo.dtype
     w, b = _cast_params(dtype, w, b)
-    src = _Source(x, unbatched)
-    axes = _conv_axes(xm.shape, w.shape, geo, mode, out)
+    src = _Source(x, geo.unbatched)
+    axes = _conv_axes(geo)
     out_bounds = [axis.output_bounds(bounds) for axis, bounds in zip(axes, src.bounds[2:])]
     token = tokenize(fn, src.arr.name, w, b, geo.stride, geo.pads, geo.dilation, geo.groups,
-                     mode, out_bounds)
+                     geo.padding_mode, out_bounds)
     y = _forward_graph(f"{fn}-{token}", nd, src, axes, src.bounds[0], out_bounds, w, b, geo,
                        dtype)
-    return y[0] if unbatched else y
+    return y[0] if geo.unbatched else y
 
 
 def _conv_input(fn, nd, input_size, weight, grad_output, stride, padding, dilation, groups):
     gy_d = _as_dask(fn, "grad_output", grad_output)
-    w, gy, size, geo, unbatched = _f._input_setup(fn, nd, input_size, weight, _meta(gy_d),
-                                                  stride, padding, dilation, groups)
-    out = geo.output_size(fn, size[2:], w.shape[2:])
-    dtype = _args.compute_dtype(w, gy)
+    geo, w, _ = _problem.conv_input(fn, nd, input_size, weight, _meta(gy_d), stride, padding,
+                                    dilation, groups)
+    size, dtype, unbatched = geo.x_shape, geo.dtype, geo.unbatched
     (w,) = _cast_params(dtype, w)
     gsrc = _Source(gy_d, unbatched)
-    axes = _conv_axes(size, w.shape, geo, "zeros", out)
+    axes = _conv_axes(geo)
     in_bounds = [axis.input_bounds(bounds) for axis, bounds in zip(axes, gsrc.bounds[2:])]
     token = tokenize(fn, gsrc.arr.name, w, size, geo.stride, geo.pads, geo.dilation,
                      geo.groups, in_bounds)
@@ -910,13 +887,12 @@ def _conv_input(fn, nd, input_size, weight, grad_output, stride, padding, dilati
 def _conv_weight(fn, nd, input, weight_size, grad_output, stride, padding, dilation, groups):
     x_d = _as_dask(fn, "input", input)
     gy_d = _as_dask(fn, "grad_output", grad_output)
-    x, gy, size, geo, (x_unbatched, gy_unbatched) = _f._weight_setup(
-        fn, nd, _meta(x_d), weight_size, _meta(gy_d), stride, padding, dilation, groups)
-    out = geo.output_size(fn, x.shape[2:], size[2:])
-    dtype = _args.compute_dtype(x, gy)
-    src = _Source(x_d, x_unbatched)
+    geo, _, _, gy_unbatched = _problem.conv_weight(fn, nd, _meta(x_d), weight_size, _meta(gy_d),
+                                                   stride, padding, dilation, groups)
+    size, dtype = geo.w_shape, geo.dtype
+    src = _Source(x_d, geo.unbatched)
     gsrc = _Source(gy_d, gy_unbatched)
-    axes = _conv_axes(x.shape, size, geo, "zeros", out)
+    axes = _conv_axes(geo)
     out_bounds = [axis.output_bounds(bounds) for axis, bounds in zip(axes, src.bounds[2:])]
     token = tokenize(fn, src.arr.name, gsrc.arr.name, size, geo.stride, geo.pads, geo.dilation,
                      geo.groups, out_bounds)
@@ -928,22 +904,21 @@ def _conv_backward(fn, nd, input, weight, grad_output, stride, padding, dilation
                    padding_mode, output_mask):
     mask = _args.output_mask(fn, output_mask)
     x_d = _as_dask(fn, "input", input)
-    xm, w, _, geo, mode, out, unbatched = _conv_check(fn, nd, _meta(x_d), weight, None, stride,
-                                                      padding, dilation, groups, padding_mode)
+    geo, _, w, _ = _problem.conv(fn, nd, _meta(x_d), weight, None, stride, padding, dilation,
+                                 groups, padding_mode)
     gy_d = _as_dask(fn, "grad_output", grad_output)
-    gy = _batched_grad(fn, nd, _meta(gy_d), unbatched)
-    _f._check_grad_output(fn, gy, (xm.shape[0], w.shape[0], *out))
-    dtype = _args.compute_dtype(xm, w, gy)
+    _, geo = _problem.grad_output(fn, geo, _meta(gy_d), geo.y_shape)
+    dtype, unbatched = geo.dtype, geo.unbatched
     (w,) = _cast_params(dtype, w)
     src = _Source(x_d, unbatched)
     gsrc = _Source(gy_d, unbatched and gy_d.ndim == nd + 1)
-    axes = _conv_axes(xm.shape, w.shape, geo, mode, out)
+    axes = _conv_axes(geo)
     token = tokenize(fn, src.arr.name, gsrc.arr.name, w, geo.stride, geo.pads, geo.dilation,
-                     geo.groups, mode)
+                     geo.groups, geo.padding_mode)
     gx = gw = gb = None
     if mask[0]:
         gx = _input_graph(f"{fn}-input-{token}", nd, gsrc, axes, src.bounds[0], src.bounds[2:],
-                          xm.shape[1], w, None, geo, dtype)
+                          geo.x_shape[1], w, None, geo, dtype)
         gx = gx[0] if unbatched else gx
     if mask[1]:
         out_bounds = [axis.output_bounds(bounds) for axis, bounds in zip(axes, src.bounds[2:])]
@@ -957,14 +932,13 @@ def _conv_backward(fn, nd, input, weight, grad_output, stride, padding, dilation
 def _conv_transpose(fn, nd, input, weight, bias, stride, padding, output_padding, groups,
                     dilation, output_size):
     x_d = _as_dask(fn, "input", input)
-    xm, w, b, geo, out, out_channels, unbatched = _f._transpose_setup(
-        fn, nd, _meta(x_d), weight, bias, stride, padding, output_padding, groups, dilation,
-        output_size)
-    dtype = _args.compute_dtype(xm, w, b)
+    geo, _, w, b = _problem.conv_transpose(fn, nd, _meta(x_d), weight, bias, stride, padding,
+                                           output_padding, groups, dilation, output_size)
+    out, out_channels = geo.x_shape[2:], geo.x_shape[1]
+    dtype, unbatched = geo.dtype, geo.unbatched
     w, b = _cast_params(dtype, w, b)
     src = _Source(x_d, unbatched)
-    axes = [_Axis(n, k, s, d, p, "zeros", o) for n, k, s, d, p, o
-            in zip(out, w.shape[2:], geo.stride, geo.dilation, geo.pads, xm.shape[2:])]
+    axes = _conv_axes(geo)
     in_bounds = [axis.input_bounds(bounds) for axis, bounds in zip(axes, src.bounds[2:])]
     token = tokenize(fn, src.arr.name, w, b, geo.stride, geo.pads, geo.dilation, geo.groups,
                      out, in_bounds)
@@ -977,19 +951,16 @@ def _conv_transpose_backward(fn, nd, input, weight, grad_output, stride, padding
                              output_padding, groups, dilation, output_mask):
     mask = _args.output_mask(fn, output_mask)
     x_d = _as_dask(fn, "input", input)
-    xm, w, _, geo, out, out_channels, unbatched = _f._transpose_setup(
-        fn, nd, _meta(x_d), weight, None, stride, padding, output_padding, groups, dilation,
-        None)
+    geo, _, w, _ = _problem.conv_transpose(fn, nd, _meta(x_d), weight, None, stride, padding,
+                                           output_padding, groups, dilation)
     gy_d = _as_dask(fn, "grad_output", grad_output)
-    gy = _batched_grad(fn, nd, _meta(gy_d), unbatched)
-    _f._check_grad_output(fn, gy, (xm.shape[0], out_channels, *out))
-    dtype = _args.compute_dtype(xm, w, gy)
+    _, geo = _problem.grad_output(fn, geo, _meta(gy_d), geo.x_shape)
+    out, dtype, unbatched = geo.x_shape[2:], geo.dtype, geo.unbatched
     (w,) = _cast_params(dtype, w)
     src = _Source(x_d, unbatched)
     gsrc = _Source(gy_d, unbatched and gy_d.ndim == nd + 1)
     # the convolution whose input is grad_output and whose output has the shape of input
-    axes = [_Axis(n, k, s, d, p, "zeros", o) for n, k, s, d, p, o
-            in zip(out, w.shape[2:], geo.stride, geo.dilation, geo.pads, xm.shape[2:])]
+    axes = _conv_axes(geo)
     token = tokenize(fn, src.arr.name, gsrc.arr.name, w, geo.stride, geo.pads, geo.dilation,
                      geo.groups, out)
     gx = gw = gb = None

@@ -1,9 +1,10 @@
 """Convolutions, their gradients and transposed convolutions, for NumPy arrays.
 
 Names, argument order and meaning follow ``torch.nn.functional`` and ``torch.nn.grad``.  Every
-function checks its arguments (`loopconv._args`), brings the arrays to C-contiguous float32 or
-float64 (copying only when needed; inputs are never modified), views 1-D and 2-D problems as
-3-D ones with unit axes, and calls the compiled loops (`loopconv._loops`).
+function checks its arguments into a `loopconv._problem.Problem`, brings the arrays to
+C-contiguous float32 or float64 (copying only when needed; inputs are never modified), views
+1-D and 2-D problems as 3-D ones with unit axes, and calls the compiled loops
+(`loopconv._loops`).
 
 Layout: input ``(N, C_in, *spatial)`` or unbatched ``(C_in, *spatial)``; weight
 ``(C_out, C_in // groups, *kernel)``; transposed-convolution weight
@@ -17,7 +18,7 @@ import math
 
 import numpy as np
 
-from loopconv import _args, _border, _config, _loops
+from loopconv import _args, _border, _config, _loops, _problem
 
 __all__ = [
     f"{name}{nd}d{suffix}"
@@ -32,53 +33,19 @@ _NO_BIAS = {np.dtype(np.float32): np.empty(0, np.float32),
 
 
 # ---------------------------------------------------------------------------------------------
-# Helpers: 1-D and 2-D problems run through the 3-D loops with unit leading axes.
+# Helpers: 1-D and 2-D problems run through the 3-D loops with unit leading axes.  The arrays
+# are checked, batched and of the problem's shapes (`loopconv._problem`).
 
 def _as5d(arr: np.ndarray, dtype) -> np.ndarray:
     arr = _args.contiguous(arr, dtype)
     return arr.reshape(arr.shape[:2] + (1,) * (5 - arr.ndim) + arr.shape[2:])
 
 
-def _lift(values, fill: int) -> tuple:
-    return (fill,) * (3 - len(values)) + tuple(values)
-
-
 def _bias(b, dtype) -> np.ndarray:
     return _NO_BIAS[dtype] if b is None else _args.contiguous(b, dtype)
 
 
-class _Geometry:
-    """Checked per-axis parameters of one convolution: stride, (before, after) padding,
-    dilation, groups; `before` lifted to the 3-D loops."""
-
-    __slots__ = ("stride", "pads", "dilation", "groups")
-
-    def __init__(self, stride, pads, dilation, groups):
-        self.stride, self.pads, self.dilation, self.groups = stride, pads, dilation, groups
-
-    def loop_args(self, out):
-        """(stride, padding before, dilation) as 3-D triples, and groups, for the loops.
-        `out` is the convolution's output size: along an axis where it is 1 the stride plays
-        no part, and the loops get 1 (a huge stride would otherwise size their buffers)."""
-        stride = [1 if o == 1 else s for s, o in zip(self.stride, out)]
-        return (_lift(stride, 1), _lift([b for b, _ in self.pads], 0),
-                _lift(self.dilation, 1), self.groups)
-
-    def output_size(self, fn, size, kernel):
-        return _args.check_output_size(fn, size, kernel, self.stride, self.pads, self.dilation)
-
-
-def _geometry(fn, nd, size, kernel, stride, padding, dilation, groups, allow_same=True):
-    stride = _args.per_axis(fn, "stride", stride, nd)
-    dilation = _args.per_axis(fn, "dilation", dilation, nd)
-    groups = _args.count(fn, "groups", groups)
-    pads = _args.padding_pairs(fn, padding, nd, allow_same)
-    if pads == "same":
-        pads = _args.same_padding(size, kernel, stride, dilation)
-    return _Geometry(stride, pads, dilation, groups)
-
-
-def _forward(x, w, b, y, geo):
+def _forward(x, w, b, y, problem):
     """y = conv(x, w) + b into the allocated y, all (N, C, *spatial)."""
     if y.size == 0:
         return y
@@ -87,13 +54,13 @@ def _forward(x, w, b, y, geo):
         return y
     dtype = y.dtype
     _loops.forward(_as5d(x, dtype), _as5d(w, dtype), _bias(b, dtype), _as5d(y, dtype),
-                   *geo.loop_args(y.shape[2:]), _config.get_num_threads())
+                   *problem.loop_args, _config.get_num_threads())
     return y
 
 
-def _input_grad(gy, w, b, gx, geo):
+def _input_grad(gy, w, b, gx, problem):
     """gx = b + conv_input(gy, w): the gradient of a convolution for its input, or (with a
-    bias) a transposed convolution.  gx is allocated, shapes are checked."""
+    bias) a transposed convolution."""
     if gx.size == 0:
         return gx
     if gy.size == 0:
@@ -101,12 +68,12 @@ def _input_grad(gy, w, b, gx, geo):
         return gx
     dtype = gx.dtype
     _loops.grad_input(_as5d(gy, dtype), _as5d(w, dtype), _bias(b, dtype), _as5d(gx, dtype),
-                      *geo.loop_args(gy.shape[2:]), _config.get_num_threads())
+                      *problem.loop_args, _config.get_num_threads())
     return gx
 
 
-def _weight_grad(x, gy, gw, geo):
-    """gw = conv_weight(x, gy), allocated and checked."""
+def _weight_grad(x, gy, gw, problem):
+    """gw = conv_weight(x, gy) into the allocated gw."""
     if gw.size == 0:
         return gw
     if gy.size == 0 or x.size == 0:
@@ -114,7 +81,7 @@ def _weight_grad(x, gy, gw, geo):
         return gw
     dtype = gw.dtype
     _loops.grad_weight(_as5d(x, dtype), _as5d(gy, dtype), _as5d(gw, dtype),
-                       *geo.loop_args(gy.shape[2:]), _config.get_num_threads())
+                       *problem.loop_args, _config.get_num_threads())
     return gw
 
 
@@ -127,26 +94,27 @@ def _bias_grad(gy, dtype):
     return out
 
 
-def _check_grad_output(fn, gy, expected):
-    if gy.shape != tuple(expected):
-        raise ValueError(f"{fn}: grad_output has shape {gy.shape}, but the convolution's output "
-                         f"has shape {tuple(expected)}")
-
-
 def _unbatch(arr, unbatched):
     return arr[0] if unbatched else arr
 
 
+def _batch(arr, unbatched):
+    return arr[None] if unbatched else arr
+
+
 # ---------------------------------------------------------------------------------------------
-# Plans.  A small problem costs more in argument handling than in arithmetic.  A call whose
-# arrays are ndarrays and whose parameters are plain ints and strings (never bools, floats or
-# lists: those always take the checking path, so every malformed call is still refused) is
-# looked up by function, shapes, dtypes and parameters.  The first such call is checked in
-# full and leaves a `_loops.Plan`, which later identical calls run directly (the checks cost
-# about 35 us a call, a tenth of a small layer such as the mnist shape's).  The layers of
-# loopconv.nn keep the plan of their last input shape themselves.
+# Plans.  A small problem costs more in argument handling than in arithmetic.  A checked call
+# leaves a `_loops.Plan`, made from its `_problem.Problem` and kept in `_BY_PROBLEM` (keyed by
+# the problem, so that calls spelling the same problem differently, the families that share a
+# convolution and the layers share one plan).  A call whose arrays are ndarrays and whose
+# parameters are plain ints and strings (never bools, floats or lists: those always take the
+# checking path, so every malformed call is still refused) is also looked up by function,
+# shapes, dtypes and parameters in `_PLANS`: a later identical call runs the plan directly
+# (the checks cost about 35 us a call, a tenth of a small layer such as the mnist shape's).
+# The layers of loopconv.nn keep the problem and plan of their last input shape themselves.
 
 _PLANS: dict = {}
+_BY_PROBLEM: dict = {}
 _MAX_PLANS = 256
 
 
@@ -180,13 +148,18 @@ def _signature(a, b, c):
     return (a.shape, a.dtype.char, b.shape, b.dtype.char, c.shape, c.dtype.char)
 
 
-def _plan(x_shape, w_shape, y_shape, geo, dtype, unbatched):
-    """The plan of a checked convolution with batched shapes of input, weight and output
-    (None for empty arrays, which the checking path handles)."""
-    if 0 in x_shape or 0 in y_shape or 0 in w_shape:
+def _plan_of(problem):
+    """The plan of a checked problem; None where it has none: empty arrays, or a non-zero
+    padding mode (whose border is padded at each call), which the checking path handles."""
+    if problem.border or 0 in problem.x_shape or 0 in problem.w_shape or 0 in problem.y_shape:
         return None
-    return _loops.Plan(x_shape, w_shape, y_shape, *geo.loop_args(y_shape[2:]), dtype,
-                       unbatched)
+    plan = _BY_PROBLEM.get(problem)
+    if plan is None:
+        plan = _loops.Plan(problem)
+        if len(_BY_PROBLEM) >= _MAX_PLANS:
+            _BY_PROBLEM.clear()
+        _BY_PROBLEM[problem] = plan
+    return plan
 
 
 def _keep(key, plan) -> None:
@@ -200,28 +173,6 @@ def _keep(key, plan) -> None:
 # ---------------------------------------------------------------------------------------------
 # Convolution
 
-def _conv_setup(fn, nd, input, weight, bias, stride, padding, dilation, groups, padding_mode):
-    """Checked arrays and geometry of a convolution; a non-zero padding mode is applied here
-    (the returned geometry then has zero padding and `border` holds what was padded)."""
-    x = _args.as_array(fn, "input", input)
-    w = _args.as_array(fn, "weight", weight)
-    b = None if bias is None else _args.as_array(fn, "bias", bias)
-    _args.weight_dims(fn, w, nd)
-    x, unbatched = _args.batched(fn, "input", x, nd)
-    mode = _args.padding_mode(fn, padding_mode)
-    geo = _geometry(fn, nd, x.shape[2:], w.shape[2:], stride, padding, dilation, groups)
-    _args.check_groups(fn, geo.groups, x.shape[1], w.shape[0], w.shape[1])
-    _args.check_bias(fn, b, w.shape[0])
-    border = None
-    if mode != "zeros" and any(b_ or a_ for b_, a_ in geo.pads):
-        _border.check(fn, x.shape[2:], geo.pads, mode)
-        border = (geo.pads, mode)
-        x = _border.pad(x, geo.pads, mode)
-        geo = _Geometry(geo.stride, ((0, 0),) * nd, geo.dilation, geo.groups)
-    out = geo.output_size(fn, x.shape[2:], w.shape[2:])
-    return x, w, b, geo, out, unbatched, border
-
-
 def _conv(fn, nd, input, weight, bias, stride, padding, dilation, groups, padding_mode):
     key = None
     sig = _signature(input, weight, bias)
@@ -230,79 +181,28 @@ def _conv(fn, nd, input, weight, bias, stride, padding, dilation, groups, paddin
         plan = _PLANS.get(key)
         if plan is not None:
             return plan.forward(input, weight, bias, _config.get_num_threads)
-    y, plan = _conv_checked(fn, nd, input, weight, bias, stride, padding, dilation, groups,
-                            padding_mode)
+    y, _, plan = _conv_checked(fn, nd, input, weight, bias, stride, padding, dilation, groups,
+                               padding_mode)
     _keep(key, plan)
     return y
 
 
 def _conv_checked(fn, nd, input, weight, bias, stride, padding, dilation, groups,
                   padding_mode):
-    """A convolution checked in full: its result, and its plan (None where it has none: empty
-    arrays, or a non-zero padding mode, whose border is padded at each call)."""
-    x, w, b, geo, out, unbatched, border = _conv_setup(fn, nd, input, weight, bias, stride,
-                                                       padding, dilation, groups, padding_mode)
-    dtype = _args.compute_dtype(x, w, b)
-    y = _forward(x, w, b, _args.empty(fn, (x.shape[0], w.shape[0], *out), dtype), geo)
-    plan = None if border else _plan(x.shape, w.shape, y.shape, geo, dtype, unbatched)
-    return _unbatch(y, unbatched), plan
+    """A convolution checked in full: its result, its problem and its plan (None where it
+    has none)."""
+    problem, x, w, b = _problem.conv(fn, nd, input, weight, bias, stride, padding, dilation,
+                                     groups, padding_mode)
+    return _conv_run(fn, problem, x, w, b), problem, _plan_of(problem)
 
 
-def _input_setup(fn, nd, input_size, weight, grad_output, stride, padding, dilation, groups):
-    """The checks of convNd_input: the weight, grad_output (batched), the full input size,
-    the geometry, and whether grad_output was unbatched.  (loopconv.dask makes them too.)"""
-    w = _args.as_array(fn, "weight", weight)
-    gy = _args.as_array(fn, "grad_output", grad_output)
-    _args.weight_dims(fn, w, nd)
-    gy, unbatched = _args.batched(fn, "grad_output", gy, nd)
-    size = _args.shape_arg(fn, "input_size", input_size)
-    groups_ = _args.count(fn, "groups", groups)
-    if len(size) == nd:
-        size = (gy.shape[0], w.shape[1] * groups_, *size)
-    elif len(size) in (nd + 1, nd + 2):
-        if (len(size) == nd + 1) != unbatched:
-            raise ValueError(f"{fn}: input_size {size} is {'un' * (len(size) == nd + 1)}batched"
-                             f" but grad_output (shape {np.shape(grad_output)}) is not; the "
-                             "result has the shape of input_size")
-        size = (1, *size) if unbatched else size
-    else:
-        raise ValueError(f"{fn}: input_size must have {nd + 2} entries (N, C, *spatial), "
-                         f"{nd + 1} (C, *spatial) or {nd} (spatial), got {size}")
-    if size[0] != gy.shape[0]:
-        raise ValueError(f"{fn}: input_size {size} has batch {size[0]}, but grad_output has "
-                         f"batch {gy.shape[0]} (shape {gy.shape})")
-    geo = _geometry(fn, nd, size[2:], w.shape[2:], stride, padding, dilation, groups_,
-                    allow_same=False)
-    _args.check_groups(fn, geo.groups, size[1], w.shape[0], w.shape[1], in_name="input_size")
-    out = geo.output_size(fn, size[2:], w.shape[2:])
-    _check_grad_output(fn, gy, (size[0], w.shape[0], *out))
-    return w, gy, size, geo, unbatched
-
-
-def _weight_setup(fn, nd, input, weight_size, grad_output, stride, padding, dilation, groups):
-    """The checks of convNd_weight: input and grad_output (batched), the weight size, the
-    geometry, and whether input and grad_output were unbatched.  (loopconv.dask makes them
-    too.)"""
-    x = _args.as_array(fn, "input", input)
-    gy = _args.as_array(fn, "grad_output", grad_output)
-    x, x_unbatched = _args.batched(fn, "input", x, nd)
-    gy, gy_unbatched = _args.batched(fn, "grad_output", gy, nd)
-    size = _args.shape_arg(fn, "weight_size", weight_size)
-    if len(size) != nd + 2:
-        raise ValueError(f"{fn}: weight_size must have {nd + 2} entries "
-                         f"(C_out, C_in // groups, *kernel), got {size}")
-    if any(k < 1 for k in size[2:]):
-        raise ValueError(f"{fn}: weight_size {size} has an empty kernel")
-    if x.shape[0] != gy.shape[0]:
-        raise ValueError(f"{fn}: input has batch {x.shape[0]} (shape {x.shape}), but "
-                         f"grad_output has batch {gy.shape[0]} (shape {gy.shape})")
-    geo = _geometry(fn, nd, x.shape[2:], size[2:], stride, padding, dilation, groups,
-                    allow_same=False)
-    _args.check_groups(fn, geo.groups, x.shape[1], size[0], size[1],
-                       out_name="weight_size[0]")
-    out = geo.output_size(fn, x.shape[2:], size[2:])
-    _check_grad_output(fn, gy, (x.shape[0], size[0], *out))
-    return x, gy, size, geo, (x_unbatched, gy_unbatched)
+def _conv_run(fn, problem, x, w, b):
+    """The convolution of a checked problem without a plan; x batched."""
+    y = _args.empty(fn, problem.y_shape, problem.dtype)
+    if problem.border:
+        x = _border.pad(x, problem.pads, problem.padding_mode)
+        problem = problem.padded()
+    return _unbatch(_forward(x, w, b, y, problem), problem.unbatched)
 
 
 def _conv_input(fn, nd, input_size, weight, grad_output, stride, padding, dilation, groups):
@@ -316,12 +216,11 @@ def _conv_input(fn, nd, input_size, weight, grad_output, stride, padding, dilati
             plan = _PLANS.get(key)
             if plan is not None:
                 return plan.grad_input(grad_output, weight, None, _config.get_num_threads)
-    w, gy, size, geo, unbatched = _input_setup(fn, nd, input_size, weight, grad_output, stride,
-                                               padding, dilation, groups)
-    dtype = _args.compute_dtype(w, gy)
-    gx = _input_grad(gy, w, None, _args.empty(fn, size, dtype), geo)
-    _keep(key, _plan(gx.shape, w.shape, gy.shape, geo, dtype, unbatched))
-    return _unbatch(gx, unbatched)
+    problem, w, gy = _problem.conv_input(fn, nd, input_size, weight, grad_output, stride,
+                                         padding, dilation, groups)
+    gx = _input_grad(gy, w, None, _args.empty(fn, problem.x_shape, problem.dtype), problem)
+    _keep(key, _plan_of(problem))
+    return _unbatch(gx, problem.unbatched)
 
 
 def _conv_weight(fn, nd, input, weight_size, grad_output, stride, padding, dilation, groups):
@@ -335,11 +234,10 @@ def _conv_weight(fn, nd, input, weight_size, grad_output, stride, padding, dilat
             plan = _PLANS.get(key)
             if plan is not None:
                 return plan.grad_weight(input, grad_output, _config.get_num_threads)
-    x, gy, size, geo, _ = _weight_setup(fn, nd, input, weight_size, grad_output, stride,
-                                        padding, dilation, groups)
-    dtype = _args.compute_dtype(x, gy)
-    gw = _weight_grad(x, gy, _args.empty(fn, size, dtype), geo)
-    _keep(key, _plan(x.shape, gw.shape, gy.shape, geo, dtype, False))
+    problem, x, gy, _ = _problem.conv_weight(fn, nd, input, weight_size, grad_output, stride,
+                                             padding, dilation, groups)
+    gw = _weight_grad(x, gy, _args.empty(fn, problem.w_shape, problem.dtype), problem)
+    _keep(key, _plan_of(problem))
     return gw
 
 
@@ -370,81 +268,39 @@ def _planned_backward(plan, x, w, gy, mask):
 
 
 def _conv_backward_checked(fn, nd, input, weight, grad_output, stride, padding, dilation,
-                           groups, padding_mode, output_mask):
-    """The gradients of a convolution checked in full, and its plan (as `_conv_checked`)."""
-    mask = _args.output_mask(fn, output_mask)
-    x, w, _, geo, out, unbatched, border = _conv_setup(fn, nd, input, weight, None, stride,
-                                                       padding, dilation, groups, padding_mode)
-    gy = _args.as_array(fn, "grad_output", grad_output)
-    if gy.ndim == nd + 1 and unbatched:
-        gy = gy[None]
-    _check_grad_output(fn, gy, (x.shape[0], w.shape[0], *out))
-    dtype = _args.compute_dtype(x, w, gy)
+                           groups, padding_mode, output_mask, problem=None):
+    """The gradients of a convolution checked in full, and its plan (as `_conv_checked`).
+    A layer passes the `problem` of its arrays, checked already (with grad_output's dtype),
+    and a tuple of bools for `output_mask`: then nothing is checked again."""
+    if problem is None:
+        mask = _args.output_mask(fn, output_mask)
+        problem, x, w, _ = _problem.conv(fn, nd, input, weight, None, stride, padding,
+                                         dilation, groups, padding_mode)
+        gy, problem = _problem.grad_output(fn, problem, grad_output, problem.y_shape)
+    else:
+        mask = output_mask
+        x, w = _batch(input, problem.unbatched), weight
+        gy = _batch(grad_output, problem.unbatched)
+    dtype, loop_problem = problem.dtype, problem
     gx = gw = gb = None
+    if problem.border:
+        x = _border.pad(x, problem.pads, problem.padding_mode)
+        loop_problem = problem.padded()
     if mask[0]:
-        gx = _input_grad(gy, w, None, _args.empty(fn, x.shape, dtype), geo)
-        if border is not None:
-            gx = _border.fold(gx, *border)
-        gx = _unbatch(gx, unbatched)
+        gx = _input_grad(gy, w, None, _args.empty(fn, x.shape, dtype), loop_problem)
+        if problem.border:
+            gx = _border.fold(gx, problem.pads, problem.padding_mode)
+        gx = _unbatch(gx, problem.unbatched)
     if mask[1]:
-        gw = _weight_grad(x, gy, _args.empty(fn, w.shape, dtype), geo)
+        gw = _weight_grad(x, gy, _args.empty(fn, w.shape, dtype), loop_problem)
     if mask[2]:
         gb = _bias_grad(gy, dtype)
-    plan = None if border else _plan(x.shape, w.shape, gy.shape, geo, dtype, unbatched)
-    return (gx, gw, gb), plan
+    return (gx, gw, gb), _plan_of(problem)
 
 
 # ---------------------------------------------------------------------------------------------
 # Transposed convolution: the input gradient of the convolution with the same weight, stride,
 # padding and dilation, whose input has the transposed convolution's output size.
-
-def _transpose_setup(fn, nd, input, weight, bias, stride, padding, output_padding, groups,
-                     dilation, output_size):
-    x = _args.as_array(fn, "input", input)
-    w = _args.as_array(fn, "weight", weight)
-    b = None if bias is None else _args.as_array(fn, "bias", bias)
-    _args.weight_dims(fn, w, nd)
-    x, unbatched = _args.batched(fn, "input", x, nd)
-    geo = _geometry(fn, nd, x.shape[2:], w.shape[2:], stride, padding, dilation, groups,
-                    allow_same=False)
-    if x.shape[1] != w.shape[0]:
-        raise ValueError(f"{fn}: input has {x.shape[1]} channels, but weight.shape[0] = "
-                         f"{w.shape[0]} (weight is (C_in, C_out // groups, *kernel))")
-    if w.shape[0] % geo.groups:
-        raise ValueError(f"{fn}: groups={geo.groups} does not divide the {w.shape[0]} input "
-                         "channels (weight.shape[0])")
-    out_channels = w.shape[1] * geo.groups
-    _args.check_bias(fn, b, out_channels)
-    smallest = tuple((n - 1) * s - pb - pa + d * (k - 1) + 1 for n, k, s, (pb, pa), d
-                     in zip(x.shape[2:], w.shape[2:], geo.stride, geo.pads, geo.dilation))
-    limit = tuple(max(s, d) for s, d in zip(geo.stride, geo.dilation))
-    if output_size is not None:
-        size = _args.shape_arg(fn, "output_size", output_size)
-        if len(size) in (nd + 1, nd + 2):
-            size = size[-nd:]
-        if len(size) != nd:
-            raise ValueError(f"{fn}: output_size must have {nd} (spatial) or {nd + 2} entries, "
-                             f"got {size}")
-        for n, lo, lim in zip(size, smallest, limit):
-            if not lo <= n < lo + lim:
-                raise ValueError(
-                    f"{fn}: output_size {size} is not reachable: with input size "
-                    f"{x.shape[2:]} each axis must lie in [{', '.join(str(v) for v in smallest)}]"
-                    f" + [0, max(stride, dilation) - 1 = "
-                    f"{', '.join(str(v - 1) for v in limit)}]")
-        out = size
-    else:
-        op = _args.per_axis(fn, "output_padding", output_padding, nd, minimum=0)
-        for p, s, d in zip(op, geo.stride, geo.dilation):
-            if p >= max(s, d):
-                raise ValueError(f"{fn}: output_padding {op} must be smaller than stride "
-                                 f"{geo.stride} or dilation {geo.dilation} on every axis")
-        out = tuple(lo + p for lo, p in zip(smallest, op))
-    if any(n < 1 for n in out):
-        raise ValueError(f"{fn}: the output size would be {out} for input size {x.shape[2:]}; "
-                         f"padding {geo.pads} is too large")
-    return x, w, b, geo, out, out_channels, unbatched
-
 
 def _transpose_key(fn, arrays, output_size, *params):
     """The plan key of a transposed convolution's call, or None where it takes the checking
@@ -463,22 +319,25 @@ def _conv_transpose(fn, nd, input, weight, bias, stride, padding, output_padding
     plan = _PLANS.get(key) if key is not None else None
     if plan is not None:
         return plan.grad_input(input, weight, bias, _config.get_num_threads)
-    y, plan = _conv_transpose_checked(fn, nd, input, weight, bias, stride, padding,
-                                      output_padding, groups, dilation, output_size)
+    y, _, plan = _conv_transpose_checked(fn, nd, input, weight, bias, stride, padding,
+                                         output_padding, groups, dilation, output_size)
     _keep(key, plan)
     return y
 
 
 def _conv_transpose_checked(fn, nd, input, weight, bias, stride, padding, output_padding,
                             groups, dilation, output_size):
-    """A transposed convolution checked in full: its result and its plan (the plan of the
-    convolution whose input gradient it is)."""
-    x, w, b, geo, out, out_channels, unbatched = _transpose_setup(
-        fn, nd, input, weight, bias, stride, padding, output_padding, groups, dilation,
-        output_size)
-    dtype = _args.compute_dtype(x, w, b)
-    y = _input_grad(x, w, b, _args.empty(fn, (x.shape[0], out_channels, *out), dtype), geo)
-    return _unbatch(y, unbatched), _plan(y.shape, w.shape, x.shape, geo, dtype, unbatched)
+    """A transposed convolution checked in full: its result, its problem and its plan (those
+    of the convolution whose input gradient it is)."""
+    problem, x, w, b = _problem.conv_transpose(fn, nd, input, weight, bias, stride, padding,
+                                               output_padding, groups, dilation, output_size)
+    return _conv_transpose_run(fn, problem, x, w, b), problem, _plan_of(problem)
+
+
+def _conv_transpose_run(fn, problem, x, w, b):
+    """The transposed convolution of a checked problem without a plan; x batched."""
+    y = _input_grad(x, w, b, _args.empty(fn, problem.x_shape, problem.dtype), problem)
+    return _unbatch(y, problem.unbatched)
 
 
 def _conv_transpose_backward(fn, nd, input, weight, grad_output, stride, padding,
@@ -509,24 +368,29 @@ def _planned_transpose_backward(plan, x, w, gy, mask):
 
 
 def _conv_transpose_backward_checked(fn, nd, input, weight, grad_output, stride, padding,
-                                     output_padding, groups, dilation, output_mask):
-    """The gradients of a transposed convolution checked in full, and its plan."""
-    mask = _args.output_mask(fn, output_mask)
-    x, w, _, geo, out, out_channels, unbatched = _transpose_setup(
-        fn, nd, input, weight, None, stride, padding, output_padding, groups, dilation, None)
-    gy = _args.as_array(fn, "grad_output", grad_output)
-    if gy.ndim == nd + 1 and unbatched:
-        gy = gy[None]
-    _check_grad_output(fn, gy, (x.shape[0], out_channels, *out))
-    dtype = _args.compute_dtype(x, w, gy)
+                                     output_padding, groups, dilation, output_mask,
+                                     problem=None):
+    """The gradients of a transposed convolution checked in full, and its plan; `problem`
+    as for `_conv_backward_checked`."""
+    if problem is None:
+        mask = _args.output_mask(fn, output_mask)
+        problem, x, w, _ = _problem.conv_transpose(fn, nd, input, weight, None, stride,
+                                                   padding, output_padding, groups, dilation)
+        gy, problem = _problem.grad_output(fn, problem, grad_output, problem.x_shape)
+    else:
+        mask = output_mask
+        x, w = _batch(input, problem.unbatched), weight
+        gy = _batch(grad_output, problem.unbatched)
+    dtype = problem.dtype
     gx = gw = gb = None
     if mask[0]:       # the transposed convolution's input gradient is a convolution
-        gx = _unbatch(_forward(gy, w, None, _args.empty(fn, x.shape, dtype), geo), unbatched)
+        gx = _unbatch(_forward(gy, w, None, _args.empty(fn, x.shape, dtype), problem),
+                      problem.unbatched)
     if mask[1]:
-        gw = _weight_grad(gy, x, _args.empty(fn, w.shape, dtype), geo)
+        gw = _weight_grad(gy, x, _args.empty(fn, w.shape, dtype), problem)
     if mask[2]:
         gb = _bias_grad(gy, dtype)
-    return (gx, gw, gb), _plan(gy.shape, w.shape, x.shape, geo, dtype, unbatched)
+    return (gx, gw, gb), _plan_of(problem)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -45,6 +45,11 @@ def _generator(name: str, rng) -> np.random.Generator:
                         f"got {rng!r} ({exc})") from None
 
 
+def _batch(input, problem):
+    """`input` (an ndarray of the problem's input shape) with a batch axis."""
+    return input[None] if problem.unbatched else input
+
+
 def _padding_attr(padding, pairs):
     """The padding as an attribute: strings kept, symmetric pairs as one int per axis."""
     if isinstance(padding, str):
@@ -73,8 +78,8 @@ class _Layer:
         self.kernel_size = _args.per_axis(name, "kernel_size", kernel_size, nd)
         self.stride = _args.per_axis(name, "stride", stride, nd)
         self.dilation = _args.per_axis(name, "dilation", dilation, nd)
-        self._pads = _args.padding_pairs(name, padding, nd, allow_same=self._kind == "conv")
-        self.padding = _padding_attr(padding, self._pads)
+        pads = _args.padding_pairs(name, padding, nd, allow_same=self._kind == "conv")
+        self.padding = _padding_attr(padding, pads)
         self.padding_mode = _args.padding_mode(name, padding_mode)
         if not isinstance(bias, (bool, np.bool_)):
             raise TypeError(f"{name}: bias must be True or False, got {bias!r}")
@@ -82,9 +87,10 @@ class _Layer:
         self.dtype = _float_dtype(name, dtype)
         self.grad_weight = self.grad_bias = None
         self._input = self._output_shape = None
-        # The plan of the last forward, and the shapes and dtypes of (input, weight, bias) it
-        # was made for: a call with the same ones skips the checks (see _planned).
-        self._plan = self._plan_sig = None
+        # The problem and plan (None where it has none) of the last forward, and the shapes
+        # and dtypes of (input, weight, bias) they were made for: a call with the same ones
+        # skips the checks (see _known), and backward reuses them.
+        self._problem = self._plan = self._plan_sig = None
 
     def _weight_shape(self) -> tuple:
         raise NotImplementedError
@@ -107,25 +113,29 @@ class _Layer:
         """The name of the functional counterpart, which errors name."""
         return f"{self._kind}{self._nd}d{suffix}"
 
-    def _planned(self, input):
-        """The plan of the last forward if `input`, `weight` and `bias` have the shapes and
+    def _known(self, input):
+        """The problem of the last forward if `input`, `weight` and `bias` have the shapes and
         dtypes it was made for (the layer's settings are fixed), else None."""
-        if self._plan is None:
+        if self._problem is None:
             return None
         sig = functional._signature(input, self.weight, self.bias)
-        return self._plan if sig is not None and sig == self._plan_sig else None
+        return self._problem if sig is not None and sig == self._plan_sig else None
 
-    def _remember(self, input, plan) -> None:
-        self._plan = plan
+    def _remember(self, input, problem, plan) -> None:
+        self._problem, self._plan = problem, plan
         self._plan_sig = functional._signature(input, self.weight, self.bias)
 
-    def _backward_plan(self, x, gy):
-        """The plan for backward: the forward's, if weight and bias are as they were and
-        grad_output has the dtype the plan computes in."""
-        plan = self._planned(x)
-        if plan is None or _args.compute_dtype(x, self.weight, gy) != plan.dtype:
-            return None
-        return plan
+    def _backward_problem(self, x, gy):
+        """The problem of the last forward in the dtype computed with `gy`, and its plan
+        (None where it has none), if weight and bias are as they were; else (None, None)."""
+        problem = self._known(x)
+        if problem is None:
+            return None, None
+        dtype = _args.compute_dtype(x, self.weight, gy)
+        if dtype == problem.dtype:
+            return problem, self._plan
+        problem = problem.with_dtype(dtype)
+        return problem, functional._plan_of(problem)
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
@@ -186,14 +196,17 @@ class _ConvNd(_Layer):
     def forward(self, input):
         """The convolution of `input`, ``(N, C_in, *spatial)`` or ``(C_in, *spatial)``;
         keeps `input` for `backward`."""
-        plan = self._planned(input)
-        if plan is not None:
-            y = plan.forward(input, self.weight, self.bias, _config.get_num_threads)
-        else:
-            y, plan = functional._conv_checked(
+        problem = self._known(input)
+        if problem is None:
+            y, problem, plan = functional._conv_checked(
                 self._name(), self._nd, input, self.weight, self.bias, self.stride,
                 self.padding, self.dilation, self.groups, self.padding_mode)
-            self._remember(input, plan)
+            self._remember(input, problem, plan)
+        elif self._plan is not None:
+            y = self._plan.forward(input, self.weight, self.bias, _config.get_num_threads)
+        else:
+            y = functional._conv_run(self._name(), problem, _batch(input, problem), self.weight,
+                                     self.bias)
         self._save(input, y)
         return y
 
@@ -201,13 +214,14 @@ class _ConvNd(_Layer):
         """Gradient for the input of the last `forward`; sets `grad_weight` and `grad_bias`."""
         x, gy = self._saved_input(grad_output)
         mask = (True, True, self.bias is not None)
-        plan = self._backward_plan(x, gy)
+        problem, plan = self._backward_problem(x, gy)
         if plan is not None:
             grads = functional._planned_backward(plan, x, self.weight, gy, mask)
         else:
             grads, _ = functional._conv_backward_checked(
                 self._name("_backward"), self._nd, x, self.weight, gy, self.stride,
-                self.padding, self.dilation, self.groups, self.padding_mode, mask)
+                self.padding, self.dilation, self.groups, self.padding_mode, mask,
+                problem=problem)
         gx, self.grad_weight, self.grad_bias = grads
         return gx
 
@@ -227,13 +241,8 @@ class _ConvTransposeNd(_Layer):
         if self.padding_mode != "zeros":
             raise ValueError(f"{name}: only padding_mode='zeros' is supported for transposed "
                              f"convolutions, got padding_mode={self.padding_mode!r}")
-        self.output_padding = _args.per_axis(name, "output_padding", output_padding, self._nd,
-                                             minimum=0)
-        if any(p >= max(s, d) for p, s, d in zip(self.output_padding, self.stride,
-                                                 self.dilation)):
-            raise ValueError(f"{name}: output_padding {self.output_padding} must be smaller "
-                             f"than stride {self.stride} or dilation {self.dilation} on every "
-                             "axis")
+        self.output_padding = _args.output_padding(name, output_padding, self._nd, self.stride,
+                                                   self.dilation)
         self._used_output_padding = None
         self.reset_parameters(rng)
 
@@ -246,36 +255,33 @@ class _ConvTransposeNd(_Layer):
         `output_size` (the spatial sizes, or the full shape) chooses the output padding for
         this call, as in PyTorch; `backward` then uses the same.
         """
-        plan = self._planned(input) if output_size is None else None
-        if plan is not None and self._used_output_padding == self.output_padding:
-            y = plan.grad_input(input, self.weight, self.bias, _config.get_num_threads)
-        else:
-            y, plan = functional._conv_transpose_checked(
+        problem = self._known(input) if output_size is None else None
+        if problem is None or self._used_output_padding != self.output_padding:
+            y, problem, plan = functional._conv_transpose_checked(
                 self._name(), self._nd, input, self.weight, self.bias, self.stride,
                 self.padding, self.output_padding, self.groups, self.dilation, output_size)
-            self._remember(input, plan)
-            self._used_output_padding = self._output_padding_of(np.shape(input), y.shape)
+            self._remember(input, problem, plan)
+            self._used_output_padding = problem.output_padding
+        elif self._plan is not None:
+            y = self._plan.grad_input(input, self.weight, self.bias, _config.get_num_threads)
+        else:
+            y = functional._conv_transpose_run(self._name(), problem, _batch(input, problem),
+                                               self.weight, self.bias)
         self._save(input, y)
         return y
-
-    def _output_padding_of(self, in_shape, out_shape) -> tuple:
-        """out - ((in - 1) * stride - before - after + dilation * (k - 1) + 1) per axis."""
-        nd = self._nd
-        return tuple(o - ((n - 1) * s - b - a + d * (k - 1) + 1) for n, o, k, s, (b, a), d
-                     in zip(in_shape[-nd:], out_shape[-nd:], self.kernel_size, self.stride,
-                            self._pads, self.dilation))
 
     def backward(self, grad_output):
         """Gradient for the input of the last `forward`; sets `grad_weight` and `grad_bias`."""
         x, gy = self._saved_input(grad_output)
         mask = (True, True, self.bias is not None)
-        plan = self._backward_plan(x, gy)
+        problem, plan = self._backward_problem(x, gy)
         if plan is not None:
             grads = functional._planned_transpose_backward(plan, x, self.weight, gy, mask)
         else:
             grads, _ = functional._conv_transpose_backward_checked(
                 self._name("_backward"), self._nd, x, self.weight, gy, self.stride,
-                self.padding, self._used_output_padding, self.groups, self.dilation, mask)
+                self.padding, self._used_output_padding, self.groups, self.dilation, mask,
+                problem=problem)
         gx, self.grad_weight, self.grad_bias = grads
         return gx
 

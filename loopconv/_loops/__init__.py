@@ -163,30 +163,30 @@ def grad_weight(x, dy, dw, stride, pad, dilation, groups, num_threads):
 class Plan:
     """The three passes of one checked convolution, its loops chosen once.
 
-    x_shape, w_shape, y_shape: the batched (N, C, *spatial) shapes of the convolution's input,
-    weight and output (for a transposed convolution: of its output, weight and input);
-    stride, pad (padding before), dilation: 3-D triples; `unbatched`: the caller's input- and
-    output-shaped arrays have no batch axis.  The methods take arrays of those shapes (any
+    Built from a `loopconv._problem.Problem` (kept as `problem`): the batched (N, C, *spatial)
+    shapes of the convolution's input, weight and output (for a transposed convolution: of
+    its output, weight and input), its parameters, dtype and whether the caller's input- and
+    output-shaped arrays have a batch axis.  The methods take arrays of those shapes (any
     layout or dtype: they are brought to C order and the plan's dtype, without a copy when they
     already are) and return new arrays; `num_threads` is a function that gives the thread
     count of the moment (called only when the loops run threads).  Small problems run through
     `direct.Plan`, the direct loops' compiled entry, which skips the Python-level reshaping.
     """
 
-    __slots__ = ("shapes", "five", "args", "dtype", "unbatched", "loops", "_direct",
+    __slots__ = ("problem", "shapes", "five", "args", "dtype", "unbatched", "loops", "_direct",
                  "_no_bias")
 
-    def __init__(self, x_shape, w_shape, y_shape, stride, pad, dilation, groups, dtype,
-                 unbatched):
-        fill = (1,) * (5 - len(x_shape))
-        self.shapes = (tuple(x_shape), tuple(w_shape), tuple(y_shape))
-        self.five = tuple(s[:2] + fill + s[2:] for s in self.shapes)
-        self.args = (tuple(stride), tuple(pad), tuple(dilation), groups)
-        self.dtype = np.dtype(dtype)
-        self.unbatched = unbatched
-        self.loops = choose(self.five[2], self.five[1], self.args[0], groups)
-        self._direct = (direct.Plan(*self.five, *self.args, self.dtype, len(x_shape) - 2,
-                                    unbatched) if self.loops.family is direct else None)
+    def __init__(self, problem):
+        self.problem = problem
+        self.shapes = problem.shapes
+        self.five = problem.shapes5
+        self.args = problem.loop_args
+        self.dtype = problem.dtype
+        self.unbatched = problem.unbatched
+        self.loops = choose(self.five[2], self.five[1], self.args[0], problem.groups)
+        self._direct = (direct.Plan(*self.five, *self.args, self.dtype, problem.nd,
+                                    problem.unbatched)
+                        if self.loops.family is direct else None)
         self._no_bias = np.empty(0, self.dtype)
 
     def _in(self, arr, which):
