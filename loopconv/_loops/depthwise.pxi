@@ -11,7 +11,7 @@
 # 2-D convolutions have D = KD = 1 (and H = KH = 1).
 #
 # Staging.  The (image, group) slice of the source is copied zero-padded and split by stride
-# phase, as tiled.pxi's stage_slice does, so that tap t = (c, kd, kh, kw) of output pixel
+# phase, as tiled_stage.pxi's stage_slice does, so that tap t = (c, kd, kh, kw) of output pixel
 # (od, oh, ow) is the staged element
 #     off[t] + q,   q = (od * Hq + oh) * Wq + ow                    (off[t]: tap_offset)
 # and a run of output pixels along a row reads a run of staged elements for every tap.  Only
@@ -266,7 +266,7 @@ cdef inline const floating *dw_staged(const floating *src, Py_ssize_t off, const
                                       const Py_ssize_t *runs, Py_ssize_t nruns,
                                       Py_ssize_t key, floating *buf,
                                       Py_ssize_t *staged_key) noexcept nogil:
-    """As tiled.pxi's staged_slice, with dw_stage: the source itself where staging would copy
+    """As tiled_stage.pxi's staged_slice, with dw_stage: the source itself where staging would copy
     it unchanged, else this thread's buffer, staged unless it holds slice `key` already
     (staged_key -1: nothing staged in this call yet)."""
     if st.identity and off + st.size <= st.src_size:
@@ -810,7 +810,7 @@ cdef _DwGeometry input_geometry(tuple xs, tuple ws, tuple ys, stride, pad, dilat
     cdef Py_ssize_t f, i, koff = 0
     size, out, ksize = xs[2:], ys[2:], ws[2:]
     # Per axis and phase r (input indices = r mod s): its taps as (k, offset into dy), and the
-    # number of input indices in the phase (as in tiled.pxi's grad_input).
+    # number of input indices in the phase (as in tiled_entry.pxi's grad_input).
     axes = []
     for a in range(3):
         s, d, pb = stride[a], dilation[a], pad[a]

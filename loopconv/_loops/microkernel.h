@@ -14,7 +14,8 @@
  * source gives SSE2, AVX2+FMA or AVX-512 code depending on the flags it is compiled with
  * (see setup.py), and the loops below are still ordinary loops.
  *
- * Everything around the tile -- packing, blocking, threads -- is in tiled.pxi.
+ * Everything around the tile -- packing, blocking, threads -- is in tiled.pxi and the files it
+ * includes.
  */
 #ifndef LOOPCONV_MICROKERNEL_H
 #define LOOPCONV_MICROKERNEL_H

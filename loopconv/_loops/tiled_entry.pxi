@@ -1,0 +1,339 @@
+# The Python-facing entry points (included by tiled.pxi).  The Python layer (loopconv/_args.py
+# and loopconv/_loops/__init__.py) has checked every shape, handled empty arrays, and allocated
+# the output; these only fill it.  stride, pad and dilation are (d, h, w) triples of ints; pad is
+# the padding before each axis (the padding after is implied by the shapes).  Each sets up the
+# geometry of its pass with the GIL, then runs the loops without it.
+
+_workspaces = threading.local()
+
+
+def _workspace(name, dtype, Py_ssize_t n):
+    """A scratch array of at least n elements, kept across calls and per calling thread (so
+    that concurrent calls from several Python threads never share one).  Fresh multi-megabyte
+    arrays would cost page faults on every call."""
+    arrays = getattr(_workspaces, "arrays", None)
+    if arrays is None:
+        arrays = _workspaces.arrays = {}
+    key = (name, np.dtype(dtype).char)
+    buf = arrays.get(key)
+    if buf is None or buf.shape[0] < n:
+        buf = np.empty(max(n, 1), dtype=dtype)
+        arrays[key] = buf
+    return buf
+
+
+cdef inline Py_ssize_t per_thread(Py_ssize_t n) noexcept nogil:
+    """n elements of scratch per thread, rounded up to whole cache lines."""
+    return round_up(n, 16)      # each thread's region starts on its own cache line
+
+
+def info():
+    """The instruction set and register tiles of this build."""
+    return {"isa": LC_ISA.decode(),
+            "forward tile float32": (LC_MR_B, LC_NR_B_F32),
+            "forward tile float64": (LC_MR_B, LC_NR_B_F64),
+            "weight tile float32": (LC_MR_A, 2 * LC_VW_F32),
+            "weight tile float64": (LC_MR_A, 2 * LC_VW_F64),
+            "weight tile, few channels": (LC_KR_D, LC_OR_D),
+            "weight read in place below grid columns": GATHER_COLUMNS}
+
+
+def item_order(nblk):
+    """The work items of one (image, group) as (phase, column block) pairs, flattened: block
+    by block, the phases of a block one after the other.  The phases of an input gradient read
+    the same staged dy, each at its own taps, so that a block's dy is still in L2 for the next
+    phase (phase by phase, all of dy went through L3 once per phase)."""
+    pairs = [(f, b) for b in range(max(nblk)) for f in range(len(nblk)) if b < nblk[f]]
+    return np.array(pairs or [(0, 0)], dtype=np.intp).reshape(-1)     # never empty
+
+
+# ---------------------------------------------------------------------------------------------
+# The forward-style product: the forward pass and the input gradient.
+
+cdef void set_product(Product *p, Py_ssize_t N, Py_ssize_t G, Py_ssize_t src_c,
+                      Py_ssize_t dst_c, tuple dst_size):
+    """The sizes of a forward-style product over N images of G groups, from a source of src_c
+    channels (p.st, set before, stages p.st.nchan of them per group) to a destination of dst_c
+    channels (M = dst_c // G per group) of dst_size pixels."""
+    p.N = N
+    p.G = G
+    p.M = dst_c // G
+    p.mr = tile_rows(p.M)
+    p.src_img = src_c * p.st.src_chan
+    p.src_grp = p.st.nchan * p.st.src_chan
+    p.dst_row = dst_size[0] * dst_size[1] * dst_size[2]
+    p.dst_img = dst_c * p.dst_row
+    p.dst_grp = p.M * p.dst_row
+
+
+cdef void set_phase(Phase *ph, const Stage *st, Py_ssize_t K, Py_ssize_t a_off,
+                    Py_ssize_t k_off, tuple grid, Py_ssize_t dst_base, tuple dstep, Py_ssize_t NR):
+    """One phase of a forward-style product: K rows of B, its packed A at a_off and its B
+    offsets at k_off, and its valid grid (a, b, e) < grid, written to dst_base + a * dstep[0]
+    + b * dstep[1] + e * dstep[2]."""
+    cdef int a
+    ph.K = K
+    ph.a_off = a_off
+    ph.k_off = k_off
+    for a in range(3):
+        ph.grid[a] = grid[a]
+        ph.dstep[a] = dstep[a]
+    ph.ncols = ((ph.grid[0] - 1) * st.q[1] + ph.grid[1] - 1) * st.q[2] + ph.grid[2]
+    ph.nblk = (ph.ncols + NCB_TILES * NR - 1) // (NCB_TILES * NR)
+    ph.dst_base = dst_base
+
+
+cdef int product_pass(const Product *p, const Phase *phases,
+                      const floating[:, :, :, :, ::1] src, const Py_ssize_t[::1] boff,
+                      const floating *a, const Py_ssize_t[::1] aoff,
+                      const floating[::1] bias, floating[:, :, :, :, ::1] dst,
+                      int num_threads) except -1:
+    """Run the forward-style product p (its phases, A at a read at aoff, B the staged src read
+    at boff) into dst on num_threads threads, with this Python thread's workspaces."""
+    cdef Py_ssize_t NR = LC_NR_B_F32 if floating is float else LC_NR_B_F64
+    dtype = np.float32 if floating is float else np.float64
+    cdef Py_ssize_t fper = per_thread(p.nimg * p.st.size + LC_MR_B * NR)
+    cdef Py_ssize_t iper = per_thread(1 + 2 * NCB_TILES * NR)
+    cdef floating[::1] fws = _workspace("f", dtype, fper * num_threads)
+    cdef Py_ssize_t[::1] iws = _workspace("i", np.intp, iper * num_threads)
+    cdef const floating *bptr = &bias[0] if bias.shape[0] > 0 else NULL
+    with nogil:
+        run_product(p, phases, &src[0, 0, 0, 0, 0], &boff[0], a, &aoff[0], bptr,
+                    &dst[0, 0, 0, 0, 0], &fws[0], fper, &iws[0], iper, num_threads)
+    return 0
+
+
+def forward(const floating[:, :, :, :, ::1] x, const floating[:, :, :, :, ::1] w,
+            const floating[::1] bias, floating[:, :, :, :, ::1] y,
+            stride, pad, dilation, Py_ssize_t groups, int num_threads):
+    """y = conv(x, w) + bias over 5-D arrays.  An empty bias means none."""
+    cdef Py_ssize_t NR = LC_NR_B_F32 if floating is float else LC_NR_B_F64
+    dtype = np.float32 if floating is float else np.float64
+    cdef Product p
+    cdef Phase ph
+    cdef Py_ssize_t O = w.shape[0], Cg = w.shape[1], Og = O // groups, g
+    cdef Py_ssize_t KS = w.shape[2] * w.shape[3] * w.shape[4]
+    size = (x.shape[2], x.shape[3], x.shape[4])
+    out = (y.shape[2], y.shape[3], y.shape[4])
+    ksize = (w.shape[2], w.shape[3], w.shape[4])
+    set_stage(&p.st, size, tuple(stride), tuple(pad), x_stage(size, out, ksize, stride, pad,
+              dilation), Cg, NR, x.size)
+    set_product(&p, x.shape[0], groups, x.shape[1], O, out)
+    set_phase(&ph, &p.st, Cg * KS, 0, 0, out, 0, (out[1] * out[2], out[2], 1), NR)
+    p.nphase = 1
+    p.items_ng = ph.nblk
+    cdef Py_ssize_t[::1] order = item_order([ph.nblk])
+    p.order = &order[0]
+    cdef Py_ssize_t[::1] boff = np.array(tap_offsets(&p.st, Cg, kernel_taps(ksize, dilation)),
+                                         dtype=np.intp)
+    cdef Py_ssize_t[::1] roff = np.arange(Og, dtype=np.intp) * ph.K
+    cdef Py_ssize_t[::1] koff = np.arange(ph.K, dtype=np.intp)
+    # A[o, (c, tap)] = w[g * Og + o, c, tap]: the weight's rows as they are, read in place
+    # where the product is narrow, else packed
+    p.gathered = p.N * ph.ncols < GATHER_COLUMNS
+    p.a_rs = ph.K
+    p.a_grp = Og * ph.K
+    split_work(&p, ph.ncols)
+    cdef Py_ssize_t mpad = round_up(Og, p.mr)
+    cdef floating[::1] apack = np.empty(1 if p.gathered else groups * mpad * ph.K, dtype=dtype)
+    if not p.gathered:
+        with nogil:
+            for g in range(groups):
+                pack_weight(&w[g * Og, 0, 0, 0, 0], Og, p.mr, ph.K, &roff[0], &koff[0],
+                            &apack[g * mpad * ph.K])
+    product_pass(&p, &ph, x, boff, &w[0, 0, 0, 0, 0] if p.gathered else &apack[0], koff, bias,
+                 y, num_threads)
+
+
+cdef list input_phases(tuple size, tuple ksize, stride, pad, dilation):
+    """Per axis, per phase r of the input gradient (input indices = r mod s): its taps as
+    (k, offset into dy), and the number of input indices in the phase."""
+    axes = []
+    for a in range(3):
+        s, d, pb = stride[a], dilation[a], pad[a]
+        axes.append([([(k, (r + pb - k * d) // s) for k in range(ksize[a])
+                       if (r + pb - k * d) % s == 0], (size[a] - r + s - 1) // s)
+                     for r in range(min(s, size[a]))])
+    return axes
+
+
+cdef tuple dy_stage(list axes, tuple out):
+    """The staging of dy once for all phases of an input gradient: (lead, q), so that every
+    phase's reads are inside."""
+    lead = tuple(max([0] + [-o for taps, _ in axes[a] for _, o in taps]) for a in range(3))
+    q = tuple(max([out[a] + lead[a]] + [n + o + lead[a] for taps, n in axes[a] for _, o in taps])
+              for a in range(3))
+    return lead, q
+
+
+cdef tuple set_input_phases(Product *p, Phase *phases, list axes, tuple lead, tuple q,
+                            tuple size, tuple ksize, stride, Py_ssize_t NR):
+    """The phases (rd, rh, rw) of an input gradient, rd outermost, into phases and
+    p.items_ng (dy staged with lead and q, dy_stage); returns, per phase, the B offsets (row
+    (o, tap): staged dy at the tap's offset) and the columns of A (A[c, (o, tap)] =
+    w[o, c, tap], at koff from row c)."""
+    cdef Py_ssize_t f = 0, a_off = 0, k_off = 0, Og = p.st.nchan, Cg = p.M
+    cdef Py_ssize_t KS = ksize[0] * ksize[1] * ksize[2]
+    dstep = (stride[0] * size[1] * size[2], stride[1] * size[2], stride[2])
+    boffs, koffs = [], []
+    p.items_ng = 0
+    for rd, (td, nd_) in enumerate(axes[0]):
+        for rh, (th, nh) in enumerate(axes[1]):
+            for rw, (tw, nw) in enumerate(axes[2]):
+                taps = [(kd, kh, kw, od + lead[0], oh + lead[1], ow + lead[2])
+                        for kd, od in td for kh, oh in th for kw, ow in tw]
+                set_phase(&phases[f], &p.st, Og * len(taps), a_off, k_off, (nd_, nh, nw),
+                          (rd * size[1] + rh) * size[2] + rw, dstep, NR)
+                p.items_ng += phases[f].nblk
+                boffs.append(np.array([o * p.st.chan + (t[3] * q[1] + t[4]) * q[2] + t[5]
+                                       for o in range(Og) for t in taps], dtype=np.intp))
+                koffs.append(np.array([o * Cg * KS + (t[0] * ksize[1] + t[1]) * ksize[2]
+                                       + t[2] for o in range(Og) for t in taps], dtype=np.intp))
+                a_off += p.G * round_up(Cg, p.mr) * phases[f].K
+                k_off += phases[f].K
+                f += 1
+    return boffs, koffs
+
+
+def grad_input(const floating[:, :, :, :, ::1] dy, const floating[:, :, :, :, ::1] w,
+               const floating[::1] bias, floating[:, :, :, :, ::1] dx, stride, pad, dilation,
+               Py_ssize_t groups, int num_threads):
+    """dx = bias + gradient of conv(x, w) with respect to x, given dy (the transposed
+    convolution of dy); dx is overwritten.  An empty bias means none."""
+    cdef Py_ssize_t NR = LC_NR_B_F32 if floating is float else LC_NR_B_F64
+    dtype = np.float32 if floating is float else np.float64
+    cdef Product p
+    cdef Py_ssize_t O = w.shape[0], Cg = w.shape[1], Og = O // groups
+    cdef Py_ssize_t KS = w.shape[2] * w.shape[3] * w.shape[4]
+    size = (dx.shape[2], dx.shape[3], dx.shape[4])
+    out = (dy.shape[2], dy.shape[3], dy.shape[4])
+    ksize = (w.shape[2], w.shape[3], w.shape[4])
+    axes = input_phases(size, ksize, stride, pad, dilation)
+    lead, q = dy_stage(axes, out)
+    set_stage(&p.st, out, (1, 1, 1), lead, q, Og, NR, dy.size)
+    set_product(&p, dx.shape[0], groups, O, dx.shape[1], size)
+    p.nphase = len(axes[0]) * len(axes[1]) * len(axes[2])
+    cdef Py_ssize_t[::1] order, boff, aoff
+    cdef floating[::1] apack
+    cdef Phase *phases = <Phase *> malloc(p.nphase * sizeof(Phase))
+    if phases == NULL:
+        raise MemoryError()
+    try:
+        boffs, koffs = set_input_phases(&p, phases, axes, lead, q, size, ksize, stride, NR)
+        columns = sum([phases[f].ncols for f in range(p.nphase)])
+        # A[c, (o, tap)] = w[g * Og + o, c, tap]: row c at a step of KS, column (o, tap) at
+        # koff, read in place where the product is narrow, else packed phase by phase
+        p.gathered = p.N * columns < GATHER_COLUMNS
+        p.a_rs = KS
+        p.a_grp = Og * Cg * KS
+        split_work(&p, columns)
+        apacks = [] if p.gathered else [_pack_groups(w, groups, Cg, p.mr, phases[f].K, koffs[f],
+                                                     dtype) for f in range(p.nphase)]
+        order = item_order([phases[f].nblk for f in range(p.nphase)])
+        p.order = &order[0]
+        boff = np.concatenate(boffs + [np.zeros(1, np.intp)])
+        aoff = np.concatenate(koffs + [np.zeros(1, np.intp)])
+        apack = np.concatenate(apacks + [np.zeros(1, dtype)])
+        product_pass(&p, phases, dy, boff, &w[0, 0, 0, 0, 0] if p.gathered else &apack[0],
+                     aoff, bias, dx, num_threads)
+    finally:
+        free(phases)
+
+
+def _pack_groups(const floating[:, :, :, :, ::1] w, Py_ssize_t groups, Py_ssize_t M,
+                 Py_ssize_t mr, Py_ssize_t K, koff_arr, dtype):
+    """Packed A of the input gradient for all groups: rows c, columns (o, tap)."""
+    cdef Py_ssize_t g, Og = w.shape[0] // groups, mpad = round_up(M, mr)
+    cdef Py_ssize_t KS = w.shape[2] * w.shape[3] * w.shape[4]
+    out = np.empty(max(groups * mpad * K, 1), dtype=dtype)
+    if K == 0:
+        return out[:0]
+    cdef floating[::1] apack = out
+    cdef Py_ssize_t[::1] koff = koff_arr
+    cdef Py_ssize_t[::1] roff = np.arange(M, dtype=np.intp) * KS
+    with nogil:
+        for g in range(groups):
+            pack_weight(&w[g * Og, 0, 0, 0, 0], M, mr, K, &roff[0], &koff[0],
+                        &apack[g * mpad * K])
+    return out[:groups * mpad * K]
+
+
+# ---------------------------------------------------------------------------------------------
+# The weight gradient.
+
+cdef void set_weight_product(WeightProduct *p, Py_ssize_t N, Py_ssize_t G, Py_ssize_t C,
+                             Py_ssize_t O, Py_ssize_t K, tuple out):
+    """The sizes of the weight gradient of N images of G groups, C input and O output channels,
+    K rows (channels times taps per group) and output sizes out (p.lanes, p.NR, p.block and
+    p.st set before)."""
+    cdef int a
+    p.N = N
+    p.G = G
+    p.M = O // G
+    p.K = K
+    p.Kpad = round_up(p.K, LC_KR_D if p.lanes else LC_MR_A)
+    p.Opad = round_up(p.M, LC_OR_D if p.lanes else p.NR)
+    for a in range(3):
+        p.grid[a] = out[a]
+    p.dstep[0] = out[1] * out[2]
+    p.dstep[1] = out[2]
+    p.dstep[2] = 1
+    p.ncols = ((out[0] - 1) * p.st.q[1] + out[1] - 1) * p.st.q[2] + out[2]
+    p.nblk = (p.ncols + p.block - 1) // p.block
+    p.x_img = C * p.st.src_chan
+    p.x_grp = p.st.nchan * p.st.src_chan
+    p.y_plane = out[0] * out[1] * out[2]
+    p.y_img = O * p.y_plane
+    p.y_grp = p.M * p.y_plane
+
+
+cdef void split_weight_work(WeightProduct *p) noexcept nogil:
+    """The work items of the weight gradient, from the problem alone: p.nchunk chunks of the
+    reduction steps, and p.nkb blocks of p.kblk tile panels of rows k."""
+    # Reduction chunks: a function of the problem only, never of the thread count.  At least
+    # four items (both cores busy, and some balance for more), more while the partial products
+    # stay within about 1 MiB (float32): each chunk's partial is written and then summed.
+    cdef Py_ssize_t nsteps = p.N * p.nblk, G = p.G
+    cdef Py_ssize_t npan = p.Kpad // (LC_KR_D if p.lanes else LC_MR_A)
+    p.nchunk = max(1, min(nsteps, 32, max((4 + G - 1) // G, (1 << 18) // (G * p.Kpad * p.Opad))))
+    # Few (group, chunk) items (batch 1, few pixels): the rows k are split into blocks too.
+    # Each element is still summed by one item, in the same order.
+    p.nkb = 1
+    if G * p.nchunk < MIN_ITEMS:
+        p.nkb = min(npan, (MIN_ITEMS + G * p.nchunk - 1) // (G * p.nchunk))
+    p.kblk = (npan + p.nkb - 1) // p.nkb
+    p.nkb = (npan + p.kblk - 1) // p.kblk
+
+
+def grad_weight(const floating[:, :, :, :, ::1] x, const floating[:, :, :, :, ::1] dy,
+                floating[:, :, :, :, ::1] dw, stride, pad, dilation, Py_ssize_t groups,
+                int num_threads):
+    """dw = gradient of conv(x, w) with respect to w, given dy; dw is overwritten."""
+    cdef Py_ssize_t VW = LC_VW_F32 if floating is float else LC_VW_F64
+    dtype = np.float32 if floating is float else np.float64
+    cdef WeightProduct p
+    cdef Py_ssize_t O = dw.shape[0], Cg = dw.shape[1], fper, iper
+    cdef Py_ssize_t KS = dw.shape[2] * dw.shape[3] * dw.shape[4]
+    size = (x.shape[2], x.shape[3], x.shape[4])
+    out = (dy.shape[2], dy.shape[3], dy.shape[4])
+    ksize = (dw.shape[2], dw.shape[3], dw.shape[4])
+    # Output channels that fill at most one vector would leave most lanes of lc_tile_a empty
+    # and make transposing dy the main cost: lc_tile_d sums along pixels instead.
+    p.lanes = O // groups <= VW
+    p.NR = 2 * VW
+    p.block = PC_D_BYTES // sizeof(floating) if p.lanes else PC * 4 // sizeof(floating)
+    set_stage(&p.st, size, tuple(stride), tuple(pad), x_stage(size, out, ksize, stride, pad,
+              dilation), Cg, p.NR, x.size)
+    set_weight_product(&p, x.shape[0], groups, x.shape[1], O, Cg * KS, out)
+    split_weight_work(&p)
+    # rows past K repeat row 0: the tile computes them and the reduction never reads them
+    rows = tap_offsets(&p.st, Cg, kernel_taps(ksize, dilation))
+    cdef Py_ssize_t[::1] aoff = np.array(rows + rows[:1] * (p.Kpad - p.K), dtype=np.intp)
+    cdef floating[::1] partial = _workspace("p", dtype, groups * p.nchunk * p.Kpad * p.Opad)
+    fper = per_thread(max(p.st.size + p.Opad * p.block, VW * VW))   # (sum_partials: VW * VW)
+    iper = per_thread(1 + 2 * p.block)
+    cdef floating[::1] fws = _workspace("f", dtype, fper * num_threads)
+    cdef Py_ssize_t[::1] iws = _workspace("i", np.intp, iper * num_threads)
+    with nogil:
+        run_weight(&p, &x[0, 0, 0, 0, 0], &dy[0, 0, 0, 0, 0], &aoff[0], &partial[0],
+                   &dw[0, 0, 0, 0, 0], &fws[0], fper, &iws[0], iper, num_threads)

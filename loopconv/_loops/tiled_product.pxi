@@ -1,0 +1,357 @@
+# The forward-style product (included by tiled.pxi), for the forward pass (one phase) and the
+# input gradient (one phase per stride residue):
+#     dst[n, g*M + i, col(q)] = bias + sum_k A_phase[g][i, k] staged[boff[k] + q]
+# with A the weight (packed in panels of mr rows, or read in place), the staged source read in
+# place at the offsets boff of its rows k, and col(q) the destination of valid grid column q.
+# The work is cut into items (block of images, group, phase, block of grid columns, block of
+# rows) by the problem alone; each item computes its outputs in full, in a fixed order.
+
+cdef struct Phase:
+    Py_ssize_t K            # rows of B (channels x taps of this phase)
+    Py_ssize_t a_off        # offset of this phase's packed A (all groups) in apack
+    Py_ssize_t k_off        # offset of this phase's rows in the B-offset table
+    Py_ssize_t grid[3]      # sizes of the valid grid
+    Py_ssize_t ncols        # grid columns up to the last valid one
+    Py_ssize_t nblk         # work items per (image, group)
+    Py_ssize_t dst_base     # destination of grid column (a, b, e):
+    Py_ssize_t dstep[3]     # (dst_base + a*dstep[0] + b*dstep[1] + e*dstep[2])
+
+
+cdef struct Product:
+    Py_ssize_t N, G, M
+    Py_ssize_t mr           # rows of the tile (tile_rows(M)); A is packed in panels of mr
+    Py_ssize_t src_img, src_grp
+    Py_ssize_t dst_img, dst_grp, dst_row
+    Py_ssize_t nphase
+    Py_ssize_t items_ng     # work items per (image, group): the sum of the phases' nblk
+    const Py_ssize_t *order  # item r of an (image, group): (phase, column block) at 2r, 2r + 1
+    Py_ssize_t nimg         # images per work item, and their blocks (see split_work)
+    Py_ssize_t nib
+    Py_ssize_t nrb          # row blocks per work item of a column block
+    Py_ssize_t rblk         # tile panels (of mr rows) per row block
+    bint gathered           # A is the weight read in place (lc_tile_g), not packed panels
+    Py_ssize_t a_rs         # gathered A: the weight's step from one row of A to the next
+    Py_ssize_t a_grp        # and from one group to the next
+    Stage st
+
+cdef struct Item:
+    # One work item of the forward-style product (find_item)
+    Py_ssize_t ng           # image block * G + group: names its staged slices
+    Py_ssize_t g            # group
+    Py_ssize_t n0, nimg     # its images n0 .. n0 + nimg - 1
+    Py_ssize_t f            # its phase
+    Py_ssize_t q0, ncols    # its grid columns q0 .. q0 + ncols - 1
+    Py_ssize_t ip0, ip1     # its tile panels (of mr rows) ip0 .. ip1 - 1
+    Py_ssize_t i0, i1       # and their rows i0 .. i1 - 1 (within M)
+
+
+cdef struct Runs:
+    # The runs of valid columns of one tile (tile_runs): where they start, and how long they are
+    Py_ssize_t n
+    Py_ssize_t start[MAX_NR]
+    Py_ssize_t length[MAX_NR]
+
+
+# ---------------------------------------------------------------------------------------------
+# The register tiles and the panels of A.
+
+cdef Py_ssize_t tile_rows(Py_ssize_t M) noexcept nogil:
+    """Rows of the forward-style tile for a product with M rows: LC_MR_B, or the fewest of 1, 2
+    and 4 that hold all M (so that one or three channels do not leave most of a tile idle)."""
+    if M <= 2:
+        return M if M > 0 else 1
+    return 4 if M <= 4 else LC_MR_B
+
+
+cdef inline void tile_b(int mr, bint narrow, Py_ssize_t kc, const floating *a,
+                        const floating *b, const Py_ssize_t *boff, floating *c, Py_ssize_t ldc,
+                        bint beta) noexcept nogil:
+    cdef int nv = 1 if narrow else LC_NV_B
+    if floating is float:
+        lc_tile_b_f32(mr, nv, kc, a, b, boff, c, ldc, beta)
+    else:
+        lc_tile_b_f64(mr, nv, kc, a, b, boff, c, ldc, beta)
+
+
+cdef inline void tile_g(int mr, bint narrow, Py_ssize_t kc, const floating *a,
+                        const Py_ssize_t *aoff, Py_ssize_t rs, const floating *b,
+                        const Py_ssize_t *boff, floating *c, Py_ssize_t ldc,
+                        bint beta) noexcept nogil:
+    cdef int nv = 1 if narrow else LC_NV_B
+    if floating is float:
+        lc_tile_g_f32(mr, nv, kc, a, aoff, rs, b, boff, c, ldc, beta)
+    else:
+        lc_tile_g_f64(mr, nv, kc, a, aoff, rs, b, boff, c, ldc, beta)
+
+
+cdef inline void panel(const Product *p, const floating *a_g, Py_ssize_t ip, Py_ssize_t K,
+                       Py_ssize_t k0, Py_ssize_t kc, const Py_ssize_t *aoff, bint narrow,
+                       const floating *b, const Py_ssize_t *boff, Py_ssize_t mw, floating *c,
+                       Py_ssize_t ldc, bint beta) noexcept nogil:
+    """Rows ip * mr .. ip * mr + mw - 1 of C (at c, rows ldc apart) over A's columns k0 ..
+    k0 + kc - 1.  Packed A: one tile of mr rows (the packed panel is zero past M).  Gathered A:
+    tiles of mr, 4, 2 and 1 rows, so that no row past M is read."""
+    cdef Py_ssize_t MR = p.mr, r0 = 0, rr
+    if not p.gathered:
+        tile_b(MR, narrow, kc, a_g + (ip * K + k0) * MR, b, boff, c, ldc, beta)
+        return
+    while r0 < mw:
+        rr = mw - r0
+        rr = MR if rr >= MR else 4 if rr >= 4 else 2 if rr >= 2 else 1
+        tile_g(rr, narrow, kc, a_g + (ip * MR + r0) * p.a_rs, aoff + k0, p.a_rs, b, boff,
+               c + r0 * ldc, ldc, beta)
+        r0 += rr
+
+
+cdef void pack_weight(const floating *w, Py_ssize_t M, Py_ssize_t MR, Py_ssize_t K,
+                      const Py_ssize_t *roff, const Py_ssize_t *koff,
+                      floating *dst) noexcept nogil:
+    """A panels of the forward-style product: dst[(i // MR) * K * MR + k * MR + i % MR] =
+    w[roff[i] + koff[k]], rows past M zero."""
+    cdef Py_ssize_t i, k
+    cdef floating *d
+    for i in range(round_up(M, MR)):
+        d = dst + (i // MR) * K * MR + i % MR
+        if i < M:
+            for k in range(K):
+                d[k * MR] = w[roff[i] + koff[k]]
+        else:
+            for k in range(K):
+                d[k * MR] = 0
+
+
+cdef inline void copy_run(floating *d, Py_ssize_t ds, const floating *src, Py_ssize_t n,
+                          bint add) noexcept nogil:
+    """d[u * ds] (=, +=) src[u] for u < n."""
+    cdef Py_ssize_t u
+    if ds == 1:
+        if add:
+            for u in range(n):
+                d[u] += src[u]
+        else:
+            for u in range(n):
+                d[u] = src[u]
+    elif add:
+        for u in range(n):
+            d[u * ds] += src[u]
+    else:
+        for u in range(n):
+            d[u * ds] = src[u]
+
+
+# ---------------------------------------------------------------------------------------------
+# One work item: the steps of product_item.
+
+cdef inline void find_item(const Product *p, const Phase *phases, Py_ssize_t item,
+                           Py_ssize_t NCB, Item *it) noexcept nogil:
+    """Work item `item`: items run over (image block, group), then the (phase, column block)
+    pairs of p.order, then the row blocks, innermost; NCB grid columns per column block."""
+    cdef Py_ssize_t per_ng = p.items_ng * p.nrb, mpan = (p.M + p.mr - 1) // p.mr
+    cdef Py_ssize_t r = item % per_ng, rb = r % p.nrb
+    r = r // p.nrb
+    it.ng = item // per_ng
+    it.g = it.ng % p.G
+    it.n0 = it.ng // p.G * p.nimg
+    it.nimg = min(p.N - it.n0, p.nimg)
+    it.f = p.order[2 * r]
+    it.q0 = p.order[2 * r + 1] * NCB
+    it.ncols = min(NCB, phases[it.f].ncols - it.q0)
+    it.ip0 = rb * p.rblk
+    it.ip1 = min(mpan, it.ip0 + p.rblk)
+    it.i0 = it.ip0 * p.mr
+    it.i1 = min(p.M, it.ip1 * p.mr)
+
+
+cdef inline void item_columns(const Stage *st, const Phase *ph, const Item *it, Py_ssize_t NR,
+                              Py_ssize_t *dcol, Py_ssize_t *run) noexcept nogil:
+    """dcol and run (grid_columns) of the item's grid columns, and junk after them up to a
+    whole number of tiles of NR columns."""
+    cdef Py_ssize_t j
+    grid_columns(it.q0, it.ncols, st.q, ph.grid, ph.dst_base, ph.dstep, dcol, run)
+    for j in range(it.ncols, (it.ncols + NR - 1) // NR * NR):
+        dcol[j] = -1
+        run[j] = 0
+
+
+cdef inline void tile_runs(const Py_ssize_t *run, Py_ssize_t j0, Py_ssize_t width,
+                           Runs *runs) noexcept nogil:
+    """The runs of valid columns among the tile's columns j0 .. j0 + width - 1 (none: the tile
+    is all junk)."""
+    cdef Py_ssize_t t = j0, ln
+    runs.n = 0
+    while t < j0 + width:
+        ln = min(run[t], j0 + width - t)
+        if ln == 0:
+            t += 1
+            continue
+        runs.start[runs.n] = t
+        runs.length[runs.n] = ln
+        runs.n += 1
+        t += ln
+
+
+cdef inline void store_tile(const floating *ctile, Py_ssize_t mw, Py_ssize_t width,
+                            Py_ssize_t j0, floating *d0, Py_ssize_t ldd, const Py_ssize_t *dcol,
+                            Py_ssize_t ds, const Runs *runs, bint add) noexcept nogil:
+    """Rows i < mw of a computed tile (ctile, width columns a row, grid columns j0 on) into
+    the destination rows d0 + i * ldd at dcol, (=, +=) run by run of valid columns."""
+    cdef Py_ssize_t i, sg, t
+    cdef floating *d
+    cdef const floating *cr
+    for i in range(mw):
+        d = d0 + i * ldd
+        cr = ctile + i * width - j0
+        for sg in range(runs.n):
+            t = runs.start[sg]
+            copy_run(d + dcol[t], ds, cr + t, runs.length[sg], add)
+
+
+cdef inline void product_tile(const Product *p, const Phase *ph, const Item *it,
+                              Py_ssize_t k0, Py_ssize_t kc, bint narrow, Py_ssize_t j0,
+                              const Runs *runs, const floating **staged, const floating *a_g,
+                              const Py_ssize_t *boff, const Py_ssize_t *aoff, floating *dst_g,
+                              const Py_ssize_t *dcol, floating *ctile) noexcept nogil:
+    """The item's rows of the tile of grid columns j0 on (one vector of columns if narrow) over
+    A's columns k0 .. k0 + kc - 1, for each of its images (innermost, so that each panel of A is
+    read once for all of them), added to the sums of the earlier columns of A if k0 > 0."""
+    cdef Py_ssize_t NR = LC_NR_B_F32 if floating is float else LC_NR_B_F64
+    cdef Py_ssize_t VW = LC_VW_F32 if floating is float else LC_VW_F64
+    cdef Py_ssize_t MR = p.mr, width = VW if narrow else NR, ip, mw, n
+    cdef floating *d0
+    # the whole tile lands on one contiguous output row (its first run is all of it): store in
+    # place
+    cdef bint whole = ph.dstep[2] == 1 and runs.length[0] >= width
+    for ip in range(it.ip0, it.ip1):
+        mw = min(MR, p.M - ip * MR)
+        for n in range(it.nimg):
+            d0 = dst_g + n * p.dst_img + ip * MR * p.dst_row
+            if whole and mw == MR:
+                panel(p, a_g, ip, ph.K, k0, kc, aoff, narrow, staged[n] + it.q0 + j0,
+                      boff + k0, mw, d0 + dcol[j0], p.dst_row, k0 > 0)
+                continue
+            panel(p, a_g, ip, ph.K, k0, kc, aoff, narrow, staged[n] + it.q0 + j0, boff + k0,
+                  mw, ctile, width, 0)
+            store_tile(ctile, mw, width, j0, d0, p.dst_row, dcol, ph.dstep[2], runs, k0 > 0)
+
+
+cdef inline void product_tiles(const Product *p, const Phase *ph, const Item *it,
+                               const floating **staged, const floating *a_g,
+                               const Py_ssize_t *boff, const Py_ssize_t *aoff, floating *dst_g,
+                               const Py_ssize_t *dcol, const Py_ssize_t *run,
+                               floating *ctile) noexcept nogil:
+    """The sums of the item: A's columns in blocks of KC, and within a block the item's grid
+    columns in tiles of NR, then one-vector tiles for the last columns; tiles that are all junk
+    are skipped."""
+    cdef Py_ssize_t NR = LC_NR_B_F32 if floating is float else LC_NR_B_F64
+    cdef Py_ssize_t VW = LC_VW_F32 if floating is float else LC_VW_F64
+    cdef Py_ssize_t K = ph.K, nfull = it.ncols // NR, ntile, kb, k0, kc, jt, j0
+    cdef bint narrow
+    cdef Runs runs
+    ntile = nfull + (it.ncols - nfull * NR + VW - 1) // VW
+    for kb in range((K + KC - 1) // KC):
+        k0 = kb * KC
+        kc = min(KC, K - k0)
+        for jt in range(ntile):
+            narrow = jt >= nfull
+            j0 = jt * NR if not narrow else nfull * NR + (jt - nfull) * VW
+            tile_runs(run, j0, VW if narrow else NR, &runs)
+            if runs.n > 0:
+                product_tile(p, ph, it, k0, kc, narrow, j0, &runs, staged, a_g, boff, aoff,
+                             dst_g, dcol, ctile)
+
+
+cdef inline void set_columns(const Product *p, const Item *it, floating *dst_g,
+                             const Py_ssize_t *dcol, const floating *bias,
+                             bint add) noexcept nogil:
+    """The item's valid outputs: += bias (add), or = 0 (where no tap reaches them)."""
+    cdef Py_ssize_t n, i, j
+    cdef floating *d
+    cdef floating bv
+    for n in range(it.nimg):
+        for i in range(it.i0, it.i1):
+            bv = bias[it.g * p.M + i] if add else 0
+            d = dst_g + n * p.dst_img + i * p.dst_row
+            for j in range(it.ncols):
+                if dcol[j] >= 0:
+                    if add:
+                        d[dcol[j]] += bv
+                    else:
+                        d[dcol[j]] = 0
+
+
+cdef void product_item(const Product *p, const Phase *phases, Py_ssize_t item,
+                       const floating *src, const Py_ssize_t *boff_all,
+                       const floating *apack, const Py_ssize_t *aoff_all,
+                       const floating *bias, floating *dst, floating *fws,
+                       Py_ssize_t *iws) noexcept nogil:
+    """Work item `item` of the forward-style product (find_item): its rows of dst at its valid
+    grid columns, for each of its images.  A is apack: packed panels, or with p.gathered the
+    weight itself, read at aoff_all.  fws and iws: this thread's scratch (iws[0] names the
+    slices staged in fws)."""
+    cdef Py_ssize_t NR = LC_NR_B_F32 if floating is float else LC_NR_B_F64
+    cdef Item it
+    cdef const floating *staged[MAX_IMAGES]
+    cdef Py_ssize_t *dcol = iws + 1
+    cdef Py_ssize_t *run = dcol + NCB_TILES * NR
+    find_item(p, phases, item, NCB_TILES * NR, &it)
+    cdef const Phase *ph = &phases[it.f]
+    cdef floating *dst_g = dst + it.n0 * p.dst_img + it.g * p.dst_grp
+    cdef const floating *a_g
+    if p.gathered:
+        a_g = apack + it.g * p.a_grp
+    else:
+        a_g = apack + ph.a_off + it.g * round_up(p.M, p.mr) * ph.K
+
+    stage_images(src, &p.st, p.src_img, p.src_grp, it.n0, it.nimg, it.g, it.ng, fws, iws,
+                 staged)
+    item_columns(&p.st, ph, &it, NR, dcol, run)
+    if ph.K == 0:           # no tap reaches these pixels
+        set_columns(p, &it, dst_g, dcol, bias, False)
+    product_tiles(p, ph, &it, staged, a_g, boff_all + ph.k_off, aoff_all + ph.k_off, dst_g,
+                  dcol, run, fws + p.nimg * p.st.size)
+    if bias != NULL:
+        set_columns(p, &it, dst_g, dcol, bias, True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The work items, and the parallel loop over them.
+
+cdef void split_work(Product *p, Py_ssize_t columns) noexcept nogil:
+    """The work items, from the problem alone (`columns`: grid columns of one image, all
+    phases).  p.nimg: images per item, as many as make ITEM_COLUMNS columns (within MAX_IMAGES
+    and STAGED_IMAGES).  p.nrb and p.rblk: with fewer than MIN_ITEMS items of (images, group,
+    column block), the rows too are split into blocks of whole tile panels, as evenly as they
+    go.  Each output is still computed by one item, in the same order."""
+    cdef Py_ssize_t mpan = (p.M + p.mr - 1) // p.mr, items
+    p.nimg = 1
+    if 0 < columns < ITEM_COLUMNS:
+        p.nimg = max(1, min(p.N, MAX_IMAGES, (ITEM_COLUMNS + columns - 1) // columns,
+                            STAGED_IMAGES // max(p.st.size, 1)))
+    p.nib = (p.N + p.nimg - 1) // p.nimg
+    items = p.nib * p.G * p.items_ng
+    p.nrb = 1
+    if 0 < items < MIN_ITEMS:
+        p.nrb = min(mpan, (MIN_ITEMS + items - 1) // items)
+    p.rblk = (mpan + p.nrb - 1) // p.nrb
+    p.nrb = (mpan + p.rblk - 1) // p.rblk
+
+
+cdef void run_product(const Product *p, const Phase *phases, const floating *src,
+                      const Py_ssize_t *boff, const floating *apack, const Py_ssize_t *aoff,
+                      const floating *bias, floating *dst, floating *fws, Py_ssize_t fper,
+                      Py_ssize_t *iws, Py_ssize_t iper, int nthreads) noexcept nogil:
+    cdef Py_ssize_t item, t
+    cdef int tid
+    cdef fpstate fp
+    for t in range(nthreads):
+        iws[t * iper] = -1      # nothing staged yet
+    with parallel(num_threads=nthreads):
+        fp = flush_subnormals()
+        # race-free: each item writes its own (images, group, phase, column block, row block)
+        # of dst and reads only shared inputs; the staged slices and other scratch are per
+        # thread.
+        for item in prange(p.nib * p.G * p.items_ng * p.nrb, schedule="static"):
+            tid = threadid()
+            product_item(p, phases, item, src, boff, apack, aoff, bias, dst, fws + tid * fper,
+                         iws + tid * iper)
+        restore_fpstate(fp)

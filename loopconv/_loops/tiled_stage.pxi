@@ -1,0 +1,278 @@
+# Staging (included by tiled.pxi): the padded, phase-split copy of one (image, group) slice of
+# the source, in which every row of the would-be im2col matrix is a contiguous run; the map
+# from the staged grid to the destination's pixels; and the geometry the entry points set up
+# (the Stage of a pass, the offsets of the taps).  depthwise.pxi uses the same geometry.
+
+cdef struct Stage:
+    Py_ssize_t dim[3]       # source spatial sizes
+    Py_ssize_t step[3]      # phases per axis (the stride; 1 for dy)
+    Py_ssize_t lead[3]      # source index = staged index * step + phase - lead
+    Py_ssize_t q[3]         # Dq, Hq, Wq: staged sizes of one phase
+    Py_ssize_t plane        # Dq * Hq * Wq
+    Py_ssize_t chan         # staged elements per channel (phases * plane)
+    Py_ssize_t nchan        # channels per (image, group)
+    Py_ssize_t src_chan     # source elements per channel
+    Py_ssize_t size         # elements in all
+    bint identity           # staging would copy the slice unchanged (no padding, stride 1)
+    Py_ssize_t src_size     # elements of the whole source array
+
+
+cdef inline void fill_row(floating *row, const floating *s, Py_ssize_t sw, Py_ssize_t e_lo,
+                          Py_ssize_t e_hi, Py_ssize_t Wq) noexcept nogil:
+    """row[e] = s[e * sw] for e_lo <= e < e_hi, 0 for the other e < Wq."""
+    cdef Py_ssize_t e
+    for e in range(e_lo):
+        row[e] = 0
+    if sw == 1 and e_hi - e_lo >= 64:
+        memcpy(row + e_lo, s + e_lo, (e_hi - e_lo) * sizeof(floating))
+    elif sw == 1:           # short rows: a call costs more than the copy
+        for e in range(e_lo, e_hi):
+            row[e] = s[e]
+    else:
+        for e in range(e_lo, e_hi):
+            row[e] = s[e * sw]
+    for e in range(e_hi, Wq):
+        row[e] = 0
+
+
+cdef inline void fill_row_pair(floating *row0, floating *row1, const floating *s,
+                               const Py_ssize_t *bounds, Py_ssize_t Wq) noexcept nogil:
+    """fill_row for both phases of stride 2, row0[e] = s[2e] and row1[e] = s[2e + 1] inside
+    bounds[0] .. bounds[1] - 1 and bounds[2] .. bounds[3] - 1, in one pass over the source row
+    where both are inside (the compiler turns that into vector loads and shuffles)."""
+    cdef Py_ssize_t e, lo0 = bounds[0], hi0 = bounds[1], lo1 = bounds[2], hi1 = bounds[3]
+    cdef Py_ssize_t lo = max(lo0, lo1), hi = min(hi0, hi1)
+    if hi <= lo:
+        fill_row(row0, s, 2, lo0, hi0, Wq)
+        fill_row(row1, s + 1, 2, lo1, hi1, Wq)
+        return
+    for e in range(lo0):
+        row0[e] = 0
+    for e in range(lo1):
+        row1[e] = 0
+    for e in range(lo0, lo):
+        row0[e] = s[2 * e]
+    for e in range(lo1, lo):
+        row1[e] = s[2 * e + 1]
+    for e in range(lo, hi):
+        row0[e] = s[2 * e]
+        row1[e] = s[2 * e + 1]
+    for e in range(hi, hi0):
+        row0[e] = s[2 * e]
+    for e in range(hi, hi1):
+        row1[e] = s[2 * e + 1]
+    for e in range(hi0, Wq):
+        row0[e] = 0
+    for e in range(hi1, Wq):
+        row1[e] = 0
+
+
+cdef inline void row_bounds(Py_ssize_t pw, Py_ssize_t lw, Py_ssize_t sw, Py_ssize_t W,
+                            Py_ssize_t Wq, Py_ssize_t *bounds) noexcept nogil:
+    """The staged columns e < Wq of phase pw whose source column e * sw + pw - lw is inside
+    0 .. W - 1: bounds[0] .. bounds[1] - 1."""
+    bounds[0] = min(first_inside(pw - lw, sw), Wq)
+    bounds[1] = max(min(end_inside(pw - lw, sw, W), Wq), bounds[0])
+
+
+cdef inline void zero_plane_rows(floating *row, Py_ssize_t sw, Py_ssize_t plane, Py_ssize_t Hq,
+                                 Py_ssize_t Wq, Py_ssize_t b_lo, Py_ssize_t b_hi,
+                                 bint outside) noexcept nogil:
+    """The zeros of one staged plane a of a phase (pd, ph), at row, its sw phases pw plane
+    apart: all Hq rows where the source plane is outside the source, else the rows before b_lo
+    and from b_hi on (those no source row reaches)."""
+    cdef Py_ssize_t pw
+    cdef floating *r
+    for pw in range(sw):
+        r = row + pw * plane
+        if outside:
+            memset(r, 0, Hq * Wq * sizeof(floating))
+        else:
+            memset(r, 0, b_lo * Wq * sizeof(floating))
+            memset(r + b_hi * Wq, 0, (Hq - b_hi) * Wq * sizeof(floating))
+
+
+cdef inline void copy_plane_rows(floating *row, const floating *srow, Py_ssize_t nrow,
+                                 Py_ssize_t plane, Py_ssize_t Wq, Py_ssize_t W, Py_ssize_t sh,
+                                 Py_ssize_t sw, Py_ssize_t lw,
+                                 const Py_ssize_t *bounds) noexcept nogil:
+    """nrow staged rows of a plane of a phase (pd, ph): row b (at row + b * Wq, its sw phases
+    pw plane apart) from source row srow + b * sh * W, zero outside it (bounds: the staged
+    columns inside for phases 0 and 1, as row_bounds gives them)."""
+    cdef Py_ssize_t b, pw
+    cdef Py_ssize_t pb[2]
+    if sw == 1 and sh == 1 and lw == 0 and Wq == W:
+        # whole rows, consecutive in both: one copy
+        memcpy(row, srow, nrow * W * sizeof(floating))
+        return
+    for b in range(nrow):
+        if sw == 2:
+            fill_row_pair(row, row + plane, srow - lw, bounds, Wq)
+        elif sw == 1:
+            fill_row(row, srow - lw, 1, bounds[0], bounds[1], Wq)
+        else:
+            for pw in range(sw):
+                row_bounds(pw, lw, sw, W, Wq, pb)
+                fill_row(row + pw * plane, srow + pw - lw, sw, pb[0], pb[1], Wq)
+        row += Wq
+        srow += sh * W
+
+
+cdef void stage_slice(const floating *src, const Stage *st, floating *out) noexcept nogil:
+    """out = the staged copy of one (image, group) slice at src: for channel c and phase
+    (pd, ph, pw), out[c * chan + ((pd * sh + ph) * sw + pw) * plane + (a * Hq + b) * Wq + e] =
+    src[c, a * sd + pd - ld, b * sh + ph - lh, e * sw + pw - lw], zero outside the source, and
+    zeros after the last channel up to st.size."""
+    # The geometry is copied to locals: Python extensions build with -fno-strict-aliasing, so
+    # the compiler would otherwise reload every field of *st after each store into out.
+    cdef Py_ssize_t c, pd, ph, a, iz, b_lo, b_hi
+    cdef Py_ssize_t Dq = st.q[0], Hq = st.q[1], Wq = st.q[2], HWq = st.q[1] * st.q[2]
+    cdef Py_ssize_t D = st.dim[0], H = st.dim[1], W = st.dim[2]
+    cdef Py_ssize_t sd = st.step[0], sh = st.step[1], sw = st.step[2]
+    cdef Py_ssize_t ld = st.lead[0], lh = st.lead[1], lw = st.lead[2]
+    cdef Py_ssize_t plane = st.plane, chan = st.chan, src_chan = st.src_chan
+    cdef Py_ssize_t nchan = st.nchan, size = st.size
+    cdef floating *base
+    cdef bint outside
+    cdef Py_ssize_t bounds[4]       # the staged columns inside, for phases 0 and 1 (once)
+    row_bounds(0, lw, sw, W, Wq, bounds)
+    row_bounds(1, lw, sw, W, Wq, bounds + 2)
+    for c in range(nchan):
+        for pd in range(sd):
+            for ph in range(sh):
+                # staged rows b_lo .. b_hi - 1 of this phase come from source rows inside
+                b_lo = min(first_inside(ph - lh, sh), Hq)
+                b_hi = max(min(end_inside(ph - lh, sh, H), Hq), b_lo)
+                base = out + c * chan + (pd * sh + ph) * sw * plane     # the phases pw follow
+                for a in range(Dq):
+                    iz = a * sd + pd - ld
+                    outside = iz < 0 or iz >= D
+                    zero_plane_rows(base + a * HWq, sw, plane, Hq, Wq, b_lo, b_hi, outside)
+                    if not outside:
+                        copy_plane_rows(base + a * HWq + b_lo * Wq,
+                                        src + c * src_chan + (iz * H + b_lo * sh + ph - lh) * W,
+                                        b_hi - b_lo, plane, Wq, W, sh, sw, lw, bounds)
+    memset(out + nchan * chan, 0, (size - nchan * chan) * sizeof(floating))
+
+
+cdef inline const floating *staged_slice(const floating *src, Py_ssize_t off,
+                                         const Stage *st, Py_ssize_t key, floating *buf,
+                                         Py_ssize_t *staged_key) noexcept nogil:
+    """The slice `key` of the source (at src + off) as the tiles read it: the source itself
+    where staging would copy it unchanged and every read of the tiles (up to st.size) stays
+    inside the source array (a 1x1 convolution); else this thread's buffer, staged unless it
+    holds that slice already (staged_key: the key of the slice it holds, -1 for none)."""
+    if st.identity and off + st.size <= st.src_size:
+        return src + off
+    if staged_key[0] != key:
+        stage_slice(src + off, st, buf)
+        staged_key[0] = key
+    return buf
+
+
+cdef void stage_images(const floating *src, const Stage *st, Py_ssize_t src_img,
+                       Py_ssize_t src_grp, Py_ssize_t n0, Py_ssize_t nimg, Py_ssize_t g,
+                       Py_ssize_t key, floating *buf, Py_ssize_t *staged_key,
+                       const floating **staged) noexcept nogil:
+    """staged[n]: the slice (image n0 + n, group g) as the tiles read it, for n < nimg (see
+    staged_slice; images src_img and groups src_grp elements apart in src), in the thread's
+    buffer one after the other; `key` names the block."""
+    cdef Py_ssize_t n, off
+    cdef bint fresh = staged_key[0] != key
+    for n in range(nimg):
+        off = (n0 + n) * src_img + g * src_grp
+        if st.identity and off + st.size <= st.src_size:
+            staged[n] = src + off
+        else:
+            if fresh:
+                stage_slice(src + off, st, buf + n * st.size)
+            staged[n] = buf + n * st.size
+    staged_key[0] = key
+
+
+cdef Py_ssize_t grid_columns(Py_ssize_t q0, Py_ssize_t n, const Py_ssize_t *q,
+                             const Py_ssize_t *grid, Py_ssize_t base, const Py_ssize_t *dstep,
+                             Py_ssize_t *dcol, Py_ssize_t *run) noexcept nogil:
+    """For staged grid columns q0 .. q0 + n - 1 (row length q[2], plane q[1] * q[2]): dcol[j],
+    the destination base + a*dstep[0] + b*dstep[1] + e*dstep[2] of valid column (a, b, e), -1
+    for junk; and run[j], the number of columns from j on whose destinations follow each other
+    with step dstep[2] (0 for junk)."""
+    cdef Py_ssize_t a = q0 // (q[1] * q[2]), b = (q0 // q[2]) % q[1], e = q0 % q[2]
+    cdef Py_ssize_t j = 0, t, seg, valid, d0
+    while j < n:                # one grid row (or the part of it in range) at a time
+        seg = min(q[2] - e, n - j)
+        valid = min(max(grid[2] - e, 0), seg) if b < grid[1] else 0
+        d0 = base + a * dstep[0] + b * dstep[1] + e * dstep[2]
+        for t in range(valid):
+            dcol[j + t] = d0 + t * dstep[2]
+            run[j + t] = valid - t
+        for t in range(valid, seg):
+            dcol[j + t] = -1
+            run[j + t] = 0
+        j += seg
+        e += seg
+        if e == q[2]:
+            e = 0
+            b += 1
+            if b == q[1]:
+                b = 0
+                a += 1
+    if q[2] == grid[2] and dstep[1] == grid[2] * dstep[2]:
+        # no junk columns and rows that follow each other: runs continue across rows
+        for j in reversed(range(n - 1)):
+            if dcol[j] >= 0 and dcol[j + 1] == dcol[j] + dstep[2]:
+                run[j] = run[j + 1] + 1
+    return n
+
+
+# ---------------------------------------------------------------------------------------------
+# The geometry of a pass, set up by the entry points (with the GIL: from Python tuples).
+
+cdef void set_stage(Stage *st, tuple dim, tuple step, tuple lead, tuple q, Py_ssize_t nchan,
+                    Py_ssize_t NR, Py_ssize_t src_size):
+    """The staging of nchan channels of a source with spatial sizes dim (src_size elements in
+    all): step phases per axis, the first staged index at source index -lead, q staged indices
+    per phase; NR elements of zeros at least after the last channel, for the tiles that read
+    past it."""
+    cdef int a
+    for a in range(3):
+        st.dim[a] = dim[a]
+        st.step[a] = step[a]
+        st.lead[a] = lead[a]
+        st.q[a] = q[a]
+    st.plane = st.q[0] * st.q[1] * st.q[2]
+    st.chan = st.step[0] * st.step[1] * st.step[2] * st.plane
+    st.nchan = nchan
+    st.src_chan = st.dim[0] * st.dim[1] * st.dim[2]
+    st.size = round_up(nchan * st.chan + NR, 16)     # zeros after: tiles may read NR past
+    st.identity = True
+    for a in range(3):
+        st.identity = st.identity and st.step[a] == 1 and st.lead[a] == 0 and st.q[a] == st.dim[a]
+    st.src_size = src_size
+
+
+cdef tuple x_stage(tuple size, tuple out, tuple ksize, stride, pad, dilation):
+    """Staged sizes (Dq, Hq, Wq) for reading x through a kernel: every tap of every valid
+    output lies inside."""
+    return tuple(out[a] + (ksize[a] - 1) * dilation[a] // stride[a] for a in range(3))
+
+
+cdef Py_ssize_t tap_offset(const Stage *st, Py_ssize_t c, tuple tap):
+    """Staged offset of channel c and tap (kd, kh, kw) read with the staging's strides."""
+    cdef Py_ssize_t phase = 0, shift = 0, a, t
+    for a in range(3):
+        t = tap[a]
+        phase = phase * st.step[a] + t % st.step[a]
+        shift = shift * st.q[a] + t // st.step[a]
+    return c * st.chan + phase * st.plane + shift
+
+
+cdef list kernel_taps(tuple ksize, dilation):
+    """The taps (kd * dd, kh * dh, kw * dw) of a kernel of ksize, kd outermost."""
+    return [(kd * dilation[0], kh * dilation[1], kw * dilation[2]) for kd in range(ksize[0])
+            for kh in range(ksize[1]) for kw in range(ksize[2])]
+
+
+cdef list tap_offsets(const Stage *st, Py_ssize_t nchan, list taps):
+    """tap_offset of every (channel c < nchan, tap), c outermost: the rows of xcol."""
+    return [tap_offset(st, c, t) for c in range(nchan) for t in taps]

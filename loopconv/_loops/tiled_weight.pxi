@@ -1,0 +1,233 @@
+# The weight gradient (included by tiled.pxi):
+#     dw_g[o, k] = sum over (n, q) of dy_ng[o, q] staged_ng[aoff[k] + q]
+# computed transposed (rows k, columns o) so that the staged x is read in place and only dy is
+# packed.  The reduction steps (image n, block of `block` grid columns) are cut into `nchunk`
+# contiguous chunks fixed by the problem size alone; each (group, chunk, block of rows k) item
+# sums into its rows of the chunk's own partial product, and the partials are added in chunk
+# order (sum_partials), so results do not depend on the thread count.
+
+cdef struct WeightProduct:
+    Py_ssize_t N, G, M, K, Kpad, Opad
+    bint lanes                      # few output channels: lc_tile_d, else lc_tile_a
+    Py_ssize_t NR                   # columns of lc_tile_a (two vectors)
+    Py_ssize_t block                # grid columns per reduction step
+    Py_ssize_t nchunk, ncols, nblk
+    Py_ssize_t nkb, kblk            # blocks of rows (k) per (group, chunk), panels per block
+    Py_ssize_t grid[3]              # output sizes OD, OH, OW (the valid grid)
+    Py_ssize_t dstep[3]             # their strides in dy
+    Py_ssize_t x_img, x_grp, y_img, y_grp, y_plane
+    Stage st
+
+
+cdef inline void tile_a(Py_ssize_t kc, const floating *a, const Py_ssize_t *aoff,
+                        const floating *b, floating *c, Py_ssize_t ldc, bint beta) noexcept nogil:
+    if floating is float:
+        lc_tile_a_f32(kc, a, aoff, b, c, ldc, beta)
+    else:
+        lc_tile_a_f64(kc, a, aoff, b, c, ldc, beta)
+
+
+cdef inline void tile_d(Py_ssize_t kc, const floating *a, const Py_ssize_t *aoff,
+                        const floating *b, Py_ssize_t ldb, floating *c, Py_ssize_t ldc,
+                        bint beta) noexcept nogil:
+    if floating is float:
+        lc_tile_d_f32(kc, a, aoff, b, ldb, c, ldc, beta)
+    else:
+        lc_tile_d_f64(kc, a, aoff, b, ldb, c, ldc, beta)
+
+cdef void pack_dy_t(const floating *dyrow, Py_ssize_t plane, Py_ssize_t nrow, Py_ssize_t pc,
+                    const Py_ssize_t *dcol, const Py_ssize_t *run, floating *bo,
+                    Py_ssize_t NR) noexcept nogil:
+    """bo[j * NR + i] = dyrow[i * plane + dcol[j]] (0 for junk columns) for the channels
+    i < nrow (at most VW) and the block's columns j < pc; with all VW channels, whole blocks of
+    VW columns of a run by one transpose."""
+    cdef Py_ssize_t VW = LC_VW_F32 if floating is float else LC_VW_F64
+    cdef Py_ssize_t i, j = 0, u, t, ln
+    cdef const floating *src
+    while j < pc:
+        ln = run[j]
+        if ln == 0:
+            for i in range(nrow):
+                bo[j * NR + i] = 0
+            j += 1
+            continue
+        src = dyrow + dcol[j]
+        u = 0
+        while nrow == VW and u + VW <= ln:
+            if floating is float:
+                lc_transpose_f32(src + u, plane, bo + (j + u) * NR, NR)
+            else:
+                lc_transpose_f64(src + u, plane, bo + (j + u) * NR, NR)
+            u += VW
+        for t in range(u, ln):
+            for i in range(nrow):
+                bo[(j + t) * NR + i] = src[i * plane + t]
+        j += ln
+
+
+cdef inline void pack_dy_rows(const WeightProduct *p, const floating *dyg, Py_ssize_t pc,
+                              const Py_ssize_t *dcol, const Py_ssize_t *run, floating *bpack,
+                              bint first) noexcept nogil:
+    """B of lc_tile_d for one reduction step: dy of the block (at dyg) on the grid, a row of
+    p.block columns per output channel o < M at bpack + o * block, zero for junk columns and the
+    tail up to whole vectors; the rows of the channels past M zeroed with the first step."""
+    cdef Py_ssize_t VW = LC_VW_F32 if floating is float else LC_VW_F64
+    cdef Py_ssize_t B = p.block, o, j, u, ln
+    cdef floating *bo
+    cdef const floating *dyrow
+    if first:
+        memset(bpack, 0, p.Opad * B * sizeof(floating))
+    for o in range(p.M):
+        bo = bpack + o * B
+        dyrow = dyg + o * p.y_plane
+        j = 0
+        while j < round_up(pc, VW):
+            ln = run[j] if j < pc else 0
+            if ln == 0:
+                bo[j] = 0
+                j += 1
+                continue
+            for u in range(ln):
+                bo[j + u] = dyrow[dcol[j] + u]
+            j += ln
+
+
+cdef inline void pack_dy_panels(const WeightProduct *p, const floating *dyg, Py_ssize_t pc,
+                                const Py_ssize_t *dcol, const Py_ssize_t *run, floating *bpack,
+                                bint first) noexcept nogil:
+    """B of lc_tile_a for one reduction step: dy^T of the block (at dyg) in panels of NR output
+    channels, bpack[o // NR][j][o % NR], VW channels at a time; zero for junk columns and
+    (written with the first step) for the channels past M."""
+    cdef Py_ssize_t VW = LC_VW_F32 if floating is float else LC_VW_F64
+    cdef Py_ssize_t NR = p.NR, B = p.block, og, o0, o, j
+    cdef floating *bo
+    for og in range(p.Opad // VW):
+        o0 = og * VW
+        bo = bpack + (o0 // NR) * B * NR + o0 % NR
+        if first and o0 + VW > p.M:
+            for j in range(B):
+                for o in range(max(p.M - o0, 0), VW):
+                    bo[j * NR + o] = 0
+        if o0 < p.M:
+            pack_dy_t(dyg + o0 * p.y_plane, p.y_plane, min(VW, p.M - o0), pc, dcol, run, bo,
+                      NR)
+
+
+cdef inline void weight_tiles(const WeightProduct *p, Py_ssize_t ip0, Py_ssize_t ip1,
+                              Py_ssize_t pc, const floating *xq, const Py_ssize_t *aoff,
+                              const floating *bpack, floating *part, bint first) noexcept nogil:
+    """Rows ip0 * unit .. ip1 * unit - 1 of the partial product part (= on the first step, else
+    +=) the product over the step's pc grid columns: the staged x at xq read at aoff (a tile's
+    rows) times the packed dy (unit: the rows of a tile, LC_KR_D or LC_MR_A)."""
+    cdef Py_ssize_t VW = LC_VW_F32 if floating is float else LC_VW_F64
+    cdef Py_ssize_t NR = p.NR, B = p.block, ip, jp
+    if p.lanes:
+        for ip in range(ip0, ip1):
+            for jp in range(p.Opad // LC_OR_D):
+                tile_d(round_up(pc, VW), xq, aoff + ip * LC_KR_D, bpack + jp * LC_OR_D * B, B,
+                       part + ip * LC_KR_D * p.Opad + jp * LC_OR_D, p.Opad, not first)
+    else:
+        for ip in range(ip0, ip1):
+            for jp in range(p.Opad // NR):
+                tile_a(pc, xq, aoff + ip * LC_MR_A, bpack + jp * B * NR,
+                       part + ip * LC_MR_A * p.Opad + jp * NR, p.Opad, not first)
+
+
+cdef void weight_item(const WeightProduct *p, Py_ssize_t item, const floating *x,
+                      const floating *dy, const Py_ssize_t *aoff, floating *partial,
+                      floating *fws, Py_ssize_t *iws) noexcept nogil:
+    """Work item (group g, chunk, block of rows k) of the weight gradient: its rows of the
+    partial product of (g, chunk), summed over the chunk's reduction steps (image n, block of
+    grid columns) in order.  fws and iws: this thread's scratch (iws[0] names the staged
+    slice in fws)."""
+    cdef Py_ssize_t B = p.block
+    cdef Py_ssize_t kb = item % p.nkb, gc = item // p.nkb
+    cdef Py_ssize_t chunk = gc % p.nchunk, g = gc // p.nchunk
+    cdef Py_ssize_t nsteps = p.N * p.nblk
+    cdef Py_ssize_t s0 = chunk * nsteps // p.nchunk, s1 = (chunk + 1) * nsteps // p.nchunk
+    cdef Py_ssize_t unit = LC_KR_D if p.lanes else LC_MR_A
+    cdef Py_ssize_t ip0 = kb * p.kblk, ip1 = min(p.Kpad // unit, ip0 + p.kblk)
+    cdef Py_ssize_t step, n, q0, pc
+    cdef floating *part = partial + gc * p.Kpad * p.Opad
+    cdef const floating *staged
+    cdef const floating *dyg
+    cdef floating *bpack = fws + p.st.size
+    cdef Py_ssize_t *dcol = iws + 1
+    cdef Py_ssize_t *run = dcol + B
+    cdef bint first = True
+    for step in range(s0, s1):
+        n = step // p.nblk
+        q0 = (step % p.nblk) * B
+        pc = min(B, p.ncols - q0)
+        staged = staged_slice(x, n * p.x_img + g * p.x_grp, &p.st, n * p.G + g, fws, iws)
+        grid_columns(q0, pc, p.st.q, p.grid, 0, p.dstep, dcol, run)
+        dyg = dy + n * p.y_img + g * p.y_grp
+        if p.lanes:
+            pack_dy_rows(p, dyg, pc, dcol, run, bpack, first)
+        else:
+            pack_dy_panels(p, dyg, pc, dcol, run, bpack, first)
+        weight_tiles(p, ip0, ip1, pc, staged + q0, aoff, bpack, part, first)
+        first = False
+    if first:               # no steps: the rows are zero
+        memset(part + ip0 * unit * p.Opad, 0, (ip1 - ip0) * unit * p.Opad * sizeof(floating))
+
+
+cdef void run_weight(const WeightProduct *p, const floating *x, const floating *dy,
+                     const Py_ssize_t *aoff, floating *partial, floating *dw, floating *fws,
+                     Py_ssize_t fper, Py_ssize_t *iws, Py_ssize_t iper,
+                     int nthreads) noexcept nogil:
+    """dw of all groups: the work items (weight_item) into their partial products, then the
+    partials summed in chunk order (sum_partials), each on nthreads threads."""
+    cdef Py_ssize_t item, t
+    cdef Py_ssize_t VW = LC_VW_F32 if floating is float else LC_VW_F64
+    cdef Py_ssize_t nkv = (p.K + VW - 1) // VW
+    cdef int tid
+    cdef fpstate fp
+    for t in range(nthreads):
+        iws[t * iper] = -1      # nothing staged yet
+    with parallel(num_threads=nthreads):
+        fp = flush_subnormals()
+        # race-free: item (group, chunk, block of rows) writes only its rows of its own
+        # partial product.
+        for item in prange(p.G * p.nchunk * p.nkb, schedule="static"):
+            tid = threadid()
+            weight_item(p, item, x, dy, aoff, partial, fws + tid * fper, iws + tid * iper)
+        restore_fpstate(fp)
+    # (a second parallel region: Cython's prange inside parallel() ends without a barrier, and
+    # every partial product must be complete before the sums)
+    with parallel(num_threads=nthreads):
+        fp = flush_subnormals()
+        # race-free: each block of VW rows (group, k) of the transposed dw is summed by one
+        # thread and written to its columns of dw.
+        for item in prange(p.G * nkv, schedule="static"):
+            tid = threadid()
+            sum_partials(p, item // nkv, item % nkv * VW, partial, dw, fws + tid * fper)
+        restore_fpstate(fp)
+
+
+cdef void sum_partials(const WeightProduct *p, Py_ssize_t g, Py_ssize_t k0,
+                       const floating *partial, floating *dw, floating *acc) noexcept nogil:
+    """dw[g * M + o, k] for k0 <= k < k0 + VW: the partial products of group g (rows k,
+    columns o) summed in chunk order, VW columns at a time in acc, each block then written
+    transposed (runs of VW consecutive k: whole cache lines of dw, not single elements a row
+    of K apart)."""
+    cdef Py_ssize_t VW = LC_VW_F32 if floating is float else LC_VW_F64
+    cdef Py_ssize_t kw = min(VW, p.K - k0), ow, ob, o0, o, k, c
+    cdef const floating *part
+    cdef floating *d
+    for ob in range((p.M + VW - 1) // VW):
+        o0 = ob * VW
+        ow = min(VW, p.M - o0)
+        part = partial + (g * p.nchunk * p.Kpad + k0) * p.Opad + o0
+        for k in range(kw):
+            for o in range(ow):
+                acc[k * VW + o] = part[k * p.Opad + o]
+        for c in range(1, p.nchunk):
+            part = part + p.Kpad * p.Opad
+            for k in range(kw):
+                for o in range(ow):
+                    acc[k * VW + o] = acc[k * VW + o] + part[k * p.Opad + o]
+        for o in range(ow):
+            d = dw + (g * p.M + o0 + o) * p.K + k0
+            for k in range(kw):
+                d[k] = acc[k * VW + o]
