@@ -100,6 +100,44 @@ def direct_suits(y_shape, w_shape) -> bool:
 started_threads = False
 
 
+# The input gradient as columns (col2im_grad_input) where the phase-split product would
+# compute mostly zero padding: where its grids are at least COL2IM_WASTE times larger than
+# dy, and the columns (C * taps * N * dy pixels) take at most COL2IM_COLUMNS elements.  A GAN
+# generator's first layer, 4x4 taps from a 1x1 input, computed 49 grid columns per useful one.
+COL2IM_WASTE = 4
+COL2IM_COLUMNS = 1 << 24
+COL2IM_TAPS = 1 << 20       # dy pixels times taps: the scatter's table of positions
+
+
+def col2im_suits(y_shape, w_shape, stride, groups) -> bool:
+    """Whether the input gradient of a convolution with 5-D output `y_shape` (of dy) and
+    weight `w_shape` runs as columns: by how much larger than dy the phase-split grids are."""
+    pixels = math.prod(y_shape[2:])
+    grid = math.prod(p + -(-k // s) - 1 for p, k, s in zip(y_shape[2:], w_shape[2:], stride))
+    columns = y_shape[0] * pixels * groups * math.prod(w_shape[1:])
+    return (grid >= COL2IM_WASTE * pixels and columns <= COL2IM_COLUMNS
+            and pixels * math.prod(w_shape[2:]) <= COL2IM_TAPS)
+
+
+def col2im_grad_input(dy, w, bias, dx, stride, pad, dilation, groups, num_threads):
+    """The input gradient as a matrix product and a scatter (col2im).  The columns
+    cols[(g, n, p), (c, tap)] = sum over the channels o of group g of dy[n, o, p] w[o, c, tap]
+    are a 1x1 convolution, in groups, of w read as an image of Cg * taps pixels with O channels
+    (no copy) with dy read as a weight (rows (n, p) of each group); then each input pixel
+    gathers the columns that reach it, tap by tap (`direct.col2im`)."""
+    n, o = dy.shape[:2]
+    og, k = o // groups, math.prod(w.shape[1:])
+    pixels = math.prod(dy.shape[2:])
+    rows = np.ascontiguousarray(
+        dy.reshape(n, groups, og, pixels).transpose(1, 0, 3, 2)).reshape(
+            groups * n * pixels, og, 1, 1, 1)
+    cols = np.empty((1, groups * n * pixels, 1, 1, k), dy.dtype)
+    forward(w.reshape(1, o, 1, 1, k), rows, np.empty(0, dy.dtype), cols, (1, 1, 1), (0, 0, 0),
+            (1, 1, 1), groups, num_threads)
+    direct.col2im(cols.reshape(groups * n * pixels, k), w.shape, bias, dx, dy.shape, stride,
+                  pad, dilation, groups, num_threads)
+
+
 class Loops(NamedTuple):
     """The loops chosen for one problem: `family` (`direct` or `tiled`, which decides the
     threads) and the function of each pass."""
@@ -114,7 +152,8 @@ def choose(y_shape, w_shape, stride, groups) -> Loops:
     (O, C // groups, *kernel) `w_shape`, a 3-D `stride` and `groups`: the one place where they
     are chosen.  Small problems (`direct_suits`) run on the direct loops; larger ones on the
     tiled loops, except the passes that the depthwise loops do faster (`dw_suits`: by the
-    channels per group, the output size and whether the convolution is strided)."""
+    channels per group, the output size and whether the convolution is strided), and input
+    gradients whose phase-split grids would be mostly padding (`col2im_suits`)."""
     if direct_suits(y_shape, w_shape):
         return Loops(direct, direct.forward, direct.grad_input, direct.grad_weight)
     cin, cout = w_shape[1], w_shape[0] // groups
@@ -124,8 +163,10 @@ def choose(y_shape, w_shape, stride, groups) -> Loops:
     def pick(which, tiled_fn, dw_fn):
         return dw_fn if tiled.dw_suits(cin, cout, pixels, strided, which) else tiled_fn
 
-    return Loops(tiled, pick(0, tiled.forward, tiled.dw_forward),
-                 pick(1, tiled.grad_input, tiled.dw_grad_input),
+    grad_input = pick(1, tiled.grad_input, tiled.dw_grad_input)
+    if grad_input is tiled.grad_input and col2im_suits(y_shape, w_shape, stride, groups):
+        grad_input = col2im_grad_input
+    return Loops(tiled, pick(0, tiled.forward, tiled.dw_forward), grad_input,
                  pick(2, tiled.grad_weight, tiled.dw_grad_weight))
 
 

@@ -13,6 +13,9 @@ def grad_input(dy: _Array, w: _Array, bias: _Array, dx: _Array, stride: _Triple,
 def grad_weight(x: _Array, dy: _Array, dw: _Array, stride: _Triple, pad: _Triple,
                 dilation: _Triple, groups: int, num_threads: int) -> None: ...
 def bias_grad(dy: _Array, db: _Array) -> None: ...
+def col2im(cols: _Array, w_shape: tuple[int, ...], bias: _Array, dx: _Array,
+           dy_shape: tuple[int, ...], stride: _Triple, pad: _Triple, dilation: _Triple,
+           groups: int, num_threads: int) -> None: ...
 
 @disjoint_base  # a cdef class: its C layout cannot be mixed with another
 class Plan:

@@ -215,6 +215,81 @@ def grad_weight(const floating[:, :, :, :, ::1] x, const floating[:, :, :, :, ::
 
 
 # ---------------------------------------------------------------------------------------------
+# The scatter of an input gradient computed as columns (see loopconv._loops.col2im_grad_input)
+
+cdef void col2im_plane(const Geometry *g, Py_ssize_t n, Py_ssize_t ci, const floating *cols,
+                       const Py_ssize_t *where, const floating *bias,
+                       floating *dx) noexcept nogil:
+    """dx[n, ci] = bias[ci] + the columns of channel ci scattered: for each output pixel p of
+    image n and each tap t, in that order, cols[(group, n, p), (c, t)] added at where[p, t],
+    the position in the plane that tap t of p reads (-1: the padding, not an input)."""
+    cdef Py_ssize_t taps = g.k[0] * g.k[1] * g.k[2], K = g.Cg * taps
+    cdef Py_ssize_t P = g.out[0] * g.out[1] * g.out[2], plane = g.size[0] * g.size[1] * g.size[2]
+    cdef Py_ssize_t p, t, i
+    cdef floating *dxp = dx + (n * g.C + ci) * plane
+    cdef const floating *cp = cols + ((ci // g.Cg) * g.N + n) * P * K + (ci % g.Cg) * taps
+    cdef const Py_ssize_t *wp
+    cdef floating b0 = bias[ci] if bias != NULL else 0
+    for i in range(plane):
+        dxp[i] = b0
+    for p in range(P):
+        wp = where + p * taps
+        for t in range(taps):
+            i = wp[t]
+            if i >= 0:
+                dxp[i] += cp[p * K + t]
+
+
+cdef void tap_positions(const Geometry *g, Py_ssize_t *where) noexcept nogil:
+    """where[p, t]: the input position (in a plane) that tap t of output pixel p reads, or -1
+    where that is padding."""
+    cdef Py_ssize_t od, oh, ow, kd, kh, kw, d, h, w, j = 0
+    for od in range(g.out[0]):
+        for oh in range(g.out[1]):
+            for ow in range(g.out[2]):
+                for kd in range(g.k[0]):
+                    d = in_index(g, 0, od, kd)
+                    for kh in range(g.k[1]):
+                        h = in_index(g, 1, oh, kh)
+                        for kw in range(g.k[2]):
+                            w = in_index(g, 2, ow, kw)
+                            where[j] = ((d * g.size[1] + h) * g.size[2] + w
+                                        if 0 <= d < g.size[0] and 0 <= h < g.size[1]
+                                        and 0 <= w < g.size[2] else -1)
+                            j += 1
+
+
+def col2im(const floating[:, ::1] cols, w_shape, const floating[::1] bias,
+           floating[:, :, :, :, ::1] dx, dy_shape, stride, pad, dilation, Py_ssize_t groups,
+           int num_threads):
+    """dx = bias + cols scattered (col2im): the input gradient of a convolution with weight
+    shape `w_shape` and output shape `dy_shape` (5-D), from its columns: cols has a row per
+    (group, image, output pixel) and a column per (input channel of the group, tap), see
+    col2im_plane.  dx is overwritten; an empty bias means none."""
+    cdef Py_ssize_t ws[5], ys[5]
+    cdef int a
+    for a in range(5):
+        ws[a] = w_shape[a]
+        ys[a] = dy_shape[a]
+    cdef Geometry g = geometry(dx.shape, ws, ys, stride, pad, dilation, groups)
+    cdef Py_ssize_t[::1] where = np.empty(
+        max(1, ys[2] * ys[3] * ys[4] * ws[2] * ws[3] * ws[4]), dtype=np.intp)
+    cdef Py_ssize_t item
+    cdef fpstate fp
+    cdef const floating *bptr = &bias[0] if bias.shape[0] > 0 else NULL
+    if dx.size == 0:
+        return
+    tap_positions(&g, &where[0])
+    with nogil, parallel(num_threads=num_threads):
+        fp = flush_subnormals()
+        # race-free: item (n, ci) writes only the plane dx[n, ci].
+        for item in prange(g.N * g.C, schedule="static"):
+            col2im_plane(&g, item // g.C, item % g.C, &cols[0, 0], &where[0], bptr,
+                         &dx[0, 0, 0, 0, 0])
+        restore_fpstate(fp)
+
+
+# ---------------------------------------------------------------------------------------------
 # Checked plans for small problems: the call overhead, not the arithmetic, is their cost.
 
 

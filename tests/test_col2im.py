@@ -1,0 +1,110 @@
+"""The input gradient as columns and a scatter (`loopconv._loops.col2im_grad_input`, for input
+gradients whose phase-split grids would be mostly padding, such as a GAN generator's first
+transposed convolution from a 1x1 input): against the reference on chosen and random
+geometries, every element written, the same bits on 1, 2 and 3 threads; which problems take
+it; the public functions on such problems."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import reference
+from common import DTYPE_PARAMS, case, conv_arrays, conv_output_shape
+from test_depthwise import lift, loop_args
+
+import loopconv
+from loopconv import _loops
+
+FIXED = [
+    case("2d-gan-1x1", (3, 24, 4, 4), (20, 24, 4, 4)),                 # dy 1x1, 16 taps
+    case("2d-1x1-dy-stride2-pad1", (2, 6, 5, 5), (7, 6, 4, 4), stride=2, padding=1),
+    case("2d-groups", (2, 8, 6, 5), (6, 4, 5, 4), groups=2),
+    case("2d-dilated", (2, 3, 7, 7), (4, 3, 3, 3), dilation=3),
+    case("2d-asym-pad", (1, 4, 5, 6), (5, 4, 4, 5), padding=((1, 2), (0, 3))),
+    case("1d", (3, 5, 9), (4, 5, 7), stride=3, padding=2),
+    case("3d", (2, 3, 4, 4, 3), (4, 3, 3, 3, 3), padding=(1, 0, 1)),
+    case("2d-many-channels", (2, 40, 3, 3), (64, 40, 3, 3)),
+]
+
+
+def random_cases(count, seed):
+    """Random geometries with small outputs: 1 to 3 spatial axes, outputs of 1 to 3 pixels
+    along an axis, kernels of 1 to 6 taps, strides 1 to 3, dilation 1 or 2, padding up to
+    2 on each side, 1 to 3 groups of 1 to 5 channels."""
+    rng = np.random.default_rng(seed)
+    cases = []
+    for i in range(count):
+        nd = int(rng.integers(1, 4))
+        groups = int(rng.integers(1, 4))
+        kernel, stride, dilation, pairs, size = [], [], [], [], []
+        for _ in range(nd):
+            k, d, s = int(rng.integers(1, 7 if nd < 3 else 4)), int(rng.integers(1, 3)), int(
+                rng.integers(1, 4))
+            p = (int(rng.integers(0, 3)), int(rng.integers(0, 3)))
+            out = int(rng.integers(1, 4))
+            size.append(max(1, (out - 1) * s + d * (k - 1) + 1 - sum(p)))
+            kernel.append(k)
+            dilation.append(d)
+            stride.append(s)
+            pairs.append(p)
+        cin, cout = int(rng.integers(1, 6)), int(rng.integers(1, 6))
+        cases.append(case(f"random-{i}", (int(rng.integers(1, 4)), groups * cin, *size),
+                          (groups * cout, cin, *kernel), stride=tuple(stride),
+                          padding=tuple(pairs), dilation=tuple(dilation), groups=groups))
+    return cases
+
+
+RANDOM = random_cases(40, seed=20261201)
+
+
+def col2im(dy, w, bias, x_shape, kw, threads):
+    """`_loops.col2im_grad_input` on the case, into an output filled with NaN."""
+    dx = np.full(lift(np.empty(x_shape)).shape, np.nan, dy.dtype)
+    _loops.col2im_grad_input(lift(dy), lift(w), bias, dx, *loop_args(x_shape, w.shape, kw),
+                             threads)
+    return dx.reshape(x_shape)
+
+
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+@pytest.mark.parametrize("x_shape, w_shape, kw", FIXED + RANDOM)
+def test_against_reference_and_across_threads(rng, assert_close, x_shape, w_shape, kw,
+                                               dtype):
+    x, w, _, gy = conv_arrays(rng, x_shape, w_shape, kw, dtype)
+    b_in = rng.standard_normal(x_shape[1]).astype(dtype)
+    want = reference.conv_input(x_shape, w, gy, **kw)
+    bound = reference.conv_input(x_shape, np.abs(w), np.abs(gy), **kw)
+    for bias, add in ((b_in[:0], 0), (b_in, b_in.astype(np.float64).reshape(
+            -1, *(1,) * (len(x_shape) - 2)))):
+        got = col2im(gy, w, bias, x_shape, kw, threads=2)
+        assert not np.isnan(got).any()
+        assert_close(got, want + add, dtype, bound=bound + np.abs(add))
+        for threads in (1, 3):
+            assert np.array_equal(got, col2im(gy, w, bias, x_shape, kw, threads))
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kw, chosen", [
+    ((32, 100, 4, 4), (512, 100, 4, 4), {}, True),           # DCGAN's first layer
+    ((32, 32, 4, 4), (10, 32, 4, 4), {}, True),              # 4x4 taps to a 1x1 output
+    ((8, 64, 16, 16), (128, 64, 4, 4), dict(stride=2, padding=1), False),
+    ((8, 512, 7, 7), (512, 512, 3, 3), dict(padding=1), False),
+    ((1, 48, 1, 1), (1152, 48, 1, 1), {}, False),            # no padding to skip
+])
+def test_which_problems(x_shape, w_shape, kw, chosen):
+    """By how much larger than dy the phase-split grids would be (never by thread count)."""
+    y = conv_output_shape(x_shape, w_shape, kw)
+    fill = (1,) * (5 - len(x_shape))
+    stride = reference.per_axis(kw.get("stride", 1), len(x_shape) - 2)
+    loops = _loops.choose(y[:2] + fill + y[2:], w_shape[:2] + fill + w_shape[2:],
+                          fill + stride, kw.get("groups", 1))
+    assert (loops.grad_input is _loops.col2im_grad_input) == chosen
+
+
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+def test_public_functions(rng, assert_close, dtype):
+    """conv2d_input and conv_transpose2d (with a bias) of a generator's first layer."""
+    x, w, b = (rng.standard_normal(s).astype(dtype) for s in ((6, 40, 1, 1), (40, 64, 4, 4),
+                                                               (64,)))
+    want = reference.conv_transpose(x, w, b)
+    assert_close(loopconv.conv_transpose2d(x, w, b), want, dtype)
+    assert_close(loopconv.conv2d_input((6, 64, 4, 4), w, x), want - b.reshape(-1, 1, 1),
+                 dtype)
