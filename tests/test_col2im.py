@@ -85,8 +85,10 @@ def test_against_reference_and_across_threads(rng, assert_close, x_shape, w_shap
 @pytest.mark.parametrize("x_shape, w_shape, kw, chosen", [
     ((32, 100, 4, 4), (512, 100, 4, 4), {}, True),           # DCGAN's first layer
     ((32, 32, 4, 4), (10, 32, 4, 4), {}, True),              # 4x4 taps to a 1x1 output
-    ((8, 64, 16, 16), (128, 64, 4, 4), dict(stride=2, padding=1), False),
-    ((8, 512, 7, 7), (512, 512, 3, 3), dict(padding=1), False),
+    ((32, 256, 8, 8), (512, 256, 4, 4), dict(stride=2, padding=1), True),    # 4x4 dy
+    ((8, 64, 16, 16), (128, 64, 4, 4), dict(stride=2, padding=1), False),    # 8x8 dy
+    ((8, 512, 7, 7), (512, 512, 3, 3), dict(padding=1), True),
+    ((8, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), False),
     ((1, 48, 1, 1), (1152, 48, 1, 1), {}, False),            # no padding to skip
 ])
 def test_which_problems(x_shape, w_shape, kw, chosen):
