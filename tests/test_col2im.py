@@ -90,6 +90,7 @@ def test_against_reference_and_across_threads(rng, assert_close, x_shape, w_shap
     ((8, 512, 7, 7), (512, 512, 3, 3), dict(padding=1), True),
     ((8, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), False),
     ((1, 48, 1, 1), (1152, 48, 1, 1), {}, False),            # no padding to skip
+    ((8, 512, 14, 14), (512, 16, 3, 3), dict(padding=1, groups=32), False),   # sums of 16
 ])
 def test_which_problems(x_shape, w_shape, kw, chosen):
     """By how much larger than dy the phase-split grids would be (never by thread count)."""
