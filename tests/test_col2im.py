@@ -91,6 +91,8 @@ def test_against_reference_and_across_threads(rng, assert_close, x_shape, w_shap
     ((8, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), False),
     ((1, 48, 1, 1), (1152, 48, 1, 1), {}, False),            # no padding to skip
     ((8, 512, 14, 14), (512, 16, 3, 3), dict(padding=1, groups=32), False),   # sums of 16
+    ((2, 32, 16, 16, 16), (32, 32, 3, 3, 3), dict(padding=1), False),         # sums of 32
+    ((2, 128, 4, 4, 4), (128, 128, 3, 3, 3), dict(padding=1), True),
 ])
 def test_which_problems(x_shape, w_shape, kw, chosen):
     """By how much larger than dy the phase-split grids would be (never by thread count)."""

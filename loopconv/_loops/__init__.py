@@ -101,31 +101,34 @@ started_threads = False
 
 
 # The input gradient as columns (col2im_grad_input) where the phase-split product computes
-# much padding: where its grids are at least COL2IM_WASTE times larger than dy, and the columns
-# (C * taps * N * dy pixels) take at most COL2IM_COLUMNS elements.  Measured on one core
-# (float32), columns against the phase-split product: a GAN generator's 4x4 stride-2 layers at
-# batch 32 from 4x4, 8x8, 16x16 inputs (grids 1.56, 1.27, 1.13 times dy) 2.45, 1.14 and 0.58
-# times the speed; 3x3 layers on 7x7 (1.65) 1.2-1.35, on 14x14 (1.31) 1.0, on 56x56 0.3; a
-# 3x3x3 layer on 4x4x4 (3.4) 2.2; a transposed convolution from a 1x1 input, 4x4 taps
-# (grids 16 times dy), 6.5.
+# much padding: where its grids are at least COL2IM_WASTE times larger than dy and its groups
+# sum over COL2IM_REDUCTION output channels or more, or the grids are COL2IM_WASTE_ANY times
+# larger; and where the columns (C * taps * N * dy pixels) take at most COL2IM_COLUMNS
+# elements.  Measured on one core (float32), columns against the phase-split product: a GAN
+# generator's 4x4 stride-2 layers at batch 32 from 4x4, 8x8, 16x16 inputs (grids 1.56, 1.27,
+# 1.13 times dy) 2.45, 1.14 and 0.58 times the speed; 512-channel 3x3 layers on 7x7 (1.65)
+# 1.2-1.35, 256 on 14x14 (1.31) 1.0, 64 on 56x56 0.3; 128 channels 3x3x3 on 4x4x4 (3.4) 2.2;
+# a transposed convolution from a 1x1 input, 4x4 taps (16), 6.5, and 3.4 with 10 channels.
+# Groups of few output channels make a weak product: 0.3 with ResNeXt's 32 groups of 16 on
+# 14x14, 0.2 with 32 channels 3x3x3 on 16x16x16 (1.42).
 COL2IM_WASTE = 1.3
+COL2IM_REDUCTION = 64
+COL2IM_WASTE_ANY = 4
 COL2IM_COLUMNS = 1 << 23
 COL2IM_TAPS = 1 << 20       # dy pixels times taps: the scatter's table of positions
-# The columns' product is one per group, summing over the group's output channels: with many
-# groups of few (ResNeXt's 32 groups of 16 on 14x14) it ran at a third of the phase-split
-# product's speed.
-COL2IM_REDUCTION = 32
 
 
 def col2im_suits(y_shape, w_shape, stride, groups) -> bool:
     """Whether the input gradient of a convolution with 5-D output `y_shape` (of dy) and
-    weight `w_shape` runs as columns: by how much larger than dy the phase-split grids are."""
-    pixels = math.prod(y_shape[2:])
+    weight `w_shape` runs as columns: by how much larger than dy the phase-split grids are,
+    and the output channels per group."""
+    pixels, taps = math.prod(y_shape[2:]), math.prod(w_shape[2:])
     grid = math.prod(p + -(-k // s) - 1 for p, k, s in zip(y_shape[2:], w_shape[2:], stride))
-    columns = y_shape[0] * pixels * groups * math.prod(w_shape[1:])
-    return (grid >= COL2IM_WASTE * pixels and columns <= COL2IM_COLUMNS
-            and pixels * math.prod(w_shape[2:]) <= COL2IM_TAPS
-            and (groups == 1 or w_shape[0] // groups >= COL2IM_REDUCTION))
+    if (y_shape[0] * pixels * groups * w_shape[1] * taps > COL2IM_COLUMNS
+            or pixels * taps > COL2IM_TAPS):
+        return False
+    return grid >= COL2IM_WASTE_ANY * pixels or (
+        grid >= COL2IM_WASTE * pixels and w_shape[0] // groups >= COL2IM_REDUCTION)
 
 
 def col2im_grad_input(dy, w, bias, dx, stride, pad, dilation, groups, num_threads):
