@@ -36,6 +36,9 @@
 # tile (microkernel.h) reads those runs in place: no packing of the large operand.  Where the
 # copy would change nothing (no padding, stride 1, as for a 1x1 convolution) the tiles read the
 # source itself.  Grid columns with oh >= OH or ow >= OW ("junk") are computed and never stored.
+# The weight gradient stages blocks of small images together, the images inside each (channel,
+# phase): staged[c, phase, n, a, b, e], so that along a row of xcol the grid columns of one
+# image are followed by those of the next (tiled_weight.pxi); that is always a copy.
 #
 # The input gradient is split by stride phase.  Along one axis, input index i = r + s * t with
 # phase r = i mod s receives from tap k exactly when (r + pad - k * dil) is a multiple of s, and
@@ -122,6 +125,13 @@ cdef enum:
     MAX_IMAGES = 16
     ITEM_COLUMNS = 256
     STAGED_IMAGES = 1 << 18
+    # The weight gradient stages small images in blocks (weight_images) whose grids fill at
+    # most BLOCK_STEPS reduction steps: a thread stages a whole block for the steps of it that
+    # it computes.  STEP_COLUMNS_A: what a step of lc_tile_a costs beyond its columns (the
+    # tiles' C loads and stores), in columns; with 32 to 256 the choice took blocks that add
+    # junk columns between images and ran slower (benchmarks/README.md)
+    BLOCK_STEPS = 4
+    STEP_COLUMNS_A = 8
 
 
 include "tiled_stage.pxi"

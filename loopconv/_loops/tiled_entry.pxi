@@ -265,7 +265,7 @@ cdef void set_weight_product(WeightProduct *p, Py_ssize_t N, Py_ssize_t G, Py_ss
                              Py_ssize_t O, Py_ssize_t K, tuple out):
     """The sizes of the weight gradient of N images of G groups, C input and O output channels,
     K rows (channels times taps per group) and output sizes out (p.lanes, p.NR, p.block and
-    p.st set before)."""
+    p.st set before, with one image a block; weight_images then sets the blocks)."""
     cdef int a
     p.N = N
     p.G = G
@@ -279,12 +279,43 @@ cdef void set_weight_product(WeightProduct *p, Py_ssize_t N, Py_ssize_t G, Py_ss
     p.dstep[1] = out[2]
     p.dstep[2] = 1
     p.ncols = ((out[0] - 1) * p.st.q[1] + out[1] - 1) * p.st.q[2] + out[2]
-    p.nblk = (p.ncols + p.block - 1) // p.block
     p.x_img = C * p.st.src_chan
     p.x_grp = p.st.nchan * p.st.src_chan
     p.y_plane = out[0] * out[1] * out[2]
     p.y_img = O * p.y_plane
     p.y_grp = p.M * p.y_plane
+
+
+cdef Py_ssize_t step_cost(const WeightProduct *p, Py_ssize_t nimg,
+                          Py_ssize_t per_step) noexcept nogil:
+    """The cost, in grid columns, of the reduction steps of one group with blocks of nimg
+    images: their columns, plus per_step for each step."""
+    cdef Py_ssize_t nib = (p.N + nimg - 1) // nimg, B = p.block
+    cdef Py_ssize_t full = block_columns(p, nimg), last = block_columns(p, p.N - (nib - 1) * nimg)
+    return ((nib - 1) * (full + (full + B - 1) // B * per_step)
+            + last + (last + B - 1) // B * per_step)
+
+
+cdef void weight_images(WeightProduct *p, Py_ssize_t VW) noexcept nogil:
+    """Images per block of reduction steps, from the problem alone: of the counts whose
+    planes fill at most BLOCK_STEPS steps (and whose staged copy fits in STAGED_IMAGES
+    elements), the smallest with the least step_cost; and the steps of those blocks.  A step
+    of lc_tile_d costs VW * VW columns more (its lane sums: as many adds as VW vectors of
+    columns), one of lc_tile_a STEP_COLUMNS_A."""
+    cdef Py_ssize_t per_step = VW * VW if p.lanes else STEP_COLUMNS_A, n, most, best = 1
+    most = min(p.N, BLOCK_STEPS * p.block // p.st.plane,
+               STAGED_IMAGES // max(p.st.nchan * p.st.chan, 1))
+    if p.ncols >= p.block:      # an image fills a step: its staging (or none) as it is
+        most = 1
+    for n in range(2, most + 1):
+        if step_cost(p, n, per_step) < step_cost(p, best, per_step):
+            best = n
+    set_stage_images(&p.st, best, p.NR)
+    p.nimg = best
+    p.nib = (p.N + best - 1) // best
+    p.nblk = (block_columns(p, best) + p.block - 1) // p.block
+    p.nblk_last = (block_columns(p, p.N - (p.nib - 1) * best) + p.block - 1) // p.block
+    p.nsteps = (p.nib - 1) * p.nblk + p.nblk_last
 
 
 cdef void split_weight_work(WeightProduct *p) noexcept nogil:
@@ -293,7 +324,7 @@ cdef void split_weight_work(WeightProduct *p) noexcept nogil:
     # Reduction chunks: a function of the problem only, never of the thread count.  At least
     # four items (both cores busy, and some balance for more), more while the partial products
     # stay within about 1 MiB (float32): each chunk's partial is written and then summed.
-    cdef Py_ssize_t nsteps = p.N * p.nblk, G = p.G
+    cdef Py_ssize_t nsteps = p.nsteps, G = p.G
     cdef Py_ssize_t npan = p.Kpad // (LC_KR_D if p.lanes else LC_MR_A)
     p.nchunk = max(1, min(nsteps, 32, max((4 + G - 1) // G, (1 << 18) // (G * p.Kpad * p.Opad))))
     # Few (group, chunk) items (batch 1, few pixels): the rows k are split into blocks too.
@@ -305,6 +336,36 @@ cdef void split_weight_work(WeightProduct *p) noexcept nogil:
     p.nkb = (npan + p.kblk - 1) // p.kblk
 
 
+cdef void set_weight(WeightProduct *p, tuple xs, tuple ws, tuple ys, stride, pad, dilation,
+                     Py_ssize_t groups, Py_ssize_t itemsize, Py_ssize_t x_size):
+    """The weight gradient's geometry for 5-D shapes xs (x), ws (dw) and ys (dy), elements of
+    itemsize bytes and x_size elements of x: its tiles, staging, blocks of images and work
+    items."""
+    cdef Py_ssize_t VW = LC_VW_F32 if itemsize == 4 else LC_VW_F64
+    size, out, ksize = xs[2:], ys[2:], ws[2:]
+    # Output channels that fill at most one vector would leave most lanes of lc_tile_a empty
+    # and make transposing dy the main cost: lc_tile_d sums along pixels instead.
+    p.lanes = ws[0] // groups <= VW
+    p.NR = 2 * VW
+    p.block = PC_D_BYTES // itemsize if p.lanes else PC * 4 // itemsize
+    set_stage(&p.st, size, tuple(stride), tuple(pad), x_stage(size, out, ksize, stride, pad,
+              dilation), ws[1], p.NR, x_size)
+    set_weight_product(p, xs[0], groups, xs[1], ws[0], ws[1] * ksize[0] * ksize[1] * ksize[2],
+                       out)
+    weight_images(p, VW)
+    split_weight_work(p)
+
+
+def weight_plan(xs, ws, ys, stride, pad, dilation, Py_ssize_t groups, Py_ssize_t itemsize):
+    """How the weight gradient cuts its reduction for 5-D shapes as grad_weight takes them (x,
+    dw, dy) and elements of `itemsize` bytes (internal: for the tests)."""
+    cdef WeightProduct p
+    set_weight(&p, tuple(xs), tuple(ws), tuple(ys), stride, pad, dilation, groups, itemsize,
+               int(np.prod(xs)))
+    return {"images": p.nimg, "image blocks": p.nib, "steps": p.nsteps, "chunks": p.nchunk,
+            "columns": p.ncols, "block": p.block, "lanes": bool(p.lanes)}
+
+
 def grad_weight(const floating[:, :, :, :, ::1] x, const floating[:, :, :, :, ::1] dy,
                 floating[:, :, :, :, ::1] dw, stride, pad, dilation, Py_ssize_t groups,
                 int num_threads):
@@ -312,22 +373,11 @@ def grad_weight(const floating[:, :, :, :, ::1] x, const floating[:, :, :, :, ::
     cdef Py_ssize_t VW = LC_VW_F32 if floating is float else LC_VW_F64
     dtype = np.float32 if floating is float else np.float64
     cdef WeightProduct p
-    cdef Py_ssize_t O = dw.shape[0], Cg = dw.shape[1], fper, iper
-    cdef Py_ssize_t KS = dw.shape[2] * dw.shape[3] * dw.shape[4]
-    size = (x.shape[2], x.shape[3], x.shape[4])
-    out = (dy.shape[2], dy.shape[3], dy.shape[4])
-    ksize = (dw.shape[2], dw.shape[3], dw.shape[4])
-    # Output channels that fill at most one vector would leave most lanes of lc_tile_a empty
-    # and make transposing dy the main cost: lc_tile_d sums along pixels instead.
-    p.lanes = O // groups <= VW
-    p.NR = 2 * VW
-    p.block = PC_D_BYTES // sizeof(floating) if p.lanes else PC * 4 // sizeof(floating)
-    set_stage(&p.st, size, tuple(stride), tuple(pad), x_stage(size, out, ksize, stride, pad,
-              dilation), Cg, p.NR, x.size)
-    set_weight_product(&p, x.shape[0], groups, x.shape[1], O, Cg * KS, out)
-    split_weight_work(&p)
+    cdef Py_ssize_t Cg = dw.shape[1], fper, iper
+    set_weight(&p, shape5(x.shape), shape5(dw.shape), shape5(dy.shape), stride, pad, dilation,
+               groups, sizeof(floating), x.size)
     # rows past K repeat row 0: the tile computes them and the reduction never reads them
-    rows = tap_offsets(&p.st, Cg, kernel_taps(ksize, dilation))
+    rows = tap_offsets(&p.st, Cg, kernel_taps(shape5(dw.shape)[2:], dilation))
     cdef Py_ssize_t[::1] aoff = np.array(rows + rows[:1] * (p.Kpad - p.K), dtype=np.intp)
     cdef floating[::1] partial = _workspace("p", dtype, groups * p.nchunk * p.Kpad * p.Opad)
     fper = per_thread(max(p.st.size + p.Opad * p.block, VW * VW))   # (sum_partials: VW * VW)

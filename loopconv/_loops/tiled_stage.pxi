@@ -8,12 +8,14 @@ cdef struct Stage:
     Py_ssize_t step[3]      # phases per axis (the stride; 1 for dy)
     Py_ssize_t lead[3]      # source index = staged index * step + phase - lead
     Py_ssize_t q[3]         # Dq, Hq, Wq: staged sizes of one phase
-    Py_ssize_t plane        # Dq * Hq * Wq
-    Py_ssize_t chan         # staged elements per channel (phases * plane)
+    Py_ssize_t plane        # Dq * Hq * Wq: one image's staged grid
+    Py_ssize_t nimg         # images staged together (the weight gradient's small images)
+    Py_ssize_t pstep        # staged elements per phase: the images' planes, nimg * plane
+    Py_ssize_t chan         # staged elements per channel (phases * pstep)
     Py_ssize_t nchan        # channels per (image, group)
     Py_ssize_t src_chan     # source elements per channel
     Py_ssize_t size         # elements in all
-    bint identity           # staging would copy the slice unchanged (no padding, stride 1)
+    bint identity           # staging would copy the slice unchanged (1 image, stride 1, no pad)
     Py_ssize_t src_size     # elements of the whole source array
 
 
@@ -118,11 +120,11 @@ cdef inline void copy_plane_rows(floating *row, const floating *srow, Py_ssize_t
         srow += sh * W
 
 
-cdef void stage_slice(const floating *src, const Stage *st, floating *out) noexcept nogil:
-    """out = the staged copy of one (image, group) slice at src: for channel c and phase
-    (pd, ph, pw), out[c * chan + ((pd * sh + ph) * sw + pw) * plane + (a * Hq + b) * Wq + e] =
-    src[c, a * sd + pd - ld, b * sh + ph - lh, e * sw + pw - lw], zero outside the source, and
-    zeros after the last channel up to st.size."""
+cdef void stage_image(const floating *src, const Stage *st, floating *out) noexcept nogil:
+    """The staged planes of one (image, group) slice at src: for channel c and phase
+    (pd, ph, pw), out[c * chan + ((pd * sh + ph) * sw + pw) * pstep + (a * Hq + b) * Wq + e] =
+    src[c, a * sd + pd - ld, b * sh + ph - lh, e * sw + pw - lw], zero outside the source (the
+    other images of a block of st.nimg go plane elements apart, at out + n * plane)."""
     # The geometry is copied to locals: Python extensions build with -fno-strict-aliasing, so
     # the compiler would otherwise reload every field of *st after each store into out.
     cdef Py_ssize_t c, pd, ph, a, iz, b_lo, b_hi
@@ -130,8 +132,8 @@ cdef void stage_slice(const floating *src, const Stage *st, floating *out) noexc
     cdef Py_ssize_t D = st.dim[0], H = st.dim[1], W = st.dim[2]
     cdef Py_ssize_t sd = st.step[0], sh = st.step[1], sw = st.step[2]
     cdef Py_ssize_t ld = st.lead[0], lh = st.lead[1], lw = st.lead[2]
-    cdef Py_ssize_t plane = st.plane, chan = st.chan, src_chan = st.src_chan
-    cdef Py_ssize_t nchan = st.nchan, size = st.size
+    cdef Py_ssize_t pstep = st.pstep, chan = st.chan, src_chan = st.src_chan
+    cdef Py_ssize_t nchan = st.nchan
     cdef floating *base
     cdef bint outside
     cdef Py_ssize_t bounds[4]       # the staged columns inside, for phases 0 and 1 (once)
@@ -143,16 +145,22 @@ cdef void stage_slice(const floating *src, const Stage *st, floating *out) noexc
                 # staged rows b_lo .. b_hi - 1 of this phase come from source rows inside
                 b_lo = min(first_inside(ph - lh, sh), Hq)
                 b_hi = max(min(end_inside(ph - lh, sh, H), Hq), b_lo)
-                base = out + c * chan + (pd * sh + ph) * sw * plane     # the phases pw follow
+                base = out + c * chan + (pd * sh + ph) * sw * pstep     # the phases pw follow
                 for a in range(Dq):
                     iz = a * sd + pd - ld
                     outside = iz < 0 or iz >= D
-                    zero_plane_rows(base + a * HWq, sw, plane, Hq, Wq, b_lo, b_hi, outside)
+                    zero_plane_rows(base + a * HWq, sw, pstep, Hq, Wq, b_lo, b_hi, outside)
                     if not outside:
                         copy_plane_rows(base + a * HWq + b_lo * Wq,
                                         src + c * src_chan + (iz * H + b_lo * sh + ph - lh) * W,
-                                        b_hi - b_lo, plane, Wq, W, sh, sw, lw, bounds)
-    memset(out + nchan * chan, 0, (size - nchan * chan) * sizeof(floating))
+                                        b_hi - b_lo, pstep, Wq, W, sh, sw, lw, bounds)
+
+
+cdef void stage_slice(const floating *src, const Stage *st, floating *out) noexcept nogil:
+    """out = the staged copy of one (image, group) slice at src (stage_image), and zeros
+    after the last channel up to st.size."""
+    stage_image(src, st, out)
+    memset(out + st.nchan * st.chan, 0, (st.size - st.nchan * st.chan) * sizeof(floating))
 
 
 cdef inline const floating *staged_slice(const floating *src, Py_ssize_t off,
@@ -188,6 +196,29 @@ cdef void stage_images(const floating *src, const Stage *st, Py_ssize_t src_img,
                 stage_slice(src + off, st, buf + n * st.size)
             staged[n] = buf + n * st.size
     staged_key[0] = key
+
+
+cdef const floating *staged_block(const floating *src, Py_ssize_t off, Py_ssize_t src_img,
+                                  const Stage *st, Py_ssize_t nimg, Py_ssize_t key,
+                                  floating *buf, Py_ssize_t *staged_key) noexcept nogil:
+    """The block of images at src + off (nimg <= st.nimg of them, src_img elements apart) as
+    the tiles read it: staged_slice for blocks of one image, else this thread's buffer, staged
+    unless it holds that block already; the places of images missing from the last block are
+    zero, so that the junk columns after the last image read finite values."""
+    cdef Py_ssize_t n, c, f, nphase = st.chan // st.pstep
+    if st.nimg == 1:
+        return staged_slice(src, off, st, key, buf, staged_key)
+    if staged_key[0] != key:
+        for n in range(nimg):
+            stage_image(src + off + n * src_img, st, buf + n * st.plane)
+        if nimg < st.nimg:
+            for c in range(st.nchan):
+                for f in range(nphase):
+                    memset(buf + c * st.chan + f * st.pstep + nimg * st.plane, 0,
+                           (st.nimg - nimg) * st.plane * sizeof(floating))
+        memset(buf + st.nchan * st.chan, 0, (st.size - st.nchan * st.chan) * sizeof(floating))
+        staged_key[0] = key
+    return buf
 
 
 cdef Py_ssize_t grid_columns(Py_ssize_t q0, Py_ssize_t n, const Py_ssize_t *q,
@@ -241,14 +272,25 @@ cdef void set_stage(Stage *st, tuple dim, tuple step, tuple lead, tuple q, Py_ss
         st.lead[a] = lead[a]
         st.q[a] = q[a]
     st.plane = st.q[0] * st.q[1] * st.q[2]
-    st.chan = st.step[0] * st.step[1] * st.step[2] * st.plane
     st.nchan = nchan
     st.src_chan = st.dim[0] * st.dim[1] * st.dim[2]
-    st.size = round_up(nchan * st.chan + NR, 16)     # zeros after: tiles may read NR past
     st.identity = True
     for a in range(3):
         st.identity = st.identity and st.step[a] == 1 and st.lead[a] == 0 and st.q[a] == st.dim[a]
     st.src_size = src_size
+    set_stage_images(st, 1, NR)
+
+
+cdef void set_stage_images(Stage *st, Py_ssize_t nimg, Py_ssize_t NR) noexcept nogil:
+    """Stage blocks of nimg images (set_stage: one): in each (channel, phase) the images'
+    planes one after the other, so that along a row of xcol the grid columns of one image are
+    followed by those of the next; NR elements of zeros at least after the last channel.  A
+    block of several images is always a copy."""
+    st.nimg = nimg
+    st.pstep = nimg * st.plane
+    st.chan = st.step[0] * st.step[1] * st.step[2] * st.pstep
+    st.size = round_up(st.nchan * st.chan + NR, 16)     # zeros after: tiles may read NR past
+    st.identity = st.identity and nimg == 1
 
 
 cdef tuple x_stage(tuple size, tuple out, tuple ksize, stride, pad, dilation):
@@ -264,7 +306,7 @@ cdef Py_ssize_t tap_offset(const Stage *st, Py_ssize_t c, tuple tap):
         t = tap[a]
         phase = phase * st.step[a] + t % st.step[a]
         shift = shift * st.q[a] + t // st.step[a]
-    return c * st.chan + phase * st.plane + shift
+    return c * st.chan + phase * st.pstep + shift
 
 
 cdef list kernel_taps(tuple ksize, dilation):

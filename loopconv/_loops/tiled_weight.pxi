@@ -1,17 +1,24 @@
 # The weight gradient (included by tiled.pxi):
 #     dw_g[o, k] = sum over (n, q) of dy_ng[o, q] staged_ng[aoff[k] + q]
 # computed transposed (rows k, columns o) so that the staged x is read in place and only dy is
-# packed.  The reduction steps (image n, block of `block` grid columns) are cut into `nchunk`
-# contiguous chunks fixed by the problem size alone; each (group, chunk, block of rows k) item
-# sums into its rows of the chunk's own partial product, and the partials are added in chunk
-# order (sum_partials), so results do not depend on the thread count.
+# packed.  Small images are staged in blocks of nimg (set_stage_images), the grid columns of
+# each image after those of the one before, so that a reduction step has as many columns as
+# one large image would give it.  The reduction steps (block of images, block of `block` of
+# their grid columns) are cut into `nchunk` contiguous chunks fixed by the problem size alone;
+# each (group, chunk, block of rows k) item sums into its rows of the chunk's own partial
+# product, and the partials are added in chunk order (sum_partials), so results do not depend
+# on the thread count.
 
 cdef struct WeightProduct:
     Py_ssize_t N, G, M, K, Kpad, Opad
     bint lanes                      # few output channels: lc_tile_d, else lc_tile_a
     Py_ssize_t NR                   # columns of lc_tile_a (two vectors)
     Py_ssize_t block                # grid columns per reduction step
-    Py_ssize_t nchunk, ncols, nblk
+    Py_ssize_t ncols                # grid columns of one image, up to its last valid one
+    Py_ssize_t nimg, nib            # images per block (p.st.nimg), and the blocks of images
+    Py_ssize_t nblk, nblk_last      # column blocks of a whole block of images, of the last
+    Py_ssize_t nsteps               # reduction steps: (block of images, column block)
+    Py_ssize_t nchunk
     Py_ssize_t nkb, kblk            # blocks of rows (k) per (group, chunk), panels per block
     Py_ssize_t grid[3]              # output sizes OD, OH, OW (the valid grid)
     Py_ssize_t dstep[3]             # their strides in dy
@@ -133,21 +140,43 @@ cdef inline void weight_tiles(const WeightProduct *p, Py_ssize_t ip0, Py_ssize_t
                        part + ip * LC_MR_A * p.Opad + jp * NR, p.Opad, not first)
 
 
+cdef inline Py_ssize_t block_columns(const WeightProduct *p, Py_ssize_t nimg) noexcept nogil:
+    """Grid columns of a block of nimg images, up to the last valid one of the last image."""
+    return (nimg - 1) * p.st.plane + p.ncols
+
+
+cdef void step_columns(const WeightProduct *p, Py_ssize_t q0, Py_ssize_t n, Py_ssize_t *dcol,
+                       Py_ssize_t *run) noexcept nogil:
+    """grid_columns of the columns q0 .. q0 + n - 1 of a block of images: image i's grid at
+    columns i * plane on, its destinations i images into dy; its columns past p.ncols junk."""
+    cdef Py_ssize_t plane = p.st.plane, j = 0, t, i, local, seg, valid
+    while j < n:                # one image (or the part of it in range) at a time
+        i = (q0 + j) // plane
+        local = (q0 + j) % plane
+        seg = min(plane - local, n - j)
+        valid = min(max(p.ncols - local, 0), seg)
+        if valid > 0:
+            grid_columns(local, valid, p.st.q, p.grid, i * p.y_img, p.dstep, dcol + j, run + j)
+        for t in range(valid, seg):
+            dcol[j + t] = -1
+            run[j + t] = 0
+        j += seg
+
+
 cdef void weight_item(const WeightProduct *p, Py_ssize_t item, const floating *x,
                       const floating *dy, const Py_ssize_t *aoff, floating *partial,
                       floating *fws, Py_ssize_t *iws) noexcept nogil:
     """Work item (group g, chunk, block of rows k) of the weight gradient: its rows of the
-    partial product of (g, chunk), summed over the chunk's reduction steps (image n, block of
-    grid columns) in order.  fws and iws: this thread's scratch (iws[0] names the staged
-    slice in fws)."""
+    partial product of (g, chunk), summed over the chunk's reduction steps (block of images,
+    block of their grid columns) in order.  fws and iws: this thread's scratch (iws[0] names
+    the staged block in fws)."""
     cdef Py_ssize_t B = p.block
     cdef Py_ssize_t kb = item % p.nkb, gc = item // p.nkb
     cdef Py_ssize_t chunk = gc % p.nchunk, g = gc // p.nchunk
-    cdef Py_ssize_t nsteps = p.N * p.nblk
-    cdef Py_ssize_t s0 = chunk * nsteps // p.nchunk, s1 = (chunk + 1) * nsteps // p.nchunk
+    cdef Py_ssize_t s0 = chunk * p.nsteps // p.nchunk, s1 = (chunk + 1) * p.nsteps // p.nchunk
     cdef Py_ssize_t unit = LC_KR_D if p.lanes else LC_MR_A
     cdef Py_ssize_t ip0 = kb * p.kblk, ip1 = min(p.Kpad // unit, ip0 + p.kblk)
-    cdef Py_ssize_t step, n, q0, pc
+    cdef Py_ssize_t step, ib, n0, nimg, q0, pc
     cdef floating *part = partial + gc * p.Kpad * p.Opad
     cdef const floating *staged
     cdef const floating *dyg
@@ -156,12 +185,15 @@ cdef void weight_item(const WeightProduct *p, Py_ssize_t item, const floating *x
     cdef Py_ssize_t *run = dcol + B
     cdef bint first = True
     for step in range(s0, s1):
-        n = step // p.nblk
+        ib = step // p.nblk
+        n0 = ib * p.nimg
+        nimg = min(p.nimg, p.N - n0)
         q0 = (step % p.nblk) * B
-        pc = min(B, p.ncols - q0)
-        staged = staged_slice(x, n * p.x_img + g * p.x_grp, &p.st, n * p.G + g, fws, iws)
-        grid_columns(q0, pc, p.st.q, p.grid, 0, p.dstep, dcol, run)
-        dyg = dy + n * p.y_img + g * p.y_grp
+        pc = min(B, block_columns(p, nimg) - q0)
+        staged = staged_block(x, n0 * p.x_img + g * p.x_grp, p.x_img, &p.st, nimg, ib * p.G + g,
+                              fws, iws)
+        step_columns(p, q0, pc, dcol, run)
+        dyg = dy + n0 * p.y_img + g * p.y_grp
         if p.lanes:
             pack_dy_rows(p, dyg, pc, dcol, run, bpack, first)
         else:
