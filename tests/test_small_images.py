@@ -1,0 +1,164 @@
+"""The weight gradient of the tiled loops on small images (loopconv/_loops/tiled_weight.pxi),
+whose reduction steps cover blocks of several images: every compiled variant against the NumPy
+reference and the same bits on 1, 2 and 3 threads; the cases take the paths they are meant to;
+a block missing images reads no scratch that an earlier call left."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import reference
+from common import DTYPE_PARAMS, case, conv_output_shape
+
+import loopconv
+from loopconv import _loops
+
+VARIANTS = list(_loops.variants())
+
+CASES = [
+    # 4x4 kernel on a 4x4 image: one grid column per image
+    case("2d-4x4-kernel-1x1-output", (32, 32, 4, 4), (10, 32, 4, 4)),
+    case("2d-1x1-output-many-outputs", (37, 20, 3, 3), (24, 20, 3, 3)),
+    case("2d-7x7-few-outputs", (9, 24, 7, 7), (4, 24, 3, 3), padding=1),
+    case("2d-1x1-kernel-5x5", (13, 16, 5, 5), (24, 16, 1, 1)),
+    case("2d-stride2", (10, 6, 9, 9), (5, 6, 3, 3), stride=2, padding=1),
+    case("2d-stride2-1x1-kernel", (11, 8, 6, 6), (20, 8, 1, 1), stride=2),
+    case("2d-dilated", (7, 6, 9, 8), (4, 6, 3, 3), dilation=2, padding=2),
+    case("2d-groups", (9, 12, 5, 6), (6, 6, 3, 3), groups=2, padding=1),
+    case("2d-groups-many-outputs", (11, 8, 4, 4), (40, 4, 2, 2), groups=2,
+         padding=((1, 0), (0, 1))),
+    case("2d-asymmetric-padding", (15, 5, 6, 4), (3, 5, 2, 3), padding=((2, 0), (1, 2))),
+    case("2d-many-blocks", (64, 16, 4, 4), (12, 16, 3, 3), padding=1),
+    case("2d-5-images-in-2-blocks", (5, 16, 6, 6), (6, 16, 3, 3), padding=1),
+    # no junk columns between the images: blocks of many, cut into several steps
+    case("2d-1x1-kernel-40-images", (40, 8, 5, 5), (24, 8, 1, 1)),
+    case("2d-1x1-kernel-10x10", (10, 8, 10, 10), (24, 8, 1, 1)),
+    case("2d-1x1-kernel-two-outputs", (23, 6, 4, 4), (2, 6, 1, 1)),
+    case("1d", (12, 8, 10), (6, 8, 3), padding=1),
+    case("1d-stride3-dilated", (17, 5, 19), (7, 5, 3), stride=3, dilation=2,
+         padding=((3, 1),)),
+    case("3d-4x4x4", (5, 6, 4, 4, 4), (8, 6, 3, 3, 3), padding=1),
+    case("3d-stride", (3, 8, 3, 4, 3), (5, 8, 2, 2, 2), stride=(1, 2, 1)),
+    case("3d-many-outputs", (6, 4, 3, 3, 3), (36, 4, 3, 3, 3), padding=1),
+]
+
+
+def lift(a):
+    """(N, C, *spatial) with 1 to 3 spatial axes as the loops' 5-D (N, C, D, H, W)."""
+    return np.ascontiguousarray(a.reshape(a.shape[:2] + (1,) * (5 - a.ndim) + a.shape[2:]))
+
+
+def loop_args(x_shape, w_shape, kw):
+    """stride, padding before and dilation as the loops take them (3-D triples), and groups."""
+    nd = len(x_shape) - 2
+    pad = [b for b, _ in reference.padding_pairs(kw.get("padding", 0), nd)]
+    return ((1,) * (3 - nd) + reference.per_axis(kw.get("stride", 1), nd),
+            (0,) * (3 - nd) + tuple(pad),
+            (1,) * (3 - nd) + reference.per_axis(kw.get("dilation", 1), nd),
+            kw.get("groups", 1))
+
+
+def shapes5(x_shape, w_shape, kw):
+    """The 5-D shapes of x, dw and dy."""
+    y_shape = conv_output_shape(x_shape, w_shape, kw)
+    return tuple(lift(np.empty(s, np.int8)).shape for s in (x_shape, w_shape, y_shape))
+
+
+def arrays(rng, x_shape, w_shape, kw, dtype):
+    """Standard normal x and dy of a case, as `dtype`."""
+    y_shape = conv_output_shape(x_shape, w_shape, kw)
+    return (rng.standard_normal(x_shape).astype(dtype),
+            rng.standard_normal(y_shape).astype(dtype))
+
+
+def grad_weight(module, x, gy, w_shape, kw, threads):
+    """The weight gradient of `module`'s tiled loops, into an array filled with NaN (so that
+    an element left unwritten shows)."""
+    dw = np.full(lift(np.empty(w_shape, np.int8)).shape, np.nan, x.dtype)
+    module.grad_weight(lift(x), lift(gy), dw, *loop_args(x.shape, w_shape, kw), threads)
+    return dw.reshape(w_shape)
+
+
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+@pytest.mark.parametrize("x_shape, w_shape, kw", CASES)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_against_reference_for_any_thread_count(rng, assert_close, variant, x_shape, w_shape,
+                                                kw, dtype):
+    module = _loops.variants()[variant]
+    x, gy = arrays(rng, x_shape, w_shape, kw, dtype)
+    got = grad_weight(module, x, gy, w_shape, kw, threads=2)
+    assert not np.isnan(got).any()
+    assert_close(got, reference.conv_weight(x, w_shape, gy, **kw), dtype)
+    for threads in (1, 3):
+        assert np.array_equal(grad_weight(module, x, gy, w_shape, kw, threads), got), threads
+
+
+def plans(module, itemsize):
+    """weight_plan of every case, with its batch size."""
+    out = []
+    for p in CASES:
+        x_shape, w_shape, kw = p.values
+        plan = module.weight_plan(*shapes5(x_shape, w_shape, kw), *loop_args(x_shape, w_shape,
+                                                                             kw), itemsize)
+        out.append(dict(plan, N=x_shape[0]))
+    return out
+
+
+@pytest.mark.parametrize("itemsize", [4, 8], ids=["f32", "f64"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_cases_take_every_path(variant, itemsize):
+    """Blocks of several images, with both register tiles; a last block with fewer images
+    than the others; blocks cut into several steps and steps of several blocks' chunks; and
+    one image a block where an image's grid fills a step."""
+    found = plans(_loops.variants()[variant], itemsize)
+    blocked = [p for p in found if p["images"] > 1]
+    assert any(p["lanes"] for p in blocked) and any(not p["lanes"] for p in blocked)
+    assert any(p["N"] % p["images"] for p in blocked)
+    assert any(p["image blocks"] > 1 for p in blocked)
+    assert any(p["steps"] > p["image blocks"] for p in blocked)
+    assert any(p["chunks"] > 1 for p in blocked)
+    assert any(p["images"] == 1 and p["N"] > 1 for p in found)
+
+
+def test_one_output_pixel_takes_one_step():
+    """A 4x4 kernel on a 4x4 image of 32 images, 10 outputs: one grid column per image, all
+    images in one block and one step where their grids fill it (float32, few outputs)."""
+    x5, w5, y5 = shapes5((32, 32, 4, 4), (10, 32, 4, 4), {})
+    plan = _loops.tiled.weight_plan(x5, w5, y5, (1, 1, 1), (0, 0, 0), (1, 1, 1), 1, 4)
+    if plan["lanes"] and plan["block"] >= 31 * 16 + 1:
+        assert (plan["images"], plan["steps"]) == (32, 1)
+    assert plan["images"] > 1
+
+
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_missing_images_read_no_stale_scratch(rng, variant, dtype):
+    """The places of the images missing from the last block are zeroed: the junk columns
+    after its last image may read them, and NaN left there by an earlier call would make
+    every sum NaN."""
+    module = _loops.variants()[variant]
+    uneven = [(p, plan) for p, plan in zip(CASES, plans(module, np.dtype(dtype).itemsize))
+              if plan["images"] > 1 and plan["N"] % plan["images"]]
+    assert uneven
+    for p, _ in uneven:
+        x_shape, w_shape, kw = p.values
+        x, gy = arrays(rng, x_shape, w_shape, kw, dtype)
+        expected = grad_weight(module, x, gy, w_shape, kw, threads=1)
+        for threads in (1, 2, 3):
+            for scratch in module._workspaces.arrays.values():
+                if scratch.dtype.kind == "f":
+                    scratch.fill(np.nan)
+            got = grad_weight(module, x, gy, w_shape, kw, threads)
+            assert np.array_equal(got, expected), (p.id, threads)
+
+
+def test_public_function_bit_identical_for_any_thread_count(rng, restore_threads):
+    """conv2d_weight on small images, through the public function: the same bits on 1, 2 and
+    3 threads."""
+    x = rng.standard_normal((32, 32, 4, 4)).astype(np.float32)
+    gy = rng.standard_normal((32, 10, 1, 1)).astype(np.float32)
+    loopconv.set_num_threads(1)
+    one = loopconv.conv2d_weight(x, (10, 32, 4, 4), gy)
+    for threads in (2, 3):
+        loopconv.set_num_threads(threads)
+        assert np.array_equal(loopconv.conv2d_weight(x, (10, 32, 4, 4), gy), one)
