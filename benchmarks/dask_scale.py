@@ -15,8 +15,9 @@ Three measurements, each in fresh processes:
 
 ``out-of-core``
     Volumes in Zarr stores on disk of several sizes, filtered from one store into another with
-    ``dask.array.to_zarr`` on the threaded scheduler, for two layers: a 16 -> 16 channel 3x3x3
-    convolution (compute-bound) and a one-channel 5x5x5 filter (bound by reading and writing).
+    ``dask.array.to_zarr`` on the threaded scheduler, for three layers: a one-channel 5x5x5
+    filter (bound by reading and writing), a 16 -> 16 channel 3x3x3 convolution (about as much
+    computing as reading and writing) and a 64 -> 64 channel one (bound by the convolution).
     Each run is a fresh process: its peak resident memory (``ru_maxrss``) is measured against
     the volume's size and the size of a chunk.  The same process times the in-memory call
     that a task makes (one block with its halo), on one thread and on all the cores: the
@@ -61,8 +62,9 @@ MIB = 2**20
 GIB = 2**30
 HERE = Path(__file__).resolve()
 
-# (channels, kernel) of the two out-of-core layers
-LAYERS = {"16ch-k3": (16, 3), "1ch-k5": (1, 5)}
+# (channels, kernel) of the out-of-core layers: bound by reading and writing (1ch-k5), by
+# both (16ch-k3), by the convolution (64ch-k3)
+LAYERS = {"16ch-k3": (16, 3), "1ch-k5": (1, 5), "64ch-k3": (64, 3)}
 
 
 def _rss() -> int:
@@ -249,9 +251,9 @@ def overhead(args) -> dict:
 
 
 def _volume_shape(nbytes: int, channels: int):
-    """(1, C, D, 512, 512) float32 of about `nbytes`, in chunks of 32 MiB: 32 x 128 x 128
-    voxels for 16 channels, 128 x 256 x 256 for one."""
-    spatial = (32, 128, 128) if channels >= 16 else (128, 256, 256)
+    """(1, C, D, 512, 512) float32 of about `nbytes`, in chunks of 32 MiB: 128 x 256 x 256
+    voxels for one channel, 32 x 128 x 128 for 16, 8 x 128 x 128 for 64."""
+    spatial = {1: (128, 256, 256), 16: (32, 128, 128)}.get(channels, (8, 128, 128))
     depth = max(spatial[0], round(nbytes / (4 * channels * 512 * 512) / spatial[0]) * spatial[0])
     return (1, channels, depth, 512, 512), (1, channels) + spatial
 
