@@ -38,8 +38,11 @@ Zarr array or a memory-mapped NumPy array (and not transformed since), the tasks
 array instead: a block reads the large part of its region (its own chunk) itself, and one task
 per chunk reads the chunk once and copies out the thin slabs its neighbours need.  Each chunk
 is then read about twice, and memory holds the blocks being computed and the thin slabs
-waiting for them, whatever the size of the volume: streaming one Zarr store into another
-(`dask.array.to_zarr` to a new store) runs out of core.
+waiting for them, whatever the size of the volume where the chunks are several times thicker
+than the halos: streaming one Zarr store into another (`dask.array.to_zarr` to a new store)
+runs out of core.  A block is computed on its own chunk as it is (zero padded where the halo
+is), the outputs whose windows reach into a halo computed again from their full regions and
+written over, where that costs less than copying the block with its halos.
 
 Input gradients and transposed convolutions are split the same way over the blocks of their
 result: each task calls `loopconv.conv2d_input` (etc.) on the part of ``grad_output`` whose
