@@ -113,7 +113,7 @@ def _nbytes(result) -> int:
 def _child(peer, shape, pass_, dtype, threads, bench) -> dict:
     cmd = [sys.executable, __file__, "--one", peer, shape, pass_, dtype, str(threads)]
     proc = subprocess.run(cmd, capture_output=True, text=True,
-                          env=bench.worker_environment(threads))
+                          env=bench.worker_environment(threads, peer))
     if proc.returncode != 0:
         raise RuntimeError(f"{peer} {shape} {pass_}: the measurement failed:\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

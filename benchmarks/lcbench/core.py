@@ -16,9 +16,11 @@ How the timing is done
   sends jobs (shape, pass, dtype) one at a time over a pipe, so only one worker computes at a
   time, and the peers take turns shape by shape rather than one after the other, which spreads
   the noise of a shared machine evenly over them.
-- A worker is started with ``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``, ``MKL_NUM_THREADS``
-  and ``LOOPCONV_NUM_THREADS`` in its environment (NumPy's BLAS reads them when NumPy is
-  imported), then also calls ``loopconv.set_num_threads`` or ``torch.set_num_threads``.  The
+- A worker is started with ``OMP_NUM_THREADS`` and ``LOOPCONV_NUM_THREADS`` in its
+  environment, and ``OPENBLAS_NUM_THREADS`` and ``MKL_NUM_THREADS`` (NumPy's BLAS reads them
+  when NumPy is imported) set to the thread count in the im2col worker and to 1 elsewhere (see
+  `worker_environment`), then also calls ``loopconv.set_num_threads`` or
+  ``torch.set_num_threads``.  The
   NumPy and PyTorch workers do not import loopconv (PyTorch ships its own OpenMP runtime).
 - Every worker draws the same random inputs (same seed, shape and dtype); PyTorch gets them as
   tensors through ``torch.from_numpy`` and runs under ``torch.no_grad()``.  The ONNX Runtime
@@ -490,11 +492,17 @@ def worker_command(peer: str, threads: int) -> list:
             "--worker", peer, "--threads", str(threads)]
 
 
-def worker_environment(threads: int) -> dict:
+def worker_environment(threads: int, peer: str = "im2col") -> dict:
+    """The environment of a worker: `threads` for every thread pool of its library; NumPy's
+    BLAS gets them only in the im2col worker, whose peer it is.  Elsewhere BLAS serves only
+    the checksums, and its idle threads would spin after each one (OpenBLAS busy-waits for a
+    while after a call), taking cores from the library being timed: loopconv's step of
+    MobileNetV2 at batch 1 on two threads measured 134 ms so, 21 ms with BLAS on one thread."""
     env = dict(os.environ)
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                "LOOPCONV_NUM_THREADS"):
-        env[var] = str(threads)
+    blas = threads if peer == "im2col" else 1
+    for var, value in (("OMP_NUM_THREADS", threads), ("OPENBLAS_NUM_THREADS", blas),
+                       ("MKL_NUM_THREADS", blas), ("LOOPCONV_NUM_THREADS", threads)):
+        env[var] = str(value)
     return env
 
 
@@ -550,7 +558,7 @@ class Worker:
         self.info: dict[str, Any] | None = None       # what the worker reports when ready
         self.proc = subprocess.Popen(worker_command(peer, threads), stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True,
-                                     env=worker_environment(threads))
+                                     env=worker_environment(threads, peer))
         assert self.proc.stdin is not None and self.proc.stdout is not None   # both pipes
         self._stdin, self._stdout = self.proc.stdin, self.proc.stdout
 
