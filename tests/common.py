@@ -88,14 +88,21 @@ def conv_macs(x_shape, w_shape, kw):
     return math.prod(conv_output_shape(x_shape, w_shape, kw)) * math.prod(w_shape[1:])
 
 
+def chosen_loops(y_shape, w_shape, stride, groups):
+    """What loopconv._loops.choose picks for a convolution with output (N, O, *spatial)
+    `y_shape`, weight `w_shape` and per-axis `stride`, 1 to 3 spatial axes."""
+    fill = (1,) * (5 - len(y_shape))
+    return _loops.choose(tuple(y_shape[:2]) + fill + tuple(y_shape[2:]),
+                         tuple(w_shape[:2]) + fill + tuple(w_shape[2:]),
+                         fill + tuple(stride), groups)
+
+
 def conv_loops(x_shape, w_shape, kw):
     """The family of loops (`_loops.direct` or `_loops.tiled`) that loopconv._loops.choose
     picks for the convolution `case` describes."""
-    fill = (1,) * (5 - len(x_shape))
-    y = conv_output_shape(x_shape, w_shape, kw)
     stride = reference.per_axis(kw.get("stride", 1), len(x_shape) - 2)
-    return _loops.choose(y[:2] + fill + y[2:], w_shape[:2] + fill + w_shape[2:],
-                         fill + stride, kw.get("groups", 1)).family
+    return chosen_loops(conv_output_shape(x_shape, w_shape, kw), w_shape, stride,
+                        kw.get("groups", 1)).family
 
 
 def conv_arrays(rng, x_shape, w_shape, kw, dtype):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import reference
-from common import DTYPE_PARAMS, case, conv_arrays, conv_output_shape
+from common import DTYPE_PARAMS, case, chosen_loops, conv_arrays, conv_output_shape
 from test_depthwise import lift, loop_args
 
 import loopconv
@@ -96,11 +96,9 @@ def test_against_reference_and_across_threads(rng, assert_close, x_shape, w_shap
 ])
 def test_which_problems(x_shape, w_shape, kw, chosen):
     """By how much larger than dy the phase-split grids would be (never by thread count)."""
-    y = conv_output_shape(x_shape, w_shape, kw)
-    fill = (1,) * (5 - len(x_shape))
     stride = reference.per_axis(kw.get("stride", 1), len(x_shape) - 2)
-    loops = _loops.choose(y[:2] + fill + y[2:], w_shape[:2] + fill + w_shape[2:],
-                          fill + stride, kw.get("groups", 1))
+    loops = chosen_loops(conv_output_shape(x_shape, w_shape, kw), w_shape, stride,
+                         kw.get("groups", 1))
     assert (loops.grad_input is _loops.col2im_grad_input) == chosen
 
 

@@ -164,6 +164,19 @@ def dtype_of(kind):
     return np.float64 if kind == "unaligned" else np.float32
 
 
+def check_backward(family, rng, x, xd, w, y_shape, kw, source):
+    """`family`'s backward function on Dask arrays (grad_output in unaligned chunks) against
+    the in-memory one; grad_input has the input's chunks (channels: one chunk)."""
+    nd = x.ndim - 2
+    (gy,) = random_arrays(rng, x.dtype, y_shape)
+    gyd = chunked(rng, gy, "unaligned", source)
+    expected = fn(family, nd, "_backward")(x, w, gy, **kw)
+    result = fn(family, nd, "_backward", module=lcd)(xd, w, gyd, **kw)
+    for r, e in zip(result, expected):
+        assert_matches(r, e)
+    assert result[0].chunks == (xd.chunks[0], (x.shape[1],)) + xd.chunks[2:]
+
+
 @pytest.mark.parametrize("kind, source", CHUNKINGS)
 @pytest.mark.parametrize("x_shape, w_shape, kw", CONV_CASES)
 def test_conv_and_backward(x_shape, w_shape, kw, kind, source):
@@ -175,14 +188,7 @@ def test_conv_and_backward(x_shape, w_shape, kw, kind, source):
     xd = chunked(rng, x, kind, source)
     assert_matches(fn("conv", nd, module=lcd)(xd, w, b, **kw), y)
 
-    (gy,) = random_arrays(rng, dtype, y.shape)
-    gyd = chunked(rng, gy, "unaligned", source)
-    expected = fn("conv", nd, "_backward")(x, w, gy, **kw)
-    result = fn("conv", nd, "_backward", module=lcd)(xd, w, gyd, **kw)
-    for r, e in zip(result, expected):
-        assert_matches(r, e)
-    # grad_input has the input's chunks (channels: one chunk)
-    assert result[0].chunks == (xd.chunks[0], (x_shape[1],)) + xd.chunks[2:]
+    check_backward("conv", rng, x, xd, w, y.shape, kw, source)
 
 
 @pytest.mark.parametrize("kind, source", CHUNKINGS)
@@ -215,13 +221,7 @@ def test_transposed_and_backward(x_shape, w_shape, kw, kind, source):
     sized = dict(kw, output_padding=0, output_size=y.shape[2:])
     assert_matches(fn("conv_transpose", nd, module=lcd)(xd, w, b, **sized), y)
 
-    (gy,) = random_arrays(rng, dtype, y.shape)
-    gyd = chunked(rng, gy, "unaligned", source)
-    expected = fn("conv_transpose", nd, "_backward")(x, w, gy, **kw)
-    result = fn("conv_transpose", nd, "_backward", module=lcd)(xd, w, gyd, **kw)
-    for r, e in zip(result, expected):
-        assert_matches(r, e)
-    assert result[0].chunks == (xd.chunks[0], (x_shape[1],)) + xd.chunks[2:]
+    check_backward("conv_transpose", rng, x, xd, w, y.shape, kw, source)
 
 
 def random_geometry(rng, nd):

@@ -14,6 +14,7 @@ from common import (
     assert_gradients_match_central_differences,
     assert_masked_gradients,
     case,
+    chosen_loops,
     transpose_arrays,
 )
 
@@ -64,10 +65,8 @@ CASES = SMALL + LARGE
 def loops(x_shape, w_shape, kw):
     """The loops of a transposed convolution: those of the convolution whose input gradient it
     is (output x, weight w read as (C_out, C_in // groups, *kernel))."""
-    fill = (1,) * (5 - len(x_shape))
     stride = reference.per_axis(kw.get("stride", 1), len(x_shape) - 2)
-    return _loops.choose(x_shape[:2] + fill + x_shape[2:], w_shape[:2] + fill + w_shape[2:],
-                         fill + stride, kw.get("groups", 1)).family
+    return chosen_loops(x_shape, w_shape, stride, kw.get("groups", 1)).family
 
 
 def test_both_loop_paths_are_covered():

@@ -165,7 +165,22 @@ def choose(y_shape, w_shape, stride, groups) -> Loops:
     are chosen.  Small problems (`direct_suits`) run on the direct loops; larger ones on the
     tiled loops, except the passes that the depthwise loops do faster (`dw_suits`: by the
     channels per group, the output size and whether the convolution is strided), and input
-    gradients whose phase-split grids would be mostly padding (`col2im_suits`)."""
+    gradients whose phase-split grids would be mostly padding (`col2im_suits`).  Remembered
+    per problem: the unplanned entry points below and the columns' inner product ask for
+    each call."""
+    key = (tuple(y_shape), tuple(w_shape), tuple(stride), groups)
+    loops = _CHOSEN.get(key)
+    if loops is None:
+        if len(_CHOSEN) >= 1024:
+            _CHOSEN.clear()
+        loops = _CHOSEN[key] = _pick(*key)
+    return loops
+
+
+_CHOSEN: dict = {}      # choose's memory: (shapes, stride, groups) -> Loops
+
+
+def _pick(y_shape, w_shape, stride, groups) -> Loops:
     if direct_suits(y_shape, w_shape):
         return Loops(direct, direct.forward, direct.grad_input, direct.grad_weight)
     cin, cout = w_shape[1], w_shape[0] // groups
