@@ -52,30 +52,36 @@ def load_data(test_size=0.25, seed=0, n_samples=None):
 # backward, like the loopconv layers.
 
 class ReLU:
+    """max(x, 0); the gradient passes where the output is positive."""
+
     def __call__(self, x):
-        self.positive = x > 0
-        return np.where(self.positive, x, 0)
+        self.y = np.maximum(x, 0)
+        return self.y
 
     def backward(self, gy):
-        return np.where(self.positive, gy, 0)
+        # gy is a fresh array from the layer above; the mask is applied in place.
+        return np.multiply(gy, self.y > 0, out=gy)
 
 
 class MaxPool2:
-    """2x2 max pooling with stride 2; the gradient goes to the first maximum of each window."""
+    """2x2 max pooling with stride 2.
+
+    The gradient goes to every element equal to its window's maximum.  Ties are exact float
+    equality: behind a ReLU only zeros tie, and their gradient stops at the ReLU.
+    """
 
     def __call__(self, x):
-        n, c, h, w = self.shape = x.shape
-        windows = x.reshape(n, c, h // 2, 2, w // 2, 2).transpose(0, 1, 2, 4, 3, 5)
-        windows = windows.reshape(n, c, h // 2, w // 2, 4)
-        self.argmax = windows.argmax(axis=-1)[..., None]
-        return np.take_along_axis(windows, self.argmax, axis=-1)[..., 0]
+        self.x = x
+        top = np.maximum(x[:, :, 0::2, 0::2], x[:, :, 0::2, 1::2])
+        bottom = np.maximum(x[:, :, 1::2, 0::2], x[:, :, 1::2, 1::2])
+        self.y = np.maximum(top, bottom, out=top)
+        return self.y
 
     def backward(self, gy):
-        n, c, h, w = self.shape
-        g = np.zeros((n, c, h // 2, w // 2, 4), gy.dtype)
-        np.put_along_axis(g, self.argmax, gy[..., None], axis=-1)
-        return g.reshape(n, c, h // 2, w // 2, 2, 2).transpose(0, 1, 2, 4, 3, 5).reshape(
-            n, c, h, w)
+        n, c, h, w = self.x.shape
+        windows = self.x.reshape(n, c, h // 2, 2, w // 2, 2)
+        hit = windows == self.y[:, :, :, None, :, None]
+        return (hit * gy[:, :, :, None, :, None]).reshape(n, c, h, w)
 
 
 def build_model(seed=0):
