@@ -1,8 +1,11 @@
-"""The input gradient as columns and a scatter (`loopconv._loops.col2im_grad_input`, for input
-gradients whose phase-split grids would be mostly padding, such as a GAN generator's first
-transposed convolution from a 1x1 input): against the reference on chosen and random
-geometries, every element written, the same bits on 1, 2 and 3 threads; which problems take
-it; the public functions on such problems."""
+"""The passes computed through columns: the input gradient as columns and a scatter
+(`loopconv._loops.col2im_grad_input`, for input gradients whose phase-split grids would be
+mostly padding, such as a GAN generator's first transposed convolution from a 1x1 input), and
+the weight gradient as a gather and a product (`loopconv._loops.im2col_grad_weight`, for
+weight gradients of short reductions: few output pixels, such as squeeze-and-excitation
+layers on 1x1 images or a dense layer written as a convolution).  Each against the reference
+on chosen and random geometries, every element written, the same bits on 1, 2 and 3 threads;
+which problems take it; the public functions on such problems."""
 
 from __future__ import annotations
 
@@ -111,3 +114,83 @@ def test_public_functions(rng, assert_close, dtype):
     assert_close(loopconv.conv_transpose2d(x, w, b), want, dtype)
     assert_close(loopconv.conv2d_input((6, 64, 4, 4), w, x), want - b.reshape(-1, 1, 1),
                  dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# The weight gradient as columns
+
+WEIGHT_FIXED = FIXED + [
+    case("2d-dense", (5, 12, 4, 4), (7, 12, 4, 4)),                    # x read in place
+    case("3d-dense", (3, 4, 2, 3, 2), (6, 4, 2, 3, 2)),
+    case("1x1-on-1x1", (16, 48, 1, 1), (9, 48, 1, 1)),
+    case("dense-dilated-pad-after", (2, 3, 2, 2), (4, 3, 2, 2), dilation=2,
+         padding=((0, 1), (0, 1))),                                       # not in place
+    case("dense-groups", (4, 6, 3, 3), (6, 2, 3, 3), groups=3),
+]
+
+
+def im2col(x, gy, w_shape, kw, threads):
+    """`_loops.im2col_grad_weight` on the case, into an output filled with NaN."""
+    x5 = lift(x)
+    x5.flags.writeable = False          # the input is only read, also where used in place
+    dw = np.full(lift(np.empty(w_shape)).shape, np.nan, x.dtype)
+    _loops.im2col_grad_weight(x5, lift(gy), dw, *loop_args(x.shape, w_shape, kw), threads)
+    return dw.reshape(w_shape)
+
+
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+@pytest.mark.parametrize("x_shape, w_shape, kw", WEIGHT_FIXED + RANDOM)
+def test_weight_against_reference_and_across_threads(rng, assert_close, x_shape, w_shape, kw,
+                                                      dtype):
+    x, _, _, gy = conv_arrays(rng, x_shape, w_shape, kw, dtype)
+    before = x.copy()
+    want = reference.conv_weight(x, w_shape, gy, **kw)
+    bound = reference.conv_weight(np.abs(x), w_shape, np.abs(gy), **kw)
+    got = im2col(x, gy, w_shape, kw, threads=2)
+    assert not np.isnan(got).any()
+    assert_close(got, want, dtype, bound=bound)
+    for threads in (1, 3):
+        assert np.array_equal(got, im2col(x, gy, w_shape, kw, threads))
+    assert np.array_equal(x, before)
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kw, chosen", [
+    ((16, 1152, 1, 1), (48, 1152, 1, 1), {}, True),          # squeeze-and-excitation
+    ((1, 48, 1, 1), (1152, 48, 1, 1), {}, True),
+    ((16, 10, 1, 1), (240, 10, 1, 1), {}, False),            # columns of 10: a thin product
+    ((32, 32, 4, 4), (10, 32, 4, 4), {}, True),              # a dense layer as a convolution
+    ((8, 512, 7, 7), (512, 512, 3, 3), dict(padding=1), True),
+    ((16, 576, 7, 7), (160, 576, 1, 1), {}, False),          # 1x1 on 7x7 at batch 16
+    ((8, 256, 14, 14), (256, 256, 3, 3), dict(padding=1), False),
+    ((8, 1024, 7, 7), (1024, 32, 3, 3), dict(padding=1, groups=32), False),
+    ((2, 128, 4, 4, 4), (256, 128, 3, 3, 3), dict(padding=1), True),
+    ((2, 32, 16, 16, 16), (32, 32, 3, 3, 3), dict(padding=1), False),
+    ((32, 512, 8, 8), (256, 512, 4, 4), dict(stride=2, padding=1), True),    # 4x4 dy
+    ((32, 256, 16, 16), (128, 256, 4, 4), dict(stride=2, padding=1), False),  # 8x8 dy
+])
+def test_weight_which_problems(x_shape, w_shape, kw, chosen):
+    """By the reduction's length (images times output pixels), the taps and the width of the
+    columns (never by thread count)."""
+    stride = reference.per_axis(kw.get("stride", 1), len(x_shape) - 2)
+    loops = chosen_loops(conv_output_shape(x_shape, w_shape, kw), w_shape, stride,
+                         kw.get("groups", 1))
+    assert (loops.grad_weight is _loops.im2col_grad_weight) == chosen
+
+
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+def test_weight_public_functions(rng, assert_close, dtype):
+    """conv2d_weight of a squeeze-and-excitation layer and of a dense layer; the weight
+    gradient of a generator's first layer through ConvTranspose2d."""
+    x, gy = (rng.standard_normal(s).astype(dtype) for s in ((16, 96, 1, 1), (16, 24, 1, 1)))
+    assert_close(loopconv.conv2d_weight(x, (24, 96, 1, 1), gy),
+                 reference.conv_weight(x, (24, 96, 1, 1), gy), dtype)
+    x, gy = (rng.standard_normal(s).astype(dtype) for s in ((40, 32, 4, 4), (40, 10, 1, 1)))
+    assert_close(loopconv.conv2d_weight(x, (10, 32, 4, 4), gy),
+                 reference.conv_weight(x, (10, 32, 4, 4), gy), dtype)
+    layer = loopconv.nn.ConvTranspose2d(40, 64, 4, dtype=dtype)
+    z = rng.standard_normal((24, 40, 1, 1)).astype(dtype)
+    layer(z)
+    gy = rng.standard_normal((24, 64, 4, 4)).astype(dtype)
+    layer.backward(gy)
+    # the transposed convolution's weight gradient is the convolution's, roles swapped
+    assert_close(layer.grad_weight, reference.conv_weight(gy, layer.weight.shape, z), dtype)

@@ -150,6 +150,63 @@ def col2im_grad_input(dy, w, bias, dx, stride, pad, dilation, groups, num_thread
                   pad, dilation, groups, num_threads)
 
 
+
+# The weight gradient as columns (im2col_grad_weight) where the tiled loops' reductions are
+# short: on images of one output pixel, and where the images' output pixels all together
+# (N * P, the product's reduction) are at most IM2COL_REDUCTION for kernels of IM2COL_TAPS taps
+# or more on images of at most IM2COL_PIXELS output pixels; with one group (the columns'
+# product has a row per output channel: groups of few make it weak), columns of at least
+# IM2COL_WIDTH elements (input channels times taps: the product's width) and at most
+# COL2IM_COLUMNS elements in all.  Measured on the layers of the networks suite against the
+# tiled loops, float32, 1 / 2 threads: squeeze-and-excitation layers on 1x1 images 1.8-9x /
+# 1.8-6x at batch 16, 1.6-4.9x / 1.6-4.2x at batch 1; a GAN's dense first layer (4x4 taps
+# to 1x1) at batch 32 12x / 11x; 3x3 on 7x7 with 512 channels 1.8x / 1.7x at batch 1, 1.4x /
+# 1.4x at batch 8; 3x3x3 on 4x4x4 1.7-2.1x / 1.3-1.9x; a GAN's 4x4 stride-2 layer onto 4x4
+# 1.7-2.9x / 1.4-2.1x.  Below 1, so left to the tiled loops: 1x1 layers on 7x7 (0.6-0.9 at
+# batch 16; at batch 1 1.1-1.5 on one thread but 0.8-1.0 on two for fewer than 512 output
+# channels), 3x3 on 14x14 at batch 8 and more, 32 groups of 32 on 7x7 (0.6-0.9), 4x4 taps
+# onto 8x8 at batch 32 (0.9), 1x1 on 1x1 with columns of 10-20 (0.7-1.0).
+IM2COL_REDUCTION = 512
+IM2COL_TAPS = 8
+IM2COL_PIXELS = 64
+IM2COL_WIDTH = 32
+
+
+def im2col_suits(y_shape, w_shape, groups) -> bool:
+    """Whether the weight gradient of a convolution with 5-D output `y_shape` (of dy) and
+    weight `w_shape` runs as columns: by the output pixels per image, the length of the
+    reduction (images times output pixels), the kernel's taps and the columns' width."""
+    pixels, taps = math.prod(y_shape[2:]), math.prod(w_shape[2:])
+    reduction, width = y_shape[0] * pixels, w_shape[1] * taps
+    if groups != 1 or width < IM2COL_WIDTH or reduction * width > COL2IM_COLUMNS:
+        return False
+    return pixels == 1 or (
+        reduction <= IM2COL_REDUCTION and taps >= IM2COL_TAPS and pixels <= IM2COL_PIXELS)
+
+def im2col_grad_weight(x, dy, dw, stride, pad, dilation, groups, num_threads):
+    """The weight gradient as a matrix product of dy with the columns of x (im2col).  With
+    cols[(g, n, p), (c, tap)] the value tap reads for output pixel p of image n (`direct.im2col`),
+    dw[g * Og + o, (c, tap)] = sum over (n, p) of dy[n, g * Og + o, p] cols[(g, n, p), (c, tap)]:
+    a 1x1 convolution, in groups, of the columns read as an image of Cg * taps pixels with
+    G * N * P channels, with dy read as its weight (rows o, columns (n, p)).  Where a single
+    window covers each whole image (a dense layer written as a convolution) the columns of
+    one group are x itself, read in place."""
+    n, o = dy.shape[:2]
+    k = math.prod(dw.shape[1:])
+    pixels = math.prod(dy.shape[2:])
+    rows = np.ascontiguousarray(dy.reshape(n, o, pixels).transpose(1, 0, 2)).reshape(
+        o, n * pixels, 1, 1, 1)
+    if (groups == 1 and pixels == 1 and x.shape[2:] == dw.shape[2:] and not any(pad)
+            and tuple(dilation) == (1, 1, 1)):
+        cols = x.reshape(1, n, 1, 1, k)
+    else:
+        cols = np.empty((groups * n * pixels, k), x.dtype)
+        direct.im2col(x, dw.shape, dy.shape, stride, pad, dilation, groups, cols, num_threads)
+        cols = cols.reshape(1, groups * n * pixels, 1, 1, k)
+    forward(cols, rows, np.empty(0, x.dtype), dw.reshape(1, o, 1, 1, k), (1, 1, 1), (0, 0, 0),
+            (1, 1, 1), groups, num_threads)
+
+
 class Loops(NamedTuple):
     """The loops chosen for one problem: `family` (`direct` or `tiled`, which decides the
     threads) and the function of each pass."""
@@ -164,8 +221,9 @@ def choose(y_shape, w_shape, stride, groups) -> Loops:
     (O, C // groups, *kernel) `w_shape`, a 3-D `stride` and `groups`: the one place where they
     are chosen.  Small problems (`direct_suits`) run on the direct loops; larger ones on the
     tiled loops, except the passes that the depthwise loops do faster (`dw_suits`: by the
-    channels per group, the output size and whether the convolution is strided), and input
-    gradients whose phase-split grids would be mostly padding (`col2im_suits`).  Remembered
+    channels per group, the output size and whether the convolution is strided), input
+    gradients whose phase-split grids would be mostly padding (`col2im_suits`) and weight
+    gradients of short reductions (`im2col_suits`), which run as columns.  Remembered
     per problem: the unplanned entry points below and the columns' inner product ask for
     each call."""
     key = (tuple(y_shape), tuple(w_shape), tuple(stride), groups)
@@ -193,8 +251,10 @@ def _pick(y_shape, w_shape, stride, groups) -> Loops:
     grad_input = pick(1, tiled.grad_input, tiled.dw_grad_input)
     if grad_input is tiled.grad_input and col2im_suits(y_shape, w_shape, stride, groups):
         grad_input = col2im_grad_input
-    return Loops(tiled, pick(0, tiled.forward, tiled.dw_forward), grad_input,
-                 pick(2, tiled.grad_weight, tiled.dw_grad_weight))
+    grad_weight = pick(2, tiled.grad_weight, tiled.dw_grad_weight)
+    if grad_weight is tiled.grad_weight and im2col_suits(y_shape, w_shape, groups):
+        grad_weight = im2col_grad_weight
+    return Loops(tiled, pick(0, tiled.forward, tiled.dw_forward), grad_input, grad_weight)
 
 
 def _threads(loops, num_threads):

@@ -289,6 +289,50 @@ def col2im(const floating[:, ::1] cols, w_shape, const floating[::1] bias,
         restore_fpstate(fp)
 
 
+cdef void im2col_rows(const Geometry *g, Py_ssize_t gi, Py_ssize_t n, const floating *x,
+                      const Py_ssize_t *where, floating *cols) noexcept nogil:
+    """The rows (gi, n, p) of the columns, for every output pixel p of image n: cols[(gi, n,
+    p), (c, t)] = x[n, gi * Cg + c] at where[p, t], the position tap t of p reads (0 where
+    that is padding)."""
+    cdef Py_ssize_t taps = g.k[0] * g.k[1] * g.k[2], K = g.Cg * taps
+    cdef Py_ssize_t P = g.out[0] * g.out[1] * g.out[2], plane = g.size[0] * g.size[1] * g.size[2]
+    cdef Py_ssize_t p, c, t, i
+    cdef const floating *xc
+    cdef const Py_ssize_t *wp
+    cdef floating *row = cols + (gi * g.N + n) * P * K
+    for p in range(P):
+        wp = where + p * taps
+        for c in range(g.Cg):
+            xc = x + (n * g.C + gi * g.Cg + c) * plane
+            for t in range(taps):
+                i = wp[t]
+                row[t] = xc[i] if i >= 0 else 0
+            row += taps
+
+
+def im2col(const floating[:, :, :, :, ::1] x, w_shape, dy_shape, stride, pad, dilation,
+           Py_ssize_t groups, floating[:, ::1] cols, int num_threads):
+    """cols = the columns of x (im2col) for a convolution with weight shape `w_shape` and
+    output shape `dy_shape` (5-D): a row per (group, image, output pixel) and a column per
+    (input channel of the group, tap), the value that tap reads, 0 in the padding (see
+    im2col_rows).  The gather counterpart of col2im."""
+    cdef Py_ssize_t ws[5], ys[5]
+    cdef int a
+    for a in range(5):
+        ws[a] = w_shape[a]
+        ys[a] = dy_shape[a]
+    cdef Geometry g = geometry(x.shape, ws, ys, stride, pad, dilation, groups)
+    cdef Py_ssize_t[::1] where = np.empty(
+        max(1, ys[2] * ys[3] * ys[4] * ws[2] * ws[3] * ws[4]), dtype=np.intp)
+    cdef Py_ssize_t item
+    if cols.size == 0:
+        return
+    tap_positions(&g, &where[0])
+    with nogil:
+        # race-free: item (group, image) writes only its own rows of cols.
+        for item in prange(g.G * g.N, schedule="static", num_threads=num_threads):
+            im2col_rows(&g, item // g.N, item % g.N, &x[0, 0, 0, 0, 0], &where[0], &cols[0, 0])
+
 # ---------------------------------------------------------------------------------------------
 # Checked plans for small problems: the call overhead, not the arithmetic, is their cost.
 
