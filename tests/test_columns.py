@@ -1,9 +1,11 @@
 """The passes computed through columns: the input gradient as columns and a scatter
 (`loopconv._loops.col2im_grad_input`, for input gradients whose phase-split grids would be
-mostly padding, such as a GAN generator's first transposed convolution from a 1x1 input), and
-the weight gradient as a gather and a product (`loopconv._loops.im2col_grad_weight`, for
-weight gradients of short reductions: few output pixels, such as squeeze-and-excitation
-layers on 1x1 images or a dense layer written as a convolution).  Each against the reference
+mostly padding, such as a GAN generator's first transposed convolution from a 1x1 input, or
+that come from one output pixel), the weight gradient as a gather and a product
+(`loopconv._loops.im2col_grad_weight`, for weight gradients of short reductions: few output
+pixels, such as squeeze-and-excitation layers on 1x1 images or a dense layer written as a
+convolution) and the forward pass to one output pixel from the gathered columns
+(`loopconv._loops.im2col_forward`).  Each against the reference
 on chosen and random geometries, every element written, the same bits on 1, 2 and 3 threads;
 which problems take it; the public functions on such problems."""
 
@@ -92,7 +94,8 @@ def test_against_reference_and_across_threads(rng, assert_close, x_shape, w_shap
     ((8, 64, 16, 16), (128, 64, 4, 4), dict(stride=2, padding=1), False),    # 8x8 dy
     ((8, 512, 7, 7), (512, 512, 3, 3), dict(padding=1), True),
     ((8, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), False),
-    ((1, 48, 1, 1), (1152, 48, 1, 1), {}, False),            # no padding to skip
+    ((1, 48, 1, 1), (1152, 48, 1, 1), {}, True),             # one output pixel
+    ((4, 64, 1, 1), (64, 16, 1, 1), dict(groups=4), False),  # ... in groups
     ((8, 512, 14, 14), (512, 16, 3, 3), dict(padding=1, groups=32), False),   # sums of 16
     ((2, 32, 16, 16, 16), (32, 32, 3, 3, 3), dict(padding=1), False),         # sums of 32
     ((2, 128, 4, 4, 4), (128, 128, 3, 3, 3), dict(padding=1), True),
@@ -194,3 +197,112 @@ def test_weight_public_functions(rng, assert_close, dtype):
     layer.backward(gy)
     # the transposed convolution's weight gradient is the convolution's, roles swapped
     assert_close(layer.grad_weight, reference.conv_weight(gy, layer.weight.shape, z), dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# The forward pass to one output pixel from columns
+
+FORWARD_FIXED = [
+    case("2d-dense", (5, 12, 4, 4), (7, 12, 4, 4)),                    # x read in place
+    case("3d-dense", (3, 4, 2, 3, 2), (6, 4, 2, 3, 2)),
+    case("1x1-on-1x1", (16, 48, 1, 1), (9, 48, 1, 1)),
+    case("one-image", (1, 100, 1, 1), (33, 100, 1, 1)),
+    case("padded-3x3-on-1x1", (3, 8, 1, 1), (5, 8, 3, 3), padding=1),   # gathered
+    case("strided-to-1", (2, 3, 4, 5), (4, 3, 3, 3), stride=3, padding=((1, 0), (0, 0))),
+    case("dilated-to-1", (2, 3, 5, 5), (4, 3, 3, 3), dilation=2),
+    case("1d-to-1", (4, 6, 6), (5, 6, 7), stride=2, padding=1),
+]
+
+
+def random_one_pixel_cases(count, seed):
+    """Random geometries of one output pixel per image, one group: 1 to 3 spatial axes,
+    kernels of 1 to 5 taps, strides 1 to 3, dilation 1 or 2, padding up to 2 on each side."""
+    rng = np.random.default_rng(seed)
+    cases = []
+    for i in range(count):
+        nd = int(rng.integers(1, 4))
+        kernel, stride, dilation, pairs, size = [], [], [], [], []
+        for _ in range(nd):
+            k, d, s = int(rng.integers(1, 6 if nd < 3 else 4)), int(rng.integers(1, 3)), int(
+                rng.integers(1, 4))
+            reach = d * (k - 1) + 1
+            p = (int(rng.integers(0, min(3, reach))), int(rng.integers(0, min(3, reach))))
+            if reach - sum(p) < 1:          # the window reaches past the input: less padding
+                p = (0, 0)
+            # one output pixel: size + padding - reach in [0, stride)
+            size.append(reach - sum(p) + int(rng.integers(0, s)))
+            kernel.append(k)
+            dilation.append(d)
+            stride.append(s)
+            pairs.append(p)
+        cin, cout = int(rng.integers(1, 9)), int(rng.integers(1, 9))
+        cases.append(case(f"random-{i}", (int(rng.integers(1, 5)), cin, *size),
+                          (cout, cin, *kernel), stride=tuple(stride), padding=tuple(pairs),
+                          dilation=tuple(dilation)))
+    return cases
+
+
+FORWARD_RANDOM = random_one_pixel_cases(40, seed=20261202)
+
+
+def im2col_forward(x, w, bias, kw, threads):
+    """`_loops.im2col_forward` on the case, into an output filled with NaN."""
+    y_shape = conv_output_shape(x.shape, w.shape, kw)
+    assert np.prod(y_shape[2:]) == 1
+    x5 = lift(x)
+    x5.flags.writeable = False          # the input is only read, also where used in place
+    y = np.full(lift(np.empty(y_shape)).shape, np.nan, x.dtype)
+    _loops.im2col_forward(x5, lift(w), bias, y, *loop_args(x.shape, w.shape, kw), threads)
+    return y.reshape(y_shape)
+
+
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+@pytest.mark.parametrize("x_shape, w_shape, kw", FORWARD_FIXED + FORWARD_RANDOM)
+def test_forward_against_reference_and_across_threads(rng, assert_close, x_shape, w_shape, kw,
+                                                       dtype):
+    x, w, b, _ = conv_arrays(rng, x_shape, w_shape, kw, dtype)
+    before = x.copy()
+    want = reference.conv(x, w, None, **kw)
+    bound = reference.conv(np.abs(x), np.abs(w), None, **kw)
+    add = b.astype(np.float64).reshape(-1, *(1,) * (len(x_shape) - 2))
+    for bias, plus in ((b[:0], 0), (b, add)):
+        got = im2col_forward(x, w, bias, kw, threads=2)
+        assert not np.isnan(got).any()
+        assert_close(got, want + plus, dtype, bound=bound + np.abs(plus))
+        for threads in (1, 3):
+            assert np.array_equal(got, im2col_forward(x, w, bias, kw, threads))
+    assert np.array_equal(x, before)
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kw, chosen", [
+    ((16, 1152, 1, 1), (48, 1152, 1, 1), {}, True),          # squeeze-and-excitation
+    ((16, 48, 1, 1), (1152, 48, 1, 1), {}, True),
+    ((1, 240, 1, 1), (10, 240, 1, 1), {}, True),
+    ((1, 48, 1, 1), (1152, 48, 1, 1), {}, False),            # one image, columns of 48
+    ((16, 10, 1, 1), (240, 10, 1, 1), {}, False),            # columns of 10
+    ((32, 100, 1, 1), (512, 100, 4, 4), dict(padding=3), False),   # 7x7 output
+    ((32, 32, 4, 4), (10, 32, 4, 4), {}, True),              # a dense layer as a convolution
+    ((8, 64, 1, 1), (64, 16, 1, 1), dict(groups=4), False),
+])
+def test_forward_which_problems(x_shape, w_shape, kw, chosen):
+    """By the output pixels, the images and the width of the columns (never by thread
+    count)."""
+    stride = reference.per_axis(kw.get("stride", 1), len(x_shape) - 2)
+    loops = chosen_loops(conv_output_shape(x_shape, w_shape, kw), w_shape, stride,
+                         kw.get("groups", 1))
+    assert (loops.forward is _loops.im2col_forward) == chosen
+
+
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+def test_forward_public_functions(rng, assert_close, dtype):
+    """conv2d of a squeeze-and-excitation layer with a bias, and of a dense layer; conv1d
+    and conv3d to one output pixel."""
+    x, w, b = (rng.standard_normal(s).astype(dtype) for s in ((16, 96, 1, 1), (24, 96, 1, 1),
+                                                               (24,)))
+    assert_close(loopconv.conv2d(x, w, b), reference.conv(x, w, b), dtype)
+    x, w = (rng.standard_normal(s).astype(dtype) for s in ((40, 32, 4, 4), (10, 32, 4, 4)))
+    assert_close(loopconv.conv2d(x, w), reference.conv(x, w, None), dtype)
+    x, w = (rng.standard_normal(s).astype(dtype) for s in ((8, 40, 5), (30, 40, 5)))
+    assert_close(loopconv.conv1d(x, w), reference.conv(x, w, None), dtype)
+    x, w = (rng.standard_normal(s).astype(dtype) for s in ((4, 8, 3, 3, 3), (16, 8, 3, 3, 3)))
+    assert_close(loopconv.conv3d(x, w, stride=2), reference.conv(x, w, None, stride=2), dtype)

@@ -95,6 +95,8 @@ def direct_suits(y_shape, w_shape) -> bool:
     return small(macs) and cost < DIRECT_BUDGET
 
 
+_ONES, _ZEROS = (1, 1, 1), (0, 0, 0)     # unit stride and dilation, no padding
+
 # Whether a loop has run on more than one thread in this process: the OpenMP thread pool then
 # exists, and a child made by fork() inherits it broken (see loopconv._config).
 started_threads = False
@@ -110,7 +112,10 @@ started_threads = False
 # 1.2-1.35, 256 on 14x14 (1.31) 1.0, 64 on 56x56 0.3; 128 channels 3x3x3 on 4x4x4 (3.4) 2.2;
 # a transposed convolution from a 1x1 input, 4x4 taps (16), 6.5, and 3.4 with 10 channels.
 # Groups of few output channels make a weak product: 0.3 with ResNeXt's 32 groups of 16 on
-# 14x14, 0.2 with 32 channels 3x3x3 on 16x16x16 (1.42).
+# 14x14, 0.2 with 32 channels 3x3x3 on 16x16x16 (1.42).  Also every input gradient from one
+# output pixel per image with one group: against the tiled loops, squeeze-and-excitation
+# layers on 1x1 images 1.0-8.5x (1 and 2 threads, both dtypes), a GAN's dense first layer
+# 20-30x at batch 32.
 COL2IM_WASTE = 1.3
 COL2IM_REDUCTION = 64
 COL2IM_WASTE_ANY = 4
@@ -127,6 +132,8 @@ def col2im_suits(y_shape, w_shape, stride, groups) -> bool:
     if (y_shape[0] * pixels * groups * w_shape[1] * taps > COL2IM_COLUMNS
             or pixels * taps > COL2IM_TAPS):
         return False
+    if pixels == 1 and groups == 1:
+        return True
     return grid >= COL2IM_WASTE_ANY * pixels or (
         grid >= COL2IM_WASTE * pixels and w_shape[0] // groups >= COL2IM_REDUCTION)
 
@@ -143,9 +150,16 @@ def col2im_grad_input(dy, w, bias, dx, stride, pad, dilation, groups, num_thread
     rows = np.ascontiguousarray(
         dy.reshape(n, groups, og, pixels).transpose(1, 0, 3, 2)).reshape(
             groups * n * pixels, og, 1, 1, 1)
+    if _dense(dx.shape[2:], w.shape[2:], dy.shape[2:], pad, dilation, groups):
+        # the columns are dx: nothing to scatter
+        forward(w.reshape(1, o, 1, 1, k), rows, np.empty(0, dy.dtype), dx.reshape(1, n, 1, 1, k),
+                _ONES, _ZEROS, _ONES, 1, num_threads)
+        if bias.shape[0]:
+            dx += bias.reshape(1, -1, 1, 1, 1)
+        return
     cols = np.empty((1, groups * n * pixels, 1, 1, k), dy.dtype)
-    forward(w.reshape(1, o, 1, 1, k), rows, np.empty(0, dy.dtype), cols, (1, 1, 1), (0, 0, 0),
-            (1, 1, 1), groups, num_threads)
+    forward(w.reshape(1, o, 1, 1, k), rows, np.empty(0, dy.dtype), cols, _ONES, _ZEROS, _ONES,
+            groups, num_threads)
     direct.col2im(cols.reshape(groups * n * pixels, k), w.shape, bias, dx, dy.shape, stride,
                   pad, dilation, groups, num_threads)
 
@@ -170,6 +184,22 @@ IM2COL_REDUCTION = 512
 IM2COL_TAPS = 8
 IM2COL_PIXELS = 64
 IM2COL_WIDTH = 32
+IM2COL_WIDTH_ONE = 96
+
+
+def im2col_forward_suits(y_shape, w_shape, groups) -> bool:
+    """Whether the forward pass of a convolution with 5-D output `y_shape` and weight
+    `w_shape` runs from columns (`im2col_forward`): one output pixel per image, one group,
+    columns of at least IM2COL_WIDTH elements, or IM2COL_WIDTH_ONE for a single image.
+    Measured against the tiled loops on the networks suite (1 and 2 threads, both dtypes):
+    squeeze-and-excitation layers on 1x1 images 1.3-6x at batch 16 and 1.5-2.6x at batch 1
+    from 240 channels or more; a GAN's dense first layer 8-16x at batch 32.  Below 1, so
+    left to the tiled loops: single images with columns of 20-48 (0.2-0.9), batches with
+    columns of 4-10 (0.6-0.9)."""
+    width = w_shape[1] * math.prod(w_shape[2:])
+    return (math.prod(y_shape[2:]) == 1 and groups == 1 and width >= IM2COL_WIDTH
+            and (y_shape[0] > 1 or width >= IM2COL_WIDTH_ONE)
+            and y_shape[0] * width <= COL2IM_COLUMNS)
 
 
 def im2col_suits(y_shape, w_shape, groups) -> bool:
@@ -183,28 +213,54 @@ def im2col_suits(y_shape, w_shape, groups) -> bool:
     return pixels == 1 or (
         reduction <= IM2COL_REDUCTION and taps >= IM2COL_TAPS and pixels <= IM2COL_PIXELS)
 
+def _dense(size, kernel, out, pad, dilation, groups) -> bool:
+    """Whether a single window covers each whole image, none of it padding (a dense layer
+    written as a convolution): then the columns of the images are the images themselves."""
+    return (groups == 1 and math.prod(out) == 1 and tuple(size) == tuple(kernel)
+            and not any(pad) and tuple(dilation) == _ONES)
+
+
+def _columns(x, w_shape, y_shape, stride, pad, dilation, groups, num_threads):
+    """The columns of x, (G * N * P, Cg * taps): x itself where `_dense`, else gathered
+    (`direct.im2col`)."""
+    k = math.prod(w_shape[1:])
+    if _dense(x.shape[2:], w_shape[2:], y_shape[2:], pad, dilation, groups):
+        return x.reshape(-1, k)
+    cols = np.empty((groups * y_shape[0] * math.prod(y_shape[2:]), k), x.dtype)
+    direct.im2col(x, w_shape, y_shape, stride, pad, dilation, groups, cols, num_threads)
+    return cols
+
+
 def im2col_grad_weight(x, dy, dw, stride, pad, dilation, groups, num_threads):
     """The weight gradient as a matrix product of dy with the columns of x (im2col).  With
-    cols[(g, n, p), (c, tap)] the value tap reads for output pixel p of image n (`direct.im2col`),
+    cols[(g, n, p), (c, tap)] the value tap reads for output pixel p of image n (`_columns`),
     dw[g * Og + o, (c, tap)] = sum over (n, p) of dy[n, g * Og + o, p] cols[(g, n, p), (c, tap)]:
     a 1x1 convolution, in groups, of the columns read as an image of Cg * taps pixels with
-    G * N * P channels, with dy read as its weight (rows o, columns (n, p)).  Where a single
-    window covers each whole image (a dense layer written as a convolution) the columns of
-    one group are x itself, read in place."""
+    G * N * P channels, with dy read as its weight (rows o, columns (n, p))."""
     n, o = dy.shape[:2]
     k = math.prod(dw.shape[1:])
     pixels = math.prod(dy.shape[2:])
     rows = np.ascontiguousarray(dy.reshape(n, o, pixels).transpose(1, 0, 2)).reshape(
         o, n * pixels, 1, 1, 1)
-    if (groups == 1 and pixels == 1 and x.shape[2:] == dw.shape[2:] and not any(pad)
-            and tuple(dilation) == (1, 1, 1)):
-        cols = x.reshape(1, n, 1, 1, k)
-    else:
-        cols = np.empty((groups * n * pixels, k), x.dtype)
-        direct.im2col(x, dw.shape, dy.shape, stride, pad, dilation, groups, cols, num_threads)
-        cols = cols.reshape(1, groups * n * pixels, 1, 1, k)
-    forward(cols, rows, np.empty(0, x.dtype), dw.reshape(1, o, 1, 1, k), (1, 1, 1), (0, 0, 0),
-            (1, 1, 1), groups, num_threads)
+    cols = _columns(x, dw.shape, dy.shape, stride, pad, dilation, groups, num_threads)
+    forward(cols.reshape(1, -1, 1, 1, k), rows, np.empty(0, x.dtype),
+            dw.reshape(1, o, 1, 1, k), _ONES, _ZEROS, _ONES, groups, num_threads)
+
+
+def im2col_forward(x, w, bias, y, stride, pad, dilation, groups, num_threads):
+    """The forward pass of a convolution to one output pixel per image, with one group, from
+    the columns of x (`_columns`, one row per image): y[n, o] = sum over (c, tap) of
+    cols[n, (c, tap)] w[o, (c, tap)], both operands read along their rows, which is the
+    weight gradient's product: of a 1x1 convolution of one image whose pixels are the (c,
+    tap), from w read as the input (O channels) to the columns read as the output gradient
+    (N channels)."""
+    n, o = y.shape[:2]
+    k = math.prod(w.shape[1:])
+    cols = _columns(x, w.shape, y.shape, stride, pad, dilation, groups, num_threads)
+    grad_weight(w.reshape(1, o, 1, 1, k), cols.reshape(1, n, 1, 1, k),
+                y.reshape(n, o, 1, 1, 1), _ONES, _ZEROS, _ONES, 1, num_threads)
+    if bias.shape[0]:
+        y += bias.reshape(1, -1, 1, 1, 1)
 
 
 class Loops(NamedTuple):
@@ -221,9 +277,10 @@ def choose(y_shape, w_shape, stride, groups) -> Loops:
     (O, C // groups, *kernel) `w_shape`, a 3-D `stride` and `groups`: the one place where they
     are chosen.  Small problems (`direct_suits`) run on the direct loops; larger ones on the
     tiled loops, except the passes that the depthwise loops do faster (`dw_suits`: by the
-    channels per group, the output size and whether the convolution is strided), input
-    gradients whose phase-split grids would be mostly padding (`col2im_suits`) and weight
-    gradients of short reductions (`im2col_suits`), which run as columns.  Remembered
+    channels per group, the output size and whether the convolution is strided), and those
+    that run as columns: input gradients whose phase-split grids would be mostly padding or
+    that come from one output pixel (`col2im_suits`), weight gradients of short reductions
+    (`im2col_suits`) and forward passes to one output pixel (`im2col_forward_suits`).  Remembered
     per problem: the unplanned entry points below and the columns' inner product ask for
     each call."""
     key = (tuple(y_shape), tuple(w_shape), tuple(stride), groups)
@@ -249,12 +306,15 @@ def _pick(y_shape, w_shape, stride, groups) -> Loops:
         return dw_fn if tiled.dw_suits(cin, cout, pixels, strided, which) else tiled_fn
 
     grad_input = pick(1, tiled.grad_input, tiled.dw_grad_input)
+    forward_fn = pick(0, tiled.forward, tiled.dw_forward)
+    if forward_fn is tiled.forward and im2col_forward_suits(y_shape, w_shape, groups):
+        forward_fn = im2col_forward
     if grad_input is tiled.grad_input and col2im_suits(y_shape, w_shape, stride, groups):
         grad_input = col2im_grad_input
     grad_weight = pick(2, tiled.grad_weight, tiled.dw_grad_weight)
     if grad_weight is tiled.grad_weight and im2col_suits(y_shape, w_shape, groups):
         grad_weight = im2col_grad_weight
-    return Loops(tiled, pick(0, tiled.forward, tiled.dw_forward), grad_input, grad_weight)
+    return Loops(tiled, forward_fn, grad_input, grad_weight)
 
 
 def _threads(loops, num_threads):
