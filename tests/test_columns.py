@@ -211,6 +211,10 @@ FORWARD_FIXED = [
     case("strided-to-1", (2, 3, 4, 5), (4, 3, 3, 3), stride=3, padding=((1, 0), (0, 0))),
     case("dilated-to-1", (2, 3, 5, 5), (4, 3, 3, 3), dilation=2),
     case("1d-to-1", (4, 6, 6), (5, 6, 7), stride=2, padding=1),
+    case("3d-4-cubed", (2, 5, 4, 4, 4), (6, 5, 3, 3, 3), padding=1),      # a few pixels
+    case("2d-7x7", (3, 6, 7, 7), (5, 6, 3, 3), padding=1),
+    case("2d-strided", (2, 4, 9, 8), (3, 4, 3, 3), stride=2, padding=1),
+    case("2d-dilated-asym", (2, 3, 6, 7), (4, 3, 2, 3), dilation=2, padding=((1, 0), (2, 1))),
 ]
 
 
@@ -248,7 +252,6 @@ FORWARD_RANDOM = random_one_pixel_cases(40, seed=20261202)
 def im2col_forward(x, w, bias, kw, threads):
     """`_loops.im2col_forward` on the case, into an output filled with NaN."""
     y_shape = conv_output_shape(x.shape, w.shape, kw)
-    assert np.prod(y_shape[2:]) == 1
     x5 = lift(x)
     x5.flags.writeable = False          # the input is only read, also where used in place
     y = np.full(lift(np.empty(y_shape)).shape, np.nan, x.dtype)
@@ -257,7 +260,8 @@ def im2col_forward(x, w, bias, kw, threads):
 
 
 @pytest.mark.parametrize("dtype", DTYPE_PARAMS)
-@pytest.mark.parametrize("x_shape, w_shape, kw", FORWARD_FIXED + FORWARD_RANDOM)
+@pytest.mark.parametrize("x_shape, w_shape, kw", FORWARD_FIXED + FORWARD_RANDOM + [
+    c for c in RANDOM if c.values[2].get("groups", 1) == 1])
 def test_forward_against_reference_and_across_threads(rng, assert_close, x_shape, w_shape, kw,
                                                        dtype):
     x, w, b, _ = conv_arrays(rng, x_shape, w_shape, kw, dtype)
@@ -280,13 +284,19 @@ def test_forward_against_reference_and_across_threads(rng, assert_close, x_shape
     ((1, 240, 1, 1), (10, 240, 1, 1), {}, True),
     ((1, 48, 1, 1), (1152, 48, 1, 1), {}, False),            # one image, columns of 48
     ((16, 10, 1, 1), (240, 10, 1, 1), {}, False),            # columns of 10
-    ((32, 100, 1, 1), (512, 100, 4, 4), dict(padding=3), False),   # 7x7 output
+    ((32, 100, 1, 1), (512, 100, 4, 4), dict(padding=3), True),    # 4x4 output, 512 in all
+    ((64, 100, 1, 1), (512, 100, 4, 4), dict(padding=3), False),   # 1024 in all
     ((32, 32, 4, 4), (10, 32, 4, 4), {}, True),              # a dense layer as a convolution
     ((8, 64, 1, 1), (64, 16, 1, 1), dict(groups=4), False),
+    ((1, 128, 4, 4, 4), (256, 128, 3, 3, 3), dict(padding=1), True),     # grid 3.4 x output
+    ((8, 512, 7, 7), (512, 512, 3, 3), dict(padding=1), True),            # reduction 392
+    ((1, 512, 7, 7), (512, 512, 3, 3), dict(padding=1), False),           # reduction 49
+    ((8, 512, 14, 14), (512, 512, 3, 3), dict(padding=1), False),         # 14x14
+    ((8, 512, 7, 7), (512, 512, 1, 1), {}, False),                         # one tap
 ])
 def test_forward_which_problems(x_shape, w_shape, kw, chosen):
-    """By the output pixels, the images and the width of the columns (never by thread
-    count)."""
+    """By the output pixels, the images, the taps, the padding computed by the tiled loops
+    and the width of the columns (never by thread count)."""
     stride = reference.per_axis(kw.get("stride", 1), len(x_shape) - 2)
     loops = chosen_loops(conv_output_shape(x_shape, w_shape, kw), w_shape, stride,
                          kw.get("groups", 1))

@@ -119,8 +119,15 @@ started_threads = False
 COL2IM_WASTE = 1.3
 COL2IM_REDUCTION = 64
 COL2IM_WASTE_ANY = 4
-COL2IM_COLUMNS = 1 << 23
+COL2IM_COLUMNS = 1 << 22
 COL2IM_TAPS = 1 << 20       # dy pixels times taps: the scatter's table of positions
+
+
+def _grid(y_shape, w_shape, stride) -> int:
+    """The pixels of the grids, all stride phases together, that the tiled loops compute for
+    an output (or dy) of 5-D shape `y_shape` and a kernel `w_shape`: per axis, the output's
+    size plus the kernel's taps in a phase, less one."""
+    return math.prod(p + -(-k // s) - 1 for p, k, s in zip(y_shape[2:], w_shape[2:], stride))
 
 
 def col2im_suits(y_shape, w_shape, stride, groups) -> bool:
@@ -128,7 +135,7 @@ def col2im_suits(y_shape, w_shape, stride, groups) -> bool:
     weight `w_shape` runs as columns: by how much larger than dy the phase-split grids are,
     and the output channels per group."""
     pixels, taps = math.prod(y_shape[2:]), math.prod(w_shape[2:])
-    grid = math.prod(p + -(-k // s) - 1 for p, k, s in zip(y_shape[2:], w_shape[2:], stride))
+    grid = _grid(y_shape, w_shape, stride)
     if (y_shape[0] * pixels * groups * w_shape[1] * taps > COL2IM_COLUMNS
             or pixels * taps > COL2IM_TAPS):
         return False
@@ -185,19 +192,32 @@ IM2COL_TAPS = 8
 IM2COL_PIXELS = 64
 IM2COL_WIDTH = 32
 IM2COL_WIDTH_ONE = 96
+IM2COL_FORWARD_REDUCTION = 128
+IM2COL_FORWARD_WASTE = 2.5
 
 
-def im2col_forward_suits(y_shape, w_shape, groups) -> bool:
-    """Whether the forward pass of a convolution with 5-D output `y_shape` and weight
-    `w_shape` runs from columns (`im2col_forward`): one output pixel per image, one group,
-    columns of at least IM2COL_WIDTH elements, or IM2COL_WIDTH_ONE for a single image.
+def im2col_forward_suits(y_shape, w_shape, stride, groups) -> bool:
+    """Whether the forward pass of a convolution with 5-D output `y_shape`, weight `w_shape`
+    and `stride` runs from columns (`im2col_forward`).  With one output pixel per image: one
+    group, columns of at least IM2COL_WIDTH elements, or IM2COL_WIDTH_ONE for a single image.
     Measured against the tiled loops on the networks suite (1 and 2 threads, both dtypes):
     squeeze-and-excitation layers on 1x1 images 1.3-6x at batch 16 and 1.5-2.6x at batch 1
     from 240 channels or more; a GAN's dense first layer 8-16x at batch 32.  Below 1, so
     left to the tiled loops: single images with columns of 20-48 (0.2-0.9), batches with
-    columns of 4-10 (0.6-0.9)."""
+    columns of 4-10 (0.6-0.9).  With more output pixels: where the weight gradient runs as
+    columns (`im2col_suits`) and the reduction has IM2COL_FORWARD_REDUCTION (images times
+    pixels) or more, or the staged grid is IM2COL_FORWARD_WASTE times the output or more.
+    Measured (float32 1 / 2 threads, float64): 3x3x3 on 4x4x4 at batches 1 and 2 1.6-2.1x;
+    512 channels 3x3 on 7x7 at batch 8 1.2 / 1.4 / 1.2x, batch 4 1.2 / 1.1 / 1.1x; 3x3 on 6x6
+    at batch 8 1.7 / 2.2 / 1.4x.  Left to the tiled loops: 7x7 at batches 1 and 2 (0.8-1.05),
+    stride 2 onto 7x7 at batch 1 (0.7-1.0)."""
+    pixels = math.prod(y_shape[2:])
     width = w_shape[1] * math.prod(w_shape[2:])
-    return (math.prod(y_shape[2:]) == 1 and groups == 1 and width >= IM2COL_WIDTH
+    if pixels > 1:
+        return im2col_suits(y_shape, w_shape, groups) and (
+            y_shape[0] * pixels >= IM2COL_FORWARD_REDUCTION
+            or _grid(y_shape, w_shape, stride) >= IM2COL_FORWARD_WASTE * pixels)
+    return (groups == 1 and width >= IM2COL_WIDTH
             and (y_shape[0] > 1 or width >= IM2COL_WIDTH_ONE)
             and y_shape[0] * width <= COL2IM_COLUMNS)
 
@@ -248,20 +268,23 @@ def im2col_grad_weight(x, dy, dw, stride, pad, dilation, groups, num_threads):
 
 
 def im2col_forward(x, w, bias, y, stride, pad, dilation, groups, num_threads):
-    """The forward pass of a convolution to one output pixel per image, with one group, from
-    the columns of x (`_columns`, one row per image): y[n, o] = sum over (c, tap) of
-    cols[n, (c, tap)] w[o, (c, tap)], both operands read along their rows, which is the
-    weight gradient's product: of a 1x1 convolution of one image whose pixels are the (c,
-    tap), from w read as the input (O channels) to the columns read as the output gradient
-    (N channels)."""
+    """The forward pass of a convolution with one group from the columns of x (`_columns`,
+    a row per (image, output pixel)): r[(n, p), o] = sum over (c, tap) of cols[(n, p),
+    (c, tap)] w[o, (c, tap)], both operands read along their rows, which is the weight
+    gradient's product: of a 1x1 convolution of one image whose pixels are the (c, tap), from
+    w read as the input (O channels) to the columns read as the output gradient (N * P
+    channels).  With one output pixel per image r is y; else y[n, o, p] = r[(n, p), o]."""
     n, o = y.shape[:2]
     k = math.prod(w.shape[1:])
+    pixels = math.prod(y.shape[2:])
     cols = _columns(x, w.shape, y.shape, stride, pad, dilation, groups, num_threads)
-    grad_weight(w.reshape(1, o, 1, 1, k), cols.reshape(1, n, 1, 1, k),
-                y.reshape(n, o, 1, 1, 1), _ONES, _ZEROS, _ONES, 1, num_threads)
+    rows = y if pixels == 1 else np.empty((n * pixels, o), y.dtype)
+    grad_weight(w.reshape(1, o, 1, 1, k), cols.reshape(1, n * pixels, 1, 1, k),
+                rows.reshape(n * pixels, o, 1, 1, 1), _ONES, _ZEROS, _ONES, 1, num_threads)
+    if pixels > 1:
+        y.reshape(n, o, pixels)[...] = rows.reshape(n, pixels, o).transpose(0, 2, 1)
     if bias.shape[0]:
         y += bias.reshape(1, -1, 1, 1, 1)
-
 
 class Loops(NamedTuple):
     """The loops chosen for one problem: `family` (`direct` or `tiled`, which decides the
@@ -280,7 +303,8 @@ def choose(y_shape, w_shape, stride, groups) -> Loops:
     channels per group, the output size and whether the convolution is strided), and those
     that run as columns: input gradients whose phase-split grids would be mostly padding or
     that come from one output pixel (`col2im_suits`), weight gradients of short reductions
-    (`im2col_suits`) and forward passes to one output pixel (`im2col_forward_suits`).  Remembered
+    (`im2col_suits`) and forward passes to one or a few output pixels
+    (`im2col_forward_suits`).  Remembered
     per problem: the unplanned entry points below and the columns' inner product ask for
     each call."""
     key = (tuple(y_shape), tuple(w_shape), tuple(stride), groups)
@@ -307,7 +331,7 @@ def _pick(y_shape, w_shape, stride, groups) -> Loops:
 
     grad_input = pick(1, tiled.grad_input, tiled.dw_grad_input)
     forward_fn = pick(0, tiled.forward, tiled.dw_forward)
-    if forward_fn is tiled.forward and im2col_forward_suits(y_shape, w_shape, groups):
+    if forward_fn is tiled.forward and im2col_forward_suits(y_shape, w_shape, stride, groups):
         forward_fn = im2col_forward
     if grad_input is tiled.grad_input and col2im_suits(y_shape, w_shape, stride, groups):
         grad_input = col2im_grad_input
