@@ -114,6 +114,8 @@ cdef enum:
     # times phases) reads the weight in place (lc_tile_g) instead of packing it: packing costs
     # about as much as 34 columns of the product, reading in place a few per cent of it
     GATHER_COLUMNS = 1024
+    # PACK_BLOCK: columns of A packed together for all its panels (pack_weight)
+    PACK_BLOCK = 64
     # MIN_ITEMS: a forward-style product with fewer (image, group, column block) work items
     # than this splits its rows (output channels) too, so that batch 1 keeps every core busy;
     # likewise the weight gradient with fewer (group, chunk) items
