@@ -447,3 +447,24 @@ def test_cli_bench_without_the_benchmark(monkeypatch, tmp_path, capsys):
     assert _cli.main(["bench", "--help"]) == 2
     err = capsys.readouterr().err
     assert "not installed with the package" in err and "LOOPCONV_BENCHMARKS" in err
+
+
+def test_columns_script(capsys):
+    """benchmarks/columns.py on the DCGAN generator's first two layers at batch 1: a row per
+    pass with both times, their ratio and the loops loopconv picks; both ways agree."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("columns", BENCHMARKS / "columns.py")
+    columns = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(columns)
+    assert columns.main(["--networks", "dcgan", "--batch", "1", "--limit", "2",
+                         "--budget", "0"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    assert len(rows) == 6                   # two layers, three passes each
+    first = [r for r in rows if r[:3] == ["dcgan", "b1", "100->512"]]
+    assert [r[5] for r in first] == ["forward", "input", "weight"]
+    for r in rows:
+        tiled, cols, ratio = map(float, r[-4:-1]) if r[-1] != "<-" else map(float, r[-5:-2])
+        assert tiled > 0 and cols > 0 and abs(ratio - tiled / cols) < 0.01 * ratio + 0.01
+    # the generator's first layer (a 1x1 input) runs every pass through columns
+    assert all("columns" in r for r in first)
