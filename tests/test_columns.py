@@ -99,6 +99,11 @@ def test_against_reference_and_across_threads(rng, assert_close, x_shape, w_shap
     ((8, 512, 14, 14), (512, 16, 3, 3), dict(padding=1, groups=32), False),   # sums of 16
     ((2, 32, 16, 16, 16), (32, 32, 3, 3, 3), dict(padding=1), False),         # sums of 32
     ((2, 128, 4, 4, 4), (128, 128, 3, 3, 3), dict(padding=1), True),
+    ((1, 128, 28, 28), (256, 128, 3, 3), dict(stride=2, padding=1), True),   # batch 1
+    ((8, 128, 28, 28), (256, 128, 3, 3), dict(stride=2, padding=1), False),  # batch 8
+    ((1, 128, 56, 56), (256, 128, 3, 3), dict(stride=2, padding=1), False),  # dy 28x28
+    ((1, 256, 14, 14), (512, 256, 1, 1), dict(stride=2), False),             # one tap
+    ((1, 64, 28, 28), (128, 64, 3, 3), dict(stride=2, padding=1), False),    # sums of 128
 ])
 def test_which_problems(x_shape, w_shape, kw, chosen):
     """By how much larger than dy the phase-split grids would be (never by thread count)."""
