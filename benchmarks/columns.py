@@ -76,37 +76,26 @@ def passes_of(x, w, y, stride, pad, groups, dtype, threads):
     xa, wa, dy = (rng.standard_normal(s).astype(dtype) for s in (x, w, y))
     none, one = np.empty(0, dtype), (1, 1, 1)
 
-    def forward(fn):
+    def timed(fn, out_shape, first, second, bias=True):
+        """A call of the pass `fn` on (first, second) into a new array of `out_shape`."""
         def call():
-            out = np.empty(y, dtype)
-            fn(xa, wa, none, out, stride, pad, one, groups, threads)
-            return out
-        return call
-
-    def grad_input(fn):
-        def call():
-            out = np.empty(x, dtype)
-            fn(dy, wa, none, out, stride, pad, one, groups, threads)
-            return out
-        return call
-
-    def grad_weight(fn):
-        def call():
-            out = np.empty(w, dtype)
-            fn(xa, dy, out, stride, pad, one, groups, threads)
+            out = np.empty(out_shape, dtype)
+            args = (first, second, none, out) if bias else (first, second, out)
+            fn(*args, stride, pad, one, groups, threads)
             return out
         return call
 
     chosen = _loops.choose(y, w, stride, groups)
     found = {}
     if groups == 1:
-        found["forward"] = (forward(_loops.tiled.forward), forward(_loops.im2col_forward),
-                            family(chosen.forward))
-    found["input"] = (grad_input(_loops.tiled.grad_input),
-                      grad_input(_loops.col2im_grad_input), family(chosen.grad_input))
+        found["forward"] = (timed(_loops.tiled.forward, y, xa, wa),
+                            timed(_loops.im2col_forward, y, xa, wa), family(chosen.forward))
+    found["input"] = (timed(_loops.tiled.grad_input, x, dy, wa),
+                      timed(_loops.col2im_grad_input, x, dy, wa), family(chosen.grad_input))
     if groups == 1:
-        found["weight"] = (grad_weight(_loops.tiled.grad_weight),
-                           grad_weight(_loops.im2col_grad_weight), family(chosen.grad_weight))
+        found["weight"] = (timed(_loops.tiled.grad_weight, w, xa, dy, bias=False),
+                           timed(_loops.im2col_grad_weight, w, xa, dy, bias=False),
+                           family(chosen.grad_weight))
     return found
 
 

@@ -146,7 +146,6 @@ def col2im_suits(y_shape, w_shape, stride, groups) -> bool:
     weight `w_shape` runs as columns: by how much larger than dy the phase-split grids are,
     and the output channels per group."""
     pixels, taps = math.prod(y_shape[2:]), math.prod(w_shape[2:])
-    grid = _grid(y_shape, w_shape, stride)
     if (y_shape[0] * pixels * groups * w_shape[1] * taps > COL2IM_COLUMNS
             or pixels * taps > COL2IM_TAPS):
         return False
@@ -155,6 +154,7 @@ def col2im_suits(y_shape, w_shape, stride, groups) -> bool:
     if (y_shape[0] == 1 and max(stride) > 1 and taps > math.prod(stride)
             and pixels <= COL2IM_SINGLE_PIXELS and w_shape[0] // groups >= COL2IM_SINGLE_SUM):
         return True
+    grid = _grid(y_shape, w_shape, stride)
     return grid >= COL2IM_WASTE_ANY * pixels or (
         grid >= COL2IM_WASTE * pixels and w_shape[0] // groups >= COL2IM_REDUCTION)
 
@@ -171,19 +171,17 @@ def col2im_grad_input(dy, w, bias, dx, stride, pad, dilation, groups, num_thread
     rows = np.ascontiguousarray(
         dy.reshape(n, groups, og, pixels).transpose(1, 0, 3, 2)).reshape(
             groups * n * pixels, og, 1, 1, 1)
-    if _dense(dx.shape[2:], w.shape[2:], dy.shape[2:], pad, dilation, groups):
-        # the columns are dx: nothing to scatter
-        forward(w.reshape(1, o, 1, 1, k), rows, np.empty(0, dy.dtype), dx.reshape(1, n, 1, 1, k),
-                _ONES, _ZEROS, _ONES, 1, num_threads)
-        if bias.shape[0]:
-            dx += bias.reshape(1, -1, 1, 1, 1)
-        return
-    cols = np.empty((1, groups * n * pixels, 1, 1, k), dy.dtype)
-    forward(w.reshape(1, o, 1, 1, k), rows, np.empty(0, dy.dtype), cols, _ONES, _ZEROS, _ONES,
-            groups, num_threads)
-    direct.col2im(cols.reshape(groups * n * pixels, k), w.shape, bias, dx, dy.shape, stride,
-                  pad, dilation, groups, num_threads)
-
+    dense = _dense(dx.shape[2:], w.shape[2:], dy.shape[2:], pad, dilation, groups)
+    # where the layer is dense the columns are dx itself: nothing to scatter
+    cols = dx if dense else np.empty((groups * n * pixels, k), dy.dtype)
+    forward(w.reshape(1, o, 1, 1, k), rows, np.empty(0, dy.dtype),
+            cols.reshape(1, groups * n * pixels, 1, 1, k), _ONES, _ZEROS, _ONES, groups,
+            num_threads)
+    if not dense:
+        direct.col2im(cols, w.shape, bias, dx, dy.shape, stride, pad, dilation, groups,
+                      num_threads)
+    elif bias.shape[0]:
+        dx += bias.reshape(1, -1, 1, 1, 1)
 
 
 # The weight gradient as columns (im2col_grad_weight) where the tiled loops' reductions are
@@ -225,15 +223,13 @@ def im2col_forward_suits(y_shape, w_shape, stride, groups) -> bool:
     512 channels 3x3 on 7x7 at batch 8 1.2 / 1.4 / 1.2x, batch 4 1.2 / 1.1 / 1.1x; 3x3 on 6x6
     at batch 8 1.7 / 2.2 / 1.4x.  Left to the tiled loops: 7x7 at batches 1 and 2 (0.8-1.05),
     stride 2 onto 7x7 at batch 1 (0.7-1.0)."""
+    if not im2col_suits(y_shape, w_shape, groups):
+        return False
     pixels = math.prod(y_shape[2:])
-    width = w_shape[1] * math.prod(w_shape[2:])
-    if pixels > 1:
-        return im2col_suits(y_shape, w_shape, groups) and (
-            y_shape[0] * pixels >= IM2COL_FORWARD_REDUCTION
+    if pixels == 1:
+        return y_shape[0] > 1 or w_shape[1] * math.prod(w_shape[2:]) >= IM2COL_WIDTH_ONE
+    return (y_shape[0] * pixels >= IM2COL_FORWARD_REDUCTION
             or _grid(y_shape, w_shape, stride) >= IM2COL_FORWARD_WASTE * pixels)
-    return (groups == 1 and width >= IM2COL_WIDTH
-            and (y_shape[0] > 1 or width >= IM2COL_WIDTH_ONE)
-            and y_shape[0] * width <= COL2IM_COLUMNS)
 
 
 def im2col_suits(y_shape, w_shape, groups) -> bool:
@@ -246,6 +242,7 @@ def im2col_suits(y_shape, w_shape, groups) -> bool:
         return False
     return pixels == 1 or (
         reduction <= IM2COL_REDUCTION and taps >= IM2COL_TAPS and pixels <= IM2COL_PIXELS)
+
 
 def _dense(size, kernel, out, pad, dilation, groups) -> bool:
     """Whether a single window covers each whole image, none of it padding (a dense layer
@@ -300,6 +297,7 @@ def im2col_forward(x, w, bias, y, stride, pad, dilation, groups, num_threads):
     if bias.shape[0]:
         y += bias.reshape(1, -1, 1, 1, 1)
 
+
 class Loops(NamedTuple):
     """The loops chosen for one problem: `family` (`direct` or `tiled`, which decides the
     threads) and the function of each pass."""
@@ -318,9 +316,8 @@ def choose(y_shape, w_shape, stride, groups) -> Loops:
     that run as columns: input gradients whose phase-split grids would be mostly padding or
     that come from one output pixel (`col2im_suits`), weight gradients of short reductions
     (`im2col_suits`) and forward passes to one or a few output pixels
-    (`im2col_forward_suits`).  Remembered
-    per problem: the unplanned entry points below and the columns' inner product ask for
-    each call."""
+    (`im2col_forward_suits`).  Remembered per problem: the unplanned entry points below and
+    the columns' inner products ask for each call."""
     key = (tuple(y_shape), tuple(w_shape), tuple(stride), groups)
     loops = _CHOSEN.get(key)
     if loops is None:

@@ -259,6 +259,27 @@ cdef void tap_positions(const Geometry *g, Py_ssize_t *where) noexcept nogil:
                             j += 1
 
 
+cdef Geometry columns_geometry(const Py_ssize_t *xs, w_shape, dy_shape, stride, pad, dilation,
+                               Py_ssize_t groups):
+    """The geometry of a convolution whose weight and output shapes (5-D) come as Python
+    sequences, for the columns (im2col, col2im)."""
+    cdef Py_ssize_t ws[5]
+    cdef Py_ssize_t ys[5]
+    cdef int a
+    for a in range(5):
+        ws[a] = w_shape[a]
+        ys[a] = dy_shape[a]
+    return geometry(xs, ws, ys, stride, pad, dilation, groups)
+
+
+cdef Py_ssize_t[::1] tap_table(const Geometry *g):
+    """where[p, t] of tap_positions, in a new array (of one element if there are none)."""
+    cdef Py_ssize_t[::1] where = np.empty(
+        max(1, g.out[0] * g.out[1] * g.out[2] * g.k[0] * g.k[1] * g.k[2]), dtype=np.intp)
+    tap_positions(g, &where[0])
+    return where
+
+
 def col2im(const floating[:, ::1] cols, w_shape, const floating[::1] bias,
            floating[:, :, :, :, ::1] dx, dy_shape, stride, pad, dilation, Py_ssize_t groups,
            int num_threads):
@@ -266,20 +287,13 @@ def col2im(const floating[:, ::1] cols, w_shape, const floating[::1] bias,
     shape `w_shape` and output shape `dy_shape` (5-D), from its columns: cols has a row per
     (group, image, output pixel) and a column per (input channel of the group, tap), see
     col2im_plane.  dx is overwritten; an empty bias means none."""
-    cdef Py_ssize_t ws[5], ys[5]
-    cdef int a
-    for a in range(5):
-        ws[a] = w_shape[a]
-        ys[a] = dy_shape[a]
-    cdef Geometry g = geometry(dx.shape, ws, ys, stride, pad, dilation, groups)
-    cdef Py_ssize_t[::1] where = np.empty(
-        max(1, ys[2] * ys[3] * ys[4] * ws[2] * ws[3] * ws[4]), dtype=np.intp)
+    cdef Geometry g = columns_geometry(dx.shape, w_shape, dy_shape, stride, pad, dilation, groups)
     cdef Py_ssize_t item
     cdef fpstate fp
     cdef const floating *bptr = &bias[0] if bias.shape[0] > 0 else NULL
     if dx.size == 0:
         return
-    tap_positions(&g, &where[0])
+    cdef Py_ssize_t[::1] where = tap_table(&g)
     with nogil, parallel(num_threads=num_threads):
         fp = flush_subnormals()
         # race-free: item (n, ci) writes only the plane dx[n, ci].
@@ -316,18 +330,11 @@ def im2col(const floating[:, :, :, :, ::1] x, w_shape, dy_shape, stride, pad, di
     output shape `dy_shape` (5-D): a row per (group, image, output pixel) and a column per
     (input channel of the group, tap), the value that tap reads, 0 in the padding (see
     im2col_rows).  The gather counterpart of col2im."""
-    cdef Py_ssize_t ws[5], ys[5]
-    cdef int a
-    for a in range(5):
-        ws[a] = w_shape[a]
-        ys[a] = dy_shape[a]
-    cdef Geometry g = geometry(x.shape, ws, ys, stride, pad, dilation, groups)
-    cdef Py_ssize_t[::1] where = np.empty(
-        max(1, ys[2] * ys[3] * ys[4] * ws[2] * ws[3] * ws[4]), dtype=np.intp)
+    cdef Geometry g = columns_geometry(x.shape, w_shape, dy_shape, stride, pad, dilation, groups)
     cdef Py_ssize_t item
     if cols.size == 0:
         return
-    tap_positions(&g, &where[0])
+    cdef Py_ssize_t[::1] where = tap_table(&g)
     with nogil:
         # race-free: item (group, image) writes only its own rows of cols.
         for item in prange(g.G * g.N, schedule="static", num_threads=num_threads):

@@ -349,6 +349,14 @@ cdef void run_product(const Product *p, const Phase *phases, const floating *src
                       const floating *bias, floating *dst, floating *fws, Py_ssize_t fper,
                       Py_ssize_t *iws, Py_ssize_t iper, int nthreads) noexcept nogil:
     cdef Py_ssize_t item, t, nitems = p.nib * p.G * p.items_ng * p.nrb
+    # With few (images, group) slices (batch 1), items are handed out one at a time as threads
+    # come free: they differ in size (a last, short column block), and a fixed share left one
+    # thread idle for a third of the pass (128 channels 3x3 on 28x28: 1.36x on two threads,
+    # 1.84x so).  With many, each thread takes one contiguous share, so that the items of a
+    # slice run on the thread that staged it (handed out one by one, two threads took turns on
+    # each slice's items and both staged it: ResNeXt's 32 groups ran slower on two threads than
+    # on one).  Which thread computes an item does not change its result.
+    cdef Py_ssize_t chunk = 1 if p.nib * p.G < MIN_ITEMS else (nitems + nthreads - 1) // nthreads
     cdef int tid
     cdef fpstate fp
     for t in range(nthreads):
@@ -357,22 +365,9 @@ cdef void run_product(const Product *p, const Phase *phases, const floating *src
         fp = flush_subnormals()
         # race-free: each item writes its own (images, group, phase, column block, row block)
         # of dst and reads only shared inputs; the staged slices and other scratch are per
-        # thread.  Which thread computes an item does not change its result.  With few
-        # (images, group) slices (batch 1), items are handed out as threads come free: they
-        # differ in size (a last, short column block), and a fixed share left one thread idle
-        # for a third of the pass (128 channels 3x3 on 28x28: 1.36x on two threads, 1.84x
-        # so).  With many, each thread takes a contiguous share, so that the items of a slice
-        # mostly run on the thread that staged it (handed out one by one, two threads took
-        # turns on each slice's items and both staged it: ResNeXt's 32 groups ran slower on
-        # two threads than on one).
-        if p.nib * p.G < MIN_ITEMS:
-            for item in prange(nitems, schedule="dynamic"):
-                tid = threadid()
-                product_item(p, phases, item, src, boff, apack, aoff, bias, dst,
-                             fws + tid * fper, iws + tid * iper)
-        else:
-            for item in prange(nitems, schedule="static"):
-                tid = threadid()
-                product_item(p, phases, item, src, boff, apack, aoff, bias, dst,
-                             fws + tid * fper, iws + tid * iper)
+        # thread.
+        for item in prange(nitems, schedule="dynamic", chunksize=chunk):
+            tid = threadid()
+            product_item(p, phases, item, src, boff, apack, aoff, bias, dst, fws + tid * fper,
+                         iws + tid * iper)
         restore_fpstate(fp)
