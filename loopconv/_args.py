@@ -30,17 +30,28 @@ def as_array(fn: str, name: str, value) -> np.ndarray:
     return arr
 
 
-def compute_dtype(*arrays: np.ndarray) -> np.dtype:
-    """The dtype the loops compute in, and the result's dtype.
+# The dtype policy: the dtypes the loops compute in (loopconv/_loops/elements.pxd), narrowest
+# first, which the layers accept; `common_dtype`, the one a function computes in; and their
+# description in the functions' docstrings.
+NATIVE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+DTYPE_POLICY = """\
+    float32 and float64 are computed natively and the result has the common dtype of the
+    float arguments; float16 is computed as float32, integers and bools (and longdouble) as
+    float64."""
 
-    float32 and float64 are kept; float16 is computed as float32; integers, bools and other
-    float types (longdouble) as float64.  Several inputs give their common dtype, so float32
-    with float64 is float64."""
-    wide = False
-    for arr in arrays:
-        if arr is not None and arr.dtype.char not in "fe":
-            wide = True
-    return np.dtype(np.float64 if wide else np.float32)
+
+def common_dtype(*dtypes: np.dtype) -> np.dtype:
+    """The dtype the loops compute in for inputs of these dtypes, and the result's dtype
+    (float32 with float64 is float64; see DTYPE_POLICY)."""
+    for dt in dtypes:
+        if dt.char not in "fe":
+            return NATIVE_DTYPES[1]
+    return NATIVE_DTYPES[0]
+
+
+def compute_dtype(*arrays: np.ndarray | None) -> np.dtype:
+    """`common_dtype` of the arrays' dtypes (None for an absent one)."""
+    return common_dtype(*(arr.dtype for arr in arrays if arr is not None))
 
 
 def contiguous(arr: np.ndarray, dtype: np.dtype) -> np.ndarray:

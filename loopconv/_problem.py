@@ -162,9 +162,7 @@ def grad_output(fn, problem: Problem, value, expected):
     if gy.ndim == problem.nd + 1 and problem.unbatched:
         gy = gy[None]
     _check_grad_output(fn, gy, expected)
-    if problem.dtype.char == "d":
-        return gy, problem
-    return gy, problem.with_dtype(_args.compute_dtype(gy))
+    return gy, problem.with_dtype(_args.common_dtype(problem.dtype, gy.dtype))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,8 +28,7 @@ __all__ = [
                          ("conv_transpose", "_backward"))
 ]
 
-_NO_BIAS = {np.dtype(np.float32): np.empty(0, np.float32),
-            np.dtype(np.float64): np.empty(0, np.float64)}
+_NO_BIAS = {dtype: np.empty(0, dtype) for dtype in _args.NATIVE_DTYPES}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -421,10 +420,8 @@ _ZERO_PAD = """\
     padding : int, tuple of {nd} ints, tuple of {nd} (before, after) pairs, or 'valid'
         Zero padding, as in the forward convolution."""
 
-_DTYPES = """\
-    float32 and float64 are computed natively and the result has the common dtype of the
-    float arguments; float16 is computed as float32, integers and bools as float64.  Arrays
-    may be of any layout, read-only or memory-mapped; they are never modified."""
+_DTYPES = _args.DTYPE_POLICY + """
+    Arrays may be of any layout, read-only or memory-mapped; they are never modified."""
 
 
 def _doc(template: str, nd: int):

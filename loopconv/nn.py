@@ -29,8 +29,9 @@ def _float_dtype(name: str, dtype) -> np.dtype:
         dt = np.dtype(dtype)
     except TypeError:
         raise TypeError(f"{name}: dtype {dtype!r} is not a NumPy dtype") from None
-    if dt not in (np.float32, np.float64):
-        raise TypeError(f"{name}: dtype must be float32 or float64, got {dt}")
+    if dt not in _args.NATIVE_DTYPES:
+        names = " or ".join(str(native) for native in _args.NATIVE_DTYPES)
+        raise TypeError(f"{name}: dtype must be {names}, got {dt}")
     return dt
 
 
@@ -328,7 +329,7 @@ _CONV_DOC = """{nd}-D convolution layer, as ``torch.nn.Conv{nd}d``, with a `back
     groups : int, default 1
     bias : bool, default True
     padding_mode : {{'zeros', 'reflect', 'replicate', 'circular'}}, default 'zeros'
-    dtype : {{numpy.float32, numpy.float64}}, default numpy.float32
+    dtype : {{{dtypes}}}, default numpy.float32
         The dtype of `weight` and `bias` (None: float32).
     rng : numpy.random.Generator, int or None
         Source of the initial weights: `weight` and `bias` uniform in ``±1/sqrt(fan_in)``,
@@ -377,7 +378,7 @@ _TRANSPOSE_DOC = """{nd}-D transposed convolution layer, as ``torch.nn.ConvTrans
     groups : int, default 1
     bias : bool, default True
     dilation : int or tuple of {nd} ints, default 1
-    dtype : {{numpy.float32, numpy.float64}}, default numpy.float32
+    dtype : {{{dtypes}}}, default numpy.float32
         The dtype of `weight` and `bias` (None: float32).
     rng : numpy.random.Generator, int or None
         Source of the initial weights: `weight` and `bias` uniform in ``±1/sqrt(fan_in)``,
@@ -419,7 +420,8 @@ def _doc(template: str, nd: int) -> str:
     fields = dict(nd=nd, k=", ".join("k" + a for a in "dhw"[3 - nd:]),
                   k3=(3,) * nd, one=(1,) * nd, xshape=shape, yshape=(2, 8) + (5,) * nd,
                   wshape=(8, 3) + (3,) * nd, tshape=(2, 3) + (9,) * nd, osize=[10] * nd,
-                  tshape1=(2, 3) + (10,) * nd, attributes=_ATTRIBUTES, notes=_NOTES)
+                  tshape1=(2, 3) + (10,) * nd, attributes=_ATTRIBUTES, notes=_NOTES,
+                  dtypes=", ".join(f"numpy.{dtype}" for dtype in _args.NATIVE_DTYPES))
     fields["common"] = _COMMON.format(**fields)
     return template.format(**fields)
 

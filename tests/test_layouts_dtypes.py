@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import reference
-from common import DTYPE_PARAMS
+from common import DTYPE_PARAMS, DTYPES
 
 import loopconv
 
@@ -147,6 +147,13 @@ def test_mixed_dtypes(rng, assert_close, dtypes):
 
 def test_policy_cases_are_mixed():
     assert {policy(*m) for m in MIXED} == {np.dtype(np.float32), np.dtype(np.float64)}
+
+
+def test_the_tests_cover_every_native_dtype():
+    # a dtype added to the package's policy (loopconv._args.NATIVE_DTYPES) must be added to
+    # the tests' list too, so that every test parametrised over DTYPES runs it
+    from loopconv import _args
+    assert tuple(np.dtype(d) for d in DTYPES) == _args.NATIVE_DTYPES
 
 
 def test_float32_with_float32_bias_stays_float32(rng):

@@ -353,7 +353,4 @@ static void lc_dwc_copy_##SUFFIX(T *dst, ptrdiff_t ld, const T *src, ptrdiff_t l
 }
 #endif
 
-LC_DEFINE_DEPTHWISE(f32, float)
-LC_DEFINE_DEPTHWISE(f64, double)
-
 #endif  /* LOOPCONV_DEPTHWISE_H */

@@ -50,41 +50,6 @@
 # chunk order after the parallel region).  So results do not depend on the thread count.
 # Scratch (staged slice, segment, dy on the grid, accumulators) is per thread.
 
-cdef extern from "depthwise.h" nogil:
-    enum:
-        LC_DWC_PX       # output pixels per block of the channel-blocked loops
-    void lc_dw_rows_f32(Py_ssize_t nk, const float *w, const Py_ssize_t *off, const float *src,
-                        Py_ssize_t ls, float *dst, Py_ssize_t ld, Py_ssize_t n,
-                        Py_ssize_t nrows, float bias)
-    void lc_dw_rows_f64(Py_ssize_t nk, const double *w, const Py_ssize_t *off,
-                        const double *src, Py_ssize_t ls, double *dst, Py_ssize_t ld,
-                        Py_ssize_t n, Py_ssize_t nrows, double bias)
-    void lc_dw_dot_f32(Py_ssize_t nk, const Py_ssize_t *off, const float *src, const float *dy,
-                       Py_ssize_t n, float *accv)
-    void lc_dw_dot_f64(Py_ssize_t nk, const Py_ssize_t *off, const double *src,
-                       const double *dy, Py_ssize_t n, double *accv)
-    void lc_dwc_runs_f32(Py_ssize_t nrun, const Py_ssize_t *runs, const float *wv,
-                         const float *src, Py_ssize_t ls, float *dst, Py_ssize_t ld,
-                         Py_ssize_t cs, Py_ssize_t n, Py_ssize_t nrows, const float *bias)
-    void lc_dwc_runs_f64(Py_ssize_t nrun, const Py_ssize_t *runs, const double *wv,
-                         const double *src, Py_ssize_t ls, double *dst, Py_ssize_t ld,
-                         Py_ssize_t cs, Py_ssize_t n, Py_ssize_t nrows, const double *bias)
-    void lc_dwc_dotruns_f32(Py_ssize_t nrun, const Py_ssize_t *runs, const float *src,
-                            Py_ssize_t ls, const float *dy, Py_ssize_t ld, Py_ssize_t n,
-                            Py_ssize_t nrows, float *accv)
-    void lc_dwc_dotruns_f64(Py_ssize_t nrun, const Py_ssize_t *runs, const double *src,
-                            Py_ssize_t ls, const double *dy, Py_ssize_t ld, Py_ssize_t n,
-                            Py_ssize_t nrows, double *accv)
-    void lc_dw_copy_f32(float *dst, Py_ssize_t ld, const float *src, Py_ssize_t ls,
-                        Py_ssize_t n, Py_ssize_t nrows)
-    void lc_dw_copy_f64(double *dst, Py_ssize_t ld, const double *src, Py_ssize_t ls,
-                        Py_ssize_t n, Py_ssize_t nrows)
-    void lc_dwc_copy_f32(float *dst, Py_ssize_t ld, const float *src, Py_ssize_t ls,
-                         Py_ssize_t n, Py_ssize_t step, Py_ssize_t nrows)
-    void lc_dwc_copy_f64(double *dst, Py_ssize_t ld, const double *src, Py_ssize_t ls,
-                         Py_ssize_t n, Py_ssize_t step, Py_ssize_t nrows)
-
-
 cdef enum:
     DW_SLACK = 64       # staged elements past a slice: runs read up to a vector past their end
     DW_SEG_COLS = 1024  # grid columns of a segment (rows computed together)
@@ -138,69 +103,6 @@ cdef bint dwc_wins(Py_ssize_t images, Py_ssize_t groups, Py_ssize_t cin_per_grou
     return not weight or pixels <= 3 * VW * VW
 
 
-cdef inline void dw_rows(Py_ssize_t nk, const floating *w, const Py_ssize_t *off,
-                         const floating *src, Py_ssize_t ls, floating *dst, Py_ssize_t ld,
-                         Py_ssize_t n, Py_ssize_t nrows, floating bias) noexcept nogil:
-    if floating is float:
-        lc_dw_rows_f32(nk, w, off, src, ls, dst, ld, n, nrows, bias)
-    else:
-        lc_dw_rows_f64(nk, w, off, src, ls, dst, ld, n, nrows, bias)
-
-
-cdef inline void dw_dot(Py_ssize_t nk, const Py_ssize_t *off, const floating *src,
-                        const floating *dy, Py_ssize_t n, floating *accv) noexcept nogil:
-    if floating is float:
-        lc_dw_dot_f32(nk, off, src, dy, n, accv)
-    else:
-        lc_dw_dot_f64(nk, off, src, dy, n, accv)
-
-
-cdef inline void dwc_runs(Py_ssize_t nrun, const Py_ssize_t *runs, const floating *wv,
-                          const floating *src, Py_ssize_t ls, floating *dst, Py_ssize_t ld,
-                          Py_ssize_t cs, Py_ssize_t n, Py_ssize_t nrows,
-                          const floating *bias) noexcept nogil:
-    if floating is float:
-        lc_dwc_runs_f32(nrun, runs, wv, src, ls, dst, ld, cs, n, nrows, bias)
-    else:
-        lc_dwc_runs_f64(nrun, runs, wv, src, ls, dst, ld, cs, n, nrows, bias)
-
-
-cdef inline void dwc_dotruns(Py_ssize_t nrun, const Py_ssize_t *runs, const floating *src,
-                             Py_ssize_t ls, const floating *dy, Py_ssize_t ld, Py_ssize_t n,
-                             Py_ssize_t nrows, floating *accv) noexcept nogil:
-    if floating is float:
-        lc_dwc_dotruns_f32(nrun, runs, src, ls, dy, ld, n, nrows, accv)
-    else:
-        lc_dwc_dotruns_f64(nrun, runs, src, ls, dy, ld, n, nrows, accv)
-
-
-cdef inline void dw_copy(floating *dst, Py_ssize_t ld, const floating *src, Py_ssize_t ls,
-                         Py_ssize_t n, Py_ssize_t nrows) noexcept nogil:
-    """dst[r * ld + j] = src[r * ls + j] for j < n, r < nrows."""
-    if floating is float:
-        lc_dw_copy_f32(dst, ld, src, ls, n, nrows)
-    else:
-        lc_dw_copy_f64(dst, ld, src, ls, n, nrows)
-
-
-cdef inline void dwc_copy(floating *dst, Py_ssize_t ld, const floating *src, Py_ssize_t ls,
-                          Py_ssize_t n, Py_ssize_t step, Py_ssize_t nrows) noexcept nogil:
-    """Vectors: dst[(r * ld + e) * VW + l] = src[(r * ls + e * step) * VW + l]."""
-    if floating is float:
-        lc_dwc_copy_f32(dst, ld, src, ls, n, step, nrows)
-    else:
-        lc_dwc_copy_f64(dst, ld, src, ls, n, step, nrows)
-
-
-cdef inline void transpose_block(const floating *src, Py_ssize_t lds, floating *dst,
-                                 Py_ssize_t ldd) noexcept nogil:
-    """dst[j * ldd + i] = src[i * lds + j] for i, j < VW."""
-    if floating is float:
-        lc_transpose_f32(src, lds, dst, ldd)
-    else:
-        lc_transpose_f64(src, lds, dst, ldd)
-
-
 # ---------------------------------------------------------------------------------------------
 # Staging
 
@@ -234,17 +136,17 @@ cdef object stage_runs(const Stage *st):
     return np.array(runs + [0], dtype=np.intp)
 
 
-cdef void dw_stage(const floating *src, const Stage *st, const Py_ssize_t *runs,
-                   Py_ssize_t nruns, floating *out, bint fresh) noexcept nogil:
+cdef void dw_stage(const element *src, const Stage *st, const Py_ssize_t *runs,
+                   Py_ssize_t nruns, element *out, bint fresh) noexcept nogil:
     """out = stage_slice(src): the runs (stage_runs) copied.  The other elements (padding,
     slack) are zero: written by the first call on a buffer of this geometry (fresh), never
     touched by later ones, which write the same positions."""
     cdef Py_ssize_t i, r, e, n, sw = st.step[2], Wq = st.q[2], ls = st.step[1] * st.dim[2]
     cdef const Py_ssize_t *run
-    cdef floating *d
-    cdef const floating *s
+    cdef element *d
+    cdef const element *s
     if fresh:
-        memset(out, 0, st.size * sizeof(floating))
+        memset(out, 0, st.size * sizeof(element))
     for i in range(nruns):
         run = runs + 4 * i
         n = run[2]
@@ -262,10 +164,10 @@ cdef void dw_stage(const floating *src, const Stage *st, const Py_ssize_t *runs,
                     d[e] = s[e * sw]
 
 
-cdef inline const floating *dw_staged(const floating *src, Py_ssize_t off, const Stage *st,
-                                      const Py_ssize_t *runs, Py_ssize_t nruns,
-                                      Py_ssize_t key, floating *buf,
-                                      Py_ssize_t *staged_key) noexcept nogil:
+cdef inline const element *dw_staged(const element *src, Py_ssize_t off, const Stage *st,
+                                     const Py_ssize_t *runs, Py_ssize_t nruns,
+                                     Py_ssize_t key, element *buf,
+                                     Py_ssize_t *staged_key) noexcept nogil:
     """As tiled_stage.pxi's staged_slice, with dw_stage: the source itself where staging would copy
     it unchanged, else this thread's buffer, staged unless it holds slice `key` already
     (staged_key -1: nothing staged in this call yet)."""
@@ -277,27 +179,27 @@ cdef inline const floating *dw_staged(const floating *src, Py_ssize_t off, const
     return buf
 
 
-cdef void lanes_in(const floating *src, Py_ssize_t lds, Py_ssize_t nl, Py_ssize_t n,
-                   floating *dst) noexcept nogil:
+cdef void lanes_in(const element *src, Py_ssize_t lds, Py_ssize_t nl, Py_ssize_t n,
+                   element *dst) noexcept nogil:
     """dst[j * VW + l] = src[l * lds + j] for lanes l < nl, j < n; zero for the other lanes
     and for n <= j < n rounded up to VW."""
-    cdef Py_ssize_t VW = LC_VW_F32 if floating is float else LC_VW_F64
+    cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t jb, j0, j, l
     for jb in range((n + VW - 1) // VW):
         j0 = jb * VW
         if nl == VW and j0 + VW <= n:
             transpose_block(src + j0, lds, dst + j0 * VW, VW)
             continue
-        memset(dst + j0 * VW, 0, VW * VW * sizeof(floating))
+        memset(dst + j0 * VW, 0, VW * VW * sizeof(element))
         for l in range(nl):
             for j in range(j0, min(j0 + VW, n)):
                 dst[j * VW + l] = src[l * lds + j]
 
 
-cdef void lanes_out(const floating *src, floating *dst, Py_ssize_t ldd, Py_ssize_t nl,
+cdef void lanes_out(const element *src, element *dst, Py_ssize_t ldd, Py_ssize_t nl,
                     Py_ssize_t n) noexcept nogil:
     """dst[l * ldd + j] = src[j * VW + l] for lanes l < nl, j < n."""
-    cdef Py_ssize_t VW = LC_VW_F32 if floating is float else LC_VW_F64
+    cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t jb, j0, j, l
     for jb in range((n + VW - 1) // VW):
         j0 = jb * VW
@@ -317,18 +219,18 @@ cdef struct DwcPlan:        # the channel blocks
     Py_ssize_t out_size     # elements of the transposed destination: P up to VW, times VW
 
 
-cdef void dwc_stage(const floating *src, Py_ssize_t stride, const Stage *st,
+cdef void dwc_stage(const element *src, Py_ssize_t stride, const Stage *st,
                     const Py_ssize_t *runs, Py_ssize_t nruns, const DwcPlan *c, Py_ssize_t nl,
-                    floating *srcT, floating *out, bint fresh) noexcept nogil:
+                    element *srcT, element *out, bint fresh) noexcept nogil:
     """The slices of nl consecutive groups (at src + l * stride) staged and transposed:
     out[q * VW + l] = element q of staged slice l.  The slices are transposed as they are
     (into srcT), then their runs copied a vector per element; out's other elements are zero
     from the first call on this buffer (fresh) on."""
-    cdef Py_ssize_t VW = LC_VW_F32 if floating is float else LC_VW_F64
+    cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t i, sw = st.step[2], Wq = st.q[2], ls = st.step[1] * st.dim[2]
     cdef const Py_ssize_t *run
     if fresh:
-        memset(out, 0, c.nst * VW * sizeof(floating))
+        memset(out, 0, c.nst * VW * sizeof(element))
     lanes_in(src, stride, nl, st.nchan * st.src_chan, srcT)
     for i in range(nruns):
         run = runs + 4 * i
@@ -373,22 +275,22 @@ cdef struct DwPass:
 
 
 cdef void dw_segment(const DwPass *p, const DwPair *pr, const DwPhase *phases, Py_ssize_t s,
-                     const floating *staged, const floating *wts, const Py_ssize_t *off,
-                     floating bias, floating *dchan, floating *tmp) noexcept nogil:
+                     const element *staged, const element *wts, const Py_ssize_t *off,
+                     element bias, element *dchan, element *tmp) noexcept nogil:
     """Segment s (of pair pr) of one output channel: its rows of dchan.  Direct: each row's
     vectors straight into dchan.  Else each column phase's grid rows as one run of grid
     columns (the columns between rows included) into scratch, whose valid columns are then
     copied to their places (the two phases of stride 2 interleaved in one pass)."""
-    cdef Py_ssize_t VW = LC_VW_F32 if floating is float else LC_VW_F64
+    cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t local = s - pr.seg0, a = local // pr.segs_a
     cdef Py_ssize_t b0 = (local % pr.segs_a) * p.R, nrow = min(p.R, pr.nh - b0)
     cdef Py_ssize_t q0 = (a * p.Hq + b0) * p.Wq, f, r, e, cs
     cdef Py_ssize_t ld = pr.bstep * p.dst_W, tsize = round_up(p.R * p.Wq, VW) + VW
     cdef const DwPhase *ph
-    cdef floating *drow = dchan + (pr.row0 + a * pr.astep + b0 * pr.bstep) * p.dst_W
-    cdef floating *d
-    cdef floating *t
-    cdef const floating *t1
+    cdef element *drow = dchan + (pr.row0 + a * pr.astep + b0 * pr.bstep) * p.dst_W
+    cdef element *d
+    cdef element *t
+    cdef const element *t1
     for f in range(p.nphw):
         ph = &phases[pr.phase0 + f]
         cs = ph.colstep
@@ -423,17 +325,17 @@ cdef void dw_segment(const DwPass *p, const DwPair *pr, const DwPhase *phases, P
 
 
 cdef void dw_item(const DwPass *p, const DwPair *pairs, const DwPhase *phases, Py_ssize_t item,
-                  const floating *src, const Py_ssize_t *off, const floating *wp,
-                  const floating *bias, floating *dst, floating *fws,
+                  const element *src, const Py_ssize_t *off, const element *wp,
+                  const element *bias, element *dst, element *fws,
                   Py_ssize_t *iws) noexcept nogil:
     """Item (image, group, block of segments) of a forward pass or input gradient."""
     cdef Py_ssize_t ng = item // p.nblk, blk = item % p.nblk
     cdef Py_ssize_t n = ng // p.G, g = ng % p.G
     cdef Py_ssize_t s0 = blk * p.nseg // p.nblk, s1 = (blk + 1) * p.nseg // p.nblk
     cdef Py_ssize_t c, oc, s, f
-    cdef floating bv
-    cdef const floating *staged = dw_staged(src, n * p.src_img + g * p.src_grp, &p.st,
-                                            p.runs, p.nruns, ng, fws, iws)
+    cdef element bv
+    cdef const element *staged = dw_staged(src, n * p.src_img + g * p.src_grp, &p.st,
+                                           p.runs, p.nruns, ng, fws, iws)
     for c in range(p.M):
         oc = g * p.M + c
         bv = bias[oc] if bias != NULL else 0
@@ -446,23 +348,23 @@ cdef void dw_item(const DwPass *p, const DwPair *pairs, const DwPhase *phases, P
 
 
 cdef void dwc_item(const DwPass *p, const DwcPlan *c, const DwPair *pairs,
-                   const DwPhase *phases, Py_ssize_t item, const floating *src,
-                   const Py_ssize_t *runs, const floating *wpack, const floating *bpack,
-                   floating *dst, floating *fws, Py_ssize_t *iws) noexcept nogil:
+                   const DwPhase *phases, Py_ssize_t item, const element *src,
+                   const Py_ssize_t *runs, const element *wpack, const element *bpack,
+                   element *dst, element *fws, Py_ssize_t *iws) noexcept nogil:
     """Item (image, block of VW groups) of a forward pass or input gradient, channel-blocked:
     wpack holds the weights as (block, channel, tap, lane), bpack the bias as (block, channel,
     lane) or is NULL."""
-    cdef Py_ssize_t VW = LC_VW_F32 if floating is float else LC_VW_F64
+    cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t n = item // c.nb, gb = item % c.nb, g0 = gb * VW
     cdef Py_ssize_t nl = min(VW, p.G - g0), ch, i, a, f, pix, r, e, l
-    cdef floating *srcT = fws
-    cdef floating *sT = srcT + c.src_size * VW
-    cdef floating *outT = sT + c.nst * VW
-    cdef const floating *wv
-    cdef const floating *bv
+    cdef element *srcT = fws
+    cdef element *sT = srcT + c.src_size * VW
+    cdef element *outT = sT + c.nst * VW
+    cdef const element *wv
+    cdef const element *bv
     cdef const DwPair *pr
     cdef const DwPhase *ph
-    cdef floating *d
+    cdef element *d
     dwc_stage(src + n * p.src_img + g0 * p.src_grp, p.src_grp, &p.st, p.runs, p.nruns, c, nl,
               srcT, sT, iws[0] == -1)
     iws[0] = item
@@ -490,9 +392,9 @@ cdef void dwc_item(const DwPass *p, const DwcPlan *c, const DwPair *pairs,
 
 
 cdef void pass_run(const DwPass *p, const DwcPlan *c, bint blocked, const DwPair *pairs,
-                   const DwPhase *phases, const floating *src, const Py_ssize_t *off,
-                   const Py_ssize_t *runs, const floating *wp, const floating *bias,
-                   floating *dst, floating *fws, Py_ssize_t fper, Py_ssize_t *iws,
+                   const DwPhase *phases, const element *src, const Py_ssize_t *off,
+                   const Py_ssize_t *runs, const element *wp, const element *bias,
+                   element *dst, element *fws, Py_ssize_t fper, Py_ssize_t *iws,
                    Py_ssize_t iper, int nthreads) noexcept nogil:
     cdef Py_ssize_t item, t
     cdef int tid
@@ -584,8 +486,8 @@ cdef struct DwWeight:
     Py_ssize_t nruns
 
 
-cdef void dy_on_grid(const DwWeight *p, const floating *dyo, Py_ssize_t r0, Py_ssize_t r1,
-                     Py_ssize_t ncol, floating *dyg) noexcept nogil:
+cdef void dy_on_grid(const DwWeight *p, const element *dyo, Py_ssize_t r0, Py_ssize_t r1,
+                     Py_ssize_t ncol, element *dyg) noexcept nogil:
     """dyg[j] = dy of one (image, channel) at grid column r0 * Wq + j, j < ncol: output row
     (a, b) at grid row a * Hq + b (b < OH), columns e < OW; zero elsewhere.  The zeros within
     the rows r0 .. r1 - 1 are left from the item's start (the steps' blocks of rows all have
@@ -601,21 +503,21 @@ cdef void dy_on_grid(const DwWeight *p, const floating *dyo, Py_ssize_t r0, Py_s
         dyg[e] = 0
 
 
-cdef void dw_weight_item(const DwWeight *p, Py_ssize_t item, const floating *x,
-                         const floating *dy, const Py_ssize_t *off, floating *out,
-                         Py_ssize_t out_stride, floating *fws, Py_ssize_t *iws) noexcept nogil:
+cdef void dw_weight_item(const DwWeight *p, Py_ssize_t item, const element *x,
+                         const element *dy, const Py_ssize_t *off, element *out,
+                         Py_ssize_t out_stride, element *fws, Py_ssize_t *iws) noexcept nogil:
     """Item (group, chunk): the sums of its steps for every (o, tap), lanes added in order,
     into out[(g * Og + o) * out_stride + tap]."""
-    cdef Py_ssize_t VW = LC_VW_F32 if floating is float else LC_VW_F64
+    cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t g = item // p.nchunk, chunk = item % p.nchunk, nsteps = p.N * p.nbr
     cdef Py_ssize_t s0 = chunk * nsteps // p.nchunk, s1 = (chunk + 1) * nsteps // p.nchunk
     cdef Py_ssize_t step, n, r0, r1, ncol, o, k, l
-    cdef floating *dyg = fws + p.st.size
-    cdef floating *accv = dyg + p.dyg_size
-    cdef const floating *staged
-    cdef floating sm
-    memset(accv, 0, p.Og * p.K * VW * sizeof(floating))
-    memset(dyg, 0, p.dyg_size * sizeof(floating))
+    cdef element *dyg = fws + p.st.size
+    cdef element *accv = dyg + p.dyg_size
+    cdef const element *staged
+    cdef element sm
+    memset(accv, 0, p.Og * p.K * VW * sizeof(element))
+    memset(dyg, 0, p.dyg_size * sizeof(element))
     for step in range(s0, s1):
         n = step // p.nbr
         r0 = (step % p.nbr) * p.brows
@@ -637,22 +539,22 @@ cdef void dw_weight_item(const DwWeight *p, Py_ssize_t item, const floating *x,
 
 
 cdef void dwc_weight_item(const DwWeight *p, const DwcPlan *c, Py_ssize_t item,
-                          const floating *x, const floating *dy, const Py_ssize_t *runs,
-                          Py_ssize_t nrun, const Py_ssize_t *order, floating *out,
-                          Py_ssize_t out_stride, floating *fws, Py_ssize_t *iws) noexcept nogil:
+                          const element *x, const element *dy, const Py_ssize_t *runs,
+                          Py_ssize_t nrun, const Py_ssize_t *order, element *out,
+                          Py_ssize_t out_stride, element *fws, Py_ssize_t *iws) noexcept nogil:
     """Item (block of VW groups, chunk of images), channel-blocked: the sums of every (o, tap)
     for the block's groups, a lane each, into out as dw_weight_item (accumulator k holds tap
     order[k], the runs' order)."""
-    cdef Py_ssize_t VW = LC_VW_F32 if floating is float else LC_VW_F64
+    cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t gb = item // p.nchunk, chunk = item % p.nchunk, g0 = gb * VW
     cdef Py_ssize_t nl = min(VW, p.G - g0), P = p.y_plane
     cdef Py_ssize_t n0 = chunk * p.N // p.nchunk, n1 = (chunk + 1) * p.N // p.nchunk
     cdef Py_ssize_t n, o, a, k, l
-    cdef floating *srcT = fws
-    cdef floating *sT = srcT + c.src_size * VW
-    cdef floating *dyT = sT + c.nst * VW
-    cdef floating *accv = dyT + c.out_size
-    memset(accv, 0, p.Og * p.K * VW * sizeof(floating))
+    cdef element *srcT = fws
+    cdef element *sT = srcT + c.src_size * VW
+    cdef element *dyT = sT + c.nst * VW
+    cdef element *accv = dyT + c.out_size
+    memset(accv, 0, p.Og * p.K * VW * sizeof(element))
     for n in range(n0, n1):
         dwc_stage(x + n * p.x_img + g0 * p.x_grp, p.x_grp, &p.st, p.runs, p.nruns, c, nl, srcT,
                   sT, iws[0] == -1)
@@ -669,16 +571,16 @@ cdef void dwc_weight_item(const DwWeight *p, const DwcPlan *c, Py_ssize_t item,
                     accv[(o * p.K + k) * VW + l]
 
 
-cdef void weight_run(const DwWeight *p, const DwcPlan *c, bint blocked, const floating *x,
-                     const floating *dy, const Py_ssize_t *off, const Py_ssize_t *runs,
-                     Py_ssize_t nrun, const Py_ssize_t *order, floating *partial,
-                     floating *dw, floating *fws,
+cdef void weight_run(const DwWeight *p, const DwcPlan *c, bint blocked, const element *x,
+                     const element *dy, const Py_ssize_t *off, const Py_ssize_t *runs,
+                     Py_ssize_t nrun, const Py_ssize_t *order, element *partial,
+                     element *dw, element *fws,
                      Py_ssize_t fper, Py_ssize_t *iws, Py_ssize_t iper,
                      int nthreads) noexcept nogil:
     cdef Py_ssize_t item, t, g, o, k, ch
     cdef Py_ssize_t units = c.nb if blocked else p.G
-    cdef floating *dst = dw if p.nchunk == 1 else partial
-    cdef floating sm
+    cdef element *dst = dw if p.nchunk == 1 else partial
+    cdef element sm
     cdef int tid
     cdef fpstate fp
     for t in range(nthreads):
@@ -993,17 +895,17 @@ cdef inline tuple shape5(const Py_ssize_t *shape):
 # Entry points (called by loopconv/_loops/__init__.py where dw_suits says so), with the
 # arguments of forward, grad_input and grad_weight above.
 
-cdef object run_pass(_DwGeometry geo, const floating *src, w, bias, floating *dst,
+cdef object run_pass(_DwGeometry geo, const element *src, w, bias, element *dst,
                      int num_threads):
     """A forward pass or input gradient: w and bias as the caller's arrays."""
-    dtype = np.float32 if floating is float else np.float64
+    dtype = typecode(<element *> NULL)
     w = np.asarray(w).reshape(-1)
     bias = np.asarray(bias)
-    cdef const floating[::1] wp = w if geo.wsel is None else w[geo.wsel]
-    cdef const floating[::1] bp = bias[geo.bsel] if geo.blocked and len(bias) else bias
-    cdef const floating *bptr = &bp[0] if bp.shape[0] > 0 else NULL
+    cdef const element[::1] wp = w if geo.wsel is None else w[geo.wsel]
+    cdef const element[::1] bp = bias[geo.bsel] if geo.blocked and len(bias) else bias
+    cdef const element *bptr = &bp[0] if bp.shape[0] > 0 else NULL
     cdef Py_ssize_t iper = per_thread(1)
-    cdef floating[::1] fws = _workspace("f", dtype, geo.fper * num_threads)
+    cdef element[::1] fws = _workspace("f", dtype, geo.fper * num_threads)
     cdef Py_ssize_t[::1] iws = _workspace("i", np.intp, iper * num_threads)
     with nogil:
         pass_run(&geo.p, &geo.c, geo.blocked, geo.pairs, geo.phases, src, &geo.off[0],
@@ -1011,41 +913,41 @@ cdef object run_pass(_DwGeometry geo, const floating *src, w, bias, floating *ds
                  num_threads)
 
 
-def dw_forward(const floating[:, :, :, :, ::1] x, const floating[:, :, :, :, ::1] w,
-               const floating[::1] bias, floating[:, :, :, :, ::1] y,
+def dw_forward(const element[:, :, :, :, ::1] x, const element[:, :, :, :, ::1] w,
+               const element[::1] bias, element[:, :, :, :, ::1] y,
                stride, pad, dilation, Py_ssize_t groups, int num_threads):
     """y = conv(x, w) + bias over 5-D arrays, as forward(), by the depthwise loops.  An empty
     bias means none."""
     cdef _DwGeometry geo = geometry(DW_FORWARD, shape5(x.shape), shape5(w.shape),
                                     shape5(y.shape), stride, pad, dilation, groups,
-                                    sizeof(floating))
+                                    sizeof(element))
     run_pass(geo, &x[0, 0, 0, 0, 0], w, bias, &y[0, 0, 0, 0, 0], num_threads)
 
 
-def dw_grad_input(const floating[:, :, :, :, ::1] dy, const floating[:, :, :, :, ::1] w,
-                  const floating[::1] bias, floating[:, :, :, :, ::1] dx, stride, pad,
+def dw_grad_input(const element[:, :, :, :, ::1] dy, const element[:, :, :, :, ::1] w,
+                  const element[::1] bias, element[:, :, :, :, ::1] dx, stride, pad,
                   dilation, Py_ssize_t groups, int num_threads):
     """dx = bias + gradient of conv(x, w) with respect to x, given dy, as grad_input(), by the
     depthwise loops; dx is overwritten.  An empty bias means none."""
     cdef _DwGeometry geo = geometry(DW_INPUT, shape5(dx.shape), shape5(w.shape),
                                     shape5(dy.shape), stride, pad, dilation, groups,
-                                    sizeof(floating))
+                                    sizeof(element))
     run_pass(geo, &dy[0, 0, 0, 0, 0], w, bias, &dx[0, 0, 0, 0, 0], num_threads)
 
 
-def dw_grad_weight(const floating[:, :, :, :, ::1] x, const floating[:, :, :, :, ::1] dy,
-                   floating[:, :, :, :, ::1] dw, stride, pad, dilation, Py_ssize_t groups,
+def dw_grad_weight(const element[:, :, :, :, ::1] x, const element[:, :, :, :, ::1] dy,
+                   element[:, :, :, :, ::1] dw, stride, pad, dilation, Py_ssize_t groups,
                    int num_threads):
     """dw = gradient of conv(x, w) with respect to w, given dy, as grad_weight(), by the
     depthwise loops; dw is overwritten."""
-    dtype = np.float32 if floating is float else np.float64
+    dtype = typecode(<element *> NULL)
     cdef _DwGeometry geo = geometry(DW_WEIGHT, shape5(x.shape), shape5(dw.shape),
                                     shape5(dy.shape), stride, pad, dilation, groups,
-                                    sizeof(floating))
+                                    sizeof(element))
     cdef Py_ssize_t iper = per_thread(1)
-    cdef floating[::1] fws = _workspace("f", dtype, geo.fper * num_threads)
+    cdef element[::1] fws = _workspace("f", dtype, geo.fper * num_threads)
     cdef Py_ssize_t[::1] iws = _workspace("i", np.intp, iper * num_threads)
-    cdef floating[::1] partial = _workspace("p", dtype, geo.partial_size)
+    cdef element[::1] partial = _workspace("p", dtype, geo.partial_size)
     with nogil:
         weight_run(&geo.q, &geo.c, geo.blocked, &x[0, 0, 0, 0, 0], &dy[0, 0, 0, 0, 0],
                    &geo.off[0], &geo.taps[0], geo.ntap_runs, &geo.order[0], &partial[0],

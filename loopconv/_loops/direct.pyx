@@ -12,11 +12,11 @@ them where a problem is too small for packing to pay (the call costs more than t
 """
 
 cimport numpy as cnp
-from cython cimport floating
 from cython.parallel cimport parallel, prange
 
 import numpy as np
 
+from loopconv._loops.elements cimport element
 from loopconv._loops.common cimport (end_inside, first_inside, flush_subnormals, fpstate,
                                      restore_fpstate)
 
@@ -68,17 +68,17 @@ cdef inline Py_ssize_t in_index(const Geometry *g, int a, Py_ssize_t o,
     return o * g.stride[a] + k * g.dil[a] - g.pad[a]
 
 
-cdef void forward_plane(const Geometry *g, Py_ssize_t n, Py_ssize_t o, const floating *x,
-                        const floating *w, const floating *bias, floating *y) noexcept nogil:
+cdef void forward_plane(const Geometry *g, Py_ssize_t n, Py_ssize_t o, const element *x,
+                        const element *w, const element *bias, element *y) noexcept nogil:
     """y[n, o] = bias[o] + sum over c, kd, kh, kw of w[o, c, kd, kh, kw] * window of x."""
     cdef Py_ssize_t OH = g.out[1], OW = g.out[2], H = g.size[1], W = g.size[2]
     cdef Py_ssize_t c, kd, kh, kw, od, oh, ow, lw, hw
     cdef Py_ssize_t ci = (o // g.Og) * g.Cg
-    cdef floating *yp = y + (n * g.O + o) * g.out[0] * OH * OW
-    cdef floating *yrow
-    cdef const floating *xc
-    cdef const floating *xrow
-    cdef floating wv
+    cdef element *yp = y + (n * g.O + o) * g.out[0] * OH * OW
+    cdef element *yrow
+    cdef const element *xc
+    cdef const element *xrow
+    cdef element wv
     for od in range(g.out[0] * OH * OW):
         yp[od] = bias[o] if bias != NULL else 0
     for c in range(g.Cg):
@@ -98,17 +98,17 @@ cdef void forward_plane(const Geometry *g, Py_ssize_t n, Py_ssize_t o, const flo
                                 yrow[ow] += wv * xrow[ow * g.stride[2]]
 
 
-cdef void input_plane(const Geometry *g, Py_ssize_t n, Py_ssize_t ci, const floating *dy,
-                      const floating *w, const floating *bias, floating *dx) noexcept nogil:
+cdef void input_plane(const Geometry *g, Py_ssize_t n, Py_ssize_t ci, const element *dy,
+                      const element *w, const element *bias, element *dx) noexcept nogil:
     """dx[n, ci] = bias[ci] + sum over the outputs o of ci's group and the taps of w * dy,
     scattered."""
     cdef Py_ssize_t OH = g.out[1], OW = g.out[2], H = g.size[1], W = g.size[2]
     cdef Py_ssize_t c = ci % g.Cg, o0 = (ci // g.Cg) * g.Og
     cdef Py_ssize_t o, kd, kh, kw, od, oh, ow, lw, hw
-    cdef floating *dxp = dx + (n * g.C + ci) * g.size[0] * H * W
-    cdef floating *dxrow
-    cdef const floating *dyrow
-    cdef floating wv
+    cdef element *dxp = dx + (n * g.C + ci) * g.size[0] * H * W
+    cdef element *dxrow
+    cdef const element *dyrow
+    cdef element wv
     for od in range(g.size[0] * H * W):
         dxp[od] = bias[ci] if bias != NULL else 0
     for o in range(o0, o0 + g.Og):
@@ -127,15 +127,15 @@ cdef void input_plane(const Geometry *g, Py_ssize_t n, Py_ssize_t ci, const floa
                                 dxrow[ow * g.stride[2]] += wv * dyrow[ow]
 
 
-cdef void weight_row(const Geometry *g, Py_ssize_t o, Py_ssize_t c, const floating *x,
-                     const floating *dy, floating *dw) noexcept nogil:
+cdef void weight_row(const Geometry *g, Py_ssize_t o, Py_ssize_t c, const element *x,
+                     const element *dy, element *dw) noexcept nogil:
     """dw[o, c, :, :, :] = sum over images and output pixels of dy * window of x."""
     cdef Py_ssize_t OH = g.out[1], OW = g.out[2], H = g.size[1], W = g.size[2]
     cdef Py_ssize_t ci = (o // g.Og) * g.Cg + c
     cdef Py_ssize_t n, kd, kh, kw, od, oh, ow, lw, hw
-    cdef const floating *dyrow
-    cdef const floating *xrow
-    cdef floating acc
+    cdef const element *dyrow
+    cdef const element *xrow
+    cdef element acc
     for kd in range(g.k[0]):
         for kh in range(g.k[1]):
             for kw in range(g.k[2]):
@@ -154,15 +154,15 @@ cdef void weight_row(const Geometry *g, Py_ssize_t o, Py_ssize_t c, const floati
                 dw[(((o * g.Cg + c) * g.k[0] + kd) * g.k[1] + kh) * g.k[2] + kw] = acc
 
 
-def forward(const floating[:, :, :, :, ::1] x, const floating[:, :, :, :, ::1] w,
-            const floating[::1] bias, floating[:, :, :, :, ::1] y,
+def forward(const element[:, :, :, :, ::1] x, const element[:, :, :, :, ::1] w,
+            const element[::1] bias, element[:, :, :, :, ::1] y,
             stride, pad, dilation, Py_ssize_t groups, int num_threads):
     """y = conv(x, w) + bias; an empty bias means none."""
     cdef Geometry g = geometry(x.shape, w.shape, y.shape, stride, pad, dilation,
                                groups)
     cdef Py_ssize_t item
     cdef fpstate fp
-    cdef const floating *bptr = &bias[0] if bias.shape[0] > 0 else NULL
+    cdef const element *bptr = &bias[0] if bias.shape[0] > 0 else NULL
     if y.size == 0:
         return
     with nogil, parallel(num_threads=num_threads):
@@ -174,12 +174,12 @@ def forward(const floating[:, :, :, :, ::1] x, const floating[:, :, :, :, ::1] w
         restore_fpstate(fp)
 
 
-def grad_input(const floating[:, :, :, :, ::1] dy, const floating[:, :, :, :, ::1] w,
-               const floating[::1] bias, floating[:, :, :, :, ::1] dx, stride, pad, dilation,
+def grad_input(const element[:, :, :, :, ::1] dy, const element[:, :, :, :, ::1] w,
+               const element[::1] bias, element[:, :, :, :, ::1] dx, stride, pad, dilation,
                Py_ssize_t groups, int num_threads):
     """dx = bias + gradient of conv(x, w) with respect to x, given dy (the transposed
     convolution of dy); dx is overwritten.  An empty bias means none."""
-    cdef const floating *bptr = &bias[0] if bias.shape[0] > 0 else NULL
+    cdef const element *bptr = &bias[0] if bias.shape[0] > 0 else NULL
     cdef Geometry g = geometry(dx.shape, w.shape, dy.shape, stride, pad, dilation,
                                groups)
     cdef Py_ssize_t item
@@ -195,8 +195,8 @@ def grad_input(const floating[:, :, :, :, ::1] dy, const floating[:, :, :, :, ::
         restore_fpstate(fp)
 
 
-def grad_weight(const floating[:, :, :, :, ::1] x, const floating[:, :, :, :, ::1] dy,
-                floating[:, :, :, :, ::1] dw, stride, pad, dilation, Py_ssize_t groups,
+def grad_weight(const element[:, :, :, :, ::1] x, const element[:, :, :, :, ::1] dy,
+                element[:, :, :, :, ::1] dw, stride, pad, dilation, Py_ssize_t groups,
                 int num_threads):
     """dw = gradient of conv(x, w) with respect to w, given dy; dw is overwritten."""
     cdef Geometry g = geometry(x.shape, dw.shape, dy.shape, stride, pad, dilation,
@@ -217,19 +217,19 @@ def grad_weight(const floating[:, :, :, :, ::1] x, const floating[:, :, :, :, ::
 # ---------------------------------------------------------------------------------------------
 # The scatter of an input gradient computed as columns (see loopconv._loops.col2im_grad_input)
 
-cdef void col2im_plane(const Geometry *g, Py_ssize_t n, Py_ssize_t ci, const floating *cols,
-                       const Py_ssize_t *where, const floating *bias,
-                       floating *dx) noexcept nogil:
+cdef void col2im_plane(const Geometry *g, Py_ssize_t n, Py_ssize_t ci, const element *cols,
+                       const Py_ssize_t *where, const element *bias,
+                       element *dx) noexcept nogil:
     """dx[n, ci] = bias[ci] + the columns of channel ci scattered: for each output pixel p of
     image n and each tap t, in that order, cols[(group, n, p), (c, t)] added at where[p, t],
     the position in the plane that tap t of p reads (-1: the padding, not an input)."""
     cdef Py_ssize_t taps = g.k[0] * g.k[1] * g.k[2], K = g.Cg * taps
     cdef Py_ssize_t P = g.out[0] * g.out[1] * g.out[2], plane = g.size[0] * g.size[1] * g.size[2]
     cdef Py_ssize_t p, t, i
-    cdef floating *dxp = dx + (n * g.C + ci) * plane
-    cdef const floating *cp = cols + ((ci // g.Cg) * g.N + n) * P * K + (ci % g.Cg) * taps
+    cdef element *dxp = dx + (n * g.C + ci) * plane
+    cdef const element *cp = cols + ((ci // g.Cg) * g.N + n) * P * K + (ci % g.Cg) * taps
     cdef const Py_ssize_t *wp
-    cdef floating b0 = bias[ci] if bias != NULL else 0
+    cdef element b0 = bias[ci] if bias != NULL else 0
     for i in range(plane):
         dxp[i] = b0
     for p in range(P):
@@ -280,8 +280,8 @@ cdef Py_ssize_t[::1] tap_table(const Geometry *g):
     return where
 
 
-def col2im(const floating[:, ::1] cols, w_shape, const floating[::1] bias,
-           floating[:, :, :, :, ::1] dx, dy_shape, stride, pad, dilation, Py_ssize_t groups,
+def col2im(const element[:, ::1] cols, w_shape, const element[::1] bias,
+           element[:, :, :, :, ::1] dx, dy_shape, stride, pad, dilation, Py_ssize_t groups,
            int num_threads):
     """dx = bias + cols scattered (col2im): the input gradient of a convolution with weight
     shape `w_shape` and output shape `dy_shape` (5-D), from its columns: cols has a row per
@@ -290,7 +290,7 @@ def col2im(const floating[:, ::1] cols, w_shape, const floating[::1] bias,
     cdef Geometry g = columns_geometry(dx.shape, w_shape, dy_shape, stride, pad, dilation, groups)
     cdef Py_ssize_t item
     cdef fpstate fp
-    cdef const floating *bptr = &bias[0] if bias.shape[0] > 0 else NULL
+    cdef const element *bptr = &bias[0] if bias.shape[0] > 0 else NULL
     if dx.size == 0:
         return
     cdef Py_ssize_t[::1] where = tap_table(&g)
@@ -303,17 +303,17 @@ def col2im(const floating[:, ::1] cols, w_shape, const floating[::1] bias,
         restore_fpstate(fp)
 
 
-cdef void im2col_rows(const Geometry *g, Py_ssize_t gi, Py_ssize_t n, const floating *x,
-                      const Py_ssize_t *where, floating *cols) noexcept nogil:
+cdef void im2col_rows(const Geometry *g, Py_ssize_t gi, Py_ssize_t n, const element *x,
+                      const Py_ssize_t *where, element *cols) noexcept nogil:
     """The rows (gi, n, p) of the columns, for every output pixel p of image n: cols[(gi, n,
     p), (c, t)] = x[n, gi * Cg + c] at where[p, t], the position tap t of p reads (0 where
     that is padding)."""
     cdef Py_ssize_t taps = g.k[0] * g.k[1] * g.k[2], K = g.Cg * taps
     cdef Py_ssize_t P = g.out[0] * g.out[1] * g.out[2], plane = g.size[0] * g.size[1] * g.size[2]
     cdef Py_ssize_t p, c, t, i
-    cdef const floating *xc
+    cdef const element *xc
     cdef const Py_ssize_t *wp
-    cdef floating *row = cols + (gi * g.N + n) * P * K
+    cdef element *row = cols + (gi * g.N + n) * P * K
     for p in range(P):
         wp = where + p * taps
         for c in range(g.Cg):
@@ -324,8 +324,8 @@ cdef void im2col_rows(const Geometry *g, Py_ssize_t gi, Py_ssize_t n, const floa
             row += taps
 
 
-def im2col(const floating[:, :, :, :, ::1] x, w_shape, dy_shape, stride, pad, dilation,
-           Py_ssize_t groups, floating[:, ::1] cols, int num_threads):
+def im2col(const element[:, :, :, :, ::1] x, w_shape, dy_shape, stride, pad, dilation,
+           Py_ssize_t groups, element[:, ::1] cols, int num_threads):
     """cols = the columns of x (im2col) for a convolution with weight shape `w_shape` and
     output shape `dy_shape` (5-D): a row per (group, image, output pixel) and a column per
     (input channel of the group, tap), the value that tap reads, 0 in the padding (see
@@ -371,7 +371,7 @@ cdef class Plan:
             ws[a] = wshape[a]
             ys[a] = yshape[a]
         self.g = geometry(xs, ws, ys, stride, pad, dilation, groups)
-        self.typenum = cnp.NPY_FLOAT32 if dtype == np.float32 else cnp.NPY_FLOAT64
+        self.typenum = np.dtype(dtype).num
         self.nd = nd
         self.unbatched = unbatched
         for a in range(2):
@@ -474,8 +474,8 @@ cdef class Plan:
         return db
 
 
-cdef void sum_channels(Py_ssize_t N, Py_ssize_t O, Py_ssize_t P, const floating *dy,
-                       floating *db) noexcept nogil:
+cdef void sum_channels(Py_ssize_t N, Py_ssize_t O, Py_ssize_t P, const element *dy,
+                       element *db) noexcept nogil:
     """db[o] = sum of dy[n, o, p] over n and p, in that order, accumulated in double."""
     cdef Py_ssize_t n, o, p
     cdef double acc
@@ -484,14 +484,14 @@ cdef void sum_channels(Py_ssize_t N, Py_ssize_t O, Py_ssize_t P, const floating 
         for n in range(N):
             for p in range(P):
                 acc = acc + dy[(n * O + o) * P + p]
-        db[o] = <floating> acc
+        db[o] = <element> acc
 
 
-cdef inline void bias_sums(const Geometry *g, const floating *dy, floating *db) noexcept nogil:
+cdef inline void bias_sums(const Geometry *g, const element *dy, element *db) noexcept nogil:
     sum_channels(g.N, g.O, g.out[0] * g.out[1] * g.out[2], dy, db)
 
 
-def bias_grad(const floating[:, :, ::1] dy, floating[::1] db):
+def bias_grad(const element[:, :, ::1] dy, element[::1] db):
     """db = dy (N, O, pixels) summed over images and pixels: the gradient for a bias."""
     cdef fpstate fp
     if dy.shape[0] * dy.shape[1] * dy.shape[2] == 0:

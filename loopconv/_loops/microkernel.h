@@ -15,7 +15,8 @@
  * (see setup.py), and the loops below are still ordinary loops.
  *
  * Everything around the tile -- packing, blocking, threads -- is in tiled.pxi and the files it
- * includes.
+ * includes.  The tiles are macros of the element type T; elements.h instantiates them for each
+ * type the loops compute in.
  */
 #ifndef LOOPCONV_MICROKERNEL_H
 #define LOOPCONV_MICROKERNEL_H
@@ -61,14 +62,6 @@
 #    define LC_ISA "scalar"
 #  endif
 #endif
-
-/* Columns of a tile (lanes of its NV vectors), per element type. */
-#define LC_NR_B_F32 (LC_NV_B * LC_VEC_BYTES / 4)
-#define LC_NR_B_F64 (LC_NV_B * LC_VEC_BYTES / 8)
-#define LC_VW_F32 (LC_VEC_BYTES / 4)
-#define LC_VW_F64 (LC_VEC_BYTES / 8)
-/* tiled.pxi keeps per-tile tables of MAX_NR = 64 columns */
-_Static_assert(LC_NR_B_F32 <= 64 && LC_NR_B_F64 <= 64, "forward-style tile wider than 64");
 
 /* The tile in the forms the three passes need:
  *
@@ -319,9 +312,6 @@ static void lc_tile_d_##SUFFIX(ptrdiff_t kc, const T *a, const ptrdiff_t *aoff, 
 }
 #endif
 
-LC_DEFINE_TILES(f32, float)
-LC_DEFINE_TILES(f64, double)
-
 /* A square block of one vector's lanes (W) transposed:  dst[j * ldd + i] = src[i * lds + j]
  * for i, j < W.  The weight gradient packs dy transposed with it (one element at a time, that
  * packing took up to a fifth of the time where the taps are few: cifar, the ResNet stem).
@@ -369,37 +359,39 @@ LC_DEFINE_TILES(f64, double)
     for (int i = 0; i < W; i++) r[i] = *(const lc_uvec_##SUFFIX *)(src + i * lds);
 #  define LC_T_STORE(SUFFIX, W)                                                         \
     for (int i = 0; i < W; i++) *(lc_uvec_##SUFFIX *)(dst + i * ldd) = r[i];
-static inline void lc_transpose_f32(const float *LC_RESTRICT src, ptrdiff_t lds,
-                                    float *LC_RESTRICT dst, ptrdiff_t ldd)
-{
-    typedef int ivec __attribute__((vector_size(64)));
-    LC_T_LOAD(f32, 16)
-    LC_T_ROUND(lc_vec_f32, ivec, 16, LC_T_16, 8)
-    LC_T_ROUND(lc_vec_f32, ivec, 16, LC_T_16, 4)
-    LC_T_ROUND(lc_vec_f32, ivec, 16, LC_T_16, 2)
-    LC_T_ROUND(lc_vec_f32, ivec, 16, LC_T_16, 1)
-    LC_T_STORE(f32, 16)
+/* the transpose of a type of BYTES bytes: 4 (16 lanes) or 8 (8 lanes) */
+#  define LC_DEFINE_TRANSPOSE(SUFFIX, T, BYTES) LC_TRANSPOSE_SHUFFLES_##BYTES(SUFFIX, T)
+#  define LC_TRANSPOSE_SHUFFLES_4(SUFFIX, T)                                             \
+static inline void lc_transpose_##SUFFIX(const T *LC_RESTRICT src, ptrdiff_t lds,       \
+                                         T *LC_RESTRICT dst, ptrdiff_t ldd)             \
+{                                                                                       \
+    typedef int ivec __attribute__((vector_size(64)));                                  \
+    LC_T_LOAD(SUFFIX, 16)                                                               \
+    LC_T_ROUND(lc_vec_##SUFFIX, ivec, 16, LC_T_16, 8)                                   \
+    LC_T_ROUND(lc_vec_##SUFFIX, ivec, 16, LC_T_16, 4)                                   \
+    LC_T_ROUND(lc_vec_##SUFFIX, ivec, 16, LC_T_16, 2)                                   \
+    LC_T_ROUND(lc_vec_##SUFFIX, ivec, 16, LC_T_16, 1)                                   \
+    LC_T_STORE(SUFFIX, 16)                                                              \
 }
-static inline void lc_transpose_f64(const double *LC_RESTRICT src, ptrdiff_t lds,
-                                    double *LC_RESTRICT dst, ptrdiff_t ldd)
-{
-    typedef long long ivec __attribute__((vector_size(64)));
-    LC_T_LOAD(f64, 8)
-    LC_T_ROUND(lc_vec_f64, ivec, 8, LC_T_8, 4)
-    LC_T_ROUND(lc_vec_f64, ivec, 8, LC_T_8, 2)
-    LC_T_ROUND(lc_vec_f64, ivec, 8, LC_T_8, 1)
-    LC_T_STORE(f64, 8)
+#  define LC_TRANSPOSE_SHUFFLES_8(SUFFIX, T)                                             \
+static inline void lc_transpose_##SUFFIX(const T *LC_RESTRICT src, ptrdiff_t lds,       \
+                                         T *LC_RESTRICT dst, ptrdiff_t ldd)             \
+{                                                                                       \
+    typedef long long ivec __attribute__((vector_size(64)));                            \
+    LC_T_LOAD(SUFFIX, 8)                                                                \
+    LC_T_ROUND(lc_vec_##SUFFIX, ivec, 8, LC_T_8, 4)                                     \
+    LC_T_ROUND(lc_vec_##SUFFIX, ivec, 8, LC_T_8, 2)                                     \
+    LC_T_ROUND(lc_vec_##SUFFIX, ivec, 8, LC_T_8, 1)                                     \
+    LC_T_STORE(SUFFIX, 8)                                                               \
 }
 #else
-#  define LC_DEFINE_TRANSPOSE(SUFFIX, T)                                                \
+#  define LC_DEFINE_TRANSPOSE(SUFFIX, T, BYTES)                                         \
 static void lc_transpose_##SUFFIX(const T *src, ptrdiff_t lds, T *dst, ptrdiff_t ldd)   \
 {                                                                                       \
     enum { W = LC_VEC_BYTES / sizeof(T) };                                              \
     for (int i = 0; i < W; i++)                                                         \
         for (int j = 0; j < W; j++) dst[j * ldd + i] = src[i * lds + j];                \
 }
-LC_DEFINE_TRANSPOSE(f32, float)
-LC_DEFINE_TRANSPOSE(f64, double)
 #endif
 
 #endif  /* LOOPCONV_MICROKERNEL_H */

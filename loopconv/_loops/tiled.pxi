@@ -3,8 +3,8 @@
 # Included by tiled_baseline.pyx, tiled_x86_64_v3.pyx and tiled_x86_64_v4.pyx: the same loops
 # compiled for several instruction sets (setup.py sets the flags; loopconv/_loops/__init__.py
 # chooses one at import from the CPU's features).  This file holds what all the steps share (the
-# layout below, the register tiles of microkernel.h, the blocking sizes) and includes the steps
-# in the order they build on each other:
+# layout below, the blocking sizes; the element types and their register tiles come from
+# elements.pxd) and includes the steps in the order they build on each other:
 #     tiled_stage.pxi     staging: the padded, phase-split copy of one (image, group) slice
 #     tiled_product.pxi   the forward-style product (forward pass and input gradient)
 #     tiled_weight.pxi    the weight gradient: partial products and their sum
@@ -47,7 +47,6 @@
 # and columns that no window reaches) get zeros, plus the bias.  Each output element is written
 # by one thread, and every sum has an order fixed by the problem alone.
 
-from cython cimport floating
 from cython.parallel cimport parallel, prange, threadid
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
@@ -58,40 +57,11 @@ import numpy as np
 
 from loopconv._loops.common cimport (end_inside, first_inside, flush_subnormals, fpstate,
                                      restore_fpstate, round_up)
-
-cdef extern from "microkernel.h" nogil:
-    enum:
-        LC_MR_B         # rows of the forward-style tile (or 1, 2, 4 for products with fewer)
-        LC_NV_B         # its vectors
-        LC_NR_B_F32     # its columns
-        LC_NR_B_F64
-        LC_MR_A         # rows of the weight-gradient tile (its columns are two vectors)
-        LC_KR_D         # rows and columns of the weight-gradient tile for few output
-        LC_OR_D         # (channels), which sums along the vector lanes
-        LC_VW_F32       # lanes of a vector
-        LC_VW_F64
-        LC_VEC_BYTES    # bytes of a vector
-    const char *LC_ISA
-    void lc_tile_b_f32(int mr, int nv, Py_ssize_t kc, const float *a, const float *b,
-                       const Py_ssize_t *boff, float *c, Py_ssize_t ldc, int beta)
-    void lc_tile_b_f64(int mr, int nv, Py_ssize_t kc, const double *a, const double *b,
-                       const Py_ssize_t *boff, double *c, Py_ssize_t ldc, int beta)
-    void lc_tile_g_f32(int mr, int nv, Py_ssize_t kc, const float *a, const Py_ssize_t *aoff,
-                       Py_ssize_t rs, const float *b, const Py_ssize_t *boff, float *c,
-                       Py_ssize_t ldc, int beta)
-    void lc_tile_g_f64(int mr, int nv, Py_ssize_t kc, const double *a,
-                       const Py_ssize_t *aoff, Py_ssize_t rs, const double *b,
-                       const Py_ssize_t *boff, double *c, Py_ssize_t ldc, int beta)
-    void lc_tile_a_f32(Py_ssize_t kc, const float *a, const Py_ssize_t *aoff, const float *b,
-                       float *c, Py_ssize_t ldc, int beta)
-    void lc_tile_a_f64(Py_ssize_t kc, const double *a, const Py_ssize_t *aoff, const double *b,
-                       double *c, Py_ssize_t ldc, int beta)
-    void lc_tile_d_f32(Py_ssize_t kc, const float *a, const Py_ssize_t *aoff, const float *b,
-                       Py_ssize_t ldb, float *c, Py_ssize_t ldc, int beta)
-    void lc_tile_d_f64(Py_ssize_t kc, const double *a, const Py_ssize_t *aoff, const double *b,
-                       Py_ssize_t ldb, double *c, Py_ssize_t ldc, int beta)
-    void lc_transpose_f32(const float *src, Py_ssize_t lds, float *dst, Py_ssize_t ldd)
-    void lc_transpose_f64(const double *src, Py_ssize_t lds, double *dst, Py_ssize_t ldd)
+# the element types, their kernels and the tile shapes of this build
+from loopconv._loops.elements cimport (LC_ISA, LC_DWC_PX, LC_KR_D, LC_MR_A, LC_MR_B, LC_NV_B,
+                                       LC_OR_D, LC_VEC_BYTES, dw_copy, dw_dot, dw_rows,
+                                       dwc_copy, dwc_dotruns, dwc_runs, element, tile_a, tile_b,
+                                       tile_d, tile_g, transpose_block, typecode)
 
 
 # ---------------------------------------------------------------------------------------------

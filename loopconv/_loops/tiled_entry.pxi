@@ -30,10 +30,10 @@ cdef inline Py_ssize_t per_thread(Py_ssize_t n) noexcept nogil:
 def info():
     """The instruction set and register tiles of this build."""
     return {"isa": LC_ISA.decode(),
-            "forward tile float32": (LC_MR_B, LC_NR_B_F32),
-            "forward tile float64": (LC_MR_B, LC_NR_B_F64),
-            "weight tile float32": (LC_MR_A, 2 * LC_VW_F32),
-            "weight tile float64": (LC_MR_A, 2 * LC_VW_F64),
+            "forward tile float32": (LC_MR_B, LC_NV_B * LC_VEC_BYTES // 4),
+            "forward tile float64": (LC_MR_B, LC_NV_B * LC_VEC_BYTES // 8),
+            "weight tile float32": (LC_MR_A, 2 * LC_VEC_BYTES // 4),
+            "weight tile float64": (LC_MR_A, 2 * LC_VEC_BYTES // 8),
             "weight tile, few channels": (LC_KR_D, LC_OR_D),
             "weight read in place below grid columns": GATHER_COLUMNS}
 
@@ -84,31 +84,31 @@ cdef void set_phase(Phase *ph, const Stage *st, Py_ssize_t K, Py_ssize_t a_off,
 
 
 cdef int product_pass(const Product *p, const Phase *phases,
-                      const floating[:, :, :, :, ::1] src, const Py_ssize_t[::1] boff,
-                      const floating *a, const Py_ssize_t[::1] aoff,
-                      const floating[::1] bias, floating[:, :, :, :, ::1] dst,
+                      const element[:, :, :, :, ::1] src, const Py_ssize_t[::1] boff,
+                      const element *a, const Py_ssize_t[::1] aoff,
+                      const element[::1] bias, element[:, :, :, :, ::1] dst,
                       int num_threads) except -1:
     """Run the forward-style product p (its phases, A at a read at aoff, B the staged src read
     at boff) into dst on num_threads threads, with this Python thread's workspaces."""
-    cdef Py_ssize_t NR = LC_NR_B_F32 if floating is float else LC_NR_B_F64
-    dtype = np.float32 if floating is float else np.float64
+    cdef Py_ssize_t NR = LC_NV_B * LC_VEC_BYTES // sizeof(element)
+    dtype = typecode(<element *> NULL)
     cdef Py_ssize_t fper = per_thread(p.nimg * p.st.size + LC_MR_B * NR)
     cdef Py_ssize_t iper = per_thread(1 + 2 * NCB_TILES * NR)
-    cdef floating[::1] fws = _workspace("f", dtype, fper * num_threads)
+    cdef element[::1] fws = _workspace("f", dtype, fper * num_threads)
     cdef Py_ssize_t[::1] iws = _workspace("i", np.intp, iper * num_threads)
-    cdef const floating *bptr = &bias[0] if bias.shape[0] > 0 else NULL
+    cdef const element *bptr = &bias[0] if bias.shape[0] > 0 else NULL
     with nogil:
         run_product(p, phases, &src[0, 0, 0, 0, 0], &boff[0], a, &aoff[0], bptr,
                     &dst[0, 0, 0, 0, 0], &fws[0], fper, &iws[0], iper, num_threads)
     return 0
 
 
-def forward(const floating[:, :, :, :, ::1] x, const floating[:, :, :, :, ::1] w,
-            const floating[::1] bias, floating[:, :, :, :, ::1] y,
+def forward(const element[:, :, :, :, ::1] x, const element[:, :, :, :, ::1] w,
+            const element[::1] bias, element[:, :, :, :, ::1] y,
             stride, pad, dilation, Py_ssize_t groups, int num_threads):
     """y = conv(x, w) + bias over 5-D arrays.  An empty bias means none."""
-    cdef Py_ssize_t NR = LC_NR_B_F32 if floating is float else LC_NR_B_F64
-    dtype = np.float32 if floating is float else np.float64
+    cdef Py_ssize_t NR = LC_NV_B * LC_VEC_BYTES // sizeof(element)
+    dtype = typecode(<element *> NULL)
     cdef Product p
     cdef Phase ph
     cdef Py_ssize_t O = w.shape[0], Cg = w.shape[1], Og = O // groups, g
@@ -135,7 +135,7 @@ def forward(const floating[:, :, :, :, ::1] x, const floating[:, :, :, :, ::1] w
     p.a_grp = Og * ph.K
     split_work(&p, ph.ncols)
     cdef Py_ssize_t mpad = round_up(Og, p.mr)
-    cdef floating[::1] apack = np.empty(1 if p.gathered else groups * mpad * ph.K, dtype=dtype)
+    cdef element[::1] apack = np.empty(1 if p.gathered else groups * mpad * ph.K, dtype=dtype)
     if not p.gathered:
         with nogil:
             for g in range(groups):
@@ -195,13 +195,13 @@ cdef tuple set_input_phases(Product *p, Phase *phases, list axes, tuple lead, tu
     return boffs, koffs
 
 
-def grad_input(const floating[:, :, :, :, ::1] dy, const floating[:, :, :, :, ::1] w,
-               const floating[::1] bias, floating[:, :, :, :, ::1] dx, stride, pad, dilation,
+def grad_input(const element[:, :, :, :, ::1] dy, const element[:, :, :, :, ::1] w,
+               const element[::1] bias, element[:, :, :, :, ::1] dx, stride, pad, dilation,
                Py_ssize_t groups, int num_threads):
     """dx = bias + gradient of conv(x, w) with respect to x, given dy (the transposed
     convolution of dy); dx is overwritten.  An empty bias means none."""
-    cdef Py_ssize_t NR = LC_NR_B_F32 if floating is float else LC_NR_B_F64
-    dtype = np.float32 if floating is float else np.float64
+    cdef Py_ssize_t NR = LC_NV_B * LC_VEC_BYTES // sizeof(element)
+    dtype = typecode(<element *> NULL)
     cdef Product p
     cdef Py_ssize_t O = w.shape[0], Cg = w.shape[1], Og = O // groups
     cdef Py_ssize_t KS = w.shape[2] * w.shape[3] * w.shape[4]
@@ -214,7 +214,7 @@ def grad_input(const floating[:, :, :, :, ::1] dy, const floating[:, :, :, :, ::
     set_product(&p, dx.shape[0], groups, O, dx.shape[1], size)
     p.nphase = len(axes[0]) * len(axes[1]) * len(axes[2])
     cdef Py_ssize_t[::1] order, boff, aoff
-    cdef floating[::1] apack
+    cdef element[::1] apack
     cdef Phase *phases = <Phase *> malloc(p.nphase * sizeof(Phase))
     if phases == NULL:
         raise MemoryError()
@@ -240,7 +240,7 @@ def grad_input(const floating[:, :, :, :, ::1] dy, const floating[:, :, :, :, ::
         free(phases)
 
 
-def _pack_groups(const floating[:, :, :, :, ::1] w, Py_ssize_t groups, Py_ssize_t M,
+def _pack_groups(const element[:, :, :, :, ::1] w, Py_ssize_t groups, Py_ssize_t M,
                  Py_ssize_t mr, Py_ssize_t K, koff_arr, dtype):
     """Packed A of the input gradient for all groups: rows c, columns (o, tap)."""
     cdef Py_ssize_t g, Og = w.shape[0] // groups, mpad = round_up(M, mr)
@@ -248,7 +248,7 @@ def _pack_groups(const floating[:, :, :, :, ::1] w, Py_ssize_t groups, Py_ssize_
     out = np.empty(max(groups * mpad * K, 1), dtype=dtype)
     if K == 0:
         return out[:0]
-    cdef floating[::1] apack = out
+    cdef element[::1] apack = out
     cdef Py_ssize_t[::1] koff = koff_arr
     cdef Py_ssize_t[::1] roff = np.arange(M, dtype=np.intp) * KS
     with nogil:
@@ -341,7 +341,7 @@ cdef void set_weight(WeightProduct *p, tuple xs, tuple ws, tuple ys, stride, pad
     """The weight gradient's geometry for 5-D shapes xs (x), ws (dw) and ys (dy), elements of
     itemsize bytes and x_size elements of x: its tiles, staging, blocks of images and work
     items."""
-    cdef Py_ssize_t VW = LC_VW_F32 if itemsize == 4 else LC_VW_F64
+    cdef Py_ssize_t VW = LC_VEC_BYTES // itemsize
     size, out, ksize = xs[2:], ys[2:], ws[2:]
     # Output channels that fill at most one vector would leave most lanes of lc_tile_a empty
     # and make transposing dy the main cost: lc_tile_d sums along pixels instead.
@@ -366,23 +366,23 @@ def weight_plan(xs, ws, ys, stride, pad, dilation, Py_ssize_t groups, Py_ssize_t
             "columns": p.ncols, "block": p.block, "lanes": bool(p.lanes)}
 
 
-def grad_weight(const floating[:, :, :, :, ::1] x, const floating[:, :, :, :, ::1] dy,
-                floating[:, :, :, :, ::1] dw, stride, pad, dilation, Py_ssize_t groups,
+def grad_weight(const element[:, :, :, :, ::1] x, const element[:, :, :, :, ::1] dy,
+                element[:, :, :, :, ::1] dw, stride, pad, dilation, Py_ssize_t groups,
                 int num_threads):
     """dw = gradient of conv(x, w) with respect to w, given dy; dw is overwritten."""
-    cdef Py_ssize_t VW = LC_VW_F32 if floating is float else LC_VW_F64
-    dtype = np.float32 if floating is float else np.float64
+    cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
+    dtype = typecode(<element *> NULL)
     cdef WeightProduct p
     cdef Py_ssize_t Cg = dw.shape[1], fper, iper
     set_weight(&p, shape5(x.shape), shape5(dw.shape), shape5(dy.shape), stride, pad, dilation,
-               groups, sizeof(floating), x.size)
+               groups, sizeof(element), x.size)
     # rows past K repeat row 0: the tile computes them and the reduction never reads them
     rows = tap_offsets(&p.st, Cg, kernel_taps(shape5(dw.shape)[2:], dilation))
     cdef Py_ssize_t[::1] aoff = np.array(rows + rows[:1] * (p.Kpad - p.K), dtype=np.intp)
-    cdef floating[::1] partial = _workspace("p", dtype, groups * p.nchunk * p.Kpad * p.Opad)
+    cdef element[::1] partial = _workspace("p", dtype, groups * p.nchunk * p.Kpad * p.Opad)
     fper = per_thread(max(p.st.size + p.Opad * p.block, VW * VW))   # (sum_partials: VW * VW)
     iper = per_thread(1 + 2 * p.block)
-    cdef floating[::1] fws = _workspace("f", dtype, fper * num_threads)
+    cdef element[::1] fws = _workspace("f", dtype, fper * num_threads)
     cdef Py_ssize_t[::1] iws = _workspace("i", np.intp, iper * num_threads)
     with nogil:
         run_weight(&p, &x[0, 0, 0, 0, 0], &dy[0, 0, 0, 0, 0], &aoff[0], &partial[0],

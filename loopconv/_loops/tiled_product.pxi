@@ -63,30 +63,9 @@ cdef Py_ssize_t tile_rows(Py_ssize_t M) noexcept nogil:
     return 4 if M <= 4 else LC_MR_B
 
 
-cdef inline void tile_b(int mr, bint narrow, Py_ssize_t kc, const floating *a,
-                        const floating *b, const Py_ssize_t *boff, floating *c, Py_ssize_t ldc,
-                        bint beta) noexcept nogil:
-    cdef int nv = 1 if narrow else LC_NV_B
-    if floating is float:
-        lc_tile_b_f32(mr, nv, kc, a, b, boff, c, ldc, beta)
-    else:
-        lc_tile_b_f64(mr, nv, kc, a, b, boff, c, ldc, beta)
-
-
-cdef inline void tile_g(int mr, bint narrow, Py_ssize_t kc, const floating *a,
-                        const Py_ssize_t *aoff, Py_ssize_t rs, const floating *b,
-                        const Py_ssize_t *boff, floating *c, Py_ssize_t ldc,
-                        bint beta) noexcept nogil:
-    cdef int nv = 1 if narrow else LC_NV_B
-    if floating is float:
-        lc_tile_g_f32(mr, nv, kc, a, aoff, rs, b, boff, c, ldc, beta)
-    else:
-        lc_tile_g_f64(mr, nv, kc, a, aoff, rs, b, boff, c, ldc, beta)
-
-
-cdef inline void panel(const Product *p, const floating *a_g, Py_ssize_t ip, Py_ssize_t K,
+cdef inline void panel(const Product *p, const element *a_g, Py_ssize_t ip, Py_ssize_t K,
                        Py_ssize_t k0, Py_ssize_t kc, const Py_ssize_t *aoff, bint narrow,
-                       const floating *b, const Py_ssize_t *boff, Py_ssize_t mw, floating *c,
+                       const element *b, const Py_ssize_t *boff, Py_ssize_t mw, element *c,
                        Py_ssize_t ldc, bint beta) noexcept nogil:
     """Rows ip * mr .. ip * mr + mw - 1 of C (at c, rows ldc apart) over A's columns k0 ..
     k0 + kc - 1.  Packed A: one tile of mr rows (the packed panel is zero past M).  Gathered A:
@@ -103,16 +82,16 @@ cdef inline void panel(const Product *p, const floating *a_g, Py_ssize_t ip, Py_
         r0 += rr
 
 
-cdef void pack_weight(const floating *w, Py_ssize_t M, Py_ssize_t MR, Py_ssize_t K,
+cdef void pack_weight(const element *w, Py_ssize_t M, Py_ssize_t MR, Py_ssize_t K,
                       const Py_ssize_t *roff, const Py_ssize_t *koff,
-                      floating *dst) noexcept nogil:
+                      element *dst) noexcept nogil:
     """A panels of the forward-style product: dst[(i // MR) * K * MR + k * MR + i % MR] =
     w[roff[i] + koff[k]], rows past M zero.  Copied PACK_BLOCK columns k at a time for all
     panels, so that what those columns read of w stays in cache whether a row of A runs along
     w (the forward pass) or across it (the input gradient's transposed weight: a row of A
     then takes one element from each of K rows of w, and row by row every read missed)."""
     cdef Py_ssize_t ip, i0, i, kb, k0, k1, k, r
-    cdef floating *d
+    cdef element *d
     for kb in range((K + PACK_BLOCK - 1) // PACK_BLOCK):
         k0 = kb * PACK_BLOCK
         k1 = min(K, k0 + PACK_BLOCK)
@@ -128,7 +107,7 @@ cdef void pack_weight(const floating *w, Py_ssize_t M, Py_ssize_t MR, Py_ssize_t
                         d[k * MR + r] = 0
 
 
-cdef inline void copy_run(floating *d, Py_ssize_t ds, const floating *src, Py_ssize_t n,
+cdef inline void copy_run(element *d, Py_ssize_t ds, const element *src, Py_ssize_t n,
                           bint add) noexcept nogil:
     """d[u * ds] (=, +=) src[u] for u < n."""
     cdef Py_ssize_t u
@@ -198,14 +177,14 @@ cdef inline void tile_runs(const Py_ssize_t *run, Py_ssize_t j0, Py_ssize_t widt
         t += ln
 
 
-cdef inline void store_tile(const floating *ctile, Py_ssize_t mw, Py_ssize_t width,
-                            Py_ssize_t j0, floating *d0, Py_ssize_t ldd, const Py_ssize_t *dcol,
+cdef inline void store_tile(const element *ctile, Py_ssize_t mw, Py_ssize_t width,
+                            Py_ssize_t j0, element *d0, Py_ssize_t ldd, const Py_ssize_t *dcol,
                             Py_ssize_t ds, const Runs *runs, bint add) noexcept nogil:
     """Rows i < mw of a computed tile (ctile, width columns a row, grid columns j0 on) into
     the destination rows d0 + i * ldd at dcol, (=, +=) run by run of valid columns."""
     cdef Py_ssize_t i, sg, t
-    cdef floating *d
-    cdef const floating *cr
+    cdef element *d
+    cdef const element *cr
     for i in range(mw):
         d = d0 + i * ldd
         cr = ctile + i * width - j0
@@ -216,16 +195,16 @@ cdef inline void store_tile(const floating *ctile, Py_ssize_t mw, Py_ssize_t wid
 
 cdef inline void product_tile(const Product *p, const Phase *ph, const Item *it,
                               Py_ssize_t k0, Py_ssize_t kc, bint narrow, Py_ssize_t j0,
-                              const Runs *runs, const floating **staged, const floating *a_g,
-                              const Py_ssize_t *boff, const Py_ssize_t *aoff, floating *dst_g,
-                              const Py_ssize_t *dcol, floating *ctile) noexcept nogil:
+                              const Runs *runs, const element **staged, const element *a_g,
+                              const Py_ssize_t *boff, const Py_ssize_t *aoff, element *dst_g,
+                              const Py_ssize_t *dcol, element *ctile) noexcept nogil:
     """The item's rows of the tile of grid columns j0 on (one vector of columns if narrow) over
     A's columns k0 .. k0 + kc - 1, for each of its images (innermost, so that each panel of A is
     read once for all of them), added to the sums of the earlier columns of A if k0 > 0."""
-    cdef Py_ssize_t NR = LC_NR_B_F32 if floating is float else LC_NR_B_F64
-    cdef Py_ssize_t VW = LC_VW_F32 if floating is float else LC_VW_F64
+    cdef Py_ssize_t NR = LC_NV_B * LC_VEC_BYTES // sizeof(element)
+    cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t MR = p.mr, width = VW if narrow else NR, ip, mw, n
-    cdef floating *d0
+    cdef element *d0
     # the whole tile lands on one contiguous output row (its first run is all of it): store in
     # place
     cdef bint whole = ph.dstep[2] == 1 and runs.length[0] >= width
@@ -243,15 +222,15 @@ cdef inline void product_tile(const Product *p, const Phase *ph, const Item *it,
 
 
 cdef inline void product_tiles(const Product *p, const Phase *ph, const Item *it,
-                               const floating **staged, const floating *a_g,
-                               const Py_ssize_t *boff, const Py_ssize_t *aoff, floating *dst_g,
+                               const element **staged, const element *a_g,
+                               const Py_ssize_t *boff, const Py_ssize_t *aoff, element *dst_g,
                                const Py_ssize_t *dcol, const Py_ssize_t *run,
-                               floating *ctile) noexcept nogil:
+                               element *ctile) noexcept nogil:
     """The sums of the item: A's columns in blocks of KC, and within a block the item's grid
     columns in tiles of NR, then one-vector tiles for the last columns; tiles that are all junk
     are skipped."""
-    cdef Py_ssize_t NR = LC_NR_B_F32 if floating is float else LC_NR_B_F64
-    cdef Py_ssize_t VW = LC_VW_F32 if floating is float else LC_VW_F64
+    cdef Py_ssize_t NR = LC_NV_B * LC_VEC_BYTES // sizeof(element)
+    cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t K = ph.K, nfull = it.ncols // NR, ntile, kb, k0, kc, jt, j0
     cdef bint narrow
     cdef Runs runs
@@ -268,13 +247,13 @@ cdef inline void product_tiles(const Product *p, const Phase *ph, const Item *it
                              dst_g, dcol, ctile)
 
 
-cdef inline void set_columns(const Product *p, const Item *it, floating *dst_g,
-                             const Py_ssize_t *dcol, const floating *bias,
+cdef inline void set_columns(const Product *p, const Item *it, element *dst_g,
+                             const Py_ssize_t *dcol, const element *bias,
                              bint add) noexcept nogil:
     """The item's valid outputs: += bias (add), or = 0 (where no tap reaches them)."""
     cdef Py_ssize_t n, i, j
-    cdef floating *d
-    cdef floating bv
+    cdef element *d
+    cdef element bv
     for n in range(it.nimg):
         for i in range(it.i0, it.i1):
             bv = bias[it.g * p.M + i] if add else 0
@@ -288,23 +267,23 @@ cdef inline void set_columns(const Product *p, const Item *it, floating *dst_g,
 
 
 cdef void product_item(const Product *p, const Phase *phases, Py_ssize_t item,
-                       const floating *src, const Py_ssize_t *boff_all,
-                       const floating *apack, const Py_ssize_t *aoff_all,
-                       const floating *bias, floating *dst, floating *fws,
+                       const element *src, const Py_ssize_t *boff_all,
+                       const element *apack, const Py_ssize_t *aoff_all,
+                       const element *bias, element *dst, element *fws,
                        Py_ssize_t *iws) noexcept nogil:
     """Work item `item` of the forward-style product (find_item): its rows of dst at its valid
     grid columns, for each of its images.  A is apack: packed panels, or with p.gathered the
     weight itself, read at aoff_all.  fws and iws: this thread's scratch (iws[0] names the
     slices staged in fws)."""
-    cdef Py_ssize_t NR = LC_NR_B_F32 if floating is float else LC_NR_B_F64
+    cdef Py_ssize_t NR = LC_NV_B * LC_VEC_BYTES // sizeof(element)
     cdef Item it
-    cdef const floating *staged[MAX_IMAGES]
+    cdef const element *staged[MAX_IMAGES]
     cdef Py_ssize_t *dcol = iws + 1
     cdef Py_ssize_t *run = dcol + NCB_TILES * NR
     find_item(p, phases, item, NCB_TILES * NR, &it)
     cdef const Phase *ph = &phases[it.f]
-    cdef floating *dst_g = dst + it.n0 * p.dst_img + it.g * p.dst_grp
-    cdef const floating *a_g
+    cdef element *dst_g = dst + it.n0 * p.dst_img + it.g * p.dst_grp
+    cdef const element *a_g
     if p.gathered:
         a_g = apack + it.g * p.a_grp
     else:
@@ -344,9 +323,9 @@ cdef void split_work(Product *p, Py_ssize_t columns) noexcept nogil:
     p.nrb = (mpan + p.rblk - 1) // p.rblk
 
 
-cdef void run_product(const Product *p, const Phase *phases, const floating *src,
-                      const Py_ssize_t *boff, const floating *apack, const Py_ssize_t *aoff,
-                      const floating *bias, floating *dst, floating *fws, Py_ssize_t fper,
+cdef void run_product(const Product *p, const Phase *phases, const element *src,
+                      const Py_ssize_t *boff, const element *apack, const Py_ssize_t *aoff,
+                      const element *bias, element *dst, element *fws, Py_ssize_t fper,
                       Py_ssize_t *iws, Py_ssize_t iper, int nthreads) noexcept nogil:
     cdef Py_ssize_t item, t, nitems = p.nib * p.G * p.items_ng * p.nrb
     # With few (images, group) slices (batch 1), items are handed out one at a time as threads

@@ -19,14 +19,14 @@ cdef struct Stage:
     Py_ssize_t src_size     # elements of the whole source array
 
 
-cdef inline void fill_row(floating *row, const floating *s, Py_ssize_t sw, Py_ssize_t e_lo,
+cdef inline void fill_row(element *row, const element *s, Py_ssize_t sw, Py_ssize_t e_lo,
                           Py_ssize_t e_hi, Py_ssize_t Wq) noexcept nogil:
     """row[e] = s[e * sw] for e_lo <= e < e_hi, 0 for the other e < Wq."""
     cdef Py_ssize_t e
     for e in range(e_lo):
         row[e] = 0
     if sw == 1 and e_hi - e_lo >= 64:
-        memcpy(row + e_lo, s + e_lo, (e_hi - e_lo) * sizeof(floating))
+        memcpy(row + e_lo, s + e_lo, (e_hi - e_lo) * sizeof(element))
     elif sw == 1:           # short rows: a call costs more than the copy
         for e in range(e_lo, e_hi):
             row[e] = s[e]
@@ -37,7 +37,7 @@ cdef inline void fill_row(floating *row, const floating *s, Py_ssize_t sw, Py_ss
         row[e] = 0
 
 
-cdef inline void fill_row_pair(floating *row0, floating *row1, const floating *s,
+cdef inline void fill_row_pair(element *row0, element *row1, const element *s,
                                const Py_ssize_t *bounds, Py_ssize_t Wq) noexcept nogil:
     """fill_row for both phases of stride 2, row0[e] = s[2e] and row1[e] = s[2e + 1] inside
     bounds[0] .. bounds[1] - 1 and bounds[2] .. bounds[3] - 1, in one pass over the source row
@@ -77,24 +77,24 @@ cdef inline void row_bounds(Py_ssize_t pw, Py_ssize_t lw, Py_ssize_t sw, Py_ssiz
     bounds[1] = max(min(end_inside(pw - lw, sw, W), Wq), bounds[0])
 
 
-cdef inline void zero_plane_rows(floating *row, Py_ssize_t sw, Py_ssize_t plane, Py_ssize_t Hq,
+cdef inline void zero_plane_rows(element *row, Py_ssize_t sw, Py_ssize_t plane, Py_ssize_t Hq,
                                  Py_ssize_t Wq, Py_ssize_t b_lo, Py_ssize_t b_hi,
                                  bint outside) noexcept nogil:
     """The zeros of one staged plane a of a phase (pd, ph), at row, its sw phases pw plane
     apart: all Hq rows where the source plane is outside the source, else the rows before b_lo
     and from b_hi on (those no source row reaches)."""
     cdef Py_ssize_t pw
-    cdef floating *r
+    cdef element *r
     for pw in range(sw):
         r = row + pw * plane
         if outside:
-            memset(r, 0, Hq * Wq * sizeof(floating))
+            memset(r, 0, Hq * Wq * sizeof(element))
         else:
-            memset(r, 0, b_lo * Wq * sizeof(floating))
-            memset(r + b_hi * Wq, 0, (Hq - b_hi) * Wq * sizeof(floating))
+            memset(r, 0, b_lo * Wq * sizeof(element))
+            memset(r + b_hi * Wq, 0, (Hq - b_hi) * Wq * sizeof(element))
 
 
-cdef inline void copy_plane_rows(floating *row, const floating *srow, Py_ssize_t nrow,
+cdef inline void copy_plane_rows(element *row, const element *srow, Py_ssize_t nrow,
                                  Py_ssize_t plane, Py_ssize_t Wq, Py_ssize_t W, Py_ssize_t sh,
                                  Py_ssize_t sw, Py_ssize_t lw,
                                  const Py_ssize_t *bounds) noexcept nogil:
@@ -105,7 +105,7 @@ cdef inline void copy_plane_rows(floating *row, const floating *srow, Py_ssize_t
     cdef Py_ssize_t pb[2]
     if sw == 1 and sh == 1 and lw == 0 and Wq == W:
         # whole rows, consecutive in both: one copy
-        memcpy(row, srow, nrow * W * sizeof(floating))
+        memcpy(row, srow, nrow * W * sizeof(element))
         return
     for b in range(nrow):
         if sw == 2:
@@ -120,7 +120,7 @@ cdef inline void copy_plane_rows(floating *row, const floating *srow, Py_ssize_t
         srow += sh * W
 
 
-cdef void stage_image(const floating *src, const Stage *st, floating *out) noexcept nogil:
+cdef void stage_image(const element *src, const Stage *st, element *out) noexcept nogil:
     """The staged planes of one (image, group) slice at src: for channel c and phase
     (pd, ph, pw), out[c * chan + ((pd * sh + ph) * sw + pw) * pstep + (a * Hq + b) * Wq + e] =
     src[c, a * sd + pd - ld, b * sh + ph - lh, e * sw + pw - lw], zero outside the source (the
@@ -134,7 +134,7 @@ cdef void stage_image(const floating *src, const Stage *st, floating *out) noexc
     cdef Py_ssize_t ld = st.lead[0], lh = st.lead[1], lw = st.lead[2]
     cdef Py_ssize_t pstep = st.pstep, chan = st.chan, src_chan = st.src_chan
     cdef Py_ssize_t nchan = st.nchan
-    cdef floating *base
+    cdef element *base
     cdef bint outside
     cdef Py_ssize_t bounds[4]       # the staged columns inside, for phases 0 and 1 (once)
     row_bounds(0, lw, sw, W, Wq, bounds)
@@ -156,16 +156,16 @@ cdef void stage_image(const floating *src, const Stage *st, floating *out) noexc
                                         b_hi - b_lo, pstep, Wq, W, sh, sw, lw, bounds)
 
 
-cdef void stage_slice(const floating *src, const Stage *st, floating *out) noexcept nogil:
+cdef void stage_slice(const element *src, const Stage *st, element *out) noexcept nogil:
     """out = the staged copy of one (image, group) slice at src (stage_image), and zeros
     after the last channel up to st.size."""
     stage_image(src, st, out)
-    memset(out + st.nchan * st.chan, 0, (st.size - st.nchan * st.chan) * sizeof(floating))
+    memset(out + st.nchan * st.chan, 0, (st.size - st.nchan * st.chan) * sizeof(element))
 
 
-cdef inline const floating *staged_slice(const floating *src, Py_ssize_t off,
-                                         const Stage *st, Py_ssize_t key, floating *buf,
-                                         Py_ssize_t *staged_key) noexcept nogil:
+cdef inline const element *staged_slice(const element *src, Py_ssize_t off,
+                                        const Stage *st, Py_ssize_t key, element *buf,
+                                        Py_ssize_t *staged_key) noexcept nogil:
     """The slice `key` of the source (at src + off) as the tiles read it: the source itself
     where staging would copy it unchanged and every read of the tiles (up to st.size) stays
     inside the source array (a 1x1 convolution); else this thread's buffer, staged unless it
@@ -178,10 +178,10 @@ cdef inline const floating *staged_slice(const floating *src, Py_ssize_t off,
     return buf
 
 
-cdef void stage_images(const floating *src, const Stage *st, Py_ssize_t src_img,
+cdef void stage_images(const element *src, const Stage *st, Py_ssize_t src_img,
                        Py_ssize_t src_grp, Py_ssize_t n0, Py_ssize_t nimg, Py_ssize_t g,
-                       Py_ssize_t key, floating *buf, Py_ssize_t *staged_key,
-                       const floating **staged) noexcept nogil:
+                       Py_ssize_t key, element *buf, Py_ssize_t *staged_key,
+                       const element **staged) noexcept nogil:
     """staged[n]: the slice (image n0 + n, group g) as the tiles read it, for n < nimg (see
     staged_slice; images src_img and groups src_grp elements apart in src), in the thread's
     buffer one after the other; `key` names the block."""
@@ -198,9 +198,9 @@ cdef void stage_images(const floating *src, const Stage *st, Py_ssize_t src_img,
     staged_key[0] = key
 
 
-cdef const floating *staged_block(const floating *src, Py_ssize_t off, Py_ssize_t src_img,
-                                  const Stage *st, Py_ssize_t nimg, Py_ssize_t key,
-                                  floating *buf, Py_ssize_t *staged_key) noexcept nogil:
+cdef const element *staged_block(const element *src, Py_ssize_t off, Py_ssize_t src_img,
+                                 const Stage *st, Py_ssize_t nimg, Py_ssize_t key,
+                                 element *buf, Py_ssize_t *staged_key) noexcept nogil:
     """The block of images at src + off (nimg <= st.nimg of them, src_img elements apart) as
     the tiles read it: staged_slice for blocks of one image, else this thread's buffer, staged
     unless it holds that block already; the places of images missing from the last block are
@@ -215,8 +215,8 @@ cdef const floating *staged_block(const floating *src, Py_ssize_t off, Py_ssize_
             for c in range(st.nchan):
                 for f in range(nphase):
                     memset(buf + c * st.chan + f * st.pstep + nimg * st.plane, 0,
-                           (st.nimg - nimg) * st.plane * sizeof(floating))
-        memset(buf + st.nchan * st.chan, 0, (st.size - st.nchan * st.chan) * sizeof(floating))
+                           (st.nimg - nimg) * st.plane * sizeof(element))
+        memset(buf + st.nchan * st.chan, 0, (st.size - st.nchan * st.chan) * sizeof(element))
         staged_key[0] = key
     return buf
 

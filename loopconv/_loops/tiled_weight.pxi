@@ -26,31 +26,15 @@ cdef struct WeightProduct:
     Stage st
 
 
-cdef inline void tile_a(Py_ssize_t kc, const floating *a, const Py_ssize_t *aoff,
-                        const floating *b, floating *c, Py_ssize_t ldc, bint beta) noexcept nogil:
-    if floating is float:
-        lc_tile_a_f32(kc, a, aoff, b, c, ldc, beta)
-    else:
-        lc_tile_a_f64(kc, a, aoff, b, c, ldc, beta)
-
-
-cdef inline void tile_d(Py_ssize_t kc, const floating *a, const Py_ssize_t *aoff,
-                        const floating *b, Py_ssize_t ldb, floating *c, Py_ssize_t ldc,
-                        bint beta) noexcept nogil:
-    if floating is float:
-        lc_tile_d_f32(kc, a, aoff, b, ldb, c, ldc, beta)
-    else:
-        lc_tile_d_f64(kc, a, aoff, b, ldb, c, ldc, beta)
-
-cdef void pack_dy_t(const floating *dyrow, Py_ssize_t plane, Py_ssize_t nrow, Py_ssize_t pc,
-                    const Py_ssize_t *dcol, const Py_ssize_t *run, floating *bo,
+cdef void pack_dy_t(const element *dyrow, Py_ssize_t plane, Py_ssize_t nrow, Py_ssize_t pc,
+                    const Py_ssize_t *dcol, const Py_ssize_t *run, element *bo,
                     Py_ssize_t NR) noexcept nogil:
     """bo[j * NR + i] = dyrow[i * plane + dcol[j]] (0 for junk columns) for the channels
     i < nrow (at most VW) and the block's columns j < pc; with all VW channels, whole blocks of
     VW columns of a run by one transpose."""
-    cdef Py_ssize_t VW = LC_VW_F32 if floating is float else LC_VW_F64
+    cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t i, j = 0, u, t, ln
-    cdef const floating *src
+    cdef const element *src
     while j < pc:
         ln = run[j]
         if ln == 0:
@@ -61,10 +45,7 @@ cdef void pack_dy_t(const floating *dyrow, Py_ssize_t plane, Py_ssize_t nrow, Py
         src = dyrow + dcol[j]
         u = 0
         while nrow == VW and u + VW <= ln:
-            if floating is float:
-                lc_transpose_f32(src + u, plane, bo + (j + u) * NR, NR)
-            else:
-                lc_transpose_f64(src + u, plane, bo + (j + u) * NR, NR)
+            transpose_block(src + u, plane, bo + (j + u) * NR, NR)
             u += VW
         for t in range(u, ln):
             for i in range(nrow):
@@ -72,18 +53,18 @@ cdef void pack_dy_t(const floating *dyrow, Py_ssize_t plane, Py_ssize_t nrow, Py
         j += ln
 
 
-cdef inline void pack_dy_rows(const WeightProduct *p, const floating *dyg, Py_ssize_t pc,
-                              const Py_ssize_t *dcol, const Py_ssize_t *run, floating *bpack,
+cdef inline void pack_dy_rows(const WeightProduct *p, const element *dyg, Py_ssize_t pc,
+                              const Py_ssize_t *dcol, const Py_ssize_t *run, element *bpack,
                               bint first) noexcept nogil:
     """B of lc_tile_d for one reduction step: dy of the block (at dyg) on the grid, a row of
     p.block columns per output channel o < M at bpack + o * block, zero for junk columns and the
     tail up to whole vectors; the rows of the channels past M zeroed with the first step."""
-    cdef Py_ssize_t VW = LC_VW_F32 if floating is float else LC_VW_F64
+    cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t B = p.block, o, j, u, ln
-    cdef floating *bo
-    cdef const floating *dyrow
+    cdef element *bo
+    cdef const element *dyrow
     if first:
-        memset(bpack, 0, p.Opad * B * sizeof(floating))
+        memset(bpack, 0, p.Opad * B * sizeof(element))
     for o in range(p.M):
         bo = bpack + o * B
         dyrow = dyg + o * p.y_plane
@@ -99,15 +80,15 @@ cdef inline void pack_dy_rows(const WeightProduct *p, const floating *dyg, Py_ss
             j += ln
 
 
-cdef inline void pack_dy_panels(const WeightProduct *p, const floating *dyg, Py_ssize_t pc,
-                                const Py_ssize_t *dcol, const Py_ssize_t *run, floating *bpack,
+cdef inline void pack_dy_panels(const WeightProduct *p, const element *dyg, Py_ssize_t pc,
+                                const Py_ssize_t *dcol, const Py_ssize_t *run, element *bpack,
                                 bint first) noexcept nogil:
     """B of lc_tile_a for one reduction step: dy^T of the block (at dyg) in panels of NR output
     channels, bpack[o // NR][j][o % NR], VW channels at a time; zero for junk columns and
     (written with the first step) for the channels past M."""
-    cdef Py_ssize_t VW = LC_VW_F32 if floating is float else LC_VW_F64
+    cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t NR = p.NR, B = p.block, og, o0, o, j
-    cdef floating *bo
+    cdef element *bo
     for og in range(p.Opad // VW):
         o0 = og * VW
         bo = bpack + (o0 // NR) * B * NR + o0 % NR
@@ -121,12 +102,12 @@ cdef inline void pack_dy_panels(const WeightProduct *p, const floating *dyg, Py_
 
 
 cdef inline void weight_tiles(const WeightProduct *p, Py_ssize_t ip0, Py_ssize_t ip1,
-                              Py_ssize_t pc, const floating *xq, const Py_ssize_t *aoff,
-                              const floating *bpack, floating *part, bint first) noexcept nogil:
+                              Py_ssize_t pc, const element *xq, const Py_ssize_t *aoff,
+                              const element *bpack, element *part, bint first) noexcept nogil:
     """Rows ip0 * unit .. ip1 * unit - 1 of the partial product part (= on the first step, else
     +=) the product over the step's pc grid columns: the staged x at xq read at aoff (a tile's
     rows) times the packed dy (unit: the rows of a tile, LC_KR_D or LC_MR_A)."""
-    cdef Py_ssize_t VW = LC_VW_F32 if floating is float else LC_VW_F64
+    cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t NR = p.NR, B = p.block, ip, jp
     if p.lanes:
         for ip in range(ip0, ip1):
@@ -163,9 +144,9 @@ cdef void step_columns(const WeightProduct *p, Py_ssize_t q0, Py_ssize_t n, Py_s
         j += seg
 
 
-cdef void weight_item(const WeightProduct *p, Py_ssize_t item, const floating *x,
-                      const floating *dy, const Py_ssize_t *aoff, floating *partial,
-                      floating *fws, Py_ssize_t *iws) noexcept nogil:
+cdef void weight_item(const WeightProduct *p, Py_ssize_t item, const element *x,
+                      const element *dy, const Py_ssize_t *aoff, element *partial,
+                      element *fws, Py_ssize_t *iws) noexcept nogil:
     """Work item (group g, chunk, block of rows k) of the weight gradient: its rows of the
     partial product of (g, chunk), summed over the chunk's reduction steps (block of images,
     block of their grid columns) in order.  fws and iws: this thread's scratch (iws[0] names
@@ -177,10 +158,10 @@ cdef void weight_item(const WeightProduct *p, Py_ssize_t item, const floating *x
     cdef Py_ssize_t unit = LC_KR_D if p.lanes else LC_MR_A
     cdef Py_ssize_t ip0 = kb * p.kblk, ip1 = min(p.Kpad // unit, ip0 + p.kblk)
     cdef Py_ssize_t step, ib, n0, nimg, q0, pc
-    cdef floating *part = partial + gc * p.Kpad * p.Opad
-    cdef const floating *staged
-    cdef const floating *dyg
-    cdef floating *bpack = fws + p.st.size
+    cdef element *part = partial + gc * p.Kpad * p.Opad
+    cdef const element *staged
+    cdef const element *dyg
+    cdef element *bpack = fws + p.st.size
     cdef Py_ssize_t *dcol = iws + 1
     cdef Py_ssize_t *run = dcol + B
     cdef bint first = True
@@ -201,17 +182,17 @@ cdef void weight_item(const WeightProduct *p, Py_ssize_t item, const floating *x
         weight_tiles(p, ip0, ip1, pc, staged + q0, aoff, bpack, part, first)
         first = False
     if first:               # no steps: the rows are zero
-        memset(part + ip0 * unit * p.Opad, 0, (ip1 - ip0) * unit * p.Opad * sizeof(floating))
+        memset(part + ip0 * unit * p.Opad, 0, (ip1 - ip0) * unit * p.Opad * sizeof(element))
 
 
-cdef void run_weight(const WeightProduct *p, const floating *x, const floating *dy,
-                     const Py_ssize_t *aoff, floating *partial, floating *dw, floating *fws,
+cdef void run_weight(const WeightProduct *p, const element *x, const element *dy,
+                     const Py_ssize_t *aoff, element *partial, element *dw, element *fws,
                      Py_ssize_t fper, Py_ssize_t *iws, Py_ssize_t iper,
                      int nthreads) noexcept nogil:
     """dw of all groups: the work items (weight_item) into their partial products, then the
     partials summed in chunk order (sum_partials), each on nthreads threads."""
     cdef Py_ssize_t item, t
-    cdef Py_ssize_t VW = LC_VW_F32 if floating is float else LC_VW_F64
+    cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t nkv = (p.K + VW - 1) // VW
     cdef int tid
     cdef fpstate fp
@@ -238,15 +219,15 @@ cdef void run_weight(const WeightProduct *p, const floating *x, const floating *
 
 
 cdef void sum_partials(const WeightProduct *p, Py_ssize_t g, Py_ssize_t k0,
-                       const floating *partial, floating *dw, floating *acc) noexcept nogil:
+                       const element *partial, element *dw, element *acc) noexcept nogil:
     """dw[g * M + o, k] for k0 <= k < k0 + VW: the partial products of group g (rows k,
     columns o) summed in chunk order, VW columns at a time in acc, each block then written
     transposed (runs of VW consecutive k: whole cache lines of dw, not single elements a row
     of K apart)."""
-    cdef Py_ssize_t VW = LC_VW_F32 if floating is float else LC_VW_F64
+    cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t kw = min(VW, p.K - k0), ow, ob, o0, o, k, c
-    cdef const floating *part
-    cdef floating *d
+    cdef const element *part
+    cdef element *d
     for ob in range((p.M + VW - 1) // VW):
         o0 = ob * VW
         ow = min(VW, p.M - o0)

@@ -1,0 +1,193 @@
+# The element types the loops compute in, and every choice that depends on the type.
+#
+# The loops (direct.pyx, tiled.pxi and the files it includes) are written once over the fused
+# type `element`; Cython compiles them once per member.  What differs per type is here: the
+# members, NumPy's name for each (`typecode`), and which instantiation of a C kernel each
+# wrapper below calls.  The kernels themselves are instantiated per type in elements.h.
+# Vector widths are not per type: a vector holds LC_VEC_BYTES // sizeof(element) lanes.
+#
+# A new type computed natively: a member here and a branch in each wrapper, a line in
+# elements.h, and its place in the dtype policy (`loopconv._args.compute_dtype` and
+# `NATIVE_DTYPES`).
+
+cdef extern from "elements.h" nogil:
+    enum:
+        LC_MR_B         # rows of the forward-style tile (or 1, 2, 4 for products with fewer)
+        LC_NV_B         # its vectors
+        LC_MR_A         # rows of the weight-gradient tile (its columns are two vectors)
+        LC_KR_D         # rows and columns of the weight-gradient tile for few output
+        LC_OR_D         # (channels), which sums along the vector lanes
+        LC_VEC_BYTES    # bytes of a vector
+        LC_DWC_PX       # output pixels per block of the channel-blocked depthwise loops
+    const char *LC_ISA
+    void lc_tile_b_f32(int mr, int nv, Py_ssize_t kc, const float *a, const float *b,
+                       const Py_ssize_t *boff, float *c, Py_ssize_t ldc, int beta)
+    void lc_tile_b_f64(int mr, int nv, Py_ssize_t kc, const double *a, const double *b,
+                       const Py_ssize_t *boff, double *c, Py_ssize_t ldc, int beta)
+    void lc_tile_g_f32(int mr, int nv, Py_ssize_t kc, const float *a, const Py_ssize_t *aoff,
+                       Py_ssize_t rs, const float *b, const Py_ssize_t *boff, float *c,
+                       Py_ssize_t ldc, int beta)
+    void lc_tile_g_f64(int mr, int nv, Py_ssize_t kc, const double *a,
+                       const Py_ssize_t *aoff, Py_ssize_t rs, const double *b,
+                       const Py_ssize_t *boff, double *c, Py_ssize_t ldc, int beta)
+    void lc_tile_a_f32(Py_ssize_t kc, const float *a, const Py_ssize_t *aoff, const float *b,
+                       float *c, Py_ssize_t ldc, int beta)
+    void lc_tile_a_f64(Py_ssize_t kc, const double *a, const Py_ssize_t *aoff, const double *b,
+                       double *c, Py_ssize_t ldc, int beta)
+    void lc_tile_d_f32(Py_ssize_t kc, const float *a, const Py_ssize_t *aoff, const float *b,
+                       Py_ssize_t ldb, float *c, Py_ssize_t ldc, int beta)
+    void lc_tile_d_f64(Py_ssize_t kc, const double *a, const Py_ssize_t *aoff, const double *b,
+                       Py_ssize_t ldb, double *c, Py_ssize_t ldc, int beta)
+    void lc_transpose_f32(const float *src, Py_ssize_t lds, float *dst, Py_ssize_t ldd)
+    void lc_transpose_f64(const double *src, Py_ssize_t lds, double *dst, Py_ssize_t ldd)
+    void lc_dw_rows_f32(Py_ssize_t nk, const float *w, const Py_ssize_t *off, const float *src,
+                        Py_ssize_t ls, float *dst, Py_ssize_t ld, Py_ssize_t n,
+                        Py_ssize_t nrows, float bias)
+    void lc_dw_rows_f64(Py_ssize_t nk, const double *w, const Py_ssize_t *off,
+                        const double *src, Py_ssize_t ls, double *dst, Py_ssize_t ld,
+                        Py_ssize_t n, Py_ssize_t nrows, double bias)
+    void lc_dw_dot_f32(Py_ssize_t nk, const Py_ssize_t *off, const float *src, const float *dy,
+                       Py_ssize_t n, float *accv)
+    void lc_dw_dot_f64(Py_ssize_t nk, const Py_ssize_t *off, const double *src,
+                       const double *dy, Py_ssize_t n, double *accv)
+    void lc_dwc_runs_f32(Py_ssize_t nrun, const Py_ssize_t *runs, const float *wv,
+                         const float *src, Py_ssize_t ls, float *dst, Py_ssize_t ld,
+                         Py_ssize_t cs, Py_ssize_t n, Py_ssize_t nrows, const float *bias)
+    void lc_dwc_runs_f64(Py_ssize_t nrun, const Py_ssize_t *runs, const double *wv,
+                         const double *src, Py_ssize_t ls, double *dst, Py_ssize_t ld,
+                         Py_ssize_t cs, Py_ssize_t n, Py_ssize_t nrows, const double *bias)
+    void lc_dwc_dotruns_f32(Py_ssize_t nrun, const Py_ssize_t *runs, const float *src,
+                            Py_ssize_t ls, const float *dy, Py_ssize_t ld, Py_ssize_t n,
+                            Py_ssize_t nrows, float *accv)
+    void lc_dwc_dotruns_f64(Py_ssize_t nrun, const Py_ssize_t *runs, const double *src,
+                            Py_ssize_t ls, const double *dy, Py_ssize_t ld, Py_ssize_t n,
+                            Py_ssize_t nrows, double *accv)
+    void lc_dw_copy_f32(float *dst, Py_ssize_t ld, const float *src, Py_ssize_t ls,
+                        Py_ssize_t n, Py_ssize_t nrows)
+    void lc_dw_copy_f64(double *dst, Py_ssize_t ld, const double *src, Py_ssize_t ls,
+                        Py_ssize_t n, Py_ssize_t nrows)
+    void lc_dwc_copy_f32(float *dst, Py_ssize_t ld, const float *src, Py_ssize_t ls,
+                         Py_ssize_t n, Py_ssize_t step, Py_ssize_t nrows)
+    void lc_dwc_copy_f64(double *dst, Py_ssize_t ld, const double *src, Py_ssize_t ls,
+                         Py_ssize_t n, Py_ssize_t step, Py_ssize_t nrows)
+
+
+ctypedef fused element:
+    float
+    double
+
+
+cdef inline str typecode(const element *unused):
+    """NumPy's type character of `element` (call with `<element *> NULL`)."""
+    if element is float:
+        return "f"
+    else:
+        return "d"
+
+
+# ---------------------------------------------------------------------------------------------
+# The kernels, by type.  microkernel.h and depthwise.h say what each computes.
+
+cdef inline void tile_b(int mr, bint narrow, Py_ssize_t kc, const element *a,
+                        const element *b, const Py_ssize_t *boff, element *c, Py_ssize_t ldc,
+                        bint beta) noexcept nogil:
+    """The forward-style tile, A packed: NV_B vectors of columns, or one if narrow."""
+    cdef int nv = 1 if narrow else LC_NV_B
+    if element is float:
+        lc_tile_b_f32(mr, nv, kc, a, b, boff, c, ldc, beta)
+    else:
+        lc_tile_b_f64(mr, nv, kc, a, b, boff, c, ldc, beta)
+
+
+cdef inline void tile_g(int mr, bint narrow, Py_ssize_t kc, const element *a,
+                        const Py_ssize_t *aoff, Py_ssize_t rs, const element *b,
+                        const Py_ssize_t *boff, element *c, Py_ssize_t ldc,
+                        bint beta) noexcept nogil:
+    """The forward-style tile with A read in place."""
+    cdef int nv = 1 if narrow else LC_NV_B
+    if element is float:
+        lc_tile_g_f32(mr, nv, kc, a, aoff, rs, b, boff, c, ldc, beta)
+    else:
+        lc_tile_g_f64(mr, nv, kc, a, aoff, rs, b, boff, c, ldc, beta)
+
+
+cdef inline void tile_a(Py_ssize_t kc, const element *a, const Py_ssize_t *aoff,
+                        const element *b, element *c, Py_ssize_t ldc, bint beta) noexcept nogil:
+    """The weight-gradient tile, B (dy) packed."""
+    if element is float:
+        lc_tile_a_f32(kc, a, aoff, b, c, ldc, beta)
+    else:
+        lc_tile_a_f64(kc, a, aoff, b, c, ldc, beta)
+
+
+cdef inline void tile_d(Py_ssize_t kc, const element *a, const Py_ssize_t *aoff,
+                        const element *b, Py_ssize_t ldb, element *c, Py_ssize_t ldc,
+                        bint beta) noexcept nogil:
+    """The weight-gradient tile for few output channels, summing along the lanes."""
+    if element is float:
+        lc_tile_d_f32(kc, a, aoff, b, ldb, c, ldc, beta)
+    else:
+        lc_tile_d_f64(kc, a, aoff, b, ldb, c, ldc, beta)
+
+
+cdef inline void transpose_block(const element *src, Py_ssize_t lds, element *dst,
+                                 Py_ssize_t ldd) noexcept nogil:
+    """dst[j * ldd + i] = src[i * lds + j] for i, j < the lanes of a vector."""
+    if element is float:
+        lc_transpose_f32(src, lds, dst, ldd)
+    else:
+        lc_transpose_f64(src, lds, dst, ldd)
+
+
+cdef inline void dw_rows(Py_ssize_t nk, const element *w, const Py_ssize_t *off,
+                         const element *src, Py_ssize_t ls, element *dst, Py_ssize_t ld,
+                         Py_ssize_t n, Py_ssize_t nrows, element bias) noexcept nogil:
+    if element is float:
+        lc_dw_rows_f32(nk, w, off, src, ls, dst, ld, n, nrows, bias)
+    else:
+        lc_dw_rows_f64(nk, w, off, src, ls, dst, ld, n, nrows, bias)
+
+
+cdef inline void dw_dot(Py_ssize_t nk, const Py_ssize_t *off, const element *src,
+                        const element *dy, Py_ssize_t n, element *accv) noexcept nogil:
+    if element is float:
+        lc_dw_dot_f32(nk, off, src, dy, n, accv)
+    else:
+        lc_dw_dot_f64(nk, off, src, dy, n, accv)
+
+
+cdef inline void dwc_runs(Py_ssize_t nrun, const Py_ssize_t *runs, const element *wv,
+                          const element *src, Py_ssize_t ls, element *dst, Py_ssize_t ld,
+                          Py_ssize_t cs, Py_ssize_t n, Py_ssize_t nrows,
+                          const element *bias) noexcept nogil:
+    if element is float:
+        lc_dwc_runs_f32(nrun, runs, wv, src, ls, dst, ld, cs, n, nrows, bias)
+    else:
+        lc_dwc_runs_f64(nrun, runs, wv, src, ls, dst, ld, cs, n, nrows, bias)
+
+
+cdef inline void dwc_dotruns(Py_ssize_t nrun, const Py_ssize_t *runs, const element *src,
+                             Py_ssize_t ls, const element *dy, Py_ssize_t ld, Py_ssize_t n,
+                             Py_ssize_t nrows, element *accv) noexcept nogil:
+    if element is float:
+        lc_dwc_dotruns_f32(nrun, runs, src, ls, dy, ld, n, nrows, accv)
+    else:
+        lc_dwc_dotruns_f64(nrun, runs, src, ls, dy, ld, n, nrows, accv)
+
+
+cdef inline void dw_copy(element *dst, Py_ssize_t ld, const element *src, Py_ssize_t ls,
+                         Py_ssize_t n, Py_ssize_t nrows) noexcept nogil:
+    """dst[r * ld + j] = src[r * ls + j] for j < n, r < nrows."""
+    if element is float:
+        lc_dw_copy_f32(dst, ld, src, ls, n, nrows)
+    else:
+        lc_dw_copy_f64(dst, ld, src, ls, n, nrows)
+
+
+cdef inline void dwc_copy(element *dst, Py_ssize_t ld, const element *src, Py_ssize_t ls,
+                          Py_ssize_t n, Py_ssize_t step, Py_ssize_t nrows) noexcept nogil:
+    """Vectors: dst[(r * ld + e) * VW + l] = src[(r * ls + e * step) * VW + l]."""
+    if element is float:
+        lc_dwc_copy_f32(dst, ld, src, ls, n, step, nrows)
+    else:
+        lc_dwc_copy_f64(dst, ld, src, ls, n, step, nrows)
