@@ -16,7 +16,7 @@ from cython.parallel cimport parallel, prange
 
 import numpy as np
 
-from loopconv._loops.elements cimport element
+from loopconv._loops.elements cimport ctype_name, element
 from loopconv._loops.common cimport (end_inside, first_inside, flush_subnormals, fpstate,
                                      restore_fpstate)
 
@@ -356,6 +356,7 @@ cdef class Plan:
 
     cdef Geometry g
     cdef int typenum
+    cdef object _run            # _plan_pass for the plan's dtype
     cdef int nd                 # spatial dimensions of the caller's arrays
     cdef bint unbatched
     cdef cnp.npy_intp xdims[5]
@@ -372,6 +373,7 @@ cdef class Plan:
             ys[a] = yshape[a]
         self.g = geometry(xs, ws, ys, stride, pad, dilation, groups)
         self.typenum = np.dtype(dtype).num
+        self._run = _plan_pass[ctype_name(np.dtype(dtype).char)]
         self.nd = nd
         self.unbatched = unbatched
         for a in range(2):
@@ -392,86 +394,68 @@ cdef class Plan:
 
     def forward(self, x, w, bias):
         """conv(x, w) + bias (bias may be None)."""
-        cdef cnp.ndarray xa = self._array(x), wa = self._array(w)
-        cdef cnp.ndarray y = self._result(self.ydims, True)
-        cdef cnp.ndarray ba = None if bias is None else self._array(bias)
-        cdef void *bp = NULL if ba is None else cnp.PyArray_DATA(ba)
-        cdef Py_ssize_t item
-        cdef fpstate fp
-        with nogil:
-            fp = flush_subnormals()
-            for item in range(self.g.N * self.g.O):
-                if self.typenum == cnp.NPY_FLOAT32:
-                    forward_plane(&self.g, item // self.g.O, item % self.g.O,
-                                  <float *> cnp.PyArray_DATA(xa), <float *> cnp.PyArray_DATA(wa),
-                                  <float *> bp, <float *> cnp.PyArray_DATA(y))
-                else:
-                    forward_plane(&self.g, item // self.g.O, item % self.g.O,
-                                  <double *> cnp.PyArray_DATA(xa),
-                                  <double *> cnp.PyArray_DATA(wa), <double *> bp,
-                                  <double *> cnp.PyArray_DATA(y))
-            restore_fpstate(fp)
-        return y
+        return self._run(self, PASS_FORWARD, x, w, bias, 0)
 
     def grad_input(self, dy, w, bias=None):
         """The input gradient of conv(x, w) for output gradient dy, plus bias (None: none):
         with a bias, the transposed convolution of dy."""
-        cdef cnp.ndarray dya = self._array(dy), wa = self._array(w)
-        cdef cnp.ndarray dx = self._result(self.xdims, True)
-        cdef cnp.ndarray ba = None if bias is None else self._array(bias)
-        cdef void *bp = NULL if ba is None else cnp.PyArray_DATA(ba)
-        cdef Py_ssize_t item
-        cdef fpstate fp
-        with nogil:
-            fp = flush_subnormals()
-            for item in range(self.g.N * self.g.C):
-                if self.typenum == cnp.NPY_FLOAT32:
-                    input_plane(&self.g, item // self.g.C, item % self.g.C,
-                                <float *> cnp.PyArray_DATA(dya), <float *> cnp.PyArray_DATA(wa),
-                                <float *> bp, <float *> cnp.PyArray_DATA(dx))
-                else:
-                    input_plane(&self.g, item // self.g.C, item % self.g.C,
-                                <double *> cnp.PyArray_DATA(dya),
-                                <double *> cnp.PyArray_DATA(wa), <double *> bp,
-                                <double *> cnp.PyArray_DATA(dx))
-            restore_fpstate(fp)
-        return dx
+        return self._run(self, PASS_INPUT, dy, w, bias, 0)
 
     def grad_weight(self, x, dy):
         """The weight gradient of conv(x, w) for output gradient dy."""
-        cdef cnp.ndarray xa = self._array(x), dya = self._array(dy)
-        cdef cnp.ndarray dw = self._result(self.wdims, False)
-        cdef Py_ssize_t item
-        cdef fpstate fp
-        with nogil:
-            fp = flush_subnormals()
-            for item in range(self.g.O * self.g.Cg):
-                if self.typenum == cnp.NPY_FLOAT32:
-                    weight_row(&self.g, item // self.g.Cg, item % self.g.Cg,
-                               <float *> cnp.PyArray_DATA(xa), <float *> cnp.PyArray_DATA(dya),
-                               <float *> cnp.PyArray_DATA(dw))
-                else:
-                    weight_row(&self.g, item // self.g.Cg, item % self.g.Cg,
-                               <double *> cnp.PyArray_DATA(xa),
-                               <double *> cnp.PyArray_DATA(dya),
-                               <double *> cnp.PyArray_DATA(dw))
-            restore_fpstate(fp)
-        return dw
+        return self._run(self, PASS_WEIGHT, x, dy, None, 0)
 
     def grad_bias(self, dy):
         """dy summed over images and pixels, per channel."""
-        cdef cnp.ndarray dya = self._array(dy)
-        cdef cnp.ndarray db = <cnp.ndarray> cnp.PyArray_EMPTY(1, self.ydims + 1, self.typenum, 0)
-        cdef fpstate fp
-        with nogil:
-            fp = flush_subnormals()
-            if self.typenum == cnp.NPY_FLOAT32:
-                bias_sums(&self.g, <float *> cnp.PyArray_DATA(dya), <float *> cnp.PyArray_DATA(db))
-            else:
-                bias_sums(&self.g, <double *> cnp.PyArray_DATA(dya),
-                          <double *> cnp.PyArray_DATA(db))
-            restore_fpstate(fp)
-        return db
+        return self._run(self, PASS_BIAS, dy, None, None, 0)
+
+
+cdef enum:
+    PASS_FORWARD = 0
+    PASS_INPUT = 1
+    PASS_WEIGHT = 2
+    PASS_BIAS = 3
+
+
+def _plan_pass(Plan plan, int which, a, b, bias, element zero):
+    """Pass `which` of `plan` on the arrays a, b (x and w, dy and w, x and dy, or dy alone) and
+    bias, in the type of `zero`: a Plan keeps the specialisation of its dtype, so that a call
+    costs no dispatch on the arrays' types."""
+    cdef cnp.ndarray aa = plan._array(a)
+    cdef cnp.ndarray ba = None if b is None else plan._array(b)
+    cdef cnp.ndarray biasa = None if bias is None else plan._array(bias)
+    cdef const element *ap = <const element *> cnp.PyArray_DATA(aa)
+    cdef const element *bp = NULL if ba is None else <const element *> cnp.PyArray_DATA(ba)
+    cdef const element *biasp = (NULL if biasa is None
+                                 else <const element *> cnp.PyArray_DATA(biasa))
+    cdef cnp.ndarray out
+    if which == PASS_FORWARD:
+        out = plan._result(plan.ydims, True)
+    elif which == PASS_INPUT:
+        out = plan._result(plan.xdims, True)
+    elif which == PASS_WEIGHT:
+        out = plan._result(plan.wdims, False)
+    else:
+        out = <cnp.ndarray> cnp.PyArray_EMPTY(1, plan.ydims + 1, plan.typenum, 0)
+    cdef element *outp = <element *> cnp.PyArray_DATA(out)
+    cdef const Geometry *g = &plan.g
+    cdef Py_ssize_t item
+    cdef fpstate fp
+    with nogil:
+        fp = flush_subnormals()
+        if which == PASS_FORWARD:
+            for item in range(g.N * g.O):
+                forward_plane(g, item // g.O, item % g.O, ap, bp, biasp, outp)
+        elif which == PASS_INPUT:
+            for item in range(g.N * g.C):
+                input_plane(g, item // g.C, item % g.C, ap, bp, biasp, outp)
+        elif which == PASS_WEIGHT:
+            for item in range(g.O * g.Cg):
+                weight_row(g, item // g.Cg, item % g.Cg, ap, bp, outp)
+        else:
+            bias_sums(g, ap, outp)
+        restore_fpstate(fp)
+    return out
 
 
 cdef void sum_channels(Py_ssize_t N, Py_ssize_t O, Py_ssize_t P, const element *dy,

@@ -2,7 +2,7 @@
 #
 # The loops (direct.pyx, tiled.pxi and the files it includes) are written once over the fused
 # type `element`; Cython compiles them once per member.  What differs per type is here: the
-# members, NumPy's name for each (`typecode`), and which instantiation of a C kernel each
+# members, NumPy's name for each and back (`typecode`, `ctype_name`), and which instantiation of a C kernel each
 # wrapper below calls.  The kernels themselves are instantiated per type in elements.h.
 # Vector widths are not per type: a vector holds LC_VEC_BYTES // sizeof(element) lanes.
 #
@@ -83,6 +83,16 @@ cdef inline str typecode(const element *unused):
         return "f"
     else:
         return "d"
+
+
+cdef inline str ctype_name(str code):
+    """The member of `element` for NumPy's type character `code` (to pick a specialisation of
+    a fused function by name, as `function[ctype_name(code)]`)."""
+    if code == "f":
+        return "float"
+    if code == "d":
+        return "double"
+    raise TypeError(f"the loops do not compute in dtype {code!r}")
 
 
 # ---------------------------------------------------------------------------------------------
