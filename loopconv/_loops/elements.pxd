@@ -2,13 +2,13 @@
 #
 # The loops (direct.pyx, tiled.pxi and the files it includes) are written once over the fused
 # type `element`; Cython compiles them once per member.  What differs per type is here: the
-# members, NumPy's name for each and back (`typecode`, `ctype_name`), and which instantiation of a C kernel each
-# wrapper below calls.  The kernels themselves are instantiated per type in elements.h.
+# members, NumPy's name for each and back (`typecode`, `ctype_name`), and which instantiation
+# of a C kernel each wrapper below calls.  The kernels are instantiated per type in elements.h.
 # Vector widths are not per type: a vector holds LC_VEC_BYTES // sizeof(element) lanes.
 #
-# A new type computed natively: a member here and a branch in each wrapper, a line in
-# elements.h, and its place in the dtype policy (`loopconv._args.compute_dtype` and
-# `NATIVE_DTYPES`).
+# A new type computed natively: a member here and a branch in each function below, a line in
+# elements.h, and its place in the dtype policy (`loopconv._args`: `NATIVE_DTYPES`,
+# `common_dtype`).
 
 cdef extern from "elements.h" nogil:
     enum:
