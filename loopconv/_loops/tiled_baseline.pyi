@@ -16,6 +16,9 @@ def grad_input(dy: _Array, w: _Array, bias: _Array, dx: _Array, stride: _Triple,
 def grad_weight(x: _Array, dy: _Array, dw: _Array, stride: _Triple, pad: _Triple,
                 dilation: _Triple, groups: int, num_threads: int) -> None: ...
 def item_order(nblk: Sequence[int]) -> npt.NDArray[np.intp]: ...  # internal: the work items
+def uses_pixel_tiles(which: str, xshape: Sequence[int], wshape: Sequence[int],
+                     yshape: Sequence[int], stride: _Triple, pad: _Triple, dilation: _Triple,
+                     groups: int, itemsize: int) -> bool: ...  # internal: which tiles
 def weight_plan(xs: Sequence[int], ws: Sequence[int], ys: Sequence[int], stride: _Triple,
                 pad: _Triple, dilation: _Triple, groups: int,
                 itemsize: int) -> dict[str, Any]: ...  # internal: the reduction's steps

@@ -32,6 +32,8 @@ cdef struct Product:
     bint gathered           # A is the weight read in place (lc_tile_g), not packed panels
     Py_ssize_t a_rs         # gathered A: the weight's step from one row of A to the next
     Py_ssize_t a_grp        # and from one group to the next
+    bint by_pixel           # tiles of pixels by channels (pixel_tiles): A packed in panels of
+    const Py_ssize_t *nr_steps  # mr = NR rows, read as lc_tile_g's B at these offsets (k * NR)
     Stage st
 
 cdef struct Item:
@@ -247,6 +249,60 @@ cdef inline void product_tiles(const Product *p, const Phase *ph, const Item *it
                              dst_g, dcol, ctile)
 
 
+cdef inline void store_transposed(const element *ctile, Py_ssize_t NR, Py_ssize_t w,
+                                  Py_ssize_t mw, element *d, Py_ssize_t ldd, Py_ssize_t ds,
+                                  bint add) noexcept nogil:
+    """A tile of pixels by channels into the destination's channel rows: d[j * ldd + i * ds]
+    (=, +=) ctile[i * NR + j] for pixels i < w and channels j < mw."""
+    cdef Py_ssize_t i, j
+    cdef element *dj
+    for j in range(mw):
+        dj = d + j * ldd
+        if add:
+            for i in range(w):
+                dj[i * ds] += ctile[i * NR + j]
+        else:
+            for i in range(w):
+                dj[i * ds] = ctile[i * NR + j]
+
+
+cdef inline void pixel_tiles(const Product *p, const Phase *ph, const Item *it,
+                             const element **staged, const element *a_g,
+                             const Py_ssize_t *boff, element *dst_g, const Py_ssize_t *dcol,
+                             const Py_ssize_t *run, element *ctile) noexcept nogil:
+    """The sums of the item transposed (p.by_pixel): tiles of LC_MR_B grid columns (pixels) by
+    NR output channels, the staged source broadcast along the tile's rows (lc_tile_g's A, its
+    pixels one step apart, its rows k at boff) and the weight's panels of NR channels along
+    its vectors (B, row k at k * NR).  Each run of valid columns is cut into tiles from its
+    start, so that only the last tile of a run computes columns it does not store (the grid
+    columns between runs are never computed).  A's columns in blocks of KC, as product_tiles."""
+    cdef Py_ssize_t NR = LC_NV_B * LC_VEC_BYTES // sizeof(element)
+    cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
+    cdef Py_ssize_t K = ph.K, kb, k0, kc, j, ln, u, w, n, ip, mw
+    for kb in range((K + KC - 1) // KC):
+        k0 = kb * KC
+        kc = min(KC, K - k0)
+        for ip in range(it.ip0, it.ip1):
+            mw = min(NR, p.M - ip * NR)
+            j = 0
+            while j < it.ncols:
+                ln = run[j]
+                if ln == 0:
+                    j += 1
+                    continue
+                u = 0
+                while u < ln:
+                    w = min(LC_MR_B, ln - u)
+                    for n in range(it.nimg):
+                        tile_g(LC_MR_B, mw <= VW, kc, staged[n] + it.q0 + j + u, boff + k0, 1,
+                               a_g + (ip * K + k0) * NR, p.nr_steps, ctile, NR, 0)
+                        store_transposed(ctile, NR, w, mw,
+                                         dst_g + n * p.dst_img + ip * NR * p.dst_row
+                                         + dcol[j + u], p.dst_row, ph.dstep[2], k0 > 0)
+                    u += LC_MR_B
+                j += ln
+
+
 cdef inline void set_columns(const Product *p, const Item *it, element *dst_g,
                              const Py_ssize_t *dcol, const element *bias,
                              bint add) noexcept nogil:
@@ -294,8 +350,12 @@ cdef void product_item(const Product *p, const Phase *phases, Py_ssize_t item,
     item_columns(&p.st, ph, &it, NR, dcol, run)
     if ph.K == 0:           # no tap reaches these pixels
         set_columns(p, &it, dst_g, dcol, bias, False)
-    product_tiles(p, ph, &it, staged, a_g, boff_all + ph.k_off, aoff_all + ph.k_off, dst_g,
-                  dcol, run, fws + p.nimg * p.st.size)
+    if p.by_pixel:
+        pixel_tiles(p, ph, &it, staged, a_g, boff_all + ph.k_off, dst_g, dcol, run,
+                    fws + p.nimg * p.st.size)
+    else:
+        product_tiles(p, ph, &it, staged, a_g, boff_all + ph.k_off, aoff_all + ph.k_off,
+                      dst_g, dcol, run, fws + p.nimg * p.st.size)
     if bias != NULL:
         set_columns(p, &it, dst_g, dcol, bias, True)
 

@@ -1,0 +1,149 @@
+"""The forward-style product as tiles of pixels by channels (`pixel_tiles` in
+loopconv/_loops/tiled_product.pxi), which the tiled loops run where their grid would compute
+much junk: the small planes of 3-D convolutions.  The forward pass and the input gradient of
+chosen and random geometries of that kind, in every instruction-set variant built here,
+against the reference, with and without a bias, every element written, the same bits on 1, 2
+and 3 threads; which problems take it; the public functions on such problems."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import reference
+from common import DTYPE_PARAMS, case, conv_arrays, conv_output_shape
+from test_depthwise import lift, loop_args
+
+import loopconv
+from loopconv import _loops
+
+VARIANTS = _loops.variants()
+
+
+def uses(module, which, x_shape, w_shape, kw, dtype):
+    """Whether `module` runs pass `which` ("forward" or "input") of the case as pixel tiles."""
+    y_shape = conv_output_shape(x_shape, w_shape, kw)
+    five = [lift(np.empty(s, np.int8)).shape for s in (x_shape, w_shape, y_shape)]
+    return module.uses_pixel_tiles(which, *five, *loop_args(x_shape, w_shape, kw),
+                                   np.dtype(dtype).itemsize)
+
+
+FIXED = [
+    case("unet-8", (2, 24, 8, 8, 8), (16, 24, 3, 3, 3), padding=1),
+    case("unet-8-batch1", (1, 16, 8, 8, 8), (64, 16, 3, 3, 3), padding=1),
+    case("channels-past-a-panel", (2, 8, 6, 8, 8), (53, 8, 3, 3, 3), padding=1),
+    case("several-panels", (2, 16, 6, 8, 8), (100, 16, 3, 3, 3), padding=1),
+    case("groups", (2, 48, 6, 8, 8), (48, 16, 3, 3, 3), padding=1, groups=3),
+    case("asym-pad-dilated", (2, 16, 7, 9, 8), (16, 16, 2, 3, 3),
+         padding=((1, 0), (2, 1), (0, 2)), dilation=(1, 2, 1)),
+    case("input-phases", (2, 16, 12, 16, 8), (20, 16, 3, 3, 3), stride=(2, 2, 1), padding=1),
+]
+
+
+def random_cases(count, seed):
+    """Random 3-D geometries with small planes, kept where the best variant takes pixel tiles
+    for the forward pass or the input gradient in float32: outputs of 2 to 6 planes of 4 to 10
+    by 5 to 12 pixels, kernels of 1 to 3 taps along depth and 2 to 3 along the plane, strides
+    1 to 2, dilation 1 or 2, padding up to 2 on each side, 1 or 2 groups of 1 to 8, 16, 24 or
+    48 input and 1 to 60 output channels."""
+    rng = np.random.default_rng(seed)
+    best = list(VARIANTS.values())[-1]
+    cases = []
+    while len(cases) < count:
+        groups = int(rng.integers(1, 3))
+        size, kernel, stride, dilation, pairs = [], [], [], [], []
+        for a, (lo, hi) in enumerate(((2, 7), (4, 11), (5, 13))):
+            k = int(rng.integers(1 if a == 0 else 2, 4))
+            d, s = int(rng.integers(1, 3)), int(rng.integers(1, 3))
+            p = (int(rng.integers(0, 3)), int(rng.integers(0, 3)))
+            out = int(rng.integers(lo, hi))
+            size.append(max(1, (out - 1) * s + d * (k - 1) + 1 - sum(p)))
+            kernel.append(k)
+            dilation.append(d)
+            stride.append(s)
+            pairs.append(p)
+        cin = int(rng.choice([*range(1, 9), 16, 24, 48]))
+        cout = int(rng.integers(1, 61))
+        x_shape = (int(rng.integers(1, 4)), groups * cin, *size)
+        w_shape = (groups * cout, cin, *kernel)
+        kw = dict(stride=tuple(stride), padding=tuple(pairs), dilation=tuple(dilation),
+                  groups=groups)
+        if min(conv_output_shape(x_shape, w_shape, kw)[2:]) < 1:
+            continue
+        if any(uses(best, which, x_shape, w_shape, kw, np.float32)
+               for which in ("forward", "input")):
+            cases.append(case(f"random-{len(cases)}", x_shape, w_shape, **kw))
+    return cases
+
+
+RANDOM = random_cases(24, seed=20261202)
+
+
+def run(module, which, a, w, bias, shape, kw, threads):
+    """The variant's forward pass (a: x, shape: y's) or input gradient (a: dy, shape: dx's)
+    into an output filled with NaN."""
+    out = np.full(lift(np.empty(shape, np.int8)).shape, np.nan, a.dtype)
+    function = module.forward if which == "forward" else module.grad_input
+    function(lift(a), lift(w), bias, out, *loop_args(
+        shape if which == "input" else a.shape, w.shape, kw), threads)
+    return out.reshape(shape)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+@pytest.mark.parametrize("x_shape, w_shape, kw", FIXED + RANDOM)
+def test_against_reference_and_across_threads(rng, assert_close, variant, x_shape, w_shape, kw,
+                                               dtype):
+    module = VARIANTS[variant]
+    x, w, b, gy = conv_arrays(rng, x_shape, w_shape, kw, dtype)
+    b_in = rng.standard_normal(x_shape[1]).astype(dtype)
+    y_shape = gy.shape
+    spatial = (1,) * (len(x_shape) - 2)
+    passes = [("forward", x, b, y_shape, reference.conv(x, w, **kw),
+               reference.conv(np.abs(x), np.abs(w), **kw)),
+              ("input", gy, b_in, x_shape, reference.conv_input(x_shape, w, gy, **kw),
+               reference.conv_input(x_shape, np.abs(w), np.abs(gy), **kw))]
+    tested = 0
+    for which, a, bias, shape, want, bound in passes:
+        if not uses(module, which, x_shape, w_shape, kw, dtype):
+            continue
+        tested += 1
+        for bias_used in (bias[:0], bias):
+            add = bias_used.astype(np.float64).reshape(-1, *spatial) if len(bias_used) else 0
+            got = run(module, which, a, w, bias_used, shape, kw, threads=2)
+            assert not np.isnan(got).any()
+            assert_close(got, want + add, dtype, bound=bound + np.abs(add))
+            for threads in (1, 3):
+                assert np.array_equal(got, run(module, which, a, w, bias_used, shape, kw,
+                                               threads))
+    if variant == list(VARIANTS)[-1] and dtype == np.float32:
+        assert tested, "the case does not take pixel tiles"
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kw, forward, input", [
+    ((2, 384, 8, 8, 8), (128, 384, 3, 3, 3), dict(padding=1), True, True),   # U-Net, 8^3
+    ((2, 64, 8, 8, 8), (64, 64, 3, 3, 3), dict(padding=1), True, True),
+    ((1, 128, 8, 8, 8), (128, 128, 3, 3, 3), dict(padding=1), True, True),    # batch 1
+    ((2, 64, 16, 16, 16), (64, 64, 3, 3, 3), dict(padding=1), False, False),  # 16^3
+    ((2, 128, 4, 4, 4), (128, 128, 3, 3, 3), dict(padding=1), False, False),  # 4^3
+    ((2, 32, 32, 32, 32), (32, 32, 3, 3, 3), dict(padding=1), False, False),
+    ((1, 512, 7, 7), (512, 512, 3, 3), dict(padding=1), False, False),        # 2-D
+    ((8, 256, 14, 14), (256, 256, 3, 3), dict(padding=1), False, False),
+    ((2, 256, 8, 8, 8), (256, 256, 2, 2, 2), dict(stride=2), False, False),   # 2x2x2 s2
+])
+def test_which_problems(x_shape, w_shape, kw, forward, input):
+    """By the junk the tiled grid would compute against whole tiles of pixels, on the
+    instruction set of this machine (float32)."""
+    best = list(VARIANTS.values())[-1]
+    if _loops.platform.x86_level() < 4 and (forward or input):
+        pytest.skip("the rule's cases are for 512-bit vectors")
+    assert uses(best, "forward", x_shape, w_shape, kw, np.float32) == forward
+    assert uses(best, "input", x_shape, w_shape, kw, np.float32) == input
+
+
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+def test_public_functions(rng, assert_close, dtype):
+    x_shape, w_shape, kw = (2, 16, 8, 8, 8), (40, 16, 3, 3, 3), dict(padding=1)
+    x, w, b, gy = conv_arrays(rng, x_shape, w_shape, kw, dtype)
+    assert_close(loopconv.conv3d(x, w, b, **kw), reference.conv(x, w, b, **kw), dtype)
+    assert_close(loopconv.conv3d_input(x_shape, w, gy, **kw),
+                 reference.conv_input(x_shape, w, gy, **kw), dtype)
