@@ -34,6 +34,12 @@ cdef extern from "elements.h" nogil:
                        float *c, Py_ssize_t ldc, int beta)
     void lc_tile_a_f64(Py_ssize_t kc, const double *a, const Py_ssize_t *aoff, const double *b,
                        double *c, Py_ssize_t ldc, int beta)
+    void lc_tile_m_f32(Py_ssize_t kc, const float *a, const Py_ssize_t *aoff,
+                       const Py_ssize_t *cmap, const float *b, float *c, Py_ssize_t ldc,
+                       int beta)
+    void lc_tile_m_f64(Py_ssize_t kc, const double *a, const Py_ssize_t *aoff,
+                       const Py_ssize_t *cmap, const double *b, double *c, Py_ssize_t ldc,
+                       int beta)
     void lc_tile_d_f32(Py_ssize_t kc, const float *a, const Py_ssize_t *aoff, const float *b,
                        Py_ssize_t ldb, float *c, Py_ssize_t ldc, int beta)
     void lc_tile_d_f64(Py_ssize_t kc, const double *a, const Py_ssize_t *aoff, const double *b,
@@ -128,6 +134,16 @@ cdef inline void tile_a(Py_ssize_t kc, const element *a, const Py_ssize_t *aoff,
         lc_tile_a_f32(kc, a, aoff, b, c, ldc, beta)
     else:
         lc_tile_a_f64(kc, a, aoff, b, c, ldc, beta)
+
+
+cdef inline void tile_m(Py_ssize_t kc, const element *a, const Py_ssize_t *aoff,
+                        const Py_ssize_t *cmap, const element *b, element *c, Py_ssize_t ldc,
+                        bint beta) noexcept nogil:
+    """tile_a with A's columns at cmap (the valid columns of a grid)."""
+    if element is float:
+        lc_tile_m_f32(kc, a, aoff, cmap, b, c, ldc, beta)
+    else:
+        lc_tile_m_f64(kc, a, aoff, cmap, b, c, ldc, beta)
 
 
 cdef inline void tile_d(Py_ssize_t kc, const element *a, const Py_ssize_t *aoff,

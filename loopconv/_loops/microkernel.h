@@ -78,6 +78,8 @@
  *                 both, it stopped: the forward pass of largek 5 % slower)
  *   lc_tile_a_T:  C[i, j] (=, +=) sum_k a[aoff[i] + k] * b[NR * k + j]         NR = 2 vectors
  *                 row i of A read in place at a + aoff[i]; B packed (weight gradient)
+ *   lc_tile_m_T:  lc_tile_a with A's columns through a map, a[aoff[i] + cmap[k]]: the
+ *                 columns of a grid that are not junk (weight gradients on small 3-D grids)
  *   lc_tile_d_T:  C[i, j] (=, +=) sum_k a[aoff[i] + k] * b[j * ldb + k]       KR_D x OR_D
  *                 rows of A and B read in place, the vectors run along k and are summed at
  *                 the end, lanes in a fixed order (weight gradient with few output channels,
@@ -230,6 +232,15 @@ static inline void lc_tile_a_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,     
     LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, LC_MR_A, 2, rows[i][k],          \
                  b + 2 * W * k, )                                                       \
 }                                                                                       \
+static inline void lc_tile_m_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,             \
+        const ptrdiff_t *LC_RESTRICT aoff, const ptrdiff_t *LC_RESTRICT cmap,           \
+        const T *LC_RESTRICT b, T *LC_RESTRICT c, ptrdiff_t ldc, int beta)              \
+{                                                                                       \
+    const T *rows[LC_MR_A];                                                             \
+    for (int i = 0; i < LC_MR_A; i++) rows[i] = a + aoff[i];                            \
+    LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, LC_MR_A, 2, rows[i][cmap[k]],    \
+                 b + 2 * W * k, )                                                       \
+}                                                                                       \
 static inline void lc_tile_d_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,             \
         const ptrdiff_t *LC_RESTRICT aoff, const T *LC_RESTRICT b, ptrdiff_t ldb,       \
         T *LC_RESTRICT c, ptrdiff_t ldc, int beta)                                      \
@@ -300,6 +311,10 @@ static void lc_tile_g_##SUFFIX(int mr, int nv, ptrdiff_t kc, const T *a,        
 static void lc_tile_a_##SUFFIX(ptrdiff_t kc, const T *a, const ptrdiff_t *aoff, const T *b, \
                                T *c, ptrdiff_t ldc, int beta)                           \
 { LC_SCALAR_TILE(T, LC_MR_A, 2, a[aoff[i] + k], b[NR * k + j]) }                        \
+static void lc_tile_m_##SUFFIX(ptrdiff_t kc, const T *a, const ptrdiff_t *aoff,         \
+                               const ptrdiff_t *cmap, const T *b, T *c, ptrdiff_t ldc,  \
+                               int beta)                                                \
+{ LC_SCALAR_TILE(T, LC_MR_A, 2, a[aoff[i] + cmap[k]], b[NR * k + j]) }                  \
 static void lc_tile_d_##SUFFIX(ptrdiff_t kc, const T *a, const ptrdiff_t *aoff, const T *b, \
                                ptrdiff_t ldb, T *c, ptrdiff_t ldc, int beta)            \
 {                                                                                       \

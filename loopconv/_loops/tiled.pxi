@@ -62,7 +62,7 @@ from loopconv._loops.common cimport (end_inside, first_inside, flush_subnormals,
 from loopconv._loops.elements cimport (LC_ISA, LC_DWC_PX, LC_KR_D, LC_MR_A, LC_MR_B, LC_NV_B,
                                        LC_OR_D, LC_VEC_BYTES, dw_copy, dw_dot, dw_rows,
                                        dwc_copy, dwc_dotruns, dwc_runs, element, tile_a, tile_b,
-                                       tile_d, tile_g, transpose_block, typecode)
+                                       tile_d, tile_g, tile_m, transpose_block, typecode)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,6 +109,13 @@ cdef enum:
 # PIXEL_WASTE: how much more the tiled product must compute than pixel_tiles for the latter
 # (whose own speed is some 0.8-0.9 of the tiled product's; pixel_tiles_suit)
 cdef double PIXEL_WASTE = 1.3
+# WEIGHT_WASTE: grid columns per valid pixel (junk included: the columns between rows, planes
+# and images of a reduction step) from which the weight gradient sums over the valid columns
+# only (lc_tile_m, the columns through a map).  Measured against lc_tile_a over all columns
+# (float32 one and two threads, float64; min of alternating runs): 3x3x3 on 8x8x8 (1.52
+# columns per pixel) 1.36-1.47x, on 16x16x16 (1.26) 1.21-1.23x, on 32x32x32 (1.13) 1.11x;
+# 3x3 on 14x14 (1.13) 1.10-1.13x, on 28x28 (1.07) 1.07-1.08x, on 7x7 (1.24) 1.02-1.03x
+cdef double WEIGHT_WASTE = 1.05
 
 
 include "tiled_stage.pxi"

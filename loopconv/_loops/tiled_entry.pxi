@@ -431,6 +431,10 @@ cdef void set_weight(WeightProduct *p, tuple xs, tuple ws, tuple ys, stride, pad
                        out)
     weight_images(p, VW)
     split_weight_work(p)
+    # junk grid columns (between rows, planes and images) skipped where they are many
+    cdef Py_ssize_t valid = out[0] * out[1] * out[2]
+    p.compact = (not p.lanes and (p.nimg - 1) * p.st.plane + p.ncols
+                 >= WEIGHT_WASTE * p.nimg * valid)
 
 
 def weight_plan(xs, ws, ys, stride, pad, dilation, Py_ssize_t groups, Py_ssize_t itemsize):
@@ -440,7 +444,8 @@ def weight_plan(xs, ws, ys, stride, pad, dilation, Py_ssize_t groups, Py_ssize_t
     set_weight(&p, tuple(xs), tuple(ws), tuple(ys), stride, pad, dilation, groups, itemsize,
                int(np.prod(xs)))
     return {"images": p.nimg, "image blocks": p.nib, "steps": p.nsteps, "chunks": p.nchunk,
-            "columns": p.ncols, "block": p.block, "lanes": bool(p.lanes)}
+            "columns": p.ncols, "block": p.block, "lanes": bool(p.lanes),
+            "compact": bool(p.compact)}
 
 
 def grad_weight(const element[:, :, :, :, ::1] x, const element[:, :, :, :, ::1] dy,
@@ -458,7 +463,7 @@ def grad_weight(const element[:, :, :, :, ::1] x, const element[:, :, :, :, ::1]
     cdef Py_ssize_t[::1] aoff = np.array(rows + rows[:1] * (p.Kpad - p.K), dtype=np.intp)
     cdef element[::1] partial = _workspace("p", dtype, groups * p.nchunk * p.Kpad * p.Opad)
     fper = per_thread(max(p.st.size + p.Opad * p.block, VW * VW))   # (sum_partials: VW * VW)
-    iper = per_thread(1 + 2 * p.block)
+    iper = per_thread(1 + 3 * p.block)
     cdef element[::1] fws = _workspace("f", dtype, fper * num_threads)
     cdef Py_ssize_t[::1] iws = _workspace("i", np.intp, iper * num_threads)
     with nogil:

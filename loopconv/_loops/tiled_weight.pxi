@@ -12,6 +12,7 @@
 cdef struct WeightProduct:
     Py_ssize_t N, G, M, K, Kpad, Opad
     bint lanes                      # few output channels: lc_tile_d, else lc_tile_a
+    bint compact                    # lc_tile_m over the valid grid columns only
     Py_ssize_t NR                   # columns of lc_tile_a (two vectors)
     Py_ssize_t block                # grid columns per reduction step
     Py_ssize_t ncols                # grid columns of one image, up to its last valid one
@@ -27,30 +28,35 @@ cdef struct WeightProduct:
 
 
 cdef void pack_dy_t(const element *dyrow, Py_ssize_t plane, Py_ssize_t nrow, Py_ssize_t pc,
-                    const Py_ssize_t *dcol, const Py_ssize_t *run, element *bo,
-                    Py_ssize_t NR) noexcept nogil:
+                    const Py_ssize_t *dcol, const Py_ssize_t *run, element *bo, Py_ssize_t NR,
+                    bint compact) noexcept nogil:
     """bo[j * NR + i] = dyrow[i * plane + dcol[j]] (0 for junk columns) for the channels
     i < nrow (at most VW) and the block's columns j < pc; with all VW channels, whole blocks of
-    VW columns of a run by one transpose."""
+    VW columns of a run by one transpose.  compact: the valid columns only, one after the
+    other (bo[v * NR + i] for the v-th valid column)."""
     cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
-    cdef Py_ssize_t i, j = 0, u, t, ln
+    cdef Py_ssize_t i, j = 0, v = 0, u, t, ln
     cdef const element *src
+    cdef element *b
     while j < pc:
         ln = run[j]
         if ln == 0:
-            for i in range(nrow):
-                bo[j * NR + i] = 0
+            if not compact:
+                for i in range(nrow):
+                    bo[j * NR + i] = 0
             j += 1
             continue
         src = dyrow + dcol[j]
+        b = bo + (v if compact else j) * NR
         u = 0
         while nrow == VW and u + VW <= ln:
-            transpose_block(src + u, plane, bo + (j + u) * NR, NR)
+            transpose_block(src + u, plane, b + u * NR, NR)
             u += VW
         for t in range(u, ln):
             for i in range(nrow):
-                bo[(j + t) * NR + i] = src[i * plane + t]
+                b[t * NR + i] = src[i * plane + t]
         j += ln
+        v += ln
 
 
 cdef inline void pack_dy_rows(const WeightProduct *p, const element *dyg, Py_ssize_t pc,
@@ -98,15 +104,17 @@ cdef inline void pack_dy_panels(const WeightProduct *p, const element *dyg, Py_s
                     bo[j * NR + o] = 0
         if o0 < p.M:
             pack_dy_t(dyg + o0 * p.y_plane, p.y_plane, min(VW, p.M - o0), pc, dcol, run, bo,
-                      NR)
+                      NR, p.compact)
 
 
 cdef inline void weight_tiles(const WeightProduct *p, Py_ssize_t ip0, Py_ssize_t ip1,
                               Py_ssize_t pc, const element *xq, const Py_ssize_t *aoff,
-                              const element *bpack, element *part, bint first) noexcept nogil:
+                              const element *bpack, const Py_ssize_t *cmap, element *part,
+                              bint first) noexcept nogil:
     """Rows ip0 * unit .. ip1 * unit - 1 of the partial product part (= on the first step, else
-    +=) the product over the step's pc grid columns: the staged x at xq read at aoff (a tile's
-    rows) times the packed dy (unit: the rows of a tile, LC_KR_D or LC_MR_A)."""
+    +=) the product over the step's pc grid columns (p.compact: its pc valid columns, at cmap):
+    the staged x at xq read at aoff (a tile's rows) times the packed dy (unit: the rows of a
+    tile, LC_KR_D or LC_MR_A)."""
     cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t NR = p.NR, B = p.block, ip, jp
     if p.lanes:
@@ -114,6 +122,11 @@ cdef inline void weight_tiles(const WeightProduct *p, Py_ssize_t ip0, Py_ssize_t
             for jp in range(p.Opad // LC_OR_D):
                 tile_d(round_up(pc, VW), xq, aoff + ip * LC_KR_D, bpack + jp * LC_OR_D * B, B,
                        part + ip * LC_KR_D * p.Opad + jp * LC_OR_D, p.Opad, not first)
+    elif p.compact:
+        for ip in range(ip0, ip1):
+            for jp in range(p.Opad // NR):
+                tile_m(pc, xq, aoff + ip * LC_MR_A, cmap, bpack + jp * B * NR,
+                       part + ip * LC_MR_A * p.Opad + jp * NR, p.Opad, not first)
     else:
         for ip in range(ip0, ip1):
             for jp in range(p.Opad // NR):
@@ -164,6 +177,8 @@ cdef void weight_item(const WeightProduct *p, Py_ssize_t item, const element *x,
     cdef element *bpack = fws + p.st.size
     cdef Py_ssize_t *dcol = iws + 1
     cdef Py_ssize_t *run = dcol + B
+    cdef Py_ssize_t *cmap = run + B
+    cdef Py_ssize_t j, ncol
     cdef bint first = True
     for step in range(s0, s1):
         ib = step // p.nblk
@@ -174,12 +189,19 @@ cdef void weight_item(const WeightProduct *p, Py_ssize_t item, const element *x,
         staged = staged_block(x, n0 * p.x_img + g * p.x_grp, p.x_img, &p.st, nimg, ib * p.G + g,
                               fws, iws)
         step_columns(p, q0, pc, dcol, run)
+        ncol = pc
+        if p.compact:           # the step's valid columns
+            ncol = 0
+            for j in range(pc):
+                if dcol[j] >= 0:
+                    cmap[ncol] = j
+                    ncol += 1
         dyg = dy + n0 * p.y_img + g * p.y_grp
         if p.lanes:
             pack_dy_rows(p, dyg, pc, dcol, run, bpack, first)
         else:
             pack_dy_panels(p, dyg, pc, dcol, run, bpack, first)
-        weight_tiles(p, ip0, ip1, pc, staged + q0, aoff, bpack, part, first)
+        weight_tiles(p, ip0, ip1, ncol, staged + q0, aoff, bpack, cmap, part, first)
         first = False
     if first:               # no steps: the rows are zero
         memset(part + ip0 * unit * p.Opad, 0, (ip1 - ip0) * unit * p.Opad * sizeof(element))

@@ -1,8 +1,9 @@
-"""The forward-style product as tiles of pixels by channels (`pixel_tiles` in
-loopconv/_loops/tiled_product.pxi), which the tiled loops run where their grid would compute
-much junk: the small planes of 3-D convolutions.  The forward pass and the input gradient of
-chosen and random geometries of that kind, in every instruction-set variant built here,
-against the reference, with and without a bias, every element written, the same bits on 1, 2
+"""The tiled loops where their staged grid has junk columns (between rows, planes and images):
+the forward-style product as tiles of pixels by channels (`pixel_tiles` in
+loopconv/_loops/tiled_product.pxi, for grids that are mostly junk: the small planes of 3-D
+convolutions), and the weight gradient summed over the valid columns only (`lc_tile_m`).
+Each on chosen and random geometries of its kind, in every instruction-set variant built here,
+against the reference (with and without a bias), every element written, the same bits on 1, 2
 and 3 threads; which problems take it; the public functions on such problems."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import reference
-from common import DTYPE_PARAMS, case, conv_arrays, conv_output_shape
+from common import DTYPE_PARAMS, case, chosen_loops, conv_arrays, conv_output_shape
 from test_depthwise import lift, loop_args
 
 import loopconv
@@ -147,3 +148,93 @@ def test_public_functions(rng, assert_close, dtype):
     assert_close(loopconv.conv3d(x, w, b, **kw), reference.conv(x, w, b, **kw), dtype)
     assert_close(loopconv.conv3d_input(x_shape, w, gy, **kw),
                  reference.conv_input(x_shape, w, gy, **kw), dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# The weight gradient over the valid columns
+
+def compact(module, x_shape, w_shape, kw, dtype):
+    """Whether `module` sums the case's weight gradient over its valid grid columns only."""
+    y_shape = conv_output_shape(x_shape, w_shape, kw)
+    five = [lift(np.empty(s, np.int8)).shape for s in (x_shape, w_shape, y_shape)]
+    return module.weight_plan(*five, *loop_args(x_shape, w_shape, kw),
+                              np.dtype(dtype).itemsize)["compact"]
+
+
+WEIGHT_FIXED = [
+    case("3d-8", (2, 8, 8, 8, 8), (40, 8, 3, 3, 3), padding=1),
+    case("2d-14-batch3", (3, 6, 14, 14), (36, 6, 3, 3), padding=1),
+    case("2d-strided-dilated", (2, 5, 17, 15), (33, 5, 3, 3), stride=2, padding=2, dilation=2),
+    case("1d", (2, 4, 30), (40, 4, 5), padding=3),
+    case("groups", (2, 12, 9, 9), (66, 4, 3, 3), padding=1, groups=3),
+    case("small-images-blocked", (16, 4, 5, 5), (48, 4, 3, 3), padding=1),
+]
+
+
+def random_weight_cases(count, seed):
+    """Random geometries whose weight gradient takes the valid columns on the best variant in
+    float32: 1 to 3 spatial axes of 3 to 12 pixels, kernels of 1 to 4 taps, strides 1 to 2,
+    dilation 1 or 2, padding up to 2 on each side, 1 or 2 groups of 1 to 6 input and 17 to 60
+    output channels, 1 to 5 images."""
+    rng = np.random.default_rng(seed)
+    best = list(VARIANTS.values())[-1]
+    cases = []
+    while len(cases) < count:
+        nd, groups = int(rng.integers(1, 4)), int(rng.integers(1, 3))
+        size = [int(rng.integers(3, 13)) for _ in range(nd)]
+        kernel = [int(rng.integers(1, 5)) for _ in range(nd)]
+        stride = [int(rng.integers(1, 3)) for _ in range(nd)]
+        dilation = [int(rng.integers(1, 3)) for _ in range(nd)]
+        pairs = [(int(rng.integers(0, 3)), int(rng.integers(0, 3))) for _ in range(nd)]
+        cin, cout = int(rng.integers(1, 7)), int(rng.integers(17, 61))
+        x_shape = (int(rng.integers(1, 6)), groups * cin, *size)
+        w_shape = (groups * cout, cin, *kernel)
+        kw = dict(stride=tuple(stride), padding=tuple(pairs), dilation=tuple(dilation),
+                  groups=groups)
+        if min(conv_output_shape(x_shape, w_shape, kw)[2:]) < 1:
+            continue
+        loops = chosen_loops(conv_output_shape(x_shape, w_shape, kw), w_shape, stride, groups)
+        if loops.grad_weight is not _loops.tiled.grad_weight:
+            continue
+        if compact(best, x_shape, w_shape, kw, np.float32):
+            cases.append(case(f"random-{len(cases)}", x_shape, w_shape, **kw))
+    return cases
+
+
+WEIGHT_RANDOM = random_weight_cases(24, seed=20261203)
+
+
+def weight(module, x, gy, w_shape, kw, threads):
+    """The variant's weight gradient into an output filled with NaN."""
+    dw = np.full(lift(np.empty(w_shape, np.int8)).shape, np.nan, x.dtype)
+    module.grad_weight(lift(x), lift(gy), dw, *loop_args(x.shape, w_shape, kw), threads)
+    return dw.reshape(w_shape)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+@pytest.mark.parametrize("x_shape, w_shape, kw", WEIGHT_FIXED + WEIGHT_RANDOM)
+def test_weight_against_reference_and_across_threads(rng, assert_close, variant, x_shape,
+                                                      w_shape, kw, dtype):
+    module = VARIANTS[variant]
+    x, w, _, gy = conv_arrays(rng, x_shape, w_shape, kw, dtype)
+    got = weight(module, x, gy, w_shape, kw, threads=2)
+    assert not np.isnan(got).any()
+    assert_close(got, reference.conv_weight(x, w_shape, gy, **kw), dtype,
+                 bound=reference.conv_weight(np.abs(x), w_shape, np.abs(gy), **kw))
+    for threads in (1, 3):
+        assert np.array_equal(got, weight(module, x, gy, w_shape, kw, threads))
+    if variant == list(VARIANTS)[-1] and dtype == np.float32:
+        assert compact(module, x_shape, w_shape, kw, dtype)
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kw, chosen", [
+    ((2, 64, 8, 8, 8), (64, 64, 3, 3, 3), dict(padding=1), True),        # 1.52 columns a pixel
+    ((8, 128, 28, 28), (128, 128, 3, 3), dict(padding=1), True),         # 1.07
+    ((8, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), False),           # 1.035
+    ((16, 256, 14, 14), (256, 256, 1, 1), {}, False),                    # no junk
+    ((8, 64, 28, 28), (8, 64, 3, 3), dict(padding=1), False),            # few channels: lanes
+])
+def test_weight_which_problems(x_shape, w_shape, kw, chosen):
+    """By the grid columns per valid pixel of a reduction step (float32, the best variant)."""
+    assert compact(list(VARIANTS.values())[-1], x_shape, w_shape, kw, np.float32) == chosen
