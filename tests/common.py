@@ -75,6 +75,14 @@ def case(id, x_shape, w_shape, **kw):
     return pytest.param(x_shape, w_shape, kw, id=id)
 
 
+def grouped_case(id, batch, groups, cin, cout, size, kernel, stride, padding, dilation):
+    """`case` of a convolution of `batch` images in `groups` groups of cin input and cout output
+    channels, with per-axis sizes, kernel, stride, padding pairs and dilation."""
+    return case(id, (batch, groups * cin, *size), (groups * cout, cin, *kernel),
+                stride=tuple(stride), padding=tuple(padding), dilation=tuple(dilation),
+                groups=groups)
+
+
 def conv_output_shape(x_shape, w_shape, kw):
     """The output shape of the convolution `case` describes (any padding, also 'same')."""
     stride, pairs, dilation = reference.geometry(x_shape[2:], w_shape[2:], kw.get("stride", 1),

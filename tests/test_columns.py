@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import reference
-from common import DTYPE_PARAMS, case, chosen_loops, conv_arrays, conv_output_shape
+from common import DTYPE_PARAMS, case, chosen_loops, conv_arrays, conv_output_shape, grouped_case
 from test_depthwise import lift, loop_args
 
 import loopconv
@@ -53,9 +53,8 @@ def random_cases(count, seed):
             stride.append(s)
             pairs.append(p)
         cin, cout = int(rng.integers(1, 6)), int(rng.integers(1, 6))
-        cases.append(case(f"random-{i}", (int(rng.integers(1, 4)), groups * cin, *size),
-                          (groups * cout, cin, *kernel), stride=tuple(stride),
-                          padding=tuple(pairs), dilation=tuple(dilation), groups=groups))
+        cases.append(grouped_case(f"random-{i}", int(rng.integers(1, 4)), groups, cin, cout,
+                                  size, kernel, stride, pairs, dilation))
     return cases
 
 

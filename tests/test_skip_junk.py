@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import reference
-from common import DTYPE_PARAMS, case, chosen_loops, conv_arrays, conv_output_shape
+from common import DTYPE_PARAMS, case, chosen_loops, conv_arrays, conv_output_shape, grouped_case
 from test_depthwise import lift, loop_args
 
 import loopconv
@@ -20,11 +20,16 @@ from loopconv import _loops
 VARIANTS = _loops.variants()
 
 
-def uses(module, which, x_shape, w_shape, kw, dtype):
-    """Whether `module` runs pass `which` ("forward" or "input") of the case as pixel tiles."""
+def loop_geometry(x_shape, w_shape, kw):
+    """The case's 5-D shapes of x, w and y, and its loop arguments (`loop_args`)."""
     y_shape = conv_output_shape(x_shape, w_shape, kw)
     five = [lift(np.empty(s, np.int8)).shape for s in (x_shape, w_shape, y_shape)]
-    return module.uses_pixel_tiles(which, *five, *loop_args(x_shape, w_shape, kw),
+    return (*five, *loop_args(x_shape, w_shape, kw))
+
+
+def uses(module, which, x_shape, w_shape, kw, dtype):
+    """Whether `module` runs pass `which` ("forward" or "input") of the case as pixel tiles."""
+    return module.uses_pixel_tiles(which, *loop_geometry(x_shape, w_shape, kw),
                                    np.dtype(dtype).itemsize)
 
 
@@ -64,15 +69,13 @@ def random_cases(count, seed):
             pairs.append(p)
         cin = int(rng.choice([*range(1, 9), 16, 24, 48]))
         cout = int(rng.integers(1, 61))
-        x_shape = (int(rng.integers(1, 4)), groups * cin, *size)
-        w_shape = (groups * cout, cin, *kernel)
-        kw = dict(stride=tuple(stride), padding=tuple(pairs), dilation=tuple(dilation),
-                  groups=groups)
-        if min(conv_output_shape(x_shape, w_shape, kw)[2:]) < 1:
+        candidate = grouped_case(f"random-{len(cases)}", int(rng.integers(1, 4)), groups, cin,
+                                 cout, size, kernel, stride, pairs, dilation)
+        if min(conv_output_shape(*candidate.values)[2:]) < 1:
             continue
-        if any(uses(best, which, x_shape, w_shape, kw, np.float32)
+        if any(uses(best, which, *candidate.values, np.float32)
                for which in ("forward", "input")):
-            cases.append(case(f"random-{len(cases)}", x_shape, w_shape, **kw))
+            cases.append(candidate)
     return cases
 
 
@@ -155,9 +158,7 @@ def test_public_functions(rng, assert_close, dtype):
 
 def compact(module, x_shape, w_shape, kw, dtype):
     """Whether `module` sums the case's weight gradient over its valid grid columns only."""
-    y_shape = conv_output_shape(x_shape, w_shape, kw)
-    five = [lift(np.empty(s, np.int8)).shape for s in (x_shape, w_shape, y_shape)]
-    return module.weight_plan(*five, *loop_args(x_shape, w_shape, kw),
+    return module.weight_plan(*loop_geometry(x_shape, w_shape, kw),
                               np.dtype(dtype).itemsize)["compact"]
 
 
@@ -187,17 +188,16 @@ def random_weight_cases(count, seed):
         dilation = [int(rng.integers(1, 3)) for _ in range(nd)]
         pairs = [(int(rng.integers(0, 3)), int(rng.integers(0, 3))) for _ in range(nd)]
         cin, cout = int(rng.integers(1, 7)), int(rng.integers(17, 61))
-        x_shape = (int(rng.integers(1, 6)), groups * cin, *size)
-        w_shape = (groups * cout, cin, *kernel)
-        kw = dict(stride=tuple(stride), padding=tuple(pairs), dilation=tuple(dilation),
-                  groups=groups)
-        if min(conv_output_shape(x_shape, w_shape, kw)[2:]) < 1:
+        candidate = grouped_case(f"random-{len(cases)}", int(rng.integers(1, 6)), groups, cin,
+                                 cout, size, kernel, stride, pairs, dilation)
+        y_shape = conv_output_shape(*candidate.values)
+        if min(y_shape[2:]) < 1:
             continue
-        loops = chosen_loops(conv_output_shape(x_shape, w_shape, kw), w_shape, stride, groups)
+        loops = chosen_loops(y_shape, candidate.values[1], stride, groups)
         if loops.grad_weight is not _loops.tiled.grad_weight:
             continue
-        if compact(best, x_shape, w_shape, kw, np.float32):
-            cases.append(case(f"random-{len(cases)}", x_shape, w_shape, **kw))
+        if compact(best, *candidate.values, np.float32):
+            cases.append(candidate)
     return cases
 
 

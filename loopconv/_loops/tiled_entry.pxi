@@ -77,14 +77,14 @@ cdef void choose_tiles(Product *p, const Phase *phases, Py_ssize_t itemsize) noe
         p.gathered = False
 
 
-cdef void set_phase(Phase *ph, const Stage *st, Py_ssize_t K, Py_ssize_t a_off,
-                    Py_ssize_t k_off, tuple grid, Py_ssize_t dst_base, tuple dstep, Py_ssize_t NR):
-    """One phase of a forward-style product: K rows of B, its packed A at a_off and its B
-    offsets at k_off, and its valid grid (a, b, e) < grid, written to dst_base + a * dstep[0]
-    + b * dstep[1] + e * dstep[2]."""
+cdef void set_phase(Phase *ph, const Stage *st, Py_ssize_t K, Py_ssize_t k_off, tuple grid,
+                    Py_ssize_t dst_base, tuple dstep, Py_ssize_t NR):
+    """One phase of a forward-style product: K rows of B, its B offsets at k_off, and its valid
+    grid (a, b, e) < grid, written to dst_base + a * dstep[0] + b * dstep[1] + e * dstep[2];
+    its packed A at offset 0 (input_product sets the other phases' once p.mr is chosen)."""
     cdef int a
     ph.K = K
-    ph.a_off = a_off
+    ph.a_off = 0
     ph.k_off = k_off
     for a in range(3):
         ph.grid[a] = grid[a]
@@ -135,7 +135,8 @@ cdef int product_pass(Product *p, const Phase *phases,
     cdef element[::1] fws = _workspace("f", dtype, fper * num_threads)
     cdef Py_ssize_t[::1] iws = _workspace("i", np.intp, iper * num_threads)
     cdef const element *bptr = &bias[0] if bias.shape[0] > 0 else NULL
-    cdef Py_ssize_t[::1] nr_steps = np.arange(KC, dtype=np.intp) * NR
+    # pixel_tiles read the packed panels' rows k at k * NR
+    cdef Py_ssize_t[::1] nr_steps = np.arange(KC if p.by_pixel else 1, dtype=np.intp) * NR
     p.nr_steps = &nr_steps[0]
     with nogil:
         run_product(p, phases, &src[0, 0, 0, 0, 0], &boff[0], a, &aoff[0], bptr,
@@ -151,7 +152,7 @@ cdef void forward_product(Product *p, Phase *ph, tuple xshape, tuple wshape, tup
     set_stage(&p.st, size, tuple(stride), tuple(pad), x_stage(size, out, ksize, stride, pad,
               dilation), Cg, NR, math.prod(xshape))
     set_product(p, xshape[0], groups, xshape[1], wshape[0], out)
-    set_phase(ph, &p.st, Cg * math.prod(ksize), 0, 0, out, 0, (out[1] * out[2], out[2], 1), NR)
+    set_phase(ph, &p.st, Cg * math.prod(ksize), 0, out, 0, (out[1] * out[2], out[2], 1), NR)
     p.nphase = 1
     p.items_ng = ph.nblk
     # A[o, (c, tap)] = w[g * Og + o, c, tap]: the weight's rows as they are, read in place
@@ -233,7 +234,7 @@ cdef tuple set_input_phases(Product *p, Phase *phases, list axes, tuple lead, tu
     p.items_ng (dy staged with lead and q, dy_stage); returns, per phase, the B offsets (row
     (o, tap): staged dy at the tap's offset) and the columns of A (A[c, (o, tap)] =
     w[o, c, tap], at koff from row c)."""
-    cdef Py_ssize_t f = 0, a_off = 0, k_off = 0, Og = p.st.nchan, Cg = p.M
+    cdef Py_ssize_t f = 0, k_off = 0, Og = p.st.nchan, Cg = p.M
     cdef Py_ssize_t KS = ksize[0] * ksize[1] * ksize[2]
     dstep = (stride[0] * size[1] * size[2], stride[1] * size[2], stride[2])
     boffs, koffs = [], []
@@ -243,14 +244,13 @@ cdef tuple set_input_phases(Product *p, Phase *phases, list axes, tuple lead, tu
             for rw, (tw, nw) in enumerate(axes[2]):
                 taps = [(kd, kh, kw, od + lead[0], oh + lead[1], ow + lead[2])
                         for kd, od in td for kh, oh in th for kw, ow in tw]
-                set_phase(&phases[f], &p.st, Og * len(taps), a_off, k_off, (nd_, nh, nw),
+                set_phase(&phases[f], &p.st, Og * len(taps), k_off, (nd_, nh, nw),
                           (rd * size[1] + rh) * size[2] + rw, dstep, NR)
                 p.items_ng += phases[f].nblk
                 boffs.append(np.array([o * p.st.chan + (t[3] * q[1] + t[4]) * q[2] + t[5]
                                        for o in range(Og) for t in taps], dtype=np.intp))
                 koffs.append(np.array([o * Cg * KS + (t[0] * ksize[1] + t[1]) * ksize[2]
                                        + t[2] for o in range(Og) for t in taps], dtype=np.intp))
-                a_off += p.G * round_up(Cg, p.mr) * phases[f].K
                 k_off += phases[f].K
                 f += 1
     return boffs, koffs
@@ -261,7 +261,7 @@ cdef tuple input_product(Product *p, tuple dyshape, tuple wshape, tuple dxshape,
     """The input gradient's product: its staging of dy, its phases (malloc'ed, returned first
     as an address; the caller frees them), the choice of its tiles; and, per phase, its B
     offsets and columns of A (set_input_phases)."""
-    cdef Py_ssize_t NR = LC_NV_B * LC_VEC_BYTES // itemsize, Og = wshape[0] // groups
+    cdef Py_ssize_t NR = LC_NV_B * LC_VEC_BYTES // itemsize, Og = wshape[0] // groups, f
     cdef Py_ssize_t KS = math.prod(wshape[2:])
     size, out, ksize = dxshape[2:], dyshape[2:], wshape[2:]
     axes = input_phases(size, ksize, stride, pad, dilation)
@@ -279,8 +279,8 @@ cdef tuple input_product(Product *p, tuple dyshape, tuple wshape, tuple dxshape,
         # koff, read in place where the product is narrow, else packed phase by phase
         p.gathered = p.N * columns < GATHER_COLUMNS
         choose_tiles(p, phases, itemsize)
-        if p.by_pixel:      # the packed panels' offsets (Phase.a_off) follow from p.mr
-            boffs, koffs = set_input_phases(p, phases, axes, lead, q, size, ksize, stride, NR)
+        for f in range(1, p.nphase):    # A packed phase by phase, in panels of p.mr rows
+            phases[f].a_off = phases[f - 1].a_off + p.G * round_up(p.M, p.mr) * phases[f - 1].K
     except BaseException:
         free(phases)
         raise
