@@ -1,14 +1,15 @@
-"""The weight gradient of the tiled loops on small images (loopconv/_loops/tiled_weight.pxi),
-whose reduction steps cover blocks of several images: every compiled variant against the NumPy
-reference and the same bits on 1, 2 and 3 threads; the cases take the paths they are meant to;
-a block missing images reads no scratch that an earlier call left."""
+"""The weight gradient of the tiled loops (loopconv/_loops/tiled_weight.pxi) on small images,
+whose reduction steps cover blocks of several images, and with few output channels per group
+(the one-vector tile): every compiled variant against the NumPy reference and the same bits on
+1, 2 and 3 threads; the cases take the paths they are meant to; a block missing images reads
+no scratch that an earlier call left."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import reference
-from common import DTYPE_PARAMS, case, conv_output_shape
+from common import DTYPE_PARAMS, case, conv_output_shape, grouped_case
 
 import loopconv
 from loopconv import _loops
@@ -40,6 +41,11 @@ CASES = [
     case("3d-4x4x4", (5, 6, 4, 4, 4), (8, 6, 3, 3, 3), padding=1),
     case("3d-stride", (3, 8, 3, 4, 3), (5, 8, 2, 2, 2), stride=(1, 2, 1)),
     case("3d-many-outputs", (6, 4, 3, 3, 3), (36, 4, 3, 3, 3), padding=1),
+    # output channels per group filling half a vector to one (the one-vector tile)
+    case("2d-groups-12-outputs", (9, 16, 5, 5), (24, 8, 3, 3), groups=2, padding=1),
+    case("2d-one-output", (12, 24, 5, 5), (1, 24, 3, 3), padding=1),
+    # an image's grid fills a step: one image a block
+    case("2d-image-fills-a-step", (3, 8, 20, 20), (24, 8, 3, 3), padding=1),
 ]
 
 
@@ -93,6 +99,50 @@ def test_against_reference_for_any_thread_count(rng, assert_close, variant, x_sh
         assert np.array_equal(grad_weight(module, x, gy, w_shape, kw, threads), got), threads
 
 
+def random_narrow_cases(count, seed):
+    """Random geometries whose weight gradient takes the one-vector tile (lc_tile_a1, lc_tile_m1)
+    in float32 or float64 on some variant: 1 to 3 spatial axes of 3 to 14 pixels, kernels of 1
+    to 3 taps, strides 1 to 2, dilation 1 or 2, padding up to 2 on each side, 1 to 3 groups of
+    1 to 20 input and 2 to 16 output channels, 1 to 6 images (the ResNeXt and RegNet groups)."""
+    rng = np.random.default_rng(seed)
+    cases = []
+    while len(cases) < count:
+        nd, groups = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+        size = [int(rng.integers(3, 15)) for _ in range(nd)]
+        kernel = [int(rng.integers(1, 4)) for _ in range(nd)]
+        stride = [int(rng.integers(1, 3)) for _ in range(nd)]
+        dilation = [int(rng.integers(1, 3)) for _ in range(nd)]
+        pairs = [(int(rng.integers(0, 3)), int(rng.integers(0, 3))) for _ in range(nd)]
+        candidate = grouped_case(f"random-{len(cases)}", int(rng.integers(1, 7)), groups,
+                                 int(rng.integers(1, 21)), int(rng.integers(2, 17)), size,
+                                 kernel, stride, pairs, dilation)
+        if min(conv_output_shape(*candidate.values)[2:]) < 1:
+            continue
+        x_shape, w_shape, kw = candidate.values
+        if any(module.weight_plan(*shapes5(x_shape, w_shape, kw),
+                                  *loop_args(x_shape, w_shape, kw), itemsize)["narrow"]
+               for module in _loops.variants().values() for itemsize in (4, 8)):
+            cases.append(candidate)
+    return cases
+
+
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+@pytest.mark.parametrize("x_shape, w_shape, kw", random_narrow_cases(16, seed=20261204))
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_one_vector_tile_on_random_groups(rng, assert_close, variant, x_shape, w_shape, kw,
+                                          dtype):
+    """Every variant on the random geometries of the one-vector tile (each takes it in some
+    variant and size; the others take their own tiles on the same problems)."""
+    module = _loops.variants()[variant]
+    x, gy = arrays(rng, x_shape, w_shape, kw, dtype)
+    got = grad_weight(module, x, gy, w_shape, kw, threads=2)
+    assert not np.isnan(got).any()
+    assert_close(got, reference.conv_weight(x, w_shape, gy, **kw), dtype,
+                 bound=reference.conv_weight(np.abs(x), w_shape, np.abs(gy), **kw))
+    for threads in (1, 3):
+        assert np.array_equal(grad_weight(module, x, gy, w_shape, kw, threads), got), threads
+
+
 def plans(module, itemsize):
     """weight_plan of every case, with its batch size."""
     out = []
@@ -104,15 +154,30 @@ def plans(module, itemsize):
     return out
 
 
+def tile_kind(plan):
+    """The register tile of a weight_plan: "lanes", "one vector" or "two vectors"."""
+    return "lanes" if plan["lanes"] else "one vector" if plan["narrow"] else "two vectors"
+
+
+def test_every_tile_is_taken():
+    """Each weight-gradient tile sums blocks of several images in some variant and size."""
+    kinds = {tile_kind(p) for v in VARIANTS for itemsize in (4, 8)
+             for p in plans(_loops.variants()[v], itemsize) if p["images"] > 1}
+    assert kinds == {"lanes", "one vector", "two vectors"}
+
+
 @pytest.mark.parametrize("itemsize", [4, 8], ids=["f32", "f64"])
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_cases_take_every_path(variant, itemsize):
-    """Blocks of several images, with both register tiles; a last block with fewer images
-    than the others; blocks cut into several steps and steps of several blocks' chunks; and
-    one image a block where an image's grid fills a step."""
+    """Blocks of several images, with the two-vector register tile and a tile for few output
+    channels (the one-vector tile, or the one summing along the lanes where the variant takes
+    it for such channels); a last block with fewer images than the others; blocks cut into
+    several steps and steps of several blocks' chunks; and one image a block where an image's
+    grid fills a step."""
     found = plans(_loops.variants()[variant], itemsize)
     blocked = [p for p in found if p["images"] > 1]
-    assert any(p["lanes"] for p in blocked) and any(not p["lanes"] for p in blocked)
+    kinds = {tile_kind(p) for p in blocked}
+    assert "two vectors" in kinds and kinds & {"lanes", "one vector"}
     assert any(p["N"] % p["images"] for p in blocked)
     assert any(p["image blocks"] > 1 for p in blocked)
     assert any(p["steps"] > p["image blocks"] for p in blocked)
@@ -121,9 +186,9 @@ def test_cases_take_every_path(variant, itemsize):
 
 
 def test_one_output_pixel_takes_one_step():
-    """A 4x4 kernel on a 4x4 image of 32 images, 10 outputs: one grid column per image, all
+    """A 4x4 kernel on a 4x4 image of 32 images, 4 outputs: one grid column per image, all
     images in one block and one step where their grids fill it (float32, few outputs)."""
-    x5, w5, y5 = shapes5((32, 32, 4, 4), (10, 32, 4, 4), {})
+    x5, w5, y5 = shapes5((32, 32, 4, 4), (4, 32, 4, 4), {})
     plan = _loops.tiled.weight_plan(x5, w5, y5, (1, 1, 1), (0, 0, 0), (1, 1, 1), 1, 4)
     if plan["lanes"] and plan["block"] >= 31 * 16 + 1:
         assert (plan["images"], plan["steps"]) == (32, 1)

@@ -15,6 +15,7 @@ cdef extern from "elements.h" nogil:
         LC_MR_B         # rows of the forward-style tile (or 1, 2, 4 for products with fewer)
         LC_NV_B         # its vectors
         LC_MR_A         # rows of the weight-gradient tile (its columns are two vectors)
+        LC_MR_A1        # rows of the weight-gradient tile one vector wide
         LC_KR_D         # rows and columns of the weight-gradient tile for few output
         LC_OR_D         # (channels), which sums along the vector lanes
         LC_VEC_BYTES    # bytes of a vector
@@ -34,6 +35,16 @@ cdef extern from "elements.h" nogil:
                        float *c, Py_ssize_t ldc, int beta)
     void lc_tile_a_f64(Py_ssize_t kc, const double *a, const Py_ssize_t *aoff, const double *b,
                        double *c, Py_ssize_t ldc, int beta)
+    void lc_tile_a1_f32(Py_ssize_t kc, const float *a, const Py_ssize_t *aoff, const float *b,
+                        float *c, Py_ssize_t ldc, int beta)
+    void lc_tile_a1_f64(Py_ssize_t kc, const double *a, const Py_ssize_t *aoff,
+                        const double *b, double *c, Py_ssize_t ldc, int beta)
+    void lc_tile_m1_f32(Py_ssize_t kc, const float *a, const Py_ssize_t *aoff,
+                        const Py_ssize_t *cmap, const float *b, float *c, Py_ssize_t ldc,
+                        int beta)
+    void lc_tile_m1_f64(Py_ssize_t kc, const double *a, const Py_ssize_t *aoff,
+                        const Py_ssize_t *cmap, const double *b, double *c, Py_ssize_t ldc,
+                        int beta)
     void lc_tile_m_f32(Py_ssize_t kc, const float *a, const Py_ssize_t *aoff,
                        const Py_ssize_t *cmap, const float *b, float *c, Py_ssize_t ldc,
                        int beta)
@@ -127,23 +138,36 @@ cdef inline void tile_g(int mr, bint narrow, Py_ssize_t kc, const element *a,
         lc_tile_g_f64(mr, nv, kc, a, aoff, rs, b, boff, c, ldc, beta)
 
 
-cdef inline void tile_a(Py_ssize_t kc, const element *a, const Py_ssize_t *aoff,
+cdef inline void tile_a(bint narrow, Py_ssize_t kc, const element *a, const Py_ssize_t *aoff,
                         const element *b, element *c, Py_ssize_t ldc, bint beta) noexcept nogil:
-    """The weight-gradient tile, B (dy) packed."""
+    """The weight-gradient tile, B (dy) packed: LC_MR_A rows by two vectors, or (narrow)
+    LC_MR_A1 rows by one."""
     if element is float:
-        lc_tile_a_f32(kc, a, aoff, b, c, ldc, beta)
+        if narrow:
+            lc_tile_a1_f32(kc, a, aoff, b, c, ldc, beta)
+        else:
+            lc_tile_a_f32(kc, a, aoff, b, c, ldc, beta)
     else:
-        lc_tile_a_f64(kc, a, aoff, b, c, ldc, beta)
+        if narrow:
+            lc_tile_a1_f64(kc, a, aoff, b, c, ldc, beta)
+        else:
+            lc_tile_a_f64(kc, a, aoff, b, c, ldc, beta)
 
 
-cdef inline void tile_m(Py_ssize_t kc, const element *a, const Py_ssize_t *aoff,
+cdef inline void tile_m(bint narrow, Py_ssize_t kc, const element *a, const Py_ssize_t *aoff,
                         const Py_ssize_t *cmap, const element *b, element *c, Py_ssize_t ldc,
                         bint beta) noexcept nogil:
     """tile_a with A's columns at cmap (the valid columns of a grid)."""
     if element is float:
-        lc_tile_m_f32(kc, a, aoff, cmap, b, c, ldc, beta)
+        if narrow:
+            lc_tile_m1_f32(kc, a, aoff, cmap, b, c, ldc, beta)
+        else:
+            lc_tile_m_f32(kc, a, aoff, cmap, b, c, ldc, beta)
     else:
-        lc_tile_m_f64(kc, a, aoff, cmap, b, c, ldc, beta)
+        if narrow:
+            lc_tile_m1_f64(kc, a, aoff, cmap, b, c, ldc, beta)
+        else:
+            lc_tile_m_f64(kc, a, aoff, cmap, b, c, ldc, beta)
 
 
 cdef inline void tile_d(Py_ssize_t kc, const element *a, const Py_ssize_t *aoff,

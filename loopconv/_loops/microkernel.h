@@ -35,6 +35,7 @@
 #  define LC_MR_B 8
 #  define LC_NV_B 3
 #  define LC_MR_A 8
+#  define LC_MR_A1 16
 #  define LC_KR_D 3
 #  define LC_OR_D 8
 #  define LC_ISA "avx512"
@@ -44,6 +45,7 @@
 #  define LC_MR_B 4
 #  define LC_NV_B 3
 #  define LC_MR_A 6
+#  define LC_MR_A1 12
 #  define LC_KR_D 3
 #  define LC_OR_D 4
 #  define LC_ISA "avx2"
@@ -54,6 +56,7 @@
 #  define LC_MR_B 4
 #  define LC_NV_B 2
 #  define LC_MR_A 4
+#  define LC_MR_A1 8
 #  define LC_KR_D 2
 #  define LC_OR_D 4
 #  if defined(__SSE2__) || defined(__ARM_NEON) || defined(__aarch64__)
@@ -80,6 +83,9 @@
  *                 row i of A read in place at a + aoff[i]; B packed (weight gradient)
  *   lc_tile_m_T:  lc_tile_a with A's columns through a map, a[aoff[i] + cmap[k]]: the
  *                 columns of a grid that are not junk (weight gradients on small 3-D grids)
+ *   lc_tile_a1_T, lc_tile_m1_T:  lc_tile_a and lc_tile_m one vector wide, MR_A1 rows (weight
+ *                 gradients with one vector of output channels or fewer per group: ResNeXt's
+ *                 groups of 16, where two vectors would compute half zeros)
  *   lc_tile_d_T:  C[i, j] (=, +=) sum_k a[aoff[i] + k] * b[j * ldb + k]       KR_D x OR_D
  *                 rows of A and B read in place, the vectors run along k and are summed at
  *                 the end, lanes in a fixed order (weight gradient with few output channels,
@@ -241,6 +247,24 @@ static inline void lc_tile_m_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,     
     LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, LC_MR_A, 2, rows[i][cmap[k]],    \
                  b + 2 * W * k, )                                                       \
 }                                                                                       \
+static inline void lc_tile_a1_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,            \
+        const ptrdiff_t *LC_RESTRICT aoff, const T *LC_RESTRICT b,                      \
+        T *LC_RESTRICT c, ptrdiff_t ldc, int beta)                                      \
+{                                                                                       \
+    const T *rows[LC_MR_A1];                                                            \
+    for (int i = 0; i < LC_MR_A1; i++) rows[i] = a + aoff[i];                           \
+    LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, LC_MR_A1, 1, rows[i][k],         \
+                 b + W * k, )                                                           \
+}                                                                                       \
+static inline void lc_tile_m1_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,            \
+        const ptrdiff_t *LC_RESTRICT aoff, const ptrdiff_t *LC_RESTRICT cmap,           \
+        const T *LC_RESTRICT b, T *LC_RESTRICT c, ptrdiff_t ldc, int beta)              \
+{                                                                                       \
+    const T *rows[LC_MR_A1];                                                            \
+    for (int i = 0; i < LC_MR_A1; i++) rows[i] = a + aoff[i];                           \
+    LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, LC_MR_A1, 1, rows[i][cmap[k]],   \
+                 b + W * k, )                                                           \
+}                                                                                       \
 static inline void lc_tile_d_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,             \
         const ptrdiff_t *LC_RESTRICT aoff, const T *LC_RESTRICT b, ptrdiff_t ldb,       \
         T *LC_RESTRICT c, ptrdiff_t ldc, int beta)                                      \
@@ -315,6 +339,13 @@ static void lc_tile_m_##SUFFIX(ptrdiff_t kc, const T *a, const ptrdiff_t *aoff, 
                                const ptrdiff_t *cmap, const T *b, T *c, ptrdiff_t ldc,  \
                                int beta)                                                \
 { LC_SCALAR_TILE(T, LC_MR_A, 2, a[aoff[i] + cmap[k]], b[NR * k + j]) }                  \
+static void lc_tile_a1_##SUFFIX(ptrdiff_t kc, const T *a, const ptrdiff_t *aoff, const T *b, \
+                                T *c, ptrdiff_t ldc, int beta)                          \
+{ LC_SCALAR_TILE(T, LC_MR_A1, 1, a[aoff[i] + k], b[NR * k + j]) }                       \
+static void lc_tile_m1_##SUFFIX(ptrdiff_t kc, const T *a, const ptrdiff_t *aoff,        \
+                                const ptrdiff_t *cmap, const T *b, T *c, ptrdiff_t ldc, \
+                                int beta)                                               \
+{ LC_SCALAR_TILE(T, LC_MR_A1, 1, a[aoff[i] + cmap[k]], b[NR * k + j]) }                 \
 static void lc_tile_d_##SUFFIX(ptrdiff_t kc, const T *a, const ptrdiff_t *aoff, const T *b, \
                                ptrdiff_t ldb, T *c, ptrdiff_t ldc, int beta)            \
 {                                                                                       \

@@ -34,6 +34,7 @@ def info():
             "forward tile float64": (LC_MR_B, LC_NV_B * LC_VEC_BYTES // 8),
             "weight tile float32": (LC_MR_A, 2 * LC_VEC_BYTES // 4),
             "weight tile float64": (LC_MR_A, 2 * LC_VEC_BYTES // 8),
+            "weight tile, one vector float32": (LC_MR_A1, LC_VEC_BYTES // 4),
             "weight tile, few channels": (LC_KR_D, LC_OR_D),
             "weight read in place below grid columns": GATHER_COLUMNS}
 
@@ -348,7 +349,7 @@ cdef void set_weight_product(WeightProduct *p, Py_ssize_t N, Py_ssize_t G, Py_ss
     p.G = G
     p.M = O // G
     p.K = K
-    p.Kpad = round_up(p.K, LC_KR_D if p.lanes else LC_MR_A)
+    p.Kpad = round_up(p.K, p.mr)
     p.Opad = round_up(p.M, LC_OR_D if p.lanes else p.NR)
     for a in range(3):
         p.grid[a] = out[a]
@@ -363,14 +364,26 @@ cdef void set_weight_product(WeightProduct *p, Py_ssize_t N, Py_ssize_t G, Py_ss
     p.y_grp = p.M * p.y_plane
 
 
+cdef bint compact_block(const WeightProduct *p, Py_ssize_t nimg) noexcept nogil:
+    """Whether the steps of blocks of nimg images sum over the valid grid columns only: where
+    the junk between rows, planes and images makes WEIGHT_WASTE grid columns a valid pixel or
+    more (and lc_tile_a or its one-vector form sums them)."""
+    cdef Py_ssize_t valid = p.grid[0] * p.grid[1] * p.grid[2]
+    return not p.lanes and block_columns(p, nimg) >= WEIGHT_WASTE * nimg * valid
+
+
 cdef Py_ssize_t step_cost(const WeightProduct *p, Py_ssize_t nimg,
                           Py_ssize_t per_step) noexcept nogil:
-    """The cost, in grid columns, of the reduction steps of one group with blocks of nimg
-    images: their columns, plus per_step for each step."""
-    cdef Py_ssize_t nib = (p.N + nimg - 1) // nimg, B = p.block
-    cdef Py_ssize_t full = block_columns(p, nimg), last = block_columns(p, p.N - (nib - 1) * nimg)
-    return ((nib - 1) * (full + (full + B - 1) // B * per_step)
-            + last + (last + B - 1) // B * per_step)
+    """The cost, in columns, of the reduction steps of one group with blocks of nimg images:
+    the columns they sum (all grid columns, or the valid ones: compact_block), plus per_step
+    for each step."""
+    cdef Py_ssize_t nib = (p.N + nimg - 1) // nimg, B = p.block, n_last = p.N - (nib - 1) * nimg
+    cdef Py_ssize_t full = block_columns(p, nimg), last = block_columns(p, n_last)
+    cdef Py_ssize_t steps = (nib - 1) * ((full + B - 1) // B) + (last + B - 1) // B
+    cdef Py_ssize_t valid = p.grid[0] * p.grid[1] * p.grid[2]
+    if compact_block(p, nimg):
+        return p.N * valid + steps * per_step
+    return (nib - 1) * full + last + steps * per_step
 
 
 cdef void weight_images(WeightProduct *p, Py_ssize_t VW) noexcept nogil:
@@ -402,7 +415,7 @@ cdef void split_weight_work(WeightProduct *p) noexcept nogil:
     # four items (both cores busy, and some balance for more), more while the partial products
     # stay within about 1 MiB (float32): each chunk's partial is written and then summed.
     cdef Py_ssize_t nsteps = p.nsteps, G = p.G
-    cdef Py_ssize_t npan = p.Kpad // (LC_KR_D if p.lanes else LC_MR_A)
+    cdef Py_ssize_t npan = p.Kpad // p.mr
     p.nchunk = max(1, min(nsteps, 32, max((4 + G - 1) // G, (1 << 18) // (G * p.Kpad * p.Opad))))
     # Few (group, chunk) items (batch 1, few pixels): the rows k are split into blocks too.
     # Each element is still summed by one item, in the same order.
@@ -420,10 +433,18 @@ cdef void set_weight(WeightProduct *p, tuple xs, tuple ws, tuple ys, stride, pad
     items."""
     cdef Py_ssize_t VW = LC_VEC_BYTES // itemsize
     size, out, ksize = xs[2:], ys[2:], ws[2:]
-    # Output channels that fill at most one vector would leave most lanes of lc_tile_a empty
-    # and make transposing dy the main cost: lc_tile_d sums along pixels instead.
-    p.lanes = ws[0] // groups <= VW
-    p.NR = 2 * VW
+    # Output channels per group that fill at most half a vector would leave most lanes of
+    # lc_tile_a empty: lc_tile_d sums along pixels instead.  Up to one vector, lc_tile_a one
+    # vector wide (more rows).  Measured (one thread, grouped 3x3 on 7x7 to 56x56, 1 to 8
+    # images), the narrow tile's speed-up over lc_tile_d: float32 AVX-512, 12 and 16 channels
+    # 1.17-1.9x, 8 and fewer 0.72-1.12x; AVX2, 8 channels 0.96-1.25x, 2 and 4 channels 0.6x;
+    # float64 AVX-512 1.5-1.9x from 2 channels on (there lc_tile_d, its eight 512-bit loads a
+    # step each across cache lines, is never taken); AVX2, 2 and 4 channels 0.94-1.02x.
+    cdef Py_ssize_t Og = ws[0] // groups
+    p.lanes = 2 * Og <= VW and not (itemsize == 8 and LC_VEC_BYTES == 64)
+    p.narrow = not p.lanes and Og <= VW
+    p.NR = VW if p.narrow else 2 * VW
+    p.mr = LC_KR_D if p.lanes else LC_MR_A1 if p.narrow else LC_MR_A
     p.block = PC_D_BYTES // itemsize if p.lanes else PC * 4 // itemsize
     set_stage(&p.st, size, tuple(stride), tuple(pad), x_stage(size, out, ksize, stride, pad,
               dilation), ws[1], p.NR, x_size)
@@ -431,10 +452,7 @@ cdef void set_weight(WeightProduct *p, tuple xs, tuple ws, tuple ys, stride, pad
                        out)
     weight_images(p, VW)
     split_weight_work(p)
-    # junk grid columns (between rows, planes and images) skipped where they are many
-    cdef Py_ssize_t valid = out[0] * out[1] * out[2]
-    p.compact = (not p.lanes and (p.nimg - 1) * p.st.plane + p.ncols
-                 >= WEIGHT_WASTE * p.nimg * valid)
+    p.compact = compact_block(p, p.nimg)
 
 
 def weight_plan(xs, ws, ys, stride, pad, dilation, Py_ssize_t groups, Py_ssize_t itemsize):
@@ -445,7 +463,8 @@ def weight_plan(xs, ws, ys, stride, pad, dilation, Py_ssize_t groups, Py_ssize_t
                int(np.prod(xs)))
     return {"images": p.nimg, "image blocks": p.nib, "steps": p.nsteps, "chunks": p.nchunk,
             "columns": p.ncols, "block": p.block, "lanes": bool(p.lanes),
-            "compact": bool(p.compact)}
+            "compact": bool(p.compact), "narrow": bool(p.narrow)}
+
 
 
 def grad_weight(const element[:, :, :, :, ::1] x, const element[:, :, :, :, ::1] dy,

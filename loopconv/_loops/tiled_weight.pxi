@@ -12,6 +12,8 @@
 cdef struct WeightProduct:
     Py_ssize_t N, G, M, K, Kpad, Opad
     bint lanes                      # few output channels: lc_tile_d, else lc_tile_a
+    bint narrow                     # lc_tile_a (or _m) one vector wide (p.NR == VW)
+    Py_ssize_t mr                   # rows of a tile: LC_KR_D, LC_MR_A or LC_MR_A1
     bint compact                    # lc_tile_m over the valid grid columns only
     Py_ssize_t NR                   # columns of lc_tile_a (two vectors)
     Py_ssize_t block                # grid columns per reduction step
@@ -113,10 +115,10 @@ cdef inline void weight_tiles(const WeightProduct *p, Py_ssize_t ip0, Py_ssize_t
                               bint first) noexcept nogil:
     """Rows ip0 * unit .. ip1 * unit - 1 of the partial product part (= on the first step, else
     +=) the product over the step's pc grid columns (p.compact: its pc valid columns, at cmap):
-    the staged x at xq read at aoff (a tile's rows) times the packed dy (unit: the rows of a
-    tile, LC_KR_D or LC_MR_A)."""
+    the staged x at xq read at aoff (a tile's rows) times the packed dy (unit: p.mr, the rows
+    of a tile)."""
     cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
-    cdef Py_ssize_t NR = p.NR, B = p.block, ip, jp
+    cdef Py_ssize_t NR = p.NR, B = p.block, mr = p.mr, ip, jp
     if p.lanes:
         for ip in range(ip0, ip1):
             for jp in range(p.Opad // LC_OR_D):
@@ -125,13 +127,13 @@ cdef inline void weight_tiles(const WeightProduct *p, Py_ssize_t ip0, Py_ssize_t
     elif p.compact:
         for ip in range(ip0, ip1):
             for jp in range(p.Opad // NR):
-                tile_m(pc, xq, aoff + ip * LC_MR_A, cmap, bpack + jp * B * NR,
-                       part + ip * LC_MR_A * p.Opad + jp * NR, p.Opad, not first)
+                tile_m(p.narrow, pc, xq, aoff + ip * mr, cmap, bpack + jp * B * NR,
+                       part + ip * mr * p.Opad + jp * NR, p.Opad, not first)
     else:
         for ip in range(ip0, ip1):
             for jp in range(p.Opad // NR):
-                tile_a(pc, xq, aoff + ip * LC_MR_A, bpack + jp * B * NR,
-                       part + ip * LC_MR_A * p.Opad + jp * NR, p.Opad, not first)
+                tile_a(p.narrow, pc, xq, aoff + ip * mr, bpack + jp * B * NR,
+                       part + ip * mr * p.Opad + jp * NR, p.Opad, not first)
 
 
 cdef inline Py_ssize_t block_columns(const WeightProduct *p, Py_ssize_t nimg) noexcept nogil:
@@ -168,7 +170,7 @@ cdef void weight_item(const WeightProduct *p, Py_ssize_t item, const element *x,
     cdef Py_ssize_t kb = item % p.nkb, gc = item // p.nkb
     cdef Py_ssize_t chunk = gc % p.nchunk, g = gc // p.nchunk
     cdef Py_ssize_t s0 = chunk * p.nsteps // p.nchunk, s1 = (chunk + 1) * p.nsteps // p.nchunk
-    cdef Py_ssize_t unit = LC_KR_D if p.lanes else LC_MR_A
+    cdef Py_ssize_t unit = p.mr
     cdef Py_ssize_t ip0 = kb * p.kblk, ip1 = min(p.Kpad // unit, ip0 + p.kblk)
     cdef Py_ssize_t step, ib, n0, nimg, q0, pc
     cdef element *part = partial + gc * p.Kpad * p.Opad
