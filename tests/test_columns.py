@@ -1,13 +1,13 @@
 """The passes computed through columns: the input gradient as columns and a scatter
-(`loopconv._loops.col2im_grad_input`, for input gradients whose phase-split grids would be
-mostly padding, such as a GAN generator's first transposed convolution from a 1x1 input, or
-that come from one output pixel), the weight gradient as a gather and a product
-(`loopconv._loops.im2col_grad_weight`, for weight gradients of short reductions: few output
-pixels, such as squeeze-and-excitation layers on 1x1 images or a dense layer written as a
-convolution) and the forward pass to one output pixel from the gathered columns
-(`loopconv._loops.im2col_forward`).  Each against the reference
-on chosen and random geometries, every element written, the same bits on 1, 2 and 3 threads;
-which problems take it; the public functions on such problems."""
+(`loopconv._loops.col2im_grad_input`, for input gradients whose phase-split grids would be mostly
+padding, such as a GAN generator's first transposed convolution from a 1x1 input, or that come from
+one output pixel), the weight gradient as a gather and a product
+(`loopconv._loops.im2col_grad_weight`, for weight gradients of short reductions: few output pixels,
+such as squeeze-and-excitation layers on 1x1 images or a dense layer written as a convolution) and
+the forward pass to one output pixel from the gathered columns (`loopconv._loops.im2col_forward`;
+up to 8 images as dot products, `tiled.dense`).  Each against the reference on chosen and random
+geometries, every element written, the same bits on 1, 2 and 3 threads; which problems take it; the
+public functions on such problems."""
 
 from __future__ import annotations
 
@@ -286,8 +286,10 @@ def test_forward_against_reference_and_across_threads(rng, assert_close, x_shape
     ((16, 1152, 1, 1), (48, 1152, 1, 1), {}, True),          # squeeze-and-excitation
     ((16, 48, 1, 1), (1152, 48, 1, 1), {}, True),
     ((1, 240, 1, 1), (10, 240, 1, 1), {}, True),
-    ((1, 48, 1, 1), (1152, 48, 1, 1), {}, False),            # one image, columns of 48
-    ((16, 10, 1, 1), (240, 10, 1, 1), {}, False),            # columns of 10
+    ((1, 48, 1, 1), (1152, 48, 1, 1), {}, True),             # one image: dot products
+    ((8, 10, 1, 1), (240, 10, 1, 1), {}, True),              # up to 8 images, any width
+    ((16, 10, 1, 1), (240, 10, 1, 1), {}, False),            # 16 images, columns of 10
+    ((2, 64, 1, 1), (64, 16, 1, 1), dict(groups=4), False),  # groups
     ((32, 100, 1, 1), (512, 100, 4, 4), dict(padding=3), True),    # 4x4 output, 512 in all
     ((64, 100, 1, 1), (512, 100, 4, 4), dict(padding=3), False),   # 1024 in all
     ((32, 32, 4, 4), (10, 32, 4, 4), {}, True),              # a dense layer as a convolution
@@ -305,6 +307,38 @@ def test_forward_which_problems(x_shape, w_shape, kw, chosen):
     loops = chosen_loops(conv_output_shape(x_shape, w_shape, kw), w_shape, stride,
                          kw.get("groups", 1))
     assert (loops.forward is _loops.im2col_forward) == chosen
+
+
+def dense_cases(count, seed):
+    """Random sizes of tiled.dense: 1 to 8 rows of columns (images), 1 to 100 columns (some
+    below a vector, most not a multiple of one), 1 to 40 outputs (some below a tile)."""
+    rng = np.random.default_rng(seed)
+    return [(int(rng.integers(1, 9)), int(rng.integers(1, 101)), int(rng.integers(1, 41)))
+            for _ in range(count)] + [(1, 64, 1536), (8, 1536, 64), (3, 16, 8), (1, 1, 1)]
+
+
+@pytest.mark.parametrize("variant", list(_loops.variants()))
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+@pytest.mark.parametrize("n, k, o", dense_cases(16, seed=20261205))
+def test_dense_every_variant(rng, assert_close, variant, dtype, n, k, o):
+    """y[n, o] = cols[n] . w[o] in every variant, against float64 sums, every element
+    written, the same bits on 1, 2 and 3 threads; the operands unchanged."""
+    module = _loops.variants()[variant]
+    cols, w = (rng.standard_normal(s).astype(dtype) for s in ((n, k), (o, k)))
+    before = (cols.copy(), w.copy())
+
+    def run(threads):
+        y = np.full((n, o), np.nan, dtype)
+        module.dense(cols, w, y, threads)
+        return y
+
+    got = run(2)
+    assert not np.isnan(got).any()
+    assert_close(got, cols.astype(np.float64) @ w.astype(np.float64).T, dtype,
+                 bound=np.abs(cols).astype(np.float64) @ np.abs(w).astype(np.float64).T)
+    for threads in (1, 3):
+        assert np.array_equal(got, run(threads))
+    assert np.array_equal(cols, before[0]) and np.array_equal(w, before[1])
 
 
 @pytest.mark.parametrize("dtype", DTYPE_PARAMS)

@@ -203,31 +203,39 @@ IM2COL_REDUCTION = 512
 IM2COL_TAPS = 8
 IM2COL_PIXELS = 64
 IM2COL_WIDTH = 32
-IM2COL_WIDTH_ONE = 96
 IM2COL_FORWARD_REDUCTION = 128
 IM2COL_FORWARD_WASTE = 2.5
+# Up to DENSE_IMAGES images of one output pixel (and one group), the forward pass runs as dot
+# products of each image's columns with each row of the weight (tiled.dense).  Measured against
+# the tiled loops and against the columns' product (tiled.grad_weight with the weight as its
+# input), float32 one and two threads, float64 one thread: squeeze-and-excitation layers (10
+# -> 240 to 64 -> 1536 and 1536 -> 64 channels, 100 -> 512) at batch 1 1.7-4.8x and 2.7-4.2x;
+# batch 2 to 8 1.4-11x and 1.15-3.9x; at batch 16 and 32 the columns' product is the faster
+# (0.35-0.96 for 64 -> 1536 and 100 -> 512, 1.15-2.6 only for narrow outputs).
+DENSE_IMAGES = 8
 
 
 def im2col_forward_suits(y_shape, w_shape, stride, groups) -> bool:
-    """Whether the forward pass of a convolution with 5-D output `y_shape`, weight `w_shape`
-    and `stride` runs from columns (`im2col_forward`).  With one output pixel per image: one
-    group, columns of at least IM2COL_WIDTH elements, or IM2COL_WIDTH_ONE for a single image.
-    Measured against the tiled loops on the networks suite (1 and 2 threads, both dtypes):
-    squeeze-and-excitation layers on 1x1 images 1.3-6x at batch 16 and 1.5-2.6x at batch 1
-    from 240 channels or more; a GAN's dense first layer 8-16x at batch 32.  Below 1, so
-    left to the tiled loops: single images with columns of 20-48 (0.2-0.9), batches with
-    columns of 4-10 (0.6-0.9).  With more output pixels: where the weight gradient runs as
-    columns (`im2col_suits`) and the reduction has IM2COL_FORWARD_REDUCTION (images times
-    pixels) or more, or the staged grid is IM2COL_FORWARD_WASTE times the output or more.
-    Measured (float32 1 / 2 threads, float64): 3x3x3 on 4x4x4 at batches 1 and 2 1.6-2.1x;
-    512 channels 3x3 on 7x7 at batch 8 1.2 / 1.4 / 1.2x, batch 4 1.2 / 1.1 / 1.1x; 3x3 on 6x6
-    at batch 8 1.7 / 2.2 / 1.4x.  Left to the tiled loops: 7x7 at batches 1 and 2 (0.8-1.05),
-    stride 2 onto 7x7 at batch 1 (0.7-1.0)."""
+    """Whether the forward pass of a convolution with 5-D output `y_shape`, weight `w_shape` and
+    `stride` runs from columns (`im2col_forward`).  With one output pixel per image and one group:
+    up to DENSE_IMAGES images always (as dot products, tiled.dense), more where the columns have at
+    least IM2COL_WIDTH elements.  Measured against the tiled loops on the networks suite (1 and 2
+    threads, both dtypes): squeeze-and-excitation layers on 1x1 images 1.3-6x at batch 16; a GAN's
+    dense first layer 8-16x at batch 32; batches with columns of 4-10 left to the tiled loops
+    (0.6-0.9).  With more output pixels: where the weight gradient runs as columns (`im2col_suits`)
+    and the reduction has IM2COL_FORWARD_REDUCTION (images times pixels) or more, or the staged
+    grid is IM2COL_FORWARD_WASTE times the output or more.  Measured (float32 1 / 2 threads,
+    float64): 3x3x3 on 4x4x4 at batches 1 and 2 1.6-2.1x; 512 channels 3x3 on 7x7 at batch 8 1.2 /
+    1.4 / 1.2x, batch 4 1.2 / 1.1 / 1.1x; 3x3 on 6x6 at batch 8 1.7 / 2.2 / 1.4x.  Left to the
+    tiled loops: 7x7 at batches 1 and 2 (0.8-1.05), stride 2 onto 7x7 at batch 1 (0.7-1.0)."""
+    pixels, width = math.prod(y_shape[2:]), math.prod(w_shape[1:])
+    if (pixels == 1 and groups == 1 and y_shape[0] <= DENSE_IMAGES
+            and y_shape[0] * width <= COL2IM_COLUMNS):
+        return True
     if not im2col_suits(y_shape, w_shape, groups):
         return False
-    pixels = math.prod(y_shape[2:])
     if pixels == 1:
-        return y_shape[0] > 1 or w_shape[1] * math.prod(w_shape[2:]) >= IM2COL_WIDTH_ONE
+        return True
     return (y_shape[0] * pixels >= IM2COL_FORWARD_REDUCTION
             or _grid(y_shape, w_shape, stride) >= IM2COL_FORWARD_WASTE * pixels)
 
@@ -289,11 +297,15 @@ def im2col_forward(x, w, bias, y, stride, pad, dilation, groups, num_threads):
     k = math.prod(w.shape[1:])
     pixels = math.prod(y.shape[2:])
     cols = _columns(x, w.shape, y.shape, stride, pad, dilation, groups, num_threads)
-    rows = y if pixels == 1 else np.empty((n * pixels, o), y.dtype)
-    grad_weight(w.reshape(1, o, 1, 1, k), cols.reshape(1, n * pixels, 1, 1, k),
-                rows.reshape(n * pixels, o, 1, 1, 1), _ONES, _ZEROS, _ONES, 1, num_threads)
-    if pixels > 1:
-        y.reshape(n, o, pixels)[...] = rows.reshape(n, pixels, o).transpose(0, 2, 1)
+    if pixels == 1 and n <= DENSE_IMAGES:   # y[n, o] = cols[n] . w[o] (tiled.dense)
+        tiled.dense(cols.reshape(n, k), w.reshape(o, k), y.reshape(n, o), num_threads)
+    else:
+        rows = y if pixels == 1 else np.empty((n * pixels, o), y.dtype)
+        grad_weight(w.reshape(1, o, 1, 1, k), cols.reshape(1, n * pixels, 1, 1, k),
+                    rows.reshape(n * pixels, o, 1, 1, 1), _ONES, _ZEROS, _ONES, 1,
+                    num_threads)
+        if pixels > 1:
+            y.reshape(n, o, pixels)[...] = rows.reshape(n, pixels, o).transpose(0, 2, 1)
     if bias.shape[0]:
         y += bias.reshape(1, -1, 1, 1, 1)
 

@@ -86,6 +86,11 @@ cdef enum:
     # times phases) reads the weight in place (lc_tile_g) instead of packing it: packing costs
     # about as much as 34 columns of the product, reading in place a few per cent of it
     GATHER_COLUMNS = 1024
+    # PIXEL_PACK_COLUMNS: what packing the weight in panels costs pixel tiles (pixel_tiles_suit)
+    # where the tiled product would read it in place, in grid columns: between the 6 that keep
+    # a squeeze-and-excitation layer's one pixel (16 grid columns against 8) from them and the
+    # 31 that would take them from a batch-1 U-Net layer on 8x8x8 (measured 1.17x faster)
+    PIXEL_PACK_COLUMNS = 16
     # PACK_BLOCK: columns of A packed together for all its panels (pack_weight)
     PACK_BLOCK = 64
     # MIN_ITEMS: a forward-style product with fewer (image, group, column block) work items

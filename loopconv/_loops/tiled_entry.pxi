@@ -106,7 +106,10 @@ cdef bint pixel_tiles_suit(const Product *p, const Phase *phases,
     pixel_tiles time): 3x3x3 on 8x8x8 at batch 2 1.27-1.43 (64 and 384 -> 128 channels);
     left to the tiled product: 4x4x4 0.95 (ratio 1.0), 16x16x16 0.94-0.98 (1.26), 32x32x32 with
     32 channels 0.71-0.84 (0.75), 3x3 on 7x7 with 512 channels at batch 1 0.45-0.54 (1.11),
-    14x14 1.0 (0.9), 28x28 and 56x56 0.8-0.9 (1.0)."""
+    14x14 1.0 (0.9), 28x28 and 56x56 0.8-0.9 (1.0).  Where the tiled product would read the
+    weight in place (p.gathered: few columns), the packing that pixel tiles need counts too:
+    a squeeze-and-excitation layer's 64 -> 1536 channels on one pixel at batch 1 took them
+    (16 grid columns against 8), and packing its weight was 63 % of a call 10 times slower."""
     cdef Py_ssize_t VW = LC_VEC_BYTES // itemsize, NR = LC_NV_B * VW
     cdef Py_ssize_t f, rows, tiled = 0, by_pixel = 0, rest = p.M % NR
     cdef const Phase *ph
@@ -119,7 +122,9 @@ cdef bint pixel_tiles_suit(const Product *p, const Phase *phases,
         else:
             by_pixel += rows * round_up(ph.grid[2], LC_MR_B)
     cdef Py_ssize_t channels = p.M - rest + (0 if rest == 0 else VW if rest <= VW else NR)
-    return tiled * round_up(p.M, p.mr) >= PIXEL_WASTE * by_pixel * channels
+    # pixel tiles pack the weight, which a gathered product reads in place
+    cdef Py_ssize_t pack = PIXEL_PACK_COLUMNS * channels if p.gathered else 0
+    return p.N * tiled * round_up(p.M, p.mr) >= PIXEL_WASTE * p.N * by_pixel * channels + pack
 
 
 cdef int product_pass(Product *p, const Phase *phases,
@@ -177,8 +182,8 @@ def forward(const element[:, :, :, :, ::1] x, const element[:, :, :, :, ::1] w,
                     dilation, groups, sizeof(element))
     cdef Py_ssize_t[::1] order = item_order([ph.nblk])
     p.order = &order[0]
-    cdef Py_ssize_t[::1] boff = np.array(
-        tap_offsets(&p.st, w.shape[1], kernel_taps(shape5(w.shape)[2:], dilation)), dtype=np.intp)
+    cdef Py_ssize_t[::1] boff = tap_offsets(&p.st, w.shape[1],
+                                            kernel_taps(shape5(w.shape)[2:], dilation))
     cdef Py_ssize_t[::1] roff = np.arange(Og, dtype=np.intp) * ph.K
     cdef Py_ssize_t[::1] koff = np.arange(ph.K, dtype=np.intp)
     cdef Py_ssize_t mpad = round_up(Og, p.mr)
@@ -248,10 +253,10 @@ cdef tuple set_input_phases(Product *p, Phase *phases, list axes, tuple lead, tu
                 set_phase(&phases[f], &p.st, Og * len(taps), k_off, (nd_, nh, nw),
                           (rd * size[1] + rh) * size[2] + rw, dstep, NR)
                 p.items_ng += phases[f].nblk
-                boffs.append(np.array([o * p.st.chan + (t[3] * q[1] + t[4]) * q[2] + t[5]
-                                       for o in range(Og) for t in taps], dtype=np.intp))
-                koffs.append(np.array([o * Cg * KS + (t[0] * ksize[1] + t[1]) * ksize[2]
-                                       + t[2] for o in range(Og) for t in taps], dtype=np.intp))
+                boffs.append(channel_rows(Og, p.st.chan, [(t[3] * q[1] + t[4]) * q[2] + t[5]
+                                                          for t in taps]))
+                koffs.append(channel_rows(Og, Cg * KS, [(t[0] * ksize[1] + t[1]) * ksize[2]
+                                                        + t[2] for t in taps]))
                 k_off += phases[f].K
                 f += 1
     return boffs, koffs
@@ -466,7 +471,6 @@ def weight_plan(xs, ws, ys, stride, pad, dilation, Py_ssize_t groups, Py_ssize_t
             "compact": bool(p.compact), "narrow": bool(p.narrow)}
 
 
-
 def grad_weight(const element[:, :, :, :, ::1] x, const element[:, :, :, :, ::1] dy,
                 element[:, :, :, :, ::1] dw, stride, pad, dilation, Py_ssize_t groups,
                 int num_threads):
@@ -479,7 +483,7 @@ def grad_weight(const element[:, :, :, :, ::1] x, const element[:, :, :, :, ::1]
                groups, sizeof(element), x.size)
     # rows past K repeat row 0: the tile computes them and the reduction never reads them
     rows = tap_offsets(&p.st, Cg, kernel_taps(shape5(dw.shape)[2:], dilation))
-    cdef Py_ssize_t[::1] aoff = np.array(rows + rows[:1] * (p.Kpad - p.K), dtype=np.intp)
+    cdef Py_ssize_t[::1] aoff = np.concatenate([rows, np.repeat(rows[:1], p.Kpad - p.K)])
     cdef element[::1] partial = _workspace("p", dtype, groups * p.nchunk * p.Kpad * p.Opad)
     fper = per_thread(max(p.st.size + p.Opad * p.block, VW * VW))   # (sum_partials: VW * VW)
     iper = per_thread(1 + 3 * p.block)
@@ -488,3 +492,70 @@ def grad_weight(const element[:, :, :, :, ::1] x, const element[:, :, :, :, ::1]
     with nogil:
         run_weight(&p, &x[0, 0, 0, 0, 0], &dy[0, 0, 0, 0, 0], &aoff[0], &partial[0],
                    &dw[0, 0, 0, 0, 0], &fws[0], fper, &iws[0], iper, num_threads)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dense products: one output pixel per image.
+
+def dense(const element[:, ::1] cols, const element[:, ::1] w, element[:, ::1] y,
+          int num_threads):
+    """y[n, o] = sum over k of cols[n, k] * w[o, k]: the forward pass of a layer with one
+    output pixel per image from its columns (a squeeze-and-excitation layer's 1x1 image, a
+    GAN's dense first layer), as lc_tile_d's dot products along k, LC_KR_D rows of cols by
+    LC_OR_D rows of w read in place (its vectors along k, the lanes summed at the end; the last
+    K % VW columns added after), rather than a product whose tile has one useful column.  Each
+    element is summed in an order fixed by K alone; (row block, column block) items on
+    num_threads threads."""
+    cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
+    cdef Py_ssize_t N = cols.shape[0], K = cols.shape[1], O = w.shape[0]
+    cdef Py_ssize_t kfull = K - K % VW, nob, nnb, item
+    dtype = typecode(<element *> NULL)
+    if N == 0 or O == 0:
+        return
+    # fewer rows of w than a tile: a zero-padded copy (the tile reads LC_OR_D rows)
+    cdef const element[:, ::1] wp = w
+    if O < LC_OR_D:
+        padded = np.zeros((LC_OR_D, K), dtype=dtype)
+        padded[:O] = w
+        wp = padded
+    nob = (O + LC_OR_D - 1) // LC_OR_D
+    nnb = (N + LC_KR_D - 1) // LC_KR_D
+    cdef fpstate fp
+    with nogil, parallel(num_threads=num_threads):
+        fp = flush_subnormals()
+        # race-free: item (row block, column block) writes only its own elements of y.
+        for item in prange(nnb * nob, schedule="static"):
+            dense_block(&cols[0, 0], &wp[0, 0], &y[0, 0], N, K, O, kfull,
+                        item // nob * LC_KR_D, item % nob * LC_OR_D)
+        restore_fpstate(fp)
+
+
+cdef void dense_block(const element *cols, const element *w, element *y, Py_ssize_t N,
+                      Py_ssize_t K, Py_ssize_t O, Py_ssize_t kfull, Py_ssize_t n0,
+                      Py_ssize_t j0) noexcept nogil:
+    """Rows n0 .. n0 + LC_KR_D - 1 and columns j0 .. j0 + LC_OR_D - 1 of dense's y (those
+    inside it): a whole tile, its last column block moved back to end at O (w has at least
+    LC_OR_D rows), its missing rows reading row n0."""
+    cdef element ctile[64]          # LC_KR_D * LC_OR_D at most
+    cdef Py_ssize_t aoff[8]         # LC_KR_D at most
+    cdef Py_ssize_t OW = max(O, LC_OR_D), o0 = min(j0, OW - LC_OR_D), i, j, k, n, o
+    cdef element s
+    for i in range(LC_KR_D):
+        aoff[i] = (n0 + i if n0 + i < N else n0) * K
+    if kfull > 0:
+        tile_d(kfull, cols, aoff, w + o0 * K, K, ctile, LC_OR_D, False)
+    else:
+        for i in range(LC_KR_D * LC_OR_D):
+            ctile[i] = 0
+    for i in range(LC_KR_D):
+        n = n0 + i
+        if n >= N:
+            break
+        for j in range(j0 - o0, LC_OR_D):
+            o = o0 + j
+            if o >= O:
+                break
+            s = ctile[i * LC_OR_D + j]
+            for k in range(kfull, K):
+                s = s + cols[n * K + k] * w[o * K + k]
+            y[n * O + o] = s

@@ -315,6 +315,14 @@ cdef list kernel_taps(tuple ksize, dilation):
             for kh in range(ksize[1]) for kw in range(ksize[2])]
 
 
-cdef list tap_offsets(const Stage *st, Py_ssize_t nchan, list taps):
-    """tap_offset of every (channel c < nchan, tap), c outermost: the rows of xcol."""
-    return [tap_offset(st, c, t) for c in range(nchan) for t in taps]
+cdef object tap_offsets(const Stage *st, Py_ssize_t nchan, list taps):
+    """tap_offset of every (channel c < nchan, tap), c outermost, as an intp array: the rows
+    of xcol (built by NumPy: a Python loop over the rows cost 30 ns a row, 0.14 ms a call for
+    512 channels 3x3, a third of such a layer's forward pass at batch 1 on 7x7)."""
+    return channel_rows(nchan, st.chan, [tap_offset(st, 0, t) for t in taps])
+
+
+cdef object channel_rows(Py_ssize_t nchan, Py_ssize_t step, list offsets):
+    """c * step + offsets[t] for every (c < nchan, t), c outermost, as an intp array."""
+    return (np.arange(nchan, dtype=np.intp)[:, None] * step
+            + np.array(offsets, dtype=np.intp).reshape(1, -1)).reshape(-1)
