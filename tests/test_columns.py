@@ -165,6 +165,8 @@ def test_weight_against_reference_and_across_threads(rng, assert_close, x_shape,
     ((16, 1152, 1, 1), (48, 1152, 1, 1), {}, True),          # squeeze-and-excitation
     ((1, 48, 1, 1), (1152, 48, 1, 1), {}, True),
     ((16, 10, 1, 1), (240, 10, 1, 1), {}, False),            # columns of 10: a thin product
+    ((1, 10, 1, 1), (240, 10, 1, 1), {}, True),              # one image: an outer product
+    ((1, 32, 1, 1), (8, 32, 1, 1), {}, True),                # small, but not the direct loops
     ((32, 32, 4, 4), (10, 32, 4, 4), {}, True),              # a dense layer as a convolution
     ((8, 512, 7, 7), (512, 512, 3, 3), dict(padding=1), True),
     ((16, 576, 7, 7), (160, 576, 1, 1), {}, False),          # 1x1 on 7x7 at batch 16
@@ -288,6 +290,7 @@ def test_forward_against_reference_and_across_threads(rng, assert_close, x_shape
     ((1, 240, 1, 1), (10, 240, 1, 1), {}, True),
     ((1, 48, 1, 1), (1152, 48, 1, 1), {}, True),             # one image: dot products
     ((8, 10, 1, 1), (240, 10, 1, 1), {}, True),              # up to 8 images, any width
+    ((1, 32, 1, 1), (8, 32, 1, 1), {}, True),                # small, but not the direct loops
     ((16, 10, 1, 1), (240, 10, 1, 1), {}, False),            # 16 images, columns of 10
     ((2, 64, 1, 1), (64, 16, 1, 1), dict(groups=4), False),  # groups
     ((32, 100, 1, 1), (512, 100, 4, 4), dict(padding=3), True),    # 4x4 output, 512 in all

@@ -45,7 +45,7 @@ SMALL = [
     case("2d-same-s3-dilated", (1, 2, 10, 7), (2, 2, 3, 2), padding="same", stride=3,
          dilation=2),
     case("2d-1x1-stride2", (2, 3, 5, 5), (4, 3, 1, 1), stride=2),
-    case("2d-kernel-equals-input", (2, 2, 4, 3), (3, 2, 4, 3)),
+    case("2d-kernel-near-input", (2, 2, 4, 3), (3, 2, 3, 3)),
     case("3d", (2, 2, 5, 6, 4), (3, 2, 3, 2, 2), padding=1),
     case("3d-everything", (1, 4, 7, 6, 5), (4, 2, 2, 3, 2), stride=(2, 3, 2), groups=2,
          dilation=(1, 1, 2), padding=((1, 0), (0, 2), (1, 1))),
@@ -53,6 +53,7 @@ SMALL = [
 ]
 
 LARGE = [
+    case("2d-kernel-equals-input", (2, 2, 4, 3), (3, 2, 4, 3)),     # one pixel: never direct
     case("2d-tiled", (2, 8, 20, 20), (16, 8, 3, 3), padding=1),
     case("2d-tiled-stride2-groups-asym", (2, 8, 21, 19), (16, 4, 3, 3), stride=2, groups=2,
          padding=((1, 0), (2, 1))),
