@@ -56,9 +56,6 @@ cdef enum:
     DW_ITEMS = 16       # work items of a forward or input gradient at least, where it has them
     DW_DOT_COLS = 4096  # grid columns of dy per weight-gradient step (16 KiB of float32)
     DW_CHUNKS = 8       # weight-gradient items (groups x chunks) at least, where it has them
-    DW_FORWARD = 0      # the passes, for dw_suits and the geometry cache
-    DW_INPUT = 1
-    DW_WEIGHT = 2
 
 
 def dw_suits(Py_ssize_t cin_per_group, Py_ssize_t cout_per_group, Py_ssize_t pixels,
@@ -71,12 +68,12 @@ def dw_suits(Py_ssize_t cin_per_group, Py_ssize_t cout_per_group, Py_ssize_t pix
     (14x14 and below, and the strided input gradient), 15-25 % slower at 28x28 and above; eight
     and more are matrix products the tiled loops do better, except for the weight gradient,
     whose dot products stay ahead up to eight."""
-    if which == DW_WEIGHT:
+    if which == PASS_WEIGHT:
         return cin_per_group <= 8 and cout_per_group <= 8
     if cin_per_group <= 2:
         return cout_per_group <= 8
     return (cin_per_group <= 4 and cout_per_group <= 4
-            and (pixels <= 256 or (strided and which == DW_INPUT)))
+            and (pixels <= 256 or (strided and which == PASS_INPUT)))
 
 
 cdef bint dwc_wins(Py_ssize_t images, Py_ssize_t groups, Py_ssize_t cin_per_group,
@@ -858,9 +855,9 @@ cdef _DwGeometry geometry(int which, tuple xs, tuple ws, tuple ys, stride, pad, 
     geo = _geometries.get(key)
     if geo is not None:
         return geo
-    if which == DW_FORWARD:
+    if which == PASS_FORWARD:
         geo = forward_geometry(xs, ws, ys, stride, pad, dilation, groups, elsize)
-    elif which == DW_INPUT:
+    elif which == PASS_INPUT:
         geo = input_geometry(xs, ws, ys, stride, pad, dilation, groups, elsize)
     else:
         geo = weight_geometry(xs, ws, ys, stride, pad, dilation, groups, elsize)
@@ -877,7 +874,7 @@ def dw_plan(int which, xs, ws, ys, stride, pad, dilation, Py_ssize_t groups,
     elements of `itemsize` bytes (internal: for the tests)."""
     cdef _DwGeometry geo = geometry(which, tuple(xs), tuple(ws), tuple(ys), stride, pad,
                                     dilation, groups, itemsize)
-    if which == DW_WEIGHT:
+    if which == PASS_WEIGHT:
         return {"blocked": bool(geo.blocked), "chunks": geo.q.nchunk,
                 "steps": geo.q.N if geo.blocked else geo.q.N * geo.q.nbr}
     cdef Py_ssize_t f, untapped = 0
@@ -918,7 +915,7 @@ def dw_forward(const element[:, :, :, :, ::1] x, const element[:, :, :, :, ::1] 
                stride, pad, dilation, Py_ssize_t groups, int num_threads):
     """y = conv(x, w) + bias over 5-D arrays, as forward(), by the depthwise loops.  An empty
     bias means none."""
-    cdef _DwGeometry geo = geometry(DW_FORWARD, shape5(x.shape), shape5(w.shape),
+    cdef _DwGeometry geo = geometry(PASS_FORWARD, shape5(x.shape), shape5(w.shape),
                                     shape5(y.shape), stride, pad, dilation, groups,
                                     sizeof(element))
     run_pass(geo, &x[0, 0, 0, 0, 0], w, bias, &y[0, 0, 0, 0, 0], num_threads)
@@ -929,7 +926,7 @@ def dw_grad_input(const element[:, :, :, :, ::1] dy, const element[:, :, :, :, :
                   dilation, Py_ssize_t groups, int num_threads):
     """dx = bias + gradient of conv(x, w) with respect to x, given dy, as grad_input(), by the
     depthwise loops; dx is overwritten.  An empty bias means none."""
-    cdef _DwGeometry geo = geometry(DW_INPUT, shape5(dx.shape), shape5(w.shape),
+    cdef _DwGeometry geo = geometry(PASS_INPUT, shape5(dx.shape), shape5(w.shape),
                                     shape5(dy.shape), stride, pad, dilation, groups,
                                     sizeof(element))
     run_pass(geo, &dy[0, 0, 0, 0, 0], w, bias, &dx[0, 0, 0, 0, 0], num_threads)
@@ -941,7 +938,7 @@ def dw_grad_weight(const element[:, :, :, :, ::1] x, const element[:, :, :, :, :
     """dw = gradient of conv(x, w) with respect to w, given dy, as grad_weight(), by the
     depthwise loops; dw is overwritten."""
     dtype = typecode(<element *> NULL)
-    cdef _DwGeometry geo = geometry(DW_WEIGHT, shape5(x.shape), shape5(dw.shape),
+    cdef _DwGeometry geo = geometry(PASS_WEIGHT, shape5(x.shape), shape5(dw.shape),
                                     shape5(dy.shape), stride, pad, dilation, groups,
                                     sizeof(element))
     cdef Py_ssize_t iper = per_thread(1)

@@ -111,6 +111,10 @@ cdef enum:
     # junk columns between images and ran slower (benchmarks/README.md)
     BLOCK_STEPS = 4
     STEP_COLUMNS_A = 8
+    # the passes, for the geometry caches (tiled_entry.pxi, depthwise.pxi) and dw_suits
+    PASS_FORWARD = 0
+    PASS_INPUT = 1
+    PASS_WEIGHT = 2
 
 # PIXEL_WASTE: how much more the tiled product must compute than pixel_tiles for the latter
 # (whose own speed is some 0.8-0.9 of the tiled product's; pixel_tiles_suit)
