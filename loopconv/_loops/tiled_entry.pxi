@@ -513,8 +513,10 @@ cdef _Geometry new_geometry(int which, tuple xs, tuple ws, tuple ys, stride, pad
     return geo
 
 
+# As many problems as loopconv._loops.choose remembers: the passes of every layer of a large
+# network (EfficientNet-B0's 81 convolutions make 242 at one batch size) stay in it
 _tiled_geometries = {}
-_MAX_TILED_GEOMETRIES = 256
+_MAX_TILED_GEOMETRIES = 1024
 
 
 cdef _Geometry tiled_geometry(int which, tuple xs, tuple ws, tuple ys, stride, pad, dilation,
