@@ -165,12 +165,13 @@ def col2im_grad_input(dy, w, bias, dx, stride, pad, dilation, groups, num_thread
     are a 1x1 convolution, in groups, of w read as an image of Cg * taps pixels with O channels
     (no copy) with dy read as a weight (rows (n, p) of each group); then each input pixel
     gathers the columns that reach it, tap by tap (`direct.col2im`).  Where the tiled loops'
-    input gradient runs as tiles of pixels (`tiled.uses_pixel_tiles`: small 3-D grids, whose
-    junk those tiles skip, the reason for the columns here) it runs there instead: measured
-    (float32, one thread) on 3x3x3 layers on 8x8x8 at batches 1 and 2, 64 to 384 channels,
-    1.17-1.75x faster than the columns."""
-    if tiled.uses_pixel_tiles("input", dx.shape, w.shape, dy.shape, stride, pad, dilation,
-                              groups, dy.itemsize):
+    input gradient of a 3-D convolution runs as tiles of pixels (`tiled.uses_pixel_tiles`:
+    small grids, whose junk those tiles skip, the reason for the columns here) it runs there
+    instead: measured (float32, one thread) on 3x3x3 layers on 8x8x8 at batches 1 and 2, 64
+    to 384 channels, 1.17-1.75x faster than the columns.  Not in 2-D: 3x3 on 7x7 with 512
+    channels at batch 8 runs 1.2-1.4x faster as columns than as pixel tiles."""
+    if dx.shape[2] > 1 and tiled.uses_pixel_tiles("input", dx.shape, w.shape, dy.shape, stride,
+                                                  pad, dilation, groups, dy.itemsize):
         tiled.grad_input(dy, w, bias, dx, stride, pad, dilation, groups, num_threads)
         return
     n, o = dy.shape[:2]

@@ -126,12 +126,12 @@ cdef inline void tile_b(int mr, bint narrow, Py_ssize_t kc, const element *a,
         lc_tile_b_f64(mr, nv, kc, a, b, boff, c, ldc, beta)
 
 
-cdef inline void tile_g(int mr, bint narrow, Py_ssize_t kc, const element *a,
+cdef inline void tile_g(int mr, int nv, Py_ssize_t kc, const element *a,
                         const Py_ssize_t *aoff, Py_ssize_t rs, const element *b,
                         const Py_ssize_t *boff, element *c, Py_ssize_t ldc,
                         bint beta) noexcept nogil:
-    """The forward-style tile with A read in place."""
-    cdef int nv = 1 if narrow else LC_NV_B
+    """The forward-style tile with A read in place, nv vectors wide (1, LC_NV_B, or 2 with
+    LC_MR_B rows)."""
     if element is float:
         lc_tile_g_f32(mr, nv, kc, a, aoff, rs, b, boff, c, ldc, beta)
     else:

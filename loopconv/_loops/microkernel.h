@@ -76,7 +76,9 @@
  *   lc_tile_g_T:  C[i, j] (=, +=) sum_k a[aoff[k] + i * rs] * b[boff[k] + j]
  *                 lc_tile_b with A read in place, row i at a stride rs and column k at the
  *                 offset aoff[k]: the weight itself, unpacked (batch-1 and other problems with
- *                 few pixels per weight, where packing A would cost as much as the product);
+ *                 few pixels per weight, where packing A would cost as much as the product;
+ *                 and pixel tiles, where A is the staged source and B the packed weight, with
+ *                 MR_B rows also two vectors wide, for a last panel of that many channels);
  *                 not inlined, so that GCC still inlines lc_tile_b into its caller (inlining
  *                 both, it stopped: the forward pass of largek 5 % slower)
  *   lc_tile_a_T:  C[i, j] (=, +=) sum_k a[aoff[i] + k] * b[NR * k + j]         NR = 2 vectors
@@ -194,6 +196,13 @@ LC_TILE_B_ROWS(SUFFIX, T, r1, 1)                                                
 LC_TILE_B_ROWS(SUFFIX, T, r2, 2)                                                        \
 LC_TILE_B_ROWS(SUFFIX, T, r4, 4)                                                        \
 LC_TILE_B_ROWS(SUFFIX, T, full, LC_MR_B)                                                \
+static inline void lc_tile_g_fulld_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,        \
+        const ptrdiff_t *LC_RESTRICT aoff, ptrdiff_t rs, const T *LC_RESTRICT b,        \
+        const ptrdiff_t *LC_RESTRICT boff, T *LC_RESTRICT c, ptrdiff_t ldc, int beta)   \
+{                                                                                       \
+    LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, LC_MR_B, 2, a[aoff[k] + i * rs], \
+                 b + boff[k], )                                                         \
+}                                                                                       \
 static inline void lc_tile_b_##SUFFIX(int mr, int nv, ptrdiff_t kc, const T *a,         \
         const T *b, const ptrdiff_t *boff, T *c, ptrdiff_t ldc, int beta)               \
 {                                                                                       \
@@ -227,6 +236,8 @@ static void lc_tile_g_##SUFFIX(int mr, int nv, ptrdiff_t kc, const T *a,        
         else lc_tile_g_r4w_##SUFFIX(kc, a, aoff, rs, b, boff, c, ldc, beta);            \
     } else {                                                                            \
         if (nv == 1) lc_tile_g_fulln_##SUFFIX(kc, a, aoff, rs, b, boff, c, ldc, beta);  \
+        else if (nv == 2 && LC_NV_B > 2)                                                \
+            lc_tile_g_fulld_##SUFFIX(kc, a, aoff, rs, b, boff, c, ldc, beta);           \
         else lc_tile_g_fullw_##SUFFIX(kc, a, aoff, rs, b, boff, c, ldc, beta);          \
     }                                                                                   \
 }                                                                                       \

@@ -84,13 +84,10 @@ cdef enum:
     MAX_NR = 64     # at least the columns of any forward-style tile
     # GATHER_COLUMNS: a forward-style product with fewer grid columns than this in all (images
     # times phases) reads the weight in place (lc_tile_g) instead of packing it: packing costs
-    # about as much as 34 columns of the product, reading in place a few per cent of it
+    # about as much as PACK_COLUMNS columns of the product (in each phase), reading in place a
+    # few per cent of it
     GATHER_COLUMNS = 1024
-    # PIXEL_PACK_COLUMNS: what packing the weight in panels costs pixel tiles (pixel_tiles_suit)
-    # where the tiled product would read it in place, in grid columns: between the 6 that keep
-    # a squeeze-and-excitation layer's one pixel (16 grid columns against 8) from them and the
-    # 31 that would take them from a batch-1 U-Net layer on 8x8x8 (measured 1.17x faster)
-    PIXEL_PACK_COLUMNS = 16
+    PACK_COLUMNS = 34
     # PACK_BLOCK: columns of A packed together for all its panels (pack_weight)
     PACK_BLOCK = 64
     # MIN_ITEMS: a forward-style product with fewer (image, group, column block) work items
@@ -119,6 +116,11 @@ cdef enum:
 # PIXEL_WASTE: how much more the tiled product must compute than pixel_tiles for the latter
 # (whose own speed is some 0.8-0.9 of the tiled product's; pixel_tiles_suit)
 cdef double PIXEL_WASTE = 1.3
+# NARROW_COST: a one-vector tile of the forward-style product (LC_MR_B rows, one vector: of
+# grid columns in the tiled product, of channels in pixel tiles) costs about as much as this
+# many times its columns in full tiles: it broadcasts a row's LC_MR_B values of A for one
+# vector of B instead of LC_NV_B, and its LC_MR_B sums barely cover the FMA latency
+cdef double NARROW_COST = 1.5
 # WEIGHT_WASTE: grid columns per valid pixel (junk included: the columns between rows, planes
 # and images of a reduction step) from which the weight gradient sums over the valid columns
 # only (lc_tile_m, the columns through a map).  Measured against lc_tile_a over all columns

@@ -98,32 +98,39 @@ cdef void set_phase(Phase *ph, const Stage *st, Py_ssize_t K, Py_ssize_t k_off, 
 cdef bint pixel_tiles_suit(const Product *p, const Phase *phases,
                            Py_ssize_t itemsize) noexcept nogil:
     """Whether the tiles of pixels by channels (pixel_tiles) suit a forward-style product: where
-    the tiled product's grid columns, junk included, are PIXEL_WASTE times or more what
-    pixel_tiles computes (its runs rounded up to whole tiles of LC_MR_B pixels, its channels to
-    panels of NR or one vector).  That is small grids of 3-D convolutions: 3x3x3 on 8x8x8
-    computes 1.52 times its pixels tiled (the junk rows between planes and the junk columns
-    between rows), 1.0 by pixels.  Measured (float32 and float64, one thread; tiled time /
-    pixel_tiles time): 3x3x3 on 8x8x8 at batch 2 1.27-1.43 (64 and 384 -> 128 channels);
-    left to the tiled product: 4x4x4 0.95 (ratio 1.0), 16x16x16 0.94-0.98 (1.26), 32x32x32 with
-    32 channels 0.71-0.84 (0.75), 3x3 on 7x7 with 512 channels at batch 1 0.45-0.54 (1.11),
-    14x14 1.0 (0.9), 28x28 and 56x56 0.8-0.9 (1.0).  Where the tiled product would read the
-    weight in place (p.gathered: few columns), the packing that pixel tiles need counts too:
-    a squeeze-and-excitation layer's 64 -> 1536 channels on one pixel at batch 1 took them
-    (16 grid columns against 8), and packing its weight was 63 % of a call 10 times slower."""
+    the tiled product's cost in grid columns, junk included and its one-vector tiles counted
+    NARROW_COST times (likewise pixel tiles' last panel of one vector), is PIXEL_WASTE times or
+    more what pixel_tiles computes (its runs rounded up to whole tiles of LC_MR_B pixels, its
+    channels to panels of NR, the last to whole vectors), plus, where the tiled product would read
+    the weight in place (p.gathered: few columns), packing it (PACK_COLUMNS a phase).  That is
+    small grids of 3-D convolutions (3x3x3 on 8x8x8 computes 1.52 times its pixels tiled, 1.0 by
+    pixels) and small phase grids of transposed ones.  Measured (tiled time / pixel_tiles time,
+    float32 one thread unless said): 3x3x3 on 8x8x8 at batch 2 1.27-1.43 (64 and 384 -> 128
+    channels, also float64); a GAN's 4x4 stride-2 transposed convolution from 8x8 to 16x16 at batch
+    32 1.19-1.37 (both dtypes, one and two threads).  Left to the tiled product: the same from
+    16x16 0.97-1.06, 4x4x4 0.95, 16x16x16 0.97-1.07, 32x32x32 with 32 channels 0.71-0.84, 3x3 on
+    7x7 with 512 channels at batch 8 0.97-1.2, 14x14 1.0, 28x28 and 56x56 0.8-0.9; at batch 1
+    (packing counted) 3x3 on 7x7 with 512 channels 0.45-0.54, the GAN layers 0.5-0.98, a
+    squeeze-and-excitation layer's 64 -> 1536 channels on one pixel (16 grid columns against 8)
+    0.1."""
     cdef Py_ssize_t VW = LC_VEC_BYTES // itemsize, NR = LC_NV_B * VW
-    cdef Py_ssize_t f, rows, tiled = 0, by_pixel = 0, rest = p.M % NR
+    cdef Py_ssize_t f, rows, by_pixel = 0, rest = p.M % NR
+    cdef double tiled = 0, channels
     cdef const Phase *ph
     for f in range(p.nphase):
         ph = &phases[f]
         rows = ph.grid[0] * ph.grid[1]
-        tiled += round_up(ph.ncols, VW)
+        # the last columns of a block in one-vector tiles
+        tiled += ph.ncols // NR * NR + NARROW_COST * round_up(ph.ncols % NR, VW)
         if ph.grid[2] == p.st.q[2]:     # no junk columns: runs go on across rows
             by_pixel += round_up(rows * ph.grid[2], LC_MR_B)
         else:
             by_pixel += rows * round_up(ph.grid[2], LC_MR_B)
-    cdef Py_ssize_t channels = p.M - rest + (0 if rest == 0 else VW if rest <= VW else NR)
+    # the last channels in a panel of one vector (a one-vector tile) or two
+    channels = p.M - rest + (0 if rest == 0 else NARROW_COST * VW if rest <= VW
+                             else round_up(rest, VW))
     # pixel tiles pack the weight, which a gathered product reads in place
-    cdef Py_ssize_t pack = PIXEL_PACK_COLUMNS * channels if p.gathered else 0
+    cdef double pack = PACK_COLUMNS * p.nphase * channels if p.gathered else 0
     return p.N * tiled * round_up(p.M, p.mr) >= PIXEL_WASTE * p.N * by_pixel * channels + pack
 
 

@@ -79,8 +79,8 @@ cdef inline void panel(const Product *p, const element *a_g, Py_ssize_t ip, Py_s
     while r0 < mw:
         rr = mw - r0
         rr = MR if rr >= MR else 4 if rr >= 4 else 2 if rr >= 2 else 1
-        tile_g(rr, narrow, kc, a_g + (ip * MR + r0) * p.a_rs, aoff + k0, p.a_rs, b, boff,
-               c + r0 * ldc, ldc, beta)
+        tile_g(rr, 1 if narrow else LC_NV_B, kc, a_g + (ip * MR + r0) * p.a_rs, aoff + k0,
+               p.a_rs, b, boff, c + r0 * ldc, ldc, beta)
         r0 += rr
 
 
@@ -270,20 +270,23 @@ cdef inline void pixel_tiles(const Product *p, const Phase *ph, const Item *it,
                              const element **staged, const element *a_g,
                              const Py_ssize_t *boff, element *dst_g, const Py_ssize_t *dcol,
                              const Py_ssize_t *run, element *ctile) noexcept nogil:
-    """The sums of the item transposed (p.by_pixel): tiles of LC_MR_B grid columns (pixels) by
-    NR output channels, the staged source broadcast along the tile's rows (lc_tile_g's A, its
-    pixels one step apart, its rows k at boff) and the weight's panels of NR channels along
-    its vectors (B, row k at k * NR).  Each run of valid columns is cut into tiles from its
-    start, so that only the last tile of a run computes columns it does not store (the grid
-    columns between runs are never computed).  A's columns in blocks of KC, as product_tiles."""
+    """The sums of the item transposed (p.by_pixel): tiles of LC_MR_B grid columns (pixels) by NR
+    output channels (the last panel one or two vectors where it has no more), the staged source
+    broadcast along the tile's rows (lc_tile_g's A, its pixels one step apart, its rows k at boff)
+    and the weight's panels of NR channels along its vectors (B, row k at k * NR).  Each run of
+    valid columns is cut into tiles from its start, so that only the last tile of a run computes
+    columns it does not store (the grid columns between runs are never computed).  A's columns in
+    blocks of KC, as product_tiles."""
     cdef Py_ssize_t NR = LC_NV_B * LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t K = ph.K, kb, k0, kc, j, ln, u, w, n, ip, mw
+    cdef int nv
     for kb in range((K + KC - 1) // KC):
         k0 = kb * KC
         kc = min(KC, K - k0)
         for ip in range(it.ip0, it.ip1):
             mw = min(NR, p.M - ip * NR)
+            nv = 1 if mw <= VW else 2 if mw <= 2 * VW else LC_NV_B    # the last panel's
             j = 0
             while j < it.ncols:
                 ln = run[j]
@@ -294,7 +297,7 @@ cdef inline void pixel_tiles(const Product *p, const Phase *ph, const Item *it,
                 while u < ln:
                     w = min(LC_MR_B, ln - u)
                     for n in range(it.nimg):
-                        tile_g(LC_MR_B, mw <= VW, kc, staged[n] + it.q0 + j + u, boff + k0, 1,
+                        tile_g(LC_MR_B, nv, kc, staged[n] + it.q0 + j + u, boff + k0, 1,
                                a_g + (ip * K + k0) * NR, p.nr_steps, ctile, NR, 0)
                         store_transposed(ctile, NR, w, mw,
                                          dst_g + n * p.dst_img + ip * NR * p.dst_row
