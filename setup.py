@@ -25,6 +25,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+from pathlib import Path
 
 import numpy as np
 from Cython.Build import cythonize
@@ -128,6 +129,9 @@ def extensions():
     opt = ["-O0", "-g"] if DEBUG else ["-O3"]
     common = dict(
         include_dirs=[np.get_include(), "loopconv/_loops"],
+        # the C headers the loops include: an edit to one alone rebuilds the modules (Cython
+        # tracks the .pxi and .pxd files, not these)
+        depends=sorted(str(h) for h in Path("loopconv/_loops").glob("*.h")),
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=[*opt, *omp_compile],
         extra_link_args=omp_link,

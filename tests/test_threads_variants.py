@@ -223,6 +223,13 @@ VARIANT_CASES = [
     case("2d-stride2-padding-past-kernel", (2, 3, 9, 30), (5, 3, 2, 2), stride=2,
          padding=((1, 0), (3, 5))),
     case("1d-odd", (3, 11, 263), (17, 11, 4), stride=2, padding=((3, 1),)),
+    # rows of grid columns ending in tiles of two vectors (and one), for each tile width
+    # (a row of 126, 109 and 103: 48 + 48 + 30, 24 * 4 + 13, 12 * 8 + 7), the weight read in
+    # place (two images: tiles of 8, 2 and 1 rows for 11 channels) and packed (nine)
+    case("1d-tail-126", (2, 6, 126), (11, 6, 3), padding=1),
+    case("1d-tail-109", (2, 6, 109), (11, 6, 3), padding=1),
+    case("1d-tail-103", (2, 6, 103), (11, 6, 3), padding=1),
+    case("1d-tail-126-packed", (9, 6, 126), (11, 6, 3), padding=1),
     case("1d-dilated-groups", (2, 12, 97), (9, 4, 3), groups=3, dilation=3, padding=((4, 2),)),
     case("3d-odd", (2, 5, 7, 9, 11), (7, 5, 3, 2, 3), stride=(1, 2, 1), padding=1),
     case("3d-grouped-dilated", (1, 6, 8, 7, 9), (9, 2, 2, 3, 2), groups=3, dilation=(2, 1, 2),

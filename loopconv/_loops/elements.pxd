@@ -115,11 +115,10 @@ cdef inline str ctype_name(str code):
 # ---------------------------------------------------------------------------------------------
 # The kernels, by type.  microkernel.h and depthwise.h say what each computes.
 
-cdef inline void tile_b(int mr, bint narrow, Py_ssize_t kc, const element *a,
+cdef inline void tile_b(int mr, int nv, Py_ssize_t kc, const element *a,
                         const element *b, const Py_ssize_t *boff, element *c, Py_ssize_t ldc,
                         bint beta) noexcept nogil:
-    """The forward-style tile, A packed: NV_B vectors of columns, or one if narrow."""
-    cdef int nv = 1 if narrow else LC_NV_B
+    """The forward-style tile, A packed: nv vectors of columns (LC_NV_B, one or two)."""
     if element is float:
         lc_tile_b_f32(mr, nv, kc, a, b, boff, c, ldc, beta)
     else:
@@ -130,8 +129,7 @@ cdef inline void tile_g(int mr, int nv, Py_ssize_t kc, const element *a,
                         const Py_ssize_t *aoff, Py_ssize_t rs, const element *b,
                         const Py_ssize_t *boff, element *c, Py_ssize_t ldc,
                         bint beta) noexcept nogil:
-    """The forward-style tile with A read in place, nv vectors wide (1, LC_NV_B, or 2 with
-    LC_MR_B rows)."""
+    """The forward-style tile with A read in place, nv vectors wide (LC_NV_B, one or two)."""
     if element is float:
         lc_tile_g_f32(mr, nv, kc, a, aoff, rs, b, boff, c, ldc, beta)
     else:

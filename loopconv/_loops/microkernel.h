@@ -72,7 +72,7 @@
  *                 A packed; row k of B read in place at b + boff[k] (forward, input gradient);
  *                 mr is 1, 2, 4 or MR_B rows (fewer rows for products with few: an input
  *                 gradient for one or three channels, a depthwise forward pass), nv is NV_B
- *                 vectors, or one for the last columns of a block
+ *                 vectors, or one or two for the last columns of a block
  *   lc_tile_g_T:  C[i, j] (=, +=) sum_k a[aoff[k] + i * rs] * b[boff[k] + j]
  *                 lc_tile_b with A read in place, row i at a stride rs and column k at the
  *                 offset aoff[k]: the weight itself, unpacked (batch-1 and other problems with
@@ -186,7 +186,29 @@ static inline void lc_tile_g_##TAG##n_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRIC
 {                                                                                       \
     LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, MR, 1, a[aoff[k] + i * rs],      \
                  b + boff[k], )                                                         \
+}                                                                                       \
+static inline void lc_tile_b_##TAG##d_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,     \
+        const T *LC_RESTRICT b, const ptrdiff_t *LC_RESTRICT boff,                      \
+        T *LC_RESTRICT c, ptrdiff_t ldc, int beta)                                      \
+{                                                                                       \
+    LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, MR, 2, a[MR * k + i],            \
+                 b + boff[k], )                                                         \
+}                                                                                       \
+static inline void lc_tile_g_##TAG##d_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,     \
+        const ptrdiff_t *LC_RESTRICT aoff, ptrdiff_t rs, const T *LC_RESTRICT b,        \
+        const ptrdiff_t *LC_RESTRICT boff, T *LC_RESTRICT c, ptrdiff_t ldc, int beta)   \
+{                                                                                       \
+    LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, MR, 2, a[aoff[k] + i * rs],      \
+                 b + boff[k], )                                                         \
 }
+
+/* The tile of one vector (n), two (d) or NV_B (w) for nv; two only where NV_B is more. */
+#  define LC_BY_NV(NV, NAME, SUFFIX, ARGS)                                              \
+    {                                                                                   \
+        if ((NV) == 1) NAME##n_##SUFFIX ARGS;                                           \
+        else if ((NV) == 2 && LC_NV_B > 2) NAME##d_##SUFFIX ARGS;                       \
+        else NAME##w_##SUFFIX ARGS;                                                     \
+    }
 
 /* The aligned(sizeof(T)) twin of each vector type is for unaligned loads and stores. */
 #  define LC_DEFINE_TILES(SUFFIX, T)                                                     \
@@ -196,50 +218,31 @@ LC_TILE_B_ROWS(SUFFIX, T, r1, 1)                                                
 LC_TILE_B_ROWS(SUFFIX, T, r2, 2)                                                        \
 LC_TILE_B_ROWS(SUFFIX, T, r4, 4)                                                        \
 LC_TILE_B_ROWS(SUFFIX, T, full, LC_MR_B)                                                \
-static inline void lc_tile_g_fulld_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,        \
-        const ptrdiff_t *LC_RESTRICT aoff, ptrdiff_t rs, const T *LC_RESTRICT b,        \
-        const ptrdiff_t *LC_RESTRICT boff, T *LC_RESTRICT c, ptrdiff_t ldc, int beta)   \
-{                                                                                       \
-    LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, LC_MR_B, 2, a[aoff[k] + i * rs], \
-                 b + boff[k], )                                                         \
-}                                                                                       \
 static inline void lc_tile_b_##SUFFIX(int mr, int nv, ptrdiff_t kc, const T *a,         \
         const T *b, const ptrdiff_t *boff, T *c, ptrdiff_t ldc, int beta)               \
 {                                                                                       \
-    if (mr == 1) {                                                                      \
-        if (nv == 1) lc_tile_b_r1n_##SUFFIX(kc, a, b, boff, c, ldc, beta);              \
-        else lc_tile_b_r1w_##SUFFIX(kc, a, b, boff, c, ldc, beta);                      \
-    } else if (mr == 2) {                                                               \
-        if (nv == 1) lc_tile_b_r2n_##SUFFIX(kc, a, b, boff, c, ldc, beta);              \
-        else lc_tile_b_r2w_##SUFFIX(kc, a, b, boff, c, ldc, beta);                      \
-    } else if (mr == 4 && LC_MR_B != 4) {                                               \
-        if (nv == 1) lc_tile_b_r4n_##SUFFIX(kc, a, b, boff, c, ldc, beta);              \
-        else lc_tile_b_r4w_##SUFFIX(kc, a, b, boff, c, ldc, beta);                      \
-    } else {                                                                            \
-        if (nv == 1) lc_tile_b_fulln_##SUFFIX(kc, a, b, boff, c, ldc, beta);            \
-        else lc_tile_b_fullw_##SUFFIX(kc, a, b, boff, c, ldc, beta);                    \
-    }                                                                                   \
+    if (mr == 1)                                                                        \
+        LC_BY_NV(nv, lc_tile_b_r1, SUFFIX, (kc, a, b, boff, c, ldc, beta))              \
+    else if (mr == 2)                                                                   \
+        LC_BY_NV(nv, lc_tile_b_r2, SUFFIX, (kc, a, b, boff, c, ldc, beta))              \
+    else if (mr == 4 && LC_MR_B != 4)                                                   \
+        LC_BY_NV(nv, lc_tile_b_r4, SUFFIX, (kc, a, b, boff, c, ldc, beta))              \
+    else                                                                                \
+        LC_BY_NV(nv, lc_tile_b_full, SUFFIX, (kc, a, b, boff, c, ldc, beta))            \
 }                                                                                       \
 __attribute__((noinline))                                                               \
 static void lc_tile_g_##SUFFIX(int mr, int nv, ptrdiff_t kc, const T *a,                \
         const ptrdiff_t *aoff, ptrdiff_t rs, const T *b, const ptrdiff_t *boff, T *c,   \
         ptrdiff_t ldc, int beta)                                                        \
 {                                                                                       \
-    if (mr == 1) {                                                                      \
-        if (nv == 1) lc_tile_g_r1n_##SUFFIX(kc, a, aoff, rs, b, boff, c, ldc, beta);    \
-        else lc_tile_g_r1w_##SUFFIX(kc, a, aoff, rs, b, boff, c, ldc, beta);            \
-    } else if (mr == 2) {                                                               \
-        if (nv == 1) lc_tile_g_r2n_##SUFFIX(kc, a, aoff, rs, b, boff, c, ldc, beta);    \
-        else lc_tile_g_r2w_##SUFFIX(kc, a, aoff, rs, b, boff, c, ldc, beta);            \
-    } else if (mr == 4 && LC_MR_B != 4) {                                               \
-        if (nv == 1) lc_tile_g_r4n_##SUFFIX(kc, a, aoff, rs, b, boff, c, ldc, beta);    \
-        else lc_tile_g_r4w_##SUFFIX(kc, a, aoff, rs, b, boff, c, ldc, beta);            \
-    } else {                                                                            \
-        if (nv == 1) lc_tile_g_fulln_##SUFFIX(kc, a, aoff, rs, b, boff, c, ldc, beta);  \
-        else if (nv == 2 && LC_NV_B > 2)                                                \
-            lc_tile_g_fulld_##SUFFIX(kc, a, aoff, rs, b, boff, c, ldc, beta);           \
-        else lc_tile_g_fullw_##SUFFIX(kc, a, aoff, rs, b, boff, c, ldc, beta);          \
-    }                                                                                   \
+    if (mr == 1)                                                                        \
+        LC_BY_NV(nv, lc_tile_g_r1, SUFFIX, (kc, a, aoff, rs, b, boff, c, ldc, beta))    \
+    else if (mr == 2)                                                                   \
+        LC_BY_NV(nv, lc_tile_g_r2, SUFFIX, (kc, a, aoff, rs, b, boff, c, ldc, beta))    \
+    else if (mr == 4 && LC_MR_B != 4)                                                   \
+        LC_BY_NV(nv, lc_tile_g_r4, SUFFIX, (kc, a, aoff, rs, b, boff, c, ldc, beta))    \
+    else                                                                                \
+        LC_BY_NV(nv, lc_tile_g_full, SUFFIX, (kc, a, aoff, rs, b, boff, c, ldc, beta))  \
 }                                                                                       \
 static inline void lc_tile_a_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,             \
         const ptrdiff_t *LC_RESTRICT aoff, const T *LC_RESTRICT b,                      \

@@ -114,14 +114,16 @@ cdef bint pixel_tiles_suit(const Product *p, const Phase *phases,
     squeeze-and-excitation layer's 64 -> 1536 channels on one pixel (16 grid columns against 8)
     0.1."""
     cdef Py_ssize_t VW = LC_VEC_BYTES // itemsize, NR = LC_NV_B * VW
-    cdef Py_ssize_t f, rows, by_pixel = 0, rest = p.M % NR
+    cdef Py_ssize_t f, rows, by_pixel = 0, rest = p.M % NR, tail, one
     cdef double tiled = 0, channels
     cdef const Phase *ph
     for f in range(p.nphase):
         ph = &phases[f]
         rows = ph.grid[0] * ph.grid[1]
-        # the last columns of a block in one-vector tiles
-        tiled += ph.ncols // NR * NR + NARROW_COST * round_up(ph.ncols % NR, VW)
+        # the last columns of a block in tiles of two vectors and one (product_tiles)
+        tail = (ph.ncols % NR + VW - 1) // VW
+        one = tail % 2 if LC_NV_B > 2 else tail
+        tiled += ph.ncols // NR * NR + (tail - one + NARROW_COST * one) * VW
         if ph.grid[2] == p.st.q[2]:     # no junk columns: runs go on across rows
             by_pixel += round_up(rows * ph.grid[2], LC_MR_B)
         else:

@@ -66,7 +66,7 @@ cdef Py_ssize_t tile_rows(Py_ssize_t M) noexcept nogil:
 
 
 cdef inline void panel(const Product *p, const element *a_g, Py_ssize_t ip, Py_ssize_t K,
-                       Py_ssize_t k0, Py_ssize_t kc, const Py_ssize_t *aoff, bint narrow,
+                       Py_ssize_t k0, Py_ssize_t kc, const Py_ssize_t *aoff, int nv,
                        const element *b, const Py_ssize_t *boff, Py_ssize_t mw, element *c,
                        Py_ssize_t ldc, bint beta) noexcept nogil:
     """Rows ip * mr .. ip * mr + mw - 1 of C (at c, rows ldc apart) over A's columns k0 ..
@@ -74,13 +74,13 @@ cdef inline void panel(const Product *p, const element *a_g, Py_ssize_t ip, Py_s
     tiles of mr, 4, 2 and 1 rows, so that no row past M is read."""
     cdef Py_ssize_t MR = p.mr, r0 = 0, rr
     if not p.gathered:
-        tile_b(MR, narrow, kc, a_g + (ip * K + k0) * MR, b, boff, c, ldc, beta)
+        tile_b(MR, nv, kc, a_g + (ip * K + k0) * MR, b, boff, c, ldc, beta)
         return
     while r0 < mw:
         rr = mw - r0
         rr = MR if rr >= MR else 4 if rr >= 4 else 2 if rr >= 2 else 1
-        tile_g(rr, 1 if narrow else LC_NV_B, kc, a_g + (ip * MR + r0) * p.a_rs, aoff + k0,
-               p.a_rs, b, boff, c + r0 * ldc, ldc, beta)
+        tile_g(rr, nv, kc, a_g + (ip * MR + r0) * p.a_rs, aoff + k0, p.a_rs, b, boff,
+               c + r0 * ldc, ldc, beta)
         r0 += rr
 
 
@@ -196,16 +196,16 @@ cdef inline void store_tile(const element *ctile, Py_ssize_t mw, Py_ssize_t widt
 
 
 cdef inline void product_tile(const Product *p, const Phase *ph, const Item *it,
-                              Py_ssize_t k0, Py_ssize_t kc, bint narrow, Py_ssize_t j0,
+                              Py_ssize_t k0, Py_ssize_t kc, int nv, Py_ssize_t j0,
                               const Runs *runs, const element **staged, const element *a_g,
                               const Py_ssize_t *boff, const Py_ssize_t *aoff, element *dst_g,
                               const Py_ssize_t *dcol, element *ctile) noexcept nogil:
-    """The item's rows of the tile of grid columns j0 on (one vector of columns if narrow) over
+    """The item's rows of the tile of grid columns j0 on (nv vectors of columns) over
     A's columns k0 .. k0 + kc - 1, for each of its images (innermost, so that each panel of A is
     read once for all of them), added to the sums of the earlier columns of A if k0 > 0."""
     cdef Py_ssize_t NR = LC_NV_B * LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
-    cdef Py_ssize_t MR = p.mr, width = VW if narrow else NR, ip, mw, n
+    cdef Py_ssize_t MR = p.mr, width = nv * VW, ip, mw, n
     cdef element *d0
     # the whole tile lands on one contiguous output row (its first run is all of it): store in
     # place
@@ -215,10 +215,10 @@ cdef inline void product_tile(const Product *p, const Phase *ph, const Item *it,
         for n in range(it.nimg):
             d0 = dst_g + n * p.dst_img + ip * MR * p.dst_row
             if whole and mw == MR:
-                panel(p, a_g, ip, ph.K, k0, kc, aoff, narrow, staged[n] + it.q0 + j0,
+                panel(p, a_g, ip, ph.K, k0, kc, aoff, nv, staged[n] + it.q0 + j0,
                       boff + k0, mw, d0 + dcol[j0], p.dst_row, k0 > 0)
                 continue
-            panel(p, a_g, ip, ph.K, k0, kc, aoff, narrow, staged[n] + it.q0 + j0, boff + k0,
+            panel(p, a_g, ip, ph.K, k0, kc, aoff, nv, staged[n] + it.q0 + j0, boff + k0,
                   mw, ctile, width, 0)
             store_tile(ctile, mw, width, j0, d0, p.dst_row, dcol, ph.dstep[2], runs, k0 > 0)
 
@@ -229,24 +229,37 @@ cdef inline void product_tiles(const Product *p, const Phase *ph, const Item *it
                                const Py_ssize_t *dcol, const Py_ssize_t *run,
                                element *ctile) noexcept nogil:
     """The sums of the item: A's columns in blocks of KC, and within a block the item's grid
-    columns in tiles of NR, then one-vector tiles for the last columns; tiles that are all junk
-    are skipped."""
+    columns in tiles of NR, then the last columns in tiles of two vectors and one
+    (tail_vectors); tiles that are all junk are skipped."""
     cdef Py_ssize_t NR = LC_NV_B * LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
-    cdef Py_ssize_t K = ph.K, nfull = it.ncols // NR, ntile, kb, k0, kc, jt, j0
-    cdef bint narrow
+    cdef Py_ssize_t K = ph.K, nfull = it.ncols // NR, kb, k0, kc, jt, j0, nv
+    cdef Py_ssize_t tail = (it.ncols - nfull * NR + VW - 1) // VW     # vectors after them
     cdef Runs runs
-    ntile = nfull + (it.ncols - nfull * NR + VW - 1) // VW
     for kb in range((K + KC - 1) // KC):
         k0 = kb * KC
         kc = min(KC, K - k0)
-        for jt in range(ntile):
-            narrow = jt >= nfull
-            j0 = jt * NR if not narrow else nfull * NR + (jt - nfull) * VW
-            tile_runs(run, j0, VW if narrow else NR, &runs)
+        j0 = 0
+        for jt in range(nfull + tail_tiles(tail)):
+            nv = LC_NV_B if jt < nfull else tail_vectors(tail, jt - nfull)
+            tile_runs(run, j0, nv * VW, &runs)
             if runs.n > 0:
-                product_tile(p, ph, it, k0, kc, narrow, j0, &runs, staged, a_g, boff, aoff,
+                product_tile(p, ph, it, k0, kc, nv, j0, &runs, staged, a_g, boff, aoff,
                              dst_g, dcol, ctile)
+            j0 += nv * VW
+
+
+cdef inline Py_ssize_t tail_tiles(Py_ssize_t tail) noexcept nogil:
+    """Tiles of the last `tail` vectors of columns (fewer than LC_NV_B): two-vector tiles
+    first, where LC_NV_B is more than two, then one of one vector."""
+    return tail // 2 + tail % 2 if LC_NV_B > 2 else tail
+
+
+cdef inline Py_ssize_t tail_vectors(Py_ssize_t tail, Py_ssize_t t) noexcept nogil:
+    """The vectors of tail tile t (tail_tiles)."""
+    if LC_NV_B > 2 and t < tail // 2:
+        return 2
+    return 1
 
 
 cdef inline void store_transposed(const element *ctile, Py_ssize_t NR, Py_ssize_t w,
