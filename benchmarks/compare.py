@@ -84,8 +84,10 @@ def export(rev: str, dest: Path) -> None:
 
 
 def make_venv(where: Path, source: Path) -> Path:
-    """A virtualenv with `source` installed; its python."""
-    subprocess.run([sys.executable, "-m", "venv", str(where)], check=True)
+    """A virtualenv with `source` installed; its python.  Made without pip: pip, setuptools and
+    Cython come from this Python (a virtualenv's own setuptools, bundled with the interpreter,
+    can be too old for the project's metadata and would come first on its path)."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(where)], check=True)
     python = where / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
     site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()"
                            "['purelib'])"], check=True, capture_output=True,
