@@ -18,6 +18,7 @@
 _Static_assert(sizeof(T) == BYTES, #T " is not " #BYTES " bytes");                        \
 _Static_assert(LC_NV_B * LC_VEC_BYTES / BYTES <= 64, "forward-style tile wider than 64"); \
 LC_DEFINE_TILES(SUFFIX, T)                                                                \
+LC_DEFINE_WEIGHT_TILES(SUFFIX, T)                                                         \
 LC_DEFINE_TRANSPOSE(SUFFIX, T, BYTES)                                                     \
 LC_DEFINE_DEPTHWISE(SUFFIX, T)
 

@@ -31,24 +31,14 @@ cdef extern from "elements.h" nogil:
     void lc_tile_g_f64(int mr, int nv, Py_ssize_t kc, const double *a,
                        const Py_ssize_t *aoff, Py_ssize_t rs, const double *b,
                        const Py_ssize_t *boff, double *c, Py_ssize_t ldc, int beta)
-    void lc_tile_a_f32(Py_ssize_t kc, const float *a, const Py_ssize_t *aoff, const float *b,
-                       float *c, Py_ssize_t ldc, int beta)
-    void lc_tile_a_f64(Py_ssize_t kc, const double *a, const Py_ssize_t *aoff, const double *b,
-                       double *c, Py_ssize_t ldc, int beta)
-    void lc_tile_a1_f32(Py_ssize_t kc, const float *a, const Py_ssize_t *aoff, const float *b,
-                        float *c, Py_ssize_t ldc, int beta)
-    void lc_tile_a1_f64(Py_ssize_t kc, const double *a, const Py_ssize_t *aoff,
-                        const double *b, double *c, Py_ssize_t ldc, int beta)
-    void lc_tile_m1_f32(Py_ssize_t kc, const float *a, const Py_ssize_t *aoff,
-                        const Py_ssize_t *cmap, const float *b, float *c, Py_ssize_t ldc,
-                        int beta)
-    void lc_tile_m1_f64(Py_ssize_t kc, const double *a, const Py_ssize_t *aoff,
-                        const Py_ssize_t *cmap, const double *b, double *c, Py_ssize_t ldc,
-                        int beta)
-    void lc_tile_m_f32(Py_ssize_t kc, const float *a, const Py_ssize_t *aoff,
+    void lc_tile_a_f32(int nv, Py_ssize_t kc, const float *a, const Py_ssize_t *aoff,
+                       const float *b, float *c, Py_ssize_t ldc, int beta)
+    void lc_tile_a_f64(int nv, Py_ssize_t kc, const double *a, const Py_ssize_t *aoff,
+                       const double *b, double *c, Py_ssize_t ldc, int beta)
+    void lc_tile_m_f32(int nv, Py_ssize_t kc, const float *a, const Py_ssize_t *aoff,
                        const Py_ssize_t *cmap, const float *b, float *c, Py_ssize_t ldc,
                        int beta)
-    void lc_tile_m_f64(Py_ssize_t kc, const double *a, const Py_ssize_t *aoff,
+    void lc_tile_m_f64(int nv, Py_ssize_t kc, const double *a, const Py_ssize_t *aoff,
                        const Py_ssize_t *cmap, const double *b, double *c, Py_ssize_t ldc,
                        int beta)
     void lc_tile_d_f32(Py_ssize_t kc, const float *a, const Py_ssize_t *aoff, const float *b,
@@ -136,36 +126,24 @@ cdef inline void tile_g(int mr, int nv, Py_ssize_t kc, const element *a,
         lc_tile_g_f64(mr, nv, kc, a, aoff, rs, b, boff, c, ldc, beta)
 
 
-cdef inline void tile_a(bint narrow, Py_ssize_t kc, const element *a, const Py_ssize_t *aoff,
+cdef inline void tile_a(int nv, Py_ssize_t kc, const element *a, const Py_ssize_t *aoff,
                         const element *b, element *c, Py_ssize_t ldc, bint beta) noexcept nogil:
-    """The weight-gradient tile, B (dy) packed: LC_MR_A rows by two vectors, or (narrow)
+    """The weight-gradient tile, B (dy) packed: LC_MR_A rows by two vectors (nv = 2), or
     LC_MR_A1 rows by one."""
     if element is float:
-        if narrow:
-            lc_tile_a1_f32(kc, a, aoff, b, c, ldc, beta)
-        else:
-            lc_tile_a_f32(kc, a, aoff, b, c, ldc, beta)
+        lc_tile_a_f32(nv, kc, a, aoff, b, c, ldc, beta)
     else:
-        if narrow:
-            lc_tile_a1_f64(kc, a, aoff, b, c, ldc, beta)
-        else:
-            lc_tile_a_f64(kc, a, aoff, b, c, ldc, beta)
+        lc_tile_a_f64(nv, kc, a, aoff, b, c, ldc, beta)
 
 
-cdef inline void tile_m(bint narrow, Py_ssize_t kc, const element *a, const Py_ssize_t *aoff,
+cdef inline void tile_m(int nv, Py_ssize_t kc, const element *a, const Py_ssize_t *aoff,
                         const Py_ssize_t *cmap, const element *b, element *c, Py_ssize_t ldc,
                         bint beta) noexcept nogil:
     """tile_a with A's columns at cmap (the valid columns of a grid)."""
     if element is float:
-        if narrow:
-            lc_tile_m1_f32(kc, a, aoff, cmap, b, c, ldc, beta)
-        else:
-            lc_tile_m_f32(kc, a, aoff, cmap, b, c, ldc, beta)
+        lc_tile_m_f32(nv, kc, a, aoff, cmap, b, c, ldc, beta)
     else:
-        if narrow:
-            lc_tile_m1_f64(kc, a, aoff, cmap, b, c, ldc, beta)
-        else:
-            lc_tile_m_f64(kc, a, aoff, cmap, b, c, ldc, beta)
+        lc_tile_m_f64(nv, kc, a, aoff, cmap, b, c, ldc, beta)
 
 
 cdef inline void tile_d(Py_ssize_t kc, const element *a, const Py_ssize_t *aoff,

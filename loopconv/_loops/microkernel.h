@@ -81,13 +81,13 @@
  *                 MR_B rows also two vectors wide, for a last panel of that many channels);
  *                 not inlined, so that GCC still inlines lc_tile_b into its caller (inlining
  *                 both, it stopped: the forward pass of largek 5 % slower)
- *   lc_tile_a_T:  C[i, j] (=, +=) sum_k a[aoff[i] + k] * b[NR * k + j]         NR = 2 vectors
- *                 row i of A read in place at a + aoff[i]; B packed (weight gradient)
+ *   lc_tile_a_T:  C[i, j] (=, +=) sum_k a[aoff[i] + k] * b[NR * k + j]         NR = nv vectors
+ *                 row i of A read in place at a + aoff[i]; B packed (weight gradient); nv = 2
+ *                 with MR_A rows, or 1 with MR_A1 rows (gradients with one vector of output
+ *                 channels or fewer per group: ResNeXt's groups of 16, where two vectors would
+ *                 compute half zeros)
  *   lc_tile_m_T:  lc_tile_a with A's columns through a map, a[aoff[i] + cmap[k]]: the
  *                 columns of a grid that are not junk (weight gradients on small 3-D grids)
- *   lc_tile_a1_T, lc_tile_m1_T:  lc_tile_a and lc_tile_m one vector wide, MR_A1 rows (weight
- *                 gradients with one vector of output channels or fewer per group: ResNeXt's
- *                 groups of 16, where two vectors would compute half zeros)
  *   lc_tile_d_T:  C[i, j] (=, +=) sum_k a[aoff[i] + k] * b[j * ldb + k]       KR_D x OR_D
  *                 rows of A and B read in place, the vectors run along k and are summed at
  *                 the end, lanes in a fixed order (weight gradient with few output channels,
@@ -157,49 +157,49 @@
         __builtin_prefetch(pf + (NV) * LC_VEC_BYTES - 1);                               \
     }
 
-/* lc_tile_b with MR rows, NV_B vectors (_w) or one vector (_n). */
+/* lc_tile_b and lc_tile_g with MR rows and NV vectors, named by V: NV_B (w), one (n), two (d). */
+#  define LC_TILE_BG(SUFFIX, T, TAG, MR, V, NV, PF)                                     \
+static inline void lc_tile_b_##TAG##V##_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,  \
+        const T *LC_RESTRICT b, const ptrdiff_t *LC_RESTRICT boff,                      \
+        T *LC_RESTRICT c, ptrdiff_t ldc, int beta)                                      \
+{                                                                                       \
+    LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, MR, NV, a[MR * k + i],           \
+                 b + boff[k], PF)                                                       \
+}                                                                                       \
+static inline void lc_tile_g_##TAG##V##_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,  \
+        const ptrdiff_t *LC_RESTRICT aoff, ptrdiff_t rs, const T *LC_RESTRICT b,        \
+        const ptrdiff_t *LC_RESTRICT boff, T *LC_RESTRICT c, ptrdiff_t ldc, int beta)   \
+{                                                                                       \
+    LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, MR, NV, a[aoff[k] + i * rs],     \
+                 b + boff[k], PF)                                                       \
+}
+
+/* The tiles of MR rows in every width; only the full width prefetches. */
 #  define LC_TILE_B_ROWS(SUFFIX, T, TAG, MR)                                            \
-static inline void lc_tile_b_##TAG##w_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,     \
-        const T *LC_RESTRICT b, const ptrdiff_t *LC_RESTRICT boff,                      \
+LC_TILE_BG(SUFFIX, T, TAG, MR, w, LC_NV_B, LC_PREFETCH_B(T, MR, LC_NV_B))               \
+LC_TILE_BG(SUFFIX, T, TAG, MR, n, 1, )                                                  \
+LC_TILE_BG(SUFFIX, T, TAG, MR, d, 2, )
+
+/* lc_tile_a and lc_tile_m of MR rows and NV vectors (lc_tile_a2/m2: two, MR_A rows; a1/m1: one,
+ * MR_A1 rows). */
+#  define LC_TILE_AM(SUFFIX, T, NV, MR)                                                 \
+static inline void lc_tile_a##NV##_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,       \
+        const ptrdiff_t *LC_RESTRICT aoff, const T *LC_RESTRICT b,                      \
         T *LC_RESTRICT c, ptrdiff_t ldc, int beta)                                      \
 {                                                                                       \
-    LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, MR, LC_NV_B, a[MR * k + i],      \
-                 b + boff[k], LC_PREFETCH_B(T, MR, LC_NV_B))                            \
+    const T *rows[MR];                                                                  \
+    for (int i = 0; i < MR; i++) rows[i] = a + aoff[i];                                 \
+    LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, MR, NV, rows[i][k],              \
+                 b + NV * W * k, )                                                      \
 }                                                                                       \
-static inline void lc_tile_b_##TAG##n_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,     \
-        const T *LC_RESTRICT b, const ptrdiff_t *LC_RESTRICT boff,                      \
-        T *LC_RESTRICT c, ptrdiff_t ldc, int beta)                                      \
+static inline void lc_tile_m##NV##_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,       \
+        const ptrdiff_t *LC_RESTRICT aoff, const ptrdiff_t *LC_RESTRICT cmap,           \
+        const T *LC_RESTRICT b, T *LC_RESTRICT c, ptrdiff_t ldc, int beta)              \
 {                                                                                       \
-    LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, MR, 1, a[MR * k + i],            \
-                 b + boff[k], )                                                         \
-}                                                                                       \
-static inline void lc_tile_g_##TAG##w_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,     \
-        const ptrdiff_t *LC_RESTRICT aoff, ptrdiff_t rs, const T *LC_RESTRICT b,        \
-        const ptrdiff_t *LC_RESTRICT boff, T *LC_RESTRICT c, ptrdiff_t ldc, int beta)   \
-{                                                                                       \
-    LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, MR, LC_NV_B, a[aoff[k] + i * rs], \
-                 b + boff[k], LC_PREFETCH_B(T, MR, LC_NV_B))                            \
-}                                                                                       \
-static inline void lc_tile_g_##TAG##n_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,     \
-        const ptrdiff_t *LC_RESTRICT aoff, ptrdiff_t rs, const T *LC_RESTRICT b,        \
-        const ptrdiff_t *LC_RESTRICT boff, T *LC_RESTRICT c, ptrdiff_t ldc, int beta)   \
-{                                                                                       \
-    LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, MR, 1, a[aoff[k] + i * rs],      \
-                 b + boff[k], )                                                         \
-}                                                                                       \
-static inline void lc_tile_b_##TAG##d_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,     \
-        const T *LC_RESTRICT b, const ptrdiff_t *LC_RESTRICT boff,                      \
-        T *LC_RESTRICT c, ptrdiff_t ldc, int beta)                                      \
-{                                                                                       \
-    LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, MR, 2, a[MR * k + i],            \
-                 b + boff[k], )                                                         \
-}                                                                                       \
-static inline void lc_tile_g_##TAG##d_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,     \
-        const ptrdiff_t *LC_RESTRICT aoff, ptrdiff_t rs, const T *LC_RESTRICT b,        \
-        const ptrdiff_t *LC_RESTRICT boff, T *LC_RESTRICT c, ptrdiff_t ldc, int beta)   \
-{                                                                                       \
-    LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, MR, 2, a[aoff[k] + i * rs],      \
-                 b + boff[k], )                                                         \
+    const T *rows[MR];                                                                  \
+    for (int i = 0; i < MR; i++) rows[i] = a + aoff[i];                                 \
+    LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, MR, NV, rows[i][cmap[k]],        \
+                 b + NV * W * k, )                                                      \
 }
 
 /* The tile of one vector (n), two (d) or NV_B (w) for nv; two only where NV_B is more. */
@@ -244,42 +244,8 @@ static void lc_tile_g_##SUFFIX(int mr, int nv, ptrdiff_t kc, const T *a,        
     else                                                                                \
         LC_BY_NV(nv, lc_tile_g_full, SUFFIX, (kc, a, aoff, rs, b, boff, c, ldc, beta))  \
 }                                                                                       \
-static inline void lc_tile_a_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,             \
-        const ptrdiff_t *LC_RESTRICT aoff, const T *LC_RESTRICT b,                      \
-        T *LC_RESTRICT c, ptrdiff_t ldc, int beta)                                      \
-{                                                                                       \
-    const T *rows[LC_MR_A];                                                             \
-    for (int i = 0; i < LC_MR_A; i++) rows[i] = a + aoff[i];                            \
-    LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, LC_MR_A, 2, rows[i][k],          \
-                 b + 2 * W * k, )                                                       \
-}                                                                                       \
-static inline void lc_tile_m_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,             \
-        const ptrdiff_t *LC_RESTRICT aoff, const ptrdiff_t *LC_RESTRICT cmap,           \
-        const T *LC_RESTRICT b, T *LC_RESTRICT c, ptrdiff_t ldc, int beta)              \
-{                                                                                       \
-    const T *rows[LC_MR_A];                                                             \
-    for (int i = 0; i < LC_MR_A; i++) rows[i] = a + aoff[i];                            \
-    LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, LC_MR_A, 2, rows[i][cmap[k]],    \
-                 b + 2 * W * k, )                                                       \
-}                                                                                       \
-static inline void lc_tile_a1_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,            \
-        const ptrdiff_t *LC_RESTRICT aoff, const T *LC_RESTRICT b,                      \
-        T *LC_RESTRICT c, ptrdiff_t ldc, int beta)                                      \
-{                                                                                       \
-    const T *rows[LC_MR_A1];                                                            \
-    for (int i = 0; i < LC_MR_A1; i++) rows[i] = a + aoff[i];                           \
-    LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, LC_MR_A1, 1, rows[i][k],         \
-                 b + W * k, )                                                           \
-}                                                                                       \
-static inline void lc_tile_m1_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,            \
-        const ptrdiff_t *LC_RESTRICT aoff, const ptrdiff_t *LC_RESTRICT cmap,           \
-        const T *LC_RESTRICT b, T *LC_RESTRICT c, ptrdiff_t ldc, int beta)              \
-{                                                                                       \
-    const T *rows[LC_MR_A1];                                                            \
-    for (int i = 0; i < LC_MR_A1; i++) rows[i] = a + aoff[i];                           \
-    LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, LC_MR_A1, 1, rows[i][cmap[k]],   \
-                 b + W * k, )                                                           \
-}                                                                                       \
+LC_TILE_AM(SUFFIX, T, 2, LC_MR_A)                                                       \
+LC_TILE_AM(SUFFIX, T, 1, LC_MR_A1)                                                      \
 static inline void lc_tile_d_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,             \
         const ptrdiff_t *LC_RESTRICT aoff, const T *LC_RESTRICT b, ptrdiff_t ldb,       \
         T *LC_RESTRICT c, ptrdiff_t ldc, int beta)                                      \
@@ -322,6 +288,15 @@ static inline void lc_tile_d_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,     
     for (int i = 0; i < MR; i++)                                                        \
         for (int j = 0; j < NR; j++)                                                    \
             c[i * ldc + j] = beta ? c[i * ldc + j] + acc[i][j] : acc[i][j];
+#  define LC_SCALAR_AM(SUFFIX, T, NV, MR)                                               \
+static void lc_tile_a##NV##_##SUFFIX(ptrdiff_t kc, const T *a, const ptrdiff_t *aoff,   \
+                                     const T *b, T *c, ptrdiff_t ldc, int beta)         \
+{ LC_SCALAR_TILE(T, MR, NV, a[aoff[i] + k], b[NR * k + j]) }                            \
+static void lc_tile_m##NV##_##SUFFIX(ptrdiff_t kc, const T *a, const ptrdiff_t *aoff,   \
+                                     const ptrdiff_t *cmap, const T *b, T *c,           \
+                                     ptrdiff_t ldc, int beta)                           \
+{ LC_SCALAR_TILE(T, MR, NV, a[aoff[i] + cmap[k]], b[NR * k + j]) }
+
 #  define LC_DEFINE_TILES(SUFFIX, T)                                                     \
 static void lc_tile_b_##SUFFIX(int mr, int nv, ptrdiff_t kc, const T *a, const T *b,    \
                                const ptrdiff_t *boff, T *c, ptrdiff_t ldc, int beta)    \
@@ -347,20 +322,8 @@ static void lc_tile_g_##SUFFIX(int mr, int nv, ptrdiff_t kc, const T *a,        
             c[i * ldc + j] = beta ? c[i * ldc + j] + sum : sum;                         \
         }                                                                               \
 }                                                                                       \
-static void lc_tile_a_##SUFFIX(ptrdiff_t kc, const T *a, const ptrdiff_t *aoff, const T *b, \
-                               T *c, ptrdiff_t ldc, int beta)                           \
-{ LC_SCALAR_TILE(T, LC_MR_A, 2, a[aoff[i] + k], b[NR * k + j]) }                        \
-static void lc_tile_m_##SUFFIX(ptrdiff_t kc, const T *a, const ptrdiff_t *aoff,         \
-                               const ptrdiff_t *cmap, const T *b, T *c, ptrdiff_t ldc,  \
-                               int beta)                                                \
-{ LC_SCALAR_TILE(T, LC_MR_A, 2, a[aoff[i] + cmap[k]], b[NR * k + j]) }                  \
-static void lc_tile_a1_##SUFFIX(ptrdiff_t kc, const T *a, const ptrdiff_t *aoff, const T *b, \
-                                T *c, ptrdiff_t ldc, int beta)                          \
-{ LC_SCALAR_TILE(T, LC_MR_A1, 1, a[aoff[i] + k], b[NR * k + j]) }                       \
-static void lc_tile_m1_##SUFFIX(ptrdiff_t kc, const T *a, const ptrdiff_t *aoff,        \
-                                const ptrdiff_t *cmap, const T *b, T *c, ptrdiff_t ldc, \
-                                int beta)                                               \
-{ LC_SCALAR_TILE(T, LC_MR_A1, 1, a[aoff[i] + cmap[k]], b[NR * k + j]) }                 \
+LC_SCALAR_AM(SUFFIX, T, 2, LC_MR_A)                                                     \
+LC_SCALAR_AM(SUFFIX, T, 1, LC_MR_A1)                                                    \
 static void lc_tile_d_##SUFFIX(ptrdiff_t kc, const T *a, const ptrdiff_t *aoff, const T *b, \
                                ptrdiff_t ldb, T *c, ptrdiff_t ldc, int beta)            \
 {                                                                                       \
@@ -372,6 +335,22 @@ static void lc_tile_d_##SUFFIX(ptrdiff_t kc, const T *a, const ptrdiff_t *aoff, 
         }                                                                               \
 }
 #endif
+
+/* The weight-gradient tiles by width: nv = 2 (lc_tile_a2, lc_tile_m2) or 1 (a1, m1). */
+#define LC_DEFINE_WEIGHT_TILES(SUFFIX, T)                                               \
+static inline void lc_tile_a_##SUFFIX(int nv, ptrdiff_t kc, const T *a,                 \
+        const ptrdiff_t *aoff, const T *b, T *c, ptrdiff_t ldc, int beta)               \
+{                                                                                       \
+    if (nv == 1) lc_tile_a1_##SUFFIX(kc, a, aoff, b, c, ldc, beta);                     \
+    else lc_tile_a2_##SUFFIX(kc, a, aoff, b, c, ldc, beta);                             \
+}                                                                                       \
+static inline void lc_tile_m_##SUFFIX(int nv, ptrdiff_t kc, const T *a,                 \
+        const ptrdiff_t *aoff, const ptrdiff_t *cmap, const T *b, T *c, ptrdiff_t ldc,  \
+        int beta)                                                                       \
+{                                                                                       \
+    if (nv == 1) lc_tile_m1_##SUFFIX(kc, a, aoff, cmap, b, c, ldc, beta);               \
+    else lc_tile_m2_##SUFFIX(kc, a, aoff, cmap, b, c, ldc, beta);                       \
+}
 
 /* A square block of one vector's lanes (W) transposed:  dst[j * ldd + i] = src[i * lds + j]
  * for i, j < W.  The weight gradient packs dy transposed with it (one element at a time, that

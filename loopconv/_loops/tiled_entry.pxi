@@ -122,7 +122,7 @@ cdef bint pixel_tiles_suit(const Product *p, const Phase *phases,
         rows = ph.grid[0] * ph.grid[1]
         # the last columns of a block in tiles of two vectors and one (product_tiles)
         tail = (ph.ncols % NR + VW - 1) // VW
-        one = tail % 2 if LC_NV_B > 2 else tail
+        one = tail_ones(tail)
         tiled += ph.ncols // NR * NR + (tail - one + NARROW_COST * one) * VW
         if ph.grid[2] == p.st.q[2]:     # no junk columns: runs go on across rows
             by_pixel += round_up(rows * ph.grid[2], LC_MR_B)
@@ -201,11 +201,9 @@ def uses_pixel_tiles(which, xshape, wshape, yshape, stride, pad, dilation, Py_ss
                      Py_ssize_t itemsize):
     """Whether the forward pass (`which` "forward") or the input gradient ("input") of a
     convolution of these 5-D shapes runs as tiles of pixels by channels (pixel_tiles)."""
-    if which == "forward":
-        return bool(tiled_geometry(PASS_FORWARD, tuple(xshape), tuple(wshape), tuple(yshape),
-                                   stride, pad, dilation, groups, itemsize).p.by_pixel)
-    return bool(tiled_geometry(PASS_INPUT, tuple(xshape), tuple(wshape), tuple(yshape),
-                               stride, pad, dilation, groups, itemsize).p.by_pixel)
+    return bool(tiled_geometry(PASS_FORWARD if which == "forward" else PASS_INPUT,
+                               tuple(xshape), tuple(wshape), tuple(yshape), stride, pad,
+                               dilation, groups, itemsize).p.by_pixel)
 
 
 cdef list input_phases(tuple size, tuple ksize, stride, pad, dilation):
@@ -450,9 +448,8 @@ cdef void set_weight(WeightProduct *p, tuple xs, tuple ws, tuple ys, stride, pad
 def weight_plan(xs, ws, ys, stride, pad, dilation, Py_ssize_t groups, Py_ssize_t itemsize):
     """How the weight gradient cuts its reduction for 5-D shapes as grad_weight takes them (x,
     dw, dy) and elements of `itemsize` bytes (internal: for the tests)."""
-    cdef WeightProduct p
-    set_weight(&p, tuple(xs), tuple(ws), tuple(ys), stride, pad, dilation, groups, itemsize,
-               int(np.prod(xs)))
+    cdef WeightProduct p = tiled_geometry(PASS_WEIGHT, tuple(xs), tuple(ws), tuple(ys), stride,
+                                          pad, dilation, groups, itemsize).q
     return {"images": p.nimg, "image blocks": p.nib, "steps": p.nsteps, "chunks": p.nchunk,
             "columns": p.ncols, "block": p.block, "lanes": bool(p.lanes),
             "compact": bool(p.compact), "narrow": bool(p.narrow)}

@@ -249,17 +249,20 @@ cdef inline void product_tiles(const Product *p, const Phase *ph, const Item *it
             j0 += nv * VW
 
 
+cdef inline Py_ssize_t tail_ones(Py_ssize_t tail) noexcept nogil:
+    """One-vector tiles among those of the last `tail` vectors of columns (fewer than
+    LC_NV_B): two-vector tiles first, where LC_NV_B is more than two, then one of one vector."""
+    return tail % 2 if LC_NV_B > 2 else tail
+
+
 cdef inline Py_ssize_t tail_tiles(Py_ssize_t tail) noexcept nogil:
-    """Tiles of the last `tail` vectors of columns (fewer than LC_NV_B): two-vector tiles
-    first, where LC_NV_B is more than two, then one of one vector."""
-    return tail // 2 + tail % 2 if LC_NV_B > 2 else tail
+    """Tiles of the last `tail` vectors of columns (tail_ones)."""
+    return (tail - tail_ones(tail)) // 2 + tail_ones(tail)
 
 
 cdef inline Py_ssize_t tail_vectors(Py_ssize_t tail, Py_ssize_t t) noexcept nogil:
     """The vectors of tail tile t (tail_tiles)."""
-    if LC_NV_B > 2 and t < tail // 2:
-        return 2
-    return 1
+    return 2 if t < (tail - tail_ones(tail)) // 2 else 1
 
 
 cdef inline void store_transposed(const element *ctile, Py_ssize_t NR, Py_ssize_t w,

@@ -127,12 +127,12 @@ cdef inline void weight_tiles(const WeightProduct *p, Py_ssize_t ip0, Py_ssize_t
     elif p.compact:
         for ip in range(ip0, ip1):
             for jp in range(p.Opad // NR):
-                tile_m(p.narrow, pc, xq, aoff + ip * mr, cmap, bpack + jp * B * NR,
+                tile_m(NR // VW, pc, xq, aoff + ip * mr, cmap, bpack + jp * B * NR,
                        part + ip * mr * p.Opad + jp * NR, p.Opad, not first)
     else:
         for ip in range(ip0, ip1):
             for jp in range(p.Opad // NR):
-                tile_a(p.narrow, pc, xq, aoff + ip * mr, bpack + jp * B * NR,
+                tile_a(NR // VW, pc, xq, aoff + ip * mr, bpack + jp * B * NR,
                        part + ip * mr * p.Opad + jp * NR, p.Opad, not first)
 
 
