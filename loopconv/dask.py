@@ -366,14 +366,17 @@ class _Reads:
         self.halos = {}                 # stored array: chunk -> {ranges: position in its list}
         self.halo_name = f"loopconv-halo-{tokenize(name, src.arr.name)}"
 
-    def region(self, dsk, runs, own=None):
+    def region(self, dsk, runs, own=None, takes=()):
         """A task argument that evaluates to the box of `runs` (per axis, a list of
-        (start, stop) ranges, concatenated).  Adds the tasks it needs to `dsk`.  With `own`
-        (the indices of a chunk the task holds), the pieces of that chunk are left as `_Own`
-        markers in a nested list, which the task resolves and assembles itself."""
+        (start, stop) ranges, concatenated), with `takes` applied along the spatial axes (see
+        `_gather`).  Adds the tasks it needs to `dsk`.  With `own` (the indices of a chunk
+        the task holds), the pieces of that chunk are left as `_Own` markers in a nested list,
+        which the task resolves and gathers itself."""
         src = self.src
         shape = tuple(sum(b - a for a, b in axis) for axis in runs)
         if 0 in shape:
+            shape = shape[:2] + tuple(n if t is None else len(t)
+                                      for n, t in itertools.zip_longest(shape[2:], takes))
             return (np.zeros, shape, src.arr.dtype)
         per_axis = []
         for axis, axis_runs in enumerate(runs):
@@ -394,7 +397,7 @@ class _Reads:
                 return _Own(local) if chunk == own else leaf(dsk, chunk, local)
             return [nest(axis + 1, chosen + (p,)) for p in per_axis[axis]]
 
-        return nest(0, ()) if own is not None else (_assemble, nest(0, ()))
+        return nest(0, ()) if own is not None else (_gather, nest(0, ()), takes)
 
     def _extent(self, chunk):
         return [(b[c], b[c + 1]) for b, c in zip(self.src.bounds, chunk)]
@@ -470,14 +473,70 @@ def _cut_all(block, requests):
     return [block[slices].copy() for slices in requests]
 
 
-def _assemble(nested):
-    """One array from a nested list of blocks, one nesting level per axis."""
-    blocks = nested
-    while isinstance(blocks, list) and len(blocks) == 1:
-        blocks = blocks[0]
-    if not isinstance(blocks, list):
-        return blocks
-    return np.block(nested)
+def _axis_copies(sizes, take):
+    """Along one axis of `_gather`: (slice of the result, piece, slice of the piece) for the
+    pieces of `sizes`, concatenated and indexed by `take` (None: all of them in order).  Runs
+    of `take` that go up or down by one are one copy each: a reflected border is two."""
+    starts = list(itertools.accumulate([0] + list(sizes)))
+    if take is None:
+        runs = [[0, 0, starts[-1], 1]]
+    else:
+        runs = []                       # [first position, first source, length, step]
+        for d, s in enumerate(take.tolist()):
+            if runs:
+                run = runs[-1]
+                if run[2] == 1 and abs(s - run[1]) == 1:
+                    run[2], run[3] = 2, s - run[1]
+                    continue
+                if s == run[1] + run[2] * run[3]:
+                    run[2] += 1
+                    continue
+            runs.append([d, s, 1, 1])
+    copies = []
+    for d, s, n, step in runs:
+        while n:
+            j = bisect.bisect_right(starts, s) - 1
+            local = s - starts[j]
+            m = min(n, starts[j + 1] - s if step > 0 else local + 1)
+            stop = local + m * step
+            copies.append((slice(d, d + m), j, slice(local, stop if stop >= 0 else None, step)))
+            d, s, n = d + m, s + m * step, n - m
+    return copies
+
+
+def _gather(nested, takes=()):
+    """One array from pieces in a nested list, one nesting level per axis (batch, channels,
+    then the spatial axes; a bare array is one piece), concatenated along each axis, then
+    indexed along spatial axis `a` by `takes[a]` if it is not None (the padded positions of a
+    reflected, replicated or wrapped border).  Each value is copied once, straight to its
+    place; a single piece without takes is returned as it is."""
+    first = nested
+    while isinstance(first, list):
+        first = first[0]
+    ndim = first.ndim
+    if not isinstance(nested, list):
+        nested = first
+        for _ in range(ndim):
+            nested = [nested]
+    takes = (None, None) + tuple(takes) + (None,) * (ndim - 2 - len(takes))
+    copies, level = [], nested
+    for axis in range(ndim):
+        sizes = []
+        for item in level:
+            while isinstance(item, list):
+                item = item[0]
+            sizes.append(item.shape[axis])
+        copies.append(_axis_copies(sizes, takes[axis]))
+        level = level[0]
+    if all(len(c) == 1 and c[0][2] == slice(0, c[0][0].stop, 1) for c in copies):
+        return first
+    out = np.empty(tuple(c[-1][0].stop for c in copies), dtype=first.dtype)
+    for combo in itertools.product(*copies):
+        piece = nested
+        for _, j, _ in combo:
+            piece = piece[j]
+        out[tuple(c[0] for c in combo)] = piece[tuple(c[2] for c in combo)]
+    return out
 
 
 def _read(array, runs, unbatched):
@@ -497,17 +556,14 @@ def _read(array, runs, unbatched):
                 axis_pieces.append((slice(at, at + stop - a), slice(a, stop)))
                 at, a = at + stop - a, stop
         pieces.append(axis_pieces)
+    combos = list(itertools.product(*pieces))
+    if grid is not None and len(combos) == 1:   # Zarr returns a new array: no copy needed
+        box = np.asarray(array[tuple(c[1] for c in combos[0])])
+        return box[None] if unbatched else box
     box = np.empty(tuple(p[-1][0].stop for p in pieces), dtype=array.dtype)
-    for combo in itertools.product(*pieces):
+    for combo in combos:
         box[tuple(c[0] for c in combo)] = array[tuple(c[1] for c in combo)]
     return box[None] if unbatched else box
-
-
-def _take(box, takes):
-    for axis, take in enumerate(takes):
-        if take is not None:
-            box = np.take(box, take, axis=2 + axis)
-    return box
 
 
 # ---------------------------------------------------------------------------------------------
@@ -518,8 +574,7 @@ _INPUT = {1: _f.conv1d_input, 2: _f.conv2d_input, 3: _f.conv3d_input}
 _WEIGHT = {1: _f.conv1d_weight, 2: _f.conv2d_weight, 3: _f.conv3d_weight}
 
 
-def _forward_block(nd, box, takes, pads, w, b, stride, dilation, groups):
-    x = _take(box, takes)
+def _forward_block(nd, x, pads, w, b, stride, dilation, groups):
     with loopconv.threads(_task_threads()):
         return _FORWARD[nd](x, w, b, stride=stride, padding=pads, dilation=dilation,
                             groups=groups)
@@ -534,8 +589,8 @@ def _forward_own_chunk(nd, chunk, pads, fixes, w, b, stride, dilation, groups):
                          groups=groups)
         for box, takes, slab_pads, index in fixes:
             if isinstance(box, list):         # pieces, some of them of this chunk
-                box = _assemble(_resolve(box, chunk))
-            y[index] = _FORWARD[nd](_take(box, takes), w, b, stride=stride, padding=slab_pads,
+                box = _gather(_resolve(box, chunk), takes)
+            y[index] = _FORWARD[nd](box, w, b, stride=stride, padding=slab_pads,
                                     dilation=dilation, groups=groups)
     return y
 
@@ -577,9 +632,9 @@ def _input_block(nd, shape, dtype, parts, w, b, stride, dilation, groups):
     return out
 
 
-def _weight_block(nd, box, takes, pads, gy, size, stride, dilation, groups, dtype):
+def _weight_block(nd, x, pads, gy, size, stride, dilation, groups, dtype):
     # in the result's dtype, which the weight (not an argument here) may have widened
-    x = _take(box, takes).astype(dtype, copy=False)
+    x = x.astype(dtype, copy=False)
     gy = gy.astype(dtype, copy=False)
     with loopconv.threads(_task_threads()):
         gw = _WEIGHT[nd](x, size, gy, stride=stride, padding=pads, dilation=dilation,
@@ -634,8 +689,9 @@ def _blocks(batch_bounds, spatial_bounds):
 
 def _forward_region(dsk, reads, axes, extents, channels, own=None):
     """(region task argument, takes, zero padding) of the outputs `extents` (batch range, then
-    output ranges per spatial axis): everything the in-memory call needs, halo included (see
-    `_Reads.region` for `own`)."""
+    output ranges per spatial axis): everything the in-memory call needs, halo included.  The
+    region applies the takes (see `_gather`), except with `own` (see `_Reads.region`): then
+    the task gathers the region and applies them itself."""
     runs = [[extents[0]], [(0, channels)]]
     takes, pads = [], []
     for axis, (o0, o1) in zip(axes, extents[1:]):
@@ -643,7 +699,7 @@ def _forward_region(dsk, reads, axes, extents, channels, own=None):
         runs.append(r)
         takes.append(take)
         pads.append(pad)
-    return reads.region(dsk, runs, own), tuple(takes), tuple(pads)
+    return reads.region(dsk, runs, own, tuple(takes)), tuple(takes), tuple(pads)
 
 
 def _own_chunk(src, axes, extents, w_shape):
@@ -724,8 +780,8 @@ def _forward_graph(name, nd, src, axes, batch_bounds, out_bounds, w, b, geo, dty
                                           fixes, wkey, bkey, geo.stride, geo.dilation,
                                           geo.groups)
             continue
-        box, takes, pads = _forward_region(dsk, reads, axes, extents, channels)
-        dsk[(name, tb, 0) + block] = (_forward_block, nd, box, takes, pads, wkey, bkey,
+        box, _, pads = _forward_region(dsk, reads, axes, extents, channels)
+        dsk[(name, tb, 0) + block] = (_forward_block, nd, box, pads, wkey, bkey,
                                       geo.stride, geo.dilation, geo.groups)
     reads.finish(dsk)
     chunks = (_sizes(batch_bounds), (w.shape[0],)) + tuple(_sizes(o) for o in out_bounds)
@@ -804,9 +860,9 @@ def _weight_graph(name, nd, src, gsrc, axes, batch_bounds, out_bounds, size, geo
             pads.append(pad)
             grads.append([(o0, o1)])
         key = (name + "-part", tb) + block
-        dsk[key] = (_weight_block, nd, reads.region(dsk, runs), tuple(takes), tuple(pads),
-                    grad_reads.region(dsk, grads), tuple(size), geo.stride, geo.dilation,
-                    geo.groups, dtype)
+        dsk[key] = (_weight_block, nd, reads.region(dsk, runs, takes=tuple(takes)),
+                    tuple(pads), grad_reads.region(dsk, grads), tuple(size), geo.stride,
+                    geo.dilation, geo.groups, dtype)
         keys.append(key)
     reads.finish(dsk)
     grad_reads.finish(dsk)

@@ -356,6 +356,47 @@ def test_blocks_on_their_own_chunk(nd, n, chunks, kw, mode, source):
     assert_matches(y, fn("conv", nd)(x, w, padding_mode=mode, **kw))
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_regions_are_gathered_in_one_copy(seed):
+    """A region made of pieces (a nested list, one level per axis) and indexed along its
+    spatial axes by the positions of a padding mode equals concatenating the pieces and
+    indexing them, with long reflected runs, wrapped ones and clamped repeats."""
+    from loopconv import _border
+    rng = np.random.default_rng(seed)
+    nd = int(rng.integers(1, 4))
+    sizes = [[int(rng.integers(1, 3))], [int(rng.integers(1, 3))]]
+    sizes += [[int(v) for v in rng.integers(1, 6, size=rng.integers(1, 4))] for _ in range(nd)]
+    shape = tuple(sum(s) for s in sizes)
+    whole = rng.standard_normal(shape)
+    bounds = [np.cumsum([0] + s) for s in sizes]
+
+    def nest(axis, index):
+        if axis == len(sizes):
+            return whole[tuple(slice(bounds[a][j], bounds[a][j + 1])
+                               for a, j in enumerate(index))].copy()
+        return [nest(axis + 1, index + (j,)) for j in range(len(sizes[axis]))]
+
+    takes, expected = [], whole
+    for a in range(nd):
+        n = shape[2 + a]
+        mode = rng.choice(["none", "reflect", "replicate", "circular"])
+        if mode == "none" or (mode == "reflect" and n < 2):
+            takes.append(None)
+            continue
+        limit = n - 1 if mode == "reflect" else 2 * n
+        pb, pa = (int(v) for v in rng.integers(0, limit + 1, size=2))
+        take = _border.source_index(n, pb, pa, str(mode))
+        takes.append(take)
+        expected = np.take(expected, take, axis=2 + a)
+    pieces = nest(0, ())
+    got = lcd._gather(pieces, tuple(takes))
+    np.testing.assert_array_equal(got, expected)
+    single = nest(0, ())
+    while isinstance(single, list):
+        single = single[0]
+    assert lcd._gather(single, (None,) * nd) is single      # one piece, nothing to take
+
+
 def test_stored_input_is_read_directly(tmp_path, monkeypatch):
     """From a Zarr store (or a memory-mapped file) the tasks read the store: the graph keeps
     none of the chunk-reading tasks of the input, so every block is independent of the
