@@ -8,6 +8,8 @@ and 3 threads; which problems take it; the public functions on such problems."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import reference
@@ -35,9 +37,9 @@ def uses(module, which, x_shape, w_shape, kw, dtype):
 
 FIXED = [
     case("unet-8", (2, 24, 8, 8, 8), (32, 24, 3, 3, 3), padding=1),
-    case("unet-8-batch1", (1, 16, 8, 8, 8), (64, 16, 3, 3, 3), padding=1),
-    case("channels-past-a-panel", (2, 8, 6, 8, 8), (70, 8, 3, 3, 3), padding=1),
-    case("several-panels", (2, 16, 6, 8, 8), (100, 16, 3, 3, 3), padding=1),
+    case("unet-8-batch1", (1, 32, 8, 8, 8), (128, 32, 3, 3, 3), padding=1),
+    case("channels-past-a-panel", (2, 8, 6, 4, 8), (70, 8, 3, 3, 3), padding=1),
+    case("several-panels", (2, 16, 4, 3, 8), (100, 16, 3, 3, 3), padding=1),
     case("groups", (2, 48, 6, 8, 8), (96, 16, 3, 3, 3), padding=1, groups=3),
     case("asym-pad-dilated", (2, 16, 7, 9, 8), (32, 16, 2, 3, 3),
          padding=((1, 0), (2, 1), (0, 2)), dilation=(1, 2, 1)),
@@ -124,9 +126,34 @@ def test_against_reference_and_across_threads(rng, assert_close, variant, x_shap
         assert tested, "the case does not take pixel tiles"
 
 
+@pytest.mark.parametrize("x_shape, w_shape, kw, which, columns", [
+    # rows of W + 1 and planes of H + 1 rows: the zero before each row is the one after the
+    # previous row
+    ((2, 8, 8, 8, 8), (8, 8, 3, 3, 3), dict(padding=1), "forward", ((7 * 9 + 7) * 9 + 8)),
+    ((1, 8, 4, 4, 4), (8, 8, 3, 3, 3), dict(padding=1), "input", ((3 * 5 + 3) * 5 + 4)),
+    ((1, 8, 7, 7), (8, 8, 3, 3), dict(padding=1), "forward", 6 * 8 + 7),
+    ((1, 8, 7, 7), (8, 8, 5, 5), dict(padding=2), "input", 6 * 9 + 7),
+    # no zeros before the rows to share: rows of W + 2
+    ((1, 8, 7, 7), (8, 8, 3, 3), dict(padding=((1, 1), (0, 2))), "forward", 6 * 9 + 7),
+    # padding larger than the kernel's reach: the rows still hold all of the output
+    ((1, 8, 7, 7), (8, 8, 1, 1), dict(padding=2), "forward", 10 * 11 + 11),
+    # stride 2 along W: two phases of columns, whose rows start differently; H shares
+    ((1, 8, 9, 9, 9), (8, 8, 3, 3, 3), dict(padding=1, stride=(1, 1, 2)), "forward",
+     (8 * 10 + 8) * 6 + 5),
+])
+def test_staged_rows_share_their_zeros(x_shape, w_shape, kw, which, columns):
+    """The grid columns of the tiled product, per pixel it writes (`grid_waste`), where the
+    staging shares the padding's zeros between rows and planes (stride 1 along an axis)."""
+    pixels = math.prod(conv_output_shape(x_shape, w_shape, kw)[2:] if which == "forward"
+                       else x_shape[2:])
+    got = list(VARIANTS.values())[-1].grid_waste(which, *loop_geometry(x_shape, w_shape, kw),
+                                                  4)
+    assert got == pytest.approx(columns / pixels, rel=1e-12)
+
+
 @pytest.mark.parametrize("x_shape, w_shape, kw, forward, input", [
     ((2, 384, 8, 8, 8), (128, 384, 3, 3, 3), dict(padding=1), True, True),   # U-Net, 8^3
-    ((2, 64, 8, 8, 8), (64, 64, 3, 3, 3), dict(padding=1), True, True),
+    ((2, 64, 8, 8, 8), (64, 64, 3, 3, 3), dict(padding=1), False, False),   # 48 + 16
     ((1, 128, 8, 8, 8), (128, 128, 3, 3, 3), dict(padding=1), True, True),    # batch 1
     ((2, 64, 16, 16, 16), (64, 64, 3, 3, 3), dict(padding=1), False, False),  # 16^3
     ((2, 128, 4, 4, 4), (128, 128, 3, 3, 3), dict(padding=1), False, False),  # 4^3
@@ -167,7 +194,7 @@ WEIGHT_FIXED = [
     case("3d-8", (2, 8, 8, 8, 8), (40, 8, 3, 3, 3), padding=1),
     case("2d-14-batch3", (3, 6, 14, 14), (36, 6, 3, 3), padding=1),
     case("2d-strided-dilated", (2, 5, 17, 15), (33, 5, 3, 3), stride=2, padding=2, dilation=2),
-    case("1d", (2, 4, 30), (40, 4, 5), padding=3),
+    case("1d", (2, 4, 30), (40, 4, 5), padding=2, dilation=2),
     case("groups", (2, 12, 9, 9), (66, 4, 3, 3), padding=1, groups=3),
     case("small-images-blocked", (16, 4, 5, 5), (48, 4, 3, 3), padding=1),
 ]
@@ -230,9 +257,10 @@ def test_weight_against_reference_and_across_threads(rng, assert_close, variant,
 
 
 @pytest.mark.parametrize("x_shape, w_shape, kw, chosen", [
-    ((2, 64, 8, 8, 8), (64, 64, 3, 3, 3), dict(padding=1), True),        # 1.52 columns a pixel
-    ((8, 128, 28, 28), (128, 128, 3, 3), dict(padding=1), True),         # 1.07
-    ((8, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), False),           # 1.035
+    ((2, 64, 8, 8, 8), (64, 64, 3, 3, 3), dict(padding=1), True),        # 1.25 columns a pixel
+    ((8, 128, 14, 14), (128, 128, 3, 3), dict(padding=1), True),         # 1.066
+    ((8, 128, 28, 28), (128, 128, 3, 3), dict(padding=1), False),        # 1.034
+    ((8, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), False),           # 1.017
     ((16, 256, 14, 14), (256, 256, 1, 1), {}, False),                    # no junk
     ((8, 64, 28, 28), (8, 64, 3, 3), dict(padding=1), False),            # few channels: lanes
 ])

@@ -231,6 +231,12 @@ VARIANT_CASES = [
     case("1d-tail-103", (2, 6, 103), (11, 6, 3), padding=1),
     case("1d-tail-126-packed", (9, 6, 126), (11, 6, 3), padding=1),
     case("1d-dilated-groups", (2, 12, 97), (9, 4, 3), groups=3, dilation=3, padding=((4, 2),)),
+    # rows sharing their padding's zeros (a row's last windows read the next row's leading
+    # zeros), wider than a tile: the last rows of the last channel read past the staged
+    # channels by more than a tile's columns (40 > 24 float64 columns)
+    case("2d-wide-padding-shared", (1, 2, 3, 10), (2, 2, 3, 81), padding=((1, 1), (40, 40))),
+    case("3d-wide-padding-shared", (2, 3, 2, 5, 6), (4, 3, 1, 3, 61),
+         padding=((0, 0), (1, 1), (30, 30))),
     case("3d-odd", (2, 5, 7, 9, 11), (7, 5, 3, 2, 3), stride=(1, 2, 1), padding=1),
     case("3d-grouped-dilated", (1, 6, 8, 7, 9), (9, 2, 2, 3, 2), groups=3, dilation=(2, 1, 2),
          padding=((1, 0), (1, 1), (0, 2))),

@@ -132,6 +132,13 @@ COL2IM_TAPS = 1 << 20       # dy pixels times taps: the scatter's table of posit
 # (0.93-1.17), 128 channels (1.08-1.69 but 0.96-1.09 with 64).
 COL2IM_SINGLE_PIXELS = 196
 COL2IM_SINGLE_SUM = 256
+# The columns leave a stride-1 3-D input gradient to the tiled loops where those compute less
+# than COL2IM_TILED_WASTE grid columns per pixel of dx (`tiled.grid_waste`: their staging
+# shares the zeros between rows and planes, so 3x3x3 on 8x8x8 computes 1.25, where the grids
+# `_grid` counts are 1.95).  Measured (float32, one thread), tiled time over the columns':
+# 3x3x3 on 8x8x8 (1.25) 64 -> 64 and 64 -> 128 channels at batch 2 0.77 and 0.93, on
+# 16x16x16 (1.13) 16 -> 64 at batch 1 0.48; kept as columns: 4x4x4 (1.47) 1.24-1.33.
+COL2IM_TILED_WASTE = 1.3
 
 
 def _grid(y_shape, w_shape, stride) -> int:
@@ -168,10 +175,13 @@ def col2im_grad_input(dy, w, bias, dx, stride, pad, dilation, groups, num_thread
     input gradient of a 3-D convolution runs as tiles of pixels (`tiled.uses_pixel_tiles`:
     small grids, whose junk those tiles skip, the reason for the columns here) it runs there
     instead: measured (float32, one thread) on 3x3x3 layers on 8x8x8 at batches 1 and 2, 64
-    to 384 channels, 1.17-1.75x faster than the columns.  Not in 2-D: 3x3 on 7x7 with 512
+    to 384 channels, 1.17-1.75x faster than the columns; likewise where its grids have little
+    junk (COL2IM_TILED_WASTE).  Not in 2-D: 3x3 on 7x7 with 512
     channels at batch 8 runs 1.2-1.4x faster as columns than as pixel tiles."""
-    if dx.shape[2] > 1 and tiled.uses_pixel_tiles("input", dx.shape, w.shape, dy.shape, stride,
-                                                  pad, dilation, groups, dy.itemsize):
+    geometry = (dx.shape, w.shape, dy.shape, stride, pad, dilation, groups, dy.itemsize)
+    if dx.shape[2] > 1 and (tiled.uses_pixel_tiles("input", *geometry) or (
+            max(stride) == 1
+            and tiled.grid_waste("input", *geometry) < COL2IM_TILED_WASTE)):
         tiled.grad_input(dy, w, bias, dx, stride, pad, dilation, groups, num_threads)
         return
     n, o = dy.shape[:2]

@@ -36,6 +36,9 @@
 # tile (microkernel.h) reads those runs in place: no packing of the large operand.  Where the
 # copy would change nothing (no padding, stride 1, as for a 1x1 convolution) the tiles read the
 # source itself.  Grid columns with oh >= OH or ow >= OW ("junk") are computed and never stored.
+# Along an axis of stride 1 the rows (and planes) share the padding's zeros: the windows that
+# run past the end of a row read the zeros that start the next one (shared_zeros), so a row of
+# a 3x3 kernel with padding 1 is W + 1 long, and the junk is one column a row.
 # The weight gradient stages blocks of small images together, the images inside each (channel,
 # phase): staged[c, phase, n, a, b, e], so that along a row of xcol the grid columns of one
 # image are followed by those of the next (tiled_weight.pxi); that is always a copy.
@@ -114,8 +117,8 @@ cdef enum:
     PASS_WEIGHT = 2
 
 # PIXEL_WASTE: how much more the tiled product must compute than pixel_tiles for the latter
-# (whose own speed is some 0.8-0.9 of the tiled product's; pixel_tiles_suit)
-cdef double PIXEL_WASTE = 1.3
+# (whose own speed is some 0.85-1.0 of the tiled product's; pixel_tiles_suit)
+cdef double PIXEL_WASTE = 1.15
 # NARROW_COST: a one-vector tile of the forward-style product (LC_MR_B rows, one vector: of
 # grid columns in the tiled product, of channels in pixel tiles) costs about as much as this
 # many times its columns in full tiles: it broadcasts a row's LC_MR_B values of A for one
@@ -126,7 +129,10 @@ cdef double NARROW_COST = 1.5
 # only (lc_tile_m, the columns through a map).  Measured against lc_tile_a over all columns
 # (float32 one and two threads, float64; min of alternating runs): 3x3x3 on 8x8x8 (1.52
 # columns per pixel) 1.36-1.47x, on 16x16x16 (1.26) 1.21-1.23x, on 32x32x32 (1.13) 1.11x;
-# 3x3 on 14x14 (1.13) 1.10-1.13x, on 28x28 (1.07) 1.07-1.08x, on 7x7 (1.24) 1.02-1.03x
+# 3x3 on 14x14 (1.13) 1.10-1.13x, on 28x28 (1.07) 1.07-1.08x, on 7x7 (1.24) 1.02-1.03x.  Those
+# ratios are of the staging whose rows held both paddings; sharing them (shared_zeros) makes
+# 8x8x8 1.25, 16x16x16 1.12, 14x14 1.07 and 28x28 1.03 (now summed over all columns: the same
+# time within 4 %, alternating runs)
 cdef double WEIGHT_WASTE = 1.05
 
 

@@ -103,16 +103,22 @@ cdef bint pixel_tiles_suit(const Product *p, const Phase *phases,
     more what pixel_tiles computes (its runs rounded up to whole tiles of LC_MR_B pixels, its
     channels to panels of NR, the last to whole vectors), plus, where the tiled product would read
     the weight in place (p.gathered: few columns), packing it (PACK_COLUMNS a phase).  That is
-    small grids of 3-D convolutions (3x3x3 on 8x8x8 computes 1.52 times its pixels tiled, 1.0 by
-    pixels) and small phase grids of transposed ones.  Measured (tiled time / pixel_tiles time,
-    float32 one thread unless said): 3x3x3 on 8x8x8 at batch 2 1.27-1.43 (64 and 384 -> 128
-    channels, also float64); a GAN's 4x4 stride-2 transposed convolution from 8x8 to 16x16 at batch
-    32 1.19-1.37 (both dtypes, one and two threads).  Left to the tiled product: the same from
-    16x16 0.97-1.06, 4x4x4 0.95, 16x16x16 0.97-1.07, 32x32x32 with 32 channels 0.71-0.84, 3x3 on
-    7x7 with 512 channels at batch 8 0.97-1.2, 14x14 1.0, 28x28 and 56x56 0.8-0.9; at batch 1
-    (packing counted) 3x3 on 7x7 with 512 channels 0.45-0.54, the GAN layers 0.5-0.98, a
-    squeeze-and-excitation layer's 64 -> 1536 channels on one pixel (16 grid columns against 8)
-    0.1."""
+    small grids of 3-D convolutions (3x3x3 on 8x8x8 computes 1.25 times its pixels tiled, its
+    rows and planes sharing the padding's zeros, 1.0 by pixels) and small phase grids of
+    transposed ones.  Measured with that staging (tiled time / pixel_tiles time, float32 one
+    thread): 3x3x3 on 8x8x8, 384 -> 128 and 128 -> 128 channels at batch 2 1.20-1.26, at batch 1
+    (packing counted) 1.03-1.15, 64 -> 128 1.04 (its input gradient, 64 channels, is left to the
+    tiled product: 1.0-1.1, 48 + 16 channel panels); a GAN's 4x4 stride-2 transposed
+    convolution from 8x8 to 16x16 at batch 32 1.23 (against the tiled product on the earlier
+    staging, whose rows had both paddings).  Left to the tiled product: the same from 16x16
+    (1.07 faster than on the earlier staging), 3x3x3 on 8x8x8 64 -> 64 at batch 2 (model 1.125,
+    tiled 0.9-0.94), 16x16x16 (pixel tiles 0.87-0.97 against the earlier staging, 0.8-0.9 now),
+    32x32x32 with 32 channels 0.71-0.84; measured on the earlier staging: 4x4x4 0.95, 14x14 1.0,
+    28x28 and 56x56 0.8-0.9; at batch 1 3x3 on 7x7 with 512 channels 0.45-0.54, the GAN layers
+    0.5-0.98, a squeeze-and-excitation layer's 64 -> 1536 channels on one pixel (16 grid columns
+    against 8) 0.1.  3x3 on 7x7 with 512 channels at batch 8 takes pixel tiles (the tiled product's
+    55 columns a row are a tile and a one-vector tile: model 1.29), as fast as the tiled product
+    (0.97-1.0).    0.1."""
     cdef Py_ssize_t VW = LC_VEC_BYTES // itemsize, NR = LC_NV_B * VW
     cdef Py_ssize_t f, rows, by_pixel = 0, rest = p.M % NR, tail, one
     cdef double tiled = 0, channels
@@ -161,8 +167,9 @@ cdef void forward_product(Product *p, Phase *ph, tuple xshape, tuple wshape, tup
     """The forward pass's product: its staging of x, its one phase, the choice of its tiles."""
     cdef Py_ssize_t NR = LC_NV_B * LC_VEC_BYTES // itemsize, Cg = wshape[1]
     size, out, ksize = xshape[2:], yshape[2:], wshape[2:]
-    set_stage(&p.st, size, tuple(stride), tuple(pad), x_stage(size, out, ksize, stride, pad,
-              dilation), Cg, NR, math.prod(xshape))
+    q = shared_zeros(x_stage(size, out, ksize, stride, pad, dilation), size, tuple(stride),
+                     tuple(pad), out)
+    set_stage(&p.st, size, tuple(stride), tuple(pad), q, Cg, NR, math.prod(xshape))
     set_product(p, xshape[0], groups, xshape[1], wshape[0], out)
     set_phase(ph, &p.st, Cg * math.prod(ksize), 0, out, 0, (out[1] * out[2], out[2], 1), NR)
     p.nphase = 1
@@ -206,6 +213,21 @@ def uses_pixel_tiles(which, xshape, wshape, yshape, stride, pad, dilation, Py_ss
                                dilation, groups, itemsize).p.by_pixel)
 
 
+def grid_waste(which, xshape, wshape, yshape, stride, pad, dilation, Py_ssize_t groups,
+               Py_ssize_t itemsize):
+    """The grid columns the forward-style product of the forward pass (`which` "forward") or
+    the input gradient ("input") computes per pixel it writes (its phases' grids, junk
+    included, over the pixels of y or dx): 1.0 without junk."""
+    cdef _Geometry geo = tiled_geometry(PASS_FORWARD if which == "forward" else PASS_INPUT,
+                                        tuple(xshape), tuple(wshape), tuple(yshape), stride,
+                                        pad, dilation, groups, itemsize)
+    cdef Py_ssize_t f, columns = 0
+    for f in range(geo.p.nphase):
+        columns += geo.phases[f].ncols
+    dst = yshape if which == "forward" else xshape
+    return columns / max(1, dst[2] * dst[3] * dst[4])
+
+
 cdef list input_phases(tuple size, tuple ksize, stride, pad, dilation):
     """Per axis, per phase r of the input gradient (input indices = r mod s): its taps as
     (k, offset into dy), and the number of input indices in the phase."""
@@ -224,7 +246,8 @@ cdef tuple dy_stage(list axes, tuple out):
     lead = tuple(max([0] + [-o for taps, _ in axes[a] for _, o in taps]) for a in range(3))
     q = tuple(max([out[a] + lead[a]] + [n + o + lead[a] for taps, n in axes[a] for _, o in taps])
               for a in range(3))
-    return lead, q
+    grid = tuple(max([n for _, n in axes[a]]) for a in range(3))
+    return lead, shared_zeros(q, out, (1, 1, 1), lead, grid)
 
 
 cdef tuple set_input_phases(Product *p, Phase *phases, list axes, tuple lead, tuple q,
@@ -436,8 +459,9 @@ cdef void set_weight(WeightProduct *p, tuple xs, tuple ws, tuple ys, stride, pad
     p.NR = VW if p.narrow else 2 * VW
     p.mr = LC_KR_D if p.lanes else LC_MR_A1 if p.narrow else LC_MR_A
     p.block = PC_D_BYTES // itemsize if p.lanes else PC * 4 // itemsize
-    set_stage(&p.st, size, tuple(stride), tuple(pad), x_stage(size, out, ksize, stride, pad,
-              dilation), ws[1], p.NR, x_size)
+    q = shared_zeros(x_stage(size, out, ksize, stride, pad, dilation), size, tuple(stride),
+                     tuple(pad), out)
+    set_stage(&p.st, size, tuple(stride), tuple(pad), q, ws[1], p.NR, x_size)
     set_weight_product(p, xs[0], groups, xs[1], ws[0], ws[1] * ksize[0] * ksize[1] * ksize[2],
                        out)
     weight_images(p, VW)

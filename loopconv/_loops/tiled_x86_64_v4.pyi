@@ -8,6 +8,7 @@ from loopconv._loops.tiled_baseline import dw_suits as dw_suits
 from loopconv._loops.tiled_baseline import forward as forward
 from loopconv._loops.tiled_baseline import grad_input as grad_input
 from loopconv._loops.tiled_baseline import grad_weight as grad_weight
+from loopconv._loops.tiled_baseline import grid_waste as grid_waste
 from loopconv._loops.tiled_baseline import info as info
 from loopconv._loops.tiled_baseline import item_order as item_order
 from loopconv._loops.tiled_baseline import uses_pixel_tiles as uses_pixel_tiles
