@@ -103,6 +103,10 @@ def test_against_reference_and_across_threads(rng, assert_close, x_shape, w_shap
     ((1, 128, 56, 56), (256, 128, 3, 3), dict(stride=2, padding=1), False),  # dy 28x28
     ((1, 256, 14, 14), (512, 256, 1, 1), dict(stride=2), False),             # one tap
     ((1, 64, 28, 28), (128, 64, 3, 3), dict(stride=2, padding=1), False),    # sums of 128
+    # 2-D: sums over FLAT_COLUMNS_OUT output channels or more
+    ((8, 64, 7, 7), (256, 64, 3, 3), dict(padding=1), True),
+    ((8, 128, 7, 7), (128, 128, 3, 3), dict(padding=1), False),
+    ((8, 128, 17, 17), (192, 128, 7, 1), dict(padding=(3, 0)), False),       # Inception's 7x1
 ])
 def test_which_problems(x_shape, w_shape, kw, chosen):
     """By how much larger than dy the phase-split grids would be (never by thread count)."""
@@ -199,6 +203,10 @@ def test_weight_against_reference_and_across_threads(rng, assert_close, x_shape,
     ((2, 32, 16, 16, 16), (32, 32, 3, 3, 3), dict(padding=1), False),
     ((32, 512, 8, 8), (256, 512, 4, 4), dict(stride=2, padding=1), True),    # 4x4 dy
     ((32, 256, 16, 16), (128, 256, 4, 4), dict(stride=2, padding=1), False),  # 8x8 dy
+    # 2-D with several output pixels: FLAT_COLUMNS_OUT output channels or more
+    ((8, 64, 7, 7), (256, 64, 3, 3), dict(padding=1), True),
+    ((8, 128, 7, 7), (32, 128, 3, 3), dict(padding=1), False),
+    ((1, 128, 7, 7), (32, 128, 3, 3), dict(padding=1), False),
 ])
 def test_weight_which_problems(x_shape, w_shape, kw, chosen):
     """By the reduction's length (images times output pixels), the taps and the width of the
@@ -325,6 +333,8 @@ def test_forward_against_reference_and_across_threads(rng, assert_close, x_shape
     ((1, 512, 7, 7), (512, 512, 3, 3), dict(padding=1), False),           # reduction 49
     ((8, 512, 14, 14), (512, 512, 3, 3), dict(padding=1), False),         # 14x14
     ((8, 512, 7, 7), (512, 512, 1, 1), {}, False),                         # one tap
+    ((8, 128, 7, 7), (128, 128, 3, 3), dict(padding=1), False),   # 128 output channels (2-D)
+    ((8, 256, 6, 6), (256, 256, 3, 3), dict(padding=1), True),    # 256
 ])
 def test_forward_which_problems(x_shape, w_shape, kw, chosen):
     """By the output pixels, the images, the taps, the padding computed by the tiled loops
