@@ -118,7 +118,7 @@ cdef bint pixel_tiles_suit(const Product *p, const Phase *phases,
     0.5-0.98, a squeeze-and-excitation layer's 64 -> 1536 channels on one pixel (16 grid columns
     against 8) 0.1.  3x3 on 7x7 with 512 channels at batch 8 takes pixel tiles (the tiled product's
     55 columns a row are a tile and a one-vector tile: model 1.29), as fast as the tiled product
-    (0.97-1.0).    0.1."""
+    (0.97-1.0)."""
     cdef Py_ssize_t VW = LC_VEC_BYTES // itemsize, NR = LC_NV_B * VW
     cdef Py_ssize_t f, rows, by_pixel = 0, rest = p.M % NR, tail, one
     cdef double tiled = 0, channels

@@ -309,11 +309,11 @@ cdef tuple shared_zeros(tuple q, tuple dim, tuple step, tuple lead, tuple grid):
     next plane's first lead[1] rows, which are zero likewise.  So a 3x3 kernel with padding 1
     stages rows of W + 1 values instead of W + 2, and planes of H + 1 rows: the product's grid,
     which computes every staged column of the rows it covers, has that many fewer junk columns
-    (14x14: 210 grid columns instead of 224 per image, 16x16x16: 4624 instead of 5184).  Only
-    along axes of one phase (stride 1), whose rows all start with the same zeros; the next
-    phase, channel or image starts with them too, and after the last one set_stage_images
-    leaves room for what runs past.  A row still holds the grid's columns (and a plane its
-    rows): `grid`, the largest grid of a phase."""
+    (14x14: 209 grid columns instead of 222 per image, 16x16x16: 1.12 a pixel instead of 1.27).
+    Only along axes of one phase (stride 1), whose rows all start with the same zeros; the
+    next phase, channel or image starts with them too, and after the last one
+    set_stage_images leaves room for what runs past.  A row still holds the grid's columns
+    (and a plane its rows): `grid`, the largest grid of a phase."""
     cdef list r = list(q)
     for a in (1, 2):
         if step[a] == 1 and lead[a] > 0:
