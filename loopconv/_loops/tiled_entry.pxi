@@ -167,9 +167,8 @@ cdef void forward_product(Product *p, Phase *ph, tuple xshape, tuple wshape, tup
     """The forward pass's product: its staging of x, its one phase, the choice of its tiles."""
     cdef Py_ssize_t NR = LC_NV_B * LC_VEC_BYTES // itemsize, Cg = wshape[1]
     size, out, ksize = xshape[2:], yshape[2:], wshape[2:]
-    q = shared_zeros(x_stage(size, out, ksize, stride, pad, dilation), size, tuple(stride),
-                     tuple(pad), out)
-    set_stage(&p.st, size, tuple(stride), tuple(pad), q, Cg, NR, math.prod(xshape))
+    set_stage(&p.st, size, tuple(stride), tuple(pad),
+              x_stage_shared(size, out, ksize, stride, pad, dilation), Cg, NR, math.prod(xshape))
     set_product(p, xshape[0], groups, xshape[1], wshape[0], out)
     set_phase(ph, &p.st, Cg * math.prod(ksize), 0, out, 0, (out[1] * out[2], out[2], 1), NR)
     p.nphase = 1
@@ -459,9 +458,8 @@ cdef void set_weight(WeightProduct *p, tuple xs, tuple ws, tuple ys, stride, pad
     p.NR = VW if p.narrow else 2 * VW
     p.mr = LC_KR_D if p.lanes else LC_MR_A1 if p.narrow else LC_MR_A
     p.block = PC_D_BYTES // itemsize if p.lanes else PC * 4 // itemsize
-    q = shared_zeros(x_stage(size, out, ksize, stride, pad, dilation), size, tuple(stride),
-                     tuple(pad), out)
-    set_stage(&p.st, size, tuple(stride), tuple(pad), q, ws[1], p.NR, x_size)
+    set_stage(&p.st, size, tuple(stride), tuple(pad),
+              x_stage_shared(size, out, ksize, stride, pad, dilation), ws[1], p.NR, x_size)
     set_weight_product(p, xs[0], groups, xs[1], ws[0], ws[1] * ksize[0] * ksize[1] * ksize[2],
                        out)
     weight_images(p, VW)

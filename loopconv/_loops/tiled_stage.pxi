@@ -321,6 +321,13 @@ cdef tuple shared_zeros(tuple q, tuple dim, tuple step, tuple lead, tuple grid):
     return tuple(r)
 
 
+cdef tuple x_stage_shared(tuple size, tuple out, tuple ksize, stride, pad, dilation):
+    """x_stage with the zeros shared between rows and planes (shared_zeros): the staging of x
+    for the tiled product (the depthwise loops keep x_stage)."""
+    return shared_zeros(x_stage(size, out, ksize, stride, pad, dilation), size, tuple(stride),
+                        tuple(pad), out)
+
+
 cdef Py_ssize_t tap_offset(const Stage *st, Py_ssize_t c, tuple tap):
     """Staged offset of channel c and tap (kd, kh, kw) read with the staging's strides."""
     cdef Py_ssize_t phase = 0, shift = 0, a, t
