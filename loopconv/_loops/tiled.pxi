@@ -91,8 +91,11 @@ cdef enum:
     # few per cent of it
     GATHER_COLUMNS = 1024
     PACK_COLUMNS = 34
-    # PACK_BLOCK: columns of A packed together for all its panels (pack_weight)
+    # PACK_BLOCK: columns of A packed together for all its panels (pack_panels); PACK_SERIAL:
+    # elements of packed A below which one thread packs them all (a parallel region costs some
+    # microseconds)
     PACK_BLOCK = 64
+    PACK_SERIAL = 1 << 15
     # MIN_ITEMS: a forward-style product with fewer (image, group, column block) work items
     # than this splits its rows (output channels) too, so that batch 1 keeps every core busy;
     # likewise the weight gradient with fewer (group, chunk) items

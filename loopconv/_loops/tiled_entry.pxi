@@ -196,9 +196,8 @@ def forward(const element[:, :, :, :, ::1] x, const element[:, :, :, :, ::1] w,
     cdef element[::1] apack = np.empty(1 if p.gathered else groups * mpad * K, dtype=dtype)
     if not p.gathered:
         with nogil:
-            for g in range(groups):
-                pack_weight(&w[g * Og, 0, 0, 0, 0], Og, p.mr, K, &geo.roff[0], &geo.aoff[0],
-                            &apack[g * mpad * K])
+            pack_groups(&w[0, 0, 0, 0, 0], Og * w.shape[1] * w.shape[2] * w.shape[3] * w.shape[4],
+                        groups, Og, p.mr, K, &geo.roff[0], &geo.aoff[0], &apack[0], num_threads)
     product_pass(p, geo.phases, x, geo.boff, &w[0, 0, 0, 0, 0] if p.gathered else &apack[0],
                  geo.aoff, bias, y, num_threads)
 
@@ -324,16 +323,16 @@ def grad_input(const element[:, :, :, :, ::1] dy, const element[:, :, :, :, ::1]
     cdef element[::1] apack
     if not p.gathered:
         apack = np.concatenate([_pack_groups(w, groups, w.shape[1], p.mr, geo.phases[f].K,
-                                             geo.koffs[f], dtype) for f in range(p.nphase)]
-                               + [np.zeros(1, dtype)])
+                                             geo.koffs[f], dtype, num_threads)
+                                for f in range(p.nphase)] + [np.zeros(1, dtype)])
     product_pass(p, geo.phases, dy, geo.boff, &w[0, 0, 0, 0, 0] if p.gathered else &apack[0],
                  geo.aoff, bias, dx, num_threads)
 
 
 def _pack_groups(const element[:, :, :, :, ::1] w, Py_ssize_t groups, Py_ssize_t M,
-                 Py_ssize_t mr, Py_ssize_t K, koff_arr, dtype):
+                 Py_ssize_t mr, Py_ssize_t K, koff_arr, dtype, int num_threads):
     """Packed A of the input gradient for all groups: rows c, columns (o, tap)."""
-    cdef Py_ssize_t g, Og = w.shape[0] // groups, mpad = round_up(M, mr)
+    cdef Py_ssize_t Og = w.shape[0] // groups, mpad = round_up(M, mr)
     cdef Py_ssize_t KS = w.shape[2] * w.shape[3] * w.shape[4]
     out = np.empty(max(groups * mpad * K, 1), dtype=dtype)
     if K == 0:
@@ -342,9 +341,8 @@ def _pack_groups(const element[:, :, :, :, ::1] w, Py_ssize_t groups, Py_ssize_t
     cdef Py_ssize_t[::1] koff = koff_arr
     cdef Py_ssize_t[::1] roff = np.arange(M, dtype=np.intp) * KS
     with nogil:
-        for g in range(groups):
-            pack_weight(&w[g * Og, 0, 0, 0, 0], M, mr, K, &roff[0], &koff[0],
-                        &apack[g * mpad * K])
+        pack_groups(&w[0, 0, 0, 0, 0], Og * M * KS, groups, M, mr, K, &roff[0], &koff[0],
+                    &apack[0], num_threads)
     return out[:groups * mpad * K]
 
 
@@ -490,7 +488,7 @@ cdef class _Geometry:
     cdef Phase *phases
     cdef Py_ssize_t[::1] boff       # B offsets of all phases (forward-style)
     cdef Py_ssize_t[::1] aoff       # columns of A of all phases, or the weight gradient's rows
-    cdef Py_ssize_t[::1] roff       # forward: the weight's rows, for pack_weight
+    cdef Py_ssize_t[::1] roff       # forward: the weight's rows, for pack_groups
     cdef Py_ssize_t[::1] order      # item_order of the phases' column blocks
     cdef Py_ssize_t[::1] nr_steps   # pixel_tiles: the packed panels' rows k at k * NR
     cdef list koffs                 # input gradient: each phase's columns of A (packing)

@@ -19,6 +19,30 @@ cdef struct Stage:
     Py_ssize_t src_size     # elements of the whole source array
 
 
+cdef inline void copy_short(element *d, const element *s, Py_ssize_t n) noexcept nogil:
+    """d[u] = s[u] for u < n, for the short rows of small images (14 elements of a 14x14
+    image): copies of 32, 16 or 8 bytes, which the compiler makes single vector moves, the last
+    one overlapping the one before it.  An element loop of unknown length ran those rows one
+    element at a time (a fifth of a grouped 3x3 layer's time on 14x14 went to staging)."""
+    cdef char *dc = <char *>d
+    cdef const char *sc = <const char *>s
+    cdef Py_ssize_t nb = n * sizeof(element), i = 0
+    if nb >= 32:
+        while i + 32 <= nb:
+            memcpy(dc + i, sc + i, 32)
+            i += 32
+        if i < nb:
+            memcpy(dc + nb - 32, sc + nb - 32, 32)
+    elif nb >= 16:
+        memcpy(dc, sc, 16)
+        memcpy(dc + nb - 16, sc + nb - 16, 16)
+    elif nb >= 8:
+        memcpy(dc, sc, 8)
+        memcpy(dc + nb - 8, sc + nb - 8, 8)
+    elif nb > 0:
+        memcpy(dc, sc, 4)
+
+
 cdef inline void fill_row(element *row, const element *s, Py_ssize_t sw, Py_ssize_t e_lo,
                           Py_ssize_t e_hi, Py_ssize_t Wq) noexcept nogil:
     """row[e] = s[e * sw] for e_lo <= e < e_hi, 0 for the other e < Wq."""
@@ -28,8 +52,7 @@ cdef inline void fill_row(element *row, const element *s, Py_ssize_t sw, Py_ssiz
     if sw == 1 and e_hi - e_lo >= 64:
         memcpy(row + e_lo, s + e_lo, (e_hi - e_lo) * sizeof(element))
     elif sw == 1:           # short rows: a call costs more than the copy
-        for e in range(e_lo, e_hi):
-            row[e] = s[e]
+        copy_short(row + e_lo, s + e_lo, e_hi - e_lo)
     else:
         for e in range(e_lo, e_hi):
             row[e] = s[e * sw]
