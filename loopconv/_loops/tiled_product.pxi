@@ -103,12 +103,13 @@ cdef void pack_panels(const element *w, Py_ssize_t M, Py_ssize_t MR, Py_ssize_t 
     row of A then takes one element from each of K rows of w, and row by row every read missed).
     Where a panel's rows follow each other in w (the input gradient: rows c of w[o, c, tap]), a
     column k of the panel is one run of w; where its columns do (the forward pass: k along a row
-    of w) and it holds whole vectors of rows, blocks of a vector's lanes are transposed in
-    registers.  Element by element, packing the 4 MiB weight of a 1x1 layer cost a sixth of
-    its forward pass."""
+    of w) and the panels are whole vectors of rows (pixel tiles' NR), each whole vector of rows
+    is transposed in blocks of a vector's lanes in registers, the rest copied element by
+    element.  Element by element, packing the 4 MiB weight of a 1x1 layer cost a sixth of its
+    forward pass."""
     cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
-    cdef Py_ssize_t ip, i0, mw, kb, k0, k1, k, kv, r, r0, rs
-    cdef bint rows_run, cols_run
+    cdef Py_ssize_t ip, i0, mw, kb, k0, k1, kt, k, kv, r, r0, rt, rb, rs
+    cdef bint rows_run
     cdef element *d
     cdef const element *s
     for kb in range((K + PACK_BLOCK - 1) // PACK_BLOCK):
@@ -119,23 +120,27 @@ cdef void pack_panels(const element *w, Py_ssize_t M, Py_ssize_t MR, Py_ssize_t 
             mw = min(MR, M - i0)
             d = dst + i0 * K
             rows_run = steps_evenly(roff + i0, mw, 1)
-            rs = roff[i0 + 1] - roff[i0] if mw > 1 else 0
-            cols_run = (mw == MR and MR % VW == 0 and (k1 - k0) % VW == 0
-                        and steps_evenly(roff + i0, mw, rs) and steps_evenly(koff + k0, k1 - k0, 1))
-            if cols_run:
-                for kv in range((k1 - k0) // VW):
-                    k = k0 + kv * VW
-                    for r in range(MR // VW):
-                        r0 = r * VW
-                        transpose_block(w + roff[i0 + r0] + koff[k], rs, d + k * MR + r0, MR)
-                continue
+            # transposed in blocks: rows < rt, columns k0 .. kt - 1
+            rt = mw // VW * VW if MR % VW == 0 else 0
+            rs = roff[i0 + 1] - roff[i0] if rt > 0 else 0
+            kt = k0 + (k1 - k0) // VW * VW
+            if rt == 0 or not (steps_evenly(roff + i0, rt, rs)
+                               and steps_evenly(koff + k0, kt - k0, 1)):
+                rt = 0
+                kt = k0
+            for kv in range((kt - k0) // VW):
+                k = k0 + kv * VW
+                for rb in range(rt // VW):
+                    transpose_block(w + roff[i0 + rb * VW] + koff[k], rs, d + k * MR + rb * VW,
+                                    MR)
             for k in range(k0, k1):
+                r0 = rt if k < kt else 0
                 if rows_run:
                     s = w + roff[i0] + koff[k]
-                    for r in range(mw):
+                    for r in range(r0, mw):
                         d[k * MR + r] = s[r]
                 else:
-                    for r in range(mw):
+                    for r in range(r0, mw):
                         d[k * MR + r] = w[roff[i0 + r] + koff[k]]
                 for r in range(mw, MR):
                     d[k * MR + r] = 0
