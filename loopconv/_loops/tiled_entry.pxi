@@ -151,7 +151,10 @@ cdef int product_pass(const Product *p, const Phase *phases,
     at boff) into dst on num_threads threads, with this Python thread's workspaces."""
     cdef Py_ssize_t NR = LC_NV_B * LC_VEC_BYTES // sizeof(element)
     dtype = typecode(<element *> NULL)
-    cdef Py_ssize_t fper = per_thread(p.nimg * p.st.size + LC_MR_B * NR)
+    cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
+    # the staged slices, a tile (pixel tiles: a vector's lanes of rows, and a block for their
+    # transposes)
+    cdef Py_ssize_t fper = per_thread(p.nimg * p.st.size + max(LC_MR_B, VW) * NR + VW * VW)
     cdef Py_ssize_t iper = per_thread(1 + 2 * NCB_TILES * NR)
     cdef element[::1] fws = _workspace("f", dtype, fper * num_threads)
     cdef Py_ssize_t[::1] iws = _workspace("i", np.intp, iper * num_threads)

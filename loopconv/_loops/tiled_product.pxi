@@ -320,12 +320,31 @@ cdef inline Py_ssize_t tail_vectors(Py_ssize_t tail, Py_ssize_t t) noexcept nogi
 
 cdef inline void store_transposed(const element *ctile, Py_ssize_t NR, Py_ssize_t w,
                                   Py_ssize_t mw, element *d, Py_ssize_t ldd, Py_ssize_t ds,
-                                  bint add) noexcept nogil:
+                                  bint add, element *tmp) noexcept nogil:
     """A tile of pixels by channels into the destination's channel rows: d[j * ldd + i * ds]
-    (=, +=) ctile[i * NR + j] for pixels i < w and channels j < mw."""
-    cdef Py_ssize_t i, j
+    (=, +=) ctile[i * NR + j] for pixels i < w and channels j < mw.  Along contiguous pixels,
+    a vector's lanes of channels at a time are transposed in registers where a vector holds a
+    tile's LC_MR_B pixels (ctile read over a vector's lanes of rows, past LC_MR_B where it holds
+    more: the caller's buffer has them) into tmp (VW * VW elements), whose rows are then runs of the destination;
+    element by element, the stores of a 1x1 layer's tiles cost a tenth of its time."""
+    cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
+    cdef Py_ssize_t i, j = 0, t
     cdef element *dj
-    for j in range(mw):
+    cdef const element *src
+    if ds == 1 and w == LC_MR_B and LC_MR_B <= VW:
+        while j + VW <= mw:
+            transpose_block(ctile + j, NR, tmp, VW)
+            for t in range(VW):
+                dj = d + (j + t) * ldd
+                src = tmp + t * VW
+                if add:
+                    for i in range(LC_MR_B):
+                        dj[i] += src[i]
+                else:
+                    for i in range(LC_MR_B):
+                        dj[i] = src[i]
+            j += VW
+    for j in range(j, mw):
         dj = d + j * ldd
         if add:
             for i in range(w):
@@ -370,7 +389,8 @@ cdef inline void pixel_tiles(const Product *p, const Phase *ph, const Item *it,
                                a_g + (ip * K + k0) * NR, p.nr_steps, ctile, NR, 0)
                         store_transposed(ctile, NR, w, mw,
                                          dst_g + n * p.dst_img + ip * NR * p.dst_row
-                                         + dcol[j + u], p.dst_row, ph.dstep[2], k0 > 0)
+                                         + dcol[j + u], p.dst_row, ph.dstep[2], k0 > 0,
+                                         ctile + max(LC_MR_B, VW) * NR)
                     u += LC_MR_B
                 j += ln
 
