@@ -259,6 +259,22 @@ VARIANT_CASES = [
 ]
 
 
+@pytest.mark.parametrize("batch", range(1, 41))
+@pytest.mark.parametrize("which", ["forward", "input"])
+def test_image_blocks_are_even(batch, which):
+    """The forward-style product of small images takes several images a work item, in blocks
+    as even as they go (8 images 7x7, at most 5 a block: 4 + 4, not 5 + 3), so that a thread
+    of two is not left idle: the last block misses fewer images than there are blocks."""
+    shapes = ((batch, 64, 1, 7, 7), (64, 64, 1, 3, 3), (batch, 64, 1, 7, 7))
+    args = ((1, 1, 1), (0, 1, 1), (1, 1, 1), 1, 4)
+    for module in _loops.variants().values():
+        plan = module.product_plan(which, *shapes, *args)
+        images, blocks = plan["images"], plan["image blocks"]
+        assert (blocks - 1) * images < batch <= blocks * images
+        assert blocks * images - batch < blocks
+    assert batch < 5 or images > 1
+
+
 def test_variants_are_found():
     found = _loops.variants()
     assert "baseline" in found

@@ -20,6 +20,9 @@ def item_order(nblk: Sequence[int]) -> npt.NDArray[np.intp]: ...  # internal: th
 def uses_pixel_tiles(which: str, xshape: Sequence[int], wshape: Sequence[int],
                      yshape: Sequence[int], stride: _Triple, pad: _Triple, dilation: _Triple,
                      groups: int, itemsize: int) -> bool: ...  # internal: which tiles
+def product_plan(which: str, xshape: Sequence[int], wshape: Sequence[int],
+                 yshape: Sequence[int], stride: _Triple, pad: _Triple, dilation: _Triple,
+                 groups: int, itemsize: int) -> dict[str, Any]: ...  # internal: work items
 def grid_waste(which: str, xshape: Sequence[int], wshape: Sequence[int],
                yshape: Sequence[int], stride: _Triple, pad: _Triple, dilation: _Triple,
                groups: int, itemsize: int) -> float: ...  # internal: junk of the grids

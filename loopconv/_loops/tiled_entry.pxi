@@ -214,6 +214,17 @@ def uses_pixel_tiles(which, xshape, wshape, yshape, stride, pad, dilation, Py_ss
                                dilation, groups, itemsize).p.by_pixel)
 
 
+def product_plan(which, xshape, wshape, yshape, stride, pad, dilation, Py_ssize_t groups,
+                 Py_ssize_t itemsize):
+    """How the forward-style product of the forward pass (`which` "forward") or the input
+    gradient ("input") of these 5-D shapes cuts its work (internal: for the tests)."""
+    cdef Product p = tiled_geometry(PASS_FORWARD if which == "forward" else PASS_INPUT,
+                                    tuple(xshape), tuple(wshape), tuple(yshape), stride, pad,
+                                    dilation, groups, itemsize).p
+    return {"images": p.nimg, "image blocks": p.nib, "row blocks": p.nrb,
+            "pixel tiles": bool(p.by_pixel), "weight read in place": bool(p.gathered)}
+
+
 def grid_waste(which, xshape, wshape, yshape, stride, pad, dilation, Py_ssize_t groups,
                Py_ssize_t itemsize):
     """The grid columns the forward-style product of the forward pass (`which` "forward") or

@@ -466,7 +466,10 @@ cdef void split_work(Product *p, Py_ssize_t columns) noexcept nogil:
     if 0 < columns < ITEM_COLUMNS:
         p.nimg = max(1, min(p.N, MAX_IMAGES, (ITEM_COLUMNS + columns - 1) // columns,
                             STAGED_IMAGES // max(p.st.size, 1)))
+    # blocks as even as they go (8 images in blocks of at most 5: 4 + 4, not 5 + 3, which left
+    # a thread of two idle for a quarter of the pass)
     p.nib = (p.N + p.nimg - 1) // p.nimg
+    p.nimg = (p.N + p.nib - 1) // p.nib
     items = p.nib * p.G * p.items_ng
     p.nrb = 1
     if 0 < items < MIN_ITEMS:
