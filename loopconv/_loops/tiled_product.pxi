@@ -324,9 +324,10 @@ cdef inline void store_transposed(const element *ctile, Py_ssize_t NR, Py_ssize_
     """A tile of pixels by channels into the destination's channel rows: d[j * ldd + i * ds]
     (=, +=) ctile[i * NR + j] for pixels i < w and channels j < mw.  Along contiguous pixels,
     a vector's lanes of channels at a time are transposed in registers where a vector holds a
-    tile's LC_MR_B pixels (ctile read over a vector's lanes of rows, past LC_MR_B where it holds
-    more: the caller's buffer has them) into tmp (VW * VW elements), whose rows are then runs of the destination;
-    element by element, the stores of a 1x1 layer's tiles cost a tenth of its time."""
+    tile's LC_MR_B pixels (ctile read over a vector's lanes of rows, past LC_MR_B where it
+    holds more: the caller's buffer has them) into tmp (VW * VW elements), whose rows are then
+    runs of the destination; element by element, the stores of a 1x1 layer's tiles cost a
+    tenth of its time."""
     cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t i, j = 0, t
     cdef element *dj
