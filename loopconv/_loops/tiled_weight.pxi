@@ -247,7 +247,9 @@ cdef void sum_partials(const WeightProduct *p, Py_ssize_t g, Py_ssize_t k0,
     """dw[g * M + o, k] for k0 <= k < k0 + VW: the partial products of group g (rows k,
     columns o) summed in chunk order, VW columns at a time in acc, each block then written
     transposed (runs of VW consecutive k: whole cache lines of dw, not single elements a row
-    of K apart)."""
+    of K apart).  Whole VW x VW blocks are summed in loops of a fixed length and transposed in
+    registers: element by element, the sums of a 1024 -> 2048 1x1 layer's four partials took
+    a fifth of its weight gradient."""
     cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t kw = min(VW, p.K - k0), ow, ob, o0, o, k, c
     cdef const element *part
@@ -256,6 +258,17 @@ cdef void sum_partials(const WeightProduct *p, Py_ssize_t g, Py_ssize_t k0,
         o0 = ob * VW
         ow = min(VW, p.M - o0)
         part = partial + (g * p.nchunk * p.Kpad + k0) * p.Opad + o0
+        if kw == VW and ow == VW:
+            for k in range(VW):
+                for o in range(VW):
+                    acc[k * VW + o] = part[k * p.Opad + o]
+            for c in range(1, p.nchunk):
+                part = part + p.Kpad * p.Opad
+                for k in range(VW):
+                    for o in range(VW):
+                        acc[k * VW + o] = acc[k * VW + o] + part[k * p.Opad + o]
+            transpose_block(acc, VW, dw + (g * p.M + o0) * p.K + k0, p.K)
+            continue
         for k in range(kw):
             for o in range(ow):
                 acc[k * VW + o] = part[k * p.Opad + o]
