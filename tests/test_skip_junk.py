@@ -45,18 +45,22 @@ FIXED = [
          padding=((1, 0), (2, 1), (0, 2)), dilation=(1, 2, 1)),
     case("input-phases", (2, 32, 12, 16, 8), (20, 32, 3, 3, 3), stride=(2, 2, 1),
          padding=1),
-    # 2-D: grouped, 32 channels a group (a last panel of two vectors, packed by transposes),
-    # and a 1x1 layer's 112 channels (two full panels of 48 and a partial one)
-    case("grouped-32-on-7x7", (8, 64, 7, 7), (64, 32, 3, 3), padding=1, groups=2),
-    case("1x1-on-7x7", (8, 96, 7, 7), (112, 96, 1, 1)),
 ]
 
-# Taken as pixel tiles by the AVX2 and baseline builds only (their input gradient): whole
-# tiles of pixels stored through transposes where a vector holds a tile's pixels (AVX2), one
-# element at a time where it does not (baseline float64: two lanes, four pixels)
-OTHER_BUILDS = [
-    case("1x1-padded-other-builds", (4, 118, 8, 4), (101, 118, 1, 1), padding=1),
+# Cases for one build's tiles, and the build that takes them as pixel tiles (in float32):
+# 2-D, a grouped layer's 32 channels a group (a last panel of two vectors, packed by
+# transposes) and a 1x1 layer's 112 channels (two full panels of 48 and a partial one) in the
+# AVX-512 build; a 1x1 layer's input gradient in the AVX2 and baseline builds, whose whole
+# tiles of pixels are stored through transposes where a vector holds a tile's pixels (AVX2),
+# one element at a time where it does not (baseline float64: two lanes, four pixels)
+BUILD_CASES = [
+    (case("grouped-32-on-7x7", (8, 64, 7, 7), (64, 32, 3, 3), padding=1, groups=2),
+     "x86-64-v4"),
+    (case("1x1-on-7x7", (8, 96, 7, 7), (112, 96, 1, 1)), "x86-64-v4"),
+    (case("1x1-padded-other-builds", (4, 118, 8, 4), (101, 118, 1, 1), padding=1),
+     "baseline"),
 ]
+TAKEN_BY = {c.values[:2]: build for c, build in BUILD_CASES}
 
 
 def random_cases(count, seed):
@@ -108,7 +112,7 @@ def run(module, which, a, w, bias, shape, kw, threads):
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("dtype", DTYPE_PARAMS)
-@pytest.mark.parametrize("x_shape, w_shape, kw", FIXED + RANDOM + OTHER_BUILDS)
+@pytest.mark.parametrize("x_shape, w_shape, kw", FIXED + RANDOM + [c for c, _ in BUILD_CASES])
 def test_against_reference_and_across_threads(rng, assert_close, variant, x_shape, w_shape, kw,
                                                dtype):
     module = VARIANTS[variant]
@@ -133,11 +137,8 @@ def test_against_reference_and_across_threads(rng, assert_close, variant, x_shap
             for threads in (1, 3):
                 assert np.array_equal(got, run(module, which, a, w, bias_used, shape, kw,
                                                threads))
-    if variant == list(VARIANTS)[-1] and dtype == np.float32:
-        assert tested or (x_shape, w_shape) in [c.values[:2] for c in OTHER_BUILDS], \
-            "the case does not take pixel tiles"
-    if variant == "baseline" and (x_shape, w_shape) in [c.values[:2] for c in OTHER_BUILDS]:
-        assert tested, "the case does not take pixel tiles in the baseline build"
+    if variant == TAKEN_BY.get((x_shape, w_shape), list(VARIANTS)[-1]) and dtype == np.float32:
+        assert tested, "the case does not take pixel tiles"
 
 
 @pytest.mark.parametrize("x_shape, w_shape, kw, which, columns", [
