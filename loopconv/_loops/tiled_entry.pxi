@@ -76,6 +76,7 @@ cdef void choose_tiles(Product *p, const Phase *phases, Py_ssize_t itemsize) noe
     if p.by_pixel:
         p.mr = NR
         p.gathered = False
+    set_overrun(&p.st, phases[0].ncols, LC_VEC_BYTES // itemsize, p.by_pixel)
 
 
 cdef void set_phase(Phase *ph, const Stage *st, Py_ssize_t K, Py_ssize_t k_off, tuple grid,
@@ -477,6 +478,7 @@ cdef void set_weight(WeightProduct *p, tuple xs, tuple ws, tuple ys, stride, pad
     weight_images(p, VW)
     split_weight_work(p)
     p.compact = compact_block(p, p.nimg)
+    set_overrun(&p.st, p.ncols, VW, False)
 
 
 def weight_plan(xs, ws, ys, stride, pad, dilation, Py_ssize_t groups, Py_ssize_t itemsize):

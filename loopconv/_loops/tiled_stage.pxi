@@ -17,6 +17,8 @@ cdef struct Stage:
     Py_ssize_t size         # elements in all
     bint identity           # staging would copy the slice unchanged (1 image, stride 1, no pad)
     Py_ssize_t src_size     # elements of the whole source array
+    Py_ssize_t overrun      # elements past a slice's last channel that the tiles read, where
+                            # they read the slice in place (identity; reads_in_place)
 
 
 cdef inline void copy_short(element *d, const element *s, Py_ssize_t n) noexcept nogil:
@@ -186,6 +188,15 @@ cdef void stage_slice(const element *src, const Stage *st, element *out) noexcep
     memset(out + st.nchan * st.chan, 0, (st.size - st.nchan * st.chan) * sizeof(element))
 
 
+cdef inline bint reads_in_place(const Stage *st, Py_ssize_t off) noexcept nogil:
+    """Whether the tiles read the slice at source offset off in place: where staging would copy
+    it unchanged and every read (st.overrun past its last channel) stays inside the source.
+    Where the grid's columns are whole vectors that is the last image too: a 1x1 layer at batch
+    1 on 56x56 or 64x64x64 read in place instead of copying all of x on every call (the copy
+    was a third of a 32 -> 1 channel 1x1x1 layer's forward pass on 64^3)."""
+    return st.identity and off + st.nchan * st.chan + st.overrun <= st.src_size
+
+
 cdef inline const element *staged_slice(const element *src, Py_ssize_t off,
                                         const Stage *st, Py_ssize_t key, element *buf,
                                         Py_ssize_t *staged_key) noexcept nogil:
@@ -193,7 +204,7 @@ cdef inline const element *staged_slice(const element *src, Py_ssize_t off,
     where staging would copy it unchanged and every read of the tiles (up to st.size) stays
     inside the source array (a 1x1 convolution); else this thread's buffer, staged unless it
     holds that slice already (staged_key: the key of the slice it holds, -1 for none)."""
-    if st.identity and off + st.size <= st.src_size:
+    if reads_in_place(st, off):
         return src + off
     if staged_key[0] != key:
         stage_slice(src + off, st, buf)
@@ -212,7 +223,7 @@ cdef void stage_images(const element *src, const Stage *st, Py_ssize_t src_img,
     cdef bint fresh = staged_key[0] != key
     for n in range(nimg):
         off = (n0 + n) * src_img + g * src_grp
-        if st.identity and off + st.size <= st.src_size:
+        if reads_in_place(st, off):
             staged[n] = src + off
         else:
             if fresh:
@@ -316,6 +327,16 @@ cdef void set_stage_images(Stage *st, Py_ssize_t nimg, Py_ssize_t NR) noexcept n
     # shared (shared_zeros) read up to lead[1] rows and lead[2] columns past
     st.size = round_up(st.nchan * st.chan + NR + st.lead[1] * st.q[2] + st.lead[2], 16)
     st.identity = st.identity and nimg == 1
+    st.overrun = st.size - st.nchan * st.chan      # (set_overrun narrows it)
+
+
+cdef void set_overrun(Stage *st, Py_ssize_t ncols, Py_ssize_t VW, bint by_pixel) noexcept nogil:
+    """st.overrun of a staging read in place (identity: one phase, the grid the source's own
+    pixels, ncols columns), from how the tiles read it: the forward-style product's last tile
+    and the weight gradient's last step read their columns rounded up to whole vectors of VW,
+    pixel tiles LC_MR_B pixels from a run's last tile start."""
+    if st.identity:
+        st.overrun = LC_MR_B - 1 if by_pixel else round_up(ncols, VW) - ncols
 
 
 cdef tuple x_stage(tuple size, tuple out, tuple ksize, stride, pad, dilation):
