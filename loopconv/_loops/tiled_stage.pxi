@@ -17,8 +17,7 @@ cdef struct Stage:
     Py_ssize_t size         # elements in all
     bint identity           # staging would copy the slice unchanged (1 image, stride 1, no pad)
     Py_ssize_t src_size     # elements of the whole source array
-    Py_ssize_t overrun      # elements past a slice's last channel that the tiles read, where
-                            # they read the slice in place (identity; reads_in_place)
+    Py_ssize_t overrun      # elements past a slice's last channel read in place (reads_in_place)
 
 
 cdef inline void copy_short(element *d, const element *s, Py_ssize_t n) noexcept nogil:
