@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -273,6 +275,65 @@ def test_image_blocks_are_even(batch, which):
         assert (blocks - 1) * images < batch <= blocks * images
         assert blocks * images - batch < blocks
     assert batch < 5 or images > 1
+
+
+# Run in a child process: a read past the guarded end faults, and the test fails instead of
+# the test run ending.  The source arrays end where an unreadable page begins.
+GUARDED_READS = r"""
+import ctypes, mmap, sys
+import numpy as np
+from loopconv import _loops
+libc = ctypes.CDLL(None)
+PAGE = mmap.PAGESIZE
+keep = []
+
+def guarded(a):
+    pages = (a.nbytes + PAGE - 1) // PAGE + 1
+    m = mmap.mmap(-1, pages * PAGE)
+    address = ctypes.addressof(ctypes.c_char.from_buffer(m))
+    if libc.mprotect(ctypes.c_void_p(address + (pages - 1) * PAGE), PAGE, 0) != 0:
+        sys.exit(2)
+    out = np.frombuffer(m, a.dtype, a.size, (pages - 1) * PAGE - a.nbytes).reshape(a.shape)
+    out[...] = a
+    keep.append(m)
+    return out
+
+rng = np.random.default_rng(0)
+for x_shape, w_shape, dtype in CASES:
+    x = guarded(rng.standard_normal(x_shape).astype(dtype))
+    w = rng.standard_normal(w_shape).astype(dtype)
+    y_shape = (x_shape[0], w_shape[0]) + x_shape[2:]
+    dy = guarded(rng.standard_normal(y_shape).astype(dtype))
+    args = ((1, 1, 1), (0, 0, 0), (1, 1, 1), 1)
+    want = []
+    for module in [_loops.direct] + list(_loops.variants().values()):
+        y, dx, dw = (np.empty(s, dtype) for s in (y_shape, x_shape, w_shape))
+        for threads in (1, 2):
+            module.forward(x, w, np.empty(0, dtype), y, *args, threads)
+            module.grad_input(dy, w, np.empty(0, dtype), dx, *args, threads)
+            module.grad_weight(x, dy, dw, *args, threads)
+            got = [y.copy(), dx.copy(), dw.copy()]
+            want = want or got
+            for g, r in zip(got, want):
+                assert np.abs(g - r).max() <= 1e-3 * (1 + np.abs(r).max())
+print("ok")
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="guarded pages through Linux's mprotect")
+def test_in_place_reads_stay_inside_the_source():
+    """A 1x1 convolution reads its source in place, the last image too where the tiles read
+    nothing past it (grids of whole vectors): every pass of every build, with x and dy ending
+    where an unreadable page begins, on grids of whole vectors and not, through the tiled
+    product and pixel tiles, against the direct loops."""
+    cases = [((1, 32, 16, 16, 16), (1, 32, 1, 1, 1)), ((1, 64, 1, 28, 28), (256, 64, 1, 1, 1)),
+             ((2, 32, 8, 8, 8), (3, 32, 1, 1, 1)), ((1, 256, 1, 14, 14), (1024, 256, 1, 1, 1)),
+             ((8, 96, 1, 7, 7), (112, 96, 1, 1, 1)), ((1, 16, 1, 1, 4000), (8, 16, 1, 1, 1)),
+             ((1, 16, 1, 1, 4001), (8, 16, 1, 1, 1)), ((3, 24, 1, 12, 20), (40, 24, 1, 1, 1))]
+    script = "CASES = " + repr([(x, w, d) for x, w in cases for d in ("float32", "float64")])
+    done = subprocess.run([sys.executable, "-c", script + GUARDED_READS],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
 def test_variants_are_found():
