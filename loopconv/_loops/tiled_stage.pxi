@@ -200,8 +200,8 @@ cdef inline const element *staged_slice(const element *src, Py_ssize_t off,
                                         const Stage *st, Py_ssize_t key, element *buf,
                                         Py_ssize_t *staged_key) noexcept nogil:
     """The slice `key` of the source (at src + off) as the tiles read it: the source itself
-    where staging would copy it unchanged and every read of the tiles (up to st.size) stays
-    inside the source array (a 1x1 convolution); else this thread's buffer, staged unless it
+    where staging would copy it unchanged and every read of the tiles stays inside the source
+    array (reads_in_place: a 1x1 convolution); else this thread's buffer, staged unless it
     holds that slice already (staged_key: the key of the slice it holds, -1 for none)."""
     if reads_in_place(st, off):
         return src + off
