@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -321,7 +322,7 @@ print("ok")
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="guarded pages through Linux's mprotect")
-def test_in_place_reads_stay_inside_the_source():
+def test_in_place_reads_stay_inside_the_source(tmp_path):
     """A 1x1 convolution reads its source in place, the last image too where the tiles read
     nothing past it (grids of whole vectors): every pass of every build, with x and dy ending
     where an unreadable page begins, on grids of whole vectors and not, through the tiled
@@ -330,8 +331,12 @@ def test_in_place_reads_stay_inside_the_source():
              ((2, 32, 8, 8, 8), (3, 32, 1, 1, 1)), ((1, 256, 1, 14, 14), (1024, 256, 1, 1, 1)),
              ((8, 96, 1, 7, 7), (112, 96, 1, 1, 1)), ((1, 16, 1, 1, 4000), (8, 16, 1, 1, 1)),
              ((1, 16, 1, 1, 4001), (8, 16, 1, 1, 1)), ((3, 24, 1, 12, 20), (40, 24, 1, 1, 1))]
-    script = "CASES = " + repr([(x, w, d) for x, w in cases for d in ("float32", "float64")])
-    done = subprocess.run([sys.executable, "-c", script + GUARDED_READS],
+    # the child imports the loopconv this process imports (an installed wheel, or the built
+    # tree), not a source tree in its working directory
+    home = os.path.dirname(os.path.dirname(os.path.abspath(loopconv.__file__)))
+    script = (f"import sys; sys.path.insert(0, {home!r})\n" + "CASES = "
+              + repr([(x, w, d) for x, w in cases for d in ("float32", "float64")]))
+    done = subprocess.run([sys.executable, "-c", script + GUARDED_READS], cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
