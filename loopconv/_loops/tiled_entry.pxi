@@ -195,7 +195,7 @@ def forward(const element[:, :, :, :, ::1] x, const element[:, :, :, :, ::1] w,
                                         shape5(y.shape), stride, pad, dilation, groups,
                                         sizeof(element))
     cdef Product *p = &geo.p
-    cdef Py_ssize_t Og = w.shape[0] // groups, K = geo.phases[0].K, g
+    cdef Py_ssize_t Og = w.shape[0] // groups, K = geo.phases[0].K
     cdef Py_ssize_t mpad = round_up(Og, p.mr)
     cdef element[::1] apack = np.empty(1 if p.gathered else groups * mpad * K, dtype=dtype)
     if not p.gathered:
@@ -206,22 +206,28 @@ def forward(const element[:, :, :, :, ::1] x, const element[:, :, :, :, ::1] w,
                  geo.aoff, bias, y, num_threads)
 
 
+cdef _Geometry product_geometry(which, xshape, wshape, yshape, stride, pad, dilation,
+                                Py_ssize_t groups, Py_ssize_t itemsize):
+    """The geometry of the forward pass (`which` "forward") or the input gradient ("input"),
+    for the inspectors below."""
+    return tiled_geometry(PASS_FORWARD if which == "forward" else PASS_INPUT, tuple(xshape),
+                          tuple(wshape), tuple(yshape), stride, pad, dilation, groups, itemsize)
+
+
 def uses_pixel_tiles(which, xshape, wshape, yshape, stride, pad, dilation, Py_ssize_t groups,
                      Py_ssize_t itemsize):
     """Whether the forward pass (`which` "forward") or the input gradient ("input") of a
     convolution of these 5-D shapes runs as tiles of pixels by channels (pixel_tiles)."""
-    return bool(tiled_geometry(PASS_FORWARD if which == "forward" else PASS_INPUT,
-                               tuple(xshape), tuple(wshape), tuple(yshape), stride, pad,
-                               dilation, groups, itemsize).p.by_pixel)
+    return bool(product_geometry(which, xshape, wshape, yshape, stride, pad, dilation, groups,
+                                 itemsize).p.by_pixel)
 
 
 def product_plan(which, xshape, wshape, yshape, stride, pad, dilation, Py_ssize_t groups,
                  Py_ssize_t itemsize):
     """How the forward-style product of the forward pass (`which` "forward") or the input
     gradient ("input") of these 5-D shapes cuts its work (internal: for the tests)."""
-    cdef Product p = tiled_geometry(PASS_FORWARD if which == "forward" else PASS_INPUT,
-                                    tuple(xshape), tuple(wshape), tuple(yshape), stride, pad,
-                                    dilation, groups, itemsize).p
+    cdef Product p = product_geometry(which, xshape, wshape, yshape, stride, pad, dilation,
+                                      groups, itemsize).p
     return {"images": p.nimg, "image blocks": p.nib, "row blocks": p.nrb,
             "pixel tiles": bool(p.by_pixel), "weight read in place": bool(p.gathered)}
 
@@ -231,9 +237,8 @@ def grid_waste(which, xshape, wshape, yshape, stride, pad, dilation, Py_ssize_t 
     """The grid columns the forward-style product of the forward pass (`which` "forward") or
     the input gradient ("input") computes per pixel it writes (its phases' grids, junk
     included, over the pixels of y or dx): 1.0 without junk."""
-    cdef _Geometry geo = tiled_geometry(PASS_FORWARD if which == "forward" else PASS_INPUT,
-                                        tuple(xshape), tuple(wshape), tuple(yshape), stride,
-                                        pad, dilation, groups, itemsize)
+    cdef _Geometry geo = product_geometry(which, xshape, wshape, yshape, stride, pad, dilation,
+                                          groups, itemsize)
     cdef Py_ssize_t f, columns = 0
     for f in range(geo.p.nphase):
         columns += geo.phases[f].ncols
