@@ -21,6 +21,7 @@ cdef extern from "elements.h" nogil:
         LC_VEC_BYTES    # bytes of a vector
         LC_DWC_PX       # output pixels per block of the channel-blocked depthwise loops
     const char *LC_ISA
+    void lc_prefetch(const void *p)
     void lc_tile_b_f32(int mr, int nv, Py_ssize_t kc, const float *a, const float *b,
                        const Py_ssize_t *boff, float *c, Py_ssize_t ldc, int beta)
     void lc_tile_b_f64(int mr, int nv, Py_ssize_t kc, const double *a, const double *b,

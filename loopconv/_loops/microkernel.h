@@ -66,6 +66,14 @@
 #  endif
 #endif
 
+/* lc_prefetch(p): ask for the cache line at p ahead of its use (nothing where the compiler has no
+ * prefetch builtin). */
+#if defined(__GNUC__) || defined(__clang__)
+#  define lc_prefetch(p) __builtin_prefetch(p)
+#else
+#  define lc_prefetch(p) ((void)(p))
+#endif
+
 /* The tile in the forms the three passes need:
  *
  *   lc_tile_b_T:  C[i, j] (=, +=) sum_k a[mr * k + i] * b[boff[k] + j]        NR = nv vectors

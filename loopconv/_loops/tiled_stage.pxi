@@ -163,7 +163,13 @@ cdef void stage_image(const element *src, const Stage *st, element *out) noexcep
     cdef Py_ssize_t bounds[4]       # the staged columns inside, for phases 0 and 1 (once)
     row_bounds(0, lw, sw, W, Wq, bounds)
     row_bounds(1, lw, sw, W, Wq, bounds + 2)
+    cdef const char *nxt
+    cdef Py_ssize_t u, ahead = min(src_chan, STAGE_AHEAD) * sizeof(element)
     for c in range(nchan):
+        if c + 1 < nchan:
+            nxt = <const char *>(src + (c + 1) * src_chan)
+            for u in range(0, ahead, 64):
+                lc_prefetch(nxt + u)
         for pd in range(sd):
             for ph in range(sh):
                 # staged rows b_lo .. b_hi - 1 of this phase come from source rows inside
