@@ -341,6 +341,56 @@ def test_in_place_reads_stay_inside_the_source(tmp_path):
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+def test_aliasing_channels_get_a_gap(dtype):
+    """Staged channels whose size is a multiple of 2 KiB get a gap of a cache line (so that
+    the tiles' rows do not fall into a few cache sets); a 1x1 source that would be read in
+    place is then staged, where the product has 64 rows or more.  Every pass of every build,
+    on one to three threads, against the direct loops; bit-identical across thread counts."""
+    cases = [  # x, w, stride, padding; whether forward and input gradient have a gap
+        ((1, 64, 1, 32, 32), (64, 64, 1, 1, 1), (1, 1, 1), (0, 0, 0), True, True),
+        ((2, 16, 8, 16, 16), (80, 16, 1, 1, 1), (1, 1, 1), (0, 0, 0), True, False),
+        ((1, 8, 1, 64, 64), (16, 8, 1, 2, 2), (1, 2, 2), (0, 0, 0), True, False),
+        ((1, 32, 1, 32, 32), (8, 32, 1, 1, 1), (1, 1, 1), (0, 0, 0), False, False),
+        ((3, 64, 1, 16, 16), (64, 64, 1, 3, 3), (1, 1, 1), (0, 1, 1), False, False),
+    ]
+    rng = np.random.default_rng(5)
+    for x_shape, w_shape, stride, pad, gap_f, gap_i in cases:
+        y_shape = (x_shape[0], w_shape[0], x_shape[2]) + tuple(
+            (x_shape[a] + 2 * pad[a - 2] - w_shape[a]) // stride[a - 2] + 1 for a in (3, 4))
+        x = rng.standard_normal(x_shape).astype(dtype)
+        w = rng.standard_normal(w_shape).astype(dtype)
+        dy = rng.standard_normal(y_shape).astype(dtype)
+        args = (stride, pad, (1, 1, 1), 1)
+        none = np.empty(0, dtype)
+        want = {}
+        for name, module in [("direct", _loops.direct), *_loops.variants().items()]:
+            if name != "direct":
+                itemsize = np.dtype(dtype).itemsize
+                for which, gap in (("forward", gap_f), ("input", gap_i)):
+                    plan = module.product_plan(which, x_shape, w_shape, y_shape, *args, itemsize)
+                    assert (plan["channel gap"] > 0) == gap, (name, which, x_shape, w_shape)
+                    if gap:
+                        assert not plan["source read in place"]
+            first = None
+            for threads in (1, 2, 3):
+                y, dx, dw = (np.empty(s, dtype) for s in (y_shape, x_shape, w_shape))
+                module.forward(x, w, none, y, *args, threads)
+                module.grad_input(dy, w, none, dx, *args, threads)
+                module.grad_weight(x, dy, dw, *args, threads)
+                got = [y, dx, dw]
+                if first is None:
+                    first = got
+                for g, f in zip(got, first):
+                    assert np.array_equal(g, f), (name, threads, x_shape, w_shape)
+            if not want:
+                want = {"y": y, "dx": dx, "dw": dw}
+            for g, key in zip(first, ("y", "dx", "dw")):
+                r = want[key]
+                tol = 1e-4 if dtype == np.float32 else 1e-10
+                assert np.abs(g - r).max() <= tol * (1 + np.abs(r).max()), (name, key, x_shape)
+
+
 def test_variants_are_found():
     found = _loops.variants()
     assert "baseline" in found

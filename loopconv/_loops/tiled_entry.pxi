@@ -172,7 +172,8 @@ cdef void forward_product(Product *p, Phase *ph, tuple xshape, tuple wshape, tup
     cdef Py_ssize_t NR = LC_NV_B * LC_VEC_BYTES // itemsize, Cg = wshape[1]
     size, out, ksize = xshape[2:], yshape[2:], wshape[2:]
     set_stage(&p.st, size, tuple(stride), tuple(pad),
-              x_stage_shared(size, out, ksize, stride, pad, dilation), Cg, NR, math.prod(xshape))
+              x_stage_shared(size, out, ksize, stride, pad, dilation), Cg, NR, math.prod(xshape),
+              itemsize, wshape[0] // groups >= SPREAD_ROWS)
     set_product(p, xshape[0], groups, xshape[1], wshape[0], out)
     set_phase(ph, &p.st, Cg * math.prod(ksize), 0, out, 0, (out[1] * out[2], out[2], 1), NR)
     p.nphase = 1
@@ -229,7 +230,8 @@ def product_plan(which, xshape, wshape, yshape, stride, pad, dilation, Py_ssize_
     cdef Product p = product_geometry(which, xshape, wshape, yshape, stride, pad, dilation,
                                       groups, itemsize).p
     return {"images": p.nimg, "image blocks": p.nib, "row blocks": p.nrb,
-            "pixel tiles": bool(p.by_pixel), "weight read in place": bool(p.gathered)}
+            "pixel tiles": bool(p.by_pixel), "weight read in place": bool(p.gathered),
+            "channel gap": p.st.gap, "source read in place": bool(p.st.identity)}
 
 
 def grid_waste(which, xshape, wshape, yshape, stride, pad, dilation, Py_ssize_t groups,
@@ -306,7 +308,8 @@ cdef tuple input_product(Product *p, tuple dyshape, tuple wshape, tuple dxshape,
     size, out, ksize = dxshape[2:], dyshape[2:], wshape[2:]
     axes = input_phases(size, ksize, stride, pad, dilation)
     lead, q = dy_stage(axes, out)
-    set_stage(&p.st, out, (1, 1, 1), lead, q, Og, NR, math.prod(dyshape))
+    set_stage(&p.st, out, (1, 1, 1), lead, q, Og, NR, math.prod(dyshape), itemsize,
+              wshape[1] >= SPREAD_ROWS)
     set_product(p, dxshape[0], groups, wshape[0], dxshape[1], size)
     p.nphase = len(axes[0]) * len(axes[1]) * len(axes[2])
     cdef Phase *phases = <Phase *> malloc(p.nphase * sizeof(Phase))
@@ -477,7 +480,8 @@ cdef void set_weight(WeightProduct *p, tuple xs, tuple ws, tuple ys, stride, pad
     p.mr = LC_KR_D if p.lanes else LC_MR_A1 if p.narrow else LC_MR_A
     p.block = PC_D_BYTES // itemsize if p.lanes else PC * 4 // itemsize
     set_stage(&p.st, size, tuple(stride), tuple(pad),
-              x_stage_shared(size, out, ksize, stride, pad, dilation), ws[1], p.NR, x_size)
+              x_stage_shared(size, out, ksize, stride, pad, dilation), ws[1], p.NR, x_size,
+              itemsize)
     set_weight_product(p, xs[0], groups, xs[1], ws[0], ws[1] * ksize[0] * ksize[1] * ksize[2],
                        out)
     weight_images(p, VW)

@@ -11,7 +11,10 @@ cdef struct Stage:
     Py_ssize_t plane        # Dq * Hq * Wq: one image's staged grid
     Py_ssize_t nimg         # images staged together (the weight gradient's small images)
     Py_ssize_t pstep        # staged elements per phase: the images' planes, nimg * plane
-    Py_ssize_t chan         # staged elements per channel (phases * pstep)
+    Py_ssize_t chan         # staged elements per channel (phases * pstep, and gap)
+    Py_ssize_t gap          # zeros after each staged channel (set_stage_images), or 0
+    Py_ssize_t itemsize     # bytes of an element, where a gap may be set; 0: never a gap
+    bint spread             # a slice read in place whose channels alias is staged instead
     Py_ssize_t nchan        # channels per (image, group)
     Py_ssize_t src_chan     # source elements per channel
     Py_ssize_t size         # elements in all
@@ -186,11 +189,22 @@ cdef void stage_image(const element *src, const Stage *st, element *out) noexcep
                                         b_hi - b_lo, pstep, Wq, W, sh, sw, lw, bounds)
 
 
+cdef void zero_gaps(const Stage *st, element *out) noexcept nogil:
+    """The zeros of a staged buffer at out outside its channels' data: the gaps after each
+    channel (st.gap) and the slack after the last one, up to st.size."""
+    cdef Py_ssize_t c
+    if st.gap:
+        for c in range(1, st.nchan):
+            memset(out + c * st.chan - st.gap, 0, st.gap * sizeof(element))
+    memset(out + st.nchan * st.chan - st.gap, 0,
+           (st.size - st.nchan * st.chan + st.gap) * sizeof(element))
+
+
 cdef void stage_slice(const element *src, const Stage *st, element *out) noexcept nogil:
-    """out = the staged copy of one (image, group) slice at src (stage_image), and zeros
-    after the last channel up to st.size."""
+    """out = the staged copy of one (image, group) slice at src (stage_image), and its zeros
+    (zero_gaps)."""
     stage_image(src, st, out)
-    memset(out + st.nchan * st.chan, 0, (st.size - st.nchan * st.chan) * sizeof(element))
+    zero_gaps(st, out)
 
 
 cdef inline bint reads_in_place(const Stage *st, Py_ssize_t off) noexcept nogil:
@@ -244,7 +258,7 @@ cdef const element *staged_block(const element *src, Py_ssize_t off, Py_ssize_t 
     the tiles read it: staged_slice for blocks of one image, else this thread's buffer, staged
     unless it holds that block already; the places of images missing from the last block are
     zero, so that the junk columns after the last image read finite values."""
-    cdef Py_ssize_t n, c, f, nphase = st.chan // st.pstep
+    cdef Py_ssize_t n, c, f, nphase = st.step[0] * st.step[1] * st.step[2]
     if st.nimg == 1:
         return staged_slice(src, off, st, key, buf, staged_key)
     if staged_key[0] != key:
@@ -255,7 +269,7 @@ cdef const element *staged_block(const element *src, Py_ssize_t off, Py_ssize_t 
                 for f in range(nphase):
                     memset(buf + c * st.chan + f * st.pstep + nimg * st.plane, 0,
                            (st.nimg - nimg) * st.plane * sizeof(element))
-        memset(buf + st.nchan * st.chan, 0, (st.size - st.nchan * st.chan) * sizeof(element))
+        zero_gaps(st, buf)
         staged_key[0] = key
     return buf
 
@@ -299,12 +313,17 @@ cdef Py_ssize_t grid_columns(Py_ssize_t q0, Py_ssize_t n, const Py_ssize_t *q,
 # The geometry of a pass, set up by the entry points (with the GIL: from Python tuples).
 
 cdef void set_stage(Stage *st, tuple dim, tuple step, tuple lead, tuple q, Py_ssize_t nchan,
-                    Py_ssize_t NR, Py_ssize_t src_size):
+                    Py_ssize_t NR, Py_ssize_t src_size, Py_ssize_t itemsize=0,
+                    bint spread=False):
     """The staging of nchan channels of a source with spatial sizes dim (src_size elements in
     all): step phases per axis, the first staged index at source index -lead, q staged indices
     per phase; NR elements of zeros at least after the last channel, for the tiles that read
-    past it."""
+    past it.  With the itemsize of the elements (the tiled loops), staged channels whose size
+    would alias in the caches get a gap, and with `spread` so does a source that would be read
+    in place (set_stage_images)."""
     cdef int a
+    st.itemsize = itemsize
+    st.spread = spread
     for a in range(3):
         st.dim[a] = dim[a]
         st.step[a] = step[a]
@@ -328,10 +347,23 @@ cdef void set_stage_images(Stage *st, Py_ssize_t nimg, Py_ssize_t NR) noexcept n
     st.nimg = nimg
     st.pstep = nimg * st.plane
     st.chan = st.step[0] * st.step[1] * st.step[2] * st.pstep
+    # The forward-style tiles read a row of B per (channel, tap), the channels chan apart.
+    # Where chan is a multiple of ALIAS_BYTES the rows of a pass fall into a few sets of the
+    # caches and evict each other: a 256 -> 256 channel 1x1x1 layer on 32^3 (planes of 128
+    # KiB) took 1.38x the time of one on 31 x 32 x 33.  A gap of one cache line after each
+    # staged channel spreads them.  A source read in place has no room for it: with `spread`
+    # (products of many rows, for which the copy costs less than the evictions) it is staged
+    # instead.  The tiles of the weight gradient read their rows along the pixels, a few
+    # streams at a time: copying for them was slower (0.92-0.98).
+    st.gap = 0
+    if (st.itemsize > 0 and st.nchan > 1 and (st.chan * st.itemsize) % ALIAS_BYTES == 0
+            and (st.spread or not st.identity or nimg > 1)):
+        st.gap = max(1, 64 // st.itemsize)
+        st.chan += st.gap
     # zeros after: tiles may read NR past, and the last rows of a staging whose zeros are
     # shared (shared_zeros) read up to lead[1] rows and lead[2] columns past
     st.size = round_up(st.nchan * st.chan + NR + st.lead[1] * st.q[2] + st.lead[2], 16)
-    st.identity = st.identity and nimg == 1
+    st.identity = st.identity and nimg == 1 and st.gap == 0
     st.overrun = st.size - st.nchan * st.chan      # (set_overrun narrows it)
 
 
