@@ -278,6 +278,23 @@ def test_image_blocks_are_even(batch, which):
     assert batch < 5 or images > 1
 
 
+@pytest.mark.parametrize("size", [7, 14, 28, 33, 56, 100])
+def test_weight_steps_are_even(size):
+    """The weight gradient's reduction steps of one image are as even as they go (a 28x28
+    image's 811 grid columns in steps of 208 and 187, not 256 and a last one of 43, which left
+    one thread of two idle for a third of the pass): the last step is short by less than a
+    vector of columns per step."""
+    shapes = ((1, 64, 1, size, size), (64, 64, 1, 3, 3), (1, 64, 1, size, size))
+    for itemsize in (4, 8):
+        for module in _loops.variants().values():
+            plan = module.weight_plan(*shapes, (1, 1, 1), (0, 1, 1), (1, 1, 1), 1, itemsize)
+            if plan["images"] != 1:
+                continue
+            columns, block, steps = plan["columns"], plan["block"], plan["steps"]
+            assert (steps - 1) * block < columns <= steps * block
+            assert columns - (steps - 1) * block > block - steps * 64 // itemsize
+
+
 # Run in a child process: a read past the guarded end faults, and the test fails instead of
 # the test run ending.  The source arrays end where an unreadable page begins.
 GUARDED_READS = r"""

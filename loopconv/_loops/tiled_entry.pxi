@@ -426,6 +426,7 @@ cdef void weight_images(WeightProduct *p, Py_ssize_t VW) noexcept nogil:
     of lc_tile_d costs VW * VW columns more (its lane sums: as many adds as VW vectors of
     columns), one of lc_tile_a STEP_COLUMNS_A."""
     cdef Py_ssize_t per_step = VW * VW if p.lanes else STEP_COLUMNS_A, n, most, best = 1
+    cdef Py_ssize_t full, nb
     most = min(p.N, BLOCK_STEPS * p.block // p.st.plane,
                STAGED_IMAGES // max(p.st.nchan * p.st.chan, 1))
     if p.ncols >= p.block:      # an image fills a step: its staging (or none) as it is
@@ -436,6 +437,12 @@ cdef void weight_images(WeightProduct *p, Py_ssize_t VW) noexcept nogil:
     set_stage_images(&p.st, best, p.NR)
     p.nimg = best
     p.nib = (p.N + best - 1) // best
+    # steps as even as they go: a 28x28 image's 811 grid columns in 4 steps of 208 and 187,
+    # not 3 of 256 and one of 43, which made a short last chunk and left a thread of two idle
+    # for a third of a batch-1 weight gradient
+    full = block_columns(p, best)
+    nb = (full + p.block - 1) // p.block
+    p.block = round_up((full + nb - 1) // nb, VW)
     p.nblk = (block_columns(p, best) + p.block - 1) // p.block
     p.nblk_last = (block_columns(p, p.N - (p.nib - 1) * best) + p.block - 1) // p.block
     p.nsteps = (p.nib - 1) * p.nblk + p.nblk_last
