@@ -362,13 +362,14 @@ def test_in_place_reads_stay_inside_the_source(tmp_path):
 def test_aliasing_channels_get_a_gap(dtype):
     """Staged channels whose size is a multiple of 2 KiB get a gap of a cache line (so that
     the tiles' rows do not fall into a few cache sets); a 1x1 source that would be read in
-    place is then staged, where the product has 64 rows or more.  Every pass of every build,
+    place is then staged, where the product has 32 rows or more.  Every pass of every build,
     on one to three threads, against the direct loops; bit-identical across thread counts."""
     cases = [  # x, w, stride, padding; whether forward and input gradient have a gap
         ((1, 64, 1, 32, 32), (64, 64, 1, 1, 1), (1, 1, 1), (0, 0, 0), True, True),
         ((2, 16, 8, 16, 16), (80, 16, 1, 1, 1), (1, 1, 1), (0, 0, 0), True, False),
         ((1, 8, 1, 64, 64), (16, 8, 1, 2, 2), (1, 2, 2), (0, 0, 0), True, False),
-        ((1, 32, 1, 32, 32), (8, 32, 1, 1, 1), (1, 1, 1), (0, 0, 0), False, False),
+        ((1, 32, 1, 32, 32), (8, 32, 1, 1, 1), (1, 1, 1), (0, 0, 0), False, True),
+        ((1, 16, 1, 32, 32), (8, 16, 1, 1, 1), (1, 1, 1), (0, 0, 0), False, False),
         ((3, 64, 1, 16, 16), (64, 64, 1, 3, 3), (1, 1, 1), (0, 1, 1), False, False),
     ]
     rng = np.random.default_rng(5)

@@ -87,10 +87,11 @@ cdef enum:
     MAX_NR = 64     # at least the columns of any forward-style tile
     # ALIAS_BYTES: staged channels whose size in bytes is a multiple of this get a gap of a
     # cache line (set_stage_images); SPREAD_ROWS: forward-style products of at least this many
-    # rows (output channels per group) copy such a source rather than read it in place (a
-    # 32 -> 1 channel 1x1x1 head on 64^3 took 1.5x as long with the copy)
+    # rows (output channels per group) copy such a source rather than read it in place.  With
+    # the copy, 1x1 layers on 32x32 and 64x64 at 32 and 48 output channels 1.04-1.22x faster,
+    # at 16 0.81x, a 32 -> 1 channel head on 64^3 0.67x
     ALIAS_BYTES = 2048
-    SPREAD_ROWS = 64
+    SPREAD_ROWS = 32
     # STAGE_AHEAD: elements of the next source channel that staging asks for (prefetches)
     # before it stages a channel.  Staging a stride-2 slice ran at a third of a copy's speed,
     # waiting for the first line of each short source row: ResNeXt's stride-2 grouped 3x3 on
