@@ -85,6 +85,9 @@ cdef enum:
     # panels), and the lanes are summed once per call
     PC_D_BYTES = 2048
     MAX_NR = 64     # at least the columns of any forward-style tile
+    # DENSE_SHORT: dense products with rows of one vector up to this many, for at most
+    # LC_MR_B images, run with vectors along the outputs (dense_short)
+    DENSE_SHORT = 2
     # ALIAS_BYTES: staged channels whose size in bytes is a multiple of this get a gap of a
     # cache line (set_stage_images); SPREAD_ROWS: forward-style products of at least this many
     # rows (output channels per group) copy such a source rather than read it in place.  With
