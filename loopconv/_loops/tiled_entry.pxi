@@ -661,7 +661,8 @@ cdef void dense_short(const element[:, ::1] cols, const element[:, ::1] w, eleme
     to whole vectors), then lc_tile_b tiles of the images' rows (packed, k outermost) by NR
     outputs, each output summed over k in order.  The dot products along k spent most of their
     time summing the lanes: a 28 -> 672 channel squeeze-and-excitation layer at batch 1 took
-    8.7 us, 5.6 us so, at batch 8 31.8 and 6.9 us (one thread; rows of 16 to 31: 1.4-2.2x).
+    8.7 us, 5.6 us so, at batch 8 31.8 and 6.9 us (rows of 16 to 31: 1.1-3.8x, one and two
+    threads).
     Shorter rows (no whole vector: the old loops sum them element by element) and float64
     (8 lanes) were as fast or faster the old way (0.6-1.2x)."""
     cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element), NR = LC_NV_B * VW
