@@ -19,7 +19,7 @@ from common import (
 )
 
 import loopconv
-from loopconv import _loops, functional
+from loopconv import _loops, _problem, functional
 
 
 def fn(nd, suffix=""):
@@ -528,3 +528,43 @@ def test_non_finite_values_stay_local(rng, x_shape, w_shape, kw, dtype):
     for g, e in zip(got, expected):
         assert 0 < np.count_nonzero(~np.isfinite(e)) < e.size
         np.testing.assert_array_equal(np.isfinite(g), np.isfinite(e))
+
+
+STRIDED_1X1 = [  # x, w, stride, padding; whether the forward pass and weight gradient sample x
+    ((2, 64, 15, 14), (96, 64, 1, 1), 2, 0, True),
+    ((1, 32, 9, 10, 11), (48, 32, 1, 1, 1), (2, 3, 1), 0, True),
+    ((3, 64, 40), (80, 64, 1), 3, 0, True),
+    ((2, 64, 14, 14), (96, 64, 1, 1), 2, 1, False),
+    ((2, 64, 14, 14), (96, 64, 1, 1), 2, ((0, 1), (0, 1)), False),
+    ((2, 64, 14, 14), (96, 64, 3, 3), 2, 0, False),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+@pytest.mark.parametrize("x_shape, w_shape, stride, padding, sampled", STRIDED_1X1)
+def test_strided_1x1_reads_the_sampled_pixels(rng, assert_close, dtype, x_shape, w_shape, stride,
+                                              padding, sampled):
+    """A 1x1 convolution with a stride and no padding that reaches an output runs its forward
+    pass and weight gradient as the stride-1 convolution of x's pixels at multiples of the
+    stride (a strided copy); every pass against the reference, the same bits on 1 and 2
+    threads, the caller's arrays unchanged."""
+    nd = len(x_shape) - 2
+    kw = dict(stride=stride, padding=padding)
+    problem = _problem.conv(f"conv{nd}d", nd, np.zeros(x_shape, dtype), np.zeros(w_shape, dtype),
+                            None, stride, padding, 1, 1, "zeros")[0]
+    assert (_loops.Plan(problem)._sampled is not None) == sampled
+    x, w, _, gy = conv_arrays(rng, x_shape, w_shape, kw, dtype)
+    before = (x.copy(), w.copy(), gy.copy())
+    got = {}
+    for threads in (1, 2):
+        with loopconv.threads(threads):
+            got[threads] = (fn(nd, "")(x, w, **kw), fn(nd, "_weight")(x, w_shape, gy, **kw),
+                            fn(nd, "_input")(x_shape, w, gy, **kw))
+    for a, b in zip(got[1], got[2]):
+        assert np.array_equal(a, b)
+    y, dw, dx = got[1]
+    assert_close(y, reference.conv(x, w, **kw), dtype)
+    assert_close(dw, reference.conv_weight(x, w_shape, gy, **kw), dtype)
+    assert_close(dx, reference.conv_input(x_shape, w, gy, **kw), dtype)
+    for a, b in zip((x, w, gy), before):
+        assert np.array_equal(a, b)

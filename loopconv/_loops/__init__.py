@@ -456,7 +456,7 @@ class Plan:
     """
 
     __slots__ = ("problem", "shapes", "five", "args", "dtype", "unbatched", "loops", "_direct",
-                 "_no_bias")
+                 "_no_bias", "_sampled")
 
     def __init__(self, problem):
         self.problem = problem
@@ -470,6 +470,26 @@ class Plan:
                                     problem.unbatched)
                         if self.loops.family is direct else None)
         self._no_bias = np.empty(0, self.dtype)
+        self._sampled = self._sampled_loops()
+
+    def _sampled_loops(self):
+        """For a strided convolution with a 1x1 kernel that reads only the input's pixels at
+        multiples of the stride (no padding before, none after that reaches an output): the
+        loops of the stride-1 convolution of those pixels, which the forward pass and the
+        weight gradient run on a strided copy of x; else None.  The strided loops stage every
+        stride phase of x and read one: with the copy, ResNet-50's 1x1 stride-2 layers' weight
+        gradients 1.1-1.47x, forward passes 0.95-1.28x (mostly above 1), one and two threads."""
+        x5, w5, y5 = self.five
+        stride, pad = self.args[0], self.args[1]
+        if (self._direct is not None or max(stride) == 1 or any(pad) or any(k != 1 for k in w5[2:])
+                or any(-(-x // s) != y for x, s, y in zip(x5[2:], stride, y5[2:]))):
+            return None
+        return choose(y5, w5, _ONES, self.problem.groups)
+
+    def _sample(self, x5):
+        """x's pixels at multiples of the stride, as the stride-1 problem's C-ordered input."""
+        s = self.args[0]
+        return np.ascontiguousarray(x5[:, :, ::s[0], ::s[1], ::s[2]])
 
     def _in(self, arr, which):
         return np.ascontiguousarray(arr, dtype=self.dtype).reshape(self.five[which])
@@ -489,6 +509,12 @@ class Plan:
         if self._direct is not None:
             return self._direct.forward(x, w, bias)
         y, y5 = self._out(2)
+        if self._sampled is not None:
+            loops = self._sampled
+            loops.forward(self._sample(self._in(x, 0)), self._in(w, 1), self._bias(bias), y5,
+                          _ONES, _ZEROS, _ONES, self.args[3],
+                          _threads(loops.family, num_threads()))
+            return self._result(y)
         self.loops.forward(self._in(x, 0), self._in(w, 1), self._bias(bias), y5, *self.args,
                            _threads(self.loops.family, num_threads()))
         return self._result(y)
@@ -508,6 +534,11 @@ class Plan:
         if self._direct is not None:
             return self._direct.grad_weight(x, dy)
         dw, dw5 = self._out(1)
+        if self._sampled is not None:
+            loops = self._sampled
+            loops.grad_weight(self._sample(self._in(x, 0)), self._in(dy, 2), dw5, _ONES,
+                              _ZEROS, _ONES, self.args[3], _threads(loops.family, num_threads()))
+            return dw
         self.loops.grad_weight(self._in(x, 0), self._in(dy, 2), dw5, *self.args,
                                _threads(self.loops.family, num_threads()))
         return dw
