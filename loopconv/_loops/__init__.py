@@ -456,7 +456,7 @@ class Plan:
     """
 
     __slots__ = ("problem", "shapes", "five", "args", "dtype", "unbatched", "loops", "_direct",
-                 "_no_bias", "_sampled")
+                 "_no_bias", "_sampled", "_x_loops", "_x_args")
 
     def __init__(self, problem):
         self.problem = problem
@@ -471,6 +471,10 @@ class Plan:
                         if self.loops.family is direct else None)
         self._no_bias = np.empty(0, self.dtype)
         self._sampled = self._sampled_loops()
+        # the loops and arguments of the passes that read x (forward, weight gradient), on x as
+        # `_x` gives it: the stride-1 problem of the sampled pixels, or this one
+        self._x_loops, self._x_args = ((self._sampled, (_ONES, _ZEROS, _ONES, problem.groups))
+                                       if self._sampled is not None else (self.loops, self.args))
 
     def _sampled_loops(self):
         """For a strided convolution with a 1x1 kernel that reads only the input's pixels at
@@ -486,8 +490,12 @@ class Plan:
             return None
         return choose(y5, w5, _ONES, self.problem.groups)
 
-    def _sample(self, x5):
-        """x's pixels at multiples of the stride, as the stride-1 problem's C-ordered input."""
+    def _x(self, x):
+        """x as the passes that read it take it (`_x_loops`): 5-D and C-ordered, and where the
+        problem is sampled, its pixels at multiples of the stride (a strided copy)."""
+        x5 = self._in(x, 0)
+        if self._sampled is None:
+            return x5
         s = self.args[0]
         return np.ascontiguousarray(x5[:, :, ::s[0], ::s[1], ::s[2]])
 
@@ -509,14 +517,9 @@ class Plan:
         if self._direct is not None:
             return self._direct.forward(x, w, bias)
         y, y5 = self._out(2)
-        if self._sampled is not None:
-            loops = self._sampled
-            loops.forward(self._sample(self._in(x, 0)), self._in(w, 1), self._bias(bias), y5,
-                          _ONES, _ZEROS, _ONES, self.args[3],
-                          _threads(loops.family, num_threads()))
-            return self._result(y)
-        self.loops.forward(self._in(x, 0), self._in(w, 1), self._bias(bias), y5, *self.args,
-                           _threads(self.loops.family, num_threads()))
+        loops = self._x_loops
+        loops.forward(self._x(x), self._in(w, 1), self._bias(bias), y5, *self._x_args,
+                      _threads(loops.family, num_threads()))
         return self._result(y)
 
     def grad_input(self, dy, w, bias, num_threads):
@@ -534,13 +537,9 @@ class Plan:
         if self._direct is not None:
             return self._direct.grad_weight(x, dy)
         dw, dw5 = self._out(1)
-        if self._sampled is not None:
-            loops = self._sampled
-            loops.grad_weight(self._sample(self._in(x, 0)), self._in(dy, 2), dw5, _ONES,
-                              _ZEROS, _ONES, self.args[3], _threads(loops.family, num_threads()))
-            return dw
-        self.loops.grad_weight(self._in(x, 0), self._in(dy, 2), dw5, *self.args,
-                               _threads(self.loops.family, num_threads()))
+        loops = self._x_loops
+        loops.grad_weight(self._x(x), self._in(dy, 2), dw5, *self._x_args,
+                          _threads(loops.family, num_threads()))
         return dw
 
     def grad_bias(self, dy):
