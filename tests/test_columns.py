@@ -349,12 +349,14 @@ def dense_cases(count, seed):
     """Random sizes of tiled.dense: 1 to 8 rows of columns (images), 1 to 100 columns (some
     below a vector, most not a multiple of one), 1 to 40 outputs (some below a tile); and
     chosen ones, among them rows of one to two 16-lane vectors (dense_short with AVX-512 in
-    float32), with partial vectors and tiles of outputs."""
+    float32), with partial vectors and tiles of outputs, and a last block of one image (the
+    one-row tile)."""
     rng = np.random.default_rng(seed)
     return [(int(rng.integers(1, 9)), int(rng.integers(1, 101)), int(rng.integers(1, 41)))
             for _ in range(count)] + [(1, 64, 1536), (8, 1536, 64), (3, 16, 8), (1, 1, 1),
                                       (1, 28, 672), (8, 16, 100), (5, 31, 17), (2, 20, 49),
-                                      (1, 16, 1), (7, 24, 1536), (3, 17, 48)]
+                                      (1, 16, 1), (7, 24, 1536), (3, 17, 48), (1, 48, 1150),
+                                      (4, 50, 9)]
 
 
 @pytest.mark.parametrize("variant", list(_loops.variants()))

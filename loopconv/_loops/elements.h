@@ -3,10 +3,11 @@
  * tiles, lane transposes) and depthwise.h, instantiated once per type.
  *
  * LC_ELEMENT(SUFFIX, T, BYTES) defines, for the C type T of BYTES bytes, lc_tile_{b,g,a,d}_SUFFIX,
- * lc_transpose_SUFFIX, lc_dw_*_SUFFIX and lc_dwc_*_SUFFIX.  A new type is one line here, its
- * member of the fused type and its kernel selections in elements.pxd, and its place in the
- * dtype policy (loopconv/_args.py).  The 512-bit lane transposes exist for 4- and 8-byte types
- * (microkernel.h, LC_TRANSPOSE_SHUFFLES_4 and _8); another size needs its own there.
+ * lc_lane_sums_SUFFIX, lc_transpose_SUFFIX, lc_dw_*_SUFFIX and lc_dwc_*_SUFFIX.  A new type is
+ * one line here, its member of the fused type and its kernel selections in elements.pxd, and
+ * its place in the dtype policy (loopconv/_args.py).  The 512-bit lane transposes and lane sums
+ * exist for 4- and 8-byte types (microkernel.h, LC_TRANSPOSE_SHUFFLES_4 and _8, LC_LANE_TREE_4
+ * and _8); another size needs its own there.
  */
 #ifndef LOOPCONV_ELEMENTS_H
 #define LOOPCONV_ELEMENTS_H
@@ -17,7 +18,7 @@
 #define LC_ELEMENT(SUFFIX, T, BYTES)                                                      \
 _Static_assert(sizeof(T) == BYTES, #T " is not " #BYTES " bytes");                        \
 _Static_assert(LC_NV_B * LC_VEC_BYTES / BYTES <= 64, "forward-style tile wider than 64"); \
-LC_DEFINE_TILES(SUFFIX, T)                                                                \
+LC_DEFINE_TILES(SUFFIX, T, BYTES)                                                         \
 LC_DEFINE_WEIGHT_TILES(SUFFIX, T)                                                         \
 LC_DEFINE_TRANSPOSE(SUFFIX, T, BYTES)                                                     \
 LC_DEFINE_DEPTHWISE(SUFFIX, T)

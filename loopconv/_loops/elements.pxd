@@ -42,10 +42,10 @@ cdef extern from "elements.h" nogil:
     void lc_tile_m_f64(int nv, Py_ssize_t kc, const double *a, const Py_ssize_t *aoff,
                        const Py_ssize_t *cmap, const double *b, double *c, Py_ssize_t ldc,
                        int beta)
-    void lc_tile_d_f32(Py_ssize_t kc, const float *a, const Py_ssize_t *aoff, const float *b,
-                       Py_ssize_t ldb, float *c, Py_ssize_t ldc, int beta)
-    void lc_tile_d_f64(Py_ssize_t kc, const double *a, const Py_ssize_t *aoff, const double *b,
-                       Py_ssize_t ldb, double *c, Py_ssize_t ldc, int beta)
+    void lc_tile_d_f32(int kr, Py_ssize_t kc, const float *a, const Py_ssize_t *aoff,
+                       const float *b, Py_ssize_t ldb, float *c, Py_ssize_t ldc, int beta)
+    void lc_tile_d_f64(int kr, Py_ssize_t kc, const double *a, const Py_ssize_t *aoff,
+                       const double *b, Py_ssize_t ldb, double *c, Py_ssize_t ldc, int beta)
     void lc_transpose_f32(const float *src, Py_ssize_t lds, float *dst, Py_ssize_t ldd)
     void lc_transpose_f64(const double *src, Py_ssize_t lds, double *dst, Py_ssize_t ldd)
     void lc_dw_rows_f32(Py_ssize_t nk, const float *w, const Py_ssize_t *off, const float *src,
@@ -147,14 +147,15 @@ cdef inline void tile_m(int nv, Py_ssize_t kc, const element *a, const Py_ssize_
         lc_tile_m_f64(nv, kc, a, aoff, cmap, b, c, ldc, beta)
 
 
-cdef inline void tile_d(Py_ssize_t kc, const element *a, const Py_ssize_t *aoff,
+cdef inline void tile_d(int kr, Py_ssize_t kc, const element *a, const Py_ssize_t *aoff,
                         const element *b, Py_ssize_t ldb, element *c, Py_ssize_t ldc,
                         bint beta) noexcept nogil:
-    """The weight-gradient tile for few output channels, summing along the lanes."""
+    """The tile summing along the lanes (weight gradients for few output channels, dense
+    products), of kr = 1 or LC_KR_D rows."""
     if element is float:
-        lc_tile_d_f32(kc, a, aoff, b, ldb, c, ldc, beta)
+        lc_tile_d_f32(kr, kc, a, aoff, b, ldb, c, ldc, beta)
     else:
-        lc_tile_d_f64(kc, a, aoff, b, ldb, c, ldc, beta)
+        lc_tile_d_f64(kr, kc, a, aoff, b, ldb, c, ldc, beta)
 
 
 cdef inline void transpose_block(const element *src, Py_ssize_t lds, element *dst,

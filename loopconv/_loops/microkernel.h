@@ -96,10 +96,11 @@
  *                 compute half zeros)
  *   lc_tile_m_T:  lc_tile_a with A's columns through a map, a[aoff[i] + cmap[k]]: the
  *                 columns of a grid that are not junk (weight gradients on small 3-D grids)
- *   lc_tile_d_T:  C[i, j] (=, +=) sum_k a[aoff[i] + k] * b[j * ldb + k]       KR_D x OR_D
+ *   lc_tile_d_T:  C[i, j] (=, +=) sum_k a[aoff[i] + k] * b[j * ldb + k]       kr x OR_D
  *                 rows of A and B read in place, the vectors run along k and are summed at
  *                 the end, lanes in a fixed order (weight gradient with few output channels,
- *                 where transposing dy for lc_tile_a costs as much as the arithmetic);
+ *                 where transposing dy for lc_tile_a costs as much as the arithmetic; dense
+ *                 products); kr is 1 or KR_D rows (one: a dense product of one image);
  *                 kc must be a multiple of the vector width
  */
 #if defined(__GNUC__) || defined(__clang__)
@@ -219,9 +220,10 @@ static inline void lc_tile_m##NV##_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a
     }
 
 /* The aligned(sizeof(T)) twin of each vector type is for unaligned loads and stores. */
-#  define LC_DEFINE_TILES(SUFFIX, T)                                                     \
+#  define LC_DEFINE_TILES(SUFFIX, T, BYTES)                                              \
 typedef T lc_vec_##SUFFIX __attribute__((vector_size(LC_VEC_BYTES)));                   \
 typedef T lc_uvec_##SUFFIX __attribute__((vector_size(LC_VEC_BYTES), aligned(sizeof(T)))); \
+LC_DEFINE_LANE_SUMS(SUFFIX, T, BYTES)                                                   \
 LC_TILE_B_ROWS(SUFFIX, T, r1, 1)                                                        \
 LC_TILE_B_ROWS(SUFFIX, T, r2, 2)                                                        \
 LC_TILE_B_ROWS(SUFFIX, T, r4, 4)                                                        \
@@ -254,33 +256,39 @@ static void lc_tile_g_##SUFFIX(int mr, int nv, ptrdiff_t kc, const T *a,        
 }                                                                                       \
 LC_TILE_AM(SUFFIX, T, 2, LC_MR_A)                                                       \
 LC_TILE_AM(SUFFIX, T, 1, LC_MR_A1)                                                      \
-static inline void lc_tile_d_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,             \
+LC_TILE_D_ROWS(SUFFIX, T, 1, 1)                                                         \
+LC_TILE_D_ROWS(SUFFIX, T, full, LC_KR_D)                                                \
+static inline void lc_tile_d_##SUFFIX(int kr, ptrdiff_t kc, const T *a,                 \
+        const ptrdiff_t *aoff, const T *b, ptrdiff_t ldb, T *c, ptrdiff_t ldc, int beta) \
+{                                                                                       \
+    if (kr == 1) lc_tile_d1_##SUFFIX(kc, a, aoff, b, ldb, c, ldc, beta);                \
+    else lc_tile_dfull_##SUFFIX(kc, a, aoff, b, ldb, c, ldc, beta);                     \
+}
+
+/* lc_tile_d with KR rows; each row's OR_D sums by lc_lane_sums (LC_DEFINE_LANE_SUMS) */
+#  define LC_TILE_D_ROWS(SUFFIX, T, NAME, KR)                                            \
+static inline void lc_tile_d##NAME##_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,     \
         const ptrdiff_t *LC_RESTRICT aoff, const T *LC_RESTRICT b, ptrdiff_t ldb,       \
         T *LC_RESTRICT c, ptrdiff_t ldc, int beta)                                      \
 {                                                                                       \
     enum { W = LC_VEC_BYTES / sizeof(T) };                                              \
     typedef lc_vec_##SUFFIX VEC;                                                        \
     typedef lc_uvec_##SUFFIX UVEC;                                                      \
-    const T *rows[LC_KR_D];                                                             \
-    VEC acc[LC_KR_D][LC_OR_D];                                                          \
-    for (int i = 0; i < LC_KR_D; i++) {                                                 \
+    const T *rows[KR];                                                                  \
+    VEC acc[KR][LC_OR_D];                                                               \
+    for (int i = 0; i < KR; i++) {                                                      \
         rows[i] = a + aoff[i];                                                          \
         for (int j = 0; j < LC_OR_D; j++) acc[i][j] = (VEC){0};                         \
     }                                                                                   \
     for (ptrdiff_t k = 0; k < kc; k += W) {                                             \
-        VEC av[LC_KR_D];                                                                \
-        for (int i = 0; i < LC_KR_D; i++) av[i] = *(const UVEC *)(rows[i] + k);         \
+        VEC av[KR];                                                                     \
+        for (int i = 0; i < KR; i++) av[i] = *(const UVEC *)(rows[i] + k);              \
         for (int j = 0; j < LC_OR_D; j++) {                                             \
             VEC bj = *(const UVEC *)(b + j * ldb + k);                                  \
-            for (int i = 0; i < LC_KR_D; i++) acc[i][j] += av[i] * bj;                  \
+            for (int i = 0; i < KR; i++) acc[i][j] += av[i] * bj;                       \
         }                                                                               \
     }                                                                                   \
-    for (int i = 0; i < LC_KR_D; i++)                                                   \
-        for (int j = 0; j < LC_OR_D; j++) {                                             \
-            T sum = 0;                                                                  \
-            for (int l = 0; l < W; l++) sum += acc[i][j][l];                            \
-            c[i * ldc + j] = beta ? c[i * ldc + j] + sum : sum;                         \
-        }                                                                               \
+    for (int i = 0; i < KR; i++) lc_lane_sums_##SUFFIX(acc[i], c + i * ldc, beta);      \
 }
 
 #else  /* other compilers: the same tiles as scalar loops (correct, not fast) */
@@ -305,7 +313,7 @@ static void lc_tile_m##NV##_##SUFFIX(ptrdiff_t kc, const T *a, const ptrdiff_t *
                                      ptrdiff_t ldc, int beta)                           \
 { LC_SCALAR_TILE(T, MR, NV, a[aoff[i] + cmap[k]], b[NR * k + j]) }
 
-#  define LC_DEFINE_TILES(SUFFIX, T)                                                     \
+#  define LC_DEFINE_TILES(SUFFIX, T, BYTES)                                              \
 static void lc_tile_b_##SUFFIX(int mr, int nv, ptrdiff_t kc, const T *a, const T *b,    \
                                const ptrdiff_t *boff, T *c, ptrdiff_t ldc, int beta)    \
 {                                                                                       \
@@ -332,10 +340,10 @@ static void lc_tile_g_##SUFFIX(int mr, int nv, ptrdiff_t kc, const T *a,        
 }                                                                                       \
 LC_SCALAR_AM(SUFFIX, T, 2, LC_MR_A)                                                     \
 LC_SCALAR_AM(SUFFIX, T, 1, LC_MR_A1)                                                    \
-static void lc_tile_d_##SUFFIX(ptrdiff_t kc, const T *a, const ptrdiff_t *aoff, const T *b, \
-                               ptrdiff_t ldb, T *c, ptrdiff_t ldc, int beta)            \
+static void lc_tile_d_##SUFFIX(int kr, ptrdiff_t kc, const T *a, const ptrdiff_t *aoff, \
+                               const T *b, ptrdiff_t ldb, T *c, ptrdiff_t ldc, int beta) \
 {                                                                                       \
-    for (int i = 0; i < LC_KR_D; i++)                                                   \
+    for (int i = 0; i < kr; i++)                                                        \
         for (int j = 0; j < LC_OR_D; j++) {                                             \
             T sum = 0;                                                                  \
             for (ptrdiff_t k = 0; k < kc; k++) sum += a[aoff[i] + k] * b[j * ldb + k];  \
@@ -407,6 +415,56 @@ static inline void lc_tile_m_##SUFFIX(int nv, ptrdiff_t kc, const T *a,         
     for (int i = 0; i < W; i++) r[i] = *(const lc_uvec_##SUFFIX *)(src + i * lds);
 #  define LC_T_STORE(SUFFIX, W)                                                         \
     for (int i = 0; i < W; i++) *(lc_uvec_##SUFFIX *)(dst + i * ldd) = r[i];
+/* The OR_D lane sums of lc_tile_d as a tree: log2(W) rounds, each adding the two halves (of the
+ * size of the round) of a pair of vectors into one vector, whose lanes then hold half of each;
+ * a vector without a partner (OR_D < W) pairs with itself.  In the end lane j of r[0] holds the
+ * sum of vector j: about 3 shuffles and adds per vector where the lanes summed one at a time took
+ * W - 1 adds and as many extracts (a squeeze-and-excitation layer's dense product at batch 1
+ * spent most of its time there).  The order of the additions is fixed by W alone. */
+#  if defined(__clang__)
+#    define LC_SHUF(VEC, IVEC, a, b, SIDE, W, LANES, h)                                  \
+    __builtin_shufflevector(a, b, LANES(SIDE, W, h))
+#  else
+#    define LC_SHUF(VEC, IVEC, a, b, SIDE, W, LANES, h)                                  \
+    __builtin_shuffle(a, b, (IVEC){LANES(SIDE, W, h)})
+#  endif
+#  define LC_LANE_ROUND(VEC, IVEC, W, LANES, h)                                          \
+    {                                                                                   \
+        const int pairs = m > (h), live = pairs ? (h) : m;                              \
+        for (int i = 0; i < live; i++) {                                                \
+            VEC a = r[i], b = pairs ? r[i + (h)] : a;                                   \
+            r[i] = LC_SHUF(VEC, IVEC, a, b, LC_T_LO, W, LANES, h)                       \
+                   + LC_SHUF(VEC, IVEC, a, b, LC_T_HI, W, LANES, h);                    \
+        }                                                                               \
+        m = live;                                                                       \
+    }
+#  define LC_LANE_SUMS_HEAD(SUFFIX, T, ITYPE, W)                                         \
+static inline void lc_lane_sums_##SUFFIX(const lc_vec_##SUFFIX *v, T *c, int beta)      \
+{                                                                                       \
+    typedef lc_vec_##SUFFIX VEC;                                                        \
+    typedef ITYPE ivec __attribute__((vector_size(64)));                                \
+    _Static_assert(sizeof(ivec) == sizeof(VEC), "one index per lane");                  \
+    _Static_assert(LC_OR_D <= (W) && (LC_OR_D & (LC_OR_D - 1)) == 0, "OR_D lanes");     \
+    VEC r[W];                                                                           \
+    int m = LC_OR_D;                                                                    \
+    for (int i = 0; i < LC_OR_D; i++) r[i] = v[i];
+#  define LC_LANE_SUMS_TAIL                                                              \
+    for (int j = 0; j < LC_OR_D; j++) c[j] = beta ? c[j] + r[0][j] : r[0][j];           \
+}
+#  define LC_DEFINE_LANE_SUMS(SUFFIX, T, BYTES) LC_LANE_TREE_##BYTES(SUFFIX, T)
+#  define LC_LANE_TREE_4(SUFFIX, T)                                                      \
+LC_LANE_SUMS_HEAD(SUFFIX, T, int, 16)                                                   \
+    LC_LANE_ROUND(VEC, ivec, 16, LC_T_16, 8)                                            \
+    LC_LANE_ROUND(VEC, ivec, 16, LC_T_16, 4)                                            \
+    LC_LANE_ROUND(VEC, ivec, 16, LC_T_16, 2)                                            \
+    LC_LANE_ROUND(VEC, ivec, 16, LC_T_16, 1)                                            \
+LC_LANE_SUMS_TAIL
+#  define LC_LANE_TREE_8(SUFFIX, T)                                                      \
+LC_LANE_SUMS_HEAD(SUFFIX, T, long long, 8)                                              \
+    LC_LANE_ROUND(VEC, ivec, 8, LC_T_8, 4)                                              \
+    LC_LANE_ROUND(VEC, ivec, 8, LC_T_8, 2)                                              \
+    LC_LANE_ROUND(VEC, ivec, 8, LC_T_8, 1)                                              \
+LC_LANE_SUMS_TAIL
 /* the transpose of a type of BYTES bytes: 4 (16 lanes) or 8 (8 lanes) */
 #  define LC_DEFINE_TRANSPOSE(SUFFIX, T, BYTES) LC_TRANSPOSE_SHUFFLES_##BYTES(SUFFIX, T)
 #  define LC_TRANSPOSE_SHUFFLES_4(SUFFIX, T)                                             \
@@ -433,6 +491,17 @@ static inline void lc_transpose_##SUFFIX(const T *LC_RESTRICT src, ptrdiff_t lds
     LC_T_STORE(SUFFIX, 8)                                                               \
 }
 #else
+/* the lane sums of lc_tile_d one lane after the other (with AVX2 and narrower vectors) */
+#  define LC_DEFINE_LANE_SUMS(SUFFIX, T, BYTES)                                          \
+static inline void lc_lane_sums_##SUFFIX(const lc_vec_##SUFFIX *v, T *c, int beta)      \
+{                                                                                       \
+    enum { W = LC_VEC_BYTES / sizeof(T) };                                              \
+    for (int j = 0; j < LC_OR_D; j++) {                                                 \
+        T sum = 0;                                                                      \
+        for (int l = 0; l < W; l++) sum += v[j][l];                                     \
+        c[j] = beta ? c[j] + sum : sum;                                                 \
+    }                                                                                   \
+}
 #  define LC_DEFINE_TRANSPOSE(SUFFIX, T, BYTES)                                         \
 static void lc_transpose_##SUFFIX(const T *src, ptrdiff_t lds, T *dst, ptrdiff_t ldd)   \
 {                                                                                       \

@@ -122,8 +122,9 @@ cdef inline void weight_tiles(const WeightProduct *p, Py_ssize_t ip0, Py_ssize_t
     if p.lanes:
         for ip in range(ip0, ip1):
             for jp in range(p.Opad // LC_OR_D):
-                tile_d(round_up(pc, VW), xq, aoff + ip * LC_KR_D, bpack + jp * LC_OR_D * B, B,
-                       part + ip * LC_KR_D * p.Opad + jp * LC_OR_D, p.Opad, not first)
+                tile_d(LC_KR_D, round_up(pc, VW), xq, aoff + ip * LC_KR_D,
+                       bpack + jp * LC_OR_D * B, B, part + ip * LC_KR_D * p.Opad + jp * LC_OR_D,
+                       p.Opad, not first)
     elif p.compact:
         for ip in range(ip0, ip1):
             for jp in range(p.Opad // NR):
