@@ -1,5 +1,7 @@
 # The tiled loops compiled for x86_64_v4: the same functions as the baseline build.
 from loopconv._loops.tiled_baseline import dense as dense
+from loopconv._loops.tiled_baseline import dense_input as dense_input
+from loopconv._loops.tiled_baseline import dense_weight as dense_weight
 from loopconv._loops.tiled_baseline import dw_forward as dw_forward
 from loopconv._loops.tiled_baseline import dw_grad_input as dw_grad_input
 from loopconv._loops.tiled_baseline import dw_grad_weight as dw_grad_weight
