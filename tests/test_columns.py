@@ -397,7 +397,7 @@ def test_dense_gradients_every_variant(rng, assert_close, variant, dtype, n, k, 
     for name, args, shape, want, bound in (
             ("dense_input", (dy, w), (n, k), dy64 @ w64, np.abs(dy64) @ np.abs(w64)),
             ("dense_weight", (x, dy), (o, k), dy64.T @ x64, np.abs(dy64).T @ np.abs(x64))):
-        def run(threads):
+        def run(threads, name=name, args=args, shape=shape):
             out = np.full(shape, np.nan, dtype)
             getattr(module, name)(*args, out, threads)
             return out
