@@ -368,6 +368,94 @@ static inline void lc_tile_m_##SUFFIX(int nv, ptrdiff_t kc, const T *a,         
     else lc_tile_m2_##SUFFIX(kc, a, aoff, cmap, b, c, ldc, beta);                       \
 }
 
+/* Lane tables of two-vector shuffles (GCC and Clang, 256- and 512-bit vectors): the lane sums
+ * below and the transposes after them. */
+#if defined(__GNUC__) && (LC_VEC_BYTES == 64 || LC_VEC_BYTES == 32)
+/* lane j of the round of block size h: from row i (a) or, as W + lane, from row i + h (b) */
+#  define LC_T_LO(W, h, j) (((j) & (h)) ? (W) + (j) - (h) : (j))
+#  define LC_T_HI(W, h, j) (((j) & (h)) ? (W) + (j) : (j) + (h))
+#  define LC_T_4(F, W, h) F(W, h, 0), F(W, h, 1), F(W, h, 2), F(W, h, 3)
+#  define LC_T_8(F, W, h) LC_T_4(F, W, h), F(W, h, 4), F(W, h, 5), F(W, h, 6), F(W, h, 7)
+#  define LC_T_16(F, W, h) LC_T_8(F, W, h), F(W, h, 8), F(W, h, 9), F(W, h, 10),          \
+                           F(W, h, 11), F(W, h, 12), F(W, h, 13), F(W, h, 14), F(W, h, 15)
+/* The OR_D lane sums of lc_tile_d as a tree: log2(W) rounds, each adding the two halves (of the
+ * size of the round) of a pair of vectors into one vector, whose lanes then hold half of each;
+ * a vector without a partner (OR_D < W) pairs with itself.  In the end lane j of r[0] holds the
+ * sum of vector j: about 3 shuffles and adds per vector where the lanes summed one at a time took
+ * W - 1 adds and as many extracts (a squeeze-and-excitation layer's dense product at batch 1
+ * spent most of its time there).  The order of the additions is fixed by W alone. */
+#  if defined(__clang__)
+#    define LC_SHUF(VEC, IVEC, a, b, SIDE, W, LANES, h)                                  \
+    __builtin_shufflevector(a, b, LANES(SIDE, W, h))
+#  else
+#    define LC_SHUF(VEC, IVEC, a, b, SIDE, W, LANES, h)                                  \
+    __builtin_shuffle(a, b, (IVEC){LANES(SIDE, W, h)})
+#  endif
+#  define LC_LANE_ROUND(VEC, IVEC, W, LANES, h)                                          \
+    {                                                                                   \
+        const int pairs = m > (h), live = pairs ? (h) : m;                              \
+        for (int i = 0; i < live; i++) {                                                \
+            VEC a = r[i], b = pairs ? r[i + (h)] : a;                                   \
+            r[i] = LC_SHUF(VEC, IVEC, a, b, LC_T_LO, W, LANES, h)                       \
+                   + LC_SHUF(VEC, IVEC, a, b, LC_T_HI, W, LANES, h);                    \
+        }                                                                               \
+        m = live;                                                                       \
+    }
+#  define LC_LANE_SUMS_HEAD(SUFFIX, T, ITYPE, W)                                         \
+static inline void lc_lane_sums_##SUFFIX(const lc_vec_##SUFFIX *v, T *c, int beta)      \
+{                                                                                       \
+    typedef lc_vec_##SUFFIX VEC;                                                        \
+    typedef ITYPE ivec __attribute__((vector_size(LC_VEC_BYTES)));                      \
+    _Static_assert(sizeof(ivec) == sizeof(VEC), "one index per lane");                  \
+    _Static_assert(LC_OR_D <= (W) && (LC_OR_D & (LC_OR_D - 1)) == 0, "OR_D lanes");     \
+    VEC r[W];                                                                           \
+    int m = LC_OR_D;                                                                    \
+    for (int i = 0; i < LC_OR_D; i++) r[i] = v[i];
+#  define LC_LANE_SUMS_TAIL                                                              \
+    for (int j = 0; j < LC_OR_D; j++) c[j] = beta ? c[j] + r[0][j] : r[0][j];           \
+}
+#  define LC_DEFINE_LANE_SUMS(SUFFIX, T, BYTES) LC_LANE_TREE_##BYTES(SUFFIX, T)
+#  if LC_VEC_BYTES == 64
+#    define LC_LANE_TREE_4(SUFFIX, T)                                                    \
+LC_LANE_SUMS_HEAD(SUFFIX, T, int, 16)                                                   \
+    LC_LANE_ROUND(VEC, ivec, 16, LC_T_16, 8)                                            \
+    LC_LANE_ROUND(VEC, ivec, 16, LC_T_16, 4)                                            \
+    LC_LANE_ROUND(VEC, ivec, 16, LC_T_16, 2)                                            \
+    LC_LANE_ROUND(VEC, ivec, 16, LC_T_16, 1)                                            \
+LC_LANE_SUMS_TAIL
+#    define LC_LANE_TREE_8(SUFFIX, T)                                                    \
+LC_LANE_SUMS_HEAD(SUFFIX, T, long long, 8)                                              \
+    LC_LANE_ROUND(VEC, ivec, 8, LC_T_8, 4)                                              \
+    LC_LANE_ROUND(VEC, ivec, 8, LC_T_8, 2)                                              \
+    LC_LANE_ROUND(VEC, ivec, 8, LC_T_8, 1)                                              \
+LC_LANE_SUMS_TAIL
+#  else
+#    define LC_LANE_TREE_4(SUFFIX, T)                                                    \
+LC_LANE_SUMS_HEAD(SUFFIX, T, int, 8)                                                    \
+    LC_LANE_ROUND(VEC, ivec, 8, LC_T_8, 4)                                              \
+    LC_LANE_ROUND(VEC, ivec, 8, LC_T_8, 2)                                              \
+    LC_LANE_ROUND(VEC, ivec, 8, LC_T_8, 1)                                              \
+LC_LANE_SUMS_TAIL
+#    define LC_LANE_TREE_8(SUFFIX, T)                                                    \
+LC_LANE_SUMS_HEAD(SUFFIX, T, long long, 4)                                              \
+    LC_LANE_ROUND(VEC, ivec, 4, LC_T_4, 2)                                              \
+    LC_LANE_ROUND(VEC, ivec, 4, LC_T_4, 1)                                              \
+LC_LANE_SUMS_TAIL
+#  endif
+#else
+/* the lane sums of lc_tile_d one lane after the other (128-bit vectors) */
+#  define LC_DEFINE_LANE_SUMS(SUFFIX, T, BYTES)                                          \
+static inline void lc_lane_sums_##SUFFIX(const lc_vec_##SUFFIX *v, T *c, int beta)      \
+{                                                                                       \
+    enum { W = LC_VEC_BYTES / sizeof(T) };                                              \
+    for (int j = 0; j < LC_OR_D; j++) {                                                 \
+        T sum = 0;                                                                      \
+        for (int l = 0; l < W; l++) sum += v[j][l];                                     \
+        c[j] = beta ? c[j] + sum : sum;                                                 \
+    }                                                                                   \
+}
+#endif
+
 /* A square block of one vector's lanes (W) transposed:  dst[j * ldd + i] = src[i * lds + j]
  * for i, j < W.  The weight gradient packs dy transposed with it (one element at a time, that
  * packing took up to a fifth of the time where the taps are few: cifar, the ResNet stem).
@@ -377,13 +465,6 @@ static inline void lc_tile_m_##SUFFIX(int nv, ptrdiff_t kc, const T *a,         
  * largek 0.76, resnet and 1x1 0.90; float64 0.86-1.0); plain loops elsewhere (with AVX2 the
  * generic shuffles were no faster). */
 #if defined(__GNUC__) && LC_VEC_BYTES == 64
-/* lane j of the round of block size h: from row i (a) or, as W + lane, from row i + h (b) */
-#  define LC_T_LO(W, h, j) (((j) & (h)) ? (W) + (j) - (h) : (j))
-#  define LC_T_HI(W, h, j) (((j) & (h)) ? (W) + (j) : (j) + (h))
-#  define LC_T_8(F, W, h) F(W, h, 0), F(W, h, 1), F(W, h, 2), F(W, h, 3),                \
-                          F(W, h, 4), F(W, h, 5), F(W, h, 6), F(W, h, 7)
-#  define LC_T_16(F, W, h) LC_T_8(F, W, h), F(W, h, 8), F(W, h, 9), F(W, h, 10),          \
-                           F(W, h, 11), F(W, h, 12), F(W, h, 13), F(W, h, 14), F(W, h, 15)
 #  if defined(__clang__)
 /* Clang (which also defines __GNUC__) has no __builtin_shuffle; its __builtin_shufflevector
  * takes the same lane tables as constant arguments rather than as IVEC vectors (IVEC is only
@@ -415,56 +496,6 @@ static inline void lc_tile_m_##SUFFIX(int nv, ptrdiff_t kc, const T *a,         
     for (int i = 0; i < W; i++) r[i] = *(const lc_uvec_##SUFFIX *)(src + i * lds);
 #  define LC_T_STORE(SUFFIX, W)                                                         \
     for (int i = 0; i < W; i++) *(lc_uvec_##SUFFIX *)(dst + i * ldd) = r[i];
-/* The OR_D lane sums of lc_tile_d as a tree: log2(W) rounds, each adding the two halves (of the
- * size of the round) of a pair of vectors into one vector, whose lanes then hold half of each;
- * a vector without a partner (OR_D < W) pairs with itself.  In the end lane j of r[0] holds the
- * sum of vector j: about 3 shuffles and adds per vector where the lanes summed one at a time took
- * W - 1 adds and as many extracts (a squeeze-and-excitation layer's dense product at batch 1
- * spent most of its time there).  The order of the additions is fixed by W alone. */
-#  if defined(__clang__)
-#    define LC_SHUF(VEC, IVEC, a, b, SIDE, W, LANES, h)                                  \
-    __builtin_shufflevector(a, b, LANES(SIDE, W, h))
-#  else
-#    define LC_SHUF(VEC, IVEC, a, b, SIDE, W, LANES, h)                                  \
-    __builtin_shuffle(a, b, (IVEC){LANES(SIDE, W, h)})
-#  endif
-#  define LC_LANE_ROUND(VEC, IVEC, W, LANES, h)                                          \
-    {                                                                                   \
-        const int pairs = m > (h), live = pairs ? (h) : m;                              \
-        for (int i = 0; i < live; i++) {                                                \
-            VEC a = r[i], b = pairs ? r[i + (h)] : a;                                   \
-            r[i] = LC_SHUF(VEC, IVEC, a, b, LC_T_LO, W, LANES, h)                       \
-                   + LC_SHUF(VEC, IVEC, a, b, LC_T_HI, W, LANES, h);                    \
-        }                                                                               \
-        m = live;                                                                       \
-    }
-#  define LC_LANE_SUMS_HEAD(SUFFIX, T, ITYPE, W)                                         \
-static inline void lc_lane_sums_##SUFFIX(const lc_vec_##SUFFIX *v, T *c, int beta)      \
-{                                                                                       \
-    typedef lc_vec_##SUFFIX VEC;                                                        \
-    typedef ITYPE ivec __attribute__((vector_size(64)));                                \
-    _Static_assert(sizeof(ivec) == sizeof(VEC), "one index per lane");                  \
-    _Static_assert(LC_OR_D <= (W) && (LC_OR_D & (LC_OR_D - 1)) == 0, "OR_D lanes");     \
-    VEC r[W];                                                                           \
-    int m = LC_OR_D;                                                                    \
-    for (int i = 0; i < LC_OR_D; i++) r[i] = v[i];
-#  define LC_LANE_SUMS_TAIL                                                              \
-    for (int j = 0; j < LC_OR_D; j++) c[j] = beta ? c[j] + r[0][j] : r[0][j];           \
-}
-#  define LC_DEFINE_LANE_SUMS(SUFFIX, T, BYTES) LC_LANE_TREE_##BYTES(SUFFIX, T)
-#  define LC_LANE_TREE_4(SUFFIX, T)                                                      \
-LC_LANE_SUMS_HEAD(SUFFIX, T, int, 16)                                                   \
-    LC_LANE_ROUND(VEC, ivec, 16, LC_T_16, 8)                                            \
-    LC_LANE_ROUND(VEC, ivec, 16, LC_T_16, 4)                                            \
-    LC_LANE_ROUND(VEC, ivec, 16, LC_T_16, 2)                                            \
-    LC_LANE_ROUND(VEC, ivec, 16, LC_T_16, 1)                                            \
-LC_LANE_SUMS_TAIL
-#  define LC_LANE_TREE_8(SUFFIX, T)                                                      \
-LC_LANE_SUMS_HEAD(SUFFIX, T, long long, 8)                                              \
-    LC_LANE_ROUND(VEC, ivec, 8, LC_T_8, 4)                                              \
-    LC_LANE_ROUND(VEC, ivec, 8, LC_T_8, 2)                                              \
-    LC_LANE_ROUND(VEC, ivec, 8, LC_T_8, 1)                                              \
-LC_LANE_SUMS_TAIL
 /* the transpose of a type of BYTES bytes: 4 (16 lanes) or 8 (8 lanes) */
 #  define LC_DEFINE_TRANSPOSE(SUFFIX, T, BYTES) LC_TRANSPOSE_SHUFFLES_##BYTES(SUFFIX, T)
 #  define LC_TRANSPOSE_SHUFFLES_4(SUFFIX, T)                                             \
@@ -491,17 +522,6 @@ static inline void lc_transpose_##SUFFIX(const T *LC_RESTRICT src, ptrdiff_t lds
     LC_T_STORE(SUFFIX, 8)                                                               \
 }
 #else
-/* the lane sums of lc_tile_d one lane after the other (with AVX2 and narrower vectors) */
-#  define LC_DEFINE_LANE_SUMS(SUFFIX, T, BYTES)                                          \
-static inline void lc_lane_sums_##SUFFIX(const lc_vec_##SUFFIX *v, T *c, int beta)      \
-{                                                                                       \
-    enum { W = LC_VEC_BYTES / sizeof(T) };                                              \
-    for (int j = 0; j < LC_OR_D; j++) {                                                 \
-        T sum = 0;                                                                      \
-        for (int l = 0; l < W; l++) sum += v[j][l];                                     \
-        c[j] = beta ? c[j] + sum : sum;                                                 \
-    }                                                                                   \
-}
 #  define LC_DEFINE_TRANSPOSE(SUFFIX, T, BYTES)                                         \
 static void lc_transpose_##SUFFIX(const T *src, ptrdiff_t lds, T *dst, ptrdiff_t ldd)   \
 {                                                                                       \
