@@ -202,7 +202,7 @@ def col2im_grad_input(dy, w, bias, dx, stride, pad, dilation, groups, num_thread
     dense = _dense(dx.shape[2:], w.shape[2:], dy.shape[2:], pad, dilation, groups)
     # where the layer is dense the columns are dx itself: nothing to scatter
     cols = dx if dense else np.empty((groups * n * pixels, k), dy.dtype)
-    if pixels == 1 and groups == 1 and n <= DENSE_IMAGES:     # cols[n] = dy[n] w (tiled)
+    if _dense_products(n, pixels, groups):      # cols[n] = dy[n] w (tiled.dense_input)
         tiled.dense_input(dy.reshape(n, o), w.reshape(o, k), cols.reshape(n, k), num_threads)
     else:
         rows = np.ascontiguousarray(
@@ -249,6 +249,14 @@ IM2COL_FORWARD_WASTE = 2.5
 DENSE_IMAGES = 8
 
 
+def _dense_products(n, pixels, groups) -> bool:
+    """Whether the columns' product of `n` images of `pixels` output pixels in `groups`
+    groups runs as one of the small dense products (`tiled.dense` for the forward pass,
+    `tiled.dense_input`, `tiled.dense_weight`): one pixel, one group, at most DENSE_IMAGES
+    images."""
+    return pixels == 1 and groups == 1 and n <= DENSE_IMAGES
+
+
 def one_pixel(y_shape, w_shape, groups) -> bool:
     """Whether a convolution with 5-D output `y_shape` and weight `w_shape` has one output
     pixel per image, one group and at most DENSE_IMAGES images (and columns of at most
@@ -259,9 +267,9 @@ def one_pixel(y_shape, w_shape, groups) -> bool:
     columns: forward 1.6-9x, input gradient 1.2-7x, weight gradient 1.2-7x slower.  The two
     products against the general one they replace (w or the columns read as an image of K
     pixels, staged), float32 one thread, 4 -> 96 to 48 -> 1152 channels and back at batches 1
-    to 8: input gradient 0.95-1.8x, weight gradient 1.0-1.5x (48 -> 1152 at batch 1 13 -> 10 us,
-    1152 -> 48 14.5 -> 9.3 us)."""
-    return (math.prod(y_shape[2:]) == 1 and groups == 1 and y_shape[0] <= DENSE_IMAGES
+    to 8: input gradient 1.0-1.8x, weight gradient 1.0-1.5x (28 -> 672 at batch 1 14.8 -> 8.3
+    and 12.6 -> 8.0 us, 1152 -> 48 11.0 -> 7.5 and 14.0 -> 9.2 us)."""
+    return (_dense_products(y_shape[0], math.prod(y_shape[2:]), groups)
             and y_shape[0] * math.prod(w_shape[1:]) <= COL2IM_COLUMNS)
 
 
@@ -334,7 +342,7 @@ def im2col_grad_weight(x, dy, dw, stride, pad, dilation, groups, num_threads):
     k = math.prod(dw.shape[1:])
     pixels = math.prod(dy.shape[2:])
     cols = _columns(x, dw.shape, dy.shape, stride, pad, dilation, groups, num_threads)
-    if pixels == 1 and groups == 1 and n <= DENSE_IMAGES:     # dw = sum of dy[n] cols[n]
+    if _dense_products(n, pixels, groups):      # dw = sum of dy[n] cols[n] (dense_weight)
         tiled.dense_weight(cols.reshape(n, k), dy.reshape(n, o), dw.reshape(o, k), num_threads)
         return
     rows = np.ascontiguousarray(dy.reshape(n, o, pixels).transpose(1, 0, 2)).reshape(
@@ -354,7 +362,7 @@ def im2col_forward(x, w, bias, y, stride, pad, dilation, groups, num_threads):
     k = math.prod(w.shape[1:])
     pixels = math.prod(y.shape[2:])
     cols = _columns(x, w.shape, y.shape, stride, pad, dilation, groups, num_threads)
-    if pixels == 1 and n <= DENSE_IMAGES:   # y[n, o] = cols[n] . w[o] (tiled.dense)
+    if _dense_products(n, pixels, groups):      # y[n, o] = cols[n] . w[o] (tiled.dense)
         tiled.dense(cols.reshape(n, k), w.reshape(o, k), y.reshape(n, o), num_threads)
     else:
         rows = y if pixels == 1 else np.empty((n * pixels, o), y.dtype)

@@ -5,9 +5,9 @@
  * LC_ELEMENT(SUFFIX, T, BYTES) defines, for the C type T of BYTES bytes, lc_tile_{b,g,a,d}_SUFFIX,
  * lc_lane_sums_SUFFIX, lc_transpose_SUFFIX, lc_dw_*_SUFFIX and lc_dwc_*_SUFFIX.  A new type is
  * one line here, its member of the fused type and its kernel selections in elements.pxd, and
- * its place in the dtype policy (loopconv/_args.py).  The 512-bit lane transposes and lane sums
- * exist for 4- and 8-byte types (microkernel.h, LC_TRANSPOSE_SHUFFLES_4 and _8, LC_LANE_TREE_4
- * and _8); another size needs its own there.
+ * its place in the dtype policy (loopconv/_args.py).  The 512-bit lane transposes and the 256-
+ * and 512-bit lane sums exist for 4- and 8-byte types (microkernel.h, LC_TRANSPOSE_SHUFFLES_4
+ * and _8, LC_LANE_COUNT_4 and _8); another size needs its own there.
  */
 #ifndef LOOPCONV_ELEMENTS_H
 #define LOOPCONV_ELEMENTS_H

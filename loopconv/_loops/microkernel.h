@@ -414,34 +414,33 @@ static inline void lc_lane_sums_##SUFFIX(const lc_vec_##SUFFIX *v, T *c, int bet
 #  define LC_LANE_SUMS_TAIL                                                              \
     for (int j = 0; j < LC_OR_D; j++) c[j] = beta ? c[j] + r[0][j] : r[0][j];           \
 }
-#  define LC_DEFINE_LANE_SUMS(SUFFIX, T, BYTES) LC_LANE_TREE_##BYTES(SUFFIX, T)
+/* the rounds for W lanes (a vector of 4, 8 or 16), with the lane tables LANES */
+#  define LC_LANE_ROUNDS_4(LANES)                                                        \
+    LC_LANE_ROUND(VEC, ivec, 4, LANES, 2) LC_LANE_ROUND(VEC, ivec, 4, LANES, 1)
+#  define LC_LANE_ROUNDS_8(LANES)                                                        \
+    LC_LANE_ROUND(VEC, ivec, 8, LANES, 4) LC_LANE_ROUND(VEC, ivec, 8, LANES, 2)         \
+    LC_LANE_ROUND(VEC, ivec, 8, LANES, 1)
+#  define LC_LANE_ROUNDS_16(LANES)                                                       \
+    LC_LANE_ROUND(VEC, ivec, 16, LANES, 8) LC_LANE_ROUND(VEC, ivec, 16, LANES, 4)       \
+    LC_LANE_ROUND(VEC, ivec, 16, LANES, 2) LC_LANE_ROUND(VEC, ivec, 16, LANES, 1)
+/* a type of BYTES bytes: its lanes in a vector and the integer type of its lane indices */
 #  if LC_VEC_BYTES == 64
-#    define LC_LANE_TREE_4(SUFFIX, T)                                                    \
-LC_LANE_SUMS_HEAD(SUFFIX, T, int, 16)                                                   \
-    LC_LANE_ROUND(VEC, ivec, 16, LC_T_16, 8)                                            \
-    LC_LANE_ROUND(VEC, ivec, 16, LC_T_16, 4)                                            \
-    LC_LANE_ROUND(VEC, ivec, 16, LC_T_16, 2)                                            \
-    LC_LANE_ROUND(VEC, ivec, 16, LC_T_16, 1)                                            \
-LC_LANE_SUMS_TAIL
-#    define LC_LANE_TREE_8(SUFFIX, T)                                                    \
-LC_LANE_SUMS_HEAD(SUFFIX, T, long long, 8)                                              \
-    LC_LANE_ROUND(VEC, ivec, 8, LC_T_8, 4)                                              \
-    LC_LANE_ROUND(VEC, ivec, 8, LC_T_8, 2)                                              \
-    LC_LANE_ROUND(VEC, ivec, 8, LC_T_8, 1)                                              \
-LC_LANE_SUMS_TAIL
+#    define LC_LANE_COUNT_4 16
+#    define LC_LANE_COUNT_8 8
 #  else
-#    define LC_LANE_TREE_4(SUFFIX, T)                                                    \
-LC_LANE_SUMS_HEAD(SUFFIX, T, int, 8)                                                    \
-    LC_LANE_ROUND(VEC, ivec, 8, LC_T_8, 4)                                              \
-    LC_LANE_ROUND(VEC, ivec, 8, LC_T_8, 2)                                              \
-    LC_LANE_ROUND(VEC, ivec, 8, LC_T_8, 1)                                              \
-LC_LANE_SUMS_TAIL
-#    define LC_LANE_TREE_8(SUFFIX, T)                                                    \
-LC_LANE_SUMS_HEAD(SUFFIX, T, long long, 4)                                              \
-    LC_LANE_ROUND(VEC, ivec, 4, LC_T_4, 2)                                              \
-    LC_LANE_ROUND(VEC, ivec, 4, LC_T_4, 1)                                              \
-LC_LANE_SUMS_TAIL
+#    define LC_LANE_COUNT_4 8
+#    define LC_LANE_COUNT_8 4
 #  endif
+#  define LC_LANE_INDEX_4 int
+#  define LC_LANE_INDEX_8 long long
+#  define LC_LANE_TREE(SUFFIX, T, ITYPE, W)                                              \
+LC_LANE_SUMS_HEAD(SUFFIX, T, ITYPE, W)                                                  \
+    LC_LANE_ROUNDS_##W(LC_T_##W)                                                        \
+LC_LANE_SUMS_TAIL
+/* (one more level, so that the lane count is expanded before it is pasted) */
+#  define LC_LANE_TREE_OF(SUFFIX, T, ITYPE, W) LC_LANE_TREE(SUFFIX, T, ITYPE, W)
+#  define LC_DEFINE_LANE_SUMS(SUFFIX, T, BYTES)                                          \
+    LC_LANE_TREE_OF(SUFFIX, T, LC_LANE_INDEX_##BYTES, LC_LANE_COUNT_##BYTES)
 #else
 /* the lane sums of lc_tile_d one lane after the other (128-bit vectors) */
 #  define LC_DEFINE_LANE_SUMS(SUFFIX, T, BYTES)                                          \

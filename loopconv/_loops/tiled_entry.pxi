@@ -685,7 +685,7 @@ def dense_input(const element[:, ::1] dy, const element[:, ::1] w, element[:, ::
     cdef Py_ssize_t[::1] offs = np.empty(2 * O, dtype=np.intp)
     cdef fpstate fp
     with nogil:
-        dense_pack(&dy[0, 0], N, O, mr, nrb, &pack[0])
+        dense_pack(&dy[0, 0], N, O, O, 1, mr, nrb, &pack[0])      # dy's rows (images)
         dense_tail(&w[0, 0], O, K, kfull, round_up(K - kfull, VW), tail, &offs[0])
         with parallel(num_threads=num_threads):
             fp = flush_subnormals()
@@ -710,7 +710,7 @@ def dense_weight(const element[:, ::1] x, const element[:, ::1] dy, element[:, :
     cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element), NR = LC_NV_B * VW
     cdef Py_ssize_t N = x.shape[0], K = x.shape[1], O = dy.shape[1], mr = LC_MR_B
     cdef Py_ssize_t nrb = (O + mr - 1) // mr, ncb = (K + NR - 1) // NR
-    cdef Py_ssize_t kfull = K - K % NR, item, n
+    cdef Py_ssize_t kfull = K - K % NR, item
     dtype = typecode(<element *> NULL)
     if O == 0 or K == 0:
         return
@@ -721,17 +721,9 @@ def dense_weight(const element[:, ::1] x, const element[:, ::1] dy, element[:, :
                                       dtype=dtype)
     cdef element *tail = &pack[0] + nrb * N * mr
     cdef Py_ssize_t[::1] offs = np.empty(2 * N, dtype=np.intp)
-    cdef Py_ssize_t rb, i
-    cdef const element *row
     cdef fpstate fp
     with nogil:
-        # dy's columns packed: block rb holds outputs rb * mr ... (the last one repeated past
-        # O), n outermost
-        for rb in range(nrb):
-            for n in range(N):
-                row = &dy[n, 0]
-                for i in range(mr):
-                    pack[(rb * N + n) * mr + i] = row[min(rb * mr + i, O - 1)]
+        dense_pack(&dy[0, 0], O, N, 1, O, mr, nrb, &pack[0])      # dy's columns (outputs)
         dense_tail(&x[0, 0], N, K, kfull, round_up(K - kfull, VW), tail, &offs[0])
         with parallel(num_threads=num_threads):
             fp = flush_subnormals()
@@ -743,17 +735,18 @@ def dense_weight(const element[:, ::1] x, const element[:, ::1] dy, element[:, :
             restore_fpstate(fp)
 
 
-cdef void dense_pack(const element *dy, Py_ssize_t N, Py_ssize_t O, Py_ssize_t mr,
-                     Py_ssize_t nrb, element *pack) noexcept nogil:
-    """dy (N rows of O) packed for dense_input: block rb holds rows rb * mr ... (the last one
-    repeated past N), o outermost."""
-    cdef Py_ssize_t rb, i, o
+cdef void dense_pack(const element *a, Py_ssize_t R, Py_ssize_t C, Py_ssize_t rs,
+                     Py_ssize_t cs, Py_ssize_t mr, Py_ssize_t nrb, element *pack) noexcept nogil:
+    """A (R rows of C, row r and column c at a[r * rs + c * cs]) packed for dense_tile: block
+    rb holds rows rb * mr ... (the last one repeated past R), c outermost.  dense_input packs
+    dy's rows (images), dense_weight its columns (outputs)."""
+    cdef Py_ssize_t rb, i, c
     cdef const element *row
     for rb in range(nrb):
         for i in range(mr):
-            row = dy + min(rb * mr + i, N - 1) * O
-            for o in range(O):
-                pack[(rb * O + o) * mr + i] = row[o]
+            row = a + min(rb * mr + i, R - 1) * rs
+            for c in range(C):
+                pack[(rb * C + c) * mr + i] = row[c * cs]
 
 
 cdef void dense_tail(const element *b, Py_ssize_t R, Py_ssize_t K, Py_ssize_t kfull,
