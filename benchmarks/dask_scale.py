@@ -10,7 +10,7 @@ Three measurements, each in fresh processes:
     chunks are held in memory (as Dask holds an array it computed or persisted), with
     ``.compute()`` (which joins the blocks into one array) and with ``da.store`` into an
     array allocated once; and on ``da.from_array`` of the NumPy array, whose chunks are views
-    that each task copies.  They take turns for several rounds; the ratio of median times is
+    that each task copies, again with ``.compute()`` and with ``da.store``.  They take turns for several rounds; the ratio of median times is
     the speed through Dask relative to the in-memory call (target >= 0.8).
 
 ``out-of-core``
@@ -117,7 +117,8 @@ def run_overhead(case: str, rounds: int) -> dict:
     """The in-memory call against loopconv.dask on the threaded scheduler, taking turns: on a
     Dask array whose chunks are in memory (as an array computed or persisted by Dask holds
     them), with .compute() and with da.store into an array allocated once; and on
-    da.from_array of the NumPy array, whose chunks are views that each task copies."""
+    da.from_array of the NumPy array, whose chunks are views that each task copies, with
+    .compute() and da.store."""
     import dask
     import dask.array as da
     import numpy as np
@@ -132,7 +133,8 @@ def run_overhead(case: str, rounds: int) -> dict:
     x = rng.standard_normal(x_shape, dtype=np.float32)
     w = (rng.standard_normal(w_shape) / 20).astype(np.float32)
     views = da.from_array(x, chunks=chunks)
-    times: dict = {"memory_s": [], "dask_s": [], "store_s": [], "views_s": []}
+    times: dict = {"memory_s": [], "dask_s": [], "store_s": [], "views_s": [],
+                   "views_store_s": []}
     with dask.config.set(scheduler="threads"):
         held = views.map_blocks(np.ascontiguousarray).persist()
         expected = conv(x, w, padding="same")                                # warm-up
@@ -144,7 +146,9 @@ def run_overhead(case: str, rounds: int) -> dict:
                 "dask_s": lambda: conv_dask(held, w, padding="same").compute(),
                 "store_s": lambda: da.store(conv_dask(held, w, padding="same"), target,
                                             lock=False),
-                "views_s": lambda: conv_dask(views, w, padding="same").compute()}
+                "views_s": lambda: conv_dask(views, w, padding="same").compute(),
+                "views_store_s": lambda: da.store(conv_dask(views, w, padding="same"), target,
+                                                  lock=False)}
         for _ in range(rounds):
             for key, run in runs.items():
                 t0 = time.perf_counter()
@@ -240,7 +244,8 @@ def overhead(args) -> dict:
               f"best {min(r['memory_s']):5.2f} s")
         for key, what in (("dask_s", "loopconv.dask, chunks in memory, .compute()"),
                           ("store_s", "loopconv.dask, chunks in memory, da.store"),
-                          ("views_s", "loopconv.dask, da.from_array, .compute()")):
+                          ("views_s", "loopconv.dask, da.from_array, .compute()"),
+                          ("views_store_s", "loopconv.dask, da.from_array, da.store")):
             med = statistics.median(r[key])
             r[key.replace("_s", "_ratio")] = mem / med
             print(f"  {what:44} median {med:5.2f} s, best {min(r[key]):5.2f} s:  "
