@@ -197,6 +197,78 @@ def test_public_functions(rng, assert_close, dtype):
 
 
 # ---------------------------------------------------------------------------------------------
+# Compact grids: tiles over the valid columns alone, where the grid's rows are whole vectors
+
+# Widths that are whole vectors in every build and dtype (at most 16 lanes), with junk columns
+# between rows (padding, a kernel wider than one) of 2 % or more (COMPACT_WASTE): each vector of
+# a tile starts at its own offset (lc_tile_v)
+COMPACT = [
+    case("unet-16", (2, 8, 16, 16, 16), (12, 8, 3, 3, 3), padding=1),
+    case("rows-of-32", (1, 5, 40, 32), (7, 5, 3, 3), padding=1),
+    case("one-output-channel", (3, 6, 20, 32), (1, 6, 3, 3), padding=1),
+    case("three-output-channels", (1, 4, 24, 64), (3, 4, 3, 5), padding=(1, 2)),
+    case("panels-past-a-tile", (2, 3, 40, 16), (70, 3, 3, 3), padding=1),
+    case("dilated", (1, 4, 30, 48), (8, 4, 3, 3), padding=2, dilation=2),
+    case("asymmetric", (2, 4, 40, 16), (6, 4, 3, 3), padding=((0, 2), (2, 0))),
+    case("stride-2-input-phases", (4, 6, 32, 32), (10, 6, 3, 3), stride=2, padding=1),
+    case("groups", (2, 12, 24, 32), (9, 4, 3, 3), padding=1, groups=3),
+    case("long-rows", (1, 3, 20, 80), (5, 3, 3, 5), padding=(1, 2)),
+]
+
+
+def compact_phases(module, which, x_shape, w_shape, kw, dtype) -> int:
+    """The phases of pass `which` that `module` computes compact."""
+    return module.product_plan(which, *loop_geometry(x_shape, w_shape, kw),
+                               np.dtype(dtype).itemsize)["compact phases"]
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+@pytest.mark.parametrize("x_shape, w_shape, kw", COMPACT)
+def test_compact_against_reference_and_across_threads(rng, assert_close, variant, x_shape,
+                                                      w_shape, kw, dtype):
+    """Each case takes compact tiles in its forward pass and its input gradient, in every build
+    and dtype (or pixel tiles, in the baseline build); against the reference with and without a bias, every element written, the
+    same bits on 1, 2 and 3 threads, and no more columns computed than pixels written."""
+    module = VARIANTS[variant]
+    x, w, b, gy = conv_arrays(rng, x_shape, w_shape, kw, dtype)
+    b_in = rng.standard_normal(x_shape[1]).astype(dtype)
+    spatial = (1,) * (len(x_shape) - 2)
+    passes = [("forward", x, b, gy.shape, reference.conv(x, w, **kw),
+               reference.conv(np.abs(x), np.abs(w), **kw)),
+              ("input", gy, b_in, x_shape, reference.conv_input(x_shape, w, gy, **kw),
+               reference.conv_input(x_shape, np.abs(w), np.abs(gy), **kw))]
+    for which, a, bias, shape, want, bound in passes:
+        # the baseline build's float64 tiles (two lanes) take some of them as pixel tiles,
+        # which compute no junk either
+        if not (variant == "baseline" and uses(module, which, x_shape, w_shape, kw, dtype)):
+            assert compact_phases(module, which, x_shape, w_shape, kw, dtype) > 0
+            assert module.grid_waste(which, *loop_geometry(x_shape, w_shape, kw),
+                                     np.dtype(dtype).itemsize) == 1.0
+        for bias_used in (bias[:0], bias):
+            add = bias_used.astype(np.float64).reshape(-1, *spatial) if len(bias_used) else 0
+            got = run(module, which, a, w, bias_used, shape, kw, threads=2)
+            assert not np.isnan(got).any()
+            assert_close(got, want + add, dtype, bound=bound + np.abs(add))
+            for threads in (1, 3):
+                assert np.array_equal(got, run(module, which, a, w, bias_used, shape, kw,
+                                               threads))
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kw", [
+    ((2, 8, 15, 15, 15), (8, 8, 3, 3, 3), dict(padding=1)),    # rows not whole vectors
+    ((1, 8, 16, 16), (8, 8, 1, 1), {}),                         # no junk
+    ((1, 512, 8, 8, 8), (8, 512, 3, 3, 3), dict(padding=1)),   # few columns: weight in place
+    ((1, 8, 20, 96), (8, 8, 3, 3), dict(padding=1)),            # 1 % junk
+])
+def test_not_compact(x_shape, w_shape, kw):
+    """Grids that keep their columns: rows that are not whole vectors, grids without junk or
+    with little, and products that read the weight in place (float32, every build)."""
+    for module in VARIANTS.values():
+        assert compact_phases(module, "forward", x_shape, w_shape, kw, np.float32) == 0
+
+
+# ---------------------------------------------------------------------------------------------
 # The weight gradient over the valid columns
 
 def compact(module, x_shape, w_shape, kw, dtype):

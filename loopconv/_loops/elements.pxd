@@ -26,6 +26,12 @@ cdef extern from "elements.h" nogil:
                        const Py_ssize_t *boff, float *c, Py_ssize_t ldc, int beta)
     void lc_tile_b_f64(int mr, int nv, Py_ssize_t kc, const double *a, const double *b,
                        const Py_ssize_t *boff, double *c, Py_ssize_t ldc, int beta)
+    void lc_tile_v_f32(int mr, int nv, Py_ssize_t kc, const float *a, const float *b,
+                       const Py_ssize_t *boff, const Py_ssize_t *vo, float *c, Py_ssize_t ldc,
+                       int beta)
+    void lc_tile_v_f64(int mr, int nv, Py_ssize_t kc, const double *a, const double *b,
+                       const Py_ssize_t *boff, const Py_ssize_t *vo, double *c,
+                       Py_ssize_t ldc, int beta)
     void lc_tile_g_f32(int mr, int nv, Py_ssize_t kc, const float *a, const Py_ssize_t *aoff,
                        Py_ssize_t rs, const float *b, const Py_ssize_t *boff, float *c,
                        Py_ssize_t ldc, int beta)
@@ -114,6 +120,16 @@ cdef inline void tile_b(int mr, int nv, Py_ssize_t kc, const element *a,
         lc_tile_b_f32(mr, nv, kc, a, b, boff, c, ldc, beta)
     else:
         lc_tile_b_f64(mr, nv, kc, a, b, boff, c, ldc, beta)
+
+
+cdef inline void tile_v(int mr, int nv, Py_ssize_t kc, const element *a,
+                        const element *b, const Py_ssize_t *boff, const Py_ssize_t *vo,
+                        element *c, Py_ssize_t ldc, bint beta) noexcept nogil:
+    """tile_b with vector v of the columns at b + vo[v] (rows of a grid without its junk)."""
+    if element is float:
+        lc_tile_v_f32(mr, nv, kc, a, b, boff, vo, c, ldc, beta)
+    else:
+        lc_tile_v_f64(mr, nv, kc, a, b, boff, vo, c, ldc, beta)
 
 
 cdef inline void tile_g(int mr, int nv, Py_ssize_t kc, const element *a,

@@ -81,6 +81,10 @@
  *                 mr is 1, 2, 4 or MR_B rows (fewer rows for products with few: an input
  *                 gradient for one or three channels, a depthwise forward pass), nv is NV_B
  *                 vectors, or one or two for the last columns of a block
+ *   lc_tile_v_T:  C[i, j] (=, +=) sum_k a[mr * k + i] * b[boff[k] + vo[j / W] + j % W]
+ *                 lc_tile_b with each vector of columns at its own offset vo[v] (vo[0] = 0
+ *                 mostly): the valid columns of grids whose rows are whole vectors, junk
+ *                 columns between rows left out (3x3x3 on 16^3: 1.125 grid columns a pixel)
  *   lc_tile_g_T:  C[i, j] (=, +=) sum_k a[aoff[k] + i * rs] * b[boff[k] + j]
  *                 lc_tile_b with A read in place, row i at a stride rs and column k at the
  *                 offset aoff[k]: the weight itself, unpacked (batch-1 and other problems with
@@ -112,12 +116,13 @@
  * order, whatever the threads. */
 #  define LC_SPLIT(N) ((N) >= 8 ? 1 : (N) >= 4 ? 2 : (N) >= 2 ? 4 : 8)
 
-/* acc[SET] += row k of A (MR values) times row k of B (NV vectors) */
-#  define LC_TILE_STEP(T, VEC, UVEC, MR, NV, A_AT, B_ROW, SET)                          \
+/* acc[SET] += row k of A (MR values) times row k of B (NV vectors, vector v at B_ROW + VO,
+ * an expression in v) */
+#  define LC_TILE_STEP(T, VEC, UVEC, MR, NV, A_AT, B_ROW, VO, SET)                      \
     {                                                                                   \
         const T *bk = B_ROW;                                                            \
         VEC bv[NV];                                                                     \
-        for (int v = 0; v < NV; v++) bv[v] = *(const UVEC *)(bk + v * W);               \
+        for (int v = 0; v < NV; v++) bv[v] = *(const UVEC *)(bk + (VO));                \
         for (int i = 0; i < MR; i++) {                                                  \
             T ai = A_AT;                                                                \
             for (int v = 0; v < NV; v++) acc[SET][i][v] += ai * bv[v];                  \
@@ -126,7 +131,7 @@
 
 /* the whole tile: C = (beta ? C : 0) + A^T B over kc rows; PF is a statement run before each
  * row k of the main loop (a prefetch, or nothing) */
-#  define LC_TILE_BODY(T, VEC, UVEC, MR, NV, A_AT, B_ROW, PF)                           \
+#  define LC_TILE_BODY(T, VEC, UVEC, MR, NV, A_AT, B_ROW, VO, PF)                       \
     enum { W = LC_VEC_BYTES / sizeof(T), S = LC_SPLIT(MR * NV) };                       \
     VEC acc[S][MR][NV];                                                                 \
     for (int s = 0; s < S; s++)                                                         \
@@ -137,10 +142,10 @@
         for (int s = 0; s < S; s++) {                                                   \
             ptrdiff_t k = k0 + s;                                                       \
             PF                                                                          \
-            LC_TILE_STEP(T, VEC, UVEC, MR, NV, A_AT, B_ROW, s)                          \
+            LC_TILE_STEP(T, VEC, UVEC, MR, NV, A_AT, B_ROW, VO, s)                      \
         }                                                                               \
     for (ptrdiff_t k = kfull; k < kc; k++) {                                            \
-        LC_TILE_STEP(T, VEC, UVEC, MR, NV, A_AT, B_ROW, 0)                              \
+        LC_TILE_STEP(T, VEC, UVEC, MR, NV, A_AT, B_ROW, VO, 0)                          \
     }                                                                                   \
     for (int s = 1; s < S; s++)                                                         \
         for (int i = 0; i < MR; i++)                                                    \
@@ -166,28 +171,48 @@
         __builtin_prefetch(pf + (NV) * LC_VEC_BYTES - 1);                               \
     }
 
-/* lc_tile_b and lc_tile_g with MR rows and NV vectors, named by V: NV_B (w), one (n), two (d). */
-#  define LC_TILE_BG(SUFFIX, T, TAG, MR, V, NV, PF)                                     \
+/* lc_tile_v's: the line of each vector of row k + LC_PF_ROWS (one line each: a vector is at
+ * most a line, and where unaligned the hardware fetches the next) */
+#  define LC_PREFETCH_V(T, MR, NV)                                                      \
+    if (LC_PREFETCH && (MR) >= 4                                                        \
+        && k + LC_PF_ROWS < kc) {                                                       \
+        const T *pf = b + boff[k + LC_PF_ROWS];                                         \
+        for (int v = 0; v < (NV); v++) __builtin_prefetch(pf + vo[v]);                  \
+    }
+
+/* lc_tile_b, lc_tile_g and lc_tile_v with MR rows and NV vectors, named by V: NV_B (w), one
+ * (n), two (d). */
+#  define LC_TILE_BG(SUFFIX, T, TAG, MR, V, NV, PF, PFV)                                \
 static inline void lc_tile_b_##TAG##V##_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,  \
         const T *LC_RESTRICT b, const ptrdiff_t *LC_RESTRICT boff,                      \
         T *LC_RESTRICT c, ptrdiff_t ldc, int beta)                                      \
 {                                                                                       \
     LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, MR, NV, a[MR * k + i],           \
-                 b + boff[k], PF)                                                       \
+                 b + boff[k], v * W, PF)                                                \
 }                                                                                       \
 static inline void lc_tile_g_##TAG##V##_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,  \
         const ptrdiff_t *LC_RESTRICT aoff, ptrdiff_t rs, const T *LC_RESTRICT b,        \
         const ptrdiff_t *LC_RESTRICT boff, T *LC_RESTRICT c, ptrdiff_t ldc, int beta)   \
 {                                                                                       \
     LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, MR, NV, a[aoff[k] + i * rs],     \
-                 b + boff[k], PF)                                                       \
+                 b + boff[k], v * W, PF)                                                \
+}                                                                                       \
+static inline void lc_tile_v_##TAG##V##_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,  \
+        const T *LC_RESTRICT b, const ptrdiff_t *LC_RESTRICT boff,                      \
+        const ptrdiff_t *LC_RESTRICT vofs, T *LC_RESTRICT c, ptrdiff_t ldc, int beta)   \
+{                                                                                       \
+    ptrdiff_t vo[NV];                                                                   \
+    for (int v = 0; v < NV; v++) vo[v] = vofs[v];                                       \
+    LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, MR, NV, a[MR * k + i],           \
+                 b + boff[k], vo[v], PFV)                                               \
 }
 
 /* The tiles of MR rows in every width; only the full width prefetches. */
 #  define LC_TILE_B_ROWS(SUFFIX, T, TAG, MR)                                            \
-LC_TILE_BG(SUFFIX, T, TAG, MR, w, LC_NV_B, LC_PREFETCH_B(T, MR, LC_NV_B))               \
-LC_TILE_BG(SUFFIX, T, TAG, MR, n, 1, )                                                  \
-LC_TILE_BG(SUFFIX, T, TAG, MR, d, 2, )
+LC_TILE_BG(SUFFIX, T, TAG, MR, w, LC_NV_B, LC_PREFETCH_B(T, MR, LC_NV_B),               \
+           LC_PREFETCH_V(T, MR, LC_NV_B))                                               \
+LC_TILE_BG(SUFFIX, T, TAG, MR, n, 1, , )                                                \
+LC_TILE_BG(SUFFIX, T, TAG, MR, d, 2, , )
 
 /* lc_tile_a and lc_tile_m of MR rows and NV vectors (lc_tile_a2/m2: two, MR_A rows; a1/m1: one,
  * MR_A1 rows). */
@@ -199,7 +224,7 @@ static inline void lc_tile_a##NV##_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a
     const T *rows[MR];                                                                  \
     for (int i = 0; i < MR; i++) rows[i] = a + aoff[i];                                 \
     LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, MR, NV, rows[i][k],              \
-                 b + NV * W * k, )                                                      \
+                 b + NV * W * k, v * W, )                                               \
 }                                                                                       \
 static inline void lc_tile_m##NV##_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,       \
         const ptrdiff_t *LC_RESTRICT aoff, const ptrdiff_t *LC_RESTRICT cmap,           \
@@ -208,7 +233,7 @@ static inline void lc_tile_m##NV##_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a
     const T *rows[MR];                                                                  \
     for (int i = 0; i < MR; i++) rows[i] = a + aoff[i];                                 \
     LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, MR, NV, rows[i][cmap[k]],        \
-                 b + NV * W * k, )                                                      \
+                 b + NV * W * k, v * W, )                                               \
 }
 
 /* The tile of one vector (n), two (d) or NV_B (w) for nv; two only where NV_B is more. */
@@ -239,6 +264,19 @@ static inline void lc_tile_b_##SUFFIX(int mr, int nv, ptrdiff_t kc, const T *a, 
         LC_BY_NV(nv, lc_tile_b_r4, SUFFIX, (kc, a, b, boff, c, ldc, beta))              \
     else                                                                                \
         LC_BY_NV(nv, lc_tile_b_full, SUFFIX, (kc, a, b, boff, c, ldc, beta))            \
+}                                                                                       \
+static inline void lc_tile_v_##SUFFIX(int mr, int nv, ptrdiff_t kc, const T *a,         \
+        const T *b, const ptrdiff_t *boff, const ptrdiff_t *vo, T *c, ptrdiff_t ldc,    \
+        int beta)                                                                       \
+{                                                                                       \
+    if (mr == 1)                                                                        \
+        LC_BY_NV(nv, lc_tile_v_r1, SUFFIX, (kc, a, b, boff, vo, c, ldc, beta))          \
+    else if (mr == 2)                                                                   \
+        LC_BY_NV(nv, lc_tile_v_r2, SUFFIX, (kc, a, b, boff, vo, c, ldc, beta))          \
+    else if (mr == 4 && LC_MR_B != 4)                                                   \
+        LC_BY_NV(nv, lc_tile_v_r4, SUFFIX, (kc, a, b, boff, vo, c, ldc, beta))          \
+    else                                                                                \
+        LC_BY_NV(nv, lc_tile_v_full, SUFFIX, (kc, a, b, boff, vo, c, ldc, beta))        \
 }                                                                                       \
 __attribute__((noinline))                                                               \
 static void lc_tile_g_##SUFFIX(int mr, int nv, ptrdiff_t kc, const T *a,                \
@@ -322,6 +360,19 @@ static void lc_tile_b_##SUFFIX(int mr, int nv, ptrdiff_t kc, const T *a, const T
         for (int j = 0; j < nr; j++) {                                                  \
             T sum = 0;                                                                  \
             for (ptrdiff_t k = 0; k < kc; k++) sum += a[mr * k + i] * b[boff[k] + j];   \
+            c[i * ldc + j] = beta ? c[i * ldc + j] + sum : sum;                         \
+        }                                                                               \
+}                                                                                       \
+static void lc_tile_v_##SUFFIX(int mr, int nv, ptrdiff_t kc, const T *a, const T *b,    \
+                               const ptrdiff_t *boff, const ptrdiff_t *vo, T *c,        \
+                               ptrdiff_t ldc, int beta)                                 \
+{                                                                                       \
+    int vw = (int)(LC_VEC_BYTES / sizeof(T));                                           \
+    for (int i = 0; i < mr; i++)                                                        \
+        for (int j = 0; j < nv * vw; j++) {                                             \
+            T sum = 0;                                                                  \
+            for (ptrdiff_t k = 0; k < kc; k++)                                          \
+                sum += a[mr * k + i] * b[boff[k] + vo[j / vw] + j % vw];                \
             c[i * ldc + j] = beta ? c[i * ldc + j] + sum : sum;                         \
         }                                                                               \
 }                                                                                       \

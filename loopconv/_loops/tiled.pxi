@@ -66,7 +66,8 @@ from loopconv._loops.elements cimport (LC_ISA, LC_DWC_PX, LC_KR_D, LC_MR_A, LC_M
                                        LC_NV_B, lc_prefetch,
                                        LC_OR_D, LC_VEC_BYTES, dw_copy, dw_dot, dw_rows,
                                        dwc_copy, dwc_dotruns, dwc_runs, element, tile_a, tile_b,
-                                       tile_d, tile_g, tile_m, transpose_block, typecode)
+                                       tile_d, tile_g, tile_m, tile_v, transpose_block,
+                                       typecode)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,6 +138,13 @@ cdef enum:
 # PIXEL_WASTE: how much more the tiled product must compute than pixel_tiles for the latter
 # (whose own speed is some 0.85-1.0 of the tiled product's; pixel_tiles_suit)
 cdef double PIXEL_WASTE = 1.15
+# COMPACT_WASTE: grid columns per valid pixel from which a phase whose rows are whole vectors
+# computes its valid columns alone (compact_phases).  In one process against the grid's tiles
+# (float32, one thread): 3x3x3 on 16^3 (1.125) 1.17-1.22x, on 32^3 (1.06) forward 0.96-1.02x,
+# input gradient 1.07-1.14x; 3x3 on 32x32 at batch 8 (1.03) 1.09-1.18x; the input gradient of
+# a 7x7 stride-2 stem (phases of 112x112, 1.009) 0.95x: the tiles' own offsets and three rows
+# read at once cost about a per cent
+cdef double COMPACT_WASTE = 1.02
 # NARROW_COST: a one-vector tile of the forward-style product (LC_MR_B rows, one vector: of
 # grid columns in the tiled product, of channels in pixel tiles) costs about as much as this
 # many times its columns in full tiles: it broadcasts a row's LC_MR_B values of A for one

@@ -11,7 +11,8 @@ cdef struct Phase:
     Py_ssize_t a_off        # offset of this phase's packed A (all groups) in apack
     Py_ssize_t k_off        # offset of this phase's rows in the B-offset table
     Py_ssize_t grid[3]      # sizes of the valid grid
-    Py_ssize_t ncols        # grid columns up to the last valid one
+    Py_ssize_t ncols        # grid columns up to the last valid one (compact: valid ones)
+    bint compact            # columns are the valid grid columns alone (compact_phases)
     Py_ssize_t nblk         # work items per (image, group)
     Py_ssize_t dst_base     # destination of grid column (a, b, e):
     Py_ssize_t dstep[3]     # (dst_base + a*dstep[0] + b*dstep[1] + e*dstep[2])
@@ -67,14 +68,18 @@ cdef Py_ssize_t tile_rows(Py_ssize_t M) noexcept nogil:
 
 cdef inline void panel(const Product *p, const element *a_g, Py_ssize_t ip, Py_ssize_t K,
                        Py_ssize_t k0, Py_ssize_t kc, const Py_ssize_t *aoff, int nv,
-                       const element *b, const Py_ssize_t *boff, Py_ssize_t mw, element *c,
-                       Py_ssize_t ldc, bint beta) noexcept nogil:
+                       const element *b, const Py_ssize_t *boff, const Py_ssize_t *vo,
+                       Py_ssize_t mw, element *c, Py_ssize_t ldc, bint beta) noexcept nogil:
     """Rows ip * mr .. ip * mr + mw - 1 of C (at c, rows ldc apart) over A's columns k0 ..
-    k0 + kc - 1.  Packed A: one tile of mr rows (the packed panel is zero past M).  Gathered A:
+    k0 + kc - 1, B's vectors of columns at b + vo[v] (vo NULL: one after the other).  Packed
+    A: one tile of mr rows (the packed panel is zero past M).  Gathered A (never with vo):
     tiles of mr, 4, 2 and 1 rows, so that no row past M is read."""
     cdef Py_ssize_t MR = p.mr, r0 = 0, rr
     if not p.gathered:
-        tile_b(MR, nv, kc, a_g + (ip * K + k0) * MR, b, boff, c, ldc, beta)
+        if vo != NULL:
+            tile_v(MR, nv, kc, a_g + (ip * K + k0) * MR, b, boff, vo, c, ldc, beta)
+        else:
+            tile_b(MR, nv, kc, a_g + (ip * K + k0) * MR, b, boff, c, ldc, beta)
         return
     while r0 < mw:
         rr = mw - r0
@@ -204,12 +209,35 @@ cdef inline void find_item(const Product *p, const Phase *phases, Py_ssize_t ite
     it.i1 = min(p.M, it.ip1 * p.mr)
 
 
+cdef inline Py_ssize_t compact_column(const Stage *st, const Phase *ph,
+                                      Py_ssize_t j) noexcept nogil:
+    """The grid column of valid column j of a compact phase (its valid columns in order)."""
+    cdef Py_ssize_t plane = ph.grid[1] * ph.grid[2], r = j % plane
+    return ((j // plane) * st.q[1] + r // ph.grid[2]) * st.q[2] + r % ph.grid[2]
+
+
 cdef inline void item_columns(const Stage *st, const Phase *ph, const Item *it, Py_ssize_t NR,
                               Py_ssize_t *dcol, Py_ssize_t *run) noexcept nogil:
-    """dcol and run (grid_columns) of the item's grid columns, and junk after them up to a
-    whole number of tiles of NR columns."""
-    cdef Py_ssize_t j
-    grid_columns(it.q0, it.ncols, st.q, ph.grid, ph.dst_base, ph.dstep, dcol, run)
+    """dcol and run (grid_columns) of the item's columns (a compact phase's: valid columns
+    alone, each run as long as their destinations follow each other), and junk after them up
+    to a whole number of tiles of NR columns."""
+    cdef Py_ssize_t j, plane = ph.grid[1] * ph.grid[2], r = it.q0 % plane
+    cdef Py_ssize_t a = it.q0 // plane, b = r // ph.grid[2], e = r % ph.grid[2]
+    if ph.compact:
+        for j in range(it.ncols):
+            dcol[j] = ph.dst_base + a * ph.dstep[0] + b * ph.dstep[1] + e * ph.dstep[2]
+            e += 1
+            if e == ph.grid[2]:
+                e = 0
+                b += 1
+                if b == ph.grid[1]:
+                    b = 0
+                    a += 1
+        for j in reversed(range(it.ncols)):
+            run[j] = (run[j + 1] + 1 if j + 1 < it.ncols
+                      and dcol[j + 1] == dcol[j] + ph.dstep[2] else 1)
+    else:
+        grid_columns(it.q0, it.ncols, st.q, ph.grid, ph.dst_base, ph.dstep, dcol, run)
     for j in range(it.ncols, (it.ncols + NR - 1) // NR * NR):
         dcol[j] = -1
         run[j] = 0
@@ -258,8 +286,15 @@ cdef inline void product_tile(const Product *p, const Phase *ph, const Item *it,
     read once for all of them), added to the sums of the earlier columns of A if k0 > 0."""
     cdef Py_ssize_t NR = LC_NV_B * LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
-    cdef Py_ssize_t MR = p.mr, width = nv * VW, ip, mw, n
+    cdef Py_ssize_t MR = p.mr, width = nv * VW, ip, mw, n, v, q = it.q0 + j0
+    cdef Py_ssize_t vo[4]       # at least LC_NV_B
+    cdef const Py_ssize_t *vop = NULL
     cdef element *d0
+    if ph.compact:      # each vector of valid columns lies within a grid row
+        q = compact_column(&p.st, ph, it.q0 + j0)
+        for v in range(nv):
+            vo[v] = compact_column(&p.st, ph, it.q0 + j0 + v * VW) - q
+        vop = vo
     # the whole tile lands on one contiguous output row (its first run is all of it): store in
     # place
     cdef bint whole = ph.dstep[2] == 1 and runs.length[0] >= width
@@ -268,11 +303,11 @@ cdef inline void product_tile(const Product *p, const Phase *ph, const Item *it,
         for n in range(it.nimg):
             d0 = dst_g + n * p.dst_img + ip * MR * p.dst_row
             if whole and mw == MR:
-                panel(p, a_g, ip, ph.K, k0, kc, aoff, nv, staged[n] + it.q0 + j0,
-                      boff + k0, mw, d0 + dcol[j0], p.dst_row, k0 > 0)
+                panel(p, a_g, ip, ph.K, k0, kc, aoff, nv, staged[n] + q, boff + k0, vop, mw,
+                      d0 + dcol[j0], p.dst_row, k0 > 0)
                 continue
-            panel(p, a_g, ip, ph.K, k0, kc, aoff, nv, staged[n] + it.q0 + j0, boff + k0,
-                  mw, ctile, width, 0)
+            panel(p, a_g, ip, ph.K, k0, kc, aoff, nv, staged[n] + q, boff + k0, vop, mw,
+                  ctile, width, 0)
             store_tile(ctile, mw, width, j0, d0, p.dst_row, dcol, ph.dstep[2], runs, k0 > 0)
 
 
