@@ -10,8 +10,9 @@ Three measurements, each in fresh processes:
     chunks are held in memory (as Dask holds an array it computed or persisted), with
     ``.compute()`` (which joins the blocks into one array) and with ``da.store`` into an
     array allocated once; and on ``da.from_array`` of the NumPy array, whose chunks are views
-    that each task copies, again with ``.compute()`` and with ``da.store``.  They take turns for several rounds; the ratio of median times is
-    the speed through Dask relative to the in-memory call (target >= 0.8).
+    that each task copies, again with ``.compute()`` and with ``da.store``.  They take turns
+    for several rounds; the ratio of median times is the speed through Dask relative to the
+    in-memory call (target >= 0.8).
 
 ``out-of-core``
     Volumes in Zarr stores on disk of several sizes, filtered from one store into another with

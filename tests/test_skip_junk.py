@@ -228,8 +228,9 @@ def compact_phases(module, which, x_shape, w_shape, kw, dtype) -> int:
 def test_compact_against_reference_and_across_threads(rng, assert_close, variant, x_shape,
                                                       w_shape, kw, dtype):
     """Each case takes compact tiles in its forward pass and its input gradient, in every build
-    and dtype (or pixel tiles, in the baseline build); against the reference with and without a bias, every element written, the
-    same bits on 1, 2 and 3 threads, and no more columns computed than pixels written."""
+    and dtype (or pixel tiles, in the baseline build); against the reference with and without
+    a bias, every element written, the same bits on 1, 2 and 3 threads, and no more columns
+    computed than pixels written."""
     module = VARIANTS[variant]
     x, w, b, gy = conv_arrays(rng, x_shape, w_shape, kw, dtype)
     b_in = rng.standard_normal(x_shape[1]).astype(dtype)
