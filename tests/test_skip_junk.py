@@ -36,14 +36,14 @@ def uses(module, which, x_shape, w_shape, kw, dtype):
 
 
 FIXED = [
-    case("unet-8", (2, 24, 8, 8, 8), (32, 24, 3, 3, 3), padding=1),
+    case("unet-7", (3, 24, 7, 7, 7), (32, 24, 3, 3, 3), padding=1),
     case("unet-8-batch1", (1, 32, 8, 8, 8), (128, 32, 3, 3, 3), padding=1),
     case("channels-past-a-panel", (2, 8, 6, 4, 8), (70, 8, 3, 3, 3), padding=1),
     case("several-panels", (2, 16, 4, 3, 8), (100, 16, 3, 3, 3), padding=1),
     case("groups", (2, 48, 6, 8, 8), (96, 16, 3, 3, 3), padding=1, groups=3),
-    case("asym-pad-dilated", (2, 16, 7, 9, 8), (32, 16, 2, 3, 3),
+    case("asym-pad-dilated", (2, 16, 7, 9, 6), (32, 16, 2, 3, 3),
          padding=((1, 0), (2, 1), (0, 2)), dilation=(1, 2, 1)),
-    case("input-phases", (2, 32, 12, 16, 8), (20, 32, 3, 3, 3), stride=(2, 2, 1),
+    case("input-phases", (2, 48, 12, 12, 7), (48, 48, 3, 3, 3), stride=(2, 2, 1),
          padding=1),
 ]
 
@@ -144,7 +144,7 @@ def test_against_reference_and_across_threads(rng, assert_close, variant, x_shap
 @pytest.mark.parametrize("x_shape, w_shape, kw, which, columns", [
     # rows of W + 1 and planes of H + 1 rows: the zero before each row is the one after the
     # previous row
-    ((2, 8, 8, 8, 8), (8, 8, 3, 3, 3), dict(padding=1), "forward", ((7 * 9 + 7) * 9 + 8)),
+    ((1, 8, 8, 8, 8), (8, 8, 3, 3, 3), dict(padding=1), "forward", ((7 * 9 + 7) * 9 + 8)),
     ((1, 8, 4, 4, 4), (8, 8, 3, 3, 3), dict(padding=1), "input", ((3 * 5 + 3) * 5 + 4)),
     ((1, 8, 7, 7), (8, 8, 3, 3), dict(padding=1), "forward", 6 * 8 + 7),
     ((1, 8, 7, 7), (8, 8, 5, 5), dict(padding=2), "input", 6 * 9 + 7),
@@ -167,7 +167,9 @@ def test_staged_rows_share_their_zeros(x_shape, w_shape, kw, which, columns):
 
 
 @pytest.mark.parametrize("x_shape, w_shape, kw, forward, input", [
-    ((2, 384, 8, 8, 8), (128, 384, 3, 3, 3), dict(padding=1), True, True),   # U-Net, 8^3
+    # U-Net, 8^3: halves of vectors (lc_tile_h) compute no junk either
+    ((2, 384, 8, 8, 8), (128, 384, 3, 3, 3), dict(padding=1), False, False),
+    ((3, 384, 7, 7, 7), (128, 384, 3, 3, 3), dict(padding=1), True, True),
     ((2, 64, 8, 8, 8), (64, 64, 3, 3, 3), dict(padding=1), False, False),   # 48 + 16
     ((1, 128, 8, 8, 8), (128, 128, 3, 3, 3), dict(padding=1), True, True),    # batch 1
     ((2, 64, 16, 16, 16), (64, 64, 3, 3, 3), dict(padding=1), False, False),  # 16^3
@@ -254,6 +256,64 @@ def test_compact_against_reference_and_across_threads(rng, assert_close, variant
             for threads in (1, 3):
                 assert np.array_equal(got, run(module, which, a, w, bias_used, shape, kw,
                                                threads))
+
+
+# Rows of half a vector in some build and dtype (8 in float32 with AVX-512; 4, 12 and 20 in
+# float64 with AVX-512 and float32 with AVX2), with 10 % junk or more: each vector of a tile
+# from two rows (lc_tile_h); the other builds take them whole or keep the grid
+HALVES = [
+    case("unet-8", (3, 8, 8, 8, 8), (16, 8, 3, 3, 3), padding=1),
+    case("rows-of-8", (2, 5, 80, 8), (9, 5, 3, 3), padding=1),
+    case("rows-of-12", (1, 4, 90, 12), (6, 4, 3, 5), padding=(1, 2)),
+    case("rows-of-20", (1, 3, 60, 20), (70, 3, 1, 7), padding=(0, 3)),
+    case("input-phases-of-4", (4, 6, 128, 8), (10, 6, 3, 3), stride=2, padding=1),
+    case("input-phases-3-d", (3, 32, 12, 16, 8), (20, 32, 3, 3, 3), stride=(2, 2, 1),
+         padding=1),
+]
+
+
+def lanes(module, dtype) -> int:
+    """The elements of one vector of `module`'s build in `dtype`."""
+    return module.info()["weight tile, one vector float32"][1] * 4 // np.dtype(dtype).itemsize
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+@pytest.mark.parametrize("x_shape, w_shape, kw", HALVES)
+def test_halves_against_reference_and_across_threads(rng, assert_close, variant, x_shape,
+                                                     w_shape, kw, dtype):
+    """Whatever each build makes of them, against the reference with a bias, every element
+    written, the same bits on 1, 2 and 3 threads; where the forward pass's rows are half a
+    vector of 4 or more elements, it takes halves."""
+    module = VARIANTS[variant]
+    x, w, b, gy = conv_arrays(rng, x_shape, w_shape, kw, dtype)
+    b_in = rng.standard_normal(x_shape[1]).astype(dtype)
+    spatial = (1,) * (len(x_shape) - 2)
+    vw, width = lanes(module, dtype), gy.shape[-1]
+    if vw >= 8 and width % vw and width % (vw // 2) == 0:
+        assert module.product_plan("forward", *loop_geometry(x_shape, w_shape, kw),
+                                   np.dtype(dtype).itemsize)["halves"] == 1
+    for which, a, bias, shape, want, bound in [
+            ("forward", x, b, gy.shape, reference.conv(x, w, **kw),
+             reference.conv(np.abs(x), np.abs(w), **kw)),
+            ("input", gy, b_in, x_shape, reference.conv_input(x_shape, w, gy, **kw),
+             reference.conv_input(x_shape, np.abs(w), np.abs(gy), **kw))]:
+        add = bias.astype(np.float64).reshape(-1, *spatial)
+        got = run(module, which, a, w, bias, shape, kw, threads=2)
+        assert not np.isnan(got).any()
+        assert_close(got, want + add, dtype, bound=bound + np.abs(add))
+        for threads in (1, 3):
+            assert np.array_equal(got, run(module, which, a, w, bias, shape, kw, threads))
+
+
+def test_halves_somewhere():
+    """The cases above take halves in every build with vectors of 8 or more elements."""
+    for module in VARIANTS.values():
+        for dtype in (np.float32, np.float64):
+            if lanes(module, dtype) >= 8:
+                assert any(module.product_plan(which, *loop_geometry(*c.values),
+                                               np.dtype(dtype).itemsize)["halves"]
+                           for c in HALVES for which in ("forward", "input"))
 
 
 @pytest.mark.parametrize("x_shape, w_shape, kw", [

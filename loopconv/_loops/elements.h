@@ -7,7 +7,7 @@
  * one line here, its member of the fused type and its kernel selections in elements.pxd, and
  * its place in the dtype policy (loopconv/_args.py).  The 512-bit lane transposes and the 256-
  * and 512-bit lane sums exist for 4- and 8-byte types (microkernel.h, LC_TRANSPOSE_SHUFFLES_4
- * and _8, LC_LANE_COUNT_4 and _8); another size needs its own there.
+ * and _8, LC_LANES_4 and _8); another size needs its own there.
  */
 #ifndef LOOPCONV_ELEMENTS_H
 #define LOOPCONV_ELEMENTS_H

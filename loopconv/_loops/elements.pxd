@@ -32,6 +32,12 @@ cdef extern from "elements.h" nogil:
     void lc_tile_v_f64(int mr, int nv, Py_ssize_t kc, const double *a, const double *b,
                        const Py_ssize_t *boff, const Py_ssize_t *vo, double *c,
                        Py_ssize_t ldc, int beta)
+    void lc_tile_h_f32(int mr, int nv, Py_ssize_t kc, const float *a, const float *b,
+                       const Py_ssize_t *boff, const Py_ssize_t *vo, float *c, Py_ssize_t ldc,
+                       int beta)
+    void lc_tile_h_f64(int mr, int nv, Py_ssize_t kc, const double *a, const double *b,
+                       const Py_ssize_t *boff, const Py_ssize_t *vo, double *c,
+                       Py_ssize_t ldc, int beta)
     void lc_tile_g_f32(int mr, int nv, Py_ssize_t kc, const float *a, const Py_ssize_t *aoff,
                        Py_ssize_t rs, const float *b, const Py_ssize_t *boff, float *c,
                        Py_ssize_t ldc, int beta)
@@ -130,6 +136,16 @@ cdef inline void tile_v(int mr, int nv, Py_ssize_t kc, const element *a,
         lc_tile_v_f32(mr, nv, kc, a, b, boff, vo, c, ldc, beta)
     else:
         lc_tile_v_f64(mr, nv, kc, a, b, boff, vo, c, ldc, beta)
+
+
+cdef inline void tile_h(int mr, int nv, Py_ssize_t kc, const element *a,
+                        const element *b, const Py_ssize_t *boff, const Py_ssize_t *vo,
+                        element *c, Py_ssize_t ldc, bint beta) noexcept nogil:
+    """tile_v with each vector in two halves, at b + vo[2v] and b + vo[2v + 1]."""
+    if element is float:
+        lc_tile_h_f32(mr, nv, kc, a, b, boff, vo, c, ldc, beta)
+    else:
+        lc_tile_h_f64(mr, nv, kc, a, b, boff, vo, c, ldc, beta)
 
 
 cdef inline void tile_g(int mr, int nv, Py_ssize_t kc, const element *a,

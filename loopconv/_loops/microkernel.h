@@ -22,6 +22,7 @@
 #define LOOPCONV_MICROKERNEL_H
 
 #include <stddef.h>
+#include <string.h>
 
 /* Tile shapes per instruction set: MR rows of accumulators by NV vectors.  lc_tile_b (forward
  * and input gradient: rows are output channels, vectors run along pixels), lc_tile_a (weight
@@ -65,6 +66,18 @@
 #    define LC_ISA "scalar"
 #  endif
 #endif
+/* the lanes of a vector of 4- and 8-byte elements (literal numbers: they are pasted into
+ * names) */
+#if LC_VEC_BYTES == 64
+#  define LC_LANES_4 16
+#  define LC_LANES_8 8
+#elif LC_VEC_BYTES == 32
+#  define LC_LANES_4 8
+#  define LC_LANES_8 4
+#else
+#  define LC_LANES_4 4
+#  define LC_LANES_8 2
+#endif
 
 /* lc_prefetch(p): ask for the cache line at p ahead of its use (nothing where the compiler has no
  * prefetch builtin). */
@@ -85,6 +98,8 @@
  *                 lc_tile_b with each vector of columns at its own offset vo[v] (vo[0] = 0
  *                 mostly): the valid columns of grids whose rows are whole vectors, junk
  *                 columns between rows left out (3x3x3 on 16^3: 1.125 grid columns a pixel)
+ *   lc_tile_h_T:  lc_tile_v with each vector in two halves, at offsets vo[2v] and vo[2v + 1]
+ *                 (grids whose rows are half a vector: 3x3x3 on 8^3 in float32 with AVX-512)
  *   lc_tile_g_T:  C[i, j] (=, +=) sum_k a[aoff[k] + i * rs] * b[boff[k] + j]
  *                 lc_tile_b with A read in place, row i at a stride rs and column k at the
  *                 offset aoff[k]: the weight itself, unpacked (batch-1 and other problems with
@@ -116,13 +131,13 @@
  * order, whatever the threads. */
 #  define LC_SPLIT(N) ((N) >= 8 ? 1 : (N) >= 4 ? 2 : (N) >= 2 ? 4 : 8)
 
-/* acc[SET] += row k of A (MR values) times row k of B (NV vectors, vector v at B_ROW + VO,
- * an expression in v) */
-#  define LC_TILE_STEP(T, VEC, UVEC, MR, NV, A_AT, B_ROW, VO, SET)                      \
+/* acc[SET] += row k of A (MR values) times row k of B (NV vectors, vector v read by LOAD, an
+ * expression in bk = B_ROW and v) */
+#  define LC_TILE_STEP(T, VEC, UVEC, MR, NV, A_AT, B_ROW, LOAD, SET)                    \
     {                                                                                   \
         const T *bk = B_ROW;                                                            \
         VEC bv[NV];                                                                     \
-        for (int v = 0; v < NV; v++) bv[v] = *(const UVEC *)(bk + (VO));                \
+        for (int v = 0; v < NV; v++) bv[v] = LOAD;                                      \
         for (int i = 0; i < MR; i++) {                                                  \
             T ai = A_AT;                                                                \
             for (int v = 0; v < NV; v++) acc[SET][i][v] += ai * bv[v];                  \
@@ -131,7 +146,7 @@
 
 /* the whole tile: C = (beta ? C : 0) + A^T B over kc rows; PF is a statement run before each
  * row k of the main loop (a prefetch, or nothing) */
-#  define LC_TILE_BODY(T, VEC, UVEC, MR, NV, A_AT, B_ROW, VO, PF)                       \
+#  define LC_TILE_BODY(T, VEC, UVEC, MR, NV, A_AT, B_ROW, LOAD, PF)                     \
     enum { W = LC_VEC_BYTES / sizeof(T), S = LC_SPLIT(MR * NV) };                       \
     VEC acc[S][MR][NV];                                                                 \
     for (int s = 0; s < S; s++)                                                         \
@@ -142,10 +157,10 @@
         for (int s = 0; s < S; s++) {                                                   \
             ptrdiff_t k = k0 + s;                                                       \
             PF                                                                          \
-            LC_TILE_STEP(T, VEC, UVEC, MR, NV, A_AT, B_ROW, VO, s)                      \
+            LC_TILE_STEP(T, VEC, UVEC, MR, NV, A_AT, B_ROW, LOAD, s)                    \
         }                                                                               \
     for (ptrdiff_t k = kfull; k < kc; k++) {                                            \
-        LC_TILE_STEP(T, VEC, UVEC, MR, NV, A_AT, B_ROW, VO, 0)                          \
+        LC_TILE_STEP(T, VEC, UVEC, MR, NV, A_AT, B_ROW, LOAD, 0)                        \
     }                                                                                   \
     for (int s = 1; s < S; s++)                                                         \
         for (int i = 0; i < MR; i++)                                                    \
@@ -180,22 +195,22 @@
         for (int v = 0; v < (NV); v++) __builtin_prefetch(pf + vo[v]);                  \
     }
 
-/* lc_tile_b, lc_tile_g and lc_tile_v with MR rows and NV vectors, named by V: NV_B (w), one
- * (n), two (d). */
+/* lc_tile_b, lc_tile_g, lc_tile_v and lc_tile_h with MR rows and NV vectors, named by V: NV_B
+ * (w), one (n), two (d). */
 #  define LC_TILE_BG(SUFFIX, T, TAG, MR, V, NV, PF, PFV)                                \
 static inline void lc_tile_b_##TAG##V##_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,  \
         const T *LC_RESTRICT b, const ptrdiff_t *LC_RESTRICT boff,                      \
         T *LC_RESTRICT c, ptrdiff_t ldc, int beta)                                      \
 {                                                                                       \
     LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, MR, NV, a[MR * k + i],           \
-                 b + boff[k], v * W, PF)                                                \
+                 b + boff[k], *(const lc_uvec_##SUFFIX *)(bk + v * W), PF)                          \
 }                                                                                       \
 static inline void lc_tile_g_##TAG##V##_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,  \
         const ptrdiff_t *LC_RESTRICT aoff, ptrdiff_t rs, const T *LC_RESTRICT b,        \
         const ptrdiff_t *LC_RESTRICT boff, T *LC_RESTRICT c, ptrdiff_t ldc, int beta)   \
 {                                                                                       \
     LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, MR, NV, a[aoff[k] + i * rs],     \
-                 b + boff[k], v * W, PF)                                                \
+                 b + boff[k], *(const lc_uvec_##SUFFIX *)(bk + v * W), PF)                          \
 }                                                                                       \
 static inline void lc_tile_v_##TAG##V##_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,  \
         const T *LC_RESTRICT b, const ptrdiff_t *LC_RESTRICT boff,                      \
@@ -204,7 +219,16 @@ static inline void lc_tile_v_##TAG##V##_##SUFFIX(ptrdiff_t kc, const T *LC_RESTR
     ptrdiff_t vo[NV];                                                                   \
     for (int v = 0; v < NV; v++) vo[v] = vofs[v];                                       \
     LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, MR, NV, a[MR * k + i],           \
-                 b + boff[k], vo[v], PFV)                                               \
+                 b + boff[k], *(const lc_uvec_##SUFFIX *)(bk + vo[v]), PFV)                         \
+}                                                                                       \
+static inline void lc_tile_h_##TAG##V##_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,  \
+        const T *LC_RESTRICT b, const ptrdiff_t *LC_RESTRICT boff,                      \
+        const ptrdiff_t *LC_RESTRICT vofs, T *LC_RESTRICT c, ptrdiff_t ldc, int beta)   \
+{                                                                                       \
+    ptrdiff_t vo[2 * NV];                                                               \
+    for (int v = 0; v < 2 * NV; v++) vo[v] = vofs[v];                                   \
+    LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, MR, NV, a[MR * k + i],           \
+                 b + boff[k], lc_halves_##SUFFIX(bk + vo[2 * v], bk + vo[2 * v + 1]), ) \
 }
 
 /* The tiles of MR rows in every width; only the full width prefetches. */
@@ -224,7 +248,7 @@ static inline void lc_tile_a##NV##_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a
     const T *rows[MR];                                                                  \
     for (int i = 0; i < MR; i++) rows[i] = a + aoff[i];                                 \
     LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, MR, NV, rows[i][k],              \
-                 b + NV * W * k, v * W, )                                               \
+                 b + NV * W * k, *(const lc_uvec_##SUFFIX *)(bk + v * W), )                         \
 }                                                                                       \
 static inline void lc_tile_m##NV##_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,       \
         const ptrdiff_t *LC_RESTRICT aoff, const ptrdiff_t *LC_RESTRICT cmap,           \
@@ -233,7 +257,7 @@ static inline void lc_tile_m##NV##_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a
     const T *rows[MR];                                                                  \
     for (int i = 0; i < MR; i++) rows[i] = a + aoff[i];                                 \
     LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, MR, NV, rows[i][cmap[k]],        \
-                 b + NV * W * k, v * W, )                                               \
+                 b + NV * W * k, *(const lc_uvec_##SUFFIX *)(bk + v * W), )                         \
 }
 
 /* The tile of one vector (n), two (d) or NV_B (w) for nv; two only where NV_B is more. */
@@ -244,10 +268,37 @@ static inline void lc_tile_m##NV##_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a
         else NAME##w_##SUFFIX ARGS;                                                     \
     }
 
+/* lc_halves_T: the vector whose first half is read at p0 and second at p1 (lc_tile_h) */
+#  define LC_IOTA_2 0, 1
+#  define LC_IOTA_4 LC_IOTA_2, 2, 3
+#  define LC_IOTA_8 LC_IOTA_4, 4, 5, 6, 7
+#  define LC_IOTA_16 LC_IOTA_8, 8, 9, 10, 11, 12, 13, 14, 15
+#  if defined(__clang__) || __GNUC__ >= 12
+#    define LC_HALVES(SUFFIX, T, W)                                                      \
+static inline lc_vec_##SUFFIX lc_halves_##SUFFIX(const T *p0, const T *p1)              \
+{                                                                                       \
+    typedef T half __attribute__((vector_size(LC_VEC_BYTES / 2), aligned(sizeof(T))));  \
+    return __builtin_shufflevector(*(const half *)p0, *(const half *)p1, LC_IOTA_##W);  \
+}
+#  else     /* GCC before 12: no __builtin_shufflevector */
+#    define LC_HALVES(SUFFIX, T, W)                                                      \
+static inline lc_vec_##SUFFIX lc_halves_##SUFFIX(const T *p0, const T *p1)              \
+{                                                                                       \
+    lc_vec_##SUFFIX r;                                                                  \
+    memcpy(&r, p0, LC_VEC_BYTES / 2);                                                   \
+    memcpy((char *)&r + LC_VEC_BYTES / 2, p1, LC_VEC_BYTES / 2);                        \
+    return r;                                                                           \
+}
+#  endif
+/* (one more level, so that the lane count is expanded before it is pasted) */
+#  define LC_HALVES_OF(SUFFIX, T, W) LC_HALVES(SUFFIX, T, W)
+#  define LC_DEFINE_HALVES(SUFFIX, T, BYTES) LC_HALVES_OF(SUFFIX, T, LC_LANES_##BYTES)
+
 /* The aligned(sizeof(T)) twin of each vector type is for unaligned loads and stores. */
 #  define LC_DEFINE_TILES(SUFFIX, T, BYTES)                                              \
 typedef T lc_vec_##SUFFIX __attribute__((vector_size(LC_VEC_BYTES)));                   \
 typedef T lc_uvec_##SUFFIX __attribute__((vector_size(LC_VEC_BYTES), aligned(sizeof(T)))); \
+LC_DEFINE_HALVES(SUFFIX, T, BYTES)                                                      \
 LC_DEFINE_LANE_SUMS(SUFFIX, T, BYTES)                                                   \
 LC_TILE_B_ROWS(SUFFIX, T, r1, 1)                                                        \
 LC_TILE_B_ROWS(SUFFIX, T, r2, 2)                                                        \
@@ -277,6 +328,19 @@ static inline void lc_tile_v_##SUFFIX(int mr, int nv, ptrdiff_t kc, const T *a, 
         LC_BY_NV(nv, lc_tile_v_r4, SUFFIX, (kc, a, b, boff, vo, c, ldc, beta))          \
     else                                                                                \
         LC_BY_NV(nv, lc_tile_v_full, SUFFIX, (kc, a, b, boff, vo, c, ldc, beta))        \
+}                                                                                       \
+static inline void lc_tile_h_##SUFFIX(int mr, int nv, ptrdiff_t kc, const T *a,         \
+        const T *b, const ptrdiff_t *boff, const ptrdiff_t *vo, T *c, ptrdiff_t ldc,    \
+        int beta)                                                                       \
+{                                                                                       \
+    if (mr == 1)                                                                        \
+        LC_BY_NV(nv, lc_tile_h_r1, SUFFIX, (kc, a, b, boff, vo, c, ldc, beta))          \
+    else if (mr == 2)                                                                   \
+        LC_BY_NV(nv, lc_tile_h_r2, SUFFIX, (kc, a, b, boff, vo, c, ldc, beta))          \
+    else if (mr == 4 && LC_MR_B != 4)                                                   \
+        LC_BY_NV(nv, lc_tile_h_r4, SUFFIX, (kc, a, b, boff, vo, c, ldc, beta))          \
+    else                                                                                \
+        LC_BY_NV(nv, lc_tile_h_full, SUFFIX, (kc, a, b, boff, vo, c, ldc, beta))        \
 }                                                                                       \
 __attribute__((noinline))                                                               \
 static void lc_tile_g_##SUFFIX(int mr, int nv, ptrdiff_t kc, const T *a,                \
@@ -373,6 +437,19 @@ static void lc_tile_v_##SUFFIX(int mr, int nv, ptrdiff_t kc, const T *a, const T
             T sum = 0;                                                                  \
             for (ptrdiff_t k = 0; k < kc; k++)                                          \
                 sum += a[mr * k + i] * b[boff[k] + vo[j / vw] + j % vw];                \
+            c[i * ldc + j] = beta ? c[i * ldc + j] + sum : sum;                         \
+        }                                                                               \
+}                                                                                       \
+static void lc_tile_h_##SUFFIX(int mr, int nv, ptrdiff_t kc, const T *a, const T *b,    \
+                               const ptrdiff_t *boff, const ptrdiff_t *vo, T *c,        \
+                               ptrdiff_t ldc, int beta)                                 \
+{                                                                                       \
+    int hw = (int)(LC_VEC_BYTES / sizeof(T)) / 2;                                       \
+    for (int i = 0; i < mr; i++)                                                        \
+        for (int j = 0; j < 2 * nv * hw; j++) {                                         \
+            T sum = 0;                                                                  \
+            for (ptrdiff_t k = 0; k < kc; k++)                                          \
+                sum += a[mr * k + i] * b[boff[k] + vo[j / hw] + j % hw];                \
             c[i * ldc + j] = beta ? c[i * ldc + j] + sum : sum;                         \
         }                                                                               \
 }                                                                                       \
@@ -474,14 +551,7 @@ static inline void lc_lane_sums_##SUFFIX(const lc_vec_##SUFFIX *v, T *c, int bet
 #  define LC_LANE_ROUNDS_16(LANES)                                                       \
     LC_LANE_ROUND(VEC, ivec, 16, LANES, 8) LC_LANE_ROUND(VEC, ivec, 16, LANES, 4)       \
     LC_LANE_ROUND(VEC, ivec, 16, LANES, 2) LC_LANE_ROUND(VEC, ivec, 16, LANES, 1)
-/* a type of BYTES bytes: its lanes in a vector and the integer type of its lane indices */
-#  if LC_VEC_BYTES == 64
-#    define LC_LANE_COUNT_4 16
-#    define LC_LANE_COUNT_8 8
-#  else
-#    define LC_LANE_COUNT_4 8
-#    define LC_LANE_COUNT_8 4
-#  endif
+/* the integer type of the lane indices of a type of BYTES bytes */
 #  define LC_LANE_INDEX_4 int
 #  define LC_LANE_INDEX_8 long long
 #  define LC_LANE_TREE(SUFFIX, T, ITYPE, W)                                              \
@@ -491,7 +561,7 @@ LC_LANE_SUMS_TAIL
 /* (one more level, so that the lane count is expanded before it is pasted) */
 #  define LC_LANE_TREE_OF(SUFFIX, T, ITYPE, W) LC_LANE_TREE(SUFFIX, T, ITYPE, W)
 #  define LC_DEFINE_LANE_SUMS(SUFFIX, T, BYTES)                                          \
-    LC_LANE_TREE_OF(SUFFIX, T, LC_LANE_INDEX_##BYTES, LC_LANE_COUNT_##BYTES)
+    LC_LANE_TREE_OF(SUFFIX, T, LC_LANE_INDEX_##BYTES, LC_LANES_##BYTES)
 #else
 /* the lane sums of lc_tile_d one lane after the other (128-bit vectors) */
 #  define LC_DEFINE_LANE_SUMS(SUFFIX, T, BYTES)                                          \

@@ -66,7 +66,8 @@ from loopconv._loops.elements cimport (LC_ISA, LC_DWC_PX, LC_KR_D, LC_MR_A, LC_M
                                        LC_NV_B, lc_prefetch,
                                        LC_OR_D, LC_VEC_BYTES, dw_copy, dw_dot, dw_rows,
                                        dwc_copy, dwc_dotruns, dwc_runs, element, tile_a, tile_b,
-                                       tile_d, tile_g, tile_m, tile_v, transpose_block,
+                                       tile_d, tile_g, tile_h, tile_m, tile_v,
+                                       transpose_block,
                                        typecode)
 
 
@@ -145,6 +146,10 @@ cdef double PIXEL_WASTE = 1.15
 # a 7x7 stride-2 stem (phases of 112x112, 1.009) 0.95x: the tiles' own offsets and three rows
 # read at once cost about a per cent
 cdef double COMPACT_WASTE = 1.02
+# HALVES_WASTE: likewise for rows of half a vector (lc_tile_h, each vector from two rows);
+# HALVES_COST: what its columns cost against whole vectors' (pixel_tiles_suit)
+cdef double HALVES_WASTE = 1.1
+cdef double HALVES_COST = 1.05
 # NARROW_COST: a one-vector tile of the forward-style product (LC_MR_B rows, one vector: of
 # grid columns in the tiled product, of channels in pixel tiles) costs about as much as this
 # many times its columns in full tiles: it broadcasts a row's LC_MR_B values of A for one

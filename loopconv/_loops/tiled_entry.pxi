@@ -93,28 +93,42 @@ cdef void set_phase(Phase *ph, const Stage *st, Py_ssize_t K, Py_ssize_t k_off, 
         ph.dstep[a] = dstep[a]
     ph.ncols = ((ph.grid[0] - 1) * st.q[1] + ph.grid[1] - 1) * st.q[2] + ph.grid[2]
     ph.nblk = (ph.ncols + NCB_TILES * NR - 1) // (NCB_TILES * NR)
-    ph.compact = False
+    ph.pieces = 0
     ph.dst_base = dst_base
 
 
+cdef Py_ssize_t phase_pieces(const Product *p, const Phase *ph,
+                             Py_ssize_t itemsize) noexcept nogil:
+    """The pieces each vector of a tile of phase ph (its grid's columns, ph.ncols, not yet
+    made compact) would take from the rows of its grid if compact (compact_phases): 1 where
+    its rows are whole vectors and its junk is COMPACT_WASTE or more, 2 where they are half
+    vectors (of 4 elements or more) and its junk HALVES_WASTE or more, else 0.  Products that
+    read the weight in place keep their grid."""
+    cdef Py_ssize_t VW = LC_VEC_BYTES // itemsize
+    cdef Py_ssize_t valid = ph.grid[0] * ph.grid[1] * ph.grid[2]
+    if p.gathered or valid == 0:
+        return 0
+    if ph.grid[2] % VW == 0 and valid * COMPACT_WASTE <= ph.ncols:
+        return 1
+    if VW >= 8 and ph.grid[2] % (VW // 2) == 0 and valid * HALVES_WASTE <= ph.ncols:
+        return 2
+    return 0
+
+
 cdef Py_ssize_t compact_phases(Product *p, Phase *phases, Py_ssize_t itemsize) noexcept nogil:
-    """Makes compact the phases whose grid rows are whole vectors and which have junk columns
-    (where the tiles read B in place along grid columns: not pixel tiles, not A read in place,
-    which keep the grid's columns): their tiles (lc_tile_v) compute the valid columns alone,
-    each vector in one grid row.  3x3x3 on 16^3 computed 1.125 grid columns a pixel, 32^3
-    1.06, 3x3 on 32x32 1.03 (float32, AVX-512; float64 also 8^3, 1.25), where that is
-    COMPACT_WASTE or more.  Sets p.items_ng; returns the columns of one (image, group), all
+    """Makes compact the phases that take pieces (phase_pieces), unless p runs as pixel tiles:
+    their tiles (lc_tile_v, lc_tile_h) compute the valid columns alone, each vector (or half)
+    in one grid row.  3x3x3 on 16^3 computed 1.125 grid columns a pixel, on 8^3 1.25, 32^3
+    1.06, 3x3 on 32x32 1.03.  Sets p.items_ng; returns the columns of one (image, group), all
     phases."""
-    cdef Py_ssize_t VW = LC_VEC_BYTES // itemsize, NR = LC_NV_B * VW, f, valid, columns = 0
+    cdef Py_ssize_t NR = LC_NV_B * LC_VEC_BYTES // itemsize, f, columns = 0
     cdef Phase *ph
     p.items_ng = 0
     for f in range(p.nphase):
         ph = &phases[f]
-        valid = ph.grid[0] * ph.grid[1] * ph.grid[2]
-        if (not p.by_pixel and not p.gathered and ph.grid[2] % VW == 0
-                and 0 < valid * COMPACT_WASTE <= ph.ncols):
-            ph.compact = True
-            ph.ncols = valid
+        ph.pieces = 0 if p.by_pixel else phase_pieces(p, ph, itemsize)
+        if ph.pieces:
+            ph.ncols = ph.grid[0] * ph.grid[1] * ph.grid[2]
             ph.nblk = (ph.ncols + NCB_TILES * NR - 1) // (NCB_TILES * NR)
         p.items_ng += ph.nblk
         columns += ph.ncols
@@ -146,16 +160,20 @@ cdef bint pixel_tiles_suit(const Product *p, const Phase *phases,
     55 columns a row are a tile and a one-vector tile: model 1.29), as fast as the tiled product
     (0.97-1.0)."""
     cdef Py_ssize_t VW = LC_VEC_BYTES // itemsize, NR = LC_NV_B * VW
-    cdef Py_ssize_t f, rows, by_pixel = 0, rest = p.M % NR, tail, one
+    cdef Py_ssize_t f, rows, by_pixel = 0, rest = p.M % NR, tail, one, cols, pieces
     cdef double tiled = 0, channels
     cdef const Phase *ph
     for f in range(p.nphase):
         ph = &phases[f]
         rows = ph.grid[0] * ph.grid[1]
+        # the tiled product's columns: compact (with halves costing HALVES_COST), or the grid
+        pieces = phase_pieces(p, ph, itemsize)
+        cols = rows * ph.grid[2] if pieces else ph.ncols
         # the last columns of a block in tiles of two vectors and one (product_tiles)
-        tail = (ph.ncols % NR + VW - 1) // VW
+        tail = (cols % NR + VW - 1) // VW
         one = tail_ones(tail)
-        tiled += ph.ncols // NR * NR + (tail - one + NARROW_COST * one) * VW
+        tiled += ((cols // NR * NR + (tail - one + NARROW_COST * one) * VW)
+                  * (HALVES_COST if pieces == 2 else 1))
         if ph.grid[2] == p.st.q[2]:     # no junk columns: runs go on across rows
             by_pixel += round_up(rows * ph.grid[2], LC_MR_B)
         else:
@@ -257,7 +275,8 @@ def product_plan(which, xshape, wshape, yshape, stride, pad, dilation, Py_ssize_
     return {"images": p.nimg, "image blocks": p.nib, "row blocks": p.nrb,
             "pixel tiles": bool(p.by_pixel), "weight read in place": bool(p.gathered),
             "channel gap": p.st.gap, "source read in place": bool(p.st.identity),
-            "compact phases": sum([bool(geo.phases[f].compact) for f in range(p.nphase)])}
+            "compact phases": sum([geo.phases[f].pieces > 0 for f in range(p.nphase)]),
+            "halves": sum([geo.phases[f].pieces == 2 for f in range(p.nphase)])}
 
 
 def grid_waste(which, xshape, wshape, yshape, stride, pad, dilation, Py_ssize_t groups,

@@ -12,7 +12,8 @@ cdef struct Phase:
     Py_ssize_t k_off        # offset of this phase's rows in the B-offset table
     Py_ssize_t grid[3]      # sizes of the valid grid
     Py_ssize_t ncols        # grid columns up to the last valid one (compact: valid ones)
-    bint compact            # columns are the valid grid columns alone (compact_phases)
+    Py_ssize_t pieces       # 0: every grid column; 1 or 2 (compact): the valid columns alone,
+                            # each vector of a tile from as many runs of a grid row
     Py_ssize_t nblk         # work items per (image, group)
     Py_ssize_t dst_base     # destination of grid column (a, b, e):
     Py_ssize_t dstep[3]     # (dst_base + a*dstep[0] + b*dstep[1] + e*dstep[2])
@@ -69,14 +70,18 @@ cdef Py_ssize_t tile_rows(Py_ssize_t M) noexcept nogil:
 cdef inline void panel(const Product *p, const element *a_g, Py_ssize_t ip, Py_ssize_t K,
                        Py_ssize_t k0, Py_ssize_t kc, const Py_ssize_t *aoff, int nv,
                        const element *b, const Py_ssize_t *boff, const Py_ssize_t *vo,
-                       Py_ssize_t mw, element *c, Py_ssize_t ldc, bint beta) noexcept nogil:
+                       Py_ssize_t pieces, Py_ssize_t mw, element *c, Py_ssize_t ldc,
+                       bint beta) noexcept nogil:
     """Rows ip * mr .. ip * mr + mw - 1 of C (at c, rows ldc apart) over A's columns k0 ..
-    k0 + kc - 1, B's vectors of columns at b + vo[v] (vo NULL: one after the other).  Packed
-    A: one tile of mr rows (the packed panel is zero past M).  Gathered A (never with vo):
-    tiles of mr, 4, 2 and 1 rows, so that no row past M is read."""
+    k0 + kc - 1, B's vectors of columns one after the other from b, or (a compact phase's)
+    each from `pieces` runs at b + vo[v * pieces + r].  Packed A: one tile of mr rows (the
+    packed panel is zero past M).  Gathered A (never compact): tiles of mr, 4, 2 and 1 rows,
+    so that no row past M is read."""
     cdef Py_ssize_t MR = p.mr, r0 = 0, rr
     if not p.gathered:
-        if vo != NULL:
+        if pieces == 2:
+            tile_h(MR, nv, kc, a_g + (ip * K + k0) * MR, b, boff, vo, c, ldc, beta)
+        elif pieces == 1:
             tile_v(MR, nv, kc, a_g + (ip * K + k0) * MR, b, boff, vo, c, ldc, beta)
         else:
             tile_b(MR, nv, kc, a_g + (ip * K + k0) * MR, b, boff, c, ldc, beta)
@@ -223,7 +228,7 @@ cdef inline void item_columns(const Stage *st, const Phase *ph, const Item *it, 
     to a whole number of tiles of NR columns."""
     cdef Py_ssize_t j, plane = ph.grid[1] * ph.grid[2], r = it.q0 % plane
     cdef Py_ssize_t a = it.q0 // plane, b = r // ph.grid[2], e = r % ph.grid[2]
-    if ph.compact:
+    if ph.pieces:
         for j in range(it.ncols):
             dcol[j] = ph.dst_base + a * ph.dstep[0] + b * ph.dstep[1] + e * ph.dstep[2]
             e += 1
@@ -287,14 +292,12 @@ cdef inline void product_tile(const Product *p, const Phase *ph, const Item *it,
     cdef Py_ssize_t NR = LC_NV_B * LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t MR = p.mr, width = nv * VW, ip, mw, n, v, q = it.q0 + j0
-    cdef Py_ssize_t vo[4]       # at least LC_NV_B
-    cdef const Py_ssize_t *vop = NULL
+    cdef Py_ssize_t vo[8]       # at least 2 * LC_NV_B
     cdef element *d0
-    if ph.compact:      # each vector of valid columns lies within a grid row
+    if ph.pieces:       # each piece of a vector of valid columns lies within a grid row
         q = compact_column(&p.st, ph, it.q0 + j0)
-        for v in range(nv):
-            vo[v] = compact_column(&p.st, ph, it.q0 + j0 + v * VW) - q
-        vop = vo
+        for v in range(nv * ph.pieces):
+            vo[v] = compact_column(&p.st, ph, it.q0 + j0 + v * (VW // ph.pieces)) - q
     # the whole tile lands on one contiguous output row (its first run is all of it): store in
     # place
     cdef bint whole = ph.dstep[2] == 1 and runs.length[0] >= width
@@ -303,11 +306,11 @@ cdef inline void product_tile(const Product *p, const Phase *ph, const Item *it,
         for n in range(it.nimg):
             d0 = dst_g + n * p.dst_img + ip * MR * p.dst_row
             if whole and mw == MR:
-                panel(p, a_g, ip, ph.K, k0, kc, aoff, nv, staged[n] + q, boff + k0, vop, mw,
-                      d0 + dcol[j0], p.dst_row, k0 > 0)
+                panel(p, a_g, ip, ph.K, k0, kc, aoff, nv, staged[n] + q, boff + k0, vo,
+                      ph.pieces, mw, d0 + dcol[j0], p.dst_row, k0 > 0)
                 continue
-            panel(p, a_g, ip, ph.K, k0, kc, aoff, nv, staged[n] + q, boff + k0, vop, mw,
-                  ctile, width, 0)
+            panel(p, a_g, ip, ph.K, k0, kc, aoff, nv, staged[n] + q, boff + k0, vo, ph.pieces,
+                  mw, ctile, width, 0)
             store_tile(ctile, mw, width, j0, d0, p.dst_row, dcol, ph.dstep[2], runs, k0 > 0)
 
 
