@@ -12,8 +12,9 @@ cdef struct Phase:
     Py_ssize_t k_off        # offset of this phase's rows in the B-offset table
     Py_ssize_t grid[3]      # sizes of the valid grid
     Py_ssize_t ncols        # grid columns up to the last valid one (compact: valid ones)
-    Py_ssize_t pieces       # 0: every grid column; 1 or 2 (compact): the valid columns alone,
-                            # each vector of a tile from as many runs of a grid row
+    # pieces: 0, every grid column; 1 or 2 (compact), the valid columns alone, each vector of
+    # a tile from as many runs of a grid row (compact_phases)
+    Py_ssize_t pieces
     Py_ssize_t nblk         # work items per (image, group)
     Py_ssize_t dst_base     # destination of grid column (a, b, e):
     Py_ssize_t dstep[3]     # (dst_base + a*dstep[0] + b*dstep[1] + e*dstep[2])
