@@ -35,7 +35,9 @@
 # contiguous run of the staged array, at an offset that depends on the tap alone.  The register
 # tile (microkernel.h) reads those runs in place: no packing of the large operand.  Where the
 # copy would change nothing (no padding, stride 1, as for a 1x1 convolution) the tiles read the
-# source itself.  Grid columns with oh >= OH or ow >= OW ("junk") are computed and never stored.
+# source itself.  Grid columns with oh >= OH or ow >= OW ("junk") are computed and never stored,
+# except where a phase's rows are whole vectors or halves (compact_phases): its tiles then
+# take each vector (or half) from its own grid row and compute the valid columns alone.
 # Along an axis of stride 1 the rows (and planes) share the padding's zeros: the windows that
 # run past the end of a row read the zeros that start the next one (shared_zeros), so a row of
 # a 3x3 kernel with padding 1 is W + 1 long, and the junk is one column a row.

@@ -287,9 +287,10 @@ cdef inline void product_tile(const Product *p, const Phase *ph, const Item *it,
                               const Runs *runs, const element **staged, const element *a_g,
                               const Py_ssize_t *boff, const Py_ssize_t *aoff, element *dst_g,
                               const Py_ssize_t *dcol, element *ctile) noexcept nogil:
-    """The item's rows of the tile of grid columns j0 on (nv vectors of columns) over
-    A's columns k0 .. k0 + kc - 1, for each of its images (innermost, so that each panel of A is
-    read once for all of them), added to the sums of the earlier columns of A if k0 > 0."""
+    """The item's rows of the tile of its columns j0 on (nv vectors of columns: grid columns, or
+    a compact phase's valid columns) over A's columns k0 .. k0 + kc - 1, for each of its images
+    (innermost, so that each panel of A is read once for all of them), added to the sums of the
+    earlier columns of A if k0 > 0."""
     cdef Py_ssize_t NR = LC_NV_B * LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t MR = p.mr, width = nv * VW, ip, mw, n, v, q = it.q0 + j0
