@@ -69,8 +69,7 @@ from loopconv._loops.elements cimport (LC_ISA, LC_DWC_PX, LC_KR_D, LC_MR_A, LC_M
                                        LC_OR_D, LC_VEC_BYTES, dw_copy, dw_dot, dw_rows,
                                        dwc_copy, dwc_dotruns, dwc_runs, element, tile_a, tile_b,
                                        tile_d, tile_g, tile_h, tile_m, tile_v,
-                                       transpose_block,
-                                       typecode)
+                                       transpose_block, typecode)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -143,13 +142,15 @@ cdef enum:
 cdef double PIXEL_WASTE = 1.15
 # COMPACT_WASTE: grid columns per valid pixel from which a phase whose rows are whole vectors
 # computes its valid columns alone (compact_phases).  In one process against the grid's tiles
-# (float32, one thread): 3x3x3 on 16^3 (1.125) 1.17-1.22x, on 32^3 (1.06) forward 0.96-1.02x,
-# input gradient 1.07-1.14x; 3x3 on 32x32 at batch 8 (1.03) 1.09-1.18x; the input gradient of
-# a 7x7 stride-2 stem (phases of 112x112, 1.009) 0.95x: the tiles' own offsets and three rows
-# read at once cost about a per cent
+# (float32, one thread): 3x3x3 on 16^3 (1.125) 1.15-1.22x, on 32^3 (1.06) 1.05-1.13x; 3x3 on
+# 32x32 at batch 8 (1.03) 1.05-1.18x; the input gradient of a 7x7 stride-2 stem (phases of
+# 112x112, 1.009) 0.95x: the tiles' own offsets and three rows read at once cost about a per
+# cent
 cdef double COMPACT_WASTE = 1.02
-# HALVES_WASTE: likewise for rows of half a vector (lc_tile_h, each vector from two rows);
-# HALVES_COST: what its columns cost against whole vectors' (pixel_tiles_suit)
+# HALVES_WASTE: likewise for rows of half a vector (lc_tile_h, each vector from two rows: 3x3x3
+# on 8^3 in float32 with AVX-512, 1.25, 1.04-1.44x); HALVES_COST: what its columns cost against
+# whole vectors' (pixel_tiles_suit: with it, 8^3 with 128 and 384 channels leave pixel tiles
+# for halves, 0.9-1.17x, about even)
 cdef double HALVES_WASTE = 1.1
 cdef double HALVES_COST = 1.05
 # NARROW_COST: a one-vector tile of the forward-style product (LC_MR_B rows, one vector: of

@@ -145,8 +145,10 @@ cdef bint pixel_tiles_suit(const Product *p, const Phase *phases,
     the weight in place (p.gathered: few columns), packing it (PACK_COLUMNS a phase).  That is
     small grids of 3-D convolutions (3x3x3 on 8x8x8 computes 1.25 times its pixels tiled, its
     rows and planes sharing the padding's zeros, 1.0 by pixels) and small phase grids of
-    transposed ones.  Measured with that staging (tiled time / pixel_tiles time, float32 one
-    thread): 3x3x3 on 8x8x8, 384 -> 128 and 128 -> 128 channels at batch 2 1.20-1.26, at batch 1
+    transposed ones.  Where the tiled product would be compact (phase_pieces), its cost is its
+    valid columns, HALVES_COST times for halves: 3x3x3 on 8x8x8 at batch 2 then leaves pixel
+    tiles for halves in float32 with AVX-512 (below, the measurements of the grid).  Measured
+    with that staging (tiled time / pixel_tiles time, float32 one thread): 3x3x3 on 8x8x8, 384 -> 128 and 128 -> 128 channels at batch 2 1.20-1.26, at batch 1
     (packing counted) 1.03-1.15, 64 -> 128 1.04 (its input gradient, 64 channels, is left to the
     tiled product: 1.0-1.1, 48 + 16 channel panels); a GAN's 4x4 stride-2 transposed
     convolution from 8x8 to 16x16 at batch 32 1.23 (against the tiled product on the earlier
@@ -281,9 +283,9 @@ def product_plan(which, xshape, wshape, yshape, stride, pad, dilation, Py_ssize_
 
 def grid_waste(which, xshape, wshape, yshape, stride, pad, dilation, Py_ssize_t groups,
                Py_ssize_t itemsize):
-    """The grid columns the forward-style product of the forward pass (`which` "forward") or
-    the input gradient ("input") computes per pixel it writes (its phases' grids, junk
-    included, over the pixels of y or dx): 1.0 without junk."""
+    """The columns the forward-style product of the forward pass (`which` "forward") or the
+    input gradient ("input") computes per pixel it writes (its phases' grids, junk included,
+    or a compact phase's valid columns, over the pixels of y or dx): 1.0 without junk."""
     cdef _Geometry geo = product_geometry(which, xshape, wshape, yshape, stride, pad, dilation,
                                           groups, itemsize)
     cdef Py_ssize_t f, columns = 0
@@ -317,15 +319,14 @@ cdef tuple dy_stage(list axes, tuple out):
 
 cdef tuple set_input_phases(Product *p, Phase *phases, list axes, tuple lead, tuple q,
                             tuple size, tuple ksize, stride, Py_ssize_t NR):
-    """The phases (rd, rh, rw) of an input gradient, rd outermost, into phases and
-    p.items_ng (dy staged with lead and q, dy_stage); returns, per phase, the B offsets (row
+    """The phases (rd, rh, rw) of an input gradient, rd outermost, into phases (dy staged with
+    lead and q, dy_stage); returns, per phase, the B offsets (row
     (o, tap): staged dy at the tap's offset) and the columns of A (A[c, (o, tap)] =
     w[o, c, tap], at koff from row c)."""
     cdef Py_ssize_t f = 0, k_off = 0, Og = p.st.nchan, Cg = p.M
     cdef Py_ssize_t KS = ksize[0] * ksize[1] * ksize[2]
     dstep = (stride[0] * size[1] * size[2], stride[1] * size[2], stride[2])
     boffs, koffs = [], []
-    p.items_ng = 0
     for rd, (td, nd_) in enumerate(axes[0]):
         for rh, (th, nh) in enumerate(axes[1]):
             for rw, (tw, nw) in enumerate(axes[2]):
@@ -333,7 +334,6 @@ cdef tuple set_input_phases(Product *p, Phase *phases, list axes, tuple lead, tu
                         for kd, od in td for kh, oh in th for kw, ow in tw]
                 set_phase(&phases[f], &p.st, Og * len(taps), k_off, (nd_, nh, nw),
                           (rd * size[1] + rh) * size[2] + rw, dstep, NR)
-                p.items_ng += phases[f].nblk
                 boffs.append(channel_rows(Og, p.st.chan, [(t[3] * q[1] + t[4]) * q[2] + t[5]
                                                           for t in taps]))
                 koffs.append(channel_rows(Og, Cg * KS, [(t[0] * ksize[1] + t[1]) * ksize[2]
