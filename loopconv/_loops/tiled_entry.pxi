@@ -148,8 +148,9 @@ cdef bint pixel_tiles_suit(const Product *p, const Phase *phases,
     transposed ones.  Where the tiled product would be compact (phase_pieces), its cost is its
     valid columns, HALVES_COST times for halves: 3x3x3 on 8x8x8 at batch 2 then leaves pixel
     tiles for halves in float32 with AVX-512 (below, the measurements of the grid).  Measured
-    with that staging (tiled time / pixel_tiles time, float32 one thread): 3x3x3 on 8x8x8, 384 -> 128 and 128 -> 128 channels at batch 2 1.20-1.26, at batch 1
-    (packing counted) 1.03-1.15, 64 -> 128 1.04 (its input gradient, 64 channels, is left to the
+    with that staging (tiled time / pixel_tiles time, float32 one thread): 3x3x3 on 8x8x8,
+    384 -> 128 and 128 -> 128 channels at batch 2 1.20-1.26, at batch 1 (packing counted)
+    1.03-1.15, 64 -> 128 1.04 (its input gradient, 64 channels, is left to the
     tiled product: 1.0-1.1, 48 + 16 channel panels); a GAN's 4x4 stride-2 transposed
     convolution from 8x8 to 16x16 at batch 32 1.23 (against the tiled product on the earlier
     staging, whose rows had both paddings).  Left to the tiled product: the same from 16x16
