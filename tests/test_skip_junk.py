@@ -202,19 +202,20 @@ def test_public_functions(rng, assert_close, dtype):
 # Compact grids: tiles over the valid columns alone, where the grid's rows are whole vectors
 
 # Widths that are whole vectors in every build and dtype (at most 16 lanes), with junk columns
-# between rows (padding, a kernel wider than one) of 2 % or more (COMPACT_WASTE): each vector of
-# a tile starts at its own offset (lc_tile_v)
+# between rows (padding, a kernel wider than one) of 2 % or more (COMPACT_WASTE), and 5 or more
+# channels on both sides (full tiles of rows in both passes): each vector of a tile starts at
+# its own offset (lc_tile_v)
 COMPACT = [
     case("unet-16", (2, 8, 16, 16, 16), (12, 8, 3, 3, 3), padding=1),
     case("rows-of-32", (1, 5, 40, 32), (7, 5, 3, 3), padding=1),
-    case("one-output-channel", (3, 6, 20, 32), (1, 6, 3, 3), padding=1),
-    case("three-output-channels", (1, 4, 24, 64), (3, 4, 3, 5), padding=(1, 2)),
-    case("panels-past-a-tile", (2, 3, 40, 16), (70, 3, 3, 3), padding=1),
-    case("dilated", (1, 4, 30, 48), (8, 4, 3, 3), padding=2, dilation=2),
-    case("asymmetric", (2, 4, 40, 16), (6, 4, 3, 3), padding=((0, 2), (2, 0))),
+    case("eight-output-channels", (3, 6, 20, 32), (8, 6, 3, 3), padding=1),
+    case("nine-output-channels", (1, 5, 24, 64), (9, 5, 3, 5), padding=(1, 2)),
+    case("panels-past-a-tile", (2, 5, 40, 16), (70, 5, 3, 3), padding=1),
+    case("dilated", (1, 5, 30, 48), (8, 5, 3, 3), padding=2, dilation=2),
+    case("asymmetric", (2, 5, 40, 16), (6, 5, 3, 3), padding=((0, 2), (2, 0))),
     case("stride-2-input-phases", (4, 6, 32, 32), (10, 6, 3, 3), stride=2, padding=1),
-    case("groups", (2, 12, 24, 32), (9, 4, 3, 3), padding=1, groups=3),
-    case("long-rows", (1, 3, 20, 80), (5, 3, 3, 5), padding=(1, 2)),
+    case("groups", (2, 15, 24, 32), (18, 5, 3, 3), padding=1, groups=3),
+    case("long-rows", (1, 6, 20, 80), (5, 6, 3, 5), padding=(1, 2)),
 ]
 
 
@@ -321,10 +322,12 @@ def test_halves_somewhere():
     ((1, 8, 16, 16), (8, 8, 1, 1), {}),                         # no junk
     ((1, 512, 8, 8, 8), (8, 512, 3, 3, 3), dict(padding=1)),   # few columns: weight in place
     ((1, 8, 20, 96), (8, 8, 3, 3), dict(padding=1)),            # 1 % junk
+    ((2, 8, 40, 32), (2, 8, 3, 3), dict(padding=1)),            # tiles of few rows
 ])
 def test_not_compact(x_shape, w_shape, kw):
     """Grids that keep their columns: rows that are not whole vectors, grids without junk or
-    with little, and products that read the weight in place (float32, every build)."""
+    with little, products that read the weight in place, and tiles of fewer rows than a full
+    tile (float32, every build)."""
     for module in VARIANTS.values():
         assert compact_phases(module, "forward", x_shape, w_shape, kw, np.float32) == 0
 
