@@ -110,33 +110,44 @@ def run(module, which, a, w, bias, shape, kw, threads):
     return out.reshape(shape)
 
 
+def product_passes(rng, x_shape, w_shape, kw, dtype):
+    """The case's weight, and its forward pass and input gradient as (which, operand, bias,
+    output shape, reference, bound of the reference's rounding)."""
+    x, w, b, gy = conv_arrays(rng, x_shape, w_shape, kw, dtype)
+    b_in = rng.standard_normal(x_shape[1]).astype(dtype)
+    return w, [("forward", x, b, gy.shape, reference.conv(x, w, **kw),
+                reference.conv(np.abs(x), np.abs(w), **kw)),
+               ("input", gy, b_in, x_shape, reference.conv_input(x_shape, w, gy, **kw),
+                reference.conv_input(x_shape, np.abs(w), np.abs(gy), **kw))]
+
+
+def check_pass(assert_close, module, which, a, w, biases, shape, kw, want, bound, dtype):
+    """The variant's pass `which` with each bias of `biases` (an empty one: none) against the
+    reference, every element written, the same bits on 1, 2 and 3 threads."""
+    spatial = (1,) * (len(shape) - 2)
+    for bias in biases:
+        add = bias.astype(np.float64).reshape(-1, *spatial) if len(bias) else 0
+        got = run(module, which, a, w, bias, shape, kw, threads=2)
+        assert not np.isnan(got).any()
+        assert_close(got, want + add, dtype, bound=bound + np.abs(add))
+        for threads in (1, 3):
+            assert np.array_equal(got, run(module, which, a, w, bias, shape, kw, threads))
+
+
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("dtype", DTYPE_PARAMS)
 @pytest.mark.parametrize("x_shape, w_shape, kw", FIXED + RANDOM + [c for c, _ in BUILD_CASES])
 def test_against_reference_and_across_threads(rng, assert_close, variant, x_shape, w_shape, kw,
                                                dtype):
     module = VARIANTS[variant]
-    x, w, b, gy = conv_arrays(rng, x_shape, w_shape, kw, dtype)
-    b_in = rng.standard_normal(x_shape[1]).astype(dtype)
-    y_shape = gy.shape
-    spatial = (1,) * (len(x_shape) - 2)
-    passes = [("forward", x, b, y_shape, reference.conv(x, w, **kw),
-               reference.conv(np.abs(x), np.abs(w), **kw)),
-              ("input", gy, b_in, x_shape, reference.conv_input(x_shape, w, gy, **kw),
-               reference.conv_input(x_shape, np.abs(w), np.abs(gy), **kw))]
+    w, passes = product_passes(rng, x_shape, w_shape, kw, dtype)
     tested = 0
     for which, a, bias, shape, want, bound in passes:
         if not uses(module, which, x_shape, w_shape, kw, dtype):
             continue
         tested += 1
-        for bias_used in (bias[:0], bias):
-            add = bias_used.astype(np.float64).reshape(-1, *spatial) if len(bias_used) else 0
-            got = run(module, which, a, w, bias_used, shape, kw, threads=2)
-            assert not np.isnan(got).any()
-            assert_close(got, want + add, dtype, bound=bound + np.abs(add))
-            for threads in (1, 3):
-                assert np.array_equal(got, run(module, which, a, w, bias_used, shape, kw,
-                                               threads))
+        check_pass(assert_close, module, which, a, w, (bias[:0], bias), shape, kw, want, bound,
+                   dtype)
     if variant == TAKEN_BY.get((x_shape, w_shape), list(VARIANTS)[-1]) and dtype == np.float32:
         assert tested, "the case does not take pixel tiles"
 
@@ -235,13 +246,7 @@ def test_compact_against_reference_and_across_threads(rng, assert_close, variant
     a bias, every element written, the same bits on 1, 2 and 3 threads, and no more columns
     computed than pixels written."""
     module = VARIANTS[variant]
-    x, w, b, gy = conv_arrays(rng, x_shape, w_shape, kw, dtype)
-    b_in = rng.standard_normal(x_shape[1]).astype(dtype)
-    spatial = (1,) * (len(x_shape) - 2)
-    passes = [("forward", x, b, gy.shape, reference.conv(x, w, **kw),
-               reference.conv(np.abs(x), np.abs(w), **kw)),
-              ("input", gy, b_in, x_shape, reference.conv_input(x_shape, w, gy, **kw),
-               reference.conv_input(x_shape, np.abs(w), np.abs(gy), **kw))]
+    w, passes = product_passes(rng, x_shape, w_shape, kw, dtype)
     for which, a, bias, shape, want, bound in passes:
         # the baseline build's float64 tiles (two lanes) take some of them as pixel tiles,
         # which compute no junk either
@@ -249,14 +254,8 @@ def test_compact_against_reference_and_across_threads(rng, assert_close, variant
             assert compact_phases(module, which, x_shape, w_shape, kw, dtype) > 0
             assert module.grid_waste(which, *loop_geometry(x_shape, w_shape, kw),
                                      np.dtype(dtype).itemsize) == 1.0
-        for bias_used in (bias[:0], bias):
-            add = bias_used.astype(np.float64).reshape(-1, *spatial) if len(bias_used) else 0
-            got = run(module, which, a, w, bias_used, shape, kw, threads=2)
-            assert not np.isnan(got).any()
-            assert_close(got, want + add, dtype, bound=bound + np.abs(add))
-            for threads in (1, 3):
-                assert np.array_equal(got, run(module, which, a, w, bias_used, shape, kw,
-                                               threads))
+        check_pass(assert_close, module, which, a, w, (bias[:0], bias), shape, kw, want, bound,
+                   dtype)
 
 
 # Rows of half a vector in some build and dtype (8 in float32 with AVX-512; 4, 12 and 20 in
@@ -287,24 +286,13 @@ def test_halves_against_reference_and_across_threads(rng, assert_close, variant,
     written, the same bits on 1, 2 and 3 threads; where the forward pass's rows are half a
     vector of 4 or more elements, it takes halves."""
     module = VARIANTS[variant]
-    x, w, b, gy = conv_arrays(rng, x_shape, w_shape, kw, dtype)
-    b_in = rng.standard_normal(x_shape[1]).astype(dtype)
-    spatial = (1,) * (len(x_shape) - 2)
-    vw, width = lanes(module, dtype), gy.shape[-1]
+    w, passes = product_passes(rng, x_shape, w_shape, kw, dtype)
+    vw, width = lanes(module, dtype), passes[0][3][-1]
     if vw >= 8 and width % vw and width % (vw // 2) == 0:
         assert module.product_plan("forward", *loop_geometry(x_shape, w_shape, kw),
                                    np.dtype(dtype).itemsize)["halves"] == 1
-    for which, a, bias, shape, want, bound in [
-            ("forward", x, b, gy.shape, reference.conv(x, w, **kw),
-             reference.conv(np.abs(x), np.abs(w), **kw)),
-            ("input", gy, b_in, x_shape, reference.conv_input(x_shape, w, gy, **kw),
-             reference.conv_input(x_shape, np.abs(w), np.abs(gy), **kw))]:
-        add = bias.astype(np.float64).reshape(-1, *spatial)
-        got = run(module, which, a, w, bias, shape, kw, threads=2)
-        assert not np.isnan(got).any()
-        assert_close(got, want + add, dtype, bound=bound + np.abs(add))
-        for threads in (1, 3):
-            assert np.array_equal(got, run(module, which, a, w, bias, shape, kw, threads))
+    for which, a, bias, shape, want, bound in passes:
+        check_pass(assert_close, module, which, a, w, (bias,), shape, kw, want, bound, dtype)
 
 
 def test_halves_somewhere():

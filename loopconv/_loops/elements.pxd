@@ -26,18 +26,12 @@ cdef extern from "elements.h" nogil:
                        const Py_ssize_t *boff, float *c, Py_ssize_t ldc, int beta)
     void lc_tile_b_f64(int mr, int nv, Py_ssize_t kc, const double *a, const double *b,
                        const Py_ssize_t *boff, double *c, Py_ssize_t ldc, int beta)
-    void lc_tile_v_f32(int mr, int nv, Py_ssize_t kc, const float *a, const float *b,
-                       const Py_ssize_t *boff, const Py_ssize_t *vo, float *c, Py_ssize_t ldc,
-                       int beta)
-    void lc_tile_v_f64(int mr, int nv, Py_ssize_t kc, const double *a, const double *b,
-                       const Py_ssize_t *boff, const Py_ssize_t *vo, double *c,
+    void lc_tile_v_f32(int pieces, int mr, int nv, Py_ssize_t kc, const float *a,
+                       const float *b, const Py_ssize_t *boff, const Py_ssize_t *vo, float *c,
                        Py_ssize_t ldc, int beta)
-    void lc_tile_h_f32(int mr, int nv, Py_ssize_t kc, const float *a, const float *b,
-                       const Py_ssize_t *boff, const Py_ssize_t *vo, float *c, Py_ssize_t ldc,
-                       int beta)
-    void lc_tile_h_f64(int mr, int nv, Py_ssize_t kc, const double *a, const double *b,
-                       const Py_ssize_t *boff, const Py_ssize_t *vo, double *c,
-                       Py_ssize_t ldc, int beta)
+    void lc_tile_v_f64(int pieces, int mr, int nv, Py_ssize_t kc, const double *a,
+                       const double *b, const Py_ssize_t *boff, const Py_ssize_t *vo,
+                       double *c, Py_ssize_t ldc, int beta)
     void lc_tile_g_f32(int mr, int nv, Py_ssize_t kc, const float *a, const Py_ssize_t *aoff,
                        Py_ssize_t rs, const float *b, const Py_ssize_t *boff, float *c,
                        Py_ssize_t ldc, int beta)
@@ -128,24 +122,15 @@ cdef inline void tile_b(int mr, int nv, Py_ssize_t kc, const element *a,
         lc_tile_b_f64(mr, nv, kc, a, b, boff, c, ldc, beta)
 
 
-cdef inline void tile_v(int mr, int nv, Py_ssize_t kc, const element *a,
+cdef inline void tile_v(int pieces, int mr, int nv, Py_ssize_t kc, const element *a,
                         const element *b, const Py_ssize_t *boff, const Py_ssize_t *vo,
                         element *c, Py_ssize_t ldc, bint beta) noexcept nogil:
-    """tile_b with vector v of the columns at b + vo[v] (rows of a grid without its junk)."""
+    """tile_b with each vector of the columns (pieces 1) or each half of one (pieces 2) at
+    its own offset, b + vo[r] for piece r (rows of a grid without its junk)."""
     if element is float:
-        lc_tile_v_f32(mr, nv, kc, a, b, boff, vo, c, ldc, beta)
+        lc_tile_v_f32(pieces, mr, nv, kc, a, b, boff, vo, c, ldc, beta)
     else:
-        lc_tile_v_f64(mr, nv, kc, a, b, boff, vo, c, ldc, beta)
-
-
-cdef inline void tile_h(int mr, int nv, Py_ssize_t kc, const element *a,
-                        const element *b, const Py_ssize_t *boff, const Py_ssize_t *vo,
-                        element *c, Py_ssize_t ldc, bint beta) noexcept nogil:
-    """tile_v with each vector in two halves, at b + vo[2v] and b + vo[2v + 1]."""
-    if element is float:
-        lc_tile_h_f32(mr, nv, kc, a, b, boff, vo, c, ldc, beta)
-    else:
-        lc_tile_h_f64(mr, nv, kc, a, b, boff, vo, c, ldc, beta)
+        lc_tile_v_f64(pieces, mr, nv, kc, a, b, boff, vo, c, ldc, beta)
 
 
 cdef inline void tile_g(int mr, int nv, Py_ssize_t kc, const element *a,

@@ -94,12 +94,12 @@
  *                 mr is 1, 2, 4 or MR_B rows (fewer rows for products with few: an input
  *                 gradient for one or three channels, a depthwise forward pass), nv is NV_B
  *                 vectors, or one or two for the last columns of a block
- *   lc_tile_v_T:  C[i, j] (=, +=) sum_k a[mr * k + i] * b[boff[k] + vo[j / W] + j % W]
- *                 lc_tile_b with each vector of columns at its own offset vo[v] (vo[0] = 0
- *                 mostly): the valid columns of grids whose rows are whole vectors, junk
- *                 columns between rows left out (3x3x3 on 16^3: 1.125 grid columns a pixel)
- *   lc_tile_h_T:  lc_tile_v with each vector in two halves, at offsets vo[2v] and vo[2v + 1]
- *                 (grids whose rows are half a vector: 3x3x3 on 8^3 in float32 with AVX-512)
+ *   lc_tile_v_T:  C[i, j] (=, +=) sum_k a[mr * k + i] * b[boff[k] + vo[j / P] + j % P]
+ *                 with P = W / pieces: lc_tile_b with each vector of columns (pieces 1) or
+ *                 each half of one (pieces 2) at its own offset: the valid columns of grids
+ *                 whose rows are whole vectors or halves, junk columns between rows left out
+ *                 (3x3x3 on 16^3: 1.125 grid columns a pixel; on 8^3 in float32 with
+ *                 AVX-512, rows of half a vector, 1.25); the halves' tiles are lc_tile_h_*
  *   lc_tile_g_T:  C[i, j] (=, +=) sum_k a[aoff[k] + i * rs] * b[boff[k] + j]
  *                 lc_tile_b with A read in place, row i at a stride rs and column k at the
  *                 offset aoff[k]: the weight itself, unpacked (batch-1 and other problems with
@@ -272,6 +272,14 @@ static inline void lc_tile_m##NV##_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a
         else if ((NV) == 2 && LC_NV_B > 2) NAME##d_##SUFFIX ARGS;                       \
         else NAME##w_##SUFFIX ARGS;                                                     \
     }
+/* The tile of mr rows (1, 2, 4 or MR_B) and nv vectors of the family NAME (lc_tile_b, ...). */
+#  define LC_BY_MR(MR, NV, NAME, SUFFIX, ARGS)                                          \
+    {                                                                                   \
+        if ((MR) == 1) LC_BY_NV(NV, NAME##_r1, SUFFIX, ARGS)                            \
+        else if ((MR) == 2) LC_BY_NV(NV, NAME##_r2, SUFFIX, ARGS)                       \
+        else if ((MR) == 4 && LC_MR_B != 4) LC_BY_NV(NV, NAME##_r4, SUFFIX, ARGS)       \
+        else LC_BY_NV(NV, NAME##_full, SUFFIX, ARGS)                                    \
+    }
 
 /* lc_halves_T: the vector whose first half is read at p0 and second at p1 (lc_tile_h) */
 #  define LC_IOTA_2 0, 1
@@ -311,56 +319,21 @@ LC_TILE_B_ROWS(SUFFIX, T, r4, 4)                                                
 LC_TILE_B_ROWS(SUFFIX, T, full, LC_MR_B)                                                \
 static inline void lc_tile_b_##SUFFIX(int mr, int nv, ptrdiff_t kc, const T *a,         \
         const T *b, const ptrdiff_t *boff, T *c, ptrdiff_t ldc, int beta)               \
+    LC_BY_MR(mr, nv, lc_tile_b, SUFFIX, (kc, a, b, boff, c, ldc, beta))                 \
+static inline void lc_tile_v_##SUFFIX(int pieces, int mr, int nv, ptrdiff_t kc,         \
+        const T *a, const T *b, const ptrdiff_t *boff, const ptrdiff_t *vo, T *c,       \
+        ptrdiff_t ldc, int beta)                                                        \
 {                                                                                       \
-    if (mr == 1)                                                                        \
-        LC_BY_NV(nv, lc_tile_b_r1, SUFFIX, (kc, a, b, boff, c, ldc, beta))              \
-    else if (mr == 2)                                                                   \
-        LC_BY_NV(nv, lc_tile_b_r2, SUFFIX, (kc, a, b, boff, c, ldc, beta))              \
-    else if (mr == 4 && LC_MR_B != 4)                                                   \
-        LC_BY_NV(nv, lc_tile_b_r4, SUFFIX, (kc, a, b, boff, c, ldc, beta))              \
+    if (pieces == 2)                                                                    \
+        LC_BY_MR(mr, nv, lc_tile_h, SUFFIX, (kc, a, b, boff, vo, c, ldc, beta))         \
     else                                                                                \
-        LC_BY_NV(nv, lc_tile_b_full, SUFFIX, (kc, a, b, boff, c, ldc, beta))            \
-}                                                                                       \
-static inline void lc_tile_v_##SUFFIX(int mr, int nv, ptrdiff_t kc, const T *a,         \
-        const T *b, const ptrdiff_t *boff, const ptrdiff_t *vo, T *c, ptrdiff_t ldc,    \
-        int beta)                                                                       \
-{                                                                                       \
-    if (mr == 1)                                                                        \
-        LC_BY_NV(nv, lc_tile_v_r1, SUFFIX, (kc, a, b, boff, vo, c, ldc, beta))          \
-    else if (mr == 2)                                                                   \
-        LC_BY_NV(nv, lc_tile_v_r2, SUFFIX, (kc, a, b, boff, vo, c, ldc, beta))          \
-    else if (mr == 4 && LC_MR_B != 4)                                                   \
-        LC_BY_NV(nv, lc_tile_v_r4, SUFFIX, (kc, a, b, boff, vo, c, ldc, beta))          \
-    else                                                                                \
-        LC_BY_NV(nv, lc_tile_v_full, SUFFIX, (kc, a, b, boff, vo, c, ldc, beta))        \
-}                                                                                       \
-static inline void lc_tile_h_##SUFFIX(int mr, int nv, ptrdiff_t kc, const T *a,         \
-        const T *b, const ptrdiff_t *boff, const ptrdiff_t *vo, T *c, ptrdiff_t ldc,    \
-        int beta)                                                                       \
-{                                                                                       \
-    if (mr == 1)                                                                        \
-        LC_BY_NV(nv, lc_tile_h_r1, SUFFIX, (kc, a, b, boff, vo, c, ldc, beta))          \
-    else if (mr == 2)                                                                   \
-        LC_BY_NV(nv, lc_tile_h_r2, SUFFIX, (kc, a, b, boff, vo, c, ldc, beta))          \
-    else if (mr == 4 && LC_MR_B != 4)                                                   \
-        LC_BY_NV(nv, lc_tile_h_r4, SUFFIX, (kc, a, b, boff, vo, c, ldc, beta))          \
-    else                                                                                \
-        LC_BY_NV(nv, lc_tile_h_full, SUFFIX, (kc, a, b, boff, vo, c, ldc, beta))        \
+        LC_BY_MR(mr, nv, lc_tile_v, SUFFIX, (kc, a, b, boff, vo, c, ldc, beta))         \
 }                                                                                       \
 __attribute__((noinline))                                                               \
 static void lc_tile_g_##SUFFIX(int mr, int nv, ptrdiff_t kc, const T *a,                \
         const ptrdiff_t *aoff, ptrdiff_t rs, const T *b, const ptrdiff_t *boff, T *c,   \
         ptrdiff_t ldc, int beta)                                                        \
-{                                                                                       \
-    if (mr == 1)                                                                        \
-        LC_BY_NV(nv, lc_tile_g_r1, SUFFIX, (kc, a, aoff, rs, b, boff, c, ldc, beta))    \
-    else if (mr == 2)                                                                   \
-        LC_BY_NV(nv, lc_tile_g_r2, SUFFIX, (kc, a, aoff, rs, b, boff, c, ldc, beta))    \
-    else if (mr == 4 && LC_MR_B != 4)                                                   \
-        LC_BY_NV(nv, lc_tile_g_r4, SUFFIX, (kc, a, aoff, rs, b, boff, c, ldc, beta))    \
-    else                                                                                \
-        LC_BY_NV(nv, lc_tile_g_full, SUFFIX, (kc, a, aoff, rs, b, boff, c, ldc, beta))  \
-}                                                                                       \
+    LC_BY_MR(mr, nv, lc_tile_g, SUFFIX, (kc, a, aoff, rs, b, boff, c, ldc, beta))       \
 LC_TILE_AM(SUFFIX, T, 2, LC_MR_A)                                                       \
 LC_TILE_AM(SUFFIX, T, 1, LC_MR_A1)                                                      \
 LC_TILE_D_ROWS(SUFFIX, T, 1, 1)                                                         \
@@ -432,29 +405,16 @@ static void lc_tile_b_##SUFFIX(int mr, int nv, ptrdiff_t kc, const T *a, const T
             c[i * ldc + j] = beta ? c[i * ldc + j] + sum : sum;                         \
         }                                                                               \
 }                                                                                       \
-static void lc_tile_v_##SUFFIX(int mr, int nv, ptrdiff_t kc, const T *a, const T *b,    \
-                               const ptrdiff_t *boff, const ptrdiff_t *vo, T *c,        \
-                               ptrdiff_t ldc, int beta)                                 \
+static void lc_tile_v_##SUFFIX(int pieces, int mr, int nv, ptrdiff_t kc, const T *a,    \
+                               const T *b, const ptrdiff_t *boff, const ptrdiff_t *vo,  \
+                               T *c, ptrdiff_t ldc, int beta)                           \
 {                                                                                       \
-    int vw = (int)(LC_VEC_BYTES / sizeof(T));                                           \
+    int pw = (int)(LC_VEC_BYTES / sizeof(T)) / pieces;                                  \
     for (int i = 0; i < mr; i++)                                                        \
-        for (int j = 0; j < nv * vw; j++) {                                             \
+        for (int j = 0; j < nv * pieces * pw; j++) {                                    \
             T sum = 0;                                                                  \
             for (ptrdiff_t k = 0; k < kc; k++)                                          \
-                sum += a[mr * k + i] * b[boff[k] + vo[j / vw] + j % vw];                \
-            c[i * ldc + j] = beta ? c[i * ldc + j] + sum : sum;                         \
-        }                                                                               \
-}                                                                                       \
-static void lc_tile_h_##SUFFIX(int mr, int nv, ptrdiff_t kc, const T *a, const T *b,    \
-                               const ptrdiff_t *boff, const ptrdiff_t *vo, T *c,        \
-                               ptrdiff_t ldc, int beta)                                 \
-{                                                                                       \
-    int hw = (int)(LC_VEC_BYTES / sizeof(T)) / 2;                                       \
-    for (int i = 0; i < mr; i++)                                                        \
-        for (int j = 0; j < 2 * nv * hw; j++) {                                         \
-            T sum = 0;                                                                  \
-            for (ptrdiff_t k = 0; k < kc; k++)                                          \
-                sum += a[mr * k + i] * b[boff[k] + vo[j / hw] + j % hw];                \
+                sum += a[mr * k + i] * b[boff[k] + vo[j / pw] + j % pw];                \
             c[i * ldc + j] = beta ? c[i * ldc + j] + sum : sum;                         \
         }                                                                               \
 }                                                                                       \

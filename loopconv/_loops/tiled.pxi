@@ -68,8 +68,7 @@ from loopconv._loops.elements cimport (LC_ISA, LC_DWC_PX, LC_KR_D, LC_MR_A, LC_M
                                        LC_NV_B, lc_prefetch,
                                        LC_OR_D, LC_VEC_BYTES, dw_copy, dw_dot, dw_rows,
                                        dwc_copy, dwc_dotruns, dwc_runs, element, tile_a, tile_b,
-                                       tile_d, tile_g, tile_h, tile_m, tile_v,
-                                       transpose_block, typecode)
+                                       tile_d, tile_g, tile_m, tile_v, transpose_block, typecode)
 
 
 # ---------------------------------------------------------------------------------------------

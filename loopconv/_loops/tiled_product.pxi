@@ -80,10 +80,8 @@ cdef inline void panel(const Product *p, const element *a_g, Py_ssize_t ip, Py_s
     so that no row past M is read."""
     cdef Py_ssize_t MR = p.mr, r0 = 0, rr
     if not p.gathered:
-        if pieces == 2:
-            tile_h(MR, nv, kc, a_g + (ip * K + k0) * MR, b, boff, vo, c, ldc, beta)
-        elif pieces == 1:
-            tile_v(MR, nv, kc, a_g + (ip * K + k0) * MR, b, boff, vo, c, ldc, beta)
+        if pieces:
+            tile_v(pieces, MR, nv, kc, a_g + (ip * K + k0) * MR, b, boff, vo, c, ldc, beta)
         else:
             tile_b(MR, nv, kc, a_g + (ip * K + k0) * MR, b, boff, c, ldc, beta)
         return
