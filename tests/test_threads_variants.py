@@ -126,6 +126,54 @@ def test_concurrent_calls_from_python_threads(rng):
             assert np.array_equal(a, c)
 
 
+def test_packed_weights_per_python_thread(rng, assert_close):
+    """The packed weight is scratch kept across calls, per Python thread: threads that each
+    run their own layers (forward passes and input gradients whose weights are packed, of
+    several sizes, a transposed convolution of four phases among them) in turns, at the same
+    time, each get the results of the calls made one at a time."""
+    layers = []
+    for x_shape, w_shape, kw in [((2, 16, 24, 24), (24, 16, 3, 3), dict(padding=1)),
+                                 ((2, 8, 64, 64), (12, 8, 4, 4), dict(stride=2, padding=1)),
+                                 ((2, 24, 26, 26), (8, 24, 3, 3), dict(padding=2, dilation=2))]:
+        x, w, _, gy = conv_arrays(rng, x_shape, w_shape, kw, np.float32)
+        for which in ("forward", "input"):
+            plan = _loops.tiled.product_plan(which, lift(x).shape, lift(w).shape,
+                                             lift(gy).shape, *loop_geometry(2, kw), x.itemsize)
+            assert not plan["weight read in place"], which
+        layers.append((x, w, gy, kw))
+
+    def run(order):
+        out = []
+        for i in order:
+            x, w, gy, kw = layers[i]
+            out.append(loopconv.conv2d(x, w, **kw))
+            out.append(loopconv.conv2d_input(x.shape, w, gy, **kw))
+            out.append(loopconv.conv_transpose2d(gy, w, **kw,
+                                                 output_padding=_output_padding(x, gy, w, kw)))
+        return out
+
+    orders = [(0, 1, 2), (2, 1, 0), (1, 0, 2, 1), (2, 2, 0)]
+    expected = [run(order) for order in orders]
+    with ThreadPoolExecutor(len(orders)) as pool:
+        got = list(pool.map(run, orders * 2))
+    for want, have in zip(expected * 2, got):
+        for a, c in zip(want, have):
+            assert np.array_equal(a, c)
+    for order, want in zip(orders, expected):   # and against the reference
+        for i, y, gx, t in zip(order, want[::3], want[1::3], want[2::3]):
+            x, w, gy, kw = layers[i]
+            assert_close(y, reference.conv(x, w, None, **kw), np.float32)
+            assert_close(gx, reference.conv_input(x.shape, w, gy, **kw), np.float32)
+            assert np.array_equal(t, gx)
+
+
+def _output_padding(x, gy, w, kw):
+    """The output_padding that makes conv_transpose2d(gy, w) as large as x."""
+    s, p, d = kw.get("stride", 1), kw.get("padding", 0), kw.get("dilation", 1)
+    return tuple(x.shape[2 + a] - ((gy.shape[2 + a] - 1) * s - 2 * p + d * (w.shape[2 + a] - 1)
+                                   + 1) for a in range(2))
+
+
 # ---------------------------------------------------------------------------------------------
 # set_num_threads / get_num_threads / LOOPCONV_NUM_THREADS
 

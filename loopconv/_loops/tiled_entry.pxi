@@ -246,7 +246,7 @@ def forward(const element[:, :, :, :, ::1] x, const element[:, :, :, :, ::1] w,
     cdef Product *p = &geo.p
     cdef Py_ssize_t Og = w.shape[0] // groups, K = geo.phases[0].K
     cdef Py_ssize_t mpad = round_up(Og, p.mr)
-    cdef element[::1] apack = np.empty(1 if p.gathered else groups * mpad * K, dtype=dtype)
+    cdef element[::1] apack = _workspace("a", dtype, 1 if p.gathered else groups * mpad * K)
     if not p.gathered:
         with nogil:
             pack_groups(&w[0, 0, 0, 0, 0], Og * w.shape[1] * w.shape[2] * w.shape[3] * w.shape[4],
@@ -392,30 +392,33 @@ def grad_input(const element[:, :, :, :, ::1] dy, const element[:, :, :, :, ::1]
                                         shape5(dy.shape), stride, pad, dilation, groups,
                                         sizeof(element))
     cdef Product *p = &geo.p
+    cdef Py_ssize_t f, n, last = p.nphase - 1, M = w.shape[1], mpad = round_up(M, p.mr)
     cdef element[::1] apack
-    if not p.gathered:
-        apack = np.concatenate([_pack_groups(w, groups, w.shape[1], p.mr, geo.phases[f].K,
-                                             geo.koffs[f], dtype, num_threads)
-                                for f in range(p.nphase)] + [np.zeros(1, dtype)])
+    if not p.gathered:      # A packed phase by phase, phase f at phases[f].a_off
+        n = geo.phases[last].a_off + groups * mpad * geo.phases[last].K
+        apack = _workspace("a", dtype, n + 1)
+        apack[n] = 0
+        for f in range(p.nphase):
+            _pack_groups(w, groups, M, p.mr, geo.phases[f].K, geo.koffs[f],
+                         &apack[geo.phases[f].a_off], num_threads)
     product_pass(p, geo.phases, dy, geo.boff, &w[0, 0, 0, 0, 0] if p.gathered else &apack[0],
                  geo.aoff, bias, dx, num_threads)
 
 
-def _pack_groups(const element[:, :, :, :, ::1] w, Py_ssize_t groups, Py_ssize_t M,
-                 Py_ssize_t mr, Py_ssize_t K, koff_arr, dtype, int num_threads):
-    """Packed A of the input gradient for all groups: rows c, columns (o, tap)."""
-    cdef Py_ssize_t Og = w.shape[0] // groups, mpad = round_up(M, mr)
+cdef void _pack_groups(const element[:, :, :, :, ::1] w, Py_ssize_t groups, Py_ssize_t M,
+                       Py_ssize_t mr, Py_ssize_t K, koff_arr, element *apack,
+                       int num_threads) except *:
+    """Packed A of one phase of the input gradient for all groups, written at apack
+    (groups * round_up(M, mr) * K elements): rows c, columns (o, tap) at koff_arr."""
+    cdef Py_ssize_t Og = w.shape[0] // groups
     cdef Py_ssize_t KS = w.shape[2] * w.shape[3] * w.shape[4]
-    out = np.empty(max(groups * mpad * K, 1), dtype=dtype)
     if K == 0:
-        return out[:0]
-    cdef element[::1] apack = out
+        return
     cdef Py_ssize_t[::1] koff = koff_arr
     cdef Py_ssize_t[::1] roff = np.arange(M, dtype=np.intp) * KS
     with nogil:
         pack_groups(&w[0, 0, 0, 0, 0], Og * M * KS, groups, M, mr, K, &roff[0], &koff[0],
-                    &apack[0], num_threads)
-    return out[:groups * mpad * K]
+                    apack, num_threads)
 
 
 # ---------------------------------------------------------------------------------------------
