@@ -201,13 +201,13 @@ def col2im_grad_input(dy, w, bias, dx, stride, pad, dilation, groups, num_thread
     pixels = math.prod(dy.shape[2:])
     dense = _dense(dx.shape[2:], w.shape[2:], dy.shape[2:], pad, dilation, groups)
     # where the layer is dense the columns are dx itself: nothing to scatter
-    cols = dx if dense else np.empty((groups * n * pixels, k), dy.dtype)
+    cols = dx if dense else _scratch("c", (groups * n * pixels, k), dy.dtype)
     if _dense_products(n, pixels, groups):      # cols[n] = dy[n] w (tiled.dense_input)
         tiled.dense_input(dy.reshape(n, o), w.reshape(o, k), cols.reshape(n, k), num_threads)
     else:
-        rows = np.ascontiguousarray(
-            dy.reshape(n, groups, og, pixels).transpose(1, 0, 3, 2)).reshape(
-                groups * n * pixels, og, 1, 1, 1)
+        rows = _scratch("r", (groups, n, pixels, og), dy.dtype)
+        np.copyto(rows, dy.reshape(n, groups, og, pixels).transpose(1, 0, 3, 2))
+        rows = rows.reshape(groups * n * pixels, og, 1, 1, 1)
         forward(w.reshape(1, o, 1, 1, k), rows, np.empty(0, dy.dtype),
                 cols.reshape(1, groups * n * pixels, 1, 1, k), _ONES, _ZEROS, _ONES, groups,
                 num_threads)
@@ -247,6 +247,19 @@ IM2COL_FORWARD_WASTE = 2.5
 # batch 2 to 8 1.4-11x and 1.15-3.9x; at batch 16 and 32 the columns' product is the faster
 # (0.35-0.96 for 64 -> 1536 and 100 -> 512, 1.15-2.6 only for narrow outputs).
 DENSE_IMAGES = 8
+
+
+def _scratch(name, shape, dtype):
+    """An array of this shape in scratch kept across calls by the calling Python thread
+    (`tiled._workspace`): the columns are up to COL2IM_COLUMNS elements, and a new array on
+    every call costs its page faults on every call where the allocator hands it back to the
+    system in between (a 3x3 layer with 512 channels on 14x14 at batch 1: 3.5 MiB of columns).
+    Names: "c" the columns, "r" the rows of the products; the loops keep their own ("a", "f",
+    "i", "p", "w").  The products these paths call on them are 1x1 convolutions whose own
+    choice (`choose`) never takes columns again, but as dot products of one output pixel,
+    which need none."""
+    n = math.prod(shape)
+    return tiled._workspace(name, dtype, n)[:n].reshape(shape)
 
 
 def _dense_products(n, pixels, groups) -> bool:
@@ -327,7 +340,7 @@ def _columns(x, w_shape, y_shape, stride, pad, dilation, groups, num_threads):
     k = math.prod(w_shape[1:])
     if _dense(x.shape[2:], w_shape[2:], y_shape[2:], pad, dilation, groups):
         return x.reshape(-1, k)
-    cols = np.empty((groups * y_shape[0] * math.prod(y_shape[2:]), k), x.dtype)
+    cols = _scratch("c", (groups * y_shape[0] * math.prod(y_shape[2:]), k), x.dtype)
     direct.im2col(x, w_shape, y_shape, stride, pad, dilation, groups, cols, num_threads)
     return cols
 
@@ -345,8 +358,9 @@ def im2col_grad_weight(x, dy, dw, stride, pad, dilation, groups, num_threads):
     if _dense_products(n, pixels, groups):      # dw = sum of dy[n] cols[n] (dense_weight)
         tiled.dense_weight(cols.reshape(n, k), dy.reshape(n, o), dw.reshape(o, k), num_threads)
         return
-    rows = np.ascontiguousarray(dy.reshape(n, o, pixels).transpose(1, 0, 2)).reshape(
-        o, n * pixels, 1, 1, 1)
+    rows = _scratch("r", (o, n, pixels), x.dtype)
+    np.copyto(rows, dy.reshape(n, o, pixels).transpose(1, 0, 2))
+    rows = rows.reshape(o, n * pixels, 1, 1, 1)
     forward(cols.reshape(1, -1, 1, 1, k), rows, np.empty(0, x.dtype),
             dw.reshape(1, o, 1, 1, k), _ONES, _ZEROS, _ONES, groups, num_threads)
 
@@ -365,7 +379,7 @@ def im2col_forward(x, w, bias, y, stride, pad, dilation, groups, num_threads):
     if _dense_products(n, pixels, groups):      # y[n, o] = cols[n] . w[o] (tiled.dense)
         tiled.dense(cols.reshape(n, k), w.reshape(o, k), y.reshape(n, o), num_threads)
     else:
-        rows = y if pixels == 1 else np.empty((n * pixels, o), y.dtype)
+        rows = y if pixels == 1 else _scratch("r", (n * pixels, o), y.dtype)
         grad_weight(w.reshape(1, o, 1, 1, k), cols.reshape(1, n * pixels, 1, 1, k),
                     rows.reshape(n * pixels, o, 1, 1, 1), _ONES, _ZEROS, _ONES, 1,
                     num_threads)

@@ -898,7 +898,10 @@ cdef object run_pass(_DwGeometry geo, const element *src, w, bias, element *dst,
     dtype = typecode(<element *> NULL)
     w = np.asarray(w).reshape(-1)
     bias = np.asarray(bias)
-    cdef const element[::1] wp = w if geo.wsel is None else w[geo.wsel]
+    if geo.wsel is not None:    # the weights in the loops' order, into scratch kept across calls
+        w = np.take(w, geo.wsel, out=_workspace("w", dtype, len(geo.wsel))[:len(geo.wsel)],
+                    mode="clip")
+    cdef const element[::1] wp = w
     cdef const element[::1] bp = bias[geo.bsel] if geo.blocked and len(bias) else bias
     cdef const element *bptr = &bp[0] if bp.shape[0] > 0 else NULL
     cdef Py_ssize_t iper = per_thread(1)
