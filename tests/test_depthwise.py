@@ -64,6 +64,14 @@ def expected(x, w, b, b_in, gy, kw):
 # ---------------------------------------------------------------------------------------------
 # Cases: chosen ones for each path through the loops, and random geometries of the kind
 
+WIDE = [
+    case("2d-blocks-7x7", (2, 17, 14, 14), (17, 1, 7, 7), groups=17, padding=3),
+    case("2d-blocks-runs-of-6", (2, 18, 9, 13), (18, 1, 3, 6), groups=18,
+         padding=((1, 1), (2, 3))),
+    case("2d-blocks-rows-of-16", (2, 40, 5, 16), (40, 1, 1, 7), groups=40, padding=(0, 3)),
+    case("2d-blocks-9-taps", (2, 17, 8, 11), (17, 1, 3, 9), groups=17, padding=(1, 4)),
+]
+
 FIXED = [
     # pixel vectors: rows straight into the output (long rows), and rows merged through
     # scratch (short rows); groups of several channels; a channel multiplier
@@ -87,6 +95,10 @@ FIXED = [
     case("2d-blocks-asymmetric", (2, 24, 6, 15), (24, 1, 2, 3), groups=24, stride=(1, 2),
          padding=((0, 1), (2, 1))),
     case("2d-blocks-stride-past-kernel", (2, 17, 10, 13), (17, 1, 2, 2), groups=17, stride=3),
+    # channel blocks with wide kernels: runs of 7 taps, rows in blocks of 7 pixels, an even
+    # number of rows (two at a time); runs of 6, rows of 13 (blocks of 7), odd rows; rows of
+    # 16 (blocks of 8); a row of 9 taps as runs of 7 and 2
+    *WIDE,
     # 1-D and 3-D
     case("1d-long", (2, 5, 300), (10, 1, 5), groups=5, stride=2, dilation=2, padding=4),
     case("1d-blocks", (2, 32, 40), (32, 1, 3), groups=32, padding=((2, 0),)),
@@ -187,6 +199,22 @@ def test_cases_take_every_path(variant, itemsize):
     blocked = {p["which"] for p in got if p["blocked"]}
     wide = _loops.variants()[variant].info()["isa"] == "avx512"
     assert blocked == ({0, 1, 2} if wide else set())
+
+
+def test_wide_kernels_take_the_channel_blocks():
+    """The wide-kernel cases run every pass of float32 as channel blocks where the variant has
+    512-bit vectors."""
+    for variant in VARIANTS:
+        module = _loops.variants()[variant]
+        if module.info()["isa"] != "avx512":
+            continue
+        for p in WIDE:
+            x_shape, w_shape, kw = p.values
+            y5 = lift(np.empty(conv_output_shape(x_shape, w_shape, kw))).shape
+            x5, w5 = lift(np.empty(x_shape)).shape, lift(np.empty(w_shape)).shape
+            args = loop_args(x_shape, w_shape, kw)
+            for which in (0, 1, 2):
+                assert module.dw_plan(which, x5, w5, y5, *args, 4)["blocked"], (p.id, which)
 
 
 def test_read_only_inputs(rng, assert_close):

@@ -54,6 +54,15 @@
 
 #if defined(__GNUC__) || defined(__clang__)
 
+/* Loops over the pixels and taps of a run, unrolled whole so that their accumulators, indexed
+ * by both, stay in registers (GCC leaves a run of 7 taps, 14 x 7 FMAs, rolled otherwise, and
+ * the accumulators in memory). */
+#  if defined(__clang__)
+#    define LC_DW_UNROLL _Pragma("unroll")
+#  else
+#    define LC_DW_UNROLL _Pragma("GCC unroll 16")
+#  endif
+
 /* Hides a loop counter from the optimiser, so that a copy loop stays a loop: GCC would call
  * memmove for it, which costs more than the copy for rows of 7 to 112 elements. */
 #  define LC_DW_OPAQUE(j) __asm__("" : "+r"(j))
@@ -109,41 +118,114 @@ static inline void lc_dw_dot##KB##_##SUFFIX(const ptrdiff_t *LC_RESTRICT off,   
 #  define LC_DW_DOT_CASE(SUFFIX, KB)                                                     \
     case KB: lc_dw_dot##KB##_##SUFFIX(off + k0, src, dy, n, accv + k0 * W); break;
 
-/* a run of R taps of lc_dwc_runs: acc[b] (pixel e0 + b) += the run's weights times the input
- * vectors s[i], each loaded once for the R pixels it serves */
-#  define LC_DWC_RUN(VEC, UVEC, R)                                                       \
+/* a run of R taps of lc_dwc_runs: acc[q][b] (pixel e0 + b of row q) += the run's weights times
+ * the input vectors s[q ls + i], each loaded once for the R pixels it serves */
+#  define LC_DWC_RUN(VEC, UVEC, R, PX, ROWS)                                             \
     {                                                                                   \
         VEC wr[R];                                                                      \
         for (int j = 0; j < R; j++) wr[j] = *(const UVEC *)(wk + j * W);                \
-        for (int i = 0; i < LC_DWC_PX + R - 1; i++) {                                   \
-            VEC v = *(const UVEC *)(s + i * W);                                         \
-            for (int j = 0; j < R; j++)                                                 \
-                if (i - j >= 0 && i - j < LC_DWC_PX) acc[i - j] += wr[j] * v;           \
+        LC_DW_UNROLL                                                                    \
+        for (int i = 0; i < PX + R - 1; i++) {                                          \
+            LC_DW_UNROLL                                                                \
+            for (int q = 0; q < ROWS; q++) {                                            \
+                VEC v = *(const UVEC *)(s + (q * ls + i) * W);                          \
+                LC_DW_UNROLL                                                            \
+                for (int j = 0; j < R; j++)                                             \
+                    if (i - j >= 0 && i - j < PX) acc[q][i - j] += wr[j] * v;           \
+            }                                                                           \
         }                                                                               \
     }
 
 /* a run of R taps of lc_dwc_dotruns over all the rows: acc[j] += dy of pixel e0 + b times the
  * input vector of pixel e0 + b + j, each input vector loaded once for the R taps it serves */
-#  define LC_DWC_DOTRUN(T, VEC, UVEC, R)                                                 \
+#  define LC_DWC_DOTRUN(T, VEC, UVEC, R, PX)                                             \
     {                                                                                   \
         VEC acc[R];                                                                     \
         for (int j = 0; j < R; j++) acc[j] = *(const UVEC *)(accv + (k0 + j) * W);      \
         for (ptrdiff_t r = 0; r < nrows; r++) {                                         \
             const T *s = src + (r * ls + ob) * W;                                       \
             const T *d = dy + r * ld * W;                                               \
-            for (ptrdiff_t e0 = 0; e0 < n; e0 += LC_DWC_PX) {                           \
-                VEC dv[LC_DWC_PX];                                                      \
-                for (int b = 0; b < LC_DWC_PX; b++)                                     \
+            for (ptrdiff_t e0 = 0; e0 < n; e0 += PX) {                                  \
+                VEC dv[PX];                                                             \
+                for (int b = 0; b < PX; b++)                                            \
                     dv[b] = b < n - e0 ? *(const UVEC *)(d + (e0 + b) * W) : (VEC){0};  \
-                for (int i = 0; i < LC_DWC_PX + R - 1; i++) {                           \
+                LC_DW_UNROLL                                                            \
+                for (int i = 0; i < PX + R - 1; i++) {                                  \
                     VEC v = *(const UVEC *)(s + (e0 + i) * W);                          \
+                    LC_DW_UNROLL                                                        \
                     for (int j = 0; j < R; j++)                                         \
-                        if (i - j >= 0 && i - j < LC_DWC_PX) acc[j] += dv[i - j] * v;   \
+                        if (i - j >= 0 && i - j < PX) acc[j] += dv[i - j] * v;          \
                 }                                                                       \
             }                                                                           \
         }                                                                               \
         for (int j = 0; j < R; j++) *(UVEC *)(accv + (k0 + j) * W) = acc[j];            \
     }
+
+/* lc_dwc_runs for rows r0 ... r0 + ROWS - 1 in blocks of PX pixels; lc_dwc_dotruns in blocks of
+ * PX pixels */
+#  define LC_DWC_RUNS_PX(SUFFIX, T, PX, ROWS)                                            \
+static inline void lc_dwc_runs##PX##x##ROWS##_##SUFFIX(ptrdiff_t nrun,                  \
+        const ptrdiff_t *LC_RESTRICT runs, const T *LC_RESTRICT wv,                     \
+        const T *LC_RESTRICT src, ptrdiff_t ls, T *LC_RESTRICT dst, ptrdiff_t ld,       \
+        ptrdiff_t cs, ptrdiff_t n, ptrdiff_t r0, lc_vec_##SUFFIX bv)                       \
+{                                                                                       \
+    enum { W = LC_VEC_BYTES / sizeof(T) };                                              \
+    typedef lc_vec_##SUFFIX VEC;                                                        \
+    typedef lc_uvec_##SUFFIX UVEC;                                                      \
+    for (ptrdiff_t e0 = 0; e0 < n; e0 += PX) {                                          \
+        VEC acc[ROWS][PX];                                                              \
+        for (int q = 0; q < ROWS; q++)                                                  \
+            for (int b = 0; b < PX; b++) acc[q][b] = (VEC){0};                          \
+        for (ptrdiff_t g = 0; g < nrun; g++) {                                          \
+            const T *s = src + (r0 * ls + e0 + runs[3 * g]) * W;                        \
+            const T *wk = wv + runs[3 * g + 2] * W;                                     \
+            switch (runs[3 * g + 1]) {                                                  \
+            case 1: LC_DWC_RUN(VEC, UVEC, 1, PX, ROWS) break;                           \
+            case 2: LC_DWC_RUN(VEC, UVEC, 2, PX, ROWS) break;                           \
+            case 3: LC_DWC_RUN(VEC, UVEC, 3, PX, ROWS) break;                           \
+            case 4: LC_DWC_RUN(VEC, UVEC, 4, PX, ROWS) break;                           \
+            case 5: LC_DWC_RUN(VEC, UVEC, 5, PX, ROWS) break;                           \
+            case 6: LC_DWC_RUN(VEC, UVEC, 6, PX, ROWS) break;                           \
+            default: LC_DWC_RUN(VEC, UVEC, 7, PX, ROWS) break;                          \
+            }                                                                           \
+        }                                                                               \
+        for (int q = 0; q < ROWS; q++) {                                                \
+            T *d = dst + ((r0 + q) * ld + e0 * cs) * W;                                 \
+            for (int b = 0; b < PX; b++)                                                \
+                if (b < n - e0) *(UVEC *)(d + b * cs * W) = acc[q][b] + bv;             \
+        }                                                                               \
+    }                                                                                   \
+}
+
+#  define LC_DWC_DOTRUNS_PX(SUFFIX, T, PX)                                               \
+static inline void lc_dwc_dotruns##PX##_##SUFFIX(ptrdiff_t nrun,                        \
+        const ptrdiff_t *LC_RESTRICT runs, const T *LC_RESTRICT src, ptrdiff_t ls,      \
+        const T *LC_RESTRICT dy, ptrdiff_t ld, ptrdiff_t n, ptrdiff_t nrows,            \
+        T *LC_RESTRICT accv)                                                            \
+{                                                                                       \
+    enum { W = LC_VEC_BYTES / sizeof(T) };                                              \
+    typedef lc_vec_##SUFFIX VEC;                                                        \
+    typedef lc_uvec_##SUFFIX UVEC;                                                      \
+    for (ptrdiff_t g = 0; g < nrun; g++) {                                              \
+        ptrdiff_t ob = runs[3 * g], k0 = runs[3 * g + 2];                               \
+        switch (runs[3 * g + 1]) {                                                      \
+        case 1: LC_DWC_DOTRUN(T, VEC, UVEC, 1, PX) break;                               \
+        case 2: LC_DWC_DOTRUN(T, VEC, UVEC, 2, PX) break;                               \
+        case 3: LC_DWC_DOTRUN(T, VEC, UVEC, 3, PX) break;                               \
+        case 4: LC_DWC_DOTRUN(T, VEC, UVEC, 4, PX) break;                               \
+        case 5: LC_DWC_DOTRUN(T, VEC, UVEC, 5, PX) break;                               \
+        case 6: LC_DWC_DOTRUN(T, VEC, UVEC, 6, PX) break;                               \
+        default: LC_DWC_DOTRUN(T, VEC, UVEC, 7, PX) break;                              \
+        }                                                                               \
+    }                                                                                   \
+}
+
+/* Pixels per block of the channel blocks for rows of n: 7 where blocks of 7 compute fewer
+ * dropped pixels (rows of 7, 14, 28: 8 computes 8, 16, 32), else 8. */
+static inline int lc_dwc_px(ptrdiff_t n)
+{
+    return (n + 6) / 7 * 7 < (n + 7) / 8 * 8 ? 7 : 8;
+}
 
 #  define LC_DEFINE_DEPTHWISE(SUFFIX, T)                                                 \
 LC_DW_ROWS_BLOCK(SUFFIX, T, 1) LC_DW_ROWS_BLOCK(SUFFIX, T, 2)                           \
@@ -198,53 +280,37 @@ static inline void lc_dw_dot_##SUFFIX(ptrdiff_t nk, const ptrdiff_t *off, const 
         k0 += kb;                                                                       \
     }                                                                                   \
 }                                                                                       \
+LC_DWC_RUNS_PX(SUFFIX, T, 7, 1) LC_DWC_RUNS_PX(SUFFIX, T, 7, 2)                         \
+LC_DWC_RUNS_PX(SUFFIX, T, 8, 1) LC_DWC_RUNS_PX(SUFFIX, T, 8, 2)                         \
 static inline void lc_dwc_runs_##SUFFIX(ptrdiff_t nrun, const ptrdiff_t *LC_RESTRICT runs, \
         const T *LC_RESTRICT wv, const T *LC_RESTRICT src, ptrdiff_t ls,                \
         T *LC_RESTRICT dst, ptrdiff_t ld, ptrdiff_t cs, ptrdiff_t n, ptrdiff_t nrows,   \
         const T *LC_RESTRICT bias)                                                      \
 {                                                                                       \
-    enum { W = LC_VEC_BYTES / sizeof(T) };                                              \
-    typedef lc_vec_##SUFFIX VEC;                                                        \
-    typedef lc_uvec_##SUFFIX UVEC;                                                      \
-    VEC bv = bias ? *(const UVEC *)bias : (VEC){0};                                     \
-    for (ptrdiff_t r = 0; r < nrows; r++)                                               \
-        for (ptrdiff_t e0 = 0; e0 < n; e0 += LC_DWC_PX) {                               \
-            VEC acc[LC_DWC_PX];                                                         \
-            for (int b = 0; b < LC_DWC_PX; b++) acc[b] = (VEC){0};                      \
-            for (ptrdiff_t g = 0; g < nrun; g++) {                                      \
-                const T *s = src + (r * ls + e0 + runs[3 * g]) * W;                     \
-                const T *wk = wv + runs[3 * g + 2] * W;                                 \
-                switch (runs[3 * g + 1]) {                                              \
-                case 1: LC_DWC_RUN(VEC, UVEC, 1) break;                                 \
-                case 2: LC_DWC_RUN(VEC, UVEC, 2) break;                                 \
-                case 3: LC_DWC_RUN(VEC, UVEC, 3) break;                                 \
-                case 4: LC_DWC_RUN(VEC, UVEC, 4) break;                                 \
-                default: LC_DWC_RUN(VEC, UVEC, 5) break;                                \
-                }                                                                       \
-            }                                                                           \
-            T *d = dst + (r * ld + e0 * cs) * W;                                        \
-            for (int b = 0; b < LC_DWC_PX; b++)                                         \
-                if (b < n - e0) *(UVEC *)(d + b * cs * W) = acc[b] + bv;                \
-        }                                                                               \
+    lc_vec_##SUFFIX bv = bias ? *(const lc_uvec_##SUFFIX *)bias : (lc_vec_##SUFFIX){0}; \
+    ptrdiff_t r = 0;                                                                    \
+    if (lc_dwc_px(n) == 7) {                                                            \
+        for (; r + 1 < nrows; r += 2)                                                   \
+            lc_dwc_runs7x2_##SUFFIX(nrun, runs, wv, src, ls, dst, ld, cs, n, r, bv);    \
+        if (r < nrows)                                                                  \
+            lc_dwc_runs7x1_##SUFFIX(nrun, runs, wv, src, ls, dst, ld, cs, n, r, bv);    \
+    } else {                                                                            \
+        for (; r + 1 < nrows; r += 2)                                                   \
+            lc_dwc_runs8x2_##SUFFIX(nrun, runs, wv, src, ls, dst, ld, cs, n, r, bv);    \
+        if (r < nrows)                                                                  \
+            lc_dwc_runs8x1_##SUFFIX(nrun, runs, wv, src, ls, dst, ld, cs, n, r, bv);    \
+    }                                                                                   \
 }                                                                                       \
+LC_DWC_DOTRUNS_PX(SUFFIX, T, 7) LC_DWC_DOTRUNS_PX(SUFFIX, T, 8)                         \
 static inline void lc_dwc_dotruns_##SUFFIX(ptrdiff_t nrun,                              \
         const ptrdiff_t *LC_RESTRICT runs, const T *LC_RESTRICT src, ptrdiff_t ls,      \
         const T *LC_RESTRICT dy, ptrdiff_t ld, ptrdiff_t n, ptrdiff_t nrows,            \
         T *LC_RESTRICT accv)                                                            \
 {                                                                                       \
-    enum { W = LC_VEC_BYTES / sizeof(T) };                                              \
-    typedef lc_vec_##SUFFIX VEC;                                                        \
-    typedef lc_uvec_##SUFFIX UVEC;                                                      \
-    for (ptrdiff_t g = 0; g < nrun; g++) {                                              \
-        ptrdiff_t ob = runs[3 * g], k0 = runs[3 * g + 2];                               \
-        switch (runs[3 * g + 1]) {                                                      \
-        case 1: LC_DWC_DOTRUN(T, VEC, UVEC, 1) break;                                   \
-        case 2: LC_DWC_DOTRUN(T, VEC, UVEC, 2) break;                                   \
-        case 3: LC_DWC_DOTRUN(T, VEC, UVEC, 3) break;                                   \
-        case 4: LC_DWC_DOTRUN(T, VEC, UVEC, 4) break;                                   \
-        default: LC_DWC_DOTRUN(T, VEC, UVEC, 5) break;                                  \
-        }                                                                               \
-    }                                                                                   \
+    if (lc_dwc_px(n) == 7)                                                              \
+        lc_dwc_dotruns7_##SUFFIX(nrun, runs, src, ls, dy, ld, n, nrows, accv);          \
+    else                                                                                \
+        lc_dwc_dotruns8_##SUFFIX(nrun, runs, src, ls, dy, ld, n, nrows, accv);          \
 }                                                                                       \
 /* one row: vectors, the last overlapping; 16-byte vectors for rows shorter than one */ \
 static inline void lc_dw_copy_row_##SUFFIX(T *LC_RESTRICT dst, const T *LC_RESTRICT src, \

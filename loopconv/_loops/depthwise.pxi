@@ -447,7 +447,7 @@ def _tap_runs(offsets, Py_ssize_t k0):
     last = None     # (not runs[-1]: the module is built with wraparound off)
     for k, i in enumerate(order):
         o = offsets[i]
-        if last is not None and o == last[0] + last[1] and last[1] < 5:
+        if last is not None and o == last[0] + last[1] and last[1] < 7:
             last[1] += 1
         else:
             last = [o, 1, k0 + k]
