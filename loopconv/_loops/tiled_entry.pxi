@@ -392,33 +392,18 @@ def grad_input(const element[:, :, :, :, ::1] dy, const element[:, :, :, :, ::1]
                                         shape5(dy.shape), stride, pad, dilation, groups,
                                         sizeof(element))
     cdef Product *p = &geo.p
-    cdef Py_ssize_t f, n, last = p.nphase - 1, M = w.shape[1], mpad = round_up(M, p.mr)
+    cdef Py_ssize_t n, last = p.nphase - 1, M = w.shape[1], mpad = round_up(M, p.mr)
     cdef element[::1] apack
-    if not p.gathered:      # A packed phase by phase, phase f at phases[f].a_off
+    if not p.gathered:      # A packed, phase f at phases[f].a_off
         n = geo.phases[last].a_off + groups * mpad * geo.phases[last].K
         apack = _workspace("a", dtype, n + 1)
         apack[n] = 0
-        for f in range(p.nphase):
-            _pack_groups(w, groups, M, p.mr, geo.phases[f].K, geo.koffs[f],
-                         &apack[geo.phases[f].a_off], num_threads)
+        with nogil:
+            pack_phases(&w[0, 0, 0, 0, 0], groups, w.shape[0] // groups, M,
+                        w.shape[2] * w.shape[3] * w.shape[4], p.mr, p.nphase, geo.phases,
+                        &geo.pnt[0], &geo.ptaps[0], &apack[0], num_threads)
     product_pass(p, geo.phases, dy, geo.boff, &w[0, 0, 0, 0, 0] if p.gathered else &apack[0],
                  geo.aoff, bias, dx, num_threads)
-
-
-cdef void _pack_groups(const element[:, :, :, :, ::1] w, Py_ssize_t groups, Py_ssize_t M,
-                       Py_ssize_t mr, Py_ssize_t K, koff_arr, element *apack,
-                       int num_threads) except *:
-    """Packed A of one phase of the input gradient for all groups, written at apack
-    (groups * round_up(M, mr) * K elements): rows c, columns (o, tap) at koff_arr."""
-    cdef Py_ssize_t Og = w.shape[0] // groups
-    cdef Py_ssize_t KS = w.shape[2] * w.shape[3] * w.shape[4]
-    if K == 0:
-        return
-    cdef Py_ssize_t[::1] koff = koff_arr
-    cdef Py_ssize_t[::1] roff = np.arange(M, dtype=np.intp) * KS
-    with nogil:
-        pack_groups(&w[0, 0, 0, 0, 0], Og * M * KS, groups, M, mr, K, &roff[0], &koff[0],
-                    apack, num_threads)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -575,7 +560,8 @@ cdef class _Geometry:
     cdef Py_ssize_t[::1] roff       # forward: the weight's rows, for pack_groups
     cdef Py_ssize_t[::1] order      # item_order of the phases' column blocks
     cdef Py_ssize_t[::1] nr_steps   # pixel_tiles: the packed panels' rows k at k * NR
-    cdef list koffs                 # input gradient: each phase's columns of A (packing)
+    cdef Py_ssize_t[::1] ptaps      # input gradient: each phase's taps (packing) ...
+    cdef Py_ssize_t[::1] pnt        # ... how many of them, phase by phase
 
     def __dealloc__(self):
         free(self.phases)
@@ -613,7 +599,12 @@ cdef _Geometry new_geometry(int which, tuple xs, tuple ws, tuple ys, stride, pad
         geo.phases = <Phase *> <Py_ssize_t> address
         geo.boff = np.concatenate(boffs + [np.zeros(1, np.intp)])
         geo.aoff = np.concatenate(koffs + [np.zeros(1, np.intp)])
-        geo.koffs = koffs
+        # phase f's columns of A are (o, j), o outermost, at o * Cg * KS + its taps[j]
+        # (channel_rows): the taps are its first columns
+        nts = [len(k) // max(1, ws[0] // groups) for k in koffs]
+        geo.pnt = np.array(nts, dtype=np.intp)
+        geo.ptaps = np.concatenate([k[:nt] for k, nt in zip(koffs, nts)]
+                                   + [np.zeros(1, np.intp)])
         product_tables(geo, itemsize)
     else:
         set_weight(&geo.q, xs, ws, ys, stride, pad, dilation, groups, itemsize, math.prod(xs))
