@@ -114,9 +114,13 @@ cdef enum:
     PACK_BLOCK = 64
     PACK_SERIAL = 1 << 15
     # MIN_ITEMS: a forward-style product with fewer (image, group, column block) work items
-    # than this splits its rows (output channels) too, so that batch 1 keeps every core busy;
-    # likewise the weight gradient with fewer (group, chunk) items
+    # than this splits its rows (output channels) too, into about ROW_ITEMS items in all, so
+    # that batch 1 keeps every core busy; likewise the weight gradient with fewer (group,
+    # chunk) items (into MIN_ITEMS).  ROW_ITEMS was 8: 1x1 layers at batch 1 with 10 or 14
+    # panels of rows ran as 5 or 7 items, 3 + 2 or 4 + 3 on two threads (EfficientNet's
+    # 480 -> 80 and 672 -> 112 on 14x14: 1.46-1.56x from the second core, 1.64-1.72x at 16)
     MIN_ITEMS = 8
+    ROW_ITEMS = 16
     # Small images: a work item of the forward-style product takes up to MAX_IMAGES images,
     # so that it has about ITEM_COLUMNS grid columns for each panel of A it reads (a 1x1 input
     # of a GAN generator has 25 columns: A was read from L3 once per image and tile), while

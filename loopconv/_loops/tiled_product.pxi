@@ -544,8 +544,9 @@ cdef void split_work(Product *p, Py_ssize_t columns) noexcept nogil:
     """The work items, from the problem alone (`columns`: grid columns of one image, all
     phases).  p.nimg: images per item, as many as make ITEM_COLUMNS columns (within MAX_IMAGES
     and STAGED_IMAGES).  p.nrb and p.rblk: with fewer than MIN_ITEMS items of (images, group,
-    column block), the rows too are split into blocks of whole tile panels, as evenly as they
-    go.  Each output is still computed by one item, in the same order."""
+    column block), the rows too are split into blocks of whole tile panels, about ROW_ITEMS
+    items in all, as evenly as they go.  Each output is still computed by one item, in the
+    same order."""
     cdef Py_ssize_t mpan = (p.M + p.mr - 1) // p.mr, items
     p.nimg = 1
     if 0 < columns < ITEM_COLUMNS:
@@ -558,7 +559,7 @@ cdef void split_work(Product *p, Py_ssize_t columns) noexcept nogil:
     items = p.nib * p.G * p.items_ng
     p.nrb = 1
     if 0 < items < MIN_ITEMS:
-        p.nrb = min(mpan, (MIN_ITEMS + items - 1) // items)
+        p.nrb = min(mpan, (ROW_ITEMS + items - 1) // items)
     p.rblk = (mpan + p.nrb - 1) // p.nrb
     p.nrb = (mpan + p.rblk - 1) // p.rblk
 
