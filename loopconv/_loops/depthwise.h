@@ -20,12 +20,15 @@
  *   lc_dwc_dotruns_T: acc[k W + l] += sum_{r, e} dy[(r ld + e) W + l] src[(r ls + off_k + e) W + l]
  *                  with the taps as runs of consecutive offsets (a row of a kernel at stride
  *                  1: kw = 0, 1, 2), runs[3 i .. 3 i + 2] = (offset of the run's first tap,
- *                  its length R <= 5, the index k of its first tap).  LC_DWC_PX pixels of a
- *                  row at a time: a run reads LC_DWC_PX + R - 1 input vectors for
- *                  LC_DWC_PX R FMAs, each input vector serving R pixels (measured with
- *                  AVX-512 on a 7x7 to 28x28 forward pass: 100 GFLOP/s against 65 for a load
- *                  per FMA).  The last block of a row reads up to LC_DWC_PX - 1 pixels past
- *                  its end (computed, never stored; dy is zero there).
+ *                  its length R <= 7, the index k of its first tap).  PX = 7 or 8 pixels of
+ *                  a row at a time (lc_dwc_px: whichever drops fewer at the row's end): a run
+ *                  reads PX + R - 1 input vectors for PX R FMAs, each input vector serving R
+ *                  pixels (measured with AVX-512 on a 7x7 to 28x28 forward pass: 100 GFLOP/s
+ *                  against 65 for a load per FMA); lc_dwc_runs takes two rows at a time,
+ *                  which share the run's weights and give 14 or 16 independent accumulators
+ *                  (one row's chains of R FMAs each left the FMA units waiting: 7x7 kernels
+ *                  1.2-1.3x faster so).  The last block of a row reads up to PX - 1 pixels
+ *                  past its end (computed, never stored; dy is zero there).
  *   lc_dw_copy_T:  dst[r ld + j] = src[r ls + j], j < n, r < nrows;
  *   lc_dwc_copy_T: the same for vectors, taken `step` apart: dst[(r ld + e) W + l] =
  *                  src[(r ls + e step) W + l].
@@ -46,8 +49,9 @@
 /* Output vectors per block of lc_dw_rows (8 accumulators cover the FMA latency; with the
  * weight broadcast they fit in 16 registers); the most taps per block of lc_dw_dot (a 3x3
  * kernel in one block; 12 accumulators, dy and a loaded vector fit in 16 registers, and the
- * addresses of the 12 taps in the 16 general-purpose ones); pixels per block of the channel
- * blocks (8 accumulators, up to 5 weights and a loaded vector). */
+ * addresses of the 12 taps in the 16 general-purpose ones); the most pixels per block of the
+ * channel blocks, which run only with the 32 registers of AVX-512 (two rows: 16 accumulators,
+ * up to 7 weights and a loaded vector), and the staged slack past a block's rows (2 blocks). */
 #define LC_DW_NB 8
 #define LC_DW_KB 12
 #define LC_DWC_PX 8
@@ -167,7 +171,7 @@ static inline void lc_dw_dot##KB##_##SUFFIX(const ptrdiff_t *LC_RESTRICT off,   
 static inline void lc_dwc_runs##PX##x##ROWS##_##SUFFIX(ptrdiff_t nrun,                  \
         const ptrdiff_t *LC_RESTRICT runs, const T *LC_RESTRICT wv,                     \
         const T *LC_RESTRICT src, ptrdiff_t ls, T *LC_RESTRICT dst, ptrdiff_t ld,       \
-        ptrdiff_t cs, ptrdiff_t n, ptrdiff_t r0, lc_vec_##SUFFIX bv)                       \
+        ptrdiff_t cs, ptrdiff_t n, ptrdiff_t r0, lc_vec_##SUFFIX bv)                    \
 {                                                                                       \
     enum { W = LC_VEC_BYTES / sizeof(T) };                                              \
     typedef lc_vec_##SUFFIX VEC;                                                        \

@@ -438,7 +438,7 @@ cdef void plan_segments(DwPass *p, DwPair *pairs, const DwPhase *phases, bint in
 
 def _tap_runs(offsets, Py_ssize_t k0):
     """The taps k0, k0 + 1, ... (their offsets into the staged slice given in order) put in
-    order of offset, and cut into runs of consecutive offsets at most 5 long: (offset of the
+    order of offset, and cut into runs of consecutive offsets at most 7 long: (offset of the
     first, length, index of the first in the new order) each, flattened; and the new order,
     as the old index of each.  At stride 2 the kernel's columns 0 and 2 become neighbours in
     the staged phase (runs of 2), which they are not in the taps' own order."""
