@@ -26,7 +26,10 @@ Three measurements, each in fresh processes:
     ratio (target >= 0.8).  A plain copy of the volume through Dask (read, write, no
     convolution) shows what reading and writing cost alone; the filter's time over the
     copy's time plus that of the in-memory convolution of the volume is what the pipeline
-    costs beyond them (1.0: nothing).
+    costs beyond them (1.0: nothing).  Reading and writing take CPU time too (Zarr's copies,
+    the file system, new pages): the copy's CPU time (user and system, every thread) is
+    printed, and the per-core ratio that a pipeline whose only costs were the convolution and
+    that CPU time would reach ("bound": convolution / (convolution + copy), in CPU seconds).
 
 ``workers``
     The 16-channel layer on a 1 GiB volume through a ``dask.distributed.LocalCluster`` of one
@@ -75,6 +78,12 @@ def _rss() -> int:
 
 def _peak() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process, every thread, user and system."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def _cores() -> int:
@@ -203,9 +212,11 @@ def run_filter(source: str, target: str, layer: str, copy: bool, compress: bool,
     else:
         config = {"scheduler": "threads"}
     with dask.config.set(config):
+        cpu0 = _cpu_seconds()
         t0 = time.perf_counter()
         da.to_zarr(y, target, overwrite=True, **_codec(compress))
         seconds = time.perf_counter() - t0
+        cpu = _cpu_seconds() - cpu0
     peak = _peak()
     if client is not None:
         client.close()
@@ -224,7 +235,7 @@ def run_filter(source: str, target: str, layer: str, copy: bool, compress: bool,
                 loopconv.conv3d(block, w)
                 best = min(best, time.perf_counter() - t0)
         per_core[threads] = block_values / best / threads
-    return {"seconds": seconds, "peak": peak, "before": before, "volume": x.nbytes,
+    return {"seconds": seconds, "cpu": cpu, "peak": peak, "before": before, "volume": x.nbytes,
             "chunk": x.nbytes // x.npartitions, "blocks": x.npartitions, "voxels": x.size,
             "in_memory_per_core_one_thread": per_core[1],
             "in_memory_per_core_all_cores": per_core[_cores()], "cores": _cores()}
@@ -270,7 +281,7 @@ def out_of_core(args) -> dict:
     print(f"out of core: Zarr on {work} ({'compressed' if args.compress else 'uncompressed'}),"
           f" threaded scheduler, {_cores()} cores")
     print("  layer    volume  chunks    time   MiB/s   per core / in memory  time / (copy +  "
-          "peak RSS (before)  peak/volume  (peak-before)/chunk")
+          "peak RSS (before)  peak/volume  (peak-before)/chunk  CPU s  bound")
     print("                                                1 thread  all cores   in memory)")
     for layer in args.layers:
         channels = LAYERS[layer][0]
@@ -295,11 +306,20 @@ def out_of_core(args) -> dict:
                               f"       {r['pipeline']:5.2f}     ")
                 else:
                     ratios = "  (copy, no convolution)           "
+                if kind == "filter":
+                    # the best per-core ratio (one thread's terms) that any pipeline could
+                    # reach here: the convolution's CPU time over it plus the CPU time that
+                    # reading and writing took in the copy (Zarr, the file system, new pages)
+                    busy = r["voxels"] / r["in_memory_per_core_one_thread"]
+                    r["bound"] = busy / (busy + rows["copy"]["cpu"])
+                    extra = f"{r['cpu']:7.1f}  {r['bound']:5.2f}"
+                else:
+                    extra = f"{r['cpu']:7.1f}"
                 print(f"  {layer:7} {r['volume'] / GIB:5.1f} GiB {r['chunk'] / MIB:4.0f} MiB"
                       f" {r['seconds']:6.1f} s {r['volume'] / MIB / r['seconds']:6.0f}  "
                       f"{ratios:36} {r['peak'] / MIB:5.0f} MiB ({r['before'] / MIB:3.0f})"
                       f"   {r['peak'] / r['volume']:6.2f}     "
-                      f"{(r['peak'] - r['before']) / r['chunk']:6.1f}")
+                      f"{(r['peak'] - r['before']) / r['chunk']:6.1f}             {extra}")
             results[f"{layer}-{size}"] = rows
     shutil.rmtree(work, ignore_errors=True)
     return results
