@@ -70,6 +70,8 @@ WIDE = [
          padding=((1, 1), (2, 3))),
     case("2d-blocks-rows-of-16", (2, 40, 5, 16), (40, 1, 1, 7), groups=40, padding=(0, 3)),
     case("2d-blocks-9-taps", (2, 17, 8, 11), (17, 1, 3, 9), groups=17, padding=(1, 4)),
+    # weights enough to be put in the loops' order on several threads (DW_GATHER_SERIAL)
+    case("2d-blocks-many-weights", (1, 400, 9, 9), (400, 1, 5, 5), groups=400, padding=2),
 ]
 
 FIXED = [
