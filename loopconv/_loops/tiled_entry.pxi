@@ -401,7 +401,7 @@ def grad_input(const element[:, :, :, :, ::1] dy, const element[:, :, :, :, ::1]
         with nogil:
             pack_phases(&w[0, 0, 0, 0, 0], groups, w.shape[0] // groups, M,
                         w.shape[2] * w.shape[3] * w.shape[4], p.mr, p.nphase, geo.phases,
-                        &geo.pnt[0], &geo.ptaps[0], &apack[0], num_threads)
+                        &geo.aoff[0], &apack[0], num_threads)
     product_pass(p, geo.phases, dy, geo.boff, &w[0, 0, 0, 0, 0] if p.gathered else &apack[0],
                  geo.aoff, bias, dx, num_threads)
 
@@ -560,8 +560,6 @@ cdef class _Geometry:
     cdef Py_ssize_t[::1] roff       # forward: the weight's rows, for pack_groups
     cdef Py_ssize_t[::1] order      # item_order of the phases' column blocks
     cdef Py_ssize_t[::1] nr_steps   # pixel_tiles: the packed panels' rows k at k * NR
-    cdef Py_ssize_t[::1] ptaps      # input gradient: each phase's taps (packing) ...
-    cdef Py_ssize_t[::1] pnt        # ... how many of them, phase by phase
 
     def __dealloc__(self):
         free(self.phases)
@@ -599,12 +597,6 @@ cdef _Geometry new_geometry(int which, tuple xs, tuple ws, tuple ys, stride, pad
         geo.phases = <Phase *> <Py_ssize_t> address
         geo.boff = np.concatenate(boffs + [np.zeros(1, np.intp)])
         geo.aoff = np.concatenate(koffs + [np.zeros(1, np.intp)])
-        # phase f's columns of A are (o, j), o outermost, at o * Cg * KS + its taps[j]
-        # (channel_rows): the taps are its first columns
-        nts = [len(k) // max(1, ws[0] // groups) for k in koffs]
-        geo.pnt = np.array(nts, dtype=np.intp)
-        geo.ptaps = np.concatenate([k[:nt] for k, nt in zip(koffs, nts)]
-                                   + [np.zeros(1, np.intp)])
         product_tables(geo, itemsize)
     else:
         set_weight(&geo.q, xs, ws, ys, stride, pad, dilation, groups, itemsize, math.prod(xs))

@@ -173,48 +173,45 @@ cdef void pack_groups(const element *w, Py_ssize_t w_grp, Py_ssize_t G, Py_ssize
 
 cdef void pack_phases(const element *w, Py_ssize_t G, Py_ssize_t Og, Py_ssize_t M,
                       Py_ssize_t KS, Py_ssize_t MR, Py_ssize_t nphase, const Phase *phases,
-                      const Py_ssize_t *nt, const Py_ssize_t *taps, element *dst,
-                      int nthreads) noexcept nogil:
+                      const Py_ssize_t *aoff, element *dst, int nthreads) noexcept nogil:
     """The packed A of every phase of an input gradient, in one pass over w (G * Og, M, KS):
-    phase f's A[c, (o, j)] = w[g * Og + o, c, t_j] for its nt[f] taps t_j (listed in taps,
-    phase after phase), laid out as pack_groups lays it out at dst + phases[f].a_off (group g,
-    panel ip of MR rows c at (g * npan + ip) * MR * K_f, column k = o * nt[f] + j at k * MR;
-    rows past M zero).  An item is a (group, panel) pair: for each o it reads the panel's MR
-    rows of w[o] (MR * KS contiguous elements) once for all the phases.  Packed phase by phase
-    with the general pack_panels, each element was gathered a stride KS apart, and each line of
-    w read once per phase: a quarter of the time of a transposed 4x4 stride-2 512 -> 256
-    layer at batch 1."""
+    phase f's A[c, (o, j)] = w[g * Og + o, c, t_j] for its nt = K_f / Og taps t_j, which are
+    its first columns in aoff (at phases[f].k_off: the columns are (o, j), o outermost, at
+    o * M * KS + t_j, channel_rows), laid out as pack_groups lays it out at dst +
+    phases[f].a_off (group g, panel ip of MR rows c at (g * npan + ip) * MR * K_f, column k at
+    k * MR; rows past M zero).  An item is a (group, panel) pair: for each o it reads the
+    panel's MR rows of w[o] (MR * KS contiguous elements) once for all the phases.  Packed
+    phase by phase with the general pack_panels, each element was gathered a stride KS apart,
+    and each line of w read once per phase: a quarter of the time of a transposed 4x4 stride-2
+    512 -> 256 layer at batch 1."""
     cdef Py_ssize_t npan = (M + MR - 1) // MR, item
     if G * npan * MR * Og * KS < PACK_SERIAL:
         nthreads = 1
     # race-free: each item writes its own panel of every phase
     for item in prange(G * npan, schedule="static", num_threads=nthreads):
         pack_phase_panel(w, item // npan, item % npan, npan, Og, M, KS, MR, nphase, phases,
-                         nt, taps, dst)
+                         aoff, dst)
 
 
 cdef inline void pack_phase_panel(const element *w, Py_ssize_t g, Py_ssize_t ip,
                                   Py_ssize_t npan, Py_ssize_t Og, Py_ssize_t M, Py_ssize_t KS,
                                   Py_ssize_t MR, Py_ssize_t nphase, const Phase *phases,
-                                  const Py_ssize_t *nt, const Py_ssize_t *taps,
-                                  element *dst) noexcept nogil:
+                                  const Py_ssize_t *aoff, element *dst) noexcept nogil:
     """Panel ip of group g of every phase, for pack_phases."""
-    cdef Py_ssize_t c0 = ip * MR, mw = min(MR, M - c0), o, f, j, r, t0, tap
+    cdef Py_ssize_t c0 = ip * MR, mw = min(MR, M - c0), o, f, j, r, nt, tap
     cdef const element *src
     cdef element *d
     for o in range(Og):
         src = w + ((g * Og + o) * M + c0) * KS
-        t0 = 0
         for f in range(nphase):
-            d = (dst + phases[f].a_off + (g * npan + ip) * MR * (Og * nt[f])
-                 + o * nt[f] * MR)
-            for j in range(nt[f]):
-                tap = taps[t0 + j]
+            nt = phases[f].K // Og
+            d = dst + phases[f].a_off + (g * npan + ip) * MR * phases[f].K + o * nt * MR
+            for j in range(nt):
+                tap = aoff[phases[f].k_off + j]
                 for r in range(mw):
                     d[j * MR + r] = src[r * KS + tap]
                 for r in range(mw, MR):
                     d[j * MR + r] = 0
-            t0 += nt[f]
 
 
 cdef inline void copy_run(element *d, Py_ssize_t ds, const element *src, Py_ssize_t n,
