@@ -37,12 +37,20 @@ array.  When the input was made by `dask.array.from_zarr`, or by `dask.array.fro
 Zarr array or a memory-mapped NumPy array (and not transformed since), the tasks read that
 array instead: a block reads the large part of its region (its own chunk) itself, and one task
 per chunk reads the chunk once and copies out the thin slabs its neighbours need.  Each chunk
-is then read about twice, and memory holds the blocks being computed and the thin slabs
-waiting for them, whatever the size of the volume where the chunks are several times thicker
-than the halos: streaming one Zarr store into another (`dask.array.to_zarr` to a new store)
-runs out of core.  A block is computed on its own chunk as it is (zero padded where the halo
-is), the outputs whose windows reach into a halo computed again from their full regions and
-written over, where that costs less than copying the block with its halos.
+is then read about twice, and memory holds the blocks being computed and the thin slabs cut
+but not yet taken; each slab is dropped as soon as the blocks that read it have taken it (a
+dask.distributed worker counts only the slabs not yet taken).  Streaming one Zarr store into
+another (`dask.array.to_zarr` to a new store) thus runs out of core, but the slabs held are not
+bounded by the blocks in flight: with one final task that depends on every block (what
+``.compute()`` and ``da.to_zarr`` make), Dask's static ordering runs the tasks that cut them
+well ahead of the blocks that take them, and at the peak a share of all the volume's halos is
+held (measured: 75 MiB per GiB of volume with halos an eighth of a chunk thick, see the
+README).  Storing the result a few planes of chunks at a time, one computation each
+(``da.store(y[:, :, z0:z1], target, regions=...)``), bounds them by the halos of those planes,
+the chunks along each border read once more.  A block is
+computed on its own chunk as it is (zero padded where the halo is), the outputs whose windows
+reach into a halo computed again from their full regions and written over, where that costs
+less than copying the block with its halos.
 
 Input gradients and transposed convolutions are split the same way over the blocks of their
 result: each task calls `loopconv.conv2d_input` (etc.) on the part of ``grad_output`` whose
@@ -100,7 +108,6 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
-import operator
 import sys
 import threading
 
@@ -109,6 +116,7 @@ import dask.array as da
 import numpy as np
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
+from dask.sizeof import sizeof
 
 import loopconv
 from loopconv import _args, _border, _config, _problem
@@ -363,7 +371,7 @@ class _Reads:
 
     def __init__(self, src, name):
         self.src = src
-        self.halos = {}                 # stored array: chunk -> {ranges: position in its list}
+        self.halos = {}                 # stored array: chunk -> {ranges: [position, takers]}
         self.halo_name = f"loopconv-halo-{tokenize(name, src.arr.name)}"
 
     def region(self, dsk, runs, own=None, takes=()):
@@ -418,9 +426,11 @@ class _Reads:
         if 2 * size > np.prod([b - a for a, b in extent]):     # most of the chunk
             return (_read, key, [[(a + lo, a + hi)] for (lo, hi), (a, _) in zip(local, extent)],
                     unbatched)
-        requests = self.halos.setdefault(chunk, {})
-        position = requests.setdefault(tuple(local), len(requests))
-        return (operator.getitem, (self.halo_name,) + chunk, position)
+        requests = self.halos.setdefault(chunk, {})         # local ranges: [position, takers]
+        request = requests.setdefault(tuple(local), [len(requests), 0])
+        request[1] += 1
+        runs = [[(a + lo, a + hi)] for (lo, hi), (a, _) in zip(local, extent)]
+        return (_take, (self.halo_name,) + chunk, request[0], key, runs, unbatched)
 
     def chunk(self, chunk):
         """A task argument that evaluates to the whole chunk `chunk` (indices per axis)."""
@@ -437,7 +447,8 @@ class _Reads:
         for chunk, requests in self.halos.items():
             whole = (_read, key, [[r] for r in self._extent(chunk)], unbatched)
             slices = [tuple(slice(lo, hi) for lo, hi in local) for local in requests]
-            dsk[(self.halo_name,) + chunk] = (_cut_all, whole, slices)
+            takers = [n for _, n in requests.values()]
+            dsk[(self.halo_name,) + chunk] = (_Pieces, whole, slices, takers)
 
 
 class _Own:
@@ -469,8 +480,48 @@ def _cut(block, slices):
     return block[slices].copy()
 
 
-def _cut_all(block, requests):
-    return [block[slices].copy() for slices in requests]
+class _Pieces:
+    """Copies of the pieces `slices` of a chunk (its halos), each handed to the `takers[i]`
+    task arguments that read piece i and dropped after the last of them.  Held as one list,
+    every piece of a chunk would stay in memory until its last neighbour had run: the thin
+    slabs wanted by the blocks before the chunk as long as those wanted by the blocks after
+    it, a plane of chunks later (half of the halo memory, with chunks of 8 planes).  A piece
+    asked for again after it was dropped (a task run twice, as dask.distributed does when a
+    worker is lost) is read from the store anew."""
+
+    def __init__(self, block, slices, takers):
+        self.pieces = [block[index].copy() for index in slices]
+        self.left = list(takers)
+        self.lock = threading.Lock()
+
+    def take(self, i):
+        with self.lock:
+            piece = self.pieces[i]
+            self.left[i] -= 1
+            if self.left[i] <= 0:
+                self.pieces[i] = None
+        return piece
+
+    def nbytes(self) -> int:
+        return sum(p.nbytes for p in self.pieces if p is not None)
+
+    def __getstate__(self):
+        return self.pieces, self.left
+
+    def __setstate__(self, state):
+        self.pieces, self.left = state
+        self.lock = threading.Lock()
+
+
+# what dask.distributed counts in memory for a _Pieces result: the pieces not yet taken
+sizeof.register(_Pieces, _Pieces.nbytes)
+
+
+def _take(pieces, i, array, runs, unbatched):
+    """Piece i of a chunk's halos (see _Pieces); `array`, `runs`, `unbatched` read it from the
+    store if it was dropped already."""
+    piece = pieces.take(i)
+    return piece if piece is not None else _read(array, runs, unbatched)
 
 
 def _axis_copies(sizes, take):

@@ -15,6 +15,7 @@ import collections
 import inspect
 import itertools
 import os
+import pickle
 import subprocess
 import sys
 import threading
@@ -446,6 +447,52 @@ def test_stored_input_is_read_directly(tmp_path, monkeypatch):
                da.from_zarr(store)[:, :, 1:]):
         assert lcd._stored(xd) is None
     assert lcd._stored(da.from_zarr(store)[0]) is None
+
+
+def test_halo_pieces_dropped_after_their_last_reader(tmp_path, monkeypatch):
+    """Each piece of a stored chunk's halos is dropped once every task argument that reads it
+    has taken it (not when the chunk's last neighbour has run), whatever the scheduler; a
+    piece taken after that is read from the store again."""
+    zarr = pytest.importorskip("zarr")
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((1, 2, 9, 12, 11)).astype(np.float32)
+    store = zarr.open_array(str(tmp_path / "x.zarr"), mode="w", shape=x.shape,
+                            chunks=(1, 2, 3, 5, 4), dtype=x.dtype)
+    store[...] = x
+    w = rng.standard_normal((3, 2, 3, 3, 3)).astype(np.float32)
+    made, Pieces = [], lcd._Pieces
+
+    class Recorded(Pieces):
+        def __init__(self, *args):
+            super().__init__(*args)
+            made.append(self)
+
+    monkeypatch.setattr(lcd, "_Pieces", Recorded)
+    for mode, scheduler in itertools.product(("zeros", "reflect"), ("sync", "threads")):
+        made.clear()
+        y = lcd.conv3d(da.from_zarr(store), w, padding=1, padding_mode=mode)
+        expected = loopconv.conv3d(x, w, padding=1, padding_mode=mode)
+        np.testing.assert_allclose(y.compute(scheduler=scheduler), expected, rtol=1e-5,
+                                   atol=1e-5)
+        assert len(made) == np.prod([len(c) for c in y.chunks]), (mode, scheduler)
+        for pieces in made:
+            assert pieces.left and all(n == 0 for n in pieces.left), pieces.left
+            assert all(p is None for p in pieces.pieces)
+            assert pieces.nbytes() == 0
+    monkeypatch.setattr(lcd, "_Pieces", Pieces)
+    # taken again (a task run twice): read from the store
+    block = x[:, :, 3:6, 5:10, 4:8]
+    slices = [(slice(None), slice(None), slice(0, 1)), (slice(None), slice(None), slice(2, 3))]
+    pieces = Pieces(block, slices, [1, 2])
+    assert pieces.nbytes() == 2 * block[:, :, :1].nbytes
+    runs = [[(0, 1)], [(0, 2)], [(5, 6)], [(5, 10)], [(4, 8)]]
+    first = lcd._take(pieces, 1, store, runs, False)
+    np.testing.assert_array_equal(first, x[:, :, 5:6, 5:10, 4:8])
+    assert first.base is None and pieces.pieces[1] is not None        # one reader left
+    again = pickle.loads(pickle.dumps(pieces))      # as dask.distributed moves it
+    np.testing.assert_array_equal(lcd._take(again, 1, store, runs, False), first)
+    assert again.pieces[1] is None and pieces.pieces[1] is not None
+    np.testing.assert_array_equal(lcd._take(again, 1, store, runs, False), first)
 
 
 # ---------------------------------------------------------------------------------------------
