@@ -47,12 +47,37 @@ cdef inline void copy_short(element *d, const element *s, Py_ssize_t n) noexcept
         memcpy(dc, sc, 4)
 
 
+cdef inline void zero_run(element *d, Py_ssize_t n) noexcept nogil:
+    """d[u] = 0 for u < n.  Staging a small image zeroes the row or two of each plane that
+    the padding leaves, and the element or two before and after each row, or nothing: GCC
+    turned those loops into calls of memset, a tenth of a stride-2 grouped 3x3 layer on 28x28
+    at batch 1.  Short runs are stores of 32, 16, 8 or 4 bytes, which the compiler emits
+    inline, the last overlapping the one before."""
+    cdef char *dc = <char *>d
+    cdef Py_ssize_t nb = n * sizeof(element), i = 0
+    if nb > 256:
+        memset(dc, 0, nb)
+    elif nb >= 32:
+        while i + 32 <= nb:
+            memset(dc + i, 0, 32)
+            i += 32
+        if i < nb:
+            memset(dc + nb - 32, 0, 32)
+    elif nb >= 16:
+        memset(dc, 0, 16)
+        memset(dc + nb - 16, 0, 16)
+    elif nb >= 8:
+        memset(dc, 0, 8)
+        memset(dc + nb - 8, 0, 8)
+    elif nb > 0:
+        memset(dc, 0, 4)
+
+
 cdef inline void fill_row(element *row, const element *s, Py_ssize_t sw, Py_ssize_t e_lo,
                           Py_ssize_t e_hi, Py_ssize_t Wq) noexcept nogil:
     """row[e] = s[e * sw] for e_lo <= e < e_hi, 0 for the other e < Wq."""
     cdef Py_ssize_t e
-    for e in range(e_lo):
-        row[e] = 0
+    zero_run(row, e_lo)
     if sw == 1 and e_hi - e_lo >= 64:
         memcpy(row + e_lo, s + e_lo, (e_hi - e_lo) * sizeof(element))
     elif sw == 1:           # short rows: a call costs more than the copy
@@ -60,8 +85,7 @@ cdef inline void fill_row(element *row, const element *s, Py_ssize_t sw, Py_ssiz
     else:
         for e in range(e_lo, e_hi):
             row[e] = s[e * sw]
-    for e in range(e_hi, Wq):
-        row[e] = 0
+    zero_run(row + e_hi, Wq - e_hi)
 
 
 cdef inline void fill_row_pair(element *row0, element *row1, const element *s,
@@ -75,10 +99,8 @@ cdef inline void fill_row_pair(element *row0, element *row1, const element *s,
         fill_row(row0, s, 2, lo0, hi0, Wq)
         fill_row(row1, s + 1, 2, lo1, hi1, Wq)
         return
-    for e in range(lo0):
-        row0[e] = 0
-    for e in range(lo1):
-        row1[e] = 0
+    zero_run(row0, lo0)
+    zero_run(row1, lo1)
     for e in range(lo0, lo):
         row0[e] = s[2 * e]
     for e in range(lo1, lo):
@@ -90,10 +112,8 @@ cdef inline void fill_row_pair(element *row0, element *row1, const element *s,
         row0[e] = s[2 * e]
     for e in range(hi, hi1):
         row1[e] = s[2 * e + 1]
-    for e in range(hi0, Wq):
-        row0[e] = 0
-    for e in range(hi1, Wq):
-        row1[e] = 0
+    zero_run(row0 + hi0, Wq - hi0)
+    zero_run(row1 + hi1, Wq - hi1)
 
 
 cdef inline void row_bounds(Py_ssize_t pw, Py_ssize_t lw, Py_ssize_t sw, Py_ssize_t W,
@@ -115,10 +135,10 @@ cdef inline void zero_plane_rows(element *row, Py_ssize_t sw, Py_ssize_t plane, 
     for pw in range(sw):
         r = row + pw * plane
         if outside:
-            memset(r, 0, Hq * Wq * sizeof(element))
+            zero_run(r, Hq * Wq)
         else:
-            memset(r, 0, b_lo * Wq * sizeof(element))
-            memset(r + b_hi * Wq, 0, (Hq - b_hi) * Wq * sizeof(element))
+            zero_run(r, b_lo * Wq)
+            zero_run(r + b_hi * Wq, (Hq - b_hi) * Wq)
 
 
 cdef inline void copy_plane_rows(element *row, const element *srow, Py_ssize_t nrow,
@@ -195,9 +215,8 @@ cdef void zero_gaps(const Stage *st, element *out) noexcept nogil:
     cdef Py_ssize_t c
     if st.gap:
         for c in range(1, st.nchan):
-            memset(out + c * st.chan - st.gap, 0, st.gap * sizeof(element))
-    memset(out + st.nchan * st.chan - st.gap, 0,
-           (st.size - st.nchan * st.chan + st.gap) * sizeof(element))
+            zero_run(out + c * st.chan - st.gap, st.gap)
+    zero_run(out + st.nchan * st.chan - st.gap, st.size - st.nchan * st.chan + st.gap)
 
 
 cdef void stage_slice(const element *src, const Stage *st, element *out) noexcept nogil:
