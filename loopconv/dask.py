@@ -423,13 +423,12 @@ class _Reads:
         extent = self._extent(chunk)
         size = np.prod([hi - lo for lo, hi in local])
         key, unbatched = self.src.stored
+        runs = [[(a + lo, a + hi)] for (lo, hi), (a, _) in zip(local, extent)]
         if 2 * size > np.prod([b - a for a, b in extent]):     # most of the chunk
-            return (_read, key, [[(a + lo, a + hi)] for (lo, hi), (a, _) in zip(local, extent)],
-                    unbatched)
+            return (_read, key, runs, unbatched)
         requests = self.halos.setdefault(chunk, {})         # local ranges: [position, takers]
         request = requests.setdefault(tuple(local), [len(requests), 0])
         request[1] += 1
-        runs = [[(a + lo, a + hi)] for (lo, hi), (a, _) in zip(local, extent)]
         return (_take, (self.halo_name,) + chunk, request[0], key, runs, unbatched)
 
     def chunk(self, chunk):
@@ -490,7 +489,7 @@ class _Pieces:
     worker is lost) is read from the store anew."""
 
     def __init__(self, block, slices, takers):
-        self.pieces = [block[index].copy() for index in slices]
+        self.pieces = [_cut(block, index) for index in slices]
         self.left = list(takers)
         self.lock = threading.Lock()
 

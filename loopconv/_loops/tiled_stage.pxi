@@ -52,7 +52,8 @@ cdef inline void zero_run(element *d, Py_ssize_t n) noexcept nogil:
     the padding leaves, and the element or two before and after each row, or nothing: GCC
     turned those loops into calls of memset, a tenth of a stride-2 grouped 3x3 layer on 28x28
     at batch 1.  Short runs are stores of 32, 16, 8 or 4 bytes, which the compiler emits
-    inline, the last overlapping the one before."""
+    inline, the last overlapping the one before: copy_short's ladder with constant stores
+    (copy_short from a buffer of zeros made that layer 4-8 % slower)."""
     cdef char *dc = <char *>d
     cdef Py_ssize_t nb = n * sizeof(element), i = 0
     if nb > 256:
