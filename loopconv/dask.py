@@ -373,18 +373,34 @@ class _Reads:
         self.src = src
         self.halos = {}                 # stored array: chunk -> {ranges: [position, takers]}
         self.halo_name = f"loopconv-halo-{tokenize(name, src.arr.name)}"
+        self.shared = {}                # one object for each marker, key and range made
 
-    def region(self, dsk, runs, own=None, takes=()):
+    def one(self, value):
+        """`value`, or an equal object made before: the graph of a large array repeats the
+        same markers, keys and ranges in every block."""
+        if isinstance(value, np.ndarray):          # a take, by its values
+            return self.shared.setdefault((value.dtype.str, value.tobytes()), value)
+        return self.shared.setdefault(value, value)
+
+    def region(self, dsk, runs, own=None, takes=(), deps=None):
         """A task argument that evaluates to the box of `runs` (per axis, a list of
         (start, stop) ranges, concatenated), with `takes` applied along the spatial axes (see
-        `_gather`).  Adds the tasks it needs to `dsk`.  With `own` (the indices of a chunk
-        the task holds), the pieces of that chunk are left as `_Own` markers in a nested list,
-        which the task resolves and gathers itself."""
+        `_gather`).  Adds the tasks it needs to `dsk`.
+
+        With `own` (the indices of a chunk the task holds) and `deps` (a `_Deps` of the task),
+        the region is left as nested tuples of markers (`_Own`: a piece of that chunk; `_Dep`:
+        an entry of `deps`, or a piece taken from it), which the task resolves and gathers
+        itself (`_resolve`).  A task then has one list of the keys and tasks it reads, and its
+        regions are plain data: a graph of small markers, not of a task per piece (about
+        a hundred per block of a 3-D filter), which Dask would hold, and convert, for every
+        block of the array."""
         src = self.src
         shape = tuple(sum(b - a for a, b in axis) for axis in runs)
         if 0 in shape:
             shape = shape[:2] + tuple(n if t is None else len(t)
                                       for n, t in itertools.zip_longest(shape[2:], takes))
+            if deps is not None:
+                return np.zeros(shape, src.arr.dtype)      # empty: nothing to hold
             return (np.zeros, shape, src.arr.dtype)
         per_axis = []
         for axis, axis_runs in enumerate(runs):
@@ -398,38 +414,46 @@ class _Reads:
                     a, c = stop, c + 1
             per_axis.append(pieces)
         leaf = self._stored_piece if src.stored is not None else self._chunk_piece
+        refs = deps if deps is not None else _Deps()
 
         def nest(axis, chosen):
             if axis == len(per_axis):
                 chunk, local = tuple(p[0] for p in chosen), tuple(p[1:] for p in chosen)
-                return _Own(local) if chunk == own else leaf(dsk, chunk, local)
-            return [nest(axis + 1, chosen + (p,)) for p in per_axis[axis]]
+                if chunk == own:
+                    return self.one(_Own(local))
+                item, piece = leaf(dsk, chunk, local)
+                return self.one(_Dep(refs.position(item), piece))
+            return self.one(tuple(nest(axis + 1, chosen + (p,)) for p in per_axis[axis]))
 
-        return nest(0, ()) if own is not None else (_gather, nest(0, ()), takes)
+        nested = nest(0, ())
+        return nested if deps is not None else (_region, _Data(nested), takes, refs.items)
 
     def _extent(self, chunk):
         return [(b[c], b[c + 1]) for b, c in zip(self.src.bounds, chunk)]
 
+    # A leaf of a region: (key or task, None) for a value read whole, or (key, i) for piece
+    # i of a `_Pieces`.
+
     def _chunk_piece(self, dsk, chunk, local):
         name = self.src.arr.name
         if all(lo == 0 and hi == b - a for (lo, hi), (a, b) in zip(local, self._extent(chunk))):
-            return (name,) + chunk
-        key = (self.src.cut,) + chunk + tuple(v for piece in local for v in piece)
+            return self.one((name,) + chunk), None
+        key = self.one((self.src.cut,) + chunk + tuple(v for piece in local for v in piece))
         if key not in dsk:
             dsk[key] = (_cut, (name,) + chunk, tuple(slice(lo, hi) for lo, hi in local))
-        return key
+        return key, None
 
     def _stored_piece(self, dsk, chunk, local):
         extent = self._extent(chunk)
         size = np.prod([hi - lo for lo, hi in local])
-        key, unbatched = self.src.stored
-        runs = [[(a + lo, a + hi)] for (lo, hi), (a, _) in zip(local, extent)]
         if 2 * size > np.prod([b - a for a, b in extent]):     # most of the chunk
-            return (_read, key, runs, unbatched)
+            key, unbatched = self.src.stored
+            runs = [[(a + lo, a + hi)] for (lo, hi), (a, _) in zip(local, extent)]
+            return (_read, key, runs, unbatched), None
         requests = self.halos.setdefault(chunk, {})         # local ranges: [position, takers]
-        request = requests.setdefault(tuple(local), [len(requests), 0])
+        request = requests.setdefault(self.one(tuple(local)), [len(requests), 0])
         request[1] += 1
-        return (_take, (self.halo_name,) + chunk, request[0], key, runs, unbatched)
+        return self.one((self.halo_name,) + chunk), request[0]
 
     def chunk(self, chunk):
         """A task argument that evaluates to the whole chunk `chunk` (indices per axis)."""
@@ -444,34 +468,104 @@ class _Reads:
             return
         key, unbatched = self.src.stored
         for chunk, requests in self.halos.items():
-            whole = (_read, key, [[r] for r in self._extent(chunk)], unbatched)
-            slices = [tuple(slice(lo, hi) for lo, hi in local) for local in requests]
+            extent = tuple(self._extent(chunk))
+            whole = (_read, key, [[r] for r in extent], unbatched)
             takers = [n for _, n in requests.values()]
-            dsk[(self.halo_name,) + chunk] = (_Pieces, whole, slices, takers)
+            dsk[(self.halo_name,) + chunk] = (_Pieces, whole, key, _Data(
+                (extent, list(requests), takers, unbatched)))
 
 
-class _Own:
-    """A piece of the chunk that a task holds: its slice, resolved in the task."""
+class _Data:
+    """Task arguments that hold no keys, passed as they are: Dask rebuilds every tuple and
+    list in the arguments of a graph's tasks when it runs the graph, and for the ranges and
+    markers of a large array's blocks that took more memory than the graph itself."""
 
-    __slots__ = ("index",)
+    __slots__ = ("value",)
 
-    def __init__(self, local):
-        self.index = tuple(slice(lo, hi) for lo, hi in local)
+    def __init__(self, value):
+        self.value = value
+
+    def __reduce__(self):
+        return _Data, (self.value,)
+
+
+class _Deps:
+    """The keys and tasks that the regions of one task read, in the order first asked for:
+    passed to the task as one list, which the regions' `_Dep` markers index."""
+
+    def __init__(self):
+        self.items = []
+        self.known = {}
+
+    def position(self, item):
+        if not isinstance(item, tuple) or callable(item[0]):
+            self.items.append(item)             # a task: each is its own entry
+            return len(self.items) - 1
+        if item not in self.known:
+            self.known[item] = len(self.items)
+            self.items.append(item)
+        return self.known[item]
+
+
+class _Marker:
+    """A leaf of a region left as plain data (see `_Reads.region`); equal markers are one
+    object in the graph."""
+
+    __slots__ = ()
+
+    def _fields(self):
+        return tuple(getattr(self, f) for f in self.__slots__)
+
+    def __eq__(self, other):
+        return type(other) is type(self) and other._fields() == self._fields()
+
+    def __hash__(self):
+        return hash((type(self).__name__,) + self._fields())
 
     def __getstate__(self):
-        return self.index
+        return self._fields()
 
-    def __setstate__(self, index):
-        self.index = index
+    def __setstate__(self, state):
+        for f, v in zip(self.__slots__, state):
+            object.__setattr__(self, f, v)
 
 
-def _resolve(nested, chunk):
-    """`nested` with its `_Own` markers replaced by the pieces of `chunk`."""
+class _Own(_Marker):
+    """A piece of the chunk that a task holds, by its (start, stop) range per axis."""
+
+    __slots__ = ("local",)
+
+    def __init__(self, local):
+        self.local = tuple(local)
+
+
+class _Dep(_Marker):
+    """Entry `j` of the task's list of dependencies, or (with `piece`) piece `piece` taken
+    from that entry, a `_Pieces`."""
+
+    __slots__ = ("j", "piece")
+
+    def __init__(self, j, piece=None):
+        self.j, self.piece = j, piece
+
+
+def _resolve(nested, chunk, deps):
+    """`nested` (tuples) as nested lists of arrays, its markers replaced by the pieces of
+    `chunk` and by the values of `deps` (see `_Reads.region`); each `_Dep` of a piece takes
+    that piece once."""
+    if isinstance(nested, tuple):
+        return [_resolve(item, chunk, deps) for item in nested]
     if isinstance(nested, _Own):
-        return chunk[nested.index]
-    if isinstance(nested, list):
-        return [_resolve(item, chunk) for item in nested]
+        return chunk[tuple(slice(lo, hi) for lo, hi in nested.local)]
+    if isinstance(nested, _Dep):
+        value = deps[nested.j]
+        return value if nested.piece is None else value.take(nested.piece)
     return nested
+
+
+def _region(nested, takes, deps):
+    """A region's box, from its markers and the task's dependencies."""
+    return _gather(_resolve(nested.value, None, deps), takes)
 
 
 def _cut(block, slices):
@@ -480,17 +574,22 @@ def _cut(block, slices):
 
 
 class _Pieces:
-    """Copies of the pieces `slices` of a chunk (its halos), each handed to the `takers[i]`
-    task arguments that read piece i and dropped after the last of them.  Held as one list,
-    every piece of a chunk would stay in memory until its last neighbour had run: the thin
-    slabs wanted by the blocks before the chunk as long as those wanted by the blocks after
-    it, a plane of chunks later (half of the halo memory, with chunks of 8 planes).  A piece
-    asked for again after it was dropped (a task run twice, as dask.distributed does when a
-    worker is lost) is read from the store anew."""
+    """Copies of pieces of `block`, a chunk of the stored `array` (its halos), each handed to
+    the task arguments that read it and dropped after the last of them.  `layout` is a
+    `_Data` of (the chunk's (start, stop) per axis, the pieces' ranges within the chunk, how
+    many arguments take each piece, whether the array is unbatched).  Held as one list, every
+    piece of a chunk would stay in memory until its last neighbour had run: the thin slabs
+    wanted by the blocks before the chunk as long as those wanted by the blocks after it, a
+    plane of chunks later (half of the halo memory, with chunks of 8 planes).  A piece asked
+    for again after it was dropped (a task run twice, as dask.distributed does when a worker
+    is lost) is read from the store anew."""
 
-    def __init__(self, block, slices, takers):
-        self.pieces = [_cut(block, index) for index in slices]
+    def __init__(self, block, array, layout):
+        extent, locals_, takers, unbatched = layout.value
+        self.pieces = [_cut(block, tuple(slice(lo, hi) for lo, hi in local))
+                       for local in locals_]
         self.left = list(takers)
+        self.source = (array, extent, locals_, unbatched)
         self.lock = threading.Lock()
 
     def take(self, i):
@@ -499,28 +598,25 @@ class _Pieces:
             self.left[i] -= 1
             if self.left[i] <= 0:
                 self.pieces[i] = None
+        if piece is None:
+            array, extent, locals_, unbatched = self.source
+            piece = _read(array, [[(a + lo, a + hi)] for (lo, hi), (a, _) in
+                                  zip(locals_[i], extent)], unbatched)
         return piece
 
     def nbytes(self) -> int:
         return sum(p.nbytes for p in self.pieces if p is not None)
 
     def __getstate__(self):
-        return self.pieces, self.left
+        return self.pieces, self.left, self.source
 
     def __setstate__(self, state):
-        self.pieces, self.left = state
+        self.pieces, self.left, self.source = state
         self.lock = threading.Lock()
 
 
 # what dask.distributed counts in memory for a _Pieces result: the pieces not yet taken
 sizeof.register(_Pieces, _Pieces.nbytes)
-
-
-def _take(pieces, i, array, runs, unbatched):
-    """Piece i of a chunk's halos (see _Pieces); `array`, `runs`, `unbatched` read it from the
-    store if it was dropped already."""
-    piece = pieces.take(i)
-    return piece if piece is not None else _read(array, runs, unbatched)
 
 
 def _axis_copies(sizes, take):
@@ -630,16 +726,19 @@ def _forward_block(nd, x, pads, w, b, stride, dilation, groups):
                             groups=groups)
 
 
-def _forward_own_chunk(nd, chunk, pads, fixes, w, b, stride, dilation, groups):
+def _forward_own_chunk(nd, chunk, pads, fixes, deps, w, b, stride, dilation, groups):
     """A block computed on its own chunk alone, zero padded where the halo is, then the
     boundary slabs whose windows reach into the halo computed again from their full regions
-    (`fixes`: (region, takes, pads, index in the block)) and written over."""
+    (`fixes`, a `_Data` of (region, takes, pads, (start, stop) per spatial axis in the
+    block); the regions' markers index `deps`)
+    and written over."""
     with loopconv.threads(_task_threads()):
         y = _FORWARD[nd](chunk, w, b, stride=stride, padding=pads, dilation=dilation,
                          groups=groups)
-        for box, takes, slab_pads, index in fixes:
-            if isinstance(box, list):         # pieces, some of them of this chunk
-                box = _gather(_resolve(box, chunk), takes)
+        for box, takes, slab_pads, index in fixes.value:
+            if isinstance(box, tuple):        # markers, not an empty array
+                box = _gather(_resolve(box, chunk, deps), takes)
+            index = (slice(None), slice(None)) + tuple(slice(lo, hi) for lo, hi in index)
             y[index] = _FORWARD[nd](box, w, b, stride=stride, padding=slab_pads,
                                     dilation=dilation, groups=groups)
     return y
@@ -737,11 +836,11 @@ def _blocks(batch_bounds, spatial_bounds):
         yield index[0], index[1:]
 
 
-def _forward_region(dsk, reads, axes, extents, channels, own=None):
+def _forward_region(dsk, reads, axes, extents, channels, own=None, deps=None):
     """(region task argument, takes, zero padding) of the outputs `extents` (batch range, then
     output ranges per spatial axis): everything the in-memory call needs, halo included.  The
-    region applies the takes (see `_gather`), except with `own` (see `_Reads.region`): then
-    the task gathers the region and applies them itself."""
+    region applies the takes (see `_gather`), except with `own` and `deps` (see
+    `_Reads.region`): then the task gathers the region and applies them itself."""
     runs = [[extents[0]], [(0, channels)]]
     takes, pads = [], []
     for axis, (o0, o1) in zip(axes, extents[1:]):
@@ -749,7 +848,7 @@ def _forward_region(dsk, reads, axes, extents, channels, own=None):
         runs.append(r)
         takes.append(take)
         pads.append(pad)
-    return reads.region(dsk, runs, own, tuple(takes)), tuple(takes), tuple(pads)
+    return reads.region(dsk, runs, own, tuple(takes), deps), tuple(takes), tuple(pads)
 
 
 def _own_chunk(src, axes, extents, w_shape):
@@ -819,16 +918,17 @@ def _forward_graph(name, nd, src, axes, batch_bounds, out_bounds, w, b, geo, dty
         own = _own_chunk(src, axes, extents, w.shape)
         if own is not None:
             chunk, pads, slabs = own
-            fixes = []
+            fixes, deps = [], _Deps()
             for slab in slabs:
                 box, takes, slab_pads = _forward_region(dsk, reads, axes, slab, channels,
-                                                        chunk)
-                index = (slice(None), slice(None)) + tuple(
-                    slice(lo - e0, hi - e0) for (lo, hi), (e0, _) in zip(slab[1:], extents[1:]))
-                fixes.append([box, takes, slab_pads, index])
+                                                        chunk, deps)
+                index = tuple((lo - e0, hi - e0) for (lo, hi), (e0, _) in
+                              zip(slab[1:], extents[1:]))
+                takes = tuple(t if t is None else reads.one(t) for t in takes)
+                fixes.append((box, takes, reads.one(slab_pads), reads.one(index)))
             dsk[(name, tb, 0) + block] = (_forward_own_chunk, nd, reads.chunk(chunk), pads,
-                                          fixes, wkey, bkey, geo.stride, geo.dilation,
-                                          geo.groups)
+                                          _Data(fixes), deps.items, wkey, bkey, geo.stride,
+                                          geo.dilation, geo.groups)
             continue
         box, _, pads = _forward_region(dsk, reads, axes, extents, channels)
         dsk[(name, tb, 0) + block] = (_forward_block, nd, box, pads, wkey, bkey,

@@ -481,18 +481,63 @@ def test_halo_pieces_dropped_after_their_last_reader(tmp_path, monkeypatch):
             assert pieces.nbytes() == 0
     monkeypatch.setattr(lcd, "_Pieces", Pieces)
     # taken again (a task run twice): read from the store
+    extent = ((0, 1), (0, 2), (3, 6), (5, 10), (4, 8))
     block = x[:, :, 3:6, 5:10, 4:8]
-    slices = [(slice(None), slice(None), slice(0, 1)), (slice(None), slice(None), slice(2, 3))]
-    pieces = Pieces(block, slices, [1, 2])
+    whole = ((0, 1), (0, 2))
+    locals_ = [whole + ((0, 1), (0, 5), (0, 4)), whole + ((2, 3), (0, 5), (0, 4))]
+    pieces = Pieces(block, store, lcd._Data((extent, locals_, [1, 2], False)))
     assert pieces.nbytes() == 2 * block[:, :, :1].nbytes
-    runs = [[(0, 1)], [(0, 2)], [(5, 6)], [(5, 10)], [(4, 8)]]
-    first = lcd._take(pieces, 1, store, runs, False)
+    first = pieces.take(1)
     np.testing.assert_array_equal(first, x[:, :, 5:6, 5:10, 4:8])
     assert first.base is None and pieces.pieces[1] is not None        # one reader left
     again = pickle.loads(pickle.dumps(pieces))      # as dask.distributed moves it
-    np.testing.assert_array_equal(lcd._take(again, 1, store, runs, False), first)
+    np.testing.assert_array_equal(again.take(1), first)
     assert again.pieces[1] is None and pieces.pieces[1] is not None
-    np.testing.assert_array_equal(lcd._take(again, 1, store, runs, False), first)
+    np.testing.assert_array_equal(again.take(1), first)                 # read again
+
+
+def test_stored_filter_graph_is_small(tmp_path):
+    """The graph of a filter over a stored array takes memory for each block (Dask holds it,
+    and converts it when it runs), so a block's task refers to each key it reads once and
+    holds its regions as plain markers, not as a task for each piece: a block is then about
+    a kilobyte pickled, where a task for each piece made it 6 (zeros) to 9 kB (reflect)."""
+    zarr = pytest.importorskip("zarr")
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((1, 2, 48, 48, 48)).astype(np.float32)
+    store = zarr.open_array(str(tmp_path / "x.zarr"), mode="w", shape=x.shape,
+                            chunks=(1, 2, 16, 16, 16), dtype=x.dtype)
+    store[...] = x
+    w = rng.standard_normal((3, 2, 3, 3, 3)).astype(np.float32)
+    for mode in ("zeros", "reflect"):
+        y = lcd.conv3d(da.from_zarr(store), w, padding=1, padding_mode=mode)
+        graph = dict(y.__dask_graph__())
+        layer = y.__dask_graph__().layers[y.name]
+        blocks = [v for k, v in layer.items() if isinstance(k, tuple) and k[0] == y.name]
+        assert len(blocks) == 27
+
+        def walk(arg, keys, tasks):
+            if isinstance(arg, (list, tuple)):
+                if isinstance(arg, tuple) and arg and callable(arg[0]):
+                    tasks.append(arg)
+                    arg = arg[1:]
+                elif isinstance(arg, tuple) and arg and isinstance(arg[0], str):
+                    if arg in graph:
+                        keys.append(arg)
+                    return
+                for item in arg:
+                    walk(item, keys, tasks)
+            elif isinstance(arg, str) and arg in graph:
+                keys.append(arg)
+
+        for task in blocks:
+            keys, tasks = [], []
+            walk(task[1:], keys, tasks)
+            assert len(tasks) <= 1, tasks           # the read of the block's own chunk
+            # the neighbours' halos, the stored array (the own chunk's read), the weight
+            assert len(keys) == len(set(keys)) <= 26 + 2, keys
+        per_block = len(pickle.dumps(dict(layer))) / len(blocks)
+        assert per_block < 2000, (mode, per_block)
+        assert_matches(y, loopconv.conv3d(x, w, padding=1, padding_mode=mode))
 
 
 # ---------------------------------------------------------------------------------------------
