@@ -515,7 +515,7 @@ def test_stored_filter_graph_is_small(tmp_path):
         blocks = [v for k, v in layer.items() if isinstance(k, tuple) and k[0] == y.name]
         assert len(blocks) == 27
 
-        def walk(arg, keys, tasks):
+        def walk(arg, graph, keys, tasks):
             if isinstance(arg, (list, tuple)):
                 if isinstance(arg, tuple) and arg and callable(arg[0]):
                     tasks.append(arg)
@@ -525,13 +525,13 @@ def test_stored_filter_graph_is_small(tmp_path):
                         keys.append(arg)
                     return
                 for item in arg:
-                    walk(item, keys, tasks)
+                    walk(item, graph, keys, tasks)
             elif isinstance(arg, str) and arg in graph:
                 keys.append(arg)
 
         for task in blocks:
             keys, tasks = [], []
-            walk(task[1:], keys, tasks)
+            walk(task[1:], graph, keys, tasks)
             assert len(tasks) <= 1, tasks           # the read of the block's own chunk
             # the neighbours' halos, the stored array (the own chunk's read), the weight
             assert len(keys) == len(set(keys)) <= 26 + 2, keys
