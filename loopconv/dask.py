@@ -430,7 +430,11 @@ class _Reads:
                 if chunk == own:
                     return self.one(_Own(local))
                 item, piece = leaf(dsk, chunk, local)
-                return self.one(_Dep(refs.position(item), piece))
+                if piece is None:
+                    return self.one(_Dep(refs.position(item)))
+                # a piece of a _Pieces, and the stored array to read it again from
+                return self.one(_Dep(refs.position(item), piece,
+                                     refs.position(src.stored[0])))
             return self.one(tuple(nest(axis + 1, chosen + (p,)) for p in per_axis[axis]))
 
         nested = nest(0, ())
@@ -481,8 +485,9 @@ class _Reads:
             extent = tuple(self._extent(chunk))
             whole = (_read, key, [[r] for r in extent], unbatched)
             takers = [n for _, n in requests.values()]
-            dsk[(self.halo_name,) + chunk] = (_Pieces, whole, key, _Data(
-                (extent, list(requests), takers, unbatched)), gates.before(dsk, self.first[chunk]))
+            layout = _Data((extent, list(requests), takers, unbatched))
+            dsk[(self.halo_name,) + chunk] = (_Pieces, whole, layout,
+                                              gates.before(dsk, self.first[chunk]))
 
 
 class _Gates:
@@ -566,7 +571,7 @@ class _Deps:
         self.known = {}
 
     def position(self, item):
-        if not isinstance(item, tuple) or callable(item[0]):
+        if isinstance(item, tuple) and callable(item[0]):
             self.items.append(item)             # a task: each is its own entry
             return len(self.items) - 1
         if item not in self.known:
@@ -609,12 +614,13 @@ class _Own(_Marker):
 
 class _Dep(_Marker):
     """Entry `j` of the task's list of dependencies, or (with `piece`) piece `piece` taken
-    from that entry, a `_Pieces`."""
+    from that entry, a `_Pieces`, read again from entry `array` (the stored array) if it was
+    dropped."""
 
-    __slots__ = ("j", "piece")
+    __slots__ = ("j", "piece", "array")
 
-    def __init__(self, j, piece=None):
-        self.j, self.piece = j, piece
+    def __init__(self, j, piece=None, array=None):
+        self.j, self.piece, self.array = j, piece, array
 
 
 def _resolve(nested, chunk, deps):
@@ -627,7 +633,7 @@ def _resolve(nested, chunk, deps):
         return chunk[tuple(slice(lo, hi) for lo, hi in nested.local)]
     if isinstance(nested, _Dep):
         value = deps[nested.j]
-        return value if nested.piece is None else value.take(nested.piece)
+        return value if nested.piece is None else value.take(nested.piece, deps[nested.array])
     return nested
 
 
@@ -642,32 +648,36 @@ def _cut(block, slices):
 
 
 class _Pieces:
-    """Copies of pieces of `block`, a chunk of the stored `array` (its halos), each handed to
-    the task arguments that read it and dropped after the last of them.  `layout` is a
-    `_Data` of (the chunk's (start, stop) per axis, the pieces' ranges within the chunk, how
-    many arguments take each piece, whether the array is unbatched).  Held as one list, every
+    """Copies of pieces of `block`, a chunk of a stored array (its halos), each handed to the
+    task arguments that read it and dropped after the last of them.  `layout` is a `_Data` of
+    (the chunk's (start, stop) per axis, the pieces' ranges within the chunk, how many
+    arguments take each piece, whether the array is unbatched); `gate` is what the gate task
+    the halos wait for gives (nothing, see `_Gates`).  Held as one list, every
     piece of a chunk would stay in memory until its last neighbour had run: the thin slabs
     wanted by the blocks before the chunk as long as those wanted by the blocks after it, a
     plane of chunks later (half of the halo memory, with chunks of 8 planes).  A piece asked
     for again after it was dropped (a task run twice, as dask.distributed does when a worker
-    is lost) is read from the store anew."""
+    is lost) is read from the store anew (the array comes from the task that takes it: held
+    here, a memory-mapped array would be pickled whole each time dask.distributed moved this
+    object)."""
 
-    def __init__(self, block, array, layout, gate=None):
+    def __init__(self, block, layout, gate=None):
         extent, locals_, takers, unbatched = layout.value
         self.pieces = [_cut(block, tuple(slice(lo, hi) for lo, hi in local))
                        for local in locals_]
         self.left = list(takers)
-        self.source = (array, extent, locals_, unbatched)
+        self.source = (extent, locals_, unbatched)
         self.lock = threading.Lock()
 
-    def take(self, i):
+    def take(self, i, array):
+        """Piece i, read again from the stored `array` if it was dropped."""
         with self.lock:
             piece = self.pieces[i]
             self.left[i] -= 1
             if self.left[i] <= 0:
                 self.pieces[i] = None
         if piece is None:
-            array, extent, locals_, unbatched = self.source
+            extent, locals_, unbatched = self.source
             piece = _read(array, [[(a + lo, a + hi)] for (lo, hi), (a, _) in
                                   zip(locals_[i], extent)], unbatched)
         return piece
