@@ -30,32 +30,32 @@ position, which for "circular" is at the other end of the axis), then the call h
 The in-memory function thus computes every block on exactly the values it would read for the
 whole array.
 
-Through the chunks of a Dask array, the slabs a block needs from its neighbours are copied
-out of their chunks by small tasks, so that no task holds more than it uses; still, a chunk
+Through the chunks of a Dask array, the slabs a block needs from its neighbours are copied out
+of each chunk by one task, so that no block's task holds more than it uses; still, a chunk
 stays in memory until the blocks around it have run, and with one final task Dask's ordering
-computes the input's chunks well ahead of the blocks that need them, which loopconv cannot
-hold back (they are tasks of the input's graph): measured, a 1 GiB volume of 64^3 chunks read
-as ``da.from_zarr(...) * 1`` peaked at 667 MiB.  Store such an input first, then filter the
-store.  When the input was made by `dask.array.from_zarr`, or by `dask.array.from_array` of a
-Zarr array or a memory-mapped NumPy array (and not transformed since), the tasks read that
-array instead: a block reads the large part of its region (its own chunk) itself, and one task
-per chunk reads the chunk once and copies out the thin slabs its neighbours need.  Each chunk
-is then read about twice, and memory holds the blocks being computed and the thin slabs cut
-but not yet taken; each slab is dropped as soon as the blocks that read it have taken it (a
-dask.distributed worker counts only the slabs not yet taken).  With one final task that
-depends on every block (what ``.compute()`` and ``da.to_zarr`` make), Dask's static ordering
-would run the tasks that cut the slabs well ahead of the blocks that take them, so the blocks
-are put in groups (planes of blocks along the first chunked spatial axis) and a chunk's slabs
-are cut only once every block of the groups before their first reader is done (of all but the
-last few, where a group has fewer blocks than two per core): the slabs held are those of a
-few planes of chunks, whatever the volume and whatever the order Dask picks.  The graph
-itself is held while it runs, about 7 kB per block (a block's task lists the keys it reads
-once and holds its regions as small markers), and Dask's own bookkeeping of the tasks and
-their dependencies adds some 40 kB per block.  Streaming one Zarr store into another
+computes the input's chunks well ahead of the blocks that need them, which loopconv cannot hold
+back (they are tasks of the input's graph): measured, a 1 GiB volume of 64^3 chunks read as
+``da.from_zarr(...) * 1`` peaked at 458 MiB (667 MiB with a task for each slab).  Store such an
+input first, then filter the store.  When the input was made by `dask.array.from_zarr`, or by
+`dask.array.from_array` of a Zarr array or a memory-mapped NumPy array (and not transformed
+since), the tasks read that array instead: a block reads the large part of its region (its own
+chunk) itself, and one task per chunk reads the chunk once and copies out the thin slabs its
+neighbours need.  Each chunk is then read about twice, and memory holds the blocks being
+computed and the thin slabs cut but not yet taken; each slab is dropped as soon as the blocks
+that read it have taken it (a dask.distributed worker counts only the slabs not yet taken).
+With one final task that depends on every block (what ``.compute()`` and ``da.to_zarr`` make),
+Dask's static ordering would run the tasks that cut the slabs well ahead of the blocks that
+take them, so the blocks are put in groups (planes of blocks along the first chunked spatial
+axis) and a chunk's slabs are cut only once every block of the groups before their first reader
+is done (of all but the last few, where a group has fewer blocks than two per core): the slabs
+held are those of a few planes of chunks, whatever the volume and whatever the order Dask
+picks.  The graph itself is held while it runs, about 7 kB per block (a block's task lists the
+keys it reads once and holds its regions as small markers), and Dask's own bookkeeping of the
+tasks and their dependencies adds some 40 kB per block.  Streaming one Zarr store into another
 (`dask.array.to_zarr` to a new store) thus runs out of core.  A block is computed on its own
 chunk as it is (zero padded where the halo is), the outputs whose windows reach into a halo
-computed again from their full regions and written over, where that costs less than copying
-the block with its halos.
+computed again from their full regions and written over, where that costs less than copying the
+block with its halos.
 
 Input gradients and transposed convolutions are split the same way over the blocks of their
 result: each task calls `loopconv.conv2d_input` (etc.) on the part of ``grad_output`` whose
@@ -355,7 +355,6 @@ class _Source:
         stored = _stored(x)
         self.arr = x[None] if unbatched else x
         self.bounds = [_bounds(c) for c in self.arr.chunks]
-        self.cut = "loopconv-cut-" + tokenize(self.arr.name)
         if stored is None:
             self.stored = None
             self.graph = self.arr.__dask_graph__()      # the tasks depend on its chunks
@@ -436,8 +435,8 @@ class _Reads:
                 if piece is None:
                     return self.one(_Dep(refs.position(item)))
                 # a piece of a _Pieces, and the stored array to read it again from
-                return self.one(_Dep(refs.position(item), piece,
-                                     refs.position(src.stored[0])))
+                array = refs.position(src.stored[0]) if src.stored is not None else None
+                return self.one(_Dep(refs.position(item), piece, array))
             return self.one(tuple(nest(axis + 1, chosen + (p,)) for p in per_axis[axis]))
 
         nested = nest(0, ())
@@ -453,10 +452,7 @@ class _Reads:
         name = self.src.arr.name
         if all(lo == 0 and hi == b - a for (lo, hi), (a, b) in zip(local, self._extent(chunk))):
             return self.one((name,) + chunk), None
-        key = self.one((self.src.cut,) + chunk + tuple(v for piece in local for v in piece))
-        if key not in dsk:
-            dsk[key] = (_cut, (name,) + chunk, tuple(slice(lo, hi) for lo, hi in local))
-        return key, None
+        return self._halo(chunk, local)
 
     def _stored_piece(self, dsk, chunk, local):
         extent = self._extent(chunk)
@@ -465,6 +461,11 @@ class _Reads:
             key, unbatched = self.src.stored
             runs = [[(a + lo, a + hi)] for (lo, hi), (a, _) in zip(local, extent)]
             return (_read, key, runs, unbatched), None
+        return self._halo(chunk, local)
+
+    def _halo(self, chunk, local):
+        """Piece `local` of chunk `chunk`, one more reader of it: cut by the chunk's one halo
+        task (a task per piece was tens of tasks per chunk, each with Dask's bookkeeping)."""
         requests = self.halos.setdefault(chunk, {})         # local ranges: [position, takers]
         self.first[chunk] = min(self.first.get(chunk, self.group), self.group)
         request = requests.setdefault(self.one(tuple(local)), [len(requests), 0])
@@ -479,9 +480,16 @@ class _Reads:
         return (_read, key, [[r] for r in self._extent(chunk)], unbatched)
 
     def finish(self, dsk, gates):
-        """Add the tasks that cut the halos of each stored chunk, each held back by `gates`
-        until the blocks well before its first reader are done."""
+        """Add the tasks that cut the halos of each chunk.  Those of a stored array's chunks
+        are held back by `gates` until the blocks well before their first reader are done;
+        those of a Dask chunk run when the chunk is computed (held back, they would hold the
+        chunk), and keep their pieces until the last reader is done (there is no store to
+        read a dropped piece from again)."""
         if self.src.stored is None:
+            for chunk, requests in self.halos.items():
+                takers = [n for _, n in requests.values()]
+                layout = _Data((None, list(requests), takers, False))
+                dsk[(self.halo_name,) + chunk] = (_Pieces, (self.src.arr.name,) + chunk, layout)
             return
         key, unbatched = self.src.stored
         for chunk, requests in self.halos.items():
@@ -617,8 +625,8 @@ class _Own(_Marker):
 
 class _Dep(_Marker):
     """Entry `j` of the task's list of dependencies, or (with `piece`) piece `piece` taken
-    from that entry, a `_Pieces`, read again from entry `array` (the stored array) if it was
-    dropped."""
+    from that entry, a `_Pieces`, read again from entry `array` (the stored array; None for a
+    Dask chunk) if it was dropped."""
 
     __slots__ = ("j", "piece", "array")
 
@@ -636,7 +644,9 @@ def _resolve(nested, chunk, deps):
         return chunk[tuple(slice(lo, hi) for lo, hi in nested.local)]
     if isinstance(nested, _Dep):
         value = deps[nested.j]
-        return value if nested.piece is None else value.take(nested.piece, deps[nested.array])
+        if nested.piece is None:
+            return value
+        return value.take(nested.piece, None if nested.array is None else deps[nested.array])
     return nested
 
 
@@ -651,18 +661,18 @@ def _cut(block, slices):
 
 
 class _Pieces:
-    """Copies of pieces of `block`, a chunk of a stored array (its halos), each handed to the
-    task arguments that read it and dropped after the last of them.  `layout` is a `_Data` of
-    (the chunk's (start, stop) per axis, the pieces' ranges within the chunk, how many
-    arguments take each piece, whether the array is unbatched); `gate` is what the gate task
-    the halos wait for gives (nothing, see `_Gates`).  Held as one list, every
-    piece of a chunk would stay in memory until its last neighbour had run: the thin slabs
-    wanted by the blocks before the chunk as long as those wanted by the blocks after it, a
-    plane of chunks later (half of the halo memory, with chunks of 8 planes).  A piece asked
-    for again after it was dropped (a task run twice, as dask.distributed does when a worker
-    is lost) is read from the store anew (the array comes from the task that takes it: held
-    here, a memory-mapped array would be pickled whole each time dask.distributed moved this
-    object)."""
+    """Copies of pieces of `block`, a chunk (its halos), each handed to the task arguments
+    that read it and, for a chunk of a stored array, dropped after the last of them.  `layout`
+    is a `_Data` of (the chunk's (start, stop) per axis, the pieces' ranges within the chunk, how
+    many arguments take each piece, whether the array is unbatched; the extent is None for a
+    chunk of a Dask array, whose pieces are kept); `gate` is what the gate task the halos wait
+    for gives (nothing, see `_Gates`).  Held as one list, every piece of a chunk would stay in
+    memory until its last neighbour had run: the thin slabs wanted by the blocks before the
+    chunk as long as those wanted by the blocks after it, a plane of chunks later (half of the
+    halo memory, with chunks of 8 planes).  A piece asked for again after it was dropped (a
+    task run twice, as dask.distributed does when a worker is lost) is read from the store anew
+    (the array comes from the task that takes it: held here, a memory-mapped array would be
+    pickled whole each time dask.distributed moved this object)."""
 
     def __init__(self, block, layout, gate=None):
         extent, locals_, takers, unbatched = layout.value
@@ -673,7 +683,10 @@ class _Pieces:
         self.lock = threading.Lock()
 
     def take(self, i, array):
-        """Piece i, read again from the stored `array` if it was dropped."""
+        """Piece i, read again from the stored `array` if it was dropped (pieces of a chunk
+        not from a store, `array` None, are kept)."""
+        if self.source[0] is None:
+            return self.pieces[i]
         with self.lock:
             piece = self.pieces[i]
             self.left[i] -= 1

@@ -551,7 +551,8 @@ def test_stored_filter_graph_is_small(tmp_path):
     """The graph of a filter over a stored array takes memory for each block (Dask holds it,
     and converts it when it runs), so a block's task refers to each key it reads once and
     holds its regions as plain markers, not as a task for each piece: a block is then about
-    a kilobyte pickled, where a task for each piece made it 6 (zeros) to 9 kB (reflect)."""
+    a kilobyte pickled, where a task for each piece made it 6 (zeros) to 9 kB (reflect).  The
+    same through Dask chunks: one task per chunk cuts the pieces its neighbours read."""
     zarr = pytest.importorskip("zarr")
     rng = np.random.default_rng(7)
     x = rng.standard_normal((1, 2, 48, 48, 48)).astype(np.float32)
@@ -590,6 +591,12 @@ def test_stored_filter_graph_is_small(tmp_path):
             assert len(halos) == len(set(halos)) <= 26 and len(set(keys)) <= 26 + 2, keys
         per_block = len(pickle.dumps(dict(layer))) / len(blocks)
         assert per_block < 2000, (mode, per_block)
+        assert_matches(y, loopconv.conv3d(x, w, padding=1, padding_mode=mode))
+        # read through Dask chunks: one task per chunk cuts its halos (was: one per piece)
+        y = lcd.conv3d(da.from_array(x, chunks=(1, 2, 16, 16, 16)), w, padding=1,
+                       padding_mode=mode)
+        layer = y.__dask_graph__().layers[y.name]
+        assert len(layer) <= 2 * 27 + 1, len(layer)         # blocks, halo tasks, the weight
         assert_matches(y, loopconv.conv3d(x, w, padding=1, padding_mode=mode))
 
 
