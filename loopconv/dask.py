@@ -485,20 +485,14 @@ class _Reads:
         those of a Dask chunk run when the chunk is computed (held back, they would hold the
         chunk), and keep their pieces until the last reader is done (there is no store to
         read a dropped piece from again)."""
-        if self.src.stored is None:
-            for chunk, requests in self.halos.items():
-                takers = [n for _, n in requests.values()]
-                layout = _Data((None, list(requests), takers, False))
-                dsk[(self.halo_name,) + chunk] = (_Pieces, (self.src.arr.name,) + chunk, layout)
-            return
-        key, unbatched = self.src.stored
+        stored = self.src.stored is not None
+        unbatched = stored and self.src.stored[1]
         for chunk, requests in self.halos.items():
-            extent = tuple(self._extent(chunk))
-            whole = (_read, key, [[r] for r in extent], unbatched)
             takers = [n for _, n in requests.values()]
+            extent = tuple(self._extent(chunk)) if stored else None
+            gate = gates.before(dsk, self.first[chunk]) if stored else None
             layout = _Data((extent, list(requests), takers, unbatched))
-            dsk[(self.halo_name,) + chunk] = (_Pieces, whole, layout,
-                                              gates.before(dsk, self.first[chunk]))
+            dsk[(self.halo_name,) + chunk] = (_Pieces, self.chunk(chunk), layout, gate)
 
 
 class _Gates:

@@ -398,16 +398,23 @@ def test_regions_are_gathered_in_one_copy(seed):
     assert lcd._gather(single, (None,) * nd) is single      # one piece, nothing to take
 
 
+def zarr_store(tmp_path, x, chunks):
+    """`x` written to a new Zarr array on disk with `chunks`."""
+    zarr = pytest.importorskip("zarr")
+    store = zarr.open_array(str(tmp_path / "x.zarr"), mode="w", shape=x.shape, chunks=chunks,
+                            dtype=x.dtype)
+    store[...] = x
+    return store
+
+
 def test_stored_input_is_read_directly(tmp_path, monkeypatch):
     """From a Zarr store (or a memory-mapped file) the tasks read the store: the graph keeps
     none of the chunk-reading tasks of the input, so every block is independent of the
     others."""
-    zarr = pytest.importorskip("zarr")
+    pytest.importorskip("zarr")
     rng = np.random.default_rng(5)
     x = rng.standard_normal((2, 2, 12, 10)).astype(np.float32)
-    store = zarr.open_array(str(tmp_path / "x.zarr"), mode="w", shape=x.shape, chunks=(1, 2, 5, 4),
-                            dtype=x.dtype)
-    store[...] = x
+    store = zarr_store(tmp_path, x, (1, 2, 5, 4))
     w = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
     memmap = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", dtype=x.dtype,
                                        shape=x.shape)
@@ -453,12 +460,10 @@ def test_halo_pieces_dropped_after_their_last_reader(tmp_path, monkeypatch):
     """Each piece of a stored chunk's halos is dropped once every task argument that reads it
     has taken it (not when the chunk's last neighbour has run), whatever the scheduler; a
     piece taken after that is read from the store again."""
-    zarr = pytest.importorskip("zarr")
+    pytest.importorskip("zarr")
     rng = np.random.default_rng(6)
     x = rng.standard_normal((1, 2, 9, 12, 11)).astype(np.float32)
-    store = zarr.open_array(str(tmp_path / "x.zarr"), mode="w", shape=x.shape,
-                            chunks=(1, 2, 3, 5, 4), dtype=x.dtype)
-    store[...] = x
+    store = zarr_store(tmp_path, x, (1, 2, 3, 5, 4))
     w = rng.standard_normal((3, 2, 3, 3, 3)).astype(np.float32)
     made, Pieces = [], lcd._Pieces
 
@@ -509,9 +514,7 @@ def test_halos_cut_only_a_few_groups_ahead(tmp_path, monkeypatch):
 
     rng = np.random.default_rng(8)
     x = rng.standard_normal((1, 2, 40, 12, 12)).astype(np.float32)
-    store = zarr.open_array(str(tmp_path / "x.zarr"), mode="w", shape=x.shape,
-                            chunks=(1, 2, 4, 6, 6), dtype=x.dtype)
-    store[...] = x
+    store = zarr_store(tmp_path, x, (1, 2, 4, 6, 6))
     w = rng.standard_normal((3, 2, 3, 3, 3)).astype(np.float32)
     monkeypatch.setattr(lcd, "_AHEAD_PER_CORE", 0)      # one group ahead, whatever the cores
     y = lcd.conv3d(da.from_zarr(store), w, padding=1)
@@ -553,12 +556,10 @@ def test_stored_filter_graph_is_small(tmp_path):
     holds its regions as plain markers, not as a task for each piece: a block is then about
     a kilobyte pickled, where a task for each piece made it 6 (zeros) to 9 kB (reflect).  The
     same through Dask chunks: one task per chunk cuts the pieces its neighbours read."""
-    zarr = pytest.importorskip("zarr")
+    pytest.importorskip("zarr")
     rng = np.random.default_rng(7)
     x = rng.standard_normal((1, 2, 48, 48, 48)).astype(np.float32)
-    store = zarr.open_array(str(tmp_path / "x.zarr"), mode="w", shape=x.shape,
-                            chunks=(1, 2, 16, 16, 16), dtype=x.dtype)
-    store[...] = x
+    store = zarr_store(tmp_path, x, (1, 2, 16, 16, 16))
     w = rng.standard_normal((3, 2, 3, 3, 3)).astype(np.float32)
     for mode in ("zeros", "reflect"):
         y = lcd.conv3d(da.from_zarr(store), w, padding=1, padding_mode=mode)
