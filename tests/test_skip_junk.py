@@ -63,20 +63,24 @@ BUILD_CASES = [
 TAKEN_BY = {c.values[:2]: build for c, build in BUILD_CASES}
 
 
-def random_cases(count, seed):
-    """Random 3-D geometries with small planes, kept where the best variant takes pixel tiles
-    for the forward pass or the input gradient in float32: outputs of 2 to 6 planes of 4 to 10
-    by 5 to 12 pixels, kernels of 1 to 3 taps along depth and 2 to 3 along the plane, strides
-    1 to 2, dilation 1 or 2, padding up to 2 on each side, 1 or 2 groups of 1 to 8, 16, 24 or
-    48 input and 1 to 60 output channels."""
+def random_cases(count, seed, ndim=3):
+    """Random geometries with small planes, kept where the best variant takes pixel tiles for
+    the forward pass or the input gradient in float32.  3-D: outputs of 2 to 6 planes of 4 to
+    10 by 5 to 12 pixels, kernels of 1 to 3 taps along depth and 2 to 3 along the plane, 1 or
+    2 groups of 1 to 8, 16, 24 or 48 input and 1 to 60 output channels, 1 to 3 images.  2-D
+    (the deep stages of image classifiers, whose tiles of pixels run across rows and images):
+    outputs of 3 to 16 by 3 to 16 pixels, kernels of 1 to 7 taps, one group of 16 to 160 input
+    and 40 to 200 output channels, 2 to 4 images.  Both: strides 1 to 2, dilation 1 or 2,
+    padding up to 2 on each side."""
     rng = np.random.default_rng(seed)
     best = list(VARIANTS.values())[-1]
+    axes = ((2, 7, 1, 4), (4, 11, 2, 4), (5, 13, 2, 4)) if ndim == 3 else ((3, 17, 1, 8),) * 2
     cases = []
     while len(cases) < count:
-        groups = int(rng.integers(1, 3))
+        groups = int(rng.integers(1, 3)) if ndim == 3 else 1
         size, kernel, stride, dilation, pairs = [], [], [], [], []
-        for a, (lo, hi) in enumerate(((2, 7), (4, 11), (5, 13))):
-            k = int(rng.integers(1 if a == 0 else 2, 4))
+        for lo, hi, kmin, kmax in axes:
+            k = int(rng.integers(kmin, kmax))
             d, s = int(rng.integers(1, 3)), int(rng.integers(1, 3))
             p = (int(rng.integers(0, 3)), int(rng.integers(0, 3)))
             out = int(rng.integers(lo, hi))
@@ -85,10 +89,14 @@ def random_cases(count, seed):
             dilation.append(d)
             stride.append(s)
             pairs.append(p)
-        cin = int(rng.choice([*range(1, 9), 16, 24, 48]))
-        cout = int(rng.integers(1, 61))
-        candidate = grouped_case(f"random-{len(cases)}", int(rng.integers(1, 4)), groups, cin,
-                                 cout, size, kernel, stride, pairs, dilation)
+        if ndim == 3:
+            cin, cout = int(rng.choice([*range(1, 9), 16, 24, 48])), int(rng.integers(1, 61))
+            images = int(rng.integers(1, 4))
+        else:
+            cin, cout = int(rng.integers(16, 161)), int(rng.integers(40, 201))
+            images = int(rng.integers(2, 5))
+        candidate = grouped_case(f"random-{ndim}d-{len(cases)}", images, groups, cin, cout,
+                                 size, kernel, stride, pairs, dilation)
         if min(conv_output_shape(*candidate.values)[2:]) < 1:
             continue
         if any(uses(best, which, *candidate.values, np.float32)
@@ -97,7 +105,7 @@ def random_cases(count, seed):
     return cases
 
 
-RANDOM = random_cases(24, seed=20261202)
+RANDOM = random_cases(24, seed=20261202) + random_cases(12, seed=20261203, ndim=2)
 
 
 def run(module, which, a, w, bias, shape, kw, threads):
@@ -184,10 +192,15 @@ def test_staged_rows_share_their_zeros(x_shape, w_shape, kw, which, columns):
     ((2, 64, 8, 8, 8), (64, 64, 3, 3, 3), dict(padding=1), False, False),   # 48 + 16
     ((1, 128, 8, 8, 8), (128, 128, 3, 3, 3), dict(padding=1), True, True),    # batch 1
     ((2, 64, 16, 16, 16), (64, 64, 3, 3, 3), dict(padding=1), False, False),  # 16^3
-    ((2, 128, 4, 4, 4), (128, 128, 3, 3, 3), dict(padding=1), False, False),  # 4^3
+    # 4^3: 64 pixels an image, two images' tiles of pixels without junk against the grid's 1.5
+    # columns a pixel (tiled time / pixel tiles' 0.97-1.14)
+    ((2, 128, 4, 4, 4), (128, 128, 3, 3, 3), dict(padding=1), True, True),
     ((2, 32, 32, 32, 32), (32, 32, 3, 3, 3), dict(padding=1), False, False),
     ((1, 512, 7, 7), (512, 512, 3, 3), dict(padding=1), False, False),        # 2-D
-    ((8, 256, 14, 14), (256, 256, 3, 3), dict(padding=1), False, False),
+    ((8, 256, 14, 14), (256, 256, 3, 3), dict(padding=1), False, False),   # (a last panel
+    ((8, 512, 14, 14), (512, 512, 3, 3), dict(padding=1), True, True),     # of one vector)
+    ((2, 128, 17, 17), (128, 128, 1, 7), dict(padding=(0, 3)), True, True),
+    ((1, 2048, 33, 33), (256, 2048, 3, 3), dict(padding=12, dilation=12), True, True),
     ((2, 256, 8, 8, 8), (256, 256, 2, 2, 2), dict(stride=2), False, False),   # 2x2x2 s2
 ])
 def test_which_problems(x_shape, w_shape, kw, forward, input):

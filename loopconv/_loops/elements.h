@@ -14,6 +14,9 @@
 
 #include "depthwise.h"
 
+/* pixel tiles (tiled_product.pxi) keep the pointers to their pixels in an intp workspace */
+_Static_assert(sizeof(const void *) == sizeof(ptrdiff_t), "pointers are not intp-sized");
+
 /* tiled.pxi keeps per-tile tables of MAX_NR = 64 columns */
 #define LC_ELEMENT(SUFFIX, T, BYTES)                                                      \
 _Static_assert(sizeof(T) == BYTES, #T " is not " #BYTES " bytes");                        \

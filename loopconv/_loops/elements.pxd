@@ -38,6 +38,11 @@ cdef extern from "elements.h" nogil:
     void lc_tile_g_f64(int mr, int nv, Py_ssize_t kc, const double *a,
                        const Py_ssize_t *aoff, Py_ssize_t rs, const double *b,
                        const Py_ssize_t *boff, double *c, Py_ssize_t ldc, int beta)
+    void lc_tile_p_f32(int nv, Py_ssize_t kc, const float *const *ar, const Py_ssize_t *aoff,
+                       const float *b, Py_ssize_t ldb, float *c, Py_ssize_t ldc, int beta)
+    void lc_tile_p_f64(int nv, Py_ssize_t kc, const double *const *ar,
+                       const Py_ssize_t *aoff, const double *b, Py_ssize_t ldb, double *c,
+                       Py_ssize_t ldc, int beta)
     void lc_tile_a_f32(int nv, Py_ssize_t kc, const float *a, const Py_ssize_t *aoff,
                        const float *b, float *c, Py_ssize_t ldc, int beta)
     void lc_tile_a_f64(int nv, Py_ssize_t kc, const double *a, const Py_ssize_t *aoff,
@@ -142,6 +147,17 @@ cdef inline void tile_g(int mr, int nv, Py_ssize_t kc, const element *a,
         lc_tile_g_f32(mr, nv, kc, a, aoff, rs, b, boff, c, ldc, beta)
     else:
         lc_tile_g_f64(mr, nv, kc, a, aoff, rs, b, boff, c, ldc, beta)
+
+
+cdef inline void tile_p(int nv, Py_ssize_t kc, const element *const *ar,
+                        const Py_ssize_t *aoff, const element *b, Py_ssize_t ldb, element *c,
+                        Py_ssize_t ldc, bint beta) noexcept nogil:
+    """The pixel tile: LC_MR_B rows of A, row i at ar[i] (column k at aoff[k]), by nv vectors
+    of B (row k at b + k * ldb)."""
+    if element is float:
+        lc_tile_p_f32(nv, kc, ar, aoff, b, ldb, c, ldc, beta)
+    else:
+        lc_tile_p_f64(nv, kc, ar, aoff, b, ldb, c, ldc, beta)
 
 
 cdef inline void tile_a(int nv, Py_ssize_t kc, const element *a, const Py_ssize_t *aoff,

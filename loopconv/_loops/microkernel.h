@@ -103,11 +103,14 @@
  *   lc_tile_g_T:  C[i, j] (=, +=) sum_k a[aoff[k] + i * rs] * b[boff[k] + j]
  *                 lc_tile_b with A read in place, row i at a stride rs and column k at the
  *                 offset aoff[k]: the weight itself, unpacked (batch-1 and other problems with
- *                 few pixels per weight, where packing A would cost as much as the product;
- *                 and pixel tiles, where A is the staged source and B the packed weight, with
- *                 MR_B rows also two vectors wide, for a last panel of that many channels);
+ *                 few pixels per weight, where packing A would cost as much as the product);
  *                 not inlined, so that GCC still inlines lc_tile_b into its caller (inlining
  *                 both, it stopped: the forward pass of largek 5 % slower)
+ *   lc_tile_p_T:  C[i, j] (=, +=) sum_k ar[i][aoff[k]] * b[ldb * k + j]        MR_B rows
+ *                 pixel tiles: row i of A is a pixel of the staged source at its own place
+ *                 ar[i] (a tile's pixels may lie in several rows and images), B the weight
+ *                 packed in panels (nv vectors of channels, rows ldb apart: NR, also for a
+ *                 last panel of one or two vectors); not inlined, as lc_tile_g
  *   lc_tile_a_T:  C[i, j] (=, +=) sum_k a[aoff[i] + k] * b[NR * k + j]         NR = nv vectors
  *                 row i of A read in place at a + aoff[i]; B packed (weight gradient); nv = 2
  *                 with MR_A rows, or 1 with MR_A1 rows (gradients with one vector of output
@@ -215,6 +218,16 @@ static inline void lc_tile_g_##TAG##V##_##SUFFIX(ptrdiff_t kc, const T *LC_RESTR
 {                                                                                       \
     LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, MR, NV, a[aoff[k] + i * rs],     \
                  b + boff[k], *(const lc_uvec_##SUFFIX *)(bk + v * W), PF)              \
+}                                                                                       \
+static inline void lc_tile_p_##TAG##V##_##SUFFIX(ptrdiff_t kc,                        \
+        const T *const *LC_RESTRICT ar, const ptrdiff_t *LC_RESTRICT aoff,              \
+        const T *LC_RESTRICT b, ptrdiff_t ldb, T *LC_RESTRICT c, ptrdiff_t ldc,         \
+        int beta)                                                                       \
+{                                                                                       \
+    const T *rows[MR];                                                                  \
+    for (int i = 0; i < MR; i++) rows[i] = ar[i];                                       \
+    LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, MR, NV, rows[i][aoff[k]],        \
+                 b + ldb * k, *(const lc_uvec_##SUFFIX *)(bk + v * W), )                \
 }                                                                                       \
 static inline void lc_tile_v_##TAG##V##_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,  \
         const T *LC_RESTRICT b, const ptrdiff_t *LC_RESTRICT boff,                      \
@@ -334,6 +347,10 @@ static void lc_tile_g_##SUFFIX(int mr, int nv, ptrdiff_t kc, const T *a,        
         const ptrdiff_t *aoff, ptrdiff_t rs, const T *b, const ptrdiff_t *boff, T *c,   \
         ptrdiff_t ldc, int beta)                                                        \
     LC_BY_MR(mr, nv, lc_tile_g, SUFFIX, (kc, a, aoff, rs, b, boff, c, ldc, beta))       \
+__attribute__((noinline))                                                               \
+static void lc_tile_p_##SUFFIX(int nv, ptrdiff_t kc, const T *const *ar,                \
+        const ptrdiff_t *aoff, const T *b, ptrdiff_t ldb, T *c, ptrdiff_t ldc, int beta) \
+    LC_BY_NV(nv, lc_tile_p_full, SUFFIX, (kc, ar, aoff, b, ldb, c, ldc, beta))          \
 LC_TILE_AM(SUFFIX, T, 2, LC_MR_A)                                                       \
 LC_TILE_AM(SUFFIX, T, 1, LC_MR_A1)                                                      \
 LC_TILE_D_ROWS(SUFFIX, T, 1, 1)                                                         \
@@ -428,6 +445,18 @@ static void lc_tile_g_##SUFFIX(int mr, int nv, ptrdiff_t kc, const T *a,        
             T sum = 0;                                                                  \
             for (ptrdiff_t k = 0; k < kc; k++)                                          \
                 sum += a[aoff[k] + i * rs] * b[boff[k] + j];                            \
+            c[i * ldc + j] = beta ? c[i * ldc + j] + sum : sum;                         \
+        }                                                                               \
+}                                                                                       \
+static void lc_tile_p_##SUFFIX(int nv, ptrdiff_t kc, const T *const *ar,                \
+                               const ptrdiff_t *aoff, const T *b, ptrdiff_t ldb, T *c,  \
+                               ptrdiff_t ldc, int beta)                                 \
+{                                                                                       \
+    int nr = nv * (int)(LC_VEC_BYTES / sizeof(T));                                      \
+    for (int i = 0; i < LC_MR_B; i++)                                                   \
+        for (int j = 0; j < nr; j++) {                                                  \
+            T sum = 0;                                                                  \
+            for (ptrdiff_t k = 0; k < kc; k++) sum += ar[i][aoff[k]] * b[ldb * k + j];  \
             c[i * ldc + j] = beta ? c[i * ldc + j] + sum : sum;                         \
         }                                                                               \
 }                                                                                       \

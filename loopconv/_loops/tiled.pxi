@@ -68,7 +68,8 @@ from loopconv._loops.elements cimport (LC_ISA, LC_DWC_PX, LC_KR_D, LC_MR_A, LC_M
                                        LC_NV_B, lc_prefetch,
                                        LC_OR_D, LC_VEC_BYTES, dw_copy, dw_dot, dw_rows,
                                        dwc_copy, dwc_dotruns, dwc_runs, element, tile_a, tile_b,
-                                       tile_d, tile_g, tile_m, tile_v, transpose_block, typecode)
+                                       tile_d, tile_g, tile_m, tile_p, tile_v, transpose_block,
+                                       typecode)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,7 +143,7 @@ cdef enum:
 
 # PIXEL_WASTE: how much more the tiled product must compute than pixel_tiles for the latter
 # (whose own speed is some 0.85-1.0 of the tiled product's; pixel_tiles_suit)
-cdef double PIXEL_WASTE = 1.15
+cdef double PIXEL_WASTE = 1.12
 # COMPACT_WASTE: grid columns per valid pixel from which a phase whose rows are whole vectors
 # computes its valid columns alone (compact_phases).  In one process against the grid's tiles
 # (float32, one thread): 3x3x3 on 16^3 (1.125) 1.15-1.22x, on 32^3 (1.06) 1.05-1.13x; 3x3 on

@@ -166,9 +166,14 @@ cdef bint pixel_tiles_suit(const Product *p, const Phase *phases,
     55 columns a row are a tile and a one-vector tile: model 1.29), as fast as the tiled product
     (0.97-1.0)."""
     cdef Py_ssize_t VW = LC_VEC_BYTES // itemsize, NR = LC_NV_B * VW
-    cdef Py_ssize_t f, rows, by_pixel = 0, rest = p.M % NR, tail, one, cols, pieces
-    cdef double tiled = 0, channels
+    cdef Py_ssize_t f, rows, rest = p.M % NR, tail, one, cols, pieces
+    cdef Py_ssize_t nimg = 1, columns = 0
+    cdef double tiled = 0, channels, by_pixel = 0
     cdef const Phase *ph
+    for f in range(p.nphase):
+        columns += phases[f].ncols
+    if 0 < columns < ITEM_COLUMNS:     # the images of a work item, as split_work makes them
+        nimg = max(1, min(p.N, MAX_IMAGES, (ITEM_COLUMNS + columns - 1) // columns))
     for f in range(p.nphase):
         ph = &phases[f]
         rows = ph.grid[0] * ph.grid[1]
@@ -180,10 +185,9 @@ cdef bint pixel_tiles_suit(const Product *p, const Phase *phases,
         one = tail_ones(tail)
         tiled += ((cols // NR * NR + (tail - one + NARROW_COST * one) * VW)
                   * (HALVES_COST if pieces == 2 else 1))
-        if ph.grid[2] == p.st.q[2]:     # no junk columns: runs go on across rows
-            by_pixel += round_up(rows * ph.grid[2], LC_MR_B)
-        else:
-            by_pixel += rows * round_up(ph.grid[2], LC_MR_B)
+        # the valid columns of an item's images one after the other, the last tile of
+        # LC_MR_B pixels partly computed for nothing
+        by_pixel += round_up(nimg * rows * ph.grid[2], LC_MR_B) / <double> nimg
     # the last channels in a panel of one vector (a one-vector tile) or two
     channels = p.M - rest + (0 if rest == 0 else NARROW_COST * VW if rest <= VW
                              else round_up(rest, VW))
@@ -205,7 +209,9 @@ cdef int product_pass(const Product *p, const Phase *phases,
     # the staged slices, a tile (pixel tiles: a vector's lanes of rows, and a block for their
     # transposes)
     cdef Py_ssize_t fper = per_thread(p.nimg * p.st.size + max(LC_MR_B, VW) * NR + VW * VW)
-    cdef Py_ssize_t iper = per_thread(1 + 2 * NCB_TILES * NR)
+    # dcol and run of an item's columns (pixel tiles: and two offsets per pixel of its images)
+    cdef Py_ssize_t iper = per_thread(1 + 2 * NCB_TILES * NR
+                                      + (2 * p.nimg * NCB_TILES * NR if p.by_pixel else 0))
     cdef element[::1] fws = _workspace("f", dtype, fper * num_threads)
     cdef Py_ssize_t[::1] iws = _workspace("i", np.intp, iper * num_threads)
     cdef const element *bptr = &bias[0] if bias.shape[0] > 0 else NULL
@@ -559,20 +565,16 @@ cdef class _Geometry:
     cdef Py_ssize_t[::1] aoff       # columns of A of all phases, or the weight gradient's rows
     cdef Py_ssize_t[::1] roff       # forward: the weight's rows, for pack_groups
     cdef Py_ssize_t[::1] order      # item_order of the phases' column blocks
-    cdef Py_ssize_t[::1] nr_steps   # pixel_tiles: the packed panels' rows k at k * NR
 
     def __dealloc__(self):
         free(self.phases)
 
 
-cdef void product_tables(_Geometry geo, Py_ssize_t itemsize) except *:
-    """The forward-style product's work-item order and pixel-tile row steps, pointed at by
-    geo.p."""
-    cdef Py_ssize_t f, NR = LC_NV_B * LC_VEC_BYTES // itemsize
+cdef void product_tables(_Geometry geo) except *:
+    """The forward-style product's work-item order, pointed at by geo.p."""
+    cdef Py_ssize_t f
     geo.order = item_order([geo.phases[f].nblk for f in range(geo.p.nphase)])
     geo.p.order = &geo.order[0]
-    geo.nr_steps = np.arange(KC if geo.p.by_pixel else 1, dtype=np.intp) * NR
-    geo.p.nr_steps = &geo.nr_steps[0]
 
 
 cdef _Geometry new_geometry(int which, tuple xs, tuple ws, tuple ys, stride, pad, dilation,
@@ -590,14 +592,14 @@ cdef _Geometry new_geometry(int which, tuple xs, tuple ws, tuple ys, stride, pad
         geo.boff = tap_offsets(&geo.p.st, ws[1], kernel_taps(ws[2:], dilation))
         geo.roff = np.arange(ws[0] // groups, dtype=np.intp) * K
         geo.aoff = np.arange(K, dtype=np.intp)
-        product_tables(geo, itemsize)
+        product_tables(geo)
     elif which == PASS_INPUT:
         address, boffs, koffs = input_product(&geo.p, ys, ws, xs, stride, pad, dilation,
                                               groups, itemsize)
         geo.phases = <Phase *> <Py_ssize_t> address
         geo.boff = np.concatenate(boffs + [np.zeros(1, np.intp)])
         geo.aoff = np.concatenate(koffs + [np.zeros(1, np.intp)])
-        product_tables(geo, itemsize)
+        product_tables(geo)
     else:
         set_weight(&geo.q, xs, ws, ys, stride, pad, dilation, groups, itemsize, math.prod(xs))
         # rows past K repeat row 0: the tile computes them and the reduction never reads them

@@ -36,7 +36,7 @@ cdef struct Product:
     Py_ssize_t a_rs         # gathered A: the weight's step from one row of A to the next
     Py_ssize_t a_grp        # and from one group to the next
     bint by_pixel           # tiles of pixels by channels (pixel_tiles): A packed in panels of
-    const Py_ssize_t *nr_steps  # mr = NR rows, read as lc_tile_g's B at these offsets (k * NR)
+                            # mr = NR rows, read as lc_tile_p's B
     Stage st
 
 cdef struct Item:
@@ -436,45 +436,100 @@ cdef inline void store_transposed(const element *ctile, Py_ssize_t NR, Py_ssize_
                 dj[i * ds] = ctile[i * NR + j]
 
 
+cdef inline void store_pixels(const element *ctile, Py_ssize_t NR, Py_ssize_t w,
+                              Py_ssize_t mw, element *d, const Py_ssize_t *doff, Py_ssize_t ldd,
+                              Py_ssize_t ds, bint add, element *tmp) noexcept nogil:
+    """A tile of pixels by channels into the destination's channel rows, pixel i at d + doff[i]:
+    d[j * ldd + doff[i]] (=, +=) ctile[i * NR + j] for pixels i < w and channels j < mw.
+    Pixels that follow each other ds apart go through store_transposed; others (a tile across
+    rows or images) through the same register transposes, a vector's lanes of channels at a
+    time, then pixel by pixel."""
+    cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
+    cdef Py_ssize_t i, j = 0, t
+    cdef element *dj
+    cdef const element *src
+    for i in range(1, w):
+        if doff[i] != doff[0] + i * ds:
+            break
+    else:
+        store_transposed(ctile, NR, w, mw, d + doff[0], ldd, ds, add, tmp)
+        return
+    if LC_MR_B <= VW:
+        while j + VW <= mw:
+            transpose_block(ctile + j, NR, tmp, VW)
+            for t in range(VW):
+                dj = d + (j + t) * ldd
+                src = tmp + t * VW
+                if add:
+                    for i in range(w):
+                        dj[doff[i]] += src[i]
+                else:
+                    for i in range(w):
+                        dj[doff[i]] = src[i]
+            j += VW
+    for j in range(j, mw):
+        dj = d + j * ldd
+        if add:
+            for i in range(w):
+                dj[doff[i]] += ctile[i * NR + j]
+        else:
+            for i in range(w):
+                dj[doff[i]] = ctile[i * NR + j]
+
+
 cdef inline void pixel_tiles(const Product *p, const Phase *ph, const Item *it,
                              const element **staged, const element *a_g,
                              const Py_ssize_t *boff, element *dst_g, const Py_ssize_t *dcol,
-                             const Py_ssize_t *run, element *ctile) noexcept nogil:
-    """The sums of the item transposed (p.by_pixel): tiles of LC_MR_B grid columns (pixels) by NR
-    output channels (the last panel one or two vectors where it has no more), the staged source
-    broadcast along the tile's rows (lc_tile_g's A, its pixels one step apart, its rows k at boff)
-    and the weight's panels of NR channels along its vectors (B, row k at k * NR).  Each run of
-    valid columns is cut into tiles from its start, so that only the last tile of a run computes
-    columns it does not store (the grid columns between runs are never computed).  A's columns in
-    blocks of KC, as product_tiles."""
+                             const Py_ssize_t *run, element *ctile,
+                             Py_ssize_t *pix) noexcept nogil:
+    """The sums of the item transposed (p.by_pixel): tiles of LC_MR_B pixels by NR output
+    channels (the last panel one or two vectors where it has no more), the staged source
+    broadcast along the tile's rows (lc_tile_p's A, each row a pixel at its own place, its
+    columns k at boff) and the weight's panels of NR channels along its vectors (B, row k at
+    k * NR).  The valid columns of all the item's images, one image after the other, are cut
+    into tiles in order, so that a tile may take pixels from several rows and images and only
+    the item's last tile computes pixels it does not store (it repeats its last pixel); junk
+    columns are never computed.  pix: room for two entries per valid column of the item (each
+    pixel's place in its staged slice, and its offset in dst_g; both pointer-sized).  A's
+    columns in blocks of KC, as product_tiles."""
     cdef Py_ssize_t NR = LC_NV_B * LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
-    cdef Py_ssize_t K = ph.K, kb, k0, kc, j, ln, u, w, n, ip, mw
+    cdef Py_ssize_t K = ph.K, kb, k0, kc, j, ln, u, w, n, ip, mw, npix = 0, t0, i
+    cdef const element **src = <const element **> pix
+    cdef Py_ssize_t *doff = pix + it.nimg * it.ncols
+    cdef const element *last[LC_MR_B]
+    cdef const element **rows
     cdef int nv
+    for n in range(it.nimg):
+        j = 0
+        while j < it.ncols:
+            ln = run[j]
+            if ln == 0:
+                j += 1
+                continue
+            for u in range(ln):
+                src[npix] = staged[n] + it.q0 + j + u
+                doff[npix] = n * p.dst_img + dcol[j + u]
+                npix += 1
+            j += ln
     for kb in range((K + KC - 1) // KC):
         k0 = kb * KC
         kc = min(KC, K - k0)
         for ip in range(it.ip0, it.ip1):
             mw = min(NR, p.M - ip * NR)
             nv = 1 if mw <= VW else 2 if mw <= 2 * VW else LC_NV_B    # the last panel's
-            j = 0
-            while j < it.ncols:
-                ln = run[j]
-                if ln == 0:
-                    j += 1
-                    continue
-                u = 0
-                while u < ln:
-                    w = min(LC_MR_B, ln - u)
-                    for n in range(it.nimg):
-                        tile_g(LC_MR_B, nv, kc, staged[n] + it.q0 + j + u, boff + k0, 1,
-                               a_g + (ip * K + k0) * NR, p.nr_steps, ctile, NR, 0)
-                        store_transposed(ctile, NR, w, mw,
-                                         dst_g + n * p.dst_img + ip * NR * p.dst_row
-                                         + dcol[j + u], p.dst_row, ph.dstep[2], k0 > 0,
-                                         ctile + max(LC_MR_B, VW) * NR)
-                    u += LC_MR_B
-                j += ln
+            t0 = 0
+            while t0 < npix:
+                w = min(LC_MR_B, npix - t0)
+                rows = src + t0
+                if w < LC_MR_B:
+                    for i in range(LC_MR_B):
+                        last[i] = src[t0 + min(i, w - 1)]
+                    rows = last
+                tile_p(nv, kc, rows, boff + k0, a_g + (ip * K + k0) * NR, NR, ctile, NR, 0)
+                store_pixels(ctile, NR, w, mw, dst_g + ip * NR * p.dst_row, doff + t0,
+                             p.dst_row, ph.dstep[2], k0 > 0, ctile + max(LC_MR_B, VW) * NR)
+                t0 += LC_MR_B
 
 
 cdef inline void set_columns(const Product *p, const Item *it, element *dst_g,
@@ -526,7 +581,7 @@ cdef void product_item(const Product *p, const Phase *phases, Py_ssize_t item,
         set_columns(p, &it, dst_g, dcol, bias, False)
     if p.by_pixel:
         pixel_tiles(p, ph, &it, staged, a_g, boff_all + ph.k_off, dst_g, dcol, run,
-                    fws + p.nimg * p.st.size)
+                    fws + p.nimg * p.st.size, run + NCB_TILES * NR)
     else:
         product_tiles(p, ph, &it, staged, a_g, boff_all + ph.k_off, aoff_all + ph.k_off,
                       dst_g, dcol, run, fws + p.nimg * p.st.size)
