@@ -35,8 +35,9 @@ cdef struct Product:
     bint gathered           # A is the weight read in place (lc_tile_g), not packed panels
     Py_ssize_t a_rs         # gathered A: the weight's step from one row of A to the next
     Py_ssize_t a_grp        # and from one group to the next
-    bint by_pixel           # tiles of pixels by channels (pixel_tiles): A packed in panels of
-                            # mr = NR rows, read as lc_tile_p's B
+    # by_pixel: tiles of pixels by channels (pixel_tiles), A packed in panels of mr = NR rows,
+    # read as lc_tile_p's B
+    bint by_pixel
     Stage st
 
 cdef struct Item:
