@@ -37,8 +37,9 @@ computes the input's chunks well ahead of the blocks that need them, which loopc
 back (they are tasks of the input's graph): measured, a 1 GiB volume of 64^3 chunks read as
 ``da.from_zarr(...) * 1`` peaked at 458 MiB (667 MiB with a task for each slab).  Store such an
 input first, then filter the store.  When the input was made by `dask.array.from_zarr`, or by
-`dask.array.from_array` of a Zarr array or a memory-mapped NumPy array (and not transformed
-since), the tasks read that array instead: a block reads the large part of its region (its own
+`dask.array.from_array` of a Zarr array, an HDF5 dataset (h5py; not on dask.distributed,
+whose workers cannot receive one) or a memory-mapped NumPy array (and not transformed since),
+the tasks read that array instead: a block reads the large part of its region (its own
 chunk) itself, and one task per chunk reads the chunk once and copies out the thin slabs its
 neighbours need.  Each chunk is then read about twice, and memory holds the blocks being
 computed and the thin slabs cut but not yet taken; each slab is dropped as soon as the blocks
@@ -324,9 +325,9 @@ def _runs(src):
 # Where the tasks read their regions from
 
 def _stored(x):
-    """(key, array) of the Zarr array or NumPy memmap that `x` was made from by from_zarr or
-    from_array, if `x` is just that; else None.  (from_array splits an in-memory ndarray into
-    chunks at once: there is no stored array to read then.)"""
+    """(key, array) of the Zarr array, HDF5 dataset (h5py) or NumPy memmap that `x` was made
+    from by from_zarr or from_array, if `x` is just that; else None.  (from_array splits an
+    in-memory ndarray into chunks at once: there is no stored array to read then.)"""
     try:
         layers = x.__dask_graph__().layers
         original = "original-" + x.name
@@ -340,7 +341,7 @@ def _stored(x):
     except Exception:
         return None
     kind = type(obj).__module__.split(".")[0]
-    if not (isinstance(obj, np.ndarray) or kind == "zarr"):
+    if not (isinstance(obj, np.ndarray) or kind in ("zarr", "h5py")):
         return None
     if tuple(obj.shape) != tuple(x.shape) or np.dtype(obj.dtype) != x.dtype:
         return None
@@ -777,7 +778,9 @@ def _read(array, runs, unbatched):
     """The box of `runs` read from a stored array (see `_Source.region`), one stored chunk
     at a time: a Zarr array decodes whole chunks, and reading them one by one keeps a single
     decoded chunk in memory beside the box."""
-    grid = getattr(array, "chunks", None)           # Zarr's chunk shape; None for a memmap
+    # the chunk shape of a Zarr array or a chunked HDF5 dataset; None for a memmap or a
+    # contiguous dataset
+    grid = getattr(array, "chunks", None)
     if unbatched:
         runs = runs[1:]
     pieces = []             # per axis: (slice of the box, slice of the array)

@@ -407,6 +407,38 @@ def zarr_store(tmp_path, x, chunks):
     return store
 
 
+def check_reads_store(monkeypatch, xd, x, w):
+    """A 2-D filter of `xd` (a stored array `x`, chunks (1, 2, 5, 4)) reads the store, chunk
+    by chunk, and gives the in-memory result; returns the filter."""
+    assert lcd._stored(xd) is not None
+    reads, read = [], lcd._read
+
+    def counting(array, runs, unbatched):
+        reads.append([tuple(r) for r in runs])
+        return read(array, runs, unbatched)
+
+    monkeypatch.setattr(lcd, "_read", counting)        # the graph keeps this function
+    y = lcd.conv2d(xd, w, padding=1, padding_mode="circular")
+    monkeypatch.setattr(lcd, "_read", read)
+    assert reachable_chunks(y, (1, 0, 1, 1), xd.name) == set()
+    assert_matches(y, loopconv.conv2d(x, w, padding=1, padding_mode="circular"))
+    # a block reads its own chunk, and one task per chunk cuts the halos of its neighbours
+    # (the far end of the axis too, with circular padding): every read lies in one chunk, and
+    # no chunk is read more than twice
+    bounds = [np.cumsum((0,) + c) for c in xd.chunks]
+    chunks_read = []
+    for runs in reads:
+        (chunk,) = {tuple(int(np.searchsorted(b, r[0][0], side="right")) - 1
+                          for b, r in zip(bounds, runs))}
+        for b, r, c in zip(bounds, runs, chunk):
+            assert len(r) == 1 and b[c] <= r[0][0] < r[0][1] <= b[c + 1]
+        chunks_read.append(chunk)
+    counts = collections.Counter(chunks_read)
+    assert set(counts) == set(itertools.product(*(range(len(c)) for c in xd.chunks)))
+    assert max(counts.values()) == 2
+    return y
+
+
 def test_stored_input_is_read_directly(tmp_path, monkeypatch):
     """From a Zarr store (or a memory-mapped file) the tasks read the store: the graph keeps
     none of the chunk-reading tasks of the input, so every block is independent of the
@@ -419,34 +451,8 @@ def test_stored_input_is_read_directly(tmp_path, monkeypatch):
     memmap = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", dtype=x.dtype,
                                        shape=x.shape)
     memmap[...] = x
-    reads, read = [], lcd._read
-
-    def counting(array, runs, unbatched):
-        reads.append([tuple(r) for r in runs])
-        return read(array, runs, unbatched)
-
     for xd in (da.from_zarr(store), da.from_array(memmap, chunks=(1, 2, 5, 4))):
-        assert lcd._stored(xd) is not None
-        reads.clear()
-        monkeypatch.setattr(lcd, "_read", counting)        # the graph keeps this function
-        y = lcd.conv2d(xd, w, padding=1, padding_mode="circular")
-        monkeypatch.setattr(lcd, "_read", read)
-        assert reachable_chunks(y, (1, 0, 1, 1), xd.name) == set()
-        assert_matches(y, loopconv.conv2d(x, w, padding=1, padding_mode="circular"))
-        # a block reads its own chunk, and one task per chunk cuts the halos of its
-        # neighbours (the far end of the axis too, with circular padding): every read lies in
-        # one chunk, and no chunk is read more than twice
-        bounds = [np.cumsum((0,) + c) for c in xd.chunks]
-        chunks_read = []
-        for runs in reads:
-            (chunk,) = {tuple(int(np.searchsorted(b, r[0][0], side="right")) - 1
-                              for b, r in zip(bounds, runs))}
-            for b, r, c in zip(bounds, runs, chunk):
-                assert len(r) == 1 and b[c] <= r[0][0] < r[0][1] <= b[c + 1]
-            chunks_read.append(chunk)
-        counts = collections.Counter(chunks_read)
-        assert set(counts) == set(itertools.product(*(range(len(c)) for c in xd.chunks)))
-        assert max(counts.values()) == 2
+        check_reads_store(monkeypatch, xd, x, w)
     # NumPy arrays, which from_array splits at once, and transformed arrays are read through
     # their chunks
     assert lcd._stored(da.from_array(x, chunks=(1, 2, 5, 4))) is None
@@ -454,6 +460,24 @@ def test_stored_input_is_read_directly(tmp_path, monkeypatch):
                da.from_zarr(store)[:, :, 1:]):
         assert lcd._stored(xd) is None
     assert lcd._stored(da.from_zarr(store)[0]) is None
+
+
+def test_hdf5_input_is_read_directly(tmp_path, monkeypatch):
+    """Likewise from an HDF5 dataset (h5py), chunked or contiguous, also on the threaded
+    scheduler (h5py takes its own lock around each read)."""
+    h5py = pytest.importorskip("h5py")
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 2, 12, 10)).astype(np.float64)
+    w = rng.standard_normal((3, 2, 3, 3))
+    with h5py.File(tmp_path / "x.h5", "w") as f:
+        for name, chunks in (("chunked", (1, 1, 3, 5)), ("contiguous", None)):
+            f.create_dataset(name, data=x, chunks=chunks)
+            y = check_reads_store(monkeypatch, da.from_array(f[name], chunks=(1, 2, 5, 4)),
+                                  x, w)
+            np.testing.assert_allclose(y.compute(scheduler="threads"),
+                                       loopconv.conv2d(x, w, padding=1,
+                                                       padding_mode="circular"),
+                                       rtol=1e-12, atol=1e-12)
 
 
 def test_halo_pieces_dropped_after_their_last_reader(tmp_path, monkeypatch):
