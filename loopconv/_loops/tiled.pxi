@@ -146,6 +146,7 @@ cdef enum:
 # tiles were cut from single rows; 1.12 since they take any pixels of an item's images: 3x3 on
 # 14x14 with 512 channels at batch 8 (1.14 in the model) 1.13x, with 256 (1.11: a last panel
 # of one vector) 0.97-0.99x, 28x28 (1.08) 0.96-0.99x, 56x56 0.91-0.94x
+cdef double PIXEL_WASTE = 1.12
 # COMPACT_WASTE: grid columns per valid pixel from which a phase whose rows are whole vectors
 # computes its valid columns alone (compact_phases).  In one process against the grid's tiles
 # (float32, one thread): 3x3x3 on 16^3 (1.125) 1.15-1.22x, on 32^3 (1.06) 1.05-1.13x; 3x3 on
