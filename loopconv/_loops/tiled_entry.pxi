@@ -142,15 +142,16 @@ cdef bint pixel_tiles_suit(const Product *p, const Phase *phases,
                            Py_ssize_t itemsize) noexcept nogil:
     """Whether the tiles of pixels by channels (pixel_tiles) suit a forward-style product: where
     the tiled product's cost in grid columns, junk included and its one-vector tiles counted
-    NARROW_COST times (likewise pixel tiles' last panel of one vector), is PIXEL_WASTE times or
-    more what pixel_tiles computes (the valid pixels of a work item's images rounded up to a
-    whole tile of LC_MR_B, its channels to panels of NR, the last to whole vectors), plus, where
-    the tiled product would read the weight in place (p.gathered: few columns), packing it
-    (PACK_COLUMNS a phase).  Since pixel tiles take pixels across rows and images: small 2-D
-    images with many channels at a training batch (3x3 on 14x14 with 512 channels, 1x7 on
-    17x17, 3x3 on 7x7 with 32 output channels: 1.07-1.17x forward and input gradient, float32
-    on one and two threads), large dilations whose windows leave most of the padded grid
-    (DeepLab's 3x3 with dilation 12 on 33x33: 1.2-1.4x), 3-D planes of 4x4 and 4x14x14.  That is
+    NARROW_COST times (likewise pixel tiles' last panel of one vector, in float64), is
+    PIXEL_WASTE times or more what pixel_tiles computes (the valid pixels of a work item's
+    images rounded up to a whole tile of LC_MR_B, its channels to panels of NR, the last to
+    whole vectors), plus, where the tiled product would read the weight in place (p.gathered:
+    few columns), packing it (PACK_COLUMNS a phase).  Since pixel tiles take pixels across
+    rows and images: small 2-D images with many channels at a training batch (3x3 on 14x14
+    with 64 to 512 channels, 1x7 on 17x17, 3x3 on 7x7 with 32 output channels: 1.06-1.17x
+    forward and input gradient, float32 on one and two threads), large dilations whose
+    windows leave most of the padded grid (DeepLab's 3x3 with dilation 12 on 33x33:
+    1.2-1.4x), 3-D planes of 4x4 and 4x14x14, the input gradient of 2x2x2 stride 2.  That is
     small grids of 3-D convolutions (3x3x3 on 8x8x8 computes 1.25 times its pixels tiled, its
     rows and planes sharing the padding's zeros, 1.0 by pixels) and small phase grids of
     transposed ones.  Where the tiled product would be compact (phase_pieces), its cost is its
@@ -193,8 +194,12 @@ cdef bint pixel_tiles_suit(const Product *p, const Phase *phases,
         # the valid columns of an item's images one after the other, the last tile of
         # LC_MR_B pixels partly computed for nothing
         by_pixel += round_up(nimg * rows * ph.grid[2], LC_MR_B) / <double> nimg
-    # the last channels in a panel of one vector (a one-vector tile) or two
-    channels = p.M - rest + (0 if rest == 0 else NARROW_COST * VW if rest <= VW
+    # the last channels in a panel of one vector (a one-vector tile) or two; in float32 a
+    # last panel of one vector costs its columns (lc_tile_p: 3x3 on 14x14 with 64, 160 and 256
+    # channels at batch 8 1.06-1.14x as pixel tiles than on the grid, which the one-vector
+    # panel counted 1.5 times had kept); in float64 as many layers gained as lost (0.93-1.10)
+    cdef double narrow = 1 if itemsize == 4 else NARROW_COST
+    channels = p.M - rest + (0 if rest == 0 else narrow * VW if rest <= VW
                              else round_up(rest, VW))
     # pixel tiles pack the weight, which a gathered product reads in place
     cdef double pack = PACK_COLUMNS * p.nphase * channels if p.gathered else 0
