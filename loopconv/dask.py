@@ -514,7 +514,7 @@ class _Gates:
     (enough for two blocks per core; one group, a plane of 4 x 4 chunks, ran as fast as two
     and held 568 MiB for a 4 GiB volume, against 717 MiB with two)."""
 
-    def __init__(self, name, batch_bounds, spatial_bounds):
+    def __init__(self, name, spatial_bounds):
         self.name = name
         counts = [len(b) - 1 for b in spatial_bounds]
         self.axis = next((a for a, n in enumerate(counts) if n > 1), None)
@@ -998,7 +998,7 @@ def _forward_graph(name, nd, src, axes, batch_bounds, out_bounds, w, b, geo, dty
     dsk = {}
     wkey, bkey = _constant(dsk, "weight", w), _constant(dsk, "bias", b)
     channels = src.arr.shape[1]
-    reads, gates = _Reads(src, name), _Gates(name + "-gate", batch_bounds, out_bounds)
+    reads, gates = _Reads(src, name), _Gates(name + "-gate", out_bounds)
     for tb, block in _blocks(batch_bounds, out_bounds):
         reads.group = gates.group(tb, block)
         gates.add(reads.group, (name, tb, 0) + block)
@@ -1037,7 +1037,7 @@ def _input_graph(name, nd, gsrc, axes, batch_bounds, in_bounds, channels, w, b, 
     dsk = {}
     wkey, bkey = _constant(dsk, "weight", w), _constant(dsk, "bias", b)
     out_channels = gsrc.arr.shape[1]
-    reads, gates = _Reads(gsrc, name), _Gates(name + "-gate", batch_bounds, in_bounds)
+    reads, gates = _Reads(gsrc, name), _Gates(name + "-gate", in_bounds)
     for tb, block in _blocks(batch_bounds, in_bounds):
         reads.group = gates.group(tb, block)
         gates.add(reads.group, (name, tb, 0) + block)
@@ -1090,7 +1090,7 @@ def _weight_graph(name, nd, src, gsrc, axes, batch_bounds, out_bounds, size, geo
     dsk = {}
     keys = []
     reads, grad_reads = _Reads(src, name), _Reads(gsrc, name + "-grad")
-    gates = _Gates(name + "-gate", batch_bounds, out_bounds)
+    gates = _Gates(name + "-gate", out_bounds)
     for tb, block in _blocks(batch_bounds, out_bounds):
         reads.group = grad_reads.group = gates.group(tb, block)
         extents = [(batch_bounds[tb], batch_bounds[tb + 1])]
@@ -1125,7 +1125,7 @@ def _bias_graph(name, gsrc, dtype):
     keys = []
     channels = gsrc.arr.shape[1]
     spatial = gsrc.bounds[2:]
-    reads, gates = _Reads(gsrc, name), _Gates(name + "-gate", gsrc.bounds[0], spatial)
+    reads, gates = _Reads(gsrc, name), _Gates(name + "-gate", spatial)
     for tb, block in _blocks(gsrc.bounds[0], spatial):
         runs = [[(gsrc.bounds[0][tb], gsrc.bounds[0][tb + 1])], [(0, channels)]]
         runs += [[(spatial[a][j], spatial[a][j + 1])] for a, j in enumerate(block)]

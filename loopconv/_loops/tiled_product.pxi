@@ -400,68 +400,41 @@ cdef inline Py_ssize_t tail_vectors(Py_ssize_t tail, Py_ssize_t t) noexcept nogi
     return 2 if t < (tail - tail_ones(tail)) // 2 else 1
 
 
-cdef inline void store_transposed(const element *ctile, Py_ssize_t NR, Py_ssize_t w,
-                                  Py_ssize_t mw, element *d, Py_ssize_t ldd, Py_ssize_t ds,
-                                  bint add, element *tmp) noexcept nogil:
-    """A tile of pixels by channels into the destination's channel rows: d[j * ldd + i * ds]
-    (=, +=) ctile[i * NR + j] for pixels i < w and channels j < mw.  Along contiguous pixels,
-    a vector's lanes of channels at a time are transposed in registers where a vector holds a
-    tile's LC_MR_B pixels (ctile read over a vector's lanes of rows, past LC_MR_B where it
-    holds more: the caller's buffer has them) into tmp (VW * VW elements), whose rows are then
-    runs of the destination; element by element, the stores of a 1x1 layer's tiles cost a
-    tenth of its time."""
-    cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
-    cdef Py_ssize_t i, j = 0, t
-    cdef element *dj
-    cdef const element *src
-    if ds == 1 and w == LC_MR_B and LC_MR_B <= VW:
-        while j + VW <= mw:
-            transpose_block(ctile + j, NR, tmp, VW)
-            for t in range(VW):
-                dj = d + (j + t) * ldd
-                src = tmp + t * VW
-                if add:
-                    for i in range(LC_MR_B):
-                        dj[i] += src[i]
-                else:
-                    for i in range(LC_MR_B):
-                        dj[i] = src[i]
-            j += VW
-    for j in range(j, mw):
-        dj = d + j * ldd
-        if add:
-            for i in range(w):
-                dj[i * ds] += ctile[i * NR + j]
-        else:
-            for i in range(w):
-                dj[i * ds] = ctile[i * NR + j]
-
-
 cdef inline void store_pixels(const element *ctile, Py_ssize_t NR, Py_ssize_t w,
                               Py_ssize_t mw, element *d, const Py_ssize_t *doff, Py_ssize_t ldd,
-                              Py_ssize_t ds, bint add, element *tmp) noexcept nogil:
+                              bint add, element *tmp) noexcept nogil:
     """A tile of pixels by channels into the destination's channel rows, pixel i at d + doff[i]:
-    d[j * ldd + doff[i]] (=, +=) ctile[i * NR + j] for pixels i < w and channels j < mw.
-    Pixels that follow each other ds apart go through store_transposed; others (a tile across
-    rows or images) through the same register transposes, a vector's lanes of channels at a
-    time, then pixel by pixel."""
+    d[j * ldd + doff[i]] (=, +=) ctile[i * NR + j] for pixels i < w and channels j < mw.  Where
+    a vector holds a tile's LC_MR_B pixels, a vector's lanes of channels at a time are
+    transposed in registers (ctile read over a vector's lanes of rows, past w: the caller's
+    buffer has them) into tmp (VW * VW elements), whose rows are then stored: as one run where
+    the tile is LC_MR_B pixels one after the other in the destination (element by element, the
+    stores of a 1x1 layer's tiles cost a tenth of its time), else pixel by pixel (a tile
+    across rows or images, a stride phase's pixels, the last tile)."""
     cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t i, j = 0, t
+    cdef bint run = w == LC_MR_B
     cdef element *dj
     cdef const element *src
     for i in range(1, w):
-        if doff[i] != doff[0] + i * ds:
+        if doff[i] != doff[0] + i:
+            run = False
             break
-    else:
-        store_transposed(ctile, NR, w, mw, d + doff[0], ldd, ds, add, tmp)
-        return
     if LC_MR_B <= VW:
         while j + VW <= mw:
             transpose_block(ctile + j, NR, tmp, VW)
             for t in range(VW):
                 dj = d + (j + t) * ldd
                 src = tmp + t * VW
-                if add:
+                if run:
+                    dj += doff[0]
+                    if add:
+                        for i in range(LC_MR_B):
+                            dj[i] += src[i]
+                    else:
+                        for i in range(LC_MR_B):
+                            dj[i] = src[i]
+                elif add:
                     for i in range(w):
                         dj[doff[i]] += src[i]
                 else:
@@ -529,7 +502,7 @@ cdef inline void pixel_tiles(const Product *p, const Phase *ph, const Item *it,
                     rows = last
                 tile_p(nv, kc, rows, boff + k0, a_g + (ip * K + k0) * NR, NR, ctile, NR, 0)
                 store_pixels(ctile, NR, w, mw, dst_g + ip * NR * p.dst_row, doff + t0,
-                             p.dst_row, ph.dstep[2], k0 > 0, ctile + max(LC_MR_B, VW) * NR)
+                             p.dst_row, k0 > 0, ctile + max(LC_MR_B, VW) * NR)
                 t0 += LC_MR_B
 
 
