@@ -160,6 +160,73 @@ def test_against_reference_and_across_threads(rng, assert_close, variant, x_shap
         assert tested, "the case does not take pixel tiles"
 
 
+# Pixel tiles that skip the taps that read padding for all of a tile's pixels (pixel_order and
+# tile_taps in loopconv/_loops): small planes and images, a large dilation, channels in blocks of
+# 64 and a last partial block, groups of 130 channels, stride-2 phases with asymmetric padding;
+# a kernel of more taps than a mask holds computes them all.  The forward pass skips from 384
+# pixels in all (the batches below), the input gradient at any batch.
+SKIPS = [
+    case("skip-4-cubed", (6, 128, 4, 4, 4), (128, 128, 3, 3, 3), padding=1),
+    case("skip-channel-blocks", (2, 70, 4, 4, 4), (40, 70, 3, 3, 3), padding=1),
+    case("skip-groups", (6, 260, 4, 4, 4), (96, 130, 3, 3, 3), padding=1, groups=2),
+    case("skip-dilated", (3, 80, 13, 13), (48, 80, 3, 3), padding=4, dilation=4),
+    case("skip-stride-2", (16, 24, 6, 6, 6), (32, 24, 3, 3, 3), stride=2,
+         padding=((1, 2), (2, 1), (1, 1))),
+    case("skip-4x4-images", (24, 96, 4, 4), (100, 96, 3, 3), padding=1),
+    case("skip-5x5-on-7x7", (8, 64, 7, 7), (72, 64, 5, 5), padding=2),
+    case("skip-125-taps", (2, 16, 4, 4, 4), (24, 16, 5, 5, 5), padding=2),
+]
+
+
+def skips(module, which, x_shape, w_shape, kw, dtype) -> bool:
+    """Whether `module`'s pass `which` of the case skips taps that read padding."""
+    return module.product_plan(which, *loop_geometry(x_shape, w_shape, kw),
+                               np.dtype(dtype).itemsize)["taps skipped"]
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+@pytest.mark.parametrize("x_shape, w_shape, kw", SKIPS)
+def test_skipped_taps_against_reference_and_across_threads(rng, assert_close, variant,
+                                                           x_shape, w_shape, kw, dtype):
+    """Each pass of the case that the variant runs as pixel tiles, against the reference with
+    and without a bias, every element written, the same bits on 1, 2 and 3 threads."""
+    module = VARIANTS[variant]
+    w, passes = product_passes(rng, x_shape, w_shape, kw, dtype)
+    for which, a, bias, shape, want, bound in passes:
+        if uses(module, which, x_shape, w_shape, kw, dtype):
+            check_pass(assert_close, module, which, a, w, (bias[:0], bias), shape, kw, want,
+                       bound, dtype)
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kw, forward, input", [
+    # 42 % of the reads padding; the forward pass from 384 pixels
+    ((2, 128, 4, 4, 4), (128, 128, 3, 3, 3), dict(padding=1), False, True),
+    ((6, 128, 4, 4, 4), (128, 128, 3, 3, 3), dict(padding=1), True, True),
+    ((6, 260, 4, 4, 4), (96, 130, 3, 3, 3), dict(padding=1, groups=2), True, True),
+    # DeepLab's dilation 12 on 33x33: 43 %
+    ((1, 2048, 33, 33), (256, 2048, 3, 3), dict(padding=12, dilation=12), True, True),
+    ((24, 96, 4, 4), (100, 96, 3, 3), dict(padding=1), True, True),
+    # pix2pix's 4x4 stride 2 onto 2x2 at batch 8: 32 pixels
+    ((8, 512, 4, 4), (512, 512, 4, 4), dict(stride=2, padding=1), False, True),
+    # 18 % and 9 %: the blocks of channels would cost more than the taps skipped
+    ((8, 512, 7, 7), (512, 512, 3, 3), dict(padding=1), False, False),
+    ((8, 512, 14, 14), (512, 512, 3, 3), dict(padding=1), False, False),
+    # RegNet's grouped stride-2 3x3: 5 %
+    ((8, 160, 28, 28), (160, 16, 3, 3), dict(stride=2, padding=1, groups=10), False, False),
+    # 125 taps: more than a mask holds
+    ((2, 16, 4, 4, 4), (24, 16, 5, 5, 5), dict(padding=2), False, False),
+])
+def test_which_skip_taps(x_shape, w_shape, kw, forward, input):
+    """By the share of the pixel tiles' reads that is padding, on the instruction set of this
+    machine (float32)."""
+    best = list(VARIANTS.values())[-1]
+    if _loops.platform.x86_level() < 4 and (forward or input):
+        pytest.skip("the cases' pixel tiles are those of 512-bit vectors")
+    assert skips(best, "forward", x_shape, w_shape, kw, np.float32) == forward
+    assert skips(best, "input", x_shape, w_shape, kw, np.float32) == input
+
+
 @pytest.mark.parametrize("x_shape, w_shape, kw, which, columns", [
     # rows of W + 1 and planes of H + 1 rows: the zero before each row is the one after the
     # previous row

@@ -88,6 +88,19 @@ cdef enum:
     # panels), and the lanes are summed once per call
     PC_D_BYTES = 2048
     MAX_NR = 64     # at least the columns of any forward-style tile
+    # PIX_CB: pixel tiles run their columns k in blocks of PIX_CB channels, tap by tap within
+    # a block (blocked_column), so that a tap that reads only padding for all of a tile's
+    # pixels is a run of k to skip.  All the channels tap by tap cost 8-19 % (3x3 on 14x14
+    # and 7x7 with 256 and 512 channels at batch 8, DeepLab's dilation 12): each k read other
+    # cache lines; blocks of 16 or 64 channels 0-4 %
+    PIX_CB = 64
+    # PIX_SKIP_PERCENT: pixel tiles skip taps where this share of their reads or more is
+    # padding (pixel_order)
+    PIX_SKIP_PERCENT = 30
+    PIX_SKIP_FORWARD_PIXELS = 384
+    # PIX_TAPS: room for the taps of a phase that pixel tiles skip by (a mask of a size_t per
+    # pixel: fewer than 8 * sizeof(size_t) taps; more, and no tap is skipped)
+    PIX_TAPS = 63
     # DENSE_SHORT: dense products with rows of one vector up to this many, for at most
     # LC_MR_B images, run with vectors along the outputs (dense_short)
     DENSE_SHORT = 2
