@@ -629,16 +629,17 @@ cdef object padding_share(_Geometry geo, unsigned char[::1] valid, list boffs):
 cdef tuple pixel_order(_Geometry geo, list boffs, list koffs, bint forward):
     """The B offsets and columns of A of each phase (channels outermost) as the product runs
     them: for pixel tiles whose taps read padding for PIX_SKIP_PERCENT of their reads or
-    more, in blocks of channels (tap_blocks), with the validity of a staged channel kept for them
-    (p.valid: the tiles skip the taps that read padding for all their pixels); else as they
-    are (also where a phase has more taps than a mask of a size_t holds).  Measured
-    (float32, one thread): 3x3x3 on 4x4x4 (42 % of the reads padding) input
-    gradient 1.27x at batch 2, forward 1.2-1.4x on the tiled loops; DeepLab's 3x3 with
-    dilation 12 on 33x33 (43 %) forward 1.2-1.3x, input gradient 1.3x.  Below: 3x3 on 7x7
-    with 512 and 1024 channels at batch 4 and 8 (18 %) 0.75-0.95x, RegNet's stride-2 grouped
-    3x3 (5 %) 0.77x: the blocks' order reads other cache lines at each k.  The forward
-    pass's weight, packed in that order, is gathered element by element (pack_panels): for
-    fewer than PIX_SKIP_FORWARD_PIXELS pixels in all its columns stay as they are (pix2pix's
+    more, in blocks of channels (tap_blocks), with the validity of a staged channel kept for
+    them (p.valid: the tiles skip the taps that read padding for all their pixels); else as
+    they are (also where a phase has more taps than a mask of a size_t holds).  Measured
+    against the columns as they are (float32, one thread): DeepLab's 3x3 with dilation 12 on
+    33x33 (43 % of the reads padding) forward 1.33-1.45x, input gradient 1.40-1.45x; the
+    input gradient of 3x3x3 on 4x4x4 (42 %) 1.10-1.24x; layers below the share unchanged.
+    Below it the taps skipped were worth less than the order and the grouping cost (measured
+    with an earlier grouping, across images): 3x3 on 7x7 with 512 and 1024 channels at batch
+    4 and 8 (18 %) 0.75-0.95x, RegNet's stride-2 grouped 3x3 (5 %) 0.77x.  The forward pass's
+    weight, packed in that order, is gathered element by element (pack_panels): for fewer
+    than PIX_SKIP_FORWARD_PIXELS pixels in all its columns stay as they are (pix2pix's
     512-channel 4x4 stride-2 layer onto 2x2 at batch 8, 44 % padding, took 2.5 times as
     long)."""
     cdef Py_ssize_t f, pixels = 0
