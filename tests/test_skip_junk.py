@@ -142,20 +142,26 @@ def check_pass(assert_close, module, which, a, w, biases, shape, kw, want, bound
             assert np.array_equal(got, run(module, which, a, w, bias, shape, kw, threads))
 
 
+def check_pixel_passes(rng, assert_close, module, x_shape, w_shape, kw, dtype) -> int:
+    """check_pass, with and without a bias, for each pass of the case that `module` runs as
+    pixel tiles; returns how many it checked."""
+    w, passes = product_passes(rng, x_shape, w_shape, kw, dtype)
+    tested = 0
+    for which, a, bias, shape, want, bound in passes:
+        if uses(module, which, x_shape, w_shape, kw, dtype):
+            tested += 1
+            check_pass(assert_close, module, which, a, w, (bias[:0], bias), shape, kw, want,
+                       bound, dtype)
+    return tested
+
+
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("dtype", DTYPE_PARAMS)
 @pytest.mark.parametrize("x_shape, w_shape, kw", FIXED + RANDOM + [c for c, _ in BUILD_CASES])
 def test_against_reference_and_across_threads(rng, assert_close, variant, x_shape, w_shape, kw,
                                                dtype):
-    module = VARIANTS[variant]
-    w, passes = product_passes(rng, x_shape, w_shape, kw, dtype)
-    tested = 0
-    for which, a, bias, shape, want, bound in passes:
-        if not uses(module, which, x_shape, w_shape, kw, dtype):
-            continue
-        tested += 1
-        check_pass(assert_close, module, which, a, w, (bias[:0], bias), shape, kw, want, bound,
-                   dtype)
+    tested = check_pixel_passes(rng, assert_close, VARIANTS[variant], x_shape, w_shape, kw,
+                                dtype)
     if variant == TAKEN_BY.get((x_shape, w_shape), list(VARIANTS)[-1]) and dtype == np.float32:
         assert tested, "the case does not take pixel tiles"
 
@@ -178,10 +184,15 @@ SKIPS = [
 ]
 
 
+def plan(module, which, x_shape, w_shape, kw, dtype) -> dict:
+    """How `module` runs pass `which` ("forward" or "input") of the case (product_plan)."""
+    return module.product_plan(which, *loop_geometry(x_shape, w_shape, kw),
+                               np.dtype(dtype).itemsize)
+
+
 def skips(module, which, x_shape, w_shape, kw, dtype) -> bool:
     """Whether `module`'s pass `which` of the case skips taps that read padding."""
-    return module.product_plan(which, *loop_geometry(x_shape, w_shape, kw),
-                               np.dtype(dtype).itemsize)["taps skipped"]
+    return plan(module, which, x_shape, w_shape, kw, dtype)["taps skipped"]
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -191,12 +202,7 @@ def test_skipped_taps_against_reference_and_across_threads(rng, assert_close, va
                                                            x_shape, w_shape, kw, dtype):
     """Each pass of the case that the variant runs as pixel tiles, against the reference with
     and without a bias, every element written, the same bits on 1, 2 and 3 threads."""
-    module = VARIANTS[variant]
-    w, passes = product_passes(rng, x_shape, w_shape, kw, dtype)
-    for which, a, bias, shape, want, bound in passes:
-        if uses(module, which, x_shape, w_shape, kw, dtype):
-            check_pass(assert_close, module, which, a, w, (bias[:0], bias), shape, kw, want,
-                       bound, dtype)
+    check_pixel_passes(rng, assert_close, VARIANTS[variant], x_shape, w_shape, kw, dtype)
 
 
 @pytest.mark.parametrize("x_shape, w_shape, kw, forward, input", [
@@ -313,8 +319,7 @@ COMPACT = [
 
 def compact_phases(module, which, x_shape, w_shape, kw, dtype) -> int:
     """The phases of pass `which` that `module` computes compact."""
-    return module.product_plan(which, *loop_geometry(x_shape, w_shape, kw),
-                               np.dtype(dtype).itemsize)["compact phases"]
+    return plan(module, which, x_shape, w_shape, kw, dtype)["compact phases"]
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
