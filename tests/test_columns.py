@@ -329,16 +329,24 @@ def test_forward_against_reference_and_across_threads(rng, assert_close, x_shape
     ((32, 32, 4, 4), (10, 32, 4, 4), {}, True),              # a dense layer as a convolution
     ((8, 64, 1, 1), (64, 16, 1, 1), dict(groups=4), False),
     ((1, 128, 4, 4, 4), (256, 128, 3, 3, 3), dict(padding=1), True),     # grid 3.4 x output
-    ((8, 512, 7, 7), (512, 512, 3, 3), dict(padding=1), True),            # reduction 392
+    ((2, 128, 4, 4, 4), (128, 128, 3, 3, 3), dict(padding=1), False),    # 128 pixels in all
+    ((2, 128, 4, 4, 4), (256, 128, 3, 3, 3), dict(padding=1), True),     # weight 2 x 128 rows
+    ((8, 1024, 7, 7), (1024, 1024, 3, 3), dict(padding=1), True),         # 1024 >= 2 x 392
+    ((8, 512, 7, 7), (512, 512, 3, 3), dict(padding=1), False),           # 512 < 2 x 392
     ((1, 512, 7, 7), (512, 512, 3, 3), dict(padding=1), False),           # reduction 49
+    ((2, 512, 7, 7), (512, 512, 3, 3), dict(padding=1), False),           # 98, stride 1
+    ((2, 512, 4, 4), (512, 512, 4, 4), dict(stride=2, padding=1), True),  # strided: 512 >= 16
+    ((1, 512, 4, 4), (512, 512, 4, 4), dict(stride=2, padding=1), False),  # one image
+    ((8, 256, 14, 14), (256, 256, 3, 3), dict(stride=2, padding=1), False),  # 256 < 784
     ((8, 512, 14, 14), (512, 512, 3, 3), dict(padding=1), False),         # 14x14
     ((8, 512, 7, 7), (512, 512, 1, 1), {}, False),                         # one tap
     ((8, 128, 7, 7), (128, 128, 3, 3), dict(padding=1), False),   # 128 output channels (2-D)
-    ((8, 256, 6, 6), (256, 256, 3, 3), dict(padding=1), True),    # 256
+    ((8, 256, 6, 6), (256, 256, 3, 3), dict(padding=1), False),   # 256 < 2 x 288
 ])
 def test_forward_which_problems(x_shape, w_shape, kw, chosen):
-    """By the output pixels, the images, the taps, the padding computed by the tiled loops
-    and the width of the columns (never by thread count)."""
+    """By the output pixels, the images, the taps, the padding computed by the tiled loops,
+    the weight's rows against the batch's output pixels and the width of the columns (never by
+    thread count)."""
     stride = reference.per_axis(kw.get("stride", 1), len(x_shape) - 2)
     loops = chosen_loops(conv_output_shape(x_shape, w_shape, kw), w_shape, stride,
                          kw.get("groups", 1))

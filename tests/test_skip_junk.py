@@ -169,8 +169,7 @@ def test_against_reference_and_across_threads(rng, assert_close, variant, x_shap
 # Pixel tiles that skip the taps that read padding for all of a tile's pixels (pixel_order and
 # tile_taps in loopconv/_loops): small planes and images, a large dilation, channels in blocks of
 # 64 and a last partial block, groups of 130 channels, stride-2 phases with asymmetric padding;
-# a kernel of more taps than a mask holds computes them all.  The forward pass skips from 384
-# pixels in all (the batches below), the input gradient at any batch.
+# a kernel of more taps than a mask holds computes them all.
 SKIPS = [
     case("skip-4-cubed", (6, 128, 4, 4, 4), (128, 128, 3, 3, 3), padding=1),
     case("skip-channel-blocks", (2, 70, 4, 4, 4), (40, 70, 3, 3, 3), padding=1),
@@ -178,8 +177,12 @@ SKIPS = [
     case("skip-dilated", (3, 80, 13, 13), (48, 80, 3, 3), padding=4, dilation=4),
     case("skip-stride-2", (16, 24, 6, 6, 6), (32, 24, 3, 3, 3), stride=2,
          padding=((1, 2), (2, 1), (1, 1))),
-    case("skip-4x4-images", (24, 96, 4, 4), (100, 96, 3, 3), padding=1),
-    case("skip-5x5-on-7x7", (8, 64, 7, 7), (72, 64, 5, 5), padding=2),
+    case("skip-stride-2-input", (16, 24, 5, 5, 5), (32, 24, 3, 3, 3), stride=2,
+         padding=((2, 1), (2, 2), (1, 2)), dilation=2),
+    case("skip-stride-2-dilated", (8, 48, 8, 8), (40, 48, 5, 5), stride=2,
+         padding=((4, 3), (3, 4)), dilation=2),
+    case("skip-4x4-images", (24, 96, 4, 4), (100, 96, 5, 5), padding=2),
+    case("skip-7x7-on-6x6", (6, 96, 6, 6), (100, 96, 7, 7), padding=3),
     case("skip-125-taps", (2, 16, 4, 4, 4), (24, 16, 5, 5, 5), padding=2),
 ]
 
@@ -205,27 +208,42 @@ def test_skipped_taps_against_reference_and_across_threads(rng, assert_close, va
     check_pixel_passes(rng, assert_close, VARIANTS[variant], x_shape, w_shape, kw, dtype)
 
 
+@pytest.mark.parametrize("x_shape, w_shape, kw", SKIPS[:-1])
+def test_skip_cases_skip(x_shape, w_shape, kw):
+    """Each case but the last (125 taps) skips taps in at least one pass, in float64 on every
+    build with pixel tiles and in float32 on the last one (whose pixel tiles are wider)."""
+    best = list(VARIANTS.values())[-1]
+    if _loops.platform.x86_level() < 4:
+        pytest.skip("the cases are chosen for the tiles of 512-bit vectors")
+    for dtype in (np.float32, np.float64):
+        assert any(skips(best, which, x_shape, w_shape, kw, dtype)
+                   for which in ("forward", "input"))
+
+
 @pytest.mark.parametrize("x_shape, w_shape, kw, forward, input", [
-    # 42 % of the reads padding; the forward pass from 384 pixels
-    ((2, 128, 4, 4, 4), (128, 128, 3, 3, 3), dict(padding=1), False, True),
+    # U-Net's 3x3x3 on 4x4x4: 25 % of the (tile, tap) pairs skipped (42 % of the reads padding)
+    ((2, 128, 4, 4, 4), (128, 128, 3, 3, 3), dict(padding=1), True, True),
     ((6, 128, 4, 4, 4), (128, 128, 3, 3, 3), dict(padding=1), True, True),
     ((6, 260, 4, 4, 4), (96, 130, 3, 3, 3), dict(padding=1, groups=2), True, True),
-    # DeepLab's dilation 12 on 33x33: 43 %
+    # DeepLab's dilations 12 and 6 on 33x33: 41 % and 21 %
     ((1, 2048, 33, 33), (256, 2048, 3, 3), dict(padding=12, dilation=12), True, True),
-    ((24, 96, 4, 4), (100, 96, 3, 3), dict(padding=1), True, True),
-    # pix2pix's 4x4 stride 2 onto 2x2 at batch 8: 32 pixels
-    ((8, 512, 4, 4), (512, 512, 4, 4), dict(stride=2, padding=1), False, True),
-    # 18 % and 9 %: the blocks of channels would cost more than the taps skipped
+    ((1, 2048, 33, 33), (256, 2048, 3, 3), dict(padding=6, dilation=6), True, True),
+    # a tile of 4x4 images' pixels reads every tap of a 3x3 kernel (44 % of the reads
+    # padding), likewise pix2pix's 4x4 stride 2 onto 2x2 (a tile of two images' corners)
+    ((24, 96, 4, 4), (100, 96, 3, 3), dict(padding=1), False, False),
+    ((8, 512, 4, 4), (512, 512, 4, 4), dict(stride=2, padding=1), False, False),
+    # 4 %, 5 % and 10 %: the blocks of channels would cost more than the taps skipped
     ((8, 512, 7, 7), (512, 512, 3, 3), dict(padding=1), False, False),
     ((8, 512, 14, 14), (512, 512, 3, 3), dict(padding=1), False, False),
-    # RegNet's grouped stride-2 3x3: 5 %
+    ((8, 64, 7, 7), (72, 64, 5, 5), dict(padding=2), False, False),
+    # RegNet's grouped stride-2 3x3: 2 %
     ((8, 160, 28, 28), (160, 16, 3, 3), dict(stride=2, padding=1, groups=10), False, False),
     # 125 taps: more than a mask holds
     ((2, 16, 4, 4, 4), (24, 16, 5, 5, 5), dict(padding=2), False, False),
 ])
 def test_which_skip_taps(x_shape, w_shape, kw, forward, input):
-    """By the share of the pixel tiles' reads that is padding, on the instruction set of this
-    machine (float32)."""
+    """By the share of the pixel tiles' (tile, tap) pairs that read only padding, on the
+    instruction set of this machine (float32)."""
     best = list(VARIANTS.values())[-1]
     if _loops.platform.x86_level() < 4 and (forward or input):
         pytest.skip("the cases' pixel tiles are those of 512-bit vectors")

@@ -239,6 +239,7 @@ IM2COL_PIXELS = 64
 IM2COL_WIDTH = 32
 IM2COL_FORWARD_REDUCTION = 128
 IM2COL_FORWARD_WASTE = 2.5
+IM2COL_FORWARD_WEIGHT = 2
 # Up to DENSE_IMAGES images of one output pixel (and one group), the forward pass runs as dot
 # products of each image's columns with each row of the weight (tiled.dense).  Measured against
 # the tiled loops and against the columns' product (tiled.grad_weight with the weight as its
@@ -293,21 +294,38 @@ def im2col_forward_suits(y_shape, w_shape, stride, groups) -> bool:
     least IM2COL_WIDTH elements.  Measured against the tiled loops on the networks suite (1 and 2
     threads, both dtypes): squeeze-and-excitation layers on 1x1 images 1.3-6x at batch 16; a GAN's
     dense first layer 8-16x at batch 32; batches with columns of 4-10 left to the tiled loops
-    (0.6-0.9).  With more output pixels: where the weight gradient runs as columns (`im2col_suits`)
-    and the reduction has IM2COL_FORWARD_REDUCTION (images times pixels) or more, or the staged
-    grid is IM2COL_FORWARD_WASTE times the output or more.  Measured (float32 1 / 2 threads,
-    float64): 3x3x3 on 4x4x4 at batches 1 and 2 1.6-2.1x; 512 channels 3x3 on 7x7 at batch 8 1.2 /
-    1.4 / 1.2x, batch 4 1.2 / 1.1 / 1.1x; 3x3 on 6x6 at batch 8 1.7 / 2.2 / 1.4x.  Left to the
-    tiled loops: 7x7 at batches 1 and 2 (0.8-1.05), stride 2 onto 7x7 at batch 1 (0.7-1.0)."""
+    (0.6-0.9).  With more output pixels, where the weight gradient runs as columns
+    (`im2col_suits`): where the staged grid is IM2COL_FORWARD_WASTE times the output or more
+    (the tiled loops would compute mostly padding), in 3-D only for a batch of fewer than
+    IM2COL_FORWARD_REDUCTION output pixels in all (from there pixel tiles skip that padding),
+    and for a batch of images whose weight has IM2COL_FORWARD_WEIGHT
+    times as many rows as the batch has output pixels, where the batch has
+    IM2COL_FORWARD_REDUCTION of them or the convolution is strided: the tiled loops then pack a
+    weight larger than their product's other operand, which the columns' product reads in
+    place.  Measured (columns' time over the tiled loops', float32 1 / 2 threads, float64;
+    below 1 the columns are faster): 3x3x3 on 4x4x4 at batch 1 0.83 / 1.0 / 0.80 (256
+    channels 0.74 / 0.84 / 0.76), 4x4 stride-2 layers from 4x4 and 8x8 (a GAN's discriminator)
+    at batches 2 to 16 0.47-0.86, 3x3 on 7x7 with 1024 channels at batch 8 0.92-0.93.  Left to
+    the tiled loops, whose pixel tiles skip the taps that read padding: 3x3x3 on 4x4x4 with 128
+    channels at batches 2 and 8 1.06-1.30 and 1.44-1.60, 3x3 on 6x6 with 256 channels at batch 8
+    1.06-1.13, 3x3 on 7x7 with 512 channels at batch 2 (whose tiled product reads the weight in
+    place) 1.03-1.11, 3x3 stride 2 from 14x14 1.0-1.2; about even: 3x3 on 7x7 with 512 channels
+    at batches 4 and 8 0.94-1.04."""
     if one_pixel(y_shape, w_shape, groups):
         return True
-    pixels = math.prod(y_shape[2:])
+    images, pixels = y_shape[0], math.prod(y_shape[2:])
     if not im2col_suits(y_shape, w_shape, groups):
         return False
     if pixels == 1:
         return True
-    return (y_shape[0] * pixels >= IM2COL_FORWARD_REDUCTION
-            or _grid(y_shape, w_shape, stride) >= IM2COL_FORWARD_WASTE * pixels)
+    few = images * pixels < IM2COL_FORWARD_REDUCTION
+    if ((few or y_shape[2] == 1)
+            and _grid(y_shape, w_shape, stride) >= IM2COL_FORWARD_WASTE * pixels):
+        return True
+    if few and max(stride) == 1:
+        return False
+    return (images > 1
+            and w_shape[0] // groups >= IM2COL_FORWARD_WEIGHT * images * pixels)
 
 
 def im2col_suits(y_shape, w_shape, groups) -> bool:

@@ -266,8 +266,8 @@ def forward(const element[:, :, :, :, ::1] x, const element[:, :, :, :, ::1] w,
     cdef element[::1] apack = _workspace("a", dtype, 1 if p.gathered else groups * mpad * K)
     if not p.gathered:
         with nogil:
-            pack_groups(&w[0, 0, 0, 0, 0], Og * w.shape[1] * w.shape[2] * w.shape[3] * w.shape[4],
-                        groups, Og, p.mr, K, &geo.roff[0], &geo.aoff[0], &apack[0], num_threads)
+            pack_groups(&w[0, 0, 0, 0, 0], groups, Og, p.mr, K, K // w.shape[1],
+                        PIX_CB if p.valid != NULL else 1, &apack[0], num_threads)
     product_pass(p, geo.phases, x, geo.boff, &w[0, 0, 0, 0, 0] if p.gathered else &apack[0],
                  geo.aoff, bias, y, num_threads)
 
@@ -297,6 +297,7 @@ def product_plan(which, xshape, wshape, yshape, stride, pad, dilation, Py_ssize_
     cdef Product p = geo.p
     return {"images": p.nimg, "image blocks": p.nib, "row blocks": p.nrb,
             "pixel tiles": bool(p.by_pixel), "taps skipped": p.valid != NULL,
+            "skip share": geo.skip,
             "weight read in place": bool(p.gathered),
             "channel gap": p.st.gap, "source read in place": bool(p.st.identity),
             "compact phases": sum([geo.phases[f].pieces > 0 for f in range(p.nphase)]),
@@ -575,9 +576,9 @@ cdef class _Geometry:
     cdef Phase *phases
     cdef Py_ssize_t[::1] boff       # B offsets of all phases (forward-style)
     cdef Py_ssize_t[::1] aoff       # columns of A of all phases, or the weight gradient's rows
-    cdef Py_ssize_t[::1] roff       # forward: the weight's rows, for pack_groups
     cdef Py_ssize_t[::1] order      # item_order of the phases' column blocks
     cdef unsigned char[::1] valid   # pixel tiles: staged_validity
+    cdef double skip                # pixel tiles: skip_share (0 where not worked out)
 
     def __dealloc__(self):
         free(self.phases)
@@ -605,28 +606,48 @@ cdef object staged_validity(const Stage *st):
     return (staged != 0).view(np.uint8)
 
 
-cdef object padding_share(_Geometry geo, unsigned char[::1] valid, list boffs):
-    """The share of the (pixel, tap) pairs of the product's phases that read padding: the
-    valid pixels of each phase's grid (boffs: its B offsets, channels outermost) against the
-    validity of a staged channel (staged_validity)."""
-    cdef Py_ssize_t f, C = geo.p.st.nchan
+cdef object skip_share(_Geometry geo, unsigned char[::1] valid, list boffs):
+    """The share of the pixel tiles' (tile, tap) pairs that tile_taps would skip, from the
+    validity of a staged channel (staged_validity) and each phase's B offsets (boffs, channels
+    outermost): per phase and column block of a work item (NCB_TILES * NR grid columns), the
+    valid pixels of its p.nimg images, each image's grouped by their mask of the taps that
+    reach the source (list_pixels), in tiles of LC_MR_B; a tap is skipped where it reads
+    padding for all of a tile's pixels.  That, not the share of the reads that is padding,
+    is what skipping saves: pix2pix's 4x4 stride-2 layer onto 2x2 reads padding at 44 % of
+    its taps, but a tile takes the four corners of two images, and together they read every
+    tap."""
+    cdef Py_ssize_t f, C = geo.p.st.nchan, T, NCB = NCB_TILES * geo.p.mr
     cdef const Phase *ph
-    reads = padded = 0
-    flags = np.asarray(valid)
+    skipped = total = 0
+    flags = np.asarray(valid).astype(bool)
     for f in range(geo.p.nphase):
         ph = &geo.phases[f]
         if ph.K == 0:
             continue
+        T = ph.K // C
         a, b, e = np.meshgrid(*[np.arange(ph.grid[i], dtype=np.intp) for i in range(3)],
                               indexing="ij")
-        q = ((a * geo.p.st.q[1] + b) * geo.p.st.q[2] + e).reshape(-1, 1)
-        taps = flags[q + np.asarray(boffs[f])[:ph.K // C].reshape(1, -1)]
-        reads += taps.size
-        padded += taps.size - int(np.count_nonzero(taps))
-    return padded / reads if reads else 0.0
+        q = ((a * geo.p.st.q[1] + b) * geo.p.st.q[2] + e).reshape(-1)
+        reach = flags[q.reshape(-1, 1) + np.asarray(boffs[f])[:T].reshape(1, -1)]
+        masks = (reach.astype(np.uint64) << np.arange(T, dtype=np.uint64)).sum(
+            axis=1, dtype=np.uint64)
+        blocks = q // NCB
+        for v in np.unique(blocks):
+            m = masks[blocks == v]
+            kinds, first, kind = np.unique(m, return_index=True, return_inverse=True)
+            rank = np.empty(len(first), np.intp)
+            rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+            grouped = np.tile(m[np.argsort(rank[kind.reshape(-1)], kind="stable")],
+                              geo.p.nimg)
+            grouped = np.concatenate([grouped, np.repeat(
+                grouped[-1:], (LC_MR_B - len(grouped) % LC_MR_B) % LC_MR_B)])
+            unions = np.bitwise_or.reduce(grouped.reshape(-1, LC_MR_B), axis=1)
+            total += T * len(unions)
+            skipped += T * len(unions) - int(np.unpackbits(unions.view(np.uint8)).sum())
+    return skipped / total if total else 0.0
 
 
-cdef tuple pixel_order(_Geometry geo, list boffs, list koffs, bint forward):
+cdef tuple pixel_order(_Geometry geo, list boffs, list koffs):
     """The B offsets and columns of A of each phase (channels outermost) as the product runs
     them: for pixel tiles whose taps read padding for PIX_SKIP_PERCENT of their reads or
     more, in blocks of channels (tap_blocks), with the validity of a staged channel kept for
@@ -638,20 +659,17 @@ cdef tuple pixel_order(_Geometry geo, list boffs, list koffs, bint forward):
     Below it the taps skipped were worth less than the order and the grouping cost (measured
     with an earlier grouping, across images): 3x3 on 7x7 with 512 and 1024 channels at batch
     4 and 8 (18 %) 0.75-0.95x, RegNet's stride-2 grouped 3x3 (5 %) 0.77x.  The forward pass's
-    weight, packed in that order, is gathered element by element (pack_panels): for fewer
-    than PIX_SKIP_FORWARD_PIXELS pixels in all its columns stay as they are (pix2pix's
-    512-channel 4x4 stride-2 layer onto 2x2 at batch 8, 44 % padding, took 2.5 times as
-    long)."""
-    cdef Py_ssize_t f, pixels = 0
-    for f in range(geo.p.nphase):
-        pixels += geo.p.N * geo.phases[f].grid[0] * geo.phases[f].grid[1] * geo.phases[f].grid[2]
+    weight is packed into that order through registers (pack_panels; gathered element by
+    element, pix2pix's 512-channel 4x4 stride-2 layer onto 2x2 at batch 8, 44 % padding, took
+    2.5 times as long)."""
+    cdef Py_ssize_t f
     if (not geo.p.by_pixel or geo.p.st.identity or geo.p.st.chan == 0
             or max([geo.phases[f].K for f in range(geo.p.nphase)])
-            >= 8 * sizeof(size_t) * geo.p.st.nchan
-            or (forward and pixels < PIX_SKIP_FORWARD_PIXELS)):
+            >= 8 * sizeof(size_t) * geo.p.st.nchan):
         return boffs, koffs
     valid = staged_validity(&geo.p.st)
-    if padding_share(geo, valid, boffs) * 100 < PIX_SKIP_PERCENT:
+    geo.skip = skip_share(geo, valid, boffs)
+    if geo.skip * 100 < PIX_SKIP_PERCENT:
         return boffs, koffs
     geo.valid = valid
     geo.p.valid = &geo.valid[0]
@@ -679,15 +697,14 @@ cdef _Geometry new_geometry(int which, tuple xs, tuple ws, tuple ys, stride, pad
                         itemsize)
         K = geo.phases[0].K
         geo.boff = tap_offsets(&geo.p.st, ws[1], kernel_taps(ws[2:], dilation))
-        geo.roff = np.arange(ws[0] // groups, dtype=np.intp) * K
         geo.aoff = np.arange(K, dtype=np.intp)
-        (geo.boff,), (geo.aoff,) = pixel_order(geo, [geo.boff], [geo.aoff], True)
+        (geo.boff,), (geo.aoff,) = pixel_order(geo, [geo.boff], [geo.aoff])
         product_tables(geo)
     elif which == PASS_INPUT:
         address, boffs, koffs = input_product(&geo.p, ys, ws, xs, stride, pad, dilation,
                                               groups, itemsize)
         geo.phases = <Phase *> <Py_ssize_t> address
-        boffs, koffs = pixel_order(geo, boffs, koffs, False)
+        boffs, koffs = pixel_order(geo, boffs, koffs)
         geo.boff = np.concatenate(boffs + [np.zeros(1, np.intp)])
         geo.aoff = np.concatenate(koffs + [np.zeros(1, np.intp)])
         product_tables(geo)

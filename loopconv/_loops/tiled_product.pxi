@@ -97,84 +97,6 @@ cdef inline void panel(const Product *p, const element *a_g, Py_ssize_t ip, Py_s
         r0 += rr
 
 
-cdef inline bint steps_evenly(const Py_ssize_t *off, Py_ssize_t n, Py_ssize_t step) noexcept nogil:
-    """off[t] == off[0] + t * step for t < n."""
-    cdef Py_ssize_t t
-    for t in range(1, n):
-        if off[t] != off[0] + t * step:
-            return False
-    return True
-
-
-cdef void pack_panels(const element *w, Py_ssize_t M, Py_ssize_t MR, Py_ssize_t K,
-                      const Py_ssize_t *roff, const Py_ssize_t *koff, element *dst,
-                      Py_ssize_t ip0, Py_ssize_t ip1) noexcept nogil:
-    """Panels ip0 .. ip1 - 1 of A for the forward-style product: dst[(i // MR) * K * MR +
-    k * MR + i % MR] = w[roff[i] + koff[k]], rows past M zero.  Copied PACK_BLOCK columns k at
-    a time for all the panels, so that what those columns read of w stays in cache whether a row
-    of A runs along w (the forward pass) or across it (the input gradient's transposed weight: a
-    row of A then takes one element from each of K rows of w, and row by row every read missed).
-    Where a panel's rows follow each other in w (the input gradient: rows c of w[o, c, tap]), a
-    column k of the panel is one run of w; where its columns do (the forward pass: k along a row
-    of w) and the panels are whole vectors of rows (pixel tiles' NR), each whole vector of rows
-    is transposed in blocks of a vector's lanes in registers, the rest copied element by
-    element.  Element by element, packing the 4 MiB weight of a 1x1 layer cost a sixth of its
-    forward pass."""
-    cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
-    cdef Py_ssize_t ip, i0, mw, kb, k0, k1, kt, k, kv, r, r0, rt, rb, rs
-    cdef bint rows_run
-    cdef element *d
-    cdef const element *s
-    for kb in range((K + PACK_BLOCK - 1) // PACK_BLOCK):
-        k0 = kb * PACK_BLOCK
-        k1 = min(K, k0 + PACK_BLOCK)
-        for ip in range(ip0, ip1):
-            i0 = ip * MR
-            mw = min(MR, M - i0)
-            d = dst + i0 * K
-            rows_run = steps_evenly(roff + i0, mw, 1)
-            # transposed in blocks: rows < rt, columns k0 .. kt - 1
-            rt = mw // VW * VW if MR % VW == 0 else 0
-            rs = roff[i0 + 1] - roff[i0] if rt > 0 else 0
-            kt = k0 + (k1 - k0) // VW * VW
-            if rt == 0 or not (steps_evenly(roff + i0, rt, rs)
-                               and steps_evenly(koff + k0, kt - k0, 1)):
-                rt = 0
-                kt = k0
-            for kv in range((kt - k0) // VW):
-                k = k0 + kv * VW
-                for rb in range(rt // VW):
-                    transpose_block(w + roff[i0 + rb * VW] + koff[k], rs, d + k * MR + rb * VW,
-                                    MR)
-            for k in range(k0, k1):
-                r0 = rt if k < kt else 0
-                if rows_run:
-                    s = w + roff[i0] + koff[k]
-                    for r in range(r0, mw):
-                        d[k * MR + r] = s[r]
-                else:
-                    for r in range(r0, mw):
-                        d[k * MR + r] = w[roff[i0 + r] + koff[k]]
-                for r in range(mw, MR):
-                    d[k * MR + r] = 0
-
-
-cdef void pack_groups(const element *w, Py_ssize_t w_grp, Py_ssize_t G, Py_ssize_t M,
-                      Py_ssize_t MR, Py_ssize_t K, const Py_ssize_t *roff,
-                      const Py_ssize_t *koff, element *dst, int nthreads) noexcept nogil:
-    """The packed A of G groups (pack_panels): group g's from w + g * w_grp to dst + g *
-    round_up(M, MR) * K, on nthreads threads, a (group, panel) pair at a time (packing is a
-    copy: who packs a panel changes nothing in it)."""
-    cdef Py_ssize_t npan = (M + MR - 1) // MR, item, g, ip
-    if G * npan * MR * K < PACK_SERIAL:
-        nthreads = 1
-    # race-free: each item writes its own panel of dst
-    for item in prange(G * npan, schedule="static", num_threads=nthreads):
-        g = item // npan
-        ip = item % npan
-        pack_panels(w + g * w_grp, M, MR, K, roff, koff, dst + g * npan * MR * K, ip, ip + 1)
-
-
 cdef inline Py_ssize_t blocked_column(Py_ssize_t c, Py_ssize_t t, Py_ssize_t C, Py_ssize_t T,
                                       Py_ssize_t cb) noexcept nogil:
     """The column k of A (row of B) of channel c < C and tap t < T where the columns run in
@@ -183,6 +105,84 @@ cdef inline Py_ssize_t blocked_column(Py_ssize_t c, Py_ssize_t t, Py_ssize_t C, 
     PIX_CB (tap_blocks)."""
     cdef Py_ssize_t b0 = c - c % cb
     return b0 * T + t * min(cb, C - b0) + c - b0
+
+
+cdef void pack_panels(const element *w, Py_ssize_t M, Py_ssize_t MR, Py_ssize_t K,
+                      Py_ssize_t T, Py_ssize_t cb, element *dst, Py_ssize_t ip0,
+                      Py_ssize_t ip1) noexcept nogil:
+    """Panels ip0 .. ip1 - 1 of the forward pass's A from the weight w of one group (M rows of
+    K = C * T columns (c, tap), K apart): dst[(i // MR) * K * MR + blocked_column(c, t, C, T,
+    cb) * MR + i % MR] = w[i * K + c * T + t], rows past M zero.  Copied PACK_BLOCK columns of
+    w at a time for all the panels, so that what those columns read of w stays in cache.  Where
+    the panels are whole vectors of rows (pixel tiles' NR), each vector of rows is transposed a
+    vector's lanes of columns at a time in registers: into place where the columns keep w's
+    order (cb = 1), else into tmp, whose rows are then copied each to its column of the blocked
+    order; the rest copied element by element.  Element by element, packing the 4 MiB weight of
+    a 1x1 layer cost a sixth of its forward pass, and the 16 MiB of pix2pix's 512-channel 4x4
+    layer in blocks of channels more than its product of 32 pixels."""
+    cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
+    cdef Py_ssize_t C = K // T, ip, i0, mw, kb, k0, k1, kt, kv, k, kk, r, r0, rt, rb, j
+    cdef Py_ssize_t c, t, b0, cbs
+    cdef element tmp[16 * 16]       # a vector's lanes squared (LC_VEC_BYTES <= 64)
+    cdef Py_ssize_t kpos[PACK_BLOCK]
+    cdef element *d
+    cdef const element *s
+    for kb in range((K + PACK_BLOCK - 1) // PACK_BLOCK):
+        k0 = kb * PACK_BLOCK
+        k1 = min(K, k0 + PACK_BLOCK)
+        kt = k0 + (k1 - k0) // VW * VW     # columns k0 .. kt - 1 transposed in blocks
+        c = k0 // T                         # their places, blocked_column(c, t, ...)
+        t = k0 - c * T                      # stepped along without a division a column
+        b0 = c - c % cb
+        cbs = min(cb, C - b0)
+        for k in range(k0, k1):
+            kpos[k - k0] = b0 * T + t * cbs + c - b0
+            t += 1
+            if t == T:
+                t = 0
+                c += 1
+                if c == b0 + cbs:
+                    b0 = c
+                    cbs = min(cb, C - b0)
+        for ip in range(ip0, ip1):
+            i0 = ip * MR
+            mw = min(MR, M - i0)
+            d = dst + i0 * K
+            rt = mw // VW * VW if MR % VW == 0 else 0     # of the rows < rt
+            for kv in range((kt - k0) // VW):
+                k = k0 + kv * VW
+                for rb in range(rt // VW):
+                    s = w + (i0 + rb * VW) * K + k
+                    transpose_block(s, K, d + k * MR + rb * VW if cb == 1 else tmp,
+                                    MR if cb == 1 else VW)
+                    if cb == 1:
+                        continue
+                    for j in range(VW):
+                        memcpy(d + kpos[k + j - k0] * MR + rb * VW, tmp + j * VW,
+                               VW * sizeof(element))
+            for k in range(k0, k1):
+                kk = kpos[k - k0]
+                r0 = rt if k < kt else 0
+                for r in range(r0, mw):
+                    d[kk * MR + r] = w[(i0 + r) * K + k]
+                for r in range(mw, MR):
+                    d[kk * MR + r] = 0
+
+
+cdef void pack_groups(const element *w, Py_ssize_t G, Py_ssize_t M, Py_ssize_t MR,
+                      Py_ssize_t K, Py_ssize_t T, Py_ssize_t cb, element *dst,
+                      int nthreads) noexcept nogil:
+    """The packed A of the forward pass's G groups (pack_panels): group g's from w + g * M * K
+    to dst + g * round_up(M, MR) * K, on nthreads threads, a (group, panel) pair at a time
+    (packing is a copy: who packs a panel changes nothing in it)."""
+    cdef Py_ssize_t npan = (M + MR - 1) // MR, item, g, ip
+    if G * npan * MR * K < PACK_SERIAL:
+        nthreads = 1
+    # race-free: each item writes its own panel of dst
+    for item in prange(G * npan, schedule="static", num_threads=nthreads):
+        g = item // npan
+        ip = item % npan
+        pack_panels(w + g * M * K, M, MR, K, T, cb, dst + g * npan * MR * K, ip, ip + 1)
 
 
 cdef void pack_phases(const element *w, Py_ssize_t G, Py_ssize_t Og, Py_ssize_t M,
@@ -196,7 +196,7 @@ cdef void pack_phases(const element *w, Py_ssize_t G, Py_ssize_t Og, Py_ssize_t 
     phases[f].a_off (group g, panel ip of MR rows c at (g * npan + ip) * MR * K_f, column k at
     k * MR; rows past M zero).  An item is a (group, panel) pair: for each o it reads the
     panel's MR rows of w[o] (MR * KS contiguous elements) once for all the phases.  Packed
-    phase by phase with the general pack_panels, each element was gathered a stride KS apart,
+    phase by phase, each element was gathered a stride KS apart,
     and each line of w read once per phase: a quarter of the time of a transposed 4x4 stride-2
     512 -> 256 layer at batch 1."""
     cdef Py_ssize_t npan = (M + MR - 1) // MR, item
