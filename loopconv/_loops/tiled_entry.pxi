@@ -634,7 +634,7 @@ cdef object skip_share(_Geometry geo, unsigned char[::1] valid, list boffs):
         blocks = q // NCB
         for v in np.unique(blocks):
             m = masks[blocks == v]
-            kinds, first, kind = np.unique(m, return_index=True, return_inverse=True)
+            _, first, kind = np.unique(m, return_index=True, return_inverse=True)
             rank = np.empty(len(first), np.intp)
             rank[np.argsort(first, kind="stable")] = np.arange(len(first))
             grouped = np.tile(m[np.argsort(rank[kind.reshape(-1)], kind="stable")],
@@ -649,19 +649,19 @@ cdef object skip_share(_Geometry geo, unsigned char[::1] valid, list boffs):
 
 cdef tuple pixel_order(_Geometry geo, list boffs, list koffs):
     """The B offsets and columns of A of each phase (channels outermost) as the product runs
-    them: for pixel tiles whose taps read padding for PIX_SKIP_PERCENT of their reads or
-    more, in blocks of channels (tap_blocks), with the validity of a staged channel kept for
-    them (p.valid: the tiles skip the taps that read padding for all their pixels); else as
-    they are (also where a phase has more taps than a mask of a size_t holds).  Measured
-    against the columns as they are (float32, one thread): DeepLab's 3x3 with dilation 12 on
-    33x33 (43 % of the reads padding) forward 1.33-1.45x, input gradient 1.40-1.45x; the
-    input gradient of 3x3x3 on 4x4x4 (42 %) 1.10-1.24x; layers below the share unchanged.
-    Below it the taps skipped were worth less than the order and the grouping cost (measured
-    with an earlier grouping, across images): 3x3 on 7x7 with 512 and 1024 channels at batch
-    4 and 8 (18 %) 0.75-0.95x, RegNet's stride-2 grouped 3x3 (5 %) 0.77x.  The forward pass's
-    weight is packed into that order through registers (pack_panels; gathered element by
-    element, pix2pix's 512-channel 4x4 stride-2 layer onto 2x2 at batch 8, 44 % padding, took
-    2.5 times as long)."""
+    them: for pixel tiles that would skip PIX_SKIP_PERCENT of their (tile, tap) pairs or more
+    (skip_share), in blocks of channels (tap_blocks), with the validity of a staged channel
+    kept for them (p.valid: the tiles skip the taps that read padding for all their pixels);
+    else as they are (also where a phase has more taps than a mask of a size_t holds).
+    Measured against the columns as they are (float32, one thread): DeepLab's 3x3 with
+    dilation 12 on 33x33 (41 % of the pairs) forward 1.33-1.45x, input gradient 1.40-1.45x,
+    dilation 6 (21 %) 1.32-1.39x and 1.10-1.17x; the input gradient of 3x3x3 on 4x4x4 (25 %)
+    1.10-1.24x.  Below the share the order and the grouping cost about what the taps skipped
+    save: 5x5 on 7x7 (10 %) and a strided dilated 3x3x3 (14 %) 0.99-1.07x; with an earlier
+    grouping, across images, 3x3 on 7x7 with 512 and 1024 channels at batch 4 and 8 (4 %)
+    0.75-0.95x.  The forward pass's weight is packed into that order through registers
+    (pack_panels; gathered element by element, pix2pix's 512-channel 4x4 stride-2 layer onto
+    2x2 at batch 8 took 2.5 times as long)."""
     cdef Py_ssize_t f
     if (not geo.p.by_pixel or geo.p.st.identity or geo.p.st.chan == 0
             or max([geo.phases[f].K for f in range(geo.p.nphase)])
