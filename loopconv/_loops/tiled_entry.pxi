@@ -266,8 +266,8 @@ def forward(const element[:, :, :, :, ::1] x, const element[:, :, :, :, ::1] w,
     cdef element[::1] apack = _workspace("a", dtype, 1 if p.gathered else groups * mpad * K)
     if not p.gathered:
         with nogil:
-            pack_groups(&w[0, 0, 0, 0, 0], groups, Og, p.mr, K, K // w.shape[1],
-                        PIX_CB if p.valid != NULL else 1, &apack[0], num_threads)
+            pack_groups(&w[0, 0, 0, 0, 0], groups, Og, p.mr, K,
+                        &geo.kpos[0] if p.valid != NULL else NULL, &apack[0], num_threads)
     product_pass(p, geo.phases, x, geo.boff, &w[0, 0, 0, 0, 0] if p.gathered else &apack[0],
                  geo.aoff, bias, y, num_threads)
 
@@ -576,6 +576,7 @@ cdef class _Geometry:
     cdef Phase *phases
     cdef Py_ssize_t[::1] boff       # B offsets of all phases (forward-style)
     cdef Py_ssize_t[::1] aoff       # columns of A of all phases, or the weight gradient's rows
+    cdef Py_ssize_t[::1] kpos       # forward, taps skipped: the column of A of w's column k
     cdef Py_ssize_t[::1] order      # item_order of the phases' column blocks
     cdef unsigned char[::1] valid   # pixel tiles: staged_validity
     cdef double skip                # pixel tiles: skip_share (0 where not worked out)
@@ -699,6 +700,7 @@ cdef _Geometry new_geometry(int which, tuple xs, tuple ws, tuple ys, stride, pad
         geo.boff = tap_offsets(&geo.p.st, ws[1], kernel_taps(ws[2:], dilation))
         geo.aoff = np.arange(K, dtype=np.intp)
         (geo.boff,), (geo.aoff,) = pixel_order(geo, [geo.boff], [geo.aoff])
+        geo.kpos = np.argsort(geo.aoff).astype(np.intp)     # aoff: a permutation of w's columns
         product_tables(geo)
     elif which == PASS_INPUT:
         address, boffs, koffs = input_product(&geo.p, ys, ws, xs, stride, pad, dilation,

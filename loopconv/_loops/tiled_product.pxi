@@ -108,42 +108,26 @@ cdef inline Py_ssize_t blocked_column(Py_ssize_t c, Py_ssize_t t, Py_ssize_t C, 
 
 
 cdef void pack_panels(const element *w, Py_ssize_t M, Py_ssize_t MR, Py_ssize_t K,
-                      Py_ssize_t T, Py_ssize_t cb, element *dst, Py_ssize_t ip0,
+                      const Py_ssize_t *kpos, element *dst, Py_ssize_t ip0,
                       Py_ssize_t ip1) noexcept nogil:
     """Panels ip0 .. ip1 - 1 of the forward pass's A from the weight w of one group (M rows of
-    K = C * T columns (c, tap), K apart): dst[(i // MR) * K * MR + blocked_column(c, t, C, T,
-    cb) * MR + i % MR] = w[i * K + c * T + t], rows past M zero.  Copied PACK_BLOCK columns of
-    w at a time for all the panels, so that what those columns read of w stays in cache.  Where
-    the panels are whole vectors of rows (pixel tiles' NR), each vector of rows is transposed a
-    vector's lanes of columns at a time in registers: into place where the columns keep w's
-    order (cb = 1), else into tmp, whose rows are then copied each to its column of the blocked
-    order; the rest copied element by element.  Element by element, packing the 4 MiB weight of
-    a 1x1 layer cost a sixth of its forward pass, and the 16 MiB of pix2pix's 512-channel 4x4
-    layer in blocks of channels more than its product of 32 pixels."""
+    K columns, K apart): dst[(i // MR) * K * MR + kpos[k] * MR + i % MR] = w[i * K + k], rows
+    past M zero; kpos NULL: w's own order (kpos[k] = k).  Copied PACK_BLOCK columns of w at a
+    time for all the panels, so that what those columns read of w stays in cache.  Where the
+    panels are whole vectors of rows (pixel tiles' NR), each vector of rows is transposed a
+    vector's lanes of columns at a time in registers: into place in w's own order, else into
+    tmp, whose rows are then copied each to its column; the rest copied element by element.
+    Element by element, packing the 4 MiB weight of a 1x1 layer cost a sixth of its forward
+    pass, and the 16 MiB of pix2pix's 512-channel 4x4 layer in blocks of channels more than its
+    product of 32 pixels."""
     cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
-    cdef Py_ssize_t C = K // T, ip, i0, mw, kb, k0, k1, kt, kv, k, kk, r, r0, rt, rb, j
-    cdef Py_ssize_t c, t, b0, cbs
+    cdef Py_ssize_t ip, i0, mw, kb, k0, k1, kt, kv, k, kk, r, r0, rt, rb, j
     cdef element tmp[16 * 16]       # a vector's lanes squared (LC_VEC_BYTES <= 64)
-    cdef Py_ssize_t kpos[PACK_BLOCK]
     cdef element *d
-    cdef const element *s
     for kb in range((K + PACK_BLOCK - 1) // PACK_BLOCK):
         k0 = kb * PACK_BLOCK
         k1 = min(K, k0 + PACK_BLOCK)
         kt = k0 + (k1 - k0) // VW * VW     # columns k0 .. kt - 1 transposed in blocks
-        c = k0 // T                         # their places, blocked_column(c, t, ...)
-        t = k0 - c * T                      # stepped along without a division a column
-        b0 = c - c % cb
-        cbs = min(cb, C - b0)
-        for k in range(k0, k1):
-            kpos[k - k0] = b0 * T + t * cbs + c - b0
-            t += 1
-            if t == T:
-                t = 0
-                c += 1
-                if c == b0 + cbs:
-                    b0 = c
-                    cbs = min(cb, C - b0)
         for ip in range(ip0, ip1):
             i0 = ip * MR
             mw = min(MR, M - i0)
@@ -152,16 +136,16 @@ cdef void pack_panels(const element *w, Py_ssize_t M, Py_ssize_t MR, Py_ssize_t 
             for kv in range((kt - k0) // VW):
                 k = k0 + kv * VW
                 for rb in range(rt // VW):
-                    s = w + (i0 + rb * VW) * K + k
-                    transpose_block(s, K, d + k * MR + rb * VW if cb == 1 else tmp,
-                                    MR if cb == 1 else VW)
-                    if cb == 1:
+                    transpose_block(w + (i0 + rb * VW) * K + k, K,
+                                    d + k * MR + rb * VW if kpos == NULL else tmp,
+                                    MR if kpos == NULL else VW)
+                    if kpos == NULL:
                         continue
                     for j in range(VW):
-                        memcpy(d + kpos[k + j - k0] * MR + rb * VW, tmp + j * VW,
+                        memcpy(d + kpos[k + j] * MR + rb * VW, tmp + j * VW,
                                VW * sizeof(element))
             for k in range(k0, k1):
-                kk = kpos[k - k0]
+                kk = k if kpos == NULL else kpos[k]
                 r0 = rt if k < kt else 0
                 for r in range(r0, mw):
                     d[kk * MR + r] = w[(i0 + r) * K + k]
@@ -170,7 +154,7 @@ cdef void pack_panels(const element *w, Py_ssize_t M, Py_ssize_t MR, Py_ssize_t 
 
 
 cdef void pack_groups(const element *w, Py_ssize_t G, Py_ssize_t M, Py_ssize_t MR,
-                      Py_ssize_t K, Py_ssize_t T, Py_ssize_t cb, element *dst,
+                      Py_ssize_t K, const Py_ssize_t *kpos, element *dst,
                       int nthreads) noexcept nogil:
     """The packed A of the forward pass's G groups (pack_panels): group g's from w + g * M * K
     to dst + g * round_up(M, MR) * K, on nthreads threads, a (group, panel) pair at a time
@@ -182,7 +166,7 @@ cdef void pack_groups(const element *w, Py_ssize_t G, Py_ssize_t M, Py_ssize_t M
     for item in prange(G * npan, schedule="static", num_threads=nthreads):
         g = item // npan
         ip = item % npan
-        pack_panels(w + g * M * K, M, MR, K, T, cb, dst + g * npan * MR * K, ip, ip + 1)
+        pack_panels(w + g * M * K, M, MR, K, kpos, dst + g * npan * MR * K, ip, ip + 1)
 
 
 cdef void pack_phases(const element *w, Py_ssize_t G, Py_ssize_t Og, Py_ssize_t M,
