@@ -80,6 +80,19 @@ FIXED = [
     case("2d-depthwise-long-rows", (2, 3, 9, 70), (3, 1, 3, 3), groups=3, padding=1),
     case("2d-depthwise-short-rows", (2, 5, 11, 9), (5, 1, 3, 3), groups=5, padding=1),
     case("2d-groups-of-8", (1, 16, 10, 21), (16, 8, 3, 3), groups=2, padding=1),
+    # weight gradient: a group's output channels in blocks (8, and 6 = 4 + 2 with AVX-512),
+    # several small images a step (7 in steps of 2, 2, 2, 1 over three chunks; 4 in one)
+    case("2d-groups-of-8-image-steps", (7, 24, 6, 6), (24, 8, 3, 3), groups=3, padding=1),
+    case("2d-groups-of-6-image-steps", (4, 60, 5, 7), (60, 6, 3, 2), groups=10,
+         padding=(1, 0)),
+    case("2d-groups-of-16", (2, 32, 30, 29), (32, 16, 3, 3), groups=2, padding=1),
+    # stride 2 from rows whose phases are 15 and 35 wide (a vector and a half-vector of
+    # even lanes, the last overlapping the one before), and 4 (quarter vectors)
+    case("2d-stride2-groups-of-4", (3, 16, 29, 30), (16, 4, 3, 3), groups=4, stride=2,
+         padding=1),
+    case("2d-stride2-long-rows", (2, 8, 9, 70), (8, 4, 3, 3), groups=2, stride=2),
+    case("2d-stride2-short-rows", (3, 24, 8, 8), (24, 8, 3, 3), groups=3, stride=2,
+         padding=1),
     case("2d-multiplier-3", (2, 4, 12, 19), (12, 1, 3, 3), groups=4, padding=(1, 2)),
     # stride 2 (both column phases interleaved into dx), 3 (one at a time), stride past the
     # kernel (phases no tap reaches: only the bias), no padding at stride 1 (x read in place)
@@ -190,14 +203,15 @@ def plans(variant, itemsize):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_cases_take_every_path(variant, itemsize):
     """The cases above run the pixel vectors both straight into the output and through
-    scratch, phases without taps, chunked weight gradients, and (where the variant has 512-bit
-    vectors) the channel blocks of every pass."""
+    scratch, phases without taps, chunked weight gradients (one with steps of several
+    images), and (where the variant has 512-bit vectors) the channel blocks of every pass."""
     got = plans(variant, itemsize)
     passes = [p for p in got if p["which"] != 2]
     assert any(p["direct"] for p in passes)
     assert any(not p["direct"] and not p["blocked"] and p["rows"] > 1 for p in passes)
     assert any(p["untapped"] for p in passes)
     assert any(p["chunks"] > 1 and not p["blocked"] for p in got if p["which"] == 2)
+    assert any(p["images per step"] > 1 and p["chunks"] > 1 for p in got if p["which"] == 2)
     blocked = {p["which"] for p in got if p["blocked"]}
     wide = _loops.variants()[variant].info()["isa"] == "avx512"
     assert blocked == ({0, 1, 2} if wide else set())
@@ -245,10 +259,15 @@ def test_read_only_inputs(rng, assert_close):
     ((128, 4, 3, 3), 32, 2, 28 * 28, {1, 2}),
     ((256, 8, 3, 3), 32, 1, 28 * 28, {2}),
     ((512, 16, 3, 3), 32, 1, 14 * 14, set()),
+    ((256, 16, 3, 3), 16, 1, 28 * 28, {2}),              # RegNet's groups of 16
+    ((256, 16, 3, 3), 16, 2, 28 * 28, {2}),
+    ((256, 16, 3, 3), 16, 2, 14 * 14, set()),
+    ((128, 24, 3, 3), 8, 1, 56 * 56, set()),
     ((1024, 32, 3, 3), 32, 1, 7 * 7, set()),
     ((64, 3, 3, 3), 1, 1, 112 * 112, set()),             # a stem: not grouped
 ], ids=["mobilenet", "efficientnet", "multiplier", "2-per-group", "resnext-56", "resnext-14",
-        "resnext-strided", "8-per-group", "16-per-group", "32-per-group", "stem"])
+        "resnext-strided", "8-per-group", "16-per-group", "16-per-group-28", "16-strided-28",
+        "16-strided-14", "24-per-group", "32-per-group", "stem"])
 def test_dispatch(w_shape, groups, stride, out, passes):
     """By channels per group, image size and stride (never by the thread count)."""
     y_shape = (8, w_shape[0], 1, 1, out)

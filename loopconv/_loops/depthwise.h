@@ -9,11 +9,20 @@
  *                  A row's vectors start at j = 0, W, 2W, ... and the last at n - W (it
  *                  overlaps the one before and stores the same values there); they are taken
  *                  LC_DW_NB at a time across rows, each an accumulator over all the taps.
- *   lc_dw_dot_T:   acc[k W + l] += sum_{j = l mod W} dy[j] src[off[k] + j]    k < nk, j < n
+ *   lc_dw_dot_T:   acc[k W + l] += sum_{j = l mod W} dy[j] src[off[k] + j]    k < nk, j < n,
+ *                  for each of nseg segments (below)
  *                  the weight gradient: nk dot products of dy (zero where there is no output)
  *                  with shifted runs of the staged input, n a multiple of W, in lane-wise
  *                  partial sums; taps in blocks of at most LC_DW_KB accumulators, dy read once
  *                  per block.
+ *   lc_dw_dots_T:  the same for `no` rows of dy (ldy apart, each with its nk accumulators,
+ *                  nk W apart) and nseg segments of n columns (segment m of src at m ss, of
+ *                  dy at m ds: several small images, whose accumulators stay in registers
+ *                  from one to the next): blocks of LC_DW_OB rows by LC_DW_OKB taps, so that
+ *                  a loaded input vector serves every row of the block (a group's output
+ *                  channels in the weight gradient of few channels per group), or for one
+ *                  row blocks of LC_DW_KB taps (lc_dw_dot); each lane's sum over the columns
+ *                  in order, segment after segment.
  * Channel blocks, W channels at a time (every grid element is a vector, one lane a channel):
  *   lc_dwc_runs_T:    dst[(r ld + e cs) W + l] = bias[l]
  *                         + sum_k wv[k W + l] src[(r ls + off_k + e) W + l]        e < n
@@ -55,6 +64,14 @@
 #define LC_DW_NB 8
 #define LC_DW_KB 12
 #define LC_DWC_PX 8
+/* dy rows and taps per block of lc_dw_dots: OB KB accumulators, OB dy vectors and a loaded one
+ * in 32 registers (AVX-512: 4 x 6) or 16 (2 x 6) */
+#if LC_VEC_BYTES == 64
+#  define LC_DW_OB 4
+#else
+#  define LC_DW_OB 2
+#endif
+#define LC_DW_OKB 6
 
 #if defined(__GNUC__) || defined(__clang__)
 
@@ -100,8 +117,8 @@ static inline void lc_dw_rows##NB##_##SUFFIX(ptrdiff_t nk, const T *LC_RESTRICT 
 /* KB taps of lc_dw_dot */
 #  define LC_DW_DOT_BLOCK(SUFFIX, T, KB)                                                 \
 static inline void lc_dw_dot##KB##_##SUFFIX(const ptrdiff_t *LC_RESTRICT off,           \
-        const T *LC_RESTRICT src, const T *LC_RESTRICT dy, ptrdiff_t n,                 \
-        T *LC_RESTRICT accv)                                                            \
+        const T *LC_RESTRICT src, ptrdiff_t ss, const T *LC_RESTRICT dy, ptrdiff_t ds,  \
+        ptrdiff_t nseg, ptrdiff_t n, T *LC_RESTRICT accv)                               \
 {                                                                                       \
     enum { W = LC_VEC_BYTES / sizeof(T) };                                              \
     typedef lc_vec_##SUFFIX VEC;                                                        \
@@ -112,15 +129,68 @@ static inline void lc_dw_dot##KB##_##SUFFIX(const ptrdiff_t *LC_RESTRICT off,   
         rows[i] = src + off[i];                                                         \
         acc[i] = *(const UVEC *)(accv + i * W);                                         \
     }                                                                                   \
-    for (ptrdiff_t j = 0; j < n; j += W) {                                              \
-        VEC d = *(const UVEC *)(dy + j);                                                \
-        for (int i = 0; i < KB; i++) acc[i] += d * *(const UVEC *)(rows[i] + j);        \
+    for (ptrdiff_t m = 0; m < nseg; m++) {                                              \
+        for (ptrdiff_t j = 0; j < n; j += W) {                                          \
+            VEC d = *(const UVEC *)(dy + j);                                            \
+            for (int i = 0; i < KB; i++) acc[i] += d * *(const UVEC *)(rows[i] + j);    \
+        }                                                                               \
+        for (int i = 0; i < KB; i++) rows[i] += ss;                                     \
+        dy += ds;                                                                       \
     }                                                                                   \
     for (int i = 0; i < KB; i++) *(UVEC *)(accv + i * W) = acc[i];                      \
 }
 
 #  define LC_DW_DOT_CASE(SUFFIX, KB)                                                     \
-    case KB: lc_dw_dot##KB##_##SUFFIX(off + k0, src, dy, n, accv + k0 * W); break;
+    case KB: lc_dw_dot##KB##_##SUFFIX(off + k0, src, ss, dy, ds, nseg, n, accv + k0 * W); \
+        break;
+
+/* OB dy rows (ldy apart) by KB taps of lc_dw_dots: each input vector loaded once for the OB
+ * rows, each dy vector once for the KB taps (OB + KB loads for OB KB FMAs, against 1 + KB for
+ * KB); the accumulators of row o at accv + o lda */
+#  define LC_DW_DOTS_BLOCK(SUFFIX, T, OB, KB)                                            \
+static inline void lc_dw_dots##OB##_##KB##_##SUFFIX(const ptrdiff_t *LC_RESTRICT off,   \
+        const T *LC_RESTRICT src, ptrdiff_t ss, const T *LC_RESTRICT dy, ptrdiff_t ldy, \
+        ptrdiff_t ds, ptrdiff_t nseg, ptrdiff_t n, T *LC_RESTRICT accv, ptrdiff_t lda)  \
+{                                                                                       \
+    enum { W = LC_VEC_BYTES / sizeof(T) };                                              \
+    typedef lc_vec_##SUFFIX VEC;                                                        \
+    typedef lc_uvec_##SUFFIX UVEC;                                                      \
+    const T *rows[KB];                                                                  \
+    VEC acc[OB][KB];                                                                    \
+    for (int i = 0; i < KB; i++) rows[i] = src + off[i];                                \
+    for (int o = 0; o < OB; o++)                                                        \
+        for (int i = 0; i < KB; i++) acc[o][i] = *(const UVEC *)(accv + o * lda + i * W); \
+    for (ptrdiff_t m = 0; m < nseg; m++) {                                              \
+        for (ptrdiff_t j = 0; j < n; j += W) {                                          \
+            VEC d[OB];                                                                  \
+            for (int o = 0; o < OB; o++) d[o] = *(const UVEC *)(dy + o * ldy + j);      \
+            for (int i = 0; i < KB; i++) {                                              \
+                VEC s = *(const UVEC *)(rows[i] + j);                                   \
+                for (int o = 0; o < OB; o++) acc[o][i] += d[o] * s;                     \
+            }                                                                           \
+        }                                                                               \
+        for (int i = 0; i < KB; i++) rows[i] += ss;                                     \
+        dy += ds;                                                                       \
+    }                                                                                   \
+    for (int o = 0; o < OB; o++)                                                        \
+        for (int i = 0; i < KB; i++) *(UVEC *)(accv + o * lda + i * W) = acc[o][i];     \
+}
+
+#  define LC_DW_DOTS_ROWS(SUFFIX, T, OB)                                                 \
+LC_DW_DOTS_BLOCK(SUFFIX, T, OB, 1) LC_DW_DOTS_BLOCK(SUFFIX, T, OB, 2)                    \
+LC_DW_DOTS_BLOCK(SUFFIX, T, OB, 3) LC_DW_DOTS_BLOCK(SUFFIX, T, OB, 4)                    \
+LC_DW_DOTS_BLOCK(SUFFIX, T, OB, 5) LC_DW_DOTS_BLOCK(SUFFIX, T, OB, 6)
+
+#  define LC_DW_DOTS_CASE(SUFFIX, OB, KB)                                                \
+    case OB * 8 + KB:                                                                   \
+        lc_dw_dots##OB##_##KB##_##SUFFIX(off + k0, src, ss, dy, ldy, ds, nseg, n,          \
+                                         accv + k0 * W, lda);                           \
+        break;
+
+#  define LC_DW_DOTS_CASES(SUFFIX, OB)                                                   \
+    LC_DW_DOTS_CASE(SUFFIX, OB, 1) LC_DW_DOTS_CASE(SUFFIX, OB, 2)                        \
+    LC_DW_DOTS_CASE(SUFFIX, OB, 3) LC_DW_DOTS_CASE(SUFFIX, OB, 4)                        \
+    LC_DW_DOTS_CASE(SUFFIX, OB, 5) LC_DW_DOTS_CASE(SUFFIX, OB, 6)
 
 /* a run of R taps of lc_dwc_runs: acc[q][b] (pixel e0 + b of row q) += the run's weights times
  * the input vectors s[q ls + i], each loaded once for the R pixels it serves */
@@ -266,7 +336,7 @@ LC_DW_DOT_BLOCK(SUFFIX, T, 7) LC_DW_DOT_BLOCK(SUFFIX, T, 8) LC_DW_DOT_BLOCK(SUFF
 LC_DW_DOT_BLOCK(SUFFIX, T, 10) LC_DW_DOT_BLOCK(SUFFIX, T, 11)                           \
 LC_DW_DOT_BLOCK(SUFFIX, T, 12)                                                          \
 static inline void lc_dw_dot_##SUFFIX(ptrdiff_t nk, const ptrdiff_t *off, const T *src, \
-        const T *dy, ptrdiff_t n, T *accv)                                              \
+        ptrdiff_t ss, const T *dy, ptrdiff_t ds, ptrdiff_t nseg, ptrdiff_t n, T *accv)  \
 {                                                                                       \
     enum { W = LC_VEC_BYTES / sizeof(T) };                                              \
     /* nb blocks of nearly equal size (25 taps: 9, 8, 8 rather than 12, 12, 1) */       \
@@ -282,6 +352,35 @@ static inline void lc_dw_dot_##SUFFIX(ptrdiff_t nk, const ptrdiff_t *off, const 
         default: break;                                                                 \
         }                                                                               \
         k0 += kb;                                                                       \
+    }                                                                                   \
+}                                                                                       \
+LC_DW_DOTS_ROWS(SUFFIX, T, 2) LC_DW_DOTS_ROWS(SUFFIX, T, 3) LC_DW_DOTS_ROWS(SUFFIX, T, 4) \
+static inline void lc_dw_dots_##SUFFIX(ptrdiff_t no, ptrdiff_t nk, const ptrdiff_t *off,  \
+        const T *src, ptrdiff_t ss, const T *dy, ptrdiff_t ldy, ptrdiff_t ds,           \
+        ptrdiff_t nseg, ptrdiff_t n, T *accv)                                           \
+{                                                                                       \
+    enum { W = LC_VEC_BYTES / sizeof(T) };                                              \
+    ptrdiff_t lda = nk * W;                                                             \
+    for (ptrdiff_t o0 = 0; o0 < no; ) {                                                 \
+        ptrdiff_t ob = no - o0 < LC_DW_OB ? no - o0 : LC_DW_OB;                         \
+        if (ob == 1) {                                                                  \
+            lc_dw_dot_##SUFFIX(nk, off, src, ss, dy, ds, nseg, n, accv);                \
+            return;                                                                     \
+        }                                                                               \
+        /* taps in nearly equal blocks, as lc_dw_dot */                                 \
+        ptrdiff_t nb = (nk + LC_DW_OKB - 1) / LC_DW_OKB, k0 = 0;                        \
+        for (ptrdiff_t b = 0; b < nb; b++) {                                            \
+            ptrdiff_t kb = nk / nb + (b < nk % nb);                                     \
+            switch (ob * 8 + kb) {                                                      \
+            LC_DW_DOTS_CASES(SUFFIX, 2) LC_DW_DOTS_CASES(SUFFIX, 3)                     \
+            LC_DW_DOTS_CASES(SUFFIX, 4)                                                 \
+            default: break;                                                             \
+            }                                                                           \
+            k0 += kb;                                                                   \
+        }                                                                               \
+        o0 += ob;                                                                       \
+        dy += ob * ldy;                                                                 \
+        accv += ob * lda;                                                               \
     }                                                                                   \
 }                                                                                       \
 LC_DWC_RUNS_PX(SUFFIX, T, 7, 1) LC_DWC_RUNS_PX(SUFFIX, T, 7, 2)                         \
@@ -371,12 +470,17 @@ static void lc_dw_rows_##SUFFIX(ptrdiff_t nk, const T *w, const ptrdiff_t *off, 
             dst[r * ld + j] = sum + bias;                                               \
         }                                                                               \
 }                                                                                       \
-static void lc_dw_dot_##SUFFIX(ptrdiff_t nk, const ptrdiff_t *off, const T *src,        \
-                               const T *dy, ptrdiff_t n, T *accv)                       \
+static void lc_dw_dots_##SUFFIX(ptrdiff_t no, ptrdiff_t nk, const ptrdiff_t *off,        \
+        const T *src, ptrdiff_t ss, const T *dy, ptrdiff_t ldy, ptrdiff_t ds,           \
+        ptrdiff_t nseg, ptrdiff_t n, T *accv)                                           \
 {                                                                                       \
     enum { W = LC_VEC_BYTES / sizeof(T) };                                              \
-    for (ptrdiff_t k = 0; k < nk; k++)                                                  \
-        for (ptrdiff_t j = 0; j < n; j++) accv[k * W + j % W] += dy[j] * src[off[k] + j]; \
+    for (ptrdiff_t o = 0; o < no; o++)                                                  \
+        for (ptrdiff_t k = 0; k < nk; k++)                                              \
+            for (ptrdiff_t m = 0; m < nseg; m++)                                        \
+                for (ptrdiff_t j = 0; j < n; j++)                                       \
+                    accv[(o * nk + k) * W + j % W] += dy[o * ldy + m * ds + j]          \
+                                                      * src[m * ss + off[k] + j];       \
 }                                                                                       \
 static void lc_dwc_runs_##SUFFIX(ptrdiff_t nrun, const ptrdiff_t *runs, const T *wv,    \
         const T *src, ptrdiff_t ls, T *dst, ptrdiff_t ld, ptrdiff_t cs, ptrdiff_t n,    \

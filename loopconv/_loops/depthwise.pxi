@@ -35,7 +35,8 @@
 #   output, or (rows shorter than a few vectors) several grid rows as one run into scratch,
 #   the Wq - OW columns between them computed and dropped.  The weight gradient as dot
 #   products of dy placed on the grid (zero between rows) with the shifted staged input, a
-#   vector of partial sums per (o, t) whose lanes are added at the end (lc_dw_dot).
+#   vector of partial sums per (o, t) whose lanes are added at the end (lc_dw_dots: a few
+#   output channels of a group at a time, each shifted input vector loaded once for them).
 # - channel blocks (one input channel per group, small images, 512-bit vectors): VW groups at a
 #   time, each staged slice transposed so that a grid element is a vector of the VW channels;
 #   the sums lane by lane over every output pixel (no lanes lost to rows of 7 or 14 pixels;
@@ -56,6 +57,8 @@ cdef enum:
     DW_ITEMS = 16       # work items of a forward or input gradient at least, where it has them
     DW_DOT_COLS = 4096  # grid columns of dy per weight-gradient step (16 KiB of float32)
     DW_CHUNKS = 8       # weight-gradient items (groups x chunks) at least, where it has them
+    DW_STAGED = 1 << 15     # staged elements of a weight-gradient step of several images
+    DW_WEIGHT_PIXELS = 784  # output pixels from which 9-16 channels a group take dw_suits
     DW_GATHER_SERIAL = 1 << 13  # weights gathered on one thread below this many
 
 
@@ -68,9 +71,14 @@ def dw_suits(Py_ssize_t cin_per_group, Py_ssize_t cout_per_group, Py_ssize_t pix
     input channels per group win every pass (depthwise 1.3-5x); four only on small images
     (14x14 and below, and the strided input gradient), 15-25 % slower at 28x28 and above; eight
     and more are matrix products the tiled loops do better, except for the weight gradient,
-    whose dot products stay ahead up to eight."""
+    whose dot products (a block of a group's output channels at a time, several small images
+    a step) stay ahead up to eight, and up to sixteen from DW_WEIGHT_PIXELS output pixels on
+    (16 per group, batch 1 and 8, float32: 28x28 1.15-1.17x, 56x56 1.22-1.41x, from 56x56 at
+    stride 2 1.19-1.27x, two threads 1.1-2.0x; float64 even; 14x14 0.6-1.0x, 32 per group
+    0.5-1.05x)."""
     if which == PASS_WEIGHT:
-        return cin_per_group <= 8 and cout_per_group <= 8
+        return ((cin_per_group <= 8 and cout_per_group <= 8)
+                or (cin_per_group <= 16 and cout_per_group <= 16 and pixels >= DW_WEIGHT_PIXELS))
     if cin_per_group <= 2:
         return cout_per_group <= 8
     return (cin_per_group <= 4 and cout_per_group <= 4
@@ -138,8 +146,10 @@ cdef void dw_stage(const element *src, const Stage *st, const Py_ssize_t *runs,
                    Py_ssize_t nruns, element *out, bint fresh) noexcept nogil:
     """out = stage_slice(src): the runs (stage_runs) copied.  The other elements (padding,
     slack) are zero: written by the first call on a buffer of this geometry (fresh), never
-    touched by later ones, which write the same positions."""
+    touched by later ones, which write the same positions.  Reads stay inside the slice
+    (st.nchan channels of st.src_chan elements)."""
     cdef Py_ssize_t i, r, e, n, sw = st.step[2], Wq = st.q[2], ls = st.step[1] * st.dim[2]
+    cdef Py_ssize_t end = st.nchan * st.src_chan
     cdef const Py_ssize_t *run
     cdef element *d
     cdef const element *s
@@ -155,8 +165,7 @@ cdef void dw_stage(const element *src, const Stage *st, const Py_ssize_t *runs,
             d = out + run[0] + r * Wq
             s = src + run[1] + r * ls
             if sw == 2:
-                for e in range(n):
-                    d[e] = s[2 * e]
+                evens(d, s, n, end - run[1] - r * ls)
             else:
                 for e in range(n):
                     d[e] = s[e * sw]
@@ -476,6 +485,9 @@ cdef struct DwWeight:
     Py_ssize_t rows         # grid rows (OD - 1) * Hq + OH: row a * Hq + b is output row (a, b)
     Py_ssize_t brows        # grid rows per step
     Py_ssize_t nbr          # steps per image
+    Py_ssize_t nis          # images per step (small images, nbr 1: their accumulators stay
+                            # in registers from one image to the next), staged sstep apart
+    Py_ssize_t sstep
     Py_ssize_t nchunk       # items per group (or group block)
     Py_ssize_t x_img, x_grp, y_img, y_plane
     Py_ssize_t dyg_size     # per-thread scratch after the staged slice: dy on the grid
@@ -505,29 +517,47 @@ cdef void dw_weight_item(const DwWeight *p, Py_ssize_t item, const element *x,
                          const element *dy, const Py_ssize_t *off, element *out,
                          Py_ssize_t out_stride, element *fws, Py_ssize_t *iws) noexcept nogil:
     """Item (group, chunk): the sums of its steps for every (o, tap), lanes added in order,
-    into out[(g * Og + o) * out_stride + tap]."""
+    into out[(g * Og + o) * out_stride + tap].  A step is a block of grid rows of one image, or
+    p.nis whole images (staged p.sstep apart, dy on the grid p.dyg_size apart)."""
     cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
-    cdef Py_ssize_t g = item // p.nchunk, chunk = item % p.nchunk, nsteps = p.N * p.nbr
+    cdef Py_ssize_t g = item // p.nchunk, chunk = item % p.nchunk
+    cdef Py_ssize_t nsteps = (p.N + p.nis - 1) // p.nis * p.nbr
     cdef Py_ssize_t s0 = chunk * nsteps // p.nchunk, s1 = (chunk + 1) * nsteps // p.nchunk
-    cdef Py_ssize_t step, n, r0, r1, ncol, o, k, l
-    cdef element *dyg = fws + p.st.size
-    cdef element *accv = dyg + p.dyg_size
+    cdef Py_ssize_t step, n, nimg, m, r0, r1, ncol, o, ob, i, k, l
+    cdef Py_ssize_t nrow = min(p.Og, LC_DW_OB)     # rows of dy on the grid at a time
+    cdef element *dyg = fws + p.nis * p.sstep
+    cdef element *accv = dyg + nrow * p.nis * p.dyg_size
     cdef const element *staged
     cdef element sm
     memset(accv, 0, p.Og * p.K * VW * sizeof(element))
-    memset(dyg, 0, p.dyg_size * sizeof(element))
+    memset(dyg, 0, nrow * p.nis * p.dyg_size * sizeof(element))
     for step in range(s0, s1):
-        n = step // p.nbr
+        n = step // p.nbr * p.nis
+        nimg = min(p.nis, p.N - n)
         r0 = (step % p.nbr) * p.brows
         r1 = min(p.rows, r0 + p.brows)
         # the last grid row of the image ends at its last output column
         ncol = (r1 - r0) * p.Wq - (p.Wq - p.OW if r1 == p.rows else 0)
         ncol = round_up(ncol, VW)
-        staged = dw_staged(x, n * p.x_img + g * p.x_grp, &p.st, p.runs, p.nruns, n * p.G + g,
-                           fws, iws)
-        for o in range(p.Og):
-            dy_on_grid(p, dy + n * p.y_img + (g * p.Og + o) * p.y_plane, r0, r1, ncol, dyg)
-            dw_dot(p.K, off, staged + r0 * p.Wq, dyg, ncol, accv + o * p.K * VW)
+        if p.nis == 1:
+            staged = dw_staged(x, n * p.x_img + g * p.x_grp, &p.st, p.runs, p.nruns,
+                               n * p.G + g, fws, iws)
+        else:       # each place zeroed where first staged in this call (iws[1] of them)
+            for m in range(nimg):
+                dw_stage(x + (n + m) * p.x_img + g * p.x_grp, &p.st, p.runs, p.nruns,
+                         fws + m * p.sstep, m >= iws[1])
+            iws[1] = max(iws[1], nimg)
+            staged = fws
+        o = 0
+        while o < p.Og:     # blocks of nrow output channels, each x vector read once for all
+            ob = min(nrow, p.Og - o)
+            for i in range(ob):
+                for m in range(nimg):
+                    dy_on_grid(p, dy + (n + m) * p.y_img + (g * p.Og + o + i) * p.y_plane, r0,
+                               r1, ncol, dyg + (i * p.nis + m) * p.dyg_size)
+            dw_dots(ob, p.K, off, staged + r0 * p.Wq, p.sstep, dyg, p.nis * p.dyg_size,
+                    p.dyg_size, nimg, ncol, accv + o * p.K * VW)
+            o += ob
     for o in range(p.Og):
         for k in range(p.K):
             sm = accv[(o * p.K + k) * VW]
@@ -583,6 +613,7 @@ cdef void weight_run(const DwWeight *p, const DwcPlan *c, bint blocked, const el
     cdef fpstate fp
     for t in range(nthreads):
         iws[t * iper] = -1      # nothing staged yet
+        iws[t * iper + 1] = 0
     with parallel(num_threads=nthreads):
         fp = flush_subnormals()
         # race-free: item (group or group block, chunk) writes only its own sums (of dw, or
@@ -820,6 +851,14 @@ cdef _DwGeometry weight_geometry(tuple xs, tuple ws, tuple ys, stride, pad, dila
     p.brows = p.Hq * max(1, cols // (p.Hq * p.Wq)) if p.OD > 1 else max(1, cols // p.Wq)
     p.brows = min(p.brows, p.rows)
     p.nbr = (p.rows + p.brows - 1) // p.brows
+    # whole small images a step, as many as make about DW_DOT_COLS columns (within DW_STAGED
+    # staged elements, and leaving the chunks DW_CHUNKS wants): the accumulators of a 7x7
+    # image's 64 columns were loaded and stored for four vectors of FMAs
+    p.sstep = round_up(p.st.size, 16)
+    p.nis = 1
+    if p.nbr == 1 and not p.st.identity:
+        p.nis = max(1, min(p.N, cols // (p.rows * p.Wq), DW_STAGED // p.sstep,
+                           p.N // min(p.N, (DW_CHUNKS + groups - 1) // groups)))
     p.x_img, p.x_grp = xs[1] * p.st.src_chan, Cg * p.st.src_chan
     p.y_plane = out[0] * out[1] * out[2]
     p.y_img = O * p.y_plane
@@ -839,8 +878,9 @@ cdef _DwGeometry weight_geometry(tuple xs, tuple ws, tuple ys, stride, pad, dila
         geo.order = np.array(order, dtype=np.intp)
     else:
         c.nb = 0
-        units, nsteps = groups, p.N * p.nbr
-        geo.fper = per_thread(p.st.size + p.dyg_size + p.Og * p.K * VW)
+        units, nsteps = groups, (p.N + p.nis - 1) // p.nis * p.nbr
+        geo.fper = per_thread(p.nis * (p.sstep + min(p.Og, LC_DW_OB) * p.dyg_size)
+                              + p.Og * p.K * VW)
         geo.taps = np.zeros(1, dtype=np.intp)
         geo.order = np.zeros(1, dtype=np.intp)
     # chunks of the reduction: a function of the problem only, never of the thread count
@@ -877,7 +917,9 @@ def dw_plan(int which, xs, ws, ys, stride, pad, dilation, Py_ssize_t groups,
                                     dilation, groups, itemsize)
     if which == PASS_WEIGHT:
         return {"blocked": bool(geo.blocked), "chunks": geo.q.nchunk,
-                "steps": geo.q.N if geo.blocked else geo.q.N * geo.q.nbr}
+                "steps": geo.q.N if geo.blocked
+                else (geo.q.N + geo.q.nis - 1) // geo.q.nis * geo.q.nbr,
+                "images per step": 1 if geo.blocked else geo.q.nis}
     cdef Py_ssize_t f, untapped = 0
     for f in range(geo.p.npair * geo.p.nphw):
         untapped += geo.phases[f].K == 0
@@ -963,7 +1005,7 @@ def dw_grad_weight(const element[:, :, :, :, ::1] x, const element[:, :, :, :, :
     cdef _DwGeometry geo = geometry(PASS_WEIGHT, shape5(x.shape), shape5(dw.shape),
                                     shape5(dy.shape), stride, pad, dilation, groups,
                                     sizeof(element))
-    cdef Py_ssize_t iper = per_thread(1)
+    cdef Py_ssize_t iper = per_thread(2)   # the staged key, and the places zeroed
     cdef element[::1] fws = _workspace("f", dtype, geo.fper * num_threads)
     cdef Py_ssize_t[::1] iws = _workspace("i", np.intp, iper * num_threads)
     cdef element[::1] partial = _workspace("p", dtype, geo.partial_size)

@@ -20,6 +20,7 @@ cdef extern from "elements.h" nogil:
         LC_OR_D         # (channels), which sums along the vector lanes
         LC_VEC_BYTES    # bytes of a vector
         LC_DWC_PX       # output pixels per block of the channel-blocked depthwise loops
+        LC_DW_OB        # rows of dy per block of the depthwise weight gradient's dots
     const char *LC_ISA
     void lc_prefetch(const void *p)
     void lc_tile_b_f32(int mr, int nv, Py_ssize_t kc, const float *a, const float *b,
@@ -59,16 +60,20 @@ cdef extern from "elements.h" nogil:
                        const double *b, Py_ssize_t ldb, double *c, Py_ssize_t ldc, int beta)
     void lc_transpose_f32(const float *src, Py_ssize_t lds, float *dst, Py_ssize_t ldd)
     void lc_transpose_f64(const double *src, Py_ssize_t lds, double *dst, Py_ssize_t ldd)
+    void lc_evens_f32(float *dst, const float *src, Py_ssize_t n, Py_ssize_t avail)
+    void lc_evens_f64(double *dst, const double *src, Py_ssize_t n, Py_ssize_t avail)
     void lc_dw_rows_f32(Py_ssize_t nk, const float *w, const Py_ssize_t *off, const float *src,
                         Py_ssize_t ls, float *dst, Py_ssize_t ld, Py_ssize_t n,
                         Py_ssize_t nrows, float bias)
     void lc_dw_rows_f64(Py_ssize_t nk, const double *w, const Py_ssize_t *off,
                         const double *src, Py_ssize_t ls, double *dst, Py_ssize_t ld,
                         Py_ssize_t n, Py_ssize_t nrows, double bias)
-    void lc_dw_dot_f32(Py_ssize_t nk, const Py_ssize_t *off, const float *src, const float *dy,
-                       Py_ssize_t n, float *accv)
-    void lc_dw_dot_f64(Py_ssize_t nk, const Py_ssize_t *off, const double *src,
-                       const double *dy, Py_ssize_t n, double *accv)
+    void lc_dw_dots_f32(Py_ssize_t no, Py_ssize_t nk, const Py_ssize_t *off, const float *src,
+                        Py_ssize_t ss, const float *dy, Py_ssize_t ldy, Py_ssize_t ds,
+                        Py_ssize_t nseg, Py_ssize_t n, float *accv)
+    void lc_dw_dots_f64(Py_ssize_t no, Py_ssize_t nk, const Py_ssize_t *off,
+                        const double *src, Py_ssize_t ss, const double *dy, Py_ssize_t ldy,
+                        Py_ssize_t ds, Py_ssize_t nseg, Py_ssize_t n, double *accv)
     void lc_dwc_runs_f32(Py_ssize_t nrun, const Py_ssize_t *runs, const float *wv,
                          const float *src, Py_ssize_t ls, float *dst, Py_ssize_t ld,
                          Py_ssize_t cs, Py_ssize_t n, Py_ssize_t nrows, const float *bias)
@@ -209,12 +214,22 @@ cdef inline void dw_rows(Py_ssize_t nk, const element *w, const Py_ssize_t *off,
         lc_dw_rows_f64(nk, w, off, src, ls, dst, ld, n, nrows, bias)
 
 
-cdef inline void dw_dot(Py_ssize_t nk, const Py_ssize_t *off, const element *src,
-                        const element *dy, Py_ssize_t n, element *accv) noexcept nogil:
+cdef inline void evens(element *dst, const element *src, Py_ssize_t n,
+                       Py_ssize_t avail) noexcept nogil:
     if element is float:
-        lc_dw_dot_f32(nk, off, src, dy, n, accv)
+        lc_evens_f32(dst, src, n, avail)
     else:
-        lc_dw_dot_f64(nk, off, src, dy, n, accv)
+        lc_evens_f64(dst, src, n, avail)
+
+
+cdef inline void dw_dots(Py_ssize_t no, Py_ssize_t nk, const Py_ssize_t *off,
+                         const element *src, Py_ssize_t ss, const element *dy, Py_ssize_t ldy,
+                         Py_ssize_t ds, Py_ssize_t nseg, Py_ssize_t n,
+                         element *accv) noexcept nogil:
+    if element is float:
+        lc_dw_dots_f32(no, nk, off, src, ss, dy, ldy, ds, nseg, n, accv)
+    else:
+        lc_dw_dots_f64(no, nk, off, src, ss, dy, ldy, ds, nseg, n, accv)
 
 
 cdef inline void dwc_runs(Py_ssize_t nrun, const Py_ssize_t *runs, const element *wv,

@@ -645,4 +645,71 @@ static void lc_transpose_##SUFFIX(const T *src, ptrdiff_t lds, T *dst, ptrdiff_t
 }
 #endif
 
+/* lc_evens_T: dst[e] = src[2 e] for e < n, a stride-2 phase of a row for the stagings, reading
+ * src[0 .. avail - 1] at most: vectors of the widest of W, W / 2 and W / 4 lanes (2 at least)
+ * that the row fills, each from two loaded ones, the last one overlapping the one before
+ * where n is not a multiple (so that nothing past dst[n - 1] is written: the staged row's
+ * padding after it stays zero); element by element where n is shorter or the reads would
+ * pass avail (they reach src[2 n - 1]).  The scalar loop was most of a stride-2 grouped
+ * weight gradient's staging, itself half its time (448 channels in groups of 8, 3x3 stride 2
+ * from 28x28: rows of 14). */
+#if defined(__GNUC__)
+#  define LC_EVENS_2 0, 2
+#  define LC_EVENS_4 LC_EVENS_2, 4, 6
+#  define LC_EVENS_8 LC_EVENS_4, 8, 10, 12, 14
+#  define LC_EVENS_16 LC_EVENS_8, 16, 18, 20, 22, 24, 26, 28, 30
+#  if defined(__clang__)
+#    define LC_PICK_EVENS(a, b, IVEC, V) __builtin_shufflevector(a, b, LC_EVENS_##V)
+#  else
+#    define LC_PICK_EVENS(a, b, IVEC, V) __builtin_shuffle(a, b, (IVEC){LC_EVENS_##V})
+#  endif
+/* the vectors of V lanes, if the row fills one; returns from lc_evens when done */
+#  define LC_EVENS_RUN(T, I, V)                                                          \
+    {                                                                                   \
+        typedef T vt __attribute__((vector_size((V) * sizeof(T))));                     \
+        typedef T uvt __attribute__((vector_size((V) * sizeof(T)), aligned(sizeof(T)))); \
+        typedef I it __attribute__((vector_size((V) * sizeof(T))));                     \
+        if (n >= (V) && 2 * n <= avail) {                                               \
+            for (ptrdiff_t e = 0;; e += (V)) {                                          \
+                if (e > n - (V)) e = n - (V);                                           \
+                vt a = *(const uvt *)(src + 2 * e), b = *(const uvt *)(src + 2 * e + (V)); \
+                *(uvt *)(dst + e) = LC_PICK_EVENS(a, b, it, V);                         \
+                if (e == n - (V)) return;                                               \
+            }                                                                           \
+        }                                                                               \
+    }
+#  define LC_EVENS_HEAD(SUFFIX, T)                                                       \
+static inline void lc_evens_##SUFFIX(T *LC_RESTRICT dst, const T *LC_RESTRICT src,      \
+                                     ptrdiff_t n, ptrdiff_t avail)
+#  define LC_EVENS_TAIL                                                                  \
+    for (ptrdiff_t e = 0; e < n; e++) dst[e] = src[2 * e];                              \
+}
+/* 4-byte types: W = 16, 8 or 4 lanes; 8-byte: 8, 4 or 2 */
+#  if LC_VEC_BYTES == 64
+#    define LC_DEFINE_EVENS_4(SUFFIX, T) LC_EVENS_HEAD(SUFFIX, T) {                      \
+    LC_EVENS_RUN(T, int, 16) LC_EVENS_RUN(T, int, 8) LC_EVENS_RUN(T, int, 4) LC_EVENS_TAIL
+#    define LC_DEFINE_EVENS_8(SUFFIX, T) LC_EVENS_HEAD(SUFFIX, T) {                      \
+    LC_EVENS_RUN(T, long long, 8) LC_EVENS_RUN(T, long long, 4)                         \
+    LC_EVENS_RUN(T, long long, 2) LC_EVENS_TAIL
+#  elif LC_VEC_BYTES == 32
+#    define LC_DEFINE_EVENS_4(SUFFIX, T) LC_EVENS_HEAD(SUFFIX, T) {                      \
+    LC_EVENS_RUN(T, int, 8) LC_EVENS_RUN(T, int, 4) LC_EVENS_RUN(T, int, 2) LC_EVENS_TAIL
+#    define LC_DEFINE_EVENS_8(SUFFIX, T) LC_EVENS_HEAD(SUFFIX, T) {                      \
+    LC_EVENS_RUN(T, long long, 4) LC_EVENS_RUN(T, long long, 2) LC_EVENS_TAIL
+#  else
+#    define LC_DEFINE_EVENS_4(SUFFIX, T) LC_EVENS_HEAD(SUFFIX, T) {                      \
+    LC_EVENS_RUN(T, int, 4) LC_EVENS_RUN(T, int, 2) LC_EVENS_TAIL
+#    define LC_DEFINE_EVENS_8(SUFFIX, T) LC_EVENS_HEAD(SUFFIX, T) {                      \
+    LC_EVENS_RUN(T, long long, 2) LC_EVENS_TAIL
+#  endif
+#  define LC_DEFINE_EVENS(SUFFIX, T, BYTES) LC_DEFINE_EVENS_##BYTES(SUFFIX, T)
+#else
+#  define LC_DEFINE_EVENS(SUFFIX, T, BYTES)                                             \
+static void lc_evens_##SUFFIX(T *dst, const T *src, ptrdiff_t n, ptrdiff_t avail)       \
+{                                                                                       \
+    (void)avail;                                                                        \
+    for (ptrdiff_t e = 0; e < n; e++) dst[e] = src[2 * e];                              \
+}
+#endif
+
 #endif  /* LOOPCONV_MICROKERNEL_H */
