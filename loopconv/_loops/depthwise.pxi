@@ -485,8 +485,9 @@ cdef struct DwWeight:
     Py_ssize_t rows         # grid rows (OD - 1) * Hq + OH: row a * Hq + b is output row (a, b)
     Py_ssize_t brows        # grid rows per step
     Py_ssize_t nbr          # steps per image
-    Py_ssize_t nis          # images per step (small images, nbr 1: their accumulators stay
-                            # in registers from one image to the next), staged sstep apart
+    # images per step (small images, nbr 1: their accumulators stay in registers from one
+    # image to the next), staged sstep apart
+    Py_ssize_t nis
     Py_ssize_t sstep
     Py_ssize_t nchunk       # items per group (or group block)
     Py_ssize_t x_img, x_grp, y_img, y_plane
