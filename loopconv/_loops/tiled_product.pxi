@@ -432,9 +432,8 @@ cdef inline void store_pixels(const element *ctile, Py_ssize_t NR, Py_ssize_t w,
                     if add:
                         for i in range(LC_MR_B):
                             dj[i] += src[i]
-                    else:
-                        for i in range(LC_MR_B):
-                            dj[i] = src[i]
+                    else:       # a constant size: vector moves, not a loop of elements
+                        memcpy(dj, src, LC_MR_B * sizeof(element))
                 elif add:
                     for i in range(w):
                         dj[doff[i]] += src[i]
