@@ -62,6 +62,8 @@ cdef extern from "elements.h" nogil:
     void lc_transpose_f64(const double *src, Py_ssize_t lds, double *dst, Py_ssize_t ldd)
     void lc_evens_f32(float *dst, const float *src, Py_ssize_t n, Py_ssize_t avail)
     void lc_evens_f64(double *dst, const double *src, Py_ssize_t n, Py_ssize_t avail)
+    void lc_row_f32(float *dst, const float *src, Py_ssize_t lo, Py_ssize_t hi)
+    void lc_row_f64(double *dst, const double *src, Py_ssize_t lo, Py_ssize_t hi)
     void lc_dw_rows_f32(Py_ssize_t nk, const float *w, const Py_ssize_t *off, const float *src,
                         Py_ssize_t ls, float *dst, Py_ssize_t ld, Py_ssize_t n,
                         Py_ssize_t nrows, float bias)
@@ -220,6 +222,14 @@ cdef inline void evens(element *dst, const element *src, Py_ssize_t n,
         lc_evens_f32(dst, src, n, avail)
     else:
         lc_evens_f64(dst, src, n, avail)
+
+
+cdef inline void short_row(element *dst, const element *src, Py_ssize_t lo,
+                           Py_ssize_t hi) noexcept nogil:
+    if element is float:
+        lc_row_f32(dst, src, lo, hi)
+    else:
+        lc_row_f64(dst, src, lo, hi)
 
 
 cdef inline void dw_dots(Py_ssize_t no, Py_ssize_t nk, const Py_ssize_t *off,

@@ -703,12 +703,34 @@ static inline void lc_evens_##SUFFIX(T *LC_RESTRICT dst, const T *LC_RESTRICT sr
     LC_EVENS_RUN(T, long long, 2) LC_EVENS_TAIL
 #  endif
 #  define LC_DEFINE_EVENS(SUFFIX, T, BYTES) LC_DEFINE_EVENS_##BYTES(SUFFIX, T)
+/* lc_row_T: dst[e] = src[e] for lo <= e < hi, 0 for the other e < W (one vector: a short
+ * row of a staged grid and its padding in one store, which writes W elements at dst and reads
+ * W at src) */
+#  define LC_ROW(SUFFIX, T, I, W)                                                        \
+static inline void lc_row_##SUFFIX(T *dst, const T *src, ptrdiff_t lo, ptrdiff_t hi)    \
+{                                                                                       \
+    typedef I ivec __attribute__((vector_size(LC_VEC_BYTES)));                          \
+    const ivec iota = {LC_IOTA_##W};                                                    \
+    ivec v = (ivec)*(const lc_uvec_##SUFFIX *)src;                                      \
+    ivec keep = (iota >= (I)lo) & (iota < (I)hi);                                       \
+    *(lc_uvec_##SUFFIX *)dst = (lc_vec_##SUFFIX)(v & keep);                             \
+}
+#  define LC_ROW_OF(SUFFIX, T, I, W) LC_ROW(SUFFIX, T, I, W)
+#  define LC_DEFINE_ROW_4(SUFFIX, T) LC_ROW_OF(SUFFIX, T, int, LC_LANES_4)
+#  define LC_DEFINE_ROW_8(SUFFIX, T) LC_ROW_OF(SUFFIX, T, long long, LC_LANES_8)
+#  define LC_DEFINE_ROW(SUFFIX, T, BYTES) LC_DEFINE_ROW_##BYTES(SUFFIX, T)
 #else
 #  define LC_DEFINE_EVENS(SUFFIX, T, BYTES)                                             \
 static void lc_evens_##SUFFIX(T *dst, const T *src, ptrdiff_t n, ptrdiff_t avail)       \
 {                                                                                       \
     (void)avail;                                                                        \
     for (ptrdiff_t e = 0; e < n; e++) dst[e] = src[2 * e];                              \
+}
+#  define LC_DEFINE_ROW(SUFFIX, T, BYTES)                                               \
+static void lc_row_##SUFFIX(T *dst, const T *src, ptrdiff_t lo, ptrdiff_t hi)           \
+{                                                                                       \
+    for (ptrdiff_t e = 0; e < (ptrdiff_t)(LC_VEC_BYTES / sizeof(T)); e++)               \
+        dst[e] = e >= lo && e < hi ? src[e] : 0;                                        \
 }
 #endif
 
