@@ -9,20 +9,16 @@
  *                  A row's vectors start at j = 0, W, 2W, ... and the last at n - W (it
  *                  overlaps the one before and stores the same values there); they are taken
  *                  LC_DW_NB at a time across rows, each an accumulator over all the taps.
- *   lc_dw_dot_T:   acc[k W + l] += sum_{j = l mod W} dy[j] src[off[k] + j]    k < nk, j < n,
- *                  for each of nseg segments (below)
- *                  the weight gradient: nk dot products of dy (zero where there is no output)
- *                  with shifted runs of the staged input, n a multiple of W, in lane-wise
- *                  partial sums; taps in blocks of at most LC_DW_KB accumulators, dy read once
- *                  per block.
- *   lc_dw_dots_T:  the same for `no` rows of dy (ldy apart, each with its nk accumulators,
- *                  nk W apart) and nseg segments of n columns (segment m of src at m ss, of
- *                  dy at m ds: several small images, whose accumulators stay in registers
- *                  from one to the next): blocks of LC_DW_OB rows by LC_DW_OKB taps, so that
- *                  a loaded input vector serves every row of the block (a group's output
- *                  channels in the weight gradient of few channels per group), or for one
- *                  row blocks of LC_DW_KB taps (lc_dw_dot); each lane's sum over the columns
- *                  in order, segment after segment.
+ *   lc_dw_dots_T:  acc[(o nk + k) W + l] += sum_{m, j = l mod W} dy[o ldy + m ds + j]
+ *                                                      src[m ss + off[k] + j]
+ *                  for o < no, k < nk, j < n, m < nseg: the weight gradient, as dot products
+ *                  of dy (zero where there is no output) with shifted runs of the staged
+ *                  input, n a multiple of W, in lane-wise partial sums; `no` rows of dy (a
+ *                  group's output channels) and nseg segments (several small images, whose
+ *                  accumulators stay in registers from one to the next).  Blocks of LC_DW_OB
+ *                  rows by LC_DW_OKB taps, so that a loaded input vector serves every row of
+ *                  the block, and for a last single row blocks of LC_DW_KB taps; each lane's
+ *                  sum over the columns in order, segment after segment.
  * Channel blocks, W channels at a time (every grid element is a vector, one lane a channel):
  *   lc_dwc_runs_T:    dst[(r ld + e cs) W + l] = bias[l]
  *                         + sum_k wv[k W + l] src[(r ls + off_k + e) W + l]        e < n
@@ -56,8 +52,8 @@
 #include "microkernel.h"
 
 /* Output vectors per block of lc_dw_rows (8 accumulators cover the FMA latency; with the
- * weight broadcast they fit in 16 registers); the most taps per block of lc_dw_dot (a 3x3
- * kernel in one block; 12 accumulators, dy and a loaded vector fit in 16 registers, and the
+ * weight broadcast they fit in 16 registers); the most taps per block of lc_dw_dots for one
+ * row of dy (a 3x3 kernel in one block; 12 accumulators, dy and a loaded vector fit in 16 registers, and the
  * addresses of the 12 taps in the 16 general-purpose ones); the most pixels per block of the
  * channel blocks, which run only with the 32 registers of AVX-512 (two rows: 16 accumulators,
  * up to 7 weights and a loaded vector), and the staged slack past a block's rows (2 blocks). */
@@ -114,39 +110,9 @@ static inline void lc_dw_rows##NB##_##SUFFIX(ptrdiff_t nk, const T *LC_RESTRICT 
 #  define LC_DW_ROWS_CASE(SUFFIX, NB)                                                    \
     case NB: lc_dw_rows##NB##_##SUFFIX(nk, w, off, src, spos, dst, dpos, bias); break;
 
-/* KB taps of lc_dw_dot */
-#  define LC_DW_DOT_BLOCK(SUFFIX, T, KB)                                                 \
-static inline void lc_dw_dot##KB##_##SUFFIX(const ptrdiff_t *LC_RESTRICT off,           \
-        const T *LC_RESTRICT src, ptrdiff_t ss, const T *LC_RESTRICT dy, ptrdiff_t ds,  \
-        ptrdiff_t nseg, ptrdiff_t n, T *LC_RESTRICT accv)                               \
-{                                                                                       \
-    enum { W = LC_VEC_BYTES / sizeof(T) };                                              \
-    typedef lc_vec_##SUFFIX VEC;                                                        \
-    typedef lc_uvec_##SUFFIX UVEC;                                                      \
-    const T *rows[KB];                                                                  \
-    VEC acc[KB];                                                                        \
-    for (int i = 0; i < KB; i++) {                                                      \
-        rows[i] = src + off[i];                                                         \
-        acc[i] = *(const UVEC *)(accv + i * W);                                         \
-    }                                                                                   \
-    for (ptrdiff_t m = 0; m < nseg; m++) {                                              \
-        for (ptrdiff_t j = 0; j < n; j += W) {                                          \
-            VEC d = *(const UVEC *)(dy + j);                                            \
-            for (int i = 0; i < KB; i++) acc[i] += d * *(const UVEC *)(rows[i] + j);    \
-        }                                                                               \
-        for (int i = 0; i < KB; i++) rows[i] += ss;                                     \
-        dy += ds;                                                                       \
-    }                                                                                   \
-    for (int i = 0; i < KB; i++) *(UVEC *)(accv + i * W) = acc[i];                      \
-}
-
-#  define LC_DW_DOT_CASE(SUFFIX, KB)                                                     \
-    case KB: lc_dw_dot##KB##_##SUFFIX(off + k0, src, ss, dy, ds, nseg, n, accv + k0 * W); \
-        break;
-
 /* OB dy rows (ldy apart) by KB taps of lc_dw_dots: each input vector loaded once for the OB
- * rows, each dy vector once for the KB taps (OB + KB loads for OB KB FMAs, against 1 + KB for
- * KB); the accumulators of row o at accv + o lda */
+ * rows, each dy vector once for the KB taps (OB + KB loads for OB KB FMAs: a row at a time,
+ * 1 + KB for KB); the accumulators of row o at accv + o lda */
 #  define LC_DW_DOTS_BLOCK(SUFFIX, T, OB, KB)                                            \
 static inline void lc_dw_dots##OB##_##KB##_##SUFFIX(const ptrdiff_t *LC_RESTRICT off,   \
         const T *LC_RESTRICT src, ptrdiff_t ss, const T *LC_RESTRICT dy, ptrdiff_t ldy, \
@@ -180,9 +146,14 @@ static inline void lc_dw_dots##OB##_##KB##_##SUFFIX(const ptrdiff_t *LC_RESTRICT
 LC_DW_DOTS_BLOCK(SUFFIX, T, OB, 1) LC_DW_DOTS_BLOCK(SUFFIX, T, OB, 2)                    \
 LC_DW_DOTS_BLOCK(SUFFIX, T, OB, 3) LC_DW_DOTS_BLOCK(SUFFIX, T, OB, 4)                    \
 LC_DW_DOTS_BLOCK(SUFFIX, T, OB, 5) LC_DW_DOTS_BLOCK(SUFFIX, T, OB, 6)
+#  define LC_DW_DOTS_ROW(SUFFIX, T)                                                      \
+LC_DW_DOTS_ROWS(SUFFIX, T, 1) LC_DW_DOTS_BLOCK(SUFFIX, T, 1, 7)                          \
+LC_DW_DOTS_BLOCK(SUFFIX, T, 1, 8) LC_DW_DOTS_BLOCK(SUFFIX, T, 1, 9)                      \
+LC_DW_DOTS_BLOCK(SUFFIX, T, 1, 10) LC_DW_DOTS_BLOCK(SUFFIX, T, 1, 11)                    \
+LC_DW_DOTS_BLOCK(SUFFIX, T, 1, 12)
 
 #  define LC_DW_DOTS_CASE(SUFFIX, OB, KB)                                                \
-    case OB * 8 + KB:                                                                   \
+    case OB * 16 + KB:                                                                  \
         lc_dw_dots##OB##_##KB##_##SUFFIX(off + k0, src, ss, dy, ldy, ds, nseg, n,          \
                                          accv + k0 * W, lda);                           \
         break;
@@ -191,6 +162,11 @@ LC_DW_DOTS_BLOCK(SUFFIX, T, OB, 5) LC_DW_DOTS_BLOCK(SUFFIX, T, OB, 6)
     LC_DW_DOTS_CASE(SUFFIX, OB, 1) LC_DW_DOTS_CASE(SUFFIX, OB, 2)                        \
     LC_DW_DOTS_CASE(SUFFIX, OB, 3) LC_DW_DOTS_CASE(SUFFIX, OB, 4)                        \
     LC_DW_DOTS_CASE(SUFFIX, OB, 5) LC_DW_DOTS_CASE(SUFFIX, OB, 6)
+#  define LC_DW_DOTS_ROW_CASES(SUFFIX)                                                   \
+    LC_DW_DOTS_CASES(SUFFIX, 1) LC_DW_DOTS_CASE(SUFFIX, 1, 7)                            \
+    LC_DW_DOTS_CASE(SUFFIX, 1, 8) LC_DW_DOTS_CASE(SUFFIX, 1, 9)                          \
+    LC_DW_DOTS_CASE(SUFFIX, 1, 10) LC_DW_DOTS_CASE(SUFFIX, 1, 11)                        \
+    LC_DW_DOTS_CASE(SUFFIX, 1, 12)
 
 /* a run of R taps of lc_dwc_runs: acc[q][b] (pixel e0 + b of row q) += the run's weights times
  * the input vectors s[q ls + i], each loaded once for the R pixels it serves */
@@ -330,30 +306,7 @@ static inline void lc_dw_rows_##SUFFIX(ptrdiff_t nk, const T *w, const ptrdiff_t
     default: break;                                                                     \
     }                                                                                   \
 }                                                                                       \
-LC_DW_DOT_BLOCK(SUFFIX, T, 1) LC_DW_DOT_BLOCK(SUFFIX, T, 2) LC_DW_DOT_BLOCK(SUFFIX, T, 3) \
-LC_DW_DOT_BLOCK(SUFFIX, T, 4) LC_DW_DOT_BLOCK(SUFFIX, T, 5) LC_DW_DOT_BLOCK(SUFFIX, T, 6) \
-LC_DW_DOT_BLOCK(SUFFIX, T, 7) LC_DW_DOT_BLOCK(SUFFIX, T, 8) LC_DW_DOT_BLOCK(SUFFIX, T, 9) \
-LC_DW_DOT_BLOCK(SUFFIX, T, 10) LC_DW_DOT_BLOCK(SUFFIX, T, 11)                           \
-LC_DW_DOT_BLOCK(SUFFIX, T, 12)                                                          \
-static inline void lc_dw_dot_##SUFFIX(ptrdiff_t nk, const ptrdiff_t *off, const T *src, \
-        ptrdiff_t ss, const T *dy, ptrdiff_t ds, ptrdiff_t nseg, ptrdiff_t n, T *accv)  \
-{                                                                                       \
-    enum { W = LC_VEC_BYTES / sizeof(T) };                                              \
-    /* nb blocks of nearly equal size (25 taps: 9, 8, 8 rather than 12, 12, 1) */       \
-    ptrdiff_t nb = (nk + LC_DW_KB - 1) / LC_DW_KB, k0 = 0;                              \
-    for (ptrdiff_t b = 0; b < nb; b++) {                                                \
-        ptrdiff_t kb = nk / nb + (b < nk % nb);                                         \
-        switch (kb) {                                                                   \
-        LC_DW_DOT_CASE(SUFFIX, 1) LC_DW_DOT_CASE(SUFFIX, 2) LC_DW_DOT_CASE(SUFFIX, 3)   \
-        LC_DW_DOT_CASE(SUFFIX, 4) LC_DW_DOT_CASE(SUFFIX, 5) LC_DW_DOT_CASE(SUFFIX, 6)   \
-        LC_DW_DOT_CASE(SUFFIX, 7) LC_DW_DOT_CASE(SUFFIX, 8) LC_DW_DOT_CASE(SUFFIX, 9)   \
-        LC_DW_DOT_CASE(SUFFIX, 10) LC_DW_DOT_CASE(SUFFIX, 11)                           \
-        LC_DW_DOT_CASE(SUFFIX, 12)                                                      \
-        default: break;                                                                 \
-        }                                                                               \
-        k0 += kb;                                                                       \
-    }                                                                                   \
-}                                                                                       \
+LC_DW_DOTS_ROW(SUFFIX, T)                                                               \
 LC_DW_DOTS_ROWS(SUFFIX, T, 2) LC_DW_DOTS_ROWS(SUFFIX, T, 3) LC_DW_DOTS_ROWS(SUFFIX, T, 4) \
 static inline void lc_dw_dots_##SUFFIX(ptrdiff_t no, ptrdiff_t nk, const ptrdiff_t *off,  \
         const T *src, ptrdiff_t ss, const T *dy, ptrdiff_t ldy, ptrdiff_t ds,           \
@@ -363,17 +316,14 @@ static inline void lc_dw_dots_##SUFFIX(ptrdiff_t no, ptrdiff_t nk, const ptrdiff
     ptrdiff_t lda = nk * W;                                                             \
     for (ptrdiff_t o0 = 0; o0 < no; ) {                                                 \
         ptrdiff_t ob = no - o0 < LC_DW_OB ? no - o0 : LC_DW_OB;                         \
-        if (ob == 1) {                                                                  \
-            lc_dw_dot_##SUFFIX(nk, off, src, ss, dy, ds, nseg, n, accv);                \
-            return;                                                                     \
-        }                                                                               \
-        /* taps in nearly equal blocks, as lc_dw_dot */                                 \
-        ptrdiff_t nb = (nk + LC_DW_OKB - 1) / LC_DW_OKB, k0 = 0;                        \
+        ptrdiff_t most = ob == 1 ? LC_DW_KB : LC_DW_OKB;                                \
+        /* nb blocks of nearly equal size (25 taps: 9, 8, 8 rather than 12, 12, 1) */   \
+        ptrdiff_t nb = (nk + most - 1) / most, k0 = 0;                                  \
         for (ptrdiff_t b = 0; b < nb; b++) {                                            \
             ptrdiff_t kb = nk / nb + (b < nk % nb);                                     \
-            switch (ob * 8 + kb) {                                                      \
-            LC_DW_DOTS_CASES(SUFFIX, 2) LC_DW_DOTS_CASES(SUFFIX, 3)                     \
-            LC_DW_DOTS_CASES(SUFFIX, 4)                                                 \
+            switch (ob * 16 + kb) {                                                     \
+            LC_DW_DOTS_ROW_CASES(SUFFIX) LC_DW_DOTS_CASES(SUFFIX, 2)                    \
+            LC_DW_DOTS_CASES(SUFFIX, 3) LC_DW_DOTS_CASES(SUFFIX, 4)                     \
             default: break;                                                             \
             }                                                                           \
             k0 += kb;                                                                   \
@@ -456,6 +406,8 @@ static inline void lc_dwc_copy_##SUFFIX(T *LC_RESTRICT dst, ptrdiff_t ld,       
                 = *(const lc_uvec_##SUFFIX *)(src + (r * ls + e * step) * W);           \
 }
 _Static_assert(LC_DW_NB == 8 && LC_DW_KB == 12, "a block for each size up to LC_DW_NB, LC_DW_KB");
+_Static_assert(LC_DW_OB <= 4 && LC_DW_OKB == 6 && LC_DW_KB < 16,
+               "a block for each row count up to LC_DW_OB and tap count up to LC_DW_OKB");
 
 #else  /* other compilers: plain loops (correct, not fast) */
 #  define LC_DEFINE_DEPTHWISE(SUFFIX, T)                                                 \
