@@ -266,6 +266,12 @@ VARIANT_CASES = [
     case("2d-stride2-padding-past-kernel", (2, 3, 9, 30), (5, 3, 2, 2), stride=2,
          padding=((1, 0), (3, 5))),
     case("1d-odd", (3, 11, 263), (17, 11, 4), stride=2, padding=((3, 1),)),
+    # stride 2: the input gradient's tiles stored into every other element, rows (35, 33:
+    # phases of 18, 17 and 16 columns) crossing vectors of either width, over more columns of
+    # A than one pass takes (the forward pass's 48 * 9 and the gradient's 140 * 4 > KC: the
+    # later passes add to what the first stored); the same in 3-D
+    case("2d-stride2-over-KC", (2, 48, 35, 33), (140, 48, 3, 3), stride=2, padding=1),
+    case("3d-stride2", (1, 6, 9, 14, 13), (10, 6, 3, 3, 3), stride=2, padding=1),
     # rows of grid columns ending in tiles of two vectors (and one), for each tile width
     # (a row of 126, 109 and 103: 48 + 48 + 30, 24 * 4 + 13, 12 * 8 + 7), the weight read in
     # place (two images: tiles of 8, 2 and 1 rows for 11 channels) and packed (nine)

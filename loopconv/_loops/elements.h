@@ -3,12 +3,13 @@
  * tiles, lane transposes) and depthwise.h, instantiated once per type.
  *
  * LC_ELEMENT(SUFFIX, T, BYTES) defines, for the C type T of BYTES bytes, lc_tile_{b,g,a,d}_SUFFIX,
- * lc_lane_sums_SUFFIX, lc_transpose_SUFFIX, lc_evens_SUFFIX, lc_row_SUFFIX, lc_dw_*_SUFFIX and
- * lc_dwc_*_SUFFIX.  A new type is one line here, its member of the fused type and its kernel
- * selections in elements.pxd, and its place in the dtype policy (loopconv/_args.py).  The
- * 512-bit lane transposes, the 256- and 512-bit lane sums and the even-lane picks exist for 4-
- * and 8-byte types (microkernel.h, LC_TRANSPOSE_SHUFFLES_4 and _8, LC_LANES_4 and _8); another
- * size needs its own there.
+ * lc_lane_sums_SUFFIX, lc_transpose_SUFFIX, lc_evens_SUFFIX, lc_row_SUFFIX, lc_put_SUFFIX,
+ * lc_dw_*_SUFFIX and lc_dwc_*_SUFFIX.  A new type is one line here, its member of the fused
+ * type and its kernel selections in elements.pxd, and its place in the dtype policy
+ * (loopconv/_args.py).  The 512-bit lane transposes, the 256- and 512-bit lane sums, the
+ * even-lane picks and the runs' lane indices exist for 4- and 8-byte types (microkernel.h,
+ * LC_TRANSPOSE_SHUFFLES_4 and _8, LC_LANES_4 and _8, LC_LANE_IDS_32 and _64); another size
+ * needs its own there.
  */
 #ifndef LOOPCONV_ELEMENTS_H
 #define LOOPCONV_ELEMENTS_H
@@ -27,6 +28,7 @@ LC_DEFINE_WEIGHT_TILES(SUFFIX, T)                                               
 LC_DEFINE_TRANSPOSE(SUFFIX, T, BYTES)                                                     \
 LC_DEFINE_EVENS(SUFFIX, T, BYTES)                                                         \
 LC_DEFINE_ROW(SUFFIX, T, BYTES)                                                           \
+LC_DEFINE_PUT(SUFFIX, T, BYTES)                                                           \
 LC_DEFINE_DEPTHWISE(SUFFIX, T)
 
 LC_ELEMENT(f32, float, 4)

@@ -21,6 +21,7 @@ cdef extern from "elements.h" nogil:
         LC_VEC_BYTES    # bytes of a vector
         LC_DWC_PX       # output pixels per block of the channel-blocked depthwise loops
         LC_DW_OB        # rows of dy per block of the depthwise weight gradient's dots
+        LC_PUT_RUNS     # lc_put stores a tile's runs by vectors (else copy_run's loops)
     const char *LC_ISA
     void lc_prefetch(const void *p)
     void lc_tile_b_f32(int mr, int nv, Py_ssize_t kc, const float *a, const float *b,
@@ -64,6 +65,10 @@ cdef extern from "elements.h" nogil:
     void lc_evens_f64(double *dst, const double *src, Py_ssize_t n, Py_ssize_t avail)
     void lc_row_f32(float *dst, const float *src, Py_ssize_t lo, Py_ssize_t hi)
     void lc_row_f64(double *dst, const double *src, Py_ssize_t lo, Py_ssize_t hi)
+    void lc_put_f32(float *dst, Py_ssize_t ldd, Py_ssize_t ds, const float *tile,
+                    Py_ssize_t width, Py_ssize_t rows, Py_ssize_t u, Py_ssize_t n, int add)
+    void lc_put_f64(double *dst, Py_ssize_t ldd, Py_ssize_t ds, const double *tile,
+                    Py_ssize_t width, Py_ssize_t rows, Py_ssize_t u, Py_ssize_t n, int add)
     void lc_dw_rows_f32(Py_ssize_t nk, const float *w, const Py_ssize_t *off, const float *src,
                         Py_ssize_t ls, float *dst, Py_ssize_t ld, Py_ssize_t n,
                         Py_ssize_t nrows, float bias)
@@ -230,6 +235,15 @@ cdef inline void short_row(element *dst, const element *src, Py_ssize_t lo,
         lc_row_f32(dst, src, lo, hi)
     else:
         lc_row_f64(dst, src, lo, hi)
+
+
+cdef inline void put_run(element *dst, Py_ssize_t ldd, Py_ssize_t ds, const element *tile,
+                         Py_ssize_t width, Py_ssize_t rows, Py_ssize_t u, Py_ssize_t n,
+                         bint add) noexcept nogil:
+    if element is float:
+        lc_put_f32(dst, ldd, ds, tile, width, rows, u, n, add)
+    else:
+        lc_put_f64(dst, ldd, ds, tile, width, rows, u, n, add)
 
 
 cdef inline void dw_dots(Py_ssize_t no, Py_ssize_t nk, const Py_ssize_t *off,

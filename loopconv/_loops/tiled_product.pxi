@@ -313,10 +313,17 @@ cdef inline void store_tile(const element *ctile, Py_ssize_t mw, Py_ssize_t widt
                             Py_ssize_t j0, element *d0, Py_ssize_t ldd, const Py_ssize_t *dcol,
                             Py_ssize_t ds, const Runs *runs, bint add) noexcept nogil:
     """Rows i < mw of a computed tile (ctile, width columns a row, grid columns j0 on) into
-    the destination rows d0 + i * ldd at dcol, (=, +=) run by run of valid columns."""
+    the destination rows d0 + i * ldd at dcol, (=, +=) run by run of valid columns: at
+    strides 1 and 2 each run in all rows by lc_put (LC_PUT_RUNS), else row by row, run by run
+    by copy_run."""
     cdef Py_ssize_t i, sg, t
     cdef element *d
     cdef const element *cr
+    if LC_PUT_RUNS and ds <= 2:
+        for sg in range(runs.n):
+            t = runs.start[sg]
+            put_run(d0 + dcol[t], ldd, ds, ctile, width, mw, t - j0, runs.length[sg], add)
+        return
     for i in range(mw):
         d = d0 + i * ldd
         cr = ctile + i * width - j0
