@@ -489,6 +489,9 @@ cdef struct DwWeight:
     # image to the next), staged sstep apart
     Py_ssize_t nis
     Py_ssize_t sstep
+    # steps of the reduction, split into nchunk chunks: images (channel blocks), or steps
+    # of nis images or of one image's brows grid rows (dw_weight_item)
+    Py_ssize_t nsteps
     Py_ssize_t nchunk       # items per group (or group block)
     Py_ssize_t x_img, x_grp, y_img, y_plane
     Py_ssize_t dyg_size     # per-thread scratch after the staged slice: dy on the grid
@@ -522,8 +525,7 @@ cdef void dw_weight_item(const DwWeight *p, Py_ssize_t item, const element *x,
     p.nis whole images (staged p.sstep apart, dy on the grid p.dyg_size apart)."""
     cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t g = item // p.nchunk, chunk = item % p.nchunk
-    cdef Py_ssize_t nsteps = (p.N + p.nis - 1) // p.nis * p.nbr
-    cdef Py_ssize_t s0 = chunk * nsteps // p.nchunk, s1 = (chunk + 1) * nsteps // p.nchunk
+    cdef Py_ssize_t s0 = chunk * p.nsteps // p.nchunk, s1 = (chunk + 1) * p.nsteps // p.nchunk
     cdef Py_ssize_t step, n, nimg, m, r0, r1, ncol, o, ob, i, k, l
     cdef Py_ssize_t nrow = min(p.Og, LC_DW_OB)     # rows of dy on the grid at a time
     cdef element *dyg = fws + p.nis * p.sstep
@@ -833,7 +835,7 @@ cdef _DwGeometry weight_geometry(tuple xs, tuple ws, tuple ys, stride, pad, dila
     cdef DwWeight *p = &geo.q
     cdef DwcPlan *c = &geo.c
     cdef Py_ssize_t VW = LC_VEC_BYTES // elsize
-    cdef Py_ssize_t O = ws[0], Cg = ws[1], cols, units, nsteps
+    cdef Py_ssize_t O = ws[0], Cg = ws[1], cols, units
     size, out, ksize = xs[2:], ys[2:], ws[2:]
     set_stage(&p.st, size, tuple(stride), tuple(pad), x_stage(size, out, ksize, stride, pad,
               dilation), Cg, DW_SLACK, xs[0] * xs[1] * xs[2] * xs[3] * xs[4])
@@ -871,7 +873,7 @@ cdef _DwGeometry weight_geometry(tuple xs, tuple ws, tuple ys, stride, pad, dila
         c.src_size = round_up(p.st.src_chan, VW)
         c.P = p.y_plane
         c.out_size = round_up(p.y_plane, VW) * VW
-        units, nsteps = c.nb, p.N
+        units, p.nsteps = c.nb, p.N
         geo.fper = per_thread((c.src_size + c.nst) * VW + c.out_size + p.Og * p.K * VW)
         r, order = _tap_runs(np.asarray(geo.off).tolist()[:p.K], 0)
         geo.taps = np.array(r + [0], dtype=np.intp)
@@ -879,13 +881,13 @@ cdef _DwGeometry weight_geometry(tuple xs, tuple ws, tuple ys, stride, pad, dila
         geo.order = np.array(order, dtype=np.intp)
     else:
         c.nb = 0
-        units, nsteps = groups, (p.N + p.nis - 1) // p.nis * p.nbr
+        units, p.nsteps = groups, (p.N + p.nis - 1) // p.nis * p.nbr
         geo.fper = per_thread(p.nis * (p.sstep + min(p.Og, LC_DW_OB) * p.dyg_size)
                               + p.Og * p.K * VW)
         geo.taps = np.zeros(1, dtype=np.intp)
         geo.order = np.zeros(1, dtype=np.intp)
     # chunks of the reduction: a function of the problem only, never of the thread count
-    p.nchunk = max(1, min(nsteps, (DW_CHUNKS + units - 1) // units))
+    p.nchunk = max(1, min(p.nsteps, (DW_CHUNKS + units - 1) // units))
     geo.partial_size = groups * p.nchunk * p.Og * p.K if p.nchunk > 1 else 1
     return geo
 
@@ -918,8 +920,7 @@ def dw_plan(int which, xs, ws, ys, stride, pad, dilation, Py_ssize_t groups,
                                     dilation, groups, itemsize)
     if which == PASS_WEIGHT:
         return {"blocked": bool(geo.blocked), "chunks": geo.q.nchunk,
-                "steps": geo.q.N if geo.blocked
-                else (geo.q.N + geo.q.nis - 1) // geo.q.nis * geo.q.nbr,
+                "steps": geo.q.nsteps,
                 "images per step": 1 if geo.blocked else geo.q.nis}
     cdef Py_ssize_t f, untapped = 0
     for f in range(geo.p.npair * geo.p.nphw):
