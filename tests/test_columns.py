@@ -91,7 +91,7 @@ def test_against_reference_and_across_threads(rng, assert_close, x_shape, w_shap
     ((32, 32, 4, 4), (10, 32, 4, 4), {}, True),              # 4x4 taps to a 1x1 output
     ((32, 256, 8, 8), (512, 256, 4, 4), dict(stride=2, padding=1), True),    # 4x4 dy
     ((8, 64, 16, 16), (128, 64, 4, 4), dict(stride=2, padding=1), False),    # 8x8 dy
-    ((8, 512, 7, 7), (512, 512, 3, 3), dict(padding=1), True),
+    ((8, 512, 7, 7), (512, 512, 3, 3), dict(padding=1), False),    # 2-D stride 1
     ((8, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), False),
     ((1, 48, 1, 1), (1152, 48, 1, 1), {}, True),             # one output pixel
     ((4, 64, 1, 1), (64, 16, 1, 1), dict(groups=4), False),  # ... in groups
@@ -103,8 +103,9 @@ def test_against_reference_and_across_threads(rng, assert_close, x_shape, w_shap
     ((1, 128, 56, 56), (256, 128, 3, 3), dict(stride=2, padding=1), False),  # dy 28x28
     ((1, 256, 14, 14), (512, 256, 1, 1), dict(stride=2), False),             # one tap
     ((1, 64, 28, 28), (128, 64, 3, 3), dict(stride=2, padding=1), False),    # sums of 128
-    # 2-D: sums over FLAT_COLUMNS_OUT output channels or more
-    ((8, 64, 7, 7), (256, 64, 3, 3), dict(padding=1), True),
+    # 2-D: sums over FLAT_COLUMNS_OUT output channels or more, at a stride above 1
+    ((8, 64, 7, 7), (256, 64, 3, 3), dict(padding=1), False),
+    ((8, 64, 14, 14), (256, 64, 3, 3), dict(stride=2, padding=1), True),
     ((8, 128, 7, 7), (128, 128, 3, 3), dict(padding=1), False),
     ((8, 128, 17, 17), (192, 128, 7, 1), dict(padding=(3, 0)), False),       # Inception's 7x1
 ])

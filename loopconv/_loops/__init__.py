@@ -148,7 +148,13 @@ COL2IM_TILED_WASTE = 1.3
 # 0.86 / 0.97 / 0.86, 256 -> 64 0.86 / 0.76 / 0.73, 128 -> 32 0.51 / 0.53 / 0.55 (at batch 1
 # 0.42 / 0.52 / 0.74); on 6x6 256 -> 256 1.31 / 1.39 / 1.00; Inception's 1x7 and 7x1 on 17x17,
 # 128 -> 128 and 192 channels, input gradient 0.84 and 0.75.  3-D keeps COL2IM_REDUCTION
-# (3x3x3 on 4x4x4 with 128 channels: columns 1.24-1.33x faster).
+# (3x3x3 on 4x4x4 with 128 channels: columns 1.24-1.33x faster).  Since the pixel tiles' stores
+# add by vectors, no 1-D or 2-D input gradient of stride 1 takes the columns by this rule
+# (tiled time over the columns', `/tmp` script calling both on the same arrays, float32 one
+# thread: 3x3 at batch 8 on 14x14 256 -> 256 0.84, 64 -> 256 0.84, on 7x7 512 -> 512 1.0,
+# 64 -> 256 1.01, 128 -> 512 0.96, on 6x6 1.0; at batch 1 512 -> 512 on 7x7 0.88, 256 -> 256 on
+# 14x14 0.98; two threads 0.65-1.03; float64 0.79-1.01); stride 2 keeps it (256 -> 512 from
+# 14x14 at batch 8 1.11, two threads 1.21).
 FLAT_COLUMNS_OUT = 256
 
 
@@ -173,9 +179,12 @@ def col2im_suits(y_shape, w_shape, stride, groups) -> bool:
             and pixels <= COL2IM_SINGLE_PIXELS and w_shape[0] // groups >= COL2IM_SINGLE_SUM):
         return True
     grid = _grid(y_shape, w_shape, stride)
+    if grid >= COL2IM_WASTE_ANY * pixels:
+        return True
+    if y_shape[2] == 1 and max(stride) == 1:    # 1-D and 2-D: FLAT_COLUMNS_OUT
+        return False
     reduction = COL2IM_REDUCTION if y_shape[2] > 1 else FLAT_COLUMNS_OUT
-    return grid >= COL2IM_WASTE_ANY * pixels or (
-        grid >= COL2IM_WASTE * pixels and w_shape[0] // groups >= reduction)
+    return grid >= COL2IM_WASTE * pixels and w_shape[0] // groups >= reduction
 
 
 def col2im_grad_input(dy, w, bias, dx, stride, pad, dilation, groups, num_threads):

@@ -61,6 +61,10 @@ cdef extern from "elements.h" nogil:
                        const double *b, Py_ssize_t ldb, double *c, Py_ssize_t ldc, int beta)
     void lc_transpose_f32(const float *src, Py_ssize_t lds, float *dst, Py_ssize_t ldd)
     void lc_transpose_f64(const double *src, Py_ssize_t lds, double *dst, Py_ssize_t ldd)
+    void lc_block_put_f32(float *dst, Py_ssize_t ldd, const float *src, Py_ssize_t lds,
+                          Py_ssize_t rows, Py_ssize_t n, int add)
+    void lc_block_put_f64(double *dst, Py_ssize_t ldd, const double *src, Py_ssize_t lds,
+                          Py_ssize_t rows, Py_ssize_t n, int add)
     void lc_evens_f32(float *dst, const float *src, Py_ssize_t n, Py_ssize_t avail)
     void lc_evens_f64(double *dst, const double *src, Py_ssize_t n, Py_ssize_t avail)
     void lc_row_f32(float *dst, const float *src, Py_ssize_t lo, Py_ssize_t hi)
@@ -210,6 +214,16 @@ cdef inline void transpose_block(const element *src, Py_ssize_t lds, element *ds
         lc_transpose_f32(src, lds, dst, ldd)
     else:
         lc_transpose_f64(src, lds, dst, ldd)
+
+
+cdef inline void block_put(element *dst, Py_ssize_t ldd, const element *src, Py_ssize_t lds,
+                           Py_ssize_t rows, Py_ssize_t n, bint add) noexcept nogil:
+    """dst[i * ldd + j] (=, +=) src[i * lds + j] for i < rows, j < n (the blocks must not
+    overlap)."""
+    if element is float:
+        lc_block_put_f32(dst, ldd, src, lds, rows, n, add)
+    else:
+        lc_block_put_f64(dst, ldd, src, lds, rows, n, add)
 
 
 cdef inline void dw_rows(Py_ssize_t nk, const element *w, const Py_ssize_t *off,

@@ -431,17 +431,14 @@ cdef inline void store_pixels(const element *ctile, Py_ssize_t NR, Py_ssize_t w,
     if LC_MR_B <= VW:
         while j + VW <= mw:
             transpose_block(ctile + j, NR, tmp, VW)
+            if run:             # constant sizes: a vector move or add per channel
+                block_put(d + j * ldd + doff[0], ldd, tmp, VW, VW, LC_MR_B, add)
+                j += VW
+                continue
             for t in range(VW):
                 dj = d + (j + t) * ldd
                 src = tmp + t * VW
-                if run:
-                    dj += doff[0]
-                    if add:
-                        for i in range(LC_MR_B):
-                            dj[i] += src[i]
-                    else:       # a constant size: vector moves, not a loop of elements
-                        memcpy(dj, src, LC_MR_B * sizeof(element))
-                elif add:
+                if add:
                     for i in range(w):
                         dj[doff[i]] += src[i]
                 else:
