@@ -550,14 +550,16 @@ class Plan:
             return None
         return choose(y5, w5, _ONES, self.problem.groups)
 
-    def _x(self, x):
+    def _x(self, x, num_threads):
         """x as the passes that read it take it (`_x_loops`): 5-D and C-ordered, and where the
-        problem is sampled, its pixels at multiples of the stride (a strided copy)."""
+        problem is sampled, its pixels at multiples of the stride (`direct.sample`, on the
+        pass's threads)."""
         x5 = self._in(x, 0)
         if self._sampled is None:
             return x5
-        s = self.args[0]
-        return np.ascontiguousarray(x5[:, :, ::s[0], ::s[1], ::s[2]])
+        x1 = np.empty(self.five[0][:2] + self.five[2][2:], self.dtype)
+        direct.sample(x5, self.args[0], x1, num_threads)
+        return x1
 
     def _in(self, arr, which):
         return np.ascontiguousarray(arr, dtype=self.dtype).reshape(self.five[which])
@@ -578,8 +580,9 @@ class Plan:
             return self._direct.forward(x, w, bias)
         y, y5 = self._out(2)
         loops = self._x_loops
-        loops.forward(self._x(x), self._in(w, 1), self._bias(bias), y5, *self._x_args,
-                      _threads(loops.family, num_threads()))
+        threads = _threads(loops.family, num_threads())
+        loops.forward(self._x(x, threads), self._in(w, 1), self._bias(bias), y5,
+                      *self._x_args, threads)
         return self._result(y)
 
     def grad_input(self, dy, w, bias, num_threads):
@@ -598,8 +601,8 @@ class Plan:
             return self._direct.grad_weight(x, dy)
         dw, dw5 = self._out(1)
         loops = self._x_loops
-        loops.grad_weight(self._x(x), self._in(dy, 2), dw5, *self._x_args,
-                          _threads(loops.family, num_threads()))
+        threads = _threads(loops.family, num_threads())
+        loops.grad_weight(self._x(x, threads), self._in(dy, 2), dw5, *self._x_args, threads)
         return dw
 
     def grad_bias(self, dy):

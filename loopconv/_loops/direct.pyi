@@ -19,6 +19,7 @@ def col2im(cols: _Array, w_shape: tuple[int, ...], bias: _Array, dx: _Array,
 def im2col(x: _Array, w_shape: tuple[int, ...], dy_shape: tuple[int, ...], stride: _Triple,
            pad: _Triple, dilation: _Triple, groups: int, cols: _Array,
            num_threads: int) -> None: ...
+def sample(x: _Array, stride: _Triple, out: _Array, num_threads: int) -> None: ...
 
 @disjoint_base  # a cdef class: its C layout cannot be mixed with another
 class Plan:

@@ -340,6 +340,41 @@ def im2col(const element[:, :, :, :, ::1] x, w_shape, dy_shape, stride, pad, dil
         for item in prange(g.G * g.N, schedule="static", num_threads=num_threads):
             im2col_rows(&g, item // g.N, item % g.N, &x[0, 0, 0, 0, 0], &where[0], &cols[0, 0])
 
+
+cdef void sample_plane(const element *x, Py_ssize_t xh, Py_ssize_t xw, const Py_ssize_t *s,
+                       element *out, Py_ssize_t D, Py_ssize_t H, Py_ssize_t W) noexcept nogil:
+    """out[a, b, e] = x[a * s[0], b * s[1], e * s[2]] for a plane of x with rows of xw elements
+    and planes of xh rows."""
+    cdef Py_ssize_t a, b, e, sw = s[2]
+    cdef const element *row
+    for a in range(D):
+        for b in range(H):
+            row = x + (a * s[0] * xh + b * s[1]) * xw
+            for e in range(W):
+                out[e] = row[e * sw]
+            out += W
+
+
+def sample(const element[:, :, :, :, ::1] x, stride, element[:, :, :, :, ::1] out,
+           int num_threads):
+    """out[n, c, a, b, e] = x[n, c, a * sd, b * sh, e * sw] (stride = (sd, sh, sw); out's shape
+    chooses the pixels): the pixels that a 1x1 strided convolution reads, copied (channel
+    planes) on num_threads threads.  As a NumPy strided copy, on one thread, it held the weight
+    gradient of ResNet's 1x1 stride-2 128 -> 256 layer from 28x28 at batch 8 to 1.0-1.5x on two
+    threads."""
+    cdef Py_ssize_t s[3]
+    s[0], s[1], s[2] = stride
+    cdef Py_ssize_t D = out.shape[2], H = out.shape[3], W = out.shape[4]
+    cdef Py_ssize_t xplane = x.shape[2] * x.shape[3] * x.shape[4], oplane = D * H * W
+    cdef Py_ssize_t item, planes = out.shape[0] * out.shape[1]
+    if out.size == 0:
+        return
+    with nogil:
+        # race-free: item (image, channel) writes only its own plane of out.
+        for item in prange(planes, schedule="static", num_threads=num_threads):
+            sample_plane(&x[0, 0, 0, 0, 0] + item * xplane, x.shape[3], x.shape[4], s,
+                         &out[0, 0, 0, 0, 0] + item * oplane, D, H, W)
+
 # ---------------------------------------------------------------------------------------------
 # Checked plans for small problems: the call overhead, not the arithmetic, is their cost.
 
