@@ -197,8 +197,9 @@ def col2im_grad_input(dy, w, bias, dx, stride, pad, dilation, groups, num_thread
     small grids, whose junk those tiles skip, the reason for the columns here) it runs there
     instead: measured (float32, one thread) on 3x3x3 layers on 8x8x8 at batches 1 and 2, 64
     to 384 channels, 1.17-1.75x faster than the columns; likewise where its grids have little
-    junk (COL2IM_TILED_WASTE).  Not in 2-D: 3x3 on 7x7 with 512 channels at batch 8 runs
-    1.2-1.4x faster as columns than as pixel tiles."""
+    junk (COL2IM_TILED_WASTE).  Not in 2-D, where only strided problems and those of mostly
+    padding come here (`col2im_suits`; 256 -> 512 3x3 stride 2 from 14x14 at batch 8 runs 1.11x
+    faster as columns than as pixel tiles)."""
     geometry = (dx.shape, w.shape, dy.shape, stride, pad, dilation, groups, dy.itemsize)
     if dx.shape[2] > 1 and (tiled.uses_pixel_tiles("input", *geometry) or (
             max(stride) == 1
