@@ -107,6 +107,15 @@ cdef inline Py_ssize_t blocked_column(Py_ssize_t c, Py_ssize_t t, Py_ssize_t C, 
     return b0 * T + t * min(cb, C - b0) + c - b0
 
 
+cdef inline Py_ssize_t read_rows(Py_ssize_t mw, Py_ssize_t MR, Py_ssize_t VW) noexcept nogil:
+    """The rows of a packed panel of A with mw rows of data that the tiles read, so that those
+    past mw are zero: all MR where a panel is at most a vector (the forward-style tiles
+    broadcast every row), else up to the end of the last vector (pixel tiles read a last panel's
+    vectors alone: a 16-channel group's 48-row panels were two thirds zeros, written on every
+    call).  VW: the lanes of a vector."""
+    return round_up(mw, VW) if MR % VW == 0 else MR
+
+
 cdef void pack_panels(const element *w, Py_ssize_t M, Py_ssize_t MR, Py_ssize_t K,
                       const Py_ssize_t *kpos, element *dst, Py_ssize_t ip0,
                       Py_ssize_t ip1) noexcept nogil:
@@ -133,9 +142,7 @@ cdef void pack_panels(const element *w, Py_ssize_t M, Py_ssize_t MR, Py_ssize_t 
             mw = min(MR, M - i0)
             d = dst + i0 * K
             rt = mw // VW * VW if MR % VW == 0 else 0     # of the rows < rt
-            # rows past M: zero up to MR, or where the panels are whole vectors (pixel tiles,
-            # which read a last panel's vectors alone) to the end of the last vector
-            zr = round_up(mw, VW) if MR % VW == 0 else MR
+            zr = read_rows(mw, MR, VW)
             for kv in range((kt - k0) // VW):
                 k = k0 + kv * VW
                 for rb in range(rt // VW):
@@ -202,6 +209,7 @@ cdef inline void pack_phase_panel(const element *w, Py_ssize_t g, Py_ssize_t ip,
                                   element *dst) noexcept nogil:
     """Panel ip of group g of every phase, for pack_phases."""
     cdef Py_ssize_t c0 = ip * MR, mw = min(MR, M - c0), o, f, j, r, nt, tap
+    cdef Py_ssize_t zr = read_rows(mw, MR, LC_VEC_BYTES // sizeof(element))
     cdef const element *src
     cdef element *d
     cdef element *dk
@@ -215,7 +223,7 @@ cdef inline void pack_phase_panel(const element *w, Py_ssize_t g, Py_ssize_t ip,
                 dk = d + blocked_column(o, j, Og, nt, cb) * MR
                 for r in range(mw):
                     dk[r] = src[r * KS + tap]
-                for r in range(mw, MR):
+                for r in range(mw, zr):
                     dk[r] = 0
 
 
