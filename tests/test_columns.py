@@ -331,9 +331,11 @@ def test_forward_against_reference_and_across_threads(rng, assert_close, x_shape
     ((8, 64, 1, 1), (64, 16, 1, 1), dict(groups=4), False),
     ((1, 128, 4, 4, 4), (256, 128, 3, 3, 3), dict(padding=1), True),     # grid 3.4 x output
     ((2, 128, 4, 4, 4), (128, 128, 3, 3, 3), dict(padding=1), False),    # 128 pixels in all
-    ((2, 128, 4, 4, 4), (256, 128, 3, 3, 3), dict(padding=1), True),     # weight 2 x 128 rows
-    ((8, 1024, 7, 7), (1024, 1024, 3, 3), dict(padding=1), True),         # 1024 >= 2 x 392
-    ((8, 512, 7, 7), (512, 512, 3, 3), dict(padding=1), False),           # 512 < 2 x 392
+    ((2, 128, 4, 4, 4), (256, 128, 3, 3, 3), dict(padding=1), False),    # 256 < 3 x 128
+    ((2, 128, 4, 4, 4), (512, 128, 3, 3, 3), dict(padding=1), True),     # 512 >= 3 x 128
+    ((4, 1024, 7, 7), (1024, 1024, 3, 3), dict(padding=1), True),         # 1024 >= 3 x 196
+    ((8, 1024, 7, 7), (1024, 1024, 3, 3), dict(padding=1), False),        # 1024 < 3 x 392
+    ((8, 512, 7, 7), (512, 512, 3, 3), dict(padding=1), False),           # 512 < 3 x 392
     ((1, 512, 7, 7), (512, 512, 3, 3), dict(padding=1), False),           # reduction 49
     ((2, 512, 7, 7), (512, 512, 3, 3), dict(padding=1), False),           # 98, stride 1
     ((2, 512, 4, 4), (512, 512, 4, 4), dict(stride=2, padding=1), True),  # strided: 512 >= 16
@@ -342,7 +344,7 @@ def test_forward_against_reference_and_across_threads(rng, assert_close, x_shape
     ((8, 512, 14, 14), (512, 512, 3, 3), dict(padding=1), False),         # 14x14
     ((8, 512, 7, 7), (512, 512, 1, 1), {}, False),                         # one tap
     ((8, 128, 7, 7), (128, 128, 3, 3), dict(padding=1), False),   # 128 output channels (2-D)
-    ((8, 256, 6, 6), (256, 256, 3, 3), dict(padding=1), False),   # 256 < 2 x 288
+    ((8, 256, 6, 6), (256, 256, 3, 3), dict(padding=1), False),   # 256 < 3 x 288
 ])
 def test_forward_which_problems(x_shape, w_shape, kw, chosen):
     """By the output pixels, the images, the taps, the padding computed by the tiled loops,

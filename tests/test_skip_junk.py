@@ -183,6 +183,9 @@ SKIPS = [
          padding=((4, 3), (3, 4)), dilation=2),
     case("skip-4x4-images", (24, 96, 4, 4), (100, 96, 5, 5), padding=2),
     case("skip-7x7-on-6x6", (6, 96, 6, 6), (100, 96, 7, 7), padding=3),
+    # items of 7 images, grouped 4 + 3 (PIX_SPAN); items of 3, the last of one image
+    case("skip-span-remainder", (7, 96, 4, 4), (100, 96, 3, 3), padding=1),
+    case("skip-last-item", (7, 40, 4, 4, 4), (24, 40, 3, 3, 3), padding=1),
     case("skip-125-taps", (2, 16, 4, 4, 4), (24, 16, 5, 5, 5), padding=2),
 ]
 
@@ -221,21 +224,25 @@ def test_skip_cases_skip(x_shape, w_shape, kw):
 
 
 @pytest.mark.parametrize("x_shape, w_shape, kw, forward, input", [
-    # U-Net's 3x3x3 on 4x4x4: 25 % of the (tile, tap) pairs skipped (42 % of the reads padding)
+    # U-Net's 3x3x3 on 4x4x4: 35 % of the (tile, tap) pairs skipped (42 % of the reads padding;
+    # 25 % with each image's pixels grouped apart)
     ((2, 128, 4, 4, 4), (128, 128, 3, 3, 3), dict(padding=1), True, True),
     ((6, 128, 4, 4, 4), (128, 128, 3, 3, 3), dict(padding=1), True, True),
     ((6, 260, 4, 4, 4), (96, 130, 3, 3, 3), dict(padding=1, groups=2), True, True),
     # DeepLab's dilations 12 and 6 on 33x33: 41 % and 21 %
     ((1, 2048, 33, 33), (256, 2048, 3, 3), dict(padding=12, dilation=12), True, True),
     ((1, 2048, 33, 33), (256, 2048, 3, 3), dict(padding=6, dilation=6), True, True),
-    # a tile of 4x4 images' pixels reads every tap of a 3x3 kernel (44 % of the reads
-    # padding), likewise pix2pix's 4x4 stride 2 onto 2x2 (a tile of two images' corners)
-    ((24, 96, 4, 4), (100, 96, 3, 3), dict(padding=1), False, False),
-    ((8, 512, 4, 4), (512, 512, 4, 4), dict(stride=2, padding=1), False, False),
-    # 4 %, 5 % and 10 %: the blocks of channels would cost more than the taps skipped
-    ((8, 512, 7, 7), (512, 512, 3, 3), dict(padding=1), False, False),
+    # 4x4 images with a 3x3 kernel (44 % of the reads padding), pix2pix's 4x4 stride 2 onto
+    # 2x2: 25 % with the pixels of PIX_SPAN images grouped together (image by image, a tile of
+    # two images' pixels read every tap); 3x3 on 7x7 16 %, 5x5 on 7x7 26 % (4 % and 19 %)
+    ((24, 96, 4, 4), (100, 96, 3, 3), dict(padding=1), True, True),
+    ((8, 512, 4, 4), (512, 512, 4, 4), dict(stride=2, padding=1), True, True),
+    ((8, 512, 7, 7), (512, 512, 3, 3), dict(padding=1), True, True),
+    ((8, 64, 7, 7), (72, 64, 5, 5), dict(padding=2), True, True),
+    # 3x3 on 7x7 at batch 1 (its images' pixels cannot be grouped), 3x3 on 14x14 7 %: the
+    # blocks of channels would cost more than the taps skipped
+    ((1, 512, 7, 7), (512, 512, 3, 3), dict(padding=1), False, False),
     ((8, 512, 14, 14), (512, 512, 3, 3), dict(padding=1), False, False),
-    ((8, 64, 7, 7), (72, 64, 5, 5), dict(padding=2), False, False),
     # RegNet's grouped stride-2 3x3: 2 %
     ((8, 160, 28, 28), (160, 16, 3, 3), dict(stride=2, padding=1, groups=10), False, False),
     # 125 taps: more than a mask holds

@@ -249,7 +249,7 @@ IM2COL_PIXELS = 64
 IM2COL_WIDTH = 32
 IM2COL_FORWARD_REDUCTION = 128
 IM2COL_FORWARD_WASTE = 2.5
-IM2COL_FORWARD_WEIGHT = 2
+IM2COL_FORWARD_WEIGHT = 3
 # Up to DENSE_IMAGES images of one output pixel (and one group), the forward pass runs as dot
 # products of each image's columns with each row of the weight (tiled.dense).  Measured against
 # the tiled loops and against the columns' product (tiled.grad_weight with the weight as its
@@ -320,7 +320,14 @@ def im2col_forward_suits(y_shape, w_shape, stride, groups) -> bool:
     channels at batches 2 and 8 1.06-1.30 and 1.44-1.60, 3x3 on 6x6 with 256 channels at batch 8
     1.06-1.13, 3x3 on 7x7 with 512 channels at batch 2 (whose tiled product reads the weight in
     place) 1.03-1.11, 3x3 stride 2 from 14x14 1.0-1.2; about even: 3x3 on 7x7 with 512 channels
-    at batches 4 and 8 0.94-1.04."""
+    at batches 4 and 8 0.94-1.04.  IM2COL_FORWARD_WEIGHT was 2 until the pixel tiles grouped
+    the pixels of several images (PIX_SPAN): then (float32 1 / 2 threads, float64) 3x3x3 on 4x4x4
+    at batch 2 128 -> 256 1.24 / 1.16 / 1.30 and 256 -> 256 1.06 / 1.14 / 1.23, 256 -> 512 at
+    batch 3 1.07 / 1.12 / 1.20, 3x3 on 7x7 at batch 8 512 -> 1024 1.04 / 1.10 / 1.08 and at
+    batch 4 512 -> 512 1.05 / 1.05 / 1.04 ran faster tiled; with 3, the columns keep 3x3x3 on
+    4x4x4 at batch 2 256 -> 512 0.97 / 0.96 / 1.16 and 512 -> 512 0.94 / 0.89 / 1.16, and 3x3 on
+    7x7 with 1024 channels at batch 4 0.95 / 0.97 / 1.01; at batch 8 (0.97 / 0.96 / 0.97) and
+    a 4x4 stride-2 layer from 8x8 at batch 16 (0.99) now run tiled."""
     if one_pixel(y_shape, w_shape, groups):
         return True
     images, pixels = y_shape[0], math.prod(y_shape[2:])

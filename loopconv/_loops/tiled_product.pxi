@@ -41,6 +41,7 @@ cdef struct Product:
     # pixel tiles: per element of one staged channel, whether it comes from the source (1) or
     # is padding (0); NULL where nothing is padding (a source read in place)
     const unsigned char *valid
+    Py_ssize_t span         # pixel tiles skipping taps: images whose pixels are grouped together
     Stage st
 
 cdef struct Item:
@@ -479,11 +480,9 @@ cdef inline Py_ssize_t list_pixels(const Product *p, const Item *it,
     pix, each one's place in its staged slice; at pix + cap (cap = it.nimg * it.ncols), its
     offset in dst_g.  With T taps per channel to skip by (T > 0; C channels, boff's columns in
     blocks, blocked_column): each pixel's mask of the taps that reach the source from it
-    (p.valid), the pixels of each image grouped by mask (in the order each mask first
-    appears), and at pix + 2 * cap the union of the masks of each tile of LC_MR_B, so that a
-    tile's taps that read padding for all its pixels can be skipped.  Grouped across images,
-    a tile of a 2x2 output's corners took eight images: each k then read eight lines, and
-    pix2pix's 4x4 stride-2 layer to 2x2 at batch 8 ran 2.6 times as long.  pix has room for
+    (p.valid), the pixels of each p.span images grouped by mask (in the order each mask first
+    appears; PIX_SPAN), and at pix + 2 * cap the union of the masks of each tile of LC_MR_B, so
+    that a tile's taps that read padding for all its pixels can be skipped.  pix has room for
     6 * cap entries."""
     cdef Py_ssize_t cap = it.nimg * it.ncols, n, j, u, ln, q, t, i, first, s = 0, npix = 0
     cdef const element **src = <const element **> pix
@@ -499,7 +498,8 @@ cdef inline Py_ssize_t list_pixels(const Product *p, const Item *it,
     for i in range(cap // LC_MR_B + 1 if T else 0):
         tiles[i] = 0
     for n in range(it.nimg):
-        first = npix
+        if n % p.span == 0:
+            first = npix
         j = 0
         while j < it.ncols:
             ln = run[j]
@@ -518,9 +518,9 @@ cdef inline Py_ssize_t list_pixels(const Product *p, const Item *it,
                     mask[npix] = m
                 npix += 1
             j += ln
-        if T == 0:
+        if T == 0 or (n + 1 < it.nimg and (n + 1) % p.span != 0):
             continue
-        for i in range(first, npix):        # the image's pixels grouped by mask
+        for i in range(first, npix):        # the span's pixels grouped by mask
             if mask[i] == taken:
                 continue
             m = mask[i]
