@@ -118,15 +118,16 @@ cdef inline Py_ssize_t read_rows(Py_ssize_t mw, Py_ssize_t MR, Py_ssize_t VW) no
 
 
 cdef void pack_panels(const element *w, Py_ssize_t M, Py_ssize_t MR, Py_ssize_t K,
-                      const Py_ssize_t *kpos, element *dst, Py_ssize_t ip0,
-                      Py_ssize_t ip1) noexcept nogil:
+                      const Py_ssize_t *kpos, element *dst, Py_ssize_t ip0, Py_ssize_t ip1,
+                      Py_ssize_t kb0, Py_ssize_t kb1) noexcept nogil:
     """Panels ip0 .. ip1 - 1 of the forward pass's A from the weight w of one group (M rows of
-    K columns, K apart): dst[(i // MR) * K * MR + kpos[k] * MR + i % MR] = w[i * K + k], rows
-    past M zero; kpos NULL: w's own order (kpos[k] = k).  Copied PACK_BLOCK columns of w at a
-    time for all the panels, so that what those columns read of w stays in cache.  Where the
-    panels are whole vectors of rows (pixel tiles' NR), each vector of rows is transposed a
-    vector's lanes of columns at a time in registers: into place in w's own order, else into
-    tmp, whose rows are then copied each to its column; the rest copied element by element.
+    K columns, K apart), w's columns of blocks kb0 .. kb1 - 1 (of PACK_BLOCK): dst[(i // MR) *
+    K * MR + kpos[k] * MR + i % MR] = w[i * K + k], rows past M zero; kpos NULL: w's own order
+    (kpos[k] = k).  Copied PACK_BLOCK columns of w at a time for all the panels, so that what
+    those columns read of w stays in cache.  Where the panels are whole vectors of rows (pixel
+    tiles' NR), each vector of rows is transposed a vector's lanes of columns at a time in
+    registers: into place in w's own order, else into tmp, whose rows are then copied each to
+    its column; the rest copied element by element.
     Element by element, packing the 4 MiB weight of a 1x1 layer cost a sixth of its forward
     pass, and the 16 MiB of pix2pix's 512-channel 4x4 layer in blocks of channels more than its
     product of 32 pixels."""
@@ -134,7 +135,7 @@ cdef void pack_panels(const element *w, Py_ssize_t M, Py_ssize_t MR, Py_ssize_t 
     cdef Py_ssize_t ip, i0, mw, kb, k0, k1, kt, kv, k, kk, r, r0, rt, rb, j, zr
     cdef element tmp[16 * 16]       # a vector's lanes squared (LC_VEC_BYTES <= 64)
     cdef element *d
-    for kb in range((K + PACK_BLOCK - 1) // PACK_BLOCK):
+    for kb in range(kb0, kb1):
         k0 = kb * PACK_BLOCK
         k1 = min(K, k0 + PACK_BLOCK)
         kt = k0 + (k1 - k0) // VW * VW     # columns k0 .. kt - 1 transposed in blocks
@@ -168,16 +169,23 @@ cdef void pack_groups(const element *w, Py_ssize_t G, Py_ssize_t M, Py_ssize_t M
                       Py_ssize_t K, const Py_ssize_t *kpos, element *dst,
                       int nthreads) noexcept nogil:
     """The packed A of the forward pass's G groups (pack_panels): group g's from w + g * M * K
-    to dst + g * round_up(M, MR) * K, on nthreads threads, a (group, panel) pair at a time
-    (packing is a copy: who packs a panel changes nothing in it)."""
-    cdef Py_ssize_t npan = (M + MR - 1) // MR, item, g, ip
+    to dst + g * round_up(M, MR) * K, on nthreads threads, a (group, panel) pair at a time,
+    or with fewer pairs than PACK_ITEMS per thread, a part of a panel's columns (packing is a
+    copy: who packs a panel changes nothing in it).  Three panels of 128 channels on two
+    threads had one thread pack two while the other waited."""
+    cdef Py_ssize_t npan = (M + MR - 1) // MR, nkb = (K + PACK_BLOCK - 1) // PACK_BLOCK
+    cdef Py_ssize_t item, g, ip, part, parts = 1
     if G * npan * MR * K < PACK_SERIAL:
         nthreads = 1
-    # race-free: each item writes its own panel of dst
-    for item in prange(G * npan, schedule="static", num_threads=nthreads):
-        g = item // npan
-        ip = item % npan
-        pack_panels(w + g * M * K, M, MR, K, kpos, dst + g * npan * MR * K, ip, ip + 1)
+    if G * npan < PACK_ITEMS * nthreads:
+        parts = min(nkb, (PACK_ITEMS * nthreads + G * npan - 1) // (G * npan))
+    # race-free: each item writes its own columns of its own panel of dst
+    for item in prange(G * npan * parts, schedule="static", num_threads=nthreads):
+        part = item % parts
+        g = item // parts // npan
+        ip = item // parts % npan
+        pack_panels(w + g * M * K, M, MR, K, kpos, dst + g * npan * MR * K, ip, ip + 1,
+                    nkb * part // parts, nkb * (part + 1) // parts)
 
 
 cdef void pack_phases(const element *w, Py_ssize_t G, Py_ssize_t Og, Py_ssize_t M,
