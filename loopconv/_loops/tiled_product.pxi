@@ -201,28 +201,34 @@ cdef void pack_phases(const element *w, Py_ssize_t G, Py_ssize_t Og, Py_ssize_t 
     panel's MR rows of w[o] (MR * KS contiguous elements) once for all the phases.  Packed
     phase by phase, each element was gathered a stride KS apart,
     and each line of w read once per phase: a quarter of the time of a transposed 4x4 stride-2
-    512 -> 256 layer at batch 1."""
-    cdef Py_ssize_t npan = (M + MR - 1) // MR, item
+    512 -> 256 layer at batch 1.  With fewer pairs than PACK_ITEMS a thread, an item is a part
+    of a pair's o (as pack_groups)."""
+    cdef Py_ssize_t npan = (M + MR - 1) // MR, item, part, parts = 1
     if G * npan * MR * Og * KS < PACK_SERIAL:
         nthreads = 1
-    # race-free: each item writes its own panel of every phase
-    for item in prange(G * npan, schedule="static", num_threads=nthreads):
-        pack_phase_panel(w, item // npan, item % npan, npan, Og, M, KS, MR, nphase, phases,
-                         aoff, cb, dst)
+    if G * npan < PACK_ITEMS * nthreads:
+        parts = min(Og, (PACK_ITEMS * nthreads + G * npan - 1) // (G * npan))
+    # race-free: each item writes its own columns of its own panel of every phase
+    for item in prange(G * npan * parts, schedule="static", num_threads=nthreads):
+        part = item % parts
+        pack_phase_panel(w, item // parts // npan, item // parts % npan, npan, Og, M, KS, MR,
+                         nphase, phases, aoff, cb, dst, Og * part // parts,
+                         Og * (part + 1) // parts)
 
 
 cdef inline void pack_phase_panel(const element *w, Py_ssize_t g, Py_ssize_t ip,
                                   Py_ssize_t npan, Py_ssize_t Og, Py_ssize_t M, Py_ssize_t KS,
                                   Py_ssize_t MR, Py_ssize_t nphase, const Phase *phases,
-                                  const Py_ssize_t *aoff, Py_ssize_t cb,
-                                  element *dst) noexcept nogil:
-    """Panel ip of group g of every phase, for pack_phases."""
+                                  const Py_ssize_t *aoff, Py_ssize_t cb, element *dst,
+                                  Py_ssize_t o0, Py_ssize_t o1) noexcept nogil:
+    """Panel ip of group g of every phase, its columns of w's rows o0 .. o1 - 1 (of Og), for
+    pack_phases."""
     cdef Py_ssize_t c0 = ip * MR, mw = min(MR, M - c0), o, f, j, r, nt, tap
     cdef Py_ssize_t zr = read_rows(mw, MR, LC_VEC_BYTES // sizeof(element))
     cdef const element *src
     cdef element *d
     cdef element *dk
-    for o in range(Og):
+    for o in range(o0, o1):
         src = w + ((g * Og + o) * M + c0) * KS
         for f in range(nphase):
             nt = phases[f].K // Og
