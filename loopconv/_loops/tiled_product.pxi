@@ -592,7 +592,7 @@ cdef inline void pixel_tiles(const Product *p, const Phase *ph, const Item *it,
     the taps that reach the source from them, and a tile skips the taps that read padding for
     all its pixels (tile_taps): 3x3x3 on 4x4x4 reads padding at 42 % of its taps, 3x3 on 7x7
     18 %, DeepLab's dilation 12 on 33x33 43 %.  pix: room for six entries per valid column
-    of the item.  A's columns in blocks of KC, as product_tiles."""
+    of the item.  A's columns in blocks of PIX_KC."""
     cdef Py_ssize_t NR = LC_NV_B * LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t K = ph.K, C = p.st.nchan, kb, k0, kc, w, ip, mw, npix, t0, i
@@ -606,9 +606,9 @@ cdef inline void pixel_tiles(const Product *p, const Phase *ph, const Item *it,
     cdef const element *last[LC_MR_B]
     cdef const element **rows
     cdef int nv
-    for kb in range((K + KC - 1) // KC):
-        k0 = kb * KC
-        kc = min(KC, K - k0)
+    for kb in range((K + PIX_KC - 1) // PIX_KC):
+        k0 = kb * PIX_KC
+        kc = min(PIX_KC, K - k0)
         for ip in range(it.ip0, it.ip1):
             mw = min(NR, p.M - ip * NR)
             nv = 1 if mw <= VW else 2 if mw <= 2 * VW else LC_NV_B    # the last panel's
