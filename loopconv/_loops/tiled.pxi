@@ -108,7 +108,7 @@ cdef enum:
     # block of a weight panel, PIX_KC rows of NR channels, is 288 KiB, within L2.  Against KC
     # (A/B, float32 one / two threads): 3x3 on 7x7 512 -> 512 at batch 8 forward 1.05-1.06 /
     # 1.05, input gradient 1.05-1.09 / 1.08, 3x3x3 on 8^3 384 -> 128 at batch 1 1.03-1.07 /
-    # 0.96-1.10, a GAN's 4x4 stride-2 layer to 32x32 at batch 32 1.06 / 1.06, 3x3 on 14x14 and
+    # 0.96-1.10, the DCGAN's 8x8 -> 16x16 layer at batch 32 1.06 / 1.06, 3x3 on 14x14 and
     # 4x4x4 1.02-1.07; 768: about half of that; float64 1.0-1.04
     PIX_KC = 1536
     # PIX_SPAN: pixel tiles that skip taps group the pixels of up to this many images of a work
