@@ -146,8 +146,8 @@ cdef enum:
     # microseconds)
     PACK_BLOCK = 64
     PACK_SERIAL = 1 << 15
-    # PACK_ITEMS: pack_groups splits the panels' columns where it has fewer (group, panel)
-    # pairs than this many a thread
+    # PACK_ITEMS: pack_groups and pack_phases cut a panel into parts where they have fewer
+    # (group, panel) pairs than this many a thread (pack_parts)
     PACK_ITEMS = 4
     # MIN_ITEMS: a forward-style product with fewer (image, group, column block) work items
     # than this splits its rows (output channels) too, into about ROW_ITEMS items in all, so

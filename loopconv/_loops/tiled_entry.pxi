@@ -62,7 +62,6 @@ cdef void set_product(Product *p, Py_ssize_t N, Py_ssize_t G, Py_ssize_t src_c,
     p.mr = tile_rows(p.M)
     p.by_pixel = False
     p.valid = NULL
-    p.span = 1
     p.src_img = src_c * p.st.src_chan
     p.src_grp = p.st.nchan * p.st.src_chan
     p.dst_row = dst_size[0] * dst_size[1] * dst_size[2]
@@ -612,7 +611,7 @@ cdef object skip_share(_Geometry geo, unsigned char[::1] valid, list boffs):
     """The share of the pixel tiles' (tile, tap) pairs that tile_taps would skip, from the
     validity of a staged channel (staged_validity) and each phase's B offsets (boffs, channels
     outermost): per phase and column block of a work item (NCB_TILES * NR grid columns), the
-    valid pixels of its p.nimg images, those of each p.span images grouped by their mask of
+    valid pixels of its p.nimg images, those of each PIX_SPAN images grouped by their mask of
     the taps that reach the source (list_pixels), in tiles of LC_MR_B; a tap is skipped where
     it reads padding for all of a tile's pixels.  That, not the share of the reads that is
     padding, is what skipping saves: pix2pix's 4x4 stride-2 layer onto 2x2 reads padding at
@@ -641,7 +640,7 @@ cdef object skip_share(_Geometry geo, unsigned char[::1] valid, list boffs):
             rank[np.argsort(first, kind="stable")] = np.arange(len(first))
             # an image's masks grouped; a block of images' repeats each mask as many times
             by_mask = m[np.argsort(rank[kind.reshape(-1)], kind="stable")]
-            spans = [geo.p.span] * (geo.p.nimg // geo.p.span) + [geo.p.nimg % geo.p.span]
+            spans = [PIX_SPAN] * (geo.p.nimg // PIX_SPAN) + [geo.p.nimg % PIX_SPAN]
             grouped = np.concatenate([np.repeat(by_mask, s) for s in spans])
             grouped = np.concatenate([grouped, np.repeat(
                 grouped[-1:], (LC_MR_B - len(grouped) % LC_MR_B) % LC_MR_B)])
@@ -672,7 +671,6 @@ cdef tuple pixel_order(_Geometry geo, list boffs, list koffs):
             >= 8 * sizeof(size_t) * geo.p.st.nchan):
         return boffs, koffs
     valid = staged_validity(&geo.p.st)
-    geo.p.span = min(geo.p.nimg, PIX_SPAN)
     geo.skip = skip_share(geo, valid, boffs)
     if geo.skip * 100 < PIX_SKIP_PERCENT:
         return boffs, koffs

@@ -41,7 +41,6 @@ cdef struct Product:
     # pixel tiles: per element of one staged channel, whether it comes from the source (1) or
     # is padding (0); NULL where nothing is padding (a source read in place)
     const unsigned char *valid
-    Py_ssize_t span         # pixel tiles skipping taps: images whose pixels are grouped together
     Stage st
 
 cdef struct Item:
@@ -170,15 +169,13 @@ cdef void pack_groups(const element *w, Py_ssize_t G, Py_ssize_t M, Py_ssize_t M
                       int nthreads) noexcept nogil:
     """The packed A of the forward pass's G groups (pack_panels): group g's from w + g * M * K
     to dst + g * round_up(M, MR) * K, on nthreads threads, a (group, panel) pair at a time,
-    or with fewer pairs than PACK_ITEMS per thread, a part of a panel's columns (packing is a
-    copy: who packs a panel changes nothing in it).  Three panels of 128 channels on two
-    threads had one thread pack two while the other waited."""
+    or in parts of a panel's columns (pack_parts; packing is a copy: who packs a panel changes
+    nothing in it)."""
     cdef Py_ssize_t npan = (M + MR - 1) // MR, nkb = (K + PACK_BLOCK - 1) // PACK_BLOCK
-    cdef Py_ssize_t item, g, ip, part, parts = 1
+    cdef Py_ssize_t item, g, ip, part, parts
     if G * npan * MR * K < PACK_SERIAL:
         nthreads = 1
-    if G * npan < PACK_ITEMS * nthreads:
-        parts = min(nkb, (PACK_ITEMS * nthreads + G * npan - 1) // (G * npan))
+    parts = pack_parts(G * npan, nkb, nthreads)
     # race-free: each item writes its own columns of its own panel of dst
     for item in prange(G * npan * parts, schedule="static", num_threads=nthreads):
         part = item % parts
@@ -186,6 +183,17 @@ cdef void pack_groups(const element *w, Py_ssize_t G, Py_ssize_t M, Py_ssize_t M
         ip = item // parts % npan
         pack_panels(w + g * M * K, M, MR, K, kpos, dst + g * npan * MR * K, ip, ip + 1,
                     nkb * part // parts, nkb * (part + 1) // parts)
+
+
+cdef inline Py_ssize_t pack_parts(Py_ssize_t pairs, Py_ssize_t most,
+                                  int nthreads) noexcept nogil:
+    """The parts (at most `most`) each of `pairs` (group, panel) pairs of a packing is cut
+    into, so that nthreads threads have about PACK_ITEMS items each: 1 where the pairs are
+    enough.  Three panels of 128 channels on two threads had one thread pack two while the
+    other waited."""
+    if pairs >= PACK_ITEMS * nthreads:
+        return 1
+    return min(most, (PACK_ITEMS * nthreads + pairs - 1) // pairs)
 
 
 cdef void pack_phases(const element *w, Py_ssize_t G, Py_ssize_t Og, Py_ssize_t M,
@@ -201,13 +209,11 @@ cdef void pack_phases(const element *w, Py_ssize_t G, Py_ssize_t Og, Py_ssize_t 
     panel's MR rows of w[o] (MR * KS contiguous elements) once for all the phases.  Packed
     phase by phase, each element was gathered a stride KS apart,
     and each line of w read once per phase: a quarter of the time of a transposed 4x4 stride-2
-    512 -> 256 layer at batch 1.  With fewer pairs than PACK_ITEMS a thread, an item is a part
-    of a pair's o (as pack_groups)."""
-    cdef Py_ssize_t npan = (M + MR - 1) // MR, item, part, parts = 1
+    512 -> 256 layer at batch 1.  With few pairs an item is a part of a pair's o (pack_parts)."""
+    cdef Py_ssize_t npan = (M + MR - 1) // MR, item, part, parts
     if G * npan * MR * Og * KS < PACK_SERIAL:
         nthreads = 1
-    if G * npan < PACK_ITEMS * nthreads:
-        parts = min(Og, (PACK_ITEMS * nthreads + G * npan - 1) // (G * npan))
+    parts = pack_parts(G * npan, Og, nthreads)
     # race-free: each item writes its own columns of its own panel of every phase
     for item in prange(G * npan * parts, schedule="static", num_threads=nthreads):
         part = item % parts
@@ -494,8 +500,8 @@ cdef inline Py_ssize_t list_pixels(const Product *p, const Item *it,
     pix, each one's place in its staged slice; at pix + cap (cap = it.nimg * it.ncols), its
     offset in dst_g.  With T taps per channel to skip by (T > 0; C channels, boff's columns in
     blocks, blocked_column): each pixel's mask of the taps that reach the source from it
-    (p.valid), the pixels of each p.span images grouped by mask (in the order each mask first
-    appears; PIX_SPAN), and at pix + 2 * cap the union of the masks of each tile of LC_MR_B, so
+    (p.valid), the pixels of each PIX_SPAN images grouped by mask (in the order each mask first
+    appears), and at pix + 2 * cap the union of the masks of each tile of LC_MR_B, so
     that a tile's taps that read padding for all its pixels can be skipped.  pix has room for
     6 * cap entries."""
     cdef Py_ssize_t cap = it.nimg * it.ncols, n, j, u, ln, q, t, i, first, s = 0, npix = 0
@@ -512,7 +518,7 @@ cdef inline Py_ssize_t list_pixels(const Product *p, const Item *it,
     for i in range(cap // LC_MR_B + 1 if T else 0):
         tiles[i] = 0
     for n in range(it.nimg):
-        if n % p.span == 0:
+        if n % PIX_SPAN == 0:
             first = npix
         j = 0
         while j < it.ncols:
@@ -532,7 +538,7 @@ cdef inline Py_ssize_t list_pixels(const Product *p, const Item *it,
                     mask[npix] = m
                 npix += 1
             j += ln
-        if T == 0 or (n + 1 < it.nimg and (n + 1) % p.span != 0):
+        if T == 0 or (n + 1 < it.nimg and (n + 1) % PIX_SPAN != 0):
             continue
         for i in range(first, npix):        # the span's pixels grouped by mask
             if mask[i] == taken:
