@@ -489,22 +489,85 @@ def _threads(loops, num_threads):
     return num_threads
 
 
+# ---------------------------------------------------------------------------------------------
+# Taps that read only padding.  Where the input is small against the kernel's reach (a video
+# network's last stages, one or two frames deep under 3x3x3 kernels; a dilated layer on a map
+# smaller than its rate), some taps read padding for every output pixel.  Their products are
+# zeros in the forward pass and the input gradient, and their weight gradient is zero, so the
+# passes run on the kernel without them.  A residual 3x3x3 layer of 512 channels on 1x7x7 at
+# batch 4 read a third of its weight: the columns held three times the products.
+
+def _reads_input(t, size, out, stride, pad, dilation) -> bool:
+    """Whether tap t of an axis reads the input (size elements, padding `pad` before) for some
+    output index < out."""
+    first = max(0, -((t * dilation - pad) // stride))       # the first index reading >= 0
+    last = min(out - 1, (size - 1 + pad - t * dilation) // stride)
+    return first <= last
+
+
+def kept_taps(x_shape, w_shape, y_shape, stride, pad, dilation):
+    """Per axis of the 5-D shapes, the range (t0, t1) of taps the passes keep: up to the last
+    tap that reads the input for some output pixel, from the first that does -- or from an
+    earlier one, so that the padding before, pad - t0 * dilation, stays >= 0.  None where
+    every range is the whole kernel, or some axis has no tap that reads the input."""
+    taps, trimmed = [], False
+    for size, k, out, s, p, d in zip(x_shape[2:], w_shape[2:], y_shape[2:], stride, pad,
+                                     dilation):
+        used = [t for t in range(k) if _reads_input(t, size, out, s, p, d)]
+        if not used:
+            return None
+        t0, t1 = min(used[0], p // d), used[-1] + 1
+        taps.append((t0, t1))
+        trimmed = trimmed or (t0, t1) != (0, k)
+    return tuple(taps) if trimmed else None
+
+
+def trimmed(w_shape, pad, dilation, taps):
+    """The weight shape, padding before and dilation of the problem without the taps outside
+    `taps` (kept_taps): a kept single tap has no dilation."""
+    kernel = tuple(t1 - t0 for t0, t1 in taps)
+    return (tuple(w_shape[:2]) + kernel,
+            tuple(p - t0 * d for p, (t0, _), d in zip(pad, taps, dilation)),
+            tuple(d if k > 1 else 1 for d, k in zip(dilation, kernel)))
+
+
+def _kept(taps) -> tuple:
+    """The index of a 5-D weight's kept taps."""
+    return (slice(None), slice(None)) + tuple(slice(t0, t1) for t0, t1 in taps)
+
+
 def forward(x, w, bias, y, stride, pad, dilation, groups, num_threads):
+    taps = kept_taps(x.shape, w.shape, y.shape, stride, pad, dilation)
+    if taps is not None:
+        _, pad, dilation = trimmed(w.shape, pad, dilation, taps)
+        w = np.ascontiguousarray(w[_kept(taps)])
     loops = choose(y.shape, w.shape, stride, groups)
     loops.forward(x, w, bias, y, stride, pad, dilation, groups,
                   _threads(loops.family, num_threads))
 
 
 def grad_input(dy, w, bias, dx, stride, pad, dilation, groups, num_threads):
+    taps = kept_taps(dx.shape, w.shape, dy.shape, stride, pad, dilation)
+    if taps is not None:
+        _, pad, dilation = trimmed(w.shape, pad, dilation, taps)
+        w = np.ascontiguousarray(w[_kept(taps)])
     loops = choose(dy.shape, w.shape, stride, groups)
     loops.grad_input(dy, w, bias, dx, stride, pad, dilation, groups,
                      _threads(loops.family, num_threads))
 
 
 def grad_weight(x, dy, dw, stride, pad, dilation, groups, num_threads):
+    taps = kept_taps(x.shape, dw.shape, dy.shape, stride, pad, dilation)
+    out = dw
+    if taps is not None:
+        w_shape, pad, dilation = trimmed(dw.shape, pad, dilation, taps)
+        dw = np.empty(w_shape, dw.dtype)
     loops = choose(dy.shape, dw.shape, stride, groups)
     loops.grad_weight(x, dy, dw, stride, pad, dilation, groups,
                       _threads(loops.family, num_threads))
+    if taps is not None:
+        out[...] = 0
+        out[_kept(taps)] = dw
 
 
 # ---------------------------------------------------------------------------------------------
@@ -524,7 +587,7 @@ class Plan:
     """
 
     __slots__ = ("problem", "shapes", "five", "args", "dtype", "unbatched", "loops", "_direct",
-                 "_no_bias", "_sampled", "_x_loops", "_x_args")
+                 "_no_bias", "_sampled", "_x_loops", "_x_args", "_taps", "_w5")
 
     def __init__(self, problem):
         self.problem = problem
@@ -533,10 +596,17 @@ class Plan:
         self.args = problem.loop_args
         self.dtype = problem.dtype
         self.unbatched = problem.unbatched
+        # the problem the loops run: without the taps that read only padding (kept_taps)
+        self._w5 = self.five[1]
+        self._taps = kept_taps(*self.five, *self.args[:3])
+        if self._taps is not None:
+            w5, pad, dilation = trimmed(self._w5, self.args[1], self.args[2], self._taps)
+            self.five = (self.five[0], w5, self.five[2])
+            self.args = (self.args[0], pad, dilation, problem.groups)
         self.loops = choose(self.five[2], self.five[1], self.args[0], problem.groups)
         self._direct = (direct.Plan(*self.five, *self.args, self.dtype, problem.nd,
                                     problem.unbatched)
-                        if self.loops.family is direct else None)
+                        if self.loops.family is direct and self._taps is None else None)
         self._no_bias = np.empty(0, self.dtype)
         self._sampled = self._sampled_loops()
         # the loops and arguments of the passes that read x (forward, weight gradient), on x as
@@ -572,9 +642,16 @@ class Plan:
     def _in(self, arr, which):
         return np.ascontiguousarray(arr, dtype=self.dtype).reshape(self.five[which])
 
+    def _w(self, w):
+        """The weight as the loops take it: 5-D, C-ordered, its kept taps alone."""
+        if self._taps is None:
+            return self._in(w, 1)
+        w5 = np.asarray(w).reshape(self._w5)[_kept(self._taps)]
+        return np.ascontiguousarray(w5, dtype=self.dtype)
+
     def _out(self, which):
         out = np.empty(self.shapes[which], self.dtype)
-        return out, out.reshape(self.five[which])
+        return out, out.reshape(self._w5 if which == 1 else self.five[which])
 
     def _result(self, out):
         return out[0] if self.unbatched else out
@@ -589,7 +666,7 @@ class Plan:
         y, y5 = self._out(2)
         loops = self._x_loops
         threads = _threads(loops.family, num_threads())
-        loops.forward(self._x(x, threads), self._in(w, 1), self._bias(bias), y5,
+        loops.forward(self._x(x, threads), self._w(w), self._bias(bias), y5,
                       *self._x_args, threads)
         return self._result(y)
 
@@ -599,7 +676,7 @@ class Plan:
         if self._direct is not None:
             return self._direct.grad_input(dy, w, bias)
         dx, dx5 = self._out(0)
-        self.loops.grad_input(self._in(dy, 2), self._in(w, 1), self._bias(bias), dx5,
+        self.loops.grad_input(self._in(dy, 2), self._w(w), self._bias(bias), dx5,
                               *self.args, _threads(self.loops.family, num_threads()))
         return self._result(dx)
 
@@ -608,9 +685,13 @@ class Plan:
         if self._direct is not None:
             return self._direct.grad_weight(x, dy)
         dw, dw5 = self._out(1)
+        kept = dw5 if self._taps is None else np.empty(self.five[1], self.dtype)
         loops = self._x_loops
         threads = _threads(loops.family, num_threads())
-        loops.grad_weight(self._x(x, threads), self._in(dy, 2), dw5, *self._x_args, threads)
+        loops.grad_weight(self._x(x, threads), self._in(dy, 2), kept, *self._x_args, threads)
+        if self._taps is not None:
+            dw5[...] = 0
+            dw5[_kept(self._taps)] = kept
         return dw
 
     def grad_bias(self, dy):
