@@ -510,6 +510,26 @@ def test_variant_cases_read_the_weight_both_ways():
     assert min(columns) < limit // 2 and max(columns) > 2 * limit
 
 
+
+def test_wide_products_of_few_columns_pack_the_weight():
+    """A product of few grid columns reads the weight in place unless it is wide: 3x3 256 ->
+    256 on 14x14 reads it in place at batch 1 (unless it runs as pixel tiles, which pack it)
+    and packs it at batch 4 (GATHER_WORK grid columns times columns of the weight or more),
+    in both passes of every build."""
+    kw = dict(padding=1)
+    limit = _loops.tiled.info()["weight read in place below grid columns"]
+    assert 4 * 16 * 14 < limit      # batch 4 is few columns by their count alone
+    in_place = 0
+    for module in _loops.variants().values():
+        for which in ("forward", "input"):
+            plans = [module.product_plan(which, (n, 256, 1, 14, 14), (256, 256, 1, 3, 3),
+                                         (n, 256, 1, 14, 14), *loop_geometry(2, kw), 4)
+                     for n in (1, 4)]
+            assert plans[0]["weight read in place"] or plans[0]["pixel tiles"], (module, which)
+            assert not plans[1]["weight read in place"], (module, which)
+            in_place += plans[0]["weight read in place"]
+    assert in_place
+
 def lift(a):
     """(N, C, *spatial) with 1 to 3 spatial axes as the loops' 5-D (N, C, D, H, W)."""
     return np.ascontiguousarray(a.reshape(a.shape[:2] + (1,) * (5 - a.ndim) + a.shape[2:]))

@@ -138,8 +138,15 @@ cdef enum:
     # GATHER_COLUMNS: a forward-style product with fewer grid columns than this in all (images
     # times phases) reads the weight in place (lc_tile_g) instead of packing it: packing costs
     # about as much as PACK_COLUMNS columns of the product (in each phase), reading in place a
-    # few per cent of it
+    # few per cent of it where A is narrow.  Not where the product is wide, GATHER_WORK grid
+    # columns times columns of A or more (choose_tiles): with A packed, 3x3 on 14x14 at batch 3
+    # and 4 with 256 to 1024 channels took pixel tiles, 1.08-1.13x faster (two threads
+    # 1.08-1.11x), 3x3 on 16x16 at batch 3 a compact grid, 1.06-1.07x, and 3x3x3 on 8x8x8 from
+    # 512 to 8 channels at batch 1 1.19x (one thread); 128 channels on 28x28 at batch 1 (840
+    # columns of 1152) ran the same either way, as did wav2vec's stride-2 layer (799 of 1536),
+    # which stay below
     GATHER_COLUMNS = 1024
+    GATHER_WORK = 1400000
     PACK_COLUMNS = 34
     # PACK_BLOCK: columns of A packed together for all its panels (pack_panels); PACK_SERIAL:
     # elements of packed A below which one thread packs them all (a parallel region costs some
