@@ -536,21 +536,25 @@ def _kept(taps) -> tuple:
     return (slice(None), slice(None)) + tuple(slice(t0, t1) for t0, t1 in taps)
 
 
+def _trim_weight(x_shape, w, y_shape, stride, pad, dilation):
+    """The weight (5-D), padding before and dilation of the problem without the taps that read
+    only padding (kept_taps): w's kept taps copied, or w itself where every tap is kept."""
+    taps = kept_taps(x_shape, w.shape, y_shape, stride, pad, dilation)
+    if taps is None:
+        return w, pad, dilation
+    _, pad, dilation = trimmed(w.shape, pad, dilation, taps)
+    return np.ascontiguousarray(w[_kept(taps)]), pad, dilation
+
+
 def forward(x, w, bias, y, stride, pad, dilation, groups, num_threads):
-    taps = kept_taps(x.shape, w.shape, y.shape, stride, pad, dilation)
-    if taps is not None:
-        _, pad, dilation = trimmed(w.shape, pad, dilation, taps)
-        w = np.ascontiguousarray(w[_kept(taps)])
+    w, pad, dilation = _trim_weight(x.shape, w, y.shape, stride, pad, dilation)
     loops = choose(y.shape, w.shape, stride, groups)
     loops.forward(x, w, bias, y, stride, pad, dilation, groups,
                   _threads(loops.family, num_threads))
 
 
 def grad_input(dy, w, bias, dx, stride, pad, dilation, groups, num_threads):
-    taps = kept_taps(dx.shape, w.shape, dy.shape, stride, pad, dilation)
-    if taps is not None:
-        _, pad, dilation = trimmed(w.shape, pad, dilation, taps)
-        w = np.ascontiguousarray(w[_kept(taps)])
+    w, pad, dilation = _trim_weight(dx.shape, w, dy.shape, stride, pad, dilation)
     loops = choose(dy.shape, w.shape, stride, groups)
     loops.grad_input(dy, w, bias, dx, stride, pad, dilation, groups,
                      _threads(loops.family, num_threads))
