@@ -77,6 +77,38 @@ def test_the_plan_is_made_from_and_cached_by_the_problem():
     assert all(p is plan for p in functional._PLANS.values())
 
 
+def test_tuple_parameters_are_planned_and_malformed_ones_still_refused():
+    """Stride, padding and dilation given as tuples, as PyTorch's layers keep them, are plan
+    keys like ints (a later call skips the checks); a malformed tuple still raises, also
+    after a well-formed call has left its plan."""
+    x = np.ones((1, 2, 7, 7), np.float32)
+    w = np.ones((3, 2, 3, 3), np.float32)
+    gy = np.ones((1, 3, 4, 4), np.float32)
+    functional._PLANS.clear()
+    kw = dict(stride=(2, 2), padding=((1, 1), (1, 1)), dilation=(1, 1))
+    y = functional.conv2d(x, w, **kw)
+    grads = functional.conv2d_backward(x, w, gy, **kw)
+    gx = functional.conv2d_input(x.shape, w, gy, **kw)
+    gw = functional.conv2d_weight(x, w.shape, gy, **kw)
+    assert len(functional._PLANS) == 4
+    np.testing.assert_array_equal(functional.conv2d(x, w, **kw), y)
+    np.testing.assert_array_equal(functional.conv2d(x, w, stride=2, padding=1), y)
+    for again, first in zip(functional.conv2d_backward(x, w, gy, **kw), grads):
+        np.testing.assert_array_equal(again, first)
+    np.testing.assert_array_equal(functional.conv2d_input(x.shape, w, gy, **kw), gx)
+    np.testing.assert_array_equal(functional.conv2d_weight(x, w.shape, gy, **kw), gw)
+    with pytest.raises(ValueError, match="conv2d: stride needs 1 or 2 values"):
+        functional.conv2d(x, w, stride=(2, 2, 2), padding=((1, 1), (1, 1)))
+    with pytest.raises(ValueError, match="conv2d: padding entry"):
+        functional.conv2d(x, w, stride=(2, 2), padding=((1, 1), (1, 1, 1)))
+    with pytest.raises(TypeError, match="conv2d: stride must be an int"):
+        functional.conv2d(x, w, stride=(2, True), padding=((1, 1), (1, 1)))
+    with pytest.raises(ValueError, match="conv2d: padding must be >= 0"):
+        functional.conv2d(x, w, stride=(2, 2), padding=((1, -1), (1, 1)))
+    with pytest.raises(ValueError, match="conv2d_backward: dilation must be >= 1"):
+        functional.conv2d_backward(x, w, gy, stride=(2, 2), padding=1, dilation=(1, 0))
+
+
 def test_layer_reuses_its_problem_for_backward():
     """A layer with a padding mode has no plan; backward reuses the problem of forward."""
     layer = nn.Conv2d(2, 3, 3, padding=1, padding_mode="reflect", rng=0)
