@@ -189,6 +189,10 @@ cdef enum:
 # 14x14 with 512 channels at batch 8 (1.14 in the model) 1.13x, with 256 (1.11: a last panel
 # of one vector) 0.97-0.99x, 28x28 (1.08) 0.96-0.99x, 56x56 0.91-0.94x
 cdef double PIXEL_WASTE = 1.12
+# PIX_TRY: the share of skipped (tile, tap) pairs with which new_geometry tries a product as
+# pixel tiles (to find the share they would skip); PIX_PACK_BYTES: see new_geometry
+cdef double PIX_TRY = 0.99
+cdef Py_ssize_t PIX_PACK_BYTES = 1 << 20
 # COMPACT_WASTE: grid columns per valid pixel from which a phase whose rows are whole vectors
 # computes its valid columns alone (compact_phases).  In one process against the grid's tiles
 # (float32, one thread): 3x3x3 on 16^3 (1.125) 1.15-1.22x, on 32^3 (1.06) 1.05-1.13x; 3x3 on

@@ -70,20 +70,21 @@ cdef void set_product(Product *p, Py_ssize_t N, Py_ssize_t G, Py_ssize_t src_c,
     p.dst_grp = p.M * p.dst_row
 
 
-cdef void choose_tiles(Product *p, const Phase *phases, Py_ssize_t itemsize,
-                       bint wide) noexcept nogil:
+cdef void choose_tiles(Product *p, const Phase *phases, Py_ssize_t itemsize, bint wide,
+                       double skip) noexcept nogil:
     """Whether p runs as pixel_tiles (pixel_tiles_suit), and then A (the weight) packed in
     panels of NR channels; called once the phases and p.gathered (by the columns alone) are
     set.  A wide product (`wide`: GATHER_WORK or more grid columns times columns of A) that
     does not take pixel tiles so packs A after all, and is weighed again against pixel tiles
     with A packed: the model does not count the taps that pixel tiles skip, so a product that
     takes them with A read in place keeps them (3x3x3 on 4x4x4 at batch 6 in float64 ran
-    1.2-1.45x slower as a packed compact grid)."""
+    1.2-1.45x slower as a packed compact grid).  skip: the share of their (tile, tap) pairs
+    that pixel tiles would skip (new_geometry; 0 where not worked out)."""
     cdef Py_ssize_t NR = LC_NV_B * LC_VEC_BYTES // itemsize
-    p.by_pixel = pixel_tiles_suit(p, phases, itemsize)
+    p.by_pixel = pixel_tiles_suit(p, phases, itemsize, skip)
     if wide and not p.by_pixel:
         p.gathered = False
-        p.by_pixel = pixel_tiles_suit(p, phases, itemsize)
+        p.by_pixel = pixel_tiles_suit(p, phases, itemsize, skip)
     if p.by_pixel:
         p.mr = NR
         p.gathered = False
@@ -149,8 +150,8 @@ cdef Py_ssize_t compact_phases(Product *p, Phase *phases, Py_ssize_t itemsize) n
     return columns
 
 
-cdef bint pixel_tiles_suit(const Product *p, const Phase *phases,
-                           Py_ssize_t itemsize) noexcept nogil:
+cdef bint pixel_tiles_suit(const Product *p, const Phase *phases, Py_ssize_t itemsize,
+                           double skip) noexcept nogil:
     """Whether the tiles of pixels by channels (pixel_tiles) suit a forward-style product: where
     the tiled product's cost in grid columns, junk included and its one-vector tiles counted
     NARROW_COST times (likewise pixel tiles' last panel of one vector, in float64), is
@@ -181,7 +182,10 @@ cdef bint pixel_tiles_suit(const Product *p, const Phase *phases,
     0.5-0.98, a squeeze-and-excitation layer's 64 -> 1536 channels on one pixel (16 grid columns
     against 8) 0.1.  3x3 on 7x7 with 512 channels at batch 8 takes pixel tiles (the tiled product's
     55 columns a row are a tile and a one-vector tile: model 1.29), as fast as the tiled product
-    (0.97-1.0)."""
+    (0.97-1.0).  Pixel tiles that skip taps (skip, the share of their (tile, tap) pairs they
+    skip) compute that much less: 3x3x3 on few frames (2x40x40, 3x20x20 and 4x28x28 at batch
+    4, 2x56x56 at batch 1: 35, 26, 20 and 35 %) ran 1.27-1.45x faster so than on the grid,
+    whose tiles compute the taps that read the planes of padding before and after."""
     cdef Py_ssize_t VW = LC_VEC_BYTES // itemsize, NR = LC_NV_B * VW
     cdef Py_ssize_t f, rows, rest = p.M % NR, tail, one, cols, pieces
     cdef Py_ssize_t nimg = 1, columns = 0
@@ -214,7 +218,8 @@ cdef bint pixel_tiles_suit(const Product *p, const Phase *phases,
                              else round_up(rest, VW))
     # pixel tiles pack the weight, which a gathered product reads in place
     cdef double pack = PACK_COLUMNS * p.nphase * channels if p.gathered else 0
-    return p.N * tiled * round_up(p.M, p.mr) >= PIXEL_WASTE * p.N * by_pixel * channels + pack
+    return (p.N * tiled * round_up(p.M, p.mr)
+            >= PIXEL_WASTE * p.N * by_pixel * channels * (1 - skip) + pack)
 
 
 cdef int product_pass(const Product *p, const Phase *phases,
@@ -243,8 +248,10 @@ cdef int product_pass(const Product *p, const Phase *phases,
 
 
 cdef void forward_product(Product *p, Phase *ph, tuple xshape, tuple wshape, tuple yshape,
-                          stride, pad, dilation, Py_ssize_t groups, Py_ssize_t itemsize):
-    """The forward pass's product: its staging of x, its one phase, the choice of its tiles."""
+                          stride, pad, dilation, Py_ssize_t groups, Py_ssize_t itemsize,
+                          double skip):
+    """The forward pass's product: its staging of x, its one phase, the choice of its tiles
+    (skip: as choose_tiles)."""
     cdef Py_ssize_t NR = LC_NV_B * LC_VEC_BYTES // itemsize, Cg = wshape[1]
     size, out, ksize = xshape[2:], yshape[2:], wshape[2:]
     set_stage(&p.st, size, tuple(stride), tuple(pad),
@@ -256,7 +263,7 @@ cdef void forward_product(Product *p, Phase *ph, tuple xshape, tuple wshape, tup
     # A[o, (c, tap)] = w[g * Og + o, c, tap]: the weight's rows as they are, read in place
     # where the product is narrow, else packed
     p.gathered = p.N * ph.ncols < GATHER_COLUMNS
-    choose_tiles(p, ph, itemsize, p.N * ph.ncols * ph.K >= GATHER_WORK)
+    choose_tiles(p, ph, itemsize, p.N * ph.ncols * ph.K >= GATHER_WORK, skip)
     p.a_rs = ph.K
     p.a_grp = p.M * ph.K
     split_work(p, compact_phases(p, ph, itemsize))
@@ -377,10 +384,10 @@ cdef tuple set_input_phases(Product *p, Phase *phases, list axes, tuple lead, tu
 
 
 cdef tuple input_product(Product *p, tuple dyshape, tuple wshape, tuple dxshape, stride, pad,
-                         dilation, Py_ssize_t groups, Py_ssize_t itemsize):
+                         dilation, Py_ssize_t groups, Py_ssize_t itemsize, double skip):
     """The input gradient's product: its staging of dy, its phases (malloc'ed, returned first
-    as an address; the caller frees them), the choice of its tiles; and, per phase, its B
-    offsets and columns of A (set_input_phases)."""
+    as an address; the caller frees them), the choice of its tiles (skip: as choose_tiles);
+    and, per phase, its B offsets and columns of A (set_input_phases)."""
     cdef Py_ssize_t NR = LC_NV_B * LC_VEC_BYTES // itemsize, Og = wshape[0] // groups, f
     cdef Py_ssize_t KS = math.prod(wshape[2:])
     size, out, ksize = dxshape[2:], dyshape[2:], wshape[2:]
@@ -400,7 +407,7 @@ cdef tuple input_product(Product *p, tuple dyshape, tuple wshape, tuple dxshape,
         # A[c, (o, tap)] = w[g * Og + o, c, tap]: row c at a step of KS, column (o, tap) at
         # koff, read in place where the product is narrow, else packed phase by phase
         p.gathered = p.N * columns < GATHER_COLUMNS
-        choose_tiles(p, phases, itemsize, p.N * work >= GATHER_WORK)
+        choose_tiles(p, phases, itemsize, p.N * work >= GATHER_WORK, skip)
         for f in range(1, p.nphase):    # A packed phase by phase, in panels of p.mr rows
             phases[f].a_off = phases[f - 1].a_off + p.G * round_up(p.M, p.mr) * phases[f - 1].K
     except BaseException:
@@ -698,37 +705,88 @@ cdef void product_tables(_Geometry geo) except *:
     geo.p.order = &geo.order[0]
 
 
-cdef _Geometry new_geometry(int which, tuple xs, tuple ws, tuple ys, stride, pad, dilation,
-                            Py_ssize_t groups, Py_ssize_t itemsize):
-    """The geometry of pass `which` for 5-D shapes xs (x or dx), ws (w or dw), ys (y or dy)."""
+cdef _Geometry product_try(int which, tuple xs, tuple ws, tuple ys, stride, pad, dilation,
+                           Py_ssize_t groups, Py_ssize_t itemsize, double skip):
+    """The geometry of the forward pass or the input gradient (`which`), its tiles chosen
+    with `skip` (choose_tiles)."""
     cdef _Geometry geo = _Geometry()
-    cdef Py_ssize_t K
     if which == PASS_FORWARD:
         geo.phases = <Phase *> malloc(sizeof(Phase))
         if geo.phases == NULL:
             raise MemoryError()
         forward_product(&geo.p, geo.phases, xs, ws, ys, stride, pad, dilation, groups,
-                        itemsize)
+                        itemsize, skip)
         K = geo.phases[0].K
         geo.boff = tap_offsets(&geo.p.st, ws[1], kernel_taps(ws[2:], dilation))
         geo.aoff = np.arange(K, dtype=np.intp)
         (geo.boff,), (geo.aoff,) = pixel_order(geo, [geo.boff], [geo.aoff])
         geo.kpos = np.argsort(geo.aoff).astype(np.intp)     # aoff: a permutation of w's columns
-        product_tables(geo)
-    elif which == PASS_INPUT:
+    else:
         address, boffs, koffs = input_product(&geo.p, ys, ws, xs, stride, pad, dilation,
-                                              groups, itemsize)
+                                              groups, itemsize, skip)
         geo.phases = <Phase *> <Py_ssize_t> address
         boffs, koffs = pixel_order(geo, boffs, koffs)
         geo.boff = np.concatenate(boffs + [np.zeros(1, np.intp)])
         geo.aoff = np.concatenate(koffs + [np.zeros(1, np.intp)])
-        product_tables(geo)
-    else:
+    product_tables(geo)
+    return geo
+
+
+def padding_share(int which, tuple xs, tuple ws, tuple ys, stride, pad, dilation):
+    """The share of the (pixel, tap) pairs of the forward pass (`which` PASS_FORWARD: pixels
+    of y) or of the input gradient (pixels of dx, the taps of their phase) that read padding:
+    per axis the pairs that read the source, multiplied over the axes.  Tiles skip a tap only
+    where all their pixels read padding at it, so this bounds the share skip_share finds."""
+    reached = 1.0
+    for a in range(3):
+        X, O, T = xs[2 + a], ys[2 + a], ws[2 + a]
+        s, p, d = stride[a], pad[a], dilation[a]
+        inside = pairs = 0
+        if which == PASS_FORWARD:
+            for o in range(O):
+                pairs += T
+                inside += sum([0 <= o * s - p + t * d < X for t in range(T)])
+        else:
+            for i in range(X):
+                for t in range(T):
+                    if (i + p - t * d) % s == 0:
+                        pairs += 1
+                        inside += 0 <= (i + p - t * d) // s < O
+        reached *= inside / pairs if pairs else 1.0
+    return 1.0 - reached
+
+
+cdef _Geometry new_geometry(int which, tuple xs, tuple ws, tuple ys, stride, pad, dilation,
+                            Py_ssize_t groups, Py_ssize_t itemsize):
+    """The geometry of pass `which` for 5-D shapes xs (x or dx), ws (w or dw), ys (y or dy).
+    A forward-style product that does not take pixel tiles, but whose pixels read padding at
+    PIX_SKIP_PERCENT of their taps or more (padding_share), is tried as pixel tiles to find
+    the share of the (tile, tap) pairs they would skip (skip_share), and its tiles chosen
+    again with it: 3x3x3 on volumes of few frames (the taps of their first and last planes
+    that read the padding before and after) ran 1.27-1.45x faster as pixel tiles.  PIX_TRY:
+    a share of skipped pairs that makes pixel tiles the choice wherever they can be.  Not
+    where the grid reads a weight of more than PIX_PACK_BYTES in place (few pixels), which
+    pixel tiles pack at each pass: 3x3x3 on 4x4x4 at batch 1 with 256 channels (25 % of the
+    pairs skipped) took 1.4 times as long for the input gradient as pixel tiles, the forward
+    pass as long; with 32 and 64 channels 1.2x faster, 64 channels dilated 6 on 7x7 1.9-2.1x."""
+    cdef _Geometry geo, trial
+    if which == PASS_WEIGHT:
+        geo = _Geometry()
         set_weight(&geo.q, xs, ws, ys, stride, pad, dilation, groups, itemsize, math.prod(xs))
         # rows past K repeat row 0: the tile computes them and the reduction never reads them
         rows = tap_offsets(&geo.q.st, ws[1], kernel_taps(ws[2:], dilation))
         geo.aoff = np.concatenate([rows, np.repeat(rows[:1], geo.q.Kpad - geo.q.K)])
-    return geo
+        return geo
+    geo = product_try(which, xs, ws, ys, stride, pad, dilation, groups, itemsize, 0)
+    if geo.p.by_pixel or (geo.p.gathered and math.prod(ws) * itemsize > PIX_PACK_BYTES) or (
+            padding_share(which, xs, ws, ys, stride, pad, dilation) * 100 < PIX_SKIP_PERCENT):
+        return geo
+    trial = product_try(which, xs, ws, ys, stride, pad, dilation, groups, itemsize, PIX_TRY)
+    if not trial.p.by_pixel or trial.skip * 100 < PIX_SKIP_PERCENT:
+        return geo
+    chosen = product_try(which, xs, ws, ys, stride, pad, dilation, groups, itemsize,
+                         trial.skip)
+    return chosen if chosen.p.by_pixel else geo
 
 
 # As many problems as loopconv._loops.choose remembers: the passes of every layer of a large
