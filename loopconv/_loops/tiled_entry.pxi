@@ -741,18 +741,17 @@ def padding_share(int which, tuple xs, tuple ws, tuple ys, stride, pad, dilation
     for a in range(3):
         X, O, T = xs[2 + a], ys[2 + a], ws[2 + a]
         s, p, d = stride[a], pad[a], dilation[a]
-        inside = pairs = 0
+        taps = np.arange(T, dtype=np.intp) * d
         if which == PASS_FORWARD:
-            for o in range(O):
-                pairs += T
-                inside += sum([0 <= o * s - p + t * d < X for t in range(T)])
+            read = np.arange(O, dtype=np.intp)[:, None] * s - p + taps
+            phase = np.ones(read.shape, bool)
+            inside = (read >= 0) & (read < X)
         else:
-            for i in range(X):
-                for t in range(T):
-                    if (i + p - t * d) % s == 0:
-                        pairs += 1
-                        inside += 0 <= (i + p - t * d) // s < O
-        reached *= inside / pairs if pairs else 1.0
+            at = np.arange(X, dtype=np.intp)[:, None] + p - taps
+            phase = at % s == 0
+            inside = phase & (at >= 0) & (at < O * s)
+        pairs = np.count_nonzero(phase)
+        reached *= np.count_nonzero(inside) / pairs if pairs else 1.0
     return 1.0 - reached
 
 
