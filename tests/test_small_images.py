@@ -99,31 +99,51 @@ def test_against_reference_for_any_thread_count(rng, assert_close, variant, x_sh
         assert np.array_equal(grad_weight(module, x, gy, w_shape, kw, threads), got), threads
 
 
-def random_narrow_cases(count, seed):
-    """Random geometries whose weight gradient takes the one-vector tile (lc_tile_a1, lc_tile_m1)
-    in float32 or float64 on some variant: 1 to 3 spatial axes of 3 to 14 pixels, kernels of 1
-    to 3 taps, strides 1 to 2, dilation 1 or 2, padding up to 2 on each side, 1 to 3 groups of
-    1 to 20 input and 2 to 16 output channels, 1 to 6 images (the ResNeXt and RegNet groups)."""
+def random_plan_cases(count, seed, prefix, sizes, batches, cin, cout, takes):
+    """`count` random geometries whose weight_plan has `takes` in float32 or float64 on some
+    variant: 1 to 3 spatial axes of sizes[0] to sizes[1] - 1 pixels, kernels of 1 to 3 taps,
+    strides 1 to 2, dilation 1 or 2, padding up to 2 on each side, 1 to 3 groups, batch, input
+    and output channels a group in the half-open ranges given."""
     rng = np.random.default_rng(seed)
     cases = []
     while len(cases) < count:
         nd, groups = int(rng.integers(1, 4)), int(rng.integers(1, 4))
-        size = [int(rng.integers(3, 15)) for _ in range(nd)]
+        size = [int(rng.integers(*sizes)) for _ in range(nd)]
         kernel = [int(rng.integers(1, 4)) for _ in range(nd)]
         stride = [int(rng.integers(1, 3)) for _ in range(nd)]
         dilation = [int(rng.integers(1, 3)) for _ in range(nd)]
         pairs = [(int(rng.integers(0, 3)), int(rng.integers(0, 3))) for _ in range(nd)]
-        candidate = grouped_case(f"random-{len(cases)}", int(rng.integers(1, 7)), groups,
-                                 int(rng.integers(1, 21)), int(rng.integers(2, 17)), size,
+        candidate = grouped_case(f"{prefix}-{len(cases)}", int(rng.integers(*batches)), groups,
+                                 int(rng.integers(*cin)), int(rng.integers(*cout)), size,
                                  kernel, stride, pairs, dilation)
         if min(conv_output_shape(*candidate.values)[2:]) < 1:
             continue
         x_shape, w_shape, kw = candidate.values
         if any(module.weight_plan(*shapes5(x_shape, w_shape, kw),
-                                  *loop_args(x_shape, w_shape, kw), itemsize)["narrow"]
+                                  *loop_args(x_shape, w_shape, kw), itemsize)[takes]
                for module in _loops.variants().values() for itemsize in (4, 8)):
             cases.append(candidate)
     return cases
+
+
+def random_narrow_cases(count, seed):
+    """Random geometries whose weight gradient takes the one-vector tile (lc_tile_a1, lc_tile_m1)
+    in float32 or float64 on some variant: 3 to 14 pixels an axis, 1 to 20 input and 2 to 16
+    output channels a group, 1 to 6 images (the ResNeXt and RegNet groups)."""
+    return random_plan_cases(count, seed, "random", (3, 15), (1, 7), (1, 21), (2, 17), "narrow")
+
+
+def check_bounded(rng, assert_close, variant, x_shape, w_shape, kw, dtype):
+    """`variant`'s weight gradient of the case on 2 threads against the reference (within the
+    bound of the sums of magnitudes), every element written, the same bits on 1 and 3."""
+    module = _loops.variants()[variant]
+    x, gy = arrays(rng, x_shape, w_shape, kw, dtype)
+    got = grad_weight(module, x, gy, w_shape, kw, threads=2)
+    assert not np.isnan(got).any()
+    assert_close(got, reference.conv_weight(x, w_shape, gy, **kw), dtype,
+                 bound=reference.conv_weight(np.abs(x), w_shape, np.abs(gy), **kw))
+    for threads in (1, 3):
+        assert np.array_equal(grad_weight(module, x, gy, w_shape, kw, threads), got), threads
 
 
 @pytest.mark.parametrize("dtype", DTYPE_PARAMS)
@@ -133,14 +153,7 @@ def test_one_vector_tile_on_random_groups(rng, assert_close, variant, x_shape, w
                                           dtype):
     """Every variant on the random geometries of the one-vector tile (each takes it in some
     variant and size; the others take their own tiles on the same problems)."""
-    module = _loops.variants()[variant]
-    x, gy = arrays(rng, x_shape, w_shape, kw, dtype)
-    got = grad_weight(module, x, gy, w_shape, kw, threads=2)
-    assert not np.isnan(got).any()
-    assert_close(got, reference.conv_weight(x, w_shape, gy, **kw), dtype,
-                 bound=reference.conv_weight(np.abs(x), w_shape, np.abs(gy), **kw))
-    for threads in (1, 3):
-        assert np.array_equal(grad_weight(module, x, gy, w_shape, kw, threads), got), threads
+    check_bounded(rng, assert_close, variant, x_shape, w_shape, kw, dtype)
 
 
 def plans(module, itemsize):
@@ -227,3 +240,47 @@ def test_public_function_bit_identical_for_any_thread_count(rng, restore_threads
     for threads in (2, 3):
         loopconv.set_num_threads(threads)
         assert np.array_equal(loopconv.conv2d_weight(x, (10, 32, 4, 4), gy), one)
+
+
+def random_direct_cases(count, seed):
+    """Random geometries whose weight gradient is one reduction step (p.direct: each work item
+    writes its rows of dw through a partial of a few rows): 2 to 9 pixels an axis, 1 to 40
+    input and 1 to 70 output channels a group (every register tile), 1 or 2 images."""
+    return random_plan_cases(count, seed, "direct", (2, 10), (1, 3), (1, 41), (1, 71), "direct")
+
+
+DIRECT = random_direct_cases(24, seed=20261203) + [
+    case("1x1-rows-across-items", (1, 200, 7, 7), (150, 200, 1, 1)),
+    case("3x3-last-rows-partial", (1, 37, 5, 5), (40, 37, 3, 3), padding=1),
+    case("few-outputs-lanes", (2, 70, 6, 6), (3, 70, 3, 3), padding=1),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+@pytest.mark.parametrize("x_shape, w_shape, kw", DIRECT)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_one_step_writes_dw_directly(rng, assert_close, variant, x_shape, w_shape, kw, dtype):
+    """Every variant on weight gradients of one reduction step (each case takes the direct
+    path in some variant and size), against the reference, every element written, the same
+    bits on 1, 2 and 3 threads."""
+    check_bounded(rng, assert_close, variant, x_shape, w_shape, kw, dtype)
+
+
+def test_direct_cases_take_every_tile():
+    """The direct path is taken with each register tile, and by the layers it is for: 1x1 on
+    7x7 at batch 1 (ConvNeXt's 768 -> 3072), not by a large image's many steps."""
+    kinds = set()
+    for variant in VARIANTS:
+        module = _loops.variants()[variant]
+        for itemsize in (4, 8):
+            for c in DIRECT:
+                plan = module.weight_plan(*shapes5(*c.values), *loop_args(*c.values), itemsize)
+                if plan["direct"]:
+                    kinds.add(tile_kind(plan))
+    assert kinds == {"lanes", "one vector", "two vectors"}
+    wide = ((1, 768, 7, 7), (3072, 768, 1, 1), {})
+    large = ((8, 64, 56, 56), (64, 64, 3, 3), dict(padding=1))
+    for variant in VARIANTS:
+        module = _loops.variants()[variant]
+        assert module.weight_plan(*shapes5(*wide), *loop_args(*wide), 4)["direct"]
+        assert not module.weight_plan(*shapes5(*large), *loop_args(*large), 4)["direct"]

@@ -7,7 +7,8 @@
 # their grid columns) are cut into `nchunk` contiguous chunks fixed by the problem size alone;
 # each (group, chunk, block of rows k) item sums into its rows of the chunk's own partial
 # product, and the partials are added in chunk order (sum_partials), so results do not depend
-# on the thread count.
+# on the thread count.  A reduction of one step (p.direct) has one chunk: each item writes its
+# rows of dw itself, a few rows at a time, without the partial product.
 
 cdef struct WeightProduct:
     Py_ssize_t N, G, M, K, Kpad, Opad
@@ -23,6 +24,8 @@ cdef struct WeightProduct:
     Py_ssize_t nsteps               # reduction steps: (block of images, column block)
     Py_ssize_t nchunk
     Py_ssize_t nkb, kblk            # blocks of rows (k) per (group, chunk), panels per block
+    bint direct                     # one reduction step: rows written to dw (weight_item)
+    Py_ssize_t span                 # tiles of rows written to dw together (a multiple of VW)
     Py_ssize_t grid[3]              # output sizes OD, OH, OW (the valid grid)
     Py_ssize_t dstep[3]             # their strides in dy
     Py_ssize_t x_img, x_grp, y_img, y_grp, y_plane
@@ -112,29 +115,29 @@ cdef inline void pack_dy_panels(const WeightProduct *p, const element *dyg, Py_s
 cdef inline void weight_tiles(const WeightProduct *p, Py_ssize_t ip0, Py_ssize_t ip1,
                               Py_ssize_t pc, const element *xq, const Py_ssize_t *aoff,
                               const element *bpack, const Py_ssize_t *cmap, element *part,
-                              bint first) noexcept nogil:
+                              Py_ssize_t row0, bint first) noexcept nogil:
     """Rows ip0 * unit .. ip1 * unit - 1 of the partial product part (= on the first step, else
     +=) the product over the step's pc grid columns (p.compact: its pc valid columns, at cmap):
     the staged x at xq read at aoff (a tile's rows) times the packed dy (unit: p.mr, the rows
-    of a tile)."""
+    of a tile).  part holds the rows from row0 * unit on."""
     cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t NR = p.NR, B = p.block, mr = p.mr, ip, jp
     if p.lanes:
         for ip in range(ip0, ip1):
             for jp in range(p.Opad // LC_OR_D):
                 tile_d(LC_KR_D, round_up(pc, VW), xq, aoff + ip * LC_KR_D,
-                       bpack + jp * LC_OR_D * B, B, part + ip * LC_KR_D * p.Opad + jp * LC_OR_D,
-                       p.Opad, not first)
+                       bpack + jp * LC_OR_D * B, B,
+                       part + (ip - row0) * LC_KR_D * p.Opad + jp * LC_OR_D, p.Opad, not first)
     elif p.compact:
         for ip in range(ip0, ip1):
             for jp in range(p.Opad // NR):
                 tile_m(NR // VW, pc, xq, aoff + ip * mr, cmap, bpack + jp * B * NR,
-                       part + ip * mr * p.Opad + jp * NR, p.Opad, not first)
+                       part + (ip - row0) * mr * p.Opad + jp * NR, p.Opad, not first)
     else:
         for ip in range(ip0, ip1):
             for jp in range(p.Opad // NR):
                 tile_a(NR // VW, pc, xq, aoff + ip * mr, bpack + jp * B * NR,
-                       part + ip * mr * p.Opad + jp * NR, p.Opad, not first)
+                       part + (ip - row0) * mr * p.Opad + jp * NR, p.Opad, not first)
 
 
 cdef inline Py_ssize_t block_columns(const WeightProduct *p, Py_ssize_t nimg) noexcept nogil:
@@ -162,11 +165,14 @@ cdef void step_columns(const WeightProduct *p, Py_ssize_t q0, Py_ssize_t n, Py_s
 
 cdef void weight_item(const WeightProduct *p, Py_ssize_t item, const element *x,
                       const element *dy, const Py_ssize_t *aoff, element *partial,
-                      element *fws, Py_ssize_t *iws) noexcept nogil:
+                      element *dw, element *fws, Py_ssize_t *iws) noexcept nogil:
     """Work item (group g, chunk, block of rows k) of the weight gradient: its rows of the
     partial product of (g, chunk), summed over the chunk's reduction steps (block of images,
     block of their grid columns) in order.  fws and iws: this thread's scratch (iws[0] names
-    the staged block in fws)."""
+    the staged block in fws).  A reduction of one step (p.direct) writes its rows of dw
+    instead, p.span tiles of rows at a time through a partial of those rows in fws (the
+    sums of one chunk are the partial itself: the same bits)."""
+    cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t B = p.block
     cdef Py_ssize_t kb = item % p.nkb, gc = item // p.nkb
     cdef Py_ssize_t chunk = gc % p.nchunk, g = gc // p.nchunk
@@ -174,7 +180,7 @@ cdef void weight_item(const WeightProduct *p, Py_ssize_t item, const element *x,
     cdef Py_ssize_t unit = p.mr
     cdef Py_ssize_t ip0 = kb * p.kblk, ip1 = min(p.Kpad // unit, ip0 + p.kblk)
     cdef Py_ssize_t step, ib, n0, nimg, q0, pc
-    cdef element *part = partial + gc * p.Kpad * p.Opad
+    cdef element *part = partial if p.direct else partial + gc * p.Kpad * p.Opad
     cdef const element *staged
     cdef const element *dyg
     cdef element *bpack = fws + p.st.size
@@ -183,6 +189,9 @@ cdef void weight_item(const WeightProduct *p, Py_ssize_t item, const element *x,
     cdef Py_ssize_t *cmap = run + B
     cdef Py_ssize_t j, ncol
     cdef bint first = True
+    cdef Py_ssize_t r, r1, k0
+    cdef element *rows = bpack + p.Opad * B
+    cdef element *acc = rows + p.span * unit * p.Opad
     for step in range(s0, s1):
         ib = step // p.nblk
         n0 = ib * p.nimg
@@ -204,9 +213,20 @@ cdef void weight_item(const WeightProduct *p, Py_ssize_t item, const element *x,
             pack_dy_rows(p, dyg, pc, dcol, run, bpack, first)
         else:
             pack_dy_panels(p, dyg, pc, dcol, run, bpack, first)
-        weight_tiles(p, ip0, ip1, ncol, staged + q0, aoff, bpack, cmap, part, first)
+        if p.direct:
+            r = ip0
+            while r < ip1:
+                r1 = min(ip1, r + p.span)
+                weight_tiles(p, r, r1, ncol, staged + q0, aoff, bpack, cmap, rows, r, True)
+                k0 = r * unit
+                while k0 < min(r1 * unit, p.K):
+                    transpose_rows(p, g, k0, rows + (k0 - r * unit) * p.Opad, 1, dw, acc)
+                    k0 += VW
+                r = r1
+        else:
+            weight_tiles(p, ip0, ip1, ncol, staged + q0, aoff, bpack, cmap, part, 0, first)
         first = False
-    if first:               # no steps: the rows are zero
+    if first:               # no steps: the rows are zero (p.direct has a step)
         memset(part + ip0 * unit * p.Opad, 0, (ip1 - ip0) * unit * p.Opad * sizeof(element))
 
 
@@ -229,8 +249,10 @@ cdef void run_weight(const WeightProduct *p, const element *x, const element *dy
         # partial product.
         for item in prange(p.G * p.nchunk * p.nkb, schedule="static"):
             tid = threadid()
-            weight_item(p, item, x, dy, aoff, partial, fws + tid * fper, iws + tid * iper)
+            weight_item(p, item, x, dy, aoff, partial, dw, fws + tid * fper, iws + tid * iper)
         restore_fpstate(fp)
+    if p.direct:
+        return
     # (a second parallel region: Cython's prange inside parallel() ends without a barrier, and
     # every partial product must be complete before the sums)
     with parallel(num_threads=nthreads):
@@ -246,11 +268,21 @@ cdef void run_weight(const WeightProduct *p, const element *x, const element *dy
 cdef void sum_partials(const WeightProduct *p, Py_ssize_t g, Py_ssize_t k0,
                        const element *partial, element *dw, element *acc) noexcept nogil:
     """dw[g * M + o, k] for k0 <= k < k0 + VW: the partial products of group g (rows k,
-    columns o) summed in chunk order, VW columns at a time in acc, each block then written
-    transposed (runs of VW consecutive k: whole cache lines of dw, not single elements a row
-    of K apart).  Whole VW x VW blocks are summed in loops of a fixed length and transposed in
-    registers: element by element, the sums of a 1024 -> 2048 1x1 layer's four partials took
-    a fifth of its weight gradient."""
+    columns o) summed in chunk order (transpose_rows)."""
+    transpose_rows(p, g, k0, partial + (g * p.nchunk * p.Kpad + k0) * p.Opad, p.nchunk, dw,
+                   acc)
+
+
+cdef void transpose_rows(const WeightProduct *p, Py_ssize_t g, Py_ssize_t k0,
+                         const element *rows, Py_ssize_t nchunk, element *dw,
+                         element *acc) noexcept nogil:
+    """dw[g * M + o, k] for k0 <= k < k0 + VW: the rows k of nchunk partial products (rows at
+    the first one's row k0, the next ones p.Kpad * p.Opad apart; columns o) summed in chunk
+    order, VW columns at a time in acc, each block then written transposed (runs of VW
+    consecutive k: whole cache lines of dw, not single elements a row of K apart).  Whole VW x
+    VW blocks are summed in loops of a fixed length and transposed in registers: element by
+    element, the sums of a 1024 -> 2048 1x1 layer's four partials took a fifth of its weight
+    gradient."""
     cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t kw = min(VW, p.K - k0), ow, ob, o0, o, k, c
     cdef const element *part
@@ -258,12 +290,12 @@ cdef void sum_partials(const WeightProduct *p, Py_ssize_t g, Py_ssize_t k0,
     for ob in range((p.M + VW - 1) // VW):
         o0 = ob * VW
         ow = min(VW, p.M - o0)
-        part = partial + (g * p.nchunk * p.Kpad + k0) * p.Opad + o0
+        part = rows + o0
         if kw == VW and ow == VW:
             for k in range(VW):
                 for o in range(VW):
                     acc[k * VW + o] = part[k * p.Opad + o]
-            for c in range(1, p.nchunk):
+            for c in range(1, nchunk):
                 part = part + p.Kpad * p.Opad
                 for k in range(VW):
                     for o in range(VW):
@@ -273,7 +305,7 @@ cdef void sum_partials(const WeightProduct *p, Py_ssize_t g, Py_ssize_t k0,
         for k in range(kw):
             for o in range(ow):
                 acc[k * VW + o] = part[k * p.Opad + o]
-        for c in range(1, p.nchunk):
+        for c in range(1, nchunk):
             part = part + p.Kpad * p.Opad
             for k in range(kw):
                 for o in range(ow):
