@@ -28,6 +28,9 @@ def product_plan(which: str, xshape: Sequence[int], wshape: Sequence[int],
 def grid_waste(which: str, xshape: Sequence[int], wshape: Sequence[int],
                yshape: Sequence[int], stride: _Triple, pad: _Triple, dilation: _Triple,
                groups: int, itemsize: int) -> float: ...  # internal: junk of the grids
+def padding_share(which: int, xs: tuple[int, ...], ws: tuple[int, ...], ys: tuple[int, ...],
+                  stride: _Triple, pad: _Triple,
+                  dilation: _Triple) -> float: ...  # internal: pairs that read padding
 def weight_plan(xs: Sequence[int], ws: Sequence[int], ys: Sequence[int], stride: _Triple,
                 pad: _Triple, dilation: _Triple, groups: int,
                 itemsize: int) -> dict[str, Any]: ...  # internal: the reduction's steps

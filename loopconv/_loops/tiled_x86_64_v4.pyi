@@ -13,6 +13,7 @@ from loopconv._loops.tiled_baseline import grad_weight as grad_weight
 from loopconv._loops.tiled_baseline import grid_waste as grid_waste
 from loopconv._loops.tiled_baseline import info as info
 from loopconv._loops.tiled_baseline import item_order as item_order
+from loopconv._loops.tiled_baseline import padding_share as padding_share
 from loopconv._loops.tiled_baseline import product_plan as product_plan
 from loopconv._loops.tiled_baseline import uses_pixel_tiles as uses_pixel_tiles
 from loopconv._loops.tiled_baseline import weight_plan as weight_plan
