@@ -3,7 +3,9 @@ is small against the kernel's reach, the passes run on the kernel without the ta
 padding for every output pixel.  The kept ranges against a brute-force count of the reads; the
 three passes of such problems (and of transposed convolutions) against the NumPy reference,
 with the dropped taps' weight gradient exactly zero, the first (checked) call and the planned
-calls the same bits, and the same bits on 1, 2 and 3 threads."""
+calls the same bits, and the same bits on 1, 2 and 3 threads.  Weight gradients summed by
+parts (`weight_parts`): the runs of taps against enumeration, such problems against the
+reference, and which problems take them."""
 
 from __future__ import annotations
 
@@ -25,17 +27,24 @@ def reading_taps(size, k, out, stride, pad, dilation):
             if any(0 <= o * stride - pad + t * dilation < size for o in range(out))]
 
 
+def small_geometries(sizes, kernels, pads):
+    """Every 1-D geometry of 1 to sizes - 1 inputs, 1 to kernels - 1 taps, padding 0 to
+    pads - 1 (both sides), stride and dilation 1 to 3 with an output: (size, taps, stride,
+    padding, dilation, outputs)."""
+    for size, k, stride, pad, dilation in itertools.product(range(1, sizes), range(1, kernels),
+                                                            range(1, 4), range(0, pads),
+                                                            range(1, 4)):
+        out = (size + 2 * pad - dilation * (k - 1) - 1) // stride + 1
+        if out >= 1:
+            yield size, k, stride, pad, dilation, out
+
+
 def test_kept_ranges_by_enumeration():
     """On every small 1-D geometry: the kept range ends at the last tap that reads the input,
     starts at the first one or where the padding before would go negative, and is None
     where it is the whole kernel or no tap reads the input."""
     checked = trimmed = 0
-    for size, k, stride, pad, dilation in itertools.product(range(1, 6), range(1, 6),
-                                                            range(1, 4), range(0, 7),
-                                                            range(1, 4)):
-        out = (size + 2 * pad - dilation * (k - 1) - 1) // stride + 1
-        if out < 1:
-            continue
+    for size, k, stride, pad, dilation, out in small_geometries(6, 6, 7):
         got = _loops.kept_taps((1, 1, 1, 1, size), (1, 1, 1, 1, k), (1, 1, 1, 1, out),
                                (1, 1, stride), (0, 0, pad), (1, 1, dilation))
         used = reading_taps(size, k, out, stride, pad, dilation)
@@ -103,20 +112,30 @@ def test_passes_against_reference(rng, assert_close, restore_threads, x_shape, w
     x, w, b, gy = conv_arrays(rng, x_shape, w_shape, kw, dtype)
     forward = getattr(loopconv, f"conv{nd}d")
     backward = getattr(loopconv, f"conv{nd}d_backward")
+
+    def check(got):
+        assert_close(got[0], reference.conv(x, w, b, **kw), dtype)
+        gx, gw, _ = reference.conv_backward(x, w, gy, **kw)
+        assert_close(got[1], gx, dtype)
+        assert_close(got[2], gw, dtype)
+        assert not got[2][dropped(w_shape, trimmed_problem(x_shape, w_shape, kw))].any()
+
+    same_bits_everywhere(lambda: (forward(x, w, b, **kw), *backward(x, w, gy, **kw)[:2]), check)
+
+
+def same_bits_everywhere(run, check):
+    """run() twice on each of 1, 2 and 3 threads, its plans forgotten before: `check` of the
+    first (checked) call's results, and the same bits from every later (planned) call."""
     loopconv.functional._PLANS.clear()
     loopconv.functional._BY_PROBLEM.clear()
     first = None
     for threads in (1, 2, 3):
         loopconv.set_num_threads(threads)
         for _ in range(2):
-            got = (forward(x, w, b, **kw), *backward(x, w, gy, **kw)[:2])
+            got = run()
             if first is None:
                 first = got
-                assert_close(got[0], reference.conv(x, w, b, **kw), dtype)
-                gx, gw, _ = reference.conv_backward(x, w, gy, **kw)
-                assert_close(got[1], gx, dtype)
-                assert_close(got[2], gw, dtype)
-                assert not got[2][dropped(w_shape, trimmed_problem(x_shape, w_shape, kw))].any()
+                check(got)
             for a, e in zip(got, first):
                 assert np.array_equal(a, e), threads
 
@@ -144,3 +163,114 @@ def test_transposed_against_reference(rng, assert_close, restore_threads, x_shap
     assert_close(out[0][2], gw, dtype)
     for a, e in zip(out[1], out[0]):
         assert np.array_equal(a, e)
+
+
+# ---------------------------------------------------------------------------------------------
+# Weight gradients by parts (`weight_parts`): runs of taps that read the input at the same
+# outputs, each summed over those outputs alone.
+
+def test_tap_runs_by_enumeration():
+    """On every small 1-D geometry: the runs cover, in order, exactly the taps that read the
+    input, each run's outputs being those at which each of its taps reads it; the share left
+    is that of the (output, tap) pairs that read padding."""
+    checked = 0
+    for size, k, stride, pad, dilation, out in small_geometries(7, 5, 6):
+        runs, share = _loops._tap_runs(size, k, out, stride, pad, dilation)
+        reads = {t: [o for o in range(out) if 0 <= o * stride - pad + t * dilation < size]
+                 for t in range(k)}
+        covered = [t for t0, t1, _, _ in runs for t in range(t0, t1)]
+        assert covered == [t for t in range(k) if reads[t]]
+        for t0, t1, o0, o1 in runs:
+            assert all(reads[t] == list(range(o0, o1)) for t in range(t0, t1))
+        assert share == pytest.approx(1 - sum(map(len, reads.values())) / (k * out))
+        checked += 1
+    assert checked > 500
+
+
+PARTS = [
+    # DeepLab's rates on a map past the parts' size rule, stride 2 and groups, asymmetric
+    # padding; a 1-D dilation; two frames under a 3x3x3 kernel (parts along depth alone)
+    case("2d-rate-12", (2, 5, 32, 32), (6, 5, 3, 3), padding=12, dilation=12),
+    case("2d-grouped-asymmetric", (1, 6, 34, 30), (4, 3, 3, 3), padding=((12, 9), (10, 10)),
+         dilation=(11, 10), groups=2),
+    case("2d-strided", (1, 3, 70, 66), (5, 3, 3, 3), stride=2, padding=16, dilation=16),
+    case("1d-dilated", (2, 4, 800), (3, 4, 3), padding=350, dilation=350),
+    case("3d-two-frames", (2, 3, 2, 20, 20), (4, 3, 3, 3, 3), padding=1),
+]
+
+
+def weight_parts_of(x_shape, w_shape, kw):
+    """weight_parts of the case, as the loops see it."""
+    stride, pad, dilation, _ = loop_args(x_shape, w_shape, kw)
+    y_shape = conv_output_shape(x_shape, w_shape, kw)
+    five = [lift(np.empty(s, np.int8)).shape for s in (x_shape, w_shape, y_shape)]
+    return _loops.weight_parts(*five, stride, pad, dilation)
+
+
+def check_weight_by_parts(rng, assert_close, x_shape, w_shape, kw, dtype):
+    """The weight gradient (with the input gradient) of conv{nd}d_backward against the
+    reference; the same bits from the first call and later ones, on 1, 2 and 3 threads."""
+    nd = len(x_shape) - 2
+    x, w, _, gy = conv_arrays(rng, x_shape, w_shape, kw, dtype)
+    backward = getattr(loopconv, f"conv{nd}d_backward")
+
+    def check(got):
+        gx, gw, _ = reference.conv_backward(x, w, gy, **kw)
+        assert_close(got[0], gx, dtype)
+        assert_close(got[1], gw, dtype)
+
+    same_bits_everywhere(lambda: backward(x, w, gy, **kw)[:2], check)
+
+
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+@pytest.mark.parametrize("x_shape, w_shape, kw", PARTS)
+def test_weight_by_parts_against_reference(rng, assert_close, restore_threads, x_shape, w_shape,
+                                           kw, dtype):
+    assert weight_parts_of(x_shape, w_shape, kw) is not None
+    check_weight_by_parts(rng, assert_close, x_shape, w_shape, kw, dtype)
+
+
+def random_part_cases(count, seed):
+    """Random geometries with runs of taps along some axis: 1 to 3 axes of 2 to 12, kernels of
+    1 to 4 taps, strides 1 to 2, dilations 1 to 4, padding up to 6 a side, groups 1 or 2."""
+    rng = np.random.default_rng(seed)
+    cases = []
+    while len(cases) < count:
+        nd, groups = int(rng.integers(1, 4)), int(rng.integers(1, 3))
+        size = tuple(int(rng.integers(2, 13)) for _ in range(nd))
+        kernel = tuple(int(rng.integers(1, 5)) for _ in range(nd))
+        kw = dict(stride=tuple(int(rng.integers(1, 3)) for _ in range(nd)),
+                  padding=tuple((int(rng.integers(0, 7)), int(rng.integers(0, 7)))
+                                for _ in range(nd)),
+                  dilation=tuple(int(rng.integers(1, 5)) for _ in range(nd)), groups=groups)
+        x_shape = (int(rng.integers(1, 3)), 2 * groups) + size
+        w_shape = (3 * groups, 2) + kernel
+        if min(conv_output_shape(x_shape, w_shape, kw)[2:]) >= 1:
+            cases.append(case(f"random-{len(cases)}", x_shape, w_shape, **kw))
+    return cases
+
+
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+@pytest.mark.parametrize("x_shape, w_shape, kw", random_part_cases(12, seed=20261203))
+def test_weight_by_parts_on_random_geometries(rng, assert_close, restore_threads, monkeypatch,
+                                              x_shape, w_shape, kw, dtype):
+    """With the size rules off (every axis with two runs or more split, parts of any size), on
+    random geometries: the parts' slices and paddings against the reference."""
+    monkeypatch.setattr(_loops, "SPLIT_AXIS", 0.0)
+    monkeypatch.setattr(_loops, "SPLIT_SHARE", 0.0)
+    monkeypatch.setattr(_loops, "SPLIT_PIXELS", 1)
+    check_weight_by_parts(rng, assert_close, x_shape, w_shape, kw, dtype)
+
+
+def test_which_weight_gradients_go_by_parts():
+    """By the share of pairs left out and the parts' size: DeepLab's rates 12 and 6 on 28x28,
+    two frames on 40x40; not a dilation of 4 on 14x14 (parts of 10x10), 3x3 on 4x4, 3x3 on
+    28x28, a 1x1 kernel."""
+    assert weight_parts_of((4, 8, 28, 28), (8, 8, 3, 3), dict(padding=12, dilation=12))
+    assert weight_parts_of((4, 8, 28, 28), (8, 8, 3, 3), dict(padding=6, dilation=6))
+    assert len(weight_parts_of((4, 8, 2, 40, 40), (8, 8, 3, 3, 3), dict(padding=1))) == 3
+    for x_shape, w_shape, kw in [((4, 8, 14, 14), (8, 8, 3, 3), dict(padding=4, dilation=4)),
+                                 ((8, 8, 4, 4), (8, 8, 3, 3), dict(padding=1)),
+                                 ((1, 8, 28, 28), (8, 8, 3, 3), dict(padding=1)),
+                                 ((1, 8, 28, 28), (8, 8, 1, 1), {})]:
+        assert weight_parts_of(x_shape, w_shape, kw) is None

@@ -15,6 +15,7 @@ layout) and run the chosen loops; a `Plan` runs the three passes of a problem ch
 """
 
 import importlib
+import itertools
 import math
 import os
 import warnings
@@ -546,6 +547,79 @@ def _trim_weight(x_shape, w, y_shape, stride, pad, dilation):
     return np.ascontiguousarray(w[_kept(taps)]), pad, dilation
 
 
+# Weight gradients by parts.  A weight gradient sums each tap's products over all output
+# pixels, where a large dilation makes many of them read padding: DeepLab's rate-12 3x3 on a
+# 28x28 map reads padding at half its (pixel, tap) pairs.  Taps whose outputs reading the input
+# form the same range along an axis are summed apart from the others, over that range alone,
+# as a convolution without padding along the axis; axes where taps read padding at fewer than
+# SPLIT_AXIS of their pairs are kept whole.  Parts are taken where the pairs left out are
+# SPLIT_SHARE or more and every part keeps SPLIT_PIXELS output pixels an image or more (smaller
+# parts cost more in copies and tiles than the pairs save).  Against the whole product (one
+# thread / two, float32): rate 12 on 28x28 with 1024 -> 256 channels at batch 4 1.78x / 1.26x,
+# rate 6 1.23x, rate 12 on 32x32 at batch 1 1.43x; dilation 4 on 14x14 (parts of 10x10
+# pixels) 1.12x / 0.90x, 3x3 on 4x4 0.76x, 7x7 on 7x7 0.86x: those stay whole.
+SPLIT_AXIS = 0.1
+SPLIT_SHARE = 0.25
+SPLIT_PIXELS = 256
+
+
+def _tap_runs(size, k, out, stride, pad, dilation):
+    """The taps of an axis in runs (t0, t1, o0, o1) of consecutive taps whose outputs reading
+    the input are o0 <= o < o1 (taps that read only padding in none), and the share of the
+    (output, tap) pairs that read padding."""
+    runs, reach = [], 0
+    for t in range(k):
+        o0 = max(0, -((t * dilation - pad) // stride))
+        o1 = min(out, (size - 1 + pad - t * dilation) // stride + 1)
+        if o1 <= o0:
+            continue
+        reach += o1 - o0
+        if runs and runs[-1][1] == t and runs[-1][2:] == (o0, o1):
+            runs[-1] = (runs[-1][0], t + 1, o0, o1)
+        else:
+            runs.append((t, t + 1, o0, o1))
+    return runs, 1 - reach / (k * out)
+
+
+def weight_parts(x_shape, w_shape, y_shape, stride, pad, dilation):
+    """The parts a weight gradient of these 5-D shapes is summed in, or None where it is summed
+    whole: per part, the index of its taps in dw, of its outputs in dy and of its inputs in x,
+    and its weight shape, padding before and dilation (a convolution of those slices)."""
+    axes, reached = [], 1.0
+    for size, k, out, s, p, d in zip(x_shape[2:], w_shape[2:], y_shape[2:], stride, pad,
+                                     dilation):
+        runs, share = _tap_runs(size, k, out, s, p, d)
+        if share >= SPLIT_AXIS and runs:
+            axes.append([(t0, t1, o0, o1, o0 * s - p + t0 * d,
+                          (o1 - 1 - o0) * s + (t1 - 1 - t0) * d + 1, 0)
+                         for t0, t1, o0, o1 in runs])
+            reached *= 1 - share
+        else:
+            axes.append([(0, k, 0, out, 0, size, p)])
+    parts = list(itertools.product(*axes))
+    if len(parts) < 2 or 1 - reached < SPLIT_SHARE or min(
+            math.prod(o1 - o0 for _, _, o0, o1, _, _, _ in part) for part in parts) < SPLIT_PIXELS:
+        return None
+    whole = (slice(None), slice(None))
+    return [(whole + tuple(slice(t0, t1) for t0, t1, *_ in part),
+             whole + tuple(slice(o0, o1) for _, _, o0, o1, *_ in part),
+             whole + tuple(slice(i0, i0 + n) for *_, i0, n, _ in part),
+             tuple(w_shape[:2]) + tuple(t1 - t0 for t0, t1, *_ in part),
+             tuple(p for *_, p in part),
+             tuple(d if t1 - t0 > 1 else 1 for (t0, t1, *_), d in zip(part, dilation)))
+            for part in parts]
+
+
+def _grad_weight_parts(x, dy, dw, parts, stride, groups, num_threads):
+    """dw of x and dy summed part by part (weight_parts), each part's slices copied."""
+    dw[...] = 0
+    for w_index, y_index, x_index, w_shape, pad, dilation in parts:
+        part = np.empty(w_shape, dw.dtype)
+        grad_weight(np.ascontiguousarray(x[x_index]), np.ascontiguousarray(dy[y_index]), part,
+                    stride, pad, dilation, groups, num_threads)
+        dw[w_index] = part
+
+
 def forward(x, w, bias, y, stride, pad, dilation, groups, num_threads):
     w, pad, dilation = _trim_weight(x.shape, w, y.shape, stride, pad, dilation)
     loops = choose(y.shape, w.shape, stride, groups)
@@ -561,6 +635,10 @@ def grad_input(dy, w, bias, dx, stride, pad, dilation, groups, num_threads):
 
 
 def grad_weight(x, dy, dw, stride, pad, dilation, groups, num_threads):
+    parts = weight_parts(x.shape, dw.shape, dy.shape, stride, pad, dilation)
+    if parts is not None:
+        _grad_weight_parts(x, dy, dw, parts, stride, groups, num_threads)
+        return
     taps = kept_taps(x.shape, dw.shape, dy.shape, stride, pad, dilation)
     out = dw
     if taps is not None:
@@ -591,7 +669,7 @@ class Plan:
     """
 
     __slots__ = ("problem", "shapes", "five", "args", "dtype", "unbatched", "loops", "_direct",
-                 "_no_bias", "_sampled", "_x_loops", "_x_args", "_taps", "_w5")
+                 "_no_bias", "_sampled", "_x_loops", "_x_args", "_taps", "_w5", "_parts")
 
     def __init__(self, problem):
         self.problem = problem
@@ -602,6 +680,8 @@ class Plan:
         self.unbatched = problem.unbatched
         # the problem the loops run: without the taps that read only padding (kept_taps)
         self._w5 = self.five[1]
+        # the weight gradient by parts (weight_parts), of the whole problem
+        self._parts = weight_parts(*self.five, *self.args[:3])
         self._taps = kept_taps(*self.five, *self.args[:3])
         if self._taps is not None:
             w5, pad, dilation = trimmed(self._w5, self.args[1], self.args[2], self._taps)
@@ -689,6 +769,10 @@ class Plan:
         if self._direct is not None:
             return self._direct.grad_weight(x, dy)
         dw, dw5 = self._out(1)
+        if self._parts is not None:
+            _grad_weight_parts(self._in(x, 0), self._in(dy, 2), dw5, self._parts,
+                               self.args[0], self.problem.groups, num_threads())
+            return dw
         kept = dw5 if self._taps is None else np.empty(self.five[1], self.dtype)
         loops = self._x_loops
         threads = _threads(loops.family, num_threads())
