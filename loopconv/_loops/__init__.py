@@ -498,12 +498,17 @@ def _threads(loops, num_threads):
 # passes run on the kernel without them.  A residual 3x3x3 layer of 512 channels on 1x7x7 at
 # batch 4 read a third of its weight: the columns held three times the products.
 
+def _reading_outputs(t, size, out, stride, pad, dilation):
+    """The outputs o0 <= o < o1 (o1 <= o0: none) at which tap t of an axis reads the input
+    (size elements, padding `pad` before) rather than padding."""
+    return (max(0, -((t * dilation - pad) // stride)),      # the first index reading >= 0
+            min(out, (size - 1 + pad - t * dilation) // stride + 1))
+
+
 def _reads_input(t, size, out, stride, pad, dilation) -> bool:
-    """Whether tap t of an axis reads the input (size elements, padding `pad` before) for some
-    output index < out."""
-    first = max(0, -((t * dilation - pad) // stride))       # the first index reading >= 0
-    last = min(out - 1, (size - 1 + pad - t * dilation) // stride)
-    return first <= last
+    """Whether tap t of an axis reads the input for some output index < out."""
+    o0, o1 = _reading_outputs(t, size, out, stride, pad, dilation)
+    return o0 < o1
 
 
 def kept_taps(x_shape, w_shape, y_shape, stride, pad, dilation):
@@ -569,8 +574,7 @@ def _tap_runs(size, k, out, stride, pad, dilation):
     (output, tap) pairs that read padding."""
     runs, reach = [], 0
     for t in range(k):
-        o0 = max(0, -((t * dilation - pad) // stride))
-        o1 = min(out, (size - 1 + pad - t * dilation) // stride + 1)
+        o0, o1 = _reading_outputs(t, size, out, stride, pad, dilation)
         if o1 <= o0:
             continue
         reach += o1 - o0

@@ -190,8 +190,8 @@ cdef void weight_item(const WeightProduct *p, Py_ssize_t item, const element *x,
     cdef Py_ssize_t j, ncol
     cdef bint first = True
     cdef Py_ssize_t r, r1, k0
-    cdef element *rows = bpack + p.Opad * B
-    cdef element *acc = rows + p.span * unit * p.Opad
+    cdef element *rows = bpack + p.Opad * B                # p.direct: its rows, then acc
+    cdef element *acc
     for step in range(s0, s1):
         ib = step // p.nblk
         n0 = ib * p.nimg
@@ -214,6 +214,7 @@ cdef void weight_item(const WeightProduct *p, Py_ssize_t item, const element *x,
         else:
             pack_dy_panels(p, dyg, pc, dcol, run, bpack, first)
         if p.direct:
+            acc = rows + p.span * unit * p.Opad
             r = ip0
             while r < ip1:
                 r1 = min(ip1, r + p.span)
