@@ -168,15 +168,21 @@ def plans(module, itemsize):
 
 
 def tile_kind(plan):
-    """The register tile of a weight_plan: "lanes", "one vector" or "two vectors"."""
+    """The register tile of a weight_plan: "output rows" (lc_tile_e), "lanes" (lc_tile_d),
+    "one vector" or "two vectors"."""
+    if plan["output rows"]:
+        return "output rows"
     return "lanes" if plan["lanes"] else "one vector" if plan["narrow"] else "two vectors"
+
+
+ALL_TILES = {"output rows", "lanes", "one vector", "two vectors"}
 
 
 def test_every_tile_is_taken():
     """Each weight-gradient tile sums blocks of several images in some variant and size."""
     kinds = {tile_kind(p) for v in VARIANTS for itemsize in (4, 8)
              for p in plans(_loops.variants()[v], itemsize) if p["images"] > 1}
-    assert kinds == {"lanes", "one vector", "two vectors"}
+    assert kinds == ALL_TILES
 
 
 @pytest.mark.parametrize("itemsize", [4, 8], ids=["f32", "f64"])
@@ -190,7 +196,7 @@ def test_cases_take_every_path(variant, itemsize):
     found = plans(_loops.variants()[variant], itemsize)
     blocked = [p for p in found if p["images"] > 1]
     kinds = {tile_kind(p) for p in blocked}
-    assert "two vectors" in kinds and kinds & {"lanes", "one vector"}
+    assert "two vectors" in kinds and kinds & {"output rows", "lanes", "one vector"}
     assert any(p["N"] % p["images"] for p in blocked)
     assert any(p["image blocks"] > 1 for p in blocked)
     assert any(p["steps"] > p["image blocks"] for p in blocked)
@@ -252,7 +258,8 @@ def random_direct_cases(count, seed):
 DIRECT = random_direct_cases(24, seed=20261203) + [
     case("1x1-rows-across-items", (1, 200, 7, 7), (150, 200, 1, 1)),
     case("3x3-last-rows-partial", (1, 37, 5, 5), (40, 37, 3, 3), padding=1),
-    case("few-outputs-lanes", (2, 70, 6, 6), (3, 70, 3, 3), padding=1),
+    case("few-outputs-rows", (2, 70, 6, 6), (3, 70, 3, 3), padding=1),
+    case("eight-outputs", (2, 70, 6, 6), (8, 70, 3, 3), padding=1),
 ]
 
 
@@ -277,10 +284,59 @@ def test_direct_cases_take_every_tile():
                 plan = module.weight_plan(*shapes5(*c.values), *loop_args(*c.values), itemsize)
                 if plan["direct"]:
                     kinds.add(tile_kind(plan))
-    assert kinds == {"lanes", "one vector", "two vectors"}
+    assert kinds == ALL_TILES
     wide = ((1, 768, 7, 7), (3072, 768, 1, 1), {})
     large = ((8, 64, 56, 56), (64, 64, 3, 3), dict(padding=1))
     for variant in VARIANTS:
         module = _loops.variants()[variant]
         assert module.weight_plan(*shapes5(*wide), *loop_args(*wide), 4)["direct"]
         assert not module.weight_plan(*shapes5(*large), *loop_args(*large), 4)["direct"]
+
+
+# ---------------------------------------------------------------------------------------------
+# One to seven output channels a group: the output channels as the rows of lc_tile_e, by rows k
+
+def random_rows_cases(count, seed):
+    """Random geometries whose weight gradient takes lc_tile_e (output rows) in float32 or
+    float64 on some variant: 3 to 14 pixels an axis, 1 to 20 input and 1 to 7 output channels
+    a group, 1 to 4 images."""
+    return random_plan_cases(count, seed, "rows", (3, 15), (1, 5), (1, 21), (1, 8),
+                             "output rows")
+
+
+ROWS = random_rows_cases(16, seed=20261205) + [
+    case("1x1-three-classes", (2, 32, 9, 10, 11), (3, 32, 1, 1, 1)),
+    case("4x4-stride2-three", (3, 16, 12, 12), (3, 16, 4, 4), stride=2, padding=1),
+    case("one-output-1d-dilated", (2, 9, 40), (1, 9, 5), dilation=3, padding=((4, 2),)),
+    case("groups-of-five-outputs", (2, 12, 8, 9), (15, 4, 3, 3), groups=3, padding=1),
+    # more reduction steps than chunks: chunks of several steps, summed into by the tile
+    case("chunks-of-several-steps", (4, 8, 64, 64), (3, 8, 3, 3), padding=1),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+@pytest.mark.parametrize("x_shape, w_shape, kw", ROWS)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_output_rows_tile(rng, assert_close, variant, x_shape, w_shape, kw, dtype):
+    """Every variant on weight gradients of few output channels a group (each case takes
+    lc_tile_e in some variant and size), against the reference, every element written, the
+    same bits on 1, 2 and 3 threads."""
+    check_bounded(rng, assert_close, variant, x_shape, w_shape, kw, dtype)
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kw, rows", [
+    ((1, 32, 32, 32, 32), (3, 32, 1, 1, 1), {}, True),        # a U-Net's last layer
+    ((8, 64, 28, 28), (1, 64, 3, 3), dict(padding=1), True),
+    ((8, 64, 28, 28), (7, 64, 3, 3), dict(padding=1), True),
+    ((8, 64, 28, 28), (8, 64, 3, 3), dict(padding=1), False),  # no zero columns: lc_tile_d
+    ((8, 64, 28, 28), (16, 64, 3, 3), dict(padding=1), False),
+])
+def test_which_weight_gradients_take_output_rows(x_shape, w_shape, kw, rows):
+    """Output rows where lc_tile_d would compute zero columns (AVX-512 float32: fewer than
+    eight output channels a group)."""
+    module = _loops.variants().get("x86-64-v4")
+    if module is None or module.info()["weight tile, few channels"][1] != 8:
+        pytest.skip("the AVX-512 variant is not built here")
+    plan = module.weight_plan(*shapes5(x_shape, w_shape, kw), *loop_args(x_shape, w_shape, kw),
+                              4)
+    assert plan["output rows"] == rows

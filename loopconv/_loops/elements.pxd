@@ -59,6 +59,12 @@ cdef extern from "elements.h" nogil:
                        const float *b, Py_ssize_t ldb, float *c, Py_ssize_t ldc, int beta)
     void lc_tile_d_f64(int kr, Py_ssize_t kc, const double *a, const Py_ssize_t *aoff,
                        const double *b, Py_ssize_t ldb, double *c, Py_ssize_t ldc, int beta)
+    void lc_tile_e_f32(int kr, Py_ssize_t kc, const float *a, Py_ssize_t lda, const float *b,
+                       const Py_ssize_t *boff, float *c, Py_ssize_t ldi, Py_ssize_t ldj,
+                       int beta)
+    void lc_tile_e_f64(int kr, Py_ssize_t kc, const double *a, Py_ssize_t lda,
+                       const double *b, const Py_ssize_t *boff, double *c, Py_ssize_t ldi,
+                       Py_ssize_t ldj, int beta)
     void lc_transpose_f32(const float *src, Py_ssize_t lds, float *dst, Py_ssize_t ldd)
     void lc_transpose_f64(const double *src, Py_ssize_t lds, double *dst, Py_ssize_t ldd)
     void lc_block_put_f32(float *dst, Py_ssize_t ldd, const float *src, Py_ssize_t lds,
@@ -205,6 +211,17 @@ cdef inline void tile_d(int kr, Py_ssize_t kc, const element *a, const Py_ssize_
         lc_tile_d_f32(kr, kc, a, aoff, b, ldb, c, ldc, beta)
     else:
         lc_tile_d_f64(kr, kc, a, aoff, b, ldb, c, ldc, beta)
+
+
+cdef inline void tile_e(int kr, Py_ssize_t kc, const element *a, Py_ssize_t lda,
+                        const element *b, const Py_ssize_t *boff, element *c, Py_ssize_t ldi,
+                        Py_ssize_t ldj, bint beta) noexcept nogil:
+    """lc_tile_d the other way round: kr = 1, 2 or LC_KR_D rows (output channels) by LC_OR_D
+    columns (rows of x at boff), stored at c[i * ldi + j * ldj]."""
+    if element is float:
+        lc_tile_e_f32(kr, kc, a, lda, b, boff, c, ldi, ldj, beta)
+    else:
+        lc_tile_e_f64(kr, kc, a, lda, b, boff, c, ldi, ldj, beta)
 
 
 cdef inline void transpose_block(const element *src, Py_ssize_t lds, element *dst,

@@ -124,6 +124,12 @@
  *                 where transposing dy for lc_tile_a costs as much as the arithmetic; dense
  *                 products); kr is 1 or KR_D rows (one: a dense product of one image);
  *                 kc must be a multiple of the vector width
+ *   lc_tile_e_T:  C[i, j] (=, +=) sum_k a[i * lda + k] * b[boff[j] + k]      kr x OR_D
+ *                 lc_tile_d the other way round, C stored at c[i * ldi + j * ldj]: the
+ *                 weight gradient for one to four output channels (kr of them, 1, 2 or KR_D,
+ *                 the rows) by OR_D rows k of x (at boff), where lc_tile_d's OR_D output
+ *                 channels would be half or more zeros (a segmentation net's last 1x1 to 3
+ *                 classes, ResNeXt's groups of 4)
  */
 #if defined(__GNUC__) || defined(__clang__)
 #  define LC_RESTRICT __restrict__
@@ -380,6 +386,16 @@ static inline void lc_tile_d_##SUFFIX(int kr, ptrdiff_t kc, const T *a,         
 {                                                                                       \
     if (kr == 1) lc_tile_d1_##SUFFIX(kc, a, aoff, b, ldb, c, ldc, beta);                \
     else lc_tile_dfull_##SUFFIX(kc, a, aoff, b, ldb, c, ldc, beta);                     \
+}                                                                                       \
+LC_TILE_E_ROWS(SUFFIX, T, 1, 1)                                                         \
+LC_TILE_E_ROWS(SUFFIX, T, 2, 2)                                                         \
+LC_TILE_E_ROWS(SUFFIX, T, full, LC_KR_D)                                                \
+static inline void lc_tile_e_##SUFFIX(int kr, ptrdiff_t kc, const T *a, ptrdiff_t lda,  \
+        const T *b, const ptrdiff_t *boff, T *c, ptrdiff_t ldi, ptrdiff_t ldj, int beta) \
+{                                                                                       \
+    if (kr == 1) lc_tile_e1_##SUFFIX(kc, a, lda, b, boff, c, ldi, ldj, beta);           \
+    else if (kr == 2) lc_tile_e2_##SUFFIX(kc, a, lda, b, boff, c, ldi, ldj, beta);      \
+    else lc_tile_efull_##SUFFIX(kc, a, lda, b, boff, c, ldi, ldj, beta);                \
 }
 
 /* lc_tile_d with KR rows; each row's OR_D sums by lc_lane_sums (LC_DEFINE_LANE_SUMS) */
@@ -406,6 +422,40 @@ static inline void lc_tile_d##NAME##_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT
         }                                                                               \
     }                                                                                   \
     for (int i = 0; i < KR; i++) lc_lane_sums_##SUFFIX(acc[i], c + i * ldc, beta);      \
+}
+
+/* lc_tile_e with KR rows: each row's OR_D sums by lc_lane_sums, then stored one by one (ldj
+ * apart) */
+#  define LC_TILE_E_ROWS(SUFFIX, T, NAME, KR)                                            \
+static inline void lc_tile_e##NAME##_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,     \
+        ptrdiff_t lda, const T *LC_RESTRICT b, const ptrdiff_t *LC_RESTRICT boff,       \
+        T *LC_RESTRICT c, ptrdiff_t ldi, ptrdiff_t ldj, int beta)                       \
+{                                                                                       \
+    enum { W = LC_VEC_BYTES / sizeof(T) };                                              \
+    typedef lc_vec_##SUFFIX VEC;                                                        \
+    typedef lc_uvec_##SUFFIX UVEC;                                                      \
+    const T *cols[LC_OR_D];                                                             \
+    VEC acc[KR][LC_OR_D];                                                               \
+    T sums[LC_OR_D];                                                                    \
+    LC_UNROLL for (int j = 0; j < LC_OR_D; j++) cols[j] = b + boff[j];                  \
+    LC_UNROLL for (int i = 0; i < KR; i++)                                              \
+        LC_UNROLL for (int j = 0; j < LC_OR_D; j++) acc[i][j] = (VEC){0};               \
+    for (ptrdiff_t k = 0; k < kc; k += W) {                                             \
+        VEC av[KR];                                                                     \
+        LC_UNROLL for (int i = 0; i < KR; i++)                                          \
+            av[i] = *(const UVEC *)(a + i * lda + k);                                   \
+        LC_UNROLL for (int j = 0; j < LC_OR_D; j++) {                                   \
+            VEC bj = *(const UVEC *)(cols[j] + k);                                      \
+            LC_UNROLL for (int i = 0; i < KR; i++) acc[i][j] += av[i] * bj;             \
+        }                                                                               \
+    }                                                                                   \
+    for (int i = 0; i < KR; i++) {                                                      \
+        lc_lane_sums_##SUFFIX(acc[i], sums, 0);                                         \
+        for (int j = 0; j < LC_OR_D; j++) {                                             \
+            T *d = c + i * ldi + j * ldj;                                               \
+            *d = beta ? *d + sums[j] : sums[j];                                         \
+        }                                                                               \
+    }                                                                                   \
 }
 
 #else  /* other compilers: the same tiles as scalar loops (correct, not fast) */
@@ -490,6 +540,17 @@ static void lc_tile_d_##SUFFIX(int kr, ptrdiff_t kc, const T *a, const ptrdiff_t
             T sum = 0;                                                                  \
             for (ptrdiff_t k = 0; k < kc; k++) sum += a[aoff[i] + k] * b[j * ldb + k];  \
             c[i * ldc + j] = beta ? c[i * ldc + j] + sum : sum;                         \
+        }                                                                               \
+}                                                                                       \
+static void lc_tile_e_##SUFFIX(int kr, ptrdiff_t kc, const T *a, ptrdiff_t lda,         \
+                               const T *b, const ptrdiff_t *boff, T *c, ptrdiff_t ldi,  \
+                               ptrdiff_t ldj, int beta)                                 \
+{                                                                                       \
+    for (int i = 0; i < kr; i++)                                                        \
+        for (int j = 0; j < LC_OR_D; j++) {                                             \
+            T sum = 0;                                                                  \
+            for (ptrdiff_t k = 0; k < kc; k++) sum += a[i * lda + k] * b[boff[j] + k];  \
+            c[i * ldi + j * ldj] = beta ? c[i * ldi + j * ldj] + sum : sum;             \
         }                                                                               \
 }
 #endif

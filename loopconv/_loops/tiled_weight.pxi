@@ -13,6 +13,8 @@
 cdef struct WeightProduct:
     Py_ssize_t N, G, M, K, Kpad, Opad
     bint lanes                      # few output channels: lc_tile_d, else lc_tile_a
+    # lanes with the output channels as the tiles' rows (lc_tile_e), by LC_OR_D rows k
+    bint out_rows
     bint narrow                     # lc_tile_a (or _m) one vector wide (p.NR == VW)
     Py_ssize_t mr                   # rows of a tile: LC_KR_D, LC_MR_A or LC_MR_A1
     bint compact                    # lc_tile_m over the valid grid columns only
@@ -121,8 +123,16 @@ cdef inline void weight_tiles(const WeightProduct *p, Py_ssize_t ip0, Py_ssize_t
     the staged x at xq read at aoff (a tile's rows) times the packed dy (unit: p.mr, the rows
     of a tile).  part holds the rows from row0 * unit on."""
     cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
-    cdef Py_ssize_t NR = p.NR, B = p.block, mr = p.mr, ip, jp
-    if p.lanes:
+    cdef Py_ssize_t NR = p.NR, B = p.block, mr = p.mr, ip, jp, o0, kr
+    if p.out_rows:          # rows o0 .. o0 + kr - 1 of dy (packed) by mr rows k of x
+        for ip in range(ip0, ip1):
+            o0 = 0
+            while o0 < p.M:
+                kr = min(p.M - o0, LC_KR_D)
+                tile_e(kr, round_up(pc, VW), bpack + o0 * B, B, xq, aoff + ip * mr,
+                       part + (ip - row0) * mr * p.Opad + o0, 1, p.Opad, not first)
+                o0 += kr
+    elif p.lanes:
         for ip in range(ip0, ip1):
             for jp in range(p.Opad // LC_OR_D):
                 tile_d(LC_KR_D, round_up(pc, VW), xq, aoff + ip * LC_KR_D,
