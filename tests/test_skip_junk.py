@@ -192,6 +192,8 @@ SKIPS = [
     case("skip-few-frames", (2, 24, 2, 12, 12), (16, 24, 3, 3, 3), padding=1),
     case("skip-three-frames-dilated", (1, 16, 3, 10, 10), (24, 16, 3, 3, 3),
          padding=(1, 2, 2), dilation=(1, 2, 2)),
+    # a grid with junk columns whose pixels read padding at 9 % of their taps (PIX_SKIP_PERCENT)
+    case("skip-dilated-2-on-28", (2, 48, 28, 28), (56, 48, 3, 3), padding=2, dilation=2),
     case("skip-125-taps", (2, 16, 4, 4, 4), (24, 16, 5, 5, 5), padding=2),
 ]
 
@@ -254,9 +256,13 @@ def test_skip_cases_skip(x_shape, w_shape, kw):
     # 125 taps: more than a mask holds
     ((2, 16, 4, 4, 4), (24, 16, 5, 5, 5), dict(padding=2), False, False),
     # few frames: 35 %, 20 % of the pairs (tried as pixel tiles, new_geometry); 8 frames 11 %
+    # on a compact grid (PIX_SKIP_COMPACT)
     ((4, 64, 2, 40, 40), (64, 64, 3, 3, 3), dict(padding=1), True, True),
     ((4, 128, 4, 28, 28), (128, 128, 3, 3, 3), dict(padding=1), True, True),
     ((2, 64, 8, 32, 32), (64, 64, 3, 3, 3), dict(padding=1), False, False),
+    # DeepLab's backbone, dilation 2 on 28x28: 9 % of the pairs, a grid with junk columns
+    ((1, 512, 28, 28), (512, 512, 3, 3), dict(padding=2, dilation=2), True, True),
+    ((4, 64, 28, 28), (64, 64, 3, 3), dict(padding=2, dilation=2), True, True),
     # a weight of 7 MB read in place at batch 1: not tried (PIX_PACK_BYTES)
     ((1, 256, 4, 4, 4), (256, 256, 3, 3, 3), dict(padding=1), False, False),
 ])

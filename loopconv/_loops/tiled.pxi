@@ -98,8 +98,16 @@ cdef enum:
     # PIX_SKIP_PERCENT: pixel tiles skip taps where they would skip this share of their
     # (tile, tap) pairs or more (skip_share, pixel_order).  DeepLab's dilation 6 on 33x33
     # (21 %) 1.34x forward, 1.15x input gradient; at 10 % and 14 % (5x5 on 7x7, a strided
-    # dilated 3x3x3) 0.99-1.07: no gain
-    PIX_SKIP_PERCENT = 15
+    # dilated 3x3x3) 0.99-1.07.  8 rather than 15: the 3x3 dilation-2 layers on 28x28 of
+    # DeepLab's backbone (9 % of their pairs, 8-9 % skipped, and a grid of 30 columns a row
+    # of 28) 1.07-1.23x as pixel tiles, forward and input gradient, one and two threads,
+    # both dtypes, where they had run at 0.82-0.85 of PyTorch; layers already on pixel tiles
+    # that now skip 9-10 % (7x7 on 28x28, 3x3 on 12x12 and 10x10) 0.99-1.04x.
+    # PIX_SKIP_COMPACT: the share from which a compact grid (phase_pieces), whose tiles compute
+    # no junk, is tried as pixel tiles (new_geometry): at 8 %, 3x3x3 on 8x32x32 and 16^3 (11-12
+    # % of their pairs) took pixel tiles, as fast with AVX-512, 0.88-0.90x with AVX2
+    PIX_SKIP_PERCENT = 8
+    PIX_SKIP_COMPACT = 15
     # PIX_TAPS: room for the taps of a phase that pixel tiles skip by (a mask of a size_t per
     # pixel: fewer than 8 * sizeof(size_t) taps; more, and no tap is skipped)
     PIX_TAPS = 63

@@ -780,7 +780,8 @@ cdef _Geometry new_geometry(int which, tuple xs, tuple ws, tuple ys, stride, pad
                             Py_ssize_t groups, Py_ssize_t itemsize):
     """The geometry of pass `which` for 5-D shapes xs (x or dx), ws (w or dw), ys (y or dy).
     A forward-style product that does not take pixel tiles, but whose pixels read padding at
-    PIX_SKIP_PERCENT of their taps or more (padding_share), is tried as pixel tiles to find
+    PIX_SKIP_PERCENT of their taps or more (padding_share; PIX_SKIP_COMPACT where the grid is
+    compact, without the junk columns that pixel tiles save), is tried as pixel tiles to find
     the share of the (tile, tap) pairs they would skip (skip_share), and its tiles chosen
     again with it: 3x3x3 on volumes of few frames (the taps of their first and last planes
     that read the padding before and after) ran 1.27-1.45x faster as pixel tiles.  PIX_TRY:
@@ -790,6 +791,7 @@ cdef _Geometry new_geometry(int which, tuple xs, tuple ws, tuple ys, stride, pad
     pairs skipped) took 1.4 times as long for the input gradient as pixel tiles, the forward
     pass as long; with 32 and 64 channels 1.2x faster, 64 channels dilated 6 on 7x7 1.9-2.1x."""
     cdef _Geometry geo, trial
+    cdef Py_ssize_t f, least = PIX_SKIP_PERCENT
     if which == PASS_WEIGHT:
         geo = _Geometry()
         set_weight(&geo.q, xs, ws, ys, stride, pad, dilation, groups, itemsize, math.prod(xs))
@@ -798,11 +800,14 @@ cdef _Geometry new_geometry(int which, tuple xs, tuple ws, tuple ys, stride, pad
         geo.aoff = np.concatenate([rows, np.repeat(rows[:1], geo.q.Kpad - geo.q.K)])
         return geo
     geo = product_try(which, xs, ws, ys, stride, pad, dilation, groups, itemsize, 0)
+    for f in range(geo.p.nphase):
+        if geo.phases[f].pieces:        # a compact grid: no junk columns
+            least = PIX_SKIP_COMPACT
     if geo.p.by_pixel or (geo.p.gathered and math.prod(ws) * itemsize > PIX_PACK_BYTES) or (
-            padding_share(which, xs, ws, ys, stride, pad, dilation) * 100 < PIX_SKIP_PERCENT):
+            padding_share(which, xs, ws, ys, stride, pad, dilation) * 100 < least):
         return geo
     trial = product_try(which, xs, ws, ys, stride, pad, dilation, groups, itemsize, PIX_TRY)
-    if not trial.p.by_pixel or trial.skip * 100 < PIX_SKIP_PERCENT:
+    if not trial.p.by_pixel or trial.skip * 100 < least:
         return geo
     chosen = product_try(which, xs, ws, ys, stride, pad, dilation, groups, itemsize,
                          trial.skip)
