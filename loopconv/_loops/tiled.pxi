@@ -95,18 +95,10 @@ cdef enum:
     # and 7x7 with 256 and 512 channels at batch 8, DeepLab's dilation 12): each k read other
     # cache lines; blocks of 16 or 64 channels 0-4 %
     PIX_CB = 64
-    # PIX_SKIP_PERCENT: pixel tiles skip taps where they would skip this share of their
-    # (tile, tap) pairs or more (skip_share, pixel_order).  DeepLab's dilation 6 on 33x33
-    # (21 %) 1.34x forward, 1.15x input gradient; at 10 % and 14 % (5x5 on 7x7, a strided
-    # dilated 3x3x3) 0.99-1.07.  8 rather than 15: the 3x3 dilation-2 layers on 28x28 of
-    # DeepLab's backbone (9 % of their pairs, 8-9 % skipped, and a grid of 30 columns a row
-    # of 28) 1.07-1.23x as pixel tiles, forward and input gradient, one and two threads,
-    # both dtypes, where they had run at 0.82-0.85 of PyTorch; layers already on pixel tiles
-    # that now skip 9-10 % (7x7 on 28x28, 3x3 on 12x12 and 10x10) 0.99-1.04x.
-    # PIX_SKIP_COMPACT: the share from which a compact grid (phase_pieces), whose tiles compute
-    # no junk, is tried as pixel tiles (new_geometry): at 8 %, 3x3x3 on 8x32x32 and 16^3 (11-12
-    # % of their pairs) took pixel tiles, as fast with AVX-512, 0.88-0.90x with AVX2
-    PIX_SKIP_PERCENT = 8
+    # PIX_SKIP_COMPACT: the share of skipped (tile, tap) pairs from which a compact grid
+    # (phase_pieces), whose tiles compute no junk, is tried as pixel tiles (new_geometry;
+    # PIX_SKIP_PERCENT below): at 8 %, 3x3x3 on 8x32x32 and 16^3 (11-12 % of their pairs) took
+    # pixel tiles, as fast with AVX-512, 0.88-0.90x with AVX2
     PIX_SKIP_COMPACT = 15
     # PIX_TAPS: room for the taps of a phase that pixel tiles skip by (a mask of a size_t per
     # pixel: fewer than 8 * sizeof(size_t) taps; more, and no tap is skipped)
@@ -200,6 +192,18 @@ cdef double PIXEL_WASTE = 1.12
 # PIX_TRY: the share of skipped (tile, tap) pairs with which new_geometry tries a product as
 # pixel tiles (to find the share they would skip); PIX_PACK_BYTES: see new_geometry
 cdef double PIX_TRY = 0.99
+# PIX_SKIP_PERCENT: pixel tiles skip taps where they would skip this share of their (tile,
+# tap) pairs or more (skip_share, pixel_order), and other grids are tried as pixel tiles from
+# this share of their pairs (new_geometry).  DeepLab's dilation 6 on 33x33 (21 %) 1.34x
+# forward, 1.15x input gradient; at 10 % and 14 % (5x5 on 7x7, a strided dilated 3x3x3)
+# 0.99-1.07.  With AVX-512, 8 rather than 15: the 3x3 dilation-2 layers on 28x28 of DeepLab's
+# backbone (9 % of their pairs, 8-9 % skipped, and a grid of 30 columns a row of 28) 1.07-1.23x
+# as pixel tiles, forward and input gradient, one and two threads, both dtypes, where they had
+# run at 0.82-0.85 of PyTorch; layers already on pixel tiles that now skip 9-10 % (7x7 on 28x28,
+# 3x3 on 12x12 and 10x10, stride-2 3x3 on 14x14 at batch 8) 0.99-1.10x.  With AVX2 (tiles of
+# four pixels) the same layers gained as much, but others lost: ResNeXt's groups of 16
+# channels on 14x14 at batch 8 0.81x, 3x3 on 14x14 with 256 channels 0.94x; it keeps 15
+cdef Py_ssize_t PIX_SKIP_PERCENT = 8 if LC_VEC_BYTES == 64 else 15
 cdef Py_ssize_t PIX_PACK_BYTES = 1 << 20
 # COMPACT_WASTE: grid columns per valid pixel from which a phase whose rows are whole vectors
 # computes its valid columns alone (compact_phases).  In one process against the grid's tiles
