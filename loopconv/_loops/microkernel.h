@@ -398,6 +398,24 @@ static inline void lc_tile_e_##SUFFIX(int kr, ptrdiff_t kc, const T *a, ptrdiff_
     else lc_tile_efull_##SUFFIX(kc, a, lda, b, boff, c, ldi, ldj, beta);                \
 }
 
+/* The body of lc_tile_d and lc_tile_e: acc[i][j] = the vector sums over k < kc (in steps of a
+ * vector) of row i of A (its vector at k: the address A_AT) times row j of B (B_AT), for i < KR
+ * and j < OR_D; the caller sums each acc[i]'s lanes. */
+#  define LC_DOT_BODY(SUFFIX, KR, A_AT, B_AT)                                            \
+    typedef lc_vec_##SUFFIX VEC;                                                        \
+    typedef lc_uvec_##SUFFIX UVEC;                                                      \
+    VEC acc[KR][LC_OR_D];                                                               \
+    LC_UNROLL for (int i = 0; i < KR; i++)                                              \
+        LC_UNROLL for (int j = 0; j < LC_OR_D; j++) acc[i][j] = (VEC){0};               \
+    for (ptrdiff_t k = 0; k < kc; k += W) {                                             \
+        VEC av[KR];                                                                     \
+        LC_UNROLL for (int i = 0; i < KR; i++) av[i] = *(const UVEC *)(A_AT);           \
+        LC_UNROLL for (int j = 0; j < LC_OR_D; j++) {                                   \
+            VEC bj = *(const UVEC *)(B_AT);                                             \
+            LC_UNROLL for (int i = 0; i < KR; i++) acc[i][j] += av[i] * bj;             \
+        }                                                                               \
+    }
+
 /* lc_tile_d with KR rows; each row's OR_D sums by lc_lane_sums (LC_DEFINE_LANE_SUMS) */
 #  define LC_TILE_D_ROWS(SUFFIX, T, NAME, KR)                                            \
 static inline void lc_tile_d##NAME##_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,     \
@@ -405,22 +423,9 @@ static inline void lc_tile_d##NAME##_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT
         T *LC_RESTRICT c, ptrdiff_t ldc, int beta)                                      \
 {                                                                                       \
     enum { W = LC_VEC_BYTES / sizeof(T) };                                              \
-    typedef lc_vec_##SUFFIX VEC;                                                        \
-    typedef lc_uvec_##SUFFIX UVEC;                                                      \
     const T *rows[KR];                                                                  \
-    VEC acc[KR][LC_OR_D];                                                               \
-    LC_UNROLL for (int i = 0; i < KR; i++) {                                            \
-        rows[i] = a + aoff[i];                                                          \
-        LC_UNROLL for (int j = 0; j < LC_OR_D; j++) acc[i][j] = (VEC){0};               \
-    }                                                                                   \
-    for (ptrdiff_t k = 0; k < kc; k += W) {                                             \
-        VEC av[KR];                                                                     \
-        LC_UNROLL for (int i = 0; i < KR; i++) av[i] = *(const UVEC *)(rows[i] + k);    \
-        LC_UNROLL for (int j = 0; j < LC_OR_D; j++) {                                   \
-            VEC bj = *(const UVEC *)(b + j * ldb + k);                                  \
-            LC_UNROLL for (int i = 0; i < KR; i++) acc[i][j] += av[i] * bj;             \
-        }                                                                               \
-    }                                                                                   \
+    LC_UNROLL for (int i = 0; i < KR; i++) rows[i] = a + aoff[i];                       \
+    LC_DOT_BODY(SUFFIX, KR, rows[i] + k, b + j * ldb + k)                               \
     for (int i = 0; i < KR; i++) lc_lane_sums_##SUFFIX(acc[i], c + i * ldc, beta);      \
 }
 
@@ -432,23 +437,10 @@ static inline void lc_tile_e##NAME##_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT
         T *LC_RESTRICT c, ptrdiff_t ldi, ptrdiff_t ldj, int beta)                       \
 {                                                                                       \
     enum { W = LC_VEC_BYTES / sizeof(T) };                                              \
-    typedef lc_vec_##SUFFIX VEC;                                                        \
-    typedef lc_uvec_##SUFFIX UVEC;                                                      \
     const T *cols[LC_OR_D];                                                             \
-    VEC acc[KR][LC_OR_D];                                                               \
     T sums[LC_OR_D];                                                                    \
     LC_UNROLL for (int j = 0; j < LC_OR_D; j++) cols[j] = b + boff[j];                  \
-    LC_UNROLL for (int i = 0; i < KR; i++)                                              \
-        LC_UNROLL for (int j = 0; j < LC_OR_D; j++) acc[i][j] = (VEC){0};               \
-    for (ptrdiff_t k = 0; k < kc; k += W) {                                             \
-        VEC av[KR];                                                                     \
-        LC_UNROLL for (int i = 0; i < KR; i++)                                          \
-            av[i] = *(const UVEC *)(a + i * lda + k);                                   \
-        LC_UNROLL for (int j = 0; j < LC_OR_D; j++) {                                   \
-            VEC bj = *(const UVEC *)(cols[j] + k);                                      \
-            LC_UNROLL for (int i = 0; i < KR; i++) acc[i][j] += av[i] * bj;             \
-        }                                                                               \
-    }                                                                                   \
+    LC_DOT_BODY(SUFFIX, KR, a + i * lda + k, cols[j] + k)                               \
     for (int i = 0; i < KR; i++) {                                                      \
         lc_lane_sums_##SUFFIX(acc[i], sums, 0);                                         \
         for (int j = 0; j < LC_OR_D; j++) {                                             \
