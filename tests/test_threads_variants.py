@@ -266,6 +266,14 @@ VARIANT_CASES = [
     case("2d-stride2-padding-past-kernel", (2, 3, 9, 30), (5, 3, 2, 2), stride=2,
          padding=((1, 0), (3, 5))),
     case("1d-odd", (3, 11, 263), (17, 11, 4), stride=2, padding=((3, 1),)),
+    # stride 2 on rows of one to three vectors a phase: both phases of a row stored whole from
+    # the same loads, except the slice's last rows, past which they would read, and rows whose
+    # vectors would pass the end of their plane
+    case("2d-stride2-rows-of-28-grouped", (2, 16, 28, 28), (16, 4, 3, 3), stride=2, groups=4,
+         padding=1),
+    case("2d-stride2-odd-rows", (3, 5, 13, 31), (6, 5, 3, 3), stride=2,
+         padding=((0, 2), (1, 0))),
+    case("3d-stride2-short-rows", (1, 4, 5, 10, 22), (6, 4, 3, 3, 3), stride=2, padding=1),
     # stride 2: the input gradient's tiles stored into every other element, rows (35, 33:
     # phases of 18, 17 and 16 columns) crossing vectors of either width, over more columns of
     # A than one pass takes (the forward pass's 48 * 9 and the gradient's 140 * 4 > KC: the

@@ -75,6 +75,10 @@ cdef extern from "elements.h" nogil:
     void lc_evens_f64(double *dst, const double *src, Py_ssize_t n, Py_ssize_t avail)
     void lc_row_f32(float *dst, const float *src, Py_ssize_t lo, Py_ssize_t hi)
     void lc_row_f64(double *dst, const double *src, Py_ssize_t lo, Py_ssize_t hi)
+    void lc_row_pair_f32(float *row0, float *row1, const float *src, Py_ssize_t m,
+                         Py_ssize_t lo0, Py_ssize_t hi0, Py_ssize_t lo1, Py_ssize_t hi1)
+    void lc_row_pair_f64(double *row0, double *row1, const double *src, Py_ssize_t m,
+                         Py_ssize_t lo0, Py_ssize_t hi0, Py_ssize_t lo1, Py_ssize_t hi1)
     void lc_put_f32(float *dst, Py_ssize_t ldd, Py_ssize_t ds, const float *tile,
                     Py_ssize_t width, Py_ssize_t rows, Py_ssize_t u, Py_ssize_t n, int add)
     void lc_put_f64(double *dst, Py_ssize_t ldd, Py_ssize_t ds, const double *tile,
@@ -266,6 +270,14 @@ cdef inline void short_row(element *dst, const element *src, Py_ssize_t lo,
         lc_row_f32(dst, src, lo, hi)
     else:
         lc_row_f64(dst, src, lo, hi)
+
+
+cdef inline void short_row_pair(element *row0, element *row1, const element *src,
+                                Py_ssize_t m, const Py_ssize_t *bounds) noexcept nogil:
+    if element is float:
+        lc_row_pair_f32(row0, row1, src, m, bounds[0], bounds[1], bounds[2], bounds[3])
+    else:
+        lc_row_pair_f64(row0, row1, src, m, bounds[0], bounds[1], bounds[2], bounds[3])
 
 
 cdef inline void put_run(element *dst, Py_ssize_t ldd, Py_ssize_t ds, const element *tile,

@@ -68,7 +68,8 @@ from loopconv._loops.elements cimport (LC_ISA, LC_DW_OB, LC_DWC_PX, LC_KR_D, LC_
                                        LC_MR_A1, LC_MR_B, LC_NV_B, lc_prefetch,
                                        LC_OR_D, LC_PUT_RUNS, LC_VEC_BYTES, block_put, dw_copy,
                                        dw_dots, dw_rows, dwc_copy, dwc_dotruns, dwc_runs,
-                                       element, evens, put_run, short_row, tile_a, tile_b,
+                                       element, evens, put_run, short_row,
+                                       short_row_pair, tile_a, tile_b,
                                        tile_d, tile_e, tile_g, tile_m, tile_p, tile_v,
                                        transpose_block, typecode)
 
