@@ -108,6 +108,11 @@ def test_against_reference_and_across_threads(rng, assert_close, x_shape, w_shap
     ((8, 64, 14, 14), (256, 64, 3, 3), dict(stride=2, padding=1), True),
     ((8, 128, 7, 7), (128, 128, 3, 3), dict(padding=1), False),
     ((8, 128, 17, 17), (192, 128, 7, 1), dict(padding=(3, 0)), False),       # Inception's 7x1
+    # grids 4 times dy: columns, unless a stride-1 batch of 128 pixels or more (pixel tiles)
+    ((16, 512, 2, 2), (512, 512, 3, 3), dict(padding=1), True),
+    ((64, 512, 2, 2), (512, 512, 3, 3), dict(padding=1), False),
+    ((16, 256, 4, 4), (256, 256, 5, 5), dict(padding=2), False),
+    ((16, 256, 4, 4), (256, 256, 5, 5), dict(padding=2, stride=2), True),
 ])
 def test_which_problems(x_shape, w_shape, kw, chosen):
     """By how much larger than dy the phase-split grids would be (never by thread count)."""
@@ -325,8 +330,16 @@ def test_forward_against_reference_and_across_threads(rng, assert_close, x_shape
     ((1, 32, 1, 1), (8, 32, 1, 1), {}, True),                # small, but not the direct loops
     ((16, 10, 1, 1), (240, 10, 1, 1), {}, False),            # 16 images, columns of 10
     ((2, 64, 1, 1), (64, 16, 1, 1), dict(groups=4), False),  # groups
-    ((32, 100, 1, 1), (512, 100, 4, 4), dict(padding=3), True),    # 4x4 output, 512 in all
+    # 4x4 outputs reading one tap each: 32 images in pixel tiles, which skip the other 15
+    ((8, 100, 1, 1), (512, 100, 4, 4), dict(padding=3), True),     # 128 pixels, 512 >= 3 x 128
+    ((32, 100, 1, 1), (512, 100, 4, 4), dict(padding=3), False),   # 512 in all
     ((64, 100, 1, 1), (512, 100, 4, 4), dict(padding=3), False),   # 1024 in all
+    # 2x2 and 3x3 images: columns where the batch has few pixels or the weight many rows
+    ((4, 512, 2, 2), (512, 512, 3, 3), dict(padding=1), True),     # 16 pixels in all
+    ((32, 512, 2, 2), (512, 512, 3, 3), dict(padding=1), True),    # 512 >= 3 x 128
+    ((64, 512, 2, 2), (512, 512, 3, 3), dict(padding=1), False),   # 256 pixels: pixel tiles
+    ((16, 256, 3, 3), (256, 256, 3, 3), dict(padding=1), False),   # 144 pixels: pixel tiles
+    ((16, 256, 4, 4), (256, 256, 5, 5), dict(padding=2), False),   # grid 4 x output
     ((32, 32, 4, 4), (10, 32, 4, 4), {}, True),              # a dense layer as a convolution
     ((8, 64, 1, 1), (64, 16, 1, 1), dict(groups=4), False),
     ((1, 128, 4, 4, 4), (256, 128, 3, 3, 3), dict(padding=1), True),     # grid 3.4 x output

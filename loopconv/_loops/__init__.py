@@ -166,6 +166,15 @@ def _grid(y_shape, w_shape, stride) -> int:
     return math.prod(p + -(-k // s) - 1 for p, k, s in zip(y_shape[2:], w_shape[2:], stride))
 
 
+def _flat_batch(y_shape, stride) -> bool:
+    """Whether a 1-D or 2-D problem of stride 1 has IM2COL_FORWARD_REDUCTION output pixels or
+    more in all: its pixel tiles then group the pixels of several images by the taps that reach
+    the source from them and skip the rest, so they run faster than the columns, which compute
+    every tap, however much of the grid is padding (the waste rules below)."""
+    return (y_shape[2] == 1 and max(stride) == 1
+            and y_shape[0] * math.prod(y_shape[2:]) >= IM2COL_FORWARD_REDUCTION)
+
+
 def col2im_suits(y_shape, w_shape, stride, groups) -> bool:
     """Whether the input gradient of a convolution with 5-D output `y_shape` (of dy) and
     weight `w_shape` runs as columns: by how much larger than dy the phase-split grids are,
@@ -180,7 +189,7 @@ def col2im_suits(y_shape, w_shape, stride, groups) -> bool:
             and pixels <= COL2IM_SINGLE_PIXELS and w_shape[0] // groups >= COL2IM_SINGLE_SUM):
         return True
     grid = _grid(y_shape, w_shape, stride)
-    if grid >= COL2IM_WASTE_ANY * pixels:
+    if grid >= COL2IM_WASTE_ANY * pixels and not _flat_batch(y_shape, stride):
         return True
     if y_shape[2] == 1 and max(stride) == 1:    # 1-D and 2-D: FLAT_COLUMNS_OUT
         return False
@@ -307,8 +316,12 @@ def im2col_forward_suits(y_shape, w_shape, stride, groups) -> bool:
     dense first layer 8-16x at batch 32; batches with columns of 4-10 left to the tiled loops
     (0.6-0.9).  With more output pixels, where the weight gradient runs as columns
     (`im2col_suits`): where the staged grid is IM2COL_FORWARD_WASTE times the output or more
-    (the tiled loops would compute mostly padding), in 3-D only for a batch of fewer than
-    IM2COL_FORWARD_REDUCTION output pixels in all (from there pixel tiles skip that padding),
+    (the tiled loops would compute mostly padding), in 3-D and at stride 1 in 1-D and 2-D only
+    for a batch of fewer than IM2COL_FORWARD_REDUCTION output pixels in all (from there pixel
+    tiles skip that padding, `_flat_batch`: 3x3 on 2x2 with 256 channels at batch 64 1.51x,
+    512 channels 1.05x, 3x3 on 3x3 at batch 16 1.25x, 5x5 on 4x4 at batch 16 1.45x, 4x4
+    outputs from 1x1 inputs padded by 3 at batch 32 5x; float64 0.93-1.07; on two threads
+    0.98-1.7x; the input gradient's COL2IM_WASTE_ANY alike 1.13-1.45x, two threads 1.07-1.46x),
     and for a batch of images whose weight has IM2COL_FORWARD_WEIGHT
     times as many rows as the batch has output pixels, where the batch has
     IM2COL_FORWARD_REDUCTION of them or the convolution is strided: the tiled loops then pack a
@@ -337,7 +350,7 @@ def im2col_forward_suits(y_shape, w_shape, stride, groups) -> bool:
     if pixels == 1:
         return True
     few = images * pixels < IM2COL_FORWARD_REDUCTION
-    if ((few or y_shape[2] == 1)
+    if ((few or (y_shape[2] == 1 and not _flat_batch(y_shape, stride)))
             and _grid(y_shape, w_shape, stride) >= IM2COL_FORWARD_WASTE * pixels):
         return True
     if few and max(stride) == 1:
