@@ -166,6 +166,9 @@ WEIGHT_FIXED = FIXED + [
     case("dense-dilated-pad-after", (2, 3, 2, 2), (4, 3, 2, 2), dilation=2,
          padding=((0, 1), (0, 1))),                                       # not in place
     case("dense-groups", (4, 6, 3, 3), (6, 2, 3, 3), groups=3),
+    # outer_suits' kind, small: 1x1 over few pixels into more output than input channels
+    case("1x1-outer-7x7", (2, 40, 7, 7), (72, 40, 1, 1)),
+    case("1x1-outer-stride2", (1, 24, 9, 9), (56, 24, 1, 1), stride=2),
 ]
 
 
@@ -213,6 +216,15 @@ def test_weight_against_reference_and_across_threads(rng, assert_close, x_shape,
     ((8, 64, 7, 7), (256, 64, 3, 3), dict(padding=1), True),
     ((8, 128, 7, 7), (32, 128, 3, 3), dict(padding=1), False),
     ((1, 128, 7, 7), (32, 128, 3, 3), dict(padding=1), False),
+    # 1x1 over few pixels into many output channels, no fewer than the input channels
+    ((1, 2048, 7, 7), (2048, 2048, 1, 1), {}, True),
+    ((4, 512, 7, 7), (2048, 512, 1, 1), {}, True),                  # 196 pixels in all
+    ((1, 1024, 14, 14), (2048, 1024, 1, 1), dict(stride=2), True),
+    ((1, 112, 14, 14), (672, 112, 1, 1), {}, True),
+    ((8, 512, 7, 7), (2048, 512, 1, 1), {}, False),                 # 392 pixels
+    ((4, 2048, 7, 7), (512, 2048, 1, 1), {}, False),                # fewer outputs than inputs
+    ((1, 80, 14, 14), (200, 80, 1, 1), {}, False),                  # fewer than 512 outputs
+    ((1, 2048, 7, 7), (2048, 64, 1, 1), dict(groups=32), False),    # groups
 ])
 def test_weight_which_problems(x_shape, w_shape, kw, chosen):
     """By the reduction's length (images times output pixels), the taps and the width of the

@@ -254,6 +254,22 @@ def col2im_grad_input(dy, w, bias, dx, stride, pad, dilation, groups, num_thread
 # channels), 3x3 on 14x14 at batch 8 and more, 32 groups of 32 on 7x7 (0.6-0.9), 4x4 taps
 # onto 8x8 at batch 32 (0.9), 1x1 on 1x1 with columns of 10-20 (0.7-1.0).
 IM2COL_REDUCTION = 512
+# 1x1 weight gradients with one group over at most IM2COL_OUTER_PIXELS output pixels in all, of
+# at least IM2COL_OUTER_ROWS output channels and no fewer than input channels, take the
+# columns too (`outer_suits`).  The tiled loops reduce such a short sum in one step into dw's
+# transpose, (input channel, output channel) tiles, and then transpose the whole of dw (4 M
+# elements for 2048 -> 2048 on 7x7, 40 % of that pass, which two threads did not speed up);
+# the columns' product puts output channels on its rows and stores dw as it is.  Measured
+# (tiled time over the columns', float32, one / two threads): 2048 -> 2048 on 7x7 at batch 1
+# 1.27 / 2.45, at batch 2 1.18 / 1.23; 1024 -> 2048 1.20 / 1.40, from 14x14 at stride 2
+# 1.15 / 1.33; 512 -> 2048 1.45 / 1.41, at batch 4 1.10 / 1.16; 256 -> 1024 on 14x14 1.19 /
+# 1.09, 512 -> 1024 1.03 / 1.0; 112 -> 672 on 14x14 1.19 / 1.06-1.24; 160 -> 960 on 7x7
+# 1.17 / 1.06-1.11; 128 -> 512 on 7x7 1.16 / 0.95-0.98; 512 -> 1024 from 28x28 at stride 2
+# 1.16 / 1.09-1.15 (two threads: the fastest of runs that differed by up to 30 %).  Left to
+# the tiled loops: fewer output channels than input channels (2048 -> 512 at batch 4 0.96 /
+# 0.78, 1024 -> 256 on 14x14 0.84 / 0.73, 672 -> 112 0.89 / 0.73).
+IM2COL_OUTER_ROWS = 512
+IM2COL_OUTER_PIXELS = 196
 IM2COL_TAPS = 8
 IM2COL_PIXELS = 64
 IM2COL_WIDTH = 32
@@ -376,6 +392,15 @@ def im2col_suits(y_shape, w_shape, groups) -> bool:
         and (y_shape[2] > 1 or w_shape[0] >= FLAT_COLUMNS_OUT))
 
 
+def outer_suits(y_shape, w_shape, groups) -> bool:
+    """Whether the weight gradient of a 1x1 convolution with 5-D output `y_shape` and weight
+    `w_shape` runs as columns because it is a short sum of outer products into a dw of many
+    rows (IM2COL_OUTER_ROWS and IM2COL_OUTER_PIXELS)."""
+    return (groups == 1 and math.prod(w_shape[2:]) == 1
+            and y_shape[0] * math.prod(y_shape[2:]) <= IM2COL_OUTER_PIXELS
+            and w_shape[0] >= max(IM2COL_OUTER_ROWS, w_shape[1]))
+
+
 def _dense(size, kernel, out, pad, dilation, groups) -> bool:
     """Whether a single window covers each whole image, none of it padding (a dense layer
     written as a convolution): then the columns of the images are the images themselves."""
@@ -455,7 +480,7 @@ def choose(y_shape, w_shape, stride, groups) -> Loops:
     faster (`dw_suits`: by the channels per group, the output size and whether the convolution is
     strided), and those that run as columns: input gradients whose phase-split grids would be
     mostly padding or that come from one output pixel (`col2im_suits`), weight gradients of short
-    reductions (`im2col_suits`) and forward passes to one or a few output pixels
+    reductions (`im2col_suits`, `outer_suits`) and forward passes to one or a few output pixels
     (`im2col_forward_suits`).  Remembered per problem: the unplanned entry points below and the
     columns' inner products ask for each call."""
     key = (tuple(y_shape), tuple(w_shape), tuple(stride), groups)
@@ -488,7 +513,8 @@ def _pick(y_shape, w_shape, stride, groups) -> Loops:
         grad_input = col2im_grad_input
     grad_weight = pick(2, tiled.grad_weight, tiled.dw_grad_weight)
     if grad_weight is tiled.grad_weight and (im2col_suits(y_shape, w_shape, groups)
-                                            or one_pixel(y_shape, w_shape, groups)):
+                                            or one_pixel(y_shape, w_shape, groups)
+                                            or outer_suits(y_shape, w_shape, groups)):
         grad_weight = im2col_grad_weight
     return Loops(tiled, forward_fn, grad_input, grad_weight)
 
