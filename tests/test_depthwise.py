@@ -279,6 +279,22 @@ def test_dispatch(w_shape, groups, stride, out, passes):
     assert got == passes
 
 
+@pytest.mark.parametrize("y_shape, w_shape, tiled", [
+    ((1, 2, 64, 64, 64), (2, 16, 1, 1, 1), True),     # a segmentation head: 16 -> 2 classes
+    ((2, 4, 1, 112, 112), (4, 12, 1, 1, 1), True),
+    ((8, 2, 1, 112, 112), (2, 16, 1, 1, 1), False),   # 8 images
+    ((1, 2, 64, 64, 64), (2, 8, 1, 1, 1), False),     # 8 input channels
+    ((1, 2, 64, 64, 64), (2, 16, 3, 3, 3), False),    # 3x3x3
+    ((1, 4, 1, 56, 56), (4, 16, 1, 1, 1), False),     # 3136 pixels an image
+])
+def test_long_sums_leave_the_depthwise_loops(y_shape, w_shape, tiled):
+    """1x1 weight gradients of 9-16 input channels over one or two large images run on the
+    tiled loops, which split an image's sums across threads (`_loops.long_sums`)."""
+    loops = _loops.choose(y_shape, w_shape, (1, 1, 1), 1)
+    want = _loops.tiled.grad_weight if tiled else _loops.tiled.dw_grad_weight
+    assert loops.grad_weight is want
+
+
 # ---------------------------------------------------------------------------------------------
 # The public functions
 
