@@ -332,6 +332,20 @@ def test_image_blocks_are_even(batch, which):
     assert batch < 5 or images > 1
 
 
+@pytest.mark.parametrize("size, split", [(12, True), (64, False)])
+def test_phases_split_rows_by_column_blocks(size, split):
+    """A strided input gradient at batch 1 hands each column block's phases to one thread, so
+    that two threads never write alternate elements of the same lines; its rows are split
+    where such units are few (a 2x2x2 stride-2 layer's eight phases of 6x6x6 make a block or
+    a few, not the eight items or more counted phase by phase), not where they are many."""
+    half = size // 2
+    shapes = ((1, 64, size, size, size), (128, 64, 2, 2, 2), (1, 128, half, half, half))
+    args = ((2, 2, 2), (0, 0, 0), (1, 1, 1), 1, 4)
+    for module in _loops.variants().values():
+        plan = module.product_plan("input", *shapes, *args)
+        assert (plan["row blocks"] > 1) == split
+
+
 @pytest.mark.parametrize("size", [7, 14, 28, 33, 56, 100])
 def test_weight_steps_are_even(size):
     """The weight gradient's reduction steps of one image are as even as they go (a 28x28

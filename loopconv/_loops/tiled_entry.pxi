@@ -49,6 +49,19 @@ def item_order(nblk):
     return np.array(pairs or [(0, 0)], dtype=np.intp).reshape(-1)     # never empty
 
 
+def block_starts(nblk):
+    """Where each column block's pairs begin in item_order's pairs, and their number last:
+    the phases of block b are pairs block_starts[b] .. block_starts[b + 1] - 1."""
+    cdef Py_ssize_t b, f, nb = max(nblk)
+    starts = np.zeros(nb + 1, dtype=np.intp)
+    for b in range(nb):
+        starts[b + 1] = starts[b]
+        for f in range(len(nblk)):
+            if b < nblk[f]:
+                starts[b + 1] += 1
+    return starts
+
+
 # ---------------------------------------------------------------------------------------------
 # The forward-style product: the forward pass and the input gradient.
 
@@ -134,11 +147,12 @@ cdef Py_ssize_t compact_phases(Product *p, Phase *phases, Py_ssize_t itemsize) n
     """Makes compact the phases that take pieces (phase_pieces), unless p runs as pixel tiles:
     their tiles (lc_tile_v, lc_tile_h) compute the valid columns alone, each vector (or half)
     in one grid row.  3x3x3 on 16^3 computed 1.125 grid columns a pixel, on 8^3 1.25, 32^3
-    1.06, 3x3 on 32x32 1.03.  Sets p.items_ng; returns the columns of one (image, group), all
-    phases."""
+    1.06, 3x3 on 32x32 1.03.  Sets p.items_ng and p.nblocks (the most column blocks of a
+    phase); returns the columns of one (image, group), all phases."""
     cdef Py_ssize_t NR = LC_NV_B * LC_VEC_BYTES // itemsize, f, columns = 0
     cdef Phase *ph
     p.items_ng = 0
+    p.nblocks = 0
     for f in range(p.nphase):
         ph = &phases[f]
         ph.pieces = 0 if p.by_pixel else phase_pieces(p, ph, itemsize)
@@ -146,6 +160,7 @@ cdef Py_ssize_t compact_phases(Product *p, Phase *phases, Py_ssize_t itemsize) n
             ph.ncols = ph.grid[0] * ph.grid[1] * ph.grid[2]
             ph.nblk = (ph.ncols + NCB_TILES * NR - 1) // (NCB_TILES * NR)
         p.items_ng += ph.nblk
+        p.nblocks = max(p.nblocks, ph.nblk)
         columns += ph.ncols
     return columns
 
@@ -617,6 +632,7 @@ cdef class _Geometry:
     cdef Py_ssize_t[::1] aoff       # columns of A of all phases, or the weight gradient's rows
     cdef Py_ssize_t[::1] kpos       # forward, taps skipped: the column of A of w's column k
     cdef Py_ssize_t[::1] order      # item_order of the phases' column blocks
+    cdef Py_ssize_t[::1] bstart     # and block_starts
     cdef unsigned char[::1] valid   # pixel tiles: staged_validity
     cdef double skip                # pixel tiles: skip_share (0 where not worked out)
 
@@ -722,8 +738,11 @@ cdef tuple pixel_order(_Geometry geo, list boffs, list koffs):
 cdef void product_tables(_Geometry geo) except *:
     """The forward-style product's work-item order, pointed at by geo.p."""
     cdef Py_ssize_t f
-    geo.order = item_order([geo.phases[f].nblk for f in range(geo.p.nphase)])
+    nblk = [geo.phases[f].nblk for f in range(geo.p.nphase)]
+    geo.order = item_order(nblk)
     geo.p.order = &geo.order[0]
+    geo.bstart = block_starts(nblk)
+    geo.p.bstart = &geo.bstart[0]
 
 
 cdef _Geometry product_try(int which, tuple xs, tuple ws, tuple ys, stride, pad, dilation,

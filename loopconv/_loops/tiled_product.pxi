@@ -28,6 +28,8 @@ cdef struct Product:
     Py_ssize_t nphase
     Py_ssize_t items_ng     # work items per (image, group): the sum of the phases' nblk
     const Py_ssize_t *order  # item r of an (image, group): (phase, column block) at 2r, 2r + 1
+    const Py_ssize_t *bstart  # the first of those pairs of each column block (block_starts)
+    Py_ssize_t nblocks      # column blocks: the most of any phase
     Py_ssize_t nimg         # images per work item, and their blocks (see split_work)
     Py_ssize_t nib
     Py_ssize_t nrb          # row blocks per work item of a column block
@@ -703,8 +705,9 @@ cdef void split_work(Product *p, Py_ssize_t columns) noexcept nogil:
     """The work items, from the problem alone (`columns`: grid columns of one image, all
     phases).  p.nimg: images per item, as many as make ITEM_COLUMNS columns (within MAX_IMAGES
     and STAGED_IMAGES).  p.nrb and p.rblk: with fewer than MIN_ITEMS items of (images, group,
-    column block), the rows too are split into blocks of whole tile panels, about ROW_ITEMS
-    items in all, as evenly as they go.  Each output is still computed by one item, in the
+    column block) -- with several phases, of (images, group, column block of every phase) --
+    the rows too are split into blocks of whole tile panels, about ROW_ITEMS items in all, as
+    evenly as they go.  Each output is still computed by one item, in the
     same order."""
     cdef Py_ssize_t mpan = (p.M + p.mr - 1) // p.mr, items
     p.nimg = 1
@@ -715,7 +718,8 @@ cdef void split_work(Product *p, Py_ssize_t columns) noexcept nogil:
     # a thread of two idle for a quarter of the pass)
     p.nib = (p.N + p.nimg - 1) // p.nimg
     p.nimg = (p.N + p.nib - 1) // p.nib
-    items = p.nib * p.G * p.items_ng
+    # the units of run_product: with several phases, a column block's phases together
+    items = p.nib * p.G * (p.nblocks if p.nphase > 1 else p.items_ng)
     p.nrb = 1
     if 0 < items < MIN_ITEMS:
         p.nrb = min(mpan, (ROW_ITEMS + items - 1) // items)
@@ -736,6 +740,15 @@ cdef void run_product(const Product *p, const Phase *phases, const element *src,
     # each slice's items and both staged it: ResNeXt's 32 groups ran slower on two threads than
     # on one).  Which thread computes an item does not change its result.
     cdef Py_ssize_t chunk = 1 if p.nib * p.G < MIN_ITEMS else (nitems + nthreads - 1) // nthreads
+    # Handed out one at a time, the phases of a stride-2 input gradient's column block went to
+    # both threads, which then wrote every other element of the same lines of dx (1x1 stride 2
+    # from 56x56 at batch 1, three of whose four phases are zeros: 2.2x slower on two threads
+    # than on one).  There a unit is a column block's phases for a row block, one after the
+    # other, on one thread.
+    cdef Py_ssize_t unit, nunits = 0, per_ng = p.items_ng * p.nrb, per_b = p.nblocks * p.nrb
+    cdef Py_ssize_t ng, b, rb, r
+    if chunk == 1 and p.nphase > 1 and p.items_ng > 0:
+        nunits = p.nib * p.G * per_b
     cdef int tid
     cdef fpstate fp
     for t in range(nthreads):
@@ -745,7 +758,16 @@ cdef void run_product(const Product *p, const Phase *phases, const element *src,
         # race-free: each item writes its own (images, group, phase, column block, row block)
         # of dst and reads only shared inputs; the staged slices and other scratch are per
         # thread.
-        if chunk == 1:
+        if nunits > 0:
+            for unit in prange(nunits, schedule="dynamic", chunksize=1):
+                tid = threadid()
+                ng = unit // per_b
+                b = unit % per_b // p.nrb
+                rb = unit % p.nrb
+                for r in range(p.bstart[b], p.bstart[b + 1]):
+                    product_item(p, phases, ng * per_ng + r * p.nrb + rb, src, boff, apack,
+                                 aoff, bias, dst, fws + tid * fper, iws + tid * iper)
+        elif chunk == 1:
             for item in prange(nitems, schedule="dynamic", chunksize=1):
                 tid = threadid()
                 product_item(p, phases, item, src, boff, apack, aoff, bias, dst,

@@ -1,4 +1,5 @@
 # The tiled loops compiled for x86_64_v3: the same functions as the baseline build.
+from loopconv._loops.tiled_baseline import block_starts as block_starts
 from loopconv._loops.tiled_baseline import dense as dense
 from loopconv._loops.tiled_baseline import dense_input as dense_input
 from loopconv._loops.tiled_baseline import dense_weight as dense_weight
