@@ -528,8 +528,6 @@ def _pick(y_shape, w_shape, stride, groups) -> Loops:
     strided = max(stride) > 1
 
     def pick(which, tiled_fn, dw_fn):
-        if which == 2 and long_sums(y_shape, w_shape, groups):
-            return tiled_fn
         return dw_fn if tiled.dw_suits(cin, cout, pixels, strided, which) else tiled_fn
 
     grad_input = pick(1, tiled.grad_input, tiled.dw_grad_input)
@@ -538,7 +536,8 @@ def _pick(y_shape, w_shape, stride, groups) -> Loops:
         forward_fn = im2col_forward
     if grad_input is tiled.grad_input and col2im_suits(y_shape, w_shape, stride, groups):
         grad_input = col2im_grad_input
-    grad_weight = pick(2, tiled.grad_weight, tiled.dw_grad_weight)
+    grad_weight = (tiled.grad_weight if long_sums(y_shape, w_shape, groups)
+                   else pick(2, tiled.grad_weight, tiled.dw_grad_weight))
     if grad_weight is tiled.grad_weight and (im2col_suits(y_shape, w_shape, groups)
                                             or one_pixel(y_shape, w_shape, groups)
                                             or outer_suits(y_shape, w_shape, groups)):

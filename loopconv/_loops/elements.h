@@ -4,12 +4,12 @@
  *
  * LC_ELEMENT(SUFFIX, T, BYTES) defines, for the C type T of BYTES bytes, lc_tile_{b,g,a,d}_SUFFIX,
  * lc_lane_sums_SUFFIX, lc_transpose_SUFFIX, lc_block_put_SUFFIX, lc_evens_SUFFIX, lc_row_SUFFIX,
- * lc_row_pair_SUFFIX, lc_put_SUFFIX, lc_dw_*_SUFFIX and lc_dwc_*_SUFFIX.  A new type is one line here, its member of the fused
- * type and its kernel selections in elements.pxd, and its place in the dtype policy
- * (loopconv/_args.py).  The 512-bit lane transposes, the 256- and 512-bit lane sums, the
- * even-lane picks and the runs' lane indices exist for 4- and 8-byte types (microkernel.h,
- * LC_TRANSPOSE_SHUFFLES_4 and _8, LC_LANES_4 and _8, LC_LANE_IDS_32 and _64); another size
- * needs its own there.
+ * lc_row_pair_SUFFIX, lc_put_SUFFIX, lc_dw_*_SUFFIX and lc_dwc_*_SUFFIX.  A new type is one
+ * line here, its member of the fused type and its kernel selections in elements.pxd, and its
+ * place in the dtype policy (loopconv/_args.py).  The 512-bit lane transposes, the 256- and
+ * 512-bit lane sums, the even- and odd-lane picks and the runs' lane indices exist for 4- and
+ * 8-byte types (microkernel.h, LC_TRANSPOSE_SHUFFLES_4 and _8, LC_LANES_4 and _8,
+ * LC_LANE_IDS_32 and _64); another size needs its own there.
  */
 #ifndef LOOPCONV_ELEMENTS_H
 #define LOOPCONV_ELEMENTS_H

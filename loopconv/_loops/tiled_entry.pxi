@@ -52,14 +52,8 @@ def item_order(nblk):
 def block_starts(nblk):
     """Where each column block's pairs begin in item_order's pairs, and their number last:
     the phases of block b are pairs block_starts[b] .. block_starts[b + 1] - 1."""
-    cdef Py_ssize_t b, f, nb = max(nblk)
-    starts = np.zeros(nb + 1, dtype=np.intp)
-    for b in range(nb):
-        starts[b + 1] = starts[b]
-        for f in range(len(nblk)):
-            if b < nblk[f]:
-                starts[b + 1] += 1
-    return starts
+    blocks = item_order(nblk)[1::2]         # in order, block by block
+    return np.searchsorted(blocks, np.arange(max(nblk) + 1)).astype(np.intp)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -707,8 +707,7 @@ cdef void split_work(Product *p, Py_ssize_t columns) noexcept nogil:
     and STAGED_IMAGES).  p.nrb and p.rblk: with fewer than MIN_ITEMS items of (images, group,
     column block) -- with several phases, of (images, group, column block of every phase) --
     the rows too are split into blocks of whole tile panels, about ROW_ITEMS items in all, as
-    evenly as they go.  Each output is still computed by one item, in the
-    same order."""
+    evenly as they go.  Each output is still computed by one item, in the same order."""
     cdef Py_ssize_t mpan = (p.M + p.mr - 1) // p.mr, items
     p.nimg = 1
     if 0 < columns < ITEM_COLUMNS:
@@ -747,7 +746,7 @@ cdef void run_product(const Product *p, const Phase *phases, const element *src,
     # other, on one thread.
     cdef Py_ssize_t unit, nunits = 0, per_ng = p.items_ng * p.nrb, per_b = p.nblocks * p.nrb
     cdef Py_ssize_t ng, b, rb, r
-    if chunk == 1 and p.nphase > 1 and p.items_ng > 0:
+    if chunk == 1 and p.nphase > 1:
         nunits = p.nib * p.G * per_b
     cdef int tid
     cdef fpstate fp
