@@ -180,18 +180,24 @@ PLANNED_CALLS = {   # family: f(nd, arrays of conv_arrays / transpose_arrays, kw
 
 
 @pytest.mark.parametrize("unbatched", [False, True], ids=["batched", "unbatched"])
-@pytest.mark.parametrize("size", ["small", "large"])
+@pytest.mark.parametrize("size", ["small", "large", "dense"])
 @pytest.mark.parametrize("family", list(PLANNED_CALLS))
 @pytest.mark.parametrize("nd", [1, 2, 3])
 def test_planned_call_equals_the_checked_call(rng, nd, family, size, unbatched):
     """Every family leaves a plan (transposed convolutions included), and the planned call
-    gives the checked call's results bit for bit, on the direct and the tiled loops."""
+    gives the checked call's results bit for bit, on the direct and the tiled loops, and for
+    a layer whose window covers the whole image (a dense layer: one output pixel, or for the
+    transposed convolutions one input pixel), whose plan calls the dense products itself."""
+    kw = dict(stride=2, padding=1, groups=2)
     if size == "small":
         x_shape, w_shape, wt_shape = (1, 4) + (4,) * nd, (6, 2) + (3,) * nd, (4, 3) + (3,) * nd
-    else:
+    elif size == "large":
         spatial = {1: (300,), 2: (30, 31), 3: (9, 10, 11)}[nd]
         x_shape, w_shape, wt_shape = (2, 16, *spatial), (32, 8) + (3,) * nd, (16, 12) + (3,) * nd
-    kw = dict(stride=2, padding=1, groups=2)
+    else:
+        kernel = {1: (5,), 2: (3, 2), 3: (2, 1, 2)}[nd]
+        x_shape = (3, 24) + (kernel if not family.startswith("transpose") else (1,) * nd)
+        w_shape, wt_shape, kw = (40, 24) + kernel, (24, 10) + kernel, {}
     if family.startswith("transpose"):
         arrays = transpose_arrays(rng, x_shape, wt_shape, kw, np.float32)
     else:
@@ -203,6 +209,7 @@ def test_planned_call_equals_the_checked_call(rng, nd, family, size, unbatched):
     assert len(functional._PLANS) == 1
     plan = next(iter(functional._PLANS.values()))
     assert (plan.loops.family is _loops.direct) == (size == "small")
+    assert (plan._flat != (None, None, None)) == (size == "dense")
     planned = PLANNED_CALLS[family](nd, arrays, kw)
     for c, p in zip(*(r if isinstance(r, tuple) else (r,) for r in (checked, planned))):
         assert p.dtype == c.dtype and p.shape == c.shape

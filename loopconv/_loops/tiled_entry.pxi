@@ -893,17 +893,18 @@ def dense(const element[:, ::1] cols, const element[:, ::1] w, element[:, ::1] y
     cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t N = cols.shape[0], K = cols.shape[1], O = w.shape[0]
     cdef Py_ssize_t kfull = K - K % VW, nob, nnb, item
-    dtype = typecode(<element *> NULL)
     if N == 0 or O == 0:
         return
     if VW >= 16 and VW <= K < DENSE_SHORT * VW and N <= LC_MR_B:
         dense_short(cols, w, y, num_threads)
         return
     # fewer rows of w than a tile: a zero-padded copy (the tile reads LC_OR_D rows)
-    cdef const element[:, ::1] wp = w
+    cdef const element *wp = &w[0, 0]
+    cdef element *padded = NULL
     if O < LC_OR_D:
-        padded = np.zeros((LC_OR_D, K), dtype=dtype)
-        padded[:O] = w
+        padded = <element *> small_scratch(LC_OR_D * K * sizeof(element))
+        memset(padded, 0, LC_OR_D * K * sizeof(element))
+        memcpy(padded, wp, O * K * sizeof(element))
         wp = padded
     nob = (O + LC_OR_D - 1) // LC_OR_D
     nnb = (N + LC_KR_D - 1) // LC_KR_D
@@ -912,9 +913,20 @@ def dense(const element[:, ::1] cols, const element[:, ::1] w, element[:, ::1] y
         fp = flush_subnormals()
         # race-free: item (row block, column block) writes only its own elements of y.
         for item in prange(nnb * nob, schedule="static"):
-            dense_block(&cols[0, 0], &wp[0, 0], &y[0, 0], N, K, O, kfull,
+            dense_block(&cols[0, 0], wp, &y[0, 0], N, K, O, kfull,
                         item // nob * LC_KR_D, item % nob * LC_OR_D)
         restore_fpstate(fp)
+    free(padded)
+
+
+cdef void *small_scratch(size_t n) except NULL:
+    """n bytes of C scratch for the dense products, which the caller frees: a NumPy array and
+    its memoryview cost about a microsecond each, as much as the sums of a small
+    squeeze-and-excitation layer."""
+    cdef void *p = malloc(max(n, 1))
+    if p == NULL:
+        raise MemoryError()
+    return p
 
 
 def dense_input(const element[:, ::1] dy, const element[:, ::1] w, element[:, ::1] dx,
@@ -932,29 +944,30 @@ def dense_input(const element[:, ::1] dy, const element[:, ::1] w, element[:, ::
     cdef Py_ssize_t N = dy.shape[0], O = dy.shape[1], K = w.shape[1]
     cdef Py_ssize_t mr = dense_rows(min(N, LC_MR_B)), nrb = (N + mr - 1) // mr
     cdef Py_ssize_t ncb = (K + NR - 1) // NR, kfull = K - K % NR, item
-    dtype = typecode(<element *> NULL)
     if N == 0 or K == 0:
         return
     if O == 0:
         dx[...] = 0
         return
     # dy packed: block rb's rows, o outermost; the last block of columns zero-padded
-    cdef element[::1] pack = np.empty(nrb * O * mr + O * round_up(K - kfull, VW) + 1,
-                                      dtype=dtype)
-    cdef element *tail = &pack[0] + nrb * O * mr
-    cdef Py_ssize_t[::1] offs = np.empty(2 * O, dtype=np.intp)
+    cdef Py_ssize_t npack = nrb * O * mr + O * round_up(K - kfull, VW) + 1
+    cdef Py_ssize_t *offs = <Py_ssize_t *> small_scratch(2 * O * sizeof(Py_ssize_t)
+                                                         + npack * sizeof(element))
+    cdef element *pack = <element *> (offs + 2 * O)
+    cdef element *tail = pack + nrb * O * mr
     cdef fpstate fp
     with nogil:
-        dense_pack(&dy[0, 0], N, O, O, 1, mr, nrb, &pack[0])      # dy's rows (images)
-        dense_tail(&w[0, 0], O, K, kfull, round_up(K - kfull, VW), tail, &offs[0])
+        dense_pack(&dy[0, 0], N, O, O, 1, mr, nrb, pack)      # dy's rows (images)
+        dense_tail(&w[0, 0], O, K, kfull, round_up(K - kfull, VW), tail, offs)
         with parallel(num_threads=num_threads):
             fp = flush_subnormals()
             # race-free: item (row block, column block) writes only its own elements of dx.
             for item in prange(nrb * ncb, schedule="static"):
-                dense_tile(&pack[0] + (item // ncb) * O * mr, mr, O, &w[0, 0], &offs[0], tail,
-                           &offs[O], K, (item % ncb) * NR, kfull, &dx[0, 0], N,
+                dense_tile(pack + (item // ncb) * O * mr, mr, O, &w[0, 0], offs, tail,
+                           offs + O, K, (item % ncb) * NR, kfull, &dx[0, 0], N,
                            (item // ncb) * mr)
             restore_fpstate(fp)
+    free(offs)
 
 
 def dense_weight(const element[:, ::1] x, const element[:, ::1] dy, element[:, ::1] dw,
@@ -971,28 +984,29 @@ def dense_weight(const element[:, ::1] x, const element[:, ::1] dy, element[:, :
     cdef Py_ssize_t N = x.shape[0], K = x.shape[1], O = dy.shape[1], mr = LC_MR_B
     cdef Py_ssize_t nrb = (O + mr - 1) // mr, ncb = (K + NR - 1) // NR
     cdef Py_ssize_t kfull = K - K % NR, item
-    dtype = typecode(<element *> NULL)
     if O == 0 or K == 0:
         return
     if N == 0:
         dw[...] = 0
         return
-    cdef element[::1] pack = np.empty(nrb * N * mr + N * round_up(K - kfull, VW) + 1,
-                                      dtype=dtype)
-    cdef element *tail = &pack[0] + nrb * N * mr
-    cdef Py_ssize_t[::1] offs = np.empty(2 * N, dtype=np.intp)
+    cdef Py_ssize_t npack = nrb * N * mr + N * round_up(K - kfull, VW) + 1
+    cdef Py_ssize_t *offs = <Py_ssize_t *> small_scratch(2 * N * sizeof(Py_ssize_t)
+                                                         + npack * sizeof(element))
+    cdef element *pack = <element *> (offs + 2 * N)
+    cdef element *tail = pack + nrb * N * mr
     cdef fpstate fp
     with nogil:
-        dense_pack(&dy[0, 0], O, N, 1, O, mr, nrb, &pack[0])      # dy's columns (outputs)
-        dense_tail(&x[0, 0], N, K, kfull, round_up(K - kfull, VW), tail, &offs[0])
+        dense_pack(&dy[0, 0], O, N, 1, O, mr, nrb, pack)      # dy's columns (outputs)
+        dense_tail(&x[0, 0], N, K, kfull, round_up(K - kfull, VW), tail, offs)
         with parallel(num_threads=num_threads):
             fp = flush_subnormals()
             # race-free: item (row block, column block) writes only its own elements of dw.
             for item in prange(nrb * ncb, schedule="static"):
-                dense_tile(&pack[0] + (item // ncb) * N * mr, mr, N, &x[0, 0], &offs[0], tail,
-                           &offs[N], K, (item % ncb) * NR, kfull, &dw[0, 0], O,
+                dense_tile(pack + (item // ncb) * N * mr, mr, N, &x[0, 0], offs, tail,
+                           offs + N, K, (item % ncb) * NR, kfull, &dw[0, 0], O,
                            (item // ncb) * mr)
             restore_fpstate(fp)
+    free(offs)
 
 
 cdef void dense_pack(const element *a, Py_ssize_t R, Py_ssize_t C, Py_ssize_t rs,
@@ -1046,7 +1060,7 @@ cdef void dense_tile(const element *a, Py_ssize_t mr, Py_ssize_t kc, const eleme
         memcpy(c + (i0 + i) * K + j0, ctile + i * NR, min(NR, K - j0) * sizeof(element))
 
 cdef void dense_short(const element[:, ::1] cols, const element[:, ::1] w, element[:, ::1] y,
-                      int num_threads):
+                      int num_threads) except *:
     """dense for rows of one to DENSE_SHORT vectors of 16 lanes or more (float32 with AVX-512)
     and at most LC_MR_B images: the weight transposed into wt (K rows of its O outputs, padded
     to whole vectors), then lc_tile_b tiles of the images' rows (packed, k outermost) by NR
@@ -1059,23 +1073,25 @@ cdef void dense_short(const element[:, ::1] cols, const element[:, ::1] w, eleme
     cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element), NR = LC_NV_B * VW
     cdef Py_ssize_t N = cols.shape[0], K = cols.shape[1], O = w.shape[0]
     cdef Py_ssize_t ldt = round_up(O, VW), mr = dense_rows(N), k, n
-    dtype = typecode(<element *> NULL)
-    cdef element[::1] wt = np.empty(K * ldt + mr * K, dtype=dtype)
-    cdef Py_ssize_t[::1] boff = np.arange(0, K * ldt, ldt, dtype=np.intp)
-    cdef element *a = &wt[0] + K * ldt
+    cdef Py_ssize_t nwt = K * ldt + mr * K
+    cdef Py_ssize_t *boff = <Py_ssize_t *> small_scratch(K * sizeof(Py_ssize_t)
+                                                         + nwt * sizeof(element))
+    cdef element *wt = <element *> (boff + K)
+    cdef element *a = wt + K * ldt
     cdef Py_ssize_t nblk = (O + NR - 1) // NR, jb
     cdef fpstate fp
     with nogil:
-        for k in range(K):      # the images' rows, k outermost
+        for k in range(K):      # the images' rows, k outermost; wt's row offsets
+            boff[k] = k * ldt
             for n in range(mr):
                 a[k * mr + n] = cols[n, k] if n < N else 0
         with parallel(num_threads=num_threads):
             fp = flush_subnormals()
             # race-free: block jb writes only its columns of wt and of y.
             for jb in prange(nblk, schedule="static"):
-                dense_columns(a, mr, &w[0, 0], &wt[0], &boff[0], K, ldt, N, O, jb * NR,
-                              &y[0, 0])
+                dense_columns(a, mr, &w[0, 0], wt, boff, K, ldt, N, O, jb * NR, &y[0, 0])
             restore_fpstate(fp)
+    free(boff)
 
 
 cdef inline Py_ssize_t dense_rows(Py_ssize_t N) noexcept nogil:
