@@ -293,6 +293,41 @@ def test_direct_cases_take_every_tile():
         assert not module.weight_plan(*shapes5(*large), *loop_args(*large), 4)["direct"]
 
 
+# Items of one (group, chunk) that split the rows k into blocks follow each other on a thread
+# and pack each step's dy once: one step (direct), chunks of one step each, chunks of several
+SHARED_STEPS = [
+    case("2d-1x1-direct-8-row-blocks", (1, 240, 14, 14), (80, 240, 1, 1)),
+    case("2d-1x1-chunks-of-one-step", (1, 72, 28, 28), (40, 72, 1, 1)),
+    case("2d-3x3-chunks-of-several-steps", (1, 64, 32, 32), (128, 64, 3, 3), padding=1),
+    case("2d-groups-row-blocks", (1, 96, 14, 14), (96, 48, 1, 1), groups=2),
+]
+
+
+def test_shared_step_cases_split_rows():
+    """Each case's weight gradient cuts its rows k into blocks, as it is meant to (float32)."""
+    for variant in VARIANTS:
+        module = _loops.variants()[variant]
+        got = [module.weight_plan(*shapes5(*c.values), *loop_args(*c.values), 4)
+               for c in SHARED_STEPS]
+        assert all(plan["row blocks"] > 1 for plan in got), (variant, got)
+        steps = [plan["steps"] / plan["chunks"] for plan in got]
+        assert got[0]["steps"] == 1 and steps[1] == 1 and steps[2] > 1, (variant, got)
+
+
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+@pytest.mark.parametrize("x_shape, w_shape, kw", SHARED_STEPS)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_row_blocks_share_packed_steps(rng, assert_close, variant, x_shape, w_shape, kw, dtype):
+    """Every variant where items reuse a step's packed dy, against the reference, every
+    element written, the same bits on 1, 2 and 3 threads, and again on a second call (whose
+    scratch holds the first call's packing)."""
+    check_bounded(rng, assert_close, variant, x_shape, w_shape, kw, dtype)
+    module = _loops.variants()[variant]
+    x, gy = arrays(rng, x_shape, w_shape, kw, dtype)
+    first = grad_weight(module, x, gy, w_shape, kw, threads=1)
+    assert np.array_equal(grad_weight(module, x, gy * 2, w_shape, kw, threads=1), first * 2)
+
+
 # ---------------------------------------------------------------------------------------------
 # One to seven output channels a group: the output channels as the rows of lc_tile_e, by rows k
 

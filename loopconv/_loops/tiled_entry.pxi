@@ -606,7 +606,7 @@ def weight_plan(xs, ws, ys, stride, pad, dilation, Py_ssize_t groups, Py_ssize_t
     cdef WeightProduct p = tiled_geometry(PASS_WEIGHT, tuple(xs), tuple(ws), tuple(ys), stride,
                                           pad, dilation, groups, itemsize).q
     return {"images": p.nimg, "image blocks": p.nib, "steps": p.nsteps, "chunks": p.nchunk,
-            "columns": p.ncols, "block": p.block, "lanes": bool(p.lanes),
+            "row blocks": p.nkb, "columns": p.ncols, "block": p.block, "lanes": bool(p.lanes),
             "compact": bool(p.compact), "narrow": bool(p.narrow), "direct": bool(p.direct),
             "output rows": bool(p.out_rows)}
 
@@ -867,7 +867,7 @@ def grad_weight(const element[:, :, :, :, ::1] x, const element[:, :, :, :, ::1]
     # (else sum_partials' block, VW * VW, after the staging)
     fper = per_thread(max(p.st.size + p.Opad * p.block
                           + (p.span * p.mr * p.Opad + VW * VW if p.direct else 0), VW * VW))
-    iper = per_thread(1 + 3 * p.block)
+    iper = per_thread(2 + 3 * p.block)
     cdef element[::1] fws = _workspace("f", dtype, fper * num_threads)
     cdef Py_ssize_t[::1] iws = _workspace("i", np.intp, iper * num_threads)
     with nogil:

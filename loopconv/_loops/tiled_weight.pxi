@@ -179,9 +179,11 @@ cdef void weight_item(const WeightProduct *p, Py_ssize_t item, const element *x,
     """Work item (group g, chunk, block of rows k) of the weight gradient: its rows of the
     partial product of (g, chunk), summed over the chunk's reduction steps (block of images,
     block of their grid columns) in order.  fws and iws: this thread's scratch (iws[0] names
-    the staged block in fws).  A reduction of one step (p.direct) writes its rows of dw
-    instead, p.span tiles of rows at a time through a partial of those rows in fws (the
-    sums of one chunk are the partial itself: the same bits)."""
+    the staged block in fws, iws[1] the step whose dy it holds packed: the items of one
+    (group, chunk) that follow each other on a thread pack a step's dy once, not once per
+    block of rows).  A reduction of one step (p.direct) writes its rows of dw instead, p.span
+    tiles of rows at a time through a partial of those rows in fws (the sums of one chunk are
+    the partial itself: the same bits)."""
     cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t B = p.block
     cdef Py_ssize_t kb = item % p.nkb, gc = item // p.nkb
@@ -194,7 +196,7 @@ cdef void weight_item(const WeightProduct *p, Py_ssize_t item, const element *x,
     cdef const element *staged
     cdef const element *dyg
     cdef element *bpack = fws + p.st.size
-    cdef Py_ssize_t *dcol = iws + 1
+    cdef Py_ssize_t *dcol = iws + 2
     cdef Py_ssize_t *run = dcol + B
     cdef Py_ssize_t *cmap = run + B
     cdef Py_ssize_t j, ncol
@@ -219,10 +221,12 @@ cdef void weight_item(const WeightProduct *p, Py_ssize_t item, const element *x,
                     cmap[ncol] = j
                     ncol += 1
         dyg = dy + n0 * p.y_img + g * p.y_grp
-        if p.lanes:
-            pack_dy_rows(p, dyg, pc, dcol, run, bpack, first)
-        else:
-            pack_dy_panels(p, dyg, pc, dcol, run, bpack, first)
+        if iws[1] != g * p.nsteps + step:
+            if p.lanes:
+                pack_dy_rows(p, dyg, pc, dcol, run, bpack, first)
+            else:
+                pack_dy_panels(p, dyg, pc, dcol, run, bpack, first)
+            iws[1] = g * p.nsteps + step
         if p.direct:
             acc = rows + p.span * unit * p.Opad
             r = ip0
@@ -254,6 +258,7 @@ cdef void run_weight(const WeightProduct *p, const element *x, const element *dy
     cdef fpstate fp
     for t in range(nthreads):
         iws[t * iper] = -1      # nothing staged yet
+        iws[t * iper + 1] = -1  # nor packed
     with parallel(num_threads=nthreads):
         fp = flush_subnormals()
         # race-free: item (group, chunk, block of rows) writes only its rows of its own
