@@ -10,14 +10,19 @@ _workspaces = threading.local()
 def _workspace(name, dtype, Py_ssize_t n):
     """A scratch array of at least n elements, kept across calls and per calling thread (so
     that concurrent calls from several Python threads never share one).  Fresh multi-megabyte
-    arrays would cost page faults on every call."""
+    arrays would cost page faults on every call.  It starts on a cache line (malloc gives 16
+    bytes), and so do the threads' regions (per_thread) and the staged rows and packed panels
+    in them: whole vectors of them are loaded without crossing a line."""
     arrays = getattr(_workspaces, "arrays", None)
     if arrays is None:
         arrays = _workspaces.arrays = {}
-    key = (name, np.dtype(dtype).char)
+    dtype = np.dtype(dtype)
+    key = (name, dtype.char)
     buf = arrays.get(key)
     if buf is None or buf.shape[0] < n:
-        buf = np.empty(max(n, 1), dtype=dtype)
+        raw = np.empty(max(n, 1) + 64 // dtype.itemsize, dtype=dtype)
+        start = (-raw.ctypes.data % 64) // dtype.itemsize
+        buf = raw[start:start + max(n, 1)]
         arrays[key] = buf
     return buf
 
