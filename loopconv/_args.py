@@ -12,6 +12,8 @@ import operator
 
 import numpy as np
 
+from loopconv import _loops
+
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 
@@ -77,9 +79,10 @@ def _int(fn: str, name: str, value) -> int:
 
 
 def empty(fn: str, shape, dtype) -> np.ndarray:
-    """np.empty for a result, with the function named when it cannot be allocated."""
+    """np.empty for a result (on a cache line where it is large: `loopconv._loops.empty`),
+    with the function named when it cannot be allocated."""
     try:
-        return np.empty(shape, dtype)
+        return _loops.empty(shape, dtype)
     except (ValueError, MemoryError) as exc:
         raise type(exc)(f"{fn}: cannot allocate a result of shape {tuple(shape)} and dtype "
                         f"{np.dtype(dtype)}: {exc}") from None

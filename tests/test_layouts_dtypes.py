@@ -3,12 +3,15 @@ the C-contiguous array, inputs are never modified, results are new C-contiguous 
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import reference
 from common import DTYPE_PARAMS, DTYPES
 
 import loopconv
+from loopconv import _loops
 
 NDS = [1, 2, 3]
 
@@ -316,6 +319,28 @@ def test_results_are_new_c_contiguous_arrays(rng, nd, unbatched):
             assert r.flags.c_contiguous and r.flags.writeable, key
             for v in a.values():
                 assert not np.shares_memory(r, v), key
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_large_results_start_on_a_cache_line(rng, dtype):
+    """Results of ALIGN_BYTES or more start on a 64-byte boundary (a view of a larger buffer),
+    and share no memory with another result or an input; small ones are plain arrays."""
+    x = rng.standard_normal((1, 8, 48, 48)).astype(dtype)
+    w = rng.standard_normal((16, 8, 1, 1)).astype(dtype)
+    outs = [loopconv.conv2d(x, w) for _ in range(3)]
+    gy = rng.standard_normal(outs[0].shape).astype(dtype)
+    outs += [loopconv.conv2d_input(x.shape, w, gy), loopconv.conv2d_weight(x, w.shape, gy)]
+    for r in outs[:4]:
+        assert r.nbytes >= _loops.ALIGN_BYTES
+        assert r.ctypes.data % 64 == 0
+        assert r.flags.c_contiguous and r.flags.writeable
+        for v in (x, w, gy):
+            assert not np.shares_memory(r, v)
+    for a, b in itertools.combinations(outs, 2):
+        assert not np.shares_memory(a, b)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    small = loopconv.conv2d(x[:, :, :4, :4], w)
+    assert small.nbytes < _loops.ALIGN_BYTES and small.base is None
 
 
 def test_identity_convolution_returns_a_copy(rng):
