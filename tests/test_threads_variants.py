@@ -280,6 +280,12 @@ VARIANT_CASES = [
     # later passes add to what the first stored); the same in 3-D
     case("2d-stride2-over-KC", (2, 48, 35, 33), (140, 48, 3, 3), stride=2, padding=1),
     case("3d-stride2", (1, 6, 9, 14, 13), (10, 6, 3, 3, 3), stride=2, padding=1),
+    # a short K (SHORT_K_BYTES): blocks of SHORT_K_PANELS panels of rows run over all their
+    # tiles -- several blocks and a partial one, rows that do not start on a line, the input
+    # gradient of the 1x1 over a long K; and A's columns past KC in one pass of few columns
+    case("1d-short-K-panel-blocks", (1, 1, 400), (80, 1, 10), stride=5),
+    case("2d-short-K-1x1-odd-rows", (2, 16, 30, 30), (40, 16, 1, 1)),
+    case("2d-short-K-over-KC", (2, 64, 2, 2), (24, 64, 3, 3), padding=1),
     # rows of grid columns ending in tiles of two vectors (and one), for each tile width
     # (a row of 126, 109 and 103: 48 + 48 + 30, 24 * 4 + 13, 12 * 8 + 7), the weight read in
     # place (two images: tiles of 8, 2 and 1 rows for 11 channels) and packed (nine)

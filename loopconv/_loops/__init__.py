@@ -302,14 +302,13 @@ ALIGN_BYTES = 1 << 16
 
 def empty(shape, dtype) -> np.ndarray:
     """np.empty(shape, dtype), on a 64-byte boundary where it holds ALIGN_BYTES or more (then
-    a view of a slightly larger buffer; getting the address costs about a microsecond)."""
+    a view of a slightly larger buffer)."""
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes < ALIGN_BYTES:
         return np.empty(shape, dtype)
     raw = np.empty(nbytes + 64, np.uint8)
-    start = -raw.ctypes.data % 64
-    return raw[start:start + nbytes].view(dtype).reshape(shape)
+    return np.ndarray(shape, dtype, raw, -direct.address(raw) % 64)
 
 
 def _scratch(name, shape, dtype):

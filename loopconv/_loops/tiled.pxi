@@ -146,6 +146,10 @@ cdef enum:
     # 512 to 8 channels at batch 1 1.19x (one thread); 128 channels on 28x28 at batch 1 (840
     # columns of 1152) ran the same either way, as did wav2vec's stride-2 layer (799 of 1536),
     # which stay below
+    # SHORT_K_BYTES: forward-style items whose columns of B for all of K fit in this many
+    # bytes run SHORT_K_PANELS panels of rows at a time over all their tiles (product_tiles)
+    SHORT_K_BYTES = 32768
+    SHORT_K_PANELS = 4
     GATHER_COLUMNS = 1024
     GATHER_WORK = 1400000
     PACK_COLUMNS = 34
