@@ -422,8 +422,9 @@ cdef inline void product_tiles(const Product *p, const Phase *ph, const Item *it
     and were read for ownership twice, and the output of such a product is large against its
     sums: wav2vec 2.0's first layer (1 -> 512 channels, kernel 10, stride 5, 16000 samples)
     1.44x faster, 16 -> 96 1x1 on 112x112 1.35-1.6x, 24 -> 144 on 56x56 1.1-1.17x (float32,
-    one thread; float64 1.35-1.44x, two threads 1.1-1.35x).  Panels one by one or four at a
-    time ran as fast; eight, 0.75-0.85x."""
+    one thread; float64 1.35-1.44x; two threads 1.2-1.3x, but 0.92-0.95x for 16 -> 96 on
+    112x112 at batch 1 and its input gradient, where both orders write dst at about 15 GB/s).
+    Panels one by one or four at a time ran as fast; eight, 0.75-0.85x."""
     cdef Py_ssize_t NR = LC_NV_B * LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t K = ph.K, nfull = it.ncols // NR, kb, k0, kc, jt, j0, nv, ip
