@@ -301,14 +301,12 @@ ALIGN_BYTES = 1 << 16
 
 
 def empty(shape, dtype) -> np.ndarray:
-    """np.empty(shape, dtype), on a 64-byte boundary where it holds ALIGN_BYTES or more (then
-    a view of a slightly larger buffer)."""
+    """np.empty(shape, dtype), on a 64-byte boundary where it holds ALIGN_BYTES or more
+    (`direct.aligned_empty`: then a view of a slightly larger buffer)."""
     dtype = np.dtype(dtype)
-    nbytes = math.prod(shape) * dtype.itemsize
-    if nbytes < ALIGN_BYTES:
+    if math.prod(shape) * dtype.itemsize < ALIGN_BYTES:
         return np.empty(shape, dtype)
-    raw = np.empty(nbytes + 64, np.uint8)
-    return np.ndarray(shape, dtype, raw, -direct.address(raw) % 64)
+    return direct.aligned_empty(shape, dtype)
 
 
 def _scratch(name, shape, dtype):

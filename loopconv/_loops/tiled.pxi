@@ -61,6 +61,8 @@ import threading
 
 import numpy as np
 
+from loopconv._loops import direct
+
 from loopconv._loops.common cimport (end_inside, first_inside, flush_subnormals, fpstate,
                                      restore_fpstate, round_up)
 # the element types, their kernels and the tile shapes of this build

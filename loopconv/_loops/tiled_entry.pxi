@@ -16,13 +16,10 @@ def _workspace(name, dtype, Py_ssize_t n):
     arrays = getattr(_workspaces, "arrays", None)
     if arrays is None:
         arrays = _workspaces.arrays = {}
-    dtype = np.dtype(dtype)
-    key = (name, dtype.char)
+    key = (name, np.dtype(dtype).char)
     buf = arrays.get(key)
     if buf is None or buf.shape[0] < n:
-        raw = np.empty(max(n, 1) + 64 // dtype.itemsize, dtype=dtype)
-        start = (-raw.ctypes.data % 64) // dtype.itemsize
-        buf = raw[start:start + max(n, 1)]
+        buf = direct.aligned_empty((max(n, 1),), dtype)
         arrays[key] = buf
     return buf
 

@@ -427,10 +427,16 @@ cdef inline void product_tiles(const Product *p, const Phase *ph, const Item *it
     Panels one by one or four at a time ran as fast; eight, 0.75-0.85x."""
     cdef Py_ssize_t NR = LC_NV_B * LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
-    cdef Py_ssize_t K = ph.K, nfull = it.ncols // NR, kb, k0, kc, jt, j0, nv, ip
+    cdef Py_ssize_t K = ph.K, nfull = it.ncols // NR, k0, kc, jt, j0, nv, ip
     cdef Py_ssize_t tail = (it.ncols - nfull * NR + VW - 1) // VW     # vectors after them
+    cdef bint short = 0 < K * it.ncols * it.nimg * <Py_ssize_t> sizeof(element) <= SHORT_K_BYTES
+    # columns of A per pass over the tiles, and panels of rows per tile
+    cdef Py_ssize_t kstep = K if short else KC
+    cdef Py_ssize_t rstep = SHORT_K_PANELS if short else max(it.ip1 - it.ip0, 1)
     cdef Runs runs
-    if K * it.ncols * it.nimg * <Py_ssize_t> sizeof(element) <= SHORT_K_BYTES:
+    k0 = 0
+    while k0 < K:
+        kc = min(kstep, K - k0)
         ip = it.ip0
         while ip < it.ip1:
             j0 = 0
@@ -438,22 +444,11 @@ cdef inline void product_tiles(const Product *p, const Phase *ph, const Item *it
                 nv = LC_NV_B if jt < nfull else tail_vectors(tail, jt - nfull)
                 tile_runs(run, j0, nv * VW, &runs)
                 if runs.n > 0:
-                    product_tile(p, ph, it, ip, min(ip + SHORT_K_PANELS, it.ip1), 0, K, nv,
-                                 j0, &runs, staged, a_g, boff, aoff, dst_g, dcol, ctile)
+                    product_tile(p, ph, it, ip, min(ip + rstep, it.ip1), k0, kc, nv, j0,
+                                 &runs, staged, a_g, boff, aoff, dst_g, dcol, ctile)
                 j0 += nv * VW
-            ip += SHORT_K_PANELS
-        return
-    for kb in range((K + KC - 1) // KC):
-        k0 = kb * KC
-        kc = min(KC, K - k0)
-        j0 = 0
-        for jt in range(nfull + tail_tiles(tail)):
-            nv = LC_NV_B if jt < nfull else tail_vectors(tail, jt - nfull)
-            tile_runs(run, j0, nv * VW, &runs)
-            if runs.n > 0:
-                product_tile(p, ph, it, it.ip0, it.ip1, k0, kc, nv, j0, &runs, staged, a_g,
-                             boff, aoff, dst_g, dcol, ctile)
-            j0 += nv * VW
+            ip += rstep
+        k0 += kstep
 
 
 cdef inline Py_ssize_t tail_ones(Py_ssize_t tail) noexcept nogil:

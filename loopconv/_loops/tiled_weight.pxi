@@ -199,7 +199,7 @@ cdef void weight_item(const WeightProduct *p, Py_ssize_t item, const element *x,
     cdef Py_ssize_t *dcol = iws + 2
     cdef Py_ssize_t *run = dcol + B
     cdef Py_ssize_t *cmap = run + B
-    cdef Py_ssize_t j, ncol
+    cdef Py_ssize_t j, ncol, packed
     cdef bint first = True
     cdef Py_ssize_t r, r1, k0
     cdef element *rows = bpack + p.Opad * B                # p.direct: its rows, then acc
@@ -221,12 +221,13 @@ cdef void weight_item(const WeightProduct *p, Py_ssize_t item, const element *x,
                     cmap[ncol] = j
                     ncol += 1
         dyg = dy + n0 * p.y_img + g * p.y_grp
-        if iws[1] != g * p.nsteps + step:
+        packed = g * p.nsteps + step
+        if iws[1] != packed:
             if p.lanes:
                 pack_dy_rows(p, dyg, pc, dcol, run, bpack, first)
             else:
                 pack_dy_panels(p, dyg, pc, dcol, run, bpack, first)
-            iws[1] = g * p.nsteps + step
+            iws[1] = packed
         if p.direct:
             acc = rows + p.span * unit * p.Opad
             r = ip0
