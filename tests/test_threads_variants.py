@@ -286,6 +286,12 @@ VARIANT_CASES = [
     case("1d-short-K-panel-blocks", (1, 1, 400), (80, 1, 10), stride=5),
     case("2d-short-K-1x1-odd-rows", (2, 16, 30, 30), (40, 16, 1, 1)),
     case("2d-short-K-over-KC", (2, 64, 2, 2), (24, 64, 3, 3), padding=1),
+    # a short K with many rows: each phase's columns in one block, the items blocks of rows
+    # (whole_rows): one image, several images with a partial panel, and an input gradient's
+    # two stride phases
+    case("1d-whole-rows", (1, 1, 2500), (512, 1, 10), stride=5),
+    case("1d-whole-rows-images", (4, 1, 2500), (130, 1, 10), stride=5, padding=3),
+    case("1d-whole-rows-phases", (1, 520, 1700), (3, 520, 4), stride=2, padding=1),
     # rows of grid columns ending in tiles of two vectors (and one), for each tile width
     # (a row of 126, 109 and 103: 48 + 48 + 30, 24 * 4 + 13, 12 * 8 + 7), the weight read in
     # place (two images: tiles of 8, 2 and 1 rows for 11 channels) and packed (nine)
@@ -350,6 +356,30 @@ def test_phases_split_rows_by_column_blocks(size, split):
     for module in _loops.variants().values():
         plan = module.product_plan("input", *shapes, *args)
         assert (plan["row blocks"] > 1) == split
+
+
+@pytest.mark.parametrize("which, shapes, stride, whole", [
+    # wav2vec 2.0's first layer: 1 -> 512 channels, kernel 10, stride 5
+    ("forward", ((1, 1, 1, 1, 16000), (512, 1, 1, 1, 10), (1, 512, 1, 1, 3199)), 5, True),
+    ("forward", ((4, 1, 1, 1, 16000), (512, 1, 1, 1, 10), (4, 512, 1, 1, 3199)), 5, True),
+    # too few rows to share whole rows among items of several panels; a long K
+    ("forward", ((1, 1, 1, 1, 16000), (128, 1, 1, 1, 10), (1, 128, 1, 1, 3199)), 5, False),
+    ("forward", ((1, 16, 1, 56, 56), (96, 16, 1, 1, 1), (1, 96, 1, 56, 56)), 1, False),
+    ("forward", ((1, 64, 1, 1, 3000), (512, 64, 1, 1, 3), (1, 512, 1, 1, 2998)), 1, False),
+    ("input", ((1, 512, 1, 1, 8000), (2, 512, 1, 1, 4), (1, 2, 1, 1, 3999)), 2, True),
+])
+def test_short_K_items_are_whole_rows(which, shapes, stride, whole):
+    """A forward-style product with a short K and many rows takes each phase's columns as one
+    block and splits its rows instead (whole_rows): its items write whole rows of the output,
+    on one thread each, in blocks of several panels."""
+    args = ((1, 1, stride), (0, 0, 0), (1, 1, 1), 1, 4)
+    columns = math.prod(shapes[2 if which == "forward" else 0][2:])
+    for module in _loops.variants().values():
+        plan = module.product_plan(which, *shapes, *args)
+        phase_columns = columns if which == "forward" else -(-columns // stride)
+        assert (plan["block columns"] >= phase_columns) == whole
+        if whole:
+            assert plan["row blocks"] * plan["image blocks"] >= 16
 
 
 @pytest.mark.parametrize("size", [7, 14, 28, 33, 56, 100])

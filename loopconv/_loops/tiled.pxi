@@ -148,10 +148,15 @@ cdef enum:
     # 512 to 8 channels at batch 1 1.19x (one thread); 128 channels on 28x28 at batch 1 (840
     # columns of 1152) ran the same either way, as did wav2vec's stride-2 layer (799 of 1536),
     # which stay below
-    # SHORT_K_BYTES: forward-style items whose columns of B for all of K fit in this many
-    # bytes run SHORT_K_PANELS panels of rows at a time over all their tiles (product_tiles)
+    # SHORT_K_BYTES: forward-style items whose B for all of K and a block of NCB_TILES tiles
+    # fits in this many bytes run SHORT_K_PANELS panels of rows at a time over all their
+    # tiles (product_tiles), and may take whole rows as one block (whole_rows)
     SHORT_K_BYTES = 32768
     SHORT_K_PANELS = 4
+    # WHOLE_ROW_BYTES: a forward-style product whose B for all of K and all the columns of each
+    # phase fits in this many bytes (an L2's share) takes each phase's columns as one block
+    # (whole_rows)
+    WHOLE_ROW_BYTES = 262144
     GATHER_COLUMNS = 1024
     GATHER_WORK = 1400000
     PACK_COLUMNS = 34

@@ -113,7 +113,7 @@ cdef void set_phase(Phase *ph, const Stage *st, Py_ssize_t K, Py_ssize_t k_off, 
         ph.grid[a] = grid[a]
         ph.dstep[a] = dstep[a]
     ph.ncols = ((ph.grid[0] - 1) * st.q[1] + ph.grid[1] - 1) * st.q[2] + ph.grid[2]
-    ph.nblk = (ph.ncols + NCB_TILES * NR - 1) // (NCB_TILES * NR)
+    ph.nblk = 0         # (compact_phases)
     ph.pieces = 0
     ph.dst_base = dst_base
 
@@ -143,22 +143,54 @@ cdef Py_ssize_t compact_phases(Product *p, Phase *phases, Py_ssize_t itemsize) n
     """Makes compact the phases that take pieces (phase_pieces), unless p runs as pixel tiles:
     their tiles (lc_tile_v, lc_tile_h) compute the valid columns alone, each vector (or half)
     in one grid row.  3x3x3 on 16^3 computed 1.125 grid columns a pixel, on 8^3 1.25, 32^3
-    1.06, 3x3 on 32x32 1.03.  Sets p.items_ng and p.nblocks (the most column blocks of a
-    phase); returns the columns of one (image, group), all phases."""
+    1.06, 3x3 on 32x32 1.03.  Then cuts the phases' columns into blocks (p.ncb columns each,
+    whole_rows) and sets p.items_ng and p.nblocks (the most column blocks of a phase); returns
+    the columns of one (image, group), all phases."""
     cdef Py_ssize_t NR = LC_NV_B * LC_VEC_BYTES // itemsize, f, columns = 0
     cdef Phase *ph
-    p.items_ng = 0
-    p.nblocks = 0
     for f in range(p.nphase):
         ph = &phases[f]
         ph.pieces = 0 if p.by_pixel else phase_pieces(p, ph, itemsize)
         if ph.pieces:
             ph.ncols = ph.grid[0] * ph.grid[1] * ph.grid[2]
-            ph.nblk = (ph.ncols + NCB_TILES * NR - 1) // (NCB_TILES * NR)
+        columns += ph.ncols
+    p.ncb = whole_rows(p, phases, itemsize)
+    p.items_ng = 0
+    p.nblocks = 0
+    for f in range(p.nphase):
+        ph = &phases[f]
+        ph.nblk = (ph.ncols + p.ncb - 1) // p.ncb
         p.items_ng += ph.nblk
         p.nblocks = max(p.nblocks, ph.nblk)
-        columns += ph.ncols
     return columns
+
+
+cdef Py_ssize_t whole_rows(const Product *p, const Phase *phases,
+                           Py_ssize_t itemsize) noexcept nogil:
+    """The grid columns per column block of the forward-style product p: NCB_TILES tiles of
+    NR, or all of each phase's columns where K is short (B for a block of NCB_TILES tiles
+    fits in SHORT_K_BYTES: few input channels and taps, few sums for each output) and B for
+    all its columns fits in WHOLE_ROW_BYTES, and the rows of all images and groups make
+    ROW_ITEMS blocks of SHORT_K_PANELS panels or more.  Then the work items are blocks of rows
+    (split_work) that each write whole rows of dst, line after line, on one thread, and
+    each item's set-up (its columns' destinations, item_columns) is shared by several
+    panels (by one, 1x1 layers with 16 channels on 56x56 ran at half the speed).
+    In blocks of 384 columns, wav2vec 2.0's first layer (1 -> 512 channels, kernel 10, stride
+    5, 3199 output columns) ran as 9 items, which two threads wrote as short runs of every
+    row, one of them alone at the end; in 16 blocks of whole rows it runs 1.1x faster on one
+    thread and 1.66x on two (batch 4: 1.22x, 1.72x; float32).  Not taken by 1x1 layers with
+    few channels on larger images (16 -> 96 on 112x112: B beyond WHOLE_ROW_BYTES), which ran
+    0.75-0.8x as fast in blocks of 1536 or 4080 columns."""
+    cdef Py_ssize_t NR = LC_NV_B * LC_VEC_BYTES // itemsize, f, most = NCB_TILES * NR
+    cdef Py_ssize_t mpan = (p.M + p.mr - 1) // p.mr
+    if p.by_pixel or p.N * p.G * mpan < ROW_ITEMS * SHORT_K_PANELS:
+        return most
+    for f in range(p.nphase):
+        if (phases[f].K * NCB_TILES * NR * itemsize > SHORT_K_BYTES
+                or phases[f].K * phases[f].ncols * itemsize > WHOLE_ROW_BYTES):
+            return NCB_TILES * NR
+        most = max(most, round_up(phases[f].ncols, NR))
+    return most
 
 
 cdef bint pixel_tiles_suit(const Product *p, const Phase *phases, Py_ssize_t itemsize,
@@ -247,8 +279,7 @@ cdef int product_pass(const Product *p, const Phase *phases,
     # transposes)
     cdef Py_ssize_t fper = per_thread(p.nimg * p.st.size + max(LC_MR_B, VW) * NR + VW * VW)
     # dcol and run of an item's columns (pixel tiles: and six entries per pixel of its images)
-    cdef Py_ssize_t iper = per_thread(1 + 2 * NCB_TILES * NR
-                                      + (6 * p.nimg * NCB_TILES * NR if p.by_pixel else 0))
+    cdef Py_ssize_t iper = per_thread(1 + 2 * p.ncb + (6 * p.nimg * p.ncb if p.by_pixel else 0))
     cdef element[::1] fws = _workspace("f", dtype, fper * num_threads)
     cdef Py_ssize_t[::1] iws = _workspace("i", np.intp, iper * num_threads)
     cdef const element *bptr = &bias[0] if bias.shape[0] > 0 else NULL
@@ -324,6 +355,7 @@ def product_plan(which, xshape, wshape, yshape, stride, pad, dilation, Py_ssize_
                                           dilation, groups, itemsize)
     cdef Product p = geo.p
     return {"images": p.nimg, "image blocks": p.nib, "row blocks": p.nrb,
+            "block columns": p.ncb,
             "pixel tiles": bool(p.by_pixel), "taps skipped": p.valid != NULL,
             "skip share": geo.skip,
             "weight read in place": bool(p.gathered),

@@ -30,6 +30,7 @@ cdef struct Product:
     const Py_ssize_t *order  # item r of an (image, group): (phase, column block) at 2r, 2r + 1
     const Py_ssize_t *bstart  # the first of those pairs of each column block (block_starts)
     Py_ssize_t nblocks      # column blocks: the most of any phase
+    Py_ssize_t ncb          # grid columns per column block (compact_phases)
     Py_ssize_t nimg         # images per work item, and their blocks (see split_work)
     Py_ssize_t nib
     Py_ssize_t nrb          # row blocks per work item of a column block
@@ -414,8 +415,8 @@ cdef inline void product_tiles(const Product *p, const Phase *ph, const Item *it
     """The sums of the item: A's columns in blocks of KC, and within a block the item's grid
     columns in tiles of NR, then the last columns in tiles of two vectors and one
     (tail_vectors); tiles that are all junk are skipped.  Each tile runs over all the item's
-    panels of rows, which then read it from L1; where the item's columns of B for all of K
-    fit in SHORT_K_BYTES (a short K: few input channels and taps), each block of
+    panels of rows, which then read it from L1; where B for all of K and NCB_TILES tiles
+    of columns fits in SHORT_K_BYTES (a short K: few input channels and taps), each block of
     SHORT_K_PANELS panels of rows runs over all the tiles instead, so that it writes its rows
     of dst as runs, line after line.  Tile after tile, with all the rows between, the lines
     that a tile shares with the next (rows that do not start on a line) left L1 in between
@@ -429,7 +430,8 @@ cdef inline void product_tiles(const Product *p, const Phase *ph, const Item *it
     cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t K = ph.K, nfull = it.ncols // NR, k0, kc, jt, j0, nv, ip
     cdef Py_ssize_t tail = (it.ncols - nfull * NR + VW - 1) // VW     # vectors after them
-    cdef bint short = 0 < K * it.ncols * it.nimg * <Py_ssize_t> sizeof(element) <= SHORT_K_BYTES
+    cdef Py_ssize_t block = min(it.ncols, NCB_TILES * NR)
+    cdef bint short = 0 < K * block * it.nimg * <Py_ssize_t> sizeof(element) <= SHORT_K_BYTES
     # columns of A per pass over the tiles, and panels of rows per tile
     cdef Py_ssize_t kstep = K if short else KC
     cdef Py_ssize_t rstep = SHORT_K_PANELS if short else max(it.ip1 - it.ip0, 1)
@@ -693,8 +695,8 @@ cdef void product_item(const Product *p, const Phase *phases, Py_ssize_t item,
     cdef Item it
     cdef const element *staged[MAX_IMAGES]
     cdef Py_ssize_t *dcol = iws + 1
-    cdef Py_ssize_t *run = dcol + NCB_TILES * NR
-    find_item(p, phases, item, NCB_TILES * NR, &it)
+    cdef Py_ssize_t *run = dcol + p.ncb
+    find_item(p, phases, item, p.ncb, &it)
     cdef const Phase *ph = &phases[it.f]
     cdef element *dst_g = dst + it.n0 * p.dst_img + it.g * p.dst_grp
     cdef const element *a_g
@@ -710,7 +712,7 @@ cdef void product_item(const Product *p, const Phase *phases, Py_ssize_t item,
         set_columns(p, &it, dst_g, dcol, bias, False)
     if p.by_pixel:
         pixel_tiles(p, ph, &it, staged, a_g, boff_all + ph.k_off, dst_g, dcol, run,
-                    fws + p.nimg * p.st.size, run + NCB_TILES * NR)
+                    fws + p.nimg * p.st.size, run + p.ncb)
     else:
         product_tiles(p, ph, &it, staged, a_g, boff_all + ph.k_off, aoff_all + ph.k_off,
                       dst_g, dcol, run, fws + p.nimg * p.st.size)
