@@ -181,14 +181,14 @@ cdef Py_ssize_t whole_rows(const Product *p, const Phase *phases,
     thread and 1.66x on two (batch 4: 1.22x, 1.72x; float32).  Not taken by 1x1 layers with
     few channels on larger images (16 -> 96 on 112x112: B beyond WHOLE_ROW_BYTES), which ran
     0.75-0.8x as fast in blocks of 1536 or 4080 columns."""
-    cdef Py_ssize_t NR = LC_NV_B * LC_VEC_BYTES // itemsize, f, most = NCB_TILES * NR
-    cdef Py_ssize_t mpan = (p.M + p.mr - 1) // p.mr
-    if p.by_pixel or p.N * p.G * mpan < ROW_ITEMS * SHORT_K_PANELS:
-        return most
+    cdef Py_ssize_t NR = LC_NV_B * LC_VEC_BYTES // itemsize, f, block = NCB_TILES * NR
+    cdef Py_ssize_t most = block
+    if p.by_pixel or p.N * p.G * row_panels(p) < ROW_ITEMS * SHORT_K_PANELS:
+        return block
     for f in range(p.nphase):
-        if (phases[f].K * NCB_TILES * NR * itemsize > SHORT_K_BYTES
+        if (not short_k(phases[f].K, block, itemsize)
                 or phases[f].K * phases[f].ncols * itemsize > WHOLE_ROW_BYTES):
-            return NCB_TILES * NR
+            return block
         most = max(most, round_up(phases[f].ncols, NR))
     return most
 

@@ -75,6 +75,17 @@ cdef Py_ssize_t tile_rows(Py_ssize_t M) noexcept nogil:
     return 4 if M <= 4 else LC_MR_B
 
 
+cdef inline Py_ssize_t row_panels(const Product *p) noexcept nogil:
+    """The panels of p.mr rows that hold the product's M rows."""
+    return (p.M + p.mr - 1) // p.mr
+
+
+cdef inline bint short_k(Py_ssize_t K, Py_ssize_t columns, Py_ssize_t itemsize) noexcept nogil:
+    """Whether B for K rows of `columns` columns fits in SHORT_K_BYTES: a short K, few sums
+    for each output (product_tiles' order of panels, whole_rows)."""
+    return K * columns * itemsize <= SHORT_K_BYTES
+
+
 cdef inline void panel(const Product *p, const element *a_g, Py_ssize_t ip, Py_ssize_t K,
                        Py_ssize_t k0, Py_ssize_t kc, const Py_ssize_t *aoff, int nv,
                        const element *b, const Py_ssize_t *boff, const Py_ssize_t *vo,
@@ -282,7 +293,7 @@ cdef inline void find_item(const Product *p, const Phase *phases, Py_ssize_t ite
     take each line of A back from the other core's cache (image blocks outermost, both threads
     read every group: RegNet's 384 channels in 24 groups on 7x7 at batch 8 gained 1.4x from
     the second thread, a tenth of the pass packing)."""
-    cdef Py_ssize_t per_ng = p.items_ng * p.nrb, mpan = (p.M + p.mr - 1) // p.mr
+    cdef Py_ssize_t per_ng = p.items_ng * p.nrb, mpan = row_panels(p)
     cdef Py_ssize_t r = item % per_ng, rb = r % p.nrb
     r = r // p.nrb
     it.ng = item // per_ng
@@ -430,8 +441,8 @@ cdef inline void product_tiles(const Product *p, const Phase *ph, const Item *it
     cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t K = ph.K, nfull = it.ncols // NR, k0, kc, jt, j0, nv, ip
     cdef Py_ssize_t tail = (it.ncols - nfull * NR + VW - 1) // VW     # vectors after them
-    cdef Py_ssize_t block = min(it.ncols, NCB_TILES * NR)
-    cdef bint short = 0 < K * block * it.nimg * <Py_ssize_t> sizeof(element) <= SHORT_K_BYTES
+    cdef bint short = K > 0 and short_k(K, min(it.ncols, NCB_TILES * NR) * it.nimg,
+                                        sizeof(element))
     # columns of A per pass over the tiles, and panels of rows per tile
     cdef Py_ssize_t kstep = K if short else KC
     cdef Py_ssize_t rstep = SHORT_K_PANELS if short else max(it.ip1 - it.ip0, 1)
@@ -730,7 +741,7 @@ cdef void split_work(Product *p, Py_ssize_t columns) noexcept nogil:
     column block) -- with several phases, of (images, group, column block of every phase) --
     the rows too are split into blocks of whole tile panels, about ROW_ITEMS items in all, as
     evenly as they go.  Each output is still computed by one item, in the same order."""
-    cdef Py_ssize_t mpan = (p.M + p.mr - 1) // p.mr, items
+    cdef Py_ssize_t mpan = row_panels(p), items
     p.nimg = 1
     if 0 < columns < ITEM_COLUMNS:
         p.nimg = max(1, min(p.N, MAX_IMAGES, (ITEM_COLUMNS + columns - 1) // columns,
