@@ -292,6 +292,8 @@ VARIANT_CASES = [
     case("1d-whole-rows", (1, 1, 2500), (512, 1, 10), stride=5),
     case("1d-whole-rows-images", (4, 1, 2500), (130, 1, 10), stride=5, padding=3),
     case("1d-whole-rows-phases", (1, 520, 1700), (3, 520, 4), stride=2, padding=1),
+    case("2d-whole-rows-1x1-images", (8, 16, 20, 20), (64, 16, 1, 1)),
+    case("3d-whole-rows-padded", (4, 2, 3, 12, 12), (130, 2, 1, 3, 3), padding=(0, 1, 1)),
     # rows of grid columns ending in tiles of two vectors (and one), for each tile width
     # (a row of 126, 109 and 103: 48 + 48 + 30, 24 * 4 + 13, 12 * 8 + 7), the weight read in
     # place (two images: tiles of 8, 2 and 1 rows for 11 channels) and packed (nine)
