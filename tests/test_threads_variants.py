@@ -294,6 +294,12 @@ VARIANT_CASES = [
     case("1d-whole-rows-phases", (1, 520, 1700), (3, 520, 4), stride=2, padding=1),
     case("2d-whole-rows-1x1-images", (8, 16, 20, 20), (64, 16, 1, 1)),
     case("3d-whole-rows-padded", (4, 2, 3, 12, 12), (130, 2, 1, 3, 3), padding=(0, 1, 1)),
+    # 1x1 layers read in place whose last vector of columns is partial: the last tile moved
+    # back (tail_shift), within one image's columns (9x11), the last of several images, and
+    # the last of several column blocks
+    case("2d-1x1-last-tile-moved-back", (1, 10, 9, 11), (7, 10, 1, 1)),
+    case("2d-1x1-last-tile-moved-back-images", (3, 6, 13, 7), (20, 6, 1, 1)),
+    case("2d-1x1-last-tile-moved-back-blocks", (1, 8, 37, 41), (33, 8, 1, 1)),
     # rows of grid columns ending in tiles of two vectors (and one), for each tile width
     # (a row of 126, 109 and 103: 48 + 48 + 30, 24 * 4 + 13, 12 * 8 + 7), the weight read in
     # place (two images: tiles of 8, 2 and 1 rows for 11 channels) and packed (nine)
@@ -384,6 +390,25 @@ def test_short_K_items_are_whole_rows(which, shapes, stride, whole):
             assert plan["row blocks"] * plan["image blocks"] >= 16
 
 
+@pytest.mark.parametrize("itemsize", [4, 8])
+@pytest.mark.parametrize("x_shape, o", [((1, 128, 1, 55, 55), 16), ((3, 6, 1, 13, 7), 20),
+                                        ((1, 256, 1, 14, 14), 1024), ((2, 64, 1, 1, 4001), 8),
+                                        ((1, 96, 1, 7, 7), 160)])
+def test_partial_last_vector_is_read_in_place(x_shape, o, itemsize):
+    """A 1x1 layer whose image is not a whole number of vectors reads its last image in place
+    too, its last tile moved back (tail_shift) instead of reading past the source: forward
+    pass and input gradient, every build."""
+    y_shape = (x_shape[0], o) + x_shape[2:]
+    w_shape = (o, x_shape[1], 1, 1, 1)
+    args = ((1, 1, 1), (0, 0, 0), (1, 1, 1), 1, itemsize)
+    for module in _loops.variants().values():
+        for which in ("forward", "input"):
+            plan = module.product_plan(which, x_shape, w_shape, y_shape, *args)
+            if plan["pixel tiles"] or plan["channel gap"]:
+                continue
+            assert plan["last slice read in place"], (module.__name__, which, x_shape)
+
+
 @pytest.mark.parametrize("size", [7, 14, 28, 33, 56, 100])
 def test_weight_steps_are_even(size):
     """The weight gradient's reduction steps of one image are as even as they go (a 28x28
@@ -453,7 +478,8 @@ def test_in_place_reads_stay_inside_the_source(tmp_path):
     cases = [((1, 32, 16, 16, 16), (1, 32, 1, 1, 1)), ((1, 64, 1, 28, 28), (256, 64, 1, 1, 1)),
              ((2, 32, 8, 8, 8), (3, 32, 1, 1, 1)), ((1, 256, 1, 14, 14), (1024, 256, 1, 1, 1)),
              ((8, 96, 1, 7, 7), (112, 96, 1, 1, 1)), ((1, 16, 1, 1, 4000), (8, 16, 1, 1, 1)),
-             ((1, 16, 1, 1, 4001), (8, 16, 1, 1, 1)), ((3, 24, 1, 12, 20), (40, 24, 1, 1, 1))]
+             ((1, 16, 1, 1, 4001), (8, 16, 1, 1, 1)), ((3, 24, 1, 12, 20), (40, 24, 1, 1, 1)),
+             ((1, 12, 1, 9, 11), (7, 12, 1, 1, 1)), ((2, 10, 1, 5, 5), (6, 10, 1, 1, 1))]
     # the child imports the loopconv this process imports (an installed wheel, or the built
     # tree), not a source tree in its working directory
     home = os.path.dirname(os.path.dirname(os.path.abspath(loopconv.__file__)))

@@ -97,7 +97,7 @@ cdef void choose_tiles(Product *p, const Phase *phases, Py_ssize_t itemsize, bin
     if p.by_pixel:
         p.mr = NR
         p.gathered = False
-    set_overrun(&p.st, phases[0].ncols, LC_VEC_BYTES // itemsize, p.by_pixel)
+    set_overrun(&p.st, phases[0].ncols, LC_VEC_BYTES // itemsize, p.by_pixel, True)
 
 
 cdef void set_phase(Phase *ph, const Stage *st, Py_ssize_t K, Py_ssize_t k_off, tuple grid,
@@ -360,6 +360,8 @@ def product_plan(which, xshape, wshape, yshape, stride, pad, dilation, Py_ssize_
             "skip share": geo.skip,
             "weight read in place": bool(p.gathered),
             "channel gap": p.st.gap, "source read in place": bool(p.st.identity),
+            "last slice read in place": reads_in_place(
+                &p.st, (p.N - 1) * p.src_img + (p.G - 1) * p.src_grp),
             "compact phases": sum([geo.phases[f].pieces > 0 for f in range(p.nphase)]),
             "halves": sum([geo.phases[f].pieces == 2 for f in range(p.nphase)])}
 

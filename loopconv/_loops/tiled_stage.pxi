@@ -403,13 +403,17 @@ cdef void set_stage_images(Stage *st, Py_ssize_t nimg, Py_ssize_t NR) noexcept n
     st.overrun = st.size - st.nchan * st.chan      # (set_overrun narrows it)
 
 
-cdef void set_overrun(Stage *st, Py_ssize_t ncols, Py_ssize_t VW, bint by_pixel) noexcept nogil:
+cdef void set_overrun(Stage *st, Py_ssize_t ncols, Py_ssize_t VW, bint by_pixel,
+                      bint moved=False) noexcept nogil:
     """st.overrun of a staging read in place (identity: one phase, the grid the source's own
-    pixels, ncols columns), from how the tiles read it: the forward-style product's last tile
-    and the weight gradient's last step read their columns rounded up to whole vectors of VW,
-    pixel tiles LC_MR_B pixels from a run's last tile start."""
+    pixels, ncols columns), from how the tiles read it: the weight gradient's last step reads
+    its columns rounded up to whole vectors of VW, pixel tiles LC_MR_B pixels from a run's last
+    tile start.  The forward-style product (`moved`) moves its last tile back to end at the
+    last column (tail_shift), which it can where there are as many columns as that tile's (a
+    tile with a partial vector is a tail tile, of one or two vectors): nothing past them."""
     if st.identity:
-        st.overrun = LC_MR_B - 1 if by_pixel else round_up(ncols, VW) - ncols
+        st.overrun = (LC_MR_B - 1 if by_pixel else 0 if moved and ncols >= 2 * VW
+                      else round_up(ncols, VW) - ncols)
 
 
 cdef tuple x_stage(tuple size, tuple out, tuple ksize, stride, pad, dilation):
