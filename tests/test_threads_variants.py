@@ -396,8 +396,9 @@ def test_short_K_items_are_whole_rows(which, shapes, stride, whole):
                                         ((1, 96, 1, 7, 7), 160)])
 def test_partial_last_vector_is_read_in_place(x_shape, o, itemsize):
     """A 1x1 layer whose image is not a whole number of vectors reads its last image in place
-    too, its last tile moved back (tail_shift) instead of reading past the source: forward
-    pass and input gradient, every build."""
+    too: the forward pass and the input gradient move their last tile back (tail_shift)
+    instead of reading past the source, the weight gradient's lc_tile_a reads x element by
+    element (lc_tile_d, for few output channels, reads whole vectors: staged); every build."""
     y_shape = (x_shape[0], o) + x_shape[2:]
     w_shape = (o, x_shape[1], 1, 1, 1)
     args = ((1, 1, 1), (0, 0, 0), (1, 1, 1), 1, itemsize)
@@ -407,6 +408,9 @@ def test_partial_last_vector_is_read_in_place(x_shape, o, itemsize):
             if plan["pixel tiles"] or plan["channel gap"]:
                 continue
             assert plan["last slice read in place"], (module.__name__, which, x_shape)
+        plan = module.weight_plan(x_shape, w_shape, y_shape, *args)
+        if plan["images"] == 1:
+            assert plan["last slice read in place"] == (not plan["lanes"]), module.__name__
 
 
 @pytest.mark.parametrize("size", [7, 14, 28, 33, 56, 100])

@@ -97,7 +97,8 @@ cdef void choose_tiles(Product *p, const Phase *phases, Py_ssize_t itemsize, bin
     if p.by_pixel:
         p.mr = NR
         p.gathered = False
-    set_overrun(&p.st, phases[0].ncols, LC_VEC_BYTES // itemsize, p.by_pixel, True)
+    set_overrun(&p.st, phases[0].ncols, LC_VEC_BYTES // itemsize, p.by_pixel,
+                phases[0].ncols >= 2 * LC_VEC_BYTES // itemsize)
 
 
 cdef void set_phase(Phase *ph, const Stage *st, Py_ssize_t K, Py_ssize_t k_off, tuple grid,
@@ -633,7 +634,7 @@ cdef void set_weight(WeightProduct *p, tuple xs, tuple ws, tuple ys, stride, pad
     weight_images(p, VW)
     split_weight_work(p, VW)
     p.compact = compact_block(p, p.nimg)
-    set_overrun(&p.st, p.ncols, VW, False)
+    set_overrun(&p.st, p.ncols, VW, False, not (p.lanes or p.out_rows))
 
 
 def weight_plan(xs, ws, ys, stride, pad, dilation, Py_ssize_t groups, Py_ssize_t itemsize):
@@ -644,7 +645,9 @@ def weight_plan(xs, ws, ys, stride, pad, dilation, Py_ssize_t groups, Py_ssize_t
     return {"images": p.nimg, "image blocks": p.nib, "steps": p.nsteps, "chunks": p.nchunk,
             "row blocks": p.nkb, "columns": p.ncols, "block": p.block, "lanes": bool(p.lanes),
             "compact": bool(p.compact), "narrow": bool(p.narrow), "direct": bool(p.direct),
-            "output rows": bool(p.out_rows)}
+            "output rows": bool(p.out_rows),
+            "last slice read in place": p.nimg == 1 and reads_in_place(
+                &p.st, (xs[0] - 1) * p.x_img + (groups - 1) * p.x_grp)}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -404,16 +404,16 @@ cdef void set_stage_images(Stage *st, Py_ssize_t nimg, Py_ssize_t NR) noexcept n
 
 
 cdef void set_overrun(Stage *st, Py_ssize_t ncols, Py_ssize_t VW, bint by_pixel,
-                      bint moved=False) noexcept nogil:
+                      bint exact=False) noexcept nogil:
     """st.overrun of a staging read in place (identity: one phase, the grid the source's own
-    pixels, ncols columns), from how the tiles read it: the weight gradient's last step reads
-    its columns rounded up to whole vectors of VW, pixel tiles LC_MR_B pixels from a run's last
-    tile start.  The forward-style product (`moved`) moves its last tile back to end at the
-    last column (tail_shift), which it can where there are as many columns as that tile's (a
-    tile with a partial vector is a tail tile, of one or two vectors): nothing past them."""
+    pixels, ncols columns), from how the tiles read it: pixel tiles LC_MR_B pixels from a run's
+    last tile start; else their columns rounded up to whole vectors of VW, or (`exact`) not one
+    column past the last: the forward-style product where it can move its last tile back to
+    end there (tail_shift: where there are as many columns as that tile's, one or two vectors,
+    a tile with a partial vector being a tail tile), the weight gradient's lc_tile_a and
+    lc_tile_m, which read x element by element (lc_tile_d and lc_tile_e read whole vectors)."""
     if st.identity:
-        st.overrun = (LC_MR_B - 1 if by_pixel else 0 if moved and ncols >= 2 * VW
-                      else round_up(ncols, VW) - ncols)
+        st.overrun = LC_MR_B - 1 if by_pixel else 0 if exact else round_up(ncols, VW) - ncols
 
 
 cdef tuple x_stage(tuple size, tuple out, tuple ksize, stride, pad, dilation):
