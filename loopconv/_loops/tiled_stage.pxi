@@ -313,6 +313,16 @@ cdef Py_ssize_t grid_columns(Py_ssize_t q0, Py_ssize_t n, const Py_ssize_t *q,
     with step dstep[2] (0 for junk)."""
     cdef Py_ssize_t a = q0 // (q[1] * q[2]), b = (q0 // q[2]) % q[1], e = q0 % q[2]
     cdef Py_ssize_t j = 0, t, seg, valid, d0, r
+    if (q[1] == grid[1] and q[2] == grid[2] and dstep[1] == grid[2] * dstep[2]
+            and dstep[0] == grid[1] * dstep[1]):
+        # the grid is the destination's pixels in order (a 1x1 layer's): columns q0 on are
+        # one run.  The loops below, row by row, cost a sixth of a 32 -> 3 channel 1x1x1
+        # layer's forward pass on 32^3 at batch 1.
+        d0 = base + q0 * dstep[2]
+        for j in range(n):
+            dcol[j] = d0 + j * dstep[2]
+            run[j] = n - j
+        return n
     while j < n:                # one grid row (or the part of it in range) at a time
         seg = min(q[2] - e, n - j)
         valid = min(max(grid[2] - e, 0), seg) if b < grid[1] else 0
