@@ -300,6 +300,8 @@ VARIANT_CASES = [
     case("2d-1x1-last-tile-moved-back", (1, 10, 9, 11), (7, 10, 1, 1)),
     case("2d-1x1-last-tile-moved-back-images", (3, 6, 13, 7), (20, 6, 1, 1)),
     case("2d-1x1-last-tile-moved-back-blocks", (1, 8, 37, 41), (33, 8, 1, 1)),
+    case("2d-1x1-last-tile-moved-back-groups", (2, 12, 9, 7), (18, 4, 1, 1), groups=3),
+    case("3d-1x1-last-tile-moved-back", (1, 5, 3, 5, 7), (9, 5, 1, 1, 1)),
     # rows of grid columns ending in tiles of two vectors (and one), for each tile width
     # (a row of 126, 109 and 103: 48 + 48 + 30, 24 * 4 + 13, 12 * 8 + 7), the weight read in
     # place (two images: tiles of 8, 2 and 1 rows for 11 channels) and packed (nine)
