@@ -726,7 +726,30 @@ def grad_input(dy, w, bias, dx, stride, pad, dilation, groups, num_threads):
                      _threads(loops.family, num_threads))
 
 
+def sampled_loops(x_shape, w_shape, y_shape, stride, pad, groups):
+    """For a strided convolution with a 1x1 kernel that reads only the input's pixels at
+    multiples of the stride (no padding before, none after that reaches an output), run on the
+    tiled loops: the loops of the stride-1 convolution of those pixels, which the forward pass
+    and the weight gradient run on a strided copy of x; else None.  The strided loops stage
+    every stride phase of x and read one: with the copy, ResNet-50's 1x1 stride-2 layers'
+    weight gradients 1.1-1.47x, forward passes 0.95-1.28x (mostly above 1), one and two
+    threads.  The plans and the unplanned grad_weight both take it, so that a weight gradient
+    has the same bits either way (its sums are cut by the grid the loops see)."""
+    if (max(stride) == 1 or any(pad) or any(k != 1 for k in w_shape[2:])
+            or any(-(-x // s) != y for x, s, y in zip(x_shape[2:], stride, y_shape[2:]))
+            or choose(y_shape, w_shape, stride, groups).family is direct):
+        return None
+    return choose(y_shape, w_shape, _ONES, groups)
+
+
 def grad_weight(x, dy, dw, stride, pad, dilation, groups, num_threads):
+    sampled = sampled_loops(x.shape, dw.shape, dy.shape, stride, pad, groups)
+    if sampled is not None:
+        threads = _threads(sampled.family, num_threads)
+        x1 = empty(x.shape[:2] + dy.shape[2:], x.dtype)
+        direct.sample(x, stride, x1, threads)
+        sampled.grad_weight(x1, dy, dw, _ONES, _ZEROS, _ONES, groups, threads)
+        return
     parts = weight_parts(x.shape, dw.shape, dy.shape, stride, pad, dilation)
     if parts is not None:
         _grad_weight_parts(x, dy, dw, parts, stride, groups, num_threads)
@@ -793,18 +816,10 @@ class Plan:
         self._flat = self._flat_passes()
 
     def _sampled_loops(self):
-        """For a strided convolution with a 1x1 kernel that reads only the input's pixels at
-        multiples of the stride (no padding before, none after that reaches an output): the
-        loops of the stride-1 convolution of those pixels, which the forward pass and the
-        weight gradient run on a strided copy of x; else None.  The strided loops stage every
-        stride phase of x and read one: with the copy, ResNet-50's 1x1 stride-2 layers' weight
-        gradients 1.1-1.47x, forward passes 0.95-1.28x (mostly above 1), one and two threads."""
-        x5, w5, y5 = self.five
-        stride, pad = self.args[0], self.args[1]
-        if (self._direct is not None or max(stride) == 1 or any(pad) or any(k != 1 for k in w5[2:])
-                or any(-(-x // s) != y for x, s, y in zip(x5[2:], stride, y5[2:]))):
+        """`sampled_loops` of the plan's problem (None where the direct loops run it)."""
+        if self._direct is not None:
             return None
-        return choose(y5, w5, _ONES, self.problem.groups)
+        return sampled_loops(*self.five, self.args[0], self.args[1], self.problem.groups)
 
     def _flat_passes(self):
         """Per pass (forward, input gradient, weight gradient): (N, K, O) where the pass is one
