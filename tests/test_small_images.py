@@ -1,8 +1,8 @@
 """The weight gradient of the tiled loops (loopconv/_loops/tiled_weight.pxi) on small images,
-whose reduction steps cover blocks of several images, and with few output channels per group
-(the one-vector tile): every compiled variant against the NumPy reference and the same bits on
-1, 2 and 3 threads; the cases take the paths they are meant to; a block missing images reads
-no scratch that an earlier call left."""
+whose reduction steps cover blocks of several images, with few output channels per group
+(the one-vector tile), and with dy read in place (dy_rows): every compiled variant against the
+NumPy reference and the same bits on 1, 2 and 3 threads; the cases take the paths they are
+meant to; a block missing images reads no scratch that an earlier call left."""
 
 from __future__ import annotations
 
@@ -35,6 +35,10 @@ CASES = [
     case("2d-1x1-kernel-40-images", (40, 8, 5, 5), (24, 8, 1, 1)),
     case("2d-1x1-kernel-10x10", (10, 8, 10, 10), (24, 8, 1, 1)),
     case("2d-1x1-kernel-two-outputs", (23, 6, 4, 4), (2, 6, 1, 1)),
+    # blocks of several images cut into steps, with the two-vector tile (the 1x1 cases above
+    # with more output channels than input channels read dy in place instead: dy_rows)
+    case("2d-3x3-blocks-cut-into-steps", (6, 8, 12, 12), (24, 8, 3, 3), padding=1),
+    case("2d-3x3-two-outputs", (12, 8, 6, 6), (2, 8, 3, 3), padding=1),
     case("1d", (12, 8, 10), (6, 8, 3), padding=1),
     case("1d-stride3-dilated", (17, 5, 19), (7, 5, 3), stride=3, dilation=2,
          padding=((3, 1),)),
@@ -375,3 +379,74 @@ def test_which_weight_gradients_take_output_rows(x_shape, w_shape, kw, rows):
     plan = module.weight_plan(*shapes5(x_shape, w_shape, kw), *loop_args(x_shape, w_shape, kw),
                               4)
     assert plan["output rows"] == rows
+
+
+# ---------------------------------------------------------------------------------------------
+# More output channels than rows k of x: dy's output channels read in place as the tile's rows,
+# x packed transposed (dy_rows), each step within one image, over its valid columns
+
+# random geometries that read dy in place in float32 or float64 on some variant: 3 to 20
+# pixels an axis, 1 to 4 images, 1 to 8 input and 16 to 80 output channels a group
+DY_ROWS = random_plan_cases(16, 20261206, "dy-rows", (3, 21), (1, 5), (1, 9), (16, 81),
+                            "dy rows") + [
+    case("1x1-widening", (2, 32, 15, 17), (192, 32, 1, 1)),
+    case("1x1-rows-k-not-whole-vectors", (3, 27, 9, 7), (100, 27, 1, 1)),
+    case("first-layer-3x3-stride2", (1, 3, 31, 29), (40, 3, 3, 3), stride=2, padding=1),
+    case("first-layer-one-step", (1, 3, 8, 8), (64, 3, 3, 3), padding=1),
+    case("1d-long-widening", (1, 40, 700), (160, 40, 1)),
+    case("3d-one-channel", (1, 1, 9, 10, 11), (32, 1, 3, 3, 3), padding=1),
+    case("groups-widening", (2, 12, 10, 10), (96, 4, 1, 1), groups=3),
+    case("1x1-stride2-widening", (2, 16, 9, 9), (96, 16, 1, 1), stride=2),
+    case("dilated-padded", (2, 2, 13, 12), (48, 2, 3, 2), dilation=2, padding=((2, 1), (0, 3))),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+@pytest.mark.parametrize("x_shape, w_shape, kw", DY_ROWS)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_dy_rows(rng, assert_close, variant, x_shape, w_shape, kw, dtype):
+    """Every variant on weight gradients that read dy in place (each case does in some variant
+    and size), against the reference, every element written, the same bits on 1, 2 and 3
+    threads."""
+    check_bounded(rng, assert_close, variant, x_shape, w_shape, kw, dtype)
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kw, dy_rows", [
+    ((1, 32, 75, 75), (192, 32, 1, 1), {}, True),                 # EfficientNet-B3's widening
+    ((1, 128, 4000), (512, 128, 1), {}, True),                   # Conv-TasNet
+    ((1, 3, 300, 300), (40, 3, 3, 3), dict(stride=2, padding=1), True),     # a first layer
+    ((1, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), False),   # K = 576 rows of x
+    ((1, 256, 28, 28), (64, 256, 1, 1), {}, False),              # a narrowing 1x1
+    ((1, 3, 224, 224), (64, 3, 7, 7), dict(stride=2, padding=3), False),    # K = 147
+])
+def test_which_weight_gradients_read_dy_in_place(x_shape, w_shape, kw, dy_rows):
+    """dy read in place where x has fewer rows k than dy has output channels (float32 and
+    float64, every variant)."""
+    for module in _loops.variants().values():
+        for itemsize in (4, 8):
+            plan = module.weight_plan(*shapes5(x_shape, w_shape, kw),
+                                      *loop_args(x_shape, w_shape, kw), itemsize)
+            assert plan["dy rows"] == dy_rows, (module.__name__, itemsize)
+
+
+def test_dy_rows_reads_no_stale_scratch(rng):
+    """x's rows k past K (copies of row 0) and the columns of B past them (zeroed) make only
+    columns of the product that are never read: scratch filled with NaN before each call
+    leaves no NaN in dw (9 rows k: AVX2 float64 zeroes B's columns 12 to 15)."""
+    x_shape, w_shape, kw = (2, 1, 11, 9), (64, 1, 3, 3), dict(padding=1)
+    taken = []
+    for module in _loops.variants().values():
+        for dtype in (np.float32, np.float64):
+            x, gy = arrays(rng, x_shape, w_shape, kw, dtype)
+            taken.append(module.weight_plan(*shapes5(x_shape, w_shape, kw),
+                                            *loop_args(x_shape, w_shape, kw),
+                                            np.dtype(dtype).itemsize)["dy rows"])
+            expected = grad_weight(module, x, gy, w_shape, kw, threads=1)
+            assert not np.isnan(expected).any()
+            for threads in (1, 2):
+                for scratch in module._workspaces.arrays.values():
+                    if scratch.dtype.kind == "f":
+                        scratch.fill(np.nan)
+                got = grad_weight(module, x, gy, w_shape, kw, threads)
+                assert np.array_equal(got, expected), (module.__name__, dtype, threads)
+    assert all(taken)

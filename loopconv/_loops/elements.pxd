@@ -67,6 +67,10 @@ cdef extern from "elements.h" nogil:
                        Py_ssize_t ldj, int beta)
     void lc_transpose_f32(const float *src, Py_ssize_t lds, float *dst, Py_ssize_t ldd)
     void lc_transpose_f64(const double *src, Py_ssize_t lds, double *dst, Py_ssize_t ldd)
+    void lc_transpose_at_f32(const float *src, const Py_ssize_t *roff, float *dst,
+                             Py_ssize_t ldd)
+    void lc_transpose_at_f64(const double *src, const Py_ssize_t *roff, double *dst,
+                             Py_ssize_t ldd)
     void lc_block_put_f32(float *dst, Py_ssize_t ldd, const float *src, Py_ssize_t lds,
                           Py_ssize_t rows, Py_ssize_t n, int add)
     void lc_block_put_f64(double *dst, Py_ssize_t ldd, const double *src, Py_ssize_t lds,
@@ -235,6 +239,15 @@ cdef inline void transpose_block(const element *src, Py_ssize_t lds, element *ds
         lc_transpose_f32(src, lds, dst, ldd)
     else:
         lc_transpose_f64(src, lds, dst, ldd)
+
+
+cdef inline void transpose_at(const element *src, const Py_ssize_t *roff, element *dst,
+                              Py_ssize_t ldd) noexcept nogil:
+    """dst[j * ldd + i] = src[roff[i] + j] for i, j < the lanes of a vector."""
+    if element is float:
+        lc_transpose_at_f32(src, roff, dst, ldd)
+    else:
+        lc_transpose_at_f64(src, roff, dst, ldd)
 
 
 cdef inline void block_put(element *dst, Py_ssize_t ldd, const element *src, Py_ssize_t lds,

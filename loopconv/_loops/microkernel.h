@@ -678,36 +678,42 @@ static inline void lc_lane_sums_##SUFFIX(const lc_vec_##SUFFIX *v, T *c, int bet
             }                                                                           \
     }
 #  endif
-#  define LC_T_LOAD(SUFFIX, W)                                                          \
+#  define LC_T_LOAD(SUFFIX, W, ROW)                                                     \
     lc_vec_##SUFFIX r[W];                                                               \
-    for (int i = 0; i < W; i++) r[i] = *(const lc_uvec_##SUFFIX *)(src + i * lds);
+    for (int i = 0; i < W; i++) r[i] = *(const lc_uvec_##SUFFIX *)(src + ROW(i));
+#  define LC_T_STRIDED(i) ((i) * lds)
+#  define LC_T_TABLE(i) (roff[i])
 #  define LC_T_STORE(SUFFIX, W)                                                         \
     for (int i = 0; i < W; i++) *(lc_uvec_##SUFFIX *)(dst + i * ldd) = r[i];
 /* the transpose of a type of BYTES bytes: 4 (16 lanes) or 8 (8 lanes) */
 #  define LC_DEFINE_TRANSPOSE(SUFFIX, T, BYTES) LC_TRANSPOSE_SHUFFLES_##BYTES(SUFFIX, T)
 #  define LC_TRANSPOSE_SHUFFLES_4(SUFFIX, T)                                             \
-static inline void lc_transpose_##SUFFIX(const T *LC_RESTRICT src, ptrdiff_t lds,       \
-                                         T *LC_RESTRICT dst, ptrdiff_t ldd)             \
-{                                                                                       \
-    typedef int ivec __attribute__((vector_size(64)));                                  \
-    LC_T_LOAD(SUFFIX, 16)                                                               \
-    LC_T_ROUND(lc_vec_##SUFFIX, ivec, 16, LC_T_16, 8)                                   \
-    LC_T_ROUND(lc_vec_##SUFFIX, ivec, 16, LC_T_16, 4)                                   \
-    LC_T_ROUND(lc_vec_##SUFFIX, ivec, 16, LC_T_16, 2)                                   \
-    LC_T_ROUND(lc_vec_##SUFFIX, ivec, 16, LC_T_16, 1)                                   \
-    LC_T_STORE(SUFFIX, 16)                                                              \
-}
+    LC_T_FUNC(SUFFIX, T, , ptrdiff_t lds, 16, LC_T_16, LC_T_STRIDED)                    \
+    LC_T_FUNC(SUFFIX, T, _at, const ptrdiff_t *LC_RESTRICT roff, 16, LC_T_16, LC_T_TABLE)
 #  define LC_TRANSPOSE_SHUFFLES_8(SUFFIX, T)                                             \
-static inline void lc_transpose_##SUFFIX(const T *LC_RESTRICT src, ptrdiff_t lds,       \
-                                         T *LC_RESTRICT dst, ptrdiff_t ldd)             \
+    LC_T_FUNC(SUFFIX, T, , ptrdiff_t lds, 8, LC_T_8, LC_T_STRIDED)                      \
+    LC_T_FUNC(SUFFIX, T, _at, const ptrdiff_t *LC_RESTRICT roff, 8, LC_T_8, LC_T_TABLE)
+/* lc_transpose (rows lds apart) or lc_transpose_at (NAME _at: rows at the offsets roff) of W
+ * lanes: log2(W) rounds, from swapping blocks of W / 2 lanes down to single lanes */
+#  define LC_T_FUNC(SUFFIX, T, NAME, ROWS, W, LANES, ROW)                               \
+static inline void lc_transpose##NAME##_##SUFFIX(const T *LC_RESTRICT src, ROWS,        \
+                                                 T *LC_RESTRICT dst, ptrdiff_t ldd)     \
 {                                                                                       \
-    typedef long long ivec __attribute__((vector_size(64)));                            \
-    LC_T_LOAD(SUFFIX, 8)                                                                \
-    LC_T_ROUND(lc_vec_##SUFFIX, ivec, 8, LC_T_8, 4)                                     \
-    LC_T_ROUND(lc_vec_##SUFFIX, ivec, 8, LC_T_8, 2)                                     \
-    LC_T_ROUND(lc_vec_##SUFFIX, ivec, 8, LC_T_8, 1)                                     \
-    LC_T_STORE(SUFFIX, 8)                                                               \
+    typedef LC_T_INT_##W ivec __attribute__((vector_size(64)));                         \
+    LC_T_LOAD(SUFFIX, W, ROW)                                                           \
+    LC_T_ROUNDS_##W(lc_vec_##SUFFIX, ivec, LANES)                                       \
+    LC_T_STORE(SUFFIX, W)                                                               \
 }
+#  define LC_T_INT_16 int
+#  define LC_T_INT_8 long long
+#  define LC_T_ROUNDS_16(VEC, IVEC, LANES)                                               \
+    LC_T_ROUND(VEC, IVEC, 16, LANES, 8)                                                 \
+    LC_T_ROUNDS_8_OF(VEC, IVEC, 16, LANES)
+#  define LC_T_ROUNDS_8(VEC, IVEC, LANES) LC_T_ROUNDS_8_OF(VEC, IVEC, 8, LANES)
+#  define LC_T_ROUNDS_8_OF(VEC, IVEC, W, LANES)                                          \
+    LC_T_ROUND(VEC, IVEC, W, LANES, 4)                                                  \
+    LC_T_ROUND(VEC, IVEC, W, LANES, 2)                                                  \
+    LC_T_ROUND(VEC, IVEC, W, LANES, 1)
 #else
 #  define LC_DEFINE_TRANSPOSE(SUFFIX, T, BYTES)                                         \
 static void lc_transpose_##SUFFIX(const T *src, ptrdiff_t lds, T *dst, ptrdiff_t ldd)   \
@@ -715,6 +721,13 @@ static void lc_transpose_##SUFFIX(const T *src, ptrdiff_t lds, T *dst, ptrdiff_t
     enum { W = LC_VEC_BYTES / sizeof(T) };                                              \
     for (int i = 0; i < W; i++)                                                         \
         for (int j = 0; j < W; j++) dst[j * ldd + i] = src[i * lds + j];                \
+}                                                                                       \
+static void lc_transpose_at_##SUFFIX(const T *src, const ptrdiff_t *roff, T *dst,       \
+                                     ptrdiff_t ldd)                                     \
+{                                                                                       \
+    enum { W = LC_VEC_BYTES / sizeof(T) };                                              \
+    for (int i = 0; i < W; i++)                                                         \
+        for (int j = 0; j < W; j++) dst[j * ldd + i] = src[roff[i] + j];                \
 }
 #endif
 

@@ -73,7 +73,7 @@ from loopconv._loops.elements cimport (LC_ISA, LC_DW_OB, LC_DWC_PX, LC_KR_D, LC_
                                        element, evens, put_run, short_row,
                                        short_row_pair, tile_a, tile_b,
                                        tile_d, tile_e, tile_g, tile_m, tile_p, tile_v,
-                                       transpose_block, typecode)
+                                       transpose_at, transpose_block, typecode)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,6 +248,13 @@ cdef double NARROW_COST = 1.5
 # 8x8x8 1.25, 16x16x16 1.12, 14x14 1.07 and 28x28 1.03 (now summed over all columns: the same
 # time within 4 %, alternating runs)
 cdef double WEIGHT_WASTE = 1.05
+# PACK_COST: what packing one element for the weight gradient's tiles (dy transposed, or x
+# where dy_rows) or staging one costs, in tile rows times columns summed over one column.
+# Measured (float32, AVX-512): packing dy took 27 % of EfficientNet-B3's 32 -> 192 1x1 on 75x75
+# and its 36 x 192 tile products 54 %, 18 per element; staging blocks of five 14x14 images of
+# 256 channels 15 % of that layer's time at batch 8 and its products 64 %, some 30 per element
+# (staged blocks larger than L2), copies into L2 less.
+cdef double PACK_COST = 16
 
 
 include "tiled_stage.pxi"

@@ -502,8 +502,8 @@ cdef void set_weight_product(WeightProduct *p, Py_ssize_t N, Py_ssize_t G, Py_ss
     p.G = G
     p.M = O // G
     p.K = K
-    p.Kpad = round_up(p.K, p.mr)
-    p.Opad = round_up(p.M, LC_OR_D if p.lanes else p.NR)
+    p.Rpad = round_up(p.M if p.dy_rows else p.K, p.mr)
+    p.Cpad = round_up(p.K, p.NR) if p.dy_rows else round_up(p.M, LC_OR_D if p.lanes else p.NR)
     for a in range(3):
         p.grid[a] = out[a]
     p.dstep[0] = out[1] * out[2]
@@ -520,9 +520,9 @@ cdef void set_weight_product(WeightProduct *p, Py_ssize_t N, Py_ssize_t G, Py_ss
 cdef bint compact_block(const WeightProduct *p, Py_ssize_t nimg) noexcept nogil:
     """Whether the steps of blocks of nimg images sum over the valid grid columns only: where
     the junk between rows, planes and images makes WEIGHT_WASTE grid columns a valid pixel or
-    more (and lc_tile_a or its one-vector form sums them)."""
+    more (and lc_tile_a or its one-vector form sums them); always where p.dy_rows."""
     cdef Py_ssize_t valid = p.grid[0] * p.grid[1] * p.grid[2]
-    return not p.lanes and block_columns(p, nimg) >= WEIGHT_WASTE * nimg * valid
+    return p.dy_rows or not p.lanes and block_columns(p, nimg) >= WEIGHT_WASTE * nimg * valid
 
 
 cdef Py_ssize_t step_cost(const WeightProduct *p, Py_ssize_t nimg,
@@ -549,7 +549,7 @@ cdef void weight_images(WeightProduct *p, Py_ssize_t VW) noexcept nogil:
     cdef Py_ssize_t full, nb
     most = min(p.N, BLOCK_STEPS * p.block // p.st.plane,
                STAGED_IMAGES // max(p.st.nchan * p.st.chan, 1))
-    if p.ncols >= p.block:      # an image fills a step: its staging (or none) as it is
+    if p.ncols >= p.block or p.dy_rows:     # an image fills a step (or dy is read in place)
         most = 1
     for n in range(2, most + 1):
         if step_cost(p, n, per_step) < step_cost(p, best, per_step):
@@ -581,8 +581,8 @@ cdef void split_weight_work(WeightProduct *p, Py_ssize_t VW) noexcept nogil:
     # four items (both cores busy, and some balance for more), more while the partial products
     # stay within about 1 MiB (float32): each chunk's partial is written and then summed.
     cdef Py_ssize_t nsteps = p.nsteps, G = p.G
-    cdef Py_ssize_t npan = p.Kpad // p.mr
-    p.nchunk = max(1, min(nsteps, 32, max((4 + G - 1) // G, (1 << 18) // (G * p.Kpad * p.Opad))))
+    cdef Py_ssize_t npan = p.Rpad // p.mr
+    p.nchunk = max(1, min(nsteps, 32, max((4 + G - 1) // G, (1 << 18) // (G * p.Rpad * p.Cpad))))
     # Few (group, chunk) items (batch 1, few pixels): the rows k are split into blocks too.
     # Each element is still summed by one item, in the same order.
     p.nkb = 1
@@ -600,13 +600,44 @@ cdef void split_weight_work(WeightProduct *p, Py_ssize_t VW) noexcept nogil:
     p.nkb = (npan + p.kblk - 1) // p.kblk
 
 
+cdef double weight_cost(const WeightProduct *p) noexcept nogil:
+    """The time of a weight-gradient plan of lc_tile_a (or _m), in tile rows times tile
+    columns summed over one column: its products (step_cost of its blocks of images, by its
+    padded rows and columns) plus PACK_COST for each element it packs (dy's M, or x's K where
+    p.dy_rows, per valid pixel) or stages (x, where its blocks are staged rather than read in
+    place), per image and group."""
+    cdef Py_ssize_t valid = p.grid[0] * p.grid[1] * p.grid[2]
+    cdef double cols = step_cost(p, p.nimg, STEP_COLUMNS_A)
+    cdef double staged = 0
+    if p.st.nimg > 1 or not p.st.identity:
+        staged = <double> p.st.nchan * p.st.chan / p.st.nimg
+    return p.G * (cols * p.Rpad * p.Cpad
+                  + PACK_COST * p.N * (valid * (p.K if p.dy_rows else p.M) + staged))
+
+
 cdef void set_weight(WeightProduct *p, tuple xs, tuple ws, tuple ys, stride, pad, dilation,
                      Py_ssize_t groups, Py_ssize_t itemsize, Py_ssize_t x_size):
     """The weight gradient's geometry for 5-D shapes xs (x), ws (dw) and ys (dy), elements of
     itemsize bytes and x_size elements of x: its tiles, staging, blocks of images and work
-    items."""
+    items; the rows k of x read in place and dy packed, or where that costs more (weight_cost)
+    and the output channels fill a tile's rows, the rows o of dy read in place and x packed
+    (p.dy_rows)."""
+    cdef WeightProduct q
+    set_weight_as(p, xs, ws, ys, stride, pad, dilation, groups, itemsize, x_size, False)
+    if p.lanes:
+        return
+    set_weight_as(&q, xs, ws, ys, stride, pad, dilation, groups, itemsize, x_size, True)
+    if weight_cost(&q) < weight_cost(p):
+        p[0] = q
+
+
+cdef void set_weight_as(WeightProduct *p, tuple xs, tuple ws, tuple ys, stride, pad, dilation,
+                        Py_ssize_t groups, Py_ssize_t itemsize, Py_ssize_t x_size,
+                        bint dy_rows):
+    """set_weight's geometry with p.dy_rows as given (dy_rows: lc_tile_a, never the lanes)."""
     cdef Py_ssize_t VW = LC_VEC_BYTES // itemsize
     size, out, ksize = xs[2:], ys[2:], ws[2:]
+    cdef Py_ssize_t K = ws[1] * ksize[0] * ksize[1] * ksize[2]
     # Output channels per group that fill at most half a vector would leave most lanes of
     # lc_tile_a empty: lc_tile_d sums along pixels instead.  Up to one vector, lc_tile_a one
     # vector wide (more rows).  Measured (one thread, grouped 3x3 on 7x7 to 56x56, 1 to 8
@@ -615,8 +646,9 @@ cdef void set_weight(WeightProduct *p, tuple xs, tuple ws, tuple ys, stride, pad
     # float64 AVX-512 1.5-1.9x from 2 channels on (there lc_tile_d, its eight 512-bit loads a
     # step each across cache lines, is never taken); AVX2, 2 and 4 channels 0.94-1.02x.
     cdef Py_ssize_t Og = ws[0] // groups
-    p.lanes = 2 * Og <= VW and not (itemsize == 8 and LC_VEC_BYTES == 64)
-    p.narrow = not p.lanes and Og <= VW
+    p.dy_rows = dy_rows
+    p.lanes = not dy_rows and 2 * Og <= VW and not (itemsize == 8 and LC_VEC_BYTES == 64)
+    p.narrow = not p.lanes and (K if dy_rows else Og) <= VW
     # Where lc_tile_d's OR_D columns would hold zeros (fewer output channels per group), the
     # output channels are the rows of the tile instead (lc_tile_e), by OR_D rows k.  Measured
     # (one thread, AVX-512 float32, against lc_tile_d): 1 channel 3.3x, 2 3.0x, 3 2.1-2.2x (a
@@ -629,11 +661,11 @@ cdef void set_weight(WeightProduct *p, tuple xs, tuple ws, tuple ys, stride, pad
     set_stage(&p.st, size, tuple(stride), tuple(pad),
               x_stage_shared(size, out, ksize, stride, pad, dilation), ws[1], p.NR, x_size,
               itemsize)
-    set_weight_product(p, xs[0], groups, xs[1], ws[0], ws[1] * ksize[0] * ksize[1] * ksize[2],
-                       out)
+    set_weight_product(p, xs[0], groups, xs[1], ws[0], K, out)
     weight_images(p, VW)
     split_weight_work(p, VW)
     p.compact = compact_block(p, p.nimg)
+    # lc_tile_a/m and pack_x_t read x element by element, exactly the step's columns
     set_overrun(&p.st, p.ncols, VW, False, not (p.lanes or p.out_rows))
 
 
@@ -645,7 +677,7 @@ def weight_plan(xs, ws, ys, stride, pad, dilation, Py_ssize_t groups, Py_ssize_t
     return {"images": p.nimg, "image blocks": p.nib, "steps": p.nsteps, "chunks": p.nchunk,
             "row blocks": p.nkb, "columns": p.ncols, "block": p.block, "lanes": bool(p.lanes),
             "compact": bool(p.compact), "narrow": bool(p.narrow), "direct": bool(p.direct),
-            "output rows": bool(p.out_rows),
+            "output rows": bool(p.out_rows), "dy rows": bool(p.dy_rows),
             "last slice read in place": p.nimg == 1 and reads_in_place(
                 &p.st, (xs[0] - 1) * p.x_img + (groups - 1) * p.x_grp)}
 
@@ -661,7 +693,9 @@ cdef class _Geometry:
     cdef Product p
     cdef WeightProduct q
     cdef Phase *phases
-    cdef Py_ssize_t[::1] boff       # B offsets of all phases (forward-style)
+    # B offsets of all phases (forward-style), or x's rows k where the weight gradient packs
+    # them (dy_rows)
+    cdef Py_ssize_t[::1] boff
     cdef Py_ssize_t[::1] aoff       # columns of A of all phases, or the weight gradient's rows
     cdef Py_ssize_t[::1] kpos       # forward, taps skipped: the column of A of w's column k
     cdef Py_ssize_t[::1] order      # item_order of the phases' column blocks
@@ -843,13 +877,19 @@ cdef _Geometry new_geometry(int which, tuple xs, tuple ws, tuple ys, stride, pad
     pairs skipped) took 1.4 times as long for the input gradient as pixel tiles, the forward
     pass as long; with 32 and 64 channels 1.2x faster, 64 channels dilated 6 on 7x7 1.9-2.1x."""
     cdef _Geometry geo, trial
-    cdef Py_ssize_t f, least = PIX_SKIP_PERCENT
+    cdef Py_ssize_t f, least = PIX_SKIP_PERCENT, VW = LC_VEC_BYTES // itemsize
     if which == PASS_WEIGHT:
         geo = _Geometry()
         set_weight(&geo.q, xs, ws, ys, stride, pad, dilation, groups, itemsize, math.prod(xs))
-        # rows past K repeat row 0: the tile computes them and the reduction never reads them
+        # A's rows past K (or M) repeat row 0: the tile computes them and the reduction never
+        # reads them
         rows = tap_offsets(&geo.q.st, ws[1], kernel_taps(ws[2:], dilation))
-        geo.aoff = np.concatenate([rows, np.repeat(rows[:1], geo.q.Kpad - geo.q.K)])
+        if geo.q.dy_rows:       # A: dy's output channels; x's rows k packed (geo.boff, whole
+            # vectors of them: pack_x_t)
+            geo.boff = np.concatenate([rows,
+                                       np.repeat(rows[:1], round_up(geo.q.K, VW) - geo.q.K)])
+            rows = np.arange(geo.q.M, dtype=np.intp) * geo.q.y_plane
+        geo.aoff = np.concatenate([rows, np.repeat(rows[:1], geo.q.Rpad - len(rows))])
         return geo
     geo = product_try(which, xs, ws, ys, stride, pad, dilation, groups, itemsize, 0)
     for f in range(geo.p.nphase):
@@ -900,17 +940,18 @@ def grad_weight(const element[:, :, :, :, ::1] x, const element[:, :, :, :, ::1]
     cdef WeightProduct *p = &geo.q
     cdef Py_ssize_t fper, iper
     cdef Py_ssize_t[::1] aoff = geo.aoff
+    cdef const Py_ssize_t *xoff = &geo.boff[0] if p.dy_rows else NULL
     cdef element[::1] partial = _workspace("p", dtype, 1 if p.direct
-                                           else groups * p.nchunk * p.Kpad * p.Opad)
+                                           else groups * p.nchunk * p.Rpad * p.Cpad)
     # staging, packed dy; p.direct: the rows written together and a block to transpose
     # (else sum_partials' block, VW * VW, after the staging)
-    fper = per_thread(max(p.st.size + p.Opad * p.block
-                          + (p.span * p.mr * p.Opad + VW * VW if p.direct else 0), VW * VW))
+    fper = per_thread(max(p.st.size + p.Cpad * p.block
+                          + (p.span * p.mr * p.Cpad + VW * VW if p.direct else 0), VW * VW))
     iper = per_thread(2 + 3 * p.block)
     cdef element[::1] fws = _workspace("f", dtype, fper * num_threads)
     cdef Py_ssize_t[::1] iws = _workspace("i", np.intp, iper * num_threads)
     with nogil:
-        run_weight(p, &x[0, 0, 0, 0, 0], &dy[0, 0, 0, 0, 0], &aoff[0], &partial[0],
+        run_weight(p, &x[0, 0, 0, 0, 0], &dy[0, 0, 0, 0, 0], &aoff[0], xoff, &partial[0],
                    &dw[0, 0, 0, 0, 0], &fws[0], fper, &iws[0], iper, num_threads)
 
 

@@ -1,17 +1,23 @@
 # The weight gradient (included by tiled.pxi):
 #     dw_g[o, k] = sum over (n, q) of dy_ng[o, q] staged_ng[aoff[k] + q]
 # computed transposed (rows k, columns o) so that the staged x is read in place and only dy is
-# packed.  Small images are staged in blocks of nimg (set_stage_images), the grid columns of
-# each image after those of the one before, so that a reduction step has as many columns as
-# one large image would give it.  The reduction steps (block of images, block of `block` of
-# their grid columns) are cut into `nchunk` contiguous chunks fixed by the problem size alone;
-# each (group, chunk, block of rows k) item sums into its rows of the chunk's own partial
-# product, and the partials are added in chunk order (sum_partials), so results do not depend
-# on the thread count.  A reduction of one step (p.direct) has one chunk: each item writes its
-# rows of dw itself, a few rows at a time, without the partial product.
+# packed; or, where that costs more (weight_cost: x has fewer rows k than dy has output
+# channels, as in 1x1 layers that widen and first layers), as it is (rows o, columns k, the
+# plan's p.dy_rows), dy read in place and x packed, each step then within one image and over
+# its valid columns only (those are consecutive in dy).  Small images are staged in blocks of
+# nimg (set_stage_images), the grid columns of each image after those of the one before, so
+# that a reduction step has as many columns as one large image would give it.  The reduction
+# steps (block of images, block of `block` of their grid columns) are cut into `nchunk`
+# contiguous chunks fixed by the problem size alone; each (group, chunk, block of rows) item
+# sums into its rows of the chunk's own partial product, and the partials are added in chunk
+# order (sum_partials), so results do not depend on the thread count.  A reduction of one step
+# (p.direct) has one chunk: each item writes its rows of dw itself, a few rows at a time,
+# without the partial product.
 
 cdef struct WeightProduct:
-    Py_ssize_t N, G, M, K, Kpad, Opad
+    Py_ssize_t N, G, M, K
+    Py_ssize_t Rpad, Cpad           # the partial product's rows (k, or o) and columns, padded
+    bint dy_rows                    # rows o of dy in place by columns k of x packed transposed
     bint lanes                      # few output channels: lc_tile_d, else lc_tile_a
     # lanes with the output channels as the tiles' rows (lc_tile_e), by LC_OR_D rows k
     bint out_rows
@@ -38,30 +44,34 @@ cdef void pack_dy_t(const element *dyrow, Py_ssize_t plane, Py_ssize_t nrow, Py_
                     const Py_ssize_t *dcol, const Py_ssize_t *run, element *bo, Py_ssize_t NR,
                     bint compact) noexcept nogil:
     """bo[j * NR + i] = dyrow[i * plane + dcol[j]] (0 for junk columns) for the channels
-    i < nrow (at most VW) and the block's columns j < pc; with all VW channels, whole blocks of
-    VW columns of a run by one transpose.  compact: the valid columns only, one after the
-    other (bo[v * NR + i] for the v-th valid column)."""
+    i < nrow (at most VW) and the block's columns j < pc, and for the lanes nrow <= i < VW
+    copies of the last channel (columns of the product that are never read), so that every
+    lane is written; whole blocks of VW columns of a run by one transpose.  compact: the valid
+    columns only, one after the other (bo[v * NR + i] for the v-th valid column)."""
     cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t i, j = 0, v = 0, u, t, ln
+    cdef Py_ssize_t roff[MAX_NR]
     cdef const element *src
     cdef element *b
+    for i in range(VW):
+        roff[i] = min(i, nrow - 1) * plane
     while j < pc:
         ln = run[j]
         if ln == 0:
             if not compact:
-                for i in range(nrow):
+                for i in range(VW):
                     bo[j * NR + i] = 0
             j += 1
             continue
         src = dyrow + dcol[j]
         b = bo + (v if compact else j) * NR
         u = 0
-        while nrow == VW and u + VW <= ln:
-            transpose_block(src + u, plane, b + u * NR, NR)
+        while u + VW <= ln:
+            transpose_at(src + u, roff, b + u * NR, NR)
             u += VW
         for t in range(u, ln):
-            for i in range(nrow):
-                b[t * NR + i] = src[i * plane + t]
+            for i in range(VW):
+                b[t * NR + i] = src[roff[i] + t]
         j += ln
         v += ln
 
@@ -77,7 +87,7 @@ cdef inline void pack_dy_rows(const WeightProduct *p, const element *dyg, Py_ssi
     cdef element *bo
     cdef const element *dyrow
     if first:
-        memset(bpack, 0, p.Opad * B * sizeof(element))
+        memset(bpack, 0, p.Cpad * B * sizeof(element))
     for o in range(p.M):
         bo = bpack + o * B
         dyrow = dyg + o * p.y_plane
@@ -93,21 +103,61 @@ cdef inline void pack_dy_rows(const WeightProduct *p, const element *dyg, Py_ssi
             j += ln
 
 
+cdef void pack_x_t(const WeightProduct *p, const element *xq, const Py_ssize_t *xoff,
+                   Py_ssize_t pc, const Py_ssize_t *run, element *bpack,
+                   bint first) noexcept nogil:
+    """B of lc_tile_a where p.dy_rows: the staged x (at xq, the step's first grid column) at
+    its rows k (xoff, whole vectors of them: the rows past K repeat row 0) over the step's
+    valid columns, transposed in panels of NR rows k, bpack[k // NR][v][k % NR] for the v-th
+    valid column; VW rows k at a time, by runs of valid columns (whole blocks of VW columns by
+    one transpose).  The columns of B past those vectors of rows k are zero (written with the
+    first step); those within them but past K hold copies of row 0, which only make columns of
+    the partial product that are never read."""
+    cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
+    cdef Py_ssize_t NR = p.NR, B = p.block, nkv = (p.K + VW - 1) // VW, j = 0, v = 0, u, t, i
+    cdef Py_ssize_t ln, kb, k0, k
+    cdef const element *src
+    cdef element *b
+    if first:
+        for k in range(nkv * VW, p.Cpad):
+            b = bpack + k // NR * B * NR + k % NR
+            for t in range(B):
+                b[t * NR] = 0
+    while j < pc:
+        ln = run[j]
+        if ln == 0:
+            j += 1
+            continue
+        src = xq + j
+        for kb in range(nkv):
+            k0 = kb * VW
+            b = bpack + k0 // NR * B * NR + k0 % NR + v * NR
+            u = 0
+            while u + VW <= ln:
+                transpose_at(src + u, xoff + k0, b + u * NR, NR)
+                u += VW
+            for t in range(u, ln):
+                for i in range(VW):
+                    b[t * NR + i] = src[xoff[k0 + i] + t]
+        j += ln
+        v += ln
+
+
 cdef inline void pack_dy_panels(const WeightProduct *p, const element *dyg, Py_ssize_t pc,
                                 const Py_ssize_t *dcol, const Py_ssize_t *run, element *bpack,
                                 bint first) noexcept nogil:
     """B of lc_tile_a for one reduction step: dy^T of the block (at dyg) in panels of NR output
-    channels, bpack[o // NR][j][o % NR], VW channels at a time; zero for junk columns and
-    (written with the first step) for the channels past M."""
+    channels, bpack[o // NR][j][o % NR], VW channels at a time (pack_dy_t); zero for junk
+    columns and (written with the first step) for the vectors of channels past M."""
     cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t NR = p.NR, B = p.block, og, o0, o, j
     cdef element *bo
-    for og in range(p.Opad // VW):
+    for og in range(p.Cpad // VW):
         o0 = og * VW
         bo = bpack + (o0 // NR) * B * NR + o0 % NR
-        if first and o0 + VW > p.M:
+        if first and o0 >= p.M:
             for j in range(B):
-                for o in range(max(p.M - o0, 0), VW):
+                for o in range(VW):
                     bo[j * NR + o] = 0
         if o0 < p.M:
             pack_dy_t(dyg + o0 * p.y_plane, p.y_plane, min(VW, p.M - o0), pc, dcol, run, bo,
@@ -121,7 +171,8 @@ cdef inline void weight_tiles(const WeightProduct *p, Py_ssize_t ip0, Py_ssize_t
     """Rows ip0 * unit .. ip1 * unit - 1 of the partial product part (= on the first step, else
     +=) the product over the step's pc grid columns (p.compact: its pc valid columns, at cmap):
     the staged x at xq read at aoff (a tile's rows) times the packed dy (unit: p.mr, the rows
-    of a tile).  part holds the rows from row0 * unit on."""
+    of a tile); where p.dy_rows, dy at xq (its pc columns) times the packed x.  part holds the
+    rows from row0 * unit on."""
     cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t NR = p.NR, B = p.block, mr = p.mr, ip, jp, o0, kr
     if p.out_rows:          # rows o0 .. o0 + kr - 1 of dy (packed) by mr rows k of x
@@ -130,24 +181,24 @@ cdef inline void weight_tiles(const WeightProduct *p, Py_ssize_t ip0, Py_ssize_t
             while o0 < p.M:
                 kr = min(p.M - o0, LC_KR_D)
                 tile_e(kr, round_up(pc, VW), bpack + o0 * B, B, xq, aoff + ip * mr,
-                       part + (ip - row0) * mr * p.Opad + o0, 1, p.Opad, not first)
+                       part + (ip - row0) * mr * p.Cpad + o0, 1, p.Cpad, not first)
                 o0 += kr
     elif p.lanes:
         for ip in range(ip0, ip1):
-            for jp in range(p.Opad // LC_OR_D):
+            for jp in range(p.Cpad // LC_OR_D):
                 tile_d(LC_KR_D, round_up(pc, VW), xq, aoff + ip * LC_KR_D,
                        bpack + jp * LC_OR_D * B, B,
-                       part + (ip - row0) * LC_KR_D * p.Opad + jp * LC_OR_D, p.Opad, not first)
-    elif p.compact:
+                       part + (ip - row0) * LC_KR_D * p.Cpad + jp * LC_OR_D, p.Cpad, not first)
+    elif p.compact and not p.dy_rows:
         for ip in range(ip0, ip1):
-            for jp in range(p.Opad // NR):
+            for jp in range(p.Cpad // NR):
                 tile_m(NR // VW, pc, xq, aoff + ip * mr, cmap, bpack + jp * B * NR,
-                       part + (ip - row0) * mr * p.Opad + jp * NR, p.Opad, not first)
+                       part + (ip - row0) * mr * p.Cpad + jp * NR, p.Cpad, not first)
     else:
         for ip in range(ip0, ip1):
-            for jp in range(p.Opad // NR):
+            for jp in range(p.Cpad // NR):
                 tile_a(NR // VW, pc, xq, aoff + ip * mr, bpack + jp * B * NR,
-                       part + (ip - row0) * mr * p.Opad + jp * NR, p.Opad, not first)
+                       part + (ip - row0) * mr * p.Cpad + jp * NR, p.Cpad, not first)
 
 
 cdef inline Py_ssize_t block_columns(const WeightProduct *p, Py_ssize_t nimg) noexcept nogil:
@@ -174,8 +225,9 @@ cdef void step_columns(const WeightProduct *p, Py_ssize_t q0, Py_ssize_t n, Py_s
 
 
 cdef void weight_item(const WeightProduct *p, Py_ssize_t item, const element *x,
-                      const element *dy, const Py_ssize_t *aoff, element *partial,
-                      element *dw, element *fws, Py_ssize_t *iws) noexcept nogil:
+                      const element *dy, const Py_ssize_t *aoff, const Py_ssize_t *xoff,
+                      element *partial, element *dw, element *fws,
+                      Py_ssize_t *iws) noexcept nogil:
     """Work item (group g, chunk, block of rows k) of the weight gradient: its rows of the
     partial product of (g, chunk), summed over the chunk's reduction steps (block of images,
     block of their grid columns) in order.  fws and iws: this thread's scratch (iws[0] names
@@ -183,18 +235,20 @@ cdef void weight_item(const WeightProduct *p, Py_ssize_t item, const element *x,
     (group, chunk) that follow each other on a thread pack a step's dy once, not once per
     block of rows).  A reduction of one step (p.direct) writes its rows of dw instead, p.span
     tiles of rows at a time through a partial of those rows in fws (the sums of one chunk are
-    the partial itself: the same bits)."""
+    the partial itself: the same bits).  Where p.dy_rows, the rows are output channels and
+    x is packed (p.xoff: its rows k) instead of dy."""
     cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t B = p.block
     cdef Py_ssize_t kb = item % p.nkb, gc = item // p.nkb
     cdef Py_ssize_t chunk = gc % p.nchunk, g = gc // p.nchunk
     cdef Py_ssize_t s0 = chunk * p.nsteps // p.nchunk, s1 = (chunk + 1) * p.nsteps // p.nchunk
     cdef Py_ssize_t unit = p.mr
-    cdef Py_ssize_t ip0 = kb * p.kblk, ip1 = min(p.Kpad // unit, ip0 + p.kblk)
+    cdef Py_ssize_t ip0 = kb * p.kblk, ip1 = min(p.Rpad // unit, ip0 + p.kblk)
     cdef Py_ssize_t step, ib, n0, nimg, q0, pc
-    cdef element *part = partial if p.direct else partial + gc * p.Kpad * p.Opad
+    cdef element *part = partial if p.direct else partial + gc * p.Rpad * p.Cpad
     cdef const element *staged
     cdef const element *dyg
+    cdef const element *a           # A of the tiles: the staged x, or dy where p.dy_rows
     cdef element *bpack = fws + p.st.size
     cdef Py_ssize_t *dcol = iws + 2
     cdef Py_ssize_t *run = dcol + B
@@ -202,7 +256,7 @@ cdef void weight_item(const WeightProduct *p, Py_ssize_t item, const element *x,
     cdef Py_ssize_t j, ncol, packed
     cdef bint first = True
     cdef Py_ssize_t r, r1, k0
-    cdef element *rows = bpack + p.Opad * B                # p.direct: its rows, then acc
+    cdef element *rows = bpack + p.Cpad * B                # p.direct: its rows, then acc
     cdef element *acc
     for step in range(s0, s1):
         ib = step // p.nblk
@@ -214,6 +268,7 @@ cdef void weight_item(const WeightProduct *p, Py_ssize_t item, const element *x,
                               fws, iws)
         step_columns(p, q0, pc, dcol, run)
         ncol = pc
+        a = staged + q0
         if p.compact:           # the step's valid columns
             ncol = 0
             for j in range(pc):
@@ -222,39 +277,47 @@ cdef void weight_item(const WeightProduct *p, Py_ssize_t item, const element *x,
                     ncol += 1
         dyg = dy + n0 * p.y_img + g * p.y_grp
         packed = g * p.nsteps + step
+        if p.dy_rows:           # dy in place from the step's first valid column
+            a = dyg + (dcol[cmap[0]] if ncol > 0 else 0)
         if iws[1] != packed:
-            if p.lanes:
+            if p.dy_rows:
+                pack_x_t(p, staged + q0, xoff, pc, run, bpack, first)
+            elif p.lanes:
                 pack_dy_rows(p, dyg, pc, dcol, run, bpack, first)
             else:
                 pack_dy_panels(p, dyg, pc, dcol, run, bpack, first)
             iws[1] = packed
         if p.direct:
-            acc = rows + p.span * unit * p.Opad
+            acc = rows + p.span * unit * p.Cpad
             r = ip0
             while r < ip1:
                 r1 = min(ip1, r + p.span)
-                weight_tiles(p, r, r1, ncol, staged + q0, aoff, bpack, cmap, rows, r, True)
+                weight_tiles(p, r, r1, ncol, a, aoff, bpack, cmap, rows, r, True)
                 k0 = r * unit
-                while k0 < min(r1 * unit, p.K):
-                    transpose_rows(p, g, k0, rows + (k0 - r * unit) * p.Opad, 1, dw, acc)
+                if p.dy_rows:
+                    add_rows(p, g, k0, min(r1 * unit, p.M) - k0, rows, 1, dw)
+                while not p.dy_rows and k0 < min(r1 * unit, p.K):
+                    transpose_rows(p, g, k0, rows + (k0 - r * unit) * p.Cpad, 1, dw, acc)
                     k0 += VW
                 r = r1
         else:
-            weight_tiles(p, ip0, ip1, ncol, staged + q0, aoff, bpack, cmap, part, 0, first)
+            weight_tiles(p, ip0, ip1, ncol, a, aoff, bpack, cmap, part, 0, first)
         first = False
     if first:               # no steps: the rows are zero (p.direct has a step)
-        memset(part + ip0 * unit * p.Opad, 0, (ip1 - ip0) * unit * p.Opad * sizeof(element))
+        memset(part + ip0 * unit * p.Cpad, 0, (ip1 - ip0) * unit * p.Cpad * sizeof(element))
 
 
 cdef void run_weight(const WeightProduct *p, const element *x, const element *dy,
-                     const Py_ssize_t *aoff, element *partial, element *dw, element *fws,
-                     Py_ssize_t fper, Py_ssize_t *iws, Py_ssize_t iper,
-                     int nthreads) noexcept nogil:
+                     const Py_ssize_t *aoff, const Py_ssize_t *xoff, element *partial,
+                     element *dw, element *fws, Py_ssize_t fper, Py_ssize_t *iws,
+                     Py_ssize_t iper, int nthreads) noexcept nogil:
     """dw of all groups: the work items (weight_item) into their partial products, then the
-    partials summed in chunk order (sum_partials), each on nthreads threads."""
+    partials summed in chunk order (sum_partials), each on nthreads threads.  aoff: the rows
+    of A (x's rows k, or where p.dy_rows dy's output channels); xoff: x's rows k where
+    p.dy_rows."""
     cdef Py_ssize_t item, t
     cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
-    cdef Py_ssize_t nkv = (p.K + VW - 1) // VW
+    cdef Py_ssize_t nkv = ((p.M if p.dy_rows else p.K) + VW - 1) // VW
     cdef int tid
     cdef fpstate fp
     for t in range(nthreads):
@@ -266,7 +329,8 @@ cdef void run_weight(const WeightProduct *p, const element *x, const element *dy
         # partial product.
         for item in prange(p.G * p.nchunk * p.nkb, schedule="static"):
             tid = threadid()
-            weight_item(p, item, x, dy, aoff, partial, dw, fws + tid * fper, iws + tid * iper)
+            weight_item(p, item, x, dy, aoff, xoff, partial, dw, fws + tid * fper,
+                        iws + tid * iper)
         restore_fpstate(fp)
     if p.direct:
         return
@@ -274,8 +338,8 @@ cdef void run_weight(const WeightProduct *p, const element *x, const element *dy
     # every partial product must be complete before the sums)
     with parallel(num_threads=nthreads):
         fp = flush_subnormals()
-        # race-free: each block of VW rows (group, k) of the transposed dw is summed by one
-        # thread and written to its columns of dw.
+        # race-free: each block of VW rows (group, k) of the transposed dw (where p.dy_rows,
+        # VW rows o of dw) is summed by one thread and written to its elements of dw.
         for item in prange(p.G * nkv, schedule="static"):
             tid = threadid()
             sum_partials(p, item // nkv, item % nkv * VW, partial, dw, fws + tid * fper)
@@ -285,8 +349,14 @@ cdef void run_weight(const WeightProduct *p, const element *x, const element *dy
 cdef void sum_partials(const WeightProduct *p, Py_ssize_t g, Py_ssize_t k0,
                        const element *partial, element *dw, element *acc) noexcept nogil:
     """dw[g * M + o, k] for k0 <= k < k0 + VW: the partial products of group g (rows k,
-    columns o) summed in chunk order (transpose_rows)."""
-    transpose_rows(p, g, k0, partial + (g * p.nchunk * p.Kpad + k0) * p.Opad, p.nchunk, dw,
+    columns o) summed in chunk order (transpose_rows); where p.dy_rows, the rows k0 <= o <
+    k0 + VW of dw (add_rows)."""
+    cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
+    if p.dy_rows:
+        add_rows(p, g, k0, min(VW, p.M - k0), partial + (g * p.nchunk * p.Rpad + k0) * p.Cpad,
+                 p.nchunk, dw)
+        return
+    transpose_rows(p, g, k0, partial + (g * p.nchunk * p.Rpad + k0) * p.Cpad, p.nchunk, dw,
                    acc)
 
 
@@ -294,7 +364,7 @@ cdef void transpose_rows(const WeightProduct *p, Py_ssize_t g, Py_ssize_t k0,
                          const element *rows, Py_ssize_t nchunk, element *dw,
                          element *acc) noexcept nogil:
     """dw[g * M + o, k] for k0 <= k < k0 + VW: the rows k of nchunk partial products (rows at
-    the first one's row k0, the next ones p.Kpad * p.Opad apart; columns o) summed in chunk
+    the first one's row k0, the next ones p.Rpad * p.Cpad apart; columns o) summed in chunk
     order, VW columns at a time in acc, each block then written transposed (runs of VW
     consecutive k: whole cache lines of dw, not single elements a row of K apart).  Whole VW x
     VW blocks are summed in loops of a fixed length and transposed in registers: element by
@@ -311,23 +381,42 @@ cdef void transpose_rows(const WeightProduct *p, Py_ssize_t g, Py_ssize_t k0,
         if kw == VW and ow == VW:
             for k in range(VW):
                 for o in range(VW):
-                    acc[k * VW + o] = part[k * p.Opad + o]
+                    acc[k * VW + o] = part[k * p.Cpad + o]
             for c in range(1, nchunk):
-                part = part + p.Kpad * p.Opad
+                part = part + p.Rpad * p.Cpad
                 for k in range(VW):
                     for o in range(VW):
-                        acc[k * VW + o] = acc[k * VW + o] + part[k * p.Opad + o]
+                        acc[k * VW + o] = acc[k * VW + o] + part[k * p.Cpad + o]
             transpose_block(acc, VW, dw + (g * p.M + o0) * p.K + k0, p.K)
             continue
         for k in range(kw):
             for o in range(ow):
-                acc[k * VW + o] = part[k * p.Opad + o]
+                acc[k * VW + o] = part[k * p.Cpad + o]
         for c in range(1, nchunk):
-            part = part + p.Kpad * p.Opad
+            part = part + p.Rpad * p.Cpad
             for k in range(kw):
                 for o in range(ow):
-                    acc[k * VW + o] = acc[k * VW + o] + part[k * p.Opad + o]
+                    acc[k * VW + o] = acc[k * VW + o] + part[k * p.Cpad + o]
         for o in range(ow):
             d = dw + (g * p.M + o0 + o) * p.K + k0
             for k in range(kw):
                 d[k] = acc[k * VW + o]
+
+
+cdef void add_rows(const WeightProduct *p, Py_ssize_t g, Py_ssize_t o0, Py_ssize_t n,
+                   const element *rows, Py_ssize_t nchunk, element *dw) noexcept nogil:
+    """Where p.dy_rows: dw[g * M + o, k] for o0 <= o < o0 + n, the rows o of nchunk partial
+    products (rows at the first one's row o0, the next ones p.Rpad * p.Cpad apart; columns k)
+    summed in chunk order."""
+    cdef Py_ssize_t o, k, c
+    cdef const element *part
+    cdef element *d
+    for o in range(n):
+        d = dw + (g * p.M + o0 + o) * p.K
+        part = rows + o * p.Cpad
+        for k in range(p.K):
+            d[k] = part[k]
+        for c in range(1, nchunk):
+            part = part + p.Rpad * p.Cpad
+            for k in range(p.K):
+                d[k] = d[k] + part[k]
