@@ -40,21 +40,20 @@ cdef struct WeightProduct:
     Stage st
 
 
-cdef void pack_dy_t(const element *dyrow, Py_ssize_t plane, Py_ssize_t nrow, Py_ssize_t pc,
-                    const Py_ssize_t *dcol, const Py_ssize_t *run, element *bo, Py_ssize_t NR,
-                    bint compact) noexcept nogil:
-    """bo[j * NR + i] = dyrow[i * plane + dcol[j]] (0 for junk columns) for the channels
-    i < nrow (at most VW) and the block's columns j < pc, and for the lanes nrow <= i < VW
-    copies of the last channel (columns of the product that are never read), so that every
-    lane is written; whole blocks of VW columns of a run by one transpose.  compact: the valid
-    columns only, one after the other (bo[v * NR + i] for the v-th valid column)."""
+cdef void transpose_runs(const element *src, const Py_ssize_t *roff, const Py_ssize_t *start,
+                         Py_ssize_t pc, const Py_ssize_t *run, element *bo, Py_ssize_t NR,
+                         bint compact) noexcept nogil:
+    """bo[j * NR + i] = src[roff[i] + s] for the lanes i < VW and a step's columns j < pc, s the
+    column's place in src: a run of run[j] valid columns from column j holds s = start[j],
+    start[j] + 1, ... (start NULL: s = j, the columns themselves); 0 for junk columns (run[j]
+    == 0).  compact: the valid columns only, one after the other (bo[v * NR + i] for the v-th
+    valid column).  Whole blocks of VW columns of a run by one transpose (transpose_at), the
+    rest element by element.  Packs dy transposed (pack_dy_panels) and, where p.dy_rows, x
+    (pack_x_t)."""
     cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t i, j = 0, v = 0, u, t, ln
-    cdef Py_ssize_t roff[MAX_NR]
-    cdef const element *src
+    cdef const element *s
     cdef element *b
-    for i in range(VW):
-        roff[i] = min(i, nrow - 1) * plane
     while j < pc:
         ln = run[j]
         if ln == 0:
@@ -63,15 +62,15 @@ cdef void pack_dy_t(const element *dyrow, Py_ssize_t plane, Py_ssize_t nrow, Py_
                     bo[j * NR + i] = 0
             j += 1
             continue
-        src = dyrow + dcol[j]
+        s = src + (j if start == NULL else start[j])
         b = bo + (v if compact else j) * NR
         u = 0
         while u + VW <= ln:
-            transpose_at(src + u, roff, b + u * NR, NR)
+            transpose_at(s + u, roff, b + u * NR, NR)
             u += VW
         for t in range(u, ln):
             for i in range(VW):
-                b[t * NR + i] = src[roff[i] + t]
+                b[t * NR + i] = s[roff[i] + t]
         j += ln
         v += ln
 
@@ -109,48 +108,34 @@ cdef void pack_x_t(const WeightProduct *p, const element *xq, const Py_ssize_t *
     """B of lc_tile_a where p.dy_rows: the staged x (at xq, the step's first grid column) at
     its rows k (xoff, whole vectors of them: the rows past K repeat row 0) over the step's
     valid columns, transposed in panels of NR rows k, bpack[k // NR][v][k % NR] for the v-th
-    valid column; VW rows k at a time, by runs of valid columns (whole blocks of VW columns by
-    one transpose).  The columns of B past those vectors of rows k are zero (written with the
-    first step); those within them but past K hold copies of row 0, which only make columns of
-    the partial product that are never read."""
+    valid column, VW rows k at a time (transpose_runs).  The columns of B past those vectors
+    of rows k are zero (written with the first step); those within them but past K hold
+    copies of row 0, which only make columns of the partial product that are never read."""
     cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
-    cdef Py_ssize_t NR = p.NR, B = p.block, nkv = (p.K + VW - 1) // VW, j = 0, v = 0, u, t, i
-    cdef Py_ssize_t ln, kb, k0, k
-    cdef const element *src
+    cdef Py_ssize_t NR = p.NR, B = p.block, nkv = (p.K + VW - 1) // VW, t, k, kb
     cdef element *b
     if first:
         for k in range(nkv * VW, p.Cpad):
             b = bpack + k // NR * B * NR + k % NR
             for t in range(B):
                 b[t * NR] = 0
-    while j < pc:
-        ln = run[j]
-        if ln == 0:
-            j += 1
-            continue
-        src = xq + j
-        for kb in range(nkv):
-            k0 = kb * VW
-            b = bpack + k0 // NR * B * NR + k0 % NR + v * NR
-            u = 0
-            while u + VW <= ln:
-                transpose_at(src + u, xoff + k0, b + u * NR, NR)
-                u += VW
-            for t in range(u, ln):
-                for i in range(VW):
-                    b[t * NR + i] = src[xoff[k0 + i] + t]
-        j += ln
-        v += ln
+    for kb in range(nkv):
+        k = kb * VW
+        transpose_runs(xq, xoff + k, NULL, pc, run, bpack + k // NR * B * NR + k % NR, NR,
+                       True)
 
 
 cdef inline void pack_dy_panels(const WeightProduct *p, const element *dyg, Py_ssize_t pc,
                                 const Py_ssize_t *dcol, const Py_ssize_t *run, element *bpack,
                                 bint first) noexcept nogil:
     """B of lc_tile_a for one reduction step: dy^T of the block (at dyg) in panels of NR output
-    channels, bpack[o // NR][j][o % NR], VW channels at a time (pack_dy_t); zero for junk
-    columns and (written with the first step) for the vectors of channels past M."""
+    channels, bpack[o // NR][j][o % NR], VW channels at a time (transpose_runs; the lanes of
+    a last partial vector of channels copy its last channel, making columns of the product
+    that are never read); zero for junk columns and (written with the first step) for the
+    vectors of channels past M."""
     cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t NR = p.NR, B = p.block, og, o0, o, j
+    cdef Py_ssize_t roff[MAX_NR]
     cdef element *bo
     for og in range(p.Cpad // VW):
         o0 = og * VW
@@ -160,8 +145,9 @@ cdef inline void pack_dy_panels(const WeightProduct *p, const element *dyg, Py_s
                 for o in range(VW):
                     bo[j * NR + o] = 0
         if o0 < p.M:
-            pack_dy_t(dyg + o0 * p.y_plane, p.y_plane, min(VW, p.M - o0), pc, dcol, run, bo,
-                      NR, p.compact)
+            for o in range(VW):     # the lanes past M: copies of the last channel
+                roff[o] = min(o0 + o, p.M - 1) * p.y_plane
+            transpose_runs(dyg, roff, dcol, pc, run, bo, NR, p.compact)
 
 
 cdef inline void weight_tiles(const WeightProduct *p, Py_ssize_t ip0, Py_ssize_t ip1,
