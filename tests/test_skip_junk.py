@@ -192,8 +192,9 @@ SKIPS = [
     case("skip-few-frames", (2, 24, 2, 12, 12), (16, 24, 3, 3, 3), padding=1),
     case("skip-three-frames-dilated", (1, 16, 3, 10, 10), (24, 16, 3, 3, 3),
          padding=(1, 2, 2), dilation=(1, 2, 2)),
-    # a grid with junk columns whose pixels read padding at 9 % of their taps (PIX_SKIP_PERCENT)
-    case("skip-dilated-2-on-28", (2, 48, 28, 28), (56, 48, 3, 3), padding=2, dilation=2),
+    # a grid with junk columns whose pixels read padding at 9 % of their taps (PIX_SKIP_PERCENT),
+    # with enough channels that this is 155 columns of A a pixel (PIX_SKIP_COLUMNS)
+    case("skip-dilated-2-on-28", (1, 192, 28, 28), (192, 192, 3, 3), padding=2, dilation=2),
     case("skip-125-taps", (2, 16, 4, 4, 4), (24, 16, 5, 5, 5), padding=2),
 ]
 
@@ -260,9 +261,17 @@ def test_skip_cases_skip(x_shape, w_shape, kw):
     ((4, 64, 2, 40, 40), (64, 64, 3, 3, 3), dict(padding=1), True, True),
     ((4, 128, 4, 28, 28), (128, 128, 3, 3, 3), dict(padding=1), True, True),
     ((2, 64, 8, 32, 32), (64, 64, 3, 3, 3), dict(padding=1), False, False),
-    # DeepLab's backbone, dilation 2 on 28x28: 9 % of the pairs, a grid with junk columns
+    # DeepLab's backbone, dilation 2 on 28x28: 9 % of the pairs, a grid with junk columns (with
+    # 64 channels 52 columns of A a pixel: fewer than PIX_SKIP_COLUMNS)
     ((1, 512, 28, 28), (512, 512, 3, 3), dict(padding=2, dilation=2), True, True),
-    ((4, 64, 28, 28), (64, 64, 3, 3), dict(padding=2, dilation=2), True, True),
+    ((4, 64, 28, 28), (64, 64, 3, 3), dict(padding=2, dilation=2), False, False),
+    # ResNeXt's and RegNet's groups of 16 to 64 channels, 3x3 on 7x7 (16 %): 23 to 92 columns
+    # of A a pixel; dense with 128 channels 184
+    ((8, 1024, 7, 7), (1024, 32, 3, 3), dict(padding=1, groups=32), False, False),
+    ((2, 1024, 7, 7), (1024, 16, 3, 3), dict(padding=1, groups=64), False, False),
+    ((8, 888, 7, 7), (888, 24, 3, 3), dict(padding=1, groups=37), False, False),
+    ((8, 2048, 7, 7), (2048, 64, 3, 3), dict(padding=1, groups=32), False, False),
+    ((8, 128, 7, 7), (128, 128, 3, 3), dict(padding=1), True, True),
     # a weight of 7 MB read in place at batch 1: not tried (PIX_PACK_BYTES)
     ((1, 256, 4, 4, 4), (256, 256, 3, 3, 3), dict(padding=1), False, False),
 ])

@@ -219,6 +219,18 @@ cdef double PIX_TRY = 0.99
 # four pixels) the same layers gained as much, but others lost: ResNeXt's groups of 16
 # channels on 14x14 at batch 8 0.81x, 3x3 on 14x14 with 256 channels 0.94x; it keeps 15
 cdef Py_ssize_t PIX_SKIP_PERCENT = 8 if LC_VEC_BYTES == 64 else 15
+# PIX_SKIP_COLUMNS: nor where a pixel would skip fewer columns of A than this (pixel_order): the
+# masks and the grouping of the pixels, worked out for each work item (each group), cost about a
+# hundred columns a pixel.  With 3x3 on 7x7 (16 % of the pairs), one thread, AVX-512 float32,
+# forward and input gradient at batch 2-8, taps not skipped against skipped: ResNeXt's groups
+# of 16, 24 and 32 channels (K 144-288: 23-46 columns skipped) 1.11-1.36x, groups of 64 and 64
+# channels dense (92) 1.03-1.06x; 128 and 256 channels (184-369) 0.97-0.99x, 512 (737)
+# 0.91-0.96x, 3x3x3 on 4x4x4 with 64 channels (570) 0.85x, 16 groups of 32 (285) 0.96-0.99x.
+# (The grouped tiles' stores, pixel by pixel, were a tenth of the first; by runs with lc_put
+# they took as long.)  A product tried as pixel tiles for the share (new_geometry) keeps them
+# without skipping: 48 channels dilated 2 on 28x28 (39 columns) as fast either way, 7 % slower
+# on the grid.
+cdef double PIX_SKIP_COLUMNS = 128
 cdef Py_ssize_t PIX_PACK_BYTES = 1 << 20
 # COMPACT_WASTE: grid columns per valid pixel from which a phase whose rows are whole vectors
 # computes its valid columns alone (compact_phases).  In one process against the grid's tiles

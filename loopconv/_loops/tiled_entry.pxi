@@ -786,7 +786,9 @@ cdef tuple pixel_order(_Geometry geo, list boffs, list koffs):
     grouping, across images, 3x3 on 7x7 with 512 and 1024 channels at batch 4 and 8 (4 %)
     0.75-0.95x.  The forward pass's weight is packed into that order through registers
     (pack_panels; gathered element by element, pix2pix's 512-channel 4x4 stride-2 layer onto
-    2x2 at batch 8 took 2.5 times as long)."""
+    2x2 at batch 8 took 2.5 times as long).  Nor where the columns a pixel skips (the share
+    times the columns of A, K of a group, averaged over the phases' grid columns) are fewer
+    than PIX_SKIP_COLUMNS."""
     cdef Py_ssize_t f
     if (not geo.p.by_pixel or geo.p.st.identity or geo.p.st.chan == 0
             or max([geo.phases[f].K for f in range(geo.p.nphase)])
@@ -794,7 +796,9 @@ cdef tuple pixel_order(_Geometry geo, list boffs, list koffs):
         return boffs, koffs
     valid = staged_validity(&geo.p.st)
     geo.skip = skip_share(geo, valid, boffs)
-    if geo.skip * 100 < PIX_SKIP_PERCENT:
+    cols = sum([geo.phases[f].ncols for f in range(geo.p.nphase)])
+    K = sum([geo.phases[f].ncols * geo.phases[f].K for f in range(geo.p.nphase)]) / max(cols, 1)
+    if geo.skip * 100 < PIX_SKIP_PERCENT or geo.skip * K < PIX_SKIP_COLUMNS:
         return boffs, koffs
     geo.valid = valid
     geo.p.valid = &geo.valid[0]
