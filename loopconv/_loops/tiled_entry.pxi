@@ -948,7 +948,7 @@ def grad_weight(const element[:, :, :, :, ::1] x, const element[:, :, :, :, ::1]
     cdef element[::1] partial = _workspace("p", dtype, 1 if p.direct
                                            else groups * p.nchunk * p.Rpad * p.Cpad)
     # staging, packed dy; p.direct: the rows written together and a block to transpose
-    # (else sum_partials' block, VW * VW, after the staging)
+    # (else rows_to_dw's block, VW * VW, after the staging)
     fper = per_thread(max(p.st.size + p.Cpad * p.block
                           + (p.span * p.mr * p.Cpad + VW * VW if p.direct else 0), VW * VW))
     iper = per_thread(2 + 3 * p.block)

@@ -10,7 +10,7 @@
 # steps (block of images, block of `block` of their grid columns) are cut into `nchunk`
 # contiguous chunks fixed by the problem size alone; each (group, chunk, block of rows) item
 # sums into its rows of the chunk's own partial product, and the partials are added in chunk
-# order (sum_partials), so results do not depend on the thread count.  A reduction of one step
+# order (rows_to_dw), so results do not depend on the thread count.  A reduction of one step
 # (p.direct) has one chunk: each item writes its rows of dw itself, a few rows at a time,
 # without the partial product.
 
@@ -223,7 +223,6 @@ cdef void weight_item(const WeightProduct *p, Py_ssize_t item, const element *x,
     tiles of rows at a time through a partial of those rows in fws (the sums of one chunk are
     the partial itself: the same bits).  Where p.dy_rows, the rows are output channels and
     x is packed (p.xoff: its rows k) instead of dy."""
-    cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t B = p.block
     cdef Py_ssize_t kb = item % p.nkb, gc = item // p.nkb
     cdef Py_ssize_t chunk = gc % p.nchunk, g = gc // p.nchunk
@@ -241,7 +240,7 @@ cdef void weight_item(const WeightProduct *p, Py_ssize_t item, const element *x,
     cdef Py_ssize_t *cmap = run + B
     cdef Py_ssize_t j, ncol, packed
     cdef bint first = True
-    cdef Py_ssize_t r, r1, k0
+    cdef Py_ssize_t r, r1
     cdef element *rows = bpack + p.Cpad * B                # p.direct: its rows, then acc
     cdef element *acc
     for step in range(s0, s1):
@@ -279,12 +278,7 @@ cdef void weight_item(const WeightProduct *p, Py_ssize_t item, const element *x,
             while r < ip1:
                 r1 = min(ip1, r + p.span)
                 weight_tiles(p, r, r1, ncol, a, aoff, bpack, cmap, rows, r, True)
-                k0 = r * unit
-                if p.dy_rows:
-                    add_rows(p, g, k0, min(r1 * unit, p.M) - k0, rows, 1, dw)
-                while not p.dy_rows and k0 < min(r1 * unit, p.K):
-                    transpose_rows(p, g, k0, rows + (k0 - r * unit) * p.Cpad, 1, dw, acc)
-                    k0 += VW
+                rows_to_dw(p, g, r * unit, r1 * unit, rows, 1, dw, acc)
                 r = r1
         else:
             weight_tiles(p, ip0, ip1, ncol, a, aoff, bpack, cmap, part, 0, first)
@@ -298,10 +292,10 @@ cdef void run_weight(const WeightProduct *p, const element *x, const element *dy
                      element *dw, element *fws, Py_ssize_t fper, Py_ssize_t *iws,
                      Py_ssize_t iper, int nthreads) noexcept nogil:
     """dw of all groups: the work items (weight_item) into their partial products, then the
-    partials summed in chunk order (sum_partials), each on nthreads threads.  aoff: the rows
+    partials summed in chunk order (rows_to_dw), each on nthreads threads.  aoff: the rows
     of A (x's rows k, or where p.dy_rows dy's output channels); xoff: x's rows k where
     p.dy_rows."""
-    cdef Py_ssize_t item, t
+    cdef Py_ssize_t item, t, g, r0
     cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t nkv = ((p.M if p.dy_rows else p.K) + VW - 1) // VW
     cdef int tid
@@ -328,22 +322,28 @@ cdef void run_weight(const WeightProduct *p, const element *x, const element *dy
         # VW rows o of dw) is summed by one thread and written to its elements of dw.
         for item in prange(p.G * nkv, schedule="static"):
             tid = threadid()
-            sum_partials(p, item // nkv, item % nkv * VW, partial, dw, fws + tid * fper)
+            g = item // nkv
+            r0 = item % nkv * VW
+            rows_to_dw(p, g, r0, r0 + VW, partial + (g * p.nchunk * p.Rpad + r0) * p.Cpad,
+                       p.nchunk, dw, fws + tid * fper)
         restore_fpstate(fp)
 
 
-cdef void sum_partials(const WeightProduct *p, Py_ssize_t g, Py_ssize_t k0,
-                       const element *partial, element *dw, element *acc) noexcept nogil:
-    """dw[g * M + o, k] for k0 <= k < k0 + VW: the partial products of group g (rows k,
-    columns o) summed in chunk order (transpose_rows); where p.dy_rows, the rows k0 <= o <
-    k0 + VW of dw (add_rows)."""
-    cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
+cdef void rows_to_dw(const WeightProduct *p, Py_ssize_t g, Py_ssize_t r0, Py_ssize_t r1,
+                     const element *rows, Py_ssize_t nchunk, element *dw,
+                     element *acc) noexcept nogil:
+    """Rows r0 <= r < r1 of group g's nchunk partial products (at rows: the first one's row
+    r0, the next ones p.Rpad * p.Cpad apart) summed in chunk order into dw: rows k of the
+    transposed dw, VW at a time (transpose_rows, acc its scratch), or where p.dy_rows rows o of
+    dw itself (add_rows).  The partials' sums (run_weight, nchunk of them) and a reduction of
+    one step (weight_item, the rows of one) both end here."""
+    cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element), k0 = r0
     if p.dy_rows:
-        add_rows(p, g, k0, min(VW, p.M - k0), partial + (g * p.nchunk * p.Rpad + k0) * p.Cpad,
-                 p.nchunk, dw)
+        add_rows(p, g, r0, min(r1, p.M) - r0, rows, nchunk, dw)
         return
-    transpose_rows(p, g, k0, partial + (g * p.nchunk * p.Rpad + k0) * p.Cpad, p.nchunk, dw,
-                   acc)
+    while k0 < min(r1, p.K):
+        transpose_rows(p, g, k0, rows + (k0 - r0) * p.Cpad, nchunk, dw, acc)
+        k0 += VW
 
 
 cdef void transpose_rows(const WeightProduct *p, Py_ssize_t g, Py_ssize_t k0,
