@@ -55,6 +55,12 @@ cdef extern from "elements.h" nogil:
     void lc_tile_m_f64(int nv, Py_ssize_t kc, const double *a, const Py_ssize_t *aoff,
                        const Py_ssize_t *cmap, const double *b, double *c, Py_ssize_t ldc,
                        int beta)
+    void lc_dots_f32(Py_ssize_t kc, const float *a, Py_ssize_t lda, Py_ssize_t nrows,
+                     const float *b, Py_ssize_t ldb, int ncols, float *c, Py_ssize_t ldc,
+                     int beta)
+    void lc_dots_f64(Py_ssize_t kc, const double *a, Py_ssize_t lda, Py_ssize_t nrows,
+                     const double *b, Py_ssize_t ldb, int ncols, double *c, Py_ssize_t ldc,
+                     int beta)
     void lc_tile_d_f32(int kr, Py_ssize_t kc, const float *a, const Py_ssize_t *aoff,
                        const float *b, Py_ssize_t ldb, float *c, Py_ssize_t ldc, int beta)
     void lc_tile_d_f64(int kr, Py_ssize_t kc, const double *a, const Py_ssize_t *aoff,
@@ -219,6 +225,17 @@ cdef inline void tile_d(int kr, Py_ssize_t kc, const element *a, const Py_ssize_
         lc_tile_d_f32(kr, kc, a, aoff, b, ldb, c, ldc, beta)
     else:
         lc_tile_d_f64(kr, kc, a, aoff, b, ldb, c, ldc, beta)
+
+
+cdef inline void dots(Py_ssize_t kc, const element *a, Py_ssize_t lda, Py_ssize_t nrows,
+                      const element *b, Py_ssize_t ldb, int ncols, element *c, Py_ssize_t ldc,
+                      bint beta) noexcept nogil:
+    """c[i * ldc + j] (=, +=) the dot product of row i of a (lda apart) and row j of b (ldb
+    apart) over kc elements, for i < nrows and j < ncols, 1 or 2 (b has two rows)."""
+    if element is float:
+        lc_dots_f32(kc, a, lda, nrows, b, ldb, ncols, c, ldc, beta)
+    else:
+        lc_dots_f64(kc, a, lda, nrows, b, ldb, ncols, c, ldc, beta)
 
 
 cdef inline void tile_e(int kr, Py_ssize_t kc, const element *a, Py_ssize_t lda,

@@ -410,6 +410,20 @@ static inline void lc_tile_e_##SUFFIX(int kr, ptrdiff_t kc, const T *a, ptrdiff_
     if (kr == 1) lc_tile_e1_##SUFFIX(kc, a, lda, b, boff, c, ldi, ldj, beta);           \
     else if (kr == 2) lc_tile_e2_##SUFFIX(kc, a, lda, b, boff, c, ldi, ldj, beta);      \
     else lc_tile_efull_##SUFFIX(kc, a, lda, b, boff, c, ldi, ldj, beta);                \
+}                                                                                       \
+LC_DOTS_RC(SUFFIX, T, one, LC_OR_D, 1)                                                  \
+LC_DOTS_RC(SUFFIX, T, two, LC_OR_D / 2, 2)                                              \
+LC_DOTS_RC(SUFFIX, T, row, 1, 2)                                                        \
+__attribute__((noinline))                                                               \
+static void lc_dots_##SUFFIX(ptrdiff_t kc, const T *a, ptrdiff_t lda, ptrdiff_t nrows,  \
+        const T *b, ptrdiff_t ldb, int ncols, T *c, ptrdiff_t ldc, int beta)            \
+{                                                                                       \
+    ptrdiff_t i = 0;                                                                    \
+    if (ncols == 1)                                                                     \
+        for (; i + LC_OR_D <= nrows; i += LC_OR_D) LC_DOTS_CALL(SUFFIX, one);           \
+    else                                                                                \
+        for (; i + LC_OR_D / 2 <= nrows; i += LC_OR_D / 2) LC_DOTS_CALL(SUFFIX, two);   \
+    for (; i < nrows; i++) LC_DOTS_CALL(SUFFIX, row);                                   \
 }
 
 /* The body of lc_tile_d and lc_tile_e: acc[i][j] = the vector sums over k < kc (in steps of a
@@ -429,6 +443,46 @@ static inline void lc_tile_e_##SUFFIX(int kr, ptrdiff_t kc, const T *a, ptrdiff_
             LC_UNROLL for (int i = 0; i < KR; i++) acc[i][j] += av[i] * bj;             \
         }                                                                               \
     }
+
+/* lc_dots: c[i * ldc + j] (=, +=) sum over k < kc of a[i * lda + k] b[j * ldb + k], for
+ * i < nrows and j < ncols (1 or 2): the products of one or two columns (the last columns of
+ * an image, where a tile of whole vectors would compute mostly nothing) as dot products
+ * along k, both operands read as vectors.  R rows by NC columns at a time, their accumulators
+ * summed along the lanes LC_OR_D at a time (lc_lane_sums); a second column of b is read
+ * (the caller's buffer has it) where ncols is 1 and R is 1, and not stored.  kc past whole
+ * vectors: scalars. */
+#  define LC_DOTS_RC(SUFFIX, T, NAME, R, NC)                                            \
+static inline void lc_dots_##NAME##_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,      \
+        ptrdiff_t lda, const T *LC_RESTRICT b, ptrdiff_t ldb, int ncols,                \
+        T *LC_RESTRICT c, ptrdiff_t ldc, int beta)                                      \
+{                                                                                       \
+    typedef lc_vec_##SUFFIX VEC;                                                        \
+    typedef lc_uvec_##SUFFIX UVEC;                                                      \
+    enum { W = LC_VEC_BYTES / sizeof(T), NS = (R * NC + LC_OR_D - 1) / LC_OR_D };       \
+    VEC acc[NS * LC_OR_D];                                                              \
+    T sums[NS * LC_OR_D];                                                               \
+    LC_UNROLL for (int u = 0; u < NS * LC_OR_D; u++) acc[u] = (VEC){0};                 \
+    ptrdiff_t kv = kc - kc % W;                                                         \
+    for (ptrdiff_t k = 0; k < kv; k += W) {                                             \
+        VEC bv[NC];                                                                     \
+        LC_UNROLL for (int j = 0; j < NC; j++) bv[j] = *(const UVEC *)(b + j * ldb + k); \
+        LC_UNROLL for (int i = 0; i < R; i++) {                                         \
+            VEC av = *(const UVEC *)(a + i * lda + k);                                  \
+            LC_UNROLL for (int j = 0; j < NC; j++) acc[i * NC + j] += av * bv[j];       \
+        }                                                                               \
+    }                                                                                   \
+    LC_UNROLL for (int g = 0; g < NS; g++)                                              \
+        lc_lane_sums_##SUFFIX(acc + g * LC_OR_D, sums + g * LC_OR_D, 0);                \
+    for (int i = 0; i < R; i++)                                                         \
+        for (int j = 0; j < NC && j < ncols; j++) {                                     \
+            T sum = sums[i * NC + j];                                                   \
+            for (ptrdiff_t k = kv; k < kc; k++) sum += a[i * lda + k] * b[j * ldb + k]; \
+            T *d = c + i * ldc + j;                                                     \
+            *d = beta ? *d + sum : sum;                                                 \
+        }                                                                               \
+}
+#  define LC_DOTS_CALL(SUFFIX, NAME)                                                    \
+    lc_dots_##NAME##_##SUFFIX(kc, a + i * lda, lda, b, ldb, ncols, c + i * ldc, ldc, beta)
 
 /* lc_tile_d with KR rows; each row's OR_D sums by lc_lane_sums (LC_DEFINE_LANE_SUMS) */
 #  define LC_TILE_D_ROWS(SUFFIX, T, NAME, KR)                                            \
@@ -557,6 +611,17 @@ static void lc_tile_e_##SUFFIX(int kr, ptrdiff_t kc, const T *a, ptrdiff_t lda, 
             T sum = 0;                                                                  \
             for (ptrdiff_t k = 0; k < kc; k++) sum += a[i * lda + k] * b[boff[j] + k];  \
             c[i * ldi + j * ldj] = beta ? c[i * ldi + j * ldj] + sum : sum;             \
+        }                                                                               \
+}                                                                                       \
+static void lc_dots_##SUFFIX(ptrdiff_t kc, const T *a, ptrdiff_t lda, ptrdiff_t nrows,  \
+                             const T *b, ptrdiff_t ldb, int ncols, T *c, ptrdiff_t ldc, \
+                             int beta)                                                  \
+{                                                                                       \
+    for (ptrdiff_t i = 0; i < nrows; i++)                                               \
+        for (int j = 0; j < ncols; j++) {                                               \
+            T sum = 0;                                                                  \
+            for (ptrdiff_t k = 0; k < kc; k++) sum += a[i * lda + k] * b[j * ldb + k];  \
+            c[i * ldc + j] = beta ? c[i * ldc + j] + sum : sum;                         \
         }                                                                               \
 }
 #endif

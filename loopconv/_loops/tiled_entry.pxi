@@ -277,8 +277,9 @@ cdef int product_pass(const Product *p, const Phase *phases,
     dtype = typecode(<element *> NULL)
     cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
     # the staged slices, a tile (pixel tiles: a vector's lanes of rows, and a block for their
-    # transposes)
-    cdef Py_ssize_t fper = per_thread(p.nimg * p.st.size + max(LC_MR_B, VW) * NR + VW * VW)
+    # transposes), the columns of B gathered for dot products (product_dots)
+    cdef Py_ssize_t fper = per_thread(p.nimg * p.st.size + max(LC_MR_B, VW) * NR + VW * VW
+                                      + (2 * KC if p.gathered else 0))
     # dcol and run of an item's columns (pixel tiles: and six entries per pixel of its images)
     cdef Py_ssize_t iper = per_thread(1 + 2 * p.ncb + (6 * p.nimg * p.ncb if p.by_pixel else 0))
     cdef element[::1] fws = _workspace("f", dtype, fper * num_threads)
@@ -364,7 +365,28 @@ def product_plan(which, xshape, wshape, yshape, stride, pad, dilation, Py_ssize_
             "last slice read in place": reads_in_place(
                 &p.st, (p.N - 1) * p.src_img + (p.G - 1) * p.src_grp),
             "compact phases": sum([geo.phases[f].pieces > 0 for f in range(p.nphase)]),
-            "halves": sum([geo.phases[f].pieces == 2 for f in range(p.nphase)])}
+            "halves": sum([geo.phases[f].pieces == 2 for f in range(p.nphase)]),
+            "dot columns": dot_columns_of(geo, itemsize)}
+
+
+cdef Py_ssize_t dot_columns_of(_Geometry geo, Py_ssize_t itemsize) except -1:
+    """The valid columns of the first image block and group that the forward-style product
+    computes as dot products (dot_columns), over all its phases and column blocks."""
+    cdef const Product *p = &geo.p
+    cdef Py_ssize_t NR = LC_NV_B * LC_VEC_BYTES // itemsize, r, j0, count = 0
+    cdef Py_ssize_t[::1] cols = np.zeros(2 * p.ncb + 2, np.intp)
+    cdef Item it
+    cdef const Phase *ph
+    if p.by_pixel:
+        return 0
+    for r in range(p.items_ng):
+        find_item(p, geo.phases, r * p.nrb, p.ncb, &it)
+        ph = &geo.phases[it.f]
+        item_columns(&p.st, ph, &it, NR, &cols[0], &cols[p.ncb])
+        j0 = it.ncols // NR * NR
+        if ph.K > 0 and dot_columns(p, ph, &it, &geo.aoff[ph.k_off], j0, &cols[p.ncb]):
+            count += valid_columns(&cols[p.ncb], j0, it.ncols, NULL)
+    return count
 
 
 def grid_waste(which, xshape, wshape, yshape, stride, pad, dilation, Py_ssize_t groups,

@@ -468,13 +468,20 @@ cdef inline void product_tiles(const Product *p, const Phase *ph, const Item *it
     cdef Py_ssize_t kstep = K if short else KC
     cdef Py_ssize_t rstep = SHORT_K_PANELS if short else max(it.ip1 - it.ip0, 1)
     cdef Runs runs
+    # the last columns as dot products (dot_columns), or in tiles
+    cdef bint by_dots = dot_columns(p, ph, it, aoff, nfull * NR, run)
+    cdef Py_ssize_t ntiles = nfull if by_dots else nfull + tail_tiles(tail)
     k0 = 0
     while k0 < K:
         kc = min(kstep, K - k0)
         ip = it.ip0
         while ip < it.ip1:
+            if by_dots:
+                product_dots(p, ph, it, ip, min(ip + rstep, it.ip1), k0, kc, nfull * NR,
+                             staged, a_g, boff, aoff, dst_g, dcol, run,
+                             ctile + max(LC_MR_B, VW) * NR + VW * VW)
             j0 = 0
-            for jt in range(nfull + tail_tiles(tail)):
+            for jt in range(ntiles):
                 nv = LC_NV_B if jt < nfull else tail_vectors(tail, jt - nfull)
                 tile_runs(run, j0, nv * VW, &runs)
                 if runs.n > 0:
@@ -484,6 +491,83 @@ cdef inline void product_tiles(const Product *p, const Phase *ph, const Item *it
                 j0 += nv * VW
             ip += rstep
         k0 += kstep
+
+
+cdef inline Py_ssize_t valid_columns(const Py_ssize_t *run, Py_ssize_t j0, Py_ssize_t j1,
+                                     Py_ssize_t *cols) noexcept nogil:
+    """The valid columns among j0 .. j1 - 1, at cols (if not NULL); returns their number."""
+    cdef Py_ssize_t t = j0, n = 0, u, v
+    while t < j1:
+        if run[t] == 0:
+            t += 1
+            continue
+        u = min(t + run[t], j1)
+        if cols != NULL:
+            for v in range(t, u):
+                cols[n + v - t] = v
+        n += u - t
+        t = u
+    return n
+
+
+cdef inline bint dot_columns(const Product *p, const Phase *ph, const Item *it,
+                             const Py_ssize_t *aoff, Py_ssize_t j0,
+                             const Py_ssize_t *run) noexcept nogil:
+    """Whether the item's columns from j0 on (those after its tiles of whole NR) run as dot
+    products (product_dots) rather than in a tile of a vector: where they hold at most
+    DOT_COLUMNS valid columns, and A is the weight read in place with each row's columns one
+    after the other (aoff[k] = aoff[0] + k: the forward pass).  A 7x7
+    image has 49 pixels, 48 in whole tiles and one in a tile of a vector, which reads its row
+    of A as broadcasts, each for the work of a vector and one lane of it used."""
+    cdef Py_ssize_t k, n
+    if not p.gathered or ph.pieces or j0 >= it.ncols:
+        return False
+    n = valid_columns(run, j0, it.ncols, NULL)
+    if n == 0 or n > DOT_COLUMNS:
+        return False
+    for k in range(1, ph.K):
+        if aoff[k] != aoff[0] + k:
+            return False
+    return True
+
+
+cdef void product_dots(const Product *p, const Phase *ph, const Item *it, Py_ssize_t ip0,
+                       Py_ssize_t ip1, Py_ssize_t k0, Py_ssize_t kc, Py_ssize_t j0,
+                       const element **staged, const element *a_g, const Py_ssize_t *boff,
+                       const Py_ssize_t *aoff, element *dst_g, const Py_ssize_t *dcol,
+                       const Py_ssize_t *run, element *bcol) noexcept nogil:
+    """The item's valid columns from j0 on (at most DOT_COLUMNS), rows of panels ip0 .. ip1 -
+    1, over A's columns k0 .. k0 + kc - 1 (added to the earlier ones if k0 > 0), as dot
+    products along k (`dots`): A's rows read in place, each column of B gathered into a row of
+    bcol (two rows of KC).  Two columns next to each other in dst go to `dots` together."""
+    cdef Py_ssize_t cols[MAX_NR]
+    cdef Py_ssize_t ncol = valid_columns(run, j0, it.ncols, cols)
+    cdef Py_ssize_t r0 = ip0 * p.mr, r1 = min(p.M, ip1 * p.mr), n, c0, nc, j, kk, k1, kw
+    cdef const element *b
+    cdef const element *a = a_g + r0 * p.a_rs + aoff[k0]
+    cdef const Py_ssize_t *bo
+    cdef element *d
+    for n in range(it.nimg):
+        b = staged[n] + it.q0
+        d = dst_g + n * p.dst_img + r0 * p.dst_row
+        c0 = 0
+        while c0 < ncol:
+            # a run of columns next to each other in dst
+            nc = 1
+            while (nc < 2 and c0 + nc < ncol and ph.dstep[2] == 1
+                   and cols[c0 + nc] == cols[c0] + nc):
+                nc += 1
+            k1 = 0
+            while k1 < kc:
+                kw = min(KC, kc - k1)
+                bo = boff + k0 + k1
+                for j in range(2):
+                    for kk in range(kw):
+                        bcol[j * KC + kk] = b[cols[c0 + j] + bo[kk]] if j < nc else 0
+                dots(kw, a + k1, p.a_rs, r1 - r0, bcol, KC, nc, d + dcol[cols[c0]],
+                     p.dst_row, k0 + k1 > 0)
+                k1 += kw
+            c0 += nc
 
 
 cdef inline Py_ssize_t tail_ones(Py_ssize_t tail) noexcept nogil:
