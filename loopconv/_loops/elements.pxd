@@ -57,10 +57,17 @@ cdef extern from "elements.h" nogil:
                        int beta)
     void lc_dots_f32(Py_ssize_t kc, const float *a, Py_ssize_t lda, Py_ssize_t nrows,
                      const float *b, Py_ssize_t ldb, int ncols, float *c, Py_ssize_t ldc,
-                     int beta)
+                     Py_ssize_t dc, int beta)
     void lc_dots_f64(Py_ssize_t kc, const double *a, Py_ssize_t lda, Py_ssize_t nrows,
                      const double *b, Py_ssize_t ldb, int ncols, double *c, Py_ssize_t ldc,
-                     int beta)
+                     Py_ssize_t dc, int beta)
+    void lc_down_f32(Py_ssize_t kc, const float *a, const Py_ssize_t *aoff, Py_ssize_t nrows,
+                     Py_ssize_t avail, const float *b, const Py_ssize_t *boff, Py_ssize_t db,
+                     int ncols, float *c, Py_ssize_t ldc, Py_ssize_t dc, int beta)
+    void lc_down_f64(Py_ssize_t kc, const double *a, const Py_ssize_t *aoff,
+                     Py_ssize_t nrows, Py_ssize_t avail, const double *b,
+                     const Py_ssize_t *boff, Py_ssize_t db, int ncols, double *c,
+                     Py_ssize_t ldc, Py_ssize_t dc, int beta)
     void lc_tile_d_f32(int kr, Py_ssize_t kc, const float *a, const Py_ssize_t *aoff,
                        const float *b, Py_ssize_t ldb, float *c, Py_ssize_t ldc, int beta)
     void lc_tile_d_f64(int kr, Py_ssize_t kc, const double *a, const Py_ssize_t *aoff,
@@ -229,13 +236,26 @@ cdef inline void tile_d(int kr, Py_ssize_t kc, const element *a, const Py_ssize_
 
 cdef inline void dots(Py_ssize_t kc, const element *a, Py_ssize_t lda, Py_ssize_t nrows,
                       const element *b, Py_ssize_t ldb, int ncols, element *c, Py_ssize_t ldc,
-                      bint beta) noexcept nogil:
-    """c[i * ldc + j] (=, +=) the dot product of row i of a (lda apart) and row j of b (ldb
-    apart) over kc elements, for i < nrows and j < ncols, 1 or 2 (b has two rows)."""
+                      Py_ssize_t dc, bint beta) noexcept nogil:
+    """c[i * ldc + j * dc] (=, +=) the dot product of row i of a (lda apart) and row j of b
+    (ldb apart) over kc elements, for i < nrows and j < ncols, 1 or 2 (b has two rows)."""
     if element is float:
-        lc_dots_f32(kc, a, lda, nrows, b, ldb, ncols, c, ldc, beta)
+        lc_dots_f32(kc, a, lda, nrows, b, ldb, ncols, c, ldc, dc, beta)
     else:
-        lc_dots_f64(kc, a, lda, nrows, b, ldb, ncols, c, ldc, beta)
+        lc_dots_f64(kc, a, lda, nrows, b, ldb, ncols, c, ldc, dc, beta)
+
+
+cdef inline void down(Py_ssize_t kc, const element *a, const Py_ssize_t *aoff,
+                      Py_ssize_t nrows, Py_ssize_t avail, const element *b,
+                      const Py_ssize_t *boff, Py_ssize_t db, int ncols, element *c,
+                      Py_ssize_t ldc, Py_ssize_t dc, bint beta) noexcept nogil:
+    """c[i * ldc + j * dc] (=, +=) sum over k < kc of a[aoff[k] + i] b[boff[k] + j * db], for
+    i < nrows and j < ncols, 1 or 2: vectors down A's columns, which have avail rows to read
+    (at least nrows)."""
+    if element is float:
+        lc_down_f32(kc, a, aoff, nrows, avail, b, boff, db, ncols, c, ldc, dc, beta)
+    else:
+        lc_down_f64(kc, a, aoff, nrows, avail, b, boff, db, ncols, c, ldc, dc, beta)
 
 
 cdef inline void tile_e(int kr, Py_ssize_t kc, const element *a, Py_ssize_t lda,

@@ -39,6 +39,7 @@
 #  define LC_MR_A1 16
 #  define LC_KR_D 3
 #  define LC_OR_D 8
+#  define LC_DOWN_V 4
 #  define LC_ISA "avx512"
 #  define LC_PREFETCH 1
 #elif defined(__AVX2__)
@@ -49,6 +50,7 @@
 #  define LC_MR_A1 12
 #  define LC_KR_D 3
 #  define LC_OR_D 4
+#  define LC_DOWN_V 3
 #  define LC_ISA "avx2"
 #  define LC_PREFETCH 0
 #else
@@ -60,6 +62,7 @@
 #  define LC_MR_A1 8
 #  define LC_KR_D 2
 #  define LC_OR_D 4
+#  define LC_DOWN_V 3
 #  if defined(__SSE2__) || defined(__ARM_NEON) || defined(__aarch64__)
 #    define LC_ISA "128-bit"
 #  else
@@ -416,7 +419,8 @@ LC_DOTS_RC(SUFFIX, T, two, LC_OR_D / 2, 2)                                      
 LC_DOTS_RC(SUFFIX, T, row, 1, 2)                                                        \
 __attribute__((noinline))                                                               \
 static void lc_dots_##SUFFIX(ptrdiff_t kc, const T *a, ptrdiff_t lda, ptrdiff_t nrows,  \
-        const T *b, ptrdiff_t ldb, int ncols, T *c, ptrdiff_t ldc, int beta)            \
+        const T *b, ptrdiff_t ldb, int ncols, T *c, ptrdiff_t ldc, ptrdiff_t dc,        \
+        int beta)                                                                       \
 {                                                                                       \
     ptrdiff_t i = 0;                                                                    \
     if (ncols == 1)                                                                     \
@@ -424,6 +428,31 @@ static void lc_dots_##SUFFIX(ptrdiff_t kc, const T *a, ptrdiff_t lda, ptrdiff_t 
     else                                                                                \
         for (; i + LC_OR_D / 2 <= nrows; i += LC_OR_D / 2) LC_DOTS_CALL(SUFFIX, two);   \
     for (; i < nrows; i++) LC_DOTS_CALL(SUFFIX, row);                                   \
+}                                                                                       \
+LC_DOWN_RV(SUFFIX, T, wide, LC_DOWN_V)                                                  \
+LC_DOWN_RV(SUFFIX, T, one, 1)                                                           \
+__attribute__((noinline))                                                               \
+static void lc_down_##SUFFIX(ptrdiff_t kc, const T *a, const ptrdiff_t *aoff,           \
+        ptrdiff_t nrows, ptrdiff_t avail, const T *b, const ptrdiff_t *boff,            \
+        ptrdiff_t db, int ncols, T *c, ptrdiff_t ldc, ptrdiff_t dc, int beta)           \
+{                                                                                       \
+    enum { W = LC_VEC_BYTES / sizeof(T) };                                              \
+    ptrdiff_t i = 0;                                                                    \
+    if (ncols == 1) db = 0;                                                             \
+    for (; i + LC_DOWN_V * W <= nrows; i += LC_DOWN_V * W)                              \
+        lc_down_wide_##SUFFIX(kc, a + i, aoff, b, boff, db, ncols, c + i * ldc, ldc, dc, \
+                              LC_DOWN_V * W, beta);                                     \
+    /* the last rows by whole vectors, as far as A has rows to read (avail) */          \
+    for (; i < nrows && i + W <= avail; i += W)                                         \
+        lc_down_one_##SUFFIX(kc, a + i, aoff, b, boff, db, ncols, c + i * ldc, ldc, dc, \
+                             nrows - i, beta);                                          \
+    for (; i < nrows; i++)                                                              \
+        for (int j = 0; j < ncols; j++) {                                               \
+            T sum = 0;                                                                  \
+            for (ptrdiff_t k = 0; k < kc; k++) sum += a[aoff[k] + i] * b[boff[k] + j * db]; \
+            T *d = c + i * ldc + j * dc;                                                \
+            *d = beta ? *d + sum : sum;                                                 \
+        }                                                                               \
 }
 
 /* The body of lc_tile_d and lc_tile_e: acc[i][j] = the vector sums over k < kc (in steps of a
@@ -454,7 +483,7 @@ static void lc_dots_##SUFFIX(ptrdiff_t kc, const T *a, ptrdiff_t lda, ptrdiff_t 
 #  define LC_DOTS_RC(SUFFIX, T, NAME, R, NC)                                            \
 static inline void lc_dots_##NAME##_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,      \
         ptrdiff_t lda, const T *LC_RESTRICT b, ptrdiff_t ldb, int ncols,                \
-        T *LC_RESTRICT c, ptrdiff_t ldc, int beta)                                      \
+        T *LC_RESTRICT c, ptrdiff_t ldc, ptrdiff_t dc, int beta)                        \
 {                                                                                       \
     typedef lc_vec_##SUFFIX VEC;                                                        \
     typedef lc_uvec_##SUFFIX UVEC;                                                      \
@@ -477,12 +506,47 @@ static inline void lc_dots_##NAME##_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT 
         for (int j = 0; j < NC && j < ncols; j++) {                                     \
             T sum = sums[i * NC + j];                                                   \
             for (ptrdiff_t k = kv; k < kc; k++) sum += a[i * lda + k] * b[j * ldb + k]; \
-            T *d = c + i * ldc + j;                                                     \
+            T *d = c + i * ldc + j * dc;                                                \
             *d = beta ? *d + sum : sum;                                                 \
         }                                                                               \
 }
 #  define LC_DOTS_CALL(SUFFIX, NAME)                                                    \
-    lc_dots_##NAME##_##SUFFIX(kc, a + i * lda, lda, b, ldb, ncols, c + i * ldc, ldc, beta)
+    lc_dots_##NAME##_##SUFFIX(kc, a + i * lda, lda, b, ldb, ncols, c + i * ldc, ldc, dc, beta)
+
+/* lc_down: c[i * ldc + j * dc] (=, +=) sum over k < kc of a[aoff[k] + i] b[boff[k] + j * db],
+ * for i < nrows and j < ncols (1 or 2): the products of one or two columns where A's columns
+ * have their rows one after the other (the weight read in place by a 1x1 layer's input
+ * gradient), with vectors down the rows and each element of B broadcast.  RV vectors of rows
+ * at a time, storing the first `rows`; then one, the last reading rows up to avail (A's rows
+ * that exist) past nrows; then single rows.  A second column is computed (the first again,
+ * db 0) where ncols is 1, and not stored. */
+#  define LC_DOWN_RV(SUFFIX, T, NAME, RV)                                               \
+static inline void lc_down_##NAME##_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,      \
+        const ptrdiff_t *LC_RESTRICT aoff, const T *LC_RESTRICT b,                      \
+        const ptrdiff_t *LC_RESTRICT boff, ptrdiff_t db, int ncols, T *LC_RESTRICT c,   \
+        ptrdiff_t ldc, ptrdiff_t dc, ptrdiff_t rows, int beta)                          \
+{                                                                                       \
+    typedef lc_vec_##SUFFIX VEC;                                                        \
+    typedef lc_uvec_##SUFFIX UVEC;                                                      \
+    enum { W = LC_VEC_BYTES / sizeof(T) };                                              \
+    VEC acc[RV][2];                                                                     \
+    LC_UNROLL for (int v = 0; v < RV; v++) acc[v][0] = acc[v][1] = (VEC){0};            \
+    for (ptrdiff_t k = 0; k < kc; k++) {                                                \
+        const T *ak = a + aoff[k];                                                      \
+        T b0 = b[boff[k]], b1 = b[boff[k] + db];                                        \
+        LC_UNROLL for (int v = 0; v < RV; v++) {                                        \
+            VEC av = *(const UVEC *)(ak + v * W);                                       \
+            acc[v][0] += av * b0;                                                       \
+            acc[v][1] += av * b1;                                                       \
+        }                                                                               \
+    }                                                                                   \
+    for (int v = 0; v < RV; v++)                                                        \
+        for (int j = 0; j < ncols; j++)                                                 \
+            for (int l = 0; l < W && v * W + l < rows; l++) {                           \
+                T *d = c + (v * W + l) * ldc + j * dc;                                  \
+                *d = beta ? *d + acc[v][j][l] : acc[v][j][l];                           \
+            }                                                                           \
+}
 
 /* lc_tile_d with KR rows; each row's OR_D sums by lc_lane_sums (LC_DEFINE_LANE_SUMS) */
 #  define LC_TILE_D_ROWS(SUFFIX, T, NAME, KR)                                            \
@@ -615,13 +679,27 @@ static void lc_tile_e_##SUFFIX(int kr, ptrdiff_t kc, const T *a, ptrdiff_t lda, 
 }                                                                                       \
 static void lc_dots_##SUFFIX(ptrdiff_t kc, const T *a, ptrdiff_t lda, ptrdiff_t nrows,  \
                              const T *b, ptrdiff_t ldb, int ncols, T *c, ptrdiff_t ldc, \
-                             int beta)                                                  \
+                             ptrdiff_t dc, int beta)                                    \
 {                                                                                       \
     for (ptrdiff_t i = 0; i < nrows; i++)                                               \
         for (int j = 0; j < ncols; j++) {                                               \
             T sum = 0;                                                                  \
             for (ptrdiff_t k = 0; k < kc; k++) sum += a[i * lda + k] * b[j * ldb + k];  \
-            c[i * ldc + j] = beta ? c[i * ldc + j] + sum : sum;                         \
+            T *d = c + i * ldc + j * dc;                                                \
+            *d = beta ? *d + sum : sum;                                                 \
+        }                                                                               \
+}                                                                                       \
+static void lc_down_##SUFFIX(ptrdiff_t kc, const T *a, const ptrdiff_t *aoff,           \
+                             ptrdiff_t nrows, ptrdiff_t avail, const T *b,              \
+                             const ptrdiff_t *boff, ptrdiff_t db, int ncols, T *c,      \
+                             ptrdiff_t ldc, ptrdiff_t dc, int beta)                     \
+{                                                                                       \
+    for (ptrdiff_t i = 0; i < nrows; i++)                                               \
+        for (int j = 0; j < ncols; j++) {                                               \
+            T sum = 0;                                                                  \
+            for (ptrdiff_t k = 0; k < kc; k++) sum += a[aoff[k] + i] * b[boff[k] + j * db]; \
+            T *d = c + i * ldc + j * dc;                                                \
+            *d = beta ? *d + sum : sum;                                                 \
         }                                                                               \
 }
 #endif

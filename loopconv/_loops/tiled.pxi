@@ -72,7 +72,7 @@ from loopconv._loops.elements cimport (LC_ISA, LC_DW_OB, LC_DWC_PX, LC_KR_D, LC_
                                        dw_dots, dw_rows, dwc_copy, dwc_dotruns, dwc_runs,
                                        element, evens, put_run, short_row,
                                        short_row_pair, tile_a, tile_b,
-                                       dots, tile_d, tile_e, tile_g, tile_m, tile_p, tile_v,
+                                       dots, down, tile_d, tile_e, tile_g, tile_m, tile_p, tile_v,
                                        transpose_at, transpose_block, typecode)
 
 
@@ -148,9 +148,12 @@ cdef enum:
     # 512 to 8 channels at batch 1 1.19x (one thread); 128 channels on 28x28 at batch 1 (840
     # columns of 1152) ran the same either way, as did wav2vec's stride-2 layer (799 of 1536),
     # which stay below
-    # DOT_COLUMNS: the last columns of a forward pass's item (after its tiles of NR) run as
-    # dot products along k where they hold at most this many valid columns (dot_columns)
+    # DOT_COLUMNS: the last columns of an item (after its tiles of NR) are summed column by
+    # column where they hold at most this many valid columns (dot_columns; half a vector where
+    # A's columns are read as vectors); DOTS_ALONG_K and DOTS_DOWN_ROWS name the two ways
     DOT_COLUMNS = 2
+    DOTS_ALONG_K = 1
+    DOTS_DOWN_ROWS = 2
     # SHORT_K_BYTES: forward-style items whose B for all of K and a block of NCB_TILES tiles
     # fits in this many bytes run SHORT_K_PANELS panels of rows at a time over all their
     # tiles (product_tiles), and may take whole rows as one block (whole_rows).  64 KiB

@@ -384,7 +384,8 @@ cdef Py_ssize_t dot_columns_of(_Geometry geo, Py_ssize_t itemsize) except -1:
         ph = &geo.phases[it.f]
         item_columns(&p.st, ph, &it, NR, &cols[0], &cols[p.ncb])
         j0 = it.ncols // NR * NR
-        if ph.K > 0 and dot_columns(p, ph, &it, &geo.aoff[ph.k_off], j0, &cols[p.ncb]):
+        if ph.K > 0 and dot_columns(p, ph, &it, &geo.aoff[ph.k_off], j0, &cols[p.ncb],
+                                    LC_VEC_BYTES // itemsize):
             count += valid_columns(&cols[p.ncb], j0, it.ncols, NULL)
     return count
 

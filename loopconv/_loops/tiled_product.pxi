@@ -468,8 +468,8 @@ cdef inline void product_tiles(const Product *p, const Phase *ph, const Item *it
     cdef Py_ssize_t kstep = K if short else KC
     cdef Py_ssize_t rstep = SHORT_K_PANELS if short else max(it.ip1 - it.ip0, 1)
     cdef Runs runs
-    # the last columns as dot products (dot_columns), or in tiles
-    cdef bint by_dots = dot_columns(p, ph, it, aoff, nfull * NR, run)
+    # the last columns apart (dot_columns), or in tiles
+    cdef int by_dots = dot_columns(p, ph, it, aoff, nfull * NR, run, VW)
     cdef Py_ssize_t ntiles = nfull if by_dots else nfull + tail_tiles(tail)
     k0 = 0
     while k0 < K:
@@ -477,8 +477,8 @@ cdef inline void product_tiles(const Product *p, const Phase *ph, const Item *it
         ip = it.ip0
         while ip < it.ip1:
             if by_dots:
-                product_dots(p, ph, it, ip, min(ip + rstep, it.ip1), k0, kc, nfull * NR,
-                             staged, a_g, boff, aoff, dst_g, dcol, run,
+                product_dots(p, ph, it, by_dots, ip, min(ip + rstep, it.ip1), k0, kc,
+                             nfull * NR, staged, a_g, boff, aoff, dst_g, dcol, run,
                              ctile + max(LC_MR_B, VW) * NR + VW * VW)
             j0 = 0
             for jt in range(ntiles):
@@ -510,64 +510,72 @@ cdef inline Py_ssize_t valid_columns(const Py_ssize_t *run, Py_ssize_t j0, Py_ss
     return n
 
 
-cdef inline bint dot_columns(const Product *p, const Phase *ph, const Item *it,
-                             const Py_ssize_t *aoff, Py_ssize_t j0,
-                             const Py_ssize_t *run) noexcept nogil:
-    """Whether the item's columns from j0 on (those after its tiles of whole NR) run as dot
-    products (product_dots) rather than in a tile of a vector: where they hold at most
-    DOT_COLUMNS valid columns, and A is the weight read in place with each row's columns one
-    after the other (aoff[k] = aoff[0] + k: the forward pass).  A 7x7
-    image has 49 pixels, 48 in whole tiles and one in a tile of a vector, which reads its row
-    of A as broadcasts, each for the work of a vector and one lane of it used."""
+cdef inline int dot_columns(const Product *p, const Phase *ph, const Item *it,
+                            const Py_ssize_t *aoff, Py_ssize_t j0, const Py_ssize_t *run,
+                            Py_ssize_t VW) noexcept nogil:
+    """How the item's columns from j0 on (those after its tiles of whole NR columns) run, where
+    A is the weight read in place (VW lanes a vector): 0, in tiles of one or two vectors; else
+    by product_dots, which sums each valid column apart, DOTS_ALONG_K where A's rows have their
+    columns one after the other (aoff[k] = aoff[0] + k: the forward pass) and they are at most
+    DOT_COLUMNS, DOTS_DOWN_ROWS where A's columns have their rows one after the other (p.a_rs
+    1: a 1x1 layer's input gradient), they are at most DOT_COLUMNS or half a vector and the
+    item has a vector of rows or more.  A
+    7x7 image has 49 pixels, 48 in whole tiles and one in a tile of a vector, which reads its
+    row of A as broadcasts, each for a vector of work of which one lane is used."""
     cdef Py_ssize_t k, n
     if not p.gathered or ph.pieces or j0 >= it.ncols:
-        return False
+        return 0
     n = valid_columns(run, j0, it.ncols, NULL)
-    if n == 0 or n > DOT_COLUMNS:
-        return False
+    if n == 0:
+        return 0
+    if p.a_rs == 1 and n <= max(DOT_COLUMNS, VW // 2) and it.i1 - it.i0 >= VW:
+        return DOTS_DOWN_ROWS
+    if n > DOT_COLUMNS:
+        return 0
     for k in range(1, ph.K):
         if aoff[k] != aoff[0] + k:
-            return False
-    return True
+            return 0
+    return DOTS_ALONG_K
 
 
-cdef void product_dots(const Product *p, const Phase *ph, const Item *it, Py_ssize_t ip0,
-                       Py_ssize_t ip1, Py_ssize_t k0, Py_ssize_t kc, Py_ssize_t j0,
-                       const element **staged, const element *a_g, const Py_ssize_t *boff,
-                       const Py_ssize_t *aoff, element *dst_g, const Py_ssize_t *dcol,
-                       const Py_ssize_t *run, element *bcol) noexcept nogil:
-    """The item's valid columns from j0 on (at most DOT_COLUMNS), rows of panels ip0 .. ip1 -
-    1, over A's columns k0 .. k0 + kc - 1 (added to the earlier ones if k0 > 0), as dot
-    products along k (`dots`): A's rows read in place, each column of B gathered into a row of
-    bcol (two rows of KC).  Two columns next to each other in dst go to `dots` together."""
+cdef void product_dots(const Product *p, const Phase *ph, const Item *it, int how,
+                       Py_ssize_t ip0, Py_ssize_t ip1, Py_ssize_t k0, Py_ssize_t kc,
+                       Py_ssize_t j0, const element **staged, const element *a_g,
+                       const Py_ssize_t *boff, const Py_ssize_t *aoff, element *dst_g,
+                       const Py_ssize_t *dcol, const Py_ssize_t *run,
+                       element *bcol) noexcept nogil:
+    """The item's valid columns from j0 on, rows of panels ip0 .. ip1 - 1, over A's columns
+    k0 .. k0 + kc - 1 (added to the earlier ones if k0 > 0), two at a time, `how`
+    (dot_columns): DOTS_ALONG_K, by `dots`, A's rows read in place and the two columns of B
+    gathered into the rows of bcol (two rows of KC, one block of KC at a time); DOTS_DOWN_ROWS,
+    by `down`, A's columns and B's elements read in place."""
     cdef Py_ssize_t cols[MAX_NR]
     cdef Py_ssize_t ncol = valid_columns(run, j0, it.ncols, cols)
     cdef Py_ssize_t r0 = ip0 * p.mr, r1 = min(p.M, ip1 * p.mr), n, c0, nc, j, kk, k1, kw
+    cdef Py_ssize_t t, u
     cdef const element *b
-    cdef const element *a = a_g + r0 * p.a_rs + aoff[k0]
-    cdef const Py_ssize_t *bo
+    cdef const element *a = a_g + r0 * p.a_rs
     cdef element *d
     for n in range(it.nimg):
         b = staged[n] + it.q0
         d = dst_g + n * p.dst_img + r0 * p.dst_row
-        c0 = 0
-        while c0 < ncol:
-            # a run of columns next to each other in dst
-            nc = 1
-            while (nc < 2 and c0 + nc < ncol and ph.dstep[2] == 1
-                   and cols[c0 + nc] == cols[c0] + nc):
-                nc += 1
+        for c0 in range(0, ncol, 2):
+            nc = min(2, ncol - c0)
+            t = cols[c0]
+            u = cols[c0 + nc - 1]
+            if how == DOTS_DOWN_ROWS:
+                down(kc, a, aoff + k0, r1 - r0, p.M - r0, b + t, boff + k0, u - t, nc,
+                     d + dcol[t], p.dst_row, dcol[u] - dcol[t], k0 > 0)
+                continue
             k1 = 0
             while k1 < kc:
                 kw = min(KC, kc - k1)
-                bo = boff + k0 + k1
                 for j in range(2):
                     for kk in range(kw):
-                        bcol[j * KC + kk] = b[cols[c0 + j] + bo[kk]] if j < nc else 0
-                dots(kw, a + k1, p.a_rs, r1 - r0, bcol, KC, nc, d + dcol[cols[c0]],
-                     p.dst_row, k0 + k1 > 0)
+                        bcol[j * KC + kk] = b[cols[c0 + min(j, nc - 1)] + boff[k0 + k1 + kk]]
+                dots(kw, a + aoff[k0] + k1, p.a_rs, r1 - r0, bcol, KC, nc, d + dcol[t],
+                     p.dst_row, dcol[u] - dcol[t], k0 + k1 > 0)
                 k1 += kw
-            c0 += nc
 
 
 cdef inline Py_ssize_t tail_ones(Py_ssize_t tail) noexcept nogil:
