@@ -514,24 +514,22 @@ cdef inline int dot_columns(const Product *p, const Phase *ph, const Item *it,
                             const Py_ssize_t *aoff, Py_ssize_t j0, const Py_ssize_t *run,
                             Py_ssize_t VW) noexcept nogil:
     """How the item's columns from j0 on (those after its tiles of whole NR columns) run, where
-    A is the weight read in place (VW lanes a vector): 0, in tiles of one or two vectors; else
-    by product_dots, which sums each valid column apart, DOTS_ALONG_K where A's rows have their
-    columns one after the other (aoff[k] = aoff[0] + k: the forward pass) and they are at most
-    DOT_COLUMNS, DOTS_DOWN_ROWS where A's columns have their rows one after the other (p.a_rs
-    1: a 1x1 layer's input gradient), they are at most DOT_COLUMNS or half a vector and the
-    item has a vector of rows or more.  A
+    A is the weight read in place (VW lanes a vector) and they are at most DOT_COLUMNS valid
+    columns: 0, in tiles of one or two vectors; else by product_dots, which sums each column
+    apart, DOTS_DOWN_ROWS where A's columns have their rows one after the other (p.a_rs 1: a
+    1x1 layer's input gradient) and the item has a vector of rows or more, DOTS_ALONG_K where
+    A's rows have their columns one after the other (aoff[k] = aoff[0] + k: the forward
+    pass).  A
     7x7 image has 49 pixels, 48 in whole tiles and one in a tile of a vector, which reads its
     row of A as broadcasts, each for a vector of work of which one lane is used."""
     cdef Py_ssize_t k, n
     if not p.gathered or ph.pieces or j0 >= it.ncols:
         return 0
     n = valid_columns(run, j0, it.ncols, NULL)
-    if n == 0:
+    if n == 0 or n > DOT_COLUMNS:
         return 0
-    if p.a_rs == 1 and n <= max(DOT_COLUMNS, VW // 2) and it.i1 - it.i0 >= VW:
+    if p.a_rs == 1 and it.i1 - it.i0 >= VW:
         return DOTS_DOWN_ROWS
-    if n > DOT_COLUMNS:
-        return 0
     for k in range(1, ph.K):
         if aoff[k] != aoff[0] + k:
             return 0
