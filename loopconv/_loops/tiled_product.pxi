@@ -519,9 +519,8 @@ cdef inline int dot_columns(const Product *p, const Phase *ph, const Item *it,
     apart, DOTS_DOWN_ROWS where A's columns have their rows one after the other (p.a_rs 1: a
     1x1 layer's input gradient) and the item has a vector of rows or more, DOTS_ALONG_K where
     A's rows have their columns one after the other (aoff[k] = aoff[0] + k: the forward
-    pass).  A
-    7x7 image has 49 pixels, 48 in whole tiles and one in a tile of a vector, which reads its
-    row of A as broadcasts, each for a vector of work of which one lane is used."""
+    pass).  A 7x7 image has 49 pixels, 48 in whole tiles and one in a tile of a vector, which
+    reads its row of A as broadcasts, each for a vector of work of which one lane is used."""
     cdef Py_ssize_t k, n
     if not p.gathered or ph.pieces or j0 >= it.ncols:
         return 0
