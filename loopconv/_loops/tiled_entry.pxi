@@ -384,8 +384,7 @@ cdef Py_ssize_t dot_columns_of(_Geometry geo, Py_ssize_t itemsize) except -1:
         ph = &geo.phases[it.f]
         item_columns(&p.st, ph, &it, NR, &cols[0], &cols[p.ncb])
         j0 = it.ncols // NR * NR
-        if ph.K > 0 and dot_columns(p, ph, &it, &geo.aoff[ph.k_off], j0, &cols[p.ncb],
-                                    LC_VEC_BYTES // itemsize):
+        if ph.K > 0 and dot_columns(p, ph, &it, j0, &cols[p.ncb], LC_VEC_BYTES // itemsize):
             count += valid_columns(&cols[p.ncb], j0, it.ncols, NULL)
     return count
 
@@ -855,6 +854,7 @@ cdef _Geometry product_try(int which, tuple xs, tuple ws, tuple ys, stride, pad,
         geo.aoff = np.arange(K, dtype=np.intp)
         (geo.boff,), (geo.aoff,) = pixel_order(geo, [geo.boff], [geo.aoff])
         geo.kpos = np.argsort(geo.aoff).astype(np.intp)     # aoff: a permutation of w's columns
+        geo.p.a_along_k = bool(np.array_equal(geo.aoff, np.arange(K)))
     else:
         address, boffs, koffs = input_product(&geo.p, ys, ws, xs, stride, pad, dilation,
                                               groups, itemsize, skip)
@@ -862,6 +862,7 @@ cdef _Geometry product_try(int which, tuple xs, tuple ws, tuple ys, stride, pad,
         boffs, koffs = pixel_order(geo, boffs, koffs)
         geo.boff = np.concatenate(boffs + [np.zeros(1, np.intp)])
         geo.aoff = np.concatenate(koffs + [np.zeros(1, np.intp)])
+        geo.p.a_along_k = False     # A's rows are w's columns
     product_tables(geo)
     return geo
 

@@ -37,6 +37,7 @@ cdef struct Product:
     Py_ssize_t rblk         # tile panels (of mr rows) per row block
     bint gathered           # A is the weight read in place (lc_tile_g), not packed panels
     Py_ssize_t a_rs         # gathered A: the weight's step from one row of A to the next
+    bint a_along_k          # and each row's columns one after the other (aoff[k] = k)
     Py_ssize_t a_grp        # and from one group to the next
     # by_pixel: tiles of pixels by channels (pixel_tiles), A packed in panels of mr = NR rows,
     # read as lc_tile_p's B
@@ -468,18 +469,17 @@ cdef inline void product_tiles(const Product *p, const Phase *ph, const Item *it
     cdef Py_ssize_t kstep = K if short else KC
     cdef Py_ssize_t rstep = SHORT_K_PANELS if short else max(it.ip1 - it.ip0, 1)
     cdef Runs runs
-    # the last columns apart (dot_columns), or in tiles
-    cdef int by_dots = dot_columns(p, ph, it, aoff, nfull * NR, run, VW)
+    # the last columns apart, for all the item's rows at once (dot_columns), or in tiles
+    cdef int by_dots = dot_columns(p, ph, it, nfull * NR, run, VW)
     cdef Py_ssize_t ntiles = nfull if by_dots else nfull + tail_tiles(tail)
     k0 = 0
     while k0 < K:
         kc = min(kstep, K - k0)
+        if by_dots:
+            product_dots(p, ph, it, by_dots, k0, kc, nfull * NR, staged, a_g, boff, aoff,
+                         dst_g, dcol, run, ctile + max(LC_MR_B, VW) * NR + VW * VW)
         ip = it.ip0
         while ip < it.ip1:
-            if by_dots:
-                product_dots(p, ph, it, by_dots, ip, min(ip + rstep, it.ip1), k0, kc,
-                             nfull * NR, staged, a_g, boff, aoff, dst_g, dcol, run,
-                             ctile + max(LC_MR_B, VW) * NR + VW * VW)
             j0 = 0
             for jt in range(ntiles):
                 nv = LC_NV_B if jt < nfull else tail_vectors(tail, jt - nfull)
@@ -510,18 +510,17 @@ cdef inline Py_ssize_t valid_columns(const Py_ssize_t *run, Py_ssize_t j0, Py_ss
     return n
 
 
-cdef inline int dot_columns(const Product *p, const Phase *ph, const Item *it,
-                            const Py_ssize_t *aoff, Py_ssize_t j0, const Py_ssize_t *run,
-                            Py_ssize_t VW) noexcept nogil:
+cdef inline int dot_columns(const Product *p, const Phase *ph, const Item *it, Py_ssize_t j0,
+                            const Py_ssize_t *run, Py_ssize_t VW) noexcept nogil:
     """How the item's columns from j0 on (those after its tiles of whole NR columns) run, where
     A is the weight read in place (VW lanes a vector) and they are at most DOT_COLUMNS valid
     columns: 0, in tiles of one or two vectors; else by product_dots, which sums each column
     apart, DOTS_DOWN_ROWS where A's columns have their rows one after the other (p.a_rs 1: a
     1x1 layer's input gradient) and the item has a vector of rows or more, DOTS_ALONG_K where
-    A's rows have their columns one after the other (aoff[k] = aoff[0] + k: the forward
-    pass).  A 7x7 image has 49 pixels, 48 in whole tiles and one in a tile of a vector, which
-    reads its row of A as broadcasts, each for a vector of work of which one lane is used."""
-    cdef Py_ssize_t k, n
+    A's rows have their columns one after the other (p.a_along_k: the forward pass).  A 7x7
+    image has 49 pixels, 48 in whole tiles and one in a tile of a vector, which reads its row
+    of A as broadcasts, each for a vector of work of which one lane is used."""
+    cdef Py_ssize_t n
     if not p.gathered or ph.pieces or j0 >= it.ncols:
         return 0
     n = valid_columns(run, j0, it.ncols, NULL)
@@ -529,26 +528,22 @@ cdef inline int dot_columns(const Product *p, const Phase *ph, const Item *it,
         return 0
     if p.a_rs == 1 and it.i1 - it.i0 >= VW:
         return DOTS_DOWN_ROWS
-    for k in range(1, ph.K):
-        if aoff[k] != aoff[0] + k:
-            return 0
-    return DOTS_ALONG_K
+    return DOTS_ALONG_K if p.a_along_k else 0
 
 
 cdef void product_dots(const Product *p, const Phase *ph, const Item *it, int how,
-                       Py_ssize_t ip0, Py_ssize_t ip1, Py_ssize_t k0, Py_ssize_t kc,
-                       Py_ssize_t j0, const element **staged, const element *a_g,
-                       const Py_ssize_t *boff, const Py_ssize_t *aoff, element *dst_g,
-                       const Py_ssize_t *dcol, const Py_ssize_t *run,
+                       Py_ssize_t k0, Py_ssize_t kc, Py_ssize_t j0, const element **staged,
+                       const element *a_g, const Py_ssize_t *boff, const Py_ssize_t *aoff,
+                       element *dst_g, const Py_ssize_t *dcol, const Py_ssize_t *run,
                        element *bcol) noexcept nogil:
-    """The item's valid columns from j0 on, rows of panels ip0 .. ip1 - 1, over A's columns
-    k0 .. k0 + kc - 1 (added to the earlier ones if k0 > 0), two at a time, `how`
-    (dot_columns): DOTS_ALONG_K, by `dots`, A's rows read in place and the two columns of B
-    gathered into the rows of bcol (two rows of KC, one block of KC at a time); DOTS_DOWN_ROWS,
-    by `down`, A's columns and B's elements read in place."""
+    """The item's valid columns from j0 on, all its rows, over A's columns k0 .. k0 + kc - 1
+    (added to the earlier ones if k0 > 0), two at a time, `how` (dot_columns): DOTS_ALONG_K,
+    by `dots`, A's rows read in place and the two columns of B gathered into the rows of bcol
+    (two rows of KC, one block of KC at a time); DOTS_DOWN_ROWS, by `down`, A's columns and
+    B's elements read in place."""
     cdef Py_ssize_t cols[MAX_NR]
     cdef Py_ssize_t ncol = valid_columns(run, j0, it.ncols, cols)
-    cdef Py_ssize_t r0 = ip0 * p.mr, r1 = min(p.M, ip1 * p.mr), n, c0, nc, j, kk, k1, kw
+    cdef Py_ssize_t r0 = it.i0, r1 = it.i1, n, c0, nc, j, kk, k1, kw
     cdef Py_ssize_t t, u
     cdef const element *b
     cdef const element *a = a_g + r0 * p.a_rs
