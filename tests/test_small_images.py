@@ -418,10 +418,13 @@ def test_dy_rows(rng, assert_close, variant, x_shape, w_shape, kw, dtype):
     ((1, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), False),   # K = 576 rows of x
     ((1, 256, 28, 28), (64, 256, 1, 1), {}, False),              # a narrowing 1x1
     ((1, 3, 224, 224), (64, 3, 7, 7), dict(stride=2, padding=3), False),    # K = 147
+    ((1, 128, 28, 28), (512, 128, 3, 3), dict(padding=1), True),   # packed x 0.9-1.1 MiB
+    ((1, 256, 28, 28), (512, 256, 3, 3), dict(padding=1), False),  # 1.8-2.1 MiB
+    ((1, 512, 20, 20), (512, 512, 3, 3), dict(padding=1), False),  # 3.6-4.2 MiB
 ])
 def test_which_weight_gradients_read_dy_in_place(x_shape, w_shape, kw, dy_rows):
-    """dy read in place where x has fewer rows k than dy has output channels (float32 and
-    float64, every variant)."""
+    """dy read in place where x has fewer rows k than dy has output channels and a step's
+    packed x fits in DY_ROWS_BYTES (float32 and float64, every variant)."""
     for module in _loops.variants().values():
         for itemsize in (4, 8):
             plan = module.weight_plan(*shapes5(x_shape, w_shape, kw),

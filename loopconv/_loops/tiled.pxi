@@ -168,6 +168,17 @@ cdef enum:
     # phase fits in this many bytes (an L2's share) takes each phase's columns as one block
     # (whole_rows)
     WHOLE_ROW_BYTES = 262144
+    # DY_ROWS_BYTES: the weight gradient takes dy_rows only where one step's packed x (the padded
+    # rows k times the step's columns) fits in this many bytes: every block of output channels
+    # reads all of it, from L2 while it fits (2 MiB on the machine measured), else from L3.
+    # weight_cost, which counts each packed element once, chose dy_rows for 3x3 layers of many
+    # channels at batch 1, where x read in place is faster (float32, one thread, fastest of
+    # three alternating runs): 512 -> 512 on 28x28 (3.7 MiB packed) 1.39-1.47x (two threads
+    # 1.48x, float64 1.32-1.39x), on 20x20 (3.9 MiB) 1.36-1.43x (float64 1.14-1.16x), 256 ->
+    # 512 on 28x28 (1.8 MiB) 0.99-1.12x.  Below the limit dy_rows stays where it was chosen:
+    # 128 -> 512 on 28x28 (0.9 MiB) with x in place 1.02x in float32 but 0.88x in float64 (1.05
+    # MiB), wav2vec 2.0's positional convolution at batch 1 (1.2 MiB, four blocks of rows) 0.95x
+    DY_ROWS_BYTES = 1572864
     GATHER_COLUMNS = 1024
     GATHER_WORK = 1400000
     PACK_COLUMNS = 34

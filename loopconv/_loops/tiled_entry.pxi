@@ -643,13 +643,15 @@ cdef void set_weight(WeightProduct *p, tuple xs, tuple ws, tuple ys, stride, pad
     itemsize bytes and x_size elements of x: its tiles, staging, blocks of images and work
     items; the rows k of x read in place and dy packed, or where that costs more (weight_cost)
     and the output channels fill a tile's rows, the rows o of dy read in place and x packed
-    (p.dy_rows)."""
+    (p.dy_rows), where a step's packed x fits in DY_ROWS_BYTES."""
     cdef WeightProduct q
     set_weight_as(p, xs, ws, ys, stride, pad, dilation, groups, itemsize, x_size, False)
     if p.lanes:
         return
     set_weight_as(&q, xs, ws, ys, stride, pad, dilation, groups, itemsize, x_size, True)
-    if weight_cost(&q) < weight_cost(p):
+    # each block of rows of dy_rows reads all of a step's packed x (DY_ROWS_BYTES)
+    if (q.Cpad * min(q.block, q.ncols) * itemsize <= DY_ROWS_BYTES
+            and weight_cost(&q) < weight_cost(p)):
         p[0] = q
 
 
