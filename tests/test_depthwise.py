@@ -259,15 +259,16 @@ def test_read_only_inputs(rng, assert_close):
     ((128, 4, 3, 3), 32, 2, 28 * 28, {1, 2}),
     ((256, 8, 3, 3), 32, 1, 28 * 28, {2}),
     ((512, 16, 3, 3), 32, 1, 14 * 14, set()),
-    ((256, 16, 3, 3), 16, 1, 28 * 28, {2}),              # RegNet's groups of 16
-    ((256, 16, 3, 3), 16, 2, 28 * 28, {2}),
+    ((256, 16, 3, 3), 16, 1, 28 * 28, set()),            # RegNet's groups of 16
+    ((256, 16, 3, 3), 16, 2, 28 * 28, set()),
+    ((192, 16, 3, 3), 16, 1, 28 * 28, {2}),              # 16 -> 12 a group
     ((256, 16, 3, 3), 16, 2, 14 * 14, set()),
     ((128, 24, 3, 3), 8, 1, 56 * 56, set()),
     ((1024, 32, 3, 3), 32, 1, 7 * 7, set()),
     ((64, 3, 3, 3), 1, 1, 112 * 112, set()),             # a stem: not grouped
 ], ids=["mobilenet", "efficientnet", "multiplier", "2-per-group", "resnext-56", "resnext-14",
         "resnext-strided", "8-per-group", "16-per-group", "16-per-group-28", "16-strided-28",
-        "16-strided-14", "24-per-group", "32-per-group", "stem"])
+        "16-to-12-28", "16-strided-14", "24-per-group", "32-per-group", "stem"])
 def test_dispatch(w_shape, groups, stride, out, passes):
     """By channels per group, image size and stride (never by the thread count)."""
     y_shape = (8, w_shape[0], 1, 1, out)

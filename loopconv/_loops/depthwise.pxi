@@ -59,6 +59,7 @@ cdef enum:
     DW_CHUNKS = 8       # weight-gradient items (groups x chunks) at least, where it has them
     DW_STAGED = 1 << 15     # staged elements of a weight-gradient step of several images
     DW_WEIGHT_PIXELS = 784  # output pixels from which 9-16 channels a group take dw_suits
+    DW_WEIGHT_OUT = 12      # and at most this many output channels a group
     DW_GATHER_SERIAL = 1 << 13  # weights gathered on one thread below this many
 
 
@@ -72,13 +73,23 @@ def dw_suits(Py_ssize_t cin_per_group, Py_ssize_t cout_per_group, Py_ssize_t pix
     (14x14 and below, and the strided input gradient), 15-25 % slower at 28x28 and above; eight
     and more are matrix products the tiled loops do better, except for the weight gradient,
     whose dot products (a block of a group's output channels at a time, several small images
-    a step) stay ahead up to eight, and up to sixteen from DW_WEIGHT_PIXELS output pixels on
-    (16 per group, batch 1 and 8, float32: 28x28 1.15-1.17x, 56x56 1.22-1.41x, from 56x56 at
-    stride 2 1.19-1.27x, two threads 1.1-2.0x; float64 even; 14x14 0.6-1.0x, 32 per group
-    0.5-1.05x)."""
+    a step) stay ahead up to eight, and from DW_WEIGHT_PIXELS output pixels on up to sixteen
+    input and DW_WEIGHT_OUT output channels.  Sixteen of both went to these loops too (16 per
+    group, batch 1 and 8, float32: 28x28 1.15-1.17x, 56x56 1.22-1.41x, from 56x56 at stride 2
+    1.19-1.27x; 14x14 0.6-1.0x, 32 per group 0.5-1.05x), but on a later machine and loops the
+    tiled ones were faster there in every build and dtype (tiled time over depthwise, one
+    thread: AVX-512 float32 0.71-0.90 on 28x28 to 112x112 and 16^3 to 64^3 at batch 1 to 8,
+    two threads 0.58-0.83, the 5x5x5 layer of a V-Net on 32^3 0.71; float64 0.63-0.80; AVX2
+    0.49-0.61; only 8 groups of 16 on 28x28 at batch 8, AVX-512 float32, 1.07), while twelve
+    output channels or fewer stayed ahead in float32 with AVX-512 (12 -> 12 on 56x56 1.25x, on
+    32^3 1.14x, 16 -> 12 in 16 groups on 56x56 and at batch 8 on 28x28 1.23-1.31x, 16 -> 8 on
+    56x56 1.22x, 16 -> 2 3x3x3 on 64^3 1.05x; float64 0.86-1.58x).  With AVX2 the tiled loops
+    were ahead for 12 -> 12 and 16 -> 12 too (0.84-0.89), and for 8 per group on 28x28 and
+    32^3 (0.63-0.83): left as they are, the builds sharing one rule."""
     if which == PASS_WEIGHT:
         return ((cin_per_group <= 8 and cout_per_group <= 8)
-                or (cin_per_group <= 16 and cout_per_group <= 16 and pixels >= DW_WEIGHT_PIXELS))
+                or (cin_per_group <= 16 and cout_per_group <= DW_WEIGHT_OUT
+                    and pixels >= DW_WEIGHT_PIXELS))
     if cin_per_group <= 2:
         return cout_per_group <= 8
     return (cin_per_group <= 4 and cout_per_group <= 4
