@@ -41,10 +41,11 @@ cdef extern from "elements.h" nogil:
                        const Py_ssize_t *aoff, Py_ssize_t rs, const double *b,
                        const Py_ssize_t *boff, double *c, Py_ssize_t ldc, int beta)
     void lc_tile_p_f32(int nv, Py_ssize_t kc, const float *const *ar, const Py_ssize_t *aoff,
-                       const float *b, Py_ssize_t ldb, float *c, Py_ssize_t ldc, int beta)
+                       const float *b, Py_ssize_t ldb, float *c, Py_ssize_t ldc, int beta,
+                       int pf)
     void lc_tile_p_f64(int nv, Py_ssize_t kc, const double *const *ar,
                        const Py_ssize_t *aoff, const double *b, Py_ssize_t ldb, double *c,
-                       Py_ssize_t ldc, int beta)
+                       Py_ssize_t ldc, int beta, int pf)
     void lc_tile_a_f32(int nv, Py_ssize_t kc, const float *a, const Py_ssize_t *aoff,
                        const float *b, float *c, Py_ssize_t ldc, int beta)
     void lc_tile_a_f64(int nv, Py_ssize_t kc, const double *a, const Py_ssize_t *aoff,
@@ -194,13 +195,13 @@ cdef inline void tile_g(int mr, int nv, Py_ssize_t kc, const element *a,
 
 cdef inline void tile_p(int nv, Py_ssize_t kc, const element *const *ar,
                         const Py_ssize_t *aoff, const element *b, Py_ssize_t ldb, element *c,
-                        Py_ssize_t ldc, bint beta) noexcept nogil:
+                        Py_ssize_t ldc, bint beta, bint pf) noexcept nogil:
     """The pixel tile: LC_MR_B rows of A, row i at ar[i] (column k at aoff[k]), by nv vectors
-    of B (row k at b + k * ldb)."""
+    of B (row k at b + k * ldb); pf: prefetch A's columns ahead (LC_PREFETCH_P)."""
     if element is float:
-        lc_tile_p_f32(nv, kc, ar, aoff, b, ldb, c, ldc, beta)
+        lc_tile_p_f32(nv, kc, ar, aoff, b, ldb, c, ldc, beta, pf)
     else:
-        lc_tile_p_f64(nv, kc, ar, aoff, b, ldb, c, ldc, beta)
+        lc_tile_p_f64(nv, kc, ar, aoff, b, ldb, c, ldc, beta, pf)
 
 
 cdef inline void tile_a(int nv, Py_ssize_t kc, const element *a, const Py_ssize_t *aoff,

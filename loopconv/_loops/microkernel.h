@@ -244,6 +244,16 @@
         }                                                                               \
     }
 
+/* lc_tile_p's A, where asked (pf): the lines of its first and last pixel in column
+ * k + LC_PF_ROWS, each column a channel plane away from the last, which the prefetchers do not
+ * follow (pixel_tiles asks where the staged source outgrows L2: PIX_PREFETCH_BYTES) */
+#  define LC_PREFETCH_P(T, MR)                                                          \
+    if (LC_PREFETCH && (MR) >= 4 && pf) {                                               \
+        ptrdiff_t o = aoff[k + LC_PF_ROWS];                                             \
+        __builtin_prefetch(rows[0] + o);                                                \
+        __builtin_prefetch(rows[(MR) - 1] + o);                                         \
+    }
+
 /* lc_tile_b, lc_tile_g, lc_tile_v and lc_tile_h with MR rows and NV vectors, named by V: NV_B
  * (w), one (n), two (d). */
 #  define LC_TILE_BG(SUFFIX, T, TAG, MR, V, NV, PF, PFV)                                \
@@ -265,12 +275,13 @@ static inline void lc_tile_g_##TAG##V##_##SUFFIX(ptrdiff_t kc, const T *LC_RESTR
 static inline void lc_tile_p_##TAG##V##_##SUFFIX(ptrdiff_t kc,                        \
         const T *const *LC_RESTRICT ar, const ptrdiff_t *LC_RESTRICT aoff,              \
         const T *LC_RESTRICT b, ptrdiff_t ldb, T *LC_RESTRICT c, ptrdiff_t ldc,         \
-        int beta)                                                                       \
+        int beta, int pf)                                                               \
 {                                                                                       \
     const T *rows[MR];                                                                  \
     for (int i = 0; i < MR; i++) rows[i] = ar[i];                                       \
     LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, MR, NV, rows[i][aoff[k]],        \
-                 b + ldb * k, *(const lc_uvec_##SUFFIX *)(bk + v * W), )                \
+                 b + ldb * k, *(const lc_uvec_##SUFFIX *)(bk + v * W),                  \
+                 LC_PREFETCH_P(T, MR))                                                  \
 }                                                                                       \
 static inline void lc_tile_v_##TAG##V##_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,  \
         const T *LC_RESTRICT b, const ptrdiff_t *LC_RESTRICT boff,                      \
@@ -392,8 +403,9 @@ static void lc_tile_g_##SUFFIX(int mr, int nv, ptrdiff_t kc, const T *a,        
     LC_BY_MR(mr, nv, lc_tile_g, SUFFIX, (kc, a, aoff, rs, b, boff, c, ldc, beta))       \
 __attribute__((noinline))                                                               \
 static void lc_tile_p_##SUFFIX(int nv, ptrdiff_t kc, const T *const *ar,                \
-        const ptrdiff_t *aoff, const T *b, ptrdiff_t ldb, T *c, ptrdiff_t ldc, int beta) \
-    LC_BY_NV(nv, lc_tile_p_full, SUFFIX, (kc, ar, aoff, b, ldb, c, ldc, beta))          \
+        const ptrdiff_t *aoff, const T *b, ptrdiff_t ldb, T *c, ptrdiff_t ldc, int beta, \
+        int pf)                                                                         \
+    LC_BY_NV(nv, lc_tile_p_full, SUFFIX, (kc, ar, aoff, b, ldb, c, ldc, beta, pf))      \
 LC_TILE_AM(SUFFIX, T, 2, LC_MR_A)                                                       \
 LC_TILE_AM(SUFFIX, T, 1, LC_MR_A1)                                                      \
 LC_TILE_D_ROWS(SUFFIX, T, 1, 1)                                                         \
@@ -644,8 +656,9 @@ static void lc_tile_g_##SUFFIX(int mr, int nv, ptrdiff_t kc, const T *a,        
 }                                                                                       \
 static void lc_tile_p_##SUFFIX(int nv, ptrdiff_t kc, const T *const *ar,                \
                                const ptrdiff_t *aoff, const T *b, ptrdiff_t ldb, T *c,  \
-                               ptrdiff_t ldc, int beta)                                 \
+                               ptrdiff_t ldc, int beta, int pf)                         \
 {                                                                                       \
+    (void)pf;                                                                           \
     int nr = nv * (int)(LC_VEC_BYTES / sizeof(T));                                      \
     for (int i = 0; i < LC_MR_B; i++)                                                   \
         for (int j = 0; j < nr; j++) {                                                  \

@@ -362,6 +362,7 @@ def product_plan(which, xshape, wshape, yshape, stride, pad, dilation, Py_ssize_
             "skip share": geo.skip,
             "weight read in place": bool(p.gathered),
             "channel gap": p.st.gap, "source read in place": bool(p.st.identity),
+            "staged slice": p.st.size,
             "last slice read in place": reads_in_place(
                 &p.st, (p.N - 1) * p.src_img + (p.G - 1) * p.src_grp),
             "compact phases": sum([geo.phases[f].pieces > 0 for f in range(p.nphase)]),

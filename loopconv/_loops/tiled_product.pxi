@@ -697,7 +697,8 @@ cdef inline Py_ssize_t list_pixels(const Product *p, const Item *it,
 
 cdef inline bint tile_taps(int nv, Py_ssize_t k0, Py_ssize_t kc, Py_ssize_t C, Py_ssize_t T,
                            size_t taps, const element *const *rows, const Py_ssize_t *boff,
-                           const element *b, Py_ssize_t NR, element *ctile) noexcept nogil:
+                           const element *b, Py_ssize_t NR, element *ctile,
+                           bint pf) noexcept nogil:
     """ctile = a pixel tile's sums over its columns k0 .. k0 + kc - 1 whose taps are in the
     mask `taps` (C channels of T taps, blocked_column): one lc_tile_p call per run of such
     columns (B's row k at b + k * NR).  False where there is none (ctile left as it was).
@@ -716,13 +717,13 @@ cdef inline bint tile_taps(int nv, Py_ssize_t k0, Py_ssize_t kc, Py_ssize_t C, P
                 if ka < 0:
                     ka = k
             elif ka >= 0:
-                tile_p(nv, k - ka, rows, boff + ka, b + ka * NR, NR, ctile, NR, done)
+                tile_p(nv, k - ka, rows, boff + ka, b + ka * NR, NR, ctile, NR, done, pf)
                 done = True
                 ka = -1
             t += 1
             k = min(b0 * T + t * cbs, k1)
     if ka >= 0:
-        tile_p(nv, k1 - ka, rows, boff + ka, b + ka * NR, NR, ctile, NR, done)
+        tile_p(nv, k1 - ka, rows, boff + ka, b + ka * NR, NR, ctile, NR, done, pf)
         done = True
     return done
 
@@ -743,11 +744,13 @@ cdef inline void pixel_tiles(const Product *p, const Phase *ph, const Item *it,
     the taps that reach the source from them, and a tile skips the taps that read padding for
     all its pixels (tile_taps): 3x3x3 on 4x4x4 reads padding at 42 % of its taps, 3x3 on 7x7
     18 %, DeepLab's dilation 12 on 33x33 43 %.  pix: room for six entries per valid column
-    of the item.  A's columns in blocks of PIX_KC."""
+    of the item.  A's columns in blocks of PIX_KC; the tiles prefetch A where a staged slice
+    is larger than PIX_PREFETCH_BYTES."""
     cdef Py_ssize_t NR = LC_NV_B * LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t K = ph.K, C = p.st.nchan, kb, k0, kc, w, ip, mw, npix, t0, i
     cdef Py_ssize_t T = K // C if C > 0 else 0
+    cdef bint pf = p.st.size * <Py_ssize_t> sizeof(element) > PIX_PREFETCH_BYTES
     if p.valid == NULL or T < 2 or T * C != K or T >= 8 * <Py_ssize_t> sizeof(size_t):
         T = 0       # no taps skipped
     npix = list_pixels(p, it, staged, boff, C, T, dcol, run, pix)
@@ -772,9 +775,10 @@ cdef inline void pixel_tiles(const Product *p, const Phase *ph, const Item *it,
                         last[i] = src[t0 + min(i, w - 1)]
                     rows = last
                 if T == 0:
-                    tile_p(nv, kc, rows, boff + k0, a_g + (ip * K + k0) * NR, NR, ctile, NR, 0)
+                    tile_p(nv, kc, rows, boff + k0, a_g + (ip * K + k0) * NR, NR, ctile, NR, 0,
+                           pf)
                 elif not tile_taps(nv, k0, kc, C, T, tiles[t0 // LC_MR_B], rows, boff,
-                                   a_g + ip * K * NR, NR, ctile):
+                                   a_g + ip * K * NR, NR, ctile, pf):
                     if k0 > 0:          # nothing to add
                         t0 += LC_MR_B
                         continue
