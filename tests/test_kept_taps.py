@@ -262,6 +262,42 @@ def test_weight_by_parts_on_random_geometries(rng, assert_close, restore_threads
     check_weight_by_parts(rng, assert_close, x_shape, w_shape, kw, dtype)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_parts_windows_and_assembly_against_numpy(dtype, threads):
+    """The copies a weight gradient by parts makes on the threads: a window of x or dy
+    (`_window`) equals NumPy's slice, and the parts put into dw (`direct.put_parts`) equal
+    NumPy's assignments into zeros, for boxes of taps of every size and place (taps no part
+    covers stay zero); a part that does not fit dw is a ValueError."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 5, 4, 9, 11)).astype(dtype)
+    for start in [(0, 0, 0), (1, 3, 2), (3, 0, 10)]:
+        index = (slice(None), slice(None)) + tuple(
+            slice(a, a + int(rng.integers(1, n - a + 1))) for a, n in zip(start, x.shape[2:]))
+        got = _loops._window(x, index, threads)
+        assert got.flags.c_contiguous and np.array_equal(got, x[index])
+    dw_shape = (6, 4, 3, 5, 4)
+    for _trial in range(20):
+        parts, origins, expected = [], [], np.zeros(dw_shape, dtype)
+        for _ in range(int(rng.integers(1, 5))):
+            origin = tuple(int(rng.integers(0, k)) for k in dw_shape[2:])
+            size = tuple(int(rng.integers(1, k - o + 1)) for o, k in zip(origin, dw_shape[2:]))
+            part = rng.standard_normal(dw_shape[:2] + size).astype(dtype)
+            expected[(slice(None), slice(None)) + tuple(
+                slice(o, o + n) for o, n in zip(origin, size))] = part
+            parts.append(part)
+            origins.append(origin)
+        dw = np.full(dw_shape, np.nan, dtype)
+        _loops.direct.put_parts(parts, origins, dw, threads)
+        assert np.array_equal(dw, expected)
+    with pytest.raises(ValueError, match="put_parts"):
+        _loops.direct.put_parts([np.zeros((6, 4, 2, 1, 1), dtype)], [(2, 0, 0)],
+                                np.zeros(dw_shape, dtype), threads)
+    with pytest.raises(ValueError, match="put_parts"):
+        _loops.direct.put_parts([np.zeros((5, 4, 1, 1, 1), dtype)], [(0, 0, 0)],
+                                np.zeros(dw_shape, dtype), threads)
+
+
 def test_which_weight_gradients_go_by_parts():
     """By the share of pairs left out and the parts' size: DeepLab's rates 12 and 6 on 28x28,
     two frames on 40x40; not a dilation of 4 on 14x14 (parts of 10x10), 3x3 on 4x4, 3x3 on

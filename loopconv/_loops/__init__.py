@@ -703,13 +703,28 @@ def weight_parts(x_shape, w_shape, y_shape, stride, pad, dilation):
 
 
 def _grad_weight_parts(x, dy, dw, parts, stride, groups, num_threads):
-    """dw of x and dy summed part by part (weight_parts), each part's slices copied."""
-    dw[...] = 0
+    """dw of x and dy summed part by part (weight_parts): each part's windows of x and dy
+    copied and its taps put into dw (`direct.sample`, `direct.put_parts`) on the threads.  As
+    NumPy copies (a slice made contiguous, dw zeroed and each part assigned), on one thread,
+    they were a third of DeepLab's 512 -> 256 rate-12 weight gradient on 33x33 on two threads
+    (3.6 of 11 ms): that gradient 1.29x faster so on two threads, 1.03-1.08x on one."""
+    threads = _threads(tiled, num_threads)
+    done, origins = [], []
     for w_index, y_index, x_index, w_shape, pad, dilation in parts:
         part = np.empty(w_shape, dw.dtype)
-        grad_weight(np.ascontiguousarray(x[x_index]), np.ascontiguousarray(dy[y_index]), part,
-                    stride, pad, dilation, groups, num_threads)
-        dw[w_index] = part
+        grad_weight(_window(x, x_index, threads), _window(dy, y_index, threads), part, stride,
+                    pad, dilation, groups, num_threads)
+        done.append(part)
+        origins.append(tuple(index.start for index in w_index[2:]))
+    direct.put_parts(done, origins, dw, threads)
+
+
+def _window(arr, index, num_threads):
+    """arr[index] (a 5-D array, and slices of step 1: whole first two axes, windows of the
+    others) as a new C-ordered array."""
+    out = np.empty(arr.shape[:2] + tuple(i.stop - i.start for i in index[2:]), arr.dtype)
+    direct.sample(arr, tuple(i.start for i in index[2:]), _ONES, out, num_threads)
+    return out
 
 
 def forward(x, w, bias, y, stride, pad, dilation, groups, num_threads):
@@ -747,7 +762,7 @@ def grad_weight(x, dy, dw, stride, pad, dilation, groups, num_threads):
     if sampled is not None:
         threads = _threads(sampled.family, num_threads)
         x1 = empty(x.shape[:2] + dy.shape[2:], x.dtype)
-        direct.sample(x, stride, x1, threads)
+        direct.sample(x, _ZEROS, stride, x1, threads)
         sampled.grad_weight(x1, dy, dw, _ONES, _ZEROS, _ONES, groups, threads)
         return
     parts = weight_parts(x.shape, dw.shape, dy.shape, stride, pad, dilation)
@@ -851,7 +866,7 @@ class Plan:
         if self._sampled is None:
             return x5
         x1 = empty(self.five[0][:2] + self.five[2][2:], self.dtype)
-        direct.sample(x5, self.args[0], x1, num_threads)
+        direct.sample(x5, _ZEROS, self.args[0], x1, num_threads)
         return x1
 
     def _in(self, arr, which):
