@@ -547,6 +547,36 @@ def test_aliasing_channels_get_a_gap(dtype):
                 assert np.abs(g - r).max() <= tol * (1 + np.abs(r).max()), (name, key, x_shape)
 
 
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+def test_large_aliasing_slices_are_copied_only_for_many_panels(dtype):
+    """A 1x1 source whose channels alias and whose slice is larger than an L2 (40 channels of
+    128x128) is read in place by a product of four panels of tile rows and copied with a gap
+    for one of eight, on every build (its own rows a panel); both against the direct loops,
+    on one and two threads."""
+    rng = np.random.default_rng(11)
+    x_shape = (1, 40, 1, 128, 128)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    args = ((1, 1, 1), (0, 0, 0), (1, 1, 1), 1)
+    none = np.empty(0, dtype)
+    itemsize = np.dtype(dtype).itemsize
+    for name, module in _loops.variants().items():
+        rows = module.info()[f"forward tile {np.dtype(dtype).name}"][0]
+        for panels, gap in ((4, False), (8, True)):
+            w_shape = (panels * rows, 40, 1, 1, 1)
+            y_shape = (1, w_shape[0], 1, 128, 128)
+            plan = module.product_plan("forward", x_shape, w_shape, y_shape, *args, itemsize)
+            assert (plan["channel gap"] > 0) == gap, (name, panels)
+            assert plan["source read in place"] == (not gap), (name, panels)
+            w = rng.standard_normal(w_shape).astype(dtype)
+            want = np.empty(y_shape, dtype)
+            _loops.direct.forward(x, w, none, want, *args, 1)
+            tol = 1e-4 if dtype == np.float32 else 1e-10
+            for threads in (1, 2):
+                y = np.empty(y_shape, dtype)
+                module.forward(x, w, none, y, *args, threads)
+                assert np.abs(y - want).max() <= tol * (1 + np.abs(want).max()), (name, panels)
+
+
 def test_variants_are_found():
     found = _loops.variants()
     assert "baseline" in found

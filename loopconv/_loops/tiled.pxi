@@ -138,9 +138,20 @@ cdef enum:
     # cache line (set_stage_images); SPREAD_ROWS: forward-style products of at least this many
     # rows (output channels per group) copy such a source rather than read it in place.  With
     # the copy, 1x1 layers on 32x32 and 64x64 at 32 and 48 output channels 1.04-1.22x faster,
-    # at 16 0.81x, a 32 -> 1 channel head on 64^3 0.67x
+    # at 16 0.81x, a 32 -> 1 channel head on 64^3 0.67x.  SPREAD_BYTES, SPREAD_PANELS: a slice
+    # larger than SPREAD_BYTES (an L2's worth) is copied only for a product of SPREAD_PANELS
+    # panels of tile rows or more: the copy streams from L3 or memory, and the evictions it
+    # saves grow with the panels that read each row of B.  Read in place against the copy
+    # (batch 4, 1x1 layers, fastest of three alternating runs), AVX-512 float32 one thread: on
+    # 128x128 64 -> 32 1.29-1.37x, 128 -> 32 1.51x, 64 -> 48 1.18x, 128 -> 48 1.31x (two
+    # threads 1.26x), 64 -> 64 1.04x, 64 -> 128 1.01x, 128 -> 128 0.99x, the input gradients
+    # of 32 -> 64 and 32 -> 128 1.33x and 1.42x; 32 -> 32 on 64^3 1.62x (two threads 1.70x);
+    # 256 -> 256 on 32^3 (the case behind the gap) 0.94-0.96x; float64 64 -> 32 1.51x, 64 ->
+    # 64 1.14x.  With AVX2 (four rows a panel) 64 -> 32 0.92x, 64 -> 64 0.89x, 128 -> 96 0.72x
     ALIAS_BYTES = 2048
     SPREAD_ROWS = 32
+    SPREAD_BYTES = 2097152
+    SPREAD_PANELS = 8
     # STAGE_AHEAD: elements of the next source channel that staging asks for (prefetches)
     # before it stages a channel.  Staging a stride-2 slice ran at a third of a copy's speed,
     # waiting for the first line of each short source row: ResNeXt's stride-2 grouped 3x3 on

@@ -300,7 +300,7 @@ cdef void forward_product(Product *p, Phase *ph, tuple xshape, tuple wshape, tup
     size, out, ksize = xshape[2:], yshape[2:], wshape[2:]
     set_stage(&p.st, size, tuple(stride), tuple(pad),
               x_stage_shared(size, out, ksize, stride, pad, dilation), Cg, NR, math.prod(xshape),
-              itemsize, wshape[0] // groups >= SPREAD_ROWS)
+              itemsize, wshape[0] // groups)
     set_product(p, xshape[0], groups, xshape[1], wshape[0], out)
     set_phase(ph, &p.st, Cg * math.prod(ksize), 0, out, 0, (out[1] * out[2], out[2], 1), NR)
     p.nphase = 1
@@ -463,7 +463,7 @@ cdef tuple input_product(Product *p, tuple dyshape, tuple wshape, tuple dxshape,
     axes = input_phases(size, ksize, stride, pad, dilation)
     lead, q = dy_stage(axes, out)
     set_stage(&p.st, out, (1, 1, 1), lead, q, Og, NR, math.prod(dyshape), itemsize,
-              wshape[1] >= SPREAD_ROWS)
+              wshape[1])
     set_product(p, dxshape[0], groups, wshape[0], dxshape[1], size)
     p.nphase = len(axes[0]) * len(axes[1]) * len(axes[2])
     cdef Phase *phases = <Phase *> malloc(p.nphase * sizeof(Phase))

@@ -360,16 +360,17 @@ cdef Py_ssize_t grid_columns(Py_ssize_t q0, Py_ssize_t n, const Py_ssize_t *q,
 
 cdef void set_stage(Stage *st, tuple dim, tuple step, tuple lead, tuple q, Py_ssize_t nchan,
                     Py_ssize_t NR, Py_ssize_t src_size, Py_ssize_t itemsize=0,
-                    bint spread=False):
+                    Py_ssize_t rows=0):
     """The staging of nchan channels of a source with spatial sizes dim (src_size elements in
     all): step phases per axis, the first staged index at source index -lead, q staged indices
     per phase; NR elements of zeros at least after the last channel, for the tiles that read
     past it.  With the itemsize of the elements (the tiled loops), staged channels whose size
-    would alias in the caches get a gap, and with `spread` so does a source that would be read
-    in place (set_stage_images)."""
+    would alias in the caches get a gap, and so does a source that would be read in place
+    where the product that reads it has `rows` rows (per group) to spread it for
+    (set_stage_images): SPREAD_ROWS or more, and SPREAD_PANELS panels of tile rows or more
+    where the slice is larger than SPREAD_BYTES."""
     cdef int a
     st.itemsize = itemsize
-    st.spread = spread
     for a in range(3):
         st.dim[a] = dim[a]
         st.step[a] = step[a]
@@ -378,6 +379,8 @@ cdef void set_stage(Stage *st, tuple dim, tuple step, tuple lead, tuple q, Py_ss
     st.plane = st.q[0] * st.q[1] * st.q[2]
     st.nchan = nchan
     st.src_chan = st.dim[0] * st.dim[1] * st.dim[2]
+    st.spread = rows >= SPREAD_ROWS and (rows >= SPREAD_PANELS * LC_MR_B
+                                         or nchan * st.src_chan * itemsize <= SPREAD_BYTES)
     st.identity = True
     for a in range(3):
         st.identity = st.identity and st.step[a] == 1 and st.lead[a] == 0 and st.q[a] == st.dim[a]
