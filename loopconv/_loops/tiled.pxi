@@ -115,13 +115,14 @@ cdef enum:
     # 4x4x4 1.02-1.07; 768: about half of that; float64 1.0-1.04
     PIX_KC = 1536
     # PIX_PREFETCH_BYTES: pixel tiles ask for their pixels' lines LC_PF_ROWS columns ahead
-    # where a staged slice (one image's, or one group's) is larger than this, an L2's worth, so
-    # that it is read from L3 (float32, one thread, old / new, fastest of three to five
-    # alternating runs): R3D-18's 128 -> 256 3x3x3 stride 2 on 8x28x28 forward (4.6 MB staged)
-    # 1.09-1.14x in three runs, DeepLab's rate 12 on 33x33 forward (4.1 MB) 1.02-1.06x.  Asked
-    # for everywhere, the 3-D U-Net's 8^3 layers (0.2-1.2 MB staged, in L2) ran 0.89-0.97x in
-    # one run; asked for all eight pixels' lines, 0.93x over the suite's pixel-tile layers
-    PIX_PREFETCH_BYTES = 2097152
+    # where a staged slice (one image's, or one group's) is larger than this, half as much again
+    # as an L2, so that it is read from L3 (one thread, old / new, fastest of three to five
+    # alternating runs): R3D-18's 128 -> 256 3x3x3 stride 2 on 8x28x28 forward (4.6 MB staged
+    # in float32) 1.09-1.14x in three runs, float64 1.16x; DeepLab's rate 12 on 33x33 forward
+    # (4.1 MB) 1.02-1.06x.  Asked for from 2 MiB, the 3-D U-Net's 384 -> 128 on 8^3 in float64
+    # (2.5 MB) ran 0.95-0.96x; asked for everywhere, its float32 8^3 layers (0.2-1.2 MB, in L2)
+    # 0.89-0.97x; all eight pixels' lines, 0.93x over the suite's pixel-tile layers
+    PIX_PREFETCH_BYTES = 3145728
     # PIX_SPAN: pixel tiles that skip taps group the pixels of up to this many images of a work
     # item by their mask together (list_pixels), so that the few pixels of a mask in one image
     # (a 4x4x4 output's corners, edges and faces) fill tiles with those of the next: 3x3x3 on
