@@ -707,7 +707,7 @@ def _grad_weight_parts(x, dy, dw, parts, stride, groups, num_threads):
     copied and its taps put into dw (`direct.sample`, `direct.put_parts`) on the threads.  As
     NumPy copies (a slice made contiguous, dw zeroed and each part assigned), on one thread,
     they were a third of DeepLab's 512 -> 256 rate-12 weight gradient on 33x33 on two threads
-    (3.6 of 11 ms): that gradient 1.29x faster so on two threads, 1.03-1.08x on one."""
+    (3.6 of 11 ms): that gradient 1.29x faster so on two threads, 1.04-1.08x on one."""
     threads = _threads(tiled, num_threads)
     done, origins = [], []
     for w_index, y_index, x_index, w_shape, pad, dilation in parts:
