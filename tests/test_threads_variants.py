@@ -634,23 +634,63 @@ def test_variant_cases_read_the_weight_both_ways():
 
 
 def test_wide_products_of_few_columns_pack_the_weight():
-    """A product of few grid columns reads the weight in place unless it is wide: 3x3 256 ->
-    256 on 14x14 reads it in place at batch 1 (unless it runs as pixel tiles, which pack it)
-    and packs it at batch 4 (GATHER_WORK grid columns times columns of the weight or more),
-    in both passes of every build."""
+    """A product of few grid columns reads the weight in place unless it is wide and then
+    takes pixel tiles or a compact grid, which pack it: 3x3 256 -> 256 on 14x14 reads it in
+    place at batch 1 (unless it runs as pixel tiles) and at batch 4 (GATHER_WORK grid columns
+    times columns of the weight or more) packs it exactly where it takes pixel tiles or a
+    compact grid, in both passes of every build; some build does."""
     kw = dict(padding=1)
     limit = _loops.tiled.info()["weight read in place below grid columns"]
     assert 4 * 16 * 14 < limit      # batch 4 is few columns by their count alone
-    in_place = 0
+    in_place = packed = 0
     for module in _loops.variants().values():
         for which in ("forward", "input"):
             plans = [module.product_plan(which, (n, 256, 1, 14, 14), (256, 256, 1, 3, 3),
                                          (n, 256, 1, 14, 14), *loop_geometry(2, kw), 4)
                      for n in (1, 4)]
             assert plans[0]["weight read in place"] or plans[0]["pixel tiles"], (module, which)
-            assert not plans[1]["weight read in place"], (module, which)
+            other = plans[1]["pixel tiles"] or plans[1]["compact phases"]
+            assert plans[1]["weight read in place"] == (not other), (module, which)
             in_place += plans[0]["weight read in place"]
-    assert in_place
+            packed += not plans[1]["weight read in place"]
+    assert in_place and packed
+
+
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+def test_wide_products_of_few_columns_without_other_tiles_read_the_weight_in_place(
+        rng, assert_close, dtype):
+    """A wide product of few grid columns packs the weight only for pixel tiles or a compact
+    grid; else its grid's tiles read it in place (a kernel-3 1-D layer 512 -> 16 on 1000
+    samples at batch 1, in both passes of every build; 3x3 256 -> 16 on 28x28 where it takes
+    neither).  Values against the direct loops and the reference, bit-identical on one and
+    two threads."""
+    limit = _loops.tiled.info()["weight read in place below grid columns"]
+    work = _loops.tiled.info()["and below grid columns times columns of the weight"]
+    cases = [((1, 512, 1000), (16, 512, 3), dict(padding=1)),
+             ((1, 256, 28, 28), (16, 256, 3, 3), dict(padding=1))]
+    assert 1000 < limit and 1000 * 512 * 3 >= work and 28 * 30 * 256 * 9 >= work
+    itemsize = np.dtype(dtype).itemsize
+    for variant, module in _loops.variants().items():
+        for i, (x_shape, w_shape, kw) in enumerate(cases):
+            x, w, b, b_in, gy = arrays(rng, x_shape, w_shape, kw, dtype)
+            nd = len(x_shape) - 2
+            for which in ("forward", "input"):
+                plan = module.product_plan(which, lift(x).shape, lift(w).shape, lift(gy).shape,
+                                           *loop_geometry(nd, kw), itemsize)
+                other = plan["pixel tiles"] or plan["compact phases"]
+                assert plan["weight read in place"] == (not other), (variant, i, which)
+                if i == 0:
+                    assert plan["weight read in place"], (variant, which)
+            got = run_module(module, x, w, b, b_in, gy, kw, threads=2)
+            direct = run_module(_loops.direct, x, w, b, b_in, gy, kw, threads=2)
+            expected = reference.conv(x, w, b, **kw)
+            assert_close(got[0], direct[0], dtype)
+            assert_close(got[0], expected, dtype)
+            assert_close(got[1], direct[1], dtype)
+            assert_close(got[1], reference.conv_input(x_shape, w, gy, **kw), dtype)
+            single = run_module(module, x, w, b, b_in, gy, kw, threads=1)
+            for g, s in zip(got, single):
+                assert np.array_equal(g, s)
 
 def lift(a):
     """(N, C, *spatial) with 1 to 3 spatial axes as the loops' 5-D (N, C, D, H, W)."""

@@ -84,16 +84,28 @@ cdef void choose_tiles(Product *p, const Phase *phases, Py_ssize_t itemsize, bin
     """Whether p runs as pixel_tiles (pixel_tiles_suit), and then A (the weight) packed in
     panels of NR channels; called once the phases and p.gathered (by the columns alone) are
     set.  A wide product (`wide`: GATHER_WORK or more grid columns times columns of A) that
-    does not take pixel tiles so packs A after all, and is weighed again against pixel tiles
-    with A packed: the model does not count the taps that pixel tiles skip, so a product that
-    takes them with A read in place keeps them (3x3x3 on 4x4x4 at batch 6 in float64 ran
-    1.2-1.45x slower as a packed compact grid).  skip: the share of their (tile, tap) pairs
+    does not take pixel tiles is weighed again against pixel tiles with A packed, and packs A
+    where it then takes them or a compact grid (phase_pieces); else its grid's tiles read A in
+    place after all.  Packed for the grid, the weight of 3x3 layers of many channels on 14x14
+    to 28x28 at batch 1 (5-38 MB) cost more than the whole product saves by it (float32, one
+    thread, old / new, fastest of three alternating runs): 512 -> 512 on 28x28 forward 1.15x,
+    input gradient 1.12x, on 24x24 and 20x20 1.24-1.26x, 1024 -> 1024 on 14x14 1.51x and
+    1.74x (two threads 1.05-1.64x, float64 forward 1.10-1.28x, AVX2 0.99-1.09x).  The model
+    does not count the taps that pixel tiles skip, so a product that takes them with A read
+    in place keeps them (3x3x3 on 4x4x4 at batch 6 in float64 ran 1.2-1.45x slower as a
+    packed compact grid).  skip: the share of their (tile, tap) pairs
     that pixel tiles would skip (new_geometry; 0 where not worked out)."""
-    cdef Py_ssize_t NR = LC_NV_B * LC_VEC_BYTES // itemsize
+    cdef Py_ssize_t NR = LC_NV_B * LC_VEC_BYTES // itemsize, f
+    cdef bint narrow = p.gathered, pieces = False
+    p.wide = wide
     p.by_pixel = pixel_tiles_suit(p, phases, itemsize, skip)
     if wide and not p.by_pixel:
         p.gathered = False
         p.by_pixel = pixel_tiles_suit(p, phases, itemsize, skip)
+        for f in range(p.nphase):
+            pieces = pieces or phase_pieces(p, &phases[f], itemsize) > 0
+        # neither pixel tiles nor a compact grid: the grid's tiles read A in place after all
+        p.gathered = narrow and not p.by_pixel and not pieces
     if p.by_pixel:
         p.mr = NR
         p.gathered = False
@@ -903,7 +915,8 @@ cdef _Geometry new_geometry(int which, tuple xs, tuple ws, tuple ys, stride, pad
     again with it: 3x3x3 on volumes of few frames (the taps of their first and last planes
     that read the padding before and after) ran 1.27-1.45x faster as pixel tiles.  PIX_TRY:
     a share of skipped pairs that makes pixel tiles the choice wherever they can be.  Not
-    where the grid reads a weight of more than PIX_PACK_BYTES in place (few pixels), which
+    where the grid reads a weight of more than PIX_PACK_BYTES in place (few pixels, and not a
+    wide product, which reads it in place only for want of other tiles: choose_tiles), which
     pixel tiles pack at each pass: 3x3x3 on 4x4x4 at batch 1 with 256 channels (25 % of the
     pairs skipped) took 1.4 times as long for the input gradient as pixel tiles, the forward
     pass as long; with 32 and 64 channels 1.2x faster, 64 channels dilated 6 on 7x7 1.9-2.1x."""
@@ -926,7 +939,8 @@ cdef _Geometry new_geometry(int which, tuple xs, tuple ws, tuple ys, stride, pad
     for f in range(geo.p.nphase):
         if geo.phases[f].pieces:        # a compact grid: no junk columns
             least = PIX_SKIP_COMPACT
-    if geo.p.by_pixel or (geo.p.gathered and math.prod(ws) * itemsize > PIX_PACK_BYTES) or (
+    if geo.p.by_pixel or (geo.p.gathered and not geo.p.wide
+                          and math.prod(ws) * itemsize > PIX_PACK_BYTES) or (
             padding_share(which, xs, ws, ys, stride, pad, dilation) * 100 < least):
         return geo
     trial = product_try(which, xs, ws, ys, stride, pad, dilation, groups, itemsize, PIX_TRY)

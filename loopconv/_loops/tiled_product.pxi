@@ -36,6 +36,7 @@ cdef struct Product:
     Py_ssize_t nrb          # row blocks per work item of a column block
     Py_ssize_t rblk         # tile panels (of mr rows) per row block
     bint gathered           # A is the weight read in place (lc_tile_g), not packed panels
+    bint wide               # many grid columns times columns of A (choose_tiles)
     Py_ssize_t a_rs         # gathered A: the weight's step from one row of A to the next
     bint a_along_k          # and each row's columns one after the other (aoff[k] = k)
     Py_ssize_t a_grp        # and from one group to the next
