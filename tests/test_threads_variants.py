@@ -692,6 +692,40 @@ def test_wide_products_of_few_columns_without_other_tiles_read_the_weight_in_pla
             for g, s in zip(got, single):
                 assert np.array_equal(g, s)
 
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+def test_sums_of_many_blocks_kept_in_the_item(rng, assert_close, dtype):
+    """Products whose A has more than SUM_BLOCKS blocks of KC columns keep the sums of their
+    grid tiles that are not whole (junk columns, rows of output that a tile crosses) in the
+    item's rows until the last block: 2-D 3x3 layers with junk columns, a stride, a dilation,
+    rows of output not a multiple of the tile's, several images per item, and a 1-D layer
+    (tails only), both passes, in every build: against the direct loops and the reference,
+    bit-identical on one, two and three threads."""
+    info = _loops.tiled.info()
+    least = (info["columns of A per block"]
+             * info["tiles keep their sums above blocks of A's columns"])
+    cases = [((1, 132, 13, 19), (12, 132, 3, 3), dict(padding=1)),
+             ((3, 136, 9, 11), (10, 136, 3, 3), dict(stride=2, padding=(2, 1), dilation=2)),
+             ((2, 1200, 37), (9, 1200, 1), {}),
+             ((1, 12, 15, 17), (140, 12, 3, 3), dict(padding=1))]
+    for x_shape, w_shape, _ in cases[:3]:
+        assert math.prod(w_shape[1:]) > least, (x_shape, w_shape)
+    assert cases[3][1][0] * 9 > least     # the input gradient's A of the last case
+    for variant, module in _loops.variants().items():
+        for x_shape, w_shape, kw in cases:
+            x, w, b, b_in, gy = arrays(rng, x_shape, w_shape, kw, dtype)
+            got = run_module(module, x, w, b, b_in, gy, kw, threads=2)
+            direct = run_module(_loops.direct, x, w, b, b_in, gy, kw, threads=2)
+            expected = [reference.conv(x, w, b, **kw), reference.conv_input(x_shape, w, gy, **kw)]
+            for g, d, e in zip(got[:2], direct[:2], expected):
+                assert not np.isnan(g).any(), (variant, x_shape)
+                assert_close(g, d, dtype)
+                assert_close(g, e, dtype)
+            for threads in (1, 3):
+                other = run_module(module, x, w, b, b_in, gy, kw, threads=threads)
+                for g, s in zip(got, other):
+                    assert np.array_equal(g, s), (variant, x_shape, threads)
+
+
 def lift(a):
     """(N, C, *spatial) with 1 to 3 spatial axes as the loops' 5-D (N, C, D, H, W)."""
     return np.ascontiguousarray(a.reshape(a.shape[:2] + (1,) * (5 - a.ndim) + a.shape[2:]))

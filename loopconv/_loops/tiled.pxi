@@ -83,6 +83,15 @@ from loopconv._loops.elements cimport (LC_ISA, LC_DW_OB, LC_DWC_PX, LC_KR_D, LC_
 
 cdef enum:
     KC = 384
+    # SUM_BLOCKS: a product whose A has more than this many blocks of KC columns keeps the sums
+    # of its grid tiles that are not whole in the item's rows until the last block
+    # (product_tile), rather than adding each block's into dst run by run (lc_put: 6 % of 3x3
+    # 256 -> 256 on 56x56 at batch 1).  Old / new, fastest of three alternating runs, float32
+    # one thread: 3x3 512 on 28x28 and 256 on 56x56 at batch 1 1.02-1.07x, 256 on 14x14 at
+    # batch 8 1.00-1.03x, 3x3x3 128 on 16^3 1.00-1.04x, 1x1 2048 -> 512 on 14x14 1.03-1.08x
+    # (two threads 1.02-1.09x, float64 0.96-1.11x, AVX2 0.96-1.07x); from two blocks on, 64
+    # channels on 224x224 (two blocks) 0.97x
+    SUM_BLOCKS = 3
     NCB_TILES = 8
     # PC: float32; float64 half of it, so that the packed dy panel (two vectors of columns)
     # and the eight rows of x it meets stay within L1

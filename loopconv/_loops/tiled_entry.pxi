@@ -39,7 +39,9 @@ def info():
             "weight tile, one vector float32": (LC_MR_A1, LC_VEC_BYTES // 4),
             "weight tile, few channels": (LC_KR_D, LC_OR_D),
             "weight read in place below grid columns": GATHER_COLUMNS,
-            "and below grid columns times columns of the weight": GATHER_WORK}
+            "and below grid columns times columns of the weight": GATHER_WORK,
+            "columns of A per block": KC,
+            "tiles keep their sums above blocks of A's columns": SUM_BLOCKS}
 
 
 def item_order(nblk):
@@ -290,8 +292,13 @@ cdef int product_pass(const Product *p, const Phase *phases,
     cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
     # the staged slices, a tile (pixel tiles: a vector's lanes of rows, and a block for their
     # transposes), the columns of B gathered for dot products (product_dots)
-    cdef Py_ssize_t fper = per_thread(p.nimg * p.st.size + max(LC_MR_B, VW) * NR + VW * VW
-                                      + (2 * KC if p.gathered else 0))
+    # and an item's sums where A's columns run in several blocks (product_tile)
+    cdef Py_ssize_t f, K = 0
+    for f in range(p.nphase):
+        K = max(K, phases[f].K)
+    cdef Py_ssize_t sums = (p.nimg * p.rblk * p.mr * round_up(p.ncb, NR)
+                            if K > SUM_BLOCKS * KC and not p.by_pixel else 0)
+    cdef Py_ssize_t fper = per_thread(p.nimg * p.st.size + item_sums_at(sizeof(element)) + sums)
     # dcol and run of an item's columns (pixel tiles: and six entries per pixel of its images)
     cdef Py_ssize_t iper = per_thread(1 + 2 * p.ncb + (6 * p.nimg * p.ncb if p.by_pixel else 0))
     cdef element[::1] fws = _workspace("f", dtype, fper * num_threads)

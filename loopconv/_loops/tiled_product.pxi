@@ -385,19 +385,31 @@ cdef inline void store_tile(const element *ctile, Py_ssize_t mw, Py_ssize_t widt
             copy_run(d + dcol[t], ds, cr + t, runs.length[sg], add)
 
 
+cdef inline Py_ssize_t item_sums_at(Py_ssize_t itemsize) noexcept nogil:
+    """Where a thread's item sums (product_tile) start in its scratch after the staged slices,
+    in elements of itemsize bytes: after a tile, a block for transposes and product_dots' two
+    rows of KC (all whole cache lines)."""
+    cdef Py_ssize_t VW = LC_VEC_BYTES // itemsize
+    return round_up(max(LC_MR_B, VW) * (LC_NV_B * VW) + VW * VW + 2 * KC, 64 // itemsize)
+
+
 cdef inline void product_tile(const Product *p, const Phase *ph, const Item *it,
                               Py_ssize_t ip0, Py_ssize_t ip1,
                               Py_ssize_t k0, Py_ssize_t kc, int nv, Py_ssize_t j0,
                               Py_ssize_t shift,
                               const Runs *runs, const element **staged, const element *a_g,
                               const Py_ssize_t *boff, const Py_ssize_t *aoff, element *dst_g,
-                              const Py_ssize_t *dcol, element *ctile) noexcept nogil:
+                              const Py_ssize_t *dcol, element *ctile, element *sums,
+                              Py_ssize_t lds) noexcept nogil:
     """The item's rows in panels ip0 .. ip1 - 1 of the tile of its columns j0 on (nv vectors of
     columns: grid columns, or a compact phase's valid columns) over A's columns k0 .. k0 + kc
     - 1, for each of its images (innermost, so that each panel of A is read once for all of
     them), added to the sums of the earlier columns of A if k0 > 0.  With a shift, the tile
     computes the columns j0 - shift on (the item's last tile moved back so that it ends at the
-    item's last column: tail_shift) and stores those from j0 on."""
+    item's last column: tail_shift) and stores those from j0 on.  sums (not NULL where A's
+    columns run in several blocks: product_tiles): the item's sums so far, its images' rows
+    one after the other, lds apart, grid column j at j; a grid tile that is not whole adds its
+    block there, and the last block's sums go to dst run by run, once."""
     cdef Py_ssize_t NR = LC_NV_B * LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t MR = p.mr, width = nv * VW, ip, mw, n, v, q = it.q0 + j0 - shift
@@ -410,6 +422,8 @@ cdef inline void product_tile(const Product *p, const Phase *ph, const Item *it,
     # the whole tile lands on one contiguous output row (its first run is all of it): store in
     # place
     cdef bint whole = ph.dstep[2] == 1 and runs.length[0] >= width and shift == 0
+    cdef bint summed = sums != NULL and shift == 0 and not ph.pieces
+    cdef element *c
     for ip in range(ip0, ip1):
         mw = min(MR, p.M - ip * MR)
         for n in range(it.nimg):
@@ -417,6 +431,13 @@ cdef inline void product_tile(const Product *p, const Phase *ph, const Item *it,
             if whole and mw == MR:
                 panel(p, a_g, ip, ph.K, k0, kc, aoff, nv, staged[n] + q, boff + k0, vo,
                       ph.pieces, mw, d0 + dcol[j0], p.dst_row, k0 > 0)
+                continue
+            if summed:
+                c = sums + (n * (it.ip1 - it.ip0) + ip - it.ip0) * MR * lds + j0
+                panel(p, a_g, ip, ph.K, k0, kc, aoff, nv, staged[n] + q, boff + k0, vo, 0, mw,
+                      c, lds, k0 > 0)
+                if k0 + kc >= ph.K:
+                    store_tile(c, mw, lds, j0, d0, p.dst_row, dcol, ph.dstep[2], runs, False)
                 continue
             panel(p, a_g, ip, ph.K, k0, kc, aoff, nv, staged[n] + q, boff + k0, vo, ph.pieces,
                   mw, ctile, width, 0)
@@ -473,6 +494,10 @@ cdef inline void product_tiles(const Product *p, const Phase *ph, const Item *it
     # the last columns apart, for all the item's rows at once (dot_columns), or in tiles
     cdef int by_dots = dot_columns(p, ph, it, nfull * NR, run, VW)
     cdef Py_ssize_t ntiles = nfull if by_dots else nfull + tail_tiles(tail)
+    # the sums of grid tiles that are not whole, kept in the item's rows (product_tile) where
+    # A's columns run in several blocks, rather than added into dst run by run each block
+    cdef element *sums = ctile + item_sums_at(sizeof(element)) if K > SUM_BLOCKS * kstep else NULL
+    cdef Py_ssize_t lds = round_up(it.ncols, NR)
     k0 = 0
     while k0 < K:
         kc = min(kstep, K - k0)
@@ -488,7 +513,7 @@ cdef inline void product_tiles(const Product *p, const Phase *ph, const Item *it
                 if runs.n > 0:
                     product_tile(p, ph, it, ip, min(ip + rstep, it.ip1), k0, kc, nv, j0,
                                  tail_shift(p, ph, it, j0, nv * VW), &runs, staged, a_g, boff,
-                                 aoff, dst_g, dcol, ctile)
+                                 aoff, dst_g, dcol, ctile, sums, lds)
                 j0 += nv * VW
             ip += rstep
         k0 += kstep
