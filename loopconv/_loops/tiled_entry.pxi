@@ -88,9 +88,9 @@ cdef void choose_tiles(Product *p, const Phase *phases, Py_ssize_t itemsize, bin
     set.  A wide product (`wide`: GATHER_WORK or more grid columns times columns of A) that
     does not take pixel tiles is weighed again against pixel tiles with A packed, and packs A
     where it then takes them or a compact grid (phase_pieces); else its grid's tiles read A in
-    place after all.  Packed for the grid, the weight of 3x3 layers of many channels on 14x14
-    to 28x28 at batch 1 (5-38 MB) cost more than the whole product saves by it (float32, one
-    thread, old / new, fastest of three alternating runs): 512 -> 512 on 28x28 forward 1.15x,
+    place after all.  Packing the weight for the grid cost 3x3 layers of many channels on
+    14x14 to 28x28 at batch 1 (weights of 5-38 MB) more than it saved; read in place (float32,
+    one thread, old / new, fastest of three alternating runs): 512 -> 512 on 28x28 forward 1.15x,
     input gradient 1.12x, on 24x24 and 20x20 1.24-1.26x, 1024 -> 1024 on 14x14 1.51x and
     1.74x (two threads 1.05-1.64x, float64 forward 1.10-1.28x, AVX2 0.99-1.09x).  The model
     does not count the taps that pixel tiles skip, so a product that takes them with A read
