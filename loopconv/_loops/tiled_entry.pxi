@@ -297,7 +297,7 @@ cdef int product_pass(const Product *p, const Phase *phases,
     for f in range(p.nphase):
         K = max(K, phases[f].K)
     cdef Py_ssize_t sums = (p.nimg * p.rblk * p.mr * round_up(p.ncb, NR)
-                            if K > SUM_BLOCKS * KC and not p.by_pixel else 0)
+                            if keeps_sums(K) and not p.by_pixel else 0)
     cdef Py_ssize_t fper = per_thread(p.nimg * p.st.size + item_sums_at(sizeof(element)) + sums)
     # dcol and run of an item's columns (pixel tiles: and six entries per pixel of its images)
     cdef Py_ssize_t iper = per_thread(1 + 2 * p.ncb + (6 * p.nimg * p.ncb if p.by_pixel else 0))

@@ -393,6 +393,13 @@ cdef inline Py_ssize_t item_sums_at(Py_ssize_t itemsize) noexcept nogil:
     return round_up(max(LC_MR_B, VW) * (LC_NV_B * VW) + VW * VW + 2 * KC, 64 // itemsize)
 
 
+cdef inline bint keeps_sums(Py_ssize_t K) noexcept nogil:
+    """Whether a product of K columns of A (a phase's) runs them in more than SUM_BLOCKS blocks
+    of KC, its grid tiles then keeping their sums in the item's rows (product_tile): the one
+    test for product_tiles, which uses them, and product_pass, which makes room for them."""
+    return K > SUM_BLOCKS * KC
+
+
 cdef inline void product_tile(const Product *p, const Phase *ph, const Item *it,
                               Py_ssize_t ip0, Py_ssize_t ip1,
                               Py_ssize_t k0, Py_ssize_t kc, int nv, Py_ssize_t j0,
@@ -496,7 +503,8 @@ cdef inline void product_tiles(const Product *p, const Phase *ph, const Item *it
     cdef Py_ssize_t ntiles = nfull if by_dots else nfull + tail_tiles(tail)
     # the sums of grid tiles that are not whole, kept in the item's rows (product_tile) where
     # A's columns run in several blocks, rather than added into dst run by run each block
-    cdef element *sums = ctile + item_sums_at(sizeof(element)) if K > SUM_BLOCKS * kstep else NULL
+    cdef element *sums = (ctile + item_sums_at(sizeof(element)) if keeps_sums(K) and not short
+                          else NULL)
     cdef Py_ssize_t lds = round_up(it.ncols, NR)
     k0 = 0
     while k0 < K:
