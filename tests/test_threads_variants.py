@@ -693,6 +693,51 @@ def test_wide_products_of_few_columns_without_other_tiles_read_the_weight_in_pla
                 assert np.array_equal(g, s)
 
 @pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+def test_compact_grids_pack_the_weight_where_they_save_its_packing(rng, assert_close, dtype):
+    """A wide product of few grid columns packs the weight for a compact grid only where the
+    junk columns it saves, over all images, come to PACK_COLUMNS a phase or more: 3x3 on 16x16
+    (16 rows of 17 grid columns, the last without junk: 15 junk columns an image) reads it in
+    place at batch 1 and 2 and packs it for a compact grid at batch 3 (or takes pixel tiles),
+    in the forward pass of 640 -> 16 channels and the input gradient of 16 -> 640, in every
+    build.  Values against the direct loops and the reference, bit-identical on one and two
+    threads."""
+    info = _loops.tiled.info()
+    limit = info["weight read in place below grid columns"]
+    work = info["and below grid columns times columns of the weight"]
+    kw = dict(padding=1)
+    cases = [("forward", (16, 640, 3, 3)), ("input", (640, 16, 3, 3))]
+    columns = 15 * 17 + 16
+    assert 3 * columns < limit and columns * 640 * 9 >= work
+    itemsize = np.dtype(dtype).itemsize
+    compact = 0
+    for variant, module in _loops.variants().items():
+        for which, w_shape in cases:
+            for n in (1, 2, 3):
+                x_shape = (n, w_shape[1], 16, 16)
+                x, w, b, b_in, gy = arrays(rng, x_shape, w_shape, kw, dtype)
+                plan = module.product_plan(which, lift(x).shape, lift(w).shape, lift(gy).shape,
+                                           *loop_geometry(2, kw), itemsize)
+                if n < 3:
+                    assert plan["weight read in place"] and not plan["compact phases"], (
+                        variant, which, n, plan)
+                else:
+                    assert not plan["weight read in place"], (variant, which, plan)
+                    assert plan["compact phases"] or plan["pixel tiles"], (variant, which)
+                    compact += plan["compact phases"]
+                got = run_module(module, x, w, b, b_in, gy, kw, threads=2)
+                direct = run_module(_loops.direct, x, w, b, b_in, gy, kw, threads=2)
+                i = 0 if which == "forward" else 1
+                expected = (reference.conv(x, w, b, **kw) if which == "forward"
+                            else reference.conv_input(x_shape, w, gy, **kw))
+                assert_close(got[i], direct[i], dtype)
+                assert_close(got[i], expected, dtype)
+                single = run_module(module, x, w, b, b_in, gy, kw, threads=1)
+                for g, s in zip(got, single):
+                    assert np.array_equal(g, s), (variant, which, n)
+    assert compact
+
+
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
 def test_sums_of_many_blocks_kept_in_the_item(rng, assert_close, dtype):
     """Products whose A has more than SUM_BLOCKS blocks of KC columns keep the sums of their
     grid tiles that are not whole (junk columns, rows of output that a tile crosses) in the

@@ -87,8 +87,14 @@ cdef void choose_tiles(Product *p, const Phase *phases, Py_ssize_t itemsize, bin
     panels of NR channels; called once the phases and p.gathered (by the columns alone) are
     set.  A wide product (`wide`: GATHER_WORK or more grid columns times columns of A) that
     does not take pixel tiles is weighed again against pixel tiles with A packed, and packs A
-    where it then takes them or a compact grid (phase_pieces); else its grid's tiles read A in
-    place after all.  Packing the weight for the grid cost 3x3 layers of many channels on
+    where it then takes them or a compact grid (phase_pieces) whose junk columns saved, over
+    all images, come to PACK_COLUMNS a phase or more; else its grid's tiles read A in place
+    after all.  A compact grid that saved less had packed the weight of 3x3 layers of 1024
+    channels on 16x16 at batch 1 (16 rows of 17 grid columns, 15 of them junk; weights of
+    19-38 MB); read in place (float32, one thread, old / new, fastest of three alternating
+    runs): 1024 -> 1024 forward pass 1.39x, input gradient 1.56x (with pack_phases' faster
+    packing; 512 -> 1024 1.41x), two threads 1.41-1.56x, float64 1.18x, AVX2 1.50x.
+    Packing the weight for the grid cost 3x3 layers of many channels on
     14x14 to 28x28 at batch 1 (weights of 5-38 MB) more than it saved; read in place (float32,
     one thread, old / new, fastest of three alternating runs): 512 -> 512 on 28x28 forward 1.15x,
     input gradient 1.12x, on 24x24 and 20x20 1.24-1.26x, 1024 -> 1024 on 14x14 1.51x and
@@ -98,16 +104,21 @@ cdef void choose_tiles(Product *p, const Phase *phases, Py_ssize_t itemsize, bin
     packed compact grid).  skip: the share of their (tile, tap) pairs
     that pixel tiles would skip (new_geometry; 0 where not worked out)."""
     cdef Py_ssize_t NR = LC_NV_B * LC_VEC_BYTES // itemsize, f
-    cdef bint narrow = p.gathered, pieces = False
+    cdef bint narrow = p.gathered
+    cdef Py_ssize_t saved = 0
     p.wide = wide
     p.by_pixel = pixel_tiles_suit(p, phases, itemsize, skip)
     if wide and not p.by_pixel:
         p.gathered = False
         p.by_pixel = pixel_tiles_suit(p, phases, itemsize, skip)
+        # the junk columns a compact grid would save, against what packing costs
         for f in range(p.nphase):
-            pieces = pieces or phase_pieces(p, &phases[f], itemsize) > 0
-        # neither pixel tiles nor a compact grid: the grid's tiles read A in place after all
-        p.gathered = narrow and not p.by_pixel and not pieces
+            if phase_pieces(p, &phases[f], itemsize) > 0:
+                saved += phases[f].ncols - (phases[f].grid[0] * phases[f].grid[1]
+                                            * phases[f].grid[2])
+        # neither pixel tiles nor a compact grid worth the packing: the grid's tiles read A in
+        # place after all
+        p.gathered = narrow and not p.by_pixel and p.N * saved < PACK_COLUMNS * p.nphase
     if p.by_pixel:
         p.mr = NR
         p.gathered = False
@@ -507,6 +518,22 @@ cdef tuple input_product(Product *p, tuple dyshape, tuple wshape, tuple dxshape,
     return <Py_ssize_t> phases, boffs, koffs
 
 
+cdef Py_ssize_t[::1] phase_taps(const Product *p, const Phase *phases,
+                                const Py_ssize_t[::1] aoff, Py_ssize_t Og, Py_ssize_t cb):
+    """The taps of every phase of an input gradient, one phase after the other, as offsets in
+    a row of w (for pack_phases): phase f's j-th tap is its column (0, j), blocked_column(0,
+    j, Og, nt, cb), whose offset in aoff (o * M * KS + tap) is the tap's alone."""
+    cdef Py_ssize_t f, j, nt, t = 0
+    cdef Py_ssize_t[::1] taps = np.zeros(max(1, sum([phases[f].K // Og
+                                                     for f in range(p.nphase)])), np.intp)
+    for f in range(p.nphase):
+        nt = phases[f].K // Og
+        for j in range(nt):
+            taps[t] = aoff[phases[f].k_off + blocked_column(0, j, Og, nt, cb)]
+            t += 1
+    return taps
+
+
 def grad_input(const element[:, :, :, :, ::1] dy, const element[:, :, :, :, ::1] w,
                const element[::1] bias, element[:, :, :, :, ::1] dx, stride, pad, dilation,
                Py_ssize_t groups, int num_threads):
@@ -517,16 +544,19 @@ def grad_input(const element[:, :, :, :, ::1] dy, const element[:, :, :, :, ::1]
                                         shape5(dy.shape), stride, pad, dilation, groups,
                                         sizeof(element))
     cdef Product *p = &geo.p
-    cdef Py_ssize_t n, last = p.nphase - 1, M = w.shape[1], mpad = round_up(M, p.mr)
+    cdef Py_ssize_t n, last = p.nphase - 1, M = w.shape[1], mpad = round_up(M, p.mr), cb
+    cdef Py_ssize_t[::1] taps
     cdef element[::1] apack
     if not p.gathered:      # A packed, phase f at phases[f].a_off
         n = geo.phases[last].a_off + groups * mpad * geo.phases[last].K
         apack = _workspace("a", dtype, n + 1)
         apack[n] = 0
+        cb = PIX_CB if p.valid != NULL else 1
+        taps = phase_taps(p, geo.phases, geo.aoff, w.shape[0] // groups, cb)
         with nogil:
             pack_phases(&w[0, 0, 0, 0, 0], groups, w.shape[0] // groups, M,
                         w.shape[2] * w.shape[3] * w.shape[4], p.mr, p.nphase, geo.phases,
-                        &geo.aoff[0], PIX_CB if p.valid != NULL else 1, &apack[0], num_threads)
+                        &taps[0], cb, &apack[0], num_threads)
     product_pass(p, geo.phases, dy, geo.boff, &w[0, 0, 0, 0, 0] if p.gathered else &apack[0],
                  geo.aoff, bias, dx, num_threads)
 
