@@ -92,8 +92,8 @@ cdef void choose_tiles(Product *p, const Phase *phases, Py_ssize_t itemsize, bin
     after all.  A compact grid that saved less had packed the weight of 3x3 layers of 1024
     channels on 16x16 at batch 1 (16 rows of 17 grid columns, 15 of them junk; weights of
     19-38 MB); read in place (float32, one thread, old / new, fastest of three alternating
-    runs): 1024 -> 1024 forward pass 1.39x, input gradient 1.56x (with pack_phases' faster
-    packing; 512 -> 1024 1.41x), two threads 1.41-1.56x, float64 1.18x, AVX2 1.50x.
+    runs): 1024 -> 1024 forward pass 1.39x, input gradient 1.56x, 512 -> 1024 input gradient
+    1.41x, two threads 1.41-1.56x, float64 1.18x, AVX2 1.50x.
     Packing the weight for the grid cost 3x3 layers of many channels on
     14x14 to 28x28 at batch 1 (weights of 5-38 MB) more than it saved; read in place (float32,
     one thread, old / new, fastest of three alternating runs): 512 -> 512 on 28x28 forward 1.15x,
@@ -518,22 +518,6 @@ cdef tuple input_product(Product *p, tuple dyshape, tuple wshape, tuple dxshape,
     return <Py_ssize_t> phases, boffs, koffs
 
 
-cdef Py_ssize_t[::1] phase_taps(const Product *p, const Phase *phases,
-                                const Py_ssize_t[::1] aoff, Py_ssize_t Og, Py_ssize_t cb):
-    """The taps of every phase of an input gradient, one phase after the other, as offsets in
-    a row of w (for pack_phases): phase f's j-th tap is its column (0, j), blocked_column(0,
-    j, Og, nt, cb), whose offset in aoff (o * M * KS + tap) is the tap's alone."""
-    cdef Py_ssize_t f, j, nt, t = 0
-    cdef Py_ssize_t[::1] taps = np.zeros(max(1, sum([phases[f].K // Og
-                                                     for f in range(p.nphase)])), np.intp)
-    for f in range(p.nphase):
-        nt = phases[f].K // Og
-        for j in range(nt):
-            taps[t] = aoff[phases[f].k_off + blocked_column(0, j, Og, nt, cb)]
-            t += 1
-    return taps
-
-
 def grad_input(const element[:, :, :, :, ::1] dy, const element[:, :, :, :, ::1] w,
                const element[::1] bias, element[:, :, :, :, ::1] dx, stride, pad, dilation,
                Py_ssize_t groups, int num_threads):
@@ -544,19 +528,16 @@ def grad_input(const element[:, :, :, :, ::1] dy, const element[:, :, :, :, ::1]
                                         shape5(dy.shape), stride, pad, dilation, groups,
                                         sizeof(element))
     cdef Product *p = &geo.p
-    cdef Py_ssize_t n, last = p.nphase - 1, M = w.shape[1], mpad = round_up(M, p.mr), cb
-    cdef Py_ssize_t[::1] taps
+    cdef Py_ssize_t n, last = p.nphase - 1, M = w.shape[1], mpad = round_up(M, p.mr)
     cdef element[::1] apack
     if not p.gathered:      # A packed, phase f at phases[f].a_off
         n = geo.phases[last].a_off + groups * mpad * geo.phases[last].K
         apack = _workspace("a", dtype, n + 1)
         apack[n] = 0
-        cb = PIX_CB if p.valid != NULL else 1
-        taps = phase_taps(p, geo.phases, geo.aoff, w.shape[0] // groups, cb)
         with nogil:
             pack_phases(&w[0, 0, 0, 0, 0], groups, w.shape[0] // groups, M,
                         w.shape[2] * w.shape[3] * w.shape[4], p.mr, p.nphase, geo.phases,
-                        &taps[0], cb, &apack[0], num_threads)
+                        &geo.aoff[0], PIX_CB if p.valid != NULL else 1, &apack[0], num_threads)
     product_pass(p, geo.phases, dy, geo.boff, &w[0, 0, 0, 0, 0] if p.gathered else &apack[0],
                  geo.aoff, bias, dx, num_threads)
 

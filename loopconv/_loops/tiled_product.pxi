@@ -214,12 +214,12 @@ cdef inline Py_ssize_t pack_parts(Py_ssize_t pairs, Py_ssize_t most,
 
 cdef void pack_phases(const element *w, Py_ssize_t G, Py_ssize_t Og, Py_ssize_t M,
                       Py_ssize_t KS, Py_ssize_t MR, Py_ssize_t nphase, const Phase *phases,
-                      const Py_ssize_t *taps, Py_ssize_t cb, element *dst,
+                      const Py_ssize_t *aoff, Py_ssize_t cb, element *dst,
                       int nthreads) noexcept nogil:
     """The packed A of every phase of an input gradient, in one pass over w (G * Og, M, KS):
-    phase f's A[c, (o, j)] = w[g * Og + o, c, t_j] for its nt = K_f / Og taps t_j (taps: those
-    of every phase, one phase after the other, as offsets in a row of w; phase_taps), column
-    (o, j) at blocked_column(o, j, Og, nt, cb), laid out as pack_groups lays it out at dst +
+    phase f's A[c, (o, j)] = w[g * Og + o, c, t_j] for its nt = K_f / Og taps t_j, column
+    (o, j) at blocked_column(o, j, Og, nt, cb) (aoff, at phases[f].k_off, holds w's offsets
+    o * M * KS + t_j in that order), laid out as pack_groups lays it out at dst +
     phases[f].a_off (group g, panel ip of MR rows c at (g * npan + ip) * MR * K_f, column k at
     k * MR; rows past M zero).  An item is a (group, panel) pair: for each o it reads the
     panel's MR rows of w[o] (MR * KS contiguous elements) once for all the phases.  Packed
@@ -234,43 +234,34 @@ cdef void pack_phases(const element *w, Py_ssize_t G, Py_ssize_t Og, Py_ssize_t 
     for item in prange(G * npan * parts, schedule="static", num_threads=nthreads):
         part = item % parts
         pack_phase_panel(w, item // parts // npan, item // parts % npan, npan, Og, M, KS, MR,
-                         nphase, phases, taps, cb, dst, Og * part // parts,
+                         nphase, phases, aoff, cb, dst, Og * part // parts,
                          Og * (part + 1) // parts)
 
 
 cdef inline void pack_phase_panel(const element *w, Py_ssize_t g, Py_ssize_t ip,
                                   Py_ssize_t npan, Py_ssize_t Og, Py_ssize_t M, Py_ssize_t KS,
                                   Py_ssize_t MR, Py_ssize_t nphase, const Phase *phases,
-                                  const Py_ssize_t *taps, Py_ssize_t cb, element *dst,
+                                  const Py_ssize_t *aoff, Py_ssize_t cb, element *dst,
                                   Py_ssize_t o0, Py_ssize_t o1) noexcept nogil:
     """Panel ip of group g of every phase, its columns of w's rows o0 .. o1 - 1 (of Og), for
-    pack_phases: per o and phase, its taps' columns lie `step` columns apart from its first
-    (blocked_column), and the panel's rows of w[o] are copied to them tap by tap, the
-    arithmetic of the columns once per o.  With blocked_column and the tap's offset worked
-    out for every tap and row, the packing was 15 % of the input gradient of 3x3 512 -> 512
-    on 7x7 at batch 8 and 30 % of 512 -> 1024 on 16x16 at batch 1 (so: 1.0-1.07x, 1.05x)."""
-    cdef Py_ssize_t c0 = ip * MR, mw = min(MR, M - c0), o, f, j, r, nt, t0, b0, step
+    pack_phases."""
+    cdef Py_ssize_t c0 = ip * MR, mw = min(MR, M - c0), o, f, j, r, nt, tap
     cdef Py_ssize_t zr = read_rows(mw, MR, LC_VEC_BYTES // sizeof(element))
     cdef const element *src
-    cdef const element *row
     cdef element *d
+    cdef element *dk
     for o in range(o0, o1):
         src = w + ((g * Og + o) * M + c0) * KS
-        b0 = o - o % cb
-        step = min(cb, Og - b0)         # blocked_column(o, j + 1) - blocked_column(o, j)
-        t0 = 0
         for f in range(nphase):
             nt = phases[f].K // Og
-            d = (dst + phases[f].a_off + (g * npan + ip) * MR * phases[f].K
-                 + (b0 * nt + o - b0) * MR)
+            d = dst + phases[f].a_off + (g * npan + ip) * MR * phases[f].K
             for j in range(nt):
-                row = src + taps[t0 + j]
+                tap = aoff[phases[f].k_off + blocked_column(0, j, Og, nt, cb)]
+                dk = d + blocked_column(o, j, Og, nt, cb) * MR
                 for r in range(mw):
-                    d[r] = row[r * KS]
+                    dk[r] = src[r * KS + tap]
                 for r in range(mw, zr):
-                    d[r] = 0
-                d += step * MR
-            t0 += nt
+                    dk[r] = 0
 
 
 cdef inline void copy_run(element *d, Py_ssize_t ds, const element *src, Py_ssize_t n,
