@@ -692,6 +692,7 @@ def test_wide_products_of_few_columns_without_other_tiles_read_the_weight_in_pla
             for g, s in zip(got, single):
                 assert np.array_equal(g, s)
 
+
 @pytest.mark.parametrize("dtype", DTYPE_PARAMS)
 def test_compact_grids_pack_the_weight_where_they_save_its_packing(rng, assert_close, dtype):
     """A wide product of few grid columns packs the weight for a compact grid only where the

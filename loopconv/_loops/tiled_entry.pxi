@@ -114,8 +114,7 @@ cdef void choose_tiles(Product *p, const Phase *phases, Py_ssize_t itemsize, bin
         # the junk columns a compact grid would save, against what packing costs
         for f in range(p.nphase):
             if phase_pieces(p, &phases[f], itemsize) > 0:
-                saved += phases[f].ncols - (phases[f].grid[0] * phases[f].grid[1]
-                                            * phases[f].grid[2])
+                saved += phases[f].ncols - phase_pixels(&phases[f])
         # neither pixel tiles nor a compact grid worth the packing: the grid's tiles read A in
         # place after all
         p.gathered = narrow and not p.by_pixel and p.N * saved < PACK_COLUMNS * p.nphase
@@ -144,6 +143,11 @@ cdef void set_phase(Phase *ph, const Stage *st, Py_ssize_t K, Py_ssize_t k_off, 
     ph.dst_base = dst_base
 
 
+cdef inline Py_ssize_t phase_pixels(const Phase *ph) noexcept nogil:
+    """The valid columns of phase ph: its grid's pixels (a compact phase's columns)."""
+    return ph.grid[0] * ph.grid[1] * ph.grid[2]
+
+
 cdef Py_ssize_t phase_pieces(const Product *p, const Phase *ph,
                              Py_ssize_t itemsize) noexcept nogil:
     """The pieces each vector of a tile of phase ph (its grid's columns, ph.ncols, not yet
@@ -155,7 +159,7 @@ cdef Py_ssize_t phase_pieces(const Product *p, const Phase *ph,
     larger cost: a GAN's last layer, 64 -> 3 channels 4x4 stride 2 from 32x32 to 64x64 at
     batch 32, took 1.30 times as long with compact phases of 4-row tiles."""
     cdef Py_ssize_t VW = LC_VEC_BYTES // itemsize
-    cdef Py_ssize_t valid = ph.grid[0] * ph.grid[1] * ph.grid[2]
+    cdef Py_ssize_t valid = phase_pixels(ph)
     if p.gathered or valid == 0 or p.mr < LC_MR_B:
         return 0
     if ph.grid[2] % VW == 0 and valid * COMPACT_WASTE <= ph.ncols:
@@ -178,7 +182,7 @@ cdef Py_ssize_t compact_phases(Product *p, Phase *phases, Py_ssize_t itemsize) n
         ph = &phases[f]
         ph.pieces = 0 if p.by_pixel else phase_pieces(p, ph, itemsize)
         if ph.pieces:
-            ph.ncols = ph.grid[0] * ph.grid[1] * ph.grid[2]
+            ph.ncols = phase_pixels(ph)
         columns += ph.ncols
     p.ncb = whole_rows(p, phases, itemsize)
     p.items_ng = 0
