@@ -772,6 +772,56 @@ def test_sums_of_many_blocks_kept_in_the_item(rng, assert_close, dtype):
                     assert np.array_equal(g, s), (variant, x_shape, threads)
 
 
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+def test_large_packed_weights_are_streamed(rng, assert_close, dtype):
+    """The grid's tiles ask for a packed weight's rows ahead where it is larger than
+    STREAM_A_BYTES (rounded up to whole panels): 1x1 2048 -> 1032 channels on 32x32 (8.5 MB in
+    float32) in the forward pass and the input gradient, and 3x3 512 -> 512 on 32x32 (a
+    compact grid, 9.4 MB); not 3x3 128 -> 128 on 56x56 nor 256 -> 512 on 32x32 (0.6 and 4.7
+    MB in float32, twice that in float64: the larger streamed in float64), nor a weight read in
+    place.  The 1x1 layer's values against the reference, bit-identical on one and two threads,
+    in every build (only the AVX-512 build asks; the others compute the same)."""
+    limit = _loops.tiled.info()["weight streamed above bytes"]
+    itemsize = np.dtype(dtype).itemsize
+    kw = dict(padding=1)
+    cases = [((1, 2048, 32, 32), (1032, 2048, 1, 1), {}, True),
+             ((1, 512, 32, 32), (512, 512, 3, 3), kw, True),
+             ((1, 128, 56, 56), (128, 128, 3, 3), kw, False),
+             ((1, 256, 32, 32), (512, 256, 3, 3), kw, itemsize == 8),
+             ((1, 1024, 16, 16), (1024, 1024, 3, 3), kw, False)]     # read in place
+    for _, w_shape, _, streamed in cases[:4]:
+        assert (math.prod(w_shape) * itemsize > limit) == streamed, (w_shape, limit)
+    count = 0
+    for variant, module in _loops.variants().items():
+        for x_shape, w_shape, kw, streamed in cases:
+            y_shape = conv_output_shape(x_shape, w_shape, kw)
+            for which in ("forward", "input"):
+                plan = module.product_plan(which, lift(np.empty(x_shape)).shape,
+                                           lift(np.empty(w_shape)).shape,
+                                           lift(np.empty(y_shape)).shape,
+                                           *loop_geometry(2, kw), itemsize)
+                packed = not plan["pixel tiles"] and not plan["weight read in place"]
+                assert plan["weight streamed"] == (streamed and packed), (
+                    variant, which, w_shape, plan)
+                count += plan["weight streamed"]
+        x_shape, w_shape, kw, _ = cases[0]
+        x, w, b, b_in, gy = arrays(rng, x_shape, w_shape, kw, dtype)
+        geometry = loop_geometry(2, kw)
+        no_bias = np.empty(0, x.dtype)
+        results = []
+        for threads in (2, 1):
+            y = np.full(lift(gy).shape, np.nan, x.dtype)
+            module.forward(lift(x), lift(w), b, y, *geometry, threads)
+            dx = np.full(lift(x).shape, np.nan, x.dtype)
+            module.grad_input(lift(gy), lift(w), no_bias, dx, *geometry, threads)
+            results.append((y.reshape(gy.shape), dx.reshape(x.shape)))
+        assert_close(results[0][0], reference.conv(x, w, b), dtype)
+        assert_close(results[0][1], reference.conv_input(x_shape, w, gy), dtype)
+        for two, one in zip(*results):
+            assert np.array_equal(two, one), variant
+    assert count >= 2 * len(_loops.variants())      # the 1x1 layer's passes in every build
+
+
 def lift(a):
     """(N, C, *spatial) with 1 to 3 spatial axes as the loops' 5-D (N, C, D, H, W)."""
     return np.ascontiguousarray(a.reshape(a.shape[:2] + (1,) * (5 - a.ndim) + a.shape[2:]))

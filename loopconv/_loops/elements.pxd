@@ -25,15 +25,15 @@ cdef extern from "elements.h" nogil:
     const char *LC_ISA
     void lc_prefetch(const void *p)
     void lc_tile_b_f32(int mr, int nv, Py_ssize_t kc, const float *a, const float *b,
-                       const Py_ssize_t *boff, float *c, Py_ssize_t ldc, int beta)
+                       const Py_ssize_t *boff, float *c, Py_ssize_t ldc, int beta, int pfa)
     void lc_tile_b_f64(int mr, int nv, Py_ssize_t kc, const double *a, const double *b,
-                       const Py_ssize_t *boff, double *c, Py_ssize_t ldc, int beta)
+                       const Py_ssize_t *boff, double *c, Py_ssize_t ldc, int beta, int pfa)
     void lc_tile_v_f32(int pieces, int mr, int nv, Py_ssize_t kc, const float *a,
                        const float *b, const Py_ssize_t *boff, const Py_ssize_t *vo, float *c,
-                       Py_ssize_t ldc, int beta)
+                       Py_ssize_t ldc, int beta, int pfa)
     void lc_tile_v_f64(int pieces, int mr, int nv, Py_ssize_t kc, const double *a,
                        const double *b, const Py_ssize_t *boff, const Py_ssize_t *vo,
-                       double *c, Py_ssize_t ldc, int beta)
+                       double *c, Py_ssize_t ldc, int beta, int pfa)
     void lc_tile_g_f32(int mr, int nv, Py_ssize_t kc, const float *a, const Py_ssize_t *aoff,
                        Py_ssize_t rs, const float *b, const Py_ssize_t *boff, float *c,
                        Py_ssize_t ldc, int beta)
@@ -163,23 +163,24 @@ cdef inline str ctype_name(str code):
 
 cdef inline void tile_b(int mr, int nv, Py_ssize_t kc, const element *a,
                         const element *b, const Py_ssize_t *boff, element *c, Py_ssize_t ldc,
-                        bint beta) noexcept nogil:
-    """The forward-style tile, A packed: nv vectors of columns (LC_NV_B, one or two)."""
+                        bint beta, bint pfa) noexcept nogil:
+    """The forward-style tile, A packed: nv vectors of columns (LC_NV_B, one or two); pfa:
+    ask for A's rows ahead (a streamed weight, Product.stream_a)."""
     if element is float:
-        lc_tile_b_f32(mr, nv, kc, a, b, boff, c, ldc, beta)
+        lc_tile_b_f32(mr, nv, kc, a, b, boff, c, ldc, beta, pfa)
     else:
-        lc_tile_b_f64(mr, nv, kc, a, b, boff, c, ldc, beta)
+        lc_tile_b_f64(mr, nv, kc, a, b, boff, c, ldc, beta, pfa)
 
 
 cdef inline void tile_v(int pieces, int mr, int nv, Py_ssize_t kc, const element *a,
                         const element *b, const Py_ssize_t *boff, const Py_ssize_t *vo,
-                        element *c, Py_ssize_t ldc, bint beta) noexcept nogil:
+                        element *c, Py_ssize_t ldc, bint beta, bint pfa) noexcept nogil:
     """tile_b with each vector of the columns (pieces 1) or each half of one (pieces 2) at
     its own offset, b + vo[r] for piece r (rows of a grid without its junk)."""
     if element is float:
-        lc_tile_v_f32(pieces, mr, nv, kc, a, b, boff, vo, c, ldc, beta)
+        lc_tile_v_f32(pieces, mr, nv, kc, a, b, boff, vo, c, ldc, beta, pfa)
     else:
-        lc_tile_v_f64(pieces, mr, nv, kc, a, b, boff, vo, c, ldc, beta)
+        lc_tile_v_f64(pieces, mr, nv, kc, a, b, boff, vo, c, ldc, beta, pfa)
 
 
 cdef inline void tile_g(int mr, int nv, Py_ssize_t kc, const element *a,

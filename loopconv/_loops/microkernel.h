@@ -217,6 +217,18 @@
         __builtin_prefetch(pf + (NV) * LC_VEC_BYTES - 1);                               \
     }
 
+/* lc_tile_b's and lc_tile_v's packed A where asked (pfa): row k + LC_PF_A_ROWS of the panel,
+ * within its kc rows.  A weight several times an L2 (STREAM_A_BYTES in tiled.pxi) comes from
+ * L3 to each work item, a panel at a time, each panel's rows a whole panel further on than the
+ * last's, which the prefetchers do not follow: the tiles waited at their broadcasts of A.
+ * Asked for always, tiles whose A stays in L2 (128 channels on 56x56) ran 1-3 % slower: one
+ * more load a row, where A's broadcasts and B's loads and prefetches take most of the load
+ * ports.  16 rows ahead gave half the gain, 48 as much as 96. */
+#  define LC_PF_A_ROWS 96
+#  define LC_PREFETCH_A(T, MR)                                                          \
+    if (LC_PREFETCH && (MR) >= 4 && pfa && k + LC_PF_A_ROWS < kc)                       \
+        __builtin_prefetch(a + (MR) * (k + LC_PF_A_ROWS));
+
 /* lc_tile_g's A, read in place: the first and last element of its column k + LC_PF_ROWS, where
  * its MR values (a row of rs apart) span a few lines at most: the input gradient's weight of a
  * 1x1 layer (rs 1), one or two lines of a row of w, each column a row of w away from the last,
@@ -256,13 +268,13 @@
 
 /* lc_tile_b, lc_tile_g, lc_tile_v and lc_tile_h with MR rows and NV vectors, named by V: NV_B
  * (w), one (n), two (d). */
-#  define LC_TILE_BG(SUFFIX, T, TAG, MR, V, NV, PF, PFV)                                \
+#  define LC_TILE_BG(SUFFIX, T, TAG, MR, V, NV, PF, PFA, PFV)                           \
 static inline void lc_tile_b_##TAG##V##_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,  \
         const T *LC_RESTRICT b, const ptrdiff_t *LC_RESTRICT boff,                      \
-        T *LC_RESTRICT c, ptrdiff_t ldc, int beta)                                      \
+        T *LC_RESTRICT c, ptrdiff_t ldc, int beta, int pfa)                             \
 {                                                                                       \
     LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, MR, NV, a[MR * k + i],           \
-                 b + boff[k], *(const lc_uvec_##SUFFIX *)(bk + v * W), PF)              \
+                 b + boff[k], *(const lc_uvec_##SUFFIX *)(bk + v * W), PF PFA)          \
 }                                                                                       \
 static inline void lc_tile_g_##TAG##V##_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,  \
         const ptrdiff_t *LC_RESTRICT aoff, ptrdiff_t rs, const T *LC_RESTRICT b,        \
@@ -285,17 +297,20 @@ static inline void lc_tile_p_##TAG##V##_##SUFFIX(ptrdiff_t kc,                  
 }                                                                                       \
 static inline void lc_tile_v_##TAG##V##_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,  \
         const T *LC_RESTRICT b, const ptrdiff_t *LC_RESTRICT boff,                      \
-        const ptrdiff_t *LC_RESTRICT vofs, T *LC_RESTRICT c, ptrdiff_t ldc, int beta)   \
+        const ptrdiff_t *LC_RESTRICT vofs, T *LC_RESTRICT c, ptrdiff_t ldc, int beta,   \
+        int pfa)                                                                        \
 {                                                                                       \
     ptrdiff_t vo[NV];                                                                   \
     for (int v = 0; v < NV; v++) vo[v] = vofs[v];                                       \
     LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, MR, NV, a[MR * k + i],           \
-                 b + boff[k], *(const lc_uvec_##SUFFIX *)(bk + vo[v]), PFV)             \
+                 b + boff[k], *(const lc_uvec_##SUFFIX *)(bk + vo[v]), PFV PFA)         \
 }                                                                                       \
 static inline void lc_tile_h_##TAG##V##_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,  \
         const T *LC_RESTRICT b, const ptrdiff_t *LC_RESTRICT boff,                      \
-        const ptrdiff_t *LC_RESTRICT vofs, T *LC_RESTRICT c, ptrdiff_t ldc, int beta)   \
+        const ptrdiff_t *LC_RESTRICT vofs, T *LC_RESTRICT c, ptrdiff_t ldc, int beta,   \
+        int pfa)                                                                        \
 {                                                                                       \
+    (void)pfa;                  /* its A is never a streamed weight's (compact_phases) */ \
     ptrdiff_t vo[2 * NV];                                                               \
     for (int v = 0; v < 2 * NV; v++) vo[v] = vofs[v];                                   \
     LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, MR, NV, a[MR * k + i],           \
@@ -306,9 +321,9 @@ static inline void lc_tile_h_##TAG##V##_##SUFFIX(ptrdiff_t kc, const T *LC_RESTR
  * halves' lines asked for the same way made 3x3x3 on 8^3 0.8-0.95 times as fast). */
 #  define LC_TILE_B_ROWS(SUFFIX, T, TAG, MR)                                            \
 LC_TILE_BG(SUFFIX, T, TAG, MR, w, LC_NV_B, LC_PREFETCH_B(T, MR, LC_NV_B),               \
-           LC_PREFETCH_V(T, MR, LC_NV_B))                                               \
-LC_TILE_BG(SUFFIX, T, TAG, MR, n, 1, , )                                                \
-LC_TILE_BG(SUFFIX, T, TAG, MR, d, 2, , )
+           LC_PREFETCH_A(T, MR), LC_PREFETCH_V(T, MR, LC_NV_B))                         \
+LC_TILE_BG(SUFFIX, T, TAG, MR, n, 1, , , )                                              \
+LC_TILE_BG(SUFFIX, T, TAG, MR, d, 2, , , )
 
 /* lc_tile_a and lc_tile_m of MR rows and NV vectors (lc_tile_a2/m2: two, MR_A rows; a1/m1: one,
  * MR_A1 rows). */
@@ -385,16 +400,16 @@ LC_TILE_B_ROWS(SUFFIX, T, r2, 2)                                                
 LC_TILE_B_ROWS(SUFFIX, T, r4, 4)                                                        \
 LC_TILE_B_ROWS(SUFFIX, T, full, LC_MR_B)                                                \
 static inline void lc_tile_b_##SUFFIX(int mr, int nv, ptrdiff_t kc, const T *a,         \
-        const T *b, const ptrdiff_t *boff, T *c, ptrdiff_t ldc, int beta)               \
-    LC_BY_MR(mr, nv, lc_tile_b, SUFFIX, (kc, a, b, boff, c, ldc, beta))                 \
+        const T *b, const ptrdiff_t *boff, T *c, ptrdiff_t ldc, int beta, int pfa)      \
+    LC_BY_MR(mr, nv, lc_tile_b, SUFFIX, (kc, a, b, boff, c, ldc, beta, pfa))            \
 static inline void lc_tile_v_##SUFFIX(int pieces, int mr, int nv, ptrdiff_t kc,         \
         const T *a, const T *b, const ptrdiff_t *boff, const ptrdiff_t *vo, T *c,       \
-        ptrdiff_t ldc, int beta)                                                        \
+        ptrdiff_t ldc, int beta, int pfa)                                               \
 {                                                                                       \
     if (pieces == 2)                                                                    \
-        LC_BY_MR(mr, nv, lc_tile_h, SUFFIX, (kc, a, b, boff, vo, c, ldc, beta))         \
+        LC_BY_MR(mr, nv, lc_tile_h, SUFFIX, (kc, a, b, boff, vo, c, ldc, beta, pfa))    \
     else                                                                                \
-        LC_BY_MR(mr, nv, lc_tile_v, SUFFIX, (kc, a, b, boff, vo, c, ldc, beta))         \
+        LC_BY_MR(mr, nv, lc_tile_v, SUFFIX, (kc, a, b, boff, vo, c, ldc, beta, pfa))    \
 }                                                                                       \
 __attribute__((noinline))                                                               \
 static void lc_tile_g_##SUFFIX(int mr, int nv, ptrdiff_t kc, const T *a,                \

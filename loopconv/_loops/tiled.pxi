@@ -211,6 +211,17 @@ cdef enum:
     GATHER_COLUMNS = 1024
     GATHER_WORK = 1400000
     PACK_COLUMNS = 34
+    # STREAM_A_BYTES: a packed weight (a group's phase) larger than this, four L2s, comes from
+    # L3 to each work item: its tiles ask for A's rows ahead (Product.stream_a,
+    # LC_PREFETCH_A).  Old / new, float32 one thread, fastest of five alternating runs: 3x3
+    # 512 -> 512 on 16x16 at batch 4 forward 1.03-1.09x, input gradient 1.12x, 1024 -> 512 on
+    # 32x32 at batch 1 1.13x, float64 1.10-1.11x, two threads 1.02-1.07x; 1.2-1.3x in hours
+    # when the machine's other work left less of the caches (512 -> 512 on 32x32 at batch 1
+    # then ran at 116 GFLOP/s, and at 149 so, where 256 channels ran at 145).  Weights of
+    # 4.7 MB gained nothing (256 -> 512 on 32x32 0.975x, 512 -> 256 on 64x64 1.03x, 256 ->
+    # 256 in float64 1.0x), and where A stays in L2 (128 channels on 56x56) the tiles ran 1-3 %
+    # slower when asked
+    STREAM_A_BYTES = 8388608
     # PACK_BLOCK: columns of A packed together for all its panels (pack_panels); PACK_SERIAL:
     # elements of packed A below which one thread packs them all (a parallel region costs some
     # microseconds)

@@ -41,6 +41,7 @@ def info():
             "weight read in place below grid columns": GATHER_COLUMNS,
             "and below grid columns times columns of the weight": GATHER_WORK,
             "columns of A per block": KC,
+            "weight streamed above bytes": STREAM_A_BYTES,
             "tiles keep their sums above blocks of A's columns": SUM_BLOCKS}
 
 
@@ -84,7 +85,8 @@ cdef void set_product(Product *p, Py_ssize_t N, Py_ssize_t G, Py_ssize_t src_c,
 cdef void choose_tiles(Product *p, const Phase *phases, Py_ssize_t itemsize, bint wide,
                        double skip) noexcept nogil:
     """Whether p runs as pixel_tiles (pixel_tiles_suit), and then A (the weight) packed in
-    panels of NR channels; called once the phases and p.gathered (by the columns alone) are
+    panels of NR channels, and whether the grid's tiles ask for a packed A ahead (p.stream_a:
+    STREAM_A_BYTES); called once the phases and p.gathered (by the columns alone) are
     set.  A wide product (`wide`: GATHER_WORK or more grid columns times columns of A) that
     does not take pixel tiles is weighed again against pixel tiles with A packed, and packs A
     where it then takes them or a compact grid (phase_pieces) whose junk columns saved, over
@@ -121,6 +123,11 @@ cdef void choose_tiles(Product *p, const Phase *phases, Py_ssize_t itemsize, bin
     if p.by_pixel:
         p.mr = NR
         p.gathered = False
+    # the grid's tiles ask for a packed A ahead where it outgrows STREAM_A_BYTES
+    p.stream_a = False
+    if not p.gathered and not p.by_pixel:
+        for f in range(p.nphase):
+            p.stream_a |= round_up(p.M, p.mr) * phases[f].K * itemsize > STREAM_A_BYTES
     set_overrun(&p.st, phases[0].ncols, LC_VEC_BYTES // itemsize, p.by_pixel,
                 phases[0].ncols >= 2 * LC_VEC_BYTES // itemsize)
 
@@ -394,7 +401,7 @@ def product_plan(which, xshape, wshape, yshape, stride, pad, dilation, Py_ssize_
             "block columns": p.ncb,
             "pixel tiles": bool(p.by_pixel), "taps skipped": p.valid != NULL,
             "skip share": geo.skip,
-            "weight read in place": bool(p.gathered),
+            "weight read in place": bool(p.gathered), "weight streamed": bool(p.stream_a),
             "channel gap": p.st.gap, "source read in place": bool(p.st.identity),
             "staged slice": p.st.size,
             "last slice read in place": reads_in_place(
@@ -1197,12 +1204,12 @@ cdef void dense_tile(const element *a, Py_ssize_t mr, Py_ssize_t kc, const eleme
     cdef element ctile[512]         # LC_MR_B * NR at most
     cdef Py_ssize_t nv = min(LC_NV_B, (K - j0 + VW - 1) // VW), i
     if j0 < kfull and i0 + mr <= M:
-        tile_b(<int>mr, <int>nv, kc, a, b + j0, boff, c + i0 * K + j0, K, False)
+        tile_b(<int>mr, <int>nv, kc, a, b + j0, boff, c + i0 * K + j0, K, False, False)
         return
     if j0 < kfull:
-        tile_b(<int>mr, <int>nv, kc, a, b + j0, boff, ctile, NR, False)
+        tile_b(<int>mr, <int>nv, kc, a, b + j0, boff, ctile, NR, False, False)
     else:
-        tile_b(<int>mr, <int>nv, kc, a, tail, toff, ctile, NR, False)
+        tile_b(<int>mr, <int>nv, kc, a, tail, toff, ctile, NR, False, False)
     for i in range(min(mr, M - i0)):
         memcpy(c + (i0 + i) * K + j0, ctile + i * NR, min(NR, K - j0) * sizeof(element))
 
@@ -1275,7 +1282,7 @@ cdef void dense_columns(const element *a, Py_ssize_t mr, const element *w, eleme
                            VW * sizeof(element))
             k0 += VW
         o0 += VW
-    tile_b(<int>mr, <int>nv, K, a, wt + j0, boff, ctile, NR, False)
+    tile_b(<int>mr, <int>nv, K, a, wt + j0, boff, ctile, NR, False, False)
     for n in range(N):
         for j in range(min(NR, O - j0)):
             y[n * O + j0 + j] = ctile[n * NR + j]

@@ -37,6 +37,7 @@ cdef struct Product:
     Py_ssize_t rblk         # tile panels (of mr rows) per row block
     bint gathered           # A is the weight read in place (lc_tile_g), not packed panels
     bint wide               # many grid columns times columns of A (choose_tiles)
+    bint stream_a           # packed A beyond STREAM_A_BYTES: the tiles ask for it ahead
     Py_ssize_t a_rs         # gathered A: the weight's step from one row of A to the next
     bint a_along_k          # and each row's columns one after the other (aoff[k] = k)
     Py_ssize_t a_grp        # and from one group to the next
@@ -101,9 +102,10 @@ cdef inline void panel(const Product *p, const element *a_g, Py_ssize_t ip, Py_s
     cdef Py_ssize_t MR = p.mr, r0 = 0, rr
     if not p.gathered:
         if pieces:
-            tile_v(pieces, MR, nv, kc, a_g + (ip * K + k0) * MR, b, boff, vo, c, ldc, beta)
+            tile_v(pieces, MR, nv, kc, a_g + (ip * K + k0) * MR, b, boff, vo, c, ldc, beta,
+                   p.stream_a)
         else:
-            tile_b(MR, nv, kc, a_g + (ip * K + k0) * MR, b, boff, c, ldc, beta)
+            tile_b(MR, nv, kc, a_g + (ip * K + k0) * MR, b, boff, c, ldc, beta, p.stream_a)
         return
     while r0 < mw:
         rr = mw - r0
