@@ -310,7 +310,7 @@ static inline void lc_tile_h_##TAG##V##_##SUFFIX(ptrdiff_t kc, const T *LC_RESTR
         const ptrdiff_t *LC_RESTRICT vofs, T *LC_RESTRICT c, ptrdiff_t ldc, int beta,   \
         int pfa)                                                                        \
 {                                                                                       \
-    (void)pfa;                  /* its A is never a streamed weight's (compact_phases) */ \
+    (void)pfa;                  /* halves ask for nothing ahead (LC_TILE_B_ROWS) */     \
     ptrdiff_t vo[2 * NV];                                                               \
     for (int v = 0; v < 2 * NV; v++) vo[v] = vofs[v];                                   \
     LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, MR, NV, a[MR * k + i],           \
