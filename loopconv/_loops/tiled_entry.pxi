@@ -127,7 +127,7 @@ cdef void choose_tiles(Product *p, const Phase *phases, Py_ssize_t itemsize, bin
     p.stream_a = False
     if not p.gathered and not p.by_pixel:
         for f in range(p.nphase):
-            p.stream_a |= round_up(p.M, p.mr) * phases[f].K * itemsize > STREAM_A_BYTES
+            p.stream_a |= packed_phase(p, &phases[f]) * itemsize > STREAM_A_BYTES
     set_overrun(&p.st, phases[0].ncols, LC_VEC_BYTES // itemsize, p.by_pixel,
                 phases[0].ncols >= 2 * LC_VEC_BYTES // itemsize)
 
@@ -519,7 +519,7 @@ cdef tuple input_product(Product *p, tuple dyshape, tuple wshape, tuple dxshape,
         p.gathered = p.N * columns < GATHER_COLUMNS
         choose_tiles(p, phases, itemsize, p.N * work >= GATHER_WORK, skip)
         for f in range(1, p.nphase):    # A packed phase by phase, in panels of p.mr rows
-            phases[f].a_off = phases[f - 1].a_off + p.G * round_up(p.M, p.mr) * phases[f - 1].K
+            phases[f].a_off = phases[f - 1].a_off + p.G * packed_phase(p, &phases[f - 1])
     except BaseException:
         free(phases)
         raise

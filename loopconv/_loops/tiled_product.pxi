@@ -83,6 +83,12 @@ cdef inline Py_ssize_t row_panels(const Product *p) noexcept nogil:
     return (p.M + p.mr - 1) // p.mr
 
 
+cdef inline Py_ssize_t packed_phase(const Product *p, const Phase *ph) noexcept nogil:
+    """Elements of one group's packed A for phase ph: its K columns in each of the panels of
+    p.mr rows (row_panels)."""
+    return row_panels(p) * p.mr * ph.K
+
+
 cdef inline bint short_k(Py_ssize_t K, Py_ssize_t columns, Py_ssize_t itemsize) noexcept nogil:
     """Whether B for K rows of `columns` columns fits in SHORT_K_BYTES: a short K, few sums
     for each output (product_tiles' order of panels, whole_rows)."""
@@ -864,7 +870,7 @@ cdef void product_item(const Product *p, const Phase *phases, Py_ssize_t item,
     if p.gathered:
         a_g = apack + it.g * p.a_grp
     else:
-        a_g = apack + ph.a_off + it.g * round_up(p.M, p.mr) * ph.K
+        a_g = apack + ph.a_off + it.g * packed_phase(p, ph)
 
     stage_images(src, &p.st, p.src_img, p.src_grp, it.n0, it.nimg, it.g, it.ng, fws, iws,
                  staged)
