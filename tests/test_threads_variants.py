@@ -822,6 +822,36 @@ def test_large_packed_weights_are_streamed(rng, assert_close, dtype):
     assert count >= 2 * len(_loops.variants())      # the 1x1 layer's passes in every build
 
 
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+def test_phase_packing_by_taps(rng, assert_close, dtype):
+    """A strided input gradient packs its weight for every phase in one pass over w
+    (pack_phase_panel), a panel's rows of taps transposed at once where they fit (3x3x3: 27
+    taps) and tap by tap where they do not (9x11x11: 1089 taps of four rows or more); both
+    against the reference, with a bias, bit-identical on one and two threads, in every
+    build."""
+    cases = [((2, 8, 16, 16, 16), (4, 8, 3, 3, 3), dict(stride=2, padding=1), True),
+             ((1, 8, 12, 16, 16), (4, 8, 9, 11, 11), dict(stride=2, padding=(4, 5, 5)),
+              False)]
+    itemsize = np.dtype(dtype).itemsize
+    for variant, module in _loops.variants().items():
+        for x_shape, w_shape, kw, at_once in cases:
+            y_shape = conv_output_shape(x_shape, w_shape, kw)
+            geometry = loop_geometry(3, kw)
+            plan = module.product_plan("input", x_shape, w_shape, y_shape, *geometry[:4],
+                                       itemsize)
+            assert not plan["weight read in place"], (variant, plan)
+            assert plan["taps packed at once"] == at_once, (variant, w_shape, plan)
+            x, w, b, b_in, gy = arrays(rng, x_shape, w_shape, kw, dtype)
+            results = []
+            for threads in (2, 1):
+                dx = np.full(x_shape, np.nan, x.dtype)
+                module.grad_input(gy, w, b_in, dx, *geometry, threads)
+                results.append(dx)
+            expected = reference.conv_input(x_shape, w, gy, **kw) + b_in.reshape(-1, 1, 1, 1)
+            assert_close(results[0], expected, dtype)
+            assert np.array_equal(results[0], results[1]), (variant, w_shape)
+
+
 def lift(a):
     """(N, C, *spatial) with 1 to 3 spatial axes as the loops' 5-D (N, C, D, H, W)."""
     return np.ascontiguousarray(a.reshape(a.shape[:2] + (1,) * (5 - a.ndim) + a.shape[2:]))

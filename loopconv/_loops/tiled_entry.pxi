@@ -408,7 +408,9 @@ def product_plan(which, xshape, wshape, yshape, stride, pad, dilation, Py_ssize_
                 &p.st, (p.N - 1) * p.src_img + (p.G - 1) * p.src_grp),
             "compact phases": sum([geo.phases[f].pieces > 0 for f in range(p.nphase)]),
             "halves": sum([geo.phases[f].pieces == 2 for f in range(p.nphase)]),
-            "dot columns": dot_columns_of(geo, itemsize)}
+            "dot columns": dot_columns_of(geo, itemsize),
+            "taps packed at once": (which == "input" and not p.gathered
+                                    and taps_at_once(math.prod(wshape[2:]), p.mr))}
 
 
 cdef Py_ssize_t dot_columns_of(_Geometry geo, Py_ssize_t itemsize) except -1:
