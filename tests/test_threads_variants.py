@@ -826,9 +826,9 @@ def test_large_packed_weights_are_streamed(rng, assert_close, dtype):
 def test_phase_packing_by_taps(rng, assert_close, dtype):
     """A strided input gradient packs its weight for every phase in one pass over w
     (pack_phase_panel), a panel's rows of taps transposed at once where they fit (3x3x3: 27
-    taps) and tap by tap where they do not (9x11x11: 1089 taps of four rows or more); both
-    against the reference, with a bias, bit-identical on one and two threads, in every
-    build."""
+    taps of a panel of grid tiles' rows) and tap by tap where they do not (9x11x11: 1089 taps,
+    more than PACK_TAPS for a single row); both against the reference, with a bias,
+    bit-identical on one and two threads, in every build."""
     cases = [((2, 8, 16, 16, 16), (4, 8, 3, 3, 3), dict(stride=2, padding=1), True),
              ((1, 8, 12, 16, 16), (4, 8, 9, 11, 11), dict(stride=2, padding=(4, 5, 5)),
               False)]

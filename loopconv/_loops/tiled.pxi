@@ -226,9 +226,10 @@ cdef enum:
     # elements of packed A below which one thread packs them all (a parallel region costs some
     # microseconds)
     PACK_BLOCK = 64
-    # PACK_TAPS: elements of a panel's rows by taps that pack_phase_panel transposes at once
-    # (on the stack); PACK_AHEAD: how many of w's rows further on it asks for their runs
-    PACK_TAPS = 4096
+    # PACK_TAPS: elements of a panel's rows by taps that pack_phase_panel transposes at once,
+    # on the stack (8 KiB in float64: the calling thread may have a small stack); PACK_AHEAD:
+    # how many of w's rows further on it asks for their runs
+    PACK_TAPS = 1024
     PACK_AHEAD = 8
     PACK_SERIAL = 1 << 15
     # PACK_ITEMS: pack_groups and pack_phases cut a panel into parts where they have fewer
