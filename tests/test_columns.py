@@ -29,6 +29,8 @@ FIXED = [
     case("1d", (3, 5, 9), (4, 5, 7), stride=3, padding=2),
     case("3d", (2, 3, 4, 4, 3), (4, 3, 3, 3, 3), padding=(1, 0, 1)),
     case("2d-many-channels", (2, 40, 3, 3), (64, 40, 3, 3)),
+    case("3d-kernel-stride", (1, 6, 6, 4, 7), (5, 6, 2, 2, 2), stride=2),   # x's last unread
+    case("2d-kernel-stride-groups", (1, 8, 6, 7), (4, 4, 3, 3), stride=3, groups=2),
 ]
 
 
@@ -103,6 +105,12 @@ def test_against_reference_and_across_threads(rng, assert_close, x_shape, w_shap
     ((1, 128, 56, 56), (256, 128, 3, 3), dict(stride=2, padding=1), False),  # dy 28x28
     ((1, 256, 14, 14), (512, 256, 1, 1), dict(stride=2), False),             # one tap
     ((1, 64, 28, 28), (128, 64, 3, 3), dict(stride=2, padding=1), False),    # sums of 128
+    # batch 1, one tap per phase (kernel = stride): by the weight's size
+    ((1, 512, 8, 8, 8), (512, 512, 2, 2, 2), dict(stride=2), True),
+    ((1, 512, 28, 28), (1024, 512, 2, 2), dict(stride=2), True),
+    ((1, 128, 8, 8, 8), (256, 128, 2, 2, 2), dict(stride=2), False),
+    ((2, 512, 8, 8, 8), (512, 512, 2, 2, 2), dict(stride=2), False),          # batch 2
+    ((1, 1024, 14, 14), (2048, 1024, 1, 1), dict(stride=2), False),          # taps < phases
     # 2-D: sums over FLAT_COLUMNS_OUT output channels or more, at a stride above 1
     ((8, 64, 7, 7), (256, 64, 3, 3), dict(padding=1), False),
     ((8, 64, 14, 14), (256, 64, 3, 3), dict(stride=2, padding=1), True),
@@ -154,6 +162,24 @@ def test_public_functions(rng, assert_close, dtype):
     assert_close(loopconv.conv_transpose2d(x, w, b), want, dtype)
     assert_close(loopconv.conv2d_input((6, 64, 4, 4), w, x), want - b.reshape(-1, 1, 1),
                  dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+def test_public_kernel_as_stride(rng, assert_close, dtype):
+    """A U-Net's 2x2x2 stride-2 up-convolution at batch 1 whose weight is large
+    (COL2IM_SINGLE_WEIGHT elements) runs as columns: conv_transpose3d with a bias against the
+    reference, the same bits on 1 and 2 threads."""
+    x, w, b = (rng.standard_normal(s).astype(dtype) for s in ((1, 512, 2, 2, 3),
+                                                               (512, 256, 2, 2, 2), (256,)))
+    assert w.size >= _loops.COL2IM_SINGLE_WEIGHT
+    y_shape = x.shape[:1] + w.shape[:1] + x.shape[2:]
+    assert chosen_loops(y_shape, w.shape, (2, 2, 2), 1).grad_input is _loops.col2im_grad_input
+    got = []
+    for threads in (1, 2):
+        with loopconv.threads(threads):
+            got.append(loopconv.conv_transpose3d(x, w, b, stride=2))
+    assert np.array_equal(got[0], got[1])
+    assert_close(got[0], reference.conv_transpose(x, w, b, stride=2), dtype)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -133,6 +133,20 @@ COL2IM_TAPS = 1 << 20       # dy pixels times taps: the scatter's table of posit
 # (0.93-1.17), 128 channels (1.08-1.69 but 0.96-1.09 with 64).
 COL2IM_SINGLE_PIXELS = 196
 COL2IM_SINGLE_SUM = 256
+# A kernel as large as its stride (one tap per phase: a U-Net's 2x2 and 2x2x2 up-convolutions,
+# a patch embedding's downsampling) takes that rule too where its weight has
+# COL2IM_SINGLE_WEIGHT elements or more: the phase-split product packs the whole weight, phase
+# by phase, for one small image's pixels (packing was 45 % of the 512 -> 512 2x2x2
+# up-convolution from 4x4x4), where the columns' product reads it in place.  Measured (tiled
+# time over the columns' on the same arrays, float32 1 / 2 threads, float64 1 thread):
+# 512 -> 512 2x2x2 from 4x4x4 1.87 / 1.45 / 2.07, 1024 -> 512 from 2x2x2 5.8 / 5.8 / 7.2,
+# 2x2 from 14x14 1024 -> 512 1.54 / 1.25 / 1.77, from 7x7 1024 -> 512 - / 1.43 / 1.77,
+# 2048 -> 1024 - / 1.59 / 2.15, 768 -> 384 - / 1.24 / 1.88, 4x4 stride 4 512 -> 512 from 4x4
+# - / 4.1 / 3.9.  Below it, left to the tiled loops: 256 -> 128 from 8x8 and 4x4x4 0.83 and
+# 1.05, 256 -> 256 from 7x7 1.11 / 0.93 / 1.08, 384 -> 192 from 14x14 - / 0.96 / 1.09,
+# wav2vec's 512-channel kernel-2 stride-2 layers (dy of 49 and 99) 1.11-1.15 / 0.82-0.89 /
+# 1.07-1.19, 512 -> 256 from 14x14 1.26 / 1.09 / 1.76.
+COL2IM_SINGLE_WEIGHT = 1 << 20
 # The columns leave a stride-1 3-D input gradient to the tiled loops where those compute less
 # than COL2IM_TILED_WASTE grid columns per pixel of dx (`tiled.grid_waste`: their staging
 # shares the zeros between rows and planes, so 3x3x3 on 8x8x8 computes 1.25, where the grids
@@ -185,8 +199,10 @@ def col2im_suits(y_shape, w_shape, stride, groups) -> bool:
         return False
     if pixels == 1 and groups == 1:
         return True
-    if (y_shape[0] == 1 and max(stride) > 1 and taps > math.prod(stride)
-            and pixels <= COL2IM_SINGLE_PIXELS and w_shape[0] // groups >= COL2IM_SINGLE_SUM):
+    if (y_shape[0] == 1 and max(stride) > 1 and pixels <= COL2IM_SINGLE_PIXELS
+            and w_shape[0] // groups >= COL2IM_SINGLE_SUM
+            and (taps > math.prod(stride) or (taps == math.prod(stride)
+                                              and math.prod(w_shape) >= COL2IM_SINGLE_WEIGHT))):
         return True
     grid = _grid(y_shape, w_shape, stride)
     if grid >= COL2IM_WASTE_ANY * pixels and not _flat_batch(y_shape, stride):
