@@ -97,17 +97,23 @@ def test_cases_drop_taps(x_shape, w_shape, kw):
 def dropped(w_shape, taps):
     """A mask of the weight's taps outside the kept ranges."""
     mask = np.ones(lift(np.empty(w_shape, np.int8)).shape, bool)
-    mask[_loops._kept(taps)] = False
+    mask[(slice(None), slice(None), *(slice(t0, t1) for t0, t1 in taps))] = False
     return mask.reshape(w_shape)
 
 
+# the passes with the taps dropped wherever some are (TRIM_PIXELS 0), and with all kept
+TRIM = pytest.mark.parametrize("trim_pixels", [0, 1 << 60], ids=["dropped", "kept"])
+
+
+@TRIM
 @pytest.mark.parametrize("dtype", DTYPE_PARAMS)
 @pytest.mark.parametrize("x_shape, w_shape, kw", CASES)
-def test_passes_against_reference(rng, assert_close, restore_threads, x_shape, w_shape, kw,
-                                  dtype):
+def test_passes_against_reference(rng, assert_close, restore_threads, monkeypatch, x_shape,
+                                  w_shape, kw, dtype, trim_pixels):
     """Forward (with a bias), input and weight gradient of `conv{nd}d_backward`: against the
     reference, the dropped taps' weight gradient zero, the same bits from the first call (no
     plan yet) and from later ones, on 1, 2 and 3 threads."""
+    monkeypatch.setattr(_loops, "TRIM_PIXELS", trim_pixels)
     nd = len(x_shape) - 2
     x, w, b, gy = conv_arrays(rng, x_shape, w_shape, kw, dtype)
     forward = getattr(loopconv, f"conv{nd}d")
@@ -140,15 +146,19 @@ def same_bits_everywhere(run, check):
                 assert np.array_equal(a, e), threads
 
 
+@TRIM
 @pytest.mark.parametrize("dtype", DTYPE_PARAMS)
 @pytest.mark.parametrize("x_shape, w_shape, kw", [
     case("3d-transposed-from-one-frame", (2, 16, 1, 5, 5), (16, 8, 3, 3, 3), padding=1),
     case("2d-transposed-dilated", (2, 8, 6, 6), (8, 12, 3, 3), padding=12, dilation=12),
 ])
-def test_transposed_against_reference(rng, assert_close, restore_threads, x_shape, w_shape, kw,
-                                      dtype):
+def test_transposed_against_reference(rng, assert_close, restore_threads, monkeypatch, x_shape,
+                                      w_shape, kw, dtype, trim_pixels):
     """A transposed convolution whose convolution drops taps: forward and both gradients
     against the reference, the same bits on 1 and 2 threads."""
+    monkeypatch.setattr(_loops, "TRIM_PIXELS", trim_pixels)
+    loopconv.functional._PLANS.clear()
+    loopconv.functional._BY_PROBLEM.clear()
     nd = len(x_shape) - 2
     x, w, b, gy = transpose_arrays(rng, x_shape, w_shape, kw, dtype)
     forward = getattr(loopconv, f"conv_transpose{nd}d")
@@ -163,6 +173,42 @@ def test_transposed_against_reference(rng, assert_close, restore_threads, x_shap
     assert_close(out[0][2], gw, dtype)
     for a, e in zip(out[1], out[0]):
         assert np.array_equal(a, e)
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kw, drops", [
+    # V-Net's deepest 5x5x5 layer on 4x4x2: 2 of 5 taps along the last axis, 32 pixels
+    ((1, 256, 4, 4, 2), (256, 256, 5, 5, 5), dict(padding=2), False),
+    ((4, 256, 4, 4, 2), (256, 256, 5, 5, 5), dict(padding=2), True),
+    # one frame under 3x3x3: 2 of 3 taps along the first axis, 49 pixels
+    ((1, 512, 1, 7, 7), (512, 512, 3, 3, 3), dict(padding=1), True),
+    ((1, 16, 1, 1, 1), (16, 16, 3, 3, 3), dict(padding=1), False),
+])
+def test_which_problems_drop_taps(x_shape, w_shape, kw, drops):
+    """Taps are dropped where the dropped share times the output pixels of all images reaches
+    TRIM_PIXELS: the copy of the kept taps costs more than the products it saves below."""
+    assert trimmed_problem(x_shape, w_shape, kw) is not None
+    stride, pad, dilation, _ = loop_args(x_shape, w_shape, kw)
+    five = [lift(np.empty(s, np.int8)).shape
+            for s in (x_shape, w_shape, conv_output_shape(x_shape, w_shape, kw))]
+    assert (_loops.dropped_taps(*five, stride, pad, dilation) is not None) == drops
+
+
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_kept_weight_and_put_back(dtype, threads):
+    """kept_weight copies the kept taps' window of a weight, put_kept puts one back into a
+    weight of zeros elsewhere (over a weight of NaN), against NumPy's slicing."""
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((6, 5, 5, 4, 5)).astype(dtype)
+    taps = ((1, 4), (0, 4), (2, 3))
+    index = (slice(None), slice(None), *(slice(t0, t1) for t0, t1 in taps))
+    kept = _loops.kept_weight(w, taps, threads)
+    assert kept.flags.c_contiguous and np.array_equal(kept, w[index])
+    out = np.full_like(w, np.nan)
+    _loops.put_kept(kept, taps, out, threads)
+    want = np.zeros_like(w)
+    want[index] = w[index]
+    assert np.array_equal(out, want)
 
 
 # ---------------------------------------------------------------------------------------------

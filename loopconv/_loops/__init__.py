@@ -154,6 +154,15 @@ COL2IM_SINGLE_WEIGHT = 1 << 20
 # 3x3x3 on 8x8x8 (1.25) 64 -> 64 and 64 -> 128 channels at batch 2 0.77 and 0.93, on
 # 16x16x16 (1.13) 16 -> 64 at batch 1 0.48; kept as columns: 4x4x4 (1.47) 1.24-1.33.
 COL2IM_TILED_WASTE = 1.3
+# ... but keeps it where the weight has COL2IM_WEIGHT_PIXELS elements or more per pixel of dy
+# (all images): the tiled loops pack the whole weight for those few pixels (half the time of
+# V-Net's 256 -> 256 5x5x5 on 4x4x2), the columns' product reads it in place.  Tiled time over
+# the columns' (float32 one thread): that layer at batch 1 (256 K elements a pixel) 1.56, at
+# batch 2 1.27, at batch 4 (64 K, left tiled) 1.11, on 4x4x4 1.12; on 8x8x4 (32 K) 0.79, with
+# 128 channels (8 K) 0.53; two threads 2.2, 1.43, 1.28, 1.35 and 0.79.  Float64 four times as
+# many (COL2IM_WEIGHT_PIXELS_F64): at batch 1 1.36, at batch 2 (128 K) 0.90, on 4x4x4 0.88.
+COL2IM_WEIGHT_PIXELS = 1 << 16
+COL2IM_WEIGHT_PIXELS_F64 = 1 << 18
 # 1-D and 2-D problems of several output pixels take the columns (col2im_suits' grids, and
 # im2col_suits, which im2col_forward_suits follows) only with FLAT_COLUMNS_OUT output channels
 # per group or more: the columns' product has a column per output channel (forward) or sums
@@ -256,6 +265,9 @@ def _input_on_tiles(dx_shape, w_shape, dy_shape, stride, pad, dilation, groups,
                     itemsize) -> bool:
     """Whether col2im_grad_input hands a 3-D input gradient to the tiled loops."""
     geometry = (dx_shape, w_shape, dy_shape, stride, pad, dilation, groups, itemsize)
+    per_pixel = COL2IM_WEIGHT_PIXELS if itemsize <= 4 else COL2IM_WEIGHT_PIXELS_F64
+    if math.prod(w_shape) >= per_pixel * dy_shape[0] * math.prod(dy_shape[2:]):
+        return False
     return dx_shape[2] > 1 and (tiled.uses_pixel_tiles("input", *geometry) or (
         max(stride) == 1 and tiled.grid_waste("input", *geometry) < COL2IM_TILED_WASTE))
 
@@ -600,7 +612,15 @@ def _threads(loops, num_threads):
 # smaller than its rate), some taps read padding for every output pixel.  Their products are
 # zeros in the forward pass and the input gradient, and their weight gradient is zero, so the
 # passes run on the kernel without them.  A residual 3x3x3 layer of 512 channels on 1x7x7 at
-# batch 4 read a third of its weight: the columns held three times the products.
+# batch 4 read a third of its weight: the columns held three times the products.  But the
+# kept taps are a copy of the weight (kept_weight), which costs about as much as a pass over
+# few pixels: the taps are kept all where the dropped share of the taps times the output pixels
+# of all the images is below TRIM_PIXELS.  Measured (float32, one thread, forward / input /
+# weight gradient, all taps against the kept taps): V-Net's 256 -> 256 5x5x5 on 4x4x2 at batch
+# 1 (2 of 5 taps along the last axis dropped, 32 pixels: 12.8) 2.1x / 1.4x / 2.3x faster with
+# all; at batch 4 (51) 0.74x / 0.94x / 1.15x; 512 -> 512 3x3x3 on 1x7x7 at batch 1 (33) 0.94x /
+# 0.97x / 0.57x, at batch 4 (131) 0.85x / 0.84x / 0.51x.
+TRIM_PIXELS = 24
 
 def _reading_outputs(t, size, out, stride, pad, dilation):
     """The outputs o0 <= o < o1 (o1 <= o0: none) at which tap t of an axis reads the input
@@ -632,6 +652,17 @@ def kept_taps(x_shape, w_shape, y_shape, stride, pad, dilation):
     return tuple(taps) if trimmed else None
 
 
+def dropped_taps(x_shape, w_shape, y_shape, stride, pad, dilation):
+    """kept_taps where the passes run without the other taps: where the dropped share of the
+    taps times the output pixels of all images is TRIM_PIXELS or more; else None."""
+    taps = kept_taps(x_shape, w_shape, y_shape, stride, pad, dilation)
+    if taps is None:
+        return None
+    kept = math.prod(t1 - t0 for t0, t1 in taps) / math.prod(w_shape[2:])
+    pixels = y_shape[0] * math.prod(y_shape[2:])
+    return taps if (1 - kept) * pixels >= TRIM_PIXELS else None
+
+
 def trimmed(w_shape, pad, dilation, taps):
     """The weight shape, padding before and dilation of the problem without the taps outside
     `taps` (kept_taps): a kept single tap has no dilation."""
@@ -641,19 +672,32 @@ def trimmed(w_shape, pad, dilation, taps):
             tuple(d if k > 1 else 1 for d, k in zip(dilation, kernel)))
 
 
-def _kept(taps) -> tuple:
-    """The index of a 5-D weight's kept taps."""
-    return (slice(None), slice(None)) + tuple(slice(t0, t1) for t0, t1 in taps)
+def kept_weight(w, taps, num_threads):
+    """A C-ordered 5-D weight's kept taps (kept_taps), copied (`direct.sample`, on num_threads
+    threads).  As a NumPy copy of the slice, whose runs along the last axis were a few
+    elements each, V-Net's 256 -> 256 5x5x5 layer on 4x4x2 (3 of 5 taps kept along the last
+    axis, 20 of the weight's 33 MB) spent 11-12 ms copying, three quarters of its forward pass
+    (float32, one thread); here 9.2 ms, about what reading 33 MB and writing 20 MB take on
+    one core."""
+    w_shape, _, _ = trimmed(w.shape, _ZEROS, _ONES, taps)
+    out = empty(w_shape, w.dtype)
+    direct.sample(w, tuple(t0 for t0, _ in taps), _ONES, out, num_threads)
+    return out
 
 
-def _trim_weight(x_shape, w, y_shape, stride, pad, dilation):
+def put_kept(kept, taps, dw, num_threads):
+    """dw = 0 but its kept taps (kept_taps), which are `kept` (`direct.put_parts`)."""
+    direct.put_parts([kept], [tuple(t0 for t0, _ in taps)], dw, num_threads)
+
+
+def _trim_weight(x_shape, w, y_shape, stride, pad, dilation, num_threads):
     """The weight (5-D), padding before and dilation of the problem without the taps that read
     only padding (kept_taps): w's kept taps copied, or w itself where every tap is kept."""
-    taps = kept_taps(x_shape, w.shape, y_shape, stride, pad, dilation)
+    taps = dropped_taps(x_shape, w.shape, y_shape, stride, pad, dilation)
     if taps is None:
         return w, pad, dilation
     _, pad, dilation = trimmed(w.shape, pad, dilation, taps)
-    return np.ascontiguousarray(w[_kept(taps)]), pad, dilation
+    return kept_weight(w, taps, _threads(tiled, num_threads)), pad, dilation
 
 
 # Weight gradients by parts.  A weight gradient sums each tap's products over all output
@@ -744,14 +788,15 @@ def _window(arr, index, num_threads):
 
 
 def forward(x, w, bias, y, stride, pad, dilation, groups, num_threads):
-    w, pad, dilation = _trim_weight(x.shape, w, y.shape, stride, pad, dilation)
+    w, pad, dilation = _trim_weight(x.shape, w, y.shape, stride, pad, dilation, num_threads)
     loops = choose(y.shape, w.shape, stride, groups)
     loops.forward(x, w, bias, y, stride, pad, dilation, groups,
                   _threads(loops.family, num_threads))
 
 
 def grad_input(dy, w, bias, dx, stride, pad, dilation, groups, num_threads):
-    w, pad, dilation = _trim_weight(dx.shape, w, dy.shape, stride, pad, dilation)
+    w, pad, dilation = _trim_weight(dx.shape, w, dy.shape, stride, pad, dilation,
+                                    num_threads)
     loops = choose(dy.shape, w.shape, stride, groups)
     loops.grad_input(dy, w, bias, dx, stride, pad, dilation, groups,
                      _threads(loops.family, num_threads))
@@ -785,7 +830,7 @@ def grad_weight(x, dy, dw, stride, pad, dilation, groups, num_threads):
     if parts is not None:
         _grad_weight_parts(x, dy, dw, parts, stride, groups, num_threads)
         return
-    taps = kept_taps(x.shape, dw.shape, dy.shape, stride, pad, dilation)
+    taps = dropped_taps(x.shape, dw.shape, dy.shape, stride, pad, dilation)
     out = dw
     if taps is not None:
         w_shape, pad, dilation = trimmed(dw.shape, pad, dilation, taps)
@@ -794,8 +839,7 @@ def grad_weight(x, dy, dw, stride, pad, dilation, groups, num_threads):
     loops.grad_weight(x, dy, dw, stride, pad, dilation, groups,
                       _threads(loops.family, num_threads))
     if taps is not None:
-        out[...] = 0
-        out[_kept(taps)] = dw
+        put_kept(dw, taps, out, _threads(tiled, num_threads))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -829,7 +873,7 @@ class Plan:
         self._w5 = self.five[1]
         # the weight gradient by parts (weight_parts), of the whole problem
         self._parts = weight_parts(*self.five, *self.args[:3])
-        self._taps = kept_taps(*self.five, *self.args[:3])
+        self._taps = dropped_taps(*self.five, *self.args[:3])
         if self._taps is not None:
             w5, pad, dilation = trimmed(self._w5, self.args[1], self.args[2], self._taps)
             self.five = (self.five[0], w5, self.five[2])
@@ -891,12 +935,13 @@ class Plan:
     def _flat_in(self, arr, rows, cols):
         return np.ascontiguousarray(arr, dtype=self.dtype).reshape(rows, cols)
 
-    def _w(self, w):
-        """The weight as the loops take it: 5-D, C-ordered, its kept taps alone."""
+    def _w(self, w, num_threads):
+        """The weight as the loops take it: 5-D, C-ordered, its kept taps alone (copied on
+        num_threads threads)."""
         if self._taps is None:
             return self._in(w, 1)
-        w5 = np.asarray(w).reshape(self._w5)[_kept(self._taps)]
-        return np.ascontiguousarray(w5, dtype=self.dtype)
+        w5 = np.ascontiguousarray(w, dtype=self.dtype).reshape(self._w5)
+        return kept_weight(w5, self._taps, num_threads)
 
     def _out(self, which):
         out = empty(self.shapes[which], self.dtype)
@@ -925,7 +970,7 @@ class Plan:
         y, y5 = self._out(2)
         loops = self._x_loops
         threads = _threads(loops.family, num_threads())
-        loops.forward(self._x(x, threads), self._w(w), self._bias(bias), y5,
+        loops.forward(self._x(x, threads), self._w(w, threads), self._bias(bias), y5,
                       *self._x_args, threads)
         return self._result(y)
 
@@ -943,8 +988,9 @@ class Plan:
             if bias is not None:
                 dx5 += self._bias(bias).reshape(1, -1, 1, 1, 1)
             return self._result(dx)
-        self.loops.grad_input(self._in(dy, 2), self._w(w), self._bias(bias), dx5,
-                              *self.args, _threads(self.loops.family, num_threads()))
+        threads = _threads(self.loops.family, num_threads())
+        self.loops.grad_input(self._in(dy, 2), self._w(w, threads), self._bias(bias), dx5,
+                              *self.args, threads)
         return self._result(dx)
 
     def grad_weight(self, x, dy, num_threads):
@@ -967,8 +1013,7 @@ class Plan:
         threads = _threads(loops.family, num_threads())
         loops.grad_weight(self._x(x, threads), self._in(dy, 2), kept, *self._x_args, threads)
         if self._taps is not None:
-            dw5[...] = 0
-            dw5[_kept(self._taps)] = kept
+            put_kept(kept, self._taps, dw5, threads)
         return dw
 
     def grad_bias(self, dy):
