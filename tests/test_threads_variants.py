@@ -577,6 +577,52 @@ def test_large_aliasing_slices_are_copied_only_for_many_panels(dtype):
                 assert np.abs(y - want).max() <= tol * (1 + np.abs(want).max()), (name, panels)
 
 
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+def test_aliasing_1x1_sources_read_as_bands(dtype):
+    """A 1x1 product of 64 rows (per group) or more whose source's channels alias (planes of
+    512 elements) copies each work item's columns of every channel into a band (set_band):
+    forward passes and input gradients of every build against the direct loops, with groups,
+    two images, a last column block and a last tile that are not whole; one to three threads
+    bit-identical; the plans' flags."""
+    cases = [  # x, w, groups; whether the forward pass and the input gradient read bands
+        ((2, 40, 1, 32, 64), (64, 40, 1, 1, 1), 1, True, False),
+        ((1, 64, 1, 16, 32), (72, 64, 1, 1, 1), 1, True, True),
+        ((2, 128, 1, 16, 32), (128, 64, 1, 1, 1), 2, True, True),
+        ((1, 64, 1, 16, 32), (32, 64, 1, 1, 1), 1, False, True),
+        ((1, 64, 1, 16, 33), (64, 64, 1, 1, 1), 1, False, False),      # no aliasing
+    ]
+    rng = np.random.default_rng(12)
+    itemsize = np.dtype(dtype).itemsize
+    none = np.empty(0, dtype)
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    for x_shape, w_shape, groups, band_f, band_i in cases:
+        y_shape = (x_shape[0], w_shape[0]) + x_shape[2:]
+        args = ((1, 1, 1), (0, 0, 0), (1, 1, 1), groups)
+        x = rng.standard_normal(x_shape).astype(dtype)
+        w = rng.standard_normal(w_shape).astype(dtype)
+        dy = rng.standard_normal(y_shape).astype(dtype)
+        want_y, want_dx = np.empty(y_shape, dtype), np.empty(x_shape, dtype)
+        _loops.direct.forward(x, w, none, want_y, *args, 1)
+        _loops.direct.grad_input(dy, w, none, want_dx, *args, 1)
+        for name, module in _loops.variants().items():
+            for which, band in (("forward", band_f), ("input", band_i)):
+                plan = module.product_plan(which, x_shape, w_shape, y_shape, *args, itemsize)
+                assert plan["bands"] == band, (name, which, x_shape, w_shape)
+                assert not (band and plan["source read in place"])
+            first = None
+            for threads in (1, 2, 3):
+                y, dx = np.empty(y_shape, dtype), np.empty(x_shape, dtype)
+                module.forward(x, w, none, y, *args, threads)
+                module.grad_input(dy, w, none, dx, *args, threads)
+                if first is None:
+                    first = (y, dx)
+                    for got, want in ((y, want_y), (dx, want_dx)):
+                        assert np.abs(got - want).max() <= tol * (1 + np.abs(want).max()), (
+                            name, x_shape, w_shape)
+                assert np.array_equal(y, first[0]) and np.array_equal(dx, first[1]), (
+                    name, threads, x_shape)
+
+
 def test_variants_are_found():
     found = _loops.variants()
     assert "baseline" in found

@@ -159,6 +159,16 @@ cdef enum:
     # 256 -> 256 on 32^3 (the case behind the gap) 0.94-0.96x; float64 64 -> 32 1.51x, 64 ->
     # 64 1.14x.  With AVX2 (four rows a panel) 64 -> 32 0.92x, 64 -> 64 0.89x, 128 -> 96 0.72x
     ALIAS_BYTES = 2048
+    # BAND_ROWS: a 1x1 product of at least this many rows (per group) reads a source whose
+    # channels alias as bands (set_band).  Bands against reading in place or the spread copy
+    # (float32 one thread, fastest of three alternating runs): 64 -> 64 on 256x256 at batch 1
+    # 1.25x (forward and input gradient), 128 -> 128 on 128x128 1.19-1.22x, 256 -> 256 on 32^3
+    # 1.31-1.37x, at batch 4 on 128x128 64 -> 128 1.15x and 1.33x (input gradient), input
+    # gradients of 64 rows 1.20-1.25x (64 -> 16, 64 -> 21, 64 -> 32, 64 -> 48), 128 -> 32's
+    # 1.16x, 32 -> 64 forward 1.23x; of fewer rows some lost: 48 1.13x, 54 (X3D's pointwise
+    # layer, whose planes alias in L1 alone) 0.93x, 32 0.93-1.08x, 24 0.87x, 16 0.90x, one
+    # (a 32 -> 1 head on 64^3) 0.76x: the band's copy is shared by fewer panels of rows
+    BAND_ROWS = 64
     SPREAD_ROWS = 32
     SPREAD_BYTES = 2097152
     SPREAD_PANELS = 8

@@ -352,6 +352,7 @@ cdef void forward_product(Product *p, Phase *ph, tuple xshape, tuple wshape, tup
     p.a_rs = ph.K
     p.a_grp = p.M * ph.K
     split_work(p, compact_phases(p, ph, itemsize))
+    set_band(&p.st, p.ncb, NR, p.M, math.prod(ksize) == 1 and p.nimg == 1 and not p.by_pixel)
 
 
 def forward(const element[:, :, :, :, ::1] x, const element[:, :, :, :, ::1] w,
@@ -403,6 +404,7 @@ def product_plan(which, xshape, wshape, yshape, stride, pad, dilation, Py_ssize_
             "skip share": geo.skip,
             "weight read in place": bool(p.gathered), "weight streamed": bool(p.stream_a),
             "channel gap": p.st.gap, "source read in place": bool(p.st.identity),
+            "bands": bool(p.st.band),
             "staged slice": p.st.size,
             "last slice read in place": reads_in_place(
                 &p.st, (p.N - 1) * p.src_img + (p.G - 1) * p.src_grp),
@@ -528,6 +530,9 @@ cdef tuple input_product(Product *p, tuple dyshape, tuple wshape, tuple dxshape,
     p.a_rs = KS
     p.a_grp = Og * wshape[1] * KS
     split_work(p, compact_phases(p, phases, itemsize))
+    cdef Py_ssize_t chan = p.st.chan
+    if set_band(&p.st, p.ncb, NR, p.M, KS == 1 and p.nimg == 1 and not p.by_pixel):
+        boffs = [b // chan * p.st.chan for b in boffs]     # one tap, at 0: channel rows
     return <Py_ssize_t> phases, boffs, koffs
 
 

@@ -502,7 +502,7 @@ cdef inline Py_ssize_t tail_shift(const Product *p, const Phase *ph, const Item 
     source, which was otherwise staged for it, a copy of the whole slice on every call (128 ->
     16 channels on 55x55 at batch 1 ran at 0.43 of PyTorch, the copy a third of the time)."""
     cdef Py_ssize_t shift = j0 + width - it.ncols
-    if shift <= 0 or not p.st.identity or ph.pieces or shift > it.q0 + j0:
+    if shift <= 0 or not (p.st.identity or p.st.band) or ph.pieces or shift > it.q0 + j0:
         return 0
     return shift
 
@@ -902,9 +902,15 @@ cdef void product_item(const Product *p, const Phase *phases, Py_ssize_t item,
     else:
         a_g = apack + ph.a_off + it.g * packed_phase(p, ph)
 
-    stage_images(src, &p.st, p.src_img, p.src_grp, it.n0, it.nimg, it.g, it.ng, fws, iws,
-                 staged)
-    item_columns(&p.st, ph, &it, NR, dcol, run)
+    if p.st.band:       # the item's columns of the slice, copied (stage_band)
+        stage_band(src + it.n0 * p.src_img + it.g * p.src_grp, &p.st, it.q0, it.ncols, fws)
+        staged[0] = fws
+        item_columns(&p.st, ph, &it, NR, dcol, run)
+        it.q0 = 0           # the band's columns count from the item's first
+    else:
+        stage_images(src, &p.st, p.src_img, p.src_grp, it.n0, it.nimg, it.g, it.ng, fws, iws,
+                     staged)
+        item_columns(&p.st, ph, &it, NR, dcol, run)
     if ph.K == 0:           # no tap reaches these pixels
         set_columns(p, &it, dst_g, dcol, bias, False)
     if p.by_pixel:
