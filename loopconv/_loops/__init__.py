@@ -614,13 +614,17 @@ def _threads(loops, num_threads):
 # passes run on the kernel without them.  A residual 3x3x3 layer of 512 channels on 1x7x7 at
 # batch 4 read a third of its weight: the columns held three times the products.  But the
 # kept taps are a copy of the weight (kept_weight), which costs about as much as a pass over
-# few pixels: the taps are kept all where the dropped share of the taps times the output pixels
-# of all the images is below TRIM_PIXELS.  Measured (float32, one thread, forward / input /
-# weight gradient, all taps against the kept taps): V-Net's 256 -> 256 5x5x5 on 4x4x2 at batch
-# 1 (2 of 5 taps along the last axis dropped, 32 pixels: 12.8) 2.1x / 1.4x / 2.3x faster with
-# all; at batch 4 (51) 0.74x / 0.94x / 1.15x; 512 -> 512 3x3x3 on 1x7x7 at batch 1 (33) 0.94x /
-# 0.97x / 0.57x, at batch 4 (131) 0.85x / 0.84x / 0.51x.
-TRIM_PIXELS = 24
+# few pixels: the copy reads the kept share of the weight, all of it where the last axis is
+# trimmed (its runs are then shorter than a cache line), and writes the kept share.  The taps
+# are dropped where the dropped share times the output pixels of all images is at least
+# TRIM_PIXELS times that (read and written, as shares of the weight).  Measured (float32,
+# one thread, forward / input / weight gradient, kept taps' time over all taps'): V-Net's
+# 256 -> 256 5x5x5 on 4x4x2 (2 of 5 taps along the last axis dropped, 32 pixels an image:
+# 12.8 / 1.6) at batch 1 2.1 / 1.4 / 2.3, batch 2 1.76 / 1.61 / 1.15, batch 3 1.29 / 1.46 /
+# 1.04, batch 4 0.74 / 0.94 / 1.15; 512 -> 512 3x3x3 on 1x7x7 (2 of 3 taps along the first
+# axis: 33 / 0.67) at batch 1 0.94 / 0.97 / 0.57, at batch 4 0.85 / 0.84 / 0.51; on 1x4x4 and
+# 1x5x5 at batch 1 (16 and 25 pixels) about even.
+TRIM_PIXELS = 32
 
 def _reading_outputs(t, size, out, stride, pad, dilation):
     """The outputs o0 <= o < o1 (o1 <= o0: none) at which tap t of an axis reads the input
@@ -654,13 +658,15 @@ def kept_taps(x_shape, w_shape, y_shape, stride, pad, dilation):
 
 def dropped_taps(x_shape, w_shape, y_shape, stride, pad, dilation):
     """kept_taps where the passes run without the other taps: where the dropped share of the
-    taps times the output pixels of all images is TRIM_PIXELS or more; else None."""
+    taps times the output pixels of all images is TRIM_PIXELS times the copy's cost or more;
+    else None."""
     taps = kept_taps(x_shape, w_shape, y_shape, stride, pad, dilation)
     if taps is None:
         return None
     kept = math.prod(t1 - t0 for t0, t1 in taps) / math.prod(w_shape[2:])
+    read = kept * w_shape[-1] / (taps[-1][1] - taps[-1][0])
     pixels = y_shape[0] * math.prod(y_shape[2:])
-    return taps if (1 - kept) * pixels >= TRIM_PIXELS else None
+    return taps if (1 - kept) * pixels >= TRIM_PIXELS * (read + kept) else None
 
 
 def trimmed(w_shape, pad, dilation, taps):
