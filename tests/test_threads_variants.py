@@ -582,22 +582,23 @@ def test_aliasing_1x1_sources_read_as_bands(dtype):
     """A 1x1 product of 64 rows (per group) or more whose source's channels alias (planes of
     512 elements) copies each work item's columns of every channel into a band (set_band):
     forward passes and input gradients of every build against the direct loops, with groups,
-    two images, a last column block and a last tile that are not whole; one to three threads
-    bit-identical; the plans' flags."""
-    cases = [  # x, w, groups; whether the forward pass and the input gradient read bands
-        ((2, 40, 1, 32, 64), (64, 40, 1, 1, 1), 1, True, False),
-        ((1, 64, 1, 16, 32), (72, 64, 1, 1, 1), 1, True, True),
-        ((2, 128, 1, 16, 32), (128, 64, 1, 1, 1), 2, True, True),
-        ((1, 64, 1, 16, 32), (32, 64, 1, 1, 1), 1, False, True),
-        ((1, 64, 1, 16, 33), (64, 64, 1, 1, 1), 1, False, False),      # no aliasing
+    two images, a last column block and a last tile that are not whole, a stride-2 input
+    gradient; one to three threads bit-identical; the plans' flags."""
+    cases = [  # x, w, groups, stride; whether the forward pass and input gradient read bands
+        ((2, 40, 1, 32, 64), (64, 40, 1, 1, 1), 1, 1, True, False),
+        ((1, 64, 1, 16, 32), (72, 64, 1, 1, 1), 1, 1, True, True),
+        ((2, 128, 1, 16, 32), (128, 64, 1, 1, 1), 2, 1, True, True),
+        ((1, 64, 1, 16, 32), (32, 64, 1, 1, 1), 1, 1, False, True),
+        ((1, 64, 1, 16, 33), (64, 64, 1, 1, 1), 1, 1, False, False),   # no aliasing
+        ((1, 64, 1, 32, 64), (80, 64, 1, 1, 1), 1, 2, False, True),    # dy of 16x32
     ]
     rng = np.random.default_rng(12)
     itemsize = np.dtype(dtype).itemsize
     none = np.empty(0, dtype)
     tol = 1e-4 if dtype == np.float32 else 1e-10
-    for x_shape, w_shape, groups, band_f, band_i in cases:
-        y_shape = (x_shape[0], w_shape[0]) + x_shape[2:]
-        args = ((1, 1, 1), (0, 0, 0), (1, 1, 1), groups)
+    for x_shape, w_shape, groups, s, band_f, band_i in cases:
+        y_shape = (x_shape[0], w_shape[0], 1) + tuple(-(-n // s) for n in x_shape[3:])
+        args = ((1, s, s), (0, 0, 0), (1, 1, 1), groups)
         x = rng.standard_normal(x_shape).astype(dtype)
         w = rng.standard_normal(w_shape).astype(dtype)
         dy = rng.standard_normal(y_shape).astype(dtype)

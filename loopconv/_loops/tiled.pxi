@@ -165,10 +165,10 @@ cdef enum:
     # 1.25x (forward and input gradient), 128 -> 128 on 128x128 1.19-1.22x, 256 -> 256 on 32^3
     # 1.31-1.37x, at batch 4 on 128x128 64 -> 128 1.15x and 1.33x (input gradient), input
     # gradients of 64 rows 1.20-1.25x (64 -> 16, 64 -> 21, 64 -> 32, 64 -> 48), 128 -> 32's
-    # 1.16x, 32 -> 64 forward 1.23x; of fewer rows some lost: 48 1.13x, 54 (X3D's pointwise
-    # layer, whose planes alias in L1 alone) 0.93x, 32 0.93-1.08x, 24 0.87x, 16 0.90x, one
-    # (a 32 -> 1 head on 64^3) 0.76x: the band's copy is shared by fewer panels of rows
-    BAND_ROWS = 64
+    # 1.16x, 32 -> 64 forward 1.23x, 48 rows 1.09-1.13x (48 -> 48 on 256x256 at batch 1, 0.68
+    # of PyTorch before); of fewer rows most lost: 32 0.78-1.08x, 24 0.87x, 16 to 21 0.74-0.97x,
+    # one (a 32 -> 1 head on 64^3) 0.76x: fewer panels of rows share each band's copy
+    BAND_ROWS = 48
     SPREAD_ROWS = 32
     SPREAD_BYTES = 2097152
     SPREAD_PANELS = 8
