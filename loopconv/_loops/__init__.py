@@ -626,6 +626,7 @@ def _threads(loops, num_threads):
 # 1x5x5 at batch 1 (16 and 25 pixels) about even.
 TRIM_PIXELS = 32
 
+
 def _reading_outputs(t, size, out, stride, pad, dilation):
     """The outputs o0 <= o < o1 (o1 <= o0: none) at which tap t of an axis reads the input
     (size elements, padding `pad` before) rather than padding."""
@@ -698,7 +699,7 @@ def put_kept(kept, taps, dw, num_threads):
 
 def _trim_weight(x_shape, w, y_shape, stride, pad, dilation, num_threads):
     """The weight (5-D), padding before and dilation of the problem without the taps that read
-    only padding (kept_taps): w's kept taps copied, or w itself where every tap is kept."""
+    only padding, where dropping them pays (dropped_taps): w's kept taps copied, or w itself."""
     taps = dropped_taps(x_shape, w.shape, y_shape, stride, pad, dilation)
     if taps is None:
         return w, pad, dilation
