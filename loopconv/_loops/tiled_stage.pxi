@@ -438,12 +438,11 @@ cdef bint set_band(Stage *st, Py_ssize_t ncb, Py_ssize_t NR, Py_ssize_t rows,
     instead: each work item copies its ncb columns or fewer of every channel into its thread's
     buffer (stage_band), the channels chan apart, with NR zeros after each and a cache line's
     gap, and its tiles read the band there; then st.chan is that stride (the rows of B the
-    product reads), and True.  The copy of the whole
-    slice (`spread`) went to memory and back where the slice outgrows the caches (a 64 -> 64
-    1x1 on 256x256 at batch 1 copied 16 MB a pass, and ran at 0.61 of PyTorch), and read in
-    place the channels evict each other from L1 (and from L2 where they are 128 KiB apart:
-    X3D's 24 -> 54 pointwise layer on 16x56x56 at 0.64, a segmentation head of 64 -> 21 on
-    128x128 at 0.62); a band stays in L2 and is read from there by every panel of rows."""
+    product reads), and True.  The copy of the whole slice (`spread`) went to memory and back
+    where the slice outgrows the caches (a 64 -> 64 1x1 on 256x256 at batch 1 copied 16 MB a
+    pass, and ran at 0.61 of PyTorch), and read in place the channels evict each other from
+    L1, and from L2 where they are 128 KiB apart; a band stays in L2 and is read from there
+    by every panel of rows."""
     cdef int a
     cdef bint plain = st.nimg == 1 and st.nchan > 1 and st.itemsize > 0
     for a in range(3):
