@@ -230,6 +230,12 @@ cdef Py_ssize_t whole_rows(const Product *p, const Phase *phases,
     return most
 
 
+cdef bint product_bands(Product *p, Py_ssize_t taps, Py_ssize_t NR) noexcept nogil:
+    """set_band for the product p once its work is split: a 1x1 product (`taps` 1) of one
+    image per work item whose grid tiles read its source."""
+    return set_band(&p.st, p.ncb, NR, p.M, taps == 1 and p.nimg == 1 and not p.by_pixel)
+
+
 cdef bint pixel_tiles_suit(const Product *p, const Phase *phases, Py_ssize_t itemsize,
                            double skip) noexcept nogil:
     """Whether the tiles of pixels by channels (pixel_tiles) suit a forward-style product: where
@@ -352,7 +358,7 @@ cdef void forward_product(Product *p, Phase *ph, tuple xshape, tuple wshape, tup
     p.a_rs = ph.K
     p.a_grp = p.M * ph.K
     split_work(p, compact_phases(p, ph, itemsize))
-    set_band(&p.st, p.ncb, NR, p.M, math.prod(ksize) == 1 and p.nimg == 1 and not p.by_pixel)
+    product_bands(p, math.prod(ksize), NR)
 
 
 def forward(const element[:, :, :, :, ::1] x, const element[:, :, :, :, ::1] w,
@@ -531,7 +537,7 @@ cdef tuple input_product(Product *p, tuple dyshape, tuple wshape, tuple dxshape,
     p.a_grp = Og * wshape[1] * KS
     split_work(p, compact_phases(p, phases, itemsize))
     cdef Py_ssize_t chan = p.st.chan
-    if set_band(&p.st, p.ncb, NR, p.M, KS == 1 and p.nimg == 1 and not p.by_pixel):
+    if product_bands(p, KS, NR):
         boffs = [b // chan * p.st.chan for b in boffs]     # one tap, at 0: channel rows
     return <Py_ssize_t> phases, boffs, koffs
 

@@ -902,15 +902,14 @@ cdef void product_item(const Product *p, const Phase *phases, Py_ssize_t item,
     else:
         a_g = apack + ph.a_off + it.g * packed_phase(p, ph)
 
+    item_columns(&p.st, ph, &it, NR, dcol, run)
     if p.st.band:       # the item's columns of the slice, copied (stage_band)
         stage_band(src + it.n0 * p.src_img + it.g * p.src_grp, &p.st, it.q0, it.ncols, fws)
         staged[0] = fws
-        item_columns(&p.st, ph, &it, NR, dcol, run)
         it.q0 = 0           # the band's columns count from the item's first
     else:
         stage_images(src, &p.st, p.src_img, p.src_grp, it.n0, it.nimg, it.g, it.ng, fws, iws,
                      staged)
-        item_columns(&p.st, ph, &it, NR, dcol, run)
     if ph.K == 0:           # no tap reaches these pixels
         set_columns(p, &it, dst_g, dcol, bias, False)
     if p.by_pixel:
