@@ -453,3 +453,49 @@ def test_dy_rows_reads_no_stale_scratch(rng):
                 got = grad_weight(module, x, gy, w_shape, kw, threads)
                 assert np.array_equal(got, expected), (module.__name__, dtype, threads)
     assert all(taken)
+
+
+# ---------------------------------------------------------------------------------------------
+# One reduction step over all the images (one_step): where the partial product would outgrow
+# an L2 and a step's packed dy fits in one, each block of rows k sums all the images' columns
+# and writes its rows of dw itself
+
+ONE_STEP = [
+    case("3d-deep-layer", (3, 96, 4, 4, 4), (256, 96, 3, 3, 3), padding=1),
+    case("2d-deep-layer", (6, 256, 7, 7), (256, 256, 3, 3), padding=1),
+    case("1d-512", (2, 512, 140), (512, 512, 3), padding=1),
+    case("1x1-narrowing", (3, 2048, 10, 10), (256, 2048, 1, 1)),
+    case("2d-stride2-ragged", (2, 256, 25, 23), (320, 256, 3, 3), stride=2, padding=(1, 0)),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+@pytest.mark.parametrize("x_shape, w_shape, kw", ONE_STEP)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_one_step(rng, assert_close, variant, x_shape, w_shape, kw, dtype):
+    """Every variant on weight gradients that sum all their images in one step (each of these
+    does in float32 on every variant, and took several steps before), against the reference,
+    every element written, the same bits on 1, 2 and 3 threads."""
+    check_bounded(rng, assert_close, variant, x_shape, w_shape, kw, dtype)
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kw, itemsize, one", [
+    ((3, 96, 4, 4, 4), (256, 96, 3, 3, 3), dict(padding=1), 4, True),
+    ((3, 96, 4, 4, 4), (256, 96, 3, 3, 3), dict(padding=1), 8, True),
+    ((2, 768, 8, 8, 8), (256, 768, 3, 3, 3), dict(padding=1), 4, True),    # 3-D U-Net, 1 MiB
+    ((2, 768, 8, 8, 8), (256, 768, 3, 3, 3), dict(padding=1), 8, False),   # its dy: 2 MiB
+    ((8, 256, 14, 14), (256, 256, 3, 3), dict(padding=1), 4, False),       # dy: 1.6 MB
+    ((4, 64, 14, 14), (64, 64, 3, 3), dict(padding=1), 4, False),          # partial: 144 KiB
+    ((3, 1024, 14, 14), (256, 1024, 1, 1), {}, 4, False),                  # 1 MiB
+    ((1, 128, 28, 28), (512, 128, 3, 3), dict(padding=1), 4, False),       # dy read in place
+])
+def test_which_weight_gradients_take_one_step(x_shape, w_shape, kw, itemsize, one):
+    """One step of all the images (one chunk, written directly) where the partial product is
+    ONE_STEP_BYTES or more, the step's packed dy fits in ONE_STEP_PANEL and dy is not read in
+    place; otherwise the steps and chunks as before (every variant)."""
+    for module in _loops.variants().values():
+        plan = module.weight_plan(*shapes5(x_shape, w_shape, kw),
+                                  *loop_args(x_shape, w_shape, kw), itemsize)
+        taken = (plan["steps"] == 1 and plan["direct"] and plan["chunks"] == 1
+                 and plan["images"] == x_shape[0])
+        assert taken == one, (module.__name__, plan)

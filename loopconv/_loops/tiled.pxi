@@ -267,6 +267,12 @@ cdef enum:
     # junk columns between images and ran slower (benchmarks/README.md)
     BLOCK_STEPS = 4
     STEP_COLUMNS_A = 8
+    # ONE_STEP_BYTES, ONE_STEP_PANEL, ONE_STEP_STAGED: the weight gradient's reduction in one
+    # step where its partial product would outgrow an L2 and the step's packed dy fits in one
+    # (one_step)
+    ONE_STEP_BYTES = 1 << 21
+    ONE_STEP_PANEL = 1 << 20
+    ONE_STEP_STAGED = 1 << 23
     # the passes, for the geometry caches (tiled_entry.pxi, depthwise.pxi) and dw_suits
     PASS_FORWARD = 0
     PASS_INPUT = 1
