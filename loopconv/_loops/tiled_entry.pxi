@@ -628,18 +628,20 @@ cdef bint one_step(const WeightProduct *p) noexcept nogil:
     it, and its staged images in ONE_STEP_STAGED.  Measured (old / new, fastest of three to
     five alternating runs): that layer 1.25-1.32x at batches 1 and 2 on one thread (1.26-1.39x
     on two, float64 at batch 1 1.23x), 256 -> 256 on 8^3 1.20-1.37x, 128 -> 256 at batch 2
-    1.11x, ResNet-50's 2048 -> 512 1x1 on 7x7 at batch 8 1.07-1.23x (AVX2: 1.11-1.20x on
-    these).  Panels of 1.6 MB
-    (wav2vec 2.0's 512-channel kernel-3 stride-2 layer on 400 samples at batch 4, VGG's 512
-    on 14x14 at batch 4, 256 on 14x14 at batch 8) ran 0.94-1.09x on one thread, 0.82-1.06x on
-    two; 2 MiB in float64 (128 -> 256 on 8^3 at batch 2) 0.93x."""
+    1.11x, ResNet-50's 2048 -> 512 1x1 on 7x7 at batch 8 1.07-1.23x (AVX2 1.11-1.20x on
+    these).  Panels of 1.6 MB (wav2vec 2.0's 512-channel kernel-3 stride-2 layer on 400
+    samples at batch 4, VGG's 512 on 14x14 at batch 4, 256 on 14x14 at batch 8) ran
+    0.94-1.09x on one thread, 0.82-1.06x on two; 2 MiB in float64 (128 -> 256 on 8^3 at
+    batch 2) 0.93x.  The sizes are those of the problem, whatever blocks of images p.st stages
+    now."""
     cdef Py_ssize_t cols = block_columns(p, p.N)
+    cdef Py_ssize_t image = p.st.nchan * (p.st.chan // max(p.st.nimg, 1))   # staged, per image
     if p.lanes or p.dy_rows or p.Rpad * p.Cpad * p.st.itemsize < ONE_STEP_BYTES:
         return False
     if compact_block(p, p.N):
         cols = p.N * p.grid[0] * p.grid[1] * p.grid[2]
     return (p.Cpad * cols * p.st.itemsize <= ONE_STEP_PANEL
-            and p.N * p.st.nchan * p.st.chan * p.st.itemsize <= ONE_STEP_STAGED)
+            and p.N * image * p.st.itemsize <= ONE_STEP_STAGED)
 
 
 cdef void weight_images(WeightProduct *p, Py_ssize_t VW, bint one) noexcept nogil:
