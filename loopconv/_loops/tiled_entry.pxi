@@ -634,12 +634,11 @@ cdef bint one_step(const WeightProduct *p) noexcept nogil:
     0.94-1.09x on one thread, 0.82-1.06x on two; 2 MiB in float64 (128 -> 256 on 8^3 at
     batch 2) 0.93x.  The sizes are those of the problem, whatever blocks of images p.st stages
     now."""
-    cdef Py_ssize_t cols = block_columns(p, p.N)
-    cdef Py_ssize_t image = p.st.nchan * (p.st.chan // max(p.st.nimg, 1))   # staged, per image
+    cdef Py_ssize_t cols, image = p.st.nchan * (p.st.chan // max(p.st.nimg, 1))  # per image
     if p.lanes or p.dy_rows or p.Rpad * p.Cpad * p.st.itemsize < ONE_STEP_BYTES:
         return False
-    if compact_block(p, p.N):
-        cols = p.N * p.grid[0] * p.grid[1] * p.grid[2]
+    cols = (p.N * p.grid[0] * p.grid[1] * p.grid[2] if compact_block(p, p.N)
+            else block_columns(p, p.N))
     return (p.Cpad * cols * p.st.itemsize <= ONE_STEP_PANEL
             and p.N * image * p.st.itemsize <= ONE_STEP_STAGED)
 
@@ -649,8 +648,8 @@ cdef void weight_images(WeightProduct *p, Py_ssize_t VW, bint one) noexcept nogi
     planes fill at most BLOCK_STEPS steps (and whose staged copy fits in STAGED_IMAGES
     elements), the smallest with the least step_cost; and the steps of those blocks.  A step
     of lc_tile_d costs VW * VW columns more (its lane sums: as many adds as VW vectors of
-    columns), one of lc_tile_a STEP_COLUMNS_A.  `one` (set_weight, where one_step): all the
-    images in one block of one step instead."""
+    columns), one of lc_tile_a STEP_COLUMNS_A.  `one` (set_weight, once one_step holds): all
+    the images in one block of one step instead."""
     cdef Py_ssize_t per_step = VW * VW if p.lanes else STEP_COLUMNS_A, n, most, best = 1
     cdef Py_ssize_t full, nb
     most = min(p.N, BLOCK_STEPS * p.block // p.st.plane,
@@ -660,7 +659,7 @@ cdef void weight_images(WeightProduct *p, Py_ssize_t VW, bint one) noexcept nogi
     for n in range(2, most + 1):
         if step_cost(p, n, per_step) < step_cost(p, best, per_step):
             best = n
-    if one and one_step(p):
+    if one:
         best = p.N
         p.block = round_up(block_columns(p, p.N), VW)
     set_stage_images(&p.st, best, p.NR)

@@ -359,6 +359,16 @@ cdef Py_ssize_t grid_columns(Py_ssize_t q0, Py_ssize_t n, const Py_ssize_t *q,
 # ---------------------------------------------------------------------------------------------
 # The geometry of a pass, set up by the entry points (with the GIL: from Python tuples).
 
+cdef inline bint own_grid(const Stage *st) noexcept nogil:
+    """Whether the staged grid is the source's own: one phase (steps of 1), no lead, the
+    source's sizes (st.identity before the images and gaps are set; set_band)."""
+    cdef int a
+    for a in range(3):
+        if st.step[a] != 1 or st.lead[a] != 0 or st.q[a] != st.dim[a]:
+            return False
+    return True
+
+
 cdef void set_stage(Stage *st, tuple dim, tuple step, tuple lead, tuple q, Py_ssize_t nchan,
                     Py_ssize_t NR, Py_ssize_t src_size, Py_ssize_t itemsize=0,
                     Py_ssize_t rows=0):
@@ -382,9 +392,7 @@ cdef void set_stage(Stage *st, tuple dim, tuple step, tuple lead, tuple q, Py_ss
     st.src_chan = st.dim[0] * st.dim[1] * st.dim[2]
     st.spread = rows >= SPREAD_ROWS and (rows >= SPREAD_PANELS * LC_MR_B
                                          or nchan * st.src_chan * itemsize <= SPREAD_BYTES)
-    st.identity = True
-    for a in range(3):
-        st.identity = st.identity and st.step[a] == 1 and st.lead[a] == 0 and st.q[a] == st.dim[a]
+    st.identity = own_grid(st)
     st.src_size = src_size
     set_stage_images(st, 1, NR)
 
@@ -443,11 +451,8 @@ cdef bint set_band(Stage *st, Py_ssize_t ncb, Py_ssize_t NR, Py_ssize_t rows,
     pass, and ran at 0.61 of PyTorch), and read in place the channels evict each other from
     L1, and from L2 where they are 128 KiB apart; a band stays in L2 and is read from there
     by every panel of rows."""
-    cdef int a
-    cdef bint plain = st.nimg == 1 and st.nchan > 1 and st.itemsize > 0
-    for a in range(3):
-        plain = plain and st.step[a] == 1 and st.lead[a] == 0 and st.q[a] == st.dim[a]
-    st.band = (allowed and plain and rows >= BAND_ROWS
+    st.band = (allowed and own_grid(st) and st.nimg == 1 and st.nchan > 1 and st.itemsize > 0
+               and rows >= BAND_ROWS
                and (st.src_chan * st.itemsize) % ALIAS_BYTES == 0)
     if not st.band:
         return False
