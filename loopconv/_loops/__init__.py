@@ -301,7 +301,18 @@ IM2COL_REDUCTION = 512
 # 1.17 / 1.06-1.11; 128 -> 512 on 7x7 1.16 / 0.95-0.98; 512 -> 1024 from 28x28 at stride 2
 # 1.16 / 1.09-1.15 (two threads: the fastest of runs that differed by up to 30 %).  Left to
 # the tiled loops: fewer output channels than input channels (2048 -> 512 at batch 4 0.96 /
-# 0.78, 1024 -> 256 on 14x14 0.84 / 0.73, 672 -> 112 0.89 / 0.73).
+# 0.78, 1024 -> 256 on 14x14 0.84 / 0.73, 672 -> 112 0.89 / 0.73).  Since the tiled loops can
+# put the output channels on their tile rows too (their `dy rows` plan: no transpose), those
+# that choose it keep such a gradient (`_tiled_rows`); measured again then (tiled time over the
+# columns', float32 one / two threads, `tiled.grad_weight` and `im2col_grad_weight` on the same
+# arrays, fastest of 2 x 300 calls): with `dy rows` 96 -> 576 on 14x14 0.76 / 0.60, 160 -> 960
+# on 7x7 0.87 / 0.67, 128 -> 512 0.70 / 0.47, 192 -> 1152 0.87 / 0.64, 320 -> 1280 0.96 /
+# 0.82, 256 -> 1024 on 14x14 0.88 / 0.81, 512 -> 1024 0.81 / 0.69, 1024 -> 2048 on 7x7 0.74 /
+# 0.91, 512 -> 2048 0.97 / 0.78, 512 -> 1024 from 28x28 at stride 2 0.93 / 0.83, but 1024 ->
+# 2048 from 14x14 at stride 2 1.19 / 1.07; without (kept as columns) 2048 -> 2048 on 7x7 1.61
+# / 1.42, at batch 2 1.26 / 1.24, 512 -> 2048 at batch 4 1.29 / 1.26, 960 -> 960 1.02 / 1.16,
+# but 112 -> 672 on 14x14 0.86 / 0.93 and 576 -> 576 0.90 / 0.80.  Float64 alike (with `dy
+# rows` 0.75-1.06 one thread, 0.53-0.96 two; without 1.12-1.92 / 1.01-1.54).
 IM2COL_OUTER_ROWS = 512
 IM2COL_OUTER_PIXELS = 196
 IM2COL_TAPS = 8
@@ -468,13 +479,26 @@ def long_sums(y_shape, w_shape, groups) -> bool:
             and math.prod(y_shape[2:]) >= LONG_SUMS_PIXELS)
 
 
-def outer_suits(y_shape, w_shape, groups) -> bool:
+def outer_suits(y_shape, w_shape, stride, groups) -> bool:
     """Whether the weight gradient of a 1x1 convolution with 5-D output `y_shape` and weight
     `w_shape` runs as columns because it is a short sum of outer products into a dw of many
-    rows (IM2COL_OUTER_ROWS and IM2COL_OUTER_PIXELS)."""
+    rows (IM2COL_OUTER_ROWS and IM2COL_OUTER_PIXELS) that the tiled loops would write
+    transposed (not `_tiled_rows`)."""
     return (groups == 1 and math.prod(w_shape[2:]) == 1
             and y_shape[0] * math.prod(y_shape[2:]) <= IM2COL_OUTER_PIXELS
-            and w_shape[0] >= max(IM2COL_OUTER_ROWS, w_shape[1]))
+            and w_shape[0] >= max(IM2COL_OUTER_ROWS, w_shape[1])
+            and not _tiled_rows(y_shape, w_shape, stride))
+
+
+def _tiled_rows(y_shape, w_shape, stride) -> bool:
+    """Whether the tiled loops' weight gradient of a 1x1 convolution (one group, no padding)
+    puts the output channels on its tile rows (`tiled.weight_plan`'s "dy rows") and so writes
+    dw as it is: asked of the smallest input that gives `y_shape` and of float32 (`choose`
+    picks the loops for every dtype and input size at once)."""
+    x_shape = tuple(y_shape[:1]) + (w_shape[1],) + tuple(
+        (n - 1) * s + 1 for n, s in zip(y_shape[2:], stride))
+    return tiled.weight_plan(x_shape, tuple(w_shape), tuple(y_shape), tuple(stride), _ZEROS,
+                             _ONES, 1, 4)["dy rows"]
 
 
 def _dense(size, kernel, out, pad, dilation, groups) -> bool:
@@ -591,7 +615,7 @@ def _pick(y_shape, w_shape, stride, groups) -> Loops:
                    else pick(2, tiled.grad_weight, tiled.dw_grad_weight))
     if grad_weight is tiled.grad_weight and (im2col_suits(y_shape, w_shape, groups)
                                             or one_pixel(y_shape, w_shape, groups)
-                                            or outer_suits(y_shape, w_shape, groups)):
+                                            or outer_suits(y_shape, w_shape, stride, groups)):
         grad_weight = im2col_grad_weight
     return Loops(tiled, forward_fn, grad_input, grad_weight)
 
