@@ -195,6 +195,8 @@ WEIGHT_FIXED = FIXED + [
     # outer_suits' kind, small: 1x1 over few pixels into more output than input channels
     case("1x1-outer-7x7", (2, 40, 7, 7), (72, 40, 1, 1)),
     case("1x1-outer-stride2", (1, 24, 9, 9), (56, 24, 1, 1), stride=2),
+    # one image: its pixels gathered in parts, one per thread
+    case("3x3-one-image", (1, 8, 7, 5), (16, 8, 3, 3), padding=1),
 ]
 
 
