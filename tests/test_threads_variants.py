@@ -580,17 +580,19 @@ def test_large_aliasing_slices_are_copied_only_for_many_panels(dtype):
 @pytest.mark.parametrize("dtype", DTYPE_PARAMS)
 def test_aliasing_1x1_sources_read_as_bands(dtype):
     """A 1x1 product of 64 rows (per group) or more whose source's channels alias (planes of
-    512 elements) copies each work item's columns of every channel into a band (set_band):
-    forward passes and input gradients of every build against the direct loops, with groups,
-    two images, a last column block and a last tile that are not whole, a stride-2 input
-    gradient; one to three threads bit-identical; the plans' flags."""
+    4096 elements, 16 or 32 KiB) copies each work item's columns of every channel into a band
+    (set_band): forward passes and input gradients of every build against the direct loops,
+    with groups, two images, a last column block and a last tile that are not whole, a
+    stride-2 input gradient; one to three threads bit-identical; the plans' flags.  Planes of
+    512 elements (2 or 4 KiB apart, the slice within an L2) are copied whole instead."""
     cases = [  # x, w, groups, stride; whether the forward pass and input gradient read bands
-        ((2, 40, 1, 32, 64), (64, 40, 1, 1, 1), 1, 1, True, False),
-        ((1, 64, 1, 16, 32), (72, 64, 1, 1, 1), 1, 1, True, True),
-        ((2, 128, 1, 16, 32), (128, 64, 1, 1, 1), 2, 1, True, True),
-        ((1, 64, 1, 16, 32), (32, 64, 1, 1, 1), 1, 1, False, True),
+        ((2, 40, 1, 64, 64), (64, 40, 1, 1, 1), 1, 1, True, False),
+        ((1, 64, 1, 64, 64), (72, 64, 1, 1, 1), 1, 1, True, True),
+        ((1, 128, 1, 64, 64), (128, 64, 1, 1, 1), 2, 1, True, True),
+        ((1, 64, 1, 64, 64), (32, 64, 1, 1, 1), 1, 1, False, True),
         ((1, 64, 1, 16, 33), (64, 64, 1, 1, 1), 1, 1, False, False),   # no aliasing
-        ((1, 64, 1, 32, 64), (80, 64, 1, 1, 1), 1, 2, False, True),    # dy of 16x32
+        ((1, 64, 1, 128, 128), (80, 64, 1, 1, 1), 1, 2, False, True),  # dy of 64x64
+        ((1, 64, 1, 16, 32), (72, 64, 1, 1, 1), 1, 1, False, False),   # copied whole
     ]
     rng = np.random.default_rng(12)
     itemsize = np.dtype(dtype).itemsize

@@ -167,7 +167,19 @@ cdef enum:
     # gradients of 64 rows 1.20-1.25x (64 -> 16, 64 -> 21, 64 -> 32, 64 -> 48), 128 -> 32's
     # 1.16x, 32 -> 64 forward 1.23x, 48 rows 1.09-1.13x (48 -> 48 on 256x256 at batch 1, 0.68
     # of PyTorch before); of fewer rows most lost: 32 0.78-1.08x, 24 0.87x, 16 to 21 0.74-0.97x,
-    # one (a 32 -> 1 head on 64^3) 0.76x: fewer panels of rows share each band's copy
+    # one (a 32 -> 1 head on 64^3) 0.76x: fewer panels of rows share each band's copy.
+    # BAND_CHANNEL_BYTES: a slice within SPREAD_BYTES whose channels are at most this many
+    # bytes apart is copied whole (set_stage_images' gap) instead: each work item copies its
+    # band, and at batch 1 a column block's rows are several items (4 to 8), while the whole
+    # slice is copied once per thread and stays in L2.  Against bands (fastest of four to six
+    # alternating runs, forward / input gradient): float32 one thread, 1x1 on 32x32 512 -> 128
+    # 1.83 / 1.08x, 64 -> 128 1.38 / 1.40x, on 16x32 512 -> 512 1.28 / 1.26x, 1x1x1 on 8^3
+    # 1024 -> 256 2.00 / 1.12x, 256 -> 256 1.32 / 1.26x, kernel 1 on 1024 samples 512 -> 512
+    # 1.23 / 1.10x, a GAN's 4x4 stride-2 transposed layer from 8x8 as columns (their 1x1
+    # product) 1.19x; two threads 1.05-1.36x (the GAN layer 0.99x); float64 1.15-1.35x.
+    # Channels 16 KiB apart kept bands: 128 -> 128 on 64x64 and 128 -> 64 on 16^3 copied whole
+    # ran 0.85-0.98x
+    BAND_CHANNEL_BYTES = 8192
     BAND_ROWS = 48
     SPREAD_ROWS = 32
     SPREAD_BYTES = 2097152

@@ -450,10 +450,14 @@ cdef bint set_band(Stage *st, Py_ssize_t ncb, Py_ssize_t NR, Py_ssize_t rows,
     where the slice outgrows the caches (a 64 -> 64 1x1 on 256x256 at batch 1 copied 16 MB a
     pass, and ran at 0.61 of PyTorch), and read in place the channels evict each other from
     L1, and from L2 where they are 128 KiB apart; a band stays in L2 and is read from there
-    by every panel of rows."""
+    by every panel of rows.  Not for a slice that fits in L2 (SPREAD_BYTES) with channels at
+    most BAND_CHANNEL_BYTES apart: that is copied whole, once per thread, where the items of a
+    column block would each copy its band."""
     st.band = (allowed and own_grid(st) and st.nimg == 1 and st.nchan > 1 and st.itemsize > 0
                and rows >= BAND_ROWS
-               and (st.src_chan * st.itemsize) % ALIAS_BYTES == 0)
+               and (st.src_chan * st.itemsize) % ALIAS_BYTES == 0
+               and (st.nchan * st.src_chan * st.itemsize > SPREAD_BYTES
+                    or st.src_chan * st.itemsize > BAND_CHANNEL_BYTES))
     if not st.band:
         return False
     st.identity = False
