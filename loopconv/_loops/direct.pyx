@@ -341,7 +341,7 @@ def im2col(const element[:, :, :, :, ::1] x, w_shape, dy_shape, stride, pad, dil
         return
     cdef Py_ssize_t[::1] where = tap_table(&g)
     # Fewer (group, image) slices than threads (batch 1): each slice's pixels are cut into as
-    # many parts as threads, so that all of them gather (alone, the gather was a ninth to a
+    # many parts as threads, so that all of them gather (alone, the gather was a tenth to a
     # quarter of a 3x3 weight gradient on 7x7 as columns on two threads).
     cdef Py_ssize_t parts = num_threads if g.G * g.N < num_threads else 1
     with nogil:

@@ -786,7 +786,8 @@ cdef void set_weight_as(WeightProduct *p, tuple xs, tuple ws, tuple ys, stride, 
 
 def weight_plan(xs, ws, ys, stride, pad, dilation, Py_ssize_t groups, Py_ssize_t itemsize):
     """How the weight gradient cuts its reduction for 5-D shapes as grad_weight takes them (x,
-    dw, dy) and elements of `itemsize` bytes (internal: for the tests)."""
+    dw, dy) and elements of `itemsize` bytes (internal: for the tests, and for `choose`, which
+    asks whether a 1x1 gradient's plan takes "dy rows")."""
     cdef WeightProduct p = tiled_geometry(PASS_WEIGHT, tuple(xs), tuple(ws), tuple(ys), stride,
                                           pad, dilation, groups, itemsize).q
     return {"images": p.nimg, "image blocks": p.nib, "steps": p.nsteps, "chunks": p.nchunk,
