@@ -237,6 +237,11 @@ def test_weight_against_reference_and_across_threads(rng, assert_close, x_shape,
     ((8, 256, 14, 14), (256, 256, 3, 3), dict(padding=1), False),
     ((8, 1024, 7, 7), (1024, 32, 3, 3), dict(padding=1, groups=32), False),
     ((2, 128, 4, 4, 4), (256, 128, 3, 3, 3), dict(padding=1), True),
+    # 3-D of IM2COL_VOLUME_PIXELS output pixels and few channels: the tiled loops
+    ((2, 128, 4, 4, 4), (128, 128, 3, 3, 3), dict(padding=1), False),
+    ((1, 64, 2, 4, 4), (128, 64, 3, 3, 3), dict(padding=1), False),
+    ((1, 128, 3, 3, 3), (128, 128, 3, 3, 3), dict(padding=1), True),   # 27 pixels
+    ((1, 192, 4, 4, 4), (192, 192, 3, 3, 3), dict(padding=1), True),   # 192 channels
     ((2, 32, 16, 16, 16), (32, 32, 3, 3, 3), dict(padding=1), False),
     ((32, 512, 8, 8), (256, 512, 4, 4), dict(stride=2, padding=1), True),    # 4x4 dy
     ((32, 256, 16, 16), (128, 256, 4, 4), dict(stride=2, padding=1), False),  # 8x8 dy
@@ -387,6 +392,7 @@ def test_forward_against_reference_and_across_threads(rng, assert_close, x_shape
     ((32, 32, 4, 4), (10, 32, 4, 4), {}, True),              # a dense layer as a convolution
     ((8, 64, 1, 1), (64, 16, 1, 1), dict(groups=4), False),
     ((1, 128, 4, 4, 4), (256, 128, 3, 3, 3), dict(padding=1), True),     # grid 3.4 x output
+    ((1, 128, 4, 4, 4), (128, 128, 3, 3, 3), dict(padding=1), True),     # (weight: tiled)
     ((2, 128, 4, 4, 4), (128, 128, 3, 3, 3), dict(padding=1), False),    # 128 pixels in all
     ((2, 128, 4, 4, 4), (256, 128, 3, 3, 3), dict(padding=1), False),    # 256 < 3 x 128
     ((2, 128, 4, 4, 4), (512, 128, 3, 3, 3), dict(padding=1), True),     # 512 >= 3 x 128

@@ -437,6 +437,31 @@ def im2col_forward_suits(y_shape, w_shape, stride, groups) -> bool:
             and w_shape[0] // groups >= IM2COL_FORWARD_WEIGHT * images * pixels)
 
 
+# The weight gradient of a 3-D layer of IM2COL_VOLUME_PIXELS output pixels an image or more
+# (4x4x2, 4x4x4) with at most IM2COL_VOLUME_CHANNELS input and output channels runs on the
+# tiled loops even where `im2col_suits` holds (the forward pass, which follows im2col_suits,
+# keeps the columns there): gathering the columns (`direct.im2col`) was a quarter to a third
+# of that gradient (317 of 1164 us for 128 -> 128 3x3x3 on 4x4x4 at batch 2), and the tiled
+# loops have since learnt to share their padding's zeros.  Measured (tiled time over the
+# columns', `tiled.grad_weight` and `im2col_grad_weight` in one process on the same arrays,
+# fastest of three rounds, 3x3x3 at batches 1, 2 and 4), float32 one / two threads, float64,
+# AVX2: 64 channels on 4x4x4, 3x4x4 and 2x4x4 0.52-0.66 / 0.45-0.57 / 0.61-0.97 / 0.67-0.77;
+# 128 0.68-0.96 / 0.61-1.10 / 0.81-1.36 / 0.79-1.02; 64 -> 128 and 128 -> 64 0.56-0.79 /
+# 0.50-0.78 / 0.64-1.05.  Left as columns: 192 channels (1.05-1.67 on one thread, float64
+# 1.03-1.84), 256 -> 128 (0.78-1.25, float64 0.90-1.35), 128 -> 256 (0.92-1.32), and volumes
+# of fewer pixels (3x3x3 with 128 channels 1.03-1.20, 2x2x2 1.11-1.26, float64 1.2-2.0).
+IM2COL_VOLUME_PIXELS = 32
+IM2COL_VOLUME_CHANNELS = 128
+
+
+def im2col_weight_suits(y_shape, w_shape, groups) -> bool:
+    """Whether the weight gradient runs as columns by `im2col_suits`: all but the 3-D layers
+    of IM2COL_VOLUME_PIXELS and few channels."""
+    return im2col_suits(y_shape, w_shape, groups) and not (
+        y_shape[2] > 1 and math.prod(y_shape[2:]) >= IM2COL_VOLUME_PIXELS
+        and max(w_shape[0], w_shape[1]) <= IM2COL_VOLUME_CHANNELS)
+
+
 def im2col_suits(y_shape, w_shape, groups) -> bool:
     """Whether the weight gradient of a convolution with 5-D output `y_shape` (of dy) and
     weight `w_shape` runs as columns: by the output pixels per image, the length of the
@@ -579,10 +604,10 @@ def choose(y_shape, w_shape, stride, groups) -> Loops:
     (`one_pixel`); larger ones on the tiled loops, except the passes that the depthwise loops do
     faster (`dw_suits`: by the channels per group, the output size and whether the convolution is
     strided), and those that run as columns: input gradients whose phase-split grids would be
-    mostly padding or that come from one output pixel (`col2im_suits`), weight gradients of short
-    reductions (`im2col_suits`, `outer_suits`) and forward passes to one or a few output pixels
-    (`im2col_forward_suits`).  Remembered per problem: the unplanned entry points below and the
-    columns' inner products ask for each call."""
+    mostly padding or that come from one output pixel (`col2im_suits`), weight gradients of
+    short reductions (`im2col_weight_suits`, `outer_suits`) and forward passes to one or a few
+    output pixels (`im2col_forward_suits`).  Remembered per problem: the unplanned entry points
+    below and the columns' inner products ask for each call."""
     key = (tuple(y_shape), tuple(w_shape), tuple(stride), groups)
     loops = _CHOSEN.get(key)
     if loops is None:
@@ -613,7 +638,7 @@ def _pick(y_shape, w_shape, stride, groups) -> Loops:
         grad_input = col2im_grad_input
     grad_weight = (tiled.grad_weight if long_sums(y_shape, w_shape, groups)
                    else pick(2, tiled.grad_weight, tiled.dw_grad_weight))
-    if grad_weight is tiled.grad_weight and (im2col_suits(y_shape, w_shape, groups)
+    if grad_weight is tiled.grad_weight and (im2col_weight_suits(y_shape, w_shape, groups)
                                             or one_pixel(y_shape, w_shape, groups)
                                             or outer_suits(y_shape, w_shape, stride, groups)):
         grad_weight = im2col_grad_weight
