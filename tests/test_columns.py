@@ -183,6 +183,121 @@ def test_public_kernel_as_stride(rng, assert_close, dtype):
 
 
 # ---------------------------------------------------------------------------------------------
+# The input gradient of few input channels as one product for all taps
+
+TAPS_FIXED = [
+    case("1d-waveform", (2, 1, 83), (24, 1, 10), stride=5),           # wav2vec's first kind
+    case("1d-stride-over-kernel", (1, 2, 40), (9, 2, 2), stride=3),   # inputs no tap reads
+    case("1d-same", (3, 3, 31), (12, 3, 7), padding=3),
+    case("1d-dilated-asym", (1, 4, 45), (10, 4, 5), dilation=2, padding=((3, 1),)),
+    case("1d-pad-past-end", (2, 1, 20), (6, 1, 4), stride=3, padding=((2, 5),)),
+    case("2d-grayscale-stem", (2, 1, 19, 17), (16, 1, 7, 7), stride=2, padding=3),
+    case("2d-dilated", (1, 1, 12, 13), (8, 1, 3, 3), dilation=(2, 3), padding=(2, 1)),
+    case("3d-one-channel", (1, 1, 6, 5, 7), (5, 1, 3, 3, 3), padding=1, stride=(1, 2, 1)),
+]
+
+
+def random_taps_cases(count, seed):
+    """Random geometries of one group and 1 to 4 input channels: 1 to 3 spatial axes (mostly
+    1), outputs of 1 to 40 pixels along the last axis and 1 to 4 along the others, kernels of 1
+    to 9 taps, strides 1 to 5, dilation 1 to 3, padding up to 4 on each side."""
+    rng = np.random.default_rng(seed)
+    cases = []
+    for i in range(count):
+        nd = int(rng.choice([1, 1, 1, 2, 3]))
+        kernel, stride, dilation, pairs, size = [], [], [], [], []
+        for axis in range(nd):
+            last = axis == nd - 1
+            k, d, st = (int(rng.integers(1, 10 if last else 4)), int(rng.integers(1, 4)),
+                        int(rng.integers(1, 6)))
+            p = (int(rng.integers(0, 5)), int(rng.integers(0, 5)))
+            out = int(rng.integers(1, 41 if last else 5))
+            size.append(max(1, (out - 1) * st + d * (k - 1) + 1 - sum(p)))
+            kernel.append(k)
+            dilation.append(d)
+            stride.append(st)
+            pairs.append(p)
+        cases.append(grouped_case(f"taps-random-{i}", int(rng.integers(1, 4)), 1,
+                                  int(rng.integers(1, 5)), int(rng.integers(1, 20)), size,
+                                  kernel, stride, pairs, dilation))
+    return cases
+
+
+def taps(dy, w, bias, x_shape, kw, threads):
+    """`_loops.taps_grad_input` on the case, into an output filled with NaN."""
+    dx = np.full(lift(np.empty(x_shape)).shape, np.nan, dy.dtype)
+    _loops.taps_grad_input(lift(dy), lift(w), bias, dx, *loop_args(x_shape, w.shape, kw),
+                           threads)
+    return dx.reshape(x_shape)
+
+
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+@pytest.mark.parametrize("x_shape, w_shape, kw",
+                         TAPS_FIXED + random_taps_cases(30, seed=20261206))
+def test_taps_against_reference_and_across_threads(rng, assert_close, x_shape, w_shape, kw,
+                                                    dtype):
+    """Every element written (inputs that no tap reads get the bias alone), against the
+    reference with and without a bias, the same bits on 1, 2 and 3 threads, dy and w
+    untouched."""
+    x, w, _, gy = conv_arrays(rng, x_shape, w_shape, kw, dtype)
+    before = (w.copy(), gy.copy())
+    b_in = rng.standard_normal(x_shape[1]).astype(dtype)
+    want = reference.conv_input(x_shape, w, gy, **kw)
+    bound = reference.conv_input(x_shape, np.abs(w), np.abs(gy), **kw)
+    for bias, add in ((b_in[:0], 0), (b_in, b_in.astype(np.float64).reshape(
+            -1, *(1,) * (len(x_shape) - 2)))):
+        got = taps(gy, w, bias, x_shape, kw, threads=2)
+        assert not np.isnan(got).any()
+        assert_close(got, want + add, dtype, bound=bound + np.abs(add))
+        for threads in (1, 3):
+            assert np.array_equal(got, taps(gy, w, bias, x_shape, kw, threads))
+    assert np.array_equal(w, before[0]) and np.array_equal(gy, before[1])
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kw, chosen", [
+    ((1, 1, 16000), (512, 1, 10), dict(stride=5), True),          # wav2vec 2.0's first layer
+    ((4, 1, 16000), (512, 1, 10), dict(stride=5), True),
+    ((1, 4, 8000), (256, 4, 4), dict(stride=2), True),
+    ((1, 8, 8000), (256, 8, 4), dict(stride=2), False),           # eight channels: tiled
+    ((1, 1, 224, 224), (64, 1, 7, 7), dict(stride=2, padding=3), True),   # grayscale stem
+    ((1, 3, 224, 224), (64, 3, 7, 7), dict(stride=2, padding=3), False),  # RGB stem
+    ((16, 1, 224, 224), (64, 1, 7, 7), dict(stride=2, padding=3), False),  # result > bound
+    ((1, 1, 32, 32, 32), (16, 1, 3, 3, 3), dict(padding=1), False),       # 3-D
+    ((1, 2, 4000), (64, 1, 3), dict(groups=2, padding=1), False),         # groups
+    ((8, 4, 1, 1), (96, 4, 1, 1), {}, False),                             # one pixel, one tap
+    ((1, 2, 4000), (64, 2, 1), {}, False),                                # one tap
+])
+def test_taps_which_problems(x_shape, w_shape, kw, chosen):
+    """By the input channels, the axes, the taps and pixels, and the result's size."""
+    stride = reference.per_axis(kw.get("stride", 1), len(x_shape) - 2)
+    loops = chosen_loops(conv_output_shape(x_shape, w_shape, kw), w_shape, stride,
+                         kw.get("groups", 1))
+    assert (loops.grad_input is _loops.taps_grad_input) == chosen
+
+
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+def test_taps_public_functions(rng, assert_close, dtype):
+    """conv1d_input of a waveform's first layer and conv_transpose1d (with a bias) of a
+    decoder's last layer (512 -> 1 channel, kernel 16, stride 8), the same bits on 1 and 2
+    threads."""
+    w, gy = (rng.standard_normal(s).astype(dtype) for s in ((64, 1, 10), (2, 64, 79)))
+    assert_close(loopconv.conv1d_input((2, 1, 400), w, gy, stride=5),
+                 reference.conv_input((2, 1, 400), w, gy, stride=5), dtype,
+                 bound=reference.conv_input((2, 1, 400), np.abs(w), np.abs(gy), stride=5))
+    z, w, b = (rng.standard_normal(s).astype(dtype) for s in ((1, 512, 60), (512, 1, 16),
+                                                               (1,)))
+    assert chosen_loops((1, 512, 60), (512, 1, 16), (8,), 1).grad_input is (
+        _loops.taps_grad_input)
+    got = []
+    for threads in (1, 2):
+        with loopconv.threads(threads):
+            got.append(loopconv.conv_transpose1d(z, w, b, stride=8))
+    assert np.array_equal(got[0], got[1])
+    assert_close(got[0], reference.conv_transpose(z, w, b, stride=8), dtype,
+                 bound=reference.conv_transpose(np.abs(z), np.abs(w), np.abs(b), stride=8))
+
+
+# ---------------------------------------------------------------------------------------------
 # The weight gradient as columns
 
 WEIGHT_FIXED = FIXED + [

@@ -261,6 +261,50 @@ def col2im_grad_input(dy, w, bias, dx, stride, pad, dilation, groups, num_thread
         dx += bias.reshape(1, -1, 1, 1, 1)
 
 
+# The input gradient of a layer of one group and few input channels, of more than one tap and
+# output pixel, runs as one product for all its taps (`taps_grad_input`): up to TAPS_CHANNELS
+# input channels in 1-D (a waveform's first layers, a decoder's last transposed layer), one in
+# 2-D (a grayscale stem), where that product's result (N * C * taps * dy's pixels) is at most
+# COL2IM_COLUMNS elements.  Measured (its time over the tiled loops', both on the same arrays,
+# fastest of two rounds; float32 one / two threads, float64): 1-D, kernels 3 to 16, strides 1
+# to 8, 64 to 512 output channels, one input channel 0.26-0.43 / 0.23-0.45 / 0.18-0.40
+# (wav2vec 2.0's 1 -> 512 kernel 10 stride 5 on 16000 samples 2.08 -> 0.53 ms), two 0.39-0.55
+# / 0.32-0.45 / 0.34-0.49, four 0.64-0.74 / 0.46-0.68 / 0.58-0.74; eight 0.72-1.01 and
+# sixteen 0.93-1.16 left tiled.  2-D with one input channel (3x3 to 7x7, strides 1 and 2)
+# 0.45-0.71 / 0.57-0.90 / 0.42-0.70, at batch 8 0.65 / 0.60 / 1.02; two channels 0.68-1.03 and
+# three 0.93-1.12 left tiled, as is 3-D (one input channel, 3x3x3 on 32^3 and 64^3: 0.92-0.97
+# for a result 27 times dy's size).
+TAPS_CHANNELS = 4
+
+
+def taps_suits(y_shape, w_shape, groups) -> bool:
+    """Whether the input gradient of a convolution with 5-D output `y_shape` and weight
+    `w_shape` runs as one product for all taps (TAPS_CHANNELS)."""
+    pixels, taps = math.prod(y_shape[2:]), math.prod(w_shape[2:])
+    if groups != 1 or y_shape[2] > 1 or pixels == 1 or taps == 1:
+        return False
+    if w_shape[1] > (TAPS_CHANNELS if y_shape[3] == 1 else 1):
+        return False
+    return y_shape[0] * w_shape[1] * taps * pixels <= COL2IM_COLUMNS
+
+
+def taps_grad_input(dy, w, bias, dx, stride, pad, dilation, groups, num_threads):
+    """The input gradient of a convolution of one group as one product for all its taps and a
+    scatter: r[n, (c, tap), p] = sum over o of w[o, c, tap] dy[n, o, p], the forward pass of a
+    1x1 convolution of dy (read in place) with w's transpose, then each input pixel sums the r
+    that reach it (`direct.col2im_taps`).  The tiled loops split the input gradient by stride
+    phase, each a product with a row per input channel; with one input channel (a waveform's
+    first layer, a decoder's last transposed layer) their tiles ran one row in twelve and read
+    dy once per phase (`taps_suits`)."""
+    n, o = dy.shape[:2]
+    k = math.prod(w.shape[1:])
+    wt = _scratch("t", (k, o, 1, 1, 1), dy.dtype)
+    np.copyto(wt.reshape(k, o), w.reshape(o, k).T)
+    r = _scratch("c", (n, k) + tuple(dy.shape[2:]), dy.dtype)
+    forward(dy, wt, np.empty(0, dy.dtype), r, _ONES, _ZEROS, _ONES, 1, num_threads)
+    direct.col2im_taps(r, w.shape, bias, dx, dy.shape, stride, pad, dilation, num_threads)
+
+
 def _input_on_tiles(dx_shape, w_shape, dy_shape, stride, pad, dilation, groups,
                     itemsize) -> bool:
     """Whether col2im_grad_input hands a 3-D input gradient to the tiled loops."""
@@ -604,7 +648,8 @@ def choose(y_shape, w_shape, stride, groups) -> Loops:
     (`one_pixel`); larger ones on the tiled loops, except the passes that the depthwise loops do
     faster (`dw_suits`: by the channels per group, the output size and whether the convolution is
     strided), and those that run as columns: input gradients whose phase-split grids would be
-    mostly padding or that come from one output pixel (`col2im_suits`), weight gradients of
+    mostly padding or that come from one output pixel (`col2im_suits`) and those of few input
+    channels (`taps_suits`), weight gradients of
     short reductions (`im2col_weight_suits`, `outer_suits`) and forward passes to one or a few
     output pixels (`im2col_forward_suits`).  Remembered per problem: the unplanned entry points
     below and the columns' inner products ask for each call."""
@@ -634,7 +679,9 @@ def _pick(y_shape, w_shape, stride, groups) -> Loops:
     forward_fn = pick(0, tiled.forward, tiled.dw_forward)
     if forward_fn is tiled.forward and im2col_forward_suits(y_shape, w_shape, stride, groups):
         forward_fn = im2col_forward
-    if grad_input is tiled.grad_input and col2im_suits(y_shape, w_shape, stride, groups):
+    if grad_input is tiled.grad_input and taps_suits(y_shape, w_shape, groups):
+        grad_input = taps_grad_input
+    elif grad_input is tiled.grad_input and col2im_suits(y_shape, w_shape, stride, groups):
         grad_input = col2im_grad_input
     grad_weight = (tiled.grad_weight if long_sums(y_shape, w_shape, groups)
                    else pick(2, tiled.grad_weight, tiled.dw_grad_weight))

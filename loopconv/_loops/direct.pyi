@@ -17,6 +17,9 @@ def aligned_empty(shape: tuple[int, ...], dtype: npt.DTypeLike) -> npt.NDArray[n
 def col2im(cols: _Array, w_shape: tuple[int, ...], bias: _Array, dx: _Array,
            dy_shape: tuple[int, ...], stride: _Triple, pad: _Triple, dilation: _Triple,
            groups: int, num_threads: int) -> None: ...
+def col2im_taps(r: _Array, w_shape: tuple[int, ...], bias: _Array, dx: _Array,
+                dy_shape: tuple[int, ...], stride: _Triple, pad: _Triple, dilation: _Triple,
+                num_threads: int) -> None: ...
 def im2col(x: _Array, w_shape: tuple[int, ...], dy_shape: tuple[int, ...], stride: _Triple,
            pad: _Triple, dilation: _Triple, groups: int, cols: _Array,
            num_threads: int) -> None: ...

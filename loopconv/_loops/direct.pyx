@@ -243,6 +243,37 @@ cdef void col2im_plane(const Geometry *g, Py_ssize_t n, Py_ssize_t ci, const ele
                 dxp[i] += cp[p * K + t]
 
 
+cdef void col2im_taps_plane(const Geometry *g, Py_ssize_t n, Py_ssize_t ci, const element *r,
+                            const element *bias, element *dx) noexcept nogil:
+    """dx[n, ci] = bias[ci] + r[n, (ci, tap)] scattered: tap by tap, each output pixel's value
+    added at the input pixel that tap reads (none in the padding).  r is the columns of one
+    group laid out the other way round from col2im_plane's: a row per (image, input channel,
+    tap), a column per output pixel, so each tap's rows run along the output rows."""
+    cdef Py_ssize_t OH = g.out[1], OW = g.out[2], H = g.size[1], W = g.size[2]
+    cdef Py_ssize_t P = g.out[0] * OH * OW, sw = g.stride[2]
+    cdef Py_ssize_t kd, kh, kw, od, oh, ow, lw, hw, i
+    cdef element *dxp = dx + (n * g.C + ci) * g.size[0] * H * W
+    cdef element *dxrow
+    cdef const element *rp = r + (n * g.C + ci) * g.k[0] * g.k[1] * g.k[2] * P
+    cdef const element *rrow
+    cdef element b0 = bias[ci] if bias != NULL else 0
+    for i in range(g.size[0] * H * W):
+        dxp[i] = b0
+    for kd in range(g.k[0]):
+        for kh in range(g.k[1]):
+            for kw in range(g.k[2]):
+                lw = tap_lo(g, 2, kw)
+                hw = tap_hi(g, 2, kw)
+                for od in range(tap_lo(g, 0, kd), tap_hi(g, 0, kd)):
+                    for oh in range(tap_lo(g, 1, kh), tap_hi(g, 1, kh)):
+                        rrow = rp + (od * OH + oh) * OW
+                        dxrow = dxp + ((in_index(g, 0, od, kd) * H + in_index(g, 1, oh, kh))
+                                       * W + in_index(g, 2, 0, kw))
+                        for ow in range(lw, hw):
+                            dxrow[ow * sw] += rrow[ow]
+                rp += P
+
+
 cdef void tap_positions(const Geometry *g, Py_ssize_t *where) noexcept nogil:
     """where[p, t]: the input position (in a plane) that tap t of output pixel p reads, or -1
     where that is padding."""
@@ -303,6 +334,30 @@ def col2im(const element[:, ::1] cols, w_shape, const element[::1] bias,
         for item in prange(g.N * g.C, schedule="static"):
             col2im_plane(&g, item // g.C, item % g.C, &cols[0, 0], &where[0], bptr,
                          &dx[0, 0, 0, 0, 0])
+        restore_fpstate(fp)
+
+
+def col2im_taps(const element[:, :, :, :, ::1] r, w_shape, const element[::1] bias,
+                element[:, :, :, :, ::1] dx, dy_shape, stride, pad, dilation, int num_threads):
+    """dx = bias + r scattered, for a convolution of one group with weight shape `w_shape` and
+    output shape `dy_shape` (5-D): r (N, C * taps, *dy's pixels) holds, for each image, input
+    channel c and tap t, the products sum over o of w[o, c, t] dy[n, o, p] (a 1x1 convolution
+    of dy), see col2im_taps_plane.  dx is overwritten; an empty bias means none."""
+    cdef Geometry g = columns_geometry(dx.shape, w_shape, dy_shape, stride, pad, dilation, 1)
+    cdef Py_ssize_t item
+    cdef fpstate fp
+    cdef const element *bptr = &bias[0] if bias.shape[0] > 0 else NULL
+    if r.shape[0] != g.N or r.shape[1] != g.C * g.k[0] * g.k[1] * g.k[2] or (
+            r.shape[2] * r.shape[3] * r.shape[4] != g.out[0] * g.out[1] * g.out[2]):
+        raise ValueError("col2im_taps: r's shape does not match the convolution's")
+    if dx.size == 0:
+        return
+    with nogil, parallel(num_threads=num_threads):
+        fp = flush_subnormals()
+        # race-free: item (n, ci) writes only the plane dx[n, ci].
+        for item in prange(g.N * g.C, schedule="static"):
+            col2im_taps_plane(&g, item // g.C, item % g.C, &r[0, 0, 0, 0, 0], bptr,
+                              &dx[0, 0, 0, 0, 0])
         restore_fpstate(fp)
 
 
