@@ -296,6 +296,81 @@ def test_long_sums_leave_the_depthwise_loops(y_shape, w_shape, tiled):
     assert loops.grad_weight is want
 
 
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+@pytest.mark.parametrize("x_shape, out", [
+    ((2, 32, 1, 70, 90), 1),            # 6300 pixels: a chunk and a part
+    ((1, 3, 1, 1, 5000), 1),            # odd channels: a last one alone
+    ((3, 33, 12, 10, 11), 1),
+    ((1, 1, 1, 64, 64), 1),             # one input channel
+    ((2, 8, 1, 40, 40), 3),             # any number of output channels runs
+    ((1, 2, 1, 1, 9000), 2),
+])
+def test_head_forward(rng, assert_close, x_shape, out, dtype):
+    """`direct.head_forward` (a 1x1 layer by chunks of pixels) against the reference, with and
+    without a bias, every element written, the same bits on 1, 2 and 3 threads (whose chunks
+    differ), x and w untouched; shapes that do not match are refused."""
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal((out, x_shape[1], 1, 1, 1)).astype(dtype)
+    b = rng.standard_normal(out).astype(dtype)
+    before = (x.copy(), w.copy())
+    want = reference.conv(x, w)
+    bound = reference.conv(np.abs(x), np.abs(w))
+    for bias, add in ((b[:0], 0), (b, b.astype(np.float64).reshape(-1, 1, 1, 1))):
+        got = []
+        for threads in (1, 2, 3):
+            y = np.full((x_shape[0], out) + x_shape[2:], np.nan, dtype)
+            _loops.direct.head_forward(x, w, bias, y, threads)
+            got.append(y)
+        assert not np.isnan(got[0]).any()
+        assert_close(got[0], want + add, dtype, bound=bound + np.abs(add))
+        assert np.array_equal(got[0], got[1]) and np.array_equal(got[0], got[2])
+    assert np.array_equal(x, before[0]) and np.array_equal(w, before[1])
+    with pytest.raises(ValueError, match="head_forward"):
+        _loops.direct.head_forward(x, w, b[:0], np.empty((x_shape[0], out + 1) + x_shape[2:],
+                                                         dtype), 1)
+
+
+@pytest.mark.parametrize("y_shape, w_shape, stride, head", [
+    ((2, 1, 1, 512, 512), (1, 32, 1, 1, 1), (1, 1, 1), True),    # a segmentation head
+    ((1, 1, 64, 64, 64), (1, 16, 1, 1, 1), (1, 1, 1), True),
+    ((1, 1, 1, 128, 128), (1, 64, 1, 1, 1), (1, 1, 1), True),     # HEAD_PIXELS
+    ((16, 1, 1, 64, 64), (1, 32, 1, 1, 1), (1, 1, 1), False),     # smaller images
+    ((2, 2, 1, 512, 512), (2, 32, 1, 1, 1), (1, 1, 1), False),    # two output channels
+    ((2, 1, 1, 512, 512), (1, 32, 1, 3, 3), (1, 1, 1), False),    # 3x3
+    ((2, 1, 1, 256, 256), (1, 32, 1, 1, 1), (1, 2, 2), False),    # strided
+    ((2, 1, 1, 512, 512), (1, 2, 1, 1, 1), (1, 1, 1), False),     # two inputs: depthwise
+])
+def test_head_which_problems(y_shape, w_shape, stride, head):
+    """By the output channels, the kernel, the stride and the pixels of an image."""
+    loops = _loops.choose(y_shape, w_shape, stride, 1)
+    assert (loops.forward is _loops.head_forward) == head
+
+
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+def test_head_public_functions(rng, assert_close, dtype):
+    """conv2d of a 32 -> 1 head with a bias on 160x130 and conv3d of 8 -> 1 on 26^3 against
+    the reference, the same bits on 1 and 2 threads; a padded 1x1 layer (its border the bias
+    alone) takes the tiled loops."""
+    for x_shape in ((2, 32, 160, 130), (1, 8, 26, 26, 26)):
+        x = rng.standard_normal(x_shape).astype(dtype)
+        w = rng.standard_normal((1, x_shape[1]) + (1,) * (len(x_shape) - 2)).astype(dtype)
+        b = rng.standard_normal(1).astype(dtype)
+        fn = loopconv.conv2d if len(x_shape) == 4 else loopconv.conv3d
+        got = []
+        for threads in (1, 2):
+            with loopconv.threads(threads):
+                got.append(fn(x, w, b))
+        assert np.array_equal(got[0], got[1])
+        assert_close(got[0], reference.conv(x, w, b), dtype,
+                     bound=reference.conv(np.abs(x), np.abs(w), np.abs(b)))
+    x = rng.standard_normal((1, 16, 130, 128)).astype(dtype)
+    w = rng.standard_normal((1, 16, 1, 1)).astype(dtype)
+    b = rng.standard_normal(1).astype(dtype)
+    assert_close(loopconv.conv2d(x, w, b, padding=2),
+                 reference.conv(x, w, b, padding=2), dtype,
+                 bound=reference.conv(np.abs(x), np.abs(w), np.abs(b), padding=2))
+
+
 # ---------------------------------------------------------------------------------------------
 # The public functions
 

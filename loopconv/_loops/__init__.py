@@ -398,9 +398,9 @@ def _scratch(name, shape, dtype):
     every call costs its page faults on every call where the allocator hands it back to the
     system in between (a 3x3 layer with 512 channels on 14x14 at batch 1: 3.5 MiB of columns).
     Names: "c" the columns, "r" the rows of the products, "t" the transposed weight of
-    `taps_grad_input`; the loops keep their own ("a", "f", "i", "p", "w").  The products these paths call on them are 1x1 convolutions whose own
-    choice (`choose`) never takes columns again, but as dot products of one output pixel,
-    which need none."""
+    `taps_grad_input`; the loops keep their own ("a", "f", "i", "p", "w").  The products these
+    paths call on them are 1x1 convolutions whose own choice (`choose`) never takes columns
+    again, but as dot products of one output pixel, which need none."""
     n = math.prod(shape)
     return tiled._workspace(name, dtype, n)[:n].reshape(shape)
 
@@ -539,6 +539,39 @@ LONG_SUMS_PIXELS = 4096
 LONG_SUMS_IMAGES = 2
 
 
+# The forward pass of a 1x1 layer of one group to one output channel (a segmentation network's
+# last layer to one class) over HEAD_PIXELS output pixels an image or more runs as
+# `direct.head_forward`: chunks of pixels to which each input channel's run is added in turn.
+# The tiled loops' tiles have one row there and read a short run of every input channel at
+# once; that read x at 10-11 GB/s, where a plain read of it went at 17-26 (PyTorch's forward
+# pass of 32 -> 1 on 512x512 took 0.53-0.70 of loopconv's time).  Measured (its time over the
+# tiled loops', same arrays, fastest of two rounds; float32 one / two threads, float64): 32 ->
+# 1 on 512x512 at batches 1 and 2, on 256x256 and on 64^3 0.48-0.73 / 0.54-0.72 / 0.54-0.91;
+# 4 -> 1 to 128 -> 1 on 512x512 0.61-0.80 / 0.41-0.90 / 0.68-0.98; 16 -> 1 on 192x192 at
+# batch 2 0.67-0.85 (two threads); on 128x128 0.74-0.91 / 0.78-1.01 / 0.66.  Left tiled:
+# smaller images (64x64 at batch 4 0.89-0.98, 32x32 at batch 16 0.95-1.20) and two output
+# channels or more (64 -> 2 on 256x256 0.90-1.25, 32 -> 4 1.7-2.5: the chunk is read once per
+# output channel).
+HEAD_PIXELS = 1 << 14
+
+
+def head_suits(y_shape, w_shape, stride, groups) -> bool:
+    """Whether the forward pass of a convolution with 5-D output `y_shape` and weight
+    `w_shape` runs as `head_forward` (HEAD_PIXELS)."""
+    return (groups == 1 and w_shape[0] == 1 and math.prod(w_shape[2:]) == 1
+            and max(stride) == 1 and math.prod(y_shape[2:]) >= HEAD_PIXELS)
+
+
+def head_forward(x, w, bias, y, stride, pad, dilation, groups, num_threads):
+    """The forward pass of a 1x1 convolution to one output channel by chunks of pixels
+    (`direct.head_forward`); with padding (an output larger than x, whose border is the bias
+    alone) on the tiled loops."""
+    if any(pad):
+        tiled.forward(x, w, bias, y, stride, pad, dilation, groups, num_threads)
+    else:
+        direct.head_forward(x, w, bias, y, num_threads)
+
+
 def long_sums(y_shape, w_shape, groups) -> bool:
     """Whether the weight gradient of a convolution with 5-D output `y_shape` and weight
     `w_shape` is one of LONG_SUMS_PIXELS' long sums that the tiled loops run faster than the
@@ -651,8 +684,9 @@ def choose(y_shape, w_shape, stride, groups) -> Loops:
     mostly padding or that come from one output pixel (`col2im_suits`) and those of few input
     channels (`taps_suits`), weight gradients of
     short reductions (`im2col_weight_suits`, `outer_suits`) and forward passes to one or a few
-    output pixels (`im2col_forward_suits`).  Remembered per problem: the unplanned entry points
-    below and the columns' inner products ask for each call."""
+    output pixels (`im2col_forward_suits`); forward passes to one output channel of large
+    images run by chunks of pixels (`head_suits`).  Remembered per problem: the unplanned entry
+    points below and the columns' inner products ask for each call."""
     key = (tuple(y_shape), tuple(w_shape), tuple(stride), groups)
     loops = _CHOSEN.get(key)
     if loops is None:
@@ -679,6 +713,8 @@ def _pick(y_shape, w_shape, stride, groups) -> Loops:
     forward_fn = pick(0, tiled.forward, tiled.dw_forward)
     if forward_fn is tiled.forward and im2col_forward_suits(y_shape, w_shape, stride, groups):
         forward_fn = im2col_forward
+    elif forward_fn is tiled.forward and head_suits(y_shape, w_shape, stride, groups):
+        forward_fn = head_forward
     if grad_input is tiled.grad_input and taps_suits(y_shape, w_shape, groups):
         grad_input = taps_grad_input
     elif grad_input is tiled.grad_input and col2im_suits(y_shape, w_shape, stride, groups):
