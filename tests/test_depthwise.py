@@ -292,8 +292,7 @@ def test_long_sums_leave_the_depthwise_loops(y_shape, w_shape, tiled):
     """1x1 weight gradients of 9-16 input channels over one or two large images run on the
     tiled loops, which split an image's sums across threads (`_loops.long_sums`)."""
     loops = _loops.choose(y_shape, w_shape, (1, 1, 1), 1)
-    want = _loops.tiled.grad_weight if tiled else _loops.tiled.dw_grad_weight
-    assert loops.grad_weight is want
+    assert (loops.grad_weight is _loops.tiled.grad_weight) == tiled
 
 
 @pytest.mark.parametrize("dtype", DTYPE_PARAMS)
@@ -347,10 +346,57 @@ def test_head_which_problems(y_shape, w_shape, stride, head):
 
 
 @pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+@pytest.mark.parametrize("x_shape, out", [
+    ((2, 8, 1, 70, 90), 1),             # 6300 pixels: a chunk and a part
+    ((1, 3, 1, 1, 5003), 2),            # a tail shorter than the dot products' eight sums
+    ((3, 5, 12, 10, 11), 4),
+    ((1, 1, 1, 1, 7), 1),               # fewer pixels than eight
+    ((2, 16, 1, 64, 65), 3),
+])
+def test_head_weight(rng, assert_close, x_shape, out, dtype):
+    """`direct.head_weight` (a 1x1 layer's weight gradient by chunks of pixels) against the
+    reference, every element written, the same bits on 1, 2 and 3 threads, x and dy
+    untouched; shapes that do not match are refused."""
+    x = rng.standard_normal(x_shape).astype(dtype)
+    gy = rng.standard_normal((x_shape[0], out) + x_shape[2:]).astype(dtype)
+    before = (x.copy(), gy.copy())
+    w_shape = (out, x_shape[1], 1, 1, 1)
+    want = reference.conv_weight(x, w_shape, gy)
+    bound = reference.conv_weight(np.abs(x), w_shape, np.abs(gy))
+    got = []
+    for threads in (1, 2, 3):
+        dw = np.full(w_shape, np.nan, dtype)
+        _loops.direct.head_weight(x, gy, dw, threads)
+        got.append(dw)
+    assert not np.isnan(got[0]).any()
+    assert_close(got[0], want, dtype, bound=bound)
+    assert np.array_equal(got[0], got[1]) and np.array_equal(got[0], got[2])
+    assert np.array_equal(x, before[0]) and np.array_equal(gy, before[1])
+    with pytest.raises(ValueError, match="head_weight"):
+        _loops.direct.head_weight(x, gy, np.empty((out, x_shape[1] + 1, 1, 1, 1), dtype), 1)
+
+
+@pytest.mark.parametrize("y_shape, w_shape, head", [
+    ((1, 1, 1, 512, 512), (1, 8, 1, 1, 1), True),
+    ((4, 1, 1, 256, 256), (1, 16, 1, 1, 1), True),      # the depthwise loops' 16 channels
+    ((1, 4, 1, 512, 512), (4, 8, 1, 1, 1), True),       # HEAD_WEIGHT_OUT
+    ((1, 8, 1, 256, 256), (8, 8, 1, 1, 1), False),      # more output channels
+    ((16, 2, 1, 64, 64), (2, 8, 1, 1, 1), False),       # smaller images
+    ((1, 3, 64, 64, 64), (3, 16, 1, 1, 1), False),      # long sums: the tiled loops
+    ((1, 1, 1, 512, 512), (1, 8, 1, 3, 3), False),      # 3x3
+])
+def test_head_weight_which_problems(y_shape, w_shape, head):
+    """In place of the depthwise loops, by the output channels, the kernel and the pixels of
+    an image."""
+    loops = _loops.choose(y_shape, w_shape, (1, 1, 1), 1)
+    assert (loops.grad_weight is _loops.head_weight) == head
+
+
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
 def test_head_public_functions(rng, assert_close, dtype):
     """conv2d of a 32 -> 1 head with a bias on 160x130 and conv3d of 8 -> 1 on 26^3 against
-    the reference, the same bits on 1 and 2 threads; a padded 1x1 layer (its border the bias
-    alone) takes the tiled loops."""
+    the reference, the same bits on 1 and 2 threads, and their weight gradients (the second
+    `head_weight`'s); a padded 1x1 layer (its border the bias alone) takes the tiled loops."""
     for x_shape in ((2, 32, 160, 130), (1, 8, 26, 26, 26)):
         x = rng.standard_normal(x_shape).astype(dtype)
         w = rng.standard_normal((1, x_shape[1]) + (1,) * (len(x_shape) - 2)).astype(dtype)
@@ -363,6 +409,10 @@ def test_head_public_functions(rng, assert_close, dtype):
         assert np.array_equal(got[0], got[1])
         assert_close(got[0], reference.conv(x, w, b), dtype,
                      bound=reference.conv(np.abs(x), np.abs(w), np.abs(b)))
+        gy = rng.standard_normal(got[0].shape).astype(dtype)
+        weight = loopconv.conv2d_weight if len(x_shape) == 4 else loopconv.conv3d_weight
+        assert_close(weight(x, w.shape, gy), reference.conv_weight(x, w.shape, gy), dtype,
+                     bound=reference.conv_weight(np.abs(x), w.shape, np.abs(gy)))
     x = rng.standard_normal((1, 16, 130, 128)).astype(dtype)
     w = rng.standard_normal((1, 16, 1, 1)).astype(dtype)
     b = rng.standard_normal(1).astype(dtype)

@@ -572,6 +572,39 @@ def head_forward(x, w, bias, y, stride, pad, dilation, groups, num_threads):
         direct.head_forward(x, w, bias, y, num_threads)
 
 
+# The weight gradient of a 1x1 layer of one group to at most HEAD_WEIGHT_OUT output channels
+# over HEAD_PIXELS output pixels an image or more, where the depthwise loops would take it (few
+# input channels: `dw_suits`), runs as `direct.head_weight`: dot products over chunks of an
+# image's pixels, added in the chunks' order.  The depthwise loops' weight gradient takes an
+# image a work item and ran at a third of PyTorch's speed on one thread (8 -> 1 on 512x512
+# 0.31, 16 -> 1 on 256x256 at batch 4 0.58).  Measured (its time over the depthwise loops',
+# same arrays, fastest of two rounds; float32 one / two threads, float64): 2 -> 1, 4 -> 1 and 8
+# -> 1 on 512x512 0.32-0.36 / 0.19-0.22 / 0.31-0.35, 8 -> 2 on 256x256 at batch 2 0.78 / 0.58
+# / 0.81, 16 -> 1 at batch 4 0.61 / 0.55 / 0.71, 8 -> 1 on 128x128 at batch 8 0.89 / 0.91 /
+# 0.98, 8 -> 3 and 8 -> 4 on 512x512 0.57-0.92 / 0.37-0.49 / 0.66-0.81, 4 -> 3 on 256x256 at
+# batch 2 0.94 / 0.70 / 0.94.  Not where more output channels share each chunk (8 -> 8 1.27,
+# 4 -> 4 on 112x112 1.51) or the images are small (8 -> 2 on 64x64 at batch 16 1.76), nor in
+# place of the tiled loops (16 -> 3 on 256x256 and 64^3 1.2-1.6; `long_sums`).
+HEAD_WEIGHT_OUT = 4
+
+
+def head_weight_suits(y_shape, w_shape, groups) -> bool:
+    """Whether a weight gradient that the depthwise loops would take runs as `head_weight`
+    (HEAD_WEIGHT_OUT, HEAD_PIXELS)."""
+    return (groups == 1 and w_shape[0] <= HEAD_WEIGHT_OUT and math.prod(w_shape[2:]) == 1
+            and math.prod(y_shape[2:]) >= HEAD_PIXELS)
+
+
+def head_weight(x, dy, dw, stride, pad, dilation, groups, num_threads):
+    """The weight gradient of a 1x1 convolution of few output channels by chunks of pixels
+    (`direct.head_weight`); with padding, or a stride (`sampled_loops` gives those whose pixels
+    can be sampled stride 1), on the depthwise loops."""
+    if any(pad) or max(stride) > 1:
+        tiled.dw_grad_weight(x, dy, dw, stride, pad, dilation, groups, num_threads)
+    else:
+        direct.head_weight(x, dy, dw, num_threads)
+
+
 def long_sums(y_shape, w_shape, groups) -> bool:
     """Whether the weight gradient of a convolution with 5-D output `y_shape` and weight
     `w_shape` is one of LONG_SUMS_PIXELS' long sums that the tiled loops run faster than the
@@ -685,7 +718,8 @@ def choose(y_shape, w_shape, stride, groups) -> Loops:
     channels (`taps_suits`), weight gradients of
     short reductions (`im2col_weight_suits`, `outer_suits`) and forward passes to one or a few
     output pixels (`im2col_forward_suits`); forward passes to one output channel of large
-    images run by chunks of pixels (`head_suits`).  Remembered per problem: the unplanned entry
+    images, and weight gradients to few, run by chunks of pixels (`head_suits`,
+    `head_weight_suits`).  Remembered per problem: the unplanned entry
     points below and the columns' inner products ask for each call."""
     key = (tuple(y_shape), tuple(w_shape), tuple(stride), groups)
     loops = _CHOSEN.get(key)
@@ -721,6 +755,8 @@ def _pick(y_shape, w_shape, stride, groups) -> Loops:
         grad_input = col2im_grad_input
     grad_weight = (tiled.grad_weight if long_sums(y_shape, w_shape, groups)
                    else pick(2, tiled.grad_weight, tiled.dw_grad_weight))
+    if grad_weight is tiled.dw_grad_weight and head_weight_suits(y_shape, w_shape, groups):
+        grad_weight = head_weight
     if grad_weight is tiled.grad_weight and (im2col_weight_suits(y_shape, w_shape, groups)
                                             or one_pixel(y_shape, w_shape, groups)
                                             or outer_suits(y_shape, w_shape, stride, groups)):

@@ -739,3 +739,71 @@ def head_forward(const element[:, :, :, :, ::1] x, const element[:, :, :, :, ::1
                        &y[0, 0, 0, 0, 0] + n * O * P, C, O, P, q * step,
                        min(P, (q + 1) * step))
         restore_fpstate(fp)
+
+
+cdef element head_dot(const element *a, const element *b, Py_ssize_t n) noexcept nogil:
+    """sum of a[p] b[p] over p < n, in eight interleaved partial sums (p mod 8) added in order
+    at the end: an order fixed by n alone."""
+    cdef element s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0
+    cdef Py_ssize_t p, end = n - n % 8
+    for p in range(0, end, 8):
+        s0 += a[p] * b[p]
+        s1 += a[p + 1] * b[p + 1]
+        s2 += a[p + 2] * b[p + 2]
+        s3 += a[p + 3] * b[p + 3]
+        s4 += a[p + 4] * b[p + 4]
+        s5 += a[p + 5] * b[p + 5]
+        s6 += a[p + 6] * b[p + 6]
+        s7 += a[p + 7] * b[p + 7]
+    for p in range(end, n):
+        s0 += a[p] * b[p]
+    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+
+
+def head_weight(const element[:, :, :, :, ::1] x, const element[:, :, :, :, ::1] dy,
+                element[:, :, :, :, ::1] dw, int num_threads):
+    """dw = the weight gradient of a 1x1 convolution (stride 1, no padding, one group) of x
+    with output gradient dy, for a layer of few input and output channels over large images
+    (`head_weight_suits`): dw[o, c] = the sum over images and pixels of dy[n, o, p] x[n, c, p],
+    as dot products over chunks of HEAD_CHUNK pixels of an image (each work item one chunk,
+    every input channel's run against every output channel's), whose results are then added
+    in the order of the chunks: an order fixed by the problem, whatever the threads.  The
+    depthwise loops' weight gradient takes an image a work item, and their sums ran at a third
+    of PyTorch's speed there."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], O = dy.shape[1]
+    cdef Py_ssize_t P = x.shape[2] * x.shape[3] * x.shape[4]
+    cdef Py_ssize_t chunks = (P + HEAD_CHUNK - 1) // HEAD_CHUNK, item, n, q, o, c, p0, p1
+    if (dy.shape[0] != N or dy.shape[2] != x.shape[2] or dy.shape[3] != x.shape[3]
+            or dy.shape[4] != x.shape[4] or dw.shape[0] != O or dw.shape[1] != C
+            or dw.shape[2] != 1 or dw.shape[3] != 1 or dw.shape[4] != 1):
+        raise ValueError("head_weight: shapes of x, dy and dw do not match")
+    if dw.size == 0:
+        return
+    if N * P == 0:
+        dw[...] = 0
+        return
+    cdef element[:, ::1] parts = np.empty((N * chunks, O * C),
+                                          np.float32 if element is float else np.float64)
+    cdef const element *x0 = &x[0, 0, 0, 0, 0]
+    cdef const element *d0 = &dy[0, 0, 0, 0, 0]
+    cdef element *out = &dw[0, 0, 0, 0, 0]
+    cdef fpstate fp
+    with nogil, parallel(num_threads=num_threads):
+        fp = flush_subnormals()
+        # race-free: item (image, chunk) writes only its own row of parts.
+        for item in prange(N * chunks, schedule="static"):
+            n = item // chunks
+            q = item % chunks
+            p0 = q * HEAD_CHUNK
+            p1 = min(P, p0 + HEAD_CHUNK)
+            for o in range(O):
+                for c in range(C):
+                    parts[item, o * C + c] = head_dot(d0 + (n * O + o) * P + p0,
+                                                      x0 + (n * C + c) * P + p0, p1 - p0)
+        restore_fpstate(fp)
+    with nogil:
+        for c in range(O * C):
+            out[c] = parts[0, c]
+        for item in range(1, N * chunks):
+            for c in range(O * C):
+                out[c] += parts[item, c]
