@@ -714,13 +714,13 @@ def choose(y_shape, w_shape, stride, groups) -> Loops:
     (`one_pixel`); larger ones on the tiled loops, except the passes that the depthwise loops do
     faster (`dw_suits`: by the channels per group, the output size and whether the convolution is
     strided), and those that run as columns: input gradients whose phase-split grids would be
-    mostly padding or that come from one output pixel (`col2im_suits`) and those of few input
-    channels (`taps_suits`), weight gradients of
-    short reductions (`im2col_weight_suits`, `outer_suits`) and forward passes to one or a few
-    output pixels (`im2col_forward_suits`); forward passes to one output channel of large
-    images, and weight gradients to few, run by chunks of pixels (`head_suits`,
-    `head_weight_suits`).  Remembered per problem: the unplanned entry
-    points below and the columns' inner products ask for each call."""
+    mostly padding or that come from one output pixel (`col2im_suits`) or that have few input
+    channels (`taps_suits`: columns laid out the other way), weight gradients of short
+    reductions (`im2col_weight_suits`, `outer_suits`) and forward passes to one or a few output
+    pixels (`im2col_forward_suits`); forward passes to one output channel of large images, and
+    weight gradients to few, run by chunks of pixels (`head_suits`, `head_weight_suits`).
+    Remembered per problem: the unplanned entry points below and the columns' inner products
+    ask for each call."""
     key = (tuple(y_shape), tuple(w_shape), tuple(stride), groups)
     loops = _CHOSEN.get(key)
     if loops is None:
