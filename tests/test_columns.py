@@ -63,12 +63,30 @@ def random_cases(count, seed):
 RANDOM = random_cases(40, seed=20261201)
 
 
-def col2im(dy, w, bias, x_shape, kw, threads):
-    """`_loops.col2im_grad_input` on the case, into an output filled with NaN."""
+def input_gradient(fn, dy, w, bias, x_shape, kw, threads):
+    """`fn` (`_loops.col2im_grad_input` or `_loops.taps_grad_input`) on the case, into an
+    output filled with NaN."""
     dx = np.full(lift(np.empty(x_shape)).shape, np.nan, dy.dtype)
-    _loops.col2im_grad_input(lift(dy), lift(w), bias, dx, *loop_args(x_shape, w.shape, kw),
-                             threads)
+    fn(lift(dy), lift(w), bias, dx, *loop_args(x_shape, w.shape, kw), threads)
     return dx.reshape(x_shape)
+
+
+def col2im(dy, w, bias, x_shape, kw, threads):
+    return input_gradient(_loops.col2im_grad_input, dy, w, bias, x_shape, kw, threads)
+
+
+def check_input_gradient(fn, assert_close, x_shape, w, gy, b_in, kw, dtype):
+    """`fn`'s input gradient, with no bias and with b_in: every element written, against the
+    reference, the same bits on 1, 2 and 3 threads."""
+    want = reference.conv_input(x_shape, w, gy, **kw)
+    bound = reference.conv_input(x_shape, np.abs(w), np.abs(gy), **kw)
+    for bias, add in ((b_in[:0], 0), (b_in, b_in.astype(np.float64).reshape(
+            -1, *(1,) * (len(x_shape) - 2)))):
+        got = input_gradient(fn, gy, w, bias, x_shape, kw, threads=2)
+        assert not np.isnan(got).any()
+        assert_close(got, want + add, dtype, bound=bound + np.abs(add))
+        for threads in (1, 3):
+            assert np.array_equal(got, input_gradient(fn, gy, w, bias, x_shape, kw, threads))
 
 
 @pytest.mark.parametrize("dtype", DTYPE_PARAMS)
@@ -77,15 +95,8 @@ def test_against_reference_and_across_threads(rng, assert_close, x_shape, w_shap
                                                dtype):
     x, w, _, gy = conv_arrays(rng, x_shape, w_shape, kw, dtype)
     b_in = rng.standard_normal(x_shape[1]).astype(dtype)
-    want = reference.conv_input(x_shape, w, gy, **kw)
-    bound = reference.conv_input(x_shape, np.abs(w), np.abs(gy), **kw)
-    for bias, add in ((b_in[:0], 0), (b_in, b_in.astype(np.float64).reshape(
-            -1, *(1,) * (len(x_shape) - 2)))):
-        got = col2im(gy, w, bias, x_shape, kw, threads=2)
-        assert not np.isnan(got).any()
-        assert_close(got, want + add, dtype, bound=bound + np.abs(add))
-        for threads in (1, 3):
-            assert np.array_equal(got, col2im(gy, w, bias, x_shape, kw, threads))
+    check_input_gradient(_loops.col2im_grad_input, assert_close, x_shape, w, gy, b_in, kw,
+                         dtype)
 
 
 @pytest.mark.parametrize("x_shape, w_shape, kw, chosen", [
@@ -223,14 +234,6 @@ def random_taps_cases(count, seed):
     return cases
 
 
-def taps(dy, w, bias, x_shape, kw, threads):
-    """`_loops.taps_grad_input` on the case, into an output filled with NaN."""
-    dx = np.full(lift(np.empty(x_shape)).shape, np.nan, dy.dtype)
-    _loops.taps_grad_input(lift(dy), lift(w), bias, dx, *loop_args(x_shape, w.shape, kw),
-                           threads)
-    return dx.reshape(x_shape)
-
-
 @pytest.mark.parametrize("dtype", DTYPE_PARAMS)
 @pytest.mark.parametrize("x_shape, w_shape, kw",
                          TAPS_FIXED + random_taps_cases(30, seed=20261206))
@@ -242,15 +245,7 @@ def test_taps_against_reference_and_across_threads(rng, assert_close, x_shape, w
     x, w, _, gy = conv_arrays(rng, x_shape, w_shape, kw, dtype)
     before = (w.copy(), gy.copy())
     b_in = rng.standard_normal(x_shape[1]).astype(dtype)
-    want = reference.conv_input(x_shape, w, gy, **kw)
-    bound = reference.conv_input(x_shape, np.abs(w), np.abs(gy), **kw)
-    for bias, add in ((b_in[:0], 0), (b_in, b_in.astype(np.float64).reshape(
-            -1, *(1,) * (len(x_shape) - 2)))):
-        got = taps(gy, w, bias, x_shape, kw, threads=2)
-        assert not np.isnan(got).any()
-        assert_close(got, want + add, dtype, bound=bound + np.abs(add))
-        for threads in (1, 3):
-            assert np.array_equal(got, taps(gy, w, bias, x_shape, kw, threads))
+    check_input_gradient(_loops.taps_grad_input, assert_close, x_shape, w, gy, b_in, kw, dtype)
     assert np.array_equal(w, before[0]) and np.array_equal(gy, before[1])
 
 

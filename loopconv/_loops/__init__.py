@@ -588,18 +588,18 @@ def head_forward(x, w, bias, y, stride, pad, dilation, groups, num_threads):
 HEAD_WEIGHT_OUT = 4
 
 
-def head_weight_suits(y_shape, w_shape, groups) -> bool:
+def head_weight_suits(y_shape, w_shape, stride, groups) -> bool:
     """Whether a weight gradient that the depthwise loops would take runs as `head_weight`
     (HEAD_WEIGHT_OUT, HEAD_PIXELS)."""
     return (groups == 1 and w_shape[0] <= HEAD_WEIGHT_OUT and math.prod(w_shape[2:]) == 1
-            and math.prod(y_shape[2:]) >= HEAD_PIXELS)
+            and max(stride) == 1 and math.prod(y_shape[2:]) >= HEAD_PIXELS)
 
 
 def head_weight(x, dy, dw, stride, pad, dilation, groups, num_threads):
     """The weight gradient of a 1x1 convolution of few output channels by chunks of pixels
-    (`direct.head_weight`); with padding, or a stride (`sampled_loops` gives those whose pixels
-    can be sampled stride 1), on the depthwise loops."""
-    if any(pad) or max(stride) > 1:
+    (`direct.head_weight`); with padding (which `choose` does not see) on the depthwise
+    loops."""
+    if any(pad):
         tiled.dw_grad_weight(x, dy, dw, stride, pad, dilation, groups, num_threads)
     else:
         direct.head_weight(x, dy, dw, num_threads)
@@ -755,7 +755,8 @@ def _pick(y_shape, w_shape, stride, groups) -> Loops:
         grad_input = col2im_grad_input
     grad_weight = (tiled.grad_weight if long_sums(y_shape, w_shape, groups)
                    else pick(2, tiled.grad_weight, tiled.dw_grad_weight))
-    if grad_weight is tiled.dw_grad_weight and head_weight_suits(y_shape, w_shape, groups):
+    if grad_weight is tiled.dw_grad_weight and head_weight_suits(y_shape, w_shape, stride,
+                                                                groups):
         grad_weight = head_weight
     if grad_weight is tiled.grad_weight and (im2col_weight_suits(y_shape, w_shape, groups)
                                             or one_pixel(y_shape, w_shape, groups)
