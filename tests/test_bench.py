@@ -19,7 +19,8 @@ from loopconv import _cli
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
-from lcbench import core as _bench  # noqa: E402 -- after the path is set
+from lcbench import cli as _cli_bench  # noqa: E402 -- after the path is set
+from lcbench import core as _bench  # noqa: E402
 from lcbench import im2col as _im2col  # noqa: E402
 from lcbench import networks as _networks  # noqa: E402
 
@@ -211,12 +212,14 @@ def test_cli_suite_options(capsys):
 # (convolutions, multiply-adds at batch 1) of the published architectures, as torchvision
 # reports them (the MACs of the fully connected layers, at most 2.6 M, are left out here)
 PUBLISHED = {"resnet18": (20, 1.81e9), "resnet50": (53, 4.09e9), "resnext50": (53, 4.23e9),
-             "mobilenet_v2": (52, 0.30e9), "efficientnet_b0": (81, 0.39e9)}
+             "mobilenet_v2": (52, 0.30e9), "efficientnet_b0": (81, 0.39e9),
+             "densenet121": (120, 2.83e9), "shufflenet_v2": (56, 0.145e9),
+             "mobilenet_v3_large": (62, 0.215e9)}
 
 
-@pytest.mark.parametrize("name", list(_networks.NETWORKS))
+@pytest.mark.parametrize("name", list(_networks.ALL_NETWORKS))
 def test_network_table(name):
-    network = _networks.NETWORKS[name]
+    network = _networks.ALL_NETWORKS[name]
     assert network.train_batch > 1 and network.layers
     assert len({layer.name for layer in network.layers}) == len(network.layers)
     # the first layer, and only it, needs no input gradient
@@ -247,6 +250,32 @@ def test_sequential_networks_chain(name):
         assert before.shape.output_shape[1:] == after.shape.input_shape[1:], (before, after)
 
 
+def test_more_networks_are_run_when_named():
+    """The default run keeps the eight networks; the others are known by name."""
+    assert set(_networks.NETWORKS).isdisjoint(_networks.MORE_NETWORKS)
+    assert _networks.ALL_NETWORKS == {**_networks.NETWORKS, **_networks.MORE_NETWORKS}
+    args = _cli_bench.parser().parse_args(["--suite", "networks", "--networks", "vnet,dcgan"])
+    assert args.networks == ["vnet", "dcgan"]
+
+
+def test_more_networks_shapes():
+    """Layers the published architectures fix: DenseNet's growing 1x1 inputs and its
+    transitions, QuartzNet's dilated last depthwise kernel, V-Net's way up."""
+    dense = {layer.name: layer for layer in _networks.ALL_NETWORKS["densenet121"].layers}
+    assert dense["denseblock4.layer16.conv1"].shape.c == 512 + 15 * 32
+    assert [dense[f"transition{i}"].geometry() for i in (1, 2, 3)] == [
+        "256->128 1x1 @56x56", "512->256 1x1 @28x28", "1024->512 1x1 @14x14"]
+    quartz = {layer.name: layer.shape for layer in _networks.ALL_NETWORKS["quartznet"].layers}
+    c2 = quartz["c2.depthwise"]
+    assert (c2.k, c2.dilation, c2.groups, c2.padding) == (87, 2, 512, 86)
+    assert c2.output_shape[2:] == c2.spatial == (500,)
+    vnet = {layer.name: layer.shape for layer in _networks.ALL_NETWORKS["vnet"].layers}
+    for stage, (width, size) in enumerate(((256, 4), (128, 8), (64, 16), (32, 32)), 1):
+        up, conv = vnet[f"up{stage}.up"], vnet[f"up{stage}.conv1"]
+        assert conv.c == conv.o == width == 2 * up.o and conv.spatial == (size,) * 3
+        assert up.output_shape[2:] == conv.spatial
+
+
 def test_unet3d_chain():
     """The 3-D U-Net's way up takes the channels of the way down, skips added."""
     layers = {layer.name: layer.shape for layer in _networks.NETWORKS["unet3d"].layers}
@@ -262,7 +291,7 @@ def test_network_layers_run():
     """The small layers of every network, at batch 1, as the loopconv worker runs them: the
     output has the shape the table gives (1-D, 3-D and transposed layers included)."""
     _, call = _bench.peer_call("loopconv", 1)
-    small = {layer.shape for network in _networks.NETWORKS.values()
+    small = {layer.shape for network in _networks.ALL_NETWORKS.values()
              for layer in network.layers if layer.shape.flops < 6e7}
     assert {s.ndim for s in small} == {1, 2, 3} and any(s.transposed for s in small)
     for s in small:

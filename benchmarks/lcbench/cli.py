@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from lcbench import core
-from lcbench.networks import NETWORKS
+from lcbench.networks import ALL_NETWORKS, MORE_NETWORKS, NETWORKS
 
 
 def _names(choices, what):
@@ -71,7 +71,9 @@ def parser(prog: str = "python -m loopconv bench") -> argparse.ArgumentParser:
                     "Progress goes to stderr, the tables to stdout.  Shapes: "
                     + "; ".join(f"{s.name} {s.describe()}" for s in core.SHAPES.values())
                     + ".  Networks: " + "; ".join(f"{n.name} ({n.variant})"
-                                                  for n in NETWORKS.values()) + ".")
+                                                  for n in NETWORKS.values())
+                    + ".  More networks, run when named: " + "; ".join(
+                        f"{n.name} ({n.variant})" for n in MORE_NETWORKS.values()) + ".")
     p.add_argument("--suite", choices=("layers", "networks"), default="layers",
                    help="layers: the standard shapes (default); networks: whole networks")
     p.add_argument("--threads", type=_counts, default=None, metavar="N[,N...]",
@@ -99,9 +101,10 @@ def parser(prog: str = "python -m loopconv bench") -> argparse.ArgumentParser:
     layers.add_argument("--plot", metavar="FILE.png", help="also draw GFLOP/s as a chart "
                                                             "(needs matplotlib)")
     networks = p.add_argument_group("--suite networks")
-    networks.add_argument("--networks", type=_names(list(NETWORKS), "network"), default=None,
-                          metavar="NAME[,NAME...]",
-                          help="networks to run (default: all): " + ", ".join(NETWORKS))
+    networks.add_argument("--networks", type=_names(list(ALL_NETWORKS), "network"),
+                          default=None, metavar="NAME[,NAME...]",
+                          help="networks to run (default: " + ", ".join(NETWORKS)
+                               + "; also " + ", ".join(MORE_NETWORKS) + ")")
     networks.add_argument("--batch", type=_batches, default=None, metavar="B[,B...]",
                           help="batch sizes: 1, train (each network's training batch size) or "
                                "a number (default: 1,train)")

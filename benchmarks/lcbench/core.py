@@ -1025,13 +1025,13 @@ def network_plan(names, batches) -> tuple:
         the first layer that has it, with the passes that any layer of that geometry needs; in
         the order of the entries.
     """
-    from lcbench.networks import NETWORKS
+    from lcbench.networks import ALL_NETWORKS
 
     entries: list = []
     shapes: dict = {}
     named: dict = {}
     for name in names:
-        network = NETWORKS[name]
+        network = ALL_NETWORKS[name]
         for batch in network_batches(network, batches):
             layers = []
             for layer in network.layers:
@@ -1106,14 +1106,14 @@ def run_networks(names, batches, peers, threads_list, dtypes, repeat=None, round
         finally:
             for worker in workers.values():
                 worker.close()
-    from lcbench.networks import NETWORKS
+    from lcbench.networks import ALL_NETWORKS
 
+    chosen = {name: ALL_NETWORKS[name] for name in names}
     data = {
         "format": NET_JSON_FORMAT, **_run_info(state),
-        "networks": {name: {"family": NETWORKS[name].family,
-                            "variant": NETWORKS[name].variant,
-                            "train_batch": NETWORKS[name].train_batch,
-                            "convolutions": NETWORKS[name].convolutions} for name in names},
+        "networks": {name: {"family": net.family, "variant": net.variant,
+                            "train_batch": net.train_batch,
+                            "convolutions": net.convolutions} for name, net in chosen.items()},
         "plan": entries,
         "shapes": {s.name: {**asdict(s), "flops": s.flops, "output": s.output_shape,
                             "passes": list(passes)} for s, passes in shapes.values()},

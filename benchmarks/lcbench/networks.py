@@ -86,10 +86,11 @@ class _Trace:
         self.layers: list[Layer] = []
 
     def conv(self, name, c, o, size, k, stride=1, padding=None, groups=1, first=False,
-             transposed=False, output_padding=0) -> tuple:
-        if padding is None:
-            padding = 0 if transposed else (k - 1) // 2     # "same" for odd kernels, stride 1
-        shape = _conv(c, o, size, k, stride, padding, groups, transposed, output_padding)
+             transposed=False, output_padding=0, dilation=1) -> tuple:
+        if padding is None:     # "same" for odd kernels at stride 1
+            padding = 0 if transposed else (k - 1) // 2 * dilation
+        shape = replace(_conv(c, o, size, k, stride, padding, groups, transposed,
+                              output_padding), dilation=dilation)
         self.layers.append(Layer(name, 1, shape, input_grad=not first))
         return shape.output_shape[2:]
 
@@ -252,6 +253,142 @@ def _dcgan(latent=100, ngf=64) -> tuple:
     return net.merged()
 
 
+# ---------------------------------------------------------------------------------------------
+# More networks, run when named: other members of the same families
+
+def _divisible(v, by=8) -> int:
+    """`v` rounded to the nearest multiple of `by`, not below 90 % of it (MobileNet's channel
+    rounding)."""
+    rounded = max(by, int(v + by / 2) // by * by)
+    return rounded + by if rounded < 0.9 * v else rounded
+
+
+def _densenet121(size=224) -> tuple:
+    """DenseNet-121 (Huang et al. 2017) as in torchvision: a 7x7 stride-2 stem and 3x3
+    max pooling, four dense blocks of 6, 12, 24 and 16 layers (each a 1x1 convolution to 128
+    channels and a 3x3 one to 32, its input all the channels before it), and transitions (a
+    1x1 convolution halving the channels, 2x2 average pooling) between them."""
+    net = _Trace()
+    hw = _pool(net.conv("features.conv0", 3, 64, (size, size), 7, 2, first=True), 3, 2, 1)
+    c = 64
+    for block, count in enumerate((6, 12, 24, 16)):
+        for i in range(count):
+            name = f"denseblock{block + 1}.layer{i + 1}"
+            net.conv(f"{name}.conv1", c + 32 * i, 128, hw, 1)
+            net.conv(f"{name}.conv2", 128, 32, hw, 3)
+        c += 32 * count
+        if block < 3:
+            net.conv(f"transition{block + 1}", c, c // 2, hw, 1)
+            c, hw = c // 2, _pool(hw)
+    return net.merged()
+
+
+def _shufflenet_v2(size=224) -> tuple:
+    """ShuffleNetV2 1.0x (Ma et al. 2018) as in torchvision: a 3x3 stride-2 stem and max
+    pooling, stages of 4, 8 and 4 units to 116, 232 and 464 channels, a 1x1 convolution to
+    1024.  A stage's first unit has two branches on all its input (a stride-2 3x3 depthwise
+    and a 1x1 convolution; a 1x1, a stride-2 3x3 depthwise and a 1x1), the others one branch
+    (1x1, 3x3 depthwise, 1x1) on half the channels."""
+    net = _Trace()
+    hw, c = _pool(net.conv("conv1", 3, 24, (size, size), 3, 2, first=True), 3, 2, 1), 24
+    for stage, (count, out) in enumerate(zip((4, 8, 4), (116, 232, 464))):
+        half = out // 2
+        for unit in range(count):
+            name = f"stage{stage + 2}.{unit}"
+            if unit == 0:
+                t = net.conv(f"{name}.branch1.depthwise", c, c, hw, 3, 2, groups=c)
+                net.conv(f"{name}.branch1.pointwise", c, half, t, 1)
+                net.conv(f"{name}.branch2.conv1", c, half, hw, 1)
+                hw = net.conv(f"{name}.branch2.depthwise", half, half, hw, 3, 2, groups=half)
+            else:
+                net.conv(f"{name}.branch2.conv1", half, half, hw, 1)
+                net.conv(f"{name}.branch2.depthwise", half, half, hw, 3, groups=half)
+            net.conv(f"{name}.branch2.conv3", half, half, hw, 1)
+            c = out
+    net.conv("conv5", c, 1024, hw, 1)
+    return net.merged()
+
+
+def _mobilenet_v3_large(size=224) -> tuple:
+    """MobileNetV3-Large (Howard et al. 2019) as in torchvision: a 3x3 stride-2 stem to 16
+    channels, fifteen inverted residual blocks from the paper's table (1x1 expansion where the
+    expanded width differs from the input, k x k depthwise, squeeze-and-excitation to a quarter
+    of the expanded width on some, 1x1 projection), a 1x1 convolution to 960 channels."""
+    net = _Trace()
+    hw, c = net.conv("stem", 3, 16, (size, size), 3, 2, first=True), 16
+    # (kernel, expanded, output channels, squeeze-and-excitation, stride)
+    table = [(3, 16, 16, False, 1), (3, 64, 24, False, 2), (3, 72, 24, False, 1),
+             (5, 72, 40, True, 2), (5, 120, 40, True, 1), (5, 120, 40, True, 1),
+             (3, 240, 80, False, 2), (3, 200, 80, False, 1), (3, 184, 80, False, 1),
+             (3, 184, 80, False, 1), (3, 480, 112, True, 1), (3, 672, 112, True, 1),
+             (5, 672, 160, True, 2), (5, 960, 160, True, 1), (5, 960, 160, True, 1)]
+    for index, (k, hidden, out, se, s) in enumerate(table, 1):
+        name = f"block{index}"
+        if hidden != c:
+            net.conv(f"{name}.expand", c, hidden, hw, 1)
+        hw = net.conv(f"{name}.depthwise", hidden, hidden, hw, k, s, groups=hidden)
+        if se:
+            squeeze = _divisible(hidden // 4)
+            net.conv(f"{name}.se.reduce", hidden, squeeze, (1, 1), 1)
+            net.conv(f"{name}.se.expand", squeeze, hidden, (1, 1), 1)
+        net.conv(f"{name}.project", hidden, out, hw, 1)
+        c = out
+    net.conv("head", c, 960, hw, 1)
+    return net.merged()
+
+
+def _quartznet(frames=1000, features=64) -> tuple:
+    """QuartzNet 5x5 (Kriman et al. 2020) on 10 s of speech (100 frames a second, 64 mel
+    features): 1-D time-channel separable convolutions (a depthwise convolution of kernel k,
+    then a 1x1 one).  C1: kernel 33, stride 2, to 256 channels; five blocks of five such
+    sub-blocks (kernels 33, 39, 51, 63, 75; 256, 256, 512, 512, 512 channels), each block with
+    a 1x1 residual convolution; C2: kernel 87, dilation 2; C3: 1x1 to 1024; C4: 1x1 to the 29
+    characters."""
+    net = _Trace()
+    t = net.conv("c1.depthwise", features, features, (frames,), 33, 2, 16, groups=features,
+                 first=True)
+    net.conv("c1.pointwise", features, 256, t, 1)
+    c = 256
+    for block, (k, out) in enumerate(zip((33, 39, 51, 63, 75), (256, 256, 512, 512, 512))):
+        name = f"b{block + 1}"
+        net.conv(f"{name}.residual", c, out, t, 1)
+        for sub in range(5):
+            net.conv(f"{name}.{sub}.depthwise", c, c, t, k, groups=c)
+            net.conv(f"{name}.{sub}.pointwise", c, out, t, 1)
+            c = out
+    net.conv("c2.depthwise", c, c, t, 87, groups=c, dilation=2)
+    net.conv("c2.pointwise", c, 512, t, 1)
+    net.conv("c3", 512, 1024, t, 1)
+    net.conv("c4", 1024, 29, t, 1)
+    return net.merged()
+
+
+def _vnet(size=32) -> tuple:
+    """V-Net (Milletari et al. 2016): 5x5x5 convolutions (one, two, then three per stage),
+    2x2x2 stride-2 convolutions doubling the channels on the way down (16 to 256),
+    2x2x2 stride-2 transposed convolutions on the way up (to the skip's channels, which are
+    concatenated to them: stages of 256, 128, 64 and 32 channels), a 1x1x1 convolution to 2
+    labels.
+    One input channel; a `size`^3 volume (the paper's is 128x128x64)."""
+    net = _Trace()
+    dhw, c, skips = (size,) * 3, 16, []
+    net.conv("in.conv", 1, 16, dhw, 5, first=True)
+    for stage, convs in enumerate((2, 3, 3, 3)):
+        skips.append((c, dhw))
+        dhw = net.conv(f"down{stage + 1}.down", c, 2 * c, dhw, 2, 2)
+        c *= 2
+        for i in range(convs):
+            net.conv(f"down{stage + 1}.conv{i + 1}", c, c, dhw, 5)
+    for stage, convs in enumerate((3, 3, 2, 1)):
+        skip, _ = skips.pop()
+        dhw = net.conv(f"up{stage + 1}.up", c, skip, dhw, 2, 2, transposed=True)
+        c = 2 * skip
+        for i in range(convs):
+            net.conv(f"up{stage + 1}.conv{i + 1}", c, c, dhw, 5)
+    net.conv("out", c, 2, dhw, 1)
+    return net.merged()
+
+
 NETWORKS = {n.name: n for n in (
     Network("resnet18", "image classifier", "ResNet-18, torchvision, 224x224 input", 8,
             _resnet((2, 2, 2, 2), bottleneck=False)),
@@ -270,3 +407,18 @@ NETWORKS = {n.name: n for n in (
     Network("dcgan", "generator", "DCGAN generator, 100-d latent to 64x64 RGB, ngf 64", 32,
             _dcgan()),
 )}
+
+# Run only when named (``--networks``): more members of the families above, to see how the
+# loops fare beyond the networks they are usually timed on.
+MORE_NETWORKS = {n.name: n for n in (
+    Network("densenet121", "image classifier", "DenseNet-121, torchvision, 224x224 input", 8,
+            _densenet121()),
+    Network("shufflenet_v2", "depthwise",
+            "ShuffleNetV2 1.0x, torchvision, 224x224 input", 16, _shufflenet_v2()),
+    Network("mobilenet_v3_large", "depthwise",
+            "MobileNetV3-Large, torchvision, 224x224 input", 16, _mobilenet_v3_large()),
+    Network("quartznet", "audio", "QuartzNet 5x5, 10 s of 64 mel features", 8, _quartznet()),
+    Network("vnet", "volumes", "V-Net, 32^3 volume", 2, _vnet()),
+)}
+
+ALL_NETWORKS = {**NETWORKS, **MORE_NETWORKS}
