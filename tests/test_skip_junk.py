@@ -169,8 +169,9 @@ def test_against_reference_and_across_threads(rng, assert_close, variant, x_shap
 
 # Pixel tiles that skip the taps that read padding for all of a tile's pixels (pixel_order and
 # tile_taps in loopconv/_loops): small planes and images, a large dilation, channels in blocks of
-# 64 and a last partial block, groups of 130 channels, stride-2 phases with asymmetric padding;
-# a kernel of more taps than a mask holds computes them all.
+# 64 and a last partial block, groups of 130 channels, stride-2 phases with asymmetric padding,
+# kernels of more taps than a size_t has bits (their masks by axis, tap_bits); a kernel of
+# more taps along its axes than a mask holds computes them all.
 SKIPS = [
     case("skip-4-cubed", (6, 128, 4, 4, 4), (128, 128, 3, 3, 3), padding=1),
     case("skip-channel-blocks", (2, 70, 4, 4, 4), (40, 70, 3, 3, 3), padding=1),
@@ -195,7 +196,11 @@ SKIPS = [
     # a grid with junk columns whose pixels read padding at 9 % of their taps (PIX_SKIP_PERCENT),
     # with enough channels that this is 155 columns of A a pixel (PIX_SKIP_COLUMNS)
     case("skip-dilated-2-on-28", (1, 192, 28, 28), (192, 192, 3, 3), padding=2, dilation=2),
-    case("skip-125-taps", (2, 16, 4, 4, 4), (24, 16, 5, 5, 5), padding=2),
+    case("skip-125-taps", (8, 16, 4, 4, 4), (24, 16, 5, 5, 5), padding=2),
+    case("skip-vnet-8-cubed", (1, 72, 8, 8, 8), (40, 72, 5, 5, 5), padding=2),
+    case("skip-81-taps-channel-blocks", (3, 70, 7, 6), (24, 70, 9, 9), padding=4),
+    case("skip-343-taps-input", (1, 20, 5, 6, 5), (36, 20, 7, 7, 7), padding=3),
+    case("all-80-taps", (4, 64, 20), (64, 64, 80), padding=40),
 ]
 
 
@@ -222,8 +227,9 @@ def test_skipped_taps_against_reference_and_across_threads(rng, assert_close, va
 
 @pytest.mark.parametrize("x_shape, w_shape, kw", SKIPS[:-1])
 def test_skip_cases_skip(x_shape, w_shape, kw):
-    """Each case but the last (125 taps) skips taps in at least one pass, in float64 on every
-    build with pixel tiles and in float32 on the last one (whose pixel tiles are wider)."""
+    """Each case but the last (80 taps along one axis) skips taps in at least one pass, in
+    float64 on every build with pixel tiles and in float32 on the last one (whose pixel tiles
+    are wider)."""
     best = list(VARIANTS.values())[-1]
     if _loops.platform.x86_level() < 4:
         pytest.skip("the cases are chosen for the tiles of 512-bit vectors")
@@ -254,8 +260,18 @@ def test_skip_cases_skip(x_shape, w_shape, kw):
     ((8, 512, 14, 14), (512, 512, 3, 3), dict(padding=1), False, False),
     # RegNet's grouped stride-2 3x3: 2 %
     ((8, 160, 28, 28), (160, 16, 3, 3), dict(stride=2, padding=1, groups=10), False, False),
-    # 125 taps: more than a mask holds
-    ((2, 16, 4, 4, 4), (24, 16, 5, 5, 5), dict(padding=2), False, False),
+    # 125 taps, masked by axis: 51 % of the pairs on 4x4x4, V-Net's 8x8x8 33 % (also from the
+    # compact grid of batch 2), its 16x16x16 17 %: below PIX_SKIP_COMPACT_WIDE, it keeps its
+    # compact grid; a 1-D kernel of 80 taps (pixel tiles for its input gradient): more taps
+    # along an axis than a mask holds, none skipped
+    ((8, 16, 4, 4, 4), (24, 16, 5, 5, 5), dict(padding=2), True, True),
+    ((1, 128, 8, 8, 8), (128, 128, 5, 5, 5), dict(padding=2), True, True),
+    # ... but a forward pass over fewer than PIX_WIDE_PIXELS pixels, whose packing would cost
+    # more than the taps save (V-Net's 256 -> 256 on 4x4x4 at batch 2)
+    ((2, 256, 4, 4, 4), (256, 256, 5, 5, 5), dict(padding=2), False, True),
+    ((2, 64, 8, 8, 8), (64, 64, 5, 5, 5), dict(padding=2), True, True),
+    ((1, 64, 16, 16, 16), (64, 64, 5, 5, 5), dict(padding=2), False, False),
+    ((4, 64, 20), (64, 64, 80), dict(padding=40), False, False),
     # few frames: 35 %, 20 % of the pairs (tried as pixel tiles, new_geometry); 8 frames 11 %
     # on a compact grid (PIX_SKIP_COMPACT)
     ((4, 64, 2, 40, 40), (64, 64, 3, 3, 3), dict(padding=1), True, True),

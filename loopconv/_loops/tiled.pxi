@@ -112,9 +112,27 @@ cdef enum:
     # PIX_SKIP_PERCENT below): at 8 %, 3x3x3 on 8x32x32 and 16^3 (11-12 % of their pairs) took
     # pixel tiles, as fast with AVX-512, 0.88-0.90x with AVX2
     PIX_SKIP_COMPACT = 15
-    # PIX_TAPS: room for the taps of a phase that pixel tiles skip by (a mask of a size_t per
-    # pixel: fewer than 8 * sizeof(size_t) taps; more, and no tap is skipped)
-    PIX_TAPS = 63
+    # PIX_SKIP_COMPACT_WIDE: the same for kernels of more taps than a size_t has bits (their
+    # masks by axis, PIX_TAPS).  Against the compact grid (float32, one thread, forward /
+    # input gradient): V-Net's 5x5x5 on 8x8x8 (33 % of the pairs) 1.29 / 1.28x at batch 2;
+    # on 16x16x16 (17 %) 0.86 / 0.85x with 64 channels, 0.95 / 0.92x with 32
+    PIX_SKIP_COMPACT_WIDE = 25
+    # PIX_TAPS: room for the taps of a phase that pixel tiles skip by.  A pixel's mask of the
+    # taps that reach the source is a size_t: a bit a tap for fewer than 8 * sizeof(size_t)
+    # taps; for more (5x5x5 kernels: 125), a bit per tap of each axis, which the taps' own
+    # masks (tap_bits) then test, up to PIX_TAPS taps whose axes' taps fit in a size_t.
+    # The padding reads of a pixel are those of its axes (the staged grid is a padded box),
+    # so the masks group the pixels as the taps' own bits would; a tile's union of them marks
+    # the product of its axes' unions, which can keep a tap that reads padding for all its
+    # pixels (never one that reads the source).  Measured on V-Net's 5x5x5 layers (benchmarks/
+    # README.md, History: "Taps skipped on 5x5x5 kernels").
+    PIX_TAPS = 1024
+    # PIX_WIDE_PIXELS: a forward pass with such a kernel skips taps only over this many output
+    # pixels or more (all images): its weight is packed into the blocks' order at every call
+    # (pack_panels), for so many taps 2.4 times as long as in its own order.  256 -> 256 5x5x5
+    # on 4x4x4 at batch 2 (128 pixels, a 31 MB weight; 51 % of the pairs skipped) 0.93x, the
+    # packing half its time; 128 channels on 8x8x8 at batch 1 (512) 1.24x
+    PIX_WIDE_PIXELS = 512
     # PIX_KC: pixel tiles sum A's columns in blocks of this many (the forward-style tiles in
     # blocks of KC), each block's tile added into the output transposed (store_pixels); a
     # block of a weight panel, PIX_KC rows of NR channels, is 288 KiB, within L2.  Against KC

@@ -148,6 +148,8 @@ cdef void set_phase(Phase *ph, const Stage *st, Py_ssize_t K, Py_ssize_t k_off, 
     ph.nblk = 0         # (compact_phases)
     ph.pieces = 0
     ph.dst_base = dst_base
+    for a in range(3):  # unknown until the caller sets them: no taps skipped by mask
+        ph.taps[a] = 0
 
 
 cdef inline Py_ssize_t phase_pixels(const Phase *ph) noexcept nogil:
@@ -350,6 +352,7 @@ cdef void forward_product(Product *p, Phase *ph, tuple xshape, tuple wshape, tup
               itemsize, wshape[0] // groups)
     set_product(p, xshape[0], groups, xshape[1], wshape[0], out)
     set_phase(ph, &p.st, Cg * math.prod(ksize), 0, out, 0, (out[1] * out[2], out[2], 1), NR)
+    ph.taps[0], ph.taps[1], ph.taps[2] = ksize      # kernel_taps' order
     p.nphase = 1
     # A[o, (c, tap)] = w[g * Og + o, c, tap]: the weight's rows as they are, read in place
     # where the product is narrow, else packed
@@ -494,6 +497,8 @@ cdef tuple set_input_phases(Product *p, Phase *phases, list axes, tuple lead, tu
                         for kd, od in td for kh, oh in th for kw, ow in tw]
                 set_phase(&phases[f], &p.st, Og * len(taps), k_off, (nd_, nh, nw),
                           (rd * size[1] + rh) * size[2] + rw, dstep, NR)
+                phases[f].taps[0], phases[f].taps[1], phases[f].taps[2] = (
+                    len(td), len(th), len(tw))
                 boffs.append(channel_rows(Og, p.st.chan, [(t[3] * q[1] + t[4]) * q[2] + t[5]
                                                           for t in taps]))
                 koffs.append(channel_rows(Og, Cg * KS, [(t[0] * ksize[1] + t[1]) * ksize[2]
@@ -845,6 +850,16 @@ cdef object staged_validity(const Stage *st):
     return (staged != 0).view(np.uint8)
 
 
+cdef object phase_bits(const Phase *ph):
+    """The masks of the phase's taps (tap_bits) as a NumPy array, or None where its taps
+    cannot be skipped by mask."""
+    cdef size_t bits[PIX_TAPS]
+    cdef Py_ssize_t T = ph.taps[0] * ph.taps[1] * ph.taps[2]
+    if T == 0 or not tap_bits(ph, T, bits):
+        return None
+    return np.array([bits[t] for t in range(T)], dtype=np.uint64)
+
+
 cdef object skip_share(_Geometry geo, unsigned char[::1] valid, list boffs):
     """The share of the pixel tiles' (tile, tap) pairs that tile_taps would skip, from the
     validity of a staged channel (staged_validity) and each phase's B offsets (boffs, channels
@@ -864,12 +879,14 @@ cdef object skip_share(_Geometry geo, unsigned char[::1] valid, list boffs):
         if ph.K == 0:
             continue
         T = ph.K // C
+        bits = phase_bits(ph)
         a, b, e = np.meshgrid(*[np.arange(ph.grid[i], dtype=np.intp) for i in range(3)],
                               indexing="ij")
         q = ((a * geo.p.st.q[1] + b) * geo.p.st.q[2] + e).reshape(-1)
         reach = flags[q.reshape(-1, 1) + np.asarray(boffs[f])[:T].reshape(1, -1)]
-        masks = (reach.astype(np.uint64) << np.arange(T, dtype=np.uint64)).sum(
-            axis=1, dtype=np.uint64)
+        masks = np.zeros(len(q), np.uint64)
+        for t in range(T):
+            masks |= np.where(reach[:, t], bits[t], np.uint64(0))
         blocks = q // NCB
         for v in np.unique(blocks):
             m = masks[blocks == v]
@@ -881,19 +898,20 @@ cdef object skip_share(_Geometry geo, unsigned char[::1] valid, list boffs):
             spans = [PIX_SPAN] * (geo.p.nimg // PIX_SPAN) + [geo.p.nimg % PIX_SPAN]
             grouped = np.concatenate([np.repeat(by_mask, s) for s in spans])
             grouped = np.concatenate([grouped, np.repeat(
-                grouped[-1:], (LC_MR_B - len(grouped) % LC_MR_B) % LC_MR_B)])
+                grouped[len(grouped) - 1:], (LC_MR_B - len(grouped) % LC_MR_B) % LC_MR_B)])
             unions = np.bitwise_or.reduce(grouped.reshape(-1, LC_MR_B), axis=1)
             total += T * len(unions)
-            skipped += T * len(unions) - int(np.unpackbits(unions.view(np.uint8)).sum())
+            for t in range(T):      # tile_taps keeps tap t where a union holds all its bits
+                skipped += int(np.count_nonzero(unions & bits[t] != bits[t]))
     return skipped / total if total else 0.0
 
 
-cdef tuple pixel_order(_Geometry geo, list boffs, list koffs):
+cdef tuple pixel_order(_Geometry geo, list boffs, list koffs, bint forward):
     """The B offsets and columns of A of each phase (channels outermost) as the product runs
     them: for pixel tiles that would skip PIX_SKIP_PERCENT of their (tile, tap) pairs or more
     (skip_share), in blocks of channels (tap_blocks), with the validity of a staged channel
     kept for them (p.valid: the tiles skip the taps that read padding for all their pixels);
-    else as they are (also where a phase has more taps than a mask of a size_t holds).
+    else as they are (also where a phase's taps cannot be skipped by mask, tap_bits).
     Measured against the columns as they are (float32, one thread): DeepLab's 3x3 with
     dilation 12 on 33x33 (41 % of the pairs) forward 1.33-1.45x, input gradient 1.40-1.45x,
     dilation 6 (21 %) 1.32-1.39x and 1.10-1.17x; the input gradient of 3x3x3 on 4x4x4 (25 %)
@@ -904,11 +922,15 @@ cdef tuple pixel_order(_Geometry geo, list boffs, list koffs):
     (pack_panels; gathered element by element, pix2pix's 512-channel 4x4 stride-2 layer onto
     2x2 at batch 8 took 2.5 times as long).  Nor where the columns a pixel skips (the share
     times the columns of A, K of a group, averaged over the phases' grid columns) are fewer
-    than PIX_SKIP_COLUMNS."""
+    than PIX_SKIP_COLUMNS, nor in the forward pass (`forward`) of a kernel of more taps than a
+    size_t has bits over fewer than PIX_WIDE_PIXELS output pixels."""
     cdef Py_ssize_t f
     if (not geo.p.by_pixel or geo.p.st.identity or geo.p.st.chan == 0
-            or max([geo.phases[f].K for f in range(geo.p.nphase)])
-            >= 8 * sizeof(size_t) * geo.p.st.nchan):
+            or any([geo.phases[f].K > 0 and phase_bits(&geo.phases[f]) is None
+                    for f in range(geo.p.nphase)])):
+        return boffs, koffs
+    if (forward and geo.phases[0].K >= 8 * sizeof(size_t) * geo.p.st.nchan
+            and geo.p.N * phase_pixels(&geo.phases[0]) < PIX_WIDE_PIXELS):
         return boffs, koffs
     valid = staged_validity(&geo.p.st)
     geo.skip = skip_share(geo, valid, boffs)
@@ -946,14 +968,14 @@ cdef _Geometry product_try(int which, tuple xs, tuple ws, tuple ys, stride, pad,
         K = geo.phases[0].K
         geo.boff = tap_offsets(&geo.p.st, ws[1], kernel_taps(ws[2:], dilation))
         geo.aoff = np.arange(K, dtype=np.intp)
-        (geo.boff,), (geo.aoff,) = pixel_order(geo, [geo.boff], [geo.aoff])
+        (geo.boff,), (geo.aoff,) = pixel_order(geo, [geo.boff], [geo.aoff], True)
         geo.kpos = np.argsort(geo.aoff).astype(np.intp)     # aoff: a permutation of w's columns
         geo.p.a_along_k = bool(np.array_equal(geo.aoff, np.arange(K)))
     else:
         address, boffs, koffs = input_product(&geo.p, ys, ws, xs, stride, pad, dilation,
                                               groups, itemsize, skip)
         geo.phases = <Phase *> <Py_ssize_t> address
-        boffs, koffs = pixel_order(geo, boffs, koffs)
+        boffs, koffs = pixel_order(geo, boffs, koffs, False)
         geo.boff = np.concatenate(boffs + [np.zeros(1, np.intp)])
         geo.aoff = np.concatenate(koffs + [np.zeros(1, np.intp)])
         geo.p.a_along_k = False     # A's rows are w's columns
@@ -988,7 +1010,8 @@ cdef _Geometry new_geometry(int which, tuple xs, tuple ws, tuple ys, stride, pad
                             Py_ssize_t groups, Py_ssize_t itemsize):
     """The geometry of pass `which` for 5-D shapes xs (x or dx), ws (w or dw), ys (y or dy).
     A forward-style product that does not take pixel tiles, but whose pixels read padding at
-    PIX_SKIP_PERCENT of their taps or more (padding_share; PIX_SKIP_COMPACT where the grid is
+    PIX_SKIP_PERCENT of their taps or more (padding_share; PIX_SKIP_COMPACT, or
+    PIX_SKIP_COMPACT_WIDE for kernels of more taps than a size_t has bits, where the grid is
     compact, without the junk columns that pixel tiles save), is tried as pixel tiles to find
     the share of the (tile, tap) pairs they would skip (skip_share), and its tiles chosen
     again with it: 3x3x3 on volumes of few frames (the taps of their first and last planes
@@ -1017,7 +1040,8 @@ cdef _Geometry new_geometry(int which, tuple xs, tuple ws, tuple ys, stride, pad
     geo = product_try(which, xs, ws, ys, stride, pad, dilation, groups, itemsize, 0)
     for f in range(geo.p.nphase):
         if geo.phases[f].pieces:        # a compact grid: no junk columns
-            least = PIX_SKIP_COMPACT
+            least = max(least, PIX_SKIP_COMPACT if geo.phases[f].K < 8 * sizeof(size_t)
+                        * geo.p.st.nchan else PIX_SKIP_COMPACT_WIDE)
     if geo.p.by_pixel or (geo.p.gathered and not geo.p.wide
                           and math.prod(ws) * itemsize > PIX_PACK_BYTES) or (
             padding_share(which, xs, ws, ys, stride, pad, dilation) * 100 < least):

@@ -18,6 +18,7 @@ cdef struct Phase:
     Py_ssize_t nblk         # work items per (image, group)
     Py_ssize_t dst_base     # destination of grid column (a, b, e):
     Py_ssize_t dstep[3]     # (dst_base + a*dstep[0] + b*dstep[1] + e*dstep[2])
+    Py_ssize_t taps[3]      # taps along each axis, the last innermost (K: channels x taps)
 
 
 cdef struct Product:
@@ -705,18 +706,38 @@ cdef inline void store_pixels(const element *ctile, Py_ssize_t NR, Py_ssize_t w,
                 dj[doff[i]] = ctile[i * NR + j]
 
 
+cdef inline bint tap_bits(const Phase *ph, Py_ssize_t T, size_t *bits) noexcept nogil:
+    """The mask of each of the phase's T taps (PIX_TAPS): 1 << t where T < 8 * sizeof(size_t);
+    else, for tap t = (td, th, tw), the bits of its taps along each axis, (1 << td) | (1 <<
+    (Td + th)) | (1 << (Td + Th + tw)).  False where the taps cannot be skipped by a mask (more
+    than PIX_TAPS, or more axis taps than a size_t has bits)."""
+    cdef Py_ssize_t t, td = ph.taps[0], th = ph.taps[1], tw = ph.taps[2]
+    cdef Py_ssize_t width = 8 * <Py_ssize_t> sizeof(size_t)
+    if T < width:
+        for t in range(T):
+            bits[t] = (<size_t> 1) << t
+        return True
+    if T > PIX_TAPS or td * th * tw != T or td + th + tw >= width:
+        return False
+    for t in range(T):
+        bits[t] = (((<size_t> 1) << (t // (th * tw))) | ((<size_t> 1) << (td + t // tw % th))
+                   | ((<size_t> 1) << (td + th + t % tw)))
+    return True
+
+
 cdef inline Py_ssize_t list_pixels(const Product *p, const Item *it,
                                    const element **staged, const Py_ssize_t *boff,
-                                   Py_ssize_t C, Py_ssize_t T, const Py_ssize_t *dcol,
-                                   const Py_ssize_t *run, Py_ssize_t *pix) noexcept nogil:
+                                   Py_ssize_t C, Py_ssize_t T, const size_t *bits,
+                                   const Py_ssize_t *dcol, const Py_ssize_t *run,
+                                   Py_ssize_t *pix) noexcept nogil:
     """The item's valid pixels for pixel_tiles, image after image; returns their number.  At
     pix, each one's place in its staged slice; at pix + cap (cap = it.nimg * it.ncols), its
     offset in dst_g.  With T taps per channel to skip by (T > 0; C channels, boff's columns in
-    blocks, blocked_column): each pixel's mask of the taps that reach the source from it
-    (p.valid), the pixels of each PIX_SPAN images grouped by mask (in the order each mask first
-    appears), and at pix + 2 * cap the union of the masks of each tile of LC_MR_B, so
-    that a tile's taps that read padding for all its pixels can be skipped.  pix has room for
-    6 * cap entries."""
+    blocks, blocked_column; bits, each tap's mask, tap_bits): each pixel's mask of the taps
+    that reach the source from it (p.valid), the pixels of each PIX_SPAN images grouped by
+    mask (in the order each mask first appears), and at pix + 2 * cap the union of the masks
+    of each tile of LC_MR_B, so that a tile's taps that read padding for all its pixels can be
+    skipped.  pix has room for 6 * cap entries."""
     cdef Py_ssize_t cap = it.nimg * it.ncols, n, j, u, ln, q, t, i, first, s = 0, npix = 0
     cdef const element **src = <const element **> pix
     cdef Py_ssize_t *doff = pix + cap
@@ -725,7 +746,7 @@ cdef inline Py_ssize_t list_pixels(const Product *p, const Item *it,
     cdef const element **src0 = src if T == 0 else <const element **> (pix + 4 * cap)
     cdef Py_ssize_t *doff0 = doff if T == 0 else pix + 5 * cap
     cdef Py_ssize_t toff[PIX_TAPS]
-    cdef size_t m, taken = ~(<size_t> 0)    # no mask of T < 8 * sizeof(size_t) taps
+    cdef size_t m, taken = ~(<size_t> 0)    # no pixel's mask (tap_bits leaves a bit unused)
     for t in range(T):                      # channel 0's offset of each tap
         toff[t] = boff[blocked_column(0, t, C, T, PIX_CB)]
     for i in range(cap // LC_MR_B + 1 if T else 0):
@@ -747,7 +768,7 @@ cdef inline Py_ssize_t list_pixels(const Product *p, const Item *it,
                     m = 0
                     for t in range(T):
                         if p.valid[q + toff[t]]:
-                            m |= (<size_t> 1) << t
+                            m |= bits[t]
                     mask[npix] = m
                 npix += 1
             j += ln
@@ -768,11 +789,13 @@ cdef inline Py_ssize_t list_pixels(const Product *p, const Item *it,
 
 
 cdef inline bint tile_taps(int nv, Py_ssize_t k0, Py_ssize_t kc, Py_ssize_t C, Py_ssize_t T,
-                           size_t taps, const element *const *rows, const Py_ssize_t *boff,
+                           size_t taps, const size_t *bits, const element *const *rows,
+                           const Py_ssize_t *boff,
                            const element *b, Py_ssize_t NR, element *ctile,
                            bint pf) noexcept nogil:
     """ctile = a pixel tile's sums over its columns k0 .. k0 + kc - 1 whose taps are in the
-    mask `taps` (C channels of T taps, blocked_column): one lc_tile_p call per run of such
+    mask `taps` (C channels of T taps, blocked_column; tap t where taps holds all of bits[t]):
+    one lc_tile_p call per run of such
     columns (B's row k at b + k * NR).  False where there is none (ctile left as it was).
     The columns skipped read padding, zeros, for every pixel of the tile: the sums are those
     of all the columns."""
@@ -785,7 +808,7 @@ cdef inline bint tile_taps(int nv, Py_ssize_t k0, Py_ssize_t kc, Py_ssize_t C, P
         cbs = min(PIX_CB, C - b0)
         t = (k - b0 * T) // cbs
         while t < T and k < k1:
-            if (taps >> t) & 1:
+            if taps & bits[t] == bits[t]:
                 if ka < 0:
                     ka = k
             elif ka >= 0:
@@ -823,9 +846,10 @@ cdef inline void pixel_tiles(const Product *p, const Phase *ph, const Item *it,
     cdef Py_ssize_t K = ph.K, C = p.st.nchan, kb, k0, kc, w, ip, mw, npix, t0, i
     cdef Py_ssize_t T = K // C if C > 0 else 0
     cdef bint pf = p.st.size * <Py_ssize_t> sizeof(element) > PIX_PREFETCH_BYTES
-    if p.valid == NULL or T < 2 or T * C != K or T >= 8 * <Py_ssize_t> sizeof(size_t):
+    cdef size_t bits[PIX_TAPS]
+    if p.valid == NULL or T < 2 or T * C != K or not tap_bits(ph, T, bits):
         T = 0       # no taps skipped
-    npix = list_pixels(p, it, staged, boff, C, T, dcol, run, pix)
+    npix = list_pixels(p, it, staged, boff, C, T, bits, dcol, run, pix)
     cdef const element **src = <const element **> pix
     cdef Py_ssize_t *doff = pix + it.nimg * it.ncols
     cdef const size_t *tiles = <const size_t *> (pix + 2 * it.nimg * it.ncols)
@@ -849,8 +873,8 @@ cdef inline void pixel_tiles(const Product *p, const Phase *ph, const Item *it,
                 if T == 0:
                     tile_p(nv, kc, rows, boff + k0, a_g + (ip * K + k0) * NR, NR, ctile, NR, 0,
                            pf)
-                elif not tile_taps(nv, k0, kc, C, T, tiles[t0 // LC_MR_B], rows, boff,
-                                   a_g + ip * K * NR, NR, ctile, pf):
+                elif not tile_taps(nv, k0, kc, C, T, tiles[t0 // LC_MR_B], bits, rows,
+                                   boff, a_g + ip * K * NR, NR, ctile, pf):
                     if k0 > 0:          # nothing to add
                         t0 += LC_MR_B
                         continue
