@@ -790,15 +790,13 @@ cdef inline Py_ssize_t list_pixels(const Product *p, const Item *it,
 
 cdef inline bint tile_taps(int nv, Py_ssize_t k0, Py_ssize_t kc, Py_ssize_t C, Py_ssize_t T,
                            size_t taps, const size_t *bits, const element *const *rows,
-                           const Py_ssize_t *boff,
-                           const element *b, Py_ssize_t NR, element *ctile,
-                           bint pf) noexcept nogil:
+                           const Py_ssize_t *boff, const element *b, Py_ssize_t NR,
+                           element *ctile, bint pf) noexcept nogil:
     """ctile = a pixel tile's sums over its columns k0 .. k0 + kc - 1 whose taps are in the
     mask `taps` (C channels of T taps, blocked_column; tap t where taps holds all of bits[t]):
-    one lc_tile_p call per run of such
-    columns (B's row k at b + k * NR).  False where there is none (ctile left as it was).
-    The columns skipped read padding, zeros, for every pixel of the tile: the sums are those
-    of all the columns."""
+    one lc_tile_p call per run of such columns (B's row k at b + k * NR).  False where there
+    is none (ctile left as it was).  The columns skipped read padding, zeros, for every pixel
+    of the tile: the sums are those of all the columns."""
     cdef Py_ssize_t k = k0, k1 = k0 + kc, ka = -1, b0, cbs, t
     cdef bint done = False
     while k < k1:
