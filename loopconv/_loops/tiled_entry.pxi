@@ -929,7 +929,7 @@ cdef tuple pixel_order(_Geometry geo, list boffs, list koffs, bint forward):
             or any([geo.phases[f].K > 0 and phase_bits(&geo.phases[f]) is None
                     for f in range(geo.p.nphase)])):
         return boffs, koffs
-    if (forward and geo.phases[0].K >= 8 * sizeof(size_t) * geo.p.st.nchan
+    if (forward and by_axis(&geo.phases[0])
             and geo.p.N * phase_pixels(&geo.phases[0]) < PIX_WIDE_PIXELS):
         return boffs, koffs
     valid = staged_validity(&geo.p.st)
@@ -1040,8 +1040,8 @@ cdef _Geometry new_geometry(int which, tuple xs, tuple ws, tuple ys, stride, pad
     geo = product_try(which, xs, ws, ys, stride, pad, dilation, groups, itemsize, 0)
     for f in range(geo.p.nphase):
         if geo.phases[f].pieces:        # a compact grid: no junk columns
-            least = max(least, PIX_SKIP_COMPACT if geo.phases[f].K < 8 * sizeof(size_t)
-                        * geo.p.st.nchan else PIX_SKIP_COMPACT_WIDE)
+            least = max(least, PIX_SKIP_COMPACT_WIDE if by_axis(&geo.phases[f])
+                        else PIX_SKIP_COMPACT)
     if geo.p.by_pixel or (geo.p.gathered and not geo.p.wide
                           and math.prod(ws) * itemsize > PIX_PACK_BYTES) or (
             padding_share(which, xs, ws, ys, stride, pad, dilation) * 100 < least):

@@ -706,6 +706,12 @@ cdef inline void store_pixels(const element *ctile, Py_ssize_t NR, Py_ssize_t w,
                 dj[doff[i]] = ctile[i * NR + j]
 
 
+cdef inline bint by_axis(const Phase *ph) noexcept nogil:
+    """Whether the phase has more taps than a size_t has bits: its taps' masks are by axis
+    (tap_bits)."""
+    return ph.taps[0] * ph.taps[1] * ph.taps[2] >= 8 * <Py_ssize_t> sizeof(size_t)
+
+
 cdef inline bint tap_bits(const Phase *ph, Py_ssize_t T, size_t *bits) noexcept nogil:
     """The mask of each of the phase's T taps (PIX_TAPS): 1 << t where T < 8 * sizeof(size_t);
     else, for tap t = (td, th, tw), the bits of its taps along each axis, (1 << td) | (1 <<
