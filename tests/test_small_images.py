@@ -297,6 +297,42 @@ def test_direct_cases_take_every_tile():
         assert not module.weight_plan(*shapes5(*large), *loop_args(*large), 4)["direct"]
 
 
+# Many output channels over few columns: the packed dy of a step is wider than an L2's share,
+# so the tiles take it in blocks of column tiles, each against all the rows of tiles of a call
+# (and one step's rows of dw are written more tiles of rows at a time: its span)
+WIDE_DY = [
+    case("1d-1x1-two-images-to-2048", (2, 512, 128), (2048, 512, 1)),
+    case("1d-1x1-steps-to-1100", (3, 40, 300), (1100, 40, 1)),
+    case("2d-3x3-to-1040", (2, 9, 11, 10), (1040, 9, 3, 3), padding=1),
+]
+
+
+def test_wide_dy_cases_take_their_paths():
+    """Each case packs dy (not x: "dy rows") for the two-vector tiles in some variant and
+    dtype, more than 1024 channels by 128 columns or more, so in blocks; the first in one
+    reduction step, the second in several."""
+    for c in WIDE_DY:
+        plans = [_loops.variants()[v].weight_plan(*shapes5(*c.values), *loop_args(*c.values),
+                                                  itemsize)
+                 for v in VARIANTS for itemsize in (4, 8)]
+        wide = [p for p in plans if not (p["dy rows"] or p["lanes"] or p["narrow"])
+                and p["block"] >= 128]
+        assert wide, (c.id, plans)
+        if c.id == "1d-1x1-two-images-to-2048":
+            assert any(p["direct"] for p in wide), plans
+        if c.id == "1d-1x1-steps-to-1100":
+            assert any(p["steps"] > 1 for p in wide), plans
+
+
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+@pytest.mark.parametrize("x_shape, w_shape, kw", WIDE_DY)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_wide_dy_in_blocks(rng, assert_close, variant, x_shape, w_shape, kw, dtype):
+    """Every variant where the packed dy is taken in blocks of column tiles, against the
+    reference, every element written, the same bits on 1, 2 and 3 threads."""
+    check_bounded(rng, assert_close, variant, x_shape, w_shape, kw, dtype)
+
+
 # Items of one (group, chunk) that split the rows k into blocks follow each other on a thread
 # and pack each step's dy once: one step (direct), chunks of one step each, chunks of several
 SHARED_STEPS = [

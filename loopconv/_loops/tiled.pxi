@@ -303,6 +303,12 @@ cdef enum:
     ONE_STEP_BYTES = 1 << 21
     ONE_STEP_PANEL = 1 << 20
     ONE_STEP_STAGED = 1 << 23
+    # B_BLOCK_BYTES: the weight gradient's tiles take the packed dy (or x, where dy_rows) in
+    # blocks of column tiles of at most this many bytes, each block against all the rows of
+    # tiles of a call (weight_tiles); SPAN_BYTES: a reduction of one step writes the rows of
+    # dw of about this many bytes of partial at a time (p.span)
+    B_BLOCK_BYTES = 262144
+    SPAN_BYTES = 262144
     # the passes, for the geometry caches (tiled_entry.pxi, depthwise.pxi) and dw_suits
     PASS_FORWARD = 0
     PASS_INPUT = 1

@@ -694,7 +694,7 @@ cdef void split_weight_work(WeightProduct *p, Py_ssize_t VW) noexcept nogil:
     # four items (both cores busy, and some balance for more), more while the partial products
     # stay within about 1 MiB (float32): each chunk's partial is written and then summed.
     cdef Py_ssize_t nsteps = p.nsteps, G = p.G
-    cdef Py_ssize_t npan = p.Rpad // p.mr
+    cdef Py_ssize_t npan = p.Rpad // p.mr, base
     p.nchunk = max(1, min(nsteps, 32, max((4 + G - 1) // G, (1 << 18) // (G * p.Rpad * p.Cpad))))
     # Few (group, chunk) items (batch 1, few pixels): the rows k are split into blocks too.
     # Each element is still summed by one item, in the same order.
@@ -709,6 +709,11 @@ cdef void split_weight_work(WeightProduct *p, Py_ssize_t VW) noexcept nogil:
     p.direct = nsteps == 1
     p.span = VW // gcd(p.mr, VW) if p.direct else 1
     if p.direct:
+        # more tiles of rows at a time where their partial stays small, so that a wide packed
+        # dy is read once for more of them (weight_tiles), never past the item's own rows
+        base = p.span
+        p.span = max(base, min(round_up(p.kblk, base),
+                               SPAN_BYTES // (p.mr * p.Cpad * p.st.itemsize) // base * base))
         p.kblk = round_up(p.kblk, p.span)
     p.nkb = (npan + p.kblk - 1) // p.kblk
 

@@ -160,7 +160,11 @@ cdef inline void weight_tiles(const WeightProduct *p, Py_ssize_t ip0, Py_ssize_t
     of a tile); where p.dy_rows, dy at xq (its pc columns) times the packed x.  part holds the
     rows from row0 * unit on."""
     cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
-    cdef Py_ssize_t NR = p.NR, B = p.block, mr = p.mr, ip, jp, o0, kr
+    cdef Py_ssize_t NR = p.NR, B = p.block, mr = p.mr, ip, jp, o0, kr, j0, j1
+    # blocks of column tiles whose packed dy (B_BLOCK_BYTES) stays in L2 while every row of
+    # tiles meets it, rather than all of a wide dy read from L3 once per row of tiles
+    cdef Py_ssize_t ncp = p.Cpad // NR
+    cdef Py_ssize_t jb = max(1, B_BLOCK_BYTES // (NR * max(pc, 1) * <Py_ssize_t> sizeof(element)))
     if p.out_rows:          # rows o0 .. o0 + kr - 1 of dy (packed) by mr rows k of x
         for ip in range(ip0, ip1):
             o0 = 0
@@ -176,15 +180,23 @@ cdef inline void weight_tiles(const WeightProduct *p, Py_ssize_t ip0, Py_ssize_t
                        bpack + jp * LC_OR_D * B, B,
                        part + (ip - row0) * LC_KR_D * p.Cpad + jp * LC_OR_D, p.Cpad, not first)
     elif p.compact and not p.dy_rows:
-        for ip in range(ip0, ip1):
-            for jp in range(p.Cpad // NR):
-                tile_m(NR // VW, pc, xq, aoff + ip * mr, cmap, bpack + jp * B * NR,
-                       part + (ip - row0) * mr * p.Cpad + jp * NR, p.Cpad, not first)
+        j0 = 0
+        while j0 < ncp:
+            j1 = min(ncp, j0 + jb)
+            for ip in range(ip0, ip1):
+                for jp in range(j0, j1):
+                    tile_m(NR // VW, pc, xq, aoff + ip * mr, cmap, bpack + jp * B * NR,
+                           part + (ip - row0) * mr * p.Cpad + jp * NR, p.Cpad, not first)
+            j0 = j1
     else:
-        for ip in range(ip0, ip1):
-            for jp in range(p.Cpad // NR):
-                tile_a(NR // VW, pc, xq, aoff + ip * mr, bpack + jp * B * NR,
-                       part + (ip - row0) * mr * p.Cpad + jp * NR, p.Cpad, not first)
+        j0 = 0
+        while j0 < ncp:
+            j1 = min(ncp, j0 + jb)
+            for ip in range(ip0, ip1):
+                for jp in range(j0, j1):
+                    tile_a(NR // VW, pc, xq, aoff + ip * mr, bpack + jp * B * NR,
+                           part + (ip - row0) * mr * p.Cpad + jp * NR, p.Cpad, not first)
+            j0 = j1
 
 
 cdef inline Py_ssize_t block_columns(const WeightProduct *p, Py_ssize_t nimg) noexcept nogil:
