@@ -710,11 +710,13 @@ cdef void split_weight_work(WeightProduct *p, Py_ssize_t VW) noexcept nogil:
     p.span = VW // gcd(p.mr, VW) if p.direct else 1
     if p.direct:
         # more tiles of rows at a time where their partial stays small, so that a wide packed
-        # dy is read once for more of them (weight_tiles), never past the item's own rows
+        # dy is read once for more of them (weight_tiles), never past the item's own rows (an
+        # item's last span may be shorter: the blocks of rows, and so the work items, are
+        # those of whole vectors of rows)
         base = p.span
-        p.span = max(base, min(round_up(p.kblk, base),
+        p.kblk = round_up(p.kblk, base)
+        p.span = max(base, min(p.kblk,
                                SPAN_BYTES // (p.mr * p.Cpad * p.st.itemsize) // base * base))
-        p.kblk = round_up(p.kblk, p.span)
     p.nkb = (npan + p.kblk - 1) // p.kblk
 
 
