@@ -179,23 +179,18 @@ cdef inline void weight_tiles(const WeightProduct *p, Py_ssize_t ip0, Py_ssize_t
                 tile_d(LC_KR_D, round_up(pc, VW), xq, aoff + ip * LC_KR_D,
                        bpack + jp * LC_OR_D * B, B,
                        part + (ip - row0) * LC_KR_D * p.Cpad + jp * LC_OR_D, p.Cpad, not first)
-    elif p.compact and not p.dy_rows:
+    else:                   # lc_tile_m over the valid columns, or lc_tile_a
         j0 = 0
         while j0 < ncp:
             j1 = min(ncp, j0 + jb)
             for ip in range(ip0, ip1):
                 for jp in range(j0, j1):
-                    tile_m(NR // VW, pc, xq, aoff + ip * mr, cmap, bpack + jp * B * NR,
-                           part + (ip - row0) * mr * p.Cpad + jp * NR, p.Cpad, not first)
-            j0 = j1
-    else:
-        j0 = 0
-        while j0 < ncp:
-            j1 = min(ncp, j0 + jb)
-            for ip in range(ip0, ip1):
-                for jp in range(j0, j1):
-                    tile_a(NR // VW, pc, xq, aoff + ip * mr, bpack + jp * B * NR,
-                           part + (ip - row0) * mr * p.Cpad + jp * NR, p.Cpad, not first)
+                    if p.compact and not p.dy_rows:
+                        tile_m(NR // VW, pc, xq, aoff + ip * mr, cmap, bpack + jp * B * NR,
+                               part + (ip - row0) * mr * p.Cpad + jp * NR, p.Cpad, not first)
+                    else:
+                        tile_a(NR // VW, pc, xq, aoff + ip * mr, bpack + jp * B * NR,
+                               part + (ip - row0) * mr * p.Cpad + jp * NR, p.Cpad, not first)
             j0 = j1
 
 
