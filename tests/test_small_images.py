@@ -1,6 +1,7 @@
 """The weight gradient of the tiled loops (loopconv/_loops/tiled_weight.pxi) on small images,
 whose reduction steps cover blocks of several images, with few output channels per group
-(the one-vector tile), and with dy read in place (dy_rows): every compiled variant against the
+(the one-vector tile), and with dy read in place (dy_rows, over several steps kept packed):
+every compiled variant against the
 NumPy reference and the same bits on 1, 2 and 3 threads; the cases take the paths they are
 meant to; a block missing images reads no scratch that an earlier call left."""
 
@@ -104,10 +105,11 @@ def test_against_reference_for_any_thread_count(rng, assert_close, variant, x_sh
 
 
 def random_plan_cases(count, seed, prefix, sizes, batches, cin, cout, takes):
-    """`count` random geometries whose weight_plan has `takes` in float32 or float64 on some
-    variant: 1 to 3 spatial axes of sizes[0] to sizes[1] - 1 pixels, kernels of 1 to 3 taps,
-    strides 1 to 2, dilation 1 or 2, padding up to 2 on each side, 1 to 3 groups, batch, input
-    and output channels a group in the half-open ranges given."""
+    """`count` random geometries whose weight_plan has `takes` (a key that is true, or a
+    function of the plan that is) in float32 or float64 on some variant: 1 to 3 spatial axes
+    of sizes[0] to sizes[1] - 1 pixels, kernels of 1 to 3 taps, strides 1 to 2, dilation 1 or
+    2, padding up to 2 on each side, 1 to 3 groups, batch, input and output channels a group
+    in the half-open ranges given."""
     rng = np.random.default_rng(seed)
     cases = []
     while len(cases) < count:
@@ -123,8 +125,9 @@ def random_plan_cases(count, seed, prefix, sizes, batches, cin, cout, takes):
         if min(conv_output_shape(*candidate.values)[2:]) < 1:
             continue
         x_shape, w_shape, kw = candidate.values
-        if any(module.weight_plan(*shapes5(x_shape, w_shape, kw),
-                                  *loop_args(x_shape, w_shape, kw), itemsize)[takes]
+        test = takes if callable(takes) else (lambda plan: plan[takes])
+        if any(test(module.weight_plan(*shapes5(x_shape, w_shape, kw),
+                                       *loop_args(x_shape, w_shape, kw), itemsize))
                for module in _loops.variants().values() for itemsize in (4, 8)):
             cases.append(candidate)
     return cases
@@ -301,9 +304,9 @@ def test_direct_cases_take_every_tile():
 # so the tiles take it in blocks of column tiles, each against all the rows of tiles of a call
 # (and one step's rows of dw are written more tiles of rows at a time: its span)
 WIDE_DY = [
-    case("1d-1x1-two-images-to-2048", (2, 512, 128), (2048, 512, 1)),
+    case("1d-1x1-two-images-to-1100", (2, 1536, 100), (1100, 1536, 1)),
     case("1d-1x1-steps-to-1100", (3, 40, 300), (1100, 40, 1)),
-    case("2d-3x3-to-1040", (2, 9, 11, 10), (1040, 9, 3, 3), padding=1),
+    case("2d-3x3-to-1040", (2, 128, 11, 10), (1040, 128, 3, 3), padding=1),
 ]
 
 
@@ -318,7 +321,7 @@ def test_wide_dy_cases_take_their_paths():
         wide = [p for p in plans if not (p["dy rows"] or p["lanes"] or p["narrow"])
                 and p["block"] >= 128]
         assert wide, (c.id, plans)
-        if c.id == "1d-1x1-two-images-to-2048":
+        if c.id == "1d-1x1-two-images-to-1100":
             assert any(p["direct"] for p in wide), plans
         if c.id == "1d-1x1-steps-to-1100":
             assert any(p["steps"] > 1 for p in wide), plans
@@ -337,7 +340,7 @@ def test_wide_dy_in_blocks(rng, assert_close, variant, x_shape, w_shape, kw, dty
 # and pack each step's dy once: one step (direct), chunks of one step each, chunks of several
 SHARED_STEPS = [
     case("2d-1x1-direct-8-row-blocks", (1, 240, 14, 14), (80, 240, 1, 1)),
-    case("2d-1x1-chunks-of-one-step", (1, 72, 28, 28), (40, 72, 1, 1)),
+    case("2d-1x1-chunks-of-one-step", (1, 96, 28, 28), (32, 96, 1, 1)),
     case("2d-3x3-chunks-of-several-steps", (1, 64, 32, 32), (128, 64, 3, 3), padding=1),
     case("2d-groups-row-blocks", (1, 96, 14, 14), (96, 48, 1, 1), groups=2),
 ]
@@ -489,6 +492,59 @@ def test_dy_rows_reads_no_stale_scratch(rng):
                 got = grad_weight(module, x, gy, w_shape, kw, threads)
                 assert np.array_equal(got, expected), (module.__name__, dtype, threads)
     assert all(taken)
+
+
+# ---------------------------------------------------------------------------------------------
+# dy read in place over several reduction steps (an image, or part of one, a step) whose packed
+# x fits in DIRECT_STEPS_BYTES together: each block of rows keeps every step packed, sums them
+# all for a span of rows at a time and writes its rows of dw (no chunks' partial products)
+
+def takes_direct_steps(plan):
+    """Whether a weight_plan reads dy in place over several steps kept packed."""
+    return plan["dy rows"] and plan["direct"] and plan["steps"] > 1
+
+
+# random geometries that do in float32 or float64 on some variant: 3 to 12 pixels an axis, 2
+# to 5 images, 1 to 8 input and 16 to 80 output channels a group
+DIRECT_STEPS = random_plan_cases(12, 20261207, "direct-steps", (3, 13), (2, 6), (1, 9),
+                                 (16, 81), takes_direct_steps) + [
+    case("1x1-widening-three-images", (3, 32, 15, 17), (192, 32, 1, 1)),
+    case("1d-widening-four-sequences", (4, 16, 60), (96, 16, 1)),
+    case("first-layer-stride2-two-images", (2, 3, 31, 29), (40, 3, 3, 3), stride=2, padding=1),
+    case("groups-widening-four-images", (4, 12, 10, 10), (96, 4, 1, 1), groups=3),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+@pytest.mark.parametrize("x_shape, w_shape, kw", DIRECT_STEPS)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_direct_steps(rng, assert_close, variant, x_shape, w_shape, kw, dtype):
+    """Every variant on weight gradients that keep several steps of packed x (each case does in
+    some variant and dtype), against the reference, every element written, the same bits on
+    1, 2 and 3 threads, and twice the result for twice dy on a second call (whose scratch
+    holds the first call's packing and columns)."""
+    check_bounded(rng, assert_close, variant, x_shape, w_shape, kw, dtype)
+    module = _loops.variants()[variant]
+    x, gy = arrays(rng, x_shape, w_shape, kw, dtype)
+    first = grad_weight(module, x, gy, w_shape, kw, threads=2)
+    assert np.array_equal(grad_weight(module, x, gy * 2, w_shape, kw, threads=2), first * 2)
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kw, itemsize, taken", [
+    ((3, 32, 15, 17), (192, 32, 1, 1), {}, 4, True),
+    ((2, 256, 14, 14), (1024, 256, 1, 1), {}, 4, True),        # ResNet-50's, at batch 2
+    ((2, 112, 14, 14), (672, 112, 1, 1), {}, 8, True),         # EfficientNet's, float64
+    ((2, 512, 128), (2048, 512, 1), {}, 8, True),              # 1-D, two sequences
+    ((16, 160, 14, 14), (960, 160, 1, 1), {}, 8, False),        # 32 steps: 4.1 MiB packed
+    ((8, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), 4, False),    # x read in place
+])
+def test_which_weight_gradients_keep_steps_packed(x_shape, w_shape, kw, itemsize, taken):
+    """Several steps of dy read in place, all kept packed, where together they fit in
+    DIRECT_STEPS_BYTES (every variant)."""
+    for module in _loops.variants().values():
+        plan = module.weight_plan(*shapes5(x_shape, w_shape, kw),
+                                  *loop_args(x_shape, w_shape, kw), itemsize)
+        assert takes_direct_steps(plan) == taken, (module.__name__, plan)
 
 
 # ---------------------------------------------------------------------------------------------

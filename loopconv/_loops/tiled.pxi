@@ -309,6 +309,10 @@ cdef enum:
     # dw of about this many bytes of partial at a time (p.span)
     B_BLOCK_BYTES = 262144
     SPAN_BYTES = 262144
+    # DIRECT_STEPS_BYTES: a weight gradient of dy_rows in several steps (an image a step) keeps
+    # every step's packed x where together they fit in this many bytes, and writes its rows of
+    # dw directly, summing all the steps for a span of rows at a time (split_weight_work)
+    DIRECT_STEPS_BYTES = 1 << 20
     # the passes, for the geometry caches (tiled_entry.pxi, depthwise.pxi) and dw_suits
     PASS_FORWARD = 0
     PASS_INPUT = 1
@@ -383,6 +387,12 @@ cdef double WEIGHT_WASTE = 1.05
 # 256 channels 15 % of that layer's time at batch 8 and its products 64 %, some 30 per element
 # (staged blocks larger than L2), copies into L2 less.
 cdef double PACK_COST = 16
+# WIDE_DY_COST: a weight gradient whose step packs more dy than ONE_STEP_PANEL (many output
+# channels: rows k of x by that dy, in blocks of B_BLOCK_BYTES) costs this many times its
+# weight_cost against dy read in place with every step kept packed (set_weight).  1-D 1x1
+# 512 -> 2048 over two 128-frame sequences so took 3.73 ms (float32, one thread), 1.16 times
+# two sequences one at a time with dy read in place, whose weight_cost was 1 % more
+cdef double WIDE_DY_COST = 1.1
 
 
 include "tiled_stage.pxi"

@@ -695,18 +695,26 @@ cdef void split_weight_work(WeightProduct *p, Py_ssize_t VW) noexcept nogil:
     # stay within about 1 MiB (float32): each chunk's partial is written and then summed.
     cdef Py_ssize_t nsteps = p.nsteps, G = p.G
     cdef Py_ssize_t npan = p.Rpad // p.mr, base
-    p.nchunk = max(1, min(nsteps, 32, max((4 + G - 1) // G, (1 << 18) // (G * p.Rpad * p.Cpad))))
+    # One chunk whose items write their rows of dw themselves (p.direct): a reduction of one
+    # step, or where p.dy_rows, one of several steps whose packed x together fit in
+    # DIRECT_STEPS_BYTES (each item keeps them all and sums every step for a span of rows at a
+    # time), rather than chunks whose partial products are written and summed after
+    p.direct = nsteps == 1 or (p.dy_rows and nsteps > 1 and nsteps * p.Cpad * p.block
+                               * p.st.itemsize <= DIRECT_STEPS_BYTES)
+    p.nchunk = 1
+    if not p.direct:
+        p.nchunk = max(1, min(nsteps, 32, max((4 + G - 1) // G,
+                                              (1 << 18) // (G * p.Rpad * p.Cpad))))
     # Few (group, chunk) items (batch 1, few pixels): the rows k are split into blocks too.
     # Each element is still summed by one item, in the same order.
     p.nkb = 1
     if G * p.nchunk < MIN_ITEMS:
         p.nkb = min(npan, (MIN_ITEMS + G * p.nchunk - 1) // (G * p.nchunk))
     p.kblk = (npan + p.nkb - 1) // p.nkb
-    # One reduction step (small images at batch 1): each item writes its rows of dw itself,
-    # p.span tiles of rows (whole vectors of rows k) at a time, so that the partial product,
-    # which the sums then read back transposed, never leaves the cache.  ConvNeXt's 1x1 768 ->
-    # 3072 on 7x7 at batch 1 wrote and read back a partial of 9.4 MB
-    p.direct = nsteps == 1
+    # Direct (small images at batch 1): each item writes its rows of dw itself, p.span tiles
+    # of rows (whole vectors of rows k) at a time, so that the partial product, which the sums
+    # then read back transposed, never leaves the cache.  ConvNeXt's 1x1 768 -> 3072 on 7x7 at
+    # batch 1 wrote and read back a partial of 9.4 MB
     p.span = VW // gcd(p.mr, VW) if p.direct else 1
     if p.direct:
         # more tiles of rows at a time where their partial stays small, so that a wide packed
@@ -739,18 +747,22 @@ cdef void set_weight(WeightProduct *p, tuple xs, tuple ws, tuple ys, stride, pad
                      Py_ssize_t groups, Py_ssize_t itemsize, Py_ssize_t x_size):
     """The weight gradient's geometry for 5-D shapes xs (x), ws (dw) and ys (dy), elements of
     itemsize bytes and x_size elements of x: its tiles, staging, blocks of images and work
-    items; the rows k of x read in place and dy packed, or where that costs more (weight_cost)
+    items; the rows k of x read in place and dy packed, or where that costs more (weight_cost,
+    times WIDE_DY_COST where a step's packed dy is wide and dy_rows keeps its steps packed)
     and the output channels fill a tile's rows, the rows o of dy read in place and x packed
     (p.dy_rows), where a step's packed x fits in DY_ROWS_BYTES; else, where one_step, the
     reduction in one step."""
     cdef WeightProduct q
+    cdef double wide = 1
     set_weight_as(p, xs, ws, ys, stride, pad, dilation, groups, itemsize, x_size, False, False)
     if p.lanes:
         return
     set_weight_as(&q, xs, ws, ys, stride, pad, dilation, groups, itemsize, x_size, True, False)
+    if q.direct and p.Cpad * p.block * itemsize > ONE_STEP_PANEL:
+        wide = WIDE_DY_COST
     # each block of rows of dy_rows reads all of a step's packed x (DY_ROWS_BYTES)
     if (q.Cpad * min(q.block, q.ncols) * itemsize <= DY_ROWS_BYTES
-            and weight_cost(&q) < weight_cost(p)):
+            and weight_cost(&q) < wide * weight_cost(p)):
         p[0] = q
     elif one_step(p):
         set_weight_as(p, xs, ws, ys, stride, pad, dilation, groups, itemsize, x_size, False,
@@ -1098,11 +1110,12 @@ def grad_weight(const element[:, :, :, :, ::1] x, const element[:, :, :, :, ::1]
     cdef const Py_ssize_t *xoff = &geo.boff[0] if p.dy_rows else NULL
     cdef element[::1] partial = _workspace("p", dtype, 1 if p.direct
                                            else groups * p.nchunk * p.Rpad * p.Cpad)
-    # staging, packed dy; p.direct: the rows written together and a block to transpose
-    # (else rows_to_dw's block, VW * VW, after the staging)
-    fper = per_thread(max(p.st.size + p.Cpad * p.block
+    # staging, packed dy (p.direct: of every step); p.direct: the rows written together and a
+    # block to transpose (else rows_to_dw's block, VW * VW, after the staging)
+    fper = per_thread(max(p.st.size + p.Cpad * p.block * (p.nsteps if p.direct else 1)
                           + (p.span * p.mr * p.Cpad + VW * VW if p.direct else 0), VW * VW))
-    iper = per_thread(2 + 3 * p.block)
+    # the cache marks, a step's columns (dcol, run, cmap); p.direct: each step's A and columns
+    iper = per_thread(2 + 3 * p.block + (2 * p.nsteps if p.direct else 0))
     cdef element[::1] fws = _workspace("f", dtype, fper * num_threads)
     cdef Py_ssize_t[::1] iws = _workspace("i", np.intp, iper * num_threads)
     with nogil:

@@ -226,11 +226,14 @@ cdef void weight_item(const WeightProduct *p, Py_ssize_t item, const element *x,
     block of their grid columns) in order.  fws and iws: this thread's scratch (iws[0] names
     the staged block in fws, iws[1] the step whose dy it holds packed: the items of one
     (group, chunk) that follow each other on a thread pack a step's dy once, not once per
-    block of rows).  A reduction of one step (p.direct) writes its rows of dw instead, p.span
-    tiles of rows at a time through a partial of those rows in fws (the sums of one chunk are
-    the partial itself: the same bits).  Where p.dy_rows, the rows are output channels and
-    x is packed (p.xoff: its rows k) instead of dy."""
-    cdef Py_ssize_t B = p.block
+    block of rows).  Where p.dy_rows, the rows are output channels and x is packed (p.xoff:
+    its rows k) instead of dy.  A direct reduction (p.direct, one chunk) writes its rows of dw
+    instead, p.span tiles of rows at a time through a partial of those rows in fws, each span
+    summed over every step in order: all the steps are packed first, each in its own place
+    (several only where p.dy_rows, whose A, dy read in place, needs no staging kept; their A
+    and valid columns in iws), iws[1] then naming the group's last step.  With one step the
+    sums are those of one chunk's partial: the same bits."""
+    cdef Py_ssize_t B = p.block, PB = p.Cpad * p.block
     cdef Py_ssize_t kb = item % p.nkb, gc = item // p.nkb
     cdef Py_ssize_t chunk = gc % p.nchunk, g = gc // p.nchunk
     cdef Py_ssize_t s0 = chunk * p.nsteps // p.nchunk, s1 = (chunk + 1) * p.nsteps // p.nchunk
@@ -238,17 +241,21 @@ cdef void weight_item(const WeightProduct *p, Py_ssize_t item, const element *x,
     cdef Py_ssize_t ip0 = kb * p.kblk, ip1 = min(p.Rpad // unit, ip0 + p.kblk)
     cdef Py_ssize_t step, ib, n0, nimg, q0, pc
     cdef element *part = partial if p.direct else partial + gc * p.Rpad * p.Cpad
-    cdef const element *staged
+    cdef const element *staged = NULL
     cdef const element *dyg
-    cdef const element *a           # A of the tiles: the staged x, or dy where p.dy_rows
+    cdef const element *a = NULL    # A of the tiles: the staged x, or dy where p.dy_rows
     cdef element *bpack = fws + p.st.size
+    cdef element *bstep
     cdef Py_ssize_t *dcol = iws + 2
     cdef Py_ssize_t *run = dcol + B
     cdef Py_ssize_t *cmap = run + B
-    cdef Py_ssize_t j, ncol, packed
+    cdef Py_ssize_t *kept = cmap + B        # p.direct: each step's A (in dy) and columns
+    cdef Py_ssize_t j, ncol = 0, packed
+    # p.direct: every step of the group already packed by this thread's item before
+    cdef bint have = p.direct and iws[1] == g * p.nsteps + s1 - 1
     cdef bint first = True
     cdef Py_ssize_t r, r1
-    cdef element *rows = bpack + p.Cpad * B                # p.direct: its rows, then acc
+    cdef element *rows = bpack + PB * (p.nsteps if p.direct else 1)   # p.direct: rows, acc
     cdef element *acc
     for step in range(s0, s1):
         ib = step // p.nblk
@@ -256,6 +263,10 @@ cdef void weight_item(const WeightProduct *p, Py_ssize_t item, const element *x,
         nimg = min(p.nimg, p.N - n0)
         q0 = (step % p.nblk) * B
         pc = min(B, block_columns(p, nimg) - q0)
+        packed = g * p.nsteps + step
+        bstep = bpack + (step - s0) * PB if p.direct else bpack
+        if have and p.dy_rows:  # packed, and dy's columns kept: nothing to stage
+            continue
         staged = staged_block(x, n0 * p.x_img + g * p.x_grp, p.x_img, &p.st, nimg, ib * p.G + g,
                               fws, iws)
         step_columns(p, q0, pc, dcol, run)
@@ -268,29 +279,35 @@ cdef void weight_item(const WeightProduct *p, Py_ssize_t item, const element *x,
                     cmap[ncol] = j
                     ncol += 1
         dyg = dy + n0 * p.y_img + g * p.y_grp
-        packed = g * p.nsteps + step
         if p.dy_rows:           # dy in place from the step's first valid column
             a = dyg + (dcol[cmap[0]] if ncol > 0 else 0)
-        if iws[1] != packed:
+            kept[2 * (step - s0)] = a - dy
+            kept[2 * (step - s0) + 1] = ncol
+        if not have and iws[1] != packed:
             if p.dy_rows:
-                pack_x_t(p, staged + q0, xoff, pc, run, bpack, first)
+                pack_x_t(p, staged + q0, xoff, pc, run, bstep, first or p.direct)
             elif p.lanes:
-                pack_dy_rows(p, dyg, pc, dcol, run, bpack, first)
+                pack_dy_rows(p, dyg, pc, dcol, run, bstep, first or p.direct)
             else:
-                pack_dy_panels(p, dyg, pc, dcol, run, bpack, first)
+                pack_dy_panels(p, dyg, pc, dcol, run, bstep, first or p.direct)
             iws[1] = packed
-        if p.direct:
-            acc = rows + p.span * unit * p.Cpad
-            r = ip0
-            while r < ip1:
-                r1 = min(ip1, r + p.span)
-                weight_tiles(p, r, r1, ncol, a, aoff, bpack, cmap, rows, r, True)
-                rows_to_dw(p, g, r * unit, r1 * unit, rows, 1, dw, acc)
-                r = r1
-        else:
+        if not p.direct:
             weight_tiles(p, ip0, ip1, ncol, a, aoff, bpack, cmap, part, 0, first)
         first = False
-    if first:               # no steps: the rows are zero (p.direct has a step)
+    if p.direct:
+        acc = rows + p.span * unit * p.Cpad
+        r = ip0
+        while r < ip1:
+            r1 = min(ip1, r + p.span)
+            for step in range(s0, s1):
+                if p.dy_rows:
+                    a = dy + kept[2 * (step - s0)]
+                    ncol = kept[2 * (step - s0) + 1]
+                weight_tiles(p, r, r1, ncol, a, aoff, bpack + (step - s0) * PB, cmap, rows, r,
+                             step == s0)
+            rows_to_dw(p, g, r * unit, r1 * unit, rows, 1, dw, acc)
+            r = r1
+    elif first:             # no steps: the rows are zero (p.direct has a step)
         memset(part + ip0 * unit * p.Cpad, 0, (ip1 - ip0) * unit * p.Cpad * sizeof(element))
 
 
