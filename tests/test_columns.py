@@ -360,17 +360,19 @@ def test_weight_against_reference_and_across_threads(rng, assert_close, x_shape,
     ((8, 128, 7, 7), (32, 128, 3, 3), dict(padding=1), False),
     ((1, 128, 7, 7), (32, 128, 3, 3), dict(padding=1), False),
     # 1x1 over few pixels into many output channels, no fewer than the input channels
-    ((1, 2048, 7, 7), (2048, 2048, 1, 1), {}, True),
-    ((1, 112, 14, 14), (672, 112, 1, 1), {}, True),
-    ((1, 960, 7, 7), (960, 960, 1, 1), {}, True),
-    # ... that the tiled loops would not write as dw's transpose ("dy rows")
+    ((2, 2048, 7, 7), (2048, 2048, 1, 1), {}, True),
+    # ... that the tiled loops would not write as dw's transpose ("dy rows", in float32 and
+    # float64: at batch 2 above, in float32 only)
     ((1, 1024, 14, 14), (2048, 1024, 1, 1), dict(stride=2), False),
     ((1, 96, 14, 14), (576, 96, 1, 1), {}, False),
     ((1, 160, 7, 7), (960, 160, 1, 1), {}, False),
     ((8, 512, 7, 7), (2048, 512, 1, 1), {}, False),                 # 392 pixels
+    ((1, 2048, 7, 7), (2048, 2048, 1, 1), {}, False),               # both in one step
+    ((1, 960, 7, 7), (960, 960, 1, 1), {}, False),
     ((4, 512, 7, 7), (2048, 512, 1, 1), {}, False),                 # its steps kept packed
     ((4, 2048, 7, 7), (512, 2048, 1, 1), {}, False),                # fewer outputs than inputs
     ((1, 80, 14, 14), (200, 80, 1, 1), {}, False),                  # fewer than 512 outputs
+    ((1, 112, 14, 14), (672, 112, 1, 1), {}, False),                # few input channels
     ((1, 2048, 7, 7), (2048, 64, 1, 1), dict(groups=32), False),    # groups
 ])
 def test_weight_which_problems(x_shape, w_shape, kw, chosen):

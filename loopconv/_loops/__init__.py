@@ -356,8 +356,16 @@ IM2COL_REDUCTION = 512
 # 2048 from 14x14 at stride 2 1.19 / 1.07; without (kept as columns) 2048 -> 2048 on 7x7 1.61
 # / 1.42, at batch 2 1.26 / 1.24, 512 -> 2048 at batch 4 1.29 / 1.26, 960 -> 960 1.02 / 1.16,
 # but 112 -> 672 on 14x14 0.86 / 0.93 and 576 -> 576 0.90 / 0.80.  Float64 alike (with `dy
-# rows` 0.75-1.06 one thread, 0.53-0.96 two; without 1.12-1.92 / 1.01-1.54).
+# rows` 0.75-1.06 one thread, 0.53-0.96 two; without 1.12-1.92 / 1.01-1.54).  Since "dy
+# rows" is chosen also where it takes one step as the rows k would (ROWS_K_COST): 2048 ->
+# 2048 on 7x7 1.02 / 0.98 (float64 0.71), 960 -> 960 0.93 / 0.76 (0.86), 576 -> 576 on 14x14
+# 0.85 / 0.85 (0.89), 1024 -> 2048 0.98 / 0.98 (0.96).  Nor with fewer
+# than IM2COL_OUTER_CIN input channels, the columns of that product (tiled time over the
+# columns', batch 1, float32 / float64, one thread): 112 -> 672 on 14x14 0.58-0.86 / 0.78-0.83
+# (two threads 0.90), 176 -> 704 on 7x7 0.96 / 0.96, 144 -> 864 0.96; kept: 240 -> 960 on 7x7
+# 1.14-1.15 / 0.99, on 14x14 1.03 / 0.86, 576 -> 576 on 14x14 1.03 / 1.04.
 IM2COL_OUTER_ROWS = 512
+IM2COL_OUTER_CIN = 192
 IM2COL_OUTER_PIXELS = 196
 IM2COL_TAPS = 8
 IM2COL_PIXELS = 64
@@ -617,23 +625,26 @@ def long_sums(y_shape, w_shape, groups) -> bool:
 def outer_suits(y_shape, w_shape, stride, groups) -> bool:
     """Whether the weight gradient of a 1x1 convolution with 5-D output `y_shape` and weight
     `w_shape` runs as columns because it is a short sum of outer products into a dw of many
-    rows (IM2COL_OUTER_ROWS and IM2COL_OUTER_PIXELS) that the tiled loops would write
-    transposed (not `_tiled_rows`)."""
+    rows (IM2COL_OUTER_ROWS and IM2COL_OUTER_PIXELS) from IM2COL_OUTER_CIN input channels or
+    more that the tiled loops would write transposed (not `_tiled_rows`)."""
     return (groups == 1 and math.prod(w_shape[2:]) == 1
             and y_shape[0] * math.prod(y_shape[2:]) <= IM2COL_OUTER_PIXELS
             and w_shape[0] >= max(IM2COL_OUTER_ROWS, w_shape[1])
+            and w_shape[1] >= IM2COL_OUTER_CIN
             and not _tiled_rows(y_shape, w_shape, stride))
 
 
 def _tiled_rows(y_shape, w_shape, stride) -> bool:
     """Whether the tiled loops' weight gradient of a 1x1 convolution (one group, no padding)
     puts the output channels on its tile rows (`tiled.weight_plan`'s "dy rows") and so writes
-    dw as it is: asked of the smallest input that gives `y_shape` and of float32 (`choose`
-    picks the loops for every dtype and input size at once)."""
+    dw as it is: asked of the smallest input that gives `y_shape`, in float32 and in float64
+    (`choose` picks the loops for every dtype and input size at once; 2048 -> 2048 on 7x7 at
+    batch 2 takes "dy rows" in float32 only, and in float64 ran 1.84 times as long as the
+    columns, in float32 as long)."""
     x_shape = tuple(y_shape[:1]) + (w_shape[1],) + tuple(
         (n - 1) * s + 1 for n, s in zip(y_shape[2:], stride))
-    return tiled.weight_plan(x_shape, tuple(w_shape), tuple(y_shape), tuple(stride), _ZEROS,
-                             _ONES, 1, 4)["dy rows"]
+    return all(tiled.weight_plan(x_shape, tuple(w_shape), tuple(y_shape), tuple(stride),
+                                 _ZEROS, _ONES, 1, itemsize)["dy rows"] for itemsize in (4, 8))
 
 
 def _dense(size, kernel, out, pad, dilation, groups) -> bool:

@@ -387,12 +387,18 @@ cdef double WEIGHT_WASTE = 1.05
 # 256 channels 15 % of that layer's time at batch 8 and its products 64 %, some 30 per element
 # (staged blocks larger than L2), copies into L2 less.
 cdef double PACK_COST = 16
-# WIDE_DY_COST: a weight gradient whose step packs more dy than ONE_STEP_PANEL (many output
-# channels: rows k of x by that dy, in blocks of B_BLOCK_BYTES) costs this many times its
-# weight_cost against dy read in place with every step kept packed (set_weight).  1-D 1x1
-# 512 -> 2048 over two 128-frame sequences so took 3.73 ms (float32, one thread), 1.16 times
-# two sequences one at a time with dy read in place, whose weight_cost was 1 % more
-cdef double WIDE_DY_COST = 1.1
+# ROWS_K_COST: a weight gradient of rows k of x (dy packed) costs this many times its
+# weight_cost against dy read in place with every step kept packed (p.direct) where it takes
+# one step too, whose dw it then writes transposed from the partial (dy_rows copies rows), or
+# where a step packs more dy than B_BLOCK_BYTES (read in blocks again for every row of tiles):
+# set_weight.  Measured (rows k time over dy_rows', float32 one thread / two / float64): 1-D
+# 1x1 512 -> 2048 over two 128-frame sequences 1.16 (against two single sequences), 1x1 1024
+# -> 512 on 7x7 at batch 1 1.34 / 1.43 / 1.43, 1024 -> 16 on 49 frames 1.77 / 1.59 / 1.36,
+# 512 -> 96 on 4x4x4 at batch 2 1.40 / 1.91 / 1.25, 192 -> 1152 on 7x7 at batch 4 1.14 / 1.49
+# / 1.10, 112 -> 768 on 28x28 at batch 2 1.18 / 1.22 / 0.99, 3x3 on 3x3 1.0; with dy rows of
+# many steps where the rows k take several of a narrow dy, 0.77-0.97 (64 channels on 28x28 at
+# batch 4, 24 on 8x8x8), so not there
+cdef double ROWS_K_COST = 1.1
 
 
 include "tiled_stage.pxi"

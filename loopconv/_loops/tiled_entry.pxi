@@ -748,21 +748,22 @@ cdef void set_weight(WeightProduct *p, tuple xs, tuple ws, tuple ys, stride, pad
     """The weight gradient's geometry for 5-D shapes xs (x), ws (dw) and ys (dy), elements of
     itemsize bytes and x_size elements of x: its tiles, staging, blocks of images and work
     items; the rows k of x read in place and dy packed, or where that costs more (weight_cost,
-    times WIDE_DY_COST where a step's packed dy is wide and dy_rows keeps its steps packed)
+    times ROWS_K_COST against dy_rows that keeps its steps packed, where the rows k take one
+    step or a step's packed dy is wide)
     and the output channels fill a tile's rows, the rows o of dy read in place and x packed
     (p.dy_rows), where a step's packed x fits in DY_ROWS_BYTES; else, where one_step, the
     reduction in one step."""
     cdef WeightProduct q
-    cdef double wide = 1
+    cdef double rows_k = 1
     set_weight_as(p, xs, ws, ys, stride, pad, dilation, groups, itemsize, x_size, False, False)
     if p.lanes:
         return
     set_weight_as(&q, xs, ws, ys, stride, pad, dilation, groups, itemsize, x_size, True, False)
-    if q.direct and p.Cpad * p.block * itemsize > ONE_STEP_PANEL:
-        wide = WIDE_DY_COST
+    if q.direct and (p.nsteps == 1 or p.Cpad * p.block * itemsize > B_BLOCK_BYTES):
+        rows_k = ROWS_K_COST
     # each block of rows of dy_rows reads all of a step's packed x (DY_ROWS_BYTES)
     if (q.Cpad * min(q.block, q.ncols) * itemsize <= DY_ROWS_BYTES
-            and weight_cost(&q) < wide * weight_cost(p)):
+            and weight_cost(&q) < rows_k * weight_cost(p)):
         p[0] = q
     elif one_step(p):
         set_weight_as(p, xs, ws, ys, stride, pad, dilation, groups, itemsize, x_size, False,
