@@ -547,6 +547,56 @@ def test_which_weight_gradients_keep_steps_packed(x_shape, w_shape, kw, itemsize
         assert takes_direct_steps(plan) == taken, (module.__name__, plan)
 
 
+# the plans' kinds, for the scratch bounds: chunks of ten steps or more reading dy in place (a
+# MobileNetV2 stem), several steps kept packed, one step, rows k in chunks, lanes
+SCRATCH_CASES = [
+    case("dy-rows-in-chunks", (20, 3, 128, 128), (32, 3, 3, 3), stride=2, padding=1),
+    case("steps-kept-packed", (3, 32, 15, 17), (192, 32, 1, 1)),
+    case("one-step-rows-k", (6, 256, 7, 7), (256, 256, 3, 3), padding=1),
+    case("rows-k-in-chunks", (6, 8, 12, 12), (24, 8, 3, 3), padding=1),
+    case("lanes", (9, 24, 7, 7), (4, 24, 3, 3), padding=1),
+]
+
+
+def test_scratch_plans_are_of_their_kinds():
+    """SCRATCH_CASES take the plans they stand for, in float32 on the AVX-512 variant."""
+    module = _loops.variants()["x86-64-v4"]
+    plans = [module.weight_plan(*shapes5(*c.values), *loop_args(*c.values), 4)
+             for c in SCRATCH_CASES]
+    assert plans[0]["dy rows"] and not plans[0]["direct"] and plans[0]["steps"] >= 10 * 32
+    assert takes_direct_steps(plans[1])
+    assert not plans[2]["dy rows"] and plans[2]["direct"] and plans[2]["steps"] == 1
+    assert not plans[3]["dy rows"] and plans[3]["chunks"] > 1
+    assert plans[4]["lanes"]
+
+
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_threads_stay_in_their_scratch(rng, variant, dtype):
+    """Each of the threads writes only within its region of the scratch (weight_plan's
+    "scratch" elements and "indices" a thread): workspaces larger than a call needs, filled
+    with a marker, keep it past the regions of the threads the call ran on."""
+    module = _loops.variants()[variant]
+    itemsize = np.dtype(dtype).itemsize
+    for c in SCRATCH_CASES:
+        x_shape, w_shape, kw = c.values
+        plan = module.weight_plan(*shapes5(x_shape, w_shape, kw),
+                                  *loop_args(x_shape, w_shape, kw), itemsize)
+        x, gy = arrays(rng, x_shape, w_shape, kw, dtype)
+        expected = grad_weight(module, x, gy, w_shape, kw, threads=1)   # makes the workspaces
+        for threads in (1, 2, 3):
+            spaces = module._workspaces.arrays
+            used = {"f": (plan["scratch"] * threads, np.dtype(dtype), -1234.5),
+                    "i": (plan["indices"] * threads, np.dtype(np.intp), -987654321)}
+            for name, (n, kind, marker) in used.items():
+                spaces[name, kind.char] = _loops.direct.aligned_empty((n + 4096,), kind)
+                spaces[name, kind.char].fill(marker)
+            got = grad_weight(module, x, gy, w_shape, kw, threads)
+            assert np.array_equal(got, expected), (c.id, threads)
+            for name, (n, kind, marker) in used.items():
+                assert (spaces[name, kind.char][n:] == marker).all(), (c.id, threads, name)
+
+
 # ---------------------------------------------------------------------------------------------
 # One reduction step over all the images (one_step): where the partial product would outgrow
 # an L2 and a step's packed dy fits in one, each block of rows k sums all the images' columns

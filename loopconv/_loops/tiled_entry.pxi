@@ -809,16 +809,33 @@ cdef void set_weight_as(WeightProduct *p, tuple xs, tuple ws, tuple ys, stride, 
     set_overrun(&p.st, p.ncols, VW, False, not (p.lanes or p.out_rows))
 
 
+cdef Py_ssize_t weight_scratch(const WeightProduct *p, Py_ssize_t VW) noexcept nogil:
+    """Elements of scratch a thread of the weight gradient p uses: the staging, the packed dy
+    (p.direct: of every step); p.direct: the rows written together and a block to transpose
+    (else rows_to_dw's block, VW * VW, after the staging)."""
+    return per_thread(max(p.st.size + p.Cpad * p.block * (p.nsteps if p.direct else 1)
+                          + (p.span * p.mr * p.Cpad + VW * VW if p.direct else 0), VW * VW))
+
+
+cdef Py_ssize_t weight_indices(const WeightProduct *p) noexcept nogil:
+    """Indices of scratch a thread of the weight gradient p uses: the marks of what it holds
+    staged and packed, a step's columns (dcol, run, cmap); p.direct: each step's A and
+    columns."""
+    return per_thread(2 + 3 * p.block + (2 * p.nsteps if p.direct else 0))
+
+
 def weight_plan(xs, ws, ys, stride, pad, dilation, Py_ssize_t groups, Py_ssize_t itemsize):
     """How the weight gradient cuts its reduction for 5-D shapes as grad_weight takes them (x,
-    dw, dy) and elements of `itemsize` bytes (internal: for the tests, and for `choose`, which
-    asks whether a 1x1 gradient's plan takes "dy rows")."""
+    dw, dy) and elements of `itemsize` bytes, and the scratch a thread uses (internal: for the
+    tests, and for `choose`, which asks whether a 1x1 gradient's plan takes "dy rows")."""
     cdef WeightProduct p = tiled_geometry(PASS_WEIGHT, tuple(xs), tuple(ws), tuple(ys), stride,
                                           pad, dilation, groups, itemsize).q
     return {"images": p.nimg, "image blocks": p.nib, "steps": p.nsteps, "chunks": p.nchunk,
             "row blocks": p.nkb, "columns": p.ncols, "block": p.block, "lanes": bool(p.lanes),
             "compact": bool(p.compact), "narrow": bool(p.narrow), "direct": bool(p.direct),
             "output rows": bool(p.out_rows), "dy rows": bool(p.dy_rows),
+            "scratch": weight_scratch(&p, LC_VEC_BYTES // itemsize),
+            "indices": weight_indices(&p),
             "last slice read in place": p.nimg == 1 and reads_in_place(
                 &p.st, (xs[0] - 1) * p.x_img + (groups - 1) * p.x_grp)}
 
@@ -1106,17 +1123,11 @@ def grad_weight(const element[:, :, :, :, ::1] x, const element[:, :, :, :, ::1]
                                         shape5(dy.shape), stride, pad, dilation, groups,
                                         sizeof(element))
     cdef WeightProduct *p = &geo.q
-    cdef Py_ssize_t fper, iper
+    cdef Py_ssize_t fper = weight_scratch(p, VW), iper = weight_indices(p)
     cdef Py_ssize_t[::1] aoff = geo.aoff
     cdef const Py_ssize_t *xoff = &geo.boff[0] if p.dy_rows else NULL
     cdef element[::1] partial = _workspace("p", dtype, 1 if p.direct
                                            else groups * p.nchunk * p.Rpad * p.Cpad)
-    # staging, packed dy (p.direct: of every step); p.direct: the rows written together and a
-    # block to transpose (else rows_to_dw's block, VW * VW, after the staging)
-    fper = per_thread(max(p.st.size + p.Cpad * p.block * (p.nsteps if p.direct else 1)
-                          + (p.span * p.mr * p.Cpad + VW * VW if p.direct else 0), VW * VW))
-    # the cache marks, a step's columns (dcol, run, cmap); p.direct: each step's A and columns
-    iper = per_thread(2 + 3 * p.block + (2 * p.nsteps if p.direct else 0))
     cdef element[::1] fws = _workspace("f", dtype, fper * num_threads)
     cdef Py_ssize_t[::1] iws = _workspace("i", np.intp, iper * num_threads)
     with nogil:

@@ -281,6 +281,7 @@ cdef void weight_item(const WeightProduct *p, Py_ssize_t item, const element *x,
         dyg = dy + n0 * p.y_img + g * p.y_grp
         if p.dy_rows:           # dy in place from the step's first valid column
             a = dyg + (dcol[cmap[0]] if ncol > 0 else 0)
+        if p.dy_rows and p.direct:
             kept[2 * (step - s0)] = a - dy
             kept[2 * (step - s0) + 1] = ncol
         if not have and iws[1] != packed:
