@@ -262,6 +262,15 @@ def random_direct_cases(count, seed):
     return random_plan_cases(count, seed, "direct", (2, 10), (1, 3), (1, 41), (1, 71), "direct")
 
 
+def check_second_call(rng, variant, x_shape, w_shape, kw, dtype, threads):
+    """`variant`'s weight gradient of the case for twice dy, on a second call (whose scratch
+    holds the first call's staging and packing), is exactly twice the first's."""
+    module = _loops.variants()[variant]
+    x, gy = arrays(rng, x_shape, w_shape, kw, dtype)
+    first = grad_weight(module, x, gy, w_shape, kw, threads)
+    assert np.array_equal(grad_weight(module, x, gy * 2, w_shape, kw, threads), first * 2)
+
+
 DIRECT = random_direct_cases(24, seed=20261203) + [
     case("1x1-rows-across-items", (1, 200, 7, 7), (150, 200, 1, 1)),
     case("3x3-last-rows-partial", (1, 37, 5, 5), (40, 37, 3, 3), padding=1),
@@ -365,10 +374,7 @@ def test_row_blocks_share_packed_steps(rng, assert_close, variant, x_shape, w_sh
     element written, the same bits on 1, 2 and 3 threads, and again on a second call (whose
     scratch holds the first call's packing)."""
     check_bounded(rng, assert_close, variant, x_shape, w_shape, kw, dtype)
-    module = _loops.variants()[variant]
-    x, gy = arrays(rng, x_shape, w_shape, kw, dtype)
-    first = grad_weight(module, x, gy, w_shape, kw, threads=1)
-    assert np.array_equal(grad_weight(module, x, gy * 2, w_shape, kw, threads=1), first * 2)
+    check_second_call(rng, variant, x_shape, w_shape, kw, dtype, threads=1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -524,10 +530,7 @@ def test_direct_steps(rng, assert_close, variant, x_shape, w_shape, kw, dtype):
     1, 2 and 3 threads, and twice the result for twice dy on a second call (whose scratch
     holds the first call's packing and columns)."""
     check_bounded(rng, assert_close, variant, x_shape, w_shape, kw, dtype)
-    module = _loops.variants()[variant]
-    x, gy = arrays(rng, x_shape, w_shape, kw, dtype)
-    first = grad_weight(module, x, gy, w_shape, kw, threads=2)
-    assert np.array_equal(grad_weight(module, x, gy * 2, w_shape, kw, threads=2), first * 2)
+    check_second_call(rng, variant, x_shape, w_shape, kw, dtype, threads=2)
 
 
 @pytest.mark.parametrize("x_shape, w_shape, kw, itemsize, taken", [
