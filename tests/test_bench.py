@@ -413,6 +413,11 @@ def test_network_plan_shares_geometries():
     turns = _bench._turns(entries, shapes)
     assert len(turns) == 4 and shapes["resnet50.conv1@b1"] not in turns[2]
     assert sum(map(len, turns)) == len(shapes)
+    # one thread: a turn per shape, in the same order; two: the networks' turns
+    single = _bench._turns_at(turns, 1)
+    assert [len(t) for t in single] == [1] * len(shapes)
+    assert [t[0] for t in single] == [item for turn in turns for item in turn]
+    assert _bench._turns_at(turns, 2) == turns
 
 
 def test_networks_report(monkeypatch):

@@ -34,10 +34,11 @@ How the timing is done
 - Each worker sends back a checksum of its result (the norm, and the dot product with a fixed
   random vector); results that disagree with loopconv's are flagged, since the time of a wrong
   answer means nothing.
-- The networks suite has many more, and larger, measurements: the peers take turns network by
-  network rather than measurement by measurement (the thread pools of the previous worker
-  spin for some 50 ms after its last call, so each turn costs a `SWITCH_PAUSE`; none is needed
-  at one thread), a measurement gets a smaller budget (`NET_BUDGET`, at least 3 samples, and
+- The networks suite has many more, and larger, measurements: with more than one thread the
+  peers take turns network by network rather than measurement by measurement (the thread
+  pools of the previous worker spin for some 50 ms after its last call, so each turn costs a
+  `SWITCH_PAUSE`); at one thread, where none is needed, layer by layer, so that a slow spell
+  of a shared machine falls on every peer's measurements of a layer alike; a measurement gets a smaller budget (`NET_BUDGET`, at least 3 samples, and
   a first call over 10 ms is the whole warm-up), and the inputs are cut from a pool of random
   numbers (`pooled_inputs`).
 
@@ -1061,6 +1062,12 @@ def _turns(entries, shapes) -> list:
     return turns
 
 
+def _turns_at(turns, threads: int) -> list:
+    """The turns of a run at `threads`: a network's shapes together (`_turns`) where a switch
+    of peers costs a SWITCH_PAUSE, each shape on its own at one thread."""
+    return turns if threads > 1 else [[item] for turn in turns for item in turn]
+
+
 def _time_turns(state: _Run, workers: dict, peers, turn, job: dict, rounds: int) -> None:
     """Time the passes of the shapes `turn` [(Shape, passes)]: the peers take turns, each
     running all of them, `rounds` times; each measurement keeps its fastest round."""
@@ -1088,7 +1095,8 @@ def run_networks(names, batches, peers, threads_list, dtypes, repeat=None, round
 
     Each distinct geometry is timed once, for all the networks and layers that have it.  The
     peers take turns network by network (each runs all the passes of a network's layers at a
-    batch size in its turn), `rounds` times; a measurement's result is its fastest round."""
+    batch size in its turn), layer by layer at one thread (`_turns_at`), `rounds` times; a
+    measurement's result is its fastest round."""
     entries, shapes = network_plan(names, batches)
     turns = _turns(entries, shapes)
     per_peer = {peer: rounds * len(dtypes) * sum(len(peer_passes(peer, passes))
@@ -1101,7 +1109,7 @@ def run_networks(names, batches, peers, threads_list, dtypes, repeat=None, round
             for dtype in dtypes:
                 job = {"threads": threads, "dtype": dtype, "repeat": repeat,
                        "budget": budget / rounds, "options": NET_MEASURE}
-                for turn in turns:
+                for turn in _turns_at(turns, threads):
                     _time_turns(state, workers, peers, turn, job, rounds)
         finally:
             for worker in workers.values():
