@@ -410,14 +410,11 @@ def test_network_plan_shares_geometries():
     stem = [e["layers"][0]["shape"] for e in entries]
     assert stem == ["resnet50.conv1@b1", "resnet50.conv1@b8"] * 2
     assert shapes["resnet50.conv1@b1"][1] == ("forward", "weight")
+    # a turn per geometry, each once, in the order of the networks that need them
     turns = _bench._turns(entries, shapes)
-    assert len(turns) == 4 and shapes["resnet50.conv1@b1"] not in turns[2]
-    assert sum(map(len, turns)) == len(shapes)
-    # one thread: a turn per shape, in the same order; two: the networks' turns
-    single = _bench._turns_at(turns, 1)
-    assert [len(t) for t in single] == [1] * len(shapes)
-    assert [t[0] for t in single] == [item for turn in turns for item in turn]
-    assert _bench._turns_at(turns, 2) == turns
+    assert [len(turn) for turn in turns] == [1] * len(shapes)
+    assert [turn[0] for turn in turns] == list(shapes.values())
+    assert turns[0][0] == shapes["resnet50.conv1@b1"]
 
 
 def test_networks_report(monkeypatch):

@@ -34,11 +34,11 @@ How the timing is done
 - Each worker sends back a checksum of its result (the norm, and the dot product with a fixed
   random vector); results that disagree with loopconv's are flagged, since the time of a wrong
   answer means nothing.
-- The networks suite has many more, and larger, measurements: with more than one thread the
-  peers take turns network by network rather than measurement by measurement (the thread
-  pools of the previous worker spin for some 50 ms after its last call, so each turn costs a
-  `SWITCH_PAUSE`); at one thread, where none is needed, layer by layer, so that a slow spell
-  of a shared machine falls on every peer's measurements of a layer alike; a measurement gets a smaller budget (`NET_BUDGET`, at least 3 samples, and
+- The networks suite has many more, and larger, measurements: the peers take turns layer by
+  layer (all passes of a layer's geometry in a turn), so that a slow spell of a shared
+  machine falls on every peer's measurements of a layer alike (above one thread each switch
+  costs a `SWITCH_PAUSE`: the thread pools of the previous worker spin for some 50 ms after
+  its last call); a measurement gets a smaller budget (`NET_BUDGET`, at least 3 samples, and
   a first call over 10 ms is the whole warm-up), and the inputs are cut from a pool of random
   numbers (`pooled_inputs`).
 
@@ -1049,23 +1049,10 @@ def network_plan(names, batches) -> tuple:
 
 
 def _turns(entries, shapes) -> list:
-    """The shapes [(Shape, passes)] that each network and batch size adds to the ones before:
-    the work of one turn of each peer."""
-    seen: set = set()
-    turns = []
-    for entry in entries:
-        names = [layer["shape"] for layer in entry["layers"] if layer["shape"] not in seen]
-        names = list(dict.fromkeys(names))
-        seen.update(names)
-        if names:
-            turns.append([shapes[name] for name in names])
-    return turns
-
-
-def _turns_at(turns, threads: int) -> list:
-    """The turns of a run at `threads`: a network's shapes together (`_turns`) where a switch
-    of peers costs a SWITCH_PAUSE, each shape on its own at one thread."""
-    return turns if threads > 1 else [[item] for turn in turns for item in turn]
+    """The turns of the peers: each distinct shape [(Shape, passes)] on its own, in the order
+    of the networks and batch sizes that need them."""
+    names = [layer["shape"] for entry in entries for layer in entry["layers"]]
+    return [[shapes[name]] for name in dict.fromkeys(names)]
 
 
 def _time_turns(state: _Run, workers: dict, peers, turn, job: dict, rounds: int) -> None:
@@ -1094,9 +1081,8 @@ def run_networks(names, batches, peers, threads_list, dtypes, repeat=None, round
     dtype; the results, and each network's step times, as a JSON-ready dict.
 
     Each distinct geometry is timed once, for all the networks and layers that have it.  The
-    peers take turns network by network (each runs all the passes of a network's layers at a
-    batch size in its turn), layer by layer at one thread (`_turns_at`), `rounds` times; a
-    measurement's result is its fastest round."""
+    peers take turns layer by layer (each runs all the passes of a geometry in its turn,
+    `_turns`), `rounds` times; a measurement's result is its fastest round."""
     entries, shapes = network_plan(names, batches)
     turns = _turns(entries, shapes)
     per_peer = {peer: rounds * len(dtypes) * sum(len(peer_passes(peer, passes))
@@ -1109,7 +1095,7 @@ def run_networks(names, batches, peers, threads_list, dtypes, repeat=None, round
             for dtype in dtypes:
                 job = {"threads": threads, "dtype": dtype, "repeat": repeat,
                        "budget": budget / rounds, "options": NET_MEASURE}
-                for turn in _turns_at(turns, threads):
+                for turn in turns:
                     _time_turns(state, workers, peers, turn, job, rounds)
         finally:
             for worker in workers.values():
