@@ -300,8 +300,13 @@ cdef bint pixel_tiles_suit(const Product *p, const Phase *phases, Py_ssize_t ite
     # the last channels in a panel of one vector (a one-vector tile) or two; in float32 a
     # last panel of one vector costs its columns (lc_tile_p: 3x3 on 14x14 with 64, 160 and 256
     # channels at batch 8 1.06-1.14x as pixel tiles than on the grid, which the one-vector
-    # panel counted 1.5 times had kept); in float64 as many layers gained as lost (0.93-1.10)
-    cdef double narrow = 1 if itemsize == 4 else NARROW_COST
+    # panel counted 1.5 times had kept); in float64 as many layers gained as lost (0.93-1.10).
+    # Not where that panel is all the channels (a vector or fewer: ResNeXt's groups of 16 and
+    # 4, a layer to or from 16 channels): those tiles are LC_MR_B accumulators, with no full
+    # panel beside them, and the grid's tiles of two panels of rows ran 1.05-1.16x faster
+    # (3x3 on 14x14 at batch 8, 32 groups of 16 channels, 16 groups of 4, 64 -> 16; on 7x7;
+    # float32 one thread, fastest of three alternating runs; two threads 1.09-1.7x)
+    cdef double narrow = 1 if itemsize == 4 and p.M > VW else NARROW_COST
     channels = p.M - rest + (0 if rest == 0 else narrow * VW if rest <= VW
                              else round_up(rest, VW))
     # pixel tiles pack the weight, which a gathered product reads in place
