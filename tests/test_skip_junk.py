@@ -388,9 +388,9 @@ def test_staged_rows_share_their_zeros(x_shape, w_shape, kw, which, columns):
     ((1, 2048, 33, 33), (256, 2048, 3, 3), dict(padding=12, dilation=12), True, True),
     # 2x2x2 stride 2: the input gradient's phases as pixel tiles 1.16x (float32, batch 2)
     ((2, 256, 8, 8, 8), (256, 256, 2, 2, 2), dict(stride=2), False, True),
-    # channels of one vector or fewer (a product's rows) stay on the grid, whose tiles are
-    # two panels of rows: ResNeXt's 32 groups of 16 on 14x14, 16 groups of 4, 64 -> 16 (its
-    # input gradient has 64 rows); but 16 -> 32 forward (32 rows), input gradient 16 rows
+    # a product's rows (channels) of one vector or fewer stay on the grid, whose tiles take
+    # them by three vectors of pixels: ResNeXt's 32 groups of 16 on 14x14, 16 groups of 4,
+    # 64 -> 16 (its input gradient has 64 rows); 16 -> 32's forward pass has 32 rows
     ((8, 512, 14, 14), (512, 16, 3, 3), dict(padding=1, groups=32), False, False),
     ((8, 64, 14, 14), (64, 4, 3, 3), dict(padding=1, groups=16), False, False),
     ((8, 64, 14, 14), (16, 64, 3, 3), dict(padding=1), False, True),

@@ -303,7 +303,8 @@ cdef bint pixel_tiles_suit(const Product *p, const Phase *phases, Py_ssize_t ite
     # panel counted 1.5 times had kept); in float64 as many layers gained as lost (0.93-1.10).
     # Not where that panel is all the channels (a vector or fewer: ResNeXt's groups of 16 and
     # 4, a layer to or from 16 channels): those tiles are LC_MR_B accumulators, with no full
-    # panel beside them, and the grid's tiles of two panels of rows ran 1.05-1.16x faster
+    # panel beside them, and the grid's tiles (the channels as rows, by three vectors of
+    # pixels) ran 1.05-1.16x faster
     # (3x3 on 14x14 at batch 8, 32 groups of 16 channels, 16 groups of 4, 64 -> 16; on 7x7;
     # float32 one thread, fastest of three alternating runs; two threads 1.09-1.7x)
     cdef double narrow = 1 if itemsize == 4 and p.M > VW else NARROW_COST
