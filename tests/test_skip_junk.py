@@ -1,7 +1,8 @@
 """The tiled loops where their staged grid has junk columns (between rows, planes and images):
 the forward-style product as tiles of pixels by channels (`pixel_tiles` in
 loopconv/_loops/tiled_product.pxi, for grids that are mostly junk: the small planes of 3-D
-convolutions), and the weight gradient summed over the valid columns only (`lc_tile_m`).
+convolutions), compact grids, forward passes widened (a copy of x per tap along W, whose rows
+are the output's), and the weight gradient summed over the valid columns only (`lc_tile_m`).
 Each on chosen and random geometries of its kind, in every instruction-set variant built here,
 against the reference (with and without a bias), every element written, the same bits on 1, 2
 and 3 threads; which problems take it; the public functions on such problems."""
@@ -523,6 +524,73 @@ def test_not_compact(x_shape, w_shape, kw):
     tile (float32, every build)."""
     for module in VARIANTS.values():
         assert compact_phases(module, "forward", x_shape, w_shape, kw, np.float32) == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Widened forward passes: each tap along W reads its own copy of x whose rows are the output's
+# (widened_geometry), where the grid's junk columns between rows would cost whole vectors
+
+# Widened in float32 on the AVX-512 build: the deep stage of an image classifier at batch 1, a
+# GAN's 4x4 stride-2 layer (a copy strided along W, phases along H), asymmetric padding with
+# dilation along W (rows that start and end in padding by different amounts), and two groups
+WIDENED = [
+    case("3x3-on-7x7", (1, 256, 7, 7), (256, 256, 3, 3), padding=1),
+    case("gan-stride-2", (1, 512, 8, 8), (256, 512, 4, 4), stride=2, padding=1),
+    case("asymmetric-dilated", (1, 200, 9, 7), (192, 200, 3, 3),
+         padding=((2, 0), (1, 2)), dilation=(1, 2)),
+]
+
+
+def widened(module, x_shape, w_shape, kw, dtype) -> bool:
+    """Whether `module` runs the case's forward pass widened."""
+    return plan(module, "forward", x_shape, w_shape, kw, dtype)["widened"]
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+@pytest.mark.parametrize("x_shape, w_shape, kw", WIDENED)
+def test_widened_against_reference_and_across_threads(rng, assert_close, variant, x_shape,
+                                                      w_shape, kw, dtype):
+    """The forward pass of each case, widened or not, against the reference with and without a
+    bias, every element written, the same bits on 1, 2 and 3 threads, x left as it was."""
+    module = VARIANTS[variant]
+    w, passes = product_passes(rng, x_shape, w_shape, kw, dtype)
+    which, x, bias, shape, want, bound = passes[0]
+    before = x.copy()
+    check_pass(assert_close, module, which, x, w, (bias[:0], bias), shape, kw, want, bound,
+               dtype)
+    assert np.array_equal(x, before)
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kw", WIDENED)
+def test_widened_cases_widen(x_shape, w_shape, kw):
+    """The cases above are widened in float32 on the AVX-512 build."""
+    if _loops.platform.x86_level() < 4:
+        pytest.skip("the cases are chosen for the tiles of 512-bit vectors")
+    assert widened(VARIANTS["x86-64-v4"], x_shape, w_shape, kw, np.float32)
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kw", [
+    ((1, 64, 56, 56), (64, 64, 3, 3), dict(padding=1)),       # little junk against 56 columns
+    ((1, 256, 7, 7), (256, 256, 1, 1), {}),                     # a kernel of one tap along W
+    ((1, 64, 16, 16), (128, 64, 4, 4), dict(stride=2, padding=1)),  # saves less than the copy
+    ((8, 512, 7, 7), (512, 512, 3, 3), dict(padding=1)),       # several images an item
+    ((1, 64, 8, 8, 8), (64, 64, 3, 3, 3), dict(padding=1)),    # pixel tiles
+])
+def test_not_widened(x_shape, w_shape, kw):
+    """Forward passes that keep the grid, in every build and dtype."""
+    for module in VARIANTS.values():
+        for dtype in (np.float32, np.float64):
+            assert not widened(module, x_shape, w_shape, kw, dtype)
+
+
+def test_widened_public_function(rng, assert_close):
+    """conv2d on a widened problem, twice (the second call reuses the workspace), against the
+    reference."""
+    x_shape, w_shape, kw = WIDENED[0].values
+    for _ in range(2):
+        x, w, b, _ = conv_arrays(rng, x_shape, w_shape, kw, np.float32)
+        assert_close(loopconv.conv2d(x, w, b, **kw), reference.conv(x, w, b, **kw), np.float32)
 
 
 # ---------------------------------------------------------------------------------------------

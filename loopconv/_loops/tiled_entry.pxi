@@ -386,7 +386,19 @@ def forward(const element[:, :, :, :, ::1] x, const element[:, :, :, :, ::1] w,
         with nogil:
             pack_groups(&w[0, 0, 0, 0, 0], groups, Og, p.mr, K,
                         &geo.kpos[0] if p.valid != NULL else NULL, &apack[0], num_threads)
-    product_pass(p, geo.phases, x, geo.boff, &w[0, 0, 0, 0, 0] if p.gathered else &apack[0],
+    cdef const element[:, :, :, :, ::1] src = x
+    cdef element[:, :, :, :, ::1] xw
+    cdef Py_ssize_t nw, sw = stride[2], dw = dilation[2], pw = pad[2]
+    cdef Py_ssize_t hlead = pad[1] if stride[1] == 1 else 0
+    if geo.widened is not None:     # x widened into this Python thread's workspace
+        nw = math.prod(geo.widened)
+        xw = np.asarray(_workspace("x", dtype, nw))[:nw].reshape(geo.widened)
+        with nogil:
+            widen_source(&x[0, 0, 0, 0, 0], x.shape[0] * x.shape[1], x.shape[2], x.shape[3],
+                         x.shape[4], xw.shape[3], hlead, y.shape[4], w.shape[4], sw, dw, pw,
+                         &xw[0, 0, 0, 0, 0], num_threads)
+        src = xw
+    product_pass(p, geo.phases, src, geo.boff, &w[0, 0, 0, 0, 0] if p.gathered else &apack[0],
                  geo.aoff, bias, y, num_threads)
 
 
@@ -426,6 +438,7 @@ def product_plan(which, xshape, wshape, yshape, stride, pad, dilation, Py_ssize_
             "compact phases": sum([geo.phases[f].pieces > 0 for f in range(p.nphase)]),
             "halves": sum([geo.phases[f].pieces == 2 for f in range(p.nphase)]),
             "dot columns": dot_columns_of(geo, itemsize),
+            "widened": geo.widened is not None,
             "taps packed at once": (which == "input" and not p.gathered
                                     and taps_at_once(math.prod(wshape[2:]), p.mr))}
 
@@ -866,6 +879,7 @@ cdef class _Geometry:
     cdef Py_ssize_t[::1] bstart     # and block_starts
     cdef unsigned char[::1] valid   # pixel tiles: staged_validity
     cdef double skip                # pixel tiles: skip_share (0 where not worked out)
+    cdef tuple widened              # forward: the shape of x widened (widened_geometry), or None
 
     def __dealloc__(self):
         free(self.phases)
@@ -1097,6 +1111,59 @@ cdef _Geometry new_geometry(int which, tuple xs, tuple ws, tuple ys, stride, pad
     return chosen if chosen.p.by_pixel else geo
 
 
+cdef tuple widened_shapes(tuple xs, tuple ws, tuple ys, stride, pad, dilation):
+    """The problem a widened forward pass runs (widened_geometry): x of kw times the channels,
+    each of rows of the output's width, and a kernel of one tap along W (stride 1, no
+    padding, no dilation along W); at stride 1 along H the padding along H too is in the copy
+    (its rows: what the kernel reads), so that the pass reads it in place.  Returns (x's and
+    w's shapes, stride, pad, dilation)."""
+    kw, H, ph = ws[4], xs[3], pad[1]
+    if stride[1] == 1:
+        H, ph = ys[3] + (ws[3] - 1) * dilation[1], 0
+    return ((xs[0], xs[1] * kw, xs[2], H, ys[4]), (ws[0], ws[1] * kw, ws[2], ws[3], 1),
+            (stride[0], stride[1], 1), (pad[0], ph, 0), (dilation[0], dilation[1], 1))
+
+
+cdef Py_ssize_t grid_cost(_Geometry geo, Py_ssize_t itemsize) except -1:
+    """The columns the forward pass's tiles compute for one image (of one work item): whole
+    tiles of NR, then whole vectors, or a few columns as dot products (dot_columns), each
+    counted as DOT_EQUIVALENT."""
+    cdef Py_ssize_t NR = LC_NV_B * LC_VEC_BYTES // itemsize, VW = LC_VEC_BYTES // itemsize
+    cdef Py_ssize_t ncols = geo.phases[0].ncols, dots = dot_columns_of(geo, itemsize)
+    cdef Py_ssize_t whole = ncols // NR * NR
+    return whole + (dots * DOT_EQUIVALENT if dots else round_up(ncols - whole, VW))
+
+
+cdef _Geometry widened_geometry(_Geometry geo, tuple xs, tuple ws, tuple ys, stride, pad,
+                                dilation, Py_ssize_t groups, Py_ssize_t itemsize):
+    """The forward pass's geometry geo, or where its grid computes WIDEN_GAIN times the
+    columns or more and saves WIDEN_COPY_COST multiply-adds per element copied, that of the
+    same pass over x widened (widen_source): every tap j along W reads its own copy of x whose
+    rows are the output's, so the grid has no junk columns between rows (3x3 onto 7x7: 49
+    columns, 48 in a tile and one as a dot product, against 55 of rows of 8 taking 64 in whole
+    vectors).  Its B offsets are those of the widened problem (widened_shapes) put in the
+    order of w's columns (channel, taps along D and H, tap along W), so that A is still w read
+    in place or packed as it is.  Only for one image per work item and not for pixel tiles
+    (whose pixels have no junk), with the copy within WIDEN_BYTES."""
+    cdef _Geometry wide
+    cdef Py_ssize_t kw = ws[4]
+    if (kw == 1 or geo.p.by_pixel or geo.p.nimg != 1 or geo.phases[0].pieces
+            or math.prod(xs[:4]) * kw * ys[4] * itemsize > WIDEN_BYTES):
+        return geo
+    xw, ww, sw, pw, dw = widened_shapes(xs, ws, ys, stride, pad, dilation)
+    wide = product_try(PASS_FORWARD, xw, ww, ys, sw, pw, dw, groups, itemsize, 0)
+    cdef Py_ssize_t narrow = grid_cost(geo, itemsize), widened = grid_cost(wide, itemsize)
+    if (wide.p.by_pixel or wide.p.nimg != 1 or narrow < WIDEN_GAIN * widened
+            or ((narrow - widened) * xs[0] * ws[0] * wide.phases[0].K
+                < WIDEN_COPY_COST * math.prod(xw))):
+        return geo
+    # the widened problem's rows (c * kw + j, tap along D and H) in w's order
+    wide.boff = np.ascontiguousarray(
+        np.asarray(wide.boff).reshape(ws[1], kw, -1).transpose(0, 2, 1).reshape(-1))
+    wide.widened = xw
+    return wide
+
+
 # As many problems as loopconv._loops.choose remembers: the passes of every layer of a large
 # network (EfficientNet-B0's 81 convolutions make 242 at one batch size) stay in it
 _tiled_geometries = {}
@@ -1113,6 +1180,8 @@ cdef _Geometry tiled_geometry(int which, tuple xs, tuple ws, tuple ys, stride, p
     if geo is not None:
         return geo
     geo = new_geometry(which, xs, ws, ys, stride, pad, dilation, groups, itemsize)
+    if which == PASS_FORWARD:
+        geo = widened_geometry(geo, xs, ws, ys, stride, pad, dilation, groups, itemsize)
     if len(_tiled_geometries) >= _MAX_TILED_GEOMETRIES:
         _tiled_geometries.clear()
     _tiled_geometries[key] = geo

@@ -478,6 +478,57 @@ cdef inline void stage_band(const element *src, const Stage *st, Py_ssize_t q0,
         zero_run(out + c * st.chan + ncols, st.chan - ncols)
 
 
+cdef void widen_channel(const element *x, Py_ssize_t D, Py_ssize_t H, Py_ssize_t W,
+                        Py_ssize_t Hw, Py_ssize_t hlead, Py_ssize_t Wo, Py_ssize_t kw,
+                        Py_ssize_t sw, Py_ssize_t dw, Py_ssize_t pw,
+                        element *out) noexcept nogil:
+    """out[j, d, r, e] = x[d, r - hlead, e * sw + j * dw - pw] where that is inside x (D x H x
+    W), else 0, for the kw taps j along W, the Hw rows r of each of the D planes and e < Wo: one
+    channel of widen_source.  Where the rows keep their length (stride 1, Wo == W), the rows of
+    a plane are one copy, shifted, whose few elements that wrap into the next row are then
+    zeroed: a copy row by row cost a tenth of a 3x3 layer on 7x7 (rows of 7)."""
+    cdef Py_ssize_t j, d, r, lo, hi, h0, h1, shift
+    cdef element *o
+    cdef const element *xp
+    h0 = min(hlead, Hw)                     # rows r of x's rows: h0 .. h1 - 1
+    h1 = max(min(hlead + H, Hw), h0)
+    for j in range(kw):
+        shift = j * dw - pw
+        lo = min(first_inside(shift, sw), Wo)
+        hi = max(min(end_inside(shift, sw, W), Wo), lo)
+        for d in range(D):
+            o = out + (j * D + d) * Hw * Wo
+            xp = x + (d * H + h0 - hlead) * W
+            zero_run(o, h0 * Wo)
+            zero_run(o + h1 * Wo, (Hw - h1) * Wo)
+            if sw == 1 and Wo == W and hi > lo:
+                memcpy(o + h0 * Wo + lo, xp + lo + shift,
+                       ((h1 - h0) * Wo - lo - (Wo - hi)) * sizeof(element))
+                for r in range(h0, h1):
+                    zero_run(o + r * Wo, lo)
+                    zero_run(o + r * Wo + hi, Wo - hi)
+            else:
+                for r in range(h0, h1):
+                    fill_row(o + r * Wo, xp + (r - h0) * W + shift, sw, lo, hi, Wo)
+
+
+cdef void widen_source(const element *x, Py_ssize_t channels, Py_ssize_t D, Py_ssize_t H,
+                       Py_ssize_t W, Py_ssize_t Hw, Py_ssize_t hlead, Py_ssize_t Wo,
+                       Py_ssize_t kw, Py_ssize_t sw, Py_ssize_t dw, Py_ssize_t pw,
+                       element *out, int num_threads) noexcept nogil:
+    """The source of a widened forward pass (widened_geometry): channel c of x (`channels` of
+    them over all images, each D x H x W) becomes kw channels c * kw + j of D x Hw rows of Wo,
+    the output's width, holding what tap j along W reads for each output column, padding
+    included, so that every tap along W reads whole rows of the output (widen_channel).  Its
+    rows are x's from row hlead on, between zero rows: the padding along H where the widened
+    pass reads the copy in place."""
+    cdef Py_ssize_t c
+    with parallel(num_threads=num_threads):
+        for c in prange(channels, schedule="static"):
+            widen_channel(x + c * D * H * W, D, H, W, Hw, hlead, Wo, kw, sw, dw, pw,
+                          out + c * kw * D * Hw * Wo)
+
+
 cdef tuple x_stage(tuple size, tuple out, tuple ksize, stride, pad, dilation):
     """Staged sizes (Dq, Hq, Wq) for reading x through a kernel: every tap of every valid
     output lies inside."""
