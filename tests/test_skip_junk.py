@@ -530,11 +530,12 @@ def test_not_compact(x_shape, w_shape, kw):
 # Widened forward passes: each tap along W reads its own copy of x whose rows are the output's
 # (widened_geometry), where the grid's junk columns between rows would cost whole vectors
 
-# Widened in float32 on the AVX-512 build: the deep stage of an image classifier at batch 1, a
-# GAN's 4x4 stride-2 layer (a copy strided along W, phases along H), asymmetric padding with
+# Widened in float32 on the AVX-512 build: the deep stage of an image classifier at batch 1 and
+# 2 (a work item of two images, staged together), a GAN's 4x4 stride-2 layer (a copy strided along W, phases along H), asymmetric padding with
 # dilation along W (rows that start and end in padding by different amounts), and two groups
 WIDENED = [
     case("3x3-on-7x7", (1, 256, 7, 7), (256, 256, 3, 3), padding=1),
+    case("two-images-an-item", (2, 256, 7, 7), (256, 256, 3, 3), padding=1),
     case("gan-stride-2", (1, 512, 8, 8), (256, 512, 4, 4), stride=2, padding=1),
     case("asymmetric-dilated", (1, 200, 9, 7), (192, 200, 3, 3),
          padding=((2, 0), (1, 2)), dilation=(1, 2)),
@@ -574,8 +575,8 @@ def test_widened_cases_widen(x_shape, w_shape, kw):
     ((1, 64, 56, 56), (64, 64, 3, 3), dict(padding=1)),       # little junk against 56 columns
     ((1, 256, 7, 7), (256, 256, 1, 1), {}),                     # a kernel of one tap along W
     ((1, 64, 16, 16), (128, 64, 4, 4), dict(stride=2, padding=1)),  # saves less than the copy
-    ((8, 512, 7, 7), (512, 512, 3, 3), dict(padding=1)),       # several images an item
-    ((1, 64, 8, 8, 8), (64, 64, 3, 3, 3), dict(padding=1)),    # pixel tiles
+    ((8, 512, 7, 7), (512, 512, 3, 3), dict(padding=1)),       # pixel tiles
+    ((1, 64, 8, 8, 8), (64, 64, 3, 3, 3), dict(padding=1)),    # pixel tiles (3-D)
 ])
 def test_not_widened(x_shape, w_shape, kw):
     """Forward passes that keep the grid, in every build and dtype."""

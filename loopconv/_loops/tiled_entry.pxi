@@ -1125,9 +1125,9 @@ cdef tuple widened_shapes(tuple xs, tuple ws, tuple ys, stride, pad, dilation):
 
 
 cdef Py_ssize_t grid_cost(_Geometry geo, Py_ssize_t itemsize) except -1:
-    """The columns the forward pass's tiles compute for one image (of one work item): whole
-    tiles of NR, then whole vectors, or a few columns as dot products (dot_columns), each
-    counted as DOT_EQUIVALENT."""
+    """The columns the forward pass's tiles compute for one image (a work item's images each
+    run their own tiles): whole tiles of NR, then whole vectors, or a few columns as dot
+    products (dot_columns), each counted as DOT_EQUIVALENT."""
     cdef Py_ssize_t NR = LC_NV_B * LC_VEC_BYTES // itemsize, VW = LC_VEC_BYTES // itemsize
     cdef Py_ssize_t ncols = geo.phases[0].ncols, dots = dot_columns_of(geo, itemsize)
     cdef Py_ssize_t whole = ncols // NR * NR
@@ -1143,17 +1143,17 @@ cdef _Geometry widened_geometry(_Geometry geo, tuple xs, tuple ws, tuple ys, str
     columns, 48 in a tile and one as a dot product, against 55 of rows of 8 taking 64 in whole
     vectors).  Its B offsets are those of the widened problem (widened_shapes) put in the
     order of w's columns (channel, taps along D and H, tap along W), so that A is still w read
-    in place or packed as it is.  Only for one image per work item and not for pixel tiles
-    (whose pixels have no junk), with the copy within WIDEN_BYTES."""
+    in place or packed as it is.  Not for pixel tiles (whose pixels have no junk), and only
+    with the copy within WIDEN_BYTES."""
     cdef _Geometry wide
     cdef Py_ssize_t kw = ws[4]
-    if (kw == 1 or geo.p.by_pixel or geo.p.nimg != 1 or geo.phases[0].pieces
+    if (kw == 1 or geo.p.by_pixel or geo.phases[0].pieces
             or math.prod(xs[:4]) * kw * ys[4] * itemsize > WIDEN_BYTES):
         return geo
     xw, ww, sw, pw, dw = widened_shapes(xs, ws, ys, stride, pad, dilation)
     wide = product_try(PASS_FORWARD, xw, ww, ys, sw, pw, dw, groups, itemsize, 0)
     cdef Py_ssize_t narrow = grid_cost(geo, itemsize), widened = grid_cost(wide, itemsize)
-    if (wide.p.by_pixel or wide.p.nimg != 1 or narrow < WIDEN_GAIN * widened
+    if (wide.p.by_pixel or narrow < WIDEN_GAIN * widened
             or ((narrow - widened) * xs[0] * ws[0] * wide.phases[0].K
                 < WIDEN_COPY_COST * math.prod(xw))):
         return geo
