@@ -407,12 +407,14 @@ cdef double ROWS_K_COST = 1.1
 # between them), so 3x3 onto 7x7 computes 48 columns and one as a dot product instead of 64.
 # Measured (batch 1, one thread, fastest of six to ten alternating runs, old / new), float32:
 # 512 -> 512 on 7x7 (1.23 in the model, 316 multiply-adds saved per element copied)
-# 1.11-1.13x, 1024 -> 1024 on 7x7 1.11-1.14x, 256 on 7x7 1.09x, 256 -> 512 stride 2 onto 7x7
-# (204) 1.09-1.13x, 512 -> 256 4x4 stride 2 onto 4x4 1.07x (float64 1.31x), 200 -> 192 3x3
-# dilated 2 along W on 9x7 1.24x (float64 1.25x); a GAN's 64 -> 128 4x4 stride 2 onto 8x8 (64
-# saved per element) 0.83-0.89x, the copy the larger part of a short pass; with a dot column
-# counted as 3, 512 on 5x5 in float64 (1.19) 0.98x.  As a (3, 1) convolution of the copy, 256
-# on 14x14 (1.08 in the model) ran 0.99x, 128 on 28x28 0.98x, 64 on 56x56 0.96x
+# 1.11-1.13x (at batch 2, whose work items' images each run their own tiles, 1.16x), 1024 ->
+# 1024 on 7x7 1.11-1.14x, 256 on 7x7 1.09x, 256 -> 512 stride 2 onto 7x7 (204) 1.09-1.13x,
+# 512 -> 256 4x4 stride 2 onto 4x4 1.07x (float64 1.31x), 200 -> 192 3x3 dilated 2 along W on
+# 9x7 1.24x (float64 1.25x); a GAN's 64 -> 128 4x4 stride 2 onto 8x8 (64 saved per element)
+# 0.83-0.89x, the copy the larger part of a short pass; with a dot column counted as 3, 512
+# on 5x5 in float64 (1.19) 0.98x.  As a (3, 1) convolution of the copy, 256 on 14x14 (1.08
+# in the model) ran 0.99x, 128 on 28x28 0.98x, 64 on 56x56 0.96x: where B's rows of a tile
+# outgrow L1, the taps along W, each in its own copy, no longer share cache lines
 cdef double WIDEN_GAIN = 1.15
 cdef Py_ssize_t DOT_EQUIVALENT = 4
 cdef double WIDEN_COPY_COST = 128
