@@ -1,6 +1,7 @@
 # Staging (included by tiled.pxi): the padded, phase-split copy of one (image, group) slice of
 # the source, in which every row of the would-be im2col matrix is a contiguous run; the map
-# from the staged grid to the destination's pixels; and the geometry the entry points set up
+# from the staged grid to the destination's pixels; the widened copy of x that a forward pass
+# onto small images reads instead (widen_source); and the geometry the entry points set up
 # (the Stage of a pass, the offsets of the taps).  depthwise.pxi uses the same geometry.
 
 cdef struct Stage:
