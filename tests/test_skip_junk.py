@@ -531,8 +531,9 @@ def test_not_compact(x_shape, w_shape, kw):
 # (widened_geometry), where the grid's junk columns between rows would cost whole vectors
 
 # Widened in float32 on the AVX-512 build: the deep stage of an image classifier at batch 1 and
-# 2 (a work item of two images, staged together), a GAN's 4x4 stride-2 layer (a copy strided along W, phases along H), asymmetric padding with
-# dilation along W (rows that start and end in padding by different amounts), and two groups
+# 2 (a work item of two images, staged together), a GAN's 4x4 stride-2 layer (a copy strided
+# along W, phases along H), and asymmetric padding with dilation along W (rows that start and
+# end in padding by different amounts)
 WIDENED = [
     case("3x3-on-7x7", (1, 256, 7, 7), (256, 256, 3, 3), padding=1),
     case("two-images-an-item", (2, 256, 7, 7), (256, 256, 3, 3), padding=1),
