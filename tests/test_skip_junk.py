@@ -532,14 +532,15 @@ def test_not_compact(x_shape, w_shape, kw):
 
 # Widened in float32 on the AVX-512 build: the deep stage of an image classifier at batch 1 and
 # 2 (a work item of two images, staged together), a GAN's 4x4 stride-2 layer (a copy strided
-# along W, phases along H), and asymmetric padding with dilation along W (rows that start and
-# end in padding by different amounts)
+# along W, phases along H), asymmetric padding with dilation along W (rows that start and end
+# in padding by different amounts), and two groups (each group's copies together)
 WIDENED = [
     case("3x3-on-7x7", (1, 256, 7, 7), (256, 256, 3, 3), padding=1),
     case("two-images-an-item", (2, 256, 7, 7), (256, 256, 3, 3), padding=1),
     case("gan-stride-2", (1, 512, 8, 8), (256, 512, 4, 4), stride=2, padding=1),
     case("asymmetric-dilated", (1, 200, 9, 7), (192, 200, 3, 3),
          padding=((2, 0), (1, 2)), dilation=(1, 2)),
+    case("two-groups", (1, 512, 7, 7), (512, 256, 3, 3), padding=1, groups=2),
 ]
 
 
