@@ -389,14 +389,13 @@ def forward(const element[:, :, :, :, ::1] x, const element[:, :, :, :, ::1] w,
     cdef const element[:, :, :, :, ::1] src = x
     cdef element[:, :, :, :, ::1] xw
     cdef Py_ssize_t nw, sw = stride[2], dw = dilation[2], pw = pad[2]
-    cdef Py_ssize_t hlead = pad[1] if stride[1] == 1 else 0
     if geo.widened is not None:     # x widened into this Python thread's workspace
         nw = math.prod(geo.widened)
         xw = np.asarray(_workspace("x", dtype, nw))[:nw].reshape(geo.widened)
         with nogil:
             widen_source(&x[0, 0, 0, 0, 0], x.shape[0] * x.shape[1], x.shape[2], x.shape[3],
-                         x.shape[4], xw.shape[3], hlead, y.shape[4], w.shape[4], sw, dw, pw,
-                         &xw[0, 0, 0, 0, 0], num_threads)
+                         x.shape[4], xw.shape[3], geo.widen_lead, y.shape[4], w.shape[4], sw,
+                         dw, pw, &xw[0, 0, 0, 0, 0], num_threads)
         src = xw
     product_pass(p, geo.phases, src, geo.boff, &w[0, 0, 0, 0, 0] if p.gathered else &apack[0],
                  geo.aoff, bias, y, num_threads)
@@ -880,6 +879,7 @@ cdef class _Geometry:
     cdef unsigned char[::1] valid   # pixel tiles: staged_validity
     cdef double skip                # pixel tiles: skip_share (0 where not worked out)
     cdef tuple widened              # forward: the shape of x widened (widened_geometry), or None
+    cdef Py_ssize_t widen_lead      # and the zero rows before x's first in each of its planes
 
     def __dealloc__(self):
         free(self.phases)
@@ -1161,6 +1161,7 @@ cdef _Geometry widened_geometry(_Geometry geo, tuple xs, tuple ws, tuple ys, str
     wide.boff = np.ascontiguousarray(
         np.asarray(wide.boff).reshape(ws[1], kw, -1).transpose(0, 2, 1).reshape(-1))
     wide.widened = xw
+    wide.widen_lead = pad[1] - pw[1]    # the padding along H that the copy holds
     return wide
 
 
