@@ -164,6 +164,41 @@ def test_columns_leave_small_3d_grids_to_the_tiled_loops(rng, assert_close, dtyp
                  bound=reference.conv_input(x_shape, np.abs(w), np.abs(gy), **kw))
 
 
+@pytest.mark.parametrize("x_shape, dtype, tiled", [
+    ((1, 256, 8, 8), np.float32, True),         # a generator's 4x4 stride-2 layer from 8x8
+    ((1, 256, 8, 8), np.float64, False),        # float64 in 2-D: as fast either way
+    ((1, 256, 7, 7), np.float32, False),        # fewer than COL2IM_PAIRS_PIXELS pixels
+    ((1, 256, 4, 4), np.float32, False),
+    ((2, 256, 8, 8), np.float32, False),        # batch 2: not a COL2IM_SINGLE_PIXELS problem
+    ((1, 256, 32), np.float64, True),           # 1-D from COL2IM_PAIRS_SAMPLES, both dtypes
+    ((1, 256, 16), np.float32, False),
+])
+def test_pairs_of_taps_leave_the_columns(rng, assert_close, x_shape, dtype, tiled):
+    """conv_transpose of 4x4 (4) stride 2 at batch 1, which the columns take by its shapes
+    (COL2IM_SINGLE_PIXELS), runs on the tiled loops from COL2IM_PAIRS_PIXELS pixels in 2-D
+    (float32) and COL2IM_PAIRS_SAMPLES in 1-D: against the reference with a bias, the same
+    bits on 1 and 2 threads, and as the tiled loops' own input gradient."""
+    d, kw = len(x_shape) - 2, dict(stride=2, padding=1)
+    w_shape = (x_shape[1], 16) + (4,) * d
+    x_conv = x_shape[:1] + (16,) + tuple(2 * s for s in x_shape[2:])    # the layer's output
+    assert conv_output_shape(x_conv, w_shape, kw) == x_shape
+    args = loop_args(x_conv, w_shape, kw)
+    assert chosen_loops(x_shape, w_shape, args[0], 1).grad_input is _loops.col2im_grad_input
+    five = [lift(np.empty(s, np.int8)).shape for s in (x_conv, w_shape, x_shape)]
+    assert _loops._input_on_tiles(*five, *args, np.dtype(dtype).itemsize) == tiled
+    x, w, b = (rng.standard_normal(s).astype(dtype) for s in (x_shape, w_shape, (16,)))
+    got = []
+    for threads in (1, 2):
+        with loopconv.threads(threads):
+            got.append(getattr(loopconv, f"conv_transpose{d}d")(x, w, b, **kw))
+    assert np.array_equal(got[0], got[1])
+    assert_close(got[0], reference.conv_transpose(x, w, b, **kw), dtype)
+    if tiled:
+        on_tiles = np.full(five[0], np.nan, dtype)
+        _loops.tiled.grad_input(lift(x), lift(w), b, on_tiles, *args, 2)
+        assert np.array_equal(got[0], on_tiles.reshape(x_conv))
+
+
 @pytest.mark.parametrize("dtype", DTYPE_PARAMS)
 def test_public_functions(rng, assert_close, dtype):
     """conv2d_input and conv_transpose2d (with a bias) of a generator's first layer."""

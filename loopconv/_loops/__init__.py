@@ -232,9 +232,10 @@ def col2im_grad_input(dy, w, bias, dx, stride, pad, dilation, groups, num_thread
     small grids, whose junk those tiles skip, the reason for the columns here) it runs there
     instead: measured (float32, one thread) on 3x3x3 layers on 8x8x8 at batches 1 and 2, 64
     to 384 channels, 1.17-1.75x faster than the columns; likewise where its grids have little
-    junk (COL2IM_TILED_WASTE).  Not in 2-D, where only strided problems and those of mostly
+    junk (COL2IM_TILED_WASTE).  In 1-D and 2-D, where only strided problems and those of mostly
     padding come here (`col2im_suits`; 256 -> 512 3x3 stride 2 from 14x14 at batch 8 runs 1.11x
-    faster as columns than as pixel tiles)."""
+    faster as columns than as pixel tiles), only 4x4 stride-2 layers at batch 1 from enough
+    pixels (COL2IM_PAIRS_PIXELS)."""
     if _input_on_tiles(dx.shape, w.shape, dy.shape, stride, pad, dilation, groups,
                        dy.itemsize):
         tiled.grad_input(dy, w, bias, dx, stride, pad, dilation, groups, num_threads)
@@ -305,14 +306,41 @@ def taps_grad_input(dy, w, bias, dx, stride, pad, dilation, groups, num_threads)
     direct.col2im_taps(r, w.shape, bias, dx, dy.shape, stride, pad, dilation, num_threads)
 
 
+# The 4x4 stride-2 layers (two taps a phase along each axis: a GAN generator's transposed
+# layers, an encoder's downsampling) that COL2IM_SINGLE_PIXELS sends to the columns at batch 1
+# go back to the tiled loops from COL2IM_PAIRS_PIXELS pixels of dy in 2-D (float32) and
+# COL2IM_PAIRS_SAMPLES in 1-D (both dtypes): their four (two) phases are equal, each a grid of
+# dy's size plus one, and their product ran faster than the columns' product and scatter.
+# Measured (`/tmp` script calling both on the same arrays, tiled speed over the columns',
+# float32 1 / 2 threads, float64): 2-D 256 -> 128 from 8x8 1.12 / 1.23 / 1.01, 512 -> 256
+# 1.22 / 1.08 / 1.03, 512 -> 128 1.31 / 1.37 / 0.94, 512 -> 512 1.24 / 1.16 / 0.98,
+# 1024 -> 512 1.18 / 1.17 / 0.86, 512 -> 256 from 10x10 1.09 / 1.11 / 1.08, from 12x12 1.11 /
+# 1.46 / 1.03, 256 -> 128 from 14x14 1.13 / 1.23 / 1.00; 1-D 512 -> 256 from 32 samples 1.36 /
+# 1.70 / 1.19, from 64 1.01 / 1.33 / 1.56, from 128 1.20 / 1.46 / 1.25, 1024 -> 512 from 100
+# 1.21 / 1.23 / 1.06, 512 -> 512 from 196 1.17 / 1.21 / 0.99.  Left as columns: 2-D from 7x7
+# 0.96 / 1.19 / 1.00, from 6x6 0.95 / 1.21 / 0.94, from 4x4 0.69 / 0.67 / 0.60, float64 in 2-D
+# (0.86-1.08), 1-D from 16 samples 0.93 / 1.08 / 1.27, 6x6 stride 3 from 8x8 0.84 / 0.89 /
+# 0.87 (nine phases), 3x3 stride 2 (uneven phases: from 7x7 0.79-0.90, from 14x14 1.00-1.10,
+# float64 0.86-0.89).
+COL2IM_PAIRS_PIXELS = 64
+COL2IM_PAIRS_SAMPLES = 32
+
+
 def _input_on_tiles(dx_shape, w_shape, dy_shape, stride, pad, dilation, groups,
                     itemsize) -> bool:
-    """Whether col2im_grad_input hands a 3-D input gradient to the tiled loops."""
+    """Whether col2im_grad_input hands an input gradient to the tiled loops: a 3-D one of
+    little junk or on pixel tiles, a 1-D or 2-D one of 4x4 stride 2 (COL2IM_PAIRS_PIXELS)."""
     geometry = (dx_shape, w_shape, dy_shape, stride, pad, dilation, groups, itemsize)
+    pixels = math.prod(dy_shape[2:])
     per_pixel = COL2IM_WEIGHT_PIXELS if itemsize <= 4 else COL2IM_WEIGHT_PIXELS_F64
-    if math.prod(w_shape) >= per_pixel * dy_shape[0] * math.prod(dy_shape[2:]):
+    if math.prod(w_shape) >= per_pixel * dy_shape[0] * pixels:
         return False
-    return dx_shape[2] > 1 and (tiled.uses_pixel_tiles("input", *geometry) or (
+    if dx_shape[2] == 1:
+        axes = [(k, s) for k, s in zip(w_shape[3:], stride[1:]) if k > 1 or s > 1]
+        least = COL2IM_PAIRS_SAMPLES if len(axes) == 1 else COL2IM_PAIRS_PIXELS
+        return (dy_shape[0] == 1 and len(axes) > 0 and all(k == 4 and s == 2 for k, s in axes)
+                and pixels >= least and (len(axes) == 1 or itemsize <= 4))
+    return (tiled.uses_pixel_tiles("input", *geometry) or (
         max(stride) == 1 and tiled.grid_waste("input", *geometry) < COL2IM_TILED_WASTE))
 
 
