@@ -986,11 +986,21 @@ cdef void run_product(const Product *p, const Phase *phases, const element *src,
     # With few (images, group) slices (batch 1), items are handed out one at a time as threads
     # come free: they differ in size (a last, short column block), and a fixed share left one
     # thread idle for a third of the pass (128 channels 3x3 on 28x28: 1.36x on two threads,
-    # 1.84x so).  With many, each thread takes one contiguous share, so that the items of a
-    # slice run on the thread that staged it (handed out one by one, two threads took turns on
-    # each slice's items and both staged it: ResNeXt's 32 groups ran slower on two threads than
-    # on one).  Which thread computes an item does not change its result.
-    cdef Py_ssize_t chunk = 1 if p.nib * p.G < MIN_ITEMS else (nitems + nthreads - 1) // nthreads
+    # 1.84x so).  With many, whole slices are handed out one at a time, each with all its
+    # items, so that the items of a slice run on the thread that staged it (handed out one by
+    # one, two threads took turns on each slice's items and both staged it: ResNeXt's 32 groups
+    # ran slower on two threads than on one).  Not a fixed contiguous share per thread, as
+    # before: wherever one thread was held up, the other waited for it at the end.  The first
+    # writes to a fresh output fault its pages in, and the kernel at times stalls such a fault
+    # to assemble a huge page (NumPy asks for them for arrays of 4 MiB and more): ResNeXt-50's
+    # float64 1x1 layers on 56x56 at batch 8 (51 MB outputs) took 2.5-4.2 times their time in
+    # whole turns of the networks suite on two threads (128 -> 256 channels forward 27.6 ms, then
+    # 10.5), never on one.  Handed out by slice, the spread between the suite's two turns of
+    # the same pass, summed over ResNet-50's and ResNeXt-50's 116 passes, fell from 158-199 ms
+    # to 39-41 ms, the largest ratio from 4.2 to 2.3; the fastest times are unchanged (0.98-1.05,
+    # eleven layers at batch 4 to 32).  Which thread computes an item does not change its
+    # result.
+    cdef bint by_slice = p.nib * p.G >= MIN_ITEMS
     # Handed out one at a time, the phases of a stride-2 input gradient's column block went to
     # both threads, which then wrote every other element of the same lines of dx (1x1 stride 2
     # from 56x56 at batch 1, three of whose four phases are zeros: 2.2x slower on two threads
@@ -998,7 +1008,7 @@ cdef void run_product(const Product *p, const Phase *phases, const element *src,
     # other, on one thread.
     cdef Py_ssize_t unit, nunits = 0, per_ng = p.items_ng * p.nrb, per_b = p.nblocks * p.nrb
     cdef Py_ssize_t ng, b, rb, r
-    if chunk == 1 and p.nphase > 1:
+    if not by_slice and p.nphase > 1:
         nunits = p.nib * p.G * per_b
     cdef int tid
     cdef fpstate fp
@@ -1018,14 +1028,15 @@ cdef void run_product(const Product *p, const Phase *phases, const element *src,
                 for r in range(p.bstart[b], p.bstart[b + 1]):
                     product_item(p, phases, ng * per_ng + r * p.nrb + rb, src, boff, apack,
                                  aoff, bias, dst, fws + tid * fper, iws + tid * iper)
-        elif chunk == 1:
+        elif not by_slice:
             for item in prange(nitems, schedule="dynamic", chunksize=1):
                 tid = threadid()
                 product_item(p, phases, item, src, boff, apack, aoff, bias, dst,
                              fws + tid * fper, iws + tid * iper)
-        else:   # thread t takes the t-th share, as the packing took the t-th share of groups
-            for item in prange(nitems, schedule="static", chunksize=chunk):
+        else:
+            for ng in prange(p.nib * p.G, schedule="dynamic", chunksize=1):
                 tid = threadid()
-                product_item(p, phases, item, src, boff, apack, aoff, bias, dst,
-                             fws + tid * fper, iws + tid * iper)
+                for r in range(ng * per_ng, (ng + 1) * per_ng):
+                    product_item(p, phases, r, src, boff, apack, aoff, bias, dst,
+                                 fws + tid * fper, iws + tid * iper)
         restore_fpstate(fp)
