@@ -872,6 +872,56 @@ def test_large_packed_weights_are_streamed(rng, assert_close, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+def test_aliasing_rows_read_in_place_are_asked_for_nearer(dtype):
+    """The grid's tiles ask for B's rows nearer ahead (LC_PF_NEAR) where the product reads a
+    source in place whose channels are a multiple of ALIAS_BYTES apart: a 1x1 layer of few
+    output channels on 64x64 (too few rows to spread or band it) in the forward pass, its
+    input gradient to 16 channels, and a GAN's transposed 4x4 layer from 4x4 as its columns'
+    product (the weight read as an image of 4096 pixels); not a padded 3x3 layer (staged),
+    nor a 64x64 image with 64 output channels (banded), nor 16x33 (no aliasing).  The values
+    against the direct loops, bit-identical on one to three threads, in every build."""
+    itemsize = np.dtype(dtype).itemsize
+    cases = [  # x, w, padding; whether the forward pass and the input gradient ask nearer
+        ((1, 64, 1, 64, 64), (16, 64, 1, 1, 1), 0, True, False),
+        ((1, 128, 1, 64, 64), (16, 128, 1, 1, 1), 0, True, False),
+        ((1, 16, 1, 64, 64), (128, 16, 1, 1, 1), 0, False, True),
+        ((1, 512, 1, 1, 4096), (16, 512, 1, 1, 1), 0, True, False),
+        ((1, 64, 1, 64, 64), (16, 64, 1, 3, 3), 1, False, False),
+        ((1, 64, 1, 64, 64), (64, 64, 1, 1, 1), 0, False, False),
+        ((1, 64, 1, 16, 33), (16, 64, 1, 1, 1), 0, False, False),
+    ]
+    rng = np.random.default_rng(31)
+    none = np.empty(0, dtype)
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    for x_shape, w_shape, pad, near_f, near_i in cases:
+        y_shape = x_shape[:1] + w_shape[:1] + tuple(n - k + 1 + 2 * pad for n, k in
+                                                    zip(x_shape[2:], w_shape[2:]))
+        args = ((1, 1, 1), (0, pad, pad), (1, 1, 1), 1)
+        x = rng.standard_normal(x_shape).astype(dtype)
+        w = rng.standard_normal(w_shape).astype(dtype)
+        dy = rng.standard_normal(y_shape).astype(dtype)
+        want_y, want_dx = np.empty(y_shape, dtype), np.empty(x_shape, dtype)
+        _loops.direct.forward(x, w, none, want_y, *args, 1)
+        _loops.direct.grad_input(dy, w, none, want_dx, *args, 1)
+        for name, module in _loops.variants().items():
+            for which, near in (("forward", near_f), ("input", near_i)):
+                plan = module.product_plan(which, x_shape, w_shape, y_shape, *args, itemsize)
+                assert plan["rows asked for nearer"] == near, (name, which, x_shape, w_shape)
+            first = None
+            for threads in (1, 2, 3):
+                y, dx = np.empty(y_shape, dtype), np.empty(x_shape, dtype)
+                module.forward(x, w, none, y, *args, threads)
+                module.grad_input(dy, w, none, dx, *args, threads)
+                if first is None:
+                    first = (y, dx)
+                    for got, want in ((y, want_y), (dx, want_dx)):
+                        assert np.abs(got - want).max() <= tol * (1 + np.abs(want).max()), (
+                            name, x_shape, w_shape)
+                assert np.array_equal(y, first[0]) and np.array_equal(dx, first[1]), (
+                    name, x_shape, threads)
+
+
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
 def test_phase_packing_by_taps(rng, assert_close, dtype):
     """A strided input gradient packs its weight for every phase in one pass over w
     (pack_phase_panel), a panel's rows of taps transposed at once where they fit (3x3x3: 27

@@ -22,6 +22,8 @@ cdef extern from "elements.h" nogil:
         LC_DWC_PX       # output pixels per block of the channel-blocked depthwise loops
         LC_DW_OB        # rows of dy per block of the depthwise weight gradient's dots
         LC_PUT_RUNS     # lc_put stores a tile's runs by vectors (else copy_run's loops)
+        LC_PF_A         # flags of tile_b's and tile_v's pfa: ask for the packed A ahead,
+        LC_PF_NEAR_B    # and for B's rows nearer ahead (rows that alias in the caches)
     const char *LC_ISA
     void lc_prefetch(const void *p)
     void lc_tile_b_f32(int mr, int nv, Py_ssize_t kc, const float *a, const float *b,
@@ -163,9 +165,10 @@ cdef inline str ctype_name(str code):
 
 cdef inline void tile_b(int mr, int nv, Py_ssize_t kc, const element *a,
                         const element *b, const Py_ssize_t *boff, element *c, Py_ssize_t ldc,
-                        bint beta, bint pfa) noexcept nogil:
+                        bint beta, int pfa) noexcept nogil:
     """The forward-style tile, A packed: nv vectors of columns (LC_NV_B, one or two); pfa:
-    ask for A's rows ahead (a streamed weight, Product.stream_a)."""
+    flags, LC_PF_A to ask for A's rows ahead (a streamed weight, Product.stream_a),
+    LC_PF_NEAR_B for B's rows nearer ahead (Product.near_b)."""
     if element is float:
         lc_tile_b_f32(mr, nv, kc, a, b, boff, c, ldc, beta, pfa)
     else:
@@ -174,7 +177,7 @@ cdef inline void tile_b(int mr, int nv, Py_ssize_t kc, const element *a,
 
 cdef inline void tile_v(int pieces, int mr, int nv, Py_ssize_t kc, const element *a,
                         const element *b, const Py_ssize_t *boff, const Py_ssize_t *vo,
-                        element *c, Py_ssize_t ldc, bint beta, bint pfa) noexcept nogil:
+                        element *c, Py_ssize_t ldc, bint beta, int pfa) noexcept nogil:
     """tile_b with each vector of the columns (pieces 1) or each half of one (pieces 2) at
     its own offset, b + vo[r] for piece r (rows of a grid without its junk)."""
     if element is float:

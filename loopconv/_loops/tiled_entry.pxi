@@ -234,8 +234,15 @@ cdef Py_ssize_t whole_rows(const Product *p, const Phase *phases,
 
 cdef bint product_bands(Product *p, Py_ssize_t taps, Py_ssize_t NR) noexcept nogil:
     """set_band for the product p once its work is split: a 1x1 product (`taps` 1) of one
-    image per work item whose grid tiles read its source."""
-    return set_band(&p.st, p.ncb, NR, p.M, taps == 1 and p.nimg == 1 and not p.by_pixel)
+    image per work item whose grid tiles read its source.  Then, with the staging settled,
+    p.near_b: a source still read in place whose channels alias (a multiple of ALIAS_BYTES
+    apart, too few rows to spread or band them), whose rows the tiles ask for nearer ahead
+    (LC_PF_NEAR in microkernel.h)."""
+    cdef bint band = set_band(&p.st, p.ncb, NR, p.M,
+                              taps == 1 and p.nimg == 1 and not p.by_pixel)
+    p.near_b = (p.st.identity and p.st.nchan > 1 and p.st.itemsize > 0
+                and (p.st.chan * p.st.itemsize) % ALIAS_BYTES == 0)
+    return band
 
 
 cdef bint pixel_tiles_suit(const Product *p, const Phase *phases, Py_ssize_t itemsize,
@@ -429,6 +436,7 @@ def product_plan(which, xshape, wshape, yshape, stride, pad, dilation, Py_ssize_
             "pixel tiles": bool(p.by_pixel), "taps skipped": p.valid != NULL,
             "skip share": geo.skip,
             "weight read in place": bool(p.gathered), "weight streamed": bool(p.stream_a),
+            "rows asked for nearer": bool(p.near_b),
             "channel gap": p.st.gap, "source read in place": bool(p.st.identity),
             "bands": bool(p.st.band),
             "staged slice": p.st.size,

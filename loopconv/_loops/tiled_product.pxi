@@ -39,6 +39,7 @@ cdef struct Product:
     bint gathered           # A is the weight read in place (lc_tile_g), not packed panels
     bint wide               # many grid columns times columns of A (choose_tiles)
     bint stream_a           # packed A beyond STREAM_A_BYTES: the tiles ask for it ahead
+    bint near_b             # B's rows alias in the caches: the tiles ask for them nearer ahead
     Py_ssize_t a_rs         # gathered A: the weight's step from one row of A to the next
     bint a_along_k          # and each row's columns one after the other (aoff[k] = k)
     Py_ssize_t a_grp        # and from one group to the next
@@ -107,12 +108,13 @@ cdef inline void panel(const Product *p, const element *a_g, Py_ssize_t ip, Py_s
     packed panel is zero past M).  Gathered A (never compact): tiles of mr, 4, 2 and 1 rows,
     so that no row past M is read."""
     cdef Py_ssize_t MR = p.mr, r0 = 0, rr
+    cdef int pf = (LC_PF_A if p.stream_a else 0) | (LC_PF_NEAR_B if p.near_b else 0)
     if not p.gathered:
         if pieces:
             tile_v(pieces, MR, nv, kc, a_g + (ip * K + k0) * MR, b, boff, vo, c, ldc, beta,
-                   p.stream_a)
+                   pf)
         else:
-            tile_b(MR, nv, kc, a_g + (ip * K + k0) * MR, b, boff, c, ldc, beta, p.stream_a)
+            tile_b(MR, nv, kc, a_g + (ip * K + k0) * MR, b, boff, c, ldc, beta, pf)
         return
     while r0 < mw:
         rr = mw - r0
