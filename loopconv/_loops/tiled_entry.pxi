@@ -1393,13 +1393,15 @@ cdef void dense_tile(const element *a, Py_ssize_t mr, Py_ssize_t kc, const eleme
     cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element), NR = LC_NV_B * VW
     cdef element ctile[512]         # LC_MR_B * NR at most
     cdef Py_ssize_t nv = min(LC_NV_B, (K - j0 + VW - 1) // VW), i
+    # b's rows K apart: where they alias, the tile asks for them nearer ahead (Product.near_b)
+    cdef int pf = LC_PF_NEAR_B if (K * <Py_ssize_t> sizeof(element)) % ALIAS_BYTES == 0 else 0
     if j0 < kfull and i0 + mr <= M:
-        tile_b(<int>mr, <int>nv, kc, a, b + j0, boff, c + i0 * K + j0, K, False, False)
+        tile_b(<int>mr, <int>nv, kc, a, b + j0, boff, c + i0 * K + j0, K, False, pf)
         return
     if j0 < kfull:
-        tile_b(<int>mr, <int>nv, kc, a, b + j0, boff, ctile, NR, False, False)
+        tile_b(<int>mr, <int>nv, kc, a, b + j0, boff, ctile, NR, False, pf)
     else:
-        tile_b(<int>mr, <int>nv, kc, a, tail, toff, ctile, NR, False, False)
+        tile_b(<int>mr, <int>nv, kc, a, tail, toff, ctile, NR, False, 0)
     for i in range(min(mr, M - i0)):
         memcpy(c + (i0 + i) * K + j0, ctile + i * NR, min(NR, K - j0) * sizeof(element))
 
