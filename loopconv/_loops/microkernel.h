@@ -235,9 +235,9 @@
     }
 
 /* lc_tile_b's and lc_tile_v's packed A where asked (LC_PF_A): row k + LC_PF_A_ROWS of the
- * panel, within its kc rows.  A weight several times an L2 (STREAM_A_BYTES in tiled.pxi) comes from
- * L3 to each work item, a panel at a time, each panel's rows a whole panel further on than the
- * last's, which the prefetchers do not follow: the tiles waited at their broadcasts of A.
+ * panel, within its kc rows.  A weight several times an L2 (STREAM_A_BYTES in tiled.pxi) comes
+ * from L3 to each work item, a panel at a time, each panel's rows a whole panel further on than
+ * the last's, which the prefetchers do not follow: the tiles waited at their broadcasts of A.
  * Asked for always, tiles whose A stays in L2 (128 channels on 56x56) ran 1-3 % slower: one
  * more load a row, where A's broadcasts and B's loads and prefetches take most of the load
  * ports.  16 rows ahead gave half the gain, 48 as much as 96. */

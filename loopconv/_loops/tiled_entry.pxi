@@ -241,7 +241,7 @@ cdef bint product_bands(Product *p, Py_ssize_t taps, Py_ssize_t NR) noexcept nog
     cdef bint band = set_band(&p.st, p.ncb, NR, p.M,
                               taps == 1 and p.nimg == 1 and not p.by_pixel)
     p.near_b = (p.st.identity and p.st.nchan > 1 and p.st.itemsize > 0
-                and (p.st.chan * p.st.itemsize) % ALIAS_BYTES == 0)
+                and aliases(p.st.chan * p.st.itemsize))
     return band
 
 
@@ -1394,7 +1394,7 @@ cdef void dense_tile(const element *a, Py_ssize_t mr, Py_ssize_t kc, const eleme
     cdef element ctile[512]         # LC_MR_B * NR at most
     cdef Py_ssize_t nv = min(LC_NV_B, (K - j0 + VW - 1) // VW), i
     # b's rows K apart: where they alias, the tile asks for them nearer ahead (Product.near_b)
-    cdef int pf = LC_PF_NEAR_B if (K * <Py_ssize_t> sizeof(element)) % ALIAS_BYTES == 0 else 0
+    cdef int pf = LC_PF_NEAR_B if aliases(K * <Py_ssize_t> sizeof(element)) else 0
     if j0 < kfull and i0 + mr <= M:
         tile_b(<int>mr, <int>nv, kc, a, b + j0, boff, c + i0 * K + j0, K, False, pf)
         return

@@ -370,6 +370,11 @@ cdef inline bint own_grid(const Stage *st) noexcept nogil:
     return True
 
 
+cdef inline bint aliases(Py_ssize_t nbytes) noexcept nogil:
+    """Whether rows nbytes apart fall into the same few sets of the caches (ALIAS_BYTES)."""
+    return nbytes % ALIAS_BYTES == 0
+
+
 cdef void set_stage(Stage *st, tuple dim, tuple step, tuple lead, tuple q, Py_ssize_t nchan,
                     Py_ssize_t NR, Py_ssize_t src_size, Py_ssize_t itemsize=0,
                     Py_ssize_t rows=0):
@@ -415,7 +420,7 @@ cdef void set_stage_images(Stage *st, Py_ssize_t nimg, Py_ssize_t NR) noexcept n
     # instead.  The tiles of the weight gradient read their rows along the pixels, a few
     # streams at a time: copying for them was slower (0.92-0.98).
     st.gap = 0
-    if (st.itemsize > 0 and st.nchan > 1 and (st.chan * st.itemsize) % ALIAS_BYTES == 0
+    if (st.itemsize > 0 and st.nchan > 1 and aliases(st.chan * st.itemsize)
             and (st.spread or not st.identity or nimg > 1)):
         st.gap = max(1, 64 // st.itemsize)
         st.chan += st.gap
@@ -456,7 +461,7 @@ cdef bint set_band(Stage *st, Py_ssize_t ncb, Py_ssize_t NR, Py_ssize_t rows,
     column block would each copy its band."""
     st.band = (allowed and own_grid(st) and st.nimg == 1 and st.nchan > 1 and st.itemsize > 0
                and rows >= BAND_ROWS
-               and (st.src_chan * st.itemsize) % ALIAS_BYTES == 0
+               and aliases(st.src_chan * st.itemsize)
                and (st.nchan * st.src_chan * st.itemsize > SPREAD_BYTES
                     or st.src_chan * st.itemsize > BAND_CHANNEL_BYTES))
     if not st.band:
