@@ -577,6 +577,37 @@ def test_large_aliasing_slices_are_copied_only_for_many_panels(dtype):
                 assert np.abs(y - want).max() <= tol * (1 + np.abs(want).max()), (name, panels)
 
 
+def _arrays_and_direct(rng, x_shape, w_shape, y_shape, args, dtype):
+    """x, w and dy drawn for a forward-style problem, and the direct loops' y and dx."""
+    none = np.empty(0, dtype)
+    x, w, dy = (rng.standard_normal(shape).astype(dtype) for shape in (x_shape, w_shape,
+                                                                         y_shape))
+    want_y, want_dx = np.empty(y_shape, dtype), np.empty(x_shape, dtype)
+    _loops.direct.forward(x, w, none, want_y, *args, 1)
+    _loops.direct.grad_input(dy, w, none, want_dx, *args, 1)
+    return x, w, dy, want_y, want_dx
+
+
+def _forward_and_input_agree(module, name, arrays, args):
+    """The forward pass and input gradient of `module` (a build) on `arrays`
+    (_arrays_and_direct) against the direct loops, bit-identical on one to three threads."""
+    x, w, dy, want_y, want_dx = arrays
+    none = np.empty(0, x.dtype)
+    tol = 1e-4 if x.dtype == np.float32 else 1e-10
+    first = None
+    for threads in (1, 2, 3):
+        y, dx = np.empty_like(want_y), np.empty_like(want_dx)
+        module.forward(x, w, none, y, *args, threads)
+        module.grad_input(dy, w, none, dx, *args, threads)
+        if first is None:
+            first = (y, dx)
+            for got, want in ((y, want_y), (dx, want_dx)):
+                assert np.abs(got - want).max() <= tol * (1 + np.abs(want).max()), (
+                    name, x.shape, w.shape)
+        assert np.array_equal(y, first[0]) and np.array_equal(dx, first[1]), (
+            name, x.shape, threads)
+
+
 @pytest.mark.parametrize("dtype", DTYPE_PARAMS)
 def test_aliasing_1x1_sources_read_as_bands(dtype):
     """A 1x1 product of 64 rows (per group) or more whose source's channels alias (planes of
@@ -596,34 +627,16 @@ def test_aliasing_1x1_sources_read_as_bands(dtype):
     ]
     rng = np.random.default_rng(12)
     itemsize = np.dtype(dtype).itemsize
-    none = np.empty(0, dtype)
-    tol = 1e-4 if dtype == np.float32 else 1e-10
     for x_shape, w_shape, groups, s, band_f, band_i in cases:
         y_shape = (x_shape[0], w_shape[0], 1) + tuple(-(-n // s) for n in x_shape[3:])
         args = ((1, s, s), (0, 0, 0), (1, 1, 1), groups)
-        x = rng.standard_normal(x_shape).astype(dtype)
-        w = rng.standard_normal(w_shape).astype(dtype)
-        dy = rng.standard_normal(y_shape).astype(dtype)
-        want_y, want_dx = np.empty(y_shape, dtype), np.empty(x_shape, dtype)
-        _loops.direct.forward(x, w, none, want_y, *args, 1)
-        _loops.direct.grad_input(dy, w, none, want_dx, *args, 1)
+        arrays = _arrays_and_direct(rng, x_shape, w_shape, y_shape, args, dtype)
         for name, module in _loops.variants().items():
             for which, band in (("forward", band_f), ("input", band_i)):
                 plan = module.product_plan(which, x_shape, w_shape, y_shape, *args, itemsize)
                 assert plan["bands"] == band, (name, which, x_shape, w_shape)
                 assert not (band and plan["source read in place"])
-            first = None
-            for threads in (1, 2, 3):
-                y, dx = np.empty(y_shape, dtype), np.empty(x_shape, dtype)
-                module.forward(x, w, none, y, *args, threads)
-                module.grad_input(dy, w, none, dx, *args, threads)
-                if first is None:
-                    first = (y, dx)
-                    for got, want in ((y, want_y), (dx, want_dx)):
-                        assert np.abs(got - want).max() <= tol * (1 + np.abs(want).max()), (
-                            name, x_shape, w_shape)
-                assert np.array_equal(y, first[0]) and np.array_equal(dx, first[1]), (
-                    name, threads, x_shape)
+            _forward_and_input_agree(module, name, arrays, args)
 
 
 def test_variants_are_found():
@@ -891,34 +904,16 @@ def test_aliasing_rows_read_in_place_are_asked_for_nearer(dtype):
         ((1, 64, 1, 16, 33), (16, 64, 1, 1, 1), 0, False, False),
     ]
     rng = np.random.default_rng(31)
-    none = np.empty(0, dtype)
-    tol = 1e-4 if dtype == np.float32 else 1e-10
     for x_shape, w_shape, pad, near_f, near_i in cases:
         y_shape = x_shape[:1] + w_shape[:1] + tuple(n - k + 1 + 2 * pad for n, k in
                                                     zip(x_shape[2:], w_shape[2:]))
         args = ((1, 1, 1), (0, pad, pad), (1, 1, 1), 1)
-        x = rng.standard_normal(x_shape).astype(dtype)
-        w = rng.standard_normal(w_shape).astype(dtype)
-        dy = rng.standard_normal(y_shape).astype(dtype)
-        want_y, want_dx = np.empty(y_shape, dtype), np.empty(x_shape, dtype)
-        _loops.direct.forward(x, w, none, want_y, *args, 1)
-        _loops.direct.grad_input(dy, w, none, want_dx, *args, 1)
+        arrays = _arrays_and_direct(rng, x_shape, w_shape, y_shape, args, dtype)
         for name, module in _loops.variants().items():
             for which, near in (("forward", near_f), ("input", near_i)):
                 plan = module.product_plan(which, x_shape, w_shape, y_shape, *args, itemsize)
                 assert plan["rows asked for nearer"] == near, (name, which, x_shape, w_shape)
-            first = None
-            for threads in (1, 2, 3):
-                y, dx = np.empty(y_shape, dtype), np.empty(x_shape, dtype)
-                module.forward(x, w, none, y, *args, threads)
-                module.grad_input(dy, w, none, dx, *args, threads)
-                if first is None:
-                    first = (y, dx)
-                    for got, want in ((y, want_y), (dx, want_dx)):
-                        assert np.abs(got - want).max() <= tol * (1 + np.abs(want).max()), (
-                            name, x_shape, w_shape)
-                assert np.array_equal(y, first[0]) and np.array_equal(dx, first[1]), (
-                    name, x_shape, threads)
+            _forward_and_input_agree(module, name, arrays, args)
 
 
 @pytest.mark.parametrize("dtype", DTYPE_PARAMS)
