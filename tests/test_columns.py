@@ -631,6 +631,42 @@ def test_dense_gradients_every_variant(rng, assert_close, variant, dtype, n, k, 
     assert all(np.array_equal(a, b) for a, b in zip((x, dy, w), before))
 
 
+@pytest.mark.parametrize("variant", list(_loops.variants()))
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+@pytest.mark.parametrize("n, o, k", [
+    (1, 100, 8192),     # a GAN's first layer (100 -> 512, 1x1 to 4x4): blocks of 8 KiB
+    (2, 37, 1777),      # rows past whole vectors, o not a multiple of the four rows a pass
+    (1, 130, 515),      # two blocks of 272 columns on two and three threads, one on one
+    (2, 3, 30000),      # fewer rows of w than a pass
+])
+def test_dense_input_streams_the_rows(rng, assert_close, variant, dtype, n, o, k):
+    """dense_input for one or two images of a large weight (stream_input): against float64
+    products, every element written, the same bits on 1, 2 and 3 threads however the columns
+    are blocked, the operands unchanged.  In the baseline build, which has no fused
+    multiply-add, each element is bit for bit the sum over o in order from zero."""
+    module = _loops.variants()[variant]
+    dy, w = rng.standard_normal((n, o)).astype(dtype), rng.standard_normal((o, k)).astype(dtype)
+    before = (dy.copy(), w.copy())
+
+    def run(threads):
+        out = np.full((n, k), np.nan, dtype)
+        module.dense_input(dy, w, out, threads)
+        return out
+
+    got = run(2)
+    assert not np.isnan(got).any()
+    dy64, w64 = dy.astype(np.float64), w.astype(np.float64)
+    assert_close(got, dy64 @ w64, dtype, bound=np.abs(dy64) @ np.abs(w64))
+    for threads in (1, 3):
+        assert np.array_equal(got, run(threads))
+    assert np.array_equal(dy, before[0]) and np.array_equal(w, before[1])
+    if variant == "baseline":
+        in_order = np.zeros((n, k), dtype)
+        for r in range(o):
+            in_order += dy[:, r:r + 1] * w[r]
+        assert np.array_equal(got, in_order)
+
+
 @pytest.mark.parametrize("dtype", DTYPE_PARAMS)
 def test_forward_public_functions(rng, assert_close, dtype):
     """conv2d of a squeeze-and-excitation layer with a bias, and of a dense layer; conv1d

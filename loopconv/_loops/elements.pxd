@@ -71,6 +71,10 @@ cdef extern from "elements.h" nogil:
                      Py_ssize_t nrows, Py_ssize_t avail, const double *b,
                      const Py_ssize_t *boff, Py_ssize_t db, int ncols, double *c,
                      Py_ssize_t ldc, Py_ssize_t dc, int beta)
+    void lc_stream_f32(int mr, Py_ssize_t kc, const float *a, const float *b, Py_ssize_t ldb,
+                       Py_ssize_t n, float *c, Py_ssize_t ldc)
+    void lc_stream_f64(int mr, Py_ssize_t kc, const double *a, const double *b,
+                       Py_ssize_t ldb, Py_ssize_t n, double *c, Py_ssize_t ldc)
     void lc_tile_d_f32(int kr, Py_ssize_t kc, const float *a, const Py_ssize_t *aoff,
                        const float *b, Py_ssize_t ldb, float *c, Py_ssize_t ldc, int beta)
     void lc_tile_d_f64(int kr, Py_ssize_t kc, const double *a, const Py_ssize_t *aoff,
@@ -237,6 +241,16 @@ cdef inline void tile_d(int kr, Py_ssize_t kc, const element *a, const Py_ssize_
         lc_tile_d_f32(kr, kc, a, aoff, b, ldb, c, ldc, beta)
     else:
         lc_tile_d_f64(kr, kc, a, aoff, b, ldb, c, ldc, beta)
+
+
+cdef inline void stream(int mr, Py_ssize_t kc, const element *a, const element *b,
+                        Py_ssize_t ldb, Py_ssize_t n, element *c, Py_ssize_t ldc) noexcept nogil:
+    """n columns of a product of mr = 1, 2 or 4 rows (a packed, k outermost) with B read row
+    after row (rows ldb apart), into c (rows ldc apart)."""
+    if element is float:
+        lc_stream_f32(mr, kc, a, b, ldb, n, c, ldc)
+    else:
+        lc_stream_f64(mr, kc, a, b, ldb, n, c, ldc)
 
 
 cdef inline void dots(Py_ssize_t kc, const element *a, Py_ssize_t lda, Py_ssize_t nrows,

@@ -767,6 +767,80 @@ static inline void lc_tile_m_##SUFFIX(int nv, ptrdiff_t kc, const T *a,         
     else lc_tile_m2_##SUFFIX(kc, a, aoff, cmap, b, c, ldc, beta);                       \
 }
 
+/* lc_stream_T: C[i, j] = sum over k < kc of a[mr * k + i] * b[ldb * k + j], for i < mr (1, 2 or
+ * 4) and j < n: a product of a few rows, the columns of one block of it, with B read row after
+ * row, LC_STREAM_K rows at a time, each run of n columns from its start to its end; C, the
+ * accumulators, stays in L1 (n * mr elements), loaded and stored once per LC_STREAM_K rows.
+ * For a product of one or two rows the arithmetic is a few operations per element of B and the
+ * time is B's: lc_tile_b, NR columns of every row of B at a time, has kc short runs in flight
+ * 4 or 8 rows apart, which the prefetchers do not follow; these are LC_STREAM_K long runs
+ * that they do.  Each element is summed over k in order, from zero. */
+#define LC_STREAM_K 4
+#if defined(__GNUC__) || defined(__clang__)
+#  define LC_STREAM_ROWS(SUFFIX, T, MR)                                                 \
+static inline void lc_stream##MR##_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,       \
+        const T *LC_RESTRICT b, ptrdiff_t ldb, ptrdiff_t n, T *LC_RESTRICT c,           \
+        ptrdiff_t ldc)                                                                  \
+{                                                                                       \
+    typedef lc_vec_##SUFFIX VEC;                                                        \
+    typedef lc_uvec_##SUFFIX UVEC;                                                      \
+    enum { W = LC_VEC_BYTES / sizeof(T), KS = LC_STREAM_K };                            \
+    ptrdiff_t nv = n - n % W, k0 = 0;                                                   \
+    for (int i = 0; i < MR; i++) memset(c + i * ldc, 0, n * sizeof(T));                 \
+    for (; k0 + KS <= kc; k0 += KS) {                                                   \
+        const T *bk = b + k0 * ldb, *ak = a + k0 * MR;                                  \
+        VEC av[KS][MR];                                                                 \
+        LC_UNROLL for (int s = 0; s < KS; s++)                                          \
+            LC_UNROLL for (int i = 0; i < MR; i++) av[s][i] = (VEC){0} + ak[s * MR + i]; \
+        for (ptrdiff_t j = 0; j < nv; j += W) {                                         \
+            VEC bv[KS];                                                                 \
+            LC_UNROLL for (int s = 0; s < KS; s++) bv[s] = *(const UVEC *)(bk + s * ldb + j); \
+            LC_UNROLL for (int i = 0; i < MR; i++) {                                    \
+                UVEC *ci = (UVEC *)(c + i * ldc + j);                                   \
+                VEC acc = *ci;                                                          \
+                LC_UNROLL for (int s = 0; s < KS; s++) acc += av[s][i] * bv[s];         \
+                *ci = acc;                                                              \
+            }                                                                           \
+        }                                                                               \
+        for (int i = 0; i < MR; i++)                                                    \
+            for (ptrdiff_t j = nv; j < n; j++)                                          \
+                for (int s = 0; s < KS; s++) c[i * ldc + j] += ak[s * MR + i] * bk[s * ldb + j]; \
+    }                                                                                   \
+    for (; k0 < kc; k0++) {                                                             \
+        const T *bk = b + k0 * ldb, *ak = a + k0 * MR;                                  \
+        for (int i = 0; i < MR; i++) {                                                  \
+            VEC ai = (VEC){0} + ak[i];                                                  \
+            for (ptrdiff_t j = 0; j < nv; j += W)                                       \
+                *(UVEC *)(c + i * ldc + j) += ai * *(const UVEC *)(bk + j);             \
+            for (ptrdiff_t j = nv; j < n; j++) c[i * ldc + j] += ak[i] * bk[j];         \
+        }                                                                               \
+    }                                                                                   \
+}
+#else   /* other compilers: the same order, element by element */
+#  define LC_STREAM_ROWS(SUFFIX, T, MR)                                                 \
+static void lc_stream##MR##_##SUFFIX(ptrdiff_t kc, const T *a, const T *b, ptrdiff_t ldb, \
+                                     ptrdiff_t n, T *c, ptrdiff_t ldc)                  \
+{                                                                                       \
+    for (int i = 0; i < MR; i++)                                                        \
+        for (ptrdiff_t j = 0; j < n; j++) {                                             \
+            T sum = 0;                                                                  \
+            for (ptrdiff_t k = 0; k < kc; k++) sum += a[MR * k + i] * b[ldb * k + j];   \
+            c[i * ldc + j] = sum;                                                       \
+        }                                                                               \
+}
+#endif
+#define LC_DEFINE_STREAM(SUFFIX, T)                                                     \
+LC_STREAM_ROWS(SUFFIX, T, 1)                                                            \
+LC_STREAM_ROWS(SUFFIX, T, 2)                                                            \
+LC_STREAM_ROWS(SUFFIX, T, 4)                                                            \
+static inline void lc_stream_##SUFFIX(int mr, ptrdiff_t kc, const T *a, const T *b,     \
+        ptrdiff_t ldb, ptrdiff_t n, T *c, ptrdiff_t ldc)                                \
+{                                                                                       \
+    if (mr == 1) lc_stream1_##SUFFIX(kc, a, b, ldb, n, c, ldc);                         \
+    else if (mr == 2) lc_stream2_##SUFFIX(kc, a, b, ldb, n, c, ldc);                    \
+    else lc_stream4_##SUFFIX(kc, a, b, ldb, n, c, ldc);                                 \
+}
+
 /* Lane tables of two-vector shuffles (GCC and Clang, 256- and 512-bit vectors): the lane sums
  * below and the transposes after them. */
 #if defined(__GNUC__) && (LC_VEC_BYTES == 64 || LC_VEC_BYTES == 32)

@@ -72,7 +72,7 @@ from loopconv._loops.elements cimport (LC_ISA, LC_DW_OB, LC_DWC_PX, LC_KR_D, LC_
                                        block_put, dw_copy,
                                        dw_dots, dw_rows, dwc_copy, dwc_dotruns, dwc_runs,
                                        element, evens, put_run, short_row,
-                                       short_row_pair, tile_a, tile_b,
+                                       short_row_pair, stream, tile_a, tile_b,
                                        dots, down, tile_d, tile_e, tile_g, tile_m, tile_p, tile_v,
                                        transpose_at, transpose_block, typecode)
 
@@ -163,6 +163,21 @@ cdef enum:
     # DENSE_SHORT: dense products with rows of one vector up to this many, for at most
     # LC_MR_B images, run with vectors along the outputs (dense_short)
     DENSE_SHORT = 2
+    # STREAM_ROWS: dense_input for at most this many images, of a weight of STREAM_MIN_BYTES
+    # or more whose rows have STREAM_ROW_BYTES or more, reads w's rows one after another
+    # (stream_input), by blocks of at most STREAM_BYTES of each row, split down to
+    # STREAM_SPLIT bytes for the threads.  Against lc_tile_b (float32 / float64, one thread,
+    # fastest of two alternating runs): a GAN's first layer (100 -> 512, 1x1 to 4x4) at batch
+    # 1 2.35 / 2.64x, at batch 2 2.14 / 1.59x; 256 x 4096 2.30 / 2.50x, 1024 x 2304 1.64 /
+    # 1.21x, 512 x 1000 1.26 / 1.03x; at batch 4 1.00 (lc_tile_b's four rows are no longer
+    # bound by B), on rows of 48 elements 0.90 / 0.95 (few independent sums: each element's
+    # chain of FMAs through memory; 1152 -> 48 at batch 2 0.92 / 0.76), hence the bounds.
+    # Blocks of 8 KiB against 2, 4 and 16: within noise, 8 the best on float64 and large w
+    STREAM_ROWS = 2
+    STREAM_ROW_BYTES = 2048
+    STREAM_MIN_BYTES = 1 << 18
+    STREAM_BYTES = 8192
+    STREAM_SPLIT = 1024
     # ALIAS_BYTES: staged channels whose size in bytes is a multiple of this get a gap of a
     # cache line (set_stage_images); SPREAD_ROWS: forward-style products of at least this many
     # rows (output channels per group) copy such a source rather than read it in place.  With

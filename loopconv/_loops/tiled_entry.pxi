@@ -1283,7 +1283,8 @@ def dense_input(const element[:, ::1] dy, const element[:, ::1] w, element[:, ::
     block, column block) items on num_threads threads.  Through the general product of w read
     as an image of K pixels, with its staging, these small products took 10-15 us at batch 1:
     conv2d_input of squeeze-and-excitation layers at batch 1 to 8 1.0-1.8x faster so (28 -> 672
-    channels at batch 1 14.8 -> 8.3 us, float32 one thread, Python included)."""
+    channels at batch 1 14.8 -> 8.3 us, float32 one thread, Python included).  One or two
+    images of a large weight (STREAM_ROWS) read w's rows one after another (stream_input)."""
     cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element), NR = LC_NV_B * VW
     cdef Py_ssize_t N = dy.shape[0], O = dy.shape[1], K = w.shape[1]
     cdef Py_ssize_t mr = dense_rows(min(N, LC_MR_B)), nrb = (N + mr - 1) // mr
@@ -1292,6 +1293,10 @@ def dense_input(const element[:, ::1] dy, const element[:, ::1] w, element[:, ::
         return
     if O == 0:
         dx[...] = 0
+        return
+    if (N <= STREAM_ROWS and K * sizeof(element) >= STREAM_ROW_BYTES
+            and O * K * sizeof(element) >= STREAM_MIN_BYTES):
+        stream_input(dy, w, dx, num_threads)
         return
     # dy packed: block rb's rows, o outermost; the last block of columns zero-padded
     cdef Py_ssize_t npack = nrb * O * mr + O * round_up(K - kfull, VW) + 1
@@ -1312,6 +1317,36 @@ def dense_input(const element[:, ::1] dy, const element[:, ::1] w, element[:, ::
                            (item // ncb) * mr)
             restore_fpstate(fp)
     free(offs)
+
+
+cdef void stream_input(const element[:, ::1] dy, const element[:, ::1] w, element[:, ::1] dx,
+                       int num_threads) except *:
+    """dense_input for one or two images (STREAM_ROWS): lc_stream over blocks of w's columns,
+    STREAM_BYTES of each row or less, at least one a thread down to STREAM_SPLIT bytes, each a
+    whole number of vectors, on num_threads threads.  Which columns a block holds does not
+    change any sum (each runs over o in order; the columns past whole vectors are the last
+    K % VW of the last block), so the result is the same on any number of threads."""
+    cdef Py_ssize_t N = dy.shape[0], O = dy.shape[1], K = w.shape[1], o, i, blk
+    cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
+    cdef Py_ssize_t row = K * sizeof(element)
+    cdef Py_ssize_t nblk = max((row + STREAM_BYTES - 1) // STREAM_BYTES,
+                               min(num_threads, row // STREAM_SPLIT))
+    cdef Py_ssize_t nb = round_up((K + nblk - 1) // nblk, VW)
+    nblk = (K + nb - 1) // nb
+    cdef element *a = <element *> small_scratch(O * N * sizeof(element))
+    cdef fpstate fp
+    with nogil:
+        for o in range(O):
+            for i in range(N):
+                a[o * N + i] = dy[i, o]
+        with parallel(num_threads=num_threads):
+            fp = flush_subnormals()
+            # race-free: block blk writes only its columns of dx.
+            for blk in prange(nblk, schedule="static"):
+                stream(<int>N, O, a, &w[0, blk * nb], K, min(nb, K - blk * nb),
+                       &dx[0, blk * nb], K)
+            restore_fpstate(fp)
+    free(a)
 
 
 def dense_weight(const element[:, ::1] x, const element[:, ::1] dy, element[:, ::1] dw,
