@@ -172,7 +172,9 @@ cdef enum:
     # 1.21x, 512 x 1000 1.26 / 1.03x; at batch 4 1.00 (lc_tile_b's four rows are no longer
     # bound by B), on rows of 48 elements 0.90 / 0.95 (few independent sums: each element's
     # chain of FMAs through memory; 1152 -> 48 at batch 2 0.92 / 0.76), hence the bounds.
-    # Blocks of 8 KiB against 2, 4 and 16: within noise, 8 the best on float64 and large w
+    # Blocks of 8 KiB against 2, 4 and 16: within noise, 8 the best on float64 and large w.
+    # With AVX2 (x86-64-v3 on the same machine), whose lc_tile_b asks for nothing ahead and did
+    # not stall so: 0.86-2.0 in float32, 0.78-1.45 in float64, geometric mean 1.08
     STREAM_ROWS = 2
     STREAM_ROW_BYTES = 2048
     STREAM_MIN_BYTES = 1 << 18
