@@ -295,19 +295,23 @@ def test_long_sums_leave_the_depthwise_loops(y_shape, w_shape, tiled):
     assert (loops.grad_weight is _loops.tiled.grad_weight) == tiled
 
 
+@pytest.mark.parametrize("variant", list(_loops.variants()))
 @pytest.mark.parametrize("dtype", DTYPE_PARAMS)
 @pytest.mark.parametrize("x_shape, out", [
-    ((2, 32, 1, 70, 90), 1),            # 6300 pixels: a chunk and a part
-    ((1, 3, 1, 1, 5000), 1),            # odd channels: a last one alone
-    ((3, 33, 12, 10, 11), 1),
+    ((2, 32, 1, 70, 90), 1),            # 6300 pixels: blocks of 8 KiB and a part
+    ((1, 3, 1, 1, 5000), 1),            # fewer channels than the four rows a pass
+    ((3, 33, 12, 10, 11), 2),           # pixels past whole vectors, channels past a pass
     ((1, 1, 1, 64, 64), 1),             # one input channel
-    ((2, 8, 1, 40, 40), 3),             # any number of output channels runs
+    ((2, 8, 1, 40, 40), 2),
     ((1, 2, 1, 1, 9000), 2),
+    ((4, 5, 1, 3, 7), 1),               # fewer pixels than a vector
 ])
-def test_head_forward(rng, assert_close, x_shape, out, dtype):
-    """`direct.head_forward` (a 1x1 layer by chunks of pixels) against the reference, with and
-    without a bias, every element written, the same bits on 1, 2 and 3 threads (whose chunks
-    differ), x and w untouched; shapes that do not match are refused."""
+def test_stream_forward(rng, assert_close, variant, dtype, x_shape, out):
+    """`tiled.stream_forward` (a 1x1 layer to one or two output channels, x's rows streamed)
+    in every variant against the reference, with and without a bias, every element written,
+    the same bits on 1, 2 and 3 threads (whose blocks of pixels differ), x and w untouched;
+    shapes that do not match and three output channels are refused."""
+    module = _loops.variants()[variant]
     x = rng.standard_normal(x_shape).astype(dtype)
     w = rng.standard_normal((out, x_shape[1], 1, 1, 1)).astype(dtype)
     b = rng.standard_normal(out).astype(dtype)
@@ -318,30 +322,37 @@ def test_head_forward(rng, assert_close, x_shape, out, dtype):
         got = []
         for threads in (1, 2, 3):
             y = np.full((x_shape[0], out) + x_shape[2:], np.nan, dtype)
-            _loops.direct.head_forward(x, w, bias, y, threads)
+            module.stream_forward(x, w, bias, y, threads)
             got.append(y)
         assert not np.isnan(got[0]).any()
         assert_close(got[0], want + add, dtype, bound=bound + np.abs(add))
         assert np.array_equal(got[0], got[1]) and np.array_equal(got[0], got[2])
     assert np.array_equal(x, before[0]) and np.array_equal(w, before[1])
-    with pytest.raises(ValueError, match="head_forward"):
-        _loops.direct.head_forward(x, w, b[:0], np.empty((x_shape[0], out + 1) + x_shape[2:],
-                                                         dtype), 1)
+    with pytest.raises(ValueError, match="stream_forward"):
+        module.stream_forward(x, w, b[:0], np.empty((x_shape[0], out + 1) + x_shape[2:],
+                                                    dtype), 1)
+    w3 = rng.standard_normal((3, x_shape[1], 1, 1, 1)).astype(dtype)
+    with pytest.raises(ValueError, match="stream_forward"):
+        module.stream_forward(x, w3, b[:0], np.empty((x_shape[0], 3) + x_shape[2:], dtype), 1)
 
 
-@pytest.mark.parametrize("y_shape, w_shape, stride, head", [
-    ((2, 1, 1, 512, 512), (1, 32, 1, 1, 1), (1, 1, 1), True),    # a segmentation head
-    ((1, 1, 64, 64, 64), (1, 16, 1, 1, 1), (1, 1, 1), True),
-    ((1, 1, 1, 128, 128), (1, 64, 1, 1, 1), (1, 1, 1), True),     # HEAD_PIXELS
-    ((16, 1, 1, 64, 64), (1, 32, 1, 1, 1), (1, 1, 1), False),     # smaller images
-    ((2, 2, 1, 512, 512), (2, 32, 1, 1, 1), (1, 1, 1), False),    # two output channels
-    ((2, 1, 1, 512, 512), (1, 32, 1, 3, 3), (1, 1, 1), False),    # 3x3
-    ((2, 1, 1, 256, 256), (1, 32, 1, 1, 1), (1, 2, 2), False),    # strided
-    ((2, 1, 1, 512, 512), (1, 2, 1, 1, 1), (1, 1, 1), False),     # two inputs: depthwise
+@pytest.mark.parametrize("y_shape, w_shape, stride, head, groups", [
+    ((2, 1, 1, 512, 512), (1, 32, 1, 1, 1), (1, 1, 1), True, 1),    # a segmentation head
+    ((1, 1, 64, 64, 64), (1, 16, 1, 1, 1), (1, 1, 1), True, 1),
+    ((16, 1, 1, 64, 64), (1, 32, 1, 1, 1), (1, 1, 1), True, 1),      # smaller images
+    ((2, 2, 1, 512, 512), (2, 32, 1, 1, 1), (1, 1, 1), True, 1),     # two output channels
+    ((2, 1, 1, 512, 512), (1, 2, 1, 1, 1), (1, 1, 1), True, 1),      # two inputs, not depthwise
+    ((1, 2, 1, 16, 16), (2, 512, 1, 1, 1), (1, 1, 1), True, 1),      # HEAD_OUT_PIXELS
+    ((8, 1, 1, 8, 8), (1, 64, 1, 1, 1), (1, 1, 1), False, 1),        # fewer pixels
+    ((2, 3, 1, 512, 512), (3, 32, 1, 1, 1), (1, 1, 1), False, 1),    # three output channels
+    ((2, 1, 1, 512, 512), (1, 32, 1, 3, 3), (1, 1, 1), False, 1),    # 3x3
+    ((2, 1, 1, 256, 256), (1, 32, 1, 1, 1), (1, 2, 2), False, 1),    # strided
+    ((2, 2, 1, 256, 256), (2, 1, 1, 1, 1), (1, 1, 1), False, 2),     # two groups
 ])
-def test_head_which_problems(y_shape, w_shape, stride, head):
-    """By the output channels, the kernel, the stride and the pixels of an image."""
-    loops = _loops.choose(y_shape, w_shape, stride, 1)
+def test_head_which_problems(y_shape, w_shape, stride, head, groups):
+    """By the output channels, the kernel, the stride, the groups and the pixels of an
+    image."""
+    loops = _loops.choose(y_shape, w_shape, stride, groups)
     assert (loops.forward is _loops.head_forward) == head
 
 
@@ -394,13 +405,14 @@ def test_head_weight_which_problems(y_shape, w_shape, head):
 
 @pytest.mark.parametrize("dtype", DTYPE_PARAMS)
 def test_head_public_functions(rng, assert_close, dtype):
-    """conv2d of a 32 -> 1 head with a bias on 160x130 and conv3d of 8 -> 1 on 26^3 against
-    the reference, the same bits on 1 and 2 threads, and their weight gradients (the second
-    `head_weight`'s); a padded 1x1 layer (its border the bias alone) takes the tiled loops."""
-    for x_shape in ((2, 32, 160, 130), (1, 8, 26, 26, 26)):
+    """conv2d of a 32 -> 1 head with a bias on 160x130, conv3d of 8 -> 1 on 26^3 and conv2d
+    of 24 -> 2 on 20x30 (`head_forward`) against the reference, the same bits on 1 and 2
+    threads, and their weight gradients (the second `head_weight`'s); a padded 1x1 layer (its
+    border the bias alone) takes the tiled loops."""
+    for x_shape, out in (((2, 32, 160, 130), 1), ((1, 8, 26, 26, 26), 1), ((2, 24, 20, 30), 2)):
         x = rng.standard_normal(x_shape).astype(dtype)
-        w = rng.standard_normal((1, x_shape[1]) + (1,) * (len(x_shape) - 2)).astype(dtype)
-        b = rng.standard_normal(1).astype(dtype)
+        w = rng.standard_normal((out, x_shape[1]) + (1,) * (len(x_shape) - 2)).astype(dtype)
+        b = rng.standard_normal(out).astype(dtype)
         fn = loopconv.conv2d if len(x_shape) == 4 else loopconv.conv3d
         got = []
         for threads in (1, 2):

@@ -575,37 +575,40 @@ LONG_SUMS_PIXELS = 4096
 LONG_SUMS_IMAGES = 2
 
 
-# The forward pass of a 1x1 layer of one group to one output channel (a segmentation network's
-# last layer to one class) over HEAD_PIXELS output pixels an image or more runs as
-# `direct.head_forward`: chunks of pixels to which each input channel's run is added in turn.
-# The tiled loops' tiles have one row there and read a short run of every input channel at
-# once; that read x at 10-11 GB/s, where a plain read of it went at 17-26 (PyTorch's forward
-# pass of 32 -> 1 on 512x512 took 0.53-0.70 of loopconv's time).  Measured (its time over the
-# tiled loops', same arrays, fastest of two rounds; float32 one / two threads, float64): 32 ->
-# 1 on 512x512 at batches 1 and 2, on 256x256 and on 64^3 0.48-0.73 / 0.54-0.72 / 0.54-0.91;
-# 4 -> 1 to 128 -> 1 on 512x512 0.61-0.80 / 0.41-0.90 / 0.68-0.98; 16 -> 1 on 192x192 at
-# batch 2 0.67-0.85 (two threads); on 128x128 0.74-0.91 / 0.78-1.01 / 0.66.  Left tiled:
-# smaller images (64x64 at batch 4 0.89-0.98, 32x32 at batch 16 0.95-1.20) and two output
-# channels or more (64 -> 2 on 256x256 0.90-1.25, 32 -> 4 1.7-2.5: the chunk is read once per
-# output channel).
-HEAD_PIXELS = 1 << 14
+# The forward pass of a 1x1 layer of one group to one or two output channels (HEAD_OUT: a
+# segmentation network's last layer, to one class or two), stride 1, runs as
+# `tiled.stream_forward`: each image's channels are the rows of a product of one or two rows
+# of the weight, streamed four at a time through a block of pixels whose sums stay in L1
+# (`lc_stream`).  The tiled loops' tiles have one or two rows there and read a short run of
+# every input channel at once; the depthwise loops (few input channels) and the chunks of
+# pixels that ran one output channel from 128x128 on (`direct.head_forward`, built for the
+# baseline instruction set only) read x at half the speed or less.  Measured (their time over
+# stream_forward's, same arrays, fastest of ten; float32 one / two threads, float64 one):
+# tiled, 16 to 256 -> 1 and 2 on 16x16 to 256x256, 32^3 and 16^3, batch 1 to 16, 1.55-3.6 /
+# 1.56-6.0 / 1.34-3.1, 512 -> 2 on 16x16 0.98 / 1.02 / 1.34; the chunks 1.18-1.88 / 1.15-2.27
+# / 1.12-2.10; the depthwise loops (1 and 2 -> 1 and 2 on 256x256 and 512x512) 1.52-1.87 /
+# 2.03-2.48 / 1.28-1.72.  Three output channels and more stay on the tiled loops (32 -> 3 on
+# 128x128 ran there at 1.75 times NumPy's matmul speed), as do images of fewer than
+# HEAD_OUT_PIXELS pixels (measured from 16x16; one pixel is a dense product, `one_pixel`).
+HEAD_OUT = 2
+HEAD_OUT_PIXELS = 256
 
 
 def head_suits(y_shape, w_shape, stride, groups) -> bool:
     """Whether the forward pass of a convolution with 5-D output `y_shape` and weight
-    `w_shape` runs as `head_forward` (HEAD_PIXELS)."""
-    return (groups == 1 and w_shape[0] == 1 and math.prod(w_shape[2:]) == 1
-            and max(stride) == 1 and math.prod(y_shape[2:]) >= HEAD_PIXELS)
+    `w_shape` runs as `head_forward` (HEAD_OUT, HEAD_OUT_PIXELS)."""
+    return (groups == 1 and w_shape[0] <= HEAD_OUT and math.prod(w_shape[2:]) == 1
+            and max(stride) == 1 and math.prod(y_shape[2:]) >= HEAD_OUT_PIXELS)
 
 
 def head_forward(x, w, bias, y, stride, pad, dilation, groups, num_threads):
-    """The forward pass of a 1x1 convolution to one output channel by chunks of pixels
-    (`direct.head_forward`); with padding (an output larger than x, whose border is the bias
-    alone) on the tiled loops."""
+    """The forward pass of a 1x1 convolution to one or two output channels with x's rows
+    streamed (`tiled.stream_forward`); with padding (an output larger than x, whose border is
+    the bias alone) on the tiled loops."""
     if any(pad):
         tiled.forward(x, w, bias, y, stride, pad, dilation, groups, num_threads)
     else:
-        direct.head_forward(x, w, bias, y, num_threads)
+        tiled.stream_forward(x, w, bias, y, num_threads)
 
 
 # The weight gradient of a 1x1 layer of one group to at most HEAD_WEIGHT_OUT output channels
@@ -622,6 +625,7 @@ def head_forward(x, w, bias, y, stride, pad, dilation, groups, num_threads):
 # 4 -> 4 on 112x112 1.51) or the images are small (8 -> 2 on 64x64 at batch 16 1.76), nor in
 # place of the tiled loops (16 -> 3 on 256x256 and 64^3 1.2-1.6; `long_sums`).
 HEAD_WEIGHT_OUT = 4
+HEAD_PIXELS = 1 << 14
 
 
 def head_weight_suits(y_shape, w_shape, stride, groups) -> bool:
@@ -756,8 +760,9 @@ def choose(y_shape, w_shape, stride, groups) -> Loops:
     mostly padding or that come from one output pixel (`col2im_suits`) or that have few input
     channels (`taps_suits`: columns laid out the other way), weight gradients of short
     reductions (`im2col_weight_suits`, `outer_suits`) and forward passes to one or a few output
-    pixels (`im2col_forward_suits`); forward passes to one output channel of large images, and
-    weight gradients to few, run by chunks of pixels (`head_suits`, `head_weight_suits`).
+    pixels (`im2col_forward_suits`); 1x1 forward passes to one or two output channels with the
+    input's rows streamed (`head_suits`), and weight gradients of 1x1 layers to few output
+    channels of large images by chunks of pixels (`head_weight_suits`).
     Remembered per problem: the unplanned entry points below and the columns' inner products
     ask for each call."""
     key = (tuple(y_shape), tuple(w_shape), tuple(stride), groups)
@@ -784,10 +789,10 @@ def _pick(y_shape, w_shape, stride, groups) -> Loops:
 
     grad_input = pick(1, tiled.grad_input, tiled.dw_grad_input)
     forward_fn = pick(0, tiled.forward, tiled.dw_forward)
-    if forward_fn is tiled.forward and im2col_forward_suits(y_shape, w_shape, stride, groups):
-        forward_fn = im2col_forward
-    elif forward_fn is tiled.forward and head_suits(y_shape, w_shape, stride, groups):
+    if head_suits(y_shape, w_shape, stride, groups):
         forward_fn = head_forward
+    elif forward_fn is tiled.forward and im2col_forward_suits(y_shape, w_shape, stride, groups):
+        forward_fn = im2col_forward
     if grad_input is tiled.grad_input and taps_suits(y_shape, w_shape, groups):
         grad_input = taps_grad_input
     elif grad_input is tiled.grad_input and col2im_suits(y_shape, w_shape, stride, groups):

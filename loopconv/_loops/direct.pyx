@@ -661,84 +661,9 @@ def aligned_empty(shape, dtype):
     return np.ndarray(shape, dtype, raw, -<size_t> cnp.PyArray_DATA(raw) % 64)
 
 
-# HEAD_CHUNK: the pixels of a work item of head_forward; its row of y (16 KiB in float32) stays
-# in L1 while the input channels stream past it.  Against 2048, with the channels one at a
-# time, 2x faster (32 -> 1 on 512x512, float32 one thread).
+# HEAD_CHUNK: the pixels of a work item of head_weight.
 cdef enum:
     HEAD_CHUNK = 4096
-
-
-cdef void head_chunk(const element *x, const element *w, const element *bias, element *y,
-                     Py_ssize_t C, Py_ssize_t O, Py_ssize_t P, Py_ssize_t p0,
-                     Py_ssize_t p1) noexcept nogil:
-    """y[o, p] = bias[o] + w[o, 0] x[0, p] + (w[o, 1] x[1, p] + w[o, 2] x[2, p]) + ..., the
-    channels after the first in pairs, in that order, for p0 <= p < p1, of one image: x (C,
-    P), w (O, C), y (O, P).  One output channel after the other: the first reads the chunk of
-    x from memory, the others from L2."""
-    cdef Py_ssize_t o, c, p
-    cdef element wv, wu, b0
-    cdef element *yo
-    cdef const element *xc
-    cdef const element *xd
-    cdef const element *wo
-    for o in range(O):
-        yo = y + o * P
-        wo = w + o * C
-        b0 = bias[o] if bias != NULL else 0
-        wv = wo[0]
-        for p in range(p0, p1):
-            yo[p] = b0 + wv * x[p]
-        for c in range(1, C - 1, 2):
-            xc = x + c * P
-            xd = xc + P
-            wv = wo[c]
-            wu = wo[c + 1]
-            for p in range(p0, p1):
-                yo[p] += wv * xc[p] + wu * xd[p]
-        if C % 2 == 0:
-            xc = x + (C - 1) * P
-            wv = wo[C - 1]
-            for p in range(p0, p1):
-                yo[p] += wv * xc[p]
-
-
-def head_forward(const element[:, :, :, :, ::1] x, const element[:, :, :, :, ::1] w,
-                 const element[::1] bias, element[:, :, :, :, ::1] y, int num_threads):
-    """y = bias + the convolution of x with a 1x1 kernel w (stride 1, no padding, one group),
-    for a segmentation network's last layer (one output channel: `head_suits`).  Each work item
-    takes a chunk of an image's pixels (HEAD_CHUNK, fewer where the images give fewer than four
-    items a thread) and adds each input channel's run into them, two channels at a time, so that
-    x streams through once, a long contiguous run of a channel at a time: a tile of the tiled
-    loops reads a short run of every input channel at once, for one output channel a product
-    of one row that read x at half the speed of a plain read.  Any number of output channels
-    runs (each reads the chunk again, from L2).  An empty bias means none."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], O = w.shape[0]
-    cdef Py_ssize_t P = x.shape[2] * x.shape[3] * x.shape[4]
-    cdef Py_ssize_t step = HEAD_CHUNK, chunks, item, n, q
-    # at least four items a thread, so that a few large images share the threads evenly (each
-    # sum's order is the pixel's own: the bits do not depend on the chunks)
-    while step > 512 and N * ((P + step - 1) // step) < 4 * num_threads:
-        step //= 2
-    chunks = (P + step - 1) // step
-    cdef const element *bptr = &bias[0] if bias.shape[0] > 0 else NULL
-    cdef fpstate fp
-    if (w.shape[1] != C or w.shape[2] != 1 or w.shape[3] != 1 or w.shape[4] != 1
-            or y.shape[0] != N or y.shape[1] != O or y.shape[2] != x.shape[2]
-            or y.shape[3] != x.shape[3] or y.shape[4] != x.shape[4]
-            or (bptr != NULL and bias.shape[0] != O) or C == 0):
-        raise ValueError("head_forward: shapes of x, w, bias and y do not match")
-    if y.size == 0:
-        return
-    with nogil, parallel(num_threads=num_threads):
-        fp = flush_subnormals()
-        # race-free: item (image, chunk) writes only its chunk of y's rows of that image.
-        for item in prange(N * chunks, schedule="static"):
-            n = item // chunks
-            q = item % chunks
-            head_chunk(&x[0, 0, 0, 0, 0] + n * C * P, &w[0, 0, 0, 0, 0], bptr,
-                       &y[0, 0, 0, 0, 0] + n * O * P, C, O, P, q * step,
-                       min(P, (q + 1) * step))
-        restore_fpstate(fp)
 
 
 cdef element head_dot(const element *a, const element *b, Py_ssize_t n) noexcept nogil:

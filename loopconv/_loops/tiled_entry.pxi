@@ -1321,32 +1321,74 @@ def dense_input(const element[:, ::1] dy, const element[:, ::1] w, element[:, ::
 
 cdef void stream_input(const element[:, ::1] dy, const element[:, ::1] w, element[:, ::1] dx,
                        int num_threads) except *:
-    """dense_input for one or two images (STREAM_ROWS): lc_stream over blocks of w's columns,
-    STREAM_BYTES of each row or less, at least one a thread down to STREAM_SPLIT bytes, each a
-    whole number of vectors, on num_threads threads.  Which columns a block holds does not
-    change any sum (each runs over o in order; the columns past whole vectors are the last
-    K % VW of the last block), so the result is the same on any number of threads."""
-    cdef Py_ssize_t N = dy.shape[0], O = dy.shape[1], K = w.shape[1], o, i, blk
-    cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
-    cdef Py_ssize_t row = K * sizeof(element)
-    cdef Py_ssize_t nblk = max((row + STREAM_BYTES - 1) // STREAM_BYTES,
-                               min(num_threads, row // STREAM_SPLIT))
-    cdef Py_ssize_t nb = round_up((K + nblk - 1) // nblk, VW)
-    nblk = (K + nb - 1) // nb
+    """dense_input for one or two images (STREAM_ROWS): dy's rows times w, w's rows streamed
+    (stream_rows)."""
+    cdef Py_ssize_t N = dy.shape[0], O = dy.shape[1], K = w.shape[1], o, i
     cdef element *a = <element *> small_scratch(O * N * sizeof(element))
-    cdef fpstate fp
     with nogil:
         for o in range(O):
             for i in range(N):
                 a[o * N + i] = dy[i, o]
-        with parallel(num_threads=num_threads):
-            fp = flush_subnormals()
-            # race-free: block blk writes only its columns of dx.
-            for blk in prange(nblk, schedule="static"):
-                stream(<int>N, O, a, &w[0, blk * nb], K, min(nb, K - blk * nb),
-                       &dx[0, blk * nb], K)
-            restore_fpstate(fp)
+        stream_rows(<int>N, O, a, &w[0, 0], K, 0, K, &dx[0, 0], K, 0, 1, NULL, num_threads)
     free(a)
+
+
+def stream_forward(const element[:, :, :, :, ::1] x, const element[:, :, :, :, ::1] w,
+                   const element[::1] bias, element[:, :, :, :, ::1] y, int num_threads):
+    """y = bias + the convolution of x with a 1x1 kernel w of one or two output channels
+    (STREAM_ROWS; stride 1, no padding, one group: a segmentation network's last layer), each
+    image's rows of x (its channels) streamed (stream_rows).  An empty bias means none."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], O = w.shape[0], o, c
+    cdef Py_ssize_t P = x.shape[2] * x.shape[3] * x.shape[4]
+    cdef const element *bptr = &bias[0] if bias.shape[0] > 0 else NULL
+    if (O < 1 or O > STREAM_ROWS or w.shape[1] != C or w.shape[2] * w.shape[3] * w.shape[4] != 1
+            or y.shape[0] != N or y.shape[1] != O or y.shape[2] != x.shape[2]
+            or y.shape[3] != x.shape[3] or y.shape[4] != x.shape[4]
+            or (bptr != NULL and bias.shape[0] != O)):
+        raise ValueError("stream_forward: shapes of x, w, bias and y do not match")
+    if y.size == 0:
+        return
+    cdef element *a = <element *> small_scratch(O * C * sizeof(element))
+    with nogil:
+        for c in range(C):
+            for o in range(O):
+                a[c * O + o] = w[o, c, 0, 0, 0]
+        stream_rows(<int>O, C, a, &x[0, 0, 0, 0, 0], P, C * P, P, &y[0, 0, 0, 0, 0], P, O * P,
+                    N, bptr, num_threads)
+    free(a)
+
+
+cdef void stream_rows(int mr, Py_ssize_t kc, const element *a, const element *b, Py_ssize_t ldb,
+                      Py_ssize_t bstep, Py_ssize_t n, element *c, Py_ssize_t ldc,
+                      Py_ssize_t cstep, Py_ssize_t nimg, const element *bias,
+                      int num_threads) noexcept nogil:
+    """For each of nimg images: c (mr rows of n, ldc apart; image i at c + i * cstep) = the
+    sums over k < kc of a[k * mr + r] times row k of b (ldb apart; image i at b + i * bstep),
+    plus bias[r] where given: lc_stream over blocks of the columns, STREAM_BYTES of each row or
+    less, at least one a thread down to STREAM_SPLIT bytes, each a whole number of vectors;
+    (image, block) items on num_threads threads.  Which columns a block holds does not change
+    any sum (each runs over k in order, from zero; the columns past whole vectors are the last
+    n % VW of the last block), so the result is the same on any number of threads."""
+    cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element), row = n * sizeof(element)
+    cdef Py_ssize_t nblk = max((row + STREAM_BYTES - 1) // STREAM_BYTES,
+                               min(num_threads, row // STREAM_SPLIT))
+    cdef Py_ssize_t nb = round_up((n + nblk - 1) // nblk, VW), item, j0, cols, r, j
+    cdef element *cb
+    cdef fpstate fp
+    nblk = (n + nb - 1) // nb
+    with parallel(num_threads=num_threads):
+        fp = flush_subnormals()
+        # race-free: item (image, block) writes only its columns of that image's rows of c.
+        for item in prange(nimg * nblk, schedule="static"):
+            j0 = (item % nblk) * nb
+            cols = min(nb, n - j0)
+            cb = c + (item // nblk) * cstep + j0
+            stream(mr, kc, a, b + (item // nblk) * bstep + j0, ldb, cols, cb, ldc)
+            if bias != NULL:
+                for r in range(mr):
+                    for j in range(cols):
+                        cb[r * ldc + j] += bias[r]
+        restore_fpstate(fp)
 
 
 def dense_weight(const element[:, ::1] x, const element[:, ::1] dy, element[:, ::1] dw,

@@ -16,5 +16,6 @@ from loopconv._loops.tiled_baseline import info as info
 from loopconv._loops.tiled_baseline import item_order as item_order
 from loopconv._loops.tiled_baseline import padding_share as padding_share
 from loopconv._loops.tiled_baseline import product_plan as product_plan
+from loopconv._loops.tiled_baseline import stream_forward as stream_forward
 from loopconv._loops.tiled_baseline import uses_pixel_tiles as uses_pixel_tiles
 from loopconv._loops.tiled_baseline import weight_plan as weight_plan
