@@ -305,12 +305,14 @@ def test_long_sums_leave_the_depthwise_loops(y_shape, w_shape, tiled):
     ((2, 8, 1, 40, 40), 2),
     ((1, 2, 1, 1, 9000), 2),
     ((4, 5, 1, 3, 7), 1),               # fewer pixels than a vector
+    ((2, 7, 3, 9, 41), 3),              # three rows as two and one
+    ((1, 6, 1, 33, 70), 4),
 ])
 def test_stream_forward(rng, assert_close, variant, dtype, x_shape, out):
-    """`tiled.stream_forward` (a 1x1 layer to one or two output channels, x's rows streamed)
+    """`tiled.stream_forward` (a 1x1 layer to one to four output channels, x's rows streamed)
     in every variant against the reference, with and without a bias, every element written,
     the same bits on 1, 2 and 3 threads (whose blocks of pixels differ), x and w untouched;
-    shapes that do not match and three output channels are refused."""
+    shapes that do not match and five output channels are refused."""
     module = _loops.variants()[variant]
     x = rng.standard_normal(x_shape).astype(dtype)
     w = rng.standard_normal((out, x_shape[1], 1, 1, 1)).astype(dtype)
@@ -331,9 +333,9 @@ def test_stream_forward(rng, assert_close, variant, dtype, x_shape, out):
     with pytest.raises(ValueError, match="stream_forward"):
         module.stream_forward(x, w, b[:0], np.empty((x_shape[0], out + 1) + x_shape[2:],
                                                     dtype), 1)
-    w3 = rng.standard_normal((3, x_shape[1], 1, 1, 1)).astype(dtype)
+    w5 = rng.standard_normal((5, x_shape[1], 1, 1, 1)).astype(dtype)
     with pytest.raises(ValueError, match="stream_forward"):
-        module.stream_forward(x, w3, b[:0], np.empty((x_shape[0], 3) + x_shape[2:], dtype), 1)
+        module.stream_forward(x, w5, b[:0], np.empty((x_shape[0], 5) + x_shape[2:], dtype), 1)
 
 
 @pytest.mark.parametrize("y_shape, w_shape, stride, head, groups", [
@@ -342,9 +344,11 @@ def test_stream_forward(rng, assert_close, variant, dtype, x_shape, out):
     ((16, 1, 1, 64, 64), (1, 32, 1, 1, 1), (1, 1, 1), True, 1),      # smaller images
     ((2, 2, 1, 512, 512), (2, 32, 1, 1, 1), (1, 1, 1), True, 1),     # two output channels
     ((2, 1, 1, 512, 512), (1, 2, 1, 1, 1), (1, 1, 1), True, 1),      # two inputs, not depthwise
-    ((1, 2, 1, 16, 16), (2, 512, 1, 1, 1), (1, 1, 1), True, 1),      # HEAD_OUT_PIXELS
-    ((8, 1, 1, 8, 8), (1, 64, 1, 1, 1), (1, 1, 1), False, 1),        # fewer pixels
-    ((2, 3, 1, 512, 512), (3, 32, 1, 1, 1), (1, 1, 1), False, 1),    # three output channels
+    ((1, 2, 1, 32, 32), (2, 512, 1, 1, 1), (1, 1, 1), True, 1),      # HEAD_OUT_PIXELS
+    ((8, 4, 1, 16, 16), (4, 64, 1, 1, 1), (1, 1, 1), False, 1),      # fewer pixels
+    ((2, 3, 1, 512, 512), (3, 32, 1, 1, 1), (1, 1, 1), True, 1),     # three output channels
+    ((1, 4, 8, 8, 16), (4, 32, 1, 1, 1), (1, 1, 1), True, 1),        # HEAD_OUT
+    ((2, 5, 1, 512, 512), (5, 32, 1, 1, 1), (1, 1, 1), False, 1),    # five
     ((2, 1, 1, 512, 512), (1, 32, 1, 3, 3), (1, 1, 1), False, 1),    # 3x3
     ((2, 1, 1, 256, 256), (1, 32, 1, 1, 1), (1, 2, 2), False, 1),    # strided
     ((2, 2, 1, 256, 256), (2, 1, 1, 1, 1), (1, 1, 1), False, 2),     # two groups
@@ -356,18 +360,21 @@ def test_head_which_problems(y_shape, w_shape, stride, head, groups):
     assert (loops.forward is _loops.head_forward) == head
 
 
+@pytest.mark.parametrize("variant", list(_loops.variants()))
 @pytest.mark.parametrize("dtype", DTYPE_PARAMS)
 @pytest.mark.parametrize("x_shape, out", [
     ((2, 8, 1, 70, 90), 1),             # 6300 pixels: a chunk and a part
-    ((1, 3, 1, 1, 5003), 2),            # a tail shorter than the dot products' eight sums
+    ((1, 3, 1, 1, 5003), 2),            # a tail past whole vectors
     ((3, 5, 12, 10, 11), 4),
-    ((1, 1, 1, 1, 7), 1),               # fewer pixels than eight
-    ((2, 16, 1, 64, 65), 3),
+    ((1, 1, 1, 1, 7), 1),               # fewer pixels than a vector
+    ((2, 16, 1, 64, 65), 3),            # an odd output channel last
+    ((1, 9, 1, 1, 4099), 3),            # rows past lc_dots' blocks of LC_OR_D
 ])
-def test_head_weight(rng, assert_close, x_shape, out, dtype):
-    """`direct.head_weight` (a 1x1 layer's weight gradient by chunks of pixels) against the
-    reference, every element written, the same bits on 1, 2 and 3 threads, x and dy
-    untouched; shapes that do not match are refused."""
+def test_head_weight(rng, assert_close, variant, x_shape, out, dtype):
+    """`tiled.head_weight` (a 1x1 layer's weight gradient by chunks of pixels) in every
+    variant against the reference, every element written, the same bits on 1, 2 and 3
+    threads, x and dy untouched; shapes that do not match are refused."""
+    module = _loops.variants()[variant]
     x = rng.standard_normal(x_shape).astype(dtype)
     gy = rng.standard_normal((x_shape[0], out) + x_shape[2:]).astype(dtype)
     before = (x.copy(), gy.copy())
@@ -377,14 +384,14 @@ def test_head_weight(rng, assert_close, x_shape, out, dtype):
     got = []
     for threads in (1, 2, 3):
         dw = np.full(w_shape, np.nan, dtype)
-        _loops.direct.head_weight(x, gy, dw, threads)
+        module.head_weight(x, gy, dw, threads)
         got.append(dw)
     assert not np.isnan(got[0]).any()
     assert_close(got[0], want, dtype, bound=bound)
     assert np.array_equal(got[0], got[1]) and np.array_equal(got[0], got[2])
     assert np.array_equal(x, before[0]) and np.array_equal(gy, before[1])
     with pytest.raises(ValueError, match="head_weight"):
-        _loops.direct.head_weight(x, gy, np.empty((out, x_shape[1] + 1, 1, 1, 1), dtype), 1)
+        module.head_weight(x, gy, np.empty((out, x_shape[1] + 1, 1, 1, 1), dtype), 1)
 
 
 @pytest.mark.parametrize("y_shape, w_shape, head", [
@@ -406,10 +413,10 @@ def test_head_weight_which_problems(y_shape, w_shape, head):
 @pytest.mark.parametrize("dtype", DTYPE_PARAMS)
 def test_head_public_functions(rng, assert_close, dtype):
     """conv2d of a 32 -> 1 head with a bias on 160x130, conv3d of 8 -> 1 on 26^3 and conv2d
-    of 24 -> 2 on 20x30 (`head_forward`) against the reference, the same bits on 1 and 2
+    of 24 -> 3 on 40x30 (`head_forward`) against the reference, the same bits on 1 and 2
     threads, and their weight gradients (the second `head_weight`'s); a padded 1x1 layer (its
     border the bias alone) takes the tiled loops."""
-    for x_shape, out in (((2, 32, 160, 130), 1), ((1, 8, 26, 26, 26), 1), ((2, 24, 20, 30), 2)):
+    for x_shape, out in (((2, 32, 160, 130), 1), ((1, 8, 26, 26, 26), 1), ((2, 24, 40, 30), 3)):
         x = rng.standard_normal(x_shape).astype(dtype)
         w = rng.standard_normal((out, x_shape[1]) + (1,) * (len(x_shape) - 2)).astype(dtype)
         b = rng.standard_normal(out).astype(dtype)

@@ -575,23 +575,26 @@ LONG_SUMS_PIXELS = 4096
 LONG_SUMS_IMAGES = 2
 
 
-# The forward pass of a 1x1 layer of one group to one or two output channels (HEAD_OUT: a
-# segmentation network's last layer, to one class or two), stride 1, runs as
-# `tiled.stream_forward`: each image's channels are the rows of a product of one or two rows
-# of the weight, streamed four at a time through a block of pixels whose sums stay in L1
-# (`lc_stream`).  The tiled loops' tiles have one or two rows there and read a short run of
-# every input channel at once; the depthwise loops (few input channels) and the chunks of
-# pixels that ran one output channel from 128x128 on (`direct.head_forward`, built for the
-# baseline instruction set only) read x at half the speed or less.  Measured (their time over
-# stream_forward's, same arrays, fastest of ten; float32 one / two threads, float64 one):
-# tiled, 16 to 256 -> 1 and 2 on 16x16 to 256x256, 32^3 and 16^3, batch 1 to 16, 1.55-3.6 /
-# 1.56-6.0 / 1.34-3.1, 512 -> 2 on 16x16 0.98 / 1.02 / 1.34; the chunks 1.18-1.88 / 1.15-2.27
-# / 1.12-2.10; the depthwise loops (1 and 2 -> 1 and 2 on 256x256 and 512x512) 1.52-1.87 /
-# 2.03-2.48 / 1.28-1.72.  Three output channels and more stay on the tiled loops (32 -> 3 on
-# 128x128 ran there at 1.75 times NumPy's matmul speed), as do images of fewer than
-# HEAD_OUT_PIXELS pixels (measured from 16x16; one pixel is a dense product, `one_pixel`).
-HEAD_OUT = 2
-HEAD_OUT_PIXELS = 256
+# The forward pass of a 1x1 layer of one group to one to four output channels (HEAD_OUT: a
+# segmentation network's last layer, to a few classes; an image-to-image network's to RGB),
+# stride 1, runs as `tiled.stream_forward`: each image's channels are the rows of a product of
+# one, two or four rows of the weight (three as two and one), streamed four at a time through
+# a block of pixels whose sums stay in L1 (`lc_stream`).  The tiled loops' tiles have few
+# rows there and read a short run of every input channel at once; the depthwise loops (few
+# input channels) and the chunks of pixels that ran one output channel from 128x128 on (the
+# former `direct.head_forward`, built for the baseline instruction set only) read x at half
+# the speed or less.  Measured (their time over stream_forward's, same arrays, fastest of ten;
+# float32 one / two threads, float64 one thread): one and two output channels, tiled, 16 to
+# 256 input channels on 32x32 to 256x256, 32^3 and 16^3, batch 1 to 16, 1.55-3.6 / 1.56-6.0
+# / 1.34-3.1; the chunks 1.18-1.88 / 1.15-2.27 / 1.12-2.10; the depthwise loops (1 and 2 ->
+# 1 and 2 on 256x256 and 512x512) 1.52-1.87 / 2.03-2.48 / 1.28-1.72; three and four output
+# channels, tiled, 8 to 256 inputs on 32x32 to 512x512 and 32^3, 0.96-2.61 / 0.81-3.19 /
+# 0.78-1.97 (the lowest 64 -> 3 on 256x256, x read twice for three outputs, and 256 -> 3 on
+# 32x32 in float64).  Images of fewer than HEAD_OUT_PIXELS pixels stay on the tiled loops:
+# 512 -> 4 and 1024 -> 4 on 16x16 in float64 on two threads 0.56-0.63 (blocks of 1 KiB of
+# each row), float32 1.0-1.6.
+HEAD_OUT = 4
+HEAD_OUT_PIXELS = 1024
 
 
 def head_suits(y_shape, w_shape, stride, groups) -> bool:
@@ -602,7 +605,7 @@ def head_suits(y_shape, w_shape, stride, groups) -> bool:
 
 
 def head_forward(x, w, bias, y, stride, pad, dilation, groups, num_threads):
-    """The forward pass of a 1x1 convolution to one or two output channels with x's rows
+    """The forward pass of a 1x1 convolution to one to four output channels with x's rows
     streamed (`tiled.stream_forward`); with padding (an output larger than x, whose border is
     the bias alone) on the tiled loops."""
     if any(pad):
@@ -613,7 +616,7 @@ def head_forward(x, w, bias, y, stride, pad, dilation, groups, num_threads):
 
 # The weight gradient of a 1x1 layer of one group to at most HEAD_WEIGHT_OUT output channels
 # over HEAD_PIXELS output pixels an image or more, where the depthwise loops would take it (few
-# input channels: `dw_suits`), runs as `direct.head_weight`: dot products over chunks of an
+# input channels: `dw_suits`), runs as `tiled.head_weight`: dot products over chunks of an
 # image's pixels, added in the chunks' order.  The depthwise loops' weight gradient takes an
 # image a work item and ran at a third of PyTorch's speed on one thread (8 -> 1 on 512x512
 # 0.31, 16 -> 1 on 256x256 at batch 4 0.58).  Measured (its time over the depthwise loops',
@@ -637,12 +640,12 @@ def head_weight_suits(y_shape, w_shape, stride, groups) -> bool:
 
 def head_weight(x, dy, dw, stride, pad, dilation, groups, num_threads):
     """The weight gradient of a 1x1 convolution of few output channels by chunks of pixels
-    (`direct.head_weight`); with padding (which `choose` does not see) on the depthwise
+    (`tiled.head_weight`); with padding (which `choose` does not see) on the depthwise
     loops."""
     if any(pad):
         tiled.dw_grad_weight(x, dy, dw, stride, pad, dilation, groups, num_threads)
     else:
-        direct.head_weight(x, dy, dw, num_threads)
+        tiled.head_weight(x, dy, dw, num_threads)
 
 
 def long_sums(y_shape, w_shape, groups) -> bool:
@@ -760,7 +763,7 @@ def choose(y_shape, w_shape, stride, groups) -> Loops:
     mostly padding or that come from one output pixel (`col2im_suits`) or that have few input
     channels (`taps_suits`: columns laid out the other way), weight gradients of short
     reductions (`im2col_weight_suits`, `outer_suits`) and forward passes to one or a few output
-    pixels (`im2col_forward_suits`); 1x1 forward passes to one or two output channels with the
+    pixels (`im2col_forward_suits`); 1x1 forward passes to one to four output channels with the
     input's rows streamed (`head_suits`), and weight gradients of 1x1 layers to few output
     channels of large images by chunks of pixels (`head_weight_suits`).
     Remembered per problem: the unplanned entry points below and the columns' inner products

@@ -176,6 +176,11 @@ cdef enum:
     # With AVX2 (x86-64-v3 on the same machine), whose lc_tile_b asks for nothing ahead and did
     # not stall so: 0.86-2.0 in float32, 0.78-1.45 in float64, geometric mean 1.08
     STREAM_ROWS = 2
+    # STREAM_OUT: stream_forward takes 1x1 layers to this many output channels or fewer
+    # (`loopconv._loops.HEAD_OUT`)
+    STREAM_OUT = 4
+    # HEAD_CHUNK: the pixels of a work item of head_weight
+    HEAD_CHUNK = 4096
     STREAM_ROW_BYTES = 2048
     STREAM_MIN_BYTES = 1 << 18
     STREAM_BYTES = 8192

@@ -12,6 +12,7 @@ from loopconv._loops.tiled_baseline import forward as forward
 from loopconv._loops.tiled_baseline import grad_input as grad_input
 from loopconv._loops.tiled_baseline import grad_weight as grad_weight
 from loopconv._loops.tiled_baseline import grid_waste as grid_waste
+from loopconv._loops.tiled_baseline import head_weight as head_weight
 from loopconv._loops.tiled_baseline import info as info
 from loopconv._loops.tiled_baseline import item_order as item_order
 from loopconv._loops.tiled_baseline import padding_share as padding_share
