@@ -626,7 +626,11 @@ def head_forward(x, w, bias, y, stride, pad, dilation, groups, num_threads):
 # 0.98, 8 -> 3 and 8 -> 4 on 512x512 0.57-0.92 / 0.37-0.49 / 0.66-0.81, 4 -> 3 on 256x256 at
 # batch 2 0.94 / 0.70 / 0.94.  Not where more output channels share each chunk (8 -> 8 1.27,
 # 4 -> 4 on 112x112 1.51) or the images are small (8 -> 2 on 64x64 at batch 16 1.76), nor in
-# place of the tiled loops (16 -> 3 on 256x256 and 64^3 1.2-1.6; `long_sums`).
+# place of the tiled loops (16 -> 3 on 256x256 and 64^3 1.2-1.6; `long_sums`).  Those sums
+# were scalar loops built for the baseline instruction set; as vector dot products in each
+# build (`tiled.head_weight`, `lc_dots`), old / new through conv2d_weight, fastest of two
+# alternating runs, float32 one / two threads: 8 -> 1 to 2 -> 4 on 256x256 and 512x512 at
+# batch 1 to 4 1.09-2.34 / 0.99-2.35.
 HEAD_WEIGHT_OUT = 4
 HEAD_PIXELS = 1 << 14
 
