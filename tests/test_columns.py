@@ -580,6 +580,23 @@ def dense_cases(count, seed):
                                       (4, 50, 9)]
 
 
+def _same_on_any_threads(assert_close, dtype, fill, shape, want, bound):
+    """The result of fill(out, threads) into a NaN-filled array of `shape` on two threads:
+    every element written, close to `want` (float64) within `bound`, and the same bits on one
+    and three threads."""
+    def run(threads):
+        out = np.full(shape, np.nan, dtype)
+        fill(out, threads)
+        return out
+
+    got = run(2)
+    assert not np.isnan(got).any()
+    assert_close(got, want, dtype, bound=bound)
+    for threads in (1, 3):
+        assert np.array_equal(got, run(threads))
+    return got
+
+
 @pytest.mark.parametrize("variant", list(_loops.variants()))
 @pytest.mark.parametrize("dtype", DTYPE_PARAMS)
 @pytest.mark.parametrize("n, k, o", dense_cases(16, seed=20261205))
@@ -589,18 +606,9 @@ def test_dense_every_variant(rng, assert_close, variant, dtype, n, k, o):
     module = _loops.variants()[variant]
     cols, w = (rng.standard_normal(s).astype(dtype) for s in ((n, k), (o, k)))
     before = (cols.copy(), w.copy())
-
-    def run(threads):
-        y = np.full((n, o), np.nan, dtype)
-        module.dense(cols, w, y, threads)
-        return y
-
-    got = run(2)
-    assert not np.isnan(got).any()
-    assert_close(got, cols.astype(np.float64) @ w.astype(np.float64).T, dtype,
-                 bound=np.abs(cols).astype(np.float64) @ np.abs(w).astype(np.float64).T)
-    for threads in (1, 3):
-        assert np.array_equal(got, run(threads))
+    _same_on_any_threads(assert_close, dtype, lambda y, t: module.dense(cols, w, y, t), (n, o),
+                         cols.astype(np.float64) @ w.astype(np.float64).T,
+                         np.abs(cols).astype(np.float64) @ np.abs(w).astype(np.float64).T)
     assert np.array_equal(cols, before[0]) and np.array_equal(w, before[1])
 
 
@@ -618,16 +626,10 @@ def test_dense_gradients_every_variant(rng, assert_close, variant, dtype, n, k, 
     for name, args, shape, want, bound in (
             ("dense_input", (dy, w), (n, k), dy64 @ w64, np.abs(dy64) @ np.abs(w64)),
             ("dense_weight", (x, dy), (o, k), dy64.T @ x64, np.abs(dy64).T @ np.abs(x64))):
-        def run(threads, name=name, args=args, shape=shape):
-            out = np.full(shape, np.nan, dtype)
-            getattr(module, name)(*args, out, threads)
-            return out
-
-        got = run(2)
-        assert not np.isnan(got).any(), name
-        assert_close(got, want, dtype, bound=bound)
-        for threads in (1, 3):
-            assert np.array_equal(got, run(threads)), name
+        fn = getattr(module, name)
+        _same_on_any_threads(assert_close, dtype,
+                             lambda out, t, fn=fn, args=args: fn(*args, out, t),
+                             shape, want, bound)
     assert all(np.array_equal(a, b) for a, b in zip((x, dy, w), before))
 
 
@@ -647,18 +649,10 @@ def test_dense_input_streams_the_rows(rng, assert_close, variant, dtype, n, o, k
     module = _loops.variants()[variant]
     dy, w = rng.standard_normal((n, o)).astype(dtype), rng.standard_normal((o, k)).astype(dtype)
     before = (dy.copy(), w.copy())
-
-    def run(threads):
-        out = np.full((n, k), np.nan, dtype)
-        module.dense_input(dy, w, out, threads)
-        return out
-
-    got = run(2)
-    assert not np.isnan(got).any()
     dy64, w64 = dy.astype(np.float64), w.astype(np.float64)
-    assert_close(got, dy64 @ w64, dtype, bound=np.abs(dy64) @ np.abs(w64))
-    for threads in (1, 3):
-        assert np.array_equal(got, run(threads))
+    got = _same_on_any_threads(assert_close, dtype,
+                               lambda out, t: module.dense_input(dy, w, out, t), (n, k),
+                               dy64 @ w64, np.abs(dy64) @ np.abs(w64))
     assert np.array_equal(dy, before[0]) and np.array_equal(w, before[1])
     if variant == "baseline":
         in_order = np.zeros((n, k), dtype)
