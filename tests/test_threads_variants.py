@@ -266,6 +266,15 @@ VARIANT_CASES = [
     case("2d-stride2-padding-past-kernel", (2, 3, 9, 30), (5, 3, 2, 2), stride=2,
          padding=((1, 0), (3, 5))),
     case("1d-odd", (3, 11, 263), (17, 11, 4), stride=2, padding=((3, 1),)),
+    # strides 3 and 4 split each staged row into its phases in one pass (split_row): padding
+    # that gives the phases different first and last columns inside, rows of one or two
+    # columns a phase, a patch embedding (kernel = stride), 1-D and 3-D
+    case("2d-stride4-padded-phases", (2, 5, 29, 46), (7, 5, 5, 5), stride=4,
+         padding=((2, 1), (3, 2))),
+    case("2d-stride3-short-rows", (2, 4, 12, 5), (6, 4, 3, 3), stride=3, padding=((1, 1), (2, 0))),
+    case("2d-stride4-patches", (1, 3, 32, 48), (24, 3, 4, 4), stride=4),
+    case("1d-stride4-padded", (2, 6, 301), (9, 6, 8), stride=4, padding=((3, 2),)),
+    case("3d-stride3", (1, 3, 10, 12, 29), (5, 3, 3, 3, 3), stride=3, padding=1),
     # stride 2 on rows of one to three vectors a phase: both phases of a row stored whole from
     # the same loads, except the slice's last rows, past which they would read, and rows whose
     # vectors would pass the end of their plane
@@ -1012,7 +1021,7 @@ def random_2d_case(draw):
     pad = tuple(tuple(draw(st.integers(0, 4)) for _ in range(2)) for _ in range(2))
     h = draw(st.integers(max(1, dh * (kh - 1) + 1 - sum(pad[0])), 24))
     w = draw(st.integers(max(1, dw * (kw - 1) + 1 - sum(pad[1])), 70))
-    kwargs = dict(stride=(draw(st.integers(1, 3)), draw(st.sampled_from([1, 2, 2, 3]))),
+    kwargs = dict(stride=(draw(st.integers(1, 3)), draw(st.sampled_from([1, 2, 2, 3, 4]))),
                   padding=pad, dilation=(dh, dw), groups=groups)
     return (draw(st.integers(1, 2)), c, h, w), (o, c // groups, kh, kw), kwargs
 

@@ -4,8 +4,8 @@
  *
  * LC_ELEMENT(SUFFIX, T, BYTES) defines, for the C type T of BYTES bytes,
  * lc_tile_{b,g,a,d}_SUFFIX, lc_stream_SUFFIX, lc_lane_sums_SUFFIX, lc_transpose_SUFFIX,
- * lc_block_put_SUFFIX, lc_evens_SUFFIX, lc_row_SUFFIX, lc_row_pair_SUFFIX, lc_put_SUFFIX,
- * lc_dw_*_SUFFIX and lc_dwc_*_SUFFIX.  A new type is one
+ * lc_block_put_SUFFIX, lc_evens_SUFFIX, lc_phases_SUFFIX, lc_row_SUFFIX, lc_row_pair_SUFFIX,
+ * lc_put_SUFFIX, lc_dw_*_SUFFIX and lc_dwc_*_SUFFIX.  A new type is one
  * line here, its member of the fused type and its kernel selections in elements.pxd, and its
  * place in the dtype policy (loopconv/_args.py).  The 512-bit lane transposes, the 256- and
  * 512-bit lane sums, the even- and odd-lane picks and the runs' lane indices exist for 4- and
@@ -30,6 +30,7 @@ LC_DEFINE_STREAM(SUFFIX, T)                                                     
 LC_DEFINE_TRANSPOSE(SUFFIX, T, BYTES)                                                     \
 LC_DEFINE_BLOCK_PUT(SUFFIX, T)                                                            \
 LC_DEFINE_EVENS(SUFFIX, T, BYTES)                                                         \
+LC_DEFINE_PHASES(SUFFIX, T)                                                               \
 LC_DEFINE_ROW(SUFFIX, T, BYTES)                                                           \
 LC_DEFINE_PUT(SUFFIX, T, BYTES)                                                           \
 LC_DEFINE_DEPTHWISE(SUFFIX, T)

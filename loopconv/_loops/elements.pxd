@@ -97,6 +97,10 @@ cdef extern from "elements.h" nogil:
                           Py_ssize_t rows, Py_ssize_t n, int add)
     void lc_evens_f32(float *dst, const float *src, Py_ssize_t n, Py_ssize_t avail)
     void lc_evens_f64(double *dst, const double *src, Py_ssize_t n, Py_ssize_t avail)
+    void lc_phases_f32(float *dst, Py_ssize_t plane, const float *src, Py_ssize_t n,
+                       Py_ssize_t sw)
+    void lc_phases_f64(double *dst, Py_ssize_t plane, const double *src, Py_ssize_t n,
+                       Py_ssize_t sw)
     void lc_row_f32(float *dst, const float *src, Py_ssize_t lo, Py_ssize_t hi)
     void lc_row_f64(double *dst, const double *src, Py_ssize_t lo, Py_ssize_t hi)
     void lc_row_pair_f32(float *row0, float *row1, const float *src, Py_ssize_t m,
@@ -331,6 +335,14 @@ cdef inline void evens(element *dst, const element *src, Py_ssize_t n,
         lc_evens_f32(dst, src, n, avail)
     else:
         lc_evens_f64(dst, src, n, avail)
+
+
+cdef inline void split_phases(element *dst, Py_ssize_t plane, const element *src,
+                              Py_ssize_t n, Py_ssize_t sw) noexcept nogil:
+    if element is float:
+        lc_phases_f32(dst, plane, src, n, sw)
+    else:
+        lc_phases_f64(dst, plane, src, n, sw)
 
 
 cdef inline void short_row(element *dst, const element *src, Py_ssize_t lo,

@@ -71,7 +71,7 @@ from loopconv._loops.elements cimport (LC_ISA, LC_DW_OB, LC_DWC_PX, LC_KR_D, LC_
                                        LC_OR_D, LC_PF_A, LC_PF_NEAR_B, LC_PUT_RUNS, LC_VEC_BYTES,
                                        block_put, dw_copy,
                                        dw_dots, dw_rows, dwc_copy, dwc_dotruns, dwc_runs,
-                                       element, evens, put_run, short_row,
+                                       element, evens, put_run, short_row, split_phases,
                                        short_row_pair, stream, tile_a, tile_b,
                                        dots, down, tile_d, tile_e, tile_g, tile_m, tile_p, tile_v,
                                        transpose_at, transpose_block, typecode)
@@ -230,6 +230,9 @@ cdef enum:
     # waiting for the first line of each short source row: ResNeXt's stride-2 grouped 3x3 on
     # 28x28 at batch 8, forward 1.15x and weight gradient 1.1x faster so (one and two threads)
     STAGE_AHEAD = 2048
+    # SPLIT_STRIDE: the largest stride whose phases staging splits a row into in one pass
+    # (split_row, lc_phases: strides 3 and 4); larger strides phase by phase
+    SPLIT_STRIDE = 4
     # GATHER_COLUMNS: a forward-style product with fewer grid columns than this in all (images
     # times phases) reads the weight in place (lc_tile_g) instead of packing it: packing costs
     # about as much as PACK_COLUMNS columns of the product (in each phase), reading in place a

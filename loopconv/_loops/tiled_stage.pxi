@@ -91,6 +91,30 @@ cdef inline void fill_row(element *row, const element *s, Py_ssize_t sw, Py_ssiz
     zero_run(row + e_hi, Wq - e_hi)
 
 
+cdef inline void split_row(element *row, Py_ssize_t plane, const element *s, Py_ssize_t sw,
+                           Py_ssize_t Wq, const Py_ssize_t *pb) noexcept nogil:
+    """The sw phases of a staged row (sw up to SPLIT_STRIDE), phase pw at row + pw * plane:
+    row[pw * plane + e] = s[e * sw + pw] for pb[2 pw] <= e < pb[2 pw + 1], 0 for the other
+    e < Wq.  The columns inside for every phase (from phase 0's first to phase sw - 1's end)
+    in one pass (split_phases); the one or two at each end that only some phases have, and the
+    zeros, phase by phase."""
+    cdef Py_ssize_t pw, e, lo = pb[0], hi = pb[2 * sw - 1]
+    cdef element *r
+    if hi <= lo:
+        for pw in range(sw):
+            fill_row(row + pw * plane, s + pw, sw, pb[2 * pw], pb[2 * pw + 1], Wq)
+        return
+    split_phases(row + lo, plane, s + lo * sw, hi - lo, sw)
+    for pw in range(sw):
+        r = row + pw * plane
+        zero_run(r, pb[2 * pw])
+        for e in range(pb[2 * pw], lo):
+            r[e] = s[e * sw + pw]
+        for e in range(hi, pb[2 * pw + 1]):
+            r[e] = s[e * sw + pw]
+        zero_run(r + pb[2 * pw + 1], Wq - pb[2 * pw + 1])
+
+
 cdef inline void fill_row_pair(element *row0, element *row1, const element *s,
                                const Py_ssize_t *bounds, Py_ssize_t Wq,
                                const element *send) noexcept nogil:
@@ -153,10 +177,18 @@ cdef inline void copy_plane_rows(element *row, const element *srow, Py_ssize_t n
     fill_row_pair's runs of zeros and even lanes."""
     cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t b, pw, m = (Wq + VW - 1) // VW
-    cdef Py_ssize_t pb[2]
+    cdef Py_ssize_t pb[2 * SPLIT_STRIDE]
     if sw == 1 and sh == 1 and lw == 0 and Wq == W:
         # whole rows, consecutive in both: one copy
         memcpy(row, srow, nrow * W * sizeof(element))
+        return
+    if 2 < sw <= SPLIT_STRIDE:
+        for pw in range(sw):
+            row_bounds(pw, lw, sw, W, Wq, pb + 2 * pw)
+        for b in range(nrow):
+            split_row(row, plane, srow - lw, sw, Wq, pb)
+            row += Wq
+            srow += sh * W
         return
     for b in range(nrow):
         if sw == 2:
