@@ -1000,9 +1000,14 @@ cdef void run_product(const Product *p, const Phase *phases, const element *src,
     # 10.5), never on one.  Handed out by slice, the spread between the suite's two turns of
     # the same pass, summed over ResNet-50's and ResNeXt-50's 116 passes, fell from 158-199 ms
     # to 39-41 ms, the largest ratio from 4.2 to 2.3; the fastest times are unchanged (0.98-1.05,
-    # eleven layers at batch 4 to 32).  Which thread computes an item does not change its
-    # result.
-    cdef bint by_slice = p.nib * p.G >= MIN_ITEMS
+    # eleven layers at batch 4 to 32).  So too where the slices are fewer but go evenly into
+    # the threads (two or four images on two threads), every thread staging only its own: one
+    # at a time, both threads staged both images (the 3-D U-Net's 96 -> 32 3x3x3 on 32^3 at
+    # batch 2, 14 MB a staged image: forward 1.08x; a 3x3 stride-3 layer at batch 2, whose
+    # staging is a fifth of its pass, 1.24x; forward passes and input gradients of other
+    # U-Net and ResNet layers at batch 2 and 4 1.00-1.05x).  Which thread computes an item
+    # does not change its result.
+    cdef bint by_slice = p.nib * p.G >= MIN_ITEMS or (p.nib * p.G) % nthreads == 0
     # Handed out one at a time, the phases of a stride-2 input gradient's column block went to
     # both threads, which then wrote every other element of the same lines of dx (1x1 stride 2
     # from 56x56 at batch 1, three of whose four phases are zeros: 2.2x slower on two threads
