@@ -986,6 +986,40 @@ def run_module(module, x, w, b, b_in, gy, kw, threads):
             zip((y, dx, dxb, dw), (gy.shape, x.shape, x.shape, w.shape))]
 
 
+SHARED_CASES = [
+    # (x shape, w shape, kw, forward's slices shared, input gradient's): batch 1 and an odd
+    # batch on two threads, slices of 256 KiB or more staged once by all threads
+    ((1, 32, 48, 45), (32, 32, 3, 3), dict(padding=1), True, True),
+    ((3, 16, 61, 70), (12, 16, 3, 3), dict(padding=(2, 1), stride=2), True, False),
+    ((1, 8, 13, 30, 28), (8, 8, 3, 3, 3), dict(padding=1), True, True),
+    # two images on two threads: each thread stages its own
+    ((2, 32, 48, 45), (32, 32, 3, 3), dict(padding=1), False, False),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+@pytest.mark.parametrize("x_shape, w_shape, kw, forward, input", SHARED_CASES)
+def test_slices_staged_shared(rng, assert_close, x_shape, w_shape, kw, forward, input, dtype):
+    """Where the threads share the slices they stage (shares_slices), every slice is staged
+    once by all of them (stage_shared) before the product: the same results on 1 to 3
+    threads, bit for bit, in every build, and the reference's."""
+    x, w, b, b_in, gy = arrays(rng, x_shape, w_shape, kw, dtype)
+    y_shape = conv_output_shape(x_shape, w_shape, kw)
+    geometry = loop_geometry(len(x_shape) - 2, kw)
+    five = [lift(np.empty(s, np.int8)).shape for s in (x_shape, w_shape, y_shape)]
+    for module in _loops.variants().values():
+        plans = [module.product_plan(which, *five, *geometry, np.dtype(dtype).itemsize)
+                 for which in ("forward", "input")]
+        assert [p["slices staged shared on two threads"] for p in plans] == [forward, input]
+        got = [run_module(module, x, w, b, b_in, gy, kw, threads=t) for t in (2, 1, 3)]
+        expected = [reference.conv(x, w, b, **kw), reference.conv_input(x_shape, w, gy, **kw)]
+        for g, e in zip(got[0], expected):
+            assert_close(g, e, dtype)
+        for other in got[1:]:
+            for g, o in zip(got[0], other):
+                assert np.array_equal(g, o)
+
+
 @pytest.mark.parametrize("dtype", DTYPE_PARAMS)
 @pytest.mark.parametrize("x_shape, w_shape, kw", VARIANT_CASES)
 @pytest.mark.parametrize("variant", list(_loops.variants()))

@@ -230,6 +230,18 @@ cdef enum:
     # waiting for the first line of each short source row: ResNeXt's stride-2 grouped 3x3 on
     # 28x28 at batch 8, forward 1.15x and weight gradient 1.1x faster so (one and two threads)
     STAGE_AHEAD = 2048
+    # SHARED_STAGE_BYTES: staged slices of at least this many bytes are staged once by all
+    # threads where the threads share them (shares_slices), in about SHARED_PARTS parts a
+    # thread (stage_shared).  Against each thread staging every slice it works on (two
+    # threads, the same process switching between the two on every call, fastest of 15-30,
+    # forward / input gradient, batch 1 unless said): 64 -> 64 3x3 on 128x256 1.23 / 1.23,
+    # on 224x224 1.26 / 1.28, on 512x512 1.12 / 1.11, 3 -> 32 stride 2 on 512x1024 1.18 /
+    # 1.56, 64 -> 128 stride 2 on 208x208 1.11 / 1.06, 32 -> 64 3x3x3 on 64^3 1.06 / 1.12,
+    # 64 -> 64 3x3 stride 3 on 96x96 1.18 / 1.00; slices of 256 KiB to 1 MiB (ResNet's 3x3 on
+    # 56x56 and 28x28, 3x3x3 on 16^3, batch 3 on 28x28) 0.99-1.03; smaller slices (7x7 to
+    # 32x32) 0.93-1.03, left as they were
+    SHARED_STAGE_BYTES = 262144
+    SHARED_PARTS = 4
     # SPLIT_STRIDE: the largest stride whose phases staging splits a row into in one pass
     # (split_row, lc_phases: strides 3 and 4); larger strides phase by phase
     SPLIT_STRIDE = 4

@@ -347,10 +347,28 @@ cdef int product_pass(const Product *p, const Phase *phases,
     cdef element[::1] fws = _workspace("f", dtype, fper * num_threads)
     cdef Py_ssize_t[::1] iws = _workspace("i", np.intp, iper * num_threads)
     cdef const element *bptr = &bias[0] if bias.shape[0] > 0 else NULL
+    cdef element[::1] sws
+    cdef element *shared = NULL
+    if shares_slices(p, num_threads, sizeof(element)):
+        sws = _workspace("s", dtype, p.N * p.G * p.st.size)
+        shared = &sws[0]
     with nogil:
-        run_product(p, phases, &src[0, 0, 0, 0, 0], &boff[0], a, &aoff[0], bptr,
+        if shared != NULL:
+            stage_shared(&src[0, 0, 0, 0, 0], &p.st, p.N, p.G, p.src_img, p.src_grp, shared,
+                         num_threads)
+        run_product(p, phases, &src[0, 0, 0, 0, 0], shared, &boff[0], a, &aoff[0], bptr,
                     &dst[0, 0, 0, 0, 0], &fws[0], fper, &iws[0], iper, num_threads)
     return 0
+
+
+cdef bint shares_slices(const Product *p, int nthreads, Py_ssize_t itemsize) noexcept nogil:
+    """Whether the forward-style product p stages its slices once, all threads together,
+    before it runs (stage_shared): where its threads share slices (run_product hands out
+    items, not slices: batch 1, or an odd batch under MIN_ITEMS on two threads), each slice of
+    SHARED_STAGE_BYTES or more, staged whole (no bands), and not all of them read in place."""
+    return (nthreads > 1 and not by_slices(p, nthreads) and not p.st.band
+            and p.st.size * itemsize >= SHARED_STAGE_BYTES
+            and not reads_in_place(&p.st, (p.N - 1) * p.src_img + (p.G - 1) * p.src_grp))
 
 
 cdef void forward_product(Product *p, Phase *ph, tuple xshape, tuple wshape, tuple yshape,
@@ -439,6 +457,7 @@ def product_plan(which, xshape, wshape, yshape, stride, pad, dilation, Py_ssize_
             "rows asked for nearer": bool(p.near_b),
             "channel gap": p.st.gap, "source read in place": bool(p.st.identity),
             "bands": bool(p.st.band),
+            "slices staged shared on two threads": bool(shares_slices(&p, 2, itemsize)),
             "staged slice": p.st.size,
             "last slice read in place": reads_in_place(
                 &p.st, (p.N - 1) * p.src_img + (p.G - 1) * p.src_grp),

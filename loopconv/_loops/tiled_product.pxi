@@ -910,14 +910,14 @@ cdef inline void set_columns(const Product *p, const Item *it, element *dst_g,
 
 
 cdef void product_item(const Product *p, const Phase *phases, Py_ssize_t item,
-                       const element *src, const Py_ssize_t *boff_all,
+                       const element *src, const element *shared, const Py_ssize_t *boff_all,
                        const element *apack, const Py_ssize_t *aoff_all,
                        const element *bias, element *dst, element *fws,
                        Py_ssize_t *iws) noexcept nogil:
     """Work item `item` of the forward-style product (find_item): its rows of dst at its valid
     grid columns, for each of its images.  A is apack: packed panels, or with p.gathered the
     weight itself, read at aoff_all.  fws and iws: this thread's scratch (iws[0] names the
-    slices staged in fws)."""
+    slices staged in fws); shared: every slice staged before (stage_shared), or NULL."""
     cdef Py_ssize_t NR = LC_NV_B * LC_VEC_BYTES // sizeof(element)
     cdef Item it
     cdef const element *staged[MAX_IMAGES]
@@ -939,7 +939,7 @@ cdef void product_item(const Product *p, const Phase *phases, Py_ssize_t item,
         it.q0 = 0           # the band's columns count from the item's first
     else:
         stage_images(src, &p.st, p.src_img, p.src_grp, it.n0, it.nimg, it.g, it.ng, fws, iws,
-                     staged)
+                     shared, p.G, staged)
     if ph.K == 0:           # no tap reaches these pixels
         set_columns(p, &it, dst_g, dcol, bias, False)
     if p.by_pixel:
@@ -980,10 +980,17 @@ cdef void split_work(Product *p, Py_ssize_t columns) noexcept nogil:
     p.nrb = (mpan + p.rblk - 1) // p.rblk
 
 
+cdef inline bint by_slices(const Product *p, int nthreads) noexcept nogil:
+    """Whether run_product hands out whole (images, group) slices, each with all its items,
+    rather than items one at a time (see there)."""
+    return p.nib * p.G >= MIN_ITEMS or (p.nib * p.G) % nthreads == 0
+
+
 cdef void run_product(const Product *p, const Phase *phases, const element *src,
-                      const Py_ssize_t *boff, const element *apack, const Py_ssize_t *aoff,
-                      const element *bias, element *dst, element *fws, Py_ssize_t fper,
-                      Py_ssize_t *iws, Py_ssize_t iper, int nthreads) noexcept nogil:
+                      const element *shared, const Py_ssize_t *boff, const element *apack,
+                      const Py_ssize_t *aoff, const element *bias, element *dst, element *fws,
+                      Py_ssize_t fper, Py_ssize_t *iws, Py_ssize_t iper,
+                      int nthreads) noexcept nogil:
     cdef Py_ssize_t item, t, nitems = p.nib * p.G * p.items_ng * p.nrb
     # With few (images, group) slices (batch 1), items are handed out one at a time as threads
     # come free: they differ in size (a last, short column block), and a fixed share left one
@@ -1007,7 +1014,7 @@ cdef void run_product(const Product *p, const Phase *phases, const element *src,
     # staging is a fifth of its pass, 1.24x; forward passes and input gradients of other
     # U-Net and ResNet layers at batch 2 and 4 1.00-1.05x).  Which thread computes an item
     # does not change its result.
-    cdef bint by_slice = p.nib * p.G >= MIN_ITEMS or (p.nib * p.G) % nthreads == 0
+    cdef bint by_slice = by_slices(p, nthreads)
     # Handed out one at a time, the phases of a stride-2 input gradient's column block went to
     # both threads, which then wrote every other element of the same lines of dx (1x1 stride 2
     # from 56x56 at batch 1, three of whose four phases are zeros: 2.2x slower on two threads
@@ -1033,17 +1040,17 @@ cdef void run_product(const Product *p, const Phase *phases, const element *src,
                 b = unit % per_b // p.nrb
                 rb = unit % p.nrb
                 for r in range(p.bstart[b], p.bstart[b + 1]):
-                    product_item(p, phases, ng * per_ng + r * p.nrb + rb, src, boff, apack,
-                                 aoff, bias, dst, fws + tid * fper, iws + tid * iper)
+                    product_item(p, phases, ng * per_ng + r * p.nrb + rb, src, shared, boff,
+                                 apack, aoff, bias, dst, fws + tid * fper, iws + tid * iper)
         elif not by_slice:
             for item in prange(nitems, schedule="dynamic", chunksize=1):
                 tid = threadid()
-                product_item(p, phases, item, src, boff, apack, aoff, bias, dst,
+                product_item(p, phases, item, src, shared, boff, apack, aoff, bias, dst,
                              fws + tid * fper, iws + tid * iper)
         else:
             for ng in prange(p.nib * p.G, schedule="dynamic", chunksize=1):
                 tid = threadid()
                 for r in range(ng * per_ng, (ng + 1) * per_ng):
-                    product_item(p, phases, r, src, boff, apack, aoff, bias, dst,
+                    product_item(p, phases, r, src, shared, boff, apack, aoff, bias, dst,
                                  fws + tid * fper, iws + tid * iper)
         restore_fpstate(fp)
