@@ -312,6 +312,35 @@ cdef void weight_item(const WeightProduct *p, Py_ssize_t item, const element *x,
         memset(part + ip0 * unit * p.Cpad, 0, (ip1 - ip0) * unit * p.Cpad * sizeof(element))
 
 
+cdef inline Py_ssize_t weight_units(const WeightProduct *p, Py_ssize_t item) noexcept nogil:
+    """The work of item `item` of the weight gradient (weight_item), in (reduction step, tile
+    panel of rows) pairs."""
+    cdef Py_ssize_t chunk = item // p.nkb % p.nchunk, ip0 = item % p.nkb * p.kblk
+    cdef Py_ssize_t steps = ((chunk + 1) * p.nsteps // p.nchunk - chunk * p.nsteps // p.nchunk)
+    return steps * (min(p.Rpad // p.mr, ip0 + p.kblk) - ip0)
+
+
+cdef Py_ssize_t weight_share(const WeightProduct *p, Py_ssize_t t, Py_ssize_t nthreads,
+                             Py_ssize_t total) noexcept nogil:
+    """The first item of share t of nthreads (the end of the items for t = nthreads): shares
+    are runs of consecutive items, each about total / nthreads of the work (weight_units): an
+    item is in the first share whose end its middle is before.  Runs, so that the items of one
+    (group, chunk) that follow each other stay on one thread (see weight_item).  By the count
+    of items, as OpenMP's static schedule cut them, chunks of unequal steps left one thread
+    more work than the other (a 1x1 layer of DenseNet at batch 8, 8 steps in 5 chunks and 2
+    blocks of rows: 9 to 7; a stride-3 layer, 8 steps in 7 chunks: 9 to 7)."""
+    cdef Py_ssize_t item = 0, done = 0, u, nitems = p.G * p.nchunk * p.nkb
+    if t >= nthreads:
+        return nitems
+    while item < nitems:
+        u = weight_units(p, item)
+        if (2 * done + u) * nthreads >= 2 * total * t:
+            break
+        done += u
+        item += 1
+    return item
+
+
 cdef void run_weight(const WeightProduct *p, const element *x, const element *dy,
                      const Py_ssize_t *aoff, const Py_ssize_t *xoff, element *partial,
                      element *dw, element *fws, Py_ssize_t fper, Py_ssize_t *iws,
@@ -325,17 +354,23 @@ cdef void run_weight(const WeightProduct *p, const element *x, const element *dy
     cdef Py_ssize_t nkv = ((p.M if p.dy_rows else p.K) + VW - 1) // VW
     cdef int tid
     cdef fpstate fp
+    cdef Py_ssize_t total = 0
+    for item in range(p.G * p.nchunk * p.nkb):
+        total += weight_units(p, item)
     for t in range(nthreads):
         iws[t * iper] = -1      # nothing staged yet
         iws[t * iper + 1] = -1  # nor packed
     with parallel(num_threads=nthreads):
         fp = flush_subnormals()
         # race-free: item (group, chunk, block of rows) writes only its rows of its own
-        # partial product.
-        for item in prange(p.G * p.nchunk * p.nkb, schedule="static"):
+        # partial product.  Share t of nthreads: a run of items of about a share of the work
+        # (weight_share).
+        for t in prange(nthreads, schedule="static", chunksize=1):
             tid = threadid()
-            weight_item(p, item, x, dy, aoff, xoff, partial, dw, fws + tid * fper,
-                        iws + tid * iper)
+            for item in range(weight_share(p, t, nthreads, total),
+                              weight_share(p, t + 1, nthreads, total)):
+                weight_item(p, item, x, dy, aoff, xoff, partial, dw, fws + tid * fper,
+                            iws + tid * iper)
         restore_fpstate(fp)
     if p.direct:
         return
