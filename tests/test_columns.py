@@ -240,6 +240,11 @@ TAPS_FIXED = [
     case("2d-grayscale-stem", (2, 1, 19, 17), (16, 1, 7, 7), stride=2, padding=3),
     case("2d-dilated", (1, 1, 12, 13), (8, 1, 3, 3), dilation=(2, 3), padding=(2, 1)),
     case("3d-one-channel", (1, 1, 6, 5, 7), (5, 1, 3, 3, 3), padding=1, stride=(1, 2, 1)),
+    # one input channel a group (a channel multiplier): one grouped product for all taps
+    case("2d-multiplier-16", (2, 8, 13, 15), (128, 1, 3, 3), groups=8, padding=1),
+    case("2d-multiplier-strided", (1, 3, 17, 22), (48, 1, 4, 4), groups=3, stride=(2, 4),
+         padding=((1, 0), (2, 1)), dilation=(2, 1)),
+    case("1d-groups", (2, 4, 40), (12, 2, 3), groups=2, padding=1),
 ]
 
 
@@ -293,7 +298,11 @@ def test_taps_against_reference_and_across_threads(rng, assert_close, x_shape, w
     ((1, 3, 224, 224), (64, 3, 7, 7), dict(stride=2, padding=3), False),  # RGB stem
     ((16, 1, 224, 224), (64, 1, 7, 7), dict(stride=2, padding=3), False),  # result > bound
     ((1, 1, 32, 32, 32), (16, 1, 3, 3, 3), dict(padding=1), False),       # 3-D
-    ((1, 2, 4000), (64, 1, 3), dict(groups=2, padding=1), False),         # groups
+    ((1, 2, 4000), (64, 1, 3), dict(groups=2, padding=1), False),         # groups, 1-D
+    ((1, 8, 28, 28), (512, 1, 3, 3), dict(groups=8, padding=1), True),    # multiplier 64
+    ((1, 16, 28, 28), (256, 1, 3, 3), dict(groups=16, padding=1), True),  # multiplier 16
+    ((1, 16, 28, 28), (128, 1, 3, 3), dict(groups=16, padding=1), False),  # 8: depthwise
+    ((1, 16, 28, 28), (256, 2, 3, 3), dict(groups=8, padding=1), False),  # two a group
     ((8, 4, 1, 1), (96, 4, 1, 1), {}, False),                             # one pixel, one tap
     ((1, 2, 4000), (64, 2, 1), {}, False),                                # one tap
 ])
