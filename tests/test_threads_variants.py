@@ -1020,6 +1020,39 @@ def test_slices_staged_shared(rng, assert_close, x_shape, w_shape, kw, forward, 
                 assert np.array_equal(g, o)
 
 
+WEIGHT_SHARED_CASES = [
+    # weight gradients whose rows k are split into blocks: every block of images staged once
+    # before the items run (a block of one image, blocks of several with a short last one)
+    (1, 512, 48, (6, 6, 7), 3, True),
+    (9, 128, 16, (7, 7), 3, True),
+    (10, 256, 16, (7, 7), 3, True),
+    (2, 8, 8, (5, 6), 3, False),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+@pytest.mark.parametrize("n, c, o, size, k, shared", WEIGHT_SHARED_CASES)
+def test_weight_blocks_staged_shared(rng, assert_close, n, c, o, size, k, shared, dtype):
+    """The weight gradient with its blocks of images staged once (weight_blocks_shared): the
+    reference's, and the same bits on 1 to 3 threads, in every build."""
+    kw = dict(padding=1)
+    x_shape, w_shape = (n, c) + size, (o, c) + (k,) * len(size)
+    x, w, b, b_in, gy = arrays(rng, x_shape, w_shape, kw, dtype)
+    five = [lift(np.empty(s, np.int8)).shape
+            for s in (x_shape, w_shape, conv_output_shape(x_shape, w_shape, kw))]
+    geometry = loop_geometry(len(size), kw)
+    want = reference.conv_weight(x, w_shape, gy, **kw)
+    for module in _loops.variants().values():
+        assert module.weight_blocks_shared(*five, *geometry, np.dtype(dtype).itemsize) == shared
+        got = []
+        for threads in (2, 1, 3):
+            dw = np.full(five[1], np.nan, x.dtype)
+            module.grad_weight(lift(x), lift(gy), dw, *geometry, threads)
+            got.append(dw.reshape(w_shape))
+        assert_close(got[0], want, dtype)
+        assert np.array_equal(got[0], got[1]) and np.array_equal(got[0], got[2])
+
+
 @pytest.mark.parametrize("dtype", DTYPE_PARAMS)
 @pytest.mark.parametrize("x_shape, w_shape, kw", VARIANT_CASES)
 @pytest.mark.parametrize("variant", list(_loops.variants()))

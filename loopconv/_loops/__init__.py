@@ -304,8 +304,9 @@ def taps_grad_input(dy, w, bias, dx, stride, pad, dilation, groups, num_threads)
     """The input gradient of a convolution as one product for all its taps and a scatter:
     r[n, (c, tap), p] = sum over the outputs o of c's group of w[o, c, tap] dy[n, o, p], the
     forward pass of a 1x1 convolution of dy (read in place, in groups) with w's transpose, then
-    each input pixel sums the r that reach it (`direct.col2im_taps`).  The tiled loops split the input gradient by stride
-    phase, each a product with a row per input channel; with one input channel (a waveform's
+    each input pixel sums the r that reach it (`direct.col2im_taps`).  The tiled loops split
+    the input gradient by stride phase, each a product with a row per input channel; with one
+    input channel (a waveform's
     first layer, a decoder's last transposed layer) their tiles ran one row in twelve and read
     dy once per phase (`taps_suits`)."""
     n, o = dy.shape[:2]

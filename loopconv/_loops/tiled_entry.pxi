@@ -1233,9 +1233,39 @@ def grad_weight(const element[:, :, :, :, ::1] x, const element[:, :, :, :, ::1]
                                            else groups * p.nchunk * p.Rpad * p.Cpad)
     cdef element[::1] fws = _workspace("f", dtype, fper * num_threads)
     cdef Py_ssize_t[::1] iws = _workspace("i", np.intp, iper * num_threads)
+    cdef element[::1] sws
+    cdef element *shared = NULL
+    cdef Py_ssize_t nblocks = p.nib * groups
+    if weight_shares_blocks(p, nblocks, sizeof(element)):
+        sws = _workspace("s", dtype, nblocks * p.st.size)
+        shared = &sws[0]
     with nogil:
-        run_weight(p, &x[0, 0, 0, 0, 0], &dy[0, 0, 0, 0, 0], &aoff[0], xoff, &partial[0],
-                   &dw[0, 0, 0, 0, 0], &fws[0], fper, &iws[0], iper, num_threads)
+        if shared != NULL:
+            stage_shared(&x[0, 0, 0, 0, 0], &p.st, p.N, groups, p.x_img, p.x_grp, shared,
+                         num_threads)
+        run_weight(p, &x[0, 0, 0, 0, 0], shared, &dy[0, 0, 0, 0, 0], &aoff[0], xoff,
+                   &partial[0], &dw[0, 0, 0, 0, 0], &fws[0], fper, &iws[0], iper, num_threads)
+
+
+cdef bint weight_shares_blocks(const WeightProduct *p, Py_ssize_t nblocks,
+                               Py_ssize_t itemsize) noexcept nogil:
+    """Whether the weight gradient p stages all its blocks of images once before it runs
+    (stage_shared): where its rows k are split into blocks (p.nkb), each item of a chunk
+    staged the chunk's images again, every block of them, and all the blocks take
+    SHARED_STAGE_BYTES to WEIGHT_SHARED_BYTES."""
+    return (p.nkb > 1
+            and SHARED_STAGE_BYTES <= nblocks * p.st.size * itemsize <= WEIGHT_SHARED_BYTES
+            and not (p.st.nimg == 1 and reads_in_place(&p.st, (p.N - 1) * p.x_img
+                                                       + (p.G - 1) * p.x_grp)))
+
+
+def weight_blocks_shared(xs, ws, ys, stride, pad, dilation, Py_ssize_t groups,
+                         Py_ssize_t itemsize):
+    """Whether the weight gradient of these 5-D shapes stages its blocks of images once,
+    before it runs (weight_shares_blocks; internal: for the tests)."""
+    cdef _Geometry geo = tiled_geometry(PASS_WEIGHT, tuple(xs), tuple(ws), tuple(ys), stride,
+                                        pad, dilation, groups, itemsize)
+    return bool(weight_shares_blocks(&geo.q, geo.q.nib * groups, itemsize))
 
 
 # ---------------------------------------------------------------------------------------------

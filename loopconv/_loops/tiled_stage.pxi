@@ -331,47 +331,65 @@ cdef void stage_channels(const element *src, const Stage *st, Py_ssize_t c0, Py_
 cdef void stage_shared(const element *src, const Stage *st, Py_ssize_t N, Py_ssize_t G,
                        Py_ssize_t src_img, Py_ssize_t src_grp, element *out,
                        int nthreads) noexcept nogil:
-    """Every (image, group) slice of the N images and G groups at src that the tiles do not
-    read in place, staged once by all threads (slice (n, g) at out + (n * G + g) * st.size),
-    each slice's channels in parts, so that all threads take part even at batch 1; for the
-    products whose threads share slices (stage_images' shared).  Each thread staged every
-    slice it took an item of, all of it: at batch 1 on two threads both staged the whole
-    image, in a 64 -> 64 3x3 layer on 128x256 an 8.5 MB copy that was a tenth of its time on
-    one thread."""
-    cdef Py_ssize_t nsl = N * G, item, sl, part, off
+    """Every block of st.nimg images (one for the forward-style products) and group of the N
+    images and G groups at src that the tiles do not read in place, staged once by all
+    threads (block b of group g at out + (b * G + g) * st.size, as staged_block lays it out),
+    each image's channels in parts, so that all threads take part even at batch 1.  For the
+    products whose threads share slices (stage_images' shared): each thread staged every
+    slice it took an item of, all of it, and at batch 1 on two threads both staged the whole
+    image (in a 64 -> 64 3x3 layer on 128x256 an 8.5 MB copy that was a tenth of its time on
+    one thread); for the weight gradients whose items of one chunk each stage its images
+    (staged_block's shared)."""
+    cdef Py_ssize_t nib = (N + st.nimg - 1) // st.nimg, nsl = nib * G * st.nimg
+    cdef Py_ssize_t item, sl, key, n, part, off
     cdef Py_ssize_t parts = max(1, min(st.nchan, (SHARED_PARTS * nthreads + nsl - 1) // nsl))
-    # race-free: each item writes its own channels of its own slice, each slice its own gaps
+    # race-free: each item writes its own channels of its own image's place, each block its
+    # own gaps and missing images
     for item in prange(nsl * parts, schedule="dynamic", chunksize=1, num_threads=nthreads):
         sl = item // parts
         part = item % parts
-        off = sl // G * src_img + sl % G * src_grp
-        if not reads_in_place(st, off):
+        key = sl // st.nimg
+        n = key // G * st.nimg + sl % st.nimg
+        off = n * src_img + key % G * src_grp
+        if n < N and not (st.nimg == 1 and reads_in_place(st, off)):
             stage_channels(src + off, st, st.nchan * part // parts,
-                           st.nchan * (part + 1) // parts, out + sl * st.size)
-    for sl in prange(nsl, schedule="static", num_threads=nthreads):
-        if not reads_in_place(st, sl // G * src_img + sl % G * src_grp):
-            zero_gaps(st, out + sl * st.size)
+                           st.nchan * (part + 1) // parts,
+                           out + key * st.size + sl % st.nimg * st.plane)
+    for key in prange(nib * G, schedule="static", num_threads=nthreads):
+        if not (st.nimg == 1 and reads_in_place(st, key // G * src_img + key % G * src_grp)):
+            finish_block(st, min(st.nimg, N - key // G * st.nimg), out + key * st.size)
+
+
+cdef void finish_block(const Stage *st, Py_ssize_t nimg, element *buf) noexcept nogil:
+    """The zeros of a staged block of nimg images at buf: the places of the images missing
+    from a last block of fewer than st.nimg (so that the junk columns after the last image
+    read finite values), and the gaps (zero_gaps)."""
+    cdef Py_ssize_t c, f, nphase = st.step[0] * st.step[1] * st.step[2]
+    if nimg < st.nimg:
+        for c in range(st.nchan):
+            for f in range(nphase):
+                memset(buf + c * st.chan + f * st.pstep + nimg * st.plane, 0,
+                       (st.nimg - nimg) * st.plane * sizeof(element))
+    zero_gaps(st, buf)
 
 
 cdef const element *staged_block(const element *src, Py_ssize_t off, Py_ssize_t src_img,
                                  const Stage *st, Py_ssize_t nimg, Py_ssize_t key,
-                                 element *buf, Py_ssize_t *staged_key) noexcept nogil:
+                                 element *buf, Py_ssize_t *staged_key,
+                                 const element *shared) noexcept nogil:
     """The block of images at src + off (nimg <= st.nimg of them, src_img elements apart) as
     the tiles read it: staged_slice for blocks of one image, else this thread's buffer, staged
-    unless it holds that block already; the places of images missing from the last block are
-    zero, so that the junk columns after the last image read finite values."""
-    cdef Py_ssize_t n, c, f, nphase = st.step[0] * st.step[1] * st.step[2]
+    unless it holds that block already (finish_block: the places of missing images zero);
+    where every block was staged before (shared, stage_shared), block `key` there."""
+    cdef Py_ssize_t n
+    if shared != NULL and not (st.nimg == 1 and reads_in_place(st, off)):
+        return shared + key * st.size
     if st.nimg == 1:
         return staged_slice(src, off, st, key, buf, staged_key)
     if staged_key[0] != key:
         for n in range(nimg):
             stage_image(src + off + n * src_img, st, buf + n * st.plane)
-        if nimg < st.nimg:
-            for c in range(st.nchan):
-                for f in range(nphase):
-                    memset(buf + c * st.chan + f * st.pstep + nimg * st.plane, 0,
-                           (st.nimg - nimg) * st.plane * sizeof(element))
-        zero_gaps(st, buf)
+        finish_block(st, nimg, buf)
         staged_key[0] = key
     return buf
 

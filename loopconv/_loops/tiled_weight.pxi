@@ -218,12 +218,13 @@ cdef void step_columns(const WeightProduct *p, Py_ssize_t q0, Py_ssize_t n, Py_s
 
 
 cdef void weight_item(const WeightProduct *p, Py_ssize_t item, const element *x,
-                      const element *dy, const Py_ssize_t *aoff, const Py_ssize_t *xoff,
-                      element *partial, element *dw, element *fws,
+                      const element *shared, const element *dy, const Py_ssize_t *aoff,
+                      const Py_ssize_t *xoff, element *partial, element *dw, element *fws,
                       Py_ssize_t *iws) noexcept nogil:
     """Work item (group g, chunk, block of rows k) of the weight gradient: its rows of the
     partial product of (g, chunk), summed over the chunk's reduction steps (block of images,
-    block of their grid columns) in order.  fws and iws: this thread's scratch (iws[0] names
+    block of their grid columns) in order; shared: every block staged before (stage_shared),
+    or NULL.  fws and iws: this thread's scratch (iws[0] names
     the staged block in fws, iws[1] the step whose dy it holds packed: the items of one
     (group, chunk) that follow each other on a thread pack a step's dy once, not once per
     block of rows).  Where p.dy_rows, the rows are output channels and x is packed (p.xoff:
@@ -268,7 +269,7 @@ cdef void weight_item(const WeightProduct *p, Py_ssize_t item, const element *x,
         if have and p.dy_rows:  # packed, and dy's columns kept: nothing to stage
             continue
         staged = staged_block(x, n0 * p.x_img + g * p.x_grp, p.x_img, &p.st, nimg, ib * p.G + g,
-                              fws, iws)
+                              fws, iws, shared)
         step_columns(p, q0, pc, dcol, run)
         ncol = pc
         a = staged + q0
@@ -341,10 +342,10 @@ cdef Py_ssize_t weight_share(const WeightProduct *p, Py_ssize_t t, Py_ssize_t nt
     return item
 
 
-cdef void run_weight(const WeightProduct *p, const element *x, const element *dy,
-                     const Py_ssize_t *aoff, const Py_ssize_t *xoff, element *partial,
-                     element *dw, element *fws, Py_ssize_t fper, Py_ssize_t *iws,
-                     Py_ssize_t iper, int nthreads) noexcept nogil:
+cdef void run_weight(const WeightProduct *p, const element *x, const element *shared,
+                     const element *dy, const Py_ssize_t *aoff, const Py_ssize_t *xoff,
+                     element *partial, element *dw, element *fws, Py_ssize_t fper,
+                     Py_ssize_t *iws, Py_ssize_t iper, int nthreads) noexcept nogil:
     """dw of all groups: the work items (weight_item) into their partial products, then the
     partials summed in chunk order (rows_to_dw), each on nthreads threads.  aoff: the rows
     of A (x's rows k, or where p.dy_rows dy's output channels); xoff: x's rows k where
@@ -369,8 +370,8 @@ cdef void run_weight(const WeightProduct *p, const element *x, const element *dy
             tid = threadid()
             for item in range(weight_share(p, t, nthreads, total),
                               weight_share(p, t + 1, nthreads, total)):
-                weight_item(p, item, x, dy, aoff, xoff, partial, dw, fws + tid * fper,
-                            iws + tid * iper)
+                weight_item(p, item, x, shared, dy, aoff, xoff, partial, dw,
+                            fws + tid * fper, iws + tid * iper)
         restore_fpstate(fp)
     if p.direct:
         return
