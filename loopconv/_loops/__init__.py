@@ -306,9 +306,9 @@ def taps_grad_input(dy, w, bias, dx, stride, pad, dilation, groups, num_threads)
     forward pass of a 1x1 convolution of dy (read in place, in groups) with w's transpose, then
     each input pixel sums the r that reach it (`direct.col2im_taps`).  The tiled loops split
     the input gradient by stride phase, each a product with a row per input channel; with one
-    input channel (a waveform's
-    first layer, a decoder's last transposed layer) their tiles ran one row in twelve and read
-    dy once per phase (`taps_suits`)."""
+    input channel (a waveform's first layer, a decoder's last transposed layer, a channel
+    multiplier's group) their tiles ran one row in twelve and read dy once per phase
+    (`taps_suits`)."""
     n, o = dy.shape[:2]
     k, og = math.prod(w.shape[1:]), o // groups
     wt = _scratch("t", (groups * k, og, 1, 1, 1), dy.dtype)
