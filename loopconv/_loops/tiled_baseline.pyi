@@ -37,6 +37,9 @@ def padding_share(which: int, xs: tuple[int, ...], ws: tuple[int, ...], ys: tupl
 def weight_plan(xs: Sequence[int], ws: Sequence[int], ys: Sequence[int], stride: _Triple,
                 pad: _Triple, dilation: _Triple, groups: int,
                 itemsize: int) -> dict[str, Any]: ...  # internal: the reduction's steps
+def weight_blocks_shared(xs: Sequence[int], ws: Sequence[int], ys: Sequence[int],
+                         stride: _Triple, pad: _Triple, dilation: _Triple, groups: int,
+                         itemsize: int) -> bool: ...  # internal: staged once before the items
 
 # The depthwise loops (loopconv/_loops/depthwise.pxi): few channels per group.
 def dw_suits(cin_per_group: int, cout_per_group: int, pixels: int, strided: bool,

@@ -19,4 +19,5 @@ from loopconv._loops.tiled_baseline import padding_share as padding_share
 from loopconv._loops.tiled_baseline import product_plan as product_plan
 from loopconv._loops.tiled_baseline import stream_forward as stream_forward
 from loopconv._loops.tiled_baseline import uses_pixel_tiles as uses_pixel_tiles
+from loopconv._loops.tiled_baseline import weight_blocks_shared as weight_blocks_shared
 from loopconv._loops.tiled_baseline import weight_plan as weight_plan
