@@ -448,9 +448,9 @@ def _scratch(name, shape, dtype):
     every call costs its page faults on every call where the allocator hands it back to the
     system in between (a 3x3 layer with 512 channels on 14x14 at batch 1: 3.5 MiB of columns).
     Names: "c" the columns, "r" the rows of the products, "t" the transposed weight of
-    `taps_grad_input`; the loops keep their own ("a", "f", "i", "p", "w").  The products these
-    paths call on them are 1x1 convolutions whose own choice (`choose`) never takes columns
-    again, but as dot products of one output pixel, which need none."""
+    `taps_grad_input`; the loops keep their own ("a", "f", "i", "p", "s", "w", "x").  The
+    products these paths call on them are 1x1 convolutions whose own choice (`choose`) never
+    takes columns again, but as dot products of one output pixel, which need none."""
     n = math.prod(shape)
     return tiled._workspace(name, dtype, n)[:n].reshape(shape)
 

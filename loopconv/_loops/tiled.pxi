@@ -242,13 +242,15 @@ cdef enum:
     # 32x32) 0.93-1.03, left as they were
     SHARED_STAGE_BYTES = 262144
     SHARED_PARTS = 4
-    # WEIGHT_SHARED_BYTES: at most this many bytes of staged blocks a weight gradient stages
-    # once before it runs, where its items would each stage them (weight_shares_blocks): its
-    # items of one chunk split the rows k into blocks, and each staged all the chunk's images.
+    # SHARED_MAX_BYTES: at most this many bytes of staged slices or blocks in all are staged
+    # once before a product (shares_slices; an odd batch of large 3-D volumes stays per
+    # thread, rather than keeping all of them staged in scratch), or before a weight gradient,
+    # where its items would each stage them (weight_shares_blocks): its items of one chunk
+    # split the rows k into blocks, and each staged all the chunk's images.
     # Old / new, fastest of two alternating rounds, one / two threads: 512 -> 16 3x3 on 14x14
     # at batch 16 1.11 / 1.11, on 7x7 at batch 32 1.23 / 1.21, 256 -> 16 on 28x28 at batch 8
     # 1.13 / 1.15, 512 -> 48 on 14x14 1.06 / 1.03; others 0.97-1.02
-    WEIGHT_SHARED_BYTES = 33554432
+    SHARED_MAX_BYTES = 33554432
     # SPLIT_STRIDE: the largest stride whose phases staging splits a row into in one pass
     # (split_row, lc_phases: strides 3 and 4); larger strides phase by phase
     SPLIT_STRIDE = 4

@@ -365,9 +365,11 @@ cdef bint shares_slices(const Product *p, int nthreads, Py_ssize_t itemsize) noe
     """Whether the forward-style product p stages its slices once, all threads together,
     before it runs (stage_shared): where its threads share slices (run_product hands out
     items, not slices: batch 1, or an odd batch under MIN_ITEMS on two threads), each slice of
-    SHARED_STAGE_BYTES or more, staged whole (no bands), and not all of them read in place."""
+    SHARED_STAGE_BYTES or more and all of them SHARED_MAX_BYTES at most, staged whole (no
+    bands), and not all of them read in place."""
     return (nthreads > 1 and not by_slices(p, nthreads) and not p.st.band
             and p.st.size * itemsize >= SHARED_STAGE_BYTES
+            and p.N * p.G * p.st.size * itemsize <= SHARED_MAX_BYTES
             and not reads_in_place(&p.st, (p.N - 1) * p.src_img + (p.G - 1) * p.src_grp))
 
 
@@ -1252,9 +1254,9 @@ cdef bint weight_shares_blocks(const WeightProduct *p, Py_ssize_t nblocks,
     """Whether the weight gradient p stages all its blocks of images once before it runs
     (stage_shared): where its rows k are split into blocks (p.nkb), each item of a chunk
     staged the chunk's images again, every block of them, and all the blocks take
-    SHARED_STAGE_BYTES to WEIGHT_SHARED_BYTES."""
+    SHARED_STAGE_BYTES to SHARED_MAX_BYTES."""
     return (p.nkb > 1
-            and SHARED_STAGE_BYTES <= nblocks * p.st.size * itemsize <= WEIGHT_SHARED_BYTES
+            and SHARED_STAGE_BYTES <= nblocks * p.st.size * itemsize <= SHARED_MAX_BYTES
             and not (p.st.nimg == 1 and reads_in_place(&p.st, (p.N - 1) * p.x_img
                                                        + (p.G - 1) * p.x_grp)))
 
