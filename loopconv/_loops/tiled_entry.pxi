@@ -370,7 +370,7 @@ cdef bint shares_slices(const Product *p, int nthreads, Py_ssize_t itemsize) noe
     return (nthreads > 1 and not by_slices(p, nthreads) and not p.st.band
             and p.st.size * itemsize >= SHARED_STAGE_BYTES
             and p.N * p.G * p.st.size * itemsize <= SHARED_MAX_BYTES
-            and not reads_in_place(&p.st, (p.N - 1) * p.src_img + (p.G - 1) * p.src_grp))
+            and not last_in_place(&p.st, p.N, p.G, p.src_img, p.src_grp))
 
 
 cdef void forward_product(Product *p, Phase *ph, tuple xshape, tuple wshape, tuple yshape,
@@ -461,8 +461,7 @@ def product_plan(which, xshape, wshape, yshape, stride, pad, dilation, Py_ssize_
             "bands": bool(p.st.band),
             "slices staged shared on two threads": bool(shares_slices(&p, 2, itemsize)),
             "staged slice": p.st.size,
-            "last slice read in place": reads_in_place(
-                &p.st, (p.N - 1) * p.src_img + (p.G - 1) * p.src_grp),
+            "last slice read in place": last_in_place(&p.st, p.N, p.G, p.src_img, p.src_grp),
             "compact phases": sum([geo.phases[f].pieces > 0 for f in range(p.nphase)]),
             "halves": sum([geo.phases[f].pieces == 2 for f in range(p.nphase)]),
             "dot columns": dot_columns_of(geo, itemsize),
@@ -883,8 +882,8 @@ def weight_plan(xs, ws, ys, stride, pad, dilation, Py_ssize_t groups, Py_ssize_t
             "output rows": bool(p.out_rows), "dy rows": bool(p.dy_rows),
             "scratch": weight_scratch(&p, LC_VEC_BYTES // itemsize),
             "indices": weight_indices(&p),
-            "last slice read in place": p.nimg == 1 and reads_in_place(
-                &p.st, (xs[0] - 1) * p.x_img + (groups - 1) * p.x_grp)}
+            "last slice read in place": last_in_place(&p.st, xs[0], groups, p.x_img,
+                                                      p.x_grp)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1257,8 +1256,7 @@ cdef bint weight_shares_blocks(const WeightProduct *p, Py_ssize_t nblocks,
     SHARED_STAGE_BYTES to SHARED_MAX_BYTES."""
     return (p.nkb > 1
             and SHARED_STAGE_BYTES <= nblocks * p.st.size * itemsize <= SHARED_MAX_BYTES
-            and not (p.st.nimg == 1 and reads_in_place(&p.st, (p.N - 1) * p.x_img
-                                                       + (p.G - 1) * p.x_grp)))
+            and not last_in_place(&p.st, p.N, p.G, p.x_img, p.x_grp))
 
 
 def weight_blocks_shared(xs, ws, ys, stride, pad, dilation, Py_ssize_t groups,

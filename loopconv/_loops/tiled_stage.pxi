@@ -280,6 +280,19 @@ cdef inline bint reads_in_place(const Stage *st, Py_ssize_t off) noexcept nogil:
     return st.identity and off + st.nchan * st.chan + st.overrun <= st.src_size
 
 
+cdef inline bint block_in_place(const Stage *st, Py_ssize_t off) noexcept nogil:
+    """Whether the tiles read the block of images at source offset off in place
+    (reads_in_place; never a block of several images)."""
+    return st.nimg == 1 and reads_in_place(st, off)
+
+
+cdef inline bint last_in_place(const Stage *st, Py_ssize_t N, Py_ssize_t G, Py_ssize_t img,
+                               Py_ssize_t grp) noexcept nogil:
+    """Whether the tiles read the last of the blocks of N images and G groups (img and grp
+    elements apart) in place, and so every one (block_in_place)."""
+    return block_in_place(st, (N - 1) * img + (G - 1) * grp)
+
+
 cdef inline const element *staged_slice(const element *src, Py_ssize_t off,
                                         const Stage *st, Py_ssize_t key, element *buf,
                                         Py_ssize_t *staged_key) noexcept nogil:
@@ -351,12 +364,12 @@ cdef void stage_shared(const element *src, const Stage *st, Py_ssize_t N, Py_ssi
         key = sl // st.nimg
         n = key // G * st.nimg + sl % st.nimg
         off = n * src_img + key % G * src_grp
-        if n < N and not (st.nimg == 1 and reads_in_place(st, off)):
+        if n < N and not block_in_place(st, off):
             stage_channels(src + off, st, st.nchan * part // parts,
                            st.nchan * (part + 1) // parts,
                            out + key * st.size + sl % st.nimg * st.plane)
     for key in prange(nib * G, schedule="static", num_threads=nthreads):
-        if not (st.nimg == 1 and reads_in_place(st, key // G * src_img + key % G * src_grp)):
+        if not block_in_place(st, key // G * src_img + key % G * src_grp):
             finish_block(st, min(st.nimg, N - key // G * st.nimg), out + key * st.size)
 
 
@@ -382,7 +395,7 @@ cdef const element *staged_block(const element *src, Py_ssize_t off, Py_ssize_t 
     unless it holds that block already (finish_block: the places of missing images zero);
     where every block was staged before (shared, stage_shared), block `key` there."""
     cdef Py_ssize_t n
-    if shared != NULL and not (st.nimg == 1 and reads_in_place(st, off)):
+    if shared != NULL and not block_in_place(st, off):
         return shared + key * st.size
     if st.nimg == 1:
         return staged_slice(src, off, st, key, buf, staged_key)

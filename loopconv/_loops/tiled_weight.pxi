@@ -224,8 +224,8 @@ cdef void weight_item(const WeightProduct *p, Py_ssize_t item, const element *x,
     """Work item (group g, chunk, block of rows k) of the weight gradient: its rows of the
     partial product of (g, chunk), summed over the chunk's reduction steps (block of images,
     block of their grid columns) in order; shared: every block staged before (stage_shared),
-    or NULL.  fws and iws: this thread's scratch (iws[0] names
-    the staged block in fws, iws[1] the step whose dy it holds packed: the items of one
+    or NULL.  fws and iws: this thread's scratch (iws[0] names the staged block in fws,
+    iws[1] the step whose dy it holds packed: the items of one
     (group, chunk) that follow each other on a thread pack a step's dy once, not once per
     block of rows).  Where p.dy_rows, the rows are output channels and x is packed (p.xoff:
     its rows k) instead of dy.  A direct reduction (p.direct, one chunk) writes its rows of dw
