@@ -343,6 +343,44 @@ def test_large_results_start_on_a_cache_line(rng, dtype):
     assert small.nbytes < _loops.ALIGN_BYTES and small.base is None
 
 
+def test_large_results_reuse_freed_buffers(rng):
+    """A result of the pool's minimum size or more takes the buffer of a freed result of about
+    its size, never one that an array or a view still uses, and is computed in it in full."""
+    pool = _loops.direct.pool_state
+    x = rng.standard_normal((1, 8, 133, 67)).astype(np.float32)    # a size no other test has
+    w = rng.standard_normal((31, 8, 3, 3)).astype(np.float32)
+    first = loopconv.conv2d(x, w)
+    assert first.nbytes >= pool()["min_bytes"]
+    expected, address = first.copy(), first.ctypes.data
+    view = first[:, 7]
+    del first                                    # the view keeps the buffer
+    second = loopconv.conv2d(x * 2, w)
+    assert not np.shares_memory(second, view)
+    np.testing.assert_array_equal(view, expected[:, 7])
+    waiting = pool()["buffers"]
+    del view                                     # now the buffer waits in the pool
+    assert pool()["buffers"] == waiting + 1
+    third = loopconv.conv2d(x, w)
+    assert third.ctypes.data == address and pool()["buffers"] == waiting
+    assert third.ctypes.data % 64 == 0 and third.flags.writeable
+    np.testing.assert_array_equal(third, expected)
+    np.testing.assert_array_equal(second, 2 * expected)
+
+
+def test_the_pool_of_results_buffers_is_bounded():
+    """Freed buffers wait in the pool up to max_bytes in all, the oldest given back first; a
+    request takes none that would waste over a quarter of it."""
+    state = _loops.direct.pool_state()
+    size = state["max_bytes"] // 6 + 4096 * 3                     # seven of them overflow
+    held = [_loops.empty((size // 8,), np.float64) for _ in range(7)]
+    del held
+    after = _loops.direct.pool_state()
+    assert after["bytes"] <= state["max_bytes"] and after["buffers"] >= 5
+    small = _loops.empty((size // 16,), np.float64)                # half: not from the pool
+    assert _loops.direct.pool_state()["buffers"] == after["buffers"]
+    del small
+
+
 def test_identity_convolution_returns_a_copy(rng):
     """A 1x1 kernel of one: the result equals the input, but is not the input."""
     x = rng.standard_normal((2, 3, 4, 5))

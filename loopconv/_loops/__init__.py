@@ -439,7 +439,7 @@ def empty(shape, dtype) -> np.ndarray:
     dtype = np.dtype(dtype)
     if math.prod(shape) * dtype.itemsize < ALIGN_BYTES:
         return np.empty(shape, dtype)
-    return direct.aligned_empty(shape, dtype)
+    return direct.pooled_empty(shape, dtype)
 
 
 def _scratch(name, shape, dtype):
