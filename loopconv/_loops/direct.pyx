@@ -670,10 +670,12 @@ def aligned_empty(shape, dtype):
 # a pass over it is then slower than over memory just used: wav2vec 2.0's positional
 # convolution's 37.7 MB float64 weight gradient, two threads, 5.3-5.6 ms a call fresh (530 page
 # faults), and in spells 40-65 ms where the kernel zeroes pages on both cores at once, against
-# 4.3-4.7 ms on a reused buffer.  At most POOL_BYTES wait in all, the oldest given back first.
+# 4.3-4.7 ms on a reused buffer.  At most POOL_BYTES wait in all, the oldest given back first:
+# a bound on the memory held that the caller has let go (results of Dask's chunks of 64 MiB or
+# more are not kept at all).
 cdef enum:
     POOL_MIN_BYTES = 1048576
-    POOL_BYTES = 134217728
+    POOL_BYTES = 67108864
     POOL_SLACK = 4              # a buffer serves a request of at least 1 - 1/POOL_SLACK its size
 
 cdef list _idle = []            # buffers (np.uint8 arrays) waiting, oldest first
