@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import reference
 from common import DTYPE_PARAMS, case, conv_output_shape, grouped_case
-from test_skip_junk import check_pass, plan, product_passes
+from test_skip_junk import check_pass, plan, product_passes, run
 
 from loopconv import _loops
 
@@ -35,6 +36,10 @@ FIXED = [
     (case("1d-3-taps-padded", (1, 12, 49), (16, 12, 3), padding=1), "forward", 1),
     (case("7x7-groups", (1, 32, 7, 7), (48, 16, 1, 1), groups=2), "forward", 1),
     (case("7x7-two-images", (2, 32, 7, 7), (40, 32, 1, 1)), "forward", 1),
+    # items of a few panels of rows each, whose threads keep the gathered column for the next
+    # (product_dots' memo), over two blocks of KC; and so for two images an item
+    (case("7x7-row-blocks-long-k", (1, 520, 7, 7), (136, 520, 1, 1)), "forward", 1),
+    (case("7x7-two-images-row-blocks", (2, 72, 7, 7), (96, 72, 1, 1)), "forward", 1),
     (case("stride-2-onto-7x7", (1, 16, 13, 13), (24, 16, 1, 1), stride=2), "forward", 1),
     (case("3d-1x7x7", (1, 12, 1, 7, 7), (20, 12, 1, 1, 1)), "forward", 1),
     # input gradients of 1x1 layers: dx's 160 and 2048 channels in vectors down the rows
@@ -134,3 +139,21 @@ def test_fixed_cases_sum_columns_apart(x_shape, w_shape, kw, which, left):
 def test_which_problems(x_shape, w_shape, kw, which):
     for variant in VARIANTS:
         assert dot_columns(variant, which, x_shape, w_shape, kw, np.float32) == 0, variant
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+def test_gathered_columns_serve_one_call(rng, assert_close, variant, dtype):
+    """The columns of x a thread gathers for its dot products serve the later items of the
+    same call only: calls on other inputs of the same shapes, one after the other, each
+    against the reference, on 1, 2 and 3 threads."""
+    x_shape, w_shape = (2, 72, 7, 7), (96, 72, 1, 1)
+    assert dot_columns(variant, "forward", x_shape, w_shape, {}, dtype) == 1
+    w = rng.standard_normal(w_shape).astype(dtype)
+    none = np.empty(0, dtype)
+    for threads in (1, 2, 3):
+        for _ in range(2):
+            x = rng.standard_normal(x_shape).astype(dtype)
+            got = run(VARIANTS[variant], "forward", x, w, none, (2, 96, 7, 7), {}, threads)
+            assert_close(got, reference.conv(x, w), dtype,
+                         bound=reference.conv(np.abs(x), np.abs(w)))

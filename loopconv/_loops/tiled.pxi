@@ -269,7 +269,10 @@ cdef enum:
     # DOTS_DOWN_ROWS name the two ways.  Three or more as dot products along k, 3x3 on 7x7
     # (seven columns) 0.84-0.88x; with vectors down the rows, 1x1 input gradients on 14x14
     # (four) 0.95-1.04x
-    DOT_COLUMNS = 2
+    DOT_COLUMNS = 2             # at most 2: product_dots sums one pair
+    # DOT_KEY: the entries that name a thread's gathered columns of an image (product_dots):
+    # image and group, phase, first and last column, elements gathered
+    DOT_KEY = 5
     DOTS_ALONG_K = 1
     DOTS_DOWN_ROWS = 2
     # SHORT_K_BYTES: forward-style items whose B for all of K and a block of NCB_TILES tiles

@@ -334,18 +334,19 @@ cdef int product_pass(const Product *p, const Phase *phases,
     dtype = typecode(<element *> NULL)
     cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
     # the staged slices, a tile (pixel tiles: a vector's lanes of rows, and a block for their
-    # transposes), the columns of B gathered for dot products (product_dots)
-    # and an item's sums where A's columns run in several blocks (product_tile)
-    cdef Py_ssize_t f, K = 0
-    for f in range(p.nphase):
-        K = max(K, phases[f].K)
-    cdef Py_ssize_t sums = (p.nimg * p.rblk * p.mr * round_up(p.ncb, NR)
-                            if keeps_sums(K) and not p.by_pixel else 0)
-    cdef Py_ssize_t fper = per_thread(p.nimg * p.st.size + item_sums_at(sizeof(element)) + sums)
-    # dcol and run of an item's columns (pixel tiles: and six entries per pixel of its images)
-    cdef Py_ssize_t iper = per_thread(1 + 2 * p.ncb + (6 * p.nimg * p.ncb if p.by_pixel else 0))
+    # transposes), an item's sums where A's columns run in several blocks (product_tile) and
+    # the columns of B gathered for dot products (product_dots), dots_at
+    cdef Py_ssize_t room = dot_room(p, most_k(p, phases)), t, u
+    cdef Py_ssize_t fper = per_thread(dots_at(p, phases, sizeof(element)) + room)
+    # the staged slices' name, dcol and run of an item's columns (pixel tiles: and six entries
+    # per pixel of its images), the gathered columns' keys (dot_keys_at)
+    cdef Py_ssize_t iper = per_thread(dot_keys_at(p) + (p.nimg * DOT_KEY if room else 0))
     cdef element[::1] fws = _workspace("f", dtype, fper * num_threads)
     cdef Py_ssize_t[::1] iws = _workspace("i", np.intp, iper * num_threads)
+    if room:
+        for t in range(num_threads):        # no columns gathered yet
+            for u in range(p.nimg * DOT_KEY):
+                iws[t * iper + dot_keys_at(p) + u] = -1
     cdef const element *bptr = &bias[0] if bias.shape[0] > 0 else NULL
     cdef element[::1] sws
     cdef element *shared = NULL
