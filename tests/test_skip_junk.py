@@ -348,7 +348,7 @@ def test_padding_share_bounds_the_taps_skipped(x_shape, w_shape, kw):
 @pytest.mark.parametrize("x_shape, w_shape, kw, which, columns", [
     # rows of W + 1 and planes of H + 1 rows: the zero before each row is the one after the
     # previous row
-    ((1, 8, 8, 8, 8), (8, 8, 3, 3, 3), dict(padding=1), "forward", ((7 * 9 + 7) * 9 + 8)),
+    ((1, 8, 7, 7, 7), (8, 8, 3, 3, 3), dict(padding=1), "forward", ((6 * 8 + 6) * 8 + 7)),
     ((1, 8, 4, 4, 4), (8, 8, 3, 3, 3), dict(padding=1), "input", ((3 * 5 + 3) * 5 + 4)),
     ((1, 8, 7, 7), (8, 8, 3, 3), dict(padding=1), "forward", 6 * 8 + 7),
     ((1, 8, 7, 7), (8, 8, 5, 5), dict(padding=2), "input", 6 * 9 + 7),
@@ -434,6 +434,9 @@ COMPACT = [
     case("stride-2-input-phases", (4, 6, 32, 32), (10, 6, 3, 3), stride=2, padding=1),
     case("groups", (2, 15, 24, 32), (18, 5, 3, 3), padding=1, groups=3),
     case("long-rows", (1, 6, 20, 80), (5, 6, 3, 5), padding=(1, 2)),
+    # batch 1, few pixels: the weight read in place (lc_tile_gc)
+    case("in-place-rows-of-16", (1, 40, 16, 16), (72, 40, 3, 3), padding=1),
+    case("in-place-stride-2-onto-16", (1, 24, 32, 32), (40, 24, 3, 3), stride=2, padding=1),
 ]
 
 
@@ -475,6 +478,11 @@ HALVES = [
     case("input-phases-of-4", (4, 6, 128, 8), (10, 6, 3, 3), stride=2, padding=1),
     case("input-phases-3-d", (3, 32, 12, 16, 8), (20, 32, 3, 3, 3), stride=(2, 2, 1),
          padding=1),
+    # batch 1: the weight read in place (lc_tile_gc), also in a transposed 4x4 stride-2 layer's
+    # input gradient from 8x8 (phases of 8x8)
+    case("in-place-8x8", (1, 48, 8, 8), (72, 48, 3, 3), padding=1),
+    case("in-place-3-d", (1, 48, 8, 8, 8), (8, 48, 3, 3, 3), padding=1),
+    case("in-place-4x4-stride-2", (1, 40, 16, 16), (56, 40, 4, 4), stride=2, padding=1),
 ]
 
 
@@ -514,14 +522,12 @@ def test_halves_somewhere():
 @pytest.mark.parametrize("x_shape, w_shape, kw", [
     ((2, 8, 15, 15, 15), (8, 8, 3, 3, 3), dict(padding=1)),    # rows not whole vectors
     ((1, 8, 16, 16), (8, 8, 1, 1), {}),                         # no junk
-    ((1, 48, 8, 8, 8), (8, 48, 3, 3, 3), dict(padding=1)),     # few columns: weight in place
     ((1, 8, 20, 96), (8, 8, 3, 3), dict(padding=1)),            # 1 % junk
     ((2, 8, 40, 32), (2, 8, 3, 3), dict(padding=1)),            # tiles of few rows
 ])
 def test_not_compact(x_shape, w_shape, kw):
     """Grids that keep their columns: rows that are not whole vectors, grids without junk or
-    with little, products that read the weight in place, and tiles of fewer rows than a full
-    tile (float32, every build)."""
+    with little, and tiles of fewer rows than a full tile (float32, every build)."""
     for module in VARIANTS.values():
         assert compact_phases(module, "forward", x_shape, w_shape, kw, np.float32) == 0
 
@@ -682,3 +688,17 @@ def test_weight_against_reference_and_across_threads(rng, assert_close, variant,
 def test_weight_which_problems(x_shape, w_shape, kw, chosen):
     """By the grid columns per valid pixel of a reduction step (float32, the best variant)."""
     assert compact(list(VARIANTS.values())[-1], x_shape, w_shape, kw, np.float32) == chosen
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kw", [
+    c for c in COMPACT + HALVES if c.id.startswith("in-place")])
+def test_compact_with_the_weight_read_in_place(x_shape, w_shape, kw):
+    """At batch 1 with few pixels the tiles read the weight in place and still compute only
+    the valid columns (lc_tile_gc): in the forward pass (2-D) or one of the passes, float32 on
+    the widest build."""
+    module = list(VARIANTS.values())[-1]
+    if _loops.platform.x86_level() < 4:
+        pytest.skip("the cases are chosen for 512-bit vectors")
+    plans = [plan(module, which, x_shape, w_shape, kw, np.float32)
+             for which in ("forward", "input")]
+    assert any(p["weight read in place"] and p["compact phases"] for p in plans), plans

@@ -42,6 +42,14 @@ cdef extern from "elements.h" nogil:
     void lc_tile_g_f64(int mr, int nv, Py_ssize_t kc, const double *a,
                        const Py_ssize_t *aoff, Py_ssize_t rs, const double *b,
                        const Py_ssize_t *boff, double *c, Py_ssize_t ldc, int beta)
+    void lc_tile_gc_f32(int pieces, int mr, int nv, Py_ssize_t kc, const float *a,
+                        const Py_ssize_t *aoff, Py_ssize_t rs, const float *b,
+                        const Py_ssize_t *boff, const Py_ssize_t *vo, float *c, Py_ssize_t ldc,
+                        int beta)
+    void lc_tile_gc_f64(int pieces, int mr, int nv, Py_ssize_t kc, const double *a,
+                        const Py_ssize_t *aoff, Py_ssize_t rs, const double *b,
+                        const Py_ssize_t *boff, const Py_ssize_t *vo, double *c,
+                        Py_ssize_t ldc, int beta)
     void lc_tile_p_f32(int nv, Py_ssize_t kc, const float *const *ar, const Py_ssize_t *aoff,
                        const float *b, Py_ssize_t ldb, float *c, Py_ssize_t ldc, int beta,
                        int pf)
@@ -203,6 +211,18 @@ cdef inline void tile_g(int mr, int nv, Py_ssize_t kc, const element *a,
         lc_tile_g_f32(mr, nv, kc, a, aoff, rs, b, boff, c, ldc, beta)
     else:
         lc_tile_g_f64(mr, nv, kc, a, aoff, rs, b, boff, c, ldc, beta)
+
+
+cdef inline void tile_gc(int pieces, int mr, int nv, Py_ssize_t kc, const element *a,
+                         const Py_ssize_t *aoff, Py_ssize_t rs, const element *b,
+                         const Py_ssize_t *boff, const Py_ssize_t *vo, element *c,
+                         Py_ssize_t ldc, bint beta) noexcept nogil:
+    """tile_g with each vector of the columns (pieces 1) or each half of one (pieces 2) at its
+    own offset, b + vo[r] for piece r (as tile_v)."""
+    if element is float:
+        lc_tile_gc_f32(pieces, mr, nv, kc, a, aoff, rs, b, boff, vo, c, ldc, beta)
+    else:
+        lc_tile_gc_f64(pieces, mr, nv, kc, a, aoff, rs, b, boff, vo, c, ldc, beta)
 
 
 cdef inline void tile_p(int nv, Py_ssize_t kc, const element *const *ar,

@@ -114,6 +114,10 @@
  *                 few pixels per weight, where packing A would cost as much as the product);
  *                 not inlined, so that GCC still inlines lc_tile_b into its caller (inlining
  *                 both, it stopped: the forward pass of largek 5 % slower)
+ *   lc_tile_gc_T: lc_tile_g with B's vectors (pieces 1) or halves (pieces 2) at their own
+ *                 offsets, as lc_tile_v: a compact phase with A read in place (a GAN's 4x4
+ *                 stride-2 transposed layer from 8x8 at batch 1: phases of 8x8 pixels, rows
+ *                 of half a vector, whose grid tiles computed 80 columns for 64)
  *   lc_tile_p_T:  C[i, j] (=, +=) sum_k ar[i][aoff[k]] * b[ldb * k + j]        MR_B rows
  *                 pixel tiles: row i of A is a pixel of the staged source at its own place
  *                 ar[i] (a tile's pixels may lie in several rows and images), B the weight
@@ -334,6 +338,28 @@ static inline void lc_tile_h_##TAG##V##_##SUFFIX(ptrdiff_t kc, const T *LC_RESTR
     for (int v = 0; v < 2 * NV; v++) vo[v] = vofs[v];                                   \
     LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, MR, NV, a[MR * k + i],           \
                  b + boff[k], lc_halves_##SUFFIX(bk + vo[2 * v], bk + vo[2 * v + 1]), ) \
+}                                                                                       \
+static inline void lc_tile_gv_##TAG##V##_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a, \
+        const ptrdiff_t *LC_RESTRICT aoff, ptrdiff_t rs, const T *LC_RESTRICT b,        \
+        const ptrdiff_t *LC_RESTRICT boff, const ptrdiff_t *LC_RESTRICT vofs,           \
+        T *LC_RESTRICT c, ptrdiff_t ldc, int beta)                                      \
+{                                                                                       \
+    ptrdiff_t vo[NV];                                                                   \
+    for (int v = 0; v < NV; v++) vo[v] = vofs[v];                                       \
+    LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, MR, NV, a[aoff[k] + i * rs],     \
+                 b + boff[k], *(const lc_uvec_##SUFFIX *)(bk + vo[v]),                  \
+                 LC_PREFETCH_G(T, MR))                                                  \
+}                                                                                       \
+static inline void lc_tile_gh_##TAG##V##_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a, \
+        const ptrdiff_t *LC_RESTRICT aoff, ptrdiff_t rs, const T *LC_RESTRICT b,        \
+        const ptrdiff_t *LC_RESTRICT boff, const ptrdiff_t *LC_RESTRICT vofs,           \
+        T *LC_RESTRICT c, ptrdiff_t ldc, int beta)                                      \
+{                                                                                       \
+    ptrdiff_t vo[2 * NV];                                                               \
+    for (int v = 0; v < 2 * NV; v++) vo[v] = vofs[v];                                   \
+    LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, MR, NV, a[aoff[k] + i * rs],     \
+                 b + boff[k], lc_halves_##SUFFIX(bk + vo[2 * v], bk + vo[2 * v + 1]),   \
+                 LC_PREFETCH_G(T, MR))                                                  \
 }
 
 /* The tiles of MR rows in every width; only the full width prefetches, and lc_tile_h not (its
@@ -435,6 +461,16 @@ static void lc_tile_g_##SUFFIX(int mr, int nv, ptrdiff_t kc, const T *a,        
         const ptrdiff_t *aoff, ptrdiff_t rs, const T *b, const ptrdiff_t *boff, T *c,   \
         ptrdiff_t ldc, int beta)                                                        \
     LC_BY_MR(mr, nv, lc_tile_g, SUFFIX, (kc, a, aoff, rs, b, boff, c, ldc, beta))       \
+__attribute__((noinline))                                                               \
+static void lc_tile_gc_##SUFFIX(int pieces, int mr, int nv, ptrdiff_t kc, const T *a,   \
+        const ptrdiff_t *aoff, ptrdiff_t rs, const T *b, const ptrdiff_t *boff,         \
+        const ptrdiff_t *vo, T *c, ptrdiff_t ldc, int beta)                             \
+{                                                                                       \
+    if (pieces == 2)                                                                    \
+        LC_BY_MR(mr, nv, lc_tile_gh, SUFFIX, (kc, a, aoff, rs, b, boff, vo, c, ldc, beta)) \
+    else                                                                                \
+        LC_BY_MR(mr, nv, lc_tile_gv, SUFFIX, (kc, a, aoff, rs, b, boff, vo, c, ldc, beta)) \
+}                                                                                       \
 __attribute__((noinline))                                                               \
 static void lc_tile_p_##SUFFIX(int nv, ptrdiff_t kc, const T *const *ar,                \
         const ptrdiff_t *aoff, const T *b, ptrdiff_t ldb, T *c, ptrdiff_t ldc, int beta, \

@@ -73,7 +73,8 @@ from loopconv._loops.elements cimport (LC_ISA, LC_DW_OB, LC_DWC_PX, LC_KR_D, LC_
                                        dw_dots, dw_rows, dwc_copy, dwc_dotruns, dwc_runs,
                                        element, evens, put_run, short_row, split_phases,
                                        short_row_pair, stream, tile_a, tile_b,
-                                       dots, down, tile_d, tile_e, tile_g, tile_m, tile_p, tile_v,
+                                       dots, down, tile_d, tile_e, tile_g, tile_gc, tile_m,
+                                       tile_p, tile_v,
                                        transpose_at, transpose_block, typecode)
 
 

@@ -162,14 +162,20 @@ cdef Py_ssize_t phase_pieces(const Product *p, const Phase *ph,
     """The pieces each vector of a tile of phase ph (its grid's columns, ph.ncols, not yet
     made compact) would take from the rows of its grid if compact (compact_phases): 1 where
     its rows are whole vectors and its junk is COMPACT_WASTE or more, 2 where they are half
-    vectors (of 4 elements or more) and its junk HALVES_WASTE or more, else 0.  Products that
-    read the weight in place keep their grid, and so do tiles of fewer rows than LC_MR_B (few
-    output channels), whose few sums a row of B meets leave the loads and the offsets the
-    larger cost: a GAN's last layer, 64 -> 3 channels 4x4 stride 2 from 32x32 to 64x64 at
-    batch 32, took 1.30 times as long with compact phases of 4-row tiles."""
+    vectors (of 4 elements or more) and its junk HALVES_WASTE or more, else 0.  Tiles of
+    fewer rows than LC_MR_B (few output channels) keep their grid: the few sums a row of B
+    meets leave the loads and the offsets the larger cost (a GAN's last layer, 64 -> 3
+    channels 4x4 stride 2 from 32x32 to 64x64 at batch 32, took 1.30 times as long with
+    compact phases of 4-row tiles).  Products that read the weight in place (batch 1) are
+    compact too (lc_tile_gc; in one process switching on every call, against their grid,
+    float32 one thread: a GAN's 4x4 stride-2 layer from 8x8 1.11x (batch 2 1.13x), 3x3 on 8x8
+    with 64 channels 1.16x, 256 channels input gradient 1.21x, on 16x16 1.06-1.08x, stride 2
+    onto 16x16 1.23x, 512 -> 256 on 8x8 input gradient 1.23x, 5x5 on 16x16 1.06x; two threads
+    alike; float64 1.05-1.23x, and 3x3 on 4x4 with 96 channels, which took pixel tiles that
+    skip taps, as halves 1.08-1.73x; 32x32 and 64x64 1.00)."""
     cdef Py_ssize_t VW = LC_VEC_BYTES // itemsize
     cdef Py_ssize_t valid = phase_pixels(ph)
-    if p.gathered or valid == 0 or p.mr < LC_MR_B:
+    if valid == 0 or p.mr < LC_MR_B:
         return 0
     if ph.grid[2] % VW == 0 and valid * COMPACT_WASTE <= ph.ncols:
         return 1
@@ -293,8 +299,12 @@ cdef bint pixel_tiles_suit(const Product *p, const Phase *phases, Py_ssize_t ite
     for f in range(p.nphase):
         ph = &phases[f]
         rows = ph.grid[0] * ph.grid[1]
-        # the tiled product's columns: compact (with halves costing HALVES_COST), or the grid
-        pieces = phase_pieces(p, ph, itemsize)
+        # the tiled product's columns: compact (with halves costing HALVES_COST), or the grid;
+        # weighed as a grid where it reads the weight in place, though its tiles are compact
+        # there too (lc_tile_gc): pixel tiles that skip taps ran faster than those (24 images
+        # of 4x4, 5x5 with padding 2, float64: 1.08 against 1.47 ms), and the choice was
+        # measured against the grid
+        pieces = 0 if p.gathered else phase_pieces(p, ph, itemsize)
         cols = rows * ph.grid[2] if pieces else ph.ncols
         # the last columns of a block in tiles of two vectors and one (product_tiles)
         tail = (cols % NR + VW - 1) // VW
