@@ -272,7 +272,8 @@ cdef enum:
     # (four) 0.95-1.04x
     DOT_COLUMNS = 2             # at most 2: product_dots sums one pair
     # DOT_KEY: the entries that name a thread's gathered columns of an image (product_dots):
-    # image and group, phase, first and last column, elements gathered
+    # image and group, phase, the places in dst of its first and last column, elements
+    # gathered
     DOT_KEY = 5
     DOTS_ALONG_K = 1
     DOTS_DOWN_ROWS = 2

@@ -674,6 +674,7 @@ cdef void product_dots(const Product *p, const Phase *ph, const Item *it, int ho
     cdef element *bcol
     cdef Py_ssize_t *key
     cdef Py_ssize_t image
+    cdef bint same
     if ncol == 0:
         return
     nc = min(2, ncol)
@@ -689,16 +690,18 @@ cdef void product_dots(const Product *p, const Phase *ph, const Item *it, int ho
         bcol = memo + n * 2 * kmost
         key = keys + n * DOT_KEY
         image = (it.n0 + n) * p.G + it.g
-        if not (key[0] == image and key[1] == it.f and key[2] == it.q0 + t
-                and key[3] == it.q0 + u and key[4] >= k0 + kc):
+        # named by the places in dst of the columns, which a band's columns (it.q0 0) or a
+        # phase's grid do not change
+        same = (key[0] == image and key[1] == it.f and key[2] == dcol[t]
+                and key[3] == dcol[u])
+        if not (same and key[4] >= k0 + kc):
             for j in range(2):
                 for k in range(k0, k0 + kc):
                     bcol[j * kmost + k] = b[cols[min(j, nc - 1)] + boff[k]]
-            if (key[0] == image and key[1] == it.f and key[2] == it.q0 + t
-                    and key[3] == it.q0 + u and key[4] == k0):
+            if same and key[4] == k0:
                 key[4] = k0 + kc        # the gathered elements run on
             else:
-                key[0], key[1], key[2], key[3] = image, it.f, it.q0 + t, it.q0 + u
+                key[0], key[1], key[2], key[3] = image, it.f, dcol[t], dcol[u]
                 key[4] = kc if k0 == 0 else 0
         k = 0
         while k < kc:           # in blocks of KC, as the tiles
