@@ -434,8 +434,9 @@ ALIGN_BYTES = 1 << 16
 
 
 def empty(shape, dtype) -> np.ndarray:
-    """np.empty(shape, dtype), on a 64-byte boundary where it holds ALIGN_BYTES or more
-    (`direct.aligned_empty`: then a view of a slightly larger buffer)."""
+    """np.empty(shape, dtype), on a 64-byte boundary where it holds ALIGN_BYTES or more (then
+    a view of a slightly larger buffer), from 1 MiB on in a buffer that a freed result of
+    about its size left behind where there is one (`direct.pooled_empty`)."""
     dtype = np.dtype(dtype)
     if math.prod(shape) * dtype.itemsize < ALIGN_BYTES:
         return np.empty(shape, dtype)
