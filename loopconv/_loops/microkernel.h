@@ -287,6 +287,20 @@
         __builtin_prefetch(rows[(MR) - 1] + o);                                         \
     }
 
+/* lc_tile_gc's tiles (NAME lc_tile_gv or lc_tile_gh): lc_tile_g's A read in place, B's
+ * vectors of columns each from P pieces at their own offsets, LOAD the vector v of row bk. */
+#  define LC_TILE_GC(SUFFIX, T, TAG, MR, V, NV, NAME, P, LOAD)                          \
+static inline void NAME##_##TAG##V##_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,     \
+        const ptrdiff_t *LC_RESTRICT aoff, ptrdiff_t rs, const T *LC_RESTRICT b,        \
+        const ptrdiff_t *LC_RESTRICT boff, const ptrdiff_t *LC_RESTRICT vofs,           \
+        T *LC_RESTRICT c, ptrdiff_t ldc, int beta)                                      \
+{                                                                                       \
+    ptrdiff_t vo[(P) * NV];                                                             \
+    for (int v = 0; v < (P) * NV; v++) vo[v] = vofs[v];                                 \
+    LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, MR, NV, a[aoff[k] + i * rs],     \
+                 b + boff[k], LOAD, LC_PREFETCH_G(T, MR))                               \
+}
+
 /* lc_tile_b, lc_tile_g, lc_tile_v and lc_tile_h with MR rows and NV vectors, named by V: NV_B
  * (w), one (n), two (d). */
 #  define LC_TILE_BG(SUFFIX, T, TAG, MR, V, NV, PF, PFA, PFV)                           \
@@ -339,28 +353,10 @@ static inline void lc_tile_h_##TAG##V##_##SUFFIX(ptrdiff_t kc, const T *LC_RESTR
     LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, MR, NV, a[MR * k + i],           \
                  b + boff[k], lc_halves_##SUFFIX(bk + vo[2 * v], bk + vo[2 * v + 1]), ) \
 }                                                                                       \
-static inline void lc_tile_gv_##TAG##V##_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a, \
-        const ptrdiff_t *LC_RESTRICT aoff, ptrdiff_t rs, const T *LC_RESTRICT b,        \
-        const ptrdiff_t *LC_RESTRICT boff, const ptrdiff_t *LC_RESTRICT vofs,           \
-        T *LC_RESTRICT c, ptrdiff_t ldc, int beta)                                      \
-{                                                                                       \
-    ptrdiff_t vo[NV];                                                                   \
-    for (int v = 0; v < NV; v++) vo[v] = vofs[v];                                       \
-    LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, MR, NV, a[aoff[k] + i * rs],     \
-                 b + boff[k], *(const lc_uvec_##SUFFIX *)(bk + vo[v]),                  \
-                 LC_PREFETCH_G(T, MR))                                                  \
-}                                                                                       \
-static inline void lc_tile_gh_##TAG##V##_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a, \
-        const ptrdiff_t *LC_RESTRICT aoff, ptrdiff_t rs, const T *LC_RESTRICT b,        \
-        const ptrdiff_t *LC_RESTRICT boff, const ptrdiff_t *LC_RESTRICT vofs,           \
-        T *LC_RESTRICT c, ptrdiff_t ldc, int beta)                                      \
-{                                                                                       \
-    ptrdiff_t vo[2 * NV];                                                               \
-    for (int v = 0; v < 2 * NV; v++) vo[v] = vofs[v];                                   \
-    LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, MR, NV, a[aoff[k] + i * rs],     \
-                 b + boff[k], lc_halves_##SUFFIX(bk + vo[2 * v], bk + vo[2 * v + 1]),   \
-                 LC_PREFETCH_G(T, MR))                                                  \
-}
+LC_TILE_GC(SUFFIX, T, TAG, MR, V, NV, lc_tile_gv, 1,                                   \
+           *(const lc_uvec_##SUFFIX *)(bk + vo[v]))                                     \
+LC_TILE_GC(SUFFIX, T, TAG, MR, V, NV, lc_tile_gh, 2,                                   \
+           lc_halves_##SUFFIX(bk + vo[2 * v], bk + vo[2 * v + 1]))
 
 /* The tiles of MR rows in every width; only the full width prefetches, and lc_tile_h not (its
  * halves' lines asked for the same way made 3x3x3 on 8^3 0.8-0.95 times as fast). */

@@ -190,11 +190,13 @@ cdef Py_ssize_t compact_phases(Product *p, Phase *phases, Py_ssize_t itemsize) n
     in one grid row.  3x3x3 on 16^3 computed 1.125 grid columns a pixel, on 8^3 1.25, 32^3
     1.06, 3x3 on 32x32 1.03.  Then cuts the phases' columns into blocks (p.ncb columns each,
     whole_rows) and sets p.items_ng and p.nblocks (the most column blocks of a phase); returns
-    the columns of one (image, group), all phases."""
+    the columns of one (image, group), all phases; sets p.kmost."""
     cdef Py_ssize_t NR = LC_NV_B * LC_VEC_BYTES // itemsize, f, columns = 0
     cdef Phase *ph
+    p.kmost = 0
     for f in range(p.nphase):
         ph = &phases[f]
+        p.kmost = max(p.kmost, ph.K)
         ph.pieces = 0 if p.by_pixel else phase_pieces(p, ph, itemsize)
         if ph.pieces:
             ph.ncols = phase_pixels(ph)
@@ -346,8 +348,8 @@ cdef int product_pass(const Product *p, const Phase *phases,
     # the staged slices, a tile (pixel tiles: a vector's lanes of rows, and a block for their
     # transposes), an item's sums where A's columns run in several blocks (product_tile) and
     # the columns of B gathered for dot products (product_dots), dots_at
-    cdef Py_ssize_t room = dot_room(p, most_k(p, phases)), t, u
-    cdef Py_ssize_t fper = per_thread(dots_at(p, phases, sizeof(element)) + room)
+    cdef Py_ssize_t room = dot_room(p), t, u
+    cdef Py_ssize_t fper = per_thread(dots_at(p, sizeof(element)) + room)
     # the staged slices' name, dcol and run of an item's columns (pixel tiles: and six entries
     # per pixel of its images), the gathered columns' keys (dot_keys_at)
     cdef Py_ssize_t iper = per_thread(dot_keys_at(p) + (p.nimg * DOT_KEY if room else 0))

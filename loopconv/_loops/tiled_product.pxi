@@ -32,6 +32,7 @@ cdef struct Product:
     const Py_ssize_t *bstart  # the first of those pairs of each column block (block_starts)
     Py_ssize_t nblocks      # column blocks: the most of any phase
     Py_ssize_t ncb          # grid columns per column block (compact_phases)
+    Py_ssize_t kmost        # the most columns of A of any phase (compact_phases)
     Py_ssize_t nimg         # images per work item, and their blocks (see split_work)
     Py_ssize_t nib
     Py_ssize_t nrb          # row blocks per work item of a column block
@@ -438,29 +439,20 @@ cdef inline Py_ssize_t item_sums_at(Py_ssize_t itemsize) noexcept nogil:
     return round_up(max(LC_MR_B, VW) * (LC_NV_B * VW) + VW * VW, 64 // itemsize)
 
 
-cdef inline Py_ssize_t most_k(const Product *p, const Phase *phases) noexcept nogil:
-    """The most columns of A of any phase of the forward-style product p."""
-    cdef Py_ssize_t f, K = 0
-    for f in range(p.nphase):
-        K = max(K, phases[f].K)
-    return K
-
-
-cdef inline Py_ssize_t dot_room(const Product *p, Py_ssize_t K) noexcept nogil:
+cdef inline Py_ssize_t dot_room(const Product *p) noexcept nogil:
     """The scratch a thread keeps for the columns of B that product_dots gathers: two rows of
-    K (the most columns of A of a phase) for each image of an item, where A is read in place
-    (p.gathered: only then are columns summed as dot products); 0 elsewhere."""
-    return p.nimg * 2 * K if p.gathered and not p.by_pixel else 0
+    p.kmost (the most columns of A of a phase) for each image of an item, where A is read in
+    place (p.gathered: only then are columns summed as dot products); 0 elsewhere."""
+    return p.nimg * 2 * p.kmost if p.gathered and not p.by_pixel else 0
 
 
-cdef inline Py_ssize_t dots_at(const Product *p, const Phase *phases,
-                               Py_ssize_t itemsize) noexcept nogil:
+cdef inline Py_ssize_t dots_at(const Product *p, Py_ssize_t itemsize) noexcept nogil:
     """Where the gathered columns (dot_room) start in a thread's scratch, in elements of
     itemsize bytes: after the staged slices, a tile and a block for transposes (item_sums_at),
     and an item's sums."""
     cdef Py_ssize_t NR = LC_NV_B * LC_VEC_BYTES // itemsize
     cdef Py_ssize_t sums = (p.nimg * p.rblk * p.mr * round_up(p.ncb, NR)
-                            if keeps_sums(most_k(p, phases)) and not p.by_pixel else 0)
+                            if keeps_sums(p.kmost) and not p.by_pixel else 0)
     return round_up(p.nimg * p.st.size + item_sums_at(itemsize) + sums, 64 // itemsize)
 
 
@@ -551,8 +543,8 @@ cdef inline void product_tiles(const Product *p, const Phase *ph, const Item *it
                                const element **staged, const element *a_g,
                                const Py_ssize_t *boff, const Py_ssize_t *aoff, element *dst_g,
                                const Py_ssize_t *dcol, const Py_ssize_t *run,
-                               element *ctile, element *memo, Py_ssize_t *keys,
-                               Py_ssize_t kmost) noexcept nogil:
+                               element *ctile, element *memo,
+                               Py_ssize_t *keys) noexcept nogil:
     """The sums of the item: A's columns in blocks of KC, and within a block the item's grid
     columns in tiles of NR, then the last columns in tiles of two vectors and one
     (tail_vectors); tiles that are all junk are skipped.  Each tile runs over all the item's
@@ -596,7 +588,7 @@ cdef inline void product_tiles(const Product *p, const Phase *ph, const Item *it
         kc = min(kstep, K - k0)
         if by_dots:
             product_dots(p, ph, it, by_dots, k0, kc, nfull * NR, staged, a_g, boff, aoff,
-                         dst_g, dcol, run, memo, keys, kmost)
+                         dst_g, dcol, run, memo, keys)
         ip = it.ip0
         while ip < it.ip1:
             j0 = 0
@@ -654,11 +646,11 @@ cdef void product_dots(const Product *p, const Phase *ph, const Item *it, int ho
                        Py_ssize_t k0, Py_ssize_t kc, Py_ssize_t j0, const element **staged,
                        const element *a_g, const Py_ssize_t *boff, const Py_ssize_t *aoff,
                        element *dst_g, const Py_ssize_t *dcol, const Py_ssize_t *run,
-                       element *memo, Py_ssize_t *keys, Py_ssize_t kmost) noexcept nogil:
+                       element *memo, Py_ssize_t *keys) noexcept nogil:
     """The item's valid columns from j0 on (two at most), all its rows, over A's columns k0 ..
     k0 + kc - 1 (added to the earlier ones if k0 > 0), `how` (dot_columns): DOTS_ALONG_K, by
-    `dots`, A's rows read in place and the columns of B gathered into two rows of kmost
-    elements in memo (for image n of the item, at n * 2 * kmost); DOTS_DOWN_ROWS, by `down`,
+    `dots`, A's rows read in place and the columns of B gathered into two rows of p.kmost
+    elements in memo (for image n of the item, at n * 2 * p.kmost); DOTS_DOWN_ROWS, by `down`,
     A's columns and B's elements read in place.  The gathered columns stay in this thread's
     memo for the next item with the same columns of the same image, group and phase (the
     item's other row blocks, which come one after the other): `keys` (DOT_KEY entries an
@@ -667,7 +659,7 @@ cdef void product_dots(const Product *p, const Phase *ph, const Item *it, int ho
     of every channel, a fifth of its time."""
     cdef Py_ssize_t cols[MAX_NR]
     cdef Py_ssize_t ncol = valid_columns(run, j0, it.ncols, cols)
-    cdef Py_ssize_t r0 = it.i0, r1 = it.i1, n, nc, j, k, t, u
+    cdef Py_ssize_t r0 = it.i0, r1 = it.i1, n, nc, j, k, t, u, kmost = p.kmost
     cdef const element *b
     cdef const element *a = a_g + r0 * p.a_rs
     cdef element *d
@@ -1014,8 +1006,7 @@ cdef void product_item(const Product *p, const Phase *phases, Py_ssize_t item,
     else:
         product_tiles(p, ph, &it, staged, a_g, boff_all + ph.k_off, aoff_all + ph.k_off,
                       dst_g, dcol, run, fws + p.nimg * p.st.size,
-                      fws + dots_at(p, phases, sizeof(element)), iws + dot_keys_at(p),
-                      most_k(p, phases))
+                      fws + dots_at(p, sizeof(element)), iws + dot_keys_at(p))
     if bias != NULL:
         set_columns(p, &it, dst_g, dcol, bias, True)
 
