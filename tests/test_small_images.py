@@ -579,25 +579,30 @@ def test_threads_stay_in_their_scratch(rng, variant, dtype):
     """Each of the threads writes only within its region of the scratch (weight_plan's
     "scratch" elements and "indices" a thread): workspaces larger than a call needs, filled
     with a marker, keep it past the regions of the threads the call ran on."""
-    module = _loops.variants()[variant]
-    itemsize = np.dtype(dtype).itemsize
     for c in SCRATCH_CASES:
-        x_shape, w_shape, kw = c.values
-        plan = module.weight_plan(*shapes5(x_shape, w_shape, kw),
-                                  *loop_args(x_shape, w_shape, kw), itemsize)
-        x, gy = arrays(rng, x_shape, w_shape, kw, dtype)
-        expected = grad_weight(module, x, gy, w_shape, kw, threads=1)   # makes the workspaces
-        for threads in (1, 2, 3):
-            spaces = module._workspaces.arrays
-            used = {"f": (plan["scratch"] * threads, np.dtype(dtype), -1234.5),
-                    "i": (plan["indices"] * threads, np.dtype(np.intp), -987654321)}
-            for name, (n, kind, marker) in used.items():
-                spaces[name, kind.char] = _loops.direct.aligned_empty((n + 4096,), kind)
-                spaces[name, kind.char].fill(marker)
-            got = grad_weight(module, x, gy, w_shape, kw, threads)
-            assert np.array_equal(got, expected), (c.id, threads)
-            for name, (n, kind, marker) in used.items():
-                assert (spaces[name, kind.char][n:] == marker).all(), (c.id, threads, name)
+        check_in_scratch(rng, _loops.variants()[variant], *c.values, dtype, c.id)
+
+
+def check_in_scratch(rng, module, x_shape, w_shape, kw, dtype, name):
+    """The weight gradient of the case on 1, 2 and 3 threads into workspaces just larger than
+    weight_plan's "scratch" elements and "indices" a thread, filled with a marker: the same
+    bits as with fresh ones (nothing read that the call did not write), and the marker kept
+    past the regions of the threads the call ran on."""
+    plan = module.weight_plan(*shapes5(x_shape, w_shape, kw), *loop_args(x_shape, w_shape, kw),
+                              np.dtype(dtype).itemsize)
+    x, gy = arrays(rng, x_shape, w_shape, kw, dtype)
+    expected = grad_weight(module, x, gy, w_shape, kw, threads=1)   # makes the workspaces
+    for threads in (1, 2, 3):
+        spaces = module._workspaces.arrays
+        used = {"f": (plan["scratch"] * threads, np.dtype(dtype), -1234.5),
+                "i": (plan["indices"] * threads, np.dtype(np.intp), -987654321)}
+        for space, (n, kind, marker) in used.items():
+            spaces[space, kind.char] = _loops.direct.aligned_empty((n + 4096,), kind)
+            spaces[space, kind.char].fill(marker)
+        got = grad_weight(module, x, gy, w_shape, kw, threads)
+        assert np.array_equal(got, expected), (name, threads)
+        for space, (n, kind, marker) in used.items():
+            assert (spaces[space, kind.char][n:] == marker).all(), (name, threads, space)
 
 
 # ---------------------------------------------------------------------------------------------

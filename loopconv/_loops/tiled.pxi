@@ -355,6 +355,12 @@ cdef enum:
     ONE_STEP_BYTES = 1 << 21
     ONE_STEP_PANEL = 1 << 20
     ONE_STEP_STAGED = 1 << 23
+    # BAND_SLICE_BYTES, BAND_BYTES, BAND_REACH: the weight gradient reads a slice staged of at
+    # least BAND_SLICE_BYTES in bands of rows of at most BAND_BYTES, each BAND_REACH times
+    # what it stages again or more (set_weight_band)
+    BAND_SLICE_BYTES = 1 << 23
+    BAND_BYTES = 1 << 20
+    BAND_REACH = 4
     # B_BLOCK_BYTES: the weight gradient's tiles take the packed dy (or x, where dy_rows) in
     # blocks of column tiles of at most this many bytes, each block against all the rows of
     # tiles of a call (weight_tiles); SPAN_BYTES: a reduction of one step writes the rows of

@@ -811,22 +811,68 @@ cdef void set_weight(WeightProduct *p, tuple xs, tuple ws, tuple ys, stride, pad
     step or a step's packed dy is wide)
     and the output channels fill a tile's rows, the rows o of dy read in place and x packed
     (p.dy_rows), where a step's packed x fits in DY_ROWS_BYTES; else, where one_step, the
-    reduction in one step."""
+    reduction in one step.  Then, from the staging chosen, its bands (set_weight_band)."""
     cdef WeightProduct q
     cdef double rows_k = 1
+    cdef Py_ssize_t reach
     set_weight_as(p, xs, ws, ys, stride, pad, dilation, groups, itemsize, x_size, False, False)
-    if p.lanes:
+    if not p.lanes:
+        set_weight_as(&q, xs, ws, ys, stride, pad, dilation, groups, itemsize, x_size, True,
+                      False)
+        if q.direct and (p.nsteps == 1 or p.Cpad * p.block * itemsize > B_BLOCK_BYTES):
+            rows_k = ROWS_K_COST
+        # each block of rows of dy_rows reads all of a step's packed x (DY_ROWS_BYTES)
+        if (q.Cpad * min(q.block, q.ncols) * itemsize <= DY_ROWS_BYTES
+                and weight_cost(&q) < rows_k * weight_cost(p)):
+            p[0] = q
+        elif one_step(p):
+            set_weight_as(p, xs, ws, ys, stride, pad, dilation, groups, itemsize, x_size,
+                          False, True)
+    # the farthest a tap reads along the staged grid, and whole tiles of columns past a step
+    reach = max([tap_offset(&p.st, 0, t) % p.st.pstep
+                 for t in kernel_taps(ws[2:], dilation)]) + p.NR
+    set_weight_band(p, reach)
+
+
+cdef void set_weight_band(WeightProduct *p, Py_ssize_t reach) noexcept nogil:
+    """Bands for the weight gradient p (p.band_rows, p.bst), whose steps read `reach` grid
+    columns past their last: where a slice's staged copy is BAND_SLICE_BYTES or more, each
+    step reads a band of it instead, rows of the staged grid enough for a chunk's steps and
+    their reach but within BAND_BYTES, which the step's thread stages where it first needs
+    them (weight_band) and its steps then read from L2.  The whole copy went to memory and
+    back: a V-Net's 16 -> 32 2x2x2 stride-2 layer on 64^3 at batch 1 (16 MB staged) spent
+    half its time staging on one thread, and more on two, which shared the memory's
+    bandwidth (0.62 of PyTorch).  Only for one image a block whose rows k are x's (not
+    p.dy_rows, which packs x, nor p.direct, which keeps every step), and where a band holds
+    BAND_REACH times what a band stages again or leaves unread (a step's reach, a row, a
+    step) or more.  Slices that fit in L3 (4 MB of 32 -> 64 on 32^3) and bands beyond an L2
+    ran slower as bands (0.9-0.95x)."""
+    cdef Py_ssize_t Wq = p.st.q[2], chunk, rows, most, extra
+    cdef Py_ssize_t nphase = p.st.step[0] * p.st.step[1] * p.st.step[2]
+    p.band_rows = 0
+    p.band_reach = reach
+    if (p.nimg != 1 or p.dy_rows or p.direct or p.st.itemsize == 0
+            or p.st.nchan * p.st.chan * p.st.itemsize < BAND_SLICE_BYTES):
         return
-    set_weight_as(&q, xs, ws, ys, stride, pad, dilation, groups, itemsize, x_size, True, False)
-    if q.direct and (p.nsteps == 1 or p.Cpad * p.block * itemsize > B_BLOCK_BYTES):
-        rows_k = ROWS_K_COST
-    # each block of rows of dy_rows reads all of a step's packed x (DY_ROWS_BYTES)
-    if (q.Cpad * min(q.block, q.ncols) * itemsize <= DY_ROWS_BYTES
-            and weight_cost(&q) < rows_k * weight_cost(p)):
-        p[0] = q
-    elif one_step(p):
-        set_weight_as(p, xs, ws, ys, stride, pad, dilation, groups, itemsize, x_size, False,
-                      True)
+    chunk = (p.nsteps + p.nchunk - 1) // p.nchunk * p.block
+    most = BAND_BYTES // (p.st.nchan * nphase * Wq * p.st.itemsize)
+    rows = (chunk + reach + Wq - 1) // Wq + 1
+    # a band for a whole chunk stages what the shortest chunk leaves unread, one of fewer
+    # rows (restaged as the steps pass its end) its reach, a row and a step again
+    extra = rows * Wq - p.nsteps // p.nchunk * p.block
+    if rows > most:
+        rows = most
+        extra = reach + Wq + p.block
+    if rows * Wq < BAND_REACH * extra or 4 * rows * Wq > p.st.pstep:
+        return
+    p.band_rows = rows
+    p.bst = p.st
+    p.bst.plane = rows * Wq
+    p.bst.pstep = p.bst.plane
+    p.bst.chan = nphase * p.bst.pstep
+    p.bst.gap = 0
+    p.bst.identity = False
+    p.bst.size = round_up(p.bst.nchan * p.bst.chan + p.NR, 16)
 
 
 cdef void set_weight_as(WeightProduct *p, tuple xs, tuple ws, tuple ys, stride, pad, dilation,
@@ -872,15 +918,15 @@ cdef Py_ssize_t weight_scratch(const WeightProduct *p, Py_ssize_t VW) noexcept n
     """Elements of scratch a thread of the weight gradient p uses: the staging, the packed dy
     (p.direct: of every step); p.direct: the rows written together and a block to transpose
     (else rows_to_dw's block, VW * VW, after the staging)."""
-    return per_thread(max(p.st.size + p.Cpad * p.block * (p.nsteps if p.direct else 1)
+    return per_thread(max(staged_room(p) + p.Cpad * p.block * (p.nsteps if p.direct else 1)
                           + (p.span * p.mr * p.Cpad + VW * VW if p.direct else 0), VW * VW))
 
 
 cdef Py_ssize_t weight_indices(const WeightProduct *p) noexcept nogil:
     """Indices of scratch a thread of the weight gradient p uses: the marks of what it holds
-    staged and packed, a step's columns (dcol, run, cmap); p.direct: each step's A and
-    columns."""
-    return per_thread(2 + 3 * p.block + (2 * p.nsteps if p.direct else 0))
+    staged and packed and its band's first row, a step's columns (dcol, run, cmap); p.direct:
+    each step's A and columns."""
+    return per_thread(3 + 3 * p.block + (2 * p.nsteps if p.direct else 0))
 
 
 def weight_plan(xs, ws, ys, stride, pad, dilation, Py_ssize_t groups, Py_ssize_t itemsize):
@@ -893,6 +939,7 @@ def weight_plan(xs, ws, ys, stride, pad, dilation, Py_ssize_t groups, Py_ssize_t
             "row blocks": p.nkb, "columns": p.ncols, "block": p.block, "lanes": bool(p.lanes),
             "compact": bool(p.compact), "narrow": bool(p.narrow), "direct": bool(p.direct),
             "output rows": bool(p.out_rows), "dy rows": bool(p.dy_rows),
+            "band rows": p.band_rows,
             "scratch": weight_scratch(&p, LC_VEC_BYTES // itemsize),
             "indices": weight_indices(&p),
             "last slice read in place": last_in_place(&p.st, xs[0], groups, p.x_img,
@@ -1127,7 +1174,8 @@ cdef _Geometry new_geometry(int which, tuple xs, tuple ws, tuple ys, stride, pad
         set_weight(&geo.q, xs, ws, ys, stride, pad, dilation, groups, itemsize, math.prod(xs))
         # A's rows past K (or M) repeat row 0: the tile computes them and the reduction never
         # reads them
-        rows = tap_offsets(&geo.q.st, ws[1], kernel_taps(ws[2:], dilation))
+        rows = tap_offsets(&geo.q.bst if geo.q.band_rows else &geo.q.st, ws[1],
+                           kernel_taps(ws[2:], dilation))
         if geo.q.dy_rows:       # A: dy's output channels; x's rows k packed (geo.boff, whole
             # vectors of them: pack_x_t)
             geo.boff = np.concatenate([rows,
@@ -1267,7 +1315,7 @@ cdef bint weight_shares_blocks(const WeightProduct *p, Py_ssize_t nblocks,
     (stage_shared): where its rows k are split into blocks (p.nkb), each item of a chunk
     staged the chunk's images again, every block of them, and all the blocks take
     SHARED_STAGE_BYTES to SHARED_MAX_BYTES."""
-    return (p.nkb > 1
+    return (p.nkb > 1 and not p.band_rows
             and SHARED_STAGE_BYTES <= nblocks * p.st.size * itemsize <= SHARED_MAX_BYTES
             and not last_in_place(&p.st, p.N, p.G, p.x_img, p.x_grp))
 

@@ -254,6 +254,30 @@ cdef void stage_image(const element *src, const Stage *st, element *out) noexcep
                                         src, src + nchan * src_chan, base + (a + 1) * HWq)
 
 
+cdef void stage_rows(const element *src, const Stage *st, const Stage *band, Py_ssize_t r0,
+                     Py_ssize_t nrows, element *out) noexcept nogil:
+    """Rows r0 .. r0 + nrows - 1 of the staged grid of one slice at src (a grid row: a staged
+    row b of plane a, r = a * Hq + b, of the staging st), of every channel and phase, into a
+    band at out laid out as `band` says (st's with band.pstep = nrows * Wq): row r of
+    (c, phase) at out + c * band.chan + phase * band.pstep + (r - r0) * Wq, then zeros to
+    band.size.  Plane by plane, each part of a plane as a staging of its own (stage_image:
+    one plane of those rows, its source plane and row counted from them); rows past the
+    grid's planes read the source past its end, which is zeros."""
+    cdef Py_ssize_t Hq = st.q[1], Wq = st.q[2], r = r0, a, b0, b1
+    cdef Stage part = band[0]
+    part.q[0] = 1
+    while r < r0 + nrows:
+        a = r // Hq
+        b0 = r - a * Hq
+        b1 = min(Hq, b0 + r0 + nrows - r)
+        part.q[1] = b1 - b0
+        part.lead[0] = st.lead[0] - a * st.step[0]
+        part.lead[1] = st.lead[1] - b0 * st.step[1]
+        stage_image(src, &part, out + (r - r0) * Wq)
+        r += b1 - b0
+    zero_run(out + band.nchan * band.chan, band.size - band.nchan * band.chan)
+
+
 cdef void zero_gaps(const Stage *st, element *out) noexcept nogil:
     """The zeros of a staged buffer at out outside its channels' data: the gaps after each
     channel (st.gap) and the slack after the last one, up to st.size."""

@@ -38,6 +38,11 @@ cdef struct WeightProduct:
     Py_ssize_t dstep[3]             # their strides in dy
     Py_ssize_t x_img, x_grp, y_img, y_grp, y_plane
     Stage st
+    # bands (set_weight_band): each step reads a band of band_rows rows of the staged grid
+    # (bst: the staging of such a band), staged where it first needs it, or 0: whole slices
+    Py_ssize_t band_rows
+    Py_ssize_t band_reach           # grid columns a step reads past its last (taps, vectors)
+    Stage bst
 
 
 cdef void transpose_runs(const element *src, const Py_ssize_t *roff, const Py_ssize_t *start,
@@ -217,6 +222,28 @@ cdef void step_columns(const WeightProduct *p, Py_ssize_t q0, Py_ssize_t n, Py_s
         j += seg
 
 
+cdef inline Py_ssize_t staged_room(const WeightProduct *p) noexcept nogil:
+    """Elements of a thread's scratch that hold its staged slices, or its band (bands: p.bst),
+    before the packed steps."""
+    return p.bst.size if p.band_rows else p.st.size
+
+
+cdef const element *weight_band(const WeightProduct *p, const element *x, Py_ssize_t off,
+                                Py_ssize_t key, Py_ssize_t q0, Py_ssize_t pc, element *buf,
+                                Py_ssize_t *iws) noexcept nogil:
+    """The band of slice `key` (at x + off) that a step of grid columns q0 .. q0 + pc - 1
+    reads (set_weight_band): this thread's buffer, staged from the step's grid row on
+    (stage_rows) unless it holds rows of that slice that cover the step (iws[0] names the
+    slice, iws[2] the band's first row)."""
+    cdef Py_ssize_t Wq = p.st.q[2], r0 = q0 // Wq
+    if (iws[0] != key or iws[2] > r0
+            or q0 + pc + p.band_reach > (iws[2] + p.band_rows) * Wq):
+        stage_rows(x + off, &p.st, &p.bst, r0, p.band_rows, buf)
+        iws[0] = key
+        iws[2] = r0
+    return buf
+
+
 cdef void weight_item(const WeightProduct *p, Py_ssize_t item, const element *x,
                       const element *shared, const element *dy, const Py_ssize_t *aoff,
                       const Py_ssize_t *xoff, element *partial, element *dw, element *fws,
@@ -245,9 +272,9 @@ cdef void weight_item(const WeightProduct *p, Py_ssize_t item, const element *x,
     cdef const element *staged = NULL
     cdef const element *dyg
     cdef const element *a = NULL    # A of the tiles: the staged x, or dy where p.dy_rows
-    cdef element *bpack = fws + p.st.size
+    cdef element *bpack = fws + staged_room(p)
     cdef element *bstep
-    cdef Py_ssize_t *dcol = iws + 2
+    cdef Py_ssize_t *dcol = iws + 3
     cdef Py_ssize_t *run = dcol + B
     cdef Py_ssize_t *cmap = run + B
     cdef Py_ssize_t *kept = cmap + B        # p.direct: each step's A (in dy) and columns
@@ -268,11 +295,16 @@ cdef void weight_item(const WeightProduct *p, Py_ssize_t item, const element *x,
         bstep = bpack + (step - s0) * PB if p.direct else bpack
         if have and p.dy_rows:  # packed, and dy's columns kept: nothing to stage
             continue
-        staged = staged_block(x, n0 * p.x_img + g * p.x_grp, p.x_img, &p.st, nimg, ib * p.G + g,
-                              fws, iws, shared)
+        if p.band_rows:         # the rows of the step's band, from the band's first on
+            staged = weight_band(p, x, n0 * p.x_img + g * p.x_grp, ib * p.G + g, q0, pc, fws,
+                                 iws)
+            a = staged + (q0 - iws[2] * p.st.q[2])
+        else:
+            staged = staged_block(x, n0 * p.x_img + g * p.x_grp, p.x_img, &p.st, nimg,
+                                  ib * p.G + g, fws, iws, shared)
+            a = staged + q0
         step_columns(p, q0, pc, dcol, run)
         ncol = pc
-        a = staged + q0
         if p.compact:           # the step's valid columns
             ncol = 0
             for j in range(pc):
