@@ -381,6 +381,7 @@ cdef bint shares_slices(const Product *p, int nthreads, Py_ssize_t itemsize) noe
     SHARED_STAGE_BYTES or more and all of them SHARED_MAX_BYTES at most, staged whole (no
     bands), and not all of them read in place."""
     return (nthreads > 1 and not by_slices(p, nthreads) and not p.st.band
+            and not p.st.band_rows
             and p.st.size * itemsize >= SHARED_STAGE_BYTES
             and p.N * p.G * p.st.size * itemsize <= SHARED_MAX_BYTES
             and not last_in_place(&p.st, p.N, p.G, p.src_img, p.src_grp))
@@ -408,6 +409,12 @@ cdef void forward_product(Product *p, Phase *ph, tuple xshape, tuple wshape, tup
     p.a_grp = p.M * ph.K
     split_work(p, compact_phases(p, ph, itemsize))
     product_bands(p, math.prod(ksize), NR)
+    # a large slice in bands of rows, each for a column block (its taps' reach and whole
+    # tiles past it)
+    reach = max([tap_offset(&p.st, 0, t) % p.st.pstep
+                 for t in kernel_taps(ksize, dilation)]) + NR
+    set_row_band(&p.st, p.ncb, reach, p.ncb,
+                 p.nimg == 1 and not p.by_pixel and not ph.pieces and not p.gathered)
 
 
 def forward(const element[:, :, :, :, ::1] x, const element[:, :, :, :, ::1] w,
@@ -471,7 +478,7 @@ def product_plan(which, xshape, wshape, yshape, stride, pad, dilation, Py_ssize_
             "weight read in place": bool(p.gathered), "weight streamed": bool(p.stream_a),
             "rows asked for nearer": bool(p.near_b),
             "channel gap": p.st.gap, "source read in place": bool(p.st.identity),
-            "bands": bool(p.st.band),
+            "bands": bool(p.st.band), "band rows": p.st.band_rows,
             "slices staged shared on two threads": bool(shares_slices(&p, 2, itemsize)),
             "staged slice": p.st.size,
             "last slice read in place": last_in_place(&p.st, p.N, p.G, p.src_img, p.src_grp),
@@ -835,44 +842,13 @@ cdef void set_weight(WeightProduct *p, tuple xs, tuple ws, tuple ys, stride, pad
 
 
 cdef void set_weight_band(WeightProduct *p, Py_ssize_t reach) noexcept nogil:
-    """Bands for the weight gradient p (p.band_rows, p.bst), whose steps read `reach` grid
-    columns past their last: where a slice's staged copy is BAND_SLICE_BYTES or more, each
-    step reads a band of it instead, rows of the staged grid enough for a chunk's steps and
-    their reach but within BAND_BYTES, which the step's thread stages where it first needs
-    them (weight_band) and its steps then read from L2.  The whole copy went to memory and
-    back: a V-Net's 16 -> 32 2x2x2 stride-2 layer on 64^3 at batch 1 (16 MB staged) spent
-    half its time staging on one thread, and more on two, which shared the memory's
-    bandwidth (0.62 of PyTorch).  Only for one image a block whose rows k are x's (not
-    p.dy_rows, which packs x, nor p.direct, which keeps every step), and where a band holds
-    BAND_REACH times what a band stages again or leaves unread (a step's reach, a row, a
-    step) or more.  Slices that fit in L3 (4 MB of 32 -> 64 on 32^3) and bands beyond an L2
-    ran slower as bands (0.9-0.95x)."""
-    cdef Py_ssize_t Wq = p.st.q[2], chunk, rows, most, extra
-    cdef Py_ssize_t nphase = p.st.step[0] * p.st.step[1] * p.st.step[2]
-    p.band_rows = 0
-    p.band_reach = reach
-    if (p.nimg != 1 or p.dy_rows or p.direct or p.st.itemsize == 0
-            or p.st.nchan * p.st.chan * p.st.itemsize < BAND_SLICE_BYTES):
-        return
-    chunk = (p.nsteps + p.nchunk - 1) // p.nchunk * p.block
-    most = BAND_BYTES // (p.st.nchan * nphase * Wq * p.st.itemsize)
-    rows = (chunk + reach + Wq - 1) // Wq + 1
-    # a band for a whole chunk stages what the shortest chunk leaves unread, one of fewer
-    # rows (restaged as the steps pass its end) its reach, a row and a step again
-    extra = rows * Wq - p.nsteps // p.nchunk * p.block
-    if rows > most:
-        rows = most
-        extra = reach + Wq + p.block
-    if rows * Wq < BAND_REACH * extra or 4 * rows * Wq > p.st.pstep:
-        return
-    p.band_rows = rows
-    p.bst = p.st
-    p.bst.plane = rows * Wq
-    p.bst.pstep = p.bst.plane
-    p.bst.chan = nphase * p.bst.pstep
-    p.bst.gap = 0
-    p.bst.identity = False
-    p.bst.size = round_up(p.bst.nchan * p.bst.chan + p.NR, 16)
+    """Bands for the weight gradient p, whose steps read `reach` grid columns past their last
+    (set_row_band): each band the rows for a chunk's steps, staged by the thread of the
+    chunk's first item where a step first needs it (staged_band).  Only for one image a
+    block whose rows k are x's (not p.dy_rows, which packs x, nor p.direct, which keeps
+    every step)."""
+    set_row_band(&p.st, (p.nsteps + p.nchunk - 1) // p.nchunk * p.block, reach, p.block,
+                 not (p.dy_rows or p.direct))
 
 
 cdef void set_weight_as(WeightProduct *p, tuple xs, tuple ws, tuple ys, stride, pad, dilation,
@@ -918,15 +894,15 @@ cdef Py_ssize_t weight_scratch(const WeightProduct *p, Py_ssize_t VW) noexcept n
     """Elements of scratch a thread of the weight gradient p uses: the staging, the packed dy
     (p.direct: of every step); p.direct: the rows written together and a block to transpose
     (else rows_to_dw's block, VW * VW, after the staging)."""
-    return per_thread(max(staged_room(p) + p.Cpad * p.block * (p.nsteps if p.direct else 1)
+    return per_thread(max(p.st.size + p.Cpad * p.block * (p.nsteps if p.direct else 1)
                           + (p.span * p.mr * p.Cpad + VW * VW if p.direct else 0), VW * VW))
 
 
 cdef Py_ssize_t weight_indices(const WeightProduct *p) noexcept nogil:
     """Indices of scratch a thread of the weight gradient p uses: the marks of what it holds
-    staged and packed and its band's first row, a step's columns (dcol, run, cmap); p.direct:
-    each step's A and columns."""
-    return per_thread(3 + 3 * p.block + (2 * p.nsteps if p.direct else 0))
+    staged and packed and its band, a step's columns (dcol, run, cmap); p.direct: each
+    step's A and columns."""
+    return per_thread(4 + 3 * p.block + (2 * p.nsteps if p.direct else 0))
 
 
 def weight_plan(xs, ws, ys, stride, pad, dilation, Py_ssize_t groups, Py_ssize_t itemsize):
@@ -939,7 +915,7 @@ def weight_plan(xs, ws, ys, stride, pad, dilation, Py_ssize_t groups, Py_ssize_t
             "row blocks": p.nkb, "columns": p.ncols, "block": p.block, "lanes": bool(p.lanes),
             "compact": bool(p.compact), "narrow": bool(p.narrow), "direct": bool(p.direct),
             "output rows": bool(p.out_rows), "dy rows": bool(p.dy_rows),
-            "band rows": p.band_rows,
+            "band rows": p.st.band_rows,
             "scratch": weight_scratch(&p, LC_VEC_BYTES // itemsize),
             "indices": weight_indices(&p),
             "last slice read in place": last_in_place(&p.st, xs[0], groups, p.x_img,
@@ -1174,8 +1150,7 @@ cdef _Geometry new_geometry(int which, tuple xs, tuple ws, tuple ys, stride, pad
         set_weight(&geo.q, xs, ws, ys, stride, pad, dilation, groups, itemsize, math.prod(xs))
         # A's rows past K (or M) repeat row 0: the tile computes them and the reduction never
         # reads them
-        rows = tap_offsets(&geo.q.bst if geo.q.band_rows else &geo.q.st, ws[1],
-                           kernel_taps(ws[2:], dilation))
+        rows = tap_offsets(&geo.q.st, ws[1], kernel_taps(ws[2:], dilation))
         if geo.q.dy_rows:       # A: dy's output channels; x's rows k packed (geo.boff, whole
             # vectors of them: pack_x_t)
             geo.boff = np.concatenate([rows,
@@ -1315,7 +1290,7 @@ cdef bint weight_shares_blocks(const WeightProduct *p, Py_ssize_t nblocks,
     (stage_shared): where its rows k are split into blocks (p.nkb), each item of a chunk
     staged the chunk's images again, every block of them, and all the blocks take
     SHARED_STAGE_BYTES to SHARED_MAX_BYTES."""
-    return (p.nkb > 1 and not p.band_rows
+    return (p.nkb > 1 and not p.st.band_rows
             and SHARED_STAGE_BYTES <= nblocks * p.st.size * itemsize <= SHARED_MAX_BYTES
             and not last_in_place(&p.st, p.N, p.G, p.x_img, p.x_grp))
 

@@ -460,7 +460,7 @@ cdef inline Py_ssize_t dot_keys_at(const Product *p) noexcept nogil:
     """Where the keys of the gathered columns (product_dots) start in a thread's index
     scratch: after the staged slices' name, an item's dcol and run (p.ncb each) and a pixel
     tile's entries; DOT_KEY entries for each image of an item."""
-    return 1 + 2 * p.ncb + (6 * p.nimg * p.ncb if p.by_pixel else 0)
+    return 2 + 2 * p.ncb + (6 * p.nimg * p.ncb if p.by_pixel else 0)
 
 
 cdef inline bint keeps_sums(Py_ssize_t K) noexcept nogil:
@@ -979,7 +979,7 @@ cdef void product_item(const Product *p, const Phase *phases, Py_ssize_t item,
     cdef Py_ssize_t NR = LC_NV_B * LC_VEC_BYTES // sizeof(element)
     cdef Item it
     cdef const element *staged[MAX_IMAGES]
-    cdef Py_ssize_t *dcol = iws + 1
+    cdef Py_ssize_t *dcol = iws + 2
     cdef Py_ssize_t *run = dcol + p.ncb
     find_item(p, phases, item, p.ncb, &it)
     cdef const Phase *ph = &phases[it.f]
@@ -995,6 +995,10 @@ cdef void product_item(const Product *p, const Phase *phases, Py_ssize_t item,
         stage_band(src + it.n0 * p.src_img + it.g * p.src_grp, &p.st, it.q0, it.ncols, fws)
         staged[0] = fws
         it.q0 = 0           # the band's columns count from the item's first
+    elif p.st.band_rows:    # the rows of the staged grid its columns read (iws[1]: the first)
+        staged[0] = staged_band(src + it.n0 * p.src_img + it.g * p.src_grp, &p.st, it.ng,
+                                it.q0, it.q0 + it.ncols, fws, iws)
+        it.q0 -= iws[1] * p.st.q[2]
     else:
         stage_images(src, &p.st, p.src_img, p.src_grp, it.n0, it.nimg, it.g, it.ng, fws, iws,
                      shared, p.G, staged)

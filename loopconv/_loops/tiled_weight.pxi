@@ -37,12 +37,7 @@ cdef struct WeightProduct:
     Py_ssize_t grid[3]              # output sizes OD, OH, OW (the valid grid)
     Py_ssize_t dstep[3]             # their strides in dy
     Py_ssize_t x_img, x_grp, y_img, y_grp, y_plane
-    Stage st
-    # bands (set_weight_band): each step reads a band of band_rows rows of the staged grid
-    # (bst: the staging of such a band), staged where it first needs it, or 0: whole slices
-    Py_ssize_t band_rows
-    Py_ssize_t band_reach           # grid columns a step reads past its last (taps, vectors)
-    Stage bst
+    Stage st                        # the staging (or a band's: st.band_rows, set_weight)
 
 
 cdef void transpose_runs(const element *src, const Py_ssize_t *roff, const Py_ssize_t *start,
@@ -222,28 +217,6 @@ cdef void step_columns(const WeightProduct *p, Py_ssize_t q0, Py_ssize_t n, Py_s
         j += seg
 
 
-cdef inline Py_ssize_t staged_room(const WeightProduct *p) noexcept nogil:
-    """Elements of a thread's scratch that hold its staged slices, or its band (bands: p.bst),
-    before the packed steps."""
-    return p.bst.size if p.band_rows else p.st.size
-
-
-cdef const element *weight_band(const WeightProduct *p, const element *x, Py_ssize_t off,
-                                Py_ssize_t key, Py_ssize_t q0, Py_ssize_t pc, element *buf,
-                                Py_ssize_t *iws) noexcept nogil:
-    """The band of slice `key` (at x + off) that a step of grid columns q0 .. q0 + pc - 1
-    reads (set_weight_band): this thread's buffer, staged from the step's grid row on
-    (stage_rows) unless it holds rows of that slice that cover the step (iws[0] names the
-    slice, iws[2] the band's first row)."""
-    cdef Py_ssize_t Wq = p.st.q[2], r0 = q0 // Wq
-    if (iws[0] != key or iws[2] > r0
-            or q0 + pc + p.band_reach > (iws[2] + p.band_rows) * Wq):
-        stage_rows(x + off, &p.st, &p.bst, r0, p.band_rows, buf)
-        iws[0] = key
-        iws[2] = r0
-    return buf
-
-
 cdef void weight_item(const WeightProduct *p, Py_ssize_t item, const element *x,
                       const element *shared, const element *dy, const Py_ssize_t *aoff,
                       const Py_ssize_t *xoff, element *partial, element *dw, element *fws,
@@ -252,15 +225,16 @@ cdef void weight_item(const WeightProduct *p, Py_ssize_t item, const element *x,
     partial product of (g, chunk), summed over the chunk's reduction steps (block of images,
     block of their grid columns) in order; shared: every block staged before (stage_shared),
     or NULL.  fws and iws: this thread's scratch (iws[0] names the staged block in fws,
-    iws[1] the step whose dy it holds packed: the items of one
-    (group, chunk) that follow each other on a thread pack a step's dy once, not once per
-    block of rows).  Where p.dy_rows, the rows are output channels and x is packed (p.xoff:
-    its rows k) instead of dy.  A direct reduction (p.direct, one chunk) writes its rows of dw
-    instead, p.span tiles of rows at a time through a partial of those rows in fws, each span
-    summed over every step in order: all the steps are packed first, each in its own place
-    (several only where p.dy_rows, whose A, dy read in place, needs no staging kept; their A
-    and valid columns in iws), iws[1] then naming the group's last step.  With one step the
-    sums are those of one chunk's partial: the same bits."""
+    iws[1] the step whose dy it holds packed: the items of one (group, chunk) that follow
+    each other on a thread pack a step's dy once, not once per block of rows; iws[2] and
+    iws[3] the band it holds, where p.st.band_rows: staged_band).  Where p.dy_rows, the rows
+    are output channels and x is packed (p.xoff: its rows k) instead of dy.  A direct
+    reduction (p.direct, one chunk) writes its rows of dw instead, p.span tiles of rows at a
+    time through a partial of those rows in fws, each span summed over every step in order:
+    all the steps are packed first, each in its own place (several only where p.dy_rows,
+    whose A, dy read in place, needs no staging kept; their A and valid columns in iws),
+    iws[1] then naming the group's last step.  With one step the sums are those of one
+    chunk's partial: the same bits."""
     cdef Py_ssize_t B = p.block, PB = p.Cpad * p.block
     cdef Py_ssize_t kb = item % p.nkb, gc = item // p.nkb
     cdef Py_ssize_t chunk = gc % p.nchunk, g = gc // p.nchunk
@@ -272,9 +246,9 @@ cdef void weight_item(const WeightProduct *p, Py_ssize_t item, const element *x,
     cdef const element *staged = NULL
     cdef const element *dyg
     cdef const element *a = NULL    # A of the tiles: the staged x, or dy where p.dy_rows
-    cdef element *bpack = fws + staged_room(p)
+    cdef element *bpack = fws + p.st.size
     cdef element *bstep
-    cdef Py_ssize_t *dcol = iws + 3
+    cdef Py_ssize_t *dcol = iws + 4
     cdef Py_ssize_t *run = dcol + B
     cdef Py_ssize_t *cmap = run + B
     cdef Py_ssize_t *kept = cmap + B        # p.direct: each step's A (in dy) and columns
@@ -295,10 +269,10 @@ cdef void weight_item(const WeightProduct *p, Py_ssize_t item, const element *x,
         bstep = bpack + (step - s0) * PB if p.direct else bpack
         if have and p.dy_rows:  # packed, and dy's columns kept: nothing to stage
             continue
-        if p.band_rows:         # the rows of the step's band, from the band's first on
-            staged = weight_band(p, x, n0 * p.x_img + g * p.x_grp, ib * p.G + g, q0, pc, fws,
-                                 iws)
-            a = staged + (q0 - iws[2] * p.st.q[2])
+        if p.st.band_rows:      # the step's band: its columns from the band's first row on
+            staged = staged_band(x + n0 * p.x_img + g * p.x_grp, &p.st, ib * p.G + g, q0,
+                                 q0 + pc, fws, iws + 2)
+            a = staged + (q0 - iws[3] * p.st.q[2])
         else:
             staged = staged_block(x, n0 * p.x_img + g * p.x_grp, p.x_img, &p.st, nimg,
                                   ib * p.G + g, fws, iws, shared)
@@ -393,6 +367,7 @@ cdef void run_weight(const WeightProduct *p, const element *x, const element *sh
     for t in range(nthreads):
         iws[t * iper] = -1      # nothing staged yet
         iws[t * iper + 1] = -1  # nor packed
+        iws[t * iper + 2] = -1  # nor a band
     with parallel(num_threads=nthreads):
         fp = flush_subnormals()
         # race-free: item (group, chunk, block of rows) writes only its rows of its own
