@@ -32,6 +32,8 @@ BANDS = [
     case("3d-2x2x2-stride2", (1, 16, 64, 64, 64), (32, 16, 2, 2, 2), stride=2),
     case("3d-two-images-odd-sizes", (2, 8, 67, 66, 65), (12, 8, 2, 2, 2), stride=2),
     case("3d-groups", (1, 16, 64, 64, 64), (32, 8, 2, 2, 2), stride=2, groups=2),
+    # the weight gradient's bands fewer rows than a chunk's steps: restaged as they pass
+    case("3d-bands-within-chunks", (1, 32, 64, 64, 64), (32, 32, 2, 2, 2), stride=2),
     case("3d-1x3x3-stride-1-2-2", (1, 16, 32, 96, 96), (16, 16, 1, 3, 3), stride=(1, 2, 2),
          padding=(0, 1, 1)),
     case("2d-3x3-stride2", (1, 8, 1024, 1024), (8, 8, 3, 3), stride=2, padding=1),
@@ -90,7 +92,7 @@ def test_bands_against_reference(rng, assert_close, variant, x_shape, w_shape, k
     check_bounded(rng, assert_close, variant, x_shape, w_shape, kw, dtype)
 
 
-@pytest.mark.parametrize("x_shape, w_shape, kw", [BANDS[1], BANDS[3], BANDS[4]])
+@pytest.mark.parametrize("x_shape, w_shape, kw", [BANDS[1], BANDS[3], BANDS[5]])
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_bands_stay_in_their_scratch(rng, variant, x_shape, w_shape, kw):
     """Bands are staged within the scratch the plan names (float32, where every case takes
@@ -111,7 +113,18 @@ def test_reference_is_independent_of_bands():
 
 
 # forward passes whose column blocks read bands: 2x2x2 stride 2 (AVX-512, and AVX2 in float32)
-FORWARD_BANDS = BANDS[:3]
+FORWARD_BANDS = BANDS[:4]
+
+
+def test_bands_within_chunks():
+    """32 channels on 64^3: a chunk's four steps need 34 rows of 32, a band of BAND_BYTES
+    holds 32 (float32) or 16 (float64)."""
+    x_shape, w_shape, kw = BANDS[3].values
+    for module in _loops.variants().values():
+        assert module.weight_plan(*shapes5(x_shape, w_shape, kw),
+                                  *loop_args(x_shape, w_shape, kw), 4)["steps"] == 128
+        assert band_rows(module, x_shape, w_shape, kw, 4) == 32
+        assert band_rows(module, x_shape, w_shape, kw, 8) == 16
 
 
 def test_forward_band_cases_take_bands():
@@ -122,7 +135,7 @@ def test_forward_band_cases_take_bands():
         assert forward_band_rows(variants["x86-64-v4"], *c.values, 4) > 0, c.id
         assert forward_band_rows(variants["x86-64-v4"], *c.values, 8) > 0, c.id
         assert forward_band_rows(variants["x86-64-v3"], *c.values, 4) > 0, c.id
-    for c in BANDS[4:]:
+    for c in BANDS[5:]:
         assert forward_band_rows(variants["x86-64-v4"], *c.values, 4) == 0, c.id
 
 

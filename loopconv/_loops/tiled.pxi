@@ -360,7 +360,7 @@ cdef enum:
     # what it stages again or more (set_weight_band)
     BAND_SLICE_BYTES = 1 << 23
     BAND_BYTES = 1 << 20
-    BAND_REACH = 4
+    BAND_REACH = 2
     # B_BLOCK_BYTES: the weight gradient's tiles take the packed dy (or x, where dy_rows) in
     # blocks of column tiles of at most this many bytes, each block against all the rows of
     # tiles of a call (weight_tiles); SPAN_BYTES: a reduction of one step writes the rows of

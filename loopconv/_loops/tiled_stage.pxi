@@ -310,7 +310,9 @@ cdef bint set_row_band(Stage *st, Py_ssize_t columns, Py_ssize_t reach, Py_ssize
     batch 1 (16 MB staged) spent half its forward pass and weight gradient staging on one
     thread, and more on two, which shared the memory's bandwidth (the weight gradient 0.62
     of PyTorch).  Slices that fit in L3 (4 MB of 32 -> 64 on 32^3) and bands beyond an L2 ran
-    slower as bands (0.9-0.95x)."""
+    slower as bands (0.9-0.95x).  With BAND_REACH 2 rather than 4 the weight gradient of a
+    transposed 32 -> 32 2x2x2 stride-2 layer onto 64^3 (32 MB: bands of 32 rows for chunks
+    of 34) takes bands: 5.4-5.6 -> 2.3 ms on two threads, 6.6 -> 6.2 on one."""
     cdef Py_ssize_t Wq = st.q[2], rows, most, extra
     cdef Py_ssize_t nphase = st.step[0] * st.step[1] * st.step[2]
     if (not allowed or st.nimg != 1 or st.identity or st.band or st.itemsize == 0
