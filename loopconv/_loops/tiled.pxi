@@ -43,7 +43,10 @@
 # a 3x3 kernel with padding 1 is W + 1 long, and the junk is one column a row.
 # The weight gradient stages blocks of small images together, the images inside each (channel,
 # phase): staged[c, phase, n, a, b, e], so that along a row of xcol the grid columns of one
-# image are followed by those of the next (tiled_weight.pxi); that is always a copy.
+# image are followed by those of the next (tiled_weight.pxi); that is always a copy.  A large
+# slice (BAND_SLICE_BYTES) is staged in bands of rows of the grid instead (set_row_band): each
+# reader stages the rows r0 .. r0 + band_rows - 1 of (a * Hq + b) that its columns and their
+# taps reach, staged[c, phase, r - r0, e], and reads them at its columns less r0 * Wq.
 #
 # The input gradient is split by stride phase.  Along one axis, input index i = r + s * t with
 # phase r = i mod s receives from tap k exactly when (r + pad - k * dil) is a multiple of s, and
