@@ -74,12 +74,16 @@ def test_band_cases_take_bands():
     ((1, 32, 32, 32, 32), (64, 32, 2, 2, 2), dict(stride=2), 4),     # a 4 MB slice: in L3
     ((2, 16, 36, 36, 36), (32, 16, 2, 2, 2), dict(stride=2), 4),     # 3 MB
     ((1, 32, 64, 64, 64), (32, 32, 3, 3, 3), dict(padding=1), 4),    # reach: two planes
+    ((1, 16, 83, 80, 80), (32, 8, 3, 3, 1), dict(stride=(1, 1, 2), padding=(0, 1, 0),
+                                                 groups=2), 4),
+    ((3, 2, 123, 128, 129), (16, 2, 4, 3, 4), dict(stride=3, padding=(2, 0, 3)), 4),   # a plane
     ((1, 64, 256, 256), (64, 64, 3, 3), dict(stride=2, padding=1), 4),   # 3 MB bands
     ((1, 16, 64, 64, 64), (32, 16, 2, 2, 2), dict(stride=2), 8),
 ])
 def test_which_weight_gradients_take_bands(x_shape, w_shape, kw, itemsize):
-    """Whole slices where they fit in L3, where a step's reach is most of a band, or where a
-    band would outgrow an L2 (every variant); the V-Net layer in float64 takes bands."""
+    """Whole slices where they fit in L3, where a step reaches two rows or more (planes: a
+    kernel deeper than its stride), or where a band would outgrow an L2 (every variant); the
+    V-Net layer in float64 takes bands."""
     taken = [band_rows(m, x_shape, w_shape, kw, itemsize) > 0
              for m in _loops.variants().values()]
     assert taken == [itemsize == 8] * len(taken)

@@ -236,9 +236,12 @@ cdef void stage_image(const element *src, const Stage *st, element *out) noexcep
     row_bounds(1, lw, sw, W, Wq, bounds + 2)
     cdef const char *nxt
     cdef Py_ssize_t u, ahead = min(src_chan, STAGE_AHEAD) * sizeof(element)
+    # where a channel's reads start: its first plane and row (a band's rows: stage_rows)
+    cdef Py_ssize_t first = (min(max(-ld, 0), D - 1) * H + min(max(-lh, 0), H - 1)) * W
+    ahead = min(ahead, (src_chan - first) * sizeof(element))
     for c in range(nchan):
         if c + 1 < nchan:
-            nxt = <const char *>(src + (c + 1) * src_chan)
+            nxt = <const char *>(src + (c + 1) * src_chan + first)
             for u in range(0, ahead, 64):
                 lc_prefetch(nxt + u)
         for pd in range(sd):
@@ -310,13 +313,16 @@ cdef bint set_row_band(Stage *st, Py_ssize_t columns, Py_ssize_t reach, Py_ssize
     batch 1 (16 MB staged) spent half its forward pass and weight gradient staging on one
     thread, and more on two, which shared the memory's bandwidth (the weight gradient 0.62
     of PyTorch).  Slices that fit in L3 (4 MB of 32 -> 64 on 32^3) and bands beyond an L2 ran
-    slower as bands (0.9-0.95x).  With BAND_REACH 2 rather than 4 the weight gradient of a
-    transposed 32 -> 32 2x2x2 stride-2 layer onto 64^3 (32 MB: bands of 32 rows for chunks
-    of 34) takes bands: 5.4-5.6 -> 2.3 ms on two threads, 6.6 -> 6.2 on one."""
+    slower as bands (0.9-0.95x), and so did readers that reach a plane or more (kernels
+    deeper than their stride along D, each band staging its plane again: 0.82-0.9x): only
+    those that reach less than two rows take bands.  With BAND_REACH 2 rather than 4 the
+    weight gradient of a transposed 32 -> 32 2x2x2 stride-2 layer onto 64^3 (32 MB: bands of
+    32 rows for chunks of 34) takes bands: 5.4-5.6 -> 2.3 ms on two threads, 6.6 -> 6.2 on
+    one."""
     cdef Py_ssize_t Wq = st.q[2], rows, most, extra
     cdef Py_ssize_t nphase = st.step[0] * st.step[1] * st.step[2]
     if (not allowed or st.nimg != 1 or st.identity or st.band or st.itemsize == 0
-            or st.nchan * st.chan * st.itemsize < BAND_SLICE_BYTES):
+            or reach >= 2 * Wq or st.nchan * st.chan * st.itemsize < BAND_SLICE_BYTES):
         return False
     most = BAND_BYTES // (st.nchan * nphase * Wq * st.itemsize)
     rows = (columns + reach + Wq - 1) // Wq + 1
