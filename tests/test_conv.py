@@ -583,15 +583,20 @@ def test_strided_1x1_reads_the_sampled_pixels(rng, assert_close, dtype, x_shape,
     ((2, 64, 15, 14), (96, 64, 1, 1), 2),
     ((2, 16, 30, 31), (96, 16, 1, 1), 1),           # dy read in place
     ((2, 3, 33, 35), (40, 3, 3, 3), 2),             # a first layer
+    # sampled, whose stride-1 problem streams its rows (head_forward), the strided one not
+    ((3, 4, 20, 30, 40), (1, 4, 1, 1, 1), (1, 3, 2)),
 ])
-def test_weight_gradient_same_bits_checked_and_planned(rng, dtype, x_shape, w_shape, stride):
+def test_same_bits_checked_and_planned(rng, dtype, x_shape, w_shape, stride):
     """A problem's first call runs the checked path (the loops' unplanned entry), later calls
     its plan, which may run it otherwise (x sampled at the stride): the weight gradient's sums
-    are cut by the grid the loops see, so both must see the same one (the same bits)."""
+    are cut by the grid the loops see, and the sampled problem may take other loops, so both
+    must run the same (the same bits), forward pass and weight gradient."""
     nd = len(x_shape) - 2
     x, w, _, gy = conv_arrays(rng, x_shape, w_shape, dict(stride=stride), dtype)
-    functional._PLANS.clear()
-    functional._BY_PROBLEM.clear()
-    first = fn(nd, "_weight")(x, w_shape, gy, stride=stride)
-    for _ in range(2):
-        assert np.array_equal(fn(nd, "_weight")(x, w_shape, gy, stride=stride), first)
+    for call in (lambda: fn(nd, "_weight")(x, w_shape, gy, stride=stride),
+                 lambda: fn(nd, "")(x, w, stride=stride)):
+        functional._PLANS.clear()
+        functional._BY_PROBLEM.clear()
+        first = call()
+        for _ in range(2):
+            assert np.array_equal(call(), first)

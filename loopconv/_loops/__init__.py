@@ -1029,6 +1029,13 @@ def _window(arr, index, num_threads):
 
 
 def forward(x, w, bias, y, stride, pad, dilation, groups, num_threads):
+    sampled = sampled_loops(x.shape, w.shape, y.shape, stride, pad, groups)
+    if sampled is not None:     # as the plans run it (the same bits: see sampled_loops)
+        threads = _threads(sampled.family, num_threads)
+        x1 = empty(x.shape[:2] + y.shape[2:], x.dtype)
+        direct.sample(x, _ZEROS, stride, x1, threads)
+        sampled.forward(x1, w, bias, y, _ONES, _ZEROS, _ONES, groups, threads)
+        return
     w, pad, dilation = _trim_weight(x.shape, w, y.shape, stride, pad, dilation, num_threads)
     loops = choose(y.shape, w.shape, stride, groups)
     loops.forward(x, w, bias, y, stride, pad, dilation, groups,
@@ -1050,8 +1057,11 @@ def sampled_loops(x_shape, w_shape, y_shape, stride, pad, groups):
     and the weight gradient run on a strided copy of x; else None.  The strided loops stage
     every stride phase of x and read one: with the copy, ResNet-50's 1x1 stride-2 layers'
     weight gradients 1.1-1.47x, forward passes 0.95-1.28x (mostly above 1), one and two
-    threads.  The plans and the unplanned grad_weight both take it, so that a weight gradient
-    has the same bits either way (its sums are cut by the grid the loops see)."""
+    threads.  The plans and the unplanned forward and grad_weight all take it, so that a pass
+    has the same bits either way: the weight gradient's sums are cut by the grid the loops
+    see, and the stride-1 problem may take other loops (a 4 -> 1 channel 1x1x1 layer at
+    stride (1, 3, 2) streams its rows, head_forward, where the strided one runs tiled: a
+    first call, unplanned, gave other bits than the calls after it)."""
     if (max(stride) == 1 or any(pad) or any(k != 1 for k in w_shape[2:])
             or any(-(-x // s) != y for x, s, y in zip(x_shape[2:], stride, y_shape[2:]))
             or choose(y_shape, w_shape, stride, groups).family is direct):
