@@ -268,7 +268,7 @@ cdef void stage_rows(const element *src, const Stage *st, Py_ssize_t r0,
     and phase, row r of (c, phase) at out + c * st.chan + phase * st.pstep + (r - r0) * Wq,
     then zeros to st.size.  Plane by plane, each part of a plane as a staging of its own
     (stage_image: one plane of those rows, its source plane and row counted from them); rows
-    past the grid's planes read the source past its end, which is zeros."""
+    past the grid's last plane come from outside the source: zeros."""
     cdef Py_ssize_t Hq = st.q[1], Wq = st.q[2], r = r0, r1 = r0 + st.band_rows, a, b0, b1
     cdef Stage part = st[0]
     part.q[0] = 1
@@ -308,17 +308,16 @@ cdef bint set_row_band(Stage *st, Py_ssize_t columns, Py_ssize_t reach, Py_ssize
     `spare` columns do not fit in it), within BAND_BYTES (an L2), and BAND_REACH times what a
     band stages again or leaves unread or more.  Then st holds a band's layout (st.pstep a
     band's rows, st.chan, st.size; the grid's sizes, plane and leads as they were), and
-    True.  The
-    whole copy went to memory and back: a V-Net's 16 -> 32 2x2x2 stride-2 layer on 64^3 at
-    batch 1 (16 MB staged) spent half its forward pass and weight gradient staging on one
-    thread, and more on two, which shared the memory's bandwidth (the weight gradient 0.62
-    of PyTorch).  Slices that fit in L3 (4 MB of 32 -> 64 on 32^3) and bands beyond an L2 ran
-    slower as bands (0.9-0.95x), and so did readers that reach a plane or more (kernels
-    deeper than their stride along D, each band staging its plane again: 0.82-0.9x): only
-    those that reach less than two rows take bands.  With BAND_REACH 2 rather than 4 the
-    weight gradient of a transposed 32 -> 32 2x2x2 stride-2 layer onto 64^3 (32 MB: bands of
-    32 rows for chunks of 34) takes bands: 5.4-5.6 -> 2.3 ms on two threads, 6.6 -> 6.2 on
-    one."""
+    True.  The whole copy went to memory and back: a V-Net's 16 -> 32 2x2x2 stride-2 layer
+    on 64^3 at batch 1 (16 MB staged) spent half its forward pass and weight gradient
+    staging on one thread, and more on two, which shared the memory's bandwidth (the weight
+    gradient 0.62 of PyTorch).  Slices that fit in L3 (4 MB of 32 -> 64 on 32^3) and bands
+    beyond an L2 ran slower as bands (0.9-0.95x), and so did readers that reach a plane or
+    more (kernels deeper than their stride along D, each band staging its plane again:
+    0.82-0.9x): only those that reach less than two rows take bands.  With BAND_REACH 2
+    rather than 4 the weight gradient of a transposed 32 -> 32 2x2x2 stride-2 layer onto 64^3
+    (32 MB: bands of 32 rows for chunks of 34) takes bands: 5.4-5.6 -> 2.3 ms on two
+    threads, 6.6 -> 6.2 on one."""
     cdef Py_ssize_t Wq = st.q[2], rows, most, extra
     cdef Py_ssize_t nphase = st.step[0] * st.step[1] * st.step[2]
     if (not allowed or st.nimg != 1 or st.identity or st.band or st.itemsize == 0
