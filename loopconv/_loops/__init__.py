@@ -1032,9 +1032,8 @@ def forward(x, w, bias, y, stride, pad, dilation, groups, num_threads):
     sampled = sampled_loops(x.shape, w.shape, y.shape, stride, pad, groups)
     if sampled is not None:     # as the plans run it (the same bits: see sampled_loops)
         threads = _threads(sampled.family, num_threads)
-        x1 = empty(x.shape[:2] + y.shape[2:], x.dtype)
-        direct.sample(x, _ZEROS, stride, x1, threads)
-        sampled.forward(x1, w, bias, y, _ONES, _ZEROS, _ONES, groups, threads)
+        sampled.forward(sampled_x(x, y.shape, stride, threads), w, bias, y, _ONES, _ZEROS,
+                        _ONES, groups, threads)
         return
     w, pad, dilation = _trim_weight(x.shape, w, y.shape, stride, pad, dilation, num_threads)
     loops = choose(y.shape, w.shape, stride, groups)
@@ -1069,13 +1068,20 @@ def sampled_loops(x_shape, w_shape, y_shape, stride, pad, groups):
     return choose(y_shape, w_shape, _ONES, groups)
 
 
+def sampled_x(x, y_shape, stride, num_threads):
+    """x's pixels at multiples of the stride (`direct.sample`), the input of a sampled
+    problem's loops (`sampled_loops`) whose output has y_shape."""
+    x1 = empty(x.shape[:2] + tuple(y_shape[2:]), x.dtype)
+    direct.sample(x, _ZEROS, stride, x1, num_threads)
+    return x1
+
+
 def grad_weight(x, dy, dw, stride, pad, dilation, groups, num_threads):
     sampled = sampled_loops(x.shape, dw.shape, dy.shape, stride, pad, groups)
     if sampled is not None:
         threads = _threads(sampled.family, num_threads)
-        x1 = empty(x.shape[:2] + dy.shape[2:], x.dtype)
-        direct.sample(x, _ZEROS, stride, x1, threads)
-        sampled.grad_weight(x1, dy, dw, _ONES, _ZEROS, _ONES, groups, threads)
+        sampled.grad_weight(sampled_x(x, dy.shape, stride, threads), dy, dw, _ONES, _ZEROS,
+                            _ONES, groups, threads)
         return
     parts = weight_parts(x.shape, dw.shape, dy.shape, stride, pad, dilation)
     if parts is not None:
@@ -1176,9 +1182,7 @@ class Plan:
         x5 = self._in(x, 0)
         if self._sampled is None:
             return x5
-        x1 = empty(self.five[0][:2] + self.five[2][2:], self.dtype)
-        direct.sample(x5, _ZEROS, self.args[0], x1, num_threads)
-        return x1
+        return sampled_x(x5, self.five[2], self.args[0], num_threads)
 
     def _in(self, arr, which):
         return np.ascontiguousarray(arr, dtype=self.dtype).reshape(self.five[which])

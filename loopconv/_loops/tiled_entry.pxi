@@ -411,9 +411,7 @@ cdef void forward_product(Product *p, Phase *ph, tuple xshape, tuple wshape, tup
     product_bands(p, math.prod(ksize), NR)
     # a large slice in bands of rows, each for a column block (its taps' reach and whole
     # tiles past it)
-    reach = max([tap_offset(&p.st, 0, t) % p.st.pstep
-                 for t in kernel_taps(ksize, dilation)]) + NR
-    set_row_band(&p.st, p.ncb, reach, p.ncb,
+    set_row_band(&p.st, p.ncb, taps_reach(&p.st, ksize, dilation, NR), p.ncb,
                  p.nimg == 1 and not p.by_pixel and not ph.pieces and not p.gathered)
 
 
@@ -821,7 +819,6 @@ cdef void set_weight(WeightProduct *p, tuple xs, tuple ws, tuple ys, stride, pad
     reduction in one step.  Then, from the staging chosen, its bands (set_weight_band)."""
     cdef WeightProduct q
     cdef double rows_k = 1
-    cdef Py_ssize_t reach
     set_weight_as(p, xs, ws, ys, stride, pad, dilation, groups, itemsize, x_size, False, False)
     if not p.lanes:
         set_weight_as(&q, xs, ws, ys, stride, pad, dilation, groups, itemsize, x_size, True,
@@ -835,10 +832,7 @@ cdef void set_weight(WeightProduct *p, tuple xs, tuple ws, tuple ys, stride, pad
         elif one_step(p):
             set_weight_as(p, xs, ws, ys, stride, pad, dilation, groups, itemsize, x_size,
                           False, True)
-    # the farthest a tap reads along the staged grid, and whole tiles of columns past a step
-    reach = max([tap_offset(&p.st, 0, t) % p.st.pstep
-                 for t in kernel_taps(ws[2:], dilation)]) + p.NR
-    set_weight_band(p, reach)
+    set_weight_band(p, taps_reach(&p.st, ws[2:], dilation, p.NR))
 
 
 cdef void set_weight_band(WeightProduct *p, Py_ssize_t reach) noexcept nogil:

@@ -768,6 +768,12 @@ cdef Py_ssize_t tap_offset(const Stage *st, Py_ssize_t c, tuple tap):
     return c * st.chan + phase * st.pstep + shift
 
 
+cdef Py_ssize_t taps_reach(const Stage *st, tuple ksize, dilation, Py_ssize_t tiles):
+    """The farthest grid columns a reader of the staging reads past its last: its taps'
+    largest shift along the staged grid, plus `tiles` (whole tiles past it)."""
+    return max([tap_offset(st, 0, t) % st.pstep for t in kernel_taps(ksize, dilation)]) + tiles
+
+
 cdef list kernel_taps(tuple ksize, dilation):
     """The taps (kd * dd, kh * dh, kw * dw) of a kernel of ksize, kd outermost."""
     return [(kd * dilation[0], kh * dilation[1], kw * dilation[2]) for kd in range(ksize[0])
