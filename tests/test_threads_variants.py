@@ -1164,3 +1164,69 @@ def test_no_loopconv_cpu_picks_the_best_variant():
     out = json.loads(run_python(PROBE))
     assert out["variant"] == out["best"] == list(_loops.variants())[-1]
     assert out["warnings"] == []
+
+
+# ---------------------------------------------------------------------------------------------
+# The packed weight of a forward-style product packed by its work items, each row block of
+# each group by the first item that reads it (tiled_product.pxi's pack_first), and 1x1 input
+# gradients' panels copied as runs (pack_phase_panel)
+
+ITEM_PACKED = [  # forward pass and input gradient; which of them pack by items (AVX-512, f32)
+    (case("1x1-forward-partial-panel", (4, 96, 7, 7), (200, 96, 1, 1)), (True, False)),
+    (case("1x1-input-partial-panel", (4, 300, 7, 7), (64, 300, 1, 1)), (False, True)),
+    (case("1x1-input-groups", (4, 300, 7, 7), (64, 150, 1, 1), groups=2), (False, True)),
+    (case("1x1-input-stride2-phases", (4, 200, 6, 6), (96, 200, 1, 1), stride=2),
+     (False, True)),
+    (case("3x3-groups", (4, 64, 7, 7), (100, 32, 3, 3), padding=1, groups=2), (True, False)),
+    # slices of two image blocks taken whole by the threads: packed before the items run
+    (case("1x1-input-stride2-slices", (8, 200, 8, 8), (64, 200, 1, 1), stride=2),
+     (False, False)),
+]
+
+
+def _product(module, which, x_shape, w, src, kw, threads):
+    """The forward pass of src = x (which "forward") or the input gradient of src = dy
+    ("input") by `module`, into an array of NaN."""
+    nd = len(x_shape) - 2
+    none = np.empty(0, w.dtype)
+    if which == "forward":
+        out = np.full(lift(np.empty(conv_output_shape(x_shape, w.shape, kw), np.int8)).shape,
+                      np.nan, w.dtype)
+        module.forward(lift(src), lift(w), none, out, *loop_geometry(nd, kw), threads)
+        return out.reshape(conv_output_shape(x_shape, w.shape, kw))
+    out = np.full(lift(np.empty(x_shape, np.int8)).shape, np.nan, w.dtype)
+    module.grad_input(lift(src), lift(w), none, out, *loop_geometry(nd, kw), threads)
+    return out.reshape(x_shape)
+
+
+def test_which_products_pack_by_items():
+    module = _loops.variants()["x86-64-v4"]
+    for c, packs in ITEM_PACKED:
+        x_shape, w_shape, kw = c.values
+        shapes = [lift(np.empty(s, np.int8)).shape
+                  for s in (x_shape, w_shape, conv_output_shape(x_shape, w_shape, kw))]
+        for which, by_items in zip(("forward", "input"), packs):
+            plan = module.product_plan(which, *shapes, *loop_geometry(2, kw), 4)
+            assert not plan["weight read in place"], (c.id, which)
+            assert plan["weight packed by the items on two threads"] == by_items, (c.id, which)
+
+
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+@pytest.mark.parametrize("x_shape, w_shape, kw", [c for c, _ in ITEM_PACKED])
+@pytest.mark.parametrize("variant", list(_loops.variants()))
+def test_packed_by_items(rng, assert_close, variant, x_shape, w_shape, kw, dtype):
+    """Both passes against the reference, every element written, the same bits on one to
+    three threads; then a second call with another weight of the same shape gets that
+    weight's results (nothing packed by the first call is taken for packed again)."""
+    module = _loops.variants()[variant]
+    x = rng.standard_normal(x_shape).astype(dtype)
+    gy = rng.standard_normal(conv_output_shape(x_shape, w_shape, kw)).astype(dtype)
+    for w in (rng.standard_normal(w_shape).astype(dtype) for _ in range(2)):
+        for which, src, want in (("forward", x, reference.conv(x, w, **kw)),
+                                 ("input", gy, reference.conv_input(x_shape, w, gy, **kw))):
+            got = _product(module, which, x_shape, w, src, kw, 2)
+            assert not np.isnan(got).any(), which
+            assert_close(got, want, dtype)
+            for threads in (1, 3):
+                assert np.array_equal(_product(module, which, x_shape, w, src, kw, threads),
+                                      got), (which, threads)

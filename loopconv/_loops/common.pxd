@@ -56,3 +56,37 @@ cdef extern from *:
     ctypedef unsigned long long fpstate "lc_fpstate"
     fpstate flush_subnormals "lc_flush_subnormals"() noexcept nogil
     void restore_fpstate "lc_restore_fpstate"(fpstate old) noexcept nogil
+
+
+# ---------------------------------------------------------------------------------------------
+# Work done once by whichever thread first needs it (the forward-style product's packed rows of
+# A): a state per piece of work, 0 (not started), 1 (being done) or 2 (done).  The thread that
+# claims a piece does it and publishes it; any other waits until it is published.  The release
+# store and the acquire loads make what the claiming thread wrote visible to the waiting ones.
+
+cdef extern from *:
+    """
+    static inline int lc_claim(int *state)
+    {
+        int idle = 0;
+        return __atomic_compare_exchange_n(state, &idle, 1, 0, __ATOMIC_ACQUIRE,
+                                           __ATOMIC_ACQUIRE);
+    }
+    static inline int lc_done(int *state)
+    {
+        return __atomic_load_n(state, __ATOMIC_ACQUIRE) == 2;
+    }
+    static inline void lc_publish(int *state) { __atomic_store_n(state, 2, __ATOMIC_RELEASE); }
+    static inline void lc_await(int *state)
+    {
+        while (__atomic_load_n(state, __ATOMIC_ACQUIRE) != 2) {
+    #if defined(__x86_64__) || defined(__i386__)
+            __builtin_ia32_pause();
+    #endif
+        }
+    }
+    """
+    bint claim_work "lc_claim"(int *state) noexcept nogil
+    bint work_done "lc_done"(int *state) noexcept nogil
+    void publish_work "lc_publish"(int *state) noexcept nogil
+    void await_work "lc_await"(int *state) noexcept nogil

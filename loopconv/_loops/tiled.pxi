@@ -66,8 +66,9 @@ import numpy as np
 
 from loopconv._loops import direct
 
-from loopconv._loops.common cimport (end_inside, first_inside, flush_subnormals, fpstate,
-                                     restore_fpstate, round_up)
+from loopconv._loops.common cimport (await_work, claim_work, end_inside, first_inside,
+                                     flush_subnormals, fpstate, publish_work, restore_fpstate,
+                                     round_up, work_done)
 # the element types, their kernels and the tile shapes of this build
 from loopconv._loops.elements cimport (LC_ISA, LC_DW_OB, LC_DWC_PX, LC_KR_D, LC_MR_A,
                                        LC_MR_A1, LC_MR_B, LC_NV_B, lc_prefetch,

@@ -338,10 +338,12 @@ cdef bint pixel_tiles_suit(const Product *p, const Phase *phases, Py_ssize_t ite
 cdef int product_pass(const Product *p, const Phase *phases,
                       const element[:, :, :, :, ::1] src, const Py_ssize_t[::1] boff,
                       const element *a, const Py_ssize_t[::1] aoff,
-                      const element[::1] bias, element[:, :, :, :, ::1] dst,
+                      const element[::1] bias, element[:, :, :, :, ::1] dst, Packing *pk,
                       int num_threads) except -1:
     """Run the forward-style product p (its phases, A at a read at aoff, B the staged src read
-    at boff) into dst on num_threads threads, with this Python thread's workspaces."""
+    at boff) into dst on num_threads threads, with this Python thread's workspaces.  Where A is
+    packed (not p.gathered), a is where it goes, packed as pk says: by the items as they first
+    read it (packs_first), else by all threads before they run."""
     cdef Py_ssize_t NR = LC_NV_B * LC_VEC_BYTES // sizeof(element)
     dtype = typecode(<element *> NULL)
     cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
@@ -362,6 +364,15 @@ cdef int product_pass(const Product *p, const Phase *phases,
     cdef const element *bptr = &bias[0] if bias.shape[0] > 0 else NULL
     cdef element[::1] sws
     cdef element *shared = NULL
+    cdef int[::1] states
+    pk.state = NULL
+    if packs_first(p, num_threads):     # nothing packed yet
+        states = _workspace("p", np.intc, p.G * p.nrb)
+        states[:] = 0
+        pk.state = &states[0]
+    elif not p.gathered:
+        with nogil:
+            pack_before(p, phases, pk, <element *> a, num_threads)
     if shares_slices(p, num_threads, sizeof(element)):
         sws = _workspace("s", dtype, p.N * p.G * p.st.size)
         shared = &sws[0]
@@ -370,7 +381,7 @@ cdef int product_pass(const Product *p, const Phase *phases,
             stage_shared(&src[0, 0, 0, 0, 0], &p.st, p.N, p.G, p.src_img, p.src_grp, shared,
                          num_threads)
         run_product(p, phases, &src[0, 0, 0, 0, 0], shared, &boff[0], a, &aoff[0], bptr,
-                    &dst[0, 0, 0, 0, 0], &fws[0], fper, &iws[0], iper, num_threads)
+                    &dst[0, 0, 0, 0, 0], &fws[0], fper, &iws[0], iper, pk, num_threads)
     return 0
 
 
@@ -427,10 +438,11 @@ def forward(const element[:, :, :, :, ::1] x, const element[:, :, :, :, ::1] w,
     cdef Py_ssize_t Og = w.shape[0] // groups, K = geo.phases[0].K
     cdef Py_ssize_t mpad = round_up(Og, p.mr)
     cdef element[::1] apack = _workspace("a", dtype, 1 if p.gathered else groups * mpad * K)
-    if not p.gathered:
-        with nogil:
-            pack_groups(&w[0, 0, 0, 0, 0], groups, Og, p.mr, K,
-                        &geo.kpos[0] if p.valid != NULL else NULL, &apack[0], num_threads)
+    cdef Packing pk
+    pk.w = &w[0, 0, 0, 0, 0]
+    pk.kpos = &geo.kpos[0] if p.valid != NULL else NULL
+    pk.aoff = NULL
+    pk.Og, pk.KS, pk.cb = 0, 0, 0
     cdef const element[:, :, :, :, ::1] src = x
     cdef element[:, :, :, :, ::1] xw
     cdef Py_ssize_t nw, sw = stride[2], dw = dilation[2], pw = pad[2]
@@ -443,7 +455,7 @@ def forward(const element[:, :, :, :, ::1] x, const element[:, :, :, :, ::1] w,
                          dw, pw, &xw[0, 0, 0, 0, 0], num_threads)
         src = xw
     product_pass(p, geo.phases, src, geo.boff, &w[0, 0, 0, 0, 0] if p.gathered else &apack[0],
-                 geo.aoff, bias, y, num_threads)
+                 geo.aoff, bias, y, &pk, num_threads)
 
 
 cdef _Geometry product_geometry(which, xshape, wshape, yshape, stride, pad, dilation,
@@ -474,6 +486,7 @@ def product_plan(which, xshape, wshape, yshape, stride, pad, dilation, Py_ssize_
             "pixel tiles": bool(p.by_pixel), "taps skipped": p.valid != NULL,
             "skip share": geo.skip,
             "weight read in place": bool(p.gathered), "weight streamed": bool(p.stream_a),
+            "weight packed by the items on two threads": bool(packs_first(&p, 2)),
             "rows asked for nearer": bool(p.near_b),
             "channel gap": p.st.gap, "source read in place": bool(p.st.identity),
             "bands": bool(p.st.band), "band rows": p.st.band_rows,
@@ -623,16 +636,19 @@ def grad_input(const element[:, :, :, :, ::1] dy, const element[:, :, :, :, ::1]
     cdef Product *p = &geo.p
     cdef Py_ssize_t n, last = p.nphase - 1, M = w.shape[1], mpad = round_up(M, p.mr)
     cdef element[::1] apack
+    cdef Packing pk
     if not p.gathered:      # A packed, phase f at phases[f].a_off
         n = geo.phases[last].a_off + groups * mpad * geo.phases[last].K
         apack = _workspace("a", dtype, n + 1)
         apack[n] = 0
-        with nogil:
-            pack_phases(&w[0, 0, 0, 0, 0], groups, w.shape[0] // groups, M,
-                        w.shape[2] * w.shape[3] * w.shape[4], p.mr, p.nphase, geo.phases,
-                        &geo.aoff[0], PIX_CB if p.valid != NULL else 1, &apack[0], num_threads)
+    pk.w = &w[0, 0, 0, 0, 0]
+    pk.kpos = NULL
+    pk.aoff = &geo.aoff[0]
+    pk.Og = w.shape[0] // groups
+    pk.KS = w.shape[2] * w.shape[3] * w.shape[4]
+    pk.cb = PIX_CB if p.valid != NULL else 1
     product_pass(p, geo.phases, dy, geo.boff, &w[0, 0, 0, 0, 0] if p.gathered else &apack[0],
-                 geo.aoff, bias, dx, num_threads)
+                 geo.aoff, bias, dx, &pk, num_threads)
 
 
 # ---------------------------------------------------------------------------------------------

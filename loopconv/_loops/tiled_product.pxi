@@ -52,6 +52,19 @@ cdef struct Product:
     const unsigned char *valid
     Stage st
 
+cdef struct Packing:
+    # A packed by the work items (pack_first): each row block of each group by the first item
+    # that reads it.  state: per (group, row block), claim_work's; NULL where A is packed before
+    # the items run, or read in place
+    int *state
+    const void *w           # the weight
+    const Py_ssize_t *kpos  # the forward pass: pack_panels' column order (NULL: w's own)
+    # the input gradient: pack_phase_panel's w offsets (NULL: the forward pass), output channels
+    # per group, taps and blocks of columns
+    const Py_ssize_t *aoff
+    Py_ssize_t Og, KS, cb
+
+
 cdef struct Item:
     # One work item of the forward-style product (find_item)
     Py_ssize_t ng           # image block * G + group: names its staged slices
@@ -291,6 +304,14 @@ cdef inline void pack_phase_panel(const element *w, Py_ssize_t g, Py_ssize_t ip,
         if o + PACK_AHEAD < o1:
             for u in range(0, span, 64):
                 lc_prefetch(<const char *> (src + PACK_AHEAD * M * KS) + u)
+        if KS == 1:     # the panel's rows of w[o] are its column, as they are
+            for f in range(nphase):
+                if phases[f].K > 0:
+                    dk = (dst + phases[f].a_off + (g * npan + ip) * MR * phases[f].K
+                          + blocked_column(o, 0, Og, 1, cb) * MR)
+                    copy_short(dk, src, mw)
+                    zero_run(dk + mw, zr - mw)
+            continue
         if by_tap:
             for r in range(mw):
                 for t in range(KS):
@@ -308,6 +329,57 @@ cdef inline void pack_phase_panel(const element *w, Py_ssize_t g, Py_ssize_t ip,
                     dk[r] = src[r * KS + tap]
                 for r in range(mw, zr):
                     dk[r] = 0
+
+
+cdef inline bint packs_first(const Product *p, int nthreads) noexcept nogil:
+    """Whether the items of p pack A themselves (pack_first) rather than all threads together
+    before they run (pack_groups, pack_phases): where A is packed and has at least two
+    (group, row block) pieces a thread.  Packed before, the panels went to the threads in
+    contiguous shares, while the items that read them go to the threads one at a time: on
+    two threads each packed panel was read from the other core's cache and written back
+    there on the next call, and packing took as long as on one thread (a 1x1 layer's 4 MiB
+    weight, 512 -> 2048 channels on 7x7 at batch 4: 0.17 ms of the pass on one thread, 0.23
+    ms on two).  An item's row block packed by its thread is then read from its own L2.  Not
+    where the threads take whole slices of several image blocks of the same groups
+    (run_product's by_slices): they would go through the same row blocks side by side, one
+    packing each while the other waited."""
+    return (not p.gathered and p.G * p.nrb >= 2 * nthreads
+            and (nthreads == 1 or p.nib == 1 or not by_slices(p, nthreads)))
+
+
+cdef void pack_before(const Product *p, const Phase *phases, const Packing *pk,
+                      element *apack, int nthreads) noexcept nogil:
+    """All of A packed on nthreads threads before the items run: pack_groups (the forward
+    pass) or pack_phases (the input gradient)."""
+    if pk.aoff == NULL:
+        pack_groups(<const element *> pk.w, p.G, p.M, p.mr, phases[0].K, pk.kpos, apack,
+                    nthreads)
+    else:
+        pack_phases(<const element *> pk.w, p.G, pk.Og, p.M, pk.KS, p.mr, p.nphase, phases,
+                    pk.aoff, pk.cb, apack, nthreads)
+
+
+cdef void pack_first(const Product *p, const Phase *phases, const Item *it,
+                     const Packing *pk, element *apack) noexcept nogil:
+    """The packed A of the item's group and row block, packed by this thread if it is the
+    first to read them, else waited for; as pack_groups (the forward pass) or pack_phases
+    (the input gradient) pack those panels.  Who packs a panel changes nothing in it."""
+    cdef int *state = pk.state + it.g * p.nrb + it.ip0 // p.rblk
+    cdef Py_ssize_t npan = row_panels(p), K = phases[0].K, ip
+    cdef const element *w = <const element *> pk.w
+    if work_done(state):
+        return
+    if not claim_work(state):
+        await_work(state)
+        return
+    if pk.aoff == NULL:
+        pack_panels(w + it.g * p.M * K, p.M, p.mr, K, pk.kpos, apack + it.g * npan * p.mr * K,
+                    it.ip0, it.ip1, 0, (K + PACK_BLOCK - 1) // PACK_BLOCK)
+    else:
+        for ip in range(it.ip0, it.ip1):
+            pack_phase_panel(w, it.g, ip, npan, pk.Og, p.M, pk.KS, p.mr, p.nphase, phases,
+                             pk.aoff, pk.cb, apack, 0, pk.Og)
+    publish_work(state)
 
 
 cdef inline void copy_run(element *d, Py_ssize_t ds, const element *src, Py_ssize_t n,
@@ -971,17 +1043,20 @@ cdef void product_item(const Product *p, const Phase *phases, Py_ssize_t item,
                        const element *src, const element *shared, const Py_ssize_t *boff_all,
                        const element *apack, const Py_ssize_t *aoff_all,
                        const element *bias, element *dst, element *fws,
-                       Py_ssize_t *iws) noexcept nogil:
+                       Py_ssize_t *iws, const Packing *pk) noexcept nogil:
     """Work item `item` of the forward-style product (find_item): its rows of dst at its valid
-    grid columns, for each of its images.  A is apack: packed panels, or with p.gathered the
-    weight itself, read at aoff_all.  fws and iws: this thread's scratch (iws[0] names the
-    slices staged in fws); shared: every slice staged before (stage_shared), or NULL."""
+    grid columns, for each of its images.  A is apack: packed panels (packed by the items where
+    pk.state is not NULL: pack_first), or with p.gathered the weight itself, read at aoff_all.
+    fws and iws: this thread's scratch (iws[0] names the slices staged in fws); shared: every
+    slice staged before (stage_shared), or NULL."""
     cdef Py_ssize_t NR = LC_NV_B * LC_VEC_BYTES // sizeof(element)
     cdef Item it
     cdef const element *staged[MAX_IMAGES]
     cdef Py_ssize_t *dcol = iws + 2
     cdef Py_ssize_t *run = dcol + p.ncb
     find_item(p, phases, item, p.ncb, &it)
+    if pk.state != NULL:
+        pack_first(p, phases, &it, pk, <element *> apack)
     cdef const Phase *ph = &phases[it.f]
     cdef element *dst_g = dst + it.n0 * p.dst_img + it.g * p.dst_grp
     cdef const element *a_g
@@ -1052,7 +1127,7 @@ cdef inline bint by_slices(const Product *p, int nthreads) noexcept nogil:
 cdef void run_product(const Product *p, const Phase *phases, const element *src,
                       const element *shared, const Py_ssize_t *boff, const element *apack,
                       const Py_ssize_t *aoff, const element *bias, element *dst, element *fws,
-                      Py_ssize_t fper, Py_ssize_t *iws, Py_ssize_t iper,
+                      Py_ssize_t fper, Py_ssize_t *iws, Py_ssize_t iper, const Packing *pk,
                       int nthreads) noexcept nogil:
     cdef Py_ssize_t item, t, nitems = p.nib * p.G * p.items_ng * p.nrb
     # With few (images, group) slices (batch 1), items are handed out one at a time as threads
@@ -1104,16 +1179,17 @@ cdef void run_product(const Product *p, const Phase *phases, const element *src,
                 rb = unit % p.nrb
                 for r in range(p.bstart[b], p.bstart[b + 1]):
                     product_item(p, phases, ng * per_ng + r * p.nrb + rb, src, shared, boff,
-                                 apack, aoff, bias, dst, fws + tid * fper, iws + tid * iper)
+                                 apack, aoff, bias, dst, fws + tid * fper, iws + tid * iper,
+                                 pk)
         elif not by_slice:
             for item in prange(nitems, schedule="dynamic", chunksize=1):
                 tid = threadid()
                 product_item(p, phases, item, src, shared, boff, apack, aoff, bias, dst,
-                             fws + tid * fper, iws + tid * iper)
+                             fws + tid * fper, iws + tid * iper, pk)
         else:
             for ng in prange(p.nib * p.G, schedule="dynamic", chunksize=1):
                 tid = threadid()
                 for r in range(ng * per_ng, (ng + 1) * per_ng):
                     product_item(p, phases, r, src, shared, boff, apack, aoff, bias, dst,
-                                 fws + tid * fper, iws + tid * iper)
+                                 fws + tid * fper, iws + tid * iper, pk)
         restore_fpstate(fp)
