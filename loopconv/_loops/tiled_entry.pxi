@@ -367,7 +367,7 @@ cdef int product_pass(const Product *p, const Phase *phases,
     cdef int[::1] states
     pk.state = NULL
     if packs_first(p, num_threads):     # nothing packed yet
-        states = _workspace("p", np.intc, p.G * p.nrb)
+        states = _workspace("p", np.intc, p.G * p.nrb)[:p.G * p.nrb]
         states[:] = 0
         pk.state = &states[0]
     elif not p.gathered:
