@@ -114,10 +114,16 @@
  *                 few pixels per weight, where packing A would cost as much as the product);
  *                 not inlined, so that GCC still inlines lc_tile_b into its caller (inlining
  *                 both, it stopped: the forward pass of largek 5 % slower)
+ *   lc_tile_r_T:  lc_tile_v for pieces 3 (LC_ROW_PIECES): each vector of columns from the
+ *                 two grid rows it spans, lane j at b + boff[k] + vo[3v] + j where bit j of
+ *                 the mask vo[3v + 2] is set, else at vo[3v + 1] + j where bit W + j is,
+ *                 else 0 (lc_rows): the valid columns of rows that are neither whole vectors
+ *                 nor halves (3x3 on 14x14: 196 columns a channel, 209 on its grid)
  *   lc_tile_gc_T: lc_tile_g with B's vectors (pieces 1) or halves (pieces 2) at their own
  *                 offsets, as lc_tile_v: a compact phase with A read in place (a GAN's 4x4
  *                 stride-2 transposed layer from 8x8 at batch 1: phases of 8x8 pixels, rows
- *                 of half a vector, whose grid tiles computed 80 columns for 64)
+ *                 of half a vector, whose grid tiles computed 80 columns for 64); not rows by
+ *                 masks, which cost more there than the junk they save (tiled.pxi, ROWS_WASTE)
  *   lc_tile_p_T:  C[i, j] (=, +=) sum_k ar[i][aoff[k]] * b[ldb * k + j]        MR_B rows
  *                 pixel tiles: row i of A is a pixel of the staged source at its own place
  *                 ar[i] (a tile's pixels may lie in several rows and images), B the weight
@@ -277,6 +283,14 @@
         }                                                                               \
     }
 
+/* lc_tile_r's: the lines of the grid columns row k + LC_PF_ROWS spans from its
+ * first vector's first piece, NV vectors and one line more (the junk of the rows between) */
+#  define LC_PREFETCH_R(T, MR, NV)                                                      \
+    if (LC_PREFETCH && (MR) >= 4) {                                                     \
+        const char *pf = (const char *)(b + boff[k + LC_PF_ROWS] + vo[0]);              \
+        for (int l = 0; l <= (NV) * LC_VEC_BYTES / 64; l++) __builtin_prefetch(pf + 64 * l); \
+    }
+
 /* lc_tile_p's A, where asked (pf): the lines of its first and last pixel in column
  * k + LC_PF_ROWS, each column a channel plane away from the last, which the prefetchers do not
  * follow (pixel_tiles asks where the staged source outgrows L2: PIX_PREFETCH_BYTES) */
@@ -303,7 +317,7 @@ static inline void NAME##_##TAG##V##_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT
 
 /* lc_tile_b, lc_tile_g, lc_tile_v and lc_tile_h with MR rows and NV vectors, named by V: NV_B
  * (w), one (n), two (d). */
-#  define LC_TILE_BG(SUFFIX, T, TAG, MR, V, NV, PF, PFA, PFV)                           \
+#  define LC_TILE_BG(SUFFIX, T, TAG, MR, V, NV, PF, PFA, PFV, PFR)                      \
 static inline void lc_tile_b_##TAG##V##_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,  \
         const T *LC_RESTRICT b, const ptrdiff_t *LC_RESTRICT boff,                      \
         T *LC_RESTRICT c, ptrdiff_t ldc, int beta, int pfa)                             \
@@ -353,6 +367,17 @@ static inline void lc_tile_h_##TAG##V##_##SUFFIX(ptrdiff_t kc, const T *LC_RESTR
     LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, MR, NV, a[MR * k + i],           \
                  b + boff[k], lc_halves_##SUFFIX(bk + vo[2 * v], bk + vo[2 * v + 1]), ) \
 }                                                                                       \
+static inline void lc_tile_r_##TAG##V##_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT a,  \
+        const T *LC_RESTRICT b, const ptrdiff_t *LC_RESTRICT boff,                      \
+        const ptrdiff_t *LC_RESTRICT vofs, T *LC_RESTRICT c, ptrdiff_t ldc, int beta,   \
+        int pfa)                                                                        \
+{                                                                                       \
+    (void)pfa;                                                                          \
+    ptrdiff_t vo[3 * NV];                                                               \
+    for (int v = 0; v < 3 * NV; v++) vo[v] = vofs[v];                                   \
+    LC_TILE_BODY(T, lc_vec_##SUFFIX, lc_uvec_##SUFFIX, MR, NV, a[MR * k + i],           \
+                 b + boff[k], LC_ROWS_AT(SUFFIX, bk, vo, v), PFR PFA)                   \
+}                                                                                       \
 LC_TILE_GC(SUFFIX, T, TAG, MR, V, NV, lc_tile_gv, 1,                                   \
            *(const lc_uvec_##SUFFIX *)(bk + vo[v]))                                     \
 LC_TILE_GC(SUFFIX, T, TAG, MR, V, NV, lc_tile_gh, 2,                                   \
@@ -362,9 +387,10 @@ LC_TILE_GC(SUFFIX, T, TAG, MR, V, NV, lc_tile_gh, 2,                            
  * halves' lines asked for the same way made 3x3x3 on 8^3 0.8-0.95 times as fast). */
 #  define LC_TILE_B_ROWS(SUFFIX, T, TAG, MR)                                            \
 LC_TILE_BG(SUFFIX, T, TAG, MR, w, LC_NV_B, LC_PREFETCH_B(T, MR, LC_NV_B),               \
-           LC_PREFETCH_A(T, MR), LC_PREFETCH_V(T, MR, LC_NV_B))                         \
-LC_TILE_BG(SUFFIX, T, TAG, MR, n, 1, , , )                                              \
-LC_TILE_BG(SUFFIX, T, TAG, MR, d, 2, , , )
+           LC_PREFETCH_A(T, MR), LC_PREFETCH_V(T, MR, LC_NV_B),                         \
+           LC_PREFETCH_R(T, MR, LC_NV_B))                                               \
+LC_TILE_BG(SUFFIX, T, TAG, MR, n, 1, , , , )                                            \
+LC_TILE_BG(SUFFIX, T, TAG, MR, d, 2, , , , )
 
 /* lc_tile_a and lc_tile_m of MR rows and NV vectors (lc_tile_a2/m2: two, MR_A rows; a1/m1: one,
  * MR_A1 rows). */
@@ -430,11 +456,51 @@ static inline lc_vec_##SUFFIX lc_halves_##SUFFIX(const T *p0, const T *p1)      
 #  define LC_HALVES_OF(SUFFIX, T, W) LC_HALVES(SUFFIX, T, W)
 #  define LC_DEFINE_HALVES(SUFFIX, T, BYTES) LC_HALVES_OF(SUFFIX, T, LC_LANES_##BYTES)
 
+/* lc_rows_T: the vector of lc_tile_r, lanes from p0 where bit j of m is set, else from p1
+ * where bit W + j is, else 0 (lanes past a phase's last column).  With AVX-512 two masked
+ * loads, which read nothing where their mask is clear (a row's lanes may start before the
+ * staged array or end past it); elsewhere lane by lane, correct but slow, and never chosen
+ * (phase_pieces takes rows by masks where LC_ROW_MASKS alone). */
+#  if defined(__AVX512F__)
+#    include <immintrin.h>
+#    define LC_ROW_MASKS 1
+#    define LC_ROWS_4(SUFFIX, T)                                                         \
+static inline lc_vec_##SUFFIX lc_rows_##SUFFIX(const T *p0, const T *p1, ptrdiff_t m)   \
+{                                                                                       \
+    return (lc_vec_##SUFFIX)_mm512_mask_loadu_ps(_mm512_maskz_loadu_ps((__mmask16)m, p0), \
+                                                 (__mmask16)(m >> 16), p1);             \
+}
+#    define LC_ROWS_8(SUFFIX, T)                                                         \
+static inline lc_vec_##SUFFIX lc_rows_##SUFFIX(const T *p0, const T *p1, ptrdiff_t m)   \
+{                                                                                       \
+    return (lc_vec_##SUFFIX)_mm512_mask_loadu_pd(_mm512_maskz_loadu_pd((__mmask8)m, p0), \
+                                                 (__mmask8)(m >> 8), p1);               \
+}
+#  else
+#    define LC_ROW_MASKS 0
+#    define LC_ROWS_ANY(SUFFIX, T)                                                       \
+static inline lc_vec_##SUFFIX lc_rows_##SUFFIX(const T *p0, const T *p1, ptrdiff_t m)   \
+{                                                                                       \
+    enum { W = LC_VEC_BYTES / sizeof(T) };                                              \
+    lc_vec_##SUFFIX r = (lc_vec_##SUFFIX){0};                                           \
+    for (int j = 0; j < W; j++)                                                         \
+        r[j] = (m >> j) & 1 ? p0[j] : (m >> (W + j)) & 1 ? p1[j] : 0;                   \
+    return r;                                                                           \
+}
+#    define LC_ROWS_4(SUFFIX, T) LC_ROWS_ANY(SUFFIX, T)
+#    define LC_ROWS_8(SUFFIX, T) LC_ROWS_ANY(SUFFIX, T)
+#  endif
+#  define LC_DEFINE_ROWS(SUFFIX, T, BYTES) LC_ROWS_##BYTES(SUFFIX, T)
+/* vector v of row bk of lc_tile_r (vo: offset, offset, masks per vector) */
+#  define LC_ROWS_AT(SUFFIX, BK, VO, V)                                                  \
+    lc_rows_##SUFFIX(BK + VO[3 * (V)], BK + VO[3 * (V) + 1], VO[3 * (V) + 2])
+
 /* The aligned(sizeof(T)) twin of each vector type is for unaligned loads and stores. */
 #  define LC_DEFINE_TILES(SUFFIX, T, BYTES)                                              \
 typedef T lc_vec_##SUFFIX __attribute__((vector_size(LC_VEC_BYTES)));                   \
 typedef T lc_uvec_##SUFFIX __attribute__((vector_size(LC_VEC_BYTES), aligned(sizeof(T)))); \
 LC_DEFINE_HALVES(SUFFIX, T, BYTES)                                                      \
+LC_DEFINE_ROWS(SUFFIX, T, BYTES)                                                        \
 LC_DEFINE_LANE_SUMS(SUFFIX, T, BYTES)                                                   \
 LC_TILE_B_ROWS(SUFFIX, T, r1, 1)                                                        \
 LC_TILE_B_ROWS(SUFFIX, T, r2, 2)                                                        \
@@ -447,7 +513,9 @@ static inline void lc_tile_v_##SUFFIX(int pieces, int mr, int nv, ptrdiff_t kc, 
         const T *a, const T *b, const ptrdiff_t *boff, const ptrdiff_t *vo, T *c,       \
         ptrdiff_t ldc, int beta, int pfa)                                               \
 {                                                                                       \
-    if (pieces == 2)                                                                    \
+    if (pieces == 3)                                                                    \
+        LC_BY_MR(mr, nv, lc_tile_r, SUFFIX, (kc, a, b, boff, vo, c, ldc, beta, pfa))    \
+    else if (pieces == 2)                                                               \
         LC_BY_MR(mr, nv, lc_tile_h, SUFFIX, (kc, a, b, boff, vo, c, ldc, beta, pfa))    \
     else                                                                                \
         LC_BY_MR(mr, nv, lc_tile_v, SUFFIX, (kc, a, b, boff, vo, c, ldc, beta, pfa))    \
@@ -662,6 +730,7 @@ static inline void lc_tile_e##NAME##_##SUFFIX(ptrdiff_t kc, const T *LC_RESTRICT
 
 #else  /* other compilers: the same tiles as scalar loops (correct, not fast) */
 #  define LC_RESTRICT
+#  define LC_ROW_MASKS 0
 #  define LC_SCALAR_TILE(T, MR, NV, A_AT, B_AT)                                         \
     enum { NR = NV * LC_VEC_BYTES / sizeof(T) };                                        \
     T acc[MR][NR];                                                                      \
@@ -698,12 +767,18 @@ static void lc_tile_v_##SUFFIX(int pieces, int mr, int nv, ptrdiff_t kc, const T
                                const T *b, const ptrdiff_t *boff, const ptrdiff_t *vo,  \
                                T *c, ptrdiff_t ldc, int beta)                           \
 {                                                                                       \
-    int pw = (int)(LC_VEC_BYTES / sizeof(T)) / pieces;                                  \
+    enum { W = LC_VEC_BYTES / sizeof(T) };                                              \
+    int pw = pieces == 3 ? W : W / pieces;                                              \
     for (int i = 0; i < mr; i++)                                                        \
-        for (int j = 0; j < nv * pieces * pw; j++) {                                    \
+        for (int j = 0; j < nv * W; j++) {                                              \
             T sum = 0;                                                                  \
-            for (ptrdiff_t k = 0; k < kc; k++)                                          \
-                sum += a[mr * k + i] * b[boff[k] + vo[j / pw] + j % pw];                \
+            const ptrdiff_t *r = vo + 3 * (j / W);                                      \
+            int l = j % W, at = pieces != 3 || (r[2] >> l) & 1;                         \
+            if (pieces == 3 && !at && !((r[2] >> (W + l)) & 1)) sum = 0;                \
+            else                                                                        \
+                for (ptrdiff_t k = 0; k < kc; k++)                                      \
+                    sum += a[mr * k + i] * b[boff[k] + (pieces != 3 ? vo[j / pw] + j % pw \
+                                                        : r[at ? 0 : 1] + l)];          \
             c[i * ldc + j] = beta ? c[i * ldc + j] + sum : sum;                         \
         }                                                                               \
 }                                                                                       \

@@ -36,8 +36,10 @@
 # tile (microkernel.h) reads those runs in place: no packing of the large operand.  Where the
 # copy would change nothing (no padding, stride 1, as for a 1x1 convolution) the tiles read the
 # source itself.  Grid columns with oh >= OH or ow >= OW ("junk") are computed and never stored,
-# except where a phase's rows are whole vectors or halves (compact_phases): its tiles then
-# take each vector (or half) from its own grid row and compute the valid columns alone.
+# except where a phase's rows are whole vectors or halves, or (with AVX-512, A packed) any
+# rows no vector spans more than two of (compact_phases): its tiles then take each vector (or
+# half) from its own grid row, or from two by masked loads, and compute the valid columns
+# alone.
 # Along an axis of stride 1 the rows (and planes) share the padding's zeros: the windows that
 # run past the end of a row read the zeros that start the next one (shared_zeros), so a row of
 # a 3x3 kernel with padding 1 is W + 1 long, and the junk is one column a row.
@@ -72,7 +74,8 @@ from loopconv._loops.common cimport (await_work, claim_work, end_inside, first_i
 # the element types, their kernels and the tile shapes of this build
 from loopconv._loops.elements cimport (LC_ISA, LC_DW_OB, LC_DWC_PX, LC_KR_D, LC_MR_A,
                                        LC_MR_A1, LC_MR_B, LC_NV_B, lc_prefetch,
-                                       LC_OR_D, LC_PF_A, LC_PF_NEAR_B, LC_PUT_RUNS, LC_VEC_BYTES,
+                                       LC_OR_D, LC_PF_A, LC_PF_NEAR_B, LC_PUT_RUNS, LC_ROW_MASKS,
+                                       LC_VEC_BYTES,
                                        block_put, dw_copy,
                                        dw_dots, dw_rows, dwc_copy, dwc_dotruns, dwc_runs,
                                        element, evens, put_run, short_row, split_phases,
@@ -98,6 +101,9 @@ cdef enum:
     # (two threads 1.02-1.09x, float64 0.96-1.11x, AVX2 0.96-1.07x); from two blocks on, 64
     # channels on 224x224 (two blocks) 0.97x
     SUM_BLOCKS = 3
+    # ROW_PIECES: Phase.pieces of a compact phase whose vectors each come from two grid rows by
+    # masks (phase_pieces)
+    ROW_PIECES = 3
     NCB_TILES = 8
     # PC: float32; float64 half of it, so that the packed dy panel (two vectors of columns)
     # and the eight rows of x it meets stay within L1
@@ -427,6 +433,16 @@ cdef double COMPACT_WASTE = 1.02
 # for halves, 0.9-1.17x, about even)
 cdef double HALVES_WASTE = 1.1
 cdef double HALVES_COST = 1.05
+# ROWS_WASTE: likewise for other rows (of VW - gcd(VW, width) lanes or more, so that no vector
+# spans more than two of them) where A is packed, each vector from the two rows it spans by
+# masked loads (lc_tile_r, LC_ROW_MASKS); ROWS_COST: what its columns cost against whole
+# vectors'.  Against the grid (float32, one thread, fastest of alternating runs): 3x3 on 28x28
+# at batch 2 and 8 (1.03 columns a pixel) 1.03-1.06x, stride 2 onto 28x28 at batch 8
+# 1.02-1.05x, 56x56 at batch 1 (1.02) 1.01-1.04x, at batch 8 0.97-1.02x.  Not where A is read
+# in place (as lc_tile_gc's tiles; batch 1 on 14x14 and 28x28, 1.07 and 1.03): 0.96-0.98x, even
+# with the rows asked for ahead as the grid's tiles do (0.87x without)
+cdef double ROWS_WASTE = 1.01
+cdef double ROWS_COST = 1.03
 # NARROW_COST: a one-vector tile of the forward-style product (LC_MR_B rows, one vector: of
 # grid columns in the tiled product, of channels in pixel tiles) costs about as much as this
 # many times its columns in full tiles: it broadcasts a row's LC_MR_B values of A for one

@@ -42,7 +42,8 @@ def info():
             "and below grid columns times columns of the weight": GATHER_WORK,
             "columns of A per block": KC,
             "weight streamed above bytes": STREAM_A_BYTES,
-            "tiles keep their sums above blocks of A's columns": SUM_BLOCKS}
+            "tiles keep their sums above blocks of A's columns": SUM_BLOCKS,
+            "rows by masks": bool(LC_ROW_MASKS)}
 
 
 def item_order(nblk):
@@ -115,7 +116,7 @@ cdef void choose_tiles(Product *p, const Phase *phases, Py_ssize_t itemsize, bin
         p.by_pixel = pixel_tiles_suit(p, phases, itemsize, skip)
         # the junk columns a compact grid would save, against what packing costs
         for f in range(p.nphase):
-            if phase_pieces(p, &phases[f], itemsize) > 0:
+            if 0 < phase_pieces(p, &phases[f], itemsize) < ROW_PIECES:
                 saved += phases[f].ncols - phase_pixels(&phases[f])
         # neither pixel tiles nor a compact grid worth the packing: the grid's tiles read A in
         # place after all
@@ -162,7 +163,9 @@ cdef Py_ssize_t phase_pieces(const Product *p, const Phase *ph,
     """The pieces each vector of a tile of phase ph (its grid's columns, ph.ncols, not yet
     made compact) would take from the rows of its grid if compact (compact_phases): 1 where
     its rows are whole vectors and its junk is COMPACT_WASTE or more, 2 where they are half
-    vectors (of 4 elements or more) and its junk HALVES_WASTE or more, else 0.  Tiles of
+    vectors (of 4 elements or more) and its junk HALVES_WASTE or more, ROW_PIECES where the
+    build has masked loads (LC_ROW_MASKS), A is packed, no vector spans more than two rows and
+    the junk is ROWS_WASTE or more (lc_tile_r: 3x3 on 28x28 at batch 2 to 8), else 0.  Tiles of
     fewer rows than LC_MR_B (few output channels) keep their grid: the few sums a row of B
     meets leave the loads and the offsets the larger cost (a GAN's last layer, 64 -> 3
     channels 4x4 stride 2 from 32x32 to 64x64 at batch 32, took 1.30 times as long with
@@ -181,16 +184,22 @@ cdef Py_ssize_t phase_pieces(const Product *p, const Phase *ph,
         return 1
     if VW >= 8 and ph.grid[2] % (VW // 2) == 0 and valid * HALVES_WASTE <= ph.ncols:
         return 2
+    # the vectors start at multiples of VW among the valid columns, so gcd(VW, width) columns
+    # from the end of a row at the latest (VW a power of two): then they span two rows at most
+    if (LC_ROW_MASKS and not p.gathered and ph.grid[2] % VW
+            and ph.grid[2] > VW - 1 - min(VW, ph.grid[2] & -ph.grid[2])
+            and valid * ROWS_WASTE <= ph.ncols):
+        return ROW_PIECES
     return 0
 
 
 cdef Py_ssize_t compact_phases(Product *p, Phase *phases, Py_ssize_t itemsize) noexcept nogil:
     """Makes compact the phases that take pieces (phase_pieces), unless p runs as pixel tiles:
-    their tiles (lc_tile_v, lc_tile_h) compute the valid columns alone, each vector (or half)
-    in one grid row.  3x3x3 on 16^3 computed 1.125 grid columns a pixel, on 8^3 1.25, 32^3
-    1.06, 3x3 on 32x32 1.03.  Then cuts the phases' columns into blocks (p.ncb columns each,
-    whole_rows) and sets p.items_ng and p.nblocks (the most column blocks of a phase); returns
-    the columns of one (image, group), all phases; sets p.kmost."""
+    their tiles (lc_tile_v, lc_tile_h, lc_tile_r) compute the valid columns alone, each vector
+    (or half) in one grid row, or in two by masks.  3x3x3 on 16^3 computed 1.125 grid columns
+    a pixel, on 8^3 1.25, 32^3 1.06, 3x3 on 32x32 1.03.  Then cuts the phases' columns into
+    blocks (p.ncb columns each, whole_rows) and sets p.items_ng and p.nblocks (the most column
+    blocks of a phase); returns the columns of one (image, group), all phases; sets p.kmost."""
     cdef Py_ssize_t NR = LC_NV_B * LC_VEC_BYTES // itemsize, f, columns = 0
     cdef Phase *ph
     p.kmost = 0
@@ -312,7 +321,7 @@ cdef bint pixel_tiles_suit(const Product *p, const Phase *phases, Py_ssize_t ite
         tail = (cols % NR + VW - 1) // VW
         one = tail_ones(tail)
         tiled += ((cols // NR * NR + (tail - one + NARROW_COST * one) * VW)
-                  * (HALVES_COST if pieces == 2 else 1))
+                  * (HALVES_COST if pieces == 2 else ROWS_COST if pieces == ROW_PIECES else 1))
         # the valid columns of an item's images one after the other, the last tile of
         # LC_MR_B pixels partly computed for nothing
         by_pixel += round_up(nimg * rows * ph.grid[2], LC_MR_B) / <double> nimg
@@ -495,6 +504,7 @@ def product_plan(which, xshape, wshape, yshape, stride, pad, dilation, Py_ssize_
             "last slice read in place": last_in_place(&p.st, p.N, p.G, p.src_img, p.src_grp),
             "compact phases": sum([geo.phases[f].pieces > 0 for f in range(p.nphase)]),
             "halves": sum([geo.phases[f].pieces == 2 for f in range(p.nphase)]),
+            "rows by masks": sum([geo.phases[f].pieces == ROW_PIECES for f in range(p.nphase)]),
             "dot columns": dot_columns_of(geo, itemsize),
             "widened": geo.widened is not None,
             "taps packed at once": (which == "input" and not p.gathered

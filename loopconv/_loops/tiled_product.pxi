@@ -433,6 +433,19 @@ cdef inline Py_ssize_t compact_column(const Stage *st, const Phase *ph,
     return ((j // plane) * st.q[1] + r // ph.grid[2]) * st.q[2] + r % ph.grid[2]
 
 
+cdef inline void row_pieces(const Stage *st, const Phase *ph, Py_ssize_t j, Py_ssize_t VW,
+                            Py_ssize_t q, Py_ssize_t *vo) noexcept nogil:
+    """The vector of VW valid columns j on of a compact phase whose vectors span two grid rows
+    at most (ROW_PIECES) for lc_rows, relative to grid column q: the offsets of its lanes in
+    the first row and in the next (each less the lanes before it) and, at vo[2], their masks
+    (bits 0 .. VW - 1, bits VW .. 2 VW - 1); no lane past the phase's last valid column."""
+    cdef Py_ssize_t n0 = min(VW, ph.grid[2] - j % ph.grid[2], max(ph.ncols - j, 0))
+    cdef Py_ssize_t n1 = min(VW - n0, max(ph.ncols - j - n0, 0))
+    vo[0] = compact_column(st, ph, j) - q if n0 > 0 else 0
+    vo[1] = compact_column(st, ph, j + n0) - q - n0 if n1 > 0 else 0
+    vo[2] = ((1 << n0) - 1) | (((1 << n1) - 1) << (n0 + VW))
+
+
 cdef inline void item_columns(const Stage *st, const Phase *ph, const Item *it, Py_ssize_t NR,
                               Py_ssize_t *dcol, Py_ssize_t *run) noexcept nogil:
     """dcol and run (grid_columns) of the item's columns (a compact phase's: valid columns
@@ -559,9 +572,13 @@ cdef inline void product_tile(const Product *p, const Phase *ph, const Item *it,
     cdef Py_ssize_t NR = LC_NV_B * LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t VW = LC_VEC_BYTES // sizeof(element)
     cdef Py_ssize_t MR = p.mr, width = nv * VW, ip, mw, n, v, q = it.q0 + j0 - shift
-    cdef Py_ssize_t vo[8]       # at least 2 * LC_NV_B
+    cdef Py_ssize_t vo[12]      # at least 3 * LC_NV_B
     cdef element *d0
-    if ph.pieces:       # each piece of a vector of valid columns lies within a grid row
+    if ph.pieces == ROW_PIECES:
+        q = compact_column(&p.st, ph, it.q0 + j0)
+        for v in range(nv):
+            row_pieces(&p.st, ph, it.q0 + j0 + v * VW, VW, q, &vo[3 * v])
+    elif ph.pieces:     # each piece of a vector of valid columns lies within a grid row
         q = compact_column(&p.st, ph, it.q0 + j0)
         for v in range(nv * ph.pieces):
             vo[v] = compact_column(&p.st, ph, it.q0 + j0 + v * (VW // ph.pieces)) - q
