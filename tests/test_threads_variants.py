@@ -1181,6 +1181,13 @@ ITEM_PACKED = [  # forward pass and input gradient; which of them pack by items 
     # slices of two image blocks taken whole by the threads: packed before the items run
     (case("1x1-input-stride2-slices", (8, 200, 8, 8), (64, 200, 1, 1), stride=2),
      (False, False)),
+    # as pixel tiles: a 1-D layer, and a GAN's 4x4 stride-2 layers (their input gradients are
+    # the transposed layers' forward passes)
+    (case("1-d", (4, 256, 50), (300, 256, 3), padding=1), (True, True)),
+    (case("4x4-stride-2-onto-4x4", (4, 256, 8, 8), (128, 256, 4, 4), stride=2, padding=1),
+     (False, True)),
+    (case("4x4-stride-2-onto-2x2", (2, 512, 4, 4), (256, 512, 4, 4), stride=2, padding=1),
+     (True, True)),
 ]
 
 
@@ -1206,7 +1213,7 @@ def test_which_products_pack_by_items():
         shapes = [lift(np.empty(s, np.int8)).shape
                   for s in (x_shape, w_shape, conv_output_shape(x_shape, w_shape, kw))]
         for which, by_items in zip(("forward", "input"), packs):
-            plan = module.product_plan(which, *shapes, *loop_geometry(2, kw), 4)
+            plan = module.product_plan(which, *shapes, *loop_geometry(len(x_shape) - 2, kw), 4)
             assert not plan["weight read in place"], (c.id, which)
             assert plan["weight packed by the items on two threads"] == by_items, (c.id, which)
 
