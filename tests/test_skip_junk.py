@@ -520,18 +520,23 @@ def test_halves_somewhere():
 
 
 # Rows that are neither whole vectors nor halves, with junk between them, where the weight is
-# packed (not batch 1 on small images): in a build with masked loads (AVX-512) each vector of a
-# tile from the two rows it spans (lc_tile_r); others keep the grid.  Rows of 14 (the deep
-# stages of image classifiers), 28, 15 (3-D), a stride-2 layer onto 28x28 (and its input
-# gradient's phases), groups, and a last vector that is partly past the last pixel
+# packed (not batch 1 on small images) and has 256 columns or more: in a build with masked
+# loads of 16 elements (AVX-512, float32) each vector of a tile from the two rows it spans
+# (lc_tile_r); others keep the grid.  Rows of 14 (the deep stages of image classifiers), 28, 15
+# (3-D), a stride-2 layer onto 28x28, groups, and a last vector partly past the last pixel
 ROWS = [
-    case("rows-of-14", (8, 16, 14, 14), (24, 16, 3, 3), padding=1),
-    case("rows-of-28", (2, 8, 28, 28), (16, 8, 3, 3), padding=1),
-    case("rows-of-15-3-d", (2, 8, 6, 15, 15), (16, 8, 3, 3, 3), padding=1),
-    case("stride-2-onto-28", (2, 8, 56, 56), (16, 8, 3, 3), stride=2, padding=1),
-    case("groups", (4, 16, 20, 20), (24, 8, 3, 3), padding=1, groups=2),
-    case("last-vector-partial", (6, 8, 13, 14), (16, 8, 3, 3), padding=1),
+    case("rows-of-14", (8, 32, 14, 14), (40, 32, 3, 3), padding=1),
+    case("rows-of-28", (2, 32, 28, 28), (32, 32, 3, 3), padding=1),
+    case("rows-of-15-3-d", (2, 16, 6, 15, 15), (16, 16, 3, 3, 3), padding=1),
+    case("stride-2-onto-28", (2, 32, 56, 56), (16, 32, 3, 3), stride=2, padding=1),
+    case("groups", (4, 64, 20, 20), (48, 32, 3, 3), padding=1, groups=2),
+    case("last-vector-partial", (6, 32, 13, 14), (16, 32, 3, 3), padding=1),
 ]
+
+
+def masks_rows(module, dtype) -> bool:
+    """Whether `module` takes rows by masks in `dtype` (vectors of 16 elements or more)."""
+    return module.info()["rows by masks"] and lanes(module, dtype) >= 16
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -540,14 +545,12 @@ ROWS = [
 def test_rows_by_masks_against_reference_and_across_threads(rng, assert_close, variant,
                                                             x_shape, w_shape, kw, dtype):
     """Whatever each build makes of them, against the reference with and without a bias, every
-    element written, the same bits on 1, 2 and 3 threads; with masked loads the forward pass
-    takes rows by masks (or pixel tiles) and computes no column that is not a pixel."""
+    element written, the same bits on 1, 2 and 3 threads; where masked loads are taken, the
+    forward pass takes rows by masks and computes no column that is not a pixel."""
     module = VARIANTS[variant]
     w, passes = product_passes(rng, x_shape, w_shape, kw, dtype)
-    forward = plan(module, "forward", x_shape, w_shape, kw, dtype)
-    # (float64's 3-D case takes pixel tiles, which compute no junk either)
-    if module.info()["rows by masks"] and not forward["pixel tiles"]:
-        assert forward["rows by masks"] == 1
+    if masks_rows(module, dtype):
+        assert plan(module, "forward", x_shape, w_shape, kw, dtype)["rows by masks"] == 1
         assert module.grid_waste("forward", *loop_geometry(x_shape, w_shape, kw),
                                  np.dtype(dtype).itemsize) == 1.0
     for which, a, bias, shape, want, bound in passes:
@@ -557,25 +560,28 @@ def test_rows_by_masks_against_reference_and_across_threads(rng, assert_close, v
 
 def test_rows_by_masks_somewhere():
     """Builds with masked loads take rows by masks in the input gradients of the cases above
-    too, in both dtypes; and only in builds with them."""
+    too; no other build or dtype takes them."""
     for module in VARIANTS.values():
         for dtype in (np.float32, np.float64):
-            taken = sum(plan(module, "input", *c.values, dtype)["rows by masks"] for c in ROWS)
-            assert (taken > 0) == module.info()["rows by masks"], (module, dtype)
+            taken = sum(plan(module, which, *c.values, dtype)["rows by masks"]
+                        for c in ROWS for which in ("forward", "input"))
+            inputs = sum(plan(module, "input", *c.values, dtype)["rows by masks"] for c in ROWS)
+            assert (taken > 0) == (inputs > 0) == masks_rows(module, dtype), (module, dtype)
 
 
 @pytest.mark.parametrize("x_shape, w_shape, kw", [
     ((2, 8, 13, 13, 13), (8, 8, 3, 3, 3), dict(padding=1)),    # a vector over three rows
-    ((1, 16, 14, 14), (24, 16, 3, 3), dict(padding=1)),        # rows of 14, weight in place
+    ((1, 32, 14, 14), (24, 32, 3, 3), dict(padding=1)),        # rows of 14, weight in place
+    ((8, 16, 14, 14), (24, 16, 3, 3), dict(padding=1)),        # rows of 14, K of 144
     ((1, 8, 16, 16), (8, 8, 1, 1), {}),                         # no junk
     ((1, 8, 20, 96), (8, 8, 3, 3), dict(padding=1)),            # 1 % junk
     ((2, 8, 40, 32), (2, 8, 3, 3), dict(padding=1)),            # tiles of few rows
 ])
 def test_not_compact(x_shape, w_shape, kw):
     """Grids that keep their columns: rows over which a vector may span three (13 columns in
-    float32), rows of 14 where the weight is read in place (lc_tile_g: its masked loads cost
-    more than the junk), grids without junk or with little, and tiles of fewer rows than a
-    full tile (float32, every build)."""
+    float32), rows of 14 where the weight is read in place (masked loads cost more there than
+    the junk) or has few columns (ROWS_MIN_K), grids without junk or with little, and tiles of
+    fewer rows than a full tile (float32, every build)."""
     for module in VARIANTS.values():
         assert compact_phases(module, "forward", x_shape, w_shape, kw, np.float32) == 0
 

@@ -440,9 +440,16 @@ cdef double HALVES_COST = 1.05
 # at batch 2 and 8 (1.03 columns a pixel) 1.03-1.06x, stride 2 onto 28x28 at batch 8
 # 1.02-1.05x, 56x56 at batch 1 (1.02) 1.01-1.04x, at batch 8 0.97-1.02x.  Not where A is read
 # in place (as lc_tile_gc's tiles; batch 1 on 14x14 and 28x28, 1.07 and 1.03): 0.96-0.98x, even
-# with the rows asked for ahead as the grid's tiles do (0.87x without)
+# with the rows asked for ahead as the grid's tiles do (0.87x without).  ROWS_MIN_K: nor where A
+# has fewer columns (few channels a group: ResNeXt's 3x3 layers of 8 channels a group on 28x28,
+# K 72, 0.70-0.73x forward, 0.61-0.72x input gradient; 16 channels, K 144, 0.97-0.98x; 32,
+# K 288, 1.02-1.03x).  ROWS_LANES: nor with vectors of fewer elements (float64 with AVX-512,
+# where half as much junk goes per masked load: 3x3 on 14x14 at batch 4 0.84-0.90x, ResNeXt's
+# stride-2 layer onto 7x7 0.90-0.93x)
 cdef double ROWS_WASTE = 1.01
 cdef double ROWS_COST = 1.03
+cdef Py_ssize_t ROWS_MIN_K = 256
+cdef Py_ssize_t ROWS_LANES = 16
 # NARROW_COST: a one-vector tile of the forward-style product (LC_MR_B rows, one vector: of
 # grid columns in the tiled product, of channels in pixel tiles) costs about as much as this
 # many times its columns in full tiles: it broadcasts a row's LC_MR_B values of A for one

@@ -164,8 +164,9 @@ cdef Py_ssize_t phase_pieces(const Product *p, const Phase *ph,
     made compact) would take from the rows of its grid if compact (compact_phases): 1 where
     its rows are whole vectors and its junk is COMPACT_WASTE or more, 2 where they are half
     vectors (of 4 elements or more) and its junk HALVES_WASTE or more, ROW_PIECES where the
-    build has masked loads (LC_ROW_MASKS), A is packed, no vector spans more than two rows and
-    the junk is ROWS_WASTE or more (lc_tile_r: 3x3 on 28x28 at batch 2 to 8), else 0.  Tiles of
+    build has masked loads (LC_ROW_MASKS) of ROWS_LANES elements or more, A is packed and has
+    ROWS_MIN_K columns or more, no vector spans more than two rows and the junk is ROWS_WASTE
+    or more (lc_tile_r: 3x3 on 28x28 at batch 2 to 8, float32), else 0.  Tiles of
     fewer rows than LC_MR_B (few output channels) keep their grid: the few sums a row of B
     meets leave the loads and the offsets the larger cost (a GAN's last layer, 64 -> 3
     channels 4x4 stride 2 from 32x32 to 64x64 at batch 32, took 1.30 times as long with
@@ -186,8 +187,8 @@ cdef Py_ssize_t phase_pieces(const Product *p, const Phase *ph,
         return 2
     # the vectors start at multiples of VW among the valid columns, so gcd(VW, width) columns
     # from the end of a row at the latest (VW a power of two): then they span two rows at most
-    if (LC_ROW_MASKS and not p.gathered and ph.grid[2] % VW
-            and ph.grid[2] > VW - 1 - min(VW, ph.grid[2] & -ph.grid[2])
+    if (LC_ROW_MASKS and VW >= ROWS_LANES and ph.K >= ROWS_MIN_K and not p.gathered
+            and ph.grid[2] % VW and ph.grid[2] > VW - 1 - min(VW, ph.grid[2] & -ph.grid[2])
             and valid * ROWS_WASTE <= ph.ncols):
         return ROW_PIECES
     return 0
