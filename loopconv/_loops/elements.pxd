@@ -22,7 +22,7 @@ cdef extern from "elements.h" nogil:
         LC_DWC_PX       # output pixels per block of the channel-blocked depthwise loops
         LC_DW_OB        # rows of dy per block of the depthwise weight gradient's dots
         LC_PUT_RUNS     # lc_put stores a tile's runs by vectors (else copy_run's loops)
-        LC_ROW_MASKS    # tile_v takes pieces 3 (two grid rows by masked loads)
+        LC_ROW_MASKS    # tile_r's two grid rows a vector by masked loads (AVX-512)
         LC_PF_A         # flags of tile_b's and tile_v's pfa: ask for the packed A ahead,
         LC_PF_NEAR_B    # and for B's rows nearer ahead (rows that alias in the caches)
     const char *LC_ISA
@@ -37,6 +37,12 @@ cdef extern from "elements.h" nogil:
     void lc_tile_v_f64(int pieces, int mr, int nv, Py_ssize_t kc, const double *a,
                        const double *b, const Py_ssize_t *boff, const Py_ssize_t *vo,
                        double *c, Py_ssize_t ldc, int beta, int pfa)
+    void lc_tile_r_f32(int mr, int nv, Py_ssize_t kc, const float *a, const float *b,
+                       const Py_ssize_t *boff, const Py_ssize_t *vo, float *c, Py_ssize_t ldc,
+                       int beta, int pfa)
+    void lc_tile_r_f64(int mr, int nv, Py_ssize_t kc, const double *a, const double *b,
+                       const Py_ssize_t *boff, const Py_ssize_t *vo, double *c,
+                       Py_ssize_t ldc, int beta, int pfa)
     void lc_tile_g_f32(int mr, int nv, Py_ssize_t kc, const float *a, const Py_ssize_t *aoff,
                        Py_ssize_t rs, const float *b, const Py_ssize_t *boff, float *c,
                        Py_ssize_t ldc, int beta)
@@ -196,13 +202,23 @@ cdef inline void tile_v(int pieces, int mr, int nv, Py_ssize_t kc, const element
                         const element *b, const Py_ssize_t *boff, const Py_ssize_t *vo,
                         element *c, Py_ssize_t ldc, bint beta, int pfa) noexcept nogil:
     """tile_b with each vector of the columns (pieces 1) or each half of one (pieces 2) at
-    its own offset, b + vo[r] for piece r (rows of a grid without its junk), or (pieces 3,
-    LC_ROW_MASKS) each vector from the two grid rows it spans: vo[3v] and vo[3v + 1] their
-    offsets, less the lanes before, vo[3v + 2] their lanes' masks (lc_rows)."""
+    its own offset, b + vo[r] for piece r (rows of a grid without its junk)."""
     if element is float:
         lc_tile_v_f32(pieces, mr, nv, kc, a, b, boff, vo, c, ldc, beta, pfa)
     else:
         lc_tile_v_f64(pieces, mr, nv, kc, a, b, boff, vo, c, ldc, beta, pfa)
+
+
+cdef inline void tile_r(int mr, int nv, Py_ssize_t kc, const element *a, const element *b,
+                        const Py_ssize_t *boff, const Py_ssize_t *vo, element *c,
+                        Py_ssize_t ldc, bint beta, int pfa) noexcept nogil:
+    """tile_b with each vector of the columns from the two grid rows it spans (LC_ROW_MASKS):
+    vo[3v] and vo[3v + 1] their offsets, less the lanes before, vo[3v + 2] their lanes'
+    masks (lc_rows)."""
+    if element is float:
+        lc_tile_r_f32(mr, nv, kc, a, b, boff, vo, c, ldc, beta, pfa)
+    else:
+        lc_tile_r_f64(mr, nv, kc, a, b, boff, vo, c, ldc, beta, pfa)
 
 
 cdef inline void tile_g(int mr, int nv, Py_ssize_t kc, const element *a,

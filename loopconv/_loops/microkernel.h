@@ -114,11 +114,13 @@
  *                 few pixels per weight, where packing A would cost as much as the product);
  *                 not inlined, so that GCC still inlines lc_tile_b into its caller (inlining
  *                 both, it stopped: the forward pass of largek 5 % slower)
- *   lc_tile_r_T:  lc_tile_v for pieces 3 (LC_ROW_PIECES): each vector of columns from the
+ *   lc_tile_r_T:  lc_tile_v for a compact phase's pieces 3 (ROW_PIECES): each vector from the
  *                 two grid rows it spans, lane j at b + boff[k] + vo[3v] + j where bit j of
  *                 the mask vo[3v + 2] is set, else at vo[3v + 1] + j where bit W + j is,
  *                 else 0 (lc_rows): the valid columns of rows that are neither whole vectors
- *                 nor halves (3x3 on 14x14: 196 columns a channel, 209 on its grid)
+ *                 nor halves (3x3 on 28x28: 784 columns a channel, 811 on its grid); not
+ *                 inlined, as lc_tile_g (inlined in lc_tile_v, it made GCC stop inlining
+ *                 lc_tile_b into its caller)
  *   lc_tile_gc_T: lc_tile_g with B's vectors (pieces 1) or halves (pieces 2) at their own
  *                 offsets, as lc_tile_v: a compact phase with A read in place (a GAN's 4x4
  *                 stride-2 transposed layer from 8x8 at batch 1: phases of 8x8 pixels, rows
@@ -513,13 +515,16 @@ static inline void lc_tile_v_##SUFFIX(int pieces, int mr, int nv, ptrdiff_t kc, 
         const T *a, const T *b, const ptrdiff_t *boff, const ptrdiff_t *vo, T *c,       \
         ptrdiff_t ldc, int beta, int pfa)                                               \
 {                                                                                       \
-    if (pieces == 3)                                                                    \
-        LC_BY_MR(mr, nv, lc_tile_r, SUFFIX, (kc, a, b, boff, vo, c, ldc, beta, pfa))    \
-    else if (pieces == 2)                                                               \
+    if (pieces == 2)                                                                    \
         LC_BY_MR(mr, nv, lc_tile_h, SUFFIX, (kc, a, b, boff, vo, c, ldc, beta, pfa))    \
     else                                                                                \
         LC_BY_MR(mr, nv, lc_tile_v, SUFFIX, (kc, a, b, boff, vo, c, ldc, beta, pfa))    \
 }                                                                                       \
+__attribute__((noinline))                                                               \
+static void lc_tile_r_##SUFFIX(int mr, int nv, ptrdiff_t kc, const T *a, const T *b,    \
+        const ptrdiff_t *boff, const ptrdiff_t *vo, T *c, ptrdiff_t ldc, int beta,      \
+        int pfa)                                                                        \
+    LC_BY_MR(mr, nv, lc_tile_r, SUFFIX, (kc, a, b, boff, vo, c, ldc, beta, pfa))        \
 __attribute__((noinline))                                                               \
 static void lc_tile_g_##SUFFIX(int mr, int nv, ptrdiff_t kc, const T *a,                \
         const ptrdiff_t *aoff, ptrdiff_t rs, const T *b, const ptrdiff_t *boff, T *c,   \
@@ -767,18 +772,29 @@ static void lc_tile_v_##SUFFIX(int pieces, int mr, int nv, ptrdiff_t kc, const T
                                const T *b, const ptrdiff_t *boff, const ptrdiff_t *vo,  \
                                T *c, ptrdiff_t ldc, int beta)                           \
 {                                                                                       \
+    int pw = (int)(LC_VEC_BYTES / sizeof(T)) / pieces;                                  \
+    for (int i = 0; i < mr; i++)                                                        \
+        for (int j = 0; j < nv * pieces * pw; j++) {                                    \
+            T sum = 0;                                                                  \
+            for (ptrdiff_t k = 0; k < kc; k++)                                          \
+                sum += a[mr * k + i] * b[boff[k] + vo[j / pw] + j % pw];                \
+            c[i * ldc + j] = beta ? c[i * ldc + j] + sum : sum;                         \
+        }                                                                               \
+}                                                                                       \
+static void lc_tile_r_##SUFFIX(int mr, int nv, ptrdiff_t kc, const T *a, const T *b,    \
+                               const ptrdiff_t *boff, const ptrdiff_t *vo, T *c,        \
+                               ptrdiff_t ldc, int beta, int pfa)                        \
+{                                                                                       \
     enum { W = LC_VEC_BYTES / sizeof(T) };                                              \
-    int pw = pieces == 3 ? W : W / pieces;                                              \
+    (void)pfa;                                                                          \
     for (int i = 0; i < mr; i++)                                                        \
         for (int j = 0; j < nv * W; j++) {                                              \
-            T sum = 0;                                                                  \
             const ptrdiff_t *r = vo + 3 * (j / W);                                      \
-            int l = j % W, at = pieces != 3 || (r[2] >> l) & 1;                         \
-            if (pieces == 3 && !at && !((r[2] >> (W + l)) & 1)) sum = 0;                \
-            else                                                                        \
+            int l = j % W, first = (r[2] >> l) & 1, second = (r[2] >> (W + l)) & 1;     \
+            T sum = 0;                                                                  \
+            if (first || second)                                                        \
                 for (ptrdiff_t k = 0; k < kc; k++)                                      \
-                    sum += a[mr * k + i] * b[boff[k] + (pieces != 3 ? vo[j / pw] + j % pw \
-                                                        : r[at ? 0 : 1] + l)];          \
+                    sum += a[mr * k + i] * b[boff[k] + r[first ? 0 : 1] + l];           \
             c[i * ldc + j] = beta ? c[i * ldc + j] + sum : sum;                         \
         }                                                                               \
 }                                                                                       \

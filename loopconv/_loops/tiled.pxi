@@ -81,7 +81,7 @@ from loopconv._loops.elements cimport (LC_ISA, LC_DW_OB, LC_DWC_PX, LC_KR_D, LC_
                                        element, evens, put_run, short_row, split_phases,
                                        short_row_pair, stream, tile_a, tile_b,
                                        dots, down, tile_d, tile_e, tile_g, tile_gc, tile_m,
-                                       tile_p, tile_v,
+                                       tile_p, tile_r, tile_v,
                                        transpose_at, transpose_block, typecode)
 
 

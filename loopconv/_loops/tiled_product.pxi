@@ -118,13 +118,16 @@ cdef inline void panel(const Product *p, const element *a_g, Py_ssize_t ip, Py_s
                        bint beta) noexcept nogil:
     """Rows ip * mr .. ip * mr + mw - 1 of C (at c, rows ldc apart) over A's columns k0 ..
     k0 + kc - 1, B's vectors of columns one after the other from b, or (a compact phase's)
-    each from `pieces` runs at b + vo[v * pieces + r].  Packed A: one tile of mr rows (the
+    each from `pieces` runs at b + vo[v * pieces + r] (ROW_PIECES: from two grid rows by
+    masks, tile_r).  Packed A: one tile of mr rows (the
     packed panel is zero past M).  Gathered A: tiles of mr, 4, 2 and 1 rows, so that no row
     past M is read."""
     cdef Py_ssize_t MR = p.mr, r0 = 0, rr
     cdef int pf = (LC_PF_A if p.stream_a else 0) | (LC_PF_NEAR_B if p.near_b else 0)
     if not p.gathered:
-        if pieces:
+        if pieces == ROW_PIECES:
+            tile_r(MR, nv, kc, a_g + (ip * K + k0) * MR, b, boff, vo, c, ldc, beta, pf)
+        elif pieces:
             tile_v(pieces, MR, nv, kc, a_g + (ip * K + k0) * MR, b, boff, vo, c, ldc, beta,
                    pf)
         else:
@@ -433,17 +436,24 @@ cdef inline Py_ssize_t compact_column(const Stage *st, const Phase *ph,
     return ((j // plane) * st.q[1] + r // ph.grid[2]) * st.q[2] + r % ph.grid[2]
 
 
-cdef inline void row_pieces(const Stage *st, const Phase *ph, Py_ssize_t j, Py_ssize_t VW,
-                            Py_ssize_t q, Py_ssize_t *vo) noexcept nogil:
-    """The vector of VW valid columns j on of a compact phase whose vectors span two grid rows
-    at most (ROW_PIECES) for lc_rows, relative to grid column q: the offsets of its lanes in
-    the first row and in the next (each less the lanes before it) and, at vo[2], their masks
-    (bits 0 .. VW - 1, bits VW .. 2 VW - 1); no lane past the phase's last valid column."""
-    cdef Py_ssize_t n0 = min(VW, ph.grid[2] - j % ph.grid[2], max(ph.ncols - j, 0))
-    cdef Py_ssize_t n1 = min(VW - n0, max(ph.ncols - j - n0, 0))
-    vo[0] = compact_column(st, ph, j) - q if n0 > 0 else 0
-    vo[1] = compact_column(st, ph, j + n0) - q - n0 if n1 > 0 else 0
-    vo[2] = ((1 << n0) - 1) | (((1 << n1) - 1) << (n0 + VW))
+cdef Py_ssize_t row_pieces(const Stage *st, const Phase *ph, Py_ssize_t j, int nv,
+                           Py_ssize_t VW, Py_ssize_t *vo) noexcept nogil:
+    """For tile_r, the nv vectors (of VW lanes) of valid columns j on of a compact phase whose
+    vectors span two grid rows at most (ROW_PIECES): for each, the offsets of its lanes in its
+    first row and in the next (each less the lanes before them), relative to the grid column
+    of j, and their masks (bits 0 .. VW - 1, bits VW .. 2 VW - 1), no lane past the phase's
+    last valid column; returns that grid column.  Not inlined: in product_tile, it made GCC
+    stop inlining the grid's tiles into product_tiles."""
+    cdef Py_ssize_t v, c, n0, n1
+    cdef Py_ssize_t q = compact_column(st, ph, j)
+    for v in range(nv):
+        c = j + v * VW
+        n0 = min(VW, ph.grid[2] - c % ph.grid[2], max(ph.ncols - c, 0))
+        n1 = min(VW - n0, max(ph.ncols - c - n0, 0))
+        vo[3 * v] = compact_column(st, ph, c) - q if n0 > 0 else 0
+        vo[3 * v + 1] = compact_column(st, ph, c + n0) - q - n0 if n1 > 0 else 0
+        vo[3 * v + 2] = ((1 << n0) - 1) | (((1 << n1) - 1) << (n0 + VW))
+    return q
 
 
 cdef inline void item_columns(const Stage *st, const Phase *ph, const Item *it, Py_ssize_t NR,
@@ -575,9 +585,7 @@ cdef inline void product_tile(const Product *p, const Phase *ph, const Item *it,
     cdef Py_ssize_t vo[12]      # at least 3 * LC_NV_B
     cdef element *d0
     if ph.pieces == ROW_PIECES:
-        q = compact_column(&p.st, ph, it.q0 + j0)
-        for v in range(nv):
-            row_pieces(&p.st, ph, it.q0 + j0 + v * VW, VW, q, &vo[3 * v])
+        q = row_pieces(&p.st, ph, it.q0 + j0, nv, VW, vo)
     elif ph.pieces:     # each piece of a vector of valid columns lies within a grid row
         q = compact_column(&p.st, ph, it.q0 + j0)
         for v in range(nv * ph.pieces):
