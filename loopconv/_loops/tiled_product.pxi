@@ -119,9 +119,8 @@ cdef inline void panel(const Product *p, const element *a_g, Py_ssize_t ip, Py_s
     """Rows ip * mr .. ip * mr + mw - 1 of C (at c, rows ldc apart) over A's columns k0 ..
     k0 + kc - 1, B's vectors of columns one after the other from b, or (a compact phase's)
     each from `pieces` runs at b + vo[v * pieces + r] (ROW_PIECES: from two grid rows by
-    masks, tile_r).  Packed A: one tile of mr rows (the
-    packed panel is zero past M).  Gathered A: tiles of mr, 4, 2 and 1 rows, so that no row
-    past M is read."""
+    masks, tile_r).  Packed A: one tile of mr rows (the packed panel is zero past M).
+    Gathered A: tiles of mr, 4, 2 and 1 rows, so that no row past M is read."""
     cdef Py_ssize_t MR = p.mr, r0 = 0, rr
     cdef int pf = (LC_PF_A if p.stream_a else 0) | (LC_PF_NEAR_B if p.near_b else 0)
     if not p.gathered:
