@@ -322,14 +322,16 @@ PEER_CASES = [
 ]
 
 
-@pytest.mark.parametrize("peer", ["torch", "onnxruntime"])
+@pytest.mark.parametrize("peer", ["torch", "onnxruntime", "onnxruntime-input"])
 @pytest.mark.parametrize("shape", PEER_CASES, ids=[s.name for s in PEER_CASES])
 def test_peers_agree_on_other_kinds(shape, peer):
-    """PyTorch's and ONNX Runtime's calls in the workers give loopconv's results on 1-D, 3-D
-    and transposed layers."""
-    pytest.importorskip(peer)
-    if peer == "onnxruntime":
+    """PyTorch's and ONNX Runtime's calls in the workers (ONNX Runtime's with the weight an
+    initializer and an input) give loopconv's results on 1-D, 3-D and transposed layers."""
+    if peer.startswith("onnxruntime"):
+        pytest.importorskip("onnxruntime")
         pytest.importorskip("onnx")
+    else:
+        pytest.importorskip(peer)
     _, ours = _bench.peer_call("loopconv", 1)
     _, theirs = _bench.peer_call(peer, 1)
     inputs = _bench.make_inputs(shape, np.float32)
@@ -339,10 +341,24 @@ def test_peers_agree_on_other_kinds(shape, peer):
         assert_close(got, expected, np.float32)
 
 
-def test_onnxruntime_float64_is_skipped():
+def test_onnx_model_weight_initializer_or_input():
+    """The two ONNX Runtime peers time what their names say: the weight an initializer, or an
+    input of the model fed on every call."""
+    onnx = pytest.importorskip("onnx")
+    shape = PEER_CASES[0]
+    weight = _bench.make_inputs(shape, np.float32)["w"]
+    for given in (False, True):
+        graph = onnx.load_from_string(_bench.onnx_model(shape, weight, given)).graph
+        onnx.checker.check_graph(graph)
+        assert [i.name for i in graph.input] == (["x", "w"] if given else ["x"])
+        assert [i.name for i in graph.initializer] == ([] if given else ["w"])
+
+
+@pytest.mark.parametrize("peer", ["onnxruntime", "onnxruntime-input"])
+def test_onnxruntime_float64_is_skipped(peer):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    _, call = _bench.peer_call("onnxruntime", 1)
+    _, call = _bench.peer_call(peer, 1)
     shape = PEER_CASES[0]
     with pytest.raises(_bench.Unsupported, match="no float64 kernel"):
         call("forward", shape, _bench.make_inputs(shape, np.float64))
@@ -425,7 +441,10 @@ def test_networks_report(monkeypatch):
     for threads, (ours, theirs) in {1: (1.0, 2.0), 2: (1 / 1.2, 1.0)}.items():
         for layer in layers:
             for pass_ in layer["passes"]:
-                for peer, t in (("loopconv", ours), ("torch", theirs)):
+                times = [("loopconv", ours), ("torch", theirs)]
+                if pass_ == "forward":
+                    times += [("onnxruntime", 0.8 * ours), ("onnxruntime-input", 1.5 * ours)]
+                for peer, t in times:
                     results.append({"threads": threads, "dtype": "float32",
                                     "shape": layer["shape"], "pass": pass_, "peer": peer,
                                     "median_s": t, "agrees": True})
@@ -436,9 +455,13 @@ def test_networks_report(monkeypatch):
             "networks": {"net": {"variant": "a net", "convolutions": 4, "train_batch": 4}}}
     data["summary"] = _bench.summarize(data)
     report = _bench.format_networks_report(data, detail=True)
-    # loopconv: 1 * (1 + 1) + 3 * (1 + 1 + 1) = 11 s; the forward passes: 1 + 3 = 4 s
-    assert re.search(r"^net\s+4\s+11000\.0\s+22000\.0\s+2\.00\s+4000\.0\s+-\s+-\s+"
-                     r"0/2\s+0%\s+2\.00 first g1 \(18%\)$", report, re.MULTILINE), report
+    # loopconv: 1 * (1 + 1) + 3 * (1 + 1 + 1) = 11 s; the forward passes: 1 + 3 = 4 s, in
+    # ONNX Runtime 0.8 * 4 s with the weight an initializer, 1.5 * 4 s given it on every call
+    assert re.search(r"^net\s+4\s+11000\.0\s+22000\.0\s+2\.00\s+4000\.0\s+3200\.0\s+0\.80\s+"
+                     r"1\.50\s+0/2\s+0%\s+2\.00 first g1 \(18%\)$", report, re.MULTILINE), report
+    assert "onnxrt*: ONNX Runtime given the weight on every call" in report
+    assert re.search(r"^first\s+1\s+g1\s+.*\s2\.00\s+0\.80\s+1\.50\s+18\.2%$", report,
+                     re.MULTILINE), report
     assert re.search(r"^body\s+3\s+g2\s+1000\.0\s+1000\.0\s+1000\.0\s+2000\.0", report,
                      re.MULTILINE), report
     assert "net b4: step loopconv 1.20x, torch 2.00x; PyTorch 1.60x or more on 2 of 2 " \
@@ -466,8 +489,10 @@ def test_cli_bench_networks(tmp_path):
     assert {"loopconv", "torch"} <= peers and all(r["agrees"] for r in data["results"])
     assert data["summary"][0]["step"]["torch"] > 0
     if _bench.onnxruntime_available():
-        assert "onnxruntime" in peers
-        assert {r["pass"] for r in data["results"] if r["peer"] == "onnxruntime"} == {"forward"}
+        assert {"onnxruntime", "onnxruntime-input"} <= peers
+        for peer in ("onnxruntime", "onnxruntime-input"):
+            assert {r["pass"] for r in data["results"] if r["peer"] == peer} == {"forward"}
+        assert "onnxrt*/lc" in table and "onnxrt*: ONNX Runtime given the weight" in table
 
 
 def test_cli_bench_without_the_benchmark(monkeypatch, tmp_path, capsys):

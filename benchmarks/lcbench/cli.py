@@ -111,7 +111,8 @@ def parser(prog: str = "python -m loopconv bench") -> argparse.ArgumentParser:
     networks.add_argument("--detail", action="store_true",
                           help="also print every layer's times, a table per network")
     networks.add_argument("--no-onnxruntime", action="store_true",
-                          help="leave ONNX Runtime out")
+                          help="leave ONNX Runtime out (both its workers: the weight an "
+                               "initializer, and given on every call)")
     return p
 
 

@@ -8,7 +8,8 @@ timing itself, the result table, the JSON file and the chart.  Two suites share 
   NumPy im2col and PyTorch;
 - ``--suite networks``: the convolution layers of whole networks (`lcbench.networks`),
   each network's training step (forward pass, input and weight gradient of every layer)
-  timed in loopconv and PyTorch, and its forward passes in ONNX Runtime as well.
+  timed in loopconv and PyTorch, and its forward passes in ONNX Runtime as well (the weight
+  an initializer, and the weight given on every call).
 
 How the timing is done
 ----------------------
@@ -24,8 +25,10 @@ How the timing is done
   NumPy and PyTorch workers do not import loopconv (PyTorch ships its own OpenMP runtime).
 - Every worker draws the same random inputs (same seed, shape and dtype); PyTorch gets them as
   tensors through ``torch.from_numpy`` and runs under ``torch.no_grad()``.  The ONNX Runtime
-  worker (which imports neither loopconv nor PyTorch) runs a one-node model per layer, the
-  weight an initializer.
+  workers (which import neither loopconv nor PyTorch) run a one-node model per layer: in one
+  (``onnxruntime``) the weight is an initializer, which ONNX Runtime may lay out anew for its
+  kernels once, when the session is made; in the other (``onnxruntime-input``) it is an input
+  of the model, handed over on every call as loopconv gets it.
 - A measurement: warm-up calls, then timed samples; the reported time is the median.  Calls
   shorter than `MIN_SAMPLE` are grouped into samples of several calls (as `timeit` does).  The
   number of samples adapts to the call's duration so that each measurement takes about
@@ -66,7 +69,7 @@ from typing import Any
 import numpy as np
 
 PASSES = ("forward", "input", "weight")
-PEERS = ("loopconv", "im2col", "torch", "onnxruntime")
+PEERS = ("loopconv", "im2col", "torch", "onnxruntime", "onnxruntime-input")
 DTYPES = ("float32", "float64")
 
 BUDGET = 1.5        # seconds of timed samples per measurement (adaptive mode), in all rounds
@@ -360,27 +363,33 @@ def _torch_transposed(torch, F, pass_, s, x, w, gy):
     return lambda: backward(gy, x, w, None, *args)[which]
 
 
-def _setup_onnxruntime(threads: int):
+def _setup_onnxruntime(threads: int, weight_given: bool = False):
+    """ONNX Runtime's forward pass of a one-node model (`onnx_model`): the weight an initializer,
+    which ONNX Runtime may lay out anew once, when the session is made (it does: a blocked
+    channel layout for its NCHWc kernels); or, with `weight_given`, a second input of the
+    model, handed over with the image on every call, as loopconv receives it."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
-    info = {"version": onnxruntime.__version__, "threads": threads}
+    info = {"version": onnxruntime.__version__, "threads": threads,
+            "weight": "an input" if weight_given else "an initializer"}
 
     def call(pass_, s, a):
         if pass_ != "forward":
             raise Unsupported("ONNX Runtime runs forward passes only")
         try:
-            session = onnxruntime.InferenceSession(onnx_model(s, a["w"]), options,
+            session = onnxruntime.InferenceSession(onnx_model(s, a["w"], weight_given),
+                                                   options,
                                                    providers=["CPUExecutionProvider"])
         except Exception as exc:
             if "NOT_IMPLEMENTED" in str(exc):
                 raise Unsupported(f"ONNX Runtime has no {a['x'].dtype} kernel for "
                                   f"{'ConvTranspose' if s.transposed else 'Conv'}") from None
             raise
-        feed = {"x": a["x"]}
+        feed = {"x": a["x"], "w": a["w"]} if weight_given else {"x": a["x"]}
         return lambda: session.run(None, feed)[0]
     return info, call
 
@@ -388,9 +397,10 @@ def _setup_onnxruntime(threads: int):
 ONNX_OPSET = 17
 
 
-def onnx_model(s: Shape, weight: np.ndarray) -> bytes:
-    """A one-node ONNX model of the forward pass of `s`: a Conv or ConvTranspose node whose
-    weight is an initializer, input ``x`` and output ``y``, serialized."""
+def onnx_model(s: Shape, weight: np.ndarray, weight_given: bool = False) -> bytes:
+    """A one-node ONNX model of the forward pass of `s`, serialized: a Conv or ConvTranspose
+    node of input ``x`` and output ``y``, whose weight ``w`` is an initializer (`weight`), or
+    with `weight_given` a second input of `weight`'s shape and dtype."""
     from onnx import helper, numpy_helper
 
     elem = helper.np_dtype_to_tensor_dtype(weight.dtype)
@@ -402,17 +412,20 @@ def onnx_model(s: Shape, weight: np.ndarray) -> bytes:
         attributes["output_padding"] = [s.output_padding] * nd
     node = helper.make_node("ConvTranspose" if s.transposed else "Conv", ["x", "w"], ["y"],
                             **attributes)
+    inputs = [helper.make_tensor_value_info("x", elem, list(s.input_shape))]
+    if weight_given:
+        inputs.append(helper.make_tensor_value_info("w", elem, list(weight.shape)))
     graph = helper.make_graph(
-        [node], "conv", [helper.make_tensor_value_info("x", elem, list(s.input_shape))],
-        [helper.make_tensor_value_info("y", elem, list(s.output_shape))],
-        initializer=[numpy_helper.from_array(weight, "w")])
+        [node], "conv", inputs, [helper.make_tensor_value_info("y", elem, list(s.output_shape))],
+        initializer=[] if weight_given else [numpy_helper.from_array(weight, "w")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)])
     model.ir_version = 8               # what ONNX Runtime releases since 1.14 read
     return model.SerializeToString()
 
 
 _SETUP = {"loopconv": _setup_loopconv, "im2col": _setup_im2col, "torch": _setup_torch,
-          "onnxruntime": _setup_onnxruntime}
+          "onnxruntime": _setup_onnxruntime,
+          "onnxruntime-input": lambda threads: _setup_onnxruntime(threads, weight_given=True)}
 
 
 def peer_call(peer: str, threads: int = 1):
@@ -990,7 +1003,10 @@ NET_JSON_FORMAT = "loopconv-bench-networks/1"
 NET_ROUNDS = 2          # turns per peer and network; each measurement's fastest turn counts
 NET_BUDGET = 0.02       # seconds of timed samples per measurement, in all rounds
 NET_MEASURE = {"warmup_s": 0.005, "min_repeat": 3, "long_call": 0.01}
-PEER_PASSES = {"onnxruntime": ("forward",)}     # the passes of a peer that lacks some
+# ONNX Runtime given the weight on every call (its forward passes in the networks suite's
+# tables: onnxrt*/lc, and "given" in the layer tables)
+GIVEN = "onnxruntime-input"
+PEER_PASSES = {"onnxruntime": ("forward",), GIVEN: ("forward",)}  # peers that lack passes
 BATCHES = ("1", "train")
 SCALING = 0.8           # a layer scales when n times the threads make it 0.8 * n times faster
 LAYER_TARGET = 0.7      # the lowest torch / loopconv ratio wanted of any layer's step
@@ -1250,7 +1266,7 @@ def format_networks_table(data: dict, threads: int, dtype: str) -> str:
     theirs, the layers whose torch / loopconv step ratio is below `LAYER_TARGET` and their
     share of loopconv's step, and the worst layer."""
     header = ["network", "batch", "loopconv", "torch", "torch/lc", "loopconv", "onnxrt",
-              "onnxrt/lc", f"< {LAYER_TARGET}", "share",
+              "onnxrt/lc", "onnxrt*/lc", f"< {LAYER_TARGET}", "share",
               "worst layer: torch/lc, name, geometry (share of the step)"]
     rows = []
     summaries = _selected(data, threads, dtype)
@@ -1262,13 +1278,18 @@ def format_networks_table(data: dict, threads: int, dtype: str) -> str:
                      _time_cell(s["forward"], "loopconv"),
                      _time_cell(s["forward"], "onnxruntime"),
                      _ratio_cell(s["forward"], "onnxruntime", "onnxruntime" in s["disagree"]),
+                     _ratio_cell(s["forward"], GIVEN, GIVEN in s["disagree"]),
                      f"{slow['layers']}/{slow['of']}" if slow else "-",
                      f"{slow['share']:.0%}" if slow else "-",
                      f"{_ratio(worst['ratio'])} {worst['layer']} {worst['geometry']} "
                      f"({worst['share']:.0%})" if worst else "-"])
-    spans = [("training step", 2, 3), ("forward passes", 5, 3), ("slow layers", 8, 2)]
+    spans = [("training step", 2, 3), ("forward passes", 5, 4), ("slow layers", 9, 2)]
     out = [_title(data, threads, dtype) + ": times in ms; x/lc > 1: loopconv is faster",
-           *_grid(header, rows, left=(0, 10), spans=spans)]
+           *_grid(header, rows, left=(0, 11), spans=spans)]
+    if any(GIVEN in s["forward"] for s in summaries):
+        out.append("onnxrt*: ONNX Runtime given the weight on every call (an input of the "
+                   "model), as loopconv is;\nonnxrt: the weight an initializer, which ONNX Runtime "
+                   "may lay out for its kernels once, before the timing")
     if any(s["disagree"] for s in summaries):
         out.append("! a peer's result disagrees with loopconv's on a layer (see the warnings)")
     skips = [k for k in data.get("skipped", ()) if (k["threads"], k["dtype"]) == (threads, dtype)]
@@ -1282,7 +1303,8 @@ def format_networks_detail(data: dict, summary: dict) -> str:
     """The layers of one network at one batch size, thread count and dtype: the time of one
     occurrence of each pass in loopconv and PyTorch, the ratios, ONNX Runtime's forward ratio
     and the layer's share of loopconv's step (all its occurrences)."""
-    header = ["layer", "count", "geometry", *PASSES * 2, *PASSES, "step", "forward", "share"]
+    header = ["layer", "count", "geometry", *PASSES * 2, *PASSES, "step", "forward", "given",
+              "share"]
     ours = summary["step"].get("loopconv")
     rows = []
     for row in summary["layers"]:
@@ -1292,12 +1314,13 @@ def format_networks_detail(data: dict, summary: dict) -> str:
             cells += [_time_cell(times.get(peer, {}), p) for p in PASSES]
         for p in PASSES:
             cells.append(_ratio_cell({k: v[p] for k, v in times.items() if p in v}, "torch"))
-        cells += [_ratio_cell(row["step"], "torch"), _ratio_cell(row["forward"], "onnxruntime")]
+        cells += [_ratio_cell(row["step"], "torch"), _ratio_cell(row["forward"], "onnxruntime"),
+                  _ratio_cell(row["forward"], GIVEN)]
         share = row["step"].get("loopconv")
         cells.append(f"{row['count'] * share / ours:.1%}" if share and ours else "-")
         rows.append(cells)
     spans = [("loopconv (ms)", 3, 3), ("torch (ms)", 6, 3), ("torch / loopconv", 9, 4),
-             ("onnxrt/lc", 13, 1)]
+             ("onnxrt/lc", 13, 2)]
     title = (f"{summary['network']}, batch {summary['batch']}, "
              f"{_title(data, summary['threads'], summary['dtype'])}: each layer once")
     return "\n".join([title, *_grid(header, rows, left=(0, 2), spans=spans)])
@@ -1440,7 +1463,7 @@ def bench_networks(names, batches, threads_list, dtypes, repeat=None, torch=True
             (onnxruntime, "onnxruntime", onnxruntime_available,
              "ONNX Runtime is not installed (pip install onnxruntime onnx)")):
         if wanted and available():
-            peers.append(peer)
+            peers += [peer, GIVEN] if peer == "onnxruntime" else [peer]
         elif wanted:
             say(f"{install}; leaving it out")
     try:
