@@ -1288,8 +1288,8 @@ def format_networks_table(data: dict, threads: int, dtype: str) -> str:
            *_grid(header, rows, left=(0, 11), spans=spans)]
     if any(GIVEN in s["forward"] for s in summaries):
         out.append("onnxrt*: ONNX Runtime given the weight on every call (an input of the "
-                   "model), as loopconv is;\nonnxrt: the weight an initializer, which ONNX Runtime "
-                   "may lay out for its kernels once, before the timing")
+                   "model), as loopconv is;\nonnxrt: the weight an initializer, which ONNX "
+                   "Runtime may lay out for its kernels once, before the timing")
     if any(s["disagree"] for s in summaries):
         out.append("! a peer's result disagrees with loopconv's on a layer (see the warnings)")
     skips = [k for k in data.get("skipped", ()) if (k["threads"], k["dtype"]) == (threads, dtype)]
