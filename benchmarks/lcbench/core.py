@@ -69,7 +69,10 @@ from typing import Any
 import numpy as np
 
 PASSES = ("forward", "input", "weight")
-PEERS = ("loopconv", "im2col", "torch", "onnxruntime", "onnxruntime-input")
+# ONNX Runtime given the weight on every call, an input of its model (the networks suite's
+# onnxrt*/lc, and "given" in its layer tables); "onnxruntime" has it an initializer
+GIVEN = "onnxruntime-input"
+PEERS = ("loopconv", "im2col", "torch", "onnxruntime", GIVEN)
 DTYPES = ("float32", "float64")
 
 BUDGET = 1.5        # seconds of timed samples per measurement (adaptive mode), in all rounds
@@ -425,7 +428,7 @@ def onnx_model(s: Shape, weight: np.ndarray, weight_given: bool = False) -> byte
 
 _SETUP = {"loopconv": _setup_loopconv, "im2col": _setup_im2col, "torch": _setup_torch,
           "onnxruntime": _setup_onnxruntime,
-          "onnxruntime-input": lambda threads: _setup_onnxruntime(threads, weight_given=True)}
+          GIVEN: lambda threads: _setup_onnxruntime(threads, weight_given=True)}
 
 
 def peer_call(peer: str, threads: int = 1):
@@ -1003,9 +1006,6 @@ NET_JSON_FORMAT = "loopconv-bench-networks/1"
 NET_ROUNDS = 2          # turns per peer and network; each measurement's fastest turn counts
 NET_BUDGET = 0.02       # seconds of timed samples per measurement, in all rounds
 NET_MEASURE = {"warmup_s": 0.005, "min_repeat": 3, "long_call": 0.01}
-# ONNX Runtime given the weight on every call (its forward passes in the networks suite's
-# tables: onnxrt*/lc, and "given" in the layer tables)
-GIVEN = "onnxruntime-input"
 PEER_PASSES = {"onnxruntime": ("forward",), GIVEN: ("forward",)}  # peers that lack passes
 BATCHES = ("1", "train")
 SCALING = 0.8           # a layer scales when n times the threads make it 0.8 * n times faster
@@ -1458,12 +1458,12 @@ def bench_networks(names, batches, threads_list, dtypes, repeat=None, torch=True
         say(f"--json {json_path}: the folder {Path(json_path).parent} does not exist")
         return 1
     peers = ["loopconv"]
-    for wanted, peer, available, install in (
-            (torch, "torch", torch_available, "PyTorch is not installed (pip install torch)"),
-            (onnxruntime, "onnxruntime", onnxruntime_available,
+    for wanted, library, available, install in (
+            (torch, ["torch"], torch_available, "PyTorch is not installed (pip install torch)"),
+            (onnxruntime, ["onnxruntime", GIVEN], onnxruntime_available,
              "ONNX Runtime is not installed (pip install onnxruntime onnx)")):
         if wanted and available():
-            peers += [peer, GIVEN] if peer == "onnxruntime" else [peer]
+            peers += library
         elif wanted:
             say(f"{install}; leaving it out")
     try:
